@@ -1,0 +1,1 @@
+"""mm-orchestration: the Motion Mavericks Portal's background jobs, on Dagster."""

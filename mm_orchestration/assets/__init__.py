@@ -1,0 +1,1 @@
+"""Reports and rollups as partitioned Dagster assets."""

@@ -1,0 +1,293 @@
+"""`mm-jobs`: migrate, seed demo data, run or list jobs, and start the local console."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mm_orchestration import inventory
+from mm_orchestration.settings import Settings, SettingsError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (SettingsError, inventory.UnknownJobError) as exc:
+        print(f"mm-jobs: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mm-jobs", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = sub.add_parser("migrate", help="apply the ops migrations (and the dev portal schema)")
+    p.add_argument(
+        "--with-portal-schema",
+        action="store_true",
+        help="also create the portal tables: local development and tests only",
+    )
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("seed-demo", help="load realistic demo data into the portal tables")
+    p.add_argument("--scale", type=int, default=1, help="multiply every count (benchmarks)")
+    p.set_defaults(func=cmd_seed_demo)
+
+    p = sub.add_parser("run", help="run one job now, recorded in DAGSTER_HOME's instance")
+    p.add_argument("job", help="seed name (share-link-expiry) or Dagster name")
+    p.add_argument("--partition", help="partition key, for partitioned jobs")
+    p.add_argument("--actor", help="who is running it (for the audit log); default: you")
+    p.add_argument("--force", action="store_true", help="rerun a window that already succeeded")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("list", help="every job with its schedule, retries, SLA and next tick")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("dev", help="embedded PostgreSQL + Dagster UI and daemon on :3000")
+    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--no-demo", action="store_true", help="do not load demo data")
+    p.set_defaults(func=cmd_dev)
+    return parser
+
+
+# -- migrate / seed ----------------------------------------------------------------
+
+
+def _database_url(settings: Settings) -> str:
+    url = settings.database_url or os.environ.get("DATABASE_URL")
+    if not url:
+        raise SettingsError(
+            "DATABASE_URL is not set: export it, or use `make dev` to start the embedded server"
+        )
+    return url
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from mm_orchestration.db import connect
+    from mm_orchestration.migrate import migrate
+
+    settings = _local_settings()
+    with connect(_database_url(settings), autocommit=True) as conn:
+        applied = migrate(conn, with_portal_schema=args.with_portal_schema)
+    print("applied: " + ", ".join(applied) if applied else "up to date")
+    return 0
+
+
+def cmd_seed_demo(args: argparse.Namespace) -> int:
+    from mm_orchestration.db import connect, require_tables
+    from mm_orchestration.demo_data import seed_demo
+
+    settings = _local_settings()
+    with connect(_database_url(settings)) as conn:
+        require_tables(conn, ["portal.tenants", "portal.events", "portal.mux_webhook_dlq"])
+        counts = seed_demo(conn, scale=args.scale)
+    print(
+        f"demo data: {counts.tenants} tenants, {counts.users} users, "
+        f"{counts.share_links} share links, {counts.events} events"
+    )
+    return 0
+
+
+# -- run / list --------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from dagster import DagsterInstance
+
+    from mm_orchestration.definitions import build_definitions
+    from mm_orchestration.ledger import ACTOR_TAG, TRIGGER_TAG
+
+    spec = inventory.get(args.job)
+    settings = _local_settings()
+    if not os.environ.get("DAGSTER_HOME"):
+        raise SettingsError(
+            "DAGSTER_HOME is not set: point it at the instance the UI uses (make dev uses "
+            f"{Path(settings.data_dir, 'dagster_home').resolve()})"
+        )
+    defs = build_definitions(settings)
+    try:
+        job = defs.resolve_job_def(spec.dagster_name)
+    except Exception:
+        built = ", ".join(sorted(j.name for j in defs.resolve_all_job_defs()))
+        print(f"mm-jobs: {spec.name} is in the inventory but not built yet; built: {built}")
+        return 2
+    run_config: dict[str, Any] = {}
+    if args.force:
+        run_config = {"ops": {name: {"config": {"force": True}} for name in _force_nodes(job)}}
+    tags = {ACTOR_TAG: args.actor or getpass.getuser(), TRIGGER_TAG: "cli"}
+    instance = DagsterInstance.get()
+    result = job.execute_in_process(
+        run_config=run_config,
+        instance=instance,
+        tags=tags,
+        partition_key=args.partition,
+        raise_on_error=False,
+    )
+    print(f"run id: {result.run_id}")
+    if result.success:
+        print(f"{spec.name}: succeeded")
+        return 0
+    for event in result.all_events:
+        if event.is_failure and event.step_key:
+            error = getattr(event.event_specific_data, "error", None)
+            message = error.message.strip() if error is not None else event.message
+            print(f"{spec.name}: {event.step_key} failed: {message}", file=sys.stderr)
+    print(f"{spec.name}: FAILED (run {result.run_id})", file=sys.stderr)
+    return 1
+
+
+def _force_nodes(job: Any) -> list[str]:
+    names = []
+    for node in job.graph.nodes:
+        field = node.definition.config_field
+        fields = getattr(field.config_type, "fields", {}) if field is not None else {}
+        if "force" in fields:
+            names.append(node.name)
+    return names
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from mm_orchestration.definitions import JOBS
+
+    settings = _local_settings()
+    rows = [("job", "schedule", "timezone", "retries", "sla", "next tick", "built")]
+    for spec in inventory.INVENTORY:
+        cron = spec.cron_for(settings.env)
+        rows.append(
+            (
+                spec.name,
+                cron,
+                settings.timezone,
+                str(spec.retries),
+                f"{spec.sla_seconds}s",
+                _next_tick(cron, settings.timezone),
+                "yes" if spec.name in JOBS else "not yet",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _next_tick(cron: str, timezone: str) -> str:
+    from mm_orchestration.cron import next_tick
+
+    return next_tick(cron, timezone, datetime.now(UTC)).strftime("%Y-%m-%d %H:%M %Z")
+
+
+# -- dev ---------------------------------------------------------------------------
+
+
+def _local_settings() -> Settings:
+    """Settings, with the embedded server's URL filled in when it is running locally."""
+    if not os.environ.get("DATABASE_URL"):
+        settings = Settings.from_env()
+        port_file = Path(settings.data_dir, "postgres", "port")
+        if port_file.exists() and Path(settings.data_dir, "postgres", "data", "postmaster.pid").exists():
+            port = port_file.read_text().strip()
+            os.environ["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{port}/portal"
+            os.environ.setdefault("DAGSTER_HOME", str(Path(settings.data_dir, "dagster_home").resolve()))
+            _dagster_storage_env(os.environ["DATABASE_URL"])
+    return Settings.from_env()
+
+
+def _dagster_storage_env(database_url: str, db_name: str | None = None) -> None:
+    """DAGSTER_PG_* for dagster.yaml, from DATABASE_URL unless they are set already."""
+    from urllib.parse import unquote, urlsplit
+
+    parts = urlsplit(database_url)
+    defaults = {
+        "DAGSTER_PG_HOST": parts.hostname or "127.0.0.1",
+        "DAGSTER_PG_PORT": str(parts.port or 5432),
+        "DAGSTER_PG_USER": unquote(parts.username or "postgres"),
+        "DAGSTER_PG_PASSWORD": unquote(parts.password or ""),
+        "DAGSTER_PG_DB": db_name or parts.path.lstrip("/") or "postgres",
+    }
+    for key, value in defaults.items():
+        os.environ.setdefault(key, value)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from mm_orchestration.db import connect
+    from mm_orchestration.demo_data import seed_demo
+    from mm_orchestration.embedded_pg import EmbeddedPostgres
+    from mm_orchestration.migrate import migrate
+
+    settings = Settings.from_env()
+    data_dir = Path(settings.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server: EmbeddedPostgres | None = None
+    embedded = not settings.database_url
+    if embedded:
+        server = EmbeddedPostgres(data_dir / "postgres").start()
+        print(f"mm-jobs: embedded PostgreSQL on 127.0.0.1:{server.port} (data in {server.data_dir})")
+        with connect(server.url("postgres"), autocommit=True) as conn:
+            for name in ("portal", "dagster"):
+                if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+                    conn.execute(f'CREATE DATABASE "{name}"')  # noqa: S608 - fixed names
+        os.environ["DATABASE_URL"] = server.url("portal")
+        _dagster_storage_env(server.url("dagster"))
+    else:
+        _dagster_storage_env(_database_url(settings))
+    try:
+        database_url = os.environ["DATABASE_URL"]
+        with connect(database_url, autocommit=True) as conn:
+            applied = migrate(conn, with_portal_schema=embedded)
+            if applied:
+                print("mm-jobs: applied " + ", ".join(applied))
+            if embedded and not args.no_demo:
+                empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM portal.tenants)").fetchone()
+                if empty and empty[0]:
+                    with conn.transaction():
+                        counts = seed_demo(conn)
+                    print(f"mm-jobs: demo data loaded ({counts.tenants} tenants, {counts.users} users)")
+        home = Path(os.environ.get("DAGSTER_HOME") or data_dir / "dagster_home").resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+        os.environ["DAGSTER_HOME"] = str(home)
+        os.environ.setdefault("MM_DATA_DIR", str(data_dir))
+        return _run_dagster_dev(args.host, args.port)
+    finally:
+        if server is not None:
+            server.stop()
+            print("mm-jobs: embedded PostgreSQL stopped")
+
+
+def _run_dagster_dev(host: str, port: int) -> int:
+    dagster = Path(sys.executable).with_name("dagster")
+    cmd = [str(dagster), "dev", "-h", host, "-p", str(port), "-w", str(PROJECT_ROOT / "workspace.yaml")]
+    print(f"mm-jobs: job console on http://{host}:{port}  (Ctrl-C stops everything)")
+    # cwd is DAGSTER_HOME, so dagster does not warn about the project's own dagster.yaml.
+    child = subprocess.Popen(cmd, cwd=os.environ["DAGSTER_HOME"], start_new_session=True)
+
+    def forward(signum: int, frame: object) -> None:
+        # dagster dev shuts its webserver and daemon down cleanly on SIGINT.
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGINT)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        return child.wait()
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

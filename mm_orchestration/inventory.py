@@ -1,0 +1,170 @@
+"""The seed's job table as data: one entry per background job of the portal.
+
+Schedules, retry policies, SLAs, run limits and escalation targets are all generated
+from here, so changing a job's cadence or its owner is a one-line edit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Contact = Literal["reliability", "compliance", "admin"]
+Kind = Literal["op", "asset"]
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One row of the seed's job inventory."""
+
+    name: str  # the seed's name, e.g. "share-link-expiry"; also the ledger's job_name
+    purpose: str
+    cron: str
+    staging_cron: str  # MM_ENV=staging: shortened so a tester sees it fire within minutes
+    retries: int
+    retry_delay_seconds: int
+    sla_seconds: int
+    max_runtime_seconds: int  # hard stop, below the interval, far above the SLA
+    escalate_to: Contact = "reliability"
+    failure_handling: str = ""
+    consecutive_failures_alert: int = 2
+    manual_trigger: bool = False
+    kind: Kind = "op"
+
+    @property
+    def dagster_name(self) -> str:
+        return self.name.replace("-", "_")
+
+    def cron_for(self, env: str) -> str:
+        return self.staging_cron if env == "staging" else self.cron
+
+
+INVENTORY: tuple[JobSpec, ...] = (
+    JobSpec(
+        name="share-link-expiry",
+        purpose="Expire share links, revoke their tokens, notify owners",
+        cron="*/15 * * * *",
+        staging_cron="*/5 * * * *",
+        retries=1,
+        retry_delay_seconds=10,
+        sla_seconds=60,
+        max_runtime_seconds=600,
+        failure_handling="Retries once; logs to DLQ on failure",
+        manual_trigger=True,
+    ),
+    JobSpec(
+        name="notification-digest",
+        purpose="Send email digest of due tasks, asset updates",
+        cron="0 8 * * *",
+        staging_cron="*/30 * * * *",
+        retries=3,
+        retry_delay_seconds=30,
+        sla_seconds=900,
+        max_runtime_seconds=3 * 3600,
+        failure_handling="Retries 3 times; failure alerts reliability partner",
+        manual_trigger=True,
+    ),
+    JobSpec(
+        name="invite-cleanup",
+        purpose="Mark invitations expired after 72 h",
+        cron="0 * * * *",
+        staging_cron="*/10 * * * *",
+        retries=0,
+        retry_delay_seconds=0,
+        sla_seconds=60,
+        max_runtime_seconds=1800,
+        failure_handling="Low risk; logs failure, manual rerun",
+    ),
+    JobSpec(
+        name="mux-webhook-retry",
+        purpose="Replay failed Mux events from DLQ",
+        cron="*/5 * * * *",
+        staging_cron="*/2 * * * *",
+        retries=0,  # each event has its own attempts (limit 5) in the DLQ row
+        retry_delay_seconds=0,
+        sla_seconds=120,
+        max_runtime_seconds=240,
+        failure_handling="Retries limit 5; escalate if queue >10",
+    ),
+    JobSpec(
+        name="residency-report",
+        purpose="Generate residency evidence, store report, email compliance",
+        cron="0 7 * * 1",
+        staging_cron="0 * * * *",
+        retries=2,
+        retry_delay_seconds=60,
+        sla_seconds=900,
+        max_runtime_seconds=4 * 3600,
+        escalate_to="compliance",
+        failure_handling="Retries 2 times, failure triggers manual run",
+        manual_trigger=True,
+        kind="asset",
+    ),
+    JobSpec(
+        name="backup-verify",
+        purpose="Restore drill of the portal database (staging)",
+        # Days 1-7 at 09:00; the schedule skips all but the first Australian business day.
+        cron="0 9 1-7 * *",
+        staging_cron="0 */6 * * *",
+        retries=0,
+        retry_delay_seconds=0,
+        sla_seconds=3600,
+        max_runtime_seconds=6 * 3600,
+        escalate_to="compliance",
+        failure_handling="Manual oversight; failure blocks compliance sign-off",
+    ),
+    JobSpec(
+        name="analytics-rollup",
+        purpose="Aggregate events for dashboard metrics",
+        cron="5 * * * *",
+        staging_cron="*/15 * * * *",
+        retries=1,
+        retry_delay_seconds=30,
+        sla_seconds=300,
+        max_runtime_seconds=3000,
+        failure_handling="Retries once; fallback next run",
+        kind="asset",
+    ),
+    JobSpec(
+        name="notification-suppression-cleanup",
+        purpose="Remove bounce-suppressed addresses older than 30 days",
+        cron="0 1 * * *",
+        staging_cron="15 * * * *",
+        retries=1,
+        retry_delay_seconds=60,
+        sla_seconds=300,
+        max_runtime_seconds=3600,
+        failure_handling="Retries once",
+    ),
+    JobSpec(
+        name="tenant-health-check",
+        purpose="Generate tenant status summary (milestones at risk, share link usage)",
+        cron="0 6 * * *",
+        staging_cron="30 * * * *",
+        retries=1,
+        retry_delay_seconds=60,
+        sla_seconds=600,
+        max_runtime_seconds=3 * 3600,
+        escalate_to="admin",
+        failure_handling="Failure notifies Admin",
+        kind="asset",
+    ),
+)
+
+_BY_NAME = {spec.name: spec for spec in INVENTORY} | {spec.dagster_name: spec for spec in INVENTORY}
+
+
+class UnknownJobError(KeyError):
+    """A job name that is in neither the seed's nor Dagster's spelling."""
+
+    def __str__(self) -> str:
+        known = ", ".join(spec.name for spec in INVENTORY)
+        return f"unknown job {self.args[0]!r}; known jobs: {known}"
+
+
+def get(name: str) -> JobSpec:
+    """Look a job up by the seed's name (`share-link-expiry`) or Dagster's (`share_link_expiry`)."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise UnknownJobError(name) from None

@@ -1,0 +1,1 @@
+"""Operational jobs: one module per job, holding its ops, its job and its email."""

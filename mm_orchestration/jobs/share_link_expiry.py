@@ -1,0 +1,163 @@
+"""share-link-expiry: every 15 minutes, expire due share links and tell their owners.
+
+A link is due when it is active and its `expires_at` has passed. In one transaction
+the job marks every due link 'expired', revokes every token issued from it, and
+writes one outbox email per link to its creator, naming the video and the expiry.
+A second run finds nothing due and writes nothing; the outbox key
+`share-link-expired:<link id>` makes the email impossible to send twice. SLA 60 s,
+one retry with backoff (from the inventory).
+"""
+
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+from dagster import MetadataValue, OpExecutionContext, job, op
+
+from mm_orchestration import inventory
+from mm_orchestration.ledger import WindowConfig, claim, window_for
+from mm_orchestration.outbox import DeliveryIncomplete, deliver_pending
+from mm_orchestration.resources import Mailer, PortalDatabase
+from mm_orchestration.resources.mailer import Email
+from mm_orchestration.scheduling import job_tags, retry_policy
+
+SPEC = inventory.get("share-link-expiry")
+EMAIL_KIND = "share_link_expired"
+TABLES = (
+    "portal.share_links",
+    "portal.share_link_tokens",
+    "portal.users",
+    "portal.media_assets",
+    "portal.email_suppressions",
+)
+
+# One statement: links, their tokens and the owners' emails change together or not at all.
+# Concurrent runs are safe: the second waits on the first's row locks, then re-checks
+# status = 'active' and finds nothing.
+EXPIRE_DUE_LINKS = """
+WITH expired AS (
+    UPDATE portal.share_links
+       SET status = 'expired', expired_at = now()
+     WHERE status = 'active' AND expires_at <= now()
+ RETURNING id, tenant_id, media_asset_id, created_by, expires_at
+), revoked AS (
+    UPDATE portal.share_link_tokens t
+       SET revoked_at = now()
+      FROM expired e
+     WHERE t.share_link_id = e.id AND t.revoked_at IS NULL
+ RETURNING t.id
+), emails AS (
+    INSERT INTO ops.notification_outbox (idempotency_key, kind, tenant_id, recipient, payload)
+    SELECT 'share-link-expired:' || e.id, %(kind)s, e.tenant_id, u.email,
+           jsonb_build_object(
+               'link_id', e.id,
+               'asset_title', coalesce(a.title, 'your video'),
+               'expires_at', e.expires_at,
+               'display_name', u.display_name,
+               'timezone', u.timezone)
+      FROM expired e
+      JOIN portal.users u ON u.id = e.created_by AND u.deactivated_at IS NULL
+      LEFT JOIN portal.media_assets a ON a.id = e.media_asset_id
+        ON CONFLICT (idempotency_key) DO NOTHING
+ RETURNING 1
+)
+SELECT (SELECT count(*) FROM expired),
+       (SELECT count(*) FROM revoked),
+       (SELECT count(*) FROM emails),
+       (SELECT count(DISTINCT tenant_id) FROM expired)
+"""
+
+
+@dataclass(frozen=True)
+class ExpiryCounts:
+    links_expired: int
+    tokens_revoked: int
+    emails_queued: int
+    tenants: int
+
+
+def expire_due_links(conn: psycopg.Connection) -> ExpiryCounts:
+    """The job's database work, in the caller's transaction."""
+    row = conn.execute(EXPIRE_DUE_LINKS, {"kind": EMAIL_KIND}).fetchone()
+    assert row is not None
+    return ExpiryCounts(*(int(v) for v in row))
+
+
+def render_expiry_email(key: str, row: dict[str, Any]) -> Email:
+    """The owner's notice: which video, and when (in the owner's own time zone)."""
+    expires = datetime.fromisoformat(str(row["expires_at"]))
+    try:
+        expires = expires.astimezone(ZoneInfo(row.get("timezone") or "Australia/Sydney"))
+    except (KeyError, ValueError):
+        pass
+    when = expires.strftime("%-d %b %Y, %-I:%M %p %Z")
+    title = row["asset_title"]
+    greeting = f"Hi {row['display_name']}," if row.get("display_name") else "Hi,"
+    return Email(
+        key=key,
+        recipient=row["recipient"],
+        subject=f"Share link expired: {title}",
+        text=(
+            f"{greeting}\n\n"
+            f"The share link you created for \"{title}\" expired at {when}. "
+            "Viewers can no longer open it.\n\n"
+            "If they still need access, create a new share link from the video's page "
+            "in the Motion Mavericks Portal.\n"
+        ),
+        categories=("share-link-expiry",),
+    )
+
+
+@op(retry_policy=retry_policy(SPEC), tags={"kind": "postgres"})
+def expire_due_share_links(
+    context: OpExecutionContext, config: WindowConfig, portal_db: PortalDatabase
+) -> int:
+    """Expire every due share link, revoke its tokens and queue its owner's email."""
+    portal_db.require(*TABLES)
+    with claim(portal_db, window_for(context, SPEC.name), force=config.force) as run:
+        if run.skipped:
+            context.log.info(f"Skipped: {run.reason}")
+            return 0
+        with portal_db.connection() as conn:
+            counts = expire_due_links(conn)
+        run.rows_affected = counts.links_expired
+        run.details = counts.__dict__
+    context.add_output_metadata(
+        {
+            "links_expired": counts.links_expired,
+            "tokens_revoked": counts.tokens_revoked,
+            "emails_queued": counts.emails_queued,
+            "tenants": counts.tenants,
+        }
+    )
+    return counts.links_expired
+
+
+@op(retry_policy=retry_policy(SPEC), tags={"kind": "sendgrid"})
+def send_share_link_expiry_emails(
+    context: OpExecutionContext, links_expired: int, portal_db: PortalDatabase, mailer: Mailer
+) -> None:
+    """Deliver the owners' notices still waiting in the outbox, this run's and any earlier."""
+    report = deliver_pending(portal_db, mailer, [EMAIL_KIND], render_expiry_email, context.run_id)
+    context.add_output_metadata(
+        {**report.as_metadata(), "transport": MetadataValue.text(
+            "sendgrid" if mailer.uses_sendgrid else f"files in {mailer.mail_dir}"
+        )}
+    )
+    if report.deferred:
+        raise DeliveryIncomplete(
+            f"{report.deferred} expiry email(s) could not be delivered yet and stay pending "
+            f"for the next attempt; first error: {report.errors[0]}"
+        )
+
+
+@job(
+    name=SPEC.dagster_name,
+    description=__doc__,
+    tags=job_tags(SPEC),
+)
+def share_link_expiry() -> None:
+    send_share_link_expiry_emails(expire_due_share_links())

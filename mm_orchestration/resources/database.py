@@ -1,0 +1,61 @@
+"""The portal's PostgreSQL database, through a small psycopg connection pool."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from dagster import ConfigurableResource, InitResourceContext
+from psycopg_pool import ConnectionPool
+from pydantic import Field, PrivateAttr
+
+from mm_orchestration.db import require_tables
+
+
+class PortalDatabase(ConfigurableResource):
+    """The portal database (Neon in production). At most `max_connections` per run."""
+
+    url: str = Field(description="PostgreSQL URL; give it as EnvVar('DATABASE_URL').")
+    max_connections: int = Field(default=5, ge=1, le=5, description="The seed's per-run cap.")
+
+    _pool: ConnectionPool | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        self._pool = None  # opened on first use, so a run that needs no database opens none
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def _get_pool(self) -> ConnectionPool:
+        if self._pool is None:
+            self._pool = ConnectionPool(
+                self.url,
+                min_size=0,
+                max_size=self.max_connections,
+                kwargs={"application_name": "mm-orchestration"},
+                open=True,
+                name="portal",
+                reset=_reset,
+            )
+        return self._pool
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled connection; committed when the block ends, rolled back on error."""
+        with self._get_pool().connection() as conn:
+            yield conn
+
+    def require(self, *tables: str) -> None:
+        with self.connection() as conn:
+            require_tables(conn, tables)
+
+
+def _reset(conn: psycopg.Connection) -> None:
+    # A borrower may have switched to autocommit (the ledger's lock does); hand back the default.
+    conn.autocommit = False

@@ -1,0 +1,83 @@
+"""Schedules, retry policies and run tags, generated from the job inventory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from datetime import UTC, datetime
+
+from dagster import (
+    Backoff,
+    DefaultScheduleStatus,
+    Jitter,
+    JobDefinition,
+    RetryPolicy,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    SkipReason,
+    schedule,
+)
+
+from mm_orchestration.inventory import JobSpec
+from mm_orchestration.ledger import TRIGGER_TAG, WINDOW_TAG
+from mm_orchestration.settings import Settings
+
+JOB_TAG = "mm/job"
+
+
+def retry_policy(spec: JobSpec) -> RetryPolicy | None:
+    """The seed's retry count, with exponential backoff and jitter."""
+    if spec.retries <= 0:
+        return None
+    return RetryPolicy(
+        max_retries=spec.retries,
+        delay=spec.retry_delay_seconds,
+        backoff=Backoff.EXPONENTIAL,
+        jitter=Jitter.PLUS_MINUS,
+    )
+
+
+def job_tags(spec: JobSpec) -> dict[str, str]:
+    """Tags every run of the job carries: its inventory name (the queue's per-job limit
+    keys on it) and the hard runtime limit that run monitoring enforces."""
+    return {JOB_TAG: spec.name, "dagster/max_runtime": str(spec.max_runtime_seconds)}
+
+
+def window_key(scheduled_for: datetime) -> str:
+    """A tick's window, in UTC so the repeated hour at the end of daylight saving
+    still gives two different windows."""
+    return scheduled_for.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def inventory_schedule(
+    spec: JobSpec,
+    job: JobDefinition | Any,
+    settings: Settings,
+    should_run: Callable[[datetime], str | None] | None = None,
+) -> ScheduleDefinition:
+    """The schedule of `spec`, in the configured time zone, running from the start.
+
+    `should_run(tick)` may return a reason to skip a tick (the first-business-day rule).
+    """
+
+    @schedule(
+        name=f"{spec.dagster_name}_schedule",
+        job=job,
+        cron_schedule=spec.cron_for(settings.env),
+        execution_timezone=settings.timezone,
+        default_status=DefaultScheduleStatus.RUNNING,
+        description=f"{spec.purpose}. {spec.failure_handling}".strip(),
+        tags={JOB_TAG: spec.name},
+    )
+    def _schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+        tick = context.scheduled_execution_time
+        assert tick is not None
+        if should_run is not None:
+            reason = should_run(tick)
+            if reason:
+                return SkipReason(reason)
+        window = window_key(tick)
+        return RunRequest(run_key=window, tags={WINDOW_TAG: window, TRIGGER_TAG: "schedule"})
+
+    return _schedule

@@ -1,0 +1,1 @@
+"""Cross-cutting sensors: DLQ depth, run alerts, audit."""

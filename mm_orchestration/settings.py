@@ -1,0 +1,118 @@
+"""One validated settings object, read from the environment when definitions load.
+
+A bad value fails here, at load, with the name of the setting, instead of in the
+middle of a 2 a.m. run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+ENVIRONMENTS = ("development", "staging", "production")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class SettingsError(ValueError):
+    """A setting in the environment is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the jobs take from the environment. Secrets are kept out of repr."""
+
+    database_url: str | None = field(default=None, repr=False)
+    dagster_home: str | None = None
+    env: str = "development"
+    timezone: str = "Australia/Sydney"
+    sendgrid_api_key: str | None = field(default=None, repr=False)
+    sendgrid_api_host: str = "https://api.sendgrid.com"
+    mail_from: str = "jobs@motionmavericks.com.au"
+    compliance_email: str = "compliance@motionmavericks.com.au"
+    reliability_email: str = "reliability@motionmavericks.com.au"
+    admin_email: str = "admin@motionmavericks.com.au"
+    sentry_dsn: str | None = field(default=None, repr=False)
+    data_dir: str = ".mm"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value.strip() if value is not None and value.strip() else None
+
+        defaults = cls()
+        settings = cls(
+            database_url=get("DATABASE_URL"),
+            dagster_home=get("DAGSTER_HOME"),
+            env=get("MM_ENV") or defaults.env,
+            timezone=get("MM_TIMEZONE") or defaults.timezone,
+            sendgrid_api_key=get("SENDGRID_API_KEY"),
+            sendgrid_api_host=get("SENDGRID_API_HOST") or defaults.sendgrid_api_host,
+            mail_from=get("MAIL_FROM") or defaults.mail_from,
+            compliance_email=get("COMPLIANCE_EMAIL") or defaults.compliance_email,
+            reliability_email=get("RELIABILITY_EMAIL") or defaults.reliability_email,
+            admin_email=get("ADMIN_EMAIL") or defaults.admin_email,
+            sentry_dsn=get("SENTRY_DSN"),
+            data_dir=get("MM_DATA_DIR") or defaults.data_dir,
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.env not in ENVIRONMENTS:
+            raise SettingsError(f"MM_ENV={self.env!r} is not one of {', '.join(ENVIRONMENTS)}")
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise SettingsError(
+                f"MM_TIMEZONE={self.timezone!r} is not an IANA time zone "
+                "(for example Australia/Sydney)"
+            ) from exc
+        if self.database_url is not None:
+            _check_url("DATABASE_URL", self.database_url, ("postgres", "postgresql"))
+        _check_url("SENDGRID_API_HOST", self.sendgrid_api_host, ("http", "https"), secret=False)
+        if self.sentry_dsn is not None:
+            _check_url("SENTRY_DSN", self.sentry_dsn, ("http", "https"))
+        for name, value in (
+            ("MAIL_FROM", self.mail_from),
+            ("COMPLIANCE_EMAIL", self.compliance_email),
+            ("RELIABILITY_EMAIL", self.reliability_email),
+            ("ADMIN_EMAIL", self.admin_email),
+        ):
+            if not _EMAIL.match(value):
+                raise SettingsError(f"{name}={value!r} is not an email address")
+        if self.sendgrid_api_key is not None and not self.sendgrid_api_key.startswith("SG."):
+            raise SettingsError("SENDGRID_API_KEY does not look like a SendGrid key (SG....)")
+
+    @property
+    def staging_intervals(self) -> bool:
+        return self.env == "staging"
+
+    def contact(self, role: str) -> str:
+        """The address of an escalation target named in the inventory."""
+        return {
+            "reliability": self.reliability_email,
+            "compliance": self.compliance_email,
+            "admin": self.admin_email,
+        }[role]
+
+
+def _check_url(name: str, value: str, schemes: tuple[str, ...], secret: bool = True) -> None:
+    shown = "(value hidden)" if secret else repr(value)
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError as exc:
+        raise SettingsError(f"{name} {shown} is not a valid URL: {exc}") from exc
+    scheme = parts.scheme.split("+")[0]
+    if scheme not in schemes or not parts.hostname:
+        raise SettingsError(
+            f"{name} {shown} must be a {'/'.join(schemes)} URL with a host, "
+            f"e.g. {schemes[0]}://host/..."
+        )
