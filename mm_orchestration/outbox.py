@@ -78,6 +78,7 @@ def deliver_pending(
                   AND lower(s.email) = lower(o.recipient)""",
             [kinds],
         ).rowcount
+    tried: list[int] = []  # a message deferred in this call waits for the next call
     while True:
         with db.connection() as conn:
             batch = conn.execute(
@@ -87,13 +88,15 @@ def deliver_pending(
                     WHERE id IN (SELECT id FROM ops.notification_outbox
                                   WHERE status = 'pending' AND kind = ANY(%s)
                                     AND next_attempt_at <= now()
+                                    AND id <> ALL(%s)
                                   ORDER BY id LIMIT %s
                                   FOR UPDATE SKIP LOCKED)
                 RETURNING id, idempotency_key, kind, tenant_id, recipient, payload, attempts""",
-                [run_id, kinds, CLAIM_BATCH],
+                [run_id, kinds, tried, CLAIM_BATCH],
             ).fetchall()
         if not batch:
             break
+        tried += [row[0] for row in batch]
         for row in batch:
             _deliver_one(db, mailer, render, row, report)
     if report.errors:
@@ -111,13 +114,13 @@ def _deliver_one(
     except SendError as exc:
         with db.connection() as conn:
             if exc.transient:
-                # Back to pending with a growing delay; the next run (or op retry) tries again.
+                # Back to pending: the mailer has already backed off; the op's retry
+                # policy (or the next scheduled run) is the next try.
                 conn.execute(
                     """UPDATE ops.notification_outbox
-                          SET status = 'pending', last_error = %s, claimed_by = NULL,
-                              next_attempt_at = now() + make_interval(secs => %s)
+                          SET status = 'pending', last_error = %s, claimed_by = NULL
                         WHERE id = %s""",
-                    [str(exc), min(30 * 2 ** (attempts - 1), 3600), outbox_id],
+                    [str(exc), outbox_id],
                 )
                 report.deferred += 1
             else:

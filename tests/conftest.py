@@ -1,0 +1,100 @@
+"""Shared test fixtures: one real PostgreSQL server per session, a fresh database per test
+(cloned from a migrated template), and a local SendGrid API for the real SDK."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from dagster import DagsterInstance
+from psycopg import sql
+
+from mm_orchestration.db import connect
+from mm_orchestration.embedded_pg import EmbeddedPostgres
+from mm_orchestration.migrate import migrate
+from mm_orchestration.resources import Mailer, PortalDatabase
+from tests.sendgrid_server import SendGridRecorder
+
+TEMPLATE = "mm_template"
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "cluster", durable=False).start()
+    with connect(server.url("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+    with connect(server.url(TEMPLATE), autocommit=True) as conn:
+        migrate(conn, with_portal_schema=True)
+    yield server
+    server.stop()
+
+
+def create_database(server: EmbeddedPostgres, template: str | None = TEMPLATE) -> str:
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with connect(server.url("postgres"), autocommit=True) as conn:
+        statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+        if template:
+            statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        conn.execute(statement)
+    return name
+
+
+def drop_database(server: EmbeddedPostgres, name: str) -> None:
+    with connect(server.url("postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
+@pytest.fixture
+def database_url(pg_server: EmbeddedPostgres) -> Iterator[str]:
+    """A migrated database with the portal schema, all to this test."""
+    name = create_database(pg_server)
+    yield pg_server.url(name)
+    drop_database(pg_server, name)
+
+
+@pytest.fixture
+def conn(database_url: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection for seeding and asserting."""
+    with connect(database_url, autocommit=True) as c:
+        yield c
+
+
+@pytest.fixture
+def portal_db(database_url: str) -> Iterator[PortalDatabase]:
+    db = PortalDatabase(url=database_url)
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def sendgrid() -> Iterator[SendGridRecorder]:
+    recorder = SendGridRecorder()
+    yield recorder
+    recorder.close()
+
+
+@pytest.fixture
+def mailer(sendgrid: SendGridRecorder) -> Mailer:
+    return Mailer(
+        api_key="SG.test-key",
+        api_host=sendgrid.url,
+        mail_from="jobs@motionmavericks.example",
+        backoff_seconds=0.01,
+        max_rate_limit_wait_seconds=2,
+    )
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    with DagsterInstance.ephemeral() as inst:
+        yield inst
+
+
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent
