@@ -35,6 +35,8 @@ class Recorded:
 class SendGridRecorder:
     def __init__(self) -> None:
         self.requests: list[Recorded] = []
+        self.arrived = threading.Event()  # set as soon as any request arrives
+        self.arrivals = 0  # counted on arrival, before any scripted delay
         self.script: list[Reply] = []
         self.rule: Any = None  # optional callable(body) -> Reply | None
         self._lock = threading.Lock()
@@ -54,6 +56,9 @@ class SendGridRecorder:
                     body = json.loads(raw) if raw else None
                 except ValueError:
                     body = raw.decode()
+                with recorder._lock:
+                    recorder.arrivals += 1
+                recorder.arrived.set()
                 reply = recorder._next_reply(body)
                 if reply.delay:
                     time.sleep(reply.delay)

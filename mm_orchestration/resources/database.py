@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
-from dagster import ConfigurableResource, InitResourceContext
+from dagster import ConfigurableResource, Failure, InitResourceContext
 from psycopg_pool import ConnectionPool
 from pydantic import Field, PrivateAttr
 
-from mm_orchestration.db import require_tables
+from mm_orchestration.db import MissingTableError, require_tables
 
 
 class PortalDatabase(ConfigurableResource):
@@ -52,8 +52,13 @@ class PortalDatabase(ConfigurableResource):
             yield conn
 
     def require(self, *tables: str) -> None:
+        """Fail the step, without retries, when a table the job needs is missing."""
         with self.connection() as conn:
-            require_tables(conn, tables)
+            try:
+                require_tables(conn, tables)
+            except MissingTableError as exc:
+                # A missing table will still be missing in ten seconds: no retry.
+                raise Failure(description=str(exc), allow_retries=False) from exc
 
 
 def _reset(conn: psycopg.Connection) -> None:

@@ -1,0 +1,137 @@
+"""`mm-jobs` in a subprocess, against a real DAGSTER_HOME backed by PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus
+
+from tests import factories as f
+from tests.conftest import create_database, drop_database
+
+MM_JOBS = str(Path(sys.executable).with_name("mm-jobs"))
+
+
+@pytest.fixture
+def dagster_env(pg_server, database_url, tmp_path, project_root, monkeypatch):
+    """A DAGSTER_HOME using the project's dagster.yaml, storage in its own database."""
+    storage = create_database(pg_server, template=None)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(project_root / "dagster.yaml", home / "dagster.yaml")
+    env = {
+        "DATABASE_URL": database_url,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": str(pg_server.port),
+        "DAGSTER_PG_USER": "postgres",
+        "DAGSTER_PG_PASSWORD": "",
+        "DAGSTER_PG_DB": storage,
+        "MM_DATA_DIR": str(tmp_path / "data"),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    yield {**os.environ, **env}
+    drop_database(pg_server, storage)
+
+
+def mm_jobs(env, *args, cwd=None):
+    return subprocess.run([MM_JOBS, *args], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=cwd)
+
+
+def test_run_share_link_expiry_is_recorded_in_the_instance(dagster_env, conn, tmp_path):
+    t = f.tenant(conn)
+    link = f.share_link(conn, t, f.asset(conn, t), f.user(conn, t, email="jack@bondi.example"),
+                        datetime.now(UTC) - timedelta(minutes=3))
+    proc = mm_jobs(dagster_env, "run", "share-link-expiry", "--actor", "reliability-oncall")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id = next(line.split(": ")[1] for line in proc.stdout.splitlines()
+                  if line.startswith("run id: "))
+    assert conn.execute("SELECT status FROM portal.share_links WHERE id = %s",
+                        [link]).fetchone()[0] == "expired"
+    # No SendGrid key: the email is a file, and the outbox says sent.
+    emails = list((tmp_path / "data" / "mail").glob("*.eml"))
+    assert len(emails) == 1 and "jack@bondi.example" in emails[0].read_text()
+    ledger = conn.execute("SELECT run_id, status, trigger, actor FROM ops.job_runs").fetchone()
+    assert ledger == (run_id, "succeeded", "cli", "reliability-oncall")
+    with DagsterInstance.get() as instance:
+        run = instance.get_run_by_id(run_id)
+        assert run is not None and run.status == DagsterRunStatus.SUCCESS
+        assert run.job_name == "share_link_expiry"
+        assert run.tags["mm/actor"] == "reliability-oncall"
+        assert instance.run_coordinator.__class__.__name__ == "QueuedRunCoordinator"
+        assert instance.run_monitoring_enabled and instance.run_retries_enabled
+
+
+def test_dagster_name_and_force_are_accepted(dagster_env, conn):
+    proc = mm_jobs(dagster_env, "run", "share_link_expiry", "--force")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_unknown_job_lists_known_ones(dagster_env):
+    proc = mm_jobs(dagster_env, "run", "share-links")
+    assert proc.returncode == 2
+    assert "unknown job 'share-links'" in proc.stderr and "share-link-expiry" in proc.stderr
+
+
+def test_failed_run_exits_non_zero_with_the_error(dagster_env, pg_server):
+    bare = create_database(pg_server, template=None)
+    env = {**dagster_env, "DATABASE_URL": pg_server.url(bare)}
+    try:
+        assert mm_jobs(env, "migrate").returncode == 0  # ops only: no portal tables
+        proc = mm_jobs(env, "run", "share-link-expiry")
+    finally:
+        drop_database(pg_server, bare)
+    assert proc.returncode == 1
+    assert "portal.share_links" in proc.stderr and "FAILED" in proc.stderr
+
+
+def test_bad_setting_fails_with_its_name(dagster_env):
+    proc = mm_jobs({**dagster_env, "MM_TIMEZONE": "Mars/Olympus"}, "list")
+    assert proc.returncode == 2 and "MM_TIMEZONE" in proc.stderr
+
+
+def test_list_shows_every_job_with_schedule_and_next_tick(dagster_env):
+    proc = mm_jobs({**dagster_env, "MM_ENV": "staging"}, "list")
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 10
+    expiry = next(line for line in lines if line.startswith("share-link-expiry "))
+    assert "*/5 * * * *" in expiry and "Australia/Sydney" in expiry and "60s" in expiry
+
+
+def test_seed_demo_fills_every_contract_table(dagster_env, conn):
+    proc = mm_jobs(dagster_env, "seed-demo", "--scale", "2")
+    assert proc.returncode == 0, proc.stderr
+    for table in ("tenants", "users", "projects", "milestones", "tasks", "media_assets",
+                  "share_links", "share_link_tokens", "invitations", "email_suppressions",
+                  "events", "mux_webhook_dlq"):
+        count = conn.execute(f"SELECT count(*) FROM portal.{table}").fetchone()[0]  # noqa: S608
+        assert count > 0, table
+    due = conn.execute("SELECT count(*) FROM portal.share_links WHERE status = 'active' "
+                       "AND expires_at <= now()").fetchone()[0]
+    old_invites = conn.execute("SELECT count(*) FROM portal.invitations WHERE status = "
+                               "'pending' AND created_at < now() - interval '72 hours'"
+                               ).fetchone()[0]
+    reasons = {r[0] for r in conn.execute("SELECT DISTINCT reason FROM portal.email_suppressions")}
+    assert due > 0 and old_invites > 0
+    assert reasons == {"bounce", "spam_report", "unsubscribe", "invalid"}
+    assert conn.execute("SELECT count(*) FROM portal.tenants").fetchone()[0] == 12
+
+
+def test_definitions_validate(project_root, tmp_path):
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("dagster")), "definitions", "validate",
+         "-w", str(project_root / "workspace.yaml")],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Validation successful" in proc.stderr + proc.stdout

@@ -1,0 +1,53 @@
+"""A bad setting fails at load, naming the setting; secrets stay out of repr."""
+
+from __future__ import annotations
+
+import pytest
+
+from mm_orchestration.settings import Settings, SettingsError
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MM_ENV", "prod"),
+        ("MM_TIMEZONE", "Sydney"),
+        ("DATABASE_URL", "mysql://x@y/z"),
+        ("DATABASE_URL", "postgresql://host:notaport/db"),
+        ("SENDGRID_API_HOST", "api.sendgrid.com"),
+        ("SENDGRID_API_KEY", "not-a-key"),
+        ("MAIL_FROM", "jobs"),
+        ("COMPLIANCE_EMAIL", "compliance at example"),
+        ("RELIABILITY_EMAIL", "x@"),
+        ("ADMIN_EMAIL", "@example.com"),
+        ("SENTRY_DSN", "nonsense"),
+    ],
+)
+def test_bad_value_names_the_setting(name, value):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({name: value})
+    assert str(err.value).startswith(name)
+
+
+def test_secrets_are_not_echoed():
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"DATABASE_URL": "mysql://admin:hunter2@db/portal"})
+    assert "hunter2" not in str(err.value)
+    settings = Settings.from_env({"SENDGRID_API_KEY": "SG.secret",
+                                  "DATABASE_URL": "postgresql://u:pw@h/db"})
+    assert "SG.secret" not in repr(settings) and "pw@" not in repr(settings)
+
+
+def test_defaults():
+    s = Settings.from_env({})
+    assert (s.env, s.timezone, s.sendgrid_api_host) == (
+        "development", "Australia/Sydney", "https://api.sendgrid.com")
+    assert s.contact("compliance") == s.compliance_email
+
+
+def test_definitions_fail_to_load_with_the_setting_name(monkeypatch):
+    from mm_orchestration.definitions import defs
+
+    monkeypatch.setenv("MM_ENV", "qa")
+    with pytest.raises(SettingsError, match="^MM_ENV"):
+        defs()
