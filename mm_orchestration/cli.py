@@ -198,10 +198,15 @@ def _local_settings() -> Settings:
     if not os.environ.get("DATABASE_URL"):
         settings = Settings.from_env()
         port_file = Path(settings.data_dir, "postgres", "port")
-        if port_file.exists() and Path(settings.data_dir, "postgres", "data", "postmaster.pid").exists():
+        if (
+            port_file.exists()
+            and Path(settings.data_dir, "postgres", "data", "postmaster.pid").exists()
+        ):
             port = port_file.read_text().strip()
             os.environ["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{port}/portal"
-            os.environ.setdefault("DAGSTER_HOME", str(Path(settings.data_dir, "dagster_home").resolve()))
+            os.environ.setdefault(
+                "DAGSTER_HOME", str(Path(settings.data_dir, "dagster_home").resolve())
+            )
             _dagster_storage_env(os.environ["DATABASE_URL"])
     return Settings.from_env()
 
@@ -235,11 +240,15 @@ def cmd_dev(args: argparse.Namespace) -> int:
     embedded = not settings.database_url
     if embedded:
         server = EmbeddedPostgres(data_dir / "postgres").start()
-        print(f"mm-jobs: embedded PostgreSQL on 127.0.0.1:{server.port} (data in {server.data_dir})")
+        print(
+            f"mm-jobs: embedded PostgreSQL on 127.0.0.1:{server.port} (data in {server.data_dir})"
+        )
         with connect(server.url("postgres"), autocommit=True) as conn:
             for name in ("portal", "dagster"):
-                if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
-                    conn.execute(f'CREATE DATABASE "{name}"')  # noqa: S608 - fixed names
+                if not conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", [name]
+                ).fetchone():
+                    conn.execute(f'CREATE DATABASE "{name}"')
         os.environ["DATABASE_URL"] = server.url("portal")
         _dagster_storage_env(server.url("dagster"))
     else:
@@ -255,7 +264,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 if empty and empty[0]:
                     with conn.transaction():
                         counts = seed_demo(conn)
-                    print(f"mm-jobs: demo data loaded ({counts.tenants} tenants, {counts.users} users)")
+                    loaded = f"{counts.tenants} tenants, {counts.users} users"
+                    print(f"mm-jobs: demo data loaded ({loaded})")
         home = Path(os.environ.get("DAGSTER_HOME") or data_dir / "dagster_home").resolve()
         home.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
@@ -270,7 +280,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def _run_dagster_dev(host: str, port: int) -> int:
     dagster = Path(sys.executable).with_name("dagster")
-    cmd = [str(dagster), "dev", "-h", host, "-p", str(port), "-w", str(PROJECT_ROOT / "workspace.yaml")]
+    cmd = [
+        str(dagster),
+        "dev",
+        "-h",
+        host,
+        "-p",
+        str(port),
+        "-w",
+        str(PROJECT_ROOT / "workspace.yaml"),
+    ]
     print(f"mm-jobs: job console on http://{host}:{port}  (Ctrl-C stops everything)")
     # cwd is DAGSTER_HOME, so dagster does not warn about the project's own dagster.yaml.
     child = subprocess.Popen(cmd, cwd=os.environ["DAGSTER_HOME"], start_new_session=True)

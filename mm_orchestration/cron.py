@@ -44,11 +44,7 @@ def next_tick(cron: str, timezone: str, after: datetime | None = None) -> dateti
         day_ok_dom = local.day in dom
         day_ok_dow = (local.isoweekday() % 7) in dow
         # Standard cron: when both day fields are restricted, either may match.
-        day_ok = (
-            day_ok_dom and day_ok_dow
-            if dom_any or dow_any
-            else day_ok_dom or day_ok_dow
-        )
+        day_ok = day_ok_dom and day_ok_dow if dom_any or dow_any else day_ok_dom or day_ok_dow
         if local.minute in minute and local.hour in hour and local.month in month and day_ok:
             return local
     raise ValueError(f"cron {cron!r} has no tick within a year")

@@ -22,8 +22,14 @@ TENANTS = [
 ]
 
 FIRST_NAMES = ["Olivia", "Jack", "Charlotte", "Noah", "Amelia", "William", "Isla", "Oliver"]
-EVENT_TYPES = ["asset.viewed", "comment.added", "share_link.opened", "upload.completed",
-               "approval.granted", "task.completed"]
+EVENT_TYPES = [
+    "asset.viewed",
+    "comment.added",
+    "share_link.opened",
+    "upload.completed",
+    "approval.granted",
+    "task.completed",
+]
 
 
 @dataclass(frozen=True)

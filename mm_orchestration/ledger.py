@@ -144,9 +144,7 @@ def claim(db: PortalDatabase, window: Window, force: bool = False) -> Iterator[C
             _log(window, "succeeded", duration, result.rows_affected)
         finally:
             if locked and locked[0]:
-                conn.execute(
-                    "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [lock_key]
-                )
+                conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [lock_key])
 
 
 def _skip(conn: Any, window: Window, reason: str) -> Claim:

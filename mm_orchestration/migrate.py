@@ -55,7 +55,9 @@ def migrate(conn: psycopg.Connection, with_portal_schema: bool = False) -> list[
     conn.execute("SELECT pg_advisory_lock(%s)", [_MIGRATION_LOCK])
     try:
         conn.execute(_BOOTSTRAP)
-        applied = dict(conn.execute("SELECT name, checksum FROM ops.schema_migrations").fetchall())
+        applied: dict[str, str] = dict(
+            conn.execute("SELECT name, checksum FROM ops.schema_migrations").fetchall()
+        )
         done: list[str] = []
         for migration in available(with_portal_schema):
             if migration.name in applied:
@@ -78,5 +80,7 @@ def migrate(conn: psycopg.Connection, with_portal_schema: bool = False) -> list[
 
 
 def current_version(conn: psycopg.Connection) -> str | None:
-    row = conn.execute("SELECT max(name) FROM ops.schema_migrations WHERE name LIKE 'ops/%'").fetchone()
+    row = conn.execute(
+        "SELECT max(name) FROM ops.schema_migrations WHERE name LIKE 'ops/%'"
+    ).fetchone()
     return row[0] if row else None

@@ -105,7 +105,11 @@ def deliver_pending(
 
 
 def _deliver_one(
-    db: PortalDatabase, mailer: Mailer, render: Renderer, row: tuple[Any, ...], report: DeliveryReport
+    db: PortalDatabase,
+    mailer: Mailer,
+    render: Renderer,
+    row: tuple[Any, ...],
+    report: DeliveryReport,
 ) -> None:
     outbox_id, key, kind, tenant_id, recipient, payload, attempts = row
     fields = {"kind": kind, "key": key, "tenantId": tenant_id, "recipient": mask_email(recipient)}
@@ -136,7 +140,8 @@ def _deliver_one(
     except Exception as exc:  # a rendering bug must not strand the row in 'sending'
         with db.connection() as conn:
             conn.execute(
-                "UPDATE ops.notification_outbox SET status = 'failed', last_error = %s WHERE id = %s",
+                """UPDATE ops.notification_outbox
+                      SET status = 'failed', last_error = %s WHERE id = %s""",
                 [f"could not build the message: {type(exc).__name__}: {exc}", outbox_id],
             )
         report.failed += 1

@@ -42,20 +42,29 @@ def dagster_env(pg_server, database_url, tmp_path, project_root, monkeypatch):
 
 
 def mm_jobs(env, *args, cwd=None):
-    return subprocess.run([MM_JOBS, *args], env=env, capture_output=True, text=True,
-                          timeout=120, cwd=cwd)
+    return subprocess.run(
+        [MM_JOBS, *args], env=env, capture_output=True, text=True, timeout=120, cwd=cwd
+    )
 
 
 def test_run_share_link_expiry_is_recorded_in_the_instance(dagster_env, conn, tmp_path):
     t = f.tenant(conn)
-    link = f.share_link(conn, t, f.asset(conn, t), f.user(conn, t, email="jack@bondi.example"),
-                        datetime.now(UTC) - timedelta(minutes=3))
+    link = f.share_link(
+        conn,
+        t,
+        f.asset(conn, t),
+        f.user(conn, t, email="jack@bondi.example"),
+        datetime.now(UTC) - timedelta(minutes=3),
+    )
     proc = mm_jobs(dagster_env, "run", "share-link-expiry", "--actor", "reliability-oncall")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_id = next(line.split(": ")[1] for line in proc.stdout.splitlines()
-                  if line.startswith("run id: "))
-    assert conn.execute("SELECT status FROM portal.share_links WHERE id = %s",
-                        [link]).fetchone()[0] == "expired"
+    run_id = next(
+        line.split(": ")[1] for line in proc.stdout.splitlines() if line.startswith("run id: ")
+    )
+    assert (
+        conn.execute("SELECT status FROM portal.share_links WHERE id = %s", [link]).fetchone()[0]
+        == "expired"
+    )
     # No SendGrid key: the email is a file, and the outbox says sent.
     emails = list((tmp_path / "data" / "mail").glob("*.eml"))
     assert len(emails) == 1 and "jack@bondi.example" in emails[0].read_text()
@@ -110,16 +119,29 @@ def test_list_shows_every_job_with_schedule_and_next_tick(dagster_env):
 def test_seed_demo_fills_every_contract_table(dagster_env, conn):
     proc = mm_jobs(dagster_env, "seed-demo", "--scale", "2")
     assert proc.returncode == 0, proc.stderr
-    for table in ("tenants", "users", "projects", "milestones", "tasks", "media_assets",
-                  "share_links", "share_link_tokens", "invitations", "email_suppressions",
-                  "events", "mux_webhook_dlq"):
+    for table in (
+        "tenants",
+        "users",
+        "projects",
+        "milestones",
+        "tasks",
+        "media_assets",
+        "share_links",
+        "share_link_tokens",
+        "invitations",
+        "email_suppressions",
+        "events",
+        "mux_webhook_dlq",
+    ):
         count = conn.execute(f"SELECT count(*) FROM portal.{table}").fetchone()[0]  # noqa: S608
         assert count > 0, table
-    due = conn.execute("SELECT count(*) FROM portal.share_links WHERE status = 'active' "
-                       "AND expires_at <= now()").fetchone()[0]
-    old_invites = conn.execute("SELECT count(*) FROM portal.invitations WHERE status = "
-                               "'pending' AND created_at < now() - interval '72 hours'"
-                               ).fetchone()[0]
+    due = conn.execute(
+        "SELECT count(*) FROM portal.share_links WHERE status = 'active' AND expires_at <= now()"
+    ).fetchone()[0]
+    old_invites = conn.execute(
+        "SELECT count(*) FROM portal.invitations WHERE status = "
+        "'pending' AND created_at < now() - interval '72 hours'"
+    ).fetchone()[0]
     reasons = {r[0] for r in conn.execute("SELECT DISTINCT reason FROM portal.email_suppressions")}
     assert due > 0 and old_invites > 0
     assert reasons == {"bounce", "spam_report", "unsubscribe", "invalid"}
@@ -130,8 +152,18 @@ def test_definitions_validate(project_root, tmp_path):
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     proc = subprocess.run(
-        [str(Path(sys.executable).with_name("dagster")), "definitions", "validate",
-         "-w", str(project_root / "workspace.yaml")],
-        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        [
+            str(Path(sys.executable).with_name("dagster")),
+            "definitions",
+            "validate",
+            "-w",
+            str(project_root / "workspace.yaml"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Validation successful" in proc.stderr + proc.stdout

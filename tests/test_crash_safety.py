@@ -22,19 +22,26 @@ def _run(portal_db, mailer, tags=None):
     with DagsterInstance.ephemeral() as instance:
         return share_link_expiry.execute_in_process(
             resources={"portal_db": portal_db, "mailer": mailer},
-            instance=instance, tags=tags or {}, raise_on_error=False)
+            instance=instance,
+            tags=tags or {},
+            raise_on_error=False,
+        )
 
 
-def test_killed_while_sending_never_resends(conn, database_url, portal_db, mailer, sendgrid,
-                                            project_root):
+def test_killed_while_sending_never_resends(
+    conn, database_url, portal_db, mailer, sendgrid, project_root
+):
     t = f.tenant(conn)
     owner = f.user(conn, t, email="olivia@kangaroo.example")
     link = f.share_link(conn, t, f.asset(conn, t), owner, NOW - timedelta(minutes=1))
     sendgrid.then(Reply(202, delay=30))  # SendGrid takes the message, then hangs
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.run_job_in_subprocess", database_url, sendgrid.url],
-        cwd=project_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+        cwd=project_root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         assert sendgrid.arrived.wait(60), "the job never reached SendGrid"
     finally:
@@ -42,8 +49,10 @@ def test_killed_while_sending_never_resends(conn, database_url, portal_db, maile
         proc.wait()
 
     # The link change committed; the email is claimed and its outcome unknown.
-    assert conn.execute("SELECT status FROM portal.share_links WHERE id = %s",
-                        [link]).fetchone()[0] == "expired"
+    assert (
+        conn.execute("SELECT status FROM portal.share_links WHERE id = %s", [link]).fetchone()[0]
+        == "expired"
+    )
     assert conn.execute("SELECT status FROM ops.notification_outbox").fetchone()[0] == "sending"
 
     # A rerun does not send it again...
@@ -53,7 +62,8 @@ def test_killed_while_sending_never_resends(conn, database_url, portal_db, maile
     conn.execute("UPDATE ops.notification_outbox SET claimed_at = now() - interval '1 hour'")
     assert _run(portal_db, mailer).success
     status, error = conn.execute(
-        "SELECT status, last_error FROM ops.notification_outbox").fetchone()
+        "SELECT status, last_error FROM ops.notification_outbox"
+    ).fetchone()
     assert status == "failed" and "outcome unknown" in error and "idempotency_key" in error
     assert sendgrid.arrivals == 1
 
@@ -63,13 +73,15 @@ def test_killed_run_leaves_no_stuck_window(conn, portal_db, mailer, sendgrid):
     t = f.tenant(conn)
     f.share_link(conn, t, f.asset(conn, t), f.user(conn, t), NOW - timedelta(minutes=1))
     window = "2026-11-28T21:00:00Z"
-    conn.execute("INSERT INTO ops.job_runs (job_name, window_key, run_id, status) "
-                 "VALUES ('share-link-expiry', %s, 'dead-run', 'running')", [window])
+    conn.execute(
+        "INSERT INTO ops.job_runs (job_name, window_key, run_id, status) "
+        "VALUES ('share-link-expiry', %s, 'dead-run', 'running')",
+        [window],
+    )
     result = _run(portal_db, mailer, {WINDOW_TAG: window, TRIGGER_TAG: "schedule"})
     assert result.success
     rows = conn.execute("SELECT run_id, status, error FROM ops.job_runs ORDER BY id").fetchall()
-    assert rows[0] == ("dead-run", "failed",
-                       "abandoned: the run stopped before recording its end")
+    assert rows[0] == ("dead-run", "failed", "abandoned: the run stopped before recording its end")
     assert rows[1][1] == "succeeded"
     assert len(sendgrid.accepted_recipients()) == 1
 
@@ -77,11 +89,13 @@ def test_killed_run_leaves_no_stuck_window(conn, portal_db, mailer, sendgrid):
 def test_window_held_by_a_live_run_is_skipped(conn, database_url, portal_db, mailer):
     window = "2026-11-28T21:15:00Z"
     with conn.cursor() as cur:  # a live run of the same window holds the advisory lock
-        cur.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))",
-                    [f"share-link-expiry/{window}"])
+        cur.execute(
+            "SELECT pg_advisory_lock(hashtextextended(%s, 0))", [f"share-link-expiry/{window}"]
+        )
         result = _run(portal_db, mailer, {WINDOW_TAG: window, TRIGGER_TAG: "schedule"})
-        cur.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))",
-                    [f"share-link-expiry/{window}"])
+        cur.execute(
+            "SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [f"share-link-expiry/{window}"]
+        )
     assert result.success
     status, error = conn.execute("SELECT status, error FROM ops.job_runs").fetchone()
     assert status == "skipped" and "another run" in error

@@ -46,7 +46,9 @@ def test_job_without_portal_schema_fails_naming_the_table(empty_db, tmp_path):
     with DagsterInstance.ephemeral() as instance:
         result = share_link_expiry.execute_in_process(
             resources={"portal_db": db, "mailer": Mailer(mail_dir=str(tmp_path))},
-            instance=instance, raise_on_error=False)
+            instance=instance,
+            raise_on_error=False,
+        )
     db.close()
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
@@ -65,15 +67,27 @@ def test_require_tables_lists_every_missing_one(empty_db):
 
 def test_contract_columns_accept_a_minimal_row(conn):
     """A row written with only the contract's columns is valid (defaults fill the rest)."""
-    t = conn.execute("INSERT INTO portal.tenants (id, name, slug, status, data_region, created_at)"
-                     " VALUES (gen_random_uuid(), 'A', 'a', 'active', 'ap-southeast-2', now())"
-                     " RETURNING id").fetchone()[0]
-    conn.execute("INSERT INTO ops.job_runs (job_name, window_key, run_id, status) "
-                 "VALUES ('x', 'w', 'r', 'succeeded')")
-    conn.execute("INSERT INTO ops.notification_outbox (idempotency_key, kind, tenant_id, "
-                 "recipient, payload) VALUES ('k', 'k', %s, 'a@b.example', '{}')", [t])
+    t = conn.execute(
+        "INSERT INTO portal.tenants (id, name, slug, status, data_region, created_at)"
+        " VALUES (gen_random_uuid(), 'A', 'a', 'active', 'ap-southeast-2', now())"
+        " RETURNING id"
+    ).fetchone()[0]
+    conn.execute(
+        "INSERT INTO ops.job_runs (job_name, window_key, run_id, status) "
+        "VALUES ('x', 'w', 'r', 'succeeded')"
+    )
+    conn.execute(
+        "INSERT INTO ops.notification_outbox (idempotency_key, kind, tenant_id, "
+        "recipient, payload) VALUES ('k', 'k', %s, 'a@b.example', '{}')",
+        [t],
+    )
     when = datetime.now(UTC) - timedelta(days=1)
-    conn.execute("INSERT INTO portal.mux_webhook_dlq (event_id, event_type, payload, received_at)"
-                 " VALUES ('e1', 'video.asset.ready', '{}', %s)", [when])
+    conn.execute(
+        "INSERT INTO portal.mux_webhook_dlq (event_id, event_type, payload, received_at)"
+        " VALUES ('e1', 'video.asset.ready', '{}', %s)",
+        [when],
+    )
     assert conn.execute("SELECT status, attempts FROM portal.mux_webhook_dlq").fetchone() == (
-        "pending", 0)
+        "pending",
+        0,
+    )

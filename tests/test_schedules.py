@@ -75,8 +75,13 @@ def test_inventory_entries_are_complete(spec):
 
 
 def test_seed_retry_counts():
-    expected = {"share-link-expiry": 1, "notification-digest": 3, "residency-report": 2,
-                "analytics-rollup": 1, "notification-suppression-cleanup": 1}
+    expected = {
+        "share-link-expiry": 1,
+        "notification-digest": 3,
+        "residency-report": 2,
+        "analytics-rollup": 1,
+        "notification-suppression-cleanup": 1,
+    }
     for name, retries in expected.items():
         assert inventory.get(name).retries == retries
 

@@ -33,15 +33,19 @@ def test_secrets_are_not_echoed():
     with pytest.raises(SettingsError) as err:
         Settings.from_env({"DATABASE_URL": "mysql://admin:hunter2@db/portal"})
     assert "hunter2" not in str(err.value)
-    settings = Settings.from_env({"SENDGRID_API_KEY": "SG.secret",
-                                  "DATABASE_URL": "postgresql://u:pw@h/db"})
+    settings = Settings.from_env(
+        {"SENDGRID_API_KEY": "SG.secret", "DATABASE_URL": "postgresql://u:pw@h/db"}
+    )
     assert "SG.secret" not in repr(settings) and "pw@" not in repr(settings)
 
 
 def test_defaults():
     s = Settings.from_env({})
     assert (s.env, s.timezone, s.sendgrid_api_host) == (
-        "development", "Australia/Sydney", "https://api.sendgrid.com")
+        "development",
+        "Australia/Sydney",
+        "https://api.sendgrid.com",
+    )
     assert s.contact("compliance") == s.compliance_email
 
 

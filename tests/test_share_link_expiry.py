@@ -11,16 +11,21 @@ import pytest
 from dagster import DagsterInstance
 
 from mm_orchestration.jobs.share_link_expiry import expire_due_links, share_link_expiry
-from mm_orchestration.resources import Mailer
 from mm_orchestration.ledger import TRIGGER_TAG, WINDOW_TAG
+from mm_orchestration.resources import Mailer
 from tests import factories as f
 from tests.sendgrid_server import Reply
 
 NOW = datetime.now(UTC)
 
 
-def run(portal_db: Any, mailer: Any, tags: dict[str, str] | None = None,
-        force: bool = False, instance: DagsterInstance | None = None) -> Any:
+def run(
+    portal_db: Any,
+    mailer: Any,
+    tags: dict[str, str] | None = None,
+    force: bool = False,
+    instance: DagsterInstance | None = None,
+) -> Any:
     with (instance and _nullctx(instance)) or DagsterInstance.ephemeral() as inst:
         return share_link_expiry.execute_in_process(
             resources={"portal_db": portal_db, "mailer": mailer},
@@ -51,27 +56,47 @@ def agency(conn: psycopg.Connection) -> dict[str, Any]:
 
 
 def links(conn: psycopg.Connection) -> dict[Any, tuple[str, Any]]:
-    return {r[0]: (r[1], r[2]) for r in conn.execute(
-        "SELECT id, status, expired_at FROM portal.share_links")}
+    return {
+        r[0]: (r[1], r[2])
+        for r in conn.execute("SELECT id, status, expired_at FROM portal.share_links")
+    }
 
 
 def live_tokens(conn: psycopg.Connection, link: Any) -> int:
-    row = conn.execute("SELECT count(*) FROM portal.share_link_tokens "
-                       "WHERE share_link_id = %s AND revoked_at IS NULL", [link]).fetchone()
+    row = conn.execute(
+        "SELECT count(*) FROM portal.share_link_tokens "
+        "WHERE share_link_id = %s AND revoked_at IS NULL",
+        [link],
+    ).fetchone()
     assert row
     return int(row[0])
 
 
 def test_due_links_expire_tokens_revoke_and_owner_is_emailed_once(
-        conn, portal_db, mailer, sendgrid, agency):
-    due = f.share_link(conn, agency["tenant"], agency["asset"], agency["owner"],
-                       NOW - timedelta(minutes=5))
-    not_due = f.share_link(conn, agency["tenant"], agency["asset"], agency["owner"],
-                           NOW + timedelta(days=2))
-    revoked = f.share_link(conn, agency["tenant"], agency["asset"], agency["owner"],
-                           NOW - timedelta(days=1), status="revoked")
-    already = f.share_link(conn, agency["tenant"], agency["asset"], agency["owner"],
-                           NOW - timedelta(days=3), status="expired")
+    conn, portal_db, mailer, sendgrid, agency
+):
+    due = f.share_link(
+        conn, agency["tenant"], agency["asset"], agency["owner"], NOW - timedelta(minutes=5)
+    )
+    not_due = f.share_link(
+        conn, agency["tenant"], agency["asset"], agency["owner"], NOW + timedelta(days=2)
+    )
+    revoked = f.share_link(
+        conn,
+        agency["tenant"],
+        agency["asset"],
+        agency["owner"],
+        NOW - timedelta(days=1),
+        status="revoked",
+    )
+    already = f.share_link(
+        conn,
+        agency["tenant"],
+        agency["asset"],
+        agency["owner"],
+        NOW - timedelta(days=3),
+        status="expired",
+    )
 
     result = run(portal_db, mailer)
 
@@ -87,13 +112,18 @@ def test_due_links_expire_tokens_revoke_and_owner_is_emailed_once(
     body = sendgrid.mail_requests[0].body
     assert body["subject"] == "Share link expired: Summer Campaign - final cut"
     text = body["content"][0]["value"]
-    expected_local = (NOW - timedelta(minutes=5)).astimezone(
-        __import__("zoneinfo").ZoneInfo("Australia/Sydney")).strftime("%-d %b %Y, %-I:%M %p")
+    expected_local = (
+        (NOW - timedelta(minutes=5))
+        .astimezone(__import__("zoneinfo").ZoneInfo("Australia/Sydney"))
+        .strftime("%-d %b %Y, %-I:%M %p")
+    )
     assert "Summer Campaign - final cut" in text and expected_local in text
-    assert body["personalizations"][0]["custom_args"]["idempotency_key"] == \
-        f"share-link-expired:{due}"
-    outbox = conn.execute("SELECT status, provider_message_id, tenant_id FROM "
-                          "ops.notification_outbox").fetchall()
+    assert (
+        body["personalizations"][0]["custom_args"]["idempotency_key"] == f"share-link-expired:{due}"
+    )
+    outbox = conn.execute(
+        "SELECT status, provider_message_id, tenant_id FROM ops.notification_outbox"
+    ).fetchall()
     assert len(outbox) == 1 and outbox[0][0] == "sent" and outbox[0][1]
     assert outbox[0][2] == agency["tenant"]
 
@@ -108,15 +138,17 @@ def test_link_expiring_exactly_now_is_due(conn, database_url, agency):
         link = tx.execute(
             "INSERT INTO portal.share_links (tenant_id, media_asset_id, created_by, expires_at)"
             " VALUES (%s, %s, %s, now()) RETURNING id",
-            [agency["tenant"], agency["asset"], agency["owner"]]).fetchone()[0]
+            [agency["tenant"], agency["asset"], agency["owner"]],
+        ).fetchone()[0]
         counts = expire_due_links(tx)
     assert counts.links_expired == 1 and counts.emails_queued == 1
     assert links(conn)[link][0] == "expired"
 
 
 def test_link_without_tokens_still_expires_and_notifies(conn, portal_db, mailer, sendgrid, agency):
-    link = f.share_link(conn, agency["tenant"], agency["asset"], agency["owner"],
-                        NOW - timedelta(hours=1), tokens=0)
+    link = f.share_link(
+        conn, agency["tenant"], agency["asset"], agency["owner"], NOW - timedelta(hours=1), tokens=0
+    )
     assert run(portal_db, mailer).success
     assert links(conn)[link][0] == "expired"
     assert sendgrid.accepted_recipients() == ["olivia@kangaroo.example"]
@@ -124,13 +156,15 @@ def test_link_without_tokens_still_expires_and_notifies(conn, portal_db, mailer,
 
 def test_suppressed_owner_is_never_emailed(conn, portal_db, mailer, sendgrid, agency):
     f.suppression(conn, "Olivia@Kangaroo.example", reason="unsubscribe")
-    link = f.share_link(conn, agency["tenant"], agency["asset"], agency["owner"],
-                        NOW - timedelta(hours=1))
+    link = f.share_link(
+        conn, agency["tenant"], agency["asset"], agency["owner"], NOW - timedelta(hours=1)
+    )
     assert run(portal_db, mailer).success
     assert links(conn)[link][0] == "expired"
     assert sendgrid.mail_requests == []
     status, error = conn.execute(
-        "SELECT status, last_error FROM ops.notification_outbox").fetchone()
+        "SELECT status, last_error FROM ops.notification_outbox"
+    ).fetchone()
     assert status == "suppressed" and "unsubscribe" in error
 
 
@@ -146,8 +180,7 @@ def test_deactivated_owner_gets_no_email_but_link_expires(conn, portal_db, maile
 
 
 def test_concurrent_runs_send_each_email_once(conn, portal_db, mailer, sendgrid, agency):
-    owners = [f.user(conn, agency["tenant"], email=f"owner{i}@kangaroo.example")
-              for i in range(30)]
+    owners = [f.user(conn, agency["tenant"], email=f"owner{i}@kangaroo.example") for i in range(30)]
     for o in owners:
         f.share_link(conn, agency["tenant"], agency["asset"], o, NOW - timedelta(minutes=1))
     results: list[Any] = []
@@ -165,8 +198,10 @@ def test_concurrent_runs_send_each_email_once(conn, portal_db, mailer, sendgrid,
     assert all(r.success for r in results)
     recipients = sendgrid.accepted_recipients()
     assert sorted(recipients) == sorted(f"owner{i}@kangaroo.example" for i in range(30))
-    assert conn.execute("SELECT count(*) FROM portal.share_links WHERE status='expired'"
-                        ).fetchone()[0] == 30
+    assert (
+        conn.execute("SELECT count(*) FROM portal.share_links WHERE status='expired'").fetchone()[0]
+        == 30
+    )
     expired_total = sum(r.output_for_node("expire_due_share_links") for r in results)
     assert expired_total == 30
 
@@ -177,8 +212,10 @@ def test_sendgrid_500_then_202_delivers_once(conn, portal_db, mailer, sendgrid, 
     assert run(portal_db, mailer).success
     assert [r.status for r in sendgrid.mail_requests] == [500, 202]
     assert sendgrid.accepted_recipients() == ["olivia@kangaroo.example"]
-    assert conn.execute("SELECT status, attempts FROM ops.notification_outbox"
-                        ).fetchone() == ("sent", 1)
+    assert conn.execute("SELECT status, attempts FROM ops.notification_outbox").fetchone() == (
+        "sent",
+        1,
+    )
 
 
 def test_429_waits_for_rate_limit_reset_then_sends(conn, portal_db, mailer, sendgrid, agency):
@@ -194,28 +231,46 @@ def test_400_fails_only_that_row_and_others_go(conn, portal_db, mailer, sendgrid
     f.share_link(conn, agency["tenant"], agency["asset"], agency["owner"], NOW - timedelta(hours=1))
     f.share_link(conn, agency["tenant"], agency["asset"], bad, NOW - timedelta(hours=1))
     sendgrid.rule = lambda body: (
-        Reply(400, {"errors": [{"message": "Does not contain a valid address.",
-                                "field": "personalizations.0.to"}]})
-        if body["personalizations"][0]["to"][0]["email"] == "bad@kangaroo.example" else None)
+        Reply(
+            400,
+            {
+                "errors": [
+                    {
+                        "message": "Does not contain a valid address.",
+                        "field": "personalizations.0.to",
+                    }
+                ]
+            },
+        )
+        if body["personalizations"][0]["to"][0]["email"] == "bad@kangaroo.example"
+        else None
+    )
     result = run(portal_db, mailer)
     assert result.success  # a refused address is that row's failure, not the run's
-    rows = dict(conn.execute("SELECT recipient, status || ':' || coalesce(last_error, '') "
-                             "FROM ops.notification_outbox").fetchall())
+    rows = dict(
+        conn.execute(
+            "SELECT recipient, status || ':' || coalesce(last_error, '') "
+            "FROM ops.notification_outbox"
+        ).fetchall()
+    )
     assert rows["olivia@kangaroo.example"] == "sent:"
     assert rows["bad@kangaroo.example"] == "failed:SendGrid 400: Does not contain a valid address."
     assert sendgrid.accepted_recipients() == ["olivia@kangaroo.example"]
 
 
 def test_sendgrid_down_keeps_email_pending_and_fails_the_run(
-        conn, portal_db, mailer, sendgrid, agency):
+    conn, portal_db, mailer, sendgrid, agency
+):
     f.share_link(conn, agency["tenant"], agency["asset"], agency["owner"], NOW - timedelta(hours=1))
     sendgrid.rule = lambda body: Reply(503, {"errors": [{"message": "maintenance"}]})
-    impatient = Mailer(api_key="SG.test-key", api_host=sendgrid.url, backoff_seconds=0.01,
-                       max_attempts=2)
+    impatient = Mailer(
+        api_key="SG.test-key", api_host=sendgrid.url, backoff_seconds=0.01, max_attempts=2
+    )
     result = run(portal_db, impatient)
     assert not result.success
     status, attempts, error = conn.execute(
-        "SELECT status, attempts, last_error FROM ops.notification_outbox").fetchone()
+        "SELECT status, attempts, last_error FROM ops.notification_outbox"
+    ).fetchone()
     assert status == "pending" and "503" in error
     assert attempts == 2  # the first try and the op's one retry (from the inventory)
     assert len(sendgrid.mail_requests) == 4  # two SendGrid calls per try
@@ -239,11 +294,14 @@ def test_scheduled_window_runs_once_unless_forced(conn, portal_db, mailer, agenc
 
 def test_ledger_records_duration_rows_and_trigger(conn, portal_db, mailer, agency):
     for _ in range(3):
-        f.share_link(conn, agency["tenant"], agency["asset"], agency["owner"],
-                     NOW - timedelta(hours=1))
+        f.share_link(
+            conn, agency["tenant"], agency["asset"], agency["owner"], NOW - timedelta(hours=1)
+        )
     result = run(portal_db, mailer)
-    row = conn.execute("SELECT job_name, window_key, run_id, status, duration_ms, rows_affected,"
-                       " trigger, actor, finished_at IS NOT NULL FROM ops.job_runs").fetchone()
+    row = conn.execute(
+        "SELECT job_name, window_key, run_id, status, duration_ms, rows_affected,"
+        " trigger, actor, finished_at IS NOT NULL FROM ops.job_runs"
+    ).fetchone()
     assert row[0] == "share-link-expiry"
     assert row[1] == f"manual:{result.run_id}" and row[2] == result.run_id
     assert row[3] == "succeeded" and row[4] >= 0 and row[5] == 3
@@ -251,13 +309,15 @@ def test_ledger_records_duration_rows_and_trigger(conn, portal_db, mailer, agenc
 
 
 def test_structured_logs_carry_job_fields_and_no_full_address(
-        conn, portal_db, mailer, agency, capsys):
+    conn, portal_db, mailer, agency, capsys
+):
     f.share_link(conn, agency["tenant"], agency["asset"], agency["owner"], NOW - timedelta(hours=1))
     result = run(portal_db, mailer)
     import json
 
-    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()
-             if line.startswith("{")]
+    lines = [
+        json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")
+    ]
     finished = [entry for entry in lines if entry["event"] == "job.succeeded"]
     assert finished and finished[0]["jobName"] == "share-link-expiry"
     assert finished[0]["runId"] == result.run_id

@@ -8,7 +8,6 @@ A second run finds nothing due and writes nothing; the outbox key
 one retry with backoff (from the inventory).
 """
 
-
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -102,7 +101,7 @@ def render_expiry_email(key: str, row: dict[str, Any]) -> Email:
         subject=f"Share link expired: {title}",
         text=(
             f"{greeting}\n\n"
-            f"The share link you created for \"{title}\" expired at {when}. "
+            f'The share link you created for "{title}" expired at {when}. '
             "Viewers can no longer open it.\n\n"
             "If they still need access, create a new share link from the video's page "
             "in the Motion Mavericks Portal.\n"
@@ -143,9 +142,12 @@ def send_share_link_expiry_emails(
     """Deliver the owners' notices still waiting in the outbox, this run's and any earlier."""
     report = deliver_pending(portal_db, mailer, [EMAIL_KIND], render_expiry_email, context.run_id)
     context.add_output_metadata(
-        {**report.as_metadata(), "transport": MetadataValue.text(
-            "sendgrid" if mailer.uses_sendgrid else f"files in {mailer.mail_dir}"
-        )}
+        {
+            **report.as_metadata(),
+            "transport": MetadataValue.text(
+                "sendgrid" if mailer.uses_sendgrid else f"files in {mailer.mail_dir}"
+            ),
+        }
     )
     if report.deferred:
         raise DeliveryIncomplete(

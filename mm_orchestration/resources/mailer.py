@@ -64,7 +64,9 @@ class SendError(Exception):
 class Mailer(ConfigurableResource):
     """Sends email through SendGrid when `api_key` is set, else writes `.eml` files."""
 
-    api_key: str | None = Field(default=None, description="EnvVar('SENDGRID_API_KEY'); unset: files")
+    api_key: str | None = Field(
+        default=None, description="EnvVar('SENDGRID_API_KEY'); unset: files"
+    )
     api_host: str = Field(default="https://api.sendgrid.com", description="SENDGRID_API_HOST")
     mail_from: str = Field(default="jobs@motionmavericks.com.au", description="MAIL_FROM")
     mail_dir: str = Field(default=".mm/mail", description="Where .eml files go without a key")

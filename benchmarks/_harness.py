@@ -1,0 +1,93 @@
+"""Shared benchmark plumbing: a throwaway embedded PostgreSQL, clones, psql timing.
+
+Every benchmark compares our code against a floor measured in the same run on the
+same server and data, so the ratio means the same on a laptop or a CI box.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from psycopg import sql
+
+from mm_orchestration.db import connect
+from mm_orchestration.embedded_pg import EmbeddedPostgres
+from mm_orchestration.migrate import migrate
+
+
+@contextmanager
+def server() -> Iterator[EmbeddedPostgres]:
+    with tempfile.TemporaryDirectory(prefix="mm-bench-") as tmp:
+        pg = EmbeddedPostgres(Path(tmp) / "cluster").start()  # default, durable settings
+        try:
+            yield pg
+        finally:
+            pg.stop()
+
+
+def source_database(pg: EmbeddedPostgres, build: Callable[[str], None]) -> str:
+    """A migrated database with the portal schema, filled by `build(url)`, then analysed."""
+    name = "bench_src"
+    with connect(pg.url("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with connect(pg.url(name), autocommit=True) as conn:
+        migrate(conn, with_portal_schema=True)
+    build(pg.url(name))
+    with connect(pg.url(name), autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+    return name
+
+
+@contextmanager
+def clone(pg: EmbeddedPostgres, template: str) -> Iterator[str]:
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with connect(pg.url("postgres"), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
+        )
+    try:
+        yield pg.url(name)
+    finally:
+        with connect(pg.url("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def psql_seconds(pg: EmbeddedPostgres, url: str, statement: str) -> float:
+    """Server-side time of one statement sent through psql (from `\\timing`)."""
+    script = f"\\timing on\n{statement.strip().rstrip(';')};\n"
+    out = subprocess.run(
+        [pg.bin("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", url],
+        input=script,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    times = [float(m) for m in re.findall(r"Time: ([\d.]+) ms", out)]
+    return sum(times) / 1000
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def report(title: str, figures: dict[str, str], ratio: float, target: str, ok: bool) -> None:
+    print(f"\n{title}")
+    for k, v in figures.items():
+        print(f"  {k:<34} {v}")
+    print(f"  {'ratio':<34} {ratio:.2f}  (target {target}: {'met' if ok else 'MISSED'})")

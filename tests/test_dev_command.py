@@ -1,0 +1,84 @@
+"""`mm-jobs dev` (what `make dev` runs): embedded PostgreSQL, demo data, the console with its
+schedules running, and Ctrl-C leaving nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+from mm_orchestration.embedded_pg import free_port
+
+MM_JOBS = str(Path(sys.executable).with_name("mm-jobs"))
+
+SCHEDULES_QUERY = """
+query { repositoriesOrError { ... on RepositoryConnection { nodes {
+  name schedules { name cronSchedule executionTimezone scheduleState { status } } } } } }
+"""
+
+
+def _graphql(port: int, query: str) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_dev_starts_everything_and_ctrl_c_stops_everything(tmp_path):
+    port = free_port()
+    data = tmp_path / "mm"
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_URL", "DAGSTER_", "SENDGRID_"))
+    }
+    env["MM_DATA_DIR"] = str(data)
+    log = open(tmp_path / "dev.log", "w")
+    proc = subprocess.Popen(
+        [MM_JOBS, "dev", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert proc.poll() is None, (tmp_path / "dev.log").read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the console did not come up in 90 s"
+                time.sleep(0.5)
+        nodes = _graphql(port, SCHEDULES_QUERY)["data"]["repositoriesOrError"]["nodes"]
+        schedules = {s["name"]: s for node in nodes for s in node["schedules"]}
+        expiry = schedules["share_link_expiry_schedule"]
+        assert expiry["scheduleState"]["status"] == "RUNNING"
+        assert expiry["executionTimezone"] == "Australia/Sydney"
+        assert (data / "postgres" / "data" / "PG_VERSION").exists()
+        assert "demo data loaded" in (tmp_path / "dev.log").read_text()
+        family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        postgres_pid = int((data / "postgres" / "data" / "postmaster.pid").read_text().split()[0])
+    finally:
+        os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends
+        proc.wait(timeout=60)
+    log.close()
+    time.sleep(1)
+    alive = [
+        pid
+        for pid in [*family, postgres_pid]
+        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    ]
+    assert alive == [], f"left running: {alive}"
+    assert "embedded PostgreSQL stopped" in (tmp_path / "dev.log").read_text()
