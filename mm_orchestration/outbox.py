@@ -17,7 +17,7 @@ from typing import Any
 
 from mm_orchestration.joblog import log_event, mask_email
 from mm_orchestration.resources.database import PortalDatabase
-from mm_orchestration.resources.mailer import Email, Mailer, SendError
+from mm_orchestration.resources.mailer import Email, Mailer, SendError, TemplateRecipient
 
 Renderer = Callable[[str, dict[str, Any]], Email]
 """Turns (idempotency key, row) into the message to send."""
@@ -55,9 +55,63 @@ def deliver_pending(
     render: Renderer,
     run_id: str,
 ) -> DeliveryReport:
-    """Deliver every due pending message of `kinds`; each idempotency key at most once."""
+    """Deliver every due pending message of `kinds`, one request each; each key at most once."""
+    report = _prepare(db, list(kinds))
+    tried: list[int] = []  # a message deferred in this call waits for the next call
+    while batch := _claim(db, list(kinds), run_id, tried, CLAIM_BATCH):
+        tried += [row[0] for row in batch]
+        for row in batch:
+            _deliver_one(db, mailer, render, row, report)
+    if report.errors:
+        log_event("email.delivery_incomplete", runId=run_id, deferred=report.deferred)
+    return report
+
+
+def deliver_pending_templated(
+    db: PortalDatabase,
+    mailer: Mailer,
+    kind: str,
+    template_id: str,
+    personalize: Callable[[str, dict[str, Any]], TemplateRecipient],
+    run_id: str,
+    batch_size: int = 1000,
+) -> DeliveryReport:
+    """Deliver pending messages of `kind` through a dynamic template, `batch_size` per request.
+
+    A batch SendGrid accepted is marked sent at once, so a later batch's failure never
+    sends it again. A refused batch (4xx) is marked failed with SendGrid's message and
+    the next batch still goes; a batch SendGrid cannot take now (429/5xx after the
+    mailer's own retries) goes back to pending and delivery stops for this attempt.
+    """
+    report = _prepare(db, [kind])
+    tried: list[int] = []
+    while batch := _claim(db, [kind], run_id, tried, batch_size):
+        ids = [row[0] for row in batch]
+        tried += ids
+        recipients = [personalize(row[1], {"recipient": row[4], **row[5]}) for row in batch]
+        try:
+            message_id = mailer.send_template_batch(template_id, recipients)
+        except SendError as exc:
+            _mark(db, ids, "pending" if exc.transient else "failed", error=str(exc))
+            report.errors.append(f"batch of {len(ids)}: {exc}")
+            if exc.transient:
+                report.deferred += len(ids)
+                log_event("email.batch_deferred", level=30, kind=kind, size=len(ids),
+                          error=str(exc), runId=run_id)
+                break
+            report.failed += len(ids)
+            log_event("email.batch_failed", level=40, kind=kind, size=len(ids),
+                      error=str(exc), runId=run_id)
+            continue
+        _mark(db, ids, "sent", message_id=message_id)
+        report.sent += len(ids)
+        log_event("email.batch_sent", kind=kind, size=len(ids), runId=run_id)
+    return report
+
+
+def _prepare(db: PortalDatabase, kinds: list[str]) -> DeliveryReport:
+    """Settle what earlier deliverers left behind, and suppress what must never go."""
     report = DeliveryReport()
-    kinds = list(kinds)
     with db.connection() as conn:
         report.abandoned = conn.execute(
             """UPDATE ops.notification_outbox
@@ -78,30 +132,48 @@ def deliver_pending(
                   AND lower(s.email) = lower(o.recipient)""",
             [kinds],
         ).rowcount
-    tried: list[int] = []  # a message deferred in this call waits for the next call
-    while True:
-        with db.connection() as conn:
-            batch = conn.execute(
-                """UPDATE ops.notification_outbox
-                      SET status = 'sending', claimed_by = %s, claimed_at = now(),
-                          attempts = attempts + 1
-                    WHERE id IN (SELECT id FROM ops.notification_outbox
-                                  WHERE status = 'pending' AND kind = ANY(%s)
-                                    AND next_attempt_at <= now()
-                                    AND id <> ALL(%s)
-                                  ORDER BY id LIMIT %s
-                                  FOR UPDATE SKIP LOCKED)
-                RETURNING id, idempotency_key, kind, tenant_id, recipient, payload, attempts""",
-                [run_id, kinds, tried, CLAIM_BATCH],
-            ).fetchall()
-        if not batch:
-            break
-        tried += [row[0] for row in batch]
-        for row in batch:
-            _deliver_one(db, mailer, render, row, report)
-    if report.errors:
-        log_event("email.delivery_incomplete", runId=run_id, deferred=report.deferred)
     return report
+
+
+def _claim(
+    db: PortalDatabase, kinds: list[str], run_id: str, exclude: list[int], limit: int
+) -> list[tuple[Any, ...]]:
+    """Mark up to `limit` due messages 'sending' for this run, committed before any send."""
+    with db.connection() as conn:
+        return conn.execute(
+            """UPDATE ops.notification_outbox
+                  SET status = 'sending', claimed_by = %s, claimed_at = now(),
+                      attempts = attempts + 1
+                WHERE id IN (SELECT id FROM ops.notification_outbox
+                              WHERE status = 'pending' AND kind = ANY(%s)
+                                AND next_attempt_at <= now()
+                                AND id <> ALL(%s)
+                              ORDER BY id LIMIT %s
+                              FOR UPDATE SKIP LOCKED)
+            RETURNING id, idempotency_key, kind, tenant_id, recipient, payload, attempts""",
+            [run_id, kinds, exclude, limit],
+        ).fetchall()
+
+
+def _mark(
+    db: PortalDatabase,
+    ids: list[int],
+    status: str,
+    error: str | None = None,
+    message_id: str | None = None,
+) -> None:
+    with db.connection() as conn:
+        conn.execute(
+            """UPDATE ops.notification_outbox
+                  SET status = %(status)s,
+                      last_error = %(error)s,
+                      provider_message_id = coalesce(%(message_id)s, provider_message_id),
+                      sent_at = CASE WHEN %(status)s = 'sent' THEN now() END,
+                      claimed_by = CASE WHEN %(status)s = 'pending' THEN NULL
+                                        ELSE claimed_by END
+                WHERE id = ANY(%(ids)s)""",
+            {"status": status, "error": error, "message_id": message_id, "ids": ids},
+        )
 
 
 def _deliver_one(
@@ -116,44 +188,23 @@ def _deliver_one(
     try:
         message_id = mailer.send(render(key, {"recipient": recipient, **payload}))
     except SendError as exc:
-        with db.connection() as conn:
-            if exc.transient:
-                # Back to pending: the mailer has already backed off; the op's retry
-                # policy (or the next scheduled run) is the next try.
-                conn.execute(
-                    """UPDATE ops.notification_outbox
-                          SET status = 'pending', last_error = %s, claimed_by = NULL
-                        WHERE id = %s""",
-                    [str(exc), outbox_id],
-                )
-                report.deferred += 1
-            else:
-                conn.execute(
-                    """UPDATE ops.notification_outbox
-                          SET status = 'failed', last_error = %s WHERE id = %s""",
-                    [str(exc), outbox_id],
-                )
-                report.failed += 1
+        # Transient: back to pending; the mailer already backed off, so the op's retry
+        # policy (or the next scheduled run) is the next try.
+        _mark(db, [outbox_id], "pending" if exc.transient else "failed", error=str(exc))
+        if exc.transient:
+            report.deferred += 1
+        else:
+            report.failed += 1
         report.errors.append(f"{key}: {exc}")
         log_event("email.failed", level=30, error=str(exc), transient=exc.transient, **fields)
         return
     except Exception as exc:  # a rendering bug must not strand the row in 'sending'
-        with db.connection() as conn:
-            conn.execute(
-                """UPDATE ops.notification_outbox
-                      SET status = 'failed', last_error = %s WHERE id = %s""",
-                [f"could not build the message: {type(exc).__name__}: {exc}", outbox_id],
-            )
+        error = f"could not build the message: {type(exc).__name__}: {exc}"
+        _mark(db, [outbox_id], "failed", error=error)
         report.failed += 1
         report.errors.append(f"{key}: {exc}")
         log_event("email.failed", level=40, error=str(exc), **fields)
         return
-    with db.connection() as conn:
-        conn.execute(
-            """UPDATE ops.notification_outbox
-                  SET status = 'sent', sent_at = now(), provider_message_id = %s, last_error = NULL
-                WHERE id = %s""",
-            [message_id, outbox_id],
-        )
+    _mark(db, [outbox_id], "sent", message_id=message_id)
     report.sent += 1
     log_event("email.sent", **fields)

@@ -31,6 +31,7 @@ class Settings:
     timezone: str = "Australia/Sydney"
     sendgrid_api_key: str | None = field(default=None, repr=False)
     sendgrid_api_host: str = "https://api.sendgrid.com"
+    digest_template_id: str | None = None
     mail_from: str = "jobs@motionmavericks.com.au"
     compliance_email: str = "compliance@motionmavericks.com.au"
     reliability_email: str = "reliability@motionmavericks.com.au"
@@ -54,6 +55,7 @@ class Settings:
             timezone=get("MM_TIMEZONE") or defaults.timezone,
             sendgrid_api_key=get("SENDGRID_API_KEY"),
             sendgrid_api_host=get("SENDGRID_API_HOST") or defaults.sendgrid_api_host,
+            digest_template_id=get("SENDGRID_DIGEST_TEMPLATE_ID"),
             mail_from=get("MAIL_FROM") or defaults.mail_from,
             compliance_email=get("COMPLIANCE_EMAIL") or defaults.compliance_email,
             reliability_email=get("RELIABILITY_EMAIL") or defaults.reliability_email,
@@ -89,6 +91,16 @@ class Settings:
                 raise SettingsError(f"{name}={value!r} is not an email address")
         if self.sendgrid_api_key is not None and not self.sendgrid_api_key.startswith("SG."):
             raise SettingsError("SENDGRID_API_KEY does not look like a SendGrid key (SG....)")
+        if self.digest_template_id is not None and not self.digest_template_id.startswith("d-"):
+            raise SettingsError(
+                f"SENDGRID_DIGEST_TEMPLATE_ID={self.digest_template_id!r} is not a dynamic "
+                "template id (d-...)"
+            )
+        if self.sendgrid_api_key is not None and self.digest_template_id is None:
+            raise SettingsError(
+                "SENDGRID_DIGEST_TEMPLATE_ID is required when SENDGRID_API_KEY is set: the "
+                "notification digest is sent with a SendGrid dynamic template"
+            )
 
     @property
     def staging_intervals(self) -> bool:

@@ -21,6 +21,7 @@ from mm_orchestration.settings import Settings, SettingsError
         ("RELIABILITY_EMAIL", "x@"),
         ("ADMIN_EMAIL", "@example.com"),
         ("SENTRY_DSN", "nonsense"),
+        ("SENDGRID_DIGEST_TEMPLATE_ID", "digest"),
     ],
 )
 def test_bad_value_names_the_setting(name, value):
@@ -34,7 +35,11 @@ def test_secrets_are_not_echoed():
         Settings.from_env({"DATABASE_URL": "mysql://admin:hunter2@db/portal"})
     assert "hunter2" not in str(err.value)
     settings = Settings.from_env(
-        {"SENDGRID_API_KEY": "SG.secret", "DATABASE_URL": "postgresql://u:pw@h/db"}
+        {
+            "SENDGRID_API_KEY": "SG.secret",
+            "SENDGRID_DIGEST_TEMPLATE_ID": "d-digest",
+            "DATABASE_URL": "postgresql://u:pw@h/db",
+        }
     )
     assert "SG.secret" not in repr(settings) and "pw@" not in repr(settings)
 
@@ -55,3 +60,8 @@ def test_definitions_fail_to_load_with_the_setting_name(monkeypatch):
     monkeypatch.setenv("MM_ENV", "qa")
     with pytest.raises(SettingsError, match="^MM_ENV"):
         defs()
+
+
+def test_sendgrid_key_needs_the_digest_template():
+    with pytest.raises(SettingsError, match="^SENDGRID_DIGEST_TEMPLATE_ID is required"):
+        Settings.from_env({"SENDGRID_API_KEY": "SG.key"})
