@@ -7,18 +7,27 @@ fails the load with the setting's name.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import dagster as dg
 
 from mm_orchestration import inventory
+from mm_orchestration.jobs.invite_cleanup import invite_cleanup
+from mm_orchestration.jobs.notification_digest import notification_digest
 from mm_orchestration.jobs.share_link_expiry import share_link_expiry
-from mm_orchestration.resources import Mailer, PortalDatabase
-from mm_orchestration.scheduling import inventory_schedule
+from mm_orchestration.jobs.suppression_cleanup import notification_suppression_cleanup
+from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
+from mm_orchestration.scheduling import inventory_schedule, window_key
 from mm_orchestration.settings import Settings
 
 # The operational jobs that are built, keyed by their inventory name.
 JOBS = {
     "share-link-expiry": share_link_expiry,
+    "notification-digest": notification_digest,
+    "invite-cleanup": invite_cleanup,
+    "notification-suppression-cleanup": notification_suppression_cleanup,
 }
 
 
@@ -26,6 +35,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
     """Resources bound to environment variables, so secrets never appear in the UI."""
     return {
         "portal_db": PortalDatabase(url=dg.EnvVar("DATABASE_URL")),
+        "job_settings": JobSettings.from_settings(settings),
         "mailer": Mailer(
             api_key=dg.EnvVar("SENDGRID_API_KEY") if settings.sendgrid_api_key else None,
             api_host=settings.sendgrid_api_host,
@@ -37,7 +47,8 @@ def build_resources(settings: Settings) -> dict[str, object]:
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     schedules = [
-        inventory_schedule(inventory.get(name), job, settings) for name, job in JOBS.items()
+        inventory_schedule(inventory.get(name), job, settings, window=_window(name, settings))
+        for name, job in JOBS.items()
     ]
     return dg.Definitions(
         jobs=list(JOBS.values()),
@@ -49,3 +60,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
 @dg.definitions
 def defs() -> dg.Definitions:
     return build_definitions(Settings.from_env())
+
+
+def _window(job_name: str, settings: Settings) -> Callable[[datetime], str]:
+    """The digest covers a local date (one per day); every other job covers its tick."""
+    if job_name == "notification-digest" and settings.env != "staging":
+        zone = ZoneInfo(settings.timezone)
+        return lambda tick: tick.astimezone(zone).date().isoformat()
+    return window_key

@@ -55,10 +55,12 @@ def inventory_schedule(
     job: JobDefinition | Any,
     settings: Settings,
     should_run: Callable[[datetime], str | None] | None = None,
+    window: Callable[[datetime], str] = window_key,
 ) -> ScheduleDefinition:
     """The schedule of `spec`, in the configured time zone, running from the start.
 
-    `should_run(tick)` may return a reason to skip a tick (the first-business-day rule).
+    `should_run(tick)` may return a reason to skip a tick (the first-business-day rule);
+    `window(tick)` names the window a tick's run is responsible for (default: the tick).
     """
 
     @schedule(
@@ -77,7 +79,7 @@ def inventory_schedule(
             reason = should_run(tick)
             if reason:
                 return SkipReason(reason)
-        window = window_key(tick)
-        return RunRequest(run_key=window, tags={WINDOW_TAG: window, TRIGGER_TAG: "schedule"})
+        key = window(tick)
+        return RunRequest(run_key=key, tags={WINDOW_TAG: key, TRIGGER_TAG: "schedule"})
 
     return _schedule

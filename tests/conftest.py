@@ -98,3 +98,22 @@ def instance() -> Iterator[DagsterInstance]:
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def job_settings():
+    from mm_orchestration.resources import JobSettings
+
+    return JobSettings(digest_template_id="d-digest-test")
+
+
+def run_job(job, resources, run_config=None, tags=None):
+    """Execute a job in process on a throwaway instance, never raising on failure."""
+    with DagsterInstance.ephemeral() as inst:
+        return job.execute_in_process(
+            resources=resources,
+            run_config=run_config or {},
+            tags=tags or {},
+            instance=inst,
+            raise_on_error=False,
+        )

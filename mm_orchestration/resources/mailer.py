@@ -148,17 +148,39 @@ class Mailer(ConfigurableResource):
 
         return SendGridAPIClient(api_key=self.api_key, host=self.api_host.rstrip("/"))
 
+    # -- suppressions ----------------------------------------------------------
+
+    def delete_bounces(self, emails: list[str], batch_size: int = 500) -> int:
+        """Remove addresses from SendGrid's bounce list, in batches. Returns requests made."""
+        if not self.uses_sendgrid:
+            return 0
+        client = self._client()
+        requests = 0
+        for start in range(0, len(emails), batch_size):
+            batch = emails[start : start + batch_size]
+            self._call(
+                lambda batch=batch: client.client.suppression.bounces.delete(
+                    request_body={"emails": batch}
+                )
+            )
+            requests += 1
+        return requests
+
     def _post(self, body: dict[str, Any]) -> str:
+        client = self._client()
+        response = self._call(lambda: client.send(body))
+        headers = response.headers
+        return str(headers.get("X-Message-Id", "") if headers else "")
+
+    def _call(self, request: Any) -> Any:
+        """One SendGrid request, retried on 429 (until X-RateLimit-Reset), 5xx and no link."""
         from python_http_client.exceptions import HTTPError
 
-        client = self._client()
         backoff = self.backoff_seconds
         last: SendError | None = None
         for attempt in range(1, self.max_attempts + 1):
             try:
-                response = client.send(body)
-                headers = response.headers
-                return str(headers.get("X-Message-Id", "") if headers else "")
+                return request()
             except HTTPError as exc:
                 status = int(exc.status_code)
                 message = _sendgrid_message(exc.body)
@@ -176,7 +198,7 @@ class Mailer(ConfigurableResource):
                 wait = backoff
                 backoff *= 2
             log_event(
-                "email.retry", attempt=attempt, status=last.status, waitSeconds=round(wait, 2)
+                "sendgrid.retry", attempt=attempt, status=last.status, waitSeconds=round(wait, 2)
             )
             if attempt < self.max_attempts:
                 time.sleep(wait)

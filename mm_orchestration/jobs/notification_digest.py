@@ -1,0 +1,220 @@
+"""notification-digest: daily at 08:00, one email per person with what needs them.
+
+Who: every user who opted in, is not deactivated, belongs to an active tenant and
+whose address is not suppressed. What: their open tasks due before the end of their
+next local day (by `users.timezone`), their overdue tasks, and the videos of their
+tenant that became ready or errored since the previous digest (the 24 hours before
+this one). Nobody with nothing to report gets an email.
+
+The run covers one date (the schedule's local date, or `date` in the run config);
+each person's email has the key `digest:<user id>:<their local date>`, so a rerun,
+a retry after a crash or two runs at once never send a second one. Delivery uses a
+SendGrid dynamic template, up to 1,000 personalizations per request. Three retries
+with exponential backoff; after the last, the reliability partner is named to act.
+"""
+
+from dataclasses import replace
+from datetime import date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import psycopg
+from dagster import OpExecutionContext, job, op
+from pydantic import Field
+
+from mm_orchestration import inventory
+from mm_orchestration.joblog import log_event
+from mm_orchestration.ledger import WINDOW_TAG, WindowConfig, claim, window_for
+from mm_orchestration.outbox import DeliveryIncomplete, deliver_pending_templated
+from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
+from mm_orchestration.resources.mailer import TemplateRecipient
+from mm_orchestration.scheduling import job_tags, retry_policy
+
+SPEC = inventory.get("notification-digest")
+EMAIL_KIND = "digest"
+BATCH_SIZE = 1000  # SendGrid's limit of personalizations per request
+TABLES = (
+    "portal.users",
+    "portal.tenants",
+    "portal.tasks",
+    "portal.projects",
+    "portal.media_assets",
+    "portal.email_suppressions",
+)
+
+# One statement: choose recipients, gather each one's items, queue the emails. Items are
+# gathered per recipient through LATERAL index lookups, so the plan stays linear in the
+# number of recipients whatever the planner's statistics say.
+QUEUE_DIGESTS = """
+WITH recipients AS MATERIALIZED (
+    SELECT u.id, u.tenant_id, u.email, u.display_name, u.timezone, t.name AS tenant_name,
+           (%(ref)s::timestamptz AT TIME ZONE u.timezone)::date AS local_date,
+           (((%(ref)s::timestamptz AT TIME ZONE u.timezone)::date + 2)::timestamp
+               AT TIME ZONE u.timezone) AS due_before
+      FROM portal.users u
+      JOIN portal.tenants t ON t.id = u.tenant_id AND t.status = 'active'
+     WHERE u.digest_opt_in AND u.deactivated_at IS NULL
+       AND NOT EXISTS (SELECT 1 FROM portal.email_suppressions s
+                        WHERE lower(s.email) = lower(u.email))
+), digests AS (
+    SELECT r.*, t.due_soon, t.overdue, a.updates
+      FROM recipients r
+      LEFT JOIN LATERAL (
+          SELECT jsonb_agg(item ORDER BY k.due_at, k.title)
+                     FILTER (WHERE k.due_at >= %(ref)s) AS due_soon,
+                 jsonb_agg(item ORDER BY k.due_at, k.title)
+                     FILTER (WHERE k.due_at < %(ref)s) AS overdue
+            FROM portal.tasks k
+            LEFT JOIN portal.projects p ON p.id = k.project_id
+           CROSS JOIN LATERAL (SELECT jsonb_build_object(
+                   'title', k.title, 'project', p.name, 'due_at', k.due_at,
+                   'due_local', to_char(k.due_at AT TIME ZONE r.timezone,
+                                        'Dy DD Mon YYYY HH24:MI')) AS item) i
+           WHERE k.assignee_id = r.id AND k.completed_at IS NULL AND k.due_at < r.due_before
+      ) t ON true
+      LEFT JOIN LATERAL (
+          SELECT jsonb_agg(jsonb_build_object('title', m.title, 'status', m.status,
+                                              'changed_at', m.status_changed_at)
+                           ORDER BY m.status_changed_at, m.title) AS updates
+            FROM portal.media_assets m
+           WHERE m.tenant_id = r.tenant_id AND m.status IN ('ready', 'errored')
+             AND m.status_changed_at >= %(since)s AND m.status_changed_at < %(ref)s
+      ) a ON true
+), queued AS (
+    INSERT INTO ops.notification_outbox (idempotency_key, kind, tenant_id, recipient, payload)
+    SELECT 'digest:' || d.id || ':' || d.local_date, %(kind)s, d.tenant_id, d.email,
+           jsonb_build_object(
+               'display_name', d.display_name,
+               'tenant_name', d.tenant_name,
+               'date', d.local_date,
+               'due_soon', coalesce(d.due_soon, '[]'::jsonb),
+               'overdue', coalesce(d.overdue, '[]'::jsonb),
+               'asset_updates', coalesce(d.updates, '[]'::jsonb))
+      FROM digests d
+     WHERE d.due_soon IS NOT NULL OR d.overdue IS NOT NULL OR d.updates IS NOT NULL
+        ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM recipients), (SELECT count(*) FROM queued)
+"""
+
+
+class DigestConfig(WindowConfig):
+    """Which day to send; blank means the scheduled day, or today for a manual run."""
+
+    date: str = Field(default="", description="YYYY-MM-DD in MM_TIMEZONE; blank: today")
+
+
+def digest_date(config_date: str, window_key: str | None, tz: str, now: datetime) -> date:
+    """The local date a run covers: config first, then the schedule's window, then today."""
+    for candidate in (config_date, window_key or ""):
+        try:
+            return date.fromisoformat(candidate)
+        except ValueError:
+            continue
+    return now.astimezone(ZoneInfo(tz)).date()
+
+
+def reference_time(day: date, tz: str, hour: int) -> datetime:
+    """The moment a day's digest describes: the digest hour of that day, locally."""
+    return datetime.combine(day, time(hour), ZoneInfo(tz))
+
+
+def queue_digests(conn: psycopg.Connection, ref: datetime) -> tuple[int, int]:
+    """Queue the digests for `ref` in the caller's transaction: (eligible users, queued)."""
+    row = conn.execute(
+        QUEUE_DIGESTS, {"ref": ref, "since": ref - timedelta(days=1), "kind": EMAIL_KIND}
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def personalize(key: str, row: dict[str, Any]) -> TemplateRecipient:
+    """The dynamic template's data for one person."""
+    data = {k: row[k] for k in ("display_name", "tenant_name", "date", "due_soon", "overdue")}
+    data["asset_updates"] = row["asset_updates"]
+    data["counts"] = {
+        "due_soon": len(row["due_soon"]),
+        "overdue": len(row["overdue"]),
+        "asset_updates": len(row["asset_updates"]),
+    }
+    return TemplateRecipient(key=key, recipient=row["recipient"], data=data)
+
+
+@op(retry_policy=retry_policy(SPEC), tags={"kind": "postgres"})
+def queue_daily_digests(
+    context: OpExecutionContext,
+    config: DigestConfig,
+    portal_db: PortalDatabase,
+    job_settings: JobSettings,
+) -> int:
+    """Queue one digest email per person with something to report for the day."""
+    portal_db.require(*TABLES)
+    window = window_for(context, SPEC.name)
+    day = digest_date(
+        config.date,
+        context.run.tags.get(WINDOW_TAG),
+        job_settings.timezone,
+        datetime.now(ZoneInfo(job_settings.timezone)),
+    )
+    ref = reference_time(day, job_settings.timezone, job_settings.digest_hour)
+    with claim(portal_db, replace(window, key=day.isoformat()), force=config.force) as run:
+        if run.skipped:
+            context.log.info(f"Skipped: {run.reason}")
+            return 0
+        with portal_db.connection() as conn:
+            eligible, queued = queue_digests(conn, ref)
+        run.rows_affected = queued
+        run.details = {"date": day.isoformat(), "eligible_users": eligible}
+    context.add_output_metadata(
+        {"date": day.isoformat(), "eligible_users": eligible, "digests_queued": queued}
+    )
+    return queued
+
+
+@op(retry_policy=retry_policy(SPEC), tags={"kind": "sendgrid"})
+def send_daily_digests(
+    context: OpExecutionContext,
+    queued: int,
+    portal_db: PortalDatabase,
+    mailer: Mailer,
+    job_settings: JobSettings,
+) -> None:
+    """Deliver waiting digests through the dynamic template, 1,000 people per request."""
+    report = deliver_pending_templated(
+        portal_db,
+        mailer,
+        EMAIL_KIND,
+        job_settings.digest_template_id or "d-digest",
+        personalize,
+        context.run_id,
+        batch_size=BATCH_SIZE,
+    )
+    context.add_output_metadata(report.as_metadata())
+    if report.deferred:
+        error = (
+            f"{report.deferred} digest(s) could not be delivered yet and stay pending; "
+            f"first error: {report.errors[0]}"
+        )
+        if context.retry_number >= SPEC.retries:
+            # Out of retries: say who acts (the alerting job routes the alert itself).
+            log_event(
+                "job.escalate",
+                level=40,
+                jobName=SPEC.name,
+                runId=context.run_id,
+                escalateTo=SPEC.escalate_to,
+                contact=job_settings.contact(SPEC.escalate_to),
+                error=error,
+            )
+            context.log.error(
+                f"{SPEC.name} failed after {SPEC.retries} retries in run {context.run_id}: "
+                f"{error}. The reliability partner ({job_settings.reliability_email}) "
+                "should check SendGrid and rerun the day with `mm-jobs run notification-digest`."
+            )
+        raise DeliveryIncomplete(error)
+
+
+@job(name=SPEC.dagster_name, description=__doc__, tags=job_tags(SPEC))
+def notification_digest() -> None:
+    send_daily_digests(queue_daily_digests())
