@@ -57,9 +57,9 @@ def deliver_pending(
 ) -> DeliveryReport:
     """Deliver every due pending message of `kinds`, one request each; each key at most once."""
     report = _prepare(db, list(kinds))
-    tried: list[int] = []  # a message deferred in this call waits for the next call
-    while batch := _claim(db, list(kinds), run_id, tried, CLAIM_BATCH):
-        tried += [row[0] for row in batch]
+    after = 0  # claims go in id order; a message deferred in this call waits for the next
+    while batch := _claim(db, list(kinds), run_id, after, CLAIM_BATCH):
+        after = batch[-1][0]
         for row in batch:
             _deliver_one(db, mailer, render, row, report)
     if report.errors:
@@ -84,10 +84,10 @@ def deliver_pending_templated(
     mailer's own retries) goes back to pending and delivery stops for this attempt.
     """
     report = _prepare(db, [kind])
-    tried: list[int] = []
-    while batch := _claim(db, [kind], run_id, tried, batch_size):
+    after = 0
+    while batch := _claim(db, [kind], run_id, after, batch_size):
         ids = [row[0] for row in batch]
-        tried += ids
+        after = ids[-1]
         recipients = [personalize(row[1], {"recipient": row[4], **row[5]}) for row in batch]
         try:
             message_id = mailer.send_template_batch(template_id, recipients)
@@ -96,12 +96,24 @@ def deliver_pending_templated(
             report.errors.append(f"batch of {len(ids)}: {exc}")
             if exc.transient:
                 report.deferred += len(ids)
-                log_event("email.batch_deferred", level=30, kind=kind, size=len(ids),
-                          error=str(exc), runId=run_id)
+                log_event(
+                    "email.batch_deferred",
+                    level=30,
+                    kind=kind,
+                    size=len(ids),
+                    error=str(exc),
+                    runId=run_id,
+                )
                 break
             report.failed += len(ids)
-            log_event("email.batch_failed", level=40, kind=kind, size=len(ids),
-                      error=str(exc), runId=run_id)
+            log_event(
+                "email.batch_failed",
+                level=40,
+                kind=kind,
+                size=len(ids),
+                error=str(exc),
+                runId=run_id,
+            )
             continue
         _mark(db, ids, "sent", message_id=message_id)
         report.sent += len(ids)
@@ -136,23 +148,25 @@ def _prepare(db: PortalDatabase, kinds: list[str]) -> DeliveryReport:
 
 
 def _claim(
-    db: PortalDatabase, kinds: list[str], run_id: str, exclude: list[int], limit: int
+    db: PortalDatabase, kinds: list[str], run_id: str, after: int, limit: int
 ) -> list[tuple[Any, ...]]:
-    """Mark up to `limit` due messages 'sending' for this run, committed before any send."""
+    """Mark up to `limit` due messages with ids above `after` 'sending' for this run,
+    committed before any send. Returned in id order."""
     with db.connection() as conn:
-        return conn.execute(
+        rows = conn.execute(
             """UPDATE ops.notification_outbox
                   SET status = 'sending', claimed_by = %s, claimed_at = now(),
                       attempts = attempts + 1
                 WHERE id IN (SELECT id FROM ops.notification_outbox
                               WHERE status = 'pending' AND kind = ANY(%s)
                                 AND next_attempt_at <= now()
-                                AND id <> ALL(%s)
+                                AND id > %s
                               ORDER BY id LIMIT %s
                               FOR UPDATE SKIP LOCKED)
             RETURNING id, idempotency_key, kind, tenant_id, recipient, payload, attempts""",
-            [run_id, kinds, exclude, limit],
+            [run_id, kinds, after, limit],
         ).fetchall()
+        return sorted(rows, key=lambda row: row[0])
 
 
 def _mark(

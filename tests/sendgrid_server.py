@@ -49,6 +49,14 @@ class SendGridRecorder:
             def do_DELETE(self) -> None:
                 self._handle()
 
+            def do_GET(self) -> None:
+                # /__stats: what a benchmark in another process needs to know.
+                payload = json.dumps({"mail_requests": len(recorder.mail_requests)}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
@@ -116,3 +124,13 @@ class SendGridRecorder:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+if __name__ == "__main__":
+    # Serve from a process of its own (benchmarks), until standard input closes.
+    import sys
+
+    server = SendGridRecorder()
+    print(server.url, flush=True)
+    sys.stdin.read()
+    server.close()

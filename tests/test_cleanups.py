@@ -6,10 +6,10 @@ import hashlib
 import json
 from datetime import timedelta
 
-from mm_orchestration.jobs.invite_cleanup import invite_cleanup
 from dagster import RetryPolicy, job
 
 from mm_orchestration import inventory
+from mm_orchestration.jobs.invite_cleanup import invite_cleanup
 from mm_orchestration.jobs.suppression_cleanup import (
     delete_old_bounce_suppressions,
     notification_suppression_cleanup,
@@ -38,18 +38,24 @@ def test_invitations_expire_after_72_hours_only(conn, portal_db):
     result = run_job(invite_cleanup, {"portal_db": portal_db})
 
     assert result.success
-    state = {r[0]: (r[1], r[2] is not None) for r in conn.execute(
-        "SELECT id, status, expired_at FROM portal.invitations")}
+    state = {
+        r[0]: (r[1], r[2] is not None)
+        for r in conn.execute("SELECT id, status, expired_at FROM portal.invitations")
+    }
     assert state[young] == ("pending", False)
     assert state[old] == ("expired", True)
     assert state[accepted] == ("accepted", False)
     assert state[revoked] == ("revoked", False)
     assert conn.execute("SELECT status, rows_affected FROM ops.job_runs").fetchone() == (
-        "succeeded", 1)
+        "succeeded",
+        1,
+    )
     # A manual rerun is safe: nothing left to expire.
     assert run_job(invite_cleanup, {"portal_db": portal_db}).success
     assert [r[0] for r in conn.execute("SELECT rows_affected FROM ops.job_runs ORDER BY id")] == [
-        1, 0]
+        1,
+        0,
+    ]
 
 
 @job
@@ -83,18 +89,27 @@ def test_only_bounces_older_than_30_days_go_and_the_audit_is_hashed(conn, portal
     mailer = Mailer(mail_dir=str(tmp_path))  # no SendGrid key: local deletion only
     result = run_job(notification_suppression_cleanup, {"portal_db": portal_db, "mailer": mailer})
     assert result.success
-    assert remaining(conn) == ["invalid@x.example", "recent-bounce@x.example", "spam@x.example",
-                               "unsub@x.example"]
-    (audit,) = conn.execute("SELECT actor, action, job_name, run_id, details FROM ops.audit_log"
-                            ).fetchall()
+    assert remaining(conn) == [
+        "invalid@x.example",
+        "recent-bounce@x.example",
+        "spam@x.example",
+        "unsub@x.example",
+    ]
+    (audit,) = conn.execute(
+        "SELECT actor, action, job_name, run_id, details FROM ops.audit_log"
+    ).fetchall()
     actor, action, job_name, run_id, details = audit
-    assert (actor, action, job_name) == ("ui", "delete_bounce_suppressions",
-                                        "notification-suppression-cleanup")
+    assert (actor, action, job_name) == (
+        "ui",
+        "delete_bounce_suppressions",
+        "notification-suppression-cleanup",
+    )
     assert run_id == result.run_id
     assert details["count"] == 2 and details["sendgrid_requests"] == 0
     assert details["sha256"] == sorted(
         hashlib.sha256(e.encode()).hexdigest()
-        for e in ("old-bounce@x.example", "old-bounce-2@x.example"))
+        for e in ("old-bounce@x.example", "old-bounce-2@x.example")
+    )
     assert "bounce@x.example" not in json.dumps(details).lower()
 
 
@@ -105,8 +120,9 @@ def test_sendgrid_bounce_list_is_cleaned_in_the_same_step(conn, portal_db, maile
     (request,) = sendgrid.requests
     assert (request.method, request.path) == ("DELETE", "/v3/suppression/bounces")
     assert request.body == {"emails": ["old-bounce-2@x.example", "old-bounce@x.example"]}
-    assert conn.execute("SELECT details->>'sendgrid_requests' FROM ops.audit_log"
-                        ).fetchone()[0] == "1"
+    assert (
+        conn.execute("SELECT details->>'sendgrid_requests' FROM ops.audit_log").fetchone()[0] == "1"
+    )
 
 
 def test_sendgrid_failure_rolls_the_deletion_back(conn, portal_db, sendgrid):

@@ -53,8 +53,9 @@ def test_recipients_are_chosen_right(conn, digest, sendgrid):
     people = {
         "yes@a.example": f.user(conn, active, email="yes@a.example"),
         "optout@a.example": f.user(conn, active, email="optout@a.example", digest_opt_in=False),
-        "gone@a.example": f.user(conn, active, email="gone@a.example",
-                                 deactivated_at=REF - timedelta(days=2)),
+        "gone@a.example": f.user(
+            conn, active, email="gone@a.example", deactivated_at=REF - timedelta(days=2)
+        ),
         "bounced@a.example": f.user(conn, active, email="bounced@a.example"),
         "suspended@b.example": f.user(conn, suspended, email="suspended@b.example"),
     }
@@ -96,26 +97,61 @@ def test_local_day_boundaries_in_two_time_zones(conn, digest, sendgrid):
 
 def test_exact_personalization_content(conn, digest, sendgrid):
     t = f.tenant(conn, name="Kangaroo Creative")
-    project = conn.execute("INSERT INTO portal.projects (tenant_id, name) VALUES (%s, "
-                           "'Summer Campaign') RETURNING id", [t]).fetchone()[0]
+    project = conn.execute(
+        "INSERT INTO portal.projects (tenant_id, name) VALUES (%s, 'Summer Campaign') RETURNING id",
+        [t],
+    ).fetchone()[0]
     olivia = f.user(conn, t, email="olivia@kangaroo.example", display_name="Olivia")
     other = f.user(conn, t, email="jack@kangaroo.example", display_name="Jack")
     syd = ZoneInfo("Australia/Sydney")
-    task(conn, t, olivia, "Approve fine cut", datetime(2026, 11, 30, 17, 0, tzinfo=syd), None,
-         project)
-    task(conn, t, olivia, "Send captions", datetime(2026, 11, 28, 9, 30, tzinfo=syd), None,
-         project)
-    task(conn, t, olivia, "Done already", datetime(2026, 11, 29, 9, 0, tzinfo=syd),
-         REF - timedelta(days=1), project)
+    task(
+        conn,
+        t,
+        olivia,
+        "Approve fine cut",
+        datetime(2026, 11, 30, 17, 0, tzinfo=syd),
+        None,
+        project,
+    )
+    task(conn, t, olivia, "Send captions", datetime(2026, 11, 28, 9, 30, tzinfo=syd), None, project)
+    task(
+        conn,
+        t,
+        olivia,
+        "Done already",
+        datetime(2026, 11, 29, 9, 0, tzinfo=syd),
+        REF - timedelta(days=1),
+        project,
+    )
     task(conn, t, other, "Jack's task", datetime(2026, 11, 30, 12, 0, tzinfo=syd))
-    f.asset(conn, t, title="Hero video", status="ready",
-            status_changed_at=datetime(2026, 11, 29, 15, 0, tzinfo=syd))
-    f.asset(conn, t, title="Teaser", status="errored",
-            status_changed_at=datetime(2026, 11, 30, 6, 0, tzinfo=syd))
-    f.asset(conn, t, title="Old news", status="ready",
-            status_changed_at=datetime(2026, 11, 29, 7, 59, tzinfo=syd))
-    f.asset(conn, t, title="Still encoding", status="preparing",
-            status_changed_at=datetime(2026, 11, 30, 7, 0, tzinfo=syd))
+    f.asset(
+        conn,
+        t,
+        title="Hero video",
+        status="ready",
+        status_changed_at=datetime(2026, 11, 29, 15, 0, tzinfo=syd),
+    )
+    f.asset(
+        conn,
+        t,
+        title="Teaser",
+        status="errored",
+        status_changed_at=datetime(2026, 11, 30, 6, 0, tzinfo=syd),
+    )
+    f.asset(
+        conn,
+        t,
+        title="Old news",
+        status="ready",
+        status_changed_at=datetime(2026, 11, 29, 7, 59, tzinfo=syd),
+    )
+    f.asset(
+        conn,
+        t,
+        title="Still encoding",
+        status="preparing",
+        status_changed_at=datetime(2026, 11, 30, 7, 0, tzinfo=syd),
+    )
 
     assert digest().success
 
@@ -128,12 +164,22 @@ def test_exact_personalization_content(conn, digest, sendgrid):
         "display_name": "Olivia",
         "tenant_name": "Kangaroo Creative",
         "date": DAY,
-        "due_soon": [{"title": "Approve fine cut", "project": "Summer Campaign",
-                      "due_at": "2026-11-30T06:00:00+00:00",
-                      "due_local": "Mon 30 Nov 2026 17:00"}],
-        "overdue": [{"title": "Send captions", "project": "Summer Campaign",
-                     "due_at": "2026-11-27T22:30:00+00:00",
-                     "due_local": "Sat 28 Nov 2026 09:30"}],
+        "due_soon": [
+            {
+                "title": "Approve fine cut",
+                "project": "Summer Campaign",
+                "due_at": "2026-11-30T06:00:00+00:00",
+                "due_local": "Mon 30 Nov 2026 17:00",
+            }
+        ],
+        "overdue": [
+            {
+                "title": "Send captions",
+                "project": "Summer Campaign",
+                "due_at": "2026-11-27T22:30:00+00:00",
+                "due_local": "Sat 28 Nov 2026 09:30",
+            }
+        ],
         "asset_updates": [
             {"title": "Hero video", "status": "ready", "changed_at": "2026-11-29T04:00:00+00:00"},
             {"title": "Teaser", "status": "errored", "changed_at": "2026-11-29T19:00:00+00:00"},
@@ -167,8 +213,12 @@ def test_2500_users_go_in_three_requests(conn, digest, sendgrid, many_users):
     sizes = [len(r.body["personalizations"]) for r in sendgrid.mail_requests]
     assert sizes == [1000, 1000, 500]
     assert len(set(sendgrid.accepted_recipients())) == 2500
-    assert conn.execute("SELECT count(*) FROM ops.notification_outbox WHERE status = 'sent'"
-                        ).fetchone()[0] == 2500
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM ops.notification_outbox WHERE status = 'sent'"
+        ).fetchone()[0]
+        == 2500
+    )
 
 
 def test_429_waits_then_succeeds(conn, digest, sendgrid, many_users):
@@ -192,8 +242,12 @@ def test_400_fails_that_batch_and_the_rest_still_go(conn, digest, sendgrid, many
     result = digest()
     assert result.success
     assert len(sendgrid.accepted_recipients()) == 1500
-    rows = dict(conn.execute("SELECT status || ':' || coalesce(last_error, ''), count(*) FROM "
-                             "ops.notification_outbox GROUP BY 1").fetchall())
+    rows = dict(
+        conn.execute(
+            "SELECT status || ':' || coalesce(last_error, ''), count(*) FROM "
+            "ops.notification_outbox GROUP BY 1"
+        ).fetchall()
+    )
     assert rows == {"sent:": 1500, "failed:SendGrid 400: The template_id is invalid": 1000}
 
 
@@ -209,8 +263,12 @@ def test_rerun_and_concurrent_runs_send_nothing_twice(conn, digest, sendgrid, ma
     assert digest(force=True).success  # forced: the outbox keys still hold
     accepted = sendgrid.accepted_recipients()
     assert len(accepted) == 2500 and len(set(accepted)) == 2500
-    statuses = [r[0] for r in conn.execute(
-        "SELECT status FROM ops.job_runs WHERE job_name = 'notification-digest' ORDER BY id")]
+    statuses = [
+        r[0]
+        for r in conn.execute(
+            "SELECT status FROM ops.job_runs WHERE job_name = 'notification-digest' ORDER BY id"
+        )
+    ]
     assert statuses.count("succeeded") == 2  # the day once, plus the forced rerun
     assert "skipped" in statuses
 

@@ -11,9 +11,10 @@ batches, inside the deleting transaction: a SendGrid failure rolls the local
 deletion back and the run fails (then retries once), never half done without a record.
 """
 
+from dataclasses import dataclass
+
 import psycopg
 from dagster import OpExecutionContext, job, op
-from psycopg.types.json import Jsonb
 
 from mm_orchestration import inventory
 from mm_orchestration.ledger import WindowConfig, claim, window_for
@@ -23,19 +24,57 @@ from mm_orchestration.scheduling import job_tags, retry_policy
 SPEC = inventory.get("notification-suppression-cleanup")
 BOUNCE_RETENTION = "30 days"
 
+# One statement: delete, and write the audit entry with the addresses hashed, so the
+# addresses never leave the database unless SendGrid needs them.
 DELETE_OLD_BOUNCES = """
-DELETE FROM portal.email_suppressions
- WHERE reason = 'bounce' AND created_at < now() - %s::interval
-RETURNING lower(email), encode(sha256(convert_to(lower(email), 'UTF8')), 'hex')
+WITH deleted AS (
+    DELETE FROM portal.email_suppressions
+     WHERE reason = 'bounce' AND created_at < now() - %(retention)s::interval
+    RETURNING lower(email) AS email
+), addresses AS (
+    SELECT DISTINCT email FROM deleted
+), audit AS (
+    INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
+    SELECT %(actor)s, 'delete_bounce_suppressions', %(job)s, %(run_id)s,
+           jsonb_build_object(
+               'count', (SELECT count(*) FROM deleted),
+               'addresses', (SELECT count(*) FROM addresses),
+               'older_than', %(retention)s::text,
+               'sha256', (SELECT coalesce(jsonb_agg(h ORDER BY h), '[]'::jsonb)
+                            FROM (SELECT encode(sha256(convert_to(email, 'UTF8')), 'hex') AS h
+                                    FROM addresses) hashed))
+    RETURNING id
+)
+SELECT (SELECT count(*) FROM deleted),
+       (SELECT id FROM audit),
+       CASE WHEN %(want_addresses)s
+            THEN (SELECT coalesce(array_agg(email ORDER BY email), '{}') FROM addresses) END
 """
 
 
-def delete_old_bounces(conn: psycopg.Connection) -> tuple[int, list[str], list[str]]:
-    """Delete expired bounces in the caller's transaction.
+@dataclass(frozen=True)
+class Deleted:
+    rows: int
+    audit_id: int
+    addresses: list[str]  # only when asked for (SendGrid needs them)
 
-    Returns (rows deleted, distinct addresses, their SHA-256 hashes)."""
-    rows = conn.execute(DELETE_OLD_BOUNCES, [BOUNCE_RETENTION]).fetchall()
-    return len(rows), sorted({r[0] for r in rows}), sorted({r[1] for r in rows})
+
+def delete_old_bounces(
+    conn: psycopg.Connection, actor: str, run_id: str, want_addresses: bool = False
+) -> Deleted:
+    """Delete expired bounces and audit them, in the caller's transaction."""
+    row = conn.execute(
+        DELETE_OLD_BOUNCES,
+        {
+            "retention": BOUNCE_RETENTION,
+            "actor": actor,
+            "job": SPEC.name,
+            "run_id": run_id,
+            "want_addresses": want_addresses,
+        },
+    ).fetchone()
+    assert row is not None
+    return Deleted(rows=int(row[0]), audit_id=int(row[1]), addresses=list(row[2] or []))
 
 
 @op(retry_policy=retry_policy(SPEC), tags={"kind": "postgres"})
@@ -49,33 +88,21 @@ def delete_old_bounce_suppressions(
         if run.skipped:
             context.log.info(f"Skipped: {run.reason}")
             return 0
-        with portal_db.connection() as conn:  # one transaction: delete, SendGrid, audit
-            deleted, addresses, hashes = delete_old_bounces(conn)
-            requests = mailer.delete_bounces(addresses) if addresses else 0
-            conn.execute(
-                """INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
-                   VALUES (%s, 'delete_bounce_suppressions', %s, %s, %s)""",
-                [
-                    window.actor or "schedule",
-                    SPEC.name,
-                    window.run_id,
-                    Jsonb(
-                        {
-                            "count": deleted,
-                            "addresses": len(hashes),
-                            "older_than": BOUNCE_RETENTION,
-                            "sha256": hashes,
-                            "sendgrid_requests": requests,
-                        }
-                    ),
-                ],
+        with portal_db.connection() as conn:  # one transaction: delete, audit, SendGrid
+            deleted = delete_old_bounces(
+                conn, window.actor or "schedule", window.run_id, mailer.uses_sendgrid
             )
-        run.rows_affected = deleted
-        run.details = {"addresses": len(hashes), "sendgrid_requests": requests}
-    context.add_output_metadata(
-        {"bounces_deleted": deleted, "addresses": len(hashes), "sendgrid_requests": requests}
-    )
-    return deleted
+            requests = mailer.delete_bounces(deleted.addresses) if deleted.addresses else 0
+            conn.execute(
+                """UPDATE ops.audit_log
+                      SET details = details || jsonb_build_object('sendgrid_requests', %s::int)
+                    WHERE id = %s""",
+                [requests, deleted.audit_id],
+            )
+        run.rows_affected = deleted.rows
+        run.details = {"sendgrid_requests": requests}
+    context.add_output_metadata({"bounces_deleted": deleted.rows, "sendgrid_requests": requests})
+    return deleted.rows
 
 
 @job(name=SPEC.dagster_name, description=__doc__, tags=job_tags(SPEC))

@@ -39,7 +39,7 @@ CREATE TABLE ops.notification_outbox (
     claimed_by          text,
     claimed_at          timestamptz
 );
-CREATE INDEX notification_outbox_pending_idx ON ops.notification_outbox (kind, next_attempt_at)
+CREATE INDEX notification_outbox_pending_idx ON ops.notification_outbox (kind, id)
     WHERE status = 'pending';
 CREATE INDEX notification_outbox_sending_idx ON ops.notification_outbox (claimed_at)
     WHERE status = 'sending';
