@@ -56,6 +56,26 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="every job with its schedule, retries, SLA and next tick")
     p.set_defaults(func=cmd_list)
 
+    dlq = sub.add_parser("dlq", help="the Mux dead-letter queue: list, show, requeue, discard")
+    dsub = dlq.add_subparsers(required=True, metavar="ACTION")
+    p = dsub.add_parser("list", help="dead letters, newest first")
+    p.add_argument("--status", choices=["pending", "replayed", "dead"])
+    p.add_argument("--limit", type=int, default=100)
+    p.set_defaults(func=cmd_dlq_list)
+    p = dsub.add_parser("show", help="one dead letter: payload and error history")
+    p.add_argument("id", type=int)
+    p.set_defaults(func=cmd_dlq_show)
+    p = dsub.add_parser("requeue", help="back to pending, attempts reset (audited)")
+    p.add_argument("ids", type=int, nargs="*")
+    p.add_argument("--all-dead", action="store_true", help="requeue every dead letter")
+    p.add_argument("--actor", help="who is doing this; default: you")
+    p.set_defaults(func=cmd_dlq_requeue)
+    p = dsub.add_parser("discard", help="close a dead letter for good (audited)")
+    p.add_argument("id", type=int)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--actor", help="who is doing this; default: you")
+    p.set_defaults(func=cmd_dlq_discard)
+
     p = sub.add_parser("dev", help="embedded PostgreSQL + Dagster UI and daemon on :3000")
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--host", default="127.0.0.1")
@@ -188,6 +208,75 @@ def _next_tick(cron: str, timezone: str) -> str:
     from mm_orchestration.cron import next_tick
 
     return next_tick(cron, timezone, datetime.now(UTC)).strftime("%Y-%m-%d %H:%M %Z")
+
+
+# -- dlq ---------------------------------------------------------------------------
+
+
+def _dlq_conn() -> Any:
+    from mm_orchestration.db import connect
+
+    return connect(_database_url(_local_settings()), autocommit=True)
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    from mm_orchestration.jobs.dlq_operations import list_rows
+
+    with _dlq_conn() as conn:
+        rows = list_rows(conn, args.status, args.limit)
+    for r in rows:
+        kind = r["event_type"] or "?"
+        print(
+            f"{r['id']:>8}  {r['status']:<8}  attempts={r['attempts']}  {kind:<28}"
+            f"  {r['event_id']}  {r['last_error'] or ''}"
+        )
+    print(f"{len(rows)} row(s)")
+    return 0
+
+
+def cmd_dlq_show(args: argparse.Namespace) -> int:
+    import json
+
+    from mm_orchestration.jobs.dlq_operations import show_row
+
+    with _dlq_conn() as conn:
+        try:
+            row = show_row(conn, args.id)
+        except LookupError as exc:
+            print(f"mm-jobs: {exc}", file=sys.stderr)
+            return 1
+    row.pop("signature", None)  # a credential-like header: not echoed
+    print(json.dumps(row, indent=2, default=str))
+    return 0
+
+
+def cmd_dlq_requeue(args: argparse.Namespace) -> int:
+    from mm_orchestration.jobs.dlq_operations import requeue
+
+    if not args.ids and not args.all_dead:
+        print("mm-jobs: give dead-letter ids, or --all-dead", file=sys.stderr)
+        return 2
+    with _dlq_conn() as conn:
+        try:
+            done = requeue(conn, args.ids, args.actor or getpass.getuser(), args.all_dead)
+        except LookupError as exc:
+            print(f"mm-jobs: {exc}", file=sys.stderr)
+            return 1
+    print(f"requeued {len(done)}: {done}")
+    return 0
+
+
+def cmd_dlq_discard(args: argparse.Namespace) -> int:
+    from mm_orchestration.jobs.dlq_operations import discard
+
+    with _dlq_conn() as conn:
+        try:
+            discard(conn, args.id, args.reason, args.actor or getpass.getuser())
+        except (LookupError, ValueError) as exc:
+            print(f"mm-jobs: {exc}", file=sys.stderr)
+            return 1
+    print(f"discarded {args.id}")
+    return 0
 
 
 # -- dev ---------------------------------------------------------------------------

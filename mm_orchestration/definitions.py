@@ -14,12 +14,17 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from mm_orchestration import inventory
+from mm_orchestration.jobs.alerts import send_alert
+from mm_orchestration.jobs.dlq_operations import dlq_discard, dlq_requeue
 from mm_orchestration.jobs.invite_cleanup import invite_cleanup
+from mm_orchestration.jobs.mux_webhook_retry import mux_webhook_retry
 from mm_orchestration.jobs.notification_digest import notification_digest
 from mm_orchestration.jobs.share_link_expiry import share_link_expiry
 from mm_orchestration.jobs.suppression_cleanup import notification_suppression_cleanup
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
+from mm_orchestration.resources.mux import MuxWebhooks
 from mm_orchestration.scheduling import inventory_schedule, window_key
+from mm_orchestration.sensors.dlq_depth import dlq_depth_sensor
 from mm_orchestration.settings import Settings
 
 # The operational jobs that are built, keyed by their inventory name.
@@ -28,7 +33,11 @@ JOBS = {
     "notification-digest": notification_digest,
     "invite-cleanup": invite_cleanup,
     "notification-suppression-cleanup": notification_suppression_cleanup,
+    "mux-webhook-retry": mux_webhook_retry,
 }
+
+# Jobs an operator or a sensor launches; they have no schedule of their own.
+SUPPORT_JOBS = [send_alert, dlq_requeue, dlq_discard]
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
@@ -36,6 +45,10 @@ def build_resources(settings: Settings) -> dict[str, object]:
     return {
         "portal_db": PortalDatabase(url=dg.EnvVar("DATABASE_URL")),
         "job_settings": JobSettings.from_settings(settings),
+        "mux": MuxWebhooks(
+            signing_secret=dg.EnvVar("MUX_WEBHOOK_SECRET") if settings.mux_webhook_secret else None,
+            alert_threshold=settings.dlq_alert_threshold,
+        ),
         "mailer": Mailer(
             api_key=dg.EnvVar("SENDGRID_API_KEY") if settings.sendgrid_api_key else None,
             api_host=settings.sendgrid_api_host,
@@ -51,8 +64,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         for name, job in JOBS.items()
     ]
     return dg.Definitions(
-        jobs=list(JOBS.values()),
+        jobs=[*JOBS.values(), *SUPPORT_JOBS],
         schedules=schedules,
+        sensors=[dlq_depth_sensor],
         resources=build_resources(settings),
     )
 

@@ -38,6 +38,8 @@ class Settings:
     admin_email: str = "admin@motionmavericks.com.au"
     sentry_dsn: str | None = field(default=None, repr=False)
     data_dir: str = ".mm"
+    mux_webhook_secret: str | None = field(default=None, repr=False)
+    dlq_alert_threshold: int = 10
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -62,6 +64,8 @@ class Settings:
             admin_email=get("ADMIN_EMAIL") or defaults.admin_email,
             sentry_dsn=get("SENTRY_DSN"),
             data_dir=get("MM_DATA_DIR") or defaults.data_dir,
+            mux_webhook_secret=get("MUX_WEBHOOK_SECRET"),
+            dlq_alert_threshold=_int("MM_DLQ_ALERT_THRESHOLD", get("MM_DLQ_ALERT_THRESHOLD"), 10),
         )
         settings.validate()
         return settings
@@ -128,3 +132,15 @@ def _check_url(name: str, value: str, schemes: tuple[str, ...], secret: bool = T
             f"{name} {shown} must be a {'/'.join(schemes)} URL with a host, "
             f"e.g. {schemes[0]}://host/..."
         )
+
+
+def _int(name: str, value: str | None, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r} is not a whole number") from None
+    if number < 0:
+        raise SettingsError(f"{name}={value!r} must be 0 or more")
+    return number

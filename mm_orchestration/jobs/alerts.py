@@ -1,0 +1,112 @@
+"""send_alert: the one path every escalation takes, as a normal, retried, visible run.
+
+Sensors (the DLQ depth sensor today; run failures and SLAs later) do not send email
+themselves: they request a run of this job with what to say and to whom. The run
+writes the alert to the outbox (its key makes a repeated request harmless), records
+it in `ops.audit_log`, and delivers it.
+"""
+
+import json
+from typing import Any
+
+from dagster import Backoff, Config, OpExecutionContext, RetryPolicy, job, op
+from psycopg.types.json import Jsonb
+from pydantic import Field
+
+from mm_orchestration.joblog import log_event
+from mm_orchestration.outbox import DeliveryIncomplete, deliver_pending
+from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
+from mm_orchestration.resources.mailer import Email
+from mm_orchestration.scheduling import JOB_TAG
+
+ALERT_KIND = "alert"
+
+
+class AlertConfig(Config):
+    """One alert. `key` makes it idempotent: the same key is sent at most once."""
+
+    key: str = Field(description="Idempotency key, e.g. dlq-depth:alert:<episode start>")
+    contact: str = Field(default="reliability", description="reliability, compliance or admin")
+    subject: str = Field(description="The email's subject")
+    body: str = Field(description="What happened and what to do next")
+    action: str = Field(default="alert", description="The audit log's action")
+    source_job: str = Field(default="", description="The job the alert is about")
+    details_json: str = Field(default="{}", description="Extra facts for the audit log (JSON)")
+
+
+def render_alert(key: str, row: dict[str, Any]) -> Email:
+    return Email(
+        key=key,
+        recipient=row["recipient"],
+        subject=row["subject"],
+        text=row["body"],
+        categories=("mm-alert",),
+    )
+
+
+@op(tags={"kind": "postgres"})
+def record_alert(
+    context: OpExecutionContext,
+    config: AlertConfig,
+    portal_db: PortalDatabase,
+    job_settings: JobSettings,
+) -> str:
+    """Queue the alert email and write its audit entry, in one transaction."""
+    details = json.loads(config.details_json or "{}")
+    recipient = job_settings.contact(config.contact)
+    with portal_db.connection() as conn:
+        queued = conn.execute(
+            """INSERT INTO ops.notification_outbox (idempotency_key, kind, recipient, payload)
+               VALUES (%s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING""",
+            [
+                config.key,
+                ALERT_KIND,
+                recipient,
+                Jsonb({"subject": config.subject, "body": config.body, **details}),
+            ],
+        ).rowcount
+        if queued:
+            conn.execute(
+                """INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
+                   VALUES ('alerting', %s, %s, %s, %s)""",
+                [
+                    config.action,
+                    config.source_job or None,
+                    context.run_id,
+                    Jsonb(
+                        {
+                            "key": config.key,
+                            "contact": config.contact,
+                            "subject": config.subject,
+                            **details,
+                        }
+                    ),
+                ],
+            )
+    log_event(
+        "alert.queued" if queued else "alert.duplicate",
+        jobName=config.source_job,
+        runId=context.run_id,
+        key=config.key,
+        contact=config.contact,
+    )
+    return config.key
+
+
+@op(
+    retry_policy=RetryPolicy(max_retries=3, delay=30, backoff=Backoff.EXPONENTIAL),
+    tags={"kind": "sendgrid"},
+)
+def deliver_alerts(
+    context: OpExecutionContext, key: str, portal_db: PortalDatabase, mailer: Mailer
+) -> None:
+    """Deliver every alert still waiting in the outbox."""
+    report = deliver_pending(portal_db, mailer, [ALERT_KIND], render_alert, context.run_id)
+    context.add_output_metadata(report.as_metadata())
+    if report.deferred:
+        raise DeliveryIncomplete(f"{report.deferred} alert(s) stay pending: {report.errors[0]}")
+
+
+@job(description=__doc__, tags={JOB_TAG: "send-alert"})
+def send_alert() -> None:
+    deliver_alerts(record_alert())

@@ -1,0 +1,162 @@
+"""Operator tools for the Mux dead-letter queue: list, show, requeue, discard.
+
+The same functions serve `mm-jobs dlq ...` and the `dlq_requeue` / `dlq_discard`
+Dagster jobs, so an operator can act from a shell or from the job console. Every
+change is written to `ops.audit_log` with the actor, in the same transaction.
+"""
+
+from typing import Any
+
+import psycopg
+from dagster import Config, OpExecutionContext, job, op
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from pydantic import Field
+
+from mm_orchestration.resources import PortalDatabase
+from mm_orchestration.scheduling import JOB_TAG
+
+STATUSES = ("pending", "replayed", "dead")
+
+
+def list_rows(conn: psycopg.Connection, status: str | None = None, limit: int = 100) -> list[Any]:
+    if status is not None and status not in STATUSES:
+        raise ValueError(f"--status must be one of {', '.join(STATUSES)}, not {status!r}")
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            """SELECT id, event_id, event_type, status, attempts, received_at, next_attempt_at,
+                      left(last_error, 120) AS last_error
+                 FROM portal.mux_webhook_dlq
+                WHERE %(status)s::text IS NULL OR status = %(status)s
+                ORDER BY id DESC LIMIT %(limit)s""",
+            {"status": status, "limit": limit},
+        ).fetchall()
+
+
+def show_row(conn: psycopg.Connection, dlq_id: int) -> dict[str, Any]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute("SELECT * FROM portal.mux_webhook_dlq WHERE id = %s", [dlq_id]).fetchone()
+        if row is None:
+            raise LookupError(f"no dead letter with id {dlq_id}")
+        row["error_history"] = cur.execute(
+            """SELECT attempt, error, run_id, failed_at FROM ops.dlq_attempts
+                WHERE dlq_id = %s ORDER BY attempt, id""",
+            [dlq_id],
+        ).fetchall()
+    return row
+
+
+def requeue(
+    conn: psycopg.Connection,
+    ids: list[int],
+    actor: str,
+    all_dead: bool = False,
+    run_id: str | None = None,
+) -> list[int]:
+    """Back to pending with attempts reset (and escalation re-armed). Returns the ids."""
+    with conn.transaction():
+        rows = conn.execute(
+            """UPDATE portal.mux_webhook_dlq
+                  SET status = 'pending', attempts = 0, next_attempt_at = now(),
+                      escalated_at = NULL, replayed_at = NULL
+                WHERE (id = ANY(%s) OR (%s AND status = 'dead'))
+                  AND status IN ('pending', 'dead')
+            RETURNING id, event_id""",
+            [ids, all_dead],
+        ).fetchall()
+        requeued = sorted(r[0] for r in rows)
+        missing = sorted(set(ids) - set(requeued))
+        if missing:
+            raise LookupError(f"not requeued (unknown id, or already replayed): {missing}")
+        conn.execute(
+            """INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
+               VALUES (%s, 'dlq_requeue', 'mux-webhook-retry', %s, %s)""",
+            [
+                actor,
+                run_id,
+                Jsonb(
+                    {"ids": requeued, "event_ids": sorted(r[1] for r in rows), "all_dead": all_dead}
+                ),
+            ],
+        )
+    return requeued
+
+
+def discard(
+    conn: psycopg.Connection, dlq_id: int, reason: str, actor: str, run_id: str | None = None
+) -> None:
+    """Close a dead letter for good; it stays in the table (and its payload in the audit)."""
+    if not reason.strip():
+        raise ValueError("--reason is required: say why the event is being discarded")
+    with conn.transaction():
+        row = conn.execute(
+            """UPDATE portal.mux_webhook_dlq
+                  SET status = 'dead', next_attempt_at = NULL,
+                      escalated_at = coalesce(escalated_at, now()),
+                      last_error = 'discarded by ' || %s || ': ' || %s
+                WHERE id = %s AND status IN ('pending', 'dead')
+            RETURNING event_id, event_type, payload""",
+            [actor, reason, dlq_id],
+        ).fetchone()
+        if row is None:
+            raise LookupError(f"no pending or dead letter with id {dlq_id}")
+        conn.execute(
+            """INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
+               VALUES (%s, 'dlq_discard', 'mux-webhook-retry', %s, %s)""",
+            [
+                actor,
+                run_id,
+                Jsonb(
+                    {
+                        "id": dlq_id,
+                        "event_id": row[0],
+                        "event_type": row[1],
+                        "reason": reason,
+                        "payload": row[2],
+                    }
+                ),
+            ],
+        )
+
+
+class RequeueConfig(Config):
+    ids: list[int] = Field(default_factory=list, description="Dead-letter ids to requeue")
+    all_dead: bool = Field(default=False, description="Requeue every dead letter")
+    actor: str = Field(default="ui", description="Who is doing this (for the audit log)")
+
+
+class DiscardConfig(Config):
+    id: int = Field(description="The dead letter to discard")
+    reason: str = Field(description="Why (kept in the audit log)")
+    actor: str = Field(default="ui", description="Who is doing this (for the audit log)")
+
+
+@op
+def requeue_dead_letters(
+    context: OpExecutionContext, config: RequeueConfig, portal_db: PortalDatabase
+) -> None:
+    """Put dead letters back in the queue with their attempts reset."""
+    actor = context.run.tags.get("mm/actor", config.actor)
+    with portal_db.connection() as conn:
+        done = requeue(conn, config.ids, actor, config.all_dead, context.run_id)
+    context.add_output_metadata({"requeued": len(done), "ids": str(done)})
+
+
+@op
+def discard_dead_letter(
+    context: OpExecutionContext, config: DiscardConfig, portal_db: PortalDatabase
+) -> None:
+    """Close one dead letter for good, with the reason in the audit log."""
+    actor = context.run.tags.get("mm/actor", config.actor)
+    with portal_db.connection() as conn:
+        discard(conn, config.id, config.reason, actor, context.run_id)
+
+
+@job(tags={JOB_TAG: "dlq-operations"}, description="Requeue Mux dead letters (audited).")
+def dlq_requeue() -> None:
+    requeue_dead_letters()
+
+
+@job(tags={JOB_TAG: "dlq-operations"}, description="Discard one Mux dead letter (audited).")
+def dlq_discard() -> None:
+    discard_dead_letter()

@@ -1,0 +1,298 @@
+"""mux-webhook-retry: every 5 minutes, replay the Mux events the portal failed to process.
+
+The portal's webhook handler parks a Mux event it could not process in
+`portal.mux_webhook_dlq`; this job is the only thing that gets those videos
+unstuck. It claims due rows (`pending`, `next_attempt_at` passed or unset) with
+`FOR UPDATE SKIP LOCKED` in bounded batches, so two runs never take the same row,
+and applies each event inside a savepoint together with its row's update: a crash
+never leaves one without the other, and one bad event never rolls back its
+neighbours. Stale events (older than the video's `status_changed_at`) and unknown
+types are acknowledged with nothing changed.
+
+A failure (an invalid envelope, a video that does not exist yet, a database error)
+is a failed attempt: `attempts` goes up, `last_error` says what was wrong and
+`next_attempt_at` backs off exponentially with jitter. The fifth failed attempt
+makes the row 'dead' and escalates it once to the reliability partner (outbox email
+and audit entry). A row whose stored Mux-Signature does not match its stored body
+is dead at once and never applied.
+"""
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from dagster import OpExecutionContext, job, op
+from psycopg.types.json import Jsonb
+
+from mm_orchestration import inventory
+from mm_orchestration.joblog import log_event
+from mm_orchestration.ledger import WindowConfig, claim, window_for
+from mm_orchestration.mux_events import BadSignature, EventError, apply_event, parse_envelope
+from mm_orchestration.mux_events import verify_signature as check_signature
+from mm_orchestration.outbox import DeliveryIncomplete, deliver_pending
+from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
+from mm_orchestration.resources.mailer import Email
+from mm_orchestration.resources.mux import MuxWebhooks
+from mm_orchestration.scheduling import job_tags, retry_policy
+
+SPEC = inventory.get("mux-webhook-retry")
+DEAD_EMAIL_KIND = "mux_dlq_dead"
+
+CLAIM_DUE = """
+SELECT id, event_id, event_type, payload, attempts, raw_body, signature
+  FROM portal.mux_webhook_dlq
+ WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+ ORDER BY id
+ LIMIT %s
+ FOR UPDATE SKIP LOCKED
+"""
+
+
+@dataclass
+class ReplayReport:
+    replayed: int = 0
+    stale: int = 0
+    ignored: int = 0
+    failed: int = 0
+    dead: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def as_metadata(self) -> dict[str, int]:
+        return {
+            "events_applied": self.replayed,
+            "events_stale": self.stale,
+            "events_ignored": self.ignored,
+            "attempts_failed": self.failed,
+            "events_dead": self.dead,
+        }
+
+
+def backoff_seconds(attempts: int, base: float) -> float:
+    """Delay after the `attempts`-th failure: base * 2^(n-1), jittered by +/-25%.
+
+    The jitter band keeps the delays strictly growing while spreading retries apart."""
+    return base * 2 ** (attempts - 1) * random.uniform(0.75, 1.25)
+
+
+def replay_due(
+    conn: psycopg.Connection, mux: MuxWebhooks, run_id: str, reliability_email: str
+) -> ReplayReport:
+    """Replay every due dead letter, batch by batch; each batch is one transaction."""
+    report = ReplayReport()
+    while True:
+        with conn.transaction():
+            rows = conn.execute(CLAIM_DUE, [mux.batch_size]).fetchall()
+            for row in rows:
+                _replay_one(conn, row, mux, run_id, reliability_email, report)
+        if len(rows) < mux.batch_size:
+            return report
+
+
+def _replay_one(
+    conn: psycopg.Connection,
+    row: tuple[Any, ...],
+    mux: MuxWebhooks,
+    run_id: str,
+    reliability_email: str,
+    report: ReplayReport,
+) -> None:
+    dlq_id, event_id, event_type, payload, attempts, raw_body, signature = row
+    try:
+        with conn.transaction():  # a savepoint: the event and its row's update, or neither
+            if mux.signing_secret and raw_body is not None and signature is not None:
+                check_signature(mux.signing_secret, raw_body, signature)
+            envelope = parse_envelope(payload)
+            applied = apply_event(conn, envelope)
+            conn.execute(
+                """UPDATE portal.mux_webhook_dlq
+                      SET status = 'replayed', replayed_at = now(), next_attempt_at = NULL,
+                          last_error = CASE WHEN %s = 'applied' THEN NULL ELSE %s END
+                    WHERE id = %s""",
+                [applied.outcome, f"acknowledged: {applied.outcome}, nothing changed", dlq_id],
+            )
+    except (EventError, psycopg.Error) as exc:
+        error = str(exc) if isinstance(exc, EventError) else f"database error: {exc}"
+        _record_failure(
+            conn,
+            dlq_id,
+            event_id,
+            event_type,
+            attempts,
+            error,
+            isinstance(exc, BadSignature),
+            mux,
+            run_id,
+            reliability_email,
+            report,
+        )
+        return
+    if applied.outcome == "applied":
+        report.replayed += 1
+    elif applied.outcome == "stale":
+        report.stale += 1
+    else:
+        report.ignored += 1
+    log_event(
+        "mux.replayed",
+        jobName=SPEC.name,
+        runId=run_id,
+        eventId=event_id,
+        outcome=applied.outcome,
+        mediaAssetId=applied.media_asset_id,
+    )
+
+
+def _record_failure(
+    conn: psycopg.Connection,
+    dlq_id: int,
+    event_id: str,
+    event_type: str | None,
+    attempts: int,
+    error: str,
+    bad_signature: bool,
+    mux: MuxWebhooks,
+    run_id: str,
+    reliability_email: str,
+    report: ReplayReport,
+) -> None:
+    attempts += 1
+    dead = bad_signature or attempts >= mux.max_attempts
+    delay = None if dead else backoff_seconds(attempts, mux.backoff_seconds)
+    conn.execute(
+        """UPDATE portal.mux_webhook_dlq
+              SET attempts = %(attempts)s, last_error = %(error)s,
+                  status = CASE WHEN %(dead)s THEN 'dead' ELSE 'pending' END,
+                  next_attempt_at = CASE WHEN %(dead)s THEN NULL
+                                         ELSE now() + make_interval(secs => %(delay)s) END
+            WHERE id = %(id)s""",
+        {"attempts": attempts, "error": error[:2000], "dead": dead, "delay": delay, "id": dlq_id},
+    )
+    conn.execute(
+        """INSERT INTO ops.dlq_attempts (dlq_id, event_id, attempt, error, run_id)
+           VALUES (%s, %s, %s, %s, %s)""",
+        [dlq_id, event_id, attempts, error[:2000], run_id],
+    )
+    report.failed += 1
+    report.errors.append(f"{event_id}: {error}")
+    log_event(
+        "mux.attempt_failed",
+        level=30,
+        jobName=SPEC.name,
+        runId=run_id,
+        eventId=event_id,
+        attempts=attempts,
+        dead=dead,
+        error=error,
+    )
+    if dead:
+        report.dead += 1
+        _escalate_dead(
+            conn, dlq_id, event_id, event_type, attempts, error, run_id, reliability_email
+        )
+
+
+def _escalate_dead(
+    conn: psycopg.Connection,
+    dlq_id: int,
+    event_id: str,
+    event_type: str | None,
+    attempts: int,
+    error: str,
+    run_id: str,
+    reliability_email: str,
+) -> None:
+    """Once per row (escalated_at guards it): an email to act on and an audit entry."""
+    marked = conn.execute(
+        "UPDATE portal.mux_webhook_dlq SET escalated_at = now()"
+        " WHERE id = %s AND escalated_at IS NULL",
+        [dlq_id],
+    ).rowcount
+    if not marked:
+        return
+    details = {
+        "dlq_id": dlq_id,
+        "event_id": event_id,
+        "event_type": event_type,
+        "attempts": attempts,
+        "last_error": error,
+    }
+    conn.execute(
+        """INSERT INTO ops.notification_outbox (idempotency_key, kind, recipient, payload)
+           VALUES (%s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING""",
+        [f"mux-dlq-dead:{event_id}", DEAD_EMAIL_KIND, reliability_email, Jsonb(details)],
+    )
+    conn.execute(
+        """INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
+           VALUES ('mux-webhook-retry', 'escalate_dead_letter', %s, %s, %s)""",
+        [SPEC.name, run_id, Jsonb(details)],
+    )
+    log_event(
+        "mux.escalated",
+        level=40,
+        jobName=SPEC.name,
+        runId=run_id,
+        eventId=event_id,
+        escalateTo=SPEC.escalate_to,
+    )
+
+
+def render_dead_letter_email(key: str, row: dict[str, Any]) -> Email:
+    return Email(
+        key=key,
+        recipient=row["recipient"],
+        subject=f"Mux event {row['event_id']} is dead after {row['attempts']} attempts",
+        text=(
+            f"The Mux event {row['event_id']} ({row.get('event_type') or 'unknown type'}) "
+            f"could not be applied after {row['attempts']} attempts and will not be retried.\n\n"
+            f"Last error: {row['last_error']}\n\n"
+            "Inspect it with `mm-jobs dlq show {id}`; once the cause is fixed, "
+            "`mm-jobs dlq requeue {id}` puts it back in the queue, or "
+            "`mm-jobs dlq discard {id} --reason ...` closes it.\n".replace(
+                "{id}", str(row["dlq_id"])
+            )
+            + f"\nDetails: {json.dumps(row, default=str)}\n"
+        ),
+        categories=("mux-dlq",),
+    )
+
+
+@op(retry_policy=retry_policy(SPEC), tags={"kind": "postgres"})
+def replay_dead_letters(
+    context: OpExecutionContext,
+    config: WindowConfig,
+    portal_db: PortalDatabase,
+    mux: MuxWebhooks,
+    job_settings: JobSettings,
+) -> int:
+    """Replay due Mux events from the dead-letter queue; escalate the ones that die."""
+    portal_db.require("portal.mux_webhook_dlq", "portal.media_assets", "ops.dlq_attempts")
+    with claim(portal_db, window_for(context, SPEC.name), force=config.force) as run:
+        if run.skipped:
+            context.log.info(f"Skipped: {run.reason}")
+            return 0
+        with portal_db.connection() as conn:
+            report = replay_due(conn, mux, context.run_id, job_settings.reliability_email)
+        run.rows_affected = report.replayed + report.stale + report.ignored
+        run.details = report.as_metadata()
+    context.add_output_metadata(report.as_metadata())
+    return report.dead
+
+
+@op(retry_policy=retry_policy(SPEC), tags={"kind": "sendgrid"})
+def send_dead_letter_escalations(
+    context: OpExecutionContext, dead: int, portal_db: PortalDatabase, mailer: Mailer
+) -> None:
+    """Deliver the escalation emails of events that died (this run's and any earlier)."""
+    report = deliver_pending(
+        portal_db, mailer, [DEAD_EMAIL_KIND], render_dead_letter_email, context.run_id
+    )
+    context.add_output_metadata(report.as_metadata())
+    if report.deferred:
+        raise DeliveryIncomplete(f"{report.deferred} escalation email(s) stay pending")
+
+
+@job(name=SPEC.dagster_name, description=__doc__, tags=job_tags(SPEC))
+def mux_webhook_retry() -> None:
+    send_dead_letter_escalations(replay_dead_letters())
