@@ -1,0 +1,142 @@
+"""The DLQ depth sensor's episodes, the send_alert job, and the operator tools."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from dagster import SkipReason, build_sensor_context
+
+from mm_orchestration.jobs.alerts import send_alert
+from mm_orchestration.jobs.dlq_operations import dlq_discard, dlq_requeue
+from mm_orchestration.resources.mux import MuxWebhooks
+from mm_orchestration.sensors.dlq_depth import dlq_depth_sensor
+from tests.conftest import run_job
+from tests.mux_factory import dead_letter
+
+MM_JOBS = str(Path(sys.executable).with_name("mm-jobs"))
+
+
+def add_rows(conn, n, status="pending", start=0):
+    for i in range(start, start + n):
+        dead_letter(conn, {"type": "video.asset.ready", "id": f"e{i}"}, status=status)
+
+
+def tick(portal_db, cursor=None, threshold=10):
+    with build_sensor_context(
+        cursor=cursor, resources={"portal_db": portal_db, "mux": MuxWebhooks(
+            alert_threshold=threshold)}
+    ) as context:
+        result = dlq_depth_sensor(context)
+        return result, context.cursor if isinstance(result, SkipReason) else result.cursor
+
+
+def test_depth_episode_alerts_once_and_recovers_once(conn, portal_db):
+    add_rows(conn, 10)
+    result, cursor = tick(portal_db)
+    assert isinstance(result, SkipReason) and "10 <= threshold 10" in result.skip_message
+
+    add_rows(conn, 1, status="dead", start=10)  # pending plus dead: 11
+    result, cursor = tick(portal_db, cursor)
+    (request,) = result.run_requests
+    config = request.run_config["ops"]["record_alert"]["config"]
+    assert config["contact"] == "reliability" and "11 events" in config["subject"]
+    episode = json.loads(cursor)["episode"]
+    assert request.run_key == f"dlq-depth:alert:{episode}"
+
+    for _ in range(3):  # the same episode: explained, never alerted again
+        result, cursor = tick(portal_db, cursor)
+        assert isinstance(result, SkipReason) and "already alerted" in result.skip_message
+
+    conn.execute("UPDATE portal.mux_webhook_dlq SET status = 'replayed' WHERE event_id <> 'e0'")
+    result, cursor = tick(portal_db, cursor)
+    (recovery,) = result.run_requests
+    assert recovery.run_key == f"dlq-depth:recovery:{episode}"
+    result, cursor = tick(portal_db, cursor)
+    assert isinstance(result, SkipReason)
+
+
+def test_cursor_carries_the_episode_across_a_restart(conn, portal_db):
+    add_rows(conn, 12)
+    _, cursor = tick(portal_db)
+    # A restarted daemon starts from the stored cursor: no second alert.
+    result, _ = tick(portal_db, cursor)
+    assert isinstance(result, SkipReason) and "already alerted" in result.skip_message
+
+
+def test_discarded_dead_letters_leave_the_depth(conn, portal_db):
+    from mm_orchestration.jobs.dlq_operations import discard
+
+    add_rows(conn, 11, status="dead")
+    first = conn.execute("SELECT min(id) FROM portal.mux_webhook_dlq").fetchone()[0]
+    discard(conn, first, "duplicate upload, video re-uploaded", "olivia")
+    result, _ = tick(portal_db)
+    assert isinstance(result, SkipReason) and "depth 10" in result.skip_message
+
+
+def test_send_alert_queues_audits_and_sends_once(conn, portal_db, mailer, job_settings, sendgrid):
+    config = {"ops": {"record_alert": {"config": {
+        "key": "dlq-depth:alert:2026-11-28T21:00:00+00:00", "subject": "DLQ above 10",
+        "body": "11 events waiting", "action": "dlq_depth_alert",
+        "source_job": "mux-webhook-retry", "details_json": '{"depth": 11}'}}}}
+    resources = {"portal_db": portal_db, "mailer": mailer, "job_settings": job_settings}
+    assert run_job(send_alert, resources, config).success
+    assert run_job(send_alert, resources, config).success  # same key: nothing new
+    assert sendgrid.accepted_recipients() == ["reliability@motionmavericks.com.au"]
+    (audit,) = conn.execute("SELECT actor, action, job_name, details FROM ops.audit_log")
+    assert audit[:3] == ("alerting", "dlq_depth_alert", "mux-webhook-retry")
+    assert audit[3]["depth"] == 11
+
+
+def test_requeue_and_discard_jobs_are_audited(conn, portal_db):
+    add_rows(conn, 3, status="dead")
+    ids = [r[0] for r in conn.execute("SELECT id FROM portal.mux_webhook_dlq ORDER BY id")]
+    conn.execute("UPDATE portal.mux_webhook_dlq SET attempts = 5, escalated_at = now()")
+    result = run_job(dlq_requeue, {"portal_db": portal_db},
+                     {"ops": {"requeue_dead_letters": {"config": {"ids": ids[:2]}}}},
+                     tags={"mm/actor": "jack"})
+    assert result.success
+    rows = conn.execute("SELECT status, attempts, escalated_at FROM portal.mux_webhook_dlq "
+                        "ORDER BY id").fetchall()
+    assert rows[0] == ("pending", 0, None) and rows[1] == ("pending", 0, None)
+    assert rows[2][0] == "dead"
+    result = run_job(dlq_discard, {"portal_db": portal_db},
+                     {"ops": {"discard_dead_letter": {"config": {"id": ids[2],
+                                                                 "reason": "test event"}}}})
+    assert result.success
+    audit = conn.execute("SELECT actor, action, details FROM ops.audit_log ORDER BY id").fetchall()
+    assert [(a[0], a[1]) for a in audit] == [("jack", "dlq_requeue"), ("ui", "dlq_discard")]
+    assert audit[0][2]["ids"] == ids[:2] and audit[1][2]["reason"] == "test event"
+    assert audit[1][2]["payload"] == {"type": "video.asset.ready", "id": "e2"}
+
+
+def test_cli_list_show_requeue_discard(conn, database_url, tmp_path):
+    import os
+
+    env = {**os.environ, "DATABASE_URL": database_url, "MM_DATA_DIR": str(tmp_path)}
+    add_rows(conn, 2, status="dead")
+    a, b = [r[0] for r in conn.execute("SELECT id FROM portal.mux_webhook_dlq ORDER BY id")]
+    conn.execute("INSERT INTO ops.dlq_attempts (dlq_id, event_id, attempt, error) "
+                 "VALUES (%s, 'e0', 1, 'no media asset with mux_asset_id x')", [a])
+
+    def cli(*args):
+        return subprocess.run([MM_JOBS, "dlq", *args], env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    listed = cli("list", "--status", "dead")
+    assert listed.returncode == 0 and "2 row(s)" in listed.stdout
+    shown = cli("show", str(a))
+    assert shown.returncode == 0
+    detail = json.loads(shown.stdout)
+    assert detail["payload"] == {"type": "video.asset.ready", "id": "e0"}
+    assert detail["error_history"][0]["error"] == "no media asset with mux_asset_id x"
+    assert cli("requeue", str(a), "--actor", "olivia").returncode == 0
+    assert cli("discard", str(b), "--reason", "test data", "--actor", "olivia").returncode == 0
+    assert cli("discard", str(b)).returncode == 2  # --reason is required
+    assert cli("show", "999999").returncode == 1
+    audit = conn.execute("SELECT actor, action FROM ops.audit_log ORDER BY id").fetchall()
+    assert audit == [("olivia", "dlq_requeue"), ("olivia", "dlq_discard")]
+    assert conn.execute("SELECT status FROM portal.mux_webhook_dlq WHERE id = %s",
+                        [a]).fetchone()[0] == "pending"
