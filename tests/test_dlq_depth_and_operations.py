@@ -26,8 +26,8 @@ def add_rows(conn, n, status="pending", start=0):
 
 def tick(portal_db, cursor=None, threshold=10):
     with build_sensor_context(
-        cursor=cursor, resources={"portal_db": portal_db, "mux": MuxWebhooks(
-            alert_threshold=threshold)}
+        cursor=cursor,
+        resources={"portal_db": portal_db, "mux": MuxWebhooks(alert_threshold=threshold)},
     ) as context:
         result = dlq_depth_sensor(context)
         return result, context.cursor if isinstance(result, SkipReason) else result.cursor
@@ -77,10 +77,20 @@ def test_discarded_dead_letters_leave_the_depth(conn, portal_db):
 
 
 def test_send_alert_queues_audits_and_sends_once(conn, portal_db, mailer, job_settings, sendgrid):
-    config = {"ops": {"record_alert": {"config": {
-        "key": "dlq-depth:alert:2026-11-28T21:00:00+00:00", "subject": "DLQ above 10",
-        "body": "11 events waiting", "action": "dlq_depth_alert",
-        "source_job": "mux-webhook-retry", "details_json": '{"depth": 11}'}}}}
+    config = {
+        "ops": {
+            "record_alert": {
+                "config": {
+                    "key": "dlq-depth:alert:2026-11-28T21:00:00+00:00",
+                    "subject": "DLQ above 10",
+                    "body": "11 events waiting",
+                    "action": "dlq_depth_alert",
+                    "source_job": "mux-webhook-retry",
+                    "details_json": '{"depth": 11}',
+                }
+            }
+        }
+    }
     resources = {"portal_db": portal_db, "mailer": mailer, "job_settings": job_settings}
     assert run_job(send_alert, resources, config).success
     assert run_job(send_alert, resources, config).success  # same key: nothing new
@@ -94,17 +104,23 @@ def test_requeue_and_discard_jobs_are_audited(conn, portal_db):
     add_rows(conn, 3, status="dead")
     ids = [r[0] for r in conn.execute("SELECT id FROM portal.mux_webhook_dlq ORDER BY id")]
     conn.execute("UPDATE portal.mux_webhook_dlq SET attempts = 5, escalated_at = now()")
-    result = run_job(dlq_requeue, {"portal_db": portal_db},
-                     {"ops": {"requeue_dead_letters": {"config": {"ids": ids[:2]}}}},
-                     tags={"mm/actor": "jack"})
+    result = run_job(
+        dlq_requeue,
+        {"portal_db": portal_db},
+        {"ops": {"requeue_dead_letters": {"config": {"ids": ids[:2]}}}},
+        tags={"mm/actor": "jack"},
+    )
     assert result.success
-    rows = conn.execute("SELECT status, attempts, escalated_at FROM portal.mux_webhook_dlq "
-                        "ORDER BY id").fetchall()
+    rows = conn.execute(
+        "SELECT status, attempts, escalated_at FROM portal.mux_webhook_dlq ORDER BY id"
+    ).fetchall()
     assert rows[0] == ("pending", 0, None) and rows[1] == ("pending", 0, None)
     assert rows[2][0] == "dead"
-    result = run_job(dlq_discard, {"portal_db": portal_db},
-                     {"ops": {"discard_dead_letter": {"config": {"id": ids[2],
-                                                                 "reason": "test event"}}}})
+    result = run_job(
+        dlq_discard,
+        {"portal_db": portal_db},
+        {"ops": {"discard_dead_letter": {"config": {"id": ids[2], "reason": "test event"}}}},
+    )
     assert result.success
     audit = conn.execute("SELECT actor, action, details FROM ops.audit_log ORDER BY id").fetchall()
     assert [(a[0], a[1]) for a in audit] == [("jack", "dlq_requeue"), ("ui", "dlq_discard")]
@@ -118,12 +134,16 @@ def test_cli_list_show_requeue_discard(conn, database_url, tmp_path):
     env = {**os.environ, "DATABASE_URL": database_url, "MM_DATA_DIR": str(tmp_path)}
     add_rows(conn, 2, status="dead")
     a, b = [r[0] for r in conn.execute("SELECT id FROM portal.mux_webhook_dlq ORDER BY id")]
-    conn.execute("INSERT INTO ops.dlq_attempts (dlq_id, event_id, attempt, error) "
-                 "VALUES (%s, 'e0', 1, 'no media asset with mux_asset_id x')", [a])
+    conn.execute(
+        "INSERT INTO ops.dlq_attempts (dlq_id, event_id, attempt, error) "
+        "VALUES (%s, 'e0', 1, 'no media asset with mux_asset_id x')",
+        [a],
+    )
 
     def cli(*args):
-        return subprocess.run([MM_JOBS, "dlq", *args], env=env, capture_output=True,
-                              text=True, timeout=60)
+        return subprocess.run(
+            [MM_JOBS, "dlq", *args], env=env, capture_output=True, text=True, timeout=60
+        )
 
     listed = cli("list", "--status", "dead")
     assert listed.returncode == 0 and "2 row(s)" in listed.stdout
@@ -138,5 +158,7 @@ def test_cli_list_show_requeue_discard(conn, database_url, tmp_path):
     assert cli("show", "999999").returncode == 1
     audit = conn.execute("SELECT actor, action FROM ops.audit_log ORDER BY id").fetchall()
     assert audit == [("olivia", "dlq_requeue"), ("olivia", "dlq_discard")]
-    assert conn.execute("SELECT status FROM portal.mux_webhook_dlq WHERE id = %s",
-                        [a]).fetchone()[0] == "pending"
+    assert (
+        conn.execute("SELECT status FROM portal.mux_webhook_dlq WHERE id = %s", [a]).fetchone()[0]
+        == "pending"
+    )

@@ -3,11 +3,14 @@
 The portal's webhook handler parks a Mux event it could not process in
 `portal.mux_webhook_dlq`; this job is the only thing that gets those videos
 unstuck. It claims due rows (`pending`, `next_attempt_at` passed or unset) with
-`FOR UPDATE SKIP LOCKED` in bounded batches, so two runs never take the same row,
-and applies each event inside a savepoint together with its row's update: a crash
-never leaves one without the other, and one bad event never rolls back its
-neighbours. Stale events (older than the video's `status_changed_at`) and unknown
-types are acknowledged with nothing changed.
+`FOR UPDATE SKIP LOCKED` in bounded batches, so two runs never take the same row.
+Envelopes are validated first; the common case (a status event for a video found by
+its Mux asset id) is applied for the whole batch in one statement that updates each
+video together with its own dead-letter row, and everything else (upload links, a
+second event for the same video, a statement that fails) goes one event at a time,
+each in its own savepoint. Either way an event and its row change together or not at
+all, and one bad event never rolls back its neighbours. Stale events (older than the
+video's `status_changed_at`) and unknown types are acknowledged with nothing changed.
 
 A failure (an invalid envelope, a video that does not exist yet, a database error)
 is a failed attempt: `attempts` goes up, `last_error` says what was wrong and
@@ -29,7 +32,14 @@ from psycopg.types.json import Jsonb
 from mm_orchestration import inventory
 from mm_orchestration.joblog import log_event
 from mm_orchestration.ledger import WindowConfig, claim, window_for
-from mm_orchestration.mux_events import BadSignature, EventError, apply_event, parse_envelope
+from mm_orchestration.mux_events import (
+    STATUS_BY_TYPE,
+    UPLOAD_LINKED,
+    BadSignature,
+    EventError,
+    apply_event,
+    parse_envelope,
+)
 from mm_orchestration.mux_events import verify_signature as check_signature
 from mm_orchestration.outbox import DeliveryIncomplete, deliver_pending
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
@@ -84,10 +94,131 @@ def replay_due(
     while True:
         with conn.transaction():
             rows = conn.execute(CLAIM_DUE, [mux.batch_size]).fetchall()
-            for row in rows:
-                _replay_one(conn, row, mux, run_id, reliability_email, report)
+            _replay_batch(conn, rows, mux, run_id, reliability_email, report)
         if len(rows) < mux.batch_size:
             return report
+
+
+# The common case in one statement: status events for videos found by their Mux asset id,
+# each event applied together with its own dead-letter row (same statement, same
+# transaction). Events whose video is not found by asset id are left for the per-event path.
+APPLY_BATCH = """
+WITH ev AS (
+    SELECT * FROM unnest(%(dlq_ids)s::bigint[], %(asset_ids)s::text[], %(statuses)s::text[],
+                         %(created)s::timestamptz[], %(durations)s::numeric[],
+                         %(playbacks)s::text[])
+             AS e(dlq_id, asset_id, status, created_at, duration, playback_id)
+), applied AS (
+    UPDATE portal.media_assets m
+       SET status = e.status, status_changed_at = e.created_at, updated_at = now(),
+           duration_seconds = coalesce(e.duration, m.duration_seconds),
+           mux_playback_id = coalesce(e.playback_id, m.mux_playback_id)
+      FROM ev e
+     WHERE m.mux_asset_id = e.asset_id
+       AND (m.status_changed_at IS NULL OR m.status_changed_at <= e.created_at)
+    RETURNING e.dlq_id
+), matched AS (
+    SELECT e.dlq_id FROM ev e JOIN portal.media_assets m ON m.mux_asset_id = e.asset_id
+)
+UPDATE portal.mux_webhook_dlq d
+   SET status = 'replayed', replayed_at = now(), next_attempt_at = NULL,
+       last_error = CASE WHEN a.dlq_id IS NULL
+                         THEN 'acknowledged: stale, nothing changed' END
+  FROM matched mt LEFT JOIN applied a ON a.dlq_id = mt.dlq_id
+ WHERE d.id = mt.dlq_id
+RETURNING d.id, d.event_id, a.dlq_id IS NOT NULL
+"""
+
+
+def _replay_batch(
+    conn: psycopg.Connection,
+    rows: list[tuple[Any, ...]],
+    mux: MuxWebhooks,
+    run_id: str,
+    reliability_email: str,
+    report: ReplayReport,
+) -> None:
+    """Validate in Python, apply the simple events set-based, the rest one by one."""
+    simple: dict[int, Any] = {}
+    ignored: list[int] = []
+    one_by_one: list[tuple[Any, ...]] = []
+    seen_assets: dict[str, int] = {}
+    for row in rows:
+        dlq_id, event_id, event_type, payload, attempts, raw_body, signature = row
+        try:
+            if mux.signing_secret and raw_body is not None and signature is not None:
+                check_signature(mux.signing_secret, raw_body, signature)
+            envelope = parse_envelope(payload)
+        except EventError as exc:
+            _record_failure(
+                conn,
+                dlq_id,
+                event_id,
+                event_type,
+                attempts,
+                str(exc),
+                isinstance(exc, BadSignature),
+                mux,
+                run_id,
+                reliability_email,
+                report,
+            )
+            continue
+        if envelope.type in STATUS_BY_TYPE and envelope.asset_id not in seen_assets:
+            seen_assets[str(envelope.asset_id)] = dlq_id
+            simple[dlq_id] = (row, envelope)
+        elif envelope.type not in STATUS_BY_TYPE and envelope.type != UPLOAD_LINKED:
+            ignored.append(dlq_id)
+        else:  # upload links, and a second event for a video already in this batch
+            one_by_one.append(row)
+    if ignored:
+        conn.execute(
+            """UPDATE portal.mux_webhook_dlq
+                  SET status = 'replayed', replayed_at = now(), next_attempt_at = NULL,
+                      last_error = 'acknowledged: ignored, nothing changed'
+                WHERE id = ANY(%s)""",
+            [ignored],
+        )
+        report.ignored += len(ignored)
+    if simple:
+        done = _apply_simple(conn, simple)
+        if done is None:  # the set-based statement failed: find the culprit one by one
+            one_by_one = [row for row, _ in simple.values()] + one_by_one
+        else:
+            for dlq_id, _event_id, applied in done:
+                if applied:
+                    report.replayed += 1
+                else:
+                    report.stale += 1
+                simple.pop(dlq_id)
+            one_by_one = [row for row, _ in simple.values()] + one_by_one
+    for row in sorted(one_by_one, key=lambda r: r[0]):
+        _replay_one(conn, row, mux, run_id, reliability_email, report)
+
+
+def _apply_simple(conn: psycopg.Connection, simple: dict[int, Any]) -> list[Any] | None:
+    events = [envelope for _, envelope in simple.values()]
+    ready = [e.type == "video.asset.ready" for e in events]
+    try:
+        with conn.transaction():
+            return conn.execute(
+                APPLY_BATCH,
+                {
+                    "dlq_ids": list(simple),
+                    "asset_ids": [e.asset_id for e in events],
+                    "statuses": [STATUS_BY_TYPE[e.type] for e in events],
+                    "created": [e.created_at for e in events],
+                    "durations": [
+                        e.duration if r else None for e, r in zip(events, ready, strict=True)
+                    ],
+                    "playbacks": [
+                        e.playback_id if r else None for e, r in zip(events, ready, strict=True)
+                    ],
+                },
+            ).fetchall()
+    except psycopg.Error as exc:
+        log_event("mux.batch_fallback", level=30, jobName=SPEC.name, error=str(exc))
+        return None
 
 
 def _replay_one(
