@@ -149,12 +149,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.force:
         run_config = {"ops": {name: {"config": {"force": True}} for name in _force_nodes(job)}}
     tags = {ACTOR_TAG: args.actor or getpass.getuser(), TRIGGER_TAG: "cli"}
+    partition = args.partition
+    if partition is None and job.partitions_def is not None:
+        partition = job.partitions_def.get_last_partition_key()  # the latest hour or day
+        print(f"{spec.name}: partition {partition}")
     instance = DagsterInstance.get()
     result = job.execute_in_process(
         run_config=run_config,
         instance=instance,
         tags=tags,
-        partition_key=args.partition,
+        partition_key=partition,
         raise_on_error=False,
     )
     print(f"run id: {result.run_id}")
@@ -181,7 +185,7 @@ def _force_nodes(job: Any) -> list[str]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from mm_orchestration.definitions import JOBS
+    from mm_orchestration.definitions import ASSET_JOBS, JOBS
 
     settings = _local_settings()
     rows = [("job", "schedule", "timezone", "retries", "sla", "next tick", "built")]
@@ -195,7 +199,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 str(spec.retries),
                 f"{spec.sla_seconds}s",
                 _next_tick(cron, settings.timezone),
-                "yes" if spec.name in JOBS else "not yet",
+                "yes" if spec.name in JOBS or spec.name in ASSET_JOBS else "not yet",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -14,6 +14,13 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from mm_orchestration import inventory
+from mm_orchestration.assets.analytics import analytics_hourly, analytics_rollup, analytics_schedule
+from mm_orchestration.assets.tenant_health import (
+    tenant_health_check,
+    tenant_health_daily,
+    tenant_health_failure_sensor,
+    tenant_health_schedule,
+)
 from mm_orchestration.jobs.alerts import send_alert
 from mm_orchestration.jobs.dlq_operations import dlq_discard, dlq_requeue
 from mm_orchestration.jobs.invite_cleanup import invite_cleanup
@@ -34,6 +41,12 @@ JOBS = {
     "invite-cleanup": invite_cleanup,
     "notification-suppression-cleanup": notification_suppression_cleanup,
     "mux-webhook-retry": mux_webhook_retry,
+}
+
+# Inventory jobs built as partitioned asset jobs (their schedules come from assets/).
+ASSET_JOBS = {
+    "analytics-rollup": analytics_rollup,
+    "tenant-health-check": tenant_health_check,
 }
 
 # Jobs an operator or a sensor launches; they have no schedule of their own.
@@ -63,10 +76,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         inventory_schedule(inventory.get(name), job, settings, window=_window(name, settings))
         for name, job in JOBS.items()
     ]
+    schedules += [analytics_schedule(settings), tenant_health_schedule(settings)]
     return dg.Definitions(
-        jobs=[*JOBS.values(), *SUPPORT_JOBS],
+        assets=[analytics_hourly, tenant_health_daily],
+        jobs=[*JOBS.values(), *SUPPORT_JOBS, analytics_rollup, tenant_health_check],
         schedules=schedules,
-        sensors=[dlq_depth_sensor],
+        sensors=[dlq_depth_sensor, tenant_health_failure_sensor],
         resources=build_resources(settings),
     )
 

@@ -1,0 +1,253 @@
+"""analytics_hourly and tenant_health_daily: partitions, reruns, checks and statuses."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from dagster import DagsterInstance, materialize
+
+from mm_orchestration.assets.analytics import analytics_hourly, reconcile
+from mm_orchestration.assets.tenant_health import reference_time, tenant_health_daily
+from tests import factories as f
+
+HOUR = "2026-11-28-10:00"
+H = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+
+
+def event(conn, tenant, kind, at, user=None):
+    conn.execute(
+        "INSERT INTO portal.events (tenant_id, user_id, event_type, occurred_at) "
+        "VALUES (%s, %s, %s, %s)",
+        [tenant, user, kind, at],
+    )
+
+
+def rollup(portal_db, partition=HOUR):
+    with DagsterInstance.ephemeral() as instance:
+        return materialize(
+            [analytics_hourly],
+            partition_key=partition,
+            instance=instance,
+            resources={"portal_db": portal_db},
+            raise_on_error=False,
+        )
+
+
+def rows(conn):
+    return conn.execute(
+        "SELECT tenant_id, hour_start, event_type, event_count, unique_users "
+        "FROM ops.analytics_hourly ORDER BY 1, 2, 3"
+    ).fetchall()
+
+
+@pytest.fixture
+def events(conn):
+    a, b = f.tenant(conn), f.tenant(conn)
+    u1, u2 = f.user(conn, a), f.user(conn, a)
+    event(conn, a, "asset.viewed", H, u1)  # exactly on the hour: in
+    event(conn, a, "asset.viewed", H + timedelta(minutes=30), u1)
+    event(conn, a, "asset.viewed", H + timedelta(minutes=59, seconds=59), u2)
+    event(conn, a, "asset.viewed", H + timedelta(minutes=5))  # no user
+    event(conn, a, "comment.added", H + timedelta(minutes=1), u2)
+    event(conn, b, "asset.viewed", H + timedelta(minutes=2))
+    event(conn, a, "asset.viewed", H + timedelta(hours=1), u1)  # next hour: out
+    event(conn, a, "asset.viewed", H - timedelta(microseconds=1), u1)  # previous hour: out
+    return a, b
+
+
+def test_hour_rollup_counts_and_distinct_users(conn, portal_db, events):
+    a, b = events
+    result = rollup(portal_db)
+    assert result.success
+    expected = sorted(
+        [(a, H, "asset.viewed", 4, 2), (a, H, "comment.added", 1, 1), (b, H, "asset.viewed", 1, 0)]
+    )
+    assert rows(conn) == expected
+    (mat,) = result.asset_materializations_for_node("ops__analytics_hourly")
+    assert mat.metadata["rows_written"].value == 3
+    assert mat.metadata["events_counted"].value == 6
+    assert mat.metadata["tenants_seen"].value == 2
+    assert "| asset.viewed | 5 | 2 |" in mat.metadata["top_event_types"].value
+    (check,) = result.get_asset_check_evaluations()
+    assert check.passed
+
+
+def test_rerun_gives_identical_rows_and_late_events_are_picked_up(conn, portal_db, events):
+    a, _ = events
+    assert rollup(portal_db).success
+    first = rows(conn)
+    assert rollup(portal_db).success
+    assert rows(conn) == first
+    event(conn, a, "asset.viewed", H + timedelta(minutes=45))  # arrives late
+    with conn.transaction():
+        assert not reconcile(conn, H).passed
+    assert rollup(portal_db).success
+    assert sum(r[3] for r in rows(conn)) == sum(r[3] for r in first) + 1
+
+
+def test_reconciliation_fails_loudly_when_counts_differ(conn, portal_db, events):
+    assert rollup(portal_db).success
+    conn.execute(
+        "UPDATE ops.analytics_hourly SET event_count = event_count + 2 "
+        "WHERE event_type = 'comment.added'"
+    )
+    check = reconcile(conn, H)
+    assert not check.passed and check.severity.value == "ERROR"
+    assert "rollup counts 8 events, portal.events has 6" in check.description
+
+
+def test_schedule_rolls_up_the_last_hour_and_refreshes_the_one_before():
+    from dagster import build_schedule_context
+
+    from mm_orchestration.definitions import build_definitions
+    from mm_orchestration.settings import Settings
+
+    defs = build_definitions(Settings())
+    sched = defs.resolve_schedule_def("analytics_rollup_schedule")
+    with build_schedule_context(
+        scheduled_execution_time=H + timedelta(minutes=5), repository_def=defs.get_repository_def()
+    ) as context:
+        requests = sched.evaluate_tick(context).run_requests
+    assert [(r.partition_key, r.tags["mm/purpose"]) for r in requests] == [
+        ("2026-11-28-09:00", "rollup"),
+        ("2026-11-28-08:00", "refresh"),
+    ]
+
+
+# -- tenant health ---------------------------------------------------------------
+
+DAY = date(2026, 11, 20)
+REF = reference_time(DAY)
+
+
+def milestone(conn, tenant, due, completed=None):
+    conn.execute(
+        "INSERT INTO portal.milestones (tenant_id, name, due_at, completed_at) "
+        "VALUES (%s, 'Fine cut', %s, %s)",
+        [tenant, due, completed],
+    )
+
+
+def overdue_tasks(conn, tenant, n):
+    for _ in range(n):
+        conn.execute(
+            "INSERT INTO portal.tasks (tenant_id, title, due_at) VALUES (%s, 'x', %s)",
+            [tenant, REF - timedelta(hours=1)],
+        )
+
+
+def health(portal_db, mailer, job_settings):
+    with DagsterInstance.ephemeral() as instance:
+        return materialize(
+            [tenant_health_daily],
+            partition_key=DAY.isoformat(),
+            instance=instance,
+            raise_on_error=False,
+            resources={"portal_db": portal_db, "mailer": mailer, "job_settings": job_settings},
+        )
+
+
+def test_each_status_rule_at_its_boundary(conn, portal_db, mailer, job_settings, sendgrid):
+    names = {}
+
+    def agency(name):
+        names[name] = f.tenant(conn, name=name)
+        return names[name]
+
+    milestone(conn, agency("red overdue milestone"), REF - timedelta(minutes=1))
+    milestone(conn, agency("amber at risk"), REF + timedelta(hours=71, minutes=59))
+    milestone(conn, agency("green 72h away"), REF + timedelta(hours=72))
+    milestone(conn, agency("green completed"), REF - timedelta(days=1), REF - timedelta(days=2))
+    overdue_tasks(conn, agency("amber six tasks"), 6)
+    overdue_tasks(conn, agency("green five tasks"), 5)
+    t = agency("green links")
+    a = f.asset(conn, t)
+    f.share_link(conn, t, a, None, REF + timedelta(days=3))
+    f.share_link(conn, t, a, None, REF - timedelta(days=3))  # past expiry: not active
+    conn.execute("UPDATE portal.share_links SET view_count = 7")
+    f.tenant(conn, status="suspended", name="suspended agency")
+
+    result = health(portal_db, mailer, job_settings)
+
+    assert result.success
+    got = dict(
+        conn.execute(
+            "SELECT t.name, h.status FROM ops.tenant_health_daily h JOIN portal.tenants t "
+            "ON t.id = h.tenant_id WHERE h.day = %s",
+            [DAY],
+        ).fetchall()
+    )
+    assert got == {
+        "red overdue milestone": "red",
+        "amber at risk": "amber",
+        "green 72h away": "green",
+        "green completed": "green",
+        "amber six tasks": "amber",
+        "green five tasks": "green",
+        "green links": "green",
+    }
+    links = conn.execute(
+        "SELECT active_share_links, share_link_views FROM "
+        "ops.tenant_health_daily WHERE tenant_id = %s",
+        [t],
+    ).fetchone()
+    assert links == (1, 14)
+    (mat,) = result.asset_materializations_for_node("ops__tenant_health_daily")
+    assert (
+        mat.metadata["red"].value,
+        mat.metadata["amber"].value,
+        mat.metadata["green"].value,
+    ) == (1, 2, 4)
+    table = mat.metadata["red_and_amber"].value
+    assert "| red overdue milestone | red | 1 milestone(s) overdue |" in table
+    assert "| amber six tasks | amber | 6 tasks overdue |" in table
+
+
+def test_summary_email_sent_once_per_day(conn, portal_db, mailer, job_settings, sendgrid):
+    milestone(conn, f.tenant(conn, name="Bondi"), REF - timedelta(days=1))
+    assert health(portal_db, mailer, job_settings).success
+    assert health(portal_db, mailer, job_settings).success  # rerun: same rows, no 2nd email
+    assert sendgrid.accepted_recipients() == ["admin@motionmavericks.com.au"]
+    assert sendgrid.mail_requests[0].body["subject"] == (
+        "Tenant health 2026-11-20: 1 red, 0 amber, 0 green"
+    )
+    assert conn.execute("SELECT count(*) FROM ops.tenant_health_daily").fetchone()[0] == 1
+
+
+def test_failed_run_notifies_the_admin(pg_server):
+    from dagster import DagsterEventType, DagsterRunStatus, build_run_status_sensor_context
+
+    from mm_orchestration.assets.tenant_health import tenant_health_failure_sensor
+    from mm_orchestration.definitions import build_definitions
+    from mm_orchestration.resources import PortalDatabase
+    from mm_orchestration.settings import Settings
+    from tests.conftest import create_database, drop_database
+
+    empty = create_database(pg_server, template=None)  # no tables: fails at once, no retry
+    db = PortalDatabase(url=pg_server.url(empty))
+    try:
+        with DagsterInstance.ephemeral() as instance:
+            job = build_definitions(Settings()).resolve_job_def("tenant_health_check")
+            result = job.execute_in_process(
+                instance=instance,
+                raise_on_error=False,
+                partition_key=DAY.isoformat(),
+                resources={"portal_db": db},
+            )
+            run = instance.get_run_by_id(result.run_id)
+            (failure,) = instance.all_logs(result.run_id, of_type=DagsterEventType.RUN_FAILURE)
+            context = build_run_status_sensor_context(
+                sensor_name="tenant_health_failure_sensor",
+                dagster_instance=instance,
+                dagster_run=run,
+                dagster_event=failure.dagster_event,
+            ).for_run_failure()
+            request = tenant_health_failure_sensor(context)
+    finally:
+        db.close()
+        drop_database(pg_server, empty)
+    assert run.status == DagsterRunStatus.FAILURE
+    config = request.run_config["ops"]["record_alert"]["config"]
+    assert config["contact"] == "admin" and "tenant-health-check failed" in config["subject"]
+    assert request.run_key == f"tenant-health-failed:{run.run_id}"
