@@ -24,7 +24,6 @@ from dagster import (
     MetadataValue,
     RunFailureSensorContext,
     RunRequest,
-    ScheduleDefinition,
     asset,
     build_schedule_from_partitioned_job,
     define_asset_job,
@@ -135,7 +134,7 @@ def reason(row: tuple[Any, ...]) -> str:
 
 
 def summarise(conn: psycopg.Connection, day: date, ref: datetime) -> tuple[dict[str, int], str]:
-    counts = dict(
+    counts: dict[str, int] = dict(
         conn.execute(
             "SELECT status, count(*) FROM ops.tenant_health_daily WHERE day = %s GROUP BY 1", [day]
         ).fetchall()
@@ -224,7 +223,7 @@ tenant_health_check = define_asset_job(
 )
 
 
-def tenant_health_schedule(settings: Settings) -> ScheduleDefinition:
+def tenant_health_schedule(settings: Settings) -> Any:
     """Daily at 06:00 (Sydney, the partitions' zone); hourly in staging."""
     timing: dict[str, Any] = (
         {"cron_schedule": SPEC.staging_cron}
@@ -259,8 +258,10 @@ def tenant_health_failure_sensor(context: RunFailureSensorContext) -> RunRequest
                         "key": f"tenant-health-failed:{run.run_id}",
                         "contact": SPEC.escalate_to,
                         "subject": f"tenant-health-check failed (run {run.run_id[:8]})",
-                        "body": f"The tenant health run {run.run_id} failed: {message}\n\nRerun the day "
-                        "from the tenant_health_daily asset in the job console.",
+                        "body": (
+                            f"The tenant health run {run.run_id} failed: {message}\n\n"
+                            "Rerun the day from the tenant_health_daily asset in the job console."
+                        ),
                         "action": "job_failure_alert",
                         "source_job": SPEC.name,
                     }
