@@ -94,7 +94,7 @@ def main() -> None:
     with server() as pg:
         print(f"building {USERS:,} people with tasks and video updates...")
         source = source_database(pg, build)
-        with clone(pg, source) as url, psycopg.ClientCursor(connect(url)) as cur:
+        with clone(pg, source) as url, connect(url) as conn, psycopg.ClientCursor(conn) as cur:
             floor_sql = cur.mogrify(
                 QUEUE_DIGESTS,
                 {"ref": REF, "since": REF - timedelta(days=1), "kind": EMAIL_KIND},
