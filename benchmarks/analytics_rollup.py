@@ -40,19 +40,21 @@ SELECT t.ids[1 + g %% 100], CASE WHEN g %% 7 = 0 THEN NULL ELSE u.ids[1 + g %% 2
 
 def build(url: str) -> None:
     with connect(url, autocommit=True) as conn:
-        conn.execute("INSERT INTO portal.tenants (name, slug) SELECT 'A' || i, 'a-' || i "
-                     "FROM generate_series(1, 100) i")
-        conn.execute("INSERT INTO portal.users (tenant_id, email) SELECT id, 'u' || i || "
-                     "'@x.example' FROM portal.tenants, generate_series(1, 20) i")
+        conn.execute(
+            "INSERT INTO portal.tenants (name, slug) SELECT 'A' || i, 'a-' || i "
+            "FROM generate_series(1, 100) i"
+        )
+        conn.execute(
+            "INSERT INTO portal.users (tenant_id, email) SELECT id, 'u' || i || "
+            "'@x.example' FROM portal.tenants, generate_series(1, 20) i"
+        )
         conn.execute(EVENTS, {"start": HOUR, "span": 3600, "n": IN_HOUR})
-        conn.execute(EVENTS, {"start": HOUR - timedelta(days=7), "span": 6 * 86400,
-                              "n": HISTORY})
+        conn.execute(EVENTS, {"start": HOUR - timedelta(days=7), "span": 6 * 86400, "n": HISTORY})
 
 
 def add_history(url: str, rows: int) -> None:
     with connect(url, autocommit=True) as conn:
-        conn.execute(EVENTS, {"start": HOUR - timedelta(days=400), "span": 390 * 86400,
-                              "n": rows})
+        conn.execute(EVENTS, {"start": HOUR - timedelta(days=400), "span": 390 * 86400, "n": rows})
         conn.execute("VACUUM ANALYZE portal.events")
 
 
@@ -87,11 +89,15 @@ def main() -> None:
     report(
         "analytics-rollup: one hour of 1,000,000 events",
         {"partition (median)": f"{job:.2f} s", "floor (psql, median)": f"{floor:.2f} s"},
-        job / floor, "<= 1.3", job / floor <= 1.3,
+        job / floor,
+        "<= 1.3",
+        job / floor <= 1.3,
     )
     growth = job_big / job - 1
-    print(f"  {'with 10x more history':<34} {job_big:.2f} s (floor {floor_big:.2f} s): "
-          f"{growth:+.0%}  (target <= +20%: {'met' if growth <= 0.2 else 'MISSED'})")
+    print(
+        f"  {'with 10x more history':<34} {job_big:.2f} s (floor {floor_big:.2f} s): "
+        f"{growth:+.0%}  (target <= +20%: {'met' if growth <= 0.2 else 'MISSED'})"
+    )
 
 
 if __name__ == "__main__":

@@ -251,3 +251,20 @@ def test_failed_run_notifies_the_admin(pg_server):
     config = request.run_config["ops"]["record_alert"]["config"]
     assert config["contact"] == "admin" and "tenant-health-check failed" in config["subject"]
     assert request.run_key == f"tenant-health-failed:{run.run_id}"
+
+
+def test_tenant_health_schedule_targets_the_day_starting_in_sydney():
+    from dagster import build_schedule_context
+
+    from mm_orchestration.definitions import build_definitions
+    from mm_orchestration.settings import Settings
+
+    defs = build_definitions(Settings())
+    sched = defs.resolve_schedule_def("tenant_health_check_schedule")
+    assert sched.cron_schedule == "0 6 * * *"
+    assert sched.execution_timezone == "Australia/Sydney"
+    tick = reference_time(DAY)
+    with build_schedule_context(scheduled_execution_time=tick,
+                                repository_def=defs.get_repository_def()) as context:
+        (request,) = sched.evaluate_tick(context).run_requests
+    assert request.partition_key == DAY.isoformat()

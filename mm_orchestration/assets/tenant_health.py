@@ -24,10 +24,12 @@ from dagster import (
     MetadataValue,
     RunFailureSensorContext,
     RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
     asset,
-    build_schedule_from_partitioned_job,
     define_asset_job,
     run_failure_sensor,
+    schedule,
 )
 from psycopg.types.json import Jsonb
 
@@ -36,7 +38,7 @@ from mm_orchestration.jobs.alerts import send_alert
 from mm_orchestration.outbox import deliver_pending
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
-from mm_orchestration.scheduling import job_tags, retry_policy
+from mm_orchestration.scheduling import JOB_TAG, job_tags, retry_policy, window_key
 from mm_orchestration.settings import Settings
 
 SPEC = inventory.get("tenant-health-check")
@@ -61,14 +63,16 @@ CLEAR_DAY = "DELETE FROM ops.tenant_health_daily WHERE day = %(day)s"
 # by tenant: set-based whatever the number of tenants.
 WRITE_DAY = """
 INSERT INTO ops.tenant_health_daily (tenant_id, day, milestones_at_risk, overdue_tasks,
-                                     active_share_links, share_link_views, status)
+                                     active_share_links, share_link_views, status,
+                                     overdue_milestones)
 SELECT t.id, %(day)s,
        coalesce(m.at_risk, 0), coalesce(k.overdue, 0), coalesce(l.active, 0),
        coalesce(l.views, 0),
        CASE WHEN coalesce(m.overdue, 0) > 0 THEN 'red'
             WHEN coalesce(m.at_risk, 0) > 0 OR coalesce(k.overdue, 0) > %(amber_tasks)s
                  THEN 'amber'
-            ELSE 'green' END
+            ELSE 'green' END,
+       coalesce(m.overdue, 0)
   FROM portal.tenants t
   LEFT JOIN (SELECT tenant_id,
                     count(*) FILTER (WHERE due_at < %(ref)s + %(risk)s) AS at_risk,
@@ -92,10 +96,7 @@ SELECT t.id, %(day)s,
 
 SUMMARY = """
 SELECT t.name, h.status, h.milestones_at_risk, h.overdue_tasks, h.active_share_links,
-       h.share_link_views,
-       (SELECT count(*) FROM portal.milestones mm
-         WHERE mm.tenant_id = t.id AND (mm.completed_at IS NULL OR mm.completed_at > %(ref)s)
-           AND mm.due_at < %(ref)s) AS overdue_milestones
+       h.share_link_views, h.overdue_milestones
   FROM ops.tenant_health_daily h JOIN portal.tenants t ON t.id = h.tenant_id
  WHERE h.day = %(day)s AND h.status <> 'green'
  ORDER BY h.status DESC, t.name
@@ -133,13 +134,13 @@ def reason(row: tuple[Any, ...]) -> str:
     return "; ".join(reasons)
 
 
-def summarise(conn: psycopg.Connection, day: date, ref: datetime) -> tuple[dict[str, int], str]:
+def summarise(conn: psycopg.Connection, day: date) -> tuple[dict[str, int], str]:
     counts: dict[str, int] = dict(
         conn.execute(
             "SELECT status, count(*) FROM ops.tenant_health_daily WHERE day = %s GROUP BY 1", [day]
         ).fetchall()
     )
-    flagged = conn.execute(SUMMARY, {"day": day, "ref": ref}).fetchall()
+    flagged = conn.execute(SUMMARY, {"day": day}).fetchall()
     table = "| tenant | status | why |\n|---|---|---|\n" + "".join(
         f"| {r[0]} | {r[1]} | {reason(r)} |\n" for r in flagged
     )
@@ -189,7 +190,7 @@ def tenant_health_daily(
     ref = reference_time(day)
     with portal_db.connection() as conn:
         written = write_day(conn, day, ref)
-        counts, table = summarise(conn, day, ref)
+        counts, table = summarise(conn, day)
         conn.execute(
             """INSERT INTO ops.notification_outbox (idempotency_key, kind, recipient, payload)
                VALUES (%s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING""",
@@ -223,20 +224,27 @@ tenant_health_check = define_asset_job(
 )
 
 
-def tenant_health_schedule(settings: Settings) -> Any:
-    """Daily at 06:00 (Sydney, the partitions' zone); hourly in staging."""
-    timing: dict[str, Any] = (
-        {"cron_schedule": SPEC.staging_cron}
-        if settings.env == "staging"
-        else {"hour_of_day": 6, "minute_of_hour": 0}
-    )
-    return build_schedule_from_partitioned_job(
-        tenant_health_check,
+def tenant_health_schedule(settings: Settings) -> ScheduleDefinition:
+    """06:00 Sydney daily (hourly in staging): the day that is starting."""
+
+    @schedule(
         name=f"{SPEC.dagster_name}_schedule",
+        job=tenant_health_check,
+        cron_schedule=SPEC.cron_for(settings.env),
+        execution_timezone=DAYS.timezone,
         default_status=DefaultScheduleStatus.RUNNING,
         description=f"{SPEC.purpose}. {SPEC.failure_handling}",
-        **timing,
+        tags={JOB_TAG: SPEC.name},
     )
+    def _schedule(context: ScheduleEvaluationContext) -> RunRequest:
+        tick = context.scheduled_execution_time
+        assert tick is not None
+        day = tick.astimezone(ZoneInfo(DAYS.timezone)).date().isoformat()
+        return RunRequest(
+            run_key=window_key(tick), partition_key=day, tags={"mm/trigger": "schedule"}
+        )
+
+    return _schedule
 
 
 @run_failure_sensor(
