@@ -264,7 +264,8 @@ def test_tenant_health_schedule_targets_the_day_starting_in_sydney():
     assert sched.cron_schedule == "0 6 * * *"
     assert sched.execution_timezone == "Australia/Sydney"
     tick = reference_time(DAY)
-    with build_schedule_context(scheduled_execution_time=tick,
-                                repository_def=defs.get_repository_def()) as context:
+    with build_schedule_context(
+        scheduled_execution_time=tick, repository_def=defs.get_repository_def()
+    ) as context:
         (request,) = sched.evaluate_tick(context).run_requests
     assert request.partition_key == DAY.isoformat()
