@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--no-demo", action="store_true", help="do not load demo data")
+    p.add_argument("--reports-port", type=int, default=3001, help="report download endpoint")
     p.set_defaults(func=cmd_dev)
     return parser
 
@@ -359,16 +360,49 @@ def cmd_dev(args: argparse.Namespace) -> int:
                         counts = seed_demo(conn)
                     loaded = f"{counts.tenants} tenants, {counts.users} users"
                     print(f"mm-jobs: demo data loaded ({loaded})")
+        reports = _start_report_server(
+            settings, data_dir, database_url, args.host, args.reports_port
+        )
         home = Path(os.environ.get("DAGSTER_HOME") or data_dir / "dagster_home").resolve()
         home.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
         os.environ["DAGSTER_HOME"] = str(home)
         os.environ.setdefault("MM_DATA_DIR", str(data_dir))
-        return _run_dagster_dev(args.host, args.port)
+        try:
+            return _run_dagster_dev(args.host, args.port)
+        finally:
+            reports.shutdown()
     finally:
         if server is not None:
             server.stop()
             print("mm-jobs: embedded PostgreSQL stopped")
+
+
+def _start_report_server(
+    settings: Settings, data_dir: Path, database_url: str, host: str, port: int
+) -> Any:
+    """The compliance download endpoint, beside the console, for the life of `dev`."""
+    import secrets
+
+    from mm_orchestration.download_server import make_server, serve_in_background
+    from mm_orchestration.resources.report_store import ReportStore
+
+    password = settings.reports_password
+    if not password:
+        # Development only: a generated password kept in a private file, never printed.
+        secret_file = data_dir / "reports-password"
+        if not secret_file.exists():
+            secret_file.write_text(secrets.token_urlsafe(18))
+            secret_file.chmod(0o600)
+        password = secret_file.read_text().strip()
+        print(f"mm-jobs: report downloads need the password in {secret_file}")
+    server = make_server(
+        ReportStore(root=str(data_dir / "reports")), database_url, password, host, port
+    )
+    serve_in_background(server)
+    os.environ.setdefault("MM_REPORTS_URL", f"http://{host}:{port}")
+    print(f"mm-jobs: report downloads on http://{host}:{port}/reports/...")
+    return server
 
 
 def _run_dagster_dev(host: str, port: int) -> int:

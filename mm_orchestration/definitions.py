@@ -15,6 +15,11 @@ import dagster as dg
 
 from mm_orchestration import inventory
 from mm_orchestration.assets.analytics import analytics_hourly, analytics_rollup, analytics_schedule
+from mm_orchestration.assets.residency import (
+    residency_report,
+    residency_report_job,
+    residency_schedule,
+)
 from mm_orchestration.assets.tenant_health import (
     tenant_health_check,
     tenant_health_daily,
@@ -30,6 +35,7 @@ from mm_orchestration.jobs.share_link_expiry import share_link_expiry
 from mm_orchestration.jobs.suppression_cleanup import notification_suppression_cleanup
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mux import MuxWebhooks
+from mm_orchestration.resources.report_store import ReportStore
 from mm_orchestration.scheduling import inventory_schedule, window_key
 from mm_orchestration.sensors.dlq_depth import dlq_depth_sensor
 from mm_orchestration.settings import Settings
@@ -45,6 +51,7 @@ JOBS = {
 
 # Inventory jobs built as partitioned asset jobs (their schedules come from assets/).
 ASSET_JOBS = {
+    "residency-report": residency_report_job,
     "analytics-rollup": analytics_rollup,
     "tenant-health-check": tenant_health_check,
 }
@@ -58,6 +65,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
     return {
         "portal_db": PortalDatabase(url=dg.EnvVar("DATABASE_URL")),
         "job_settings": JobSettings.from_settings(settings),
+        "report_store": ReportStore(root=os.path.join(settings.data_dir, "reports")),
         "mux": MuxWebhooks(
             signing_secret=dg.EnvVar("MUX_WEBHOOK_SECRET") if settings.mux_webhook_secret else None,
             alert_threshold=settings.dlq_alert_threshold,
@@ -76,10 +84,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         inventory_schedule(inventory.get(name), job, settings, window=_window(name, settings))
         for name, job in JOBS.items()
     ]
-    schedules += [analytics_schedule(settings), tenant_health_schedule(settings)]
+    schedules += [
+        analytics_schedule(settings),
+        tenant_health_schedule(settings),
+        residency_schedule(settings),
+    ]
     return dg.Definitions(
-        assets=[analytics_hourly, tenant_health_daily],
-        jobs=[*JOBS.values(), *SUPPORT_JOBS, analytics_rollup, tenant_health_check],
+        assets=[analytics_hourly, tenant_health_daily, residency_report],
+        jobs=[*JOBS.values(), *SUPPORT_JOBS, *ASSET_JOBS.values()],
         schedules=schedules,
         sensors=[dlq_depth_sensor, tenant_health_failure_sensor],
         resources=build_resources(settings),

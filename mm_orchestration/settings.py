@@ -40,6 +40,8 @@ class Settings:
     data_dir: str = ".mm"
     mux_webhook_secret: str | None = field(default=None, repr=False)
     dlq_alert_threshold: int = 10
+    reports_url: str = "http://127.0.0.1:3001"
+    reports_password: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -65,6 +67,8 @@ class Settings:
             sentry_dsn=get("SENTRY_DSN"),
             data_dir=get("MM_DATA_DIR") or defaults.data_dir,
             mux_webhook_secret=get("MUX_WEBHOOK_SECRET"),
+            reports_url=get("MM_REPORTS_URL") or defaults.reports_url,
+            reports_password=get("MM_REPORTS_PASSWORD"),
             dlq_alert_threshold=_int("MM_DLQ_ALERT_THRESHOLD", get("MM_DLQ_ALERT_THRESHOLD"), 10),
         )
         settings.validate()
@@ -83,6 +87,7 @@ class Settings:
         if self.database_url is not None:
             _check_url("DATABASE_URL", self.database_url, ("postgres", "postgresql"))
         _check_url("SENDGRID_API_HOST", self.sendgrid_api_host, ("http", "https"), secret=False)
+        _check_url("MM_REPORTS_URL", self.reports_url, ("http", "https"), secret=False)
         if self.sentry_dsn is not None:
             _check_url("SENTRY_DSN", self.sentry_dsn, ("http", "https"))
         for name, value in (

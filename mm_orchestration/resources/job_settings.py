@@ -20,6 +20,9 @@ class JobSettings(ConfigurableResource):
         default="", description="SENDGRID_DIGEST_TEMPLATE_ID: the digest's dynamic template"
     )
     digest_hour: int = Field(default=8, ge=0, le=23, description="Local hour of the digest")
+    reports_url: str = Field(
+        default="http://127.0.0.1:3001", description="MM_REPORTS_URL: the download endpoint"
+    )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobSettings:
@@ -30,6 +33,7 @@ class JobSettings(ConfigurableResource):
             compliance_email=settings.compliance_email,
             admin_email=settings.admin_email,
             digest_template_id=settings.digest_template_id or "",
+            reports_url=settings.reports_url,
         )
 
     def contact(self, role: str) -> str:

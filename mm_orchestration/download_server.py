@@ -1,0 +1,98 @@
+"""The compliance team's download endpoint for stored reports.
+
+A small HTTP server beside the job console (bound to 127.0.0.1 unless told
+otherwise) that serves `/reports/<key>` from the ReportStore behind HTTP Basic
+authentication (any user name, the password from MM_REPORTS_PASSWORD). It refuses
+paths outside the store, keys that no weekly report recorded, and any file whose
+SHA-256 no longer matches the one recorded in `ops.residency_reports`. The links in
+the UI carry no secret: the browser asks for the password.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import mimetypes
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
+
+from mm_orchestration.db import connect
+from mm_orchestration.joblog import log_event
+from mm_orchestration.resources.report_store import ReportStore, ReportStoreError
+
+RECORDED_HASH = """
+SELECT sha256 FROM ops.residency_reports WHERE storage_uri = %(key)s
+UNION ALL
+SELECT html_sha256 FROM ops.residency_reports WHERE html_uri = %(key)s
+"""
+
+
+def make_server(
+    store: ReportStore, database_url: str, password: str, host: str = "127.0.0.1", port: int = 3001
+) -> ThreadingHTTPServer:
+    if not password:
+        raise ValueError("MM_REPORTS_PASSWORD is required to serve reports")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if not self._authorised():
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="mm-orchestration reports"')
+                self.end_headers()
+                return
+            path = unquote(urlsplit(self.path).path)
+            if not path.startswith("/reports/"):
+                return self._refuse(404, "not found")
+            key = path[len("/reports/") :]
+            try:
+                store.path(key)  # refuses anything outside the store
+                with connect(database_url) as conn:
+                    row = conn.execute(RECORDED_HASH, {"key": key}).fetchone()
+                if row is None or row[0] is None:
+                    return self._refuse(404, "no report recorded under that name")
+                content = store.get(key, sha256=row[0])
+            except ReportStoreError as exc:
+                status = 409 if "SHA-256" in str(exc) else 404
+                if "outside" in str(exc):
+                    status = 403
+                return self._refuse(status, str(exc))
+            self.send_response(200)
+            kind = mimetypes.guess_type(key)[0] or "application/octet-stream"
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(content)))
+            name = key.rsplit("/", 1)[-1]
+            self.send_header("Content-Disposition", f'attachment; filename="{name}"')
+            self.end_headers()
+            self.wfile.write(content)
+            log_event("report.downloaded", key=key)
+
+        def _authorised(self) -> bool:
+            header = self.headers.get("Authorization", "")
+            if not header.startswith("Basic "):
+                return False
+            try:
+                _, _, given = base64.b64decode(header[6:]).decode().partition(":")
+            except ValueError:
+                return False
+            return hmac.compare_digest(given.encode(), password.encode())
+
+        def _refuse(self, status: int, reason: str) -> None:
+            body = reason.encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            log_event("report.refused", status=status, reason=reason)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return ThreadingHTTPServer((host, port), Handler)
+
+
+def serve_in_background(server: ThreadingHTTPServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="reports")
+    thread.start()
+    return thread
