@@ -1,0 +1,143 @@
+"""residency_report: rows, files and hashes, the email, downloads and the sign-off checks."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import email
+import hashlib
+import io
+import urllib.error
+import urllib.request
+from datetime import date
+
+import pytest
+from dagster import DagsterInstance, materialize
+
+from mm_orchestration.assets.residency import residency_report
+from mm_orchestration.download_server import make_server, serve_in_background
+from mm_orchestration.resources.report_store import ReportStore
+from tests import factories as f
+
+WEEK = "2026-11-16"
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ReportStore(root=str(tmp_path / "reports"))
+
+
+@pytest.fixture
+def agencies(conn):
+    good = f.tenant(conn, name="Kangaroo Creative", region="ap-southeast-2")
+    f.asset(conn, good, storage_region="ap-southeast-2")
+    f.asset(conn, good, storage_region="ap-southeast-2")
+    offshore_video = f.tenant(conn, name="Bondi Pictures", region="ap-southeast-2")
+    f.asset(conn, offshore_video, storage_region="us-east-1")
+    offshore_db = f.tenant(conn, name="Pacific Rim Media", region="us-west-2")
+    return good, offshore_video, offshore_db
+
+
+def run(portal_db, mailer, job_settings, store):
+    with DagsterInstance.ephemeral() as instance:
+        return materialize([residency_report], partition_key=WEEK, instance=instance,
+                           raise_on_error=False,
+                           resources={"portal_db": portal_db, "mailer": mailer,
+                                      "job_settings": job_settings, "report_store": store})
+
+
+def test_report_rows_files_hash_email_and_checks(conn, portal_db, mailer, job_settings, store,
+                                                 sendgrid, agencies):
+    result = run(portal_db, mailer, job_settings, store)
+    assert result.success
+    week_start, key, sha, rows, compliant, emailed = conn.execute(
+        "SELECT week_start, storage_uri, sha256, row_count, compliant, emailed_at"
+        " FROM ops.residency_reports").fetchone()
+    assert week_start == date(2026, 11, 16) and not compliant and emailed is not None
+    content = store.get(key)
+    assert hashlib.sha256(content).hexdigest() == sha
+    table = list(csv.DictReader(io.StringIO(content.decode())))
+    assert len(table) == rows
+    by = {(r["tenant"], r["system"]): r for r in table}
+    assert by[("Kangaroo Creative", "portal database")]["status"] == "ok"
+    assert by[("Kangaroo Creative", "video storage")]["evidence"] == \
+        "portal.media_assets.storage_region (2 videos)"
+    assert by[("Bondi Pictures", "video storage")]["status"] == "exception"
+    assert by[("Bondi Pictures", "video storage")]["country"] == "US"
+    assert by[("Pacific Rim Media", "portal database")]["status"] == "exception"
+    assert by[("Pacific Rim Media", "portal database")]["onshore"] == "False"
+    assert by[("Kangaroo Creative", "email delivery")]["vendor"] == "Twilio SendGrid"
+    assert {r["system"] for r in table} == {"portal database", "video storage",
+                                            "email delivery", "error monitoring", "backups"}
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    exceptions = checks["no_residency_exceptions"]
+    assert not exceptions.passed and exceptions.severity.value == "ERROR"
+    assert "Bondi Pictures" in exceptions.description
+    assert "Pacific Rim Media" in exceptions.description
+    assert not checks["restore_drill_within_35_days"].passed  # no drill recorded yet
+    (mat,) = result.asset_materializations_for_node("ops__residency_report")
+    assert mat.metadata["download_csv"].value.endswith(f"/reports/{key}")
+    assert "| Bondi Pictures | video storage | us-east-1 |" in \
+        mat.metadata["exceptions_preview"].value
+
+    # The email: once, to compliance, with both files.
+    assert run(portal_db, mailer, job_settings, store).success
+    (request,) = sendgrid.mail_requests
+    assert request.body["personalizations"][0]["to"] == [
+        {"email": "compliance@motionmavericks.com.au"}]
+    names = sorted(a["filename"] for a in request.body["attachments"])
+    assert names == ["residency-2026-11-16.csv", "residency-2026-11-16.html"]
+    attached = next(a for a in request.body["attachments"] if a["filename"].endswith(".csv"))
+    assert hashlib.sha256(base64.b64decode(attached["content"])).hexdigest() == \
+        conn.execute("SELECT sha256 FROM ops.residency_reports").fetchone()[0]
+
+
+def test_drill_check_passes_with_a_recent_successful_drill(conn, portal_db, mailer,
+                                                           job_settings, store):
+    conn.execute("INSERT INTO ops.backup_drills (started_at, finished_at, status, method) "
+                 "VALUES (now() - interval '10 days', now() - interval '10 days', 'succeeded',"
+                 " 'local')")
+    t = f.tenant(conn)
+    f.asset(conn, t, storage_region="ap-southeast-2")
+    result = run(portal_db, mailer, job_settings, store)
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {"no_residency_exceptions": True, "restore_drill_within_35_days": True}
+    conn.execute("UPDATE ops.backup_drills SET finished_at = now() - interval '36 days'")
+    result = run(portal_db, mailer, job_settings, store)
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks["restore_drill_within_35_days"] is False
+
+
+def test_download_endpoint(conn, database_url, portal_db, mailer, job_settings, store,
+                           agencies, tmp_path):
+    assert run(portal_db, mailer, job_settings, store).success
+    key = conn.execute("SELECT storage_uri FROM ops.residency_reports").fetchone()[0]
+    (tmp_path / "secret.txt").write_text("not a report")
+    server = make_server(store, database_url, "s3cret", port=0)
+    serve_in_background(server)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def get(path, password="s3cret"):
+        request = urllib.request.Request(base + path)
+        if password is not None:
+            token = base64.b64encode(f"compliance:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    try:
+        status, body = get(f"/reports/{key}")
+        assert status == 200 and body == store.get(key)
+        assert get(f"/reports/{key}", password="wrong")[0] == 401
+        assert get(f"/reports/{key}", password=None)[0] == 401
+        assert get("/reports/../secret.txt")[0] in (403, 404)
+        assert get("/reports/%2E%2E/secret.txt")[0] == 403
+        store.path(key).write_bytes(store.get(key) + b"tampered")
+        status, body = get(f"/reports/{key}")
+        assert status == 409 and b"SHA-256" in body
+    finally:
+        server.shutdown()
+        server.server_close()
