@@ -27,6 +27,7 @@ from mm_orchestration.assets.tenant_health import (
     tenant_health_schedule,
 )
 from mm_orchestration.jobs.alerts import send_alert
+from mm_orchestration.jobs.backup_verify import backup_verify, skip_unless_first_business_day
 from mm_orchestration.jobs.dlq_operations import dlq_discard, dlq_requeue
 from mm_orchestration.jobs.invite_cleanup import invite_cleanup
 from mm_orchestration.jobs.mux_webhook_retry import mux_webhook_retry
@@ -36,6 +37,7 @@ from mm_orchestration.jobs.suppression_cleanup import notification_suppression_c
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mux import MuxWebhooks
 from mm_orchestration.resources.report_store import ReportStore
+from mm_orchestration.resources.restore_drill import RestoreDrill
 from mm_orchestration.scheduling import inventory_schedule, window_key
 from mm_orchestration.sensors.dlq_depth import dlq_depth_sensor
 from mm_orchestration.settings import Settings
@@ -47,6 +49,7 @@ JOBS = {
     "invite-cleanup": invite_cleanup,
     "notification-suppression-cleanup": notification_suppression_cleanup,
     "mux-webhook-retry": mux_webhook_retry,
+    "backup-verify": backup_verify,
 }
 
 # Inventory jobs built as partitioned asset jobs (their schedules come from assets/).
@@ -65,6 +68,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
     return {
         "portal_db": PortalDatabase(url=dg.EnvVar("DATABASE_URL")),
         "job_settings": JobSettings.from_settings(settings),
+        "restore_drill": RestoreDrill(),
         "report_store": ReportStore(root=os.path.join(settings.data_dir, "reports")),
         "mux": MuxWebhooks(
             signing_secret=dg.EnvVar("MUX_WEBHOOK_SECRET") if settings.mux_webhook_secret else None,
@@ -81,7 +85,13 @@ def build_resources(settings: Settings) -> dict[str, object]:
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     schedules = [
-        inventory_schedule(inventory.get(name), job, settings, window=_window(name, settings))
+        inventory_schedule(
+            inventory.get(name),
+            job,
+            settings,
+            window=_window(name, settings),
+            should_run=_should_run(name, settings),
+        )
         for name, job in JOBS.items()
     ]
     schedules += [
@@ -109,3 +119,10 @@ def _window(job_name: str, settings: Settings) -> Callable[[datetime], str]:
         zone = ZoneInfo(settings.timezone)
         return lambda tick: tick.astimezone(zone).date().isoformat()
     return window_key
+
+
+def _should_run(job_name: str, settings: Settings) -> Callable[[datetime], str | None] | None:
+    """backup-verify fires on days 1-7 and runs only on the first business day (not staging)."""
+    if job_name == "backup-verify" and settings.env != "staging":
+        return skip_unless_first_business_day
+    return None

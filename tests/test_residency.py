@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import email
 import hashlib
 import io
 import urllib.error
@@ -40,19 +39,29 @@ def agencies(conn):
 
 def run(portal_db, mailer, job_settings, store):
     with DagsterInstance.ephemeral() as instance:
-        return materialize([residency_report], partition_key=WEEK, instance=instance,
-                           raise_on_error=False,
-                           resources={"portal_db": portal_db, "mailer": mailer,
-                                      "job_settings": job_settings, "report_store": store})
+        return materialize(
+            [residency_report],
+            partition_key=WEEK,
+            instance=instance,
+            raise_on_error=False,
+            resources={
+                "portal_db": portal_db,
+                "mailer": mailer,
+                "job_settings": job_settings,
+                "report_store": store,
+            },
+        )
 
 
-def test_report_rows_files_hash_email_and_checks(conn, portal_db, mailer, job_settings, store,
-                                                 sendgrid, agencies):
+def test_report_rows_files_hash_email_and_checks(
+    conn, portal_db, mailer, job_settings, store, sendgrid, agencies
+):
     result = run(portal_db, mailer, job_settings, store)
     assert result.success
     week_start, key, sha, rows, compliant, emailed = conn.execute(
         "SELECT week_start, storage_uri, sha256, row_count, compliant, emailed_at"
-        " FROM ops.residency_reports").fetchone()
+        " FROM ops.residency_reports"
+    ).fetchone()
     assert week_start == date(2026, 11, 16) and not compliant and emailed is not None
     content = store.get(key)
     assert hashlib.sha256(content).hexdigest() == sha
@@ -60,15 +69,22 @@ def test_report_rows_files_hash_email_and_checks(conn, portal_db, mailer, job_se
     assert len(table) == rows
     by = {(r["tenant"], r["system"]): r for r in table}
     assert by[("Kangaroo Creative", "portal database")]["status"] == "ok"
-    assert by[("Kangaroo Creative", "video storage")]["evidence"] == \
-        "portal.media_assets.storage_region (2 videos)"
+    assert (
+        by[("Kangaroo Creative", "video storage")]["evidence"]
+        == "portal.media_assets.storage_region (2 videos)"
+    )
     assert by[("Bondi Pictures", "video storage")]["status"] == "exception"
     assert by[("Bondi Pictures", "video storage")]["country"] == "US"
     assert by[("Pacific Rim Media", "portal database")]["status"] == "exception"
     assert by[("Pacific Rim Media", "portal database")]["onshore"] == "False"
     assert by[("Kangaroo Creative", "email delivery")]["vendor"] == "Twilio SendGrid"
-    assert {r["system"] for r in table} == {"portal database", "video storage",
-                                            "email delivery", "error monitoring", "backups"}
+    assert {r["system"] for r in table} == {
+        "portal database",
+        "video storage",
+        "email delivery",
+        "error monitoring",
+        "backups",
+    }
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     exceptions = checks["no_residency_exceptions"]
     assert not exceptions.passed and exceptions.severity.value == "ERROR"
@@ -77,26 +93,33 @@ def test_report_rows_files_hash_email_and_checks(conn, portal_db, mailer, job_se
     assert not checks["restore_drill_within_35_days"].passed  # no drill recorded yet
     (mat,) = result.asset_materializations_for_node("ops__residency_report")
     assert mat.metadata["download_csv"].value.endswith(f"/reports/{key}")
-    assert "| Bondi Pictures | video storage | us-east-1 |" in \
-        mat.metadata["exceptions_preview"].value
+    assert (
+        "| Bondi Pictures | video storage | us-east-1 |" in mat.metadata["exceptions_preview"].value
+    )
 
     # The email: once, to compliance, with both files.
     assert run(portal_db, mailer, job_settings, store).success
     (request,) = sendgrid.mail_requests
     assert request.body["personalizations"][0]["to"] == [
-        {"email": "compliance@motionmavericks.com.au"}]
+        {"email": "compliance@motionmavericks.com.au"}
+    ]
     names = sorted(a["filename"] for a in request.body["attachments"])
     assert names == ["residency-2026-11-16.csv", "residency-2026-11-16.html"]
     attached = next(a for a in request.body["attachments"] if a["filename"].endswith(".csv"))
-    assert hashlib.sha256(base64.b64decode(attached["content"])).hexdigest() == \
-        conn.execute("SELECT sha256 FROM ops.residency_reports").fetchone()[0]
+    assert (
+        hashlib.sha256(base64.b64decode(attached["content"])).hexdigest()
+        == conn.execute("SELECT sha256 FROM ops.residency_reports").fetchone()[0]
+    )
 
 
-def test_drill_check_passes_with_a_recent_successful_drill(conn, portal_db, mailer,
-                                                           job_settings, store):
-    conn.execute("INSERT INTO ops.backup_drills (started_at, finished_at, status, method) "
-                 "VALUES (now() - interval '10 days', now() - interval '10 days', 'succeeded',"
-                 " 'local')")
+def test_drill_check_passes_with_a_recent_successful_drill(
+    conn, portal_db, mailer, job_settings, store
+):
+    conn.execute(
+        "INSERT INTO ops.backup_drills (started_at, finished_at, status, method) "
+        "VALUES (now() - interval '10 days', now() - interval '10 days', 'succeeded',"
+        " 'local')"
+    )
     t = f.tenant(conn)
     f.asset(conn, t, storage_region="ap-southeast-2")
     result = run(portal_db, mailer, job_settings, store)
@@ -108,8 +131,9 @@ def test_drill_check_passes_with_a_recent_successful_drill(conn, portal_db, mail
     assert checks["restore_drill_within_35_days"] is False
 
 
-def test_download_endpoint(conn, database_url, portal_db, mailer, job_settings, store,
-                           agencies, tmp_path):
+def test_download_endpoint(
+    conn, database_url, portal_db, mailer, job_settings, store, agencies, tmp_path
+):
     assert run(portal_db, mailer, job_settings, store).success
     key = conn.execute("SELECT storage_uri FROM ops.residency_reports").fetchone()[0]
     (tmp_path / "secret.txt").write_text("not a report")

@@ -1,0 +1,309 @@
+"""backup-verify: on the first Australian business day of each month, prove a restore works.
+
+The local drill dumps the portal database with `pg_dump` inside an exported snapshot,
+restores it with `pg_restore` into a scratch database, and compares the copy with
+that same snapshot: row counts of every table in `portal` and `ops`, a checksum of
+the key tables, the migration version, and a smoke query on each key table. It
+records the evidence in `ops.backup_drills` (restore time as RTO, the newest row's
+age as RPO) and drops the scratch database whatever happened. A failed drill fails
+the run, naming the compliance contact, and blocks the next residency sign-off.
+
+"First business day" skips weekends and national and NSW public holidays.
+"""
+
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo
+
+import holidays
+import psycopg
+from dagster import Config, Failure, OpExecutionContext, job, op
+from psycopg import sql
+from psycopg.types.json import Jsonb
+from pydantic import Field
+
+from mm_orchestration import inventory
+from mm_orchestration.db import connect
+from mm_orchestration.joblog import log_event
+from mm_orchestration.ledger import claim, window_for
+from mm_orchestration.resources import JobSettings, PortalDatabase
+from mm_orchestration.resources.restore_drill import RestoreDrill
+from mm_orchestration.scheduling import job_tags
+
+SPEC = inventory.get("backup-verify")
+KEY_TABLES = (
+    "portal.tenants",
+    "portal.users",
+    "portal.projects",
+    "portal.media_assets",
+    "portal.share_links",
+    "portal.invitations",
+)
+TIMESTAMPED = (
+    ("portal.events", "occurred_at"),
+    ("portal.media_assets", "updated_at"),
+    ("portal.tenants", "created_at"),
+)
+
+
+def is_business_day(day: date) -> bool:
+    return day.weekday() < 5 and day not in holidays.country_holidays(
+        "AU", subdiv="NSW", years=day.year
+    )
+
+
+def first_business_day(year: int, month: int) -> date:
+    day = date(year, month, 1)
+    while not is_business_day(day):
+        day += timedelta(days=1)
+    return day
+
+
+def skip_unless_first_business_day(tick: datetime) -> str | None:
+    local = tick.astimezone(ZoneInfo("Australia/Sydney")).date()
+    first = first_business_day(local.year, local.month)
+    if local != first:
+        return f"{local} is not the first business day of the month ({first} is)"
+    return None
+
+
+class DrillFailed(Exception):
+    """A named check failed: the restored copy is not the database it came from."""
+
+    def __init__(self, message: str, evidence: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.evidence = evidence
+
+
+def _tables(conn: psycopg.Connection) -> list[str]:
+    rows = conn.execute(
+        """SELECT schemaname || '.' || tablename FROM pg_tables
+            WHERE schemaname IN ('portal', 'ops') ORDER BY 1"""
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _ident(name: str) -> sql.Composable:
+    schema, table = name.split(".")
+    return sql.Identifier(schema, table)
+
+
+def fingerprint(conn: psycopg.Connection) -> dict[str, Any]:
+    """What a faithful copy must reproduce: counts, key-table checksums, migration version."""
+    tables = _tables(conn)
+    counts = {}
+    for table in tables:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(_ident(table))).fetchone()
+        counts[table] = int(row[0]) if row else 0
+    checksums = {}
+    for table in KEY_TABLES:
+        if table in counts:
+            row = conn.execute(
+                sql.SQL(
+                    "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY t.id), '')) FROM {} t"
+                ).format(_ident(table))
+            ).fetchone()
+            checksums[table] = row[0] if row else ""
+    version = conn.execute("SELECT max(name) FROM ops.schema_migrations").fetchone()
+    return {"counts": counts, "checksums": checksums, "migration": version[0] if version else None}
+
+
+def _with_db(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def run_local_drill(
+    source_url: str,
+    drill: RestoreDrill,
+    after_restore: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Dump, restore into a scratch database, compare. Returns the evidence; raises DrillFailed.
+
+    `after_restore(scratch_url)` lets a test make the copy differ on purpose.
+    """
+    scratch = f"mm_drill_{datetime.now(UTC):%Y%m%d%H%M%S}_{uuid.uuid4().hex[:6]}"
+    scratch_url = _with_db(source_url, scratch)
+    evidence: dict[str, Any] = {"scratch_database": scratch}
+    with tempfile.TemporaryDirectory(prefix="mm-drill-") as tmp, connect(source_url) as snap:
+        dump = Path(tmp) / "portal.dump"
+        # One snapshot for the dump and for what the copy is compared against.
+        snap.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        snapshot = snap.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
+        expected = fingerprint(snap)
+        started = time.monotonic()
+        drill.run(
+            "pg_dump",
+            [
+                "--format=custom",
+                f"--snapshot={snapshot}",
+                f"--file={dump}",
+                "--no-owner",
+                "--no-privileges",
+                f"--dbname={source_url}",
+            ],
+        )
+        evidence["dump_seconds"] = round(time.monotonic() - started, 3)
+        evidence["dump_bytes"] = dump.stat().st_size
+        snap.rollback()
+        with connect(source_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
+        try:
+            started = time.monotonic()
+            drill.run(
+                "pg_restore",
+                [
+                    "--no-owner",
+                    "--no-privileges",
+                    "--exit-on-error",
+                    f"--jobs={drill.restore_jobs}",
+                    f"--dbname={scratch_url}",
+                    str(dump),
+                ],
+            )
+            evidence["rto_seconds"] = round(time.monotonic() - started, 3)
+            if after_restore is not None:
+                after_restore(scratch_url)
+            with connect(scratch_url) as copy:
+                actual = fingerprint(copy)
+                smoke = {}
+                for table in KEY_TABLES:
+                    copy.execute(sql.SQL("SELECT * FROM {} LIMIT 1").format(_ident(table)))
+                    smoke[table] = "ok"
+                newest = None
+                for table, column in TIMESTAMPED:
+                    row = copy.execute(
+                        sql.SQL("SELECT max({}) FROM {}").format(
+                            sql.Identifier(column), _ident(table)
+                        )
+                    ).fetchone()
+                    if row and row[0] and (newest is None or row[0] > newest):
+                        newest = row[0]
+            evidence["rpo_seconds"] = (
+                round((datetime.now(UTC) - newest).total_seconds(), 1) if newest else None
+            )
+            evidence["newest_row_at"] = newest.isoformat() if newest else None
+            evidence["checks"] = _compare(expected, actual) | {"smoke_queries": smoke}
+        finally:
+            with connect(source_url, autocommit=True) as admin:
+                admin.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                        sql.Identifier(scratch)
+                    )
+                )
+    failed = [
+        name
+        for name, result in evidence["checks"].items()
+        if isinstance(result, dict) and result.get("passed") is False
+    ]
+    if failed:
+        raise DrillFailed(
+            f"restore drill check(s) failed: {', '.join(failed)}: "
+            + "; ".join(evidence["checks"][name]["detail"] for name in failed),
+            evidence,
+        )
+    return evidence
+
+
+def _compare(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str, Any]:
+    counts_off = {
+        t: (n, actual["counts"].get(t))
+        for t, n in expected["counts"].items()
+        if actual["counts"].get(t) != n
+    }
+    sums_off = [t for t, s in expected["checksums"].items() if actual["checksums"].get(t) != s]
+    return {
+        "row_counts": {
+            "passed": not counts_off,
+            "tables": len(expected["counts"]),
+            "detail": ", ".join(
+                f"{t}: {a} in the copy, {e} in the source" for t, (e, a) in counts_off.items()
+            )
+            or "all equal",
+        },
+        "key_table_checksums": {
+            "passed": not sums_off,
+            "detail": ("differ for " + ", ".join(sums_off)) if sums_off else "all equal",
+        },
+        "migration_version": {
+            "passed": expected["migration"] == actual["migration"],
+            "detail": f"source {expected['migration']}, copy {actual['migration']}",
+        },
+    }
+
+
+class DrillConfig(Config):
+    method: str = Field(default="", description="local or neon; blank: the configured method")
+
+
+@op(tags={"kind": "postgres"})
+def run_restore_drill(
+    context: OpExecutionContext,
+    config: DrillConfig,
+    portal_db: PortalDatabase,
+    restore_drill: RestoreDrill,
+    job_settings: JobSettings,
+) -> None:
+    """Restore the portal database somewhere else and prove the copy is faithful."""
+    method = config.method or restore_drill.method
+    if method != "local":
+        raise Failure(
+            f"restore drill method {method!r} is not available here; use 'local' "
+            f"(compliance contact: {job_settings.compliance_email})",
+            allow_retries=False,
+        )
+    portal_db.require("ops.backup_drills", "ops.schema_migrations")
+    started = datetime.now(UTC)
+    with claim(portal_db, window_for(context, SPEC.name)) as run:
+        try:
+            evidence = run_local_drill(portal_db.url, restore_drill)
+            status, error = "succeeded", None
+        except DrillFailed as exc:
+            evidence, status, error = exc.evidence, "failed", str(exc)
+        except subprocess.CalledProcessError as exc:
+            evidence, status, error = {}, "failed", f"{exc.cmd} failed: {exc.stderr}"
+        except (psycopg.Error, OSError) as exc:
+            evidence, status, error = {}, "failed", f"{type(exc).__name__}: {exc}"
+        with portal_db.connection() as conn:
+            conn.execute(
+                """INSERT INTO ops.backup_drills (started_at, finished_at, status, method,
+                                                  checks, error)
+                   VALUES (%s, now(), %s, 'local', %s, %s)""",
+                [started, status, Jsonb(evidence), error],
+            )
+        run.details = {"status": status}
+        log_event(
+            "drill.finished",
+            jobName=SPEC.name,
+            runId=context.run_id,
+            status=status,
+            rtoSeconds=evidence.get("rto_seconds"),
+            error=error,
+        )
+        if error:
+            raise Failure(
+                f"{error}. Compliance sign-off is blocked until a drill succeeds; "
+                f"the compliance contact ({job_settings.compliance_email}) must review.",
+                metadata={"evidence": str(evidence)[:2000]},
+                allow_retries=False,
+            )
+    context.add_output_metadata(
+        {
+            "rto_seconds": float(evidence.get("rto_seconds") or 0),
+            "rpo_seconds": float(evidence.get("rpo_seconds") or 0),
+            "dump_bytes": int(evidence.get("dump_bytes") or 0),
+            "tables_compared": int(evidence["checks"]["row_counts"]["tables"]),
+        }
+    )
+
+
+@job(name=SPEC.dagster_name, description=__doc__, tags=job_tags(SPEC))
+def backup_verify() -> None:
+    run_restore_drill()

