@@ -68,7 +68,12 @@ def build_resources(settings: Settings) -> dict[str, object]:
     return {
         "portal_db": PortalDatabase(url=dg.EnvVar("DATABASE_URL")),
         "job_settings": JobSettings.from_settings(settings),
-        "restore_drill": RestoreDrill(),
+        "restore_drill": RestoreDrill(
+            method=settings.drill_method,
+            neon_api_key=dg.EnvVar("NEON_API_KEY") if settings.neon_api_key else None,
+            neon_project_id=settings.neon_project_id,
+            neon_api_host=settings.neon_api_host,
+        ),
         "report_store": ReportStore(root=os.path.join(settings.data_dir, "reports")),
         "mux": MuxWebhooks(
             signing_secret=dg.EnvVar("MUX_WEBHOOK_SECRET") if settings.mux_webhook_secret else None,

@@ -42,6 +42,10 @@ class Settings:
     dlq_alert_threshold: int = 10
     reports_url: str = "http://127.0.0.1:3001"
     reports_password: str | None = field(default=None, repr=False)
+    drill_method: str = "local"
+    neon_api_key: str | None = field(default=None, repr=False)
+    neon_project_id: str | None = None
+    neon_api_host: str = "https://console.neon.tech"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -69,6 +73,10 @@ class Settings:
             mux_webhook_secret=get("MUX_WEBHOOK_SECRET"),
             reports_url=get("MM_REPORTS_URL") or defaults.reports_url,
             reports_password=get("MM_REPORTS_PASSWORD"),
+            drill_method=get("MM_DRILL_METHOD") or defaults.drill_method,
+            neon_api_key=get("NEON_API_KEY"),
+            neon_project_id=get("NEON_PROJECT_ID"),
+            neon_api_host=get("NEON_API_HOST") or defaults.neon_api_host,
             dlq_alert_threshold=_int("MM_DLQ_ALERT_THRESHOLD", get("MM_DLQ_ALERT_THRESHOLD"), 10),
         )
         settings.validate()
@@ -88,6 +96,13 @@ class Settings:
             _check_url("DATABASE_URL", self.database_url, ("postgres", "postgresql"))
         _check_url("SENDGRID_API_HOST", self.sendgrid_api_host, ("http", "https"), secret=False)
         _check_url("MM_REPORTS_URL", self.reports_url, ("http", "https"), secret=False)
+        _check_url("NEON_API_HOST", self.neon_api_host, ("http", "https"), secret=False)
+        if self.drill_method not in ("local", "neon"):
+            raise SettingsError(f"MM_DRILL_METHOD={self.drill_method!r} is not local or neon")
+        if self.drill_method == "neon" and not (self.neon_api_key and self.neon_project_id):
+            raise SettingsError(
+                "MM_DRILL_METHOD=neon needs NEON_API_KEY and NEON_PROJECT_ID to be set"
+            )
         if self.sentry_dsn is not None:
             _check_url("SENTRY_DSN", self.sentry_dsn, ("http", "https"))
         for name, value in (

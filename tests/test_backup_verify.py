@@ -126,3 +126,127 @@ def test_failed_drill_fails_the_run_and_names_compliance(seeded, portal_db, job_
     assert "compliance@motionmavericks.com.au" in message
     status, error = conn.execute("SELECT status, error FROM ops.backup_drills").fetchone()
     assert status == "failed" and "pg_dump" in error
+
+
+class FakeNeon:
+    """Speaks the three Neon endpoints the drill uses; a branch is a real database copy."""
+
+    def __init__(self, server_url_for, source_db):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from psycopg import sql
+
+        self.calls = []
+        self.branches = {}
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _reply(self, status, body):
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.calls.append(("POST", self.path, self.headers["Authorization"], body))
+                branch = f"br-{len(fake.branches) + 1}"
+                db = f"neon_{branch.replace('-', '_')}"
+                with connect(server_url_for("postgres"), autocommit=True) as conn:
+                    conn.execute(
+                        sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                            sql.Identifier(db), sql.Identifier(source_db)
+                        )
+                    )
+                fake.branches[branch] = {"db": db, "polls": 0}
+                self._reply(
+                    201,
+                    {
+                        "branch": {"id": branch},
+                        "operations": [{"id": f"op-{branch}", "status": "running"}],
+                        "connection_uris": [{"connection_uri": server_url_for(db)}],
+                    },
+                )
+
+            def do_GET(self):
+                fake.calls.append(("GET", self.path, self.headers["Authorization"], None))
+                branch = self.path.rsplit("op-", 1)[1]
+                fake.branches[branch]["polls"] += 1
+                done = fake.branches[branch]["polls"] >= 2
+                self._reply(200, {"operation": {"status": "finished" if done else "running"}})
+
+            def do_DELETE(self):
+                fake.calls.append(("DELETE", self.path, self.headers["Authorization"], None))
+                branch = self.path.rsplit("/", 1)[1]
+                with connect(server_url_for("postgres"), autocommit=True) as conn:
+                    conn.execute(
+                        sql.SQL("DROP DATABASE {} WITH (FORCE)").format(
+                            sql.Identifier(fake.branches.pop(branch)["db"])
+                        )
+                    )
+                self._reply(200, {"branch": {"id": branch}})
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_neon_drill_branches_compares_and_deletes(pg_server, seeded):
+    from mm_orchestration.jobs.backup_verify import run_neon_drill
+
+    source_db = seeded.rsplit("/", 1)[1]
+    # A template needs no other sessions: the fake copies the source as Neon would branch it.
+    fake = FakeNeon(pg_server.url, source_db)
+    drill = RestoreDrill(
+        method="neon",
+        neon_api_key="neon-key",
+        neon_project_id="proj-1",
+        neon_api_host=fake.url,
+        neon_poll_seconds=0.01,
+    )
+    try:
+        evidence = run_neon_drill(seeded, drill)
+    finally:
+        fake.server.shutdown()
+    assert evidence["checks"]["row_counts"]["passed"]
+    assert evidence["neon_branch"] == "br-1" and fake.branches == {}
+    methods = [(c[0], c[1].split("?")[0]) for c in fake.calls]
+    assert methods == [
+        ("POST", "/api/v2/projects/proj-1/branches"),
+        ("GET", "/api/v2/projects/proj-1/operations/op-br-1"),
+        ("GET", "/api/v2/projects/proj-1/operations/op-br-1"),
+        ("DELETE", "/api/v2/projects/proj-1/branches/br-1"),
+    ]
+    assert all(c[2] == "Bearer neon-key" for c in fake.calls)
+    assert "parent_timestamp" in fake.calls[0][3]["branch"]
+
+
+def test_neon_branch_that_differs_fails_and_is_still_deleted(pg_server, seeded):
+    from mm_orchestration.jobs.backup_verify import run_neon_drill
+
+    fake = FakeNeon(pg_server.url, seeded.rsplit("/", 1)[1])
+    drill = RestoreDrill(
+        method="neon",
+        neon_api_key="k",
+        neon_project_id="p",
+        neon_api_host=fake.url,
+        neon_poll_seconds=0.01,
+    )
+
+    def tamper(url):
+        with connect(url) as conn:
+            conn.execute("DELETE FROM ops.schema_migrations WHERE name LIKE 'ops/0004%'")
+
+    try:
+        with pytest.raises(DrillFailed, match="migration_version"):
+            run_neon_drill(seeded, drill, after_restore=tamper)
+    finally:
+        fake.server.shutdown()
+    assert fake.branches == {}

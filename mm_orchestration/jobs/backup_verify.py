@@ -33,6 +33,8 @@ from mm_orchestration import inventory
 from mm_orchestration.db import connect
 from mm_orchestration.joblog import log_event
 from mm_orchestration.ledger import claim, window_for
+from mm_orchestration.migrate import current_version
+from mm_orchestration.neon import NeonClient, NeonError
 from mm_orchestration.resources import JobSettings, PortalDatabase
 from mm_orchestration.resources.restore_drill import RestoreDrill
 from mm_orchestration.scheduling import job_tags
@@ -111,8 +113,7 @@ def fingerprint(conn: psycopg.Connection) -> dict[str, Any]:
                 ).format(_ident(table))
             ).fetchone()
             checksums[table] = row[0] if row else ""
-    version = conn.execute("SELECT max(name) FROM ops.schema_migrations").fetchone()
-    return {"counts": counts, "checksums": checksums, "migration": version[0] if version else None}
+    return {"counts": counts, "checksums": checksums, "migration": current_version(conn)}
 
 
 def _with_db(url: str, name: str) -> str:
@@ -169,28 +170,7 @@ def run_local_drill(
                 ],
             )
             evidence["rto_seconds"] = round(time.monotonic() - started, 3)
-            if after_restore is not None:
-                after_restore(scratch_url)
-            with connect(scratch_url) as copy:
-                actual = fingerprint(copy)
-                smoke = {}
-                for table in KEY_TABLES:
-                    copy.execute(sql.SQL("SELECT * FROM {} LIMIT 1").format(_ident(table)))
-                    smoke[table] = "ok"
-                newest = None
-                for table, column in TIMESTAMPED:
-                    row = copy.execute(
-                        sql.SQL("SELECT max({}) FROM {}").format(
-                            sql.Identifier(column), _ident(table)
-                        )
-                    ).fetchone()
-                    if row and row[0] and (newest is None or row[0] > newest):
-                        newest = row[0]
-            evidence["rpo_seconds"] = (
-                round((datetime.now(UTC) - newest).total_seconds(), 1) if newest else None
-            )
-            evidence["newest_row_at"] = newest.isoformat() if newest else None
-            evidence["checks"] = _compare(expected, actual) | {"smoke_queries": smoke}
+            evidence.update(_inspect_copy(expected, scratch_url, after_restore))
         finally:
             with connect(source_url, autocommit=True) as admin:
                 admin.execute(
@@ -198,6 +178,67 @@ def run_local_drill(
                         sql.Identifier(scratch)
                     )
                 )
+    _raise_if_failed(evidence)
+    return evidence
+
+
+def run_neon_drill(
+    source_url: str,
+    drill: RestoreDrill,
+    after_restore: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Branch the Neon project at the moment of a snapshot of the source, compare, delete."""
+    if not (drill.neon_api_key and drill.neon_project_id):
+        raise DrillFailed("the neon method needs NEON_API_KEY and NEON_PROJECT_ID", {})
+    client = NeonClient(drill.neon_api_key, drill.neon_project_id, drill.neon_api_host)
+    with connect(source_url) as snap:
+        snap.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        row = snap.execute("SELECT now()").fetchone()
+        assert row is not None
+        at = row[0]
+        expected = fingerprint(snap)
+        snap.rollback()
+    name = f"mm-drill-{datetime.now(UTC):%Y%m%d%H%M%S}"
+    started = time.monotonic()
+    branch = client.create_branch(name, at)
+    evidence: dict[str, Any] = {"neon_branch": branch.id, "parent_timestamp": at.isoformat()}
+    try:
+        client.wait(branch.operation_ids, drill.neon_poll_seconds)
+        evidence["rto_seconds"] = round(time.monotonic() - started, 3)
+        evidence.update(_inspect_copy(expected, branch.connection_uri, after_restore))
+    finally:
+        client.delete_branch(branch.id)
+    _raise_if_failed(evidence)
+    return evidence
+
+
+def _inspect_copy(
+    expected: dict[str, Any], copy_url: str, after_restore: Callable[[str], None] | None
+) -> dict[str, Any]:
+    """Compare a restored copy with the source's fingerprint; smoke-test it; measure RPO."""
+    if after_restore is not None:
+        after_restore(copy_url)
+    with connect(copy_url) as copy:
+        actual = fingerprint(copy)
+        smoke = {}
+        for table in KEY_TABLES:
+            copy.execute(sql.SQL("SELECT * FROM {} LIMIT 1").format(_ident(table)))
+            smoke[table] = "ok"
+        newest = None
+        for table, column in TIMESTAMPED:
+            row = copy.execute(
+                sql.SQL("SELECT max({}) FROM {}").format(sql.Identifier(column), _ident(table))
+            ).fetchone()
+            if row and row[0] and (newest is None or row[0] > newest):
+                newest = row[0]
+    return {
+        "rpo_seconds": round((datetime.now(UTC) - newest).total_seconds(), 1) if newest else None,
+        "newest_row_at": newest.isoformat() if newest else None,
+        "checks": _compare(expected, actual) | {"smoke_queries": smoke},
+    }
+
+
+def _raise_if_failed(evidence: dict[str, Any]) -> None:
     failed = [
         name
         for name, result in evidence["checks"].items()
@@ -209,7 +250,6 @@ def run_local_drill(
             + "; ".join(evidence["checks"][name]["detail"] for name in failed),
             evidence,
         )
-    return evidence
 
 
 def _compare(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str, Any]:
@@ -239,6 +279,9 @@ def _compare(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str, Any]
     }
 
 
+DRILLS = {"local": run_local_drill, "neon": run_neon_drill}
+
+
 class DrillConfig(Config):
     method: str = Field(default="", description="local or neon; blank: the configured method")
 
@@ -253,9 +296,9 @@ def run_restore_drill(
 ) -> None:
     """Restore the portal database somewhere else and prove the copy is faithful."""
     method = config.method or restore_drill.method
-    if method != "local":
+    if method not in DRILLS:
         raise Failure(
-            f"restore drill method {method!r} is not available here; use 'local' "
+            f"restore drill method {method!r} is unknown; use 'local' or 'neon' "
             f"(compliance contact: {job_settings.compliance_email})",
             allow_retries=False,
         )
@@ -263,20 +306,20 @@ def run_restore_drill(
     started = datetime.now(UTC)
     with claim(portal_db, window_for(context, SPEC.name)) as run:
         try:
-            evidence = run_local_drill(portal_db.url, restore_drill)
+            evidence = DRILLS[method](portal_db.url, restore_drill, None)
             status, error = "succeeded", None
         except DrillFailed as exc:
             evidence, status, error = exc.evidence, "failed", str(exc)
         except subprocess.CalledProcessError as exc:
             evidence, status, error = {}, "failed", f"{exc.cmd} failed: {exc.stderr}"
-        except (psycopg.Error, OSError) as exc:
+        except (psycopg.Error, OSError, NeonError) as exc:
             evidence, status, error = {}, "failed", f"{type(exc).__name__}: {exc}"
         with portal_db.connection() as conn:
             conn.execute(
                 """INSERT INTO ops.backup_drills (started_at, finished_at, status, method,
                                                   checks, error)
-                   VALUES (%s, now(), %s, 'local', %s, %s)""",
-                [started, status, Jsonb(evidence), error],
+                   VALUES (%s, now(), %s, %s, %s, %s)""",
+                [started, status, method, Jsonb(evidence), error],
             )
         run.details = {"status": status}
         log_event(

@@ -22,6 +22,10 @@ class RestoreDrill(ConfigurableResource):
     )
     restore_jobs: int = Field(default=2, ge=1, le=8, description="pg_restore --jobs")
     timeout_seconds: int = Field(default=6 * 3600, description="Per tool invocation")
+    neon_api_key: str | None = Field(default=None, description="EnvVar('NEON_API_KEY')")
+    neon_project_id: str | None = Field(default=None, description="NEON_PROJECT_ID")
+    neon_api_host: str = Field(default="https://console.neon.tech", description="NEON_API_HOST")
+    neon_poll_seconds: float = Field(default=2.0, ge=0)
 
     def binary(self, name: str) -> str:
         if self.pg_bin_dir:
