@@ -74,7 +74,13 @@ def build_resources(settings: Settings) -> dict[str, object]:
             neon_project_id=settings.neon_project_id,
             neon_api_host=settings.neon_api_host,
         ),
-        "report_store": ReportStore(root=os.path.join(settings.data_dir, "reports")),
+        "report_store": ReportStore(
+            root=os.path.join(settings.data_dir, "reports"),
+            s3_bucket=settings.reports_s3_bucket,
+            s3_prefix=settings.reports_s3_prefix,
+            s3_endpoint_url=settings.reports_s3_endpoint,
+            s3_region=settings.reports_s3_region,
+        ),
         "mux": MuxWebhooks(
             signing_secret=dg.EnvVar("MUX_WEBHOOK_SECRET") if settings.mux_webhook_secret else None,
             alert_threshold=settings.dlq_alert_threshold,

@@ -46,7 +46,7 @@ def make_server(
                 return self._refuse(404, "not found")
             key = path[len("/reports/") :]
             try:
-                store.path(key)  # refuses anything outside the store
+                store.check_key(key)  # refuses anything outside the store
                 with connect(database_url) as conn:
                     row = conn.execute(RECORDED_HASH, {"key": key}).fetchone()
                 if row is None or row[0] is None:

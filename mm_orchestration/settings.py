@@ -43,6 +43,10 @@ class Settings:
     reports_url: str = "http://127.0.0.1:3001"
     reports_password: str | None = field(default=None, repr=False)
     drill_method: str = "local"
+    reports_s3_bucket: str = ""
+    reports_s3_prefix: str = "reports"
+    reports_s3_endpoint: str = ""
+    reports_s3_region: str = "ap-southeast-2"
     neon_api_key: str | None = field(default=None, repr=False)
     neon_project_id: str | None = None
     neon_api_host: str = "https://console.neon.tech"
@@ -74,6 +78,10 @@ class Settings:
             reports_url=get("MM_REPORTS_URL") or defaults.reports_url,
             reports_password=get("MM_REPORTS_PASSWORD"),
             drill_method=get("MM_DRILL_METHOD") or defaults.drill_method,
+            reports_s3_bucket=get("MM_REPORTS_S3_BUCKET") or "",
+            reports_s3_prefix=get("MM_REPORTS_S3_PREFIX") or defaults.reports_s3_prefix,
+            reports_s3_endpoint=get("MM_REPORTS_S3_ENDPOINT") or "",
+            reports_s3_region=get("MM_REPORTS_S3_REGION") or defaults.reports_s3_region,
             neon_api_key=get("NEON_API_KEY"),
             neon_project_id=get("NEON_PROJECT_ID"),
             neon_api_host=get("NEON_API_HOST") or defaults.neon_api_host,
@@ -97,6 +105,10 @@ class Settings:
         _check_url("SENDGRID_API_HOST", self.sendgrid_api_host, ("http", "https"), secret=False)
         _check_url("MM_REPORTS_URL", self.reports_url, ("http", "https"), secret=False)
         _check_url("NEON_API_HOST", self.neon_api_host, ("http", "https"), secret=False)
+        if self.reports_s3_endpoint:
+            _check_url(
+                "MM_REPORTS_S3_ENDPOINT", self.reports_s3_endpoint, ("http", "https"), secret=False
+            )
         if self.drill_method not in ("local", "neon"):
             raise SettingsError(f"MM_DRILL_METHOD={self.drill_method!r} is not local or neon")
         if self.drill_method == "neon" and not (self.neon_api_key and self.neon_project_id):

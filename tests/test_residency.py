@@ -165,3 +165,37 @@ def test_download_endpoint(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_s3_compatible_store_round_trip_and_tamper_check(monkeypatch):
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from mm_orchestration.embedded_pg import free_port
+    from mm_orchestration.resources.report_store import ReportStoreError
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        s3 = boto3.client("s3", region_name="ap-southeast-2", endpoint_url=endpoint)
+        s3.create_bucket(
+            Bucket="mm-reports", CreateBucketConfiguration={"LocationConstraint": "ap-southeast-2"}
+        )
+        store = ReportStore(s3_bucket="mm-reports", s3_endpoint_url=endpoint)
+        digest = store.put("residency/2026-11-16/r.csv", b"a,b\n1,2\n")
+        assert store.get("residency/2026-11-16/r.csv", digest) == b"a,b\n1,2\n"
+        assert (
+            store.uri("residency/2026-11-16/r.csv")
+            == "s3://mm-reports/reports/residency/2026-11-16/r.csv"
+        )
+        s3.put_object(Bucket="mm-reports", Key="reports/residency/2026-11-16/r.csv", Body=b"x")
+        with pytest.raises(ReportStoreError, match="SHA-256"):
+            store.get("residency/2026-11-16/r.csv", digest)
+        with pytest.raises(ReportStoreError, match="outside"):
+            store.check_key("../other/secret.csv")
+    finally:
+        server.stop()

@@ -1,4 +1,5 @@
-"""Where compliance reports live: a local folder by default.
+"""Where compliance reports live: a local folder by default, S3-compatible storage when
+`s3_bucket` is set (credentials from the usual AWS_* environment variables).
 
 Reports are written once per week and read back for the email and the download
 endpoint, which refuses any path outside the store and any file whose SHA-256 no
@@ -8,7 +9,9 @@ longer matches the one recorded in `ops.residency_reports`.
 from __future__ import annotations
 
 import hashlib
+import posixpath
 from pathlib import Path
+from typing import Any
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -22,6 +25,29 @@ class ReportStore(ConfigurableResource):
     """A folder of reports, addressed by relative keys such as `residency/2026-11-23/x.csv`."""
 
     root: str = Field(default=".mm/reports", description="MM_DATA_DIR/reports unless set")
+    s3_bucket: str = Field(default="", description="MM_REPORTS_S3_BUCKET: store in S3 instead")
+    s3_prefix: str = Field(default="reports", description="MM_REPORTS_S3_PREFIX")
+    s3_endpoint_url: str = Field(
+        default="", description="MM_REPORTS_S3_ENDPOINT: for S3-compatible services"
+    )
+    s3_region: str = Field(default="ap-southeast-2", description="MM_REPORTS_S3_REGION")
+
+    @property
+    def uses_s3(self) -> bool:
+        return bool(self.s3_bucket)
+
+    def _s3(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3", region_name=self.s3_region, endpoint_url=self.s3_endpoint_url or None
+        )
+
+    def _object_key(self, key: str) -> str:
+        clean = posixpath.normpath(key)
+        if clean.startswith(("..", "/")) or clean == ".":
+            raise ReportStoreError(f"{key!r} is outside the report store")
+        return f"{self.s3_prefix.strip('/')}/{clean}" if self.s3_prefix else clean
 
     def path(self, key: str) -> Path:
         base = Path(self.root).resolve()
@@ -32,22 +58,49 @@ class ReportStore(ConfigurableResource):
 
     def put(self, key: str, content: bytes) -> str:
         """Store `content` under `key`; returns its SHA-256 (hex)."""
+        digest = hashlib.sha256(content).hexdigest()
+        if self.uses_s3:
+            self._s3().put_object(
+                Bucket=self.s3_bucket,
+                Key=self._object_key(key),
+                Body=content,
+                Metadata={"sha256": digest},
+            )
+            return digest
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(target.suffix + ".partial")
         partial.write_bytes(content)
         partial.replace(target)  # readers never see half a report
-        return hashlib.sha256(content).hexdigest()
+        return digest
 
     def get(self, key: str, sha256: str | None = None) -> bytes:
         """The stored bytes; with `sha256`, only if they still hash to it."""
-        target = self.path(key)
-        if not target.is_file():
-            raise ReportStoreError(f"no report at {key!r}")
-        content = target.read_bytes()
+        if self.uses_s3:
+            from botocore.exceptions import ClientError
+
+            try:
+                reply = self._s3().get_object(Bucket=self.s3_bucket, Key=self._object_key(key))
+            except ClientError as exc:
+                raise ReportStoreError(f"no report at {key!r}: {exc}") from None
+            content = reply["Body"].read()
+        else:
+            target = self.path(key)
+            if not target.is_file():
+                raise ReportStoreError(f"no report at {key!r}")
+            content = target.read_bytes()
         if sha256 is not None and hashlib.sha256(content).hexdigest() != sha256:
             raise ReportStoreError(f"{key!r} no longer matches its recorded SHA-256")
         return content
 
+    def check_key(self, key: str) -> None:
+        """Refuse a key that would leave the store."""
+        if self.uses_s3:
+            self._object_key(key)
+        else:
+            self.path(key)
+
     def uri(self, key: str) -> str:
+        if self.uses_s3:
+            return f"s3://{self.s3_bucket}/{self._object_key(key)}"
         return self.path(key).as_uri()
