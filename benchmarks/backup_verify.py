@@ -28,8 +28,10 @@ ROWS_PER_GB = 6_500_000  # events of this shape take about 160 bytes each, index
 def build(rows: int):
     def fill(url: str) -> None:
         with connect(url, autocommit=True) as conn:
-            conn.execute("INSERT INTO portal.tenants (name, slug) SELECT 'A' || i, 'a-' || i "
-                         "FROM generate_series(1, 200) i")
+            conn.execute(
+                "INSERT INTO portal.tenants (name, slug) SELECT 'A' || i, 'a-' || i "
+                "FROM generate_series(1, 200) i"
+            )
             conn.execute(
                 """INSERT INTO portal.events (tenant_id, event_type, occurred_at, properties)
                    SELECT t.ids[1 + g %% 200], 'asset.viewed',
@@ -39,6 +41,7 @@ def build(rows: int):
                           (SELECT array_agg(id) AS ids FROM portal.tenants) t""",
                 {"rows": rows},
             )
+
     return fill
 
 
@@ -51,16 +54,26 @@ def main() -> None:
         source = source_database(pg, build(rows))
         url = pg.url(source)
         with connect(url) as conn:
-            size = conn.execute("SELECT pg_size_pretty(pg_database_size(current_database()))"
-                                ).fetchone()[0]
+            size = conn.execute(
+                "SELECT pg_size_pretty(pg_database_size(current_database()))"
+            ).fetchone()[0]
 
         def plain() -> None:
             with connect(pg.url("postgres"), autocommit=True) as admin:
                 admin.execute(sql.SQL("CREATE DATABASE plain_copy"))
-            dump = subprocess.Popen([pg.bin("pg_dump"), "--format=custom", f"--dbname={url}"],
-                                    stdout=subprocess.PIPE)
-            subprocess.run([pg.bin("pg_restore"), "--no-owner", "--no-privileges",
-                            f"--dbname={pg.url('plain_copy')}"], stdin=dump.stdout, check=True)
+            dump = subprocess.Popen(
+                [pg.bin("pg_dump"), "--format=custom", f"--dbname={url}"], stdout=subprocess.PIPE
+            )
+            subprocess.run(
+                [
+                    pg.bin("pg_restore"),
+                    "--no-owner",
+                    "--no-privileges",
+                    f"--dbname={pg.url('plain_copy')}",
+                ],
+                stdin=dump.stdout,
+                check=True,
+            )
             assert dump.wait() == 0
             with connect(pg.url("postgres"), autocommit=True) as admin:
                 admin.execute(sql.SQL("DROP DATABASE plain_copy WITH (FORCE)"))
@@ -71,10 +84,14 @@ def main() -> None:
     ratio = drill / floor
     report(
         f"backup-verify: restore drill of a {size} database",
-        {"drill (dump, restore, compare)": f"{drill:.1f} s "
-         f"(RTO {evidence['rto_seconds']:.1f} s)",
-         "floor (pg_dump | pg_restore)": f"{floor:.1f} s"},
-        ratio, "<= 1.2", ratio <= 1.2,
+        {
+            "drill (dump, restore, compare)": f"{drill:.1f} s "
+            f"(RTO {evidence['rto_seconds']:.1f} s)",
+            "floor (pg_dump | pg_restore)": f"{floor:.1f} s",
+        },
+        ratio,
+        "<= 1.2",
+        ratio <= 1.2,
     )
 
 

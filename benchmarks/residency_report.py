@@ -17,9 +17,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import psycopg
 from _harness import psql_seconds, report, server, source_database, timed
 
-from mm_orchestration.assets.residency import TENANT_REGIONS, build_rows, render
+from mm_orchestration.assets.residency import REPORT_ROWS, build_frame, render, report_params
 from mm_orchestration.db import connect
 from mm_orchestration.resources.report_store import ReportStore
 
@@ -50,17 +51,19 @@ def main() -> None:
         print(f"building {TENANTS:,} tenants and {ASSETS:,} videos...")
         source = source_database(pg, build)
         url = pg.url(source)
-        floor = min(psql_seconds(pg, url, TENANT_REGIONS) for _ in range(3))
+        with connect(url) as conn, psycopg.ClientCursor(conn) as cur:
+            floor_sql = cur.mogrify(REPORT_ROWS, report_params())
+        floor = min(psql_seconds(pg, url, floor_sql) for _ in range(3))
         store = ReportStore(root=tmp)
         counts: dict[str, int] = {}
 
         def work() -> None:
             with connect(url) as conn:
-                rows = build_rows(conn, datetime.now(UTC))
-            csv, html, exceptions = render(rows, date(2026, 11, 16))
+                frame = build_frame(conn, datetime.now(UTC))
+            csv, html, exceptions = render(frame, date(2026, 11, 16))
             store.put("r.csv", csv)
             store.put("r.html", html)
-            counts.update(rows=len(rows), exceptions=len(exceptions))
+            counts.update(rows=len(frame), exceptions=len(exceptions))
 
         job = min(timed(work) for _ in range(3))
         tracemalloc.start()  # a separate pass: tracing slows Python down several times
@@ -71,10 +74,15 @@ def main() -> None:
     peak_mb = peak / 2**20
     report(
         "residency-report: 5,000 tenants, 1,000,000 videos",
-        {"report rows": f"{counts['rows']:,} ({counts['exceptions']} tenants with exceptions)",
-         "report (best of 3)": f"{job:.2f} s", "floor (its query via psql)": f"{floor:.2f} s",
-         "peak Python allocation": f"{peak_mb:.0f} MB (target < 300 MB)"},
-        ratio, "<= 2", ratio <= 2 and peak_mb < 300,
+        {
+            "report rows": f"{counts['rows']:,} ({counts['exceptions']} tenants with exceptions)",
+            "report (best of 3)": f"{job:.2f} s",
+            "floor (its query via psql)": f"{floor:.2f} s",
+            "peak Python allocation": f"{peak_mb:.0f} MB (target < 300 MB)",
+        },
+        ratio,
+        "<= 2",
+        ratio <= 2 and peak_mb < 300,
     )
 
 

@@ -119,15 +119,35 @@ VENDORS = (
     ),
 )
 
-TENANT_REGIONS = """
-SELECT t.id, t.name, t.slug, t.status, t.data_region, m.storage_region, m.assets
-  FROM portal.tenants t
-  LEFT JOIN (SELECT tenant_id, coalesce(storage_region, 'unknown') AS storage_region,
-                    count(*) AS assets
-               FROM portal.media_assets
-              WHERE status <> 'deleted'
-              GROUP BY 1, 2) m ON m.tenant_id = t.id
- ORDER BY t.name, t.id, m.storage_region
+# Every row of the report, built in the database: the million videos are aggregated to
+# one row per tenant and region there, so Python only ever holds the report itself.
+REPORT_ROWS = """
+WITH regions AS (
+    SELECT tenant_id, coalesce(storage_region, 'unknown') AS region, count(*) AS videos
+      FROM portal.media_assets
+     WHERE status <> 'deleted'
+     GROUP BY 1, 2
+), vendors AS (
+    SELECT * FROM unnest(%(v_system)s::text[], %(v_vendor)s::text[], %(v_categories)s::text[],
+                         %(v_region)s::text[], %(v_source)s::text[])
+             WITH ORDINALITY AS v(system, vendor, categories, region, source, ord)
+), places AS (
+    SELECT t.id, t.name, 0 AS ord, 'portal database' AS system, 'Neon (PostgreSQL)' AS vendor,
+           %(db_categories)s AS categories, t.data_region AS region,
+           'portal.tenants.data_region' AS evidence, true AS judged
+      FROM portal.tenants t
+    UNION ALL
+    SELECT t.id, t.name, 1, 'video storage', 'Mux', %(video_categories)s, r.region,
+           'portal.media_assets.storage_region (' || r.videos || ' videos)', true
+      FROM portal.tenants t JOIN regions r ON r.tenant_id = t.id
+    UNION ALL
+    SELECT t.id, t.name, 1 + v.ord, v.system, v.vendor, v.categories, v.region, v.source, false
+      FROM portal.tenants t CROSS JOIN vendors v
+)
+SELECT id::text, name, system, vendor, categories, region,
+       lower(region) = ANY(%(allowed)s) AS onshore, evidence, judged
+  FROM places
+ ORDER BY name, id, ord, region
 """
 
 COLUMNS = [
@@ -154,92 +174,82 @@ def country(region: str) -> str:
     return "unknown"
 
 
-def build_rows(conn: psycopg.Connection, read_at: datetime) -> list[dict[str, Any]]:
-    """One row per tenant and place its data lives, read in one pass."""
-    rows: list[dict[str, Any]] = []
-    seen: set[Any] = set()
-
-    def add(
-        tenant: tuple[Any, ...],
-        system: str,
-        vendor: str,
-        categories: str,
-        region: str,
-        evidence: str,
-        judged: bool,
-    ) -> None:
-        onshore = region.lower() in ALLOWED_REGIONS
-        rows.append(
-            {
-                "tenant_id": str(tenant[0]),
-                "tenant": tenant[1],
-                "system": system,
-                "vendor": vendor,
-                "data_categories": categories,
-                "region": region,
-                "country": country(region),
-                "onshore": onshore,
-                "evidence": evidence,
-                "read_at": read_at.isoformat(timespec="seconds"),
-                "status": "exception" if judged and not onshore else "ok",
-            }
-        )
-
-    with conn.cursor(name="tenant_regions") as cur:  # streamed, not loaded at once
-        cur.itersize = 2000
-        cur.execute(TENANT_REGIONS)
-        for tenant_id, name, _slug, _status, data_region, storage_region, assets in cur:
-            tenant = (tenant_id, name)
-            if tenant_id not in seen:
-                seen.add(tenant_id)
-                add(
-                    tenant,
-                    "portal database",
-                    "Neon (PostgreSQL)",
-                    "projects, tasks, users, share links, analytics events",
-                    data_region,
-                    "portal.tenants.data_region",
-                    judged=True,
-                )
-                for v in VENDORS:
-                    add(
-                        tenant,
-                        v.system,
-                        v.vendor,
-                        v.data_categories,
-                        v.region,
-                        v.source,
-                        judged=False,
-                    )
-            if storage_region is not None:
-                add(
-                    tenant,
-                    "video storage",
-                    "Mux",
-                    "video files, titles, playback",
-                    storage_region,
-                    f"portal.media_assets.storage_region ({assets} videos)",
-                    judged=True,
-                )
-    return rows
+def report_params() -> dict[str, Any]:
+    return {
+        "v_system": [v.system for v in VENDORS],
+        "v_vendor": [v.vendor for v in VENDORS],
+        "v_categories": [v.data_categories for v in VENDORS],
+        "v_region": [v.region for v in VENDORS],
+        "v_source": [v.source for v in VENDORS],
+        "db_categories": "projects, tasks, users, share links, analytics events",
+        "video_categories": "video files, titles, playback",
+        "allowed": sorted(ALLOWED_REGIONS),
+    }
 
 
-def render(rows: list[dict[str, Any]], week: date) -> tuple[bytes, bytes, list[str]]:
-    """(CSV, HTML, tenants with an exception)."""
-    frame = pd.DataFrame(rows, columns=COLUMNS)
-    exceptions = sorted(set(frame.loc[frame["status"] == "exception", "tenant"]))
+def build_frame(conn: psycopg.Connection, read_at: datetime) -> pd.DataFrame:
+    """The report as a table: one row per tenant and place its data lives."""
+    rows = conn.execute(REPORT_ROWS, report_params()).fetchall()
+    frame = pd.DataFrame(
+        rows,
+        columns=[
+            "tenant_id",
+            "tenant",
+            "system",
+            "vendor",
+            "data_categories",
+            "region",
+            "onshore",
+            "evidence",
+            "judged",
+        ],
+    )
+    frame["country"] = frame["region"].map({r: country(r) for r in frame["region"].unique()})
+    frame["read_at"] = read_at.isoformat(timespec="seconds")
+    frame["status"] = "ok"
+    frame.loc[frame["judged"] & ~frame["onshore"], "status"] = "exception"
+    return frame[COLUMNS]
+
+
+def render(frame: pd.DataFrame, week: date) -> tuple[bytes, bytes, list[str]]:
+    """(CSV of every row, a readable HTML page, tenants with an exception)."""
+    exceptions_rows = frame[frame["status"] == "exception"]
+    exceptions = sorted(set(exceptions_rows["tenant"]))
     csv = frame.to_csv(index=False).encode()
-    html_table = frame.to_html(index=False, border=0, classes="residency")
-    summary = (
-        f"<p><strong>{len(exceptions)}</strong> tenant(s) with data outside the allowed "
-        f"regions: {', '.join(exceptions) or 'none'}.</p>"
+    # The page people read: the exceptions in full, then one line per tenant.
+    per_tenant = (
+        frame[frame["system"].isin(["portal database", "video storage"])]
+        .groupby(["tenant", "tenant_id"], sort=True)
+        .agg(
+            regions=("region", lambda r: ", ".join(sorted(set(r)))),
+            status=("status", lambda s: "exception" if (s == "exception").any() else "ok"),
+        )
+        .reset_index()
+        .drop(columns="tenant_id")
+    )
+    vendors = pd.DataFrame(
+        [(v.system, v.vendor, v.region, country(v.region), v.source) for v in VENDORS],
+        columns=["system", "vendor", "region", "country", "source"],
     )
     html = (
         "<!doctype html><html><head><meta charset='utf-8'>"
         f"<title>Data residency report, week of {week}</title>"
-        "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
-        "td,th{padding:4px 8px;border-bottom:1px solid #ddd}</style></head><body>"
-        f"<h1>Data residency report, week of {week}</h1>{summary}{html_table}</body></html>"
+        "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin-bottom:2em}"
+        "td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left}</style></head><body>"
+        f"<h1>Data residency report, week of {week}</h1>"
+        f"<p>{len(per_tenant)} tenants, {len(frame)} rows (all of them in the CSV). "
+        f"<strong>{len(exceptions)}</strong> tenant(s) with data outside the allowed regions."
+        "</p><h2>Exceptions</h2>"
+        + (
+            exceptions_rows.drop(columns=["tenant_id"]).to_html(index=False, border=0)
+            if exceptions
+            else "<p>None.</p>"
+        )
+        + "<h2>Vendors</h2>"
+        + vendors.to_html(index=False, border=0)
+        + "<h2>Tenants</h2>"
+        + per_tenant.to_html(index=False, border=0)
+        + "</body></html>"
     ).encode()
     return csv, html, exceptions
 
@@ -317,8 +327,8 @@ def residency_report(
     week = date.fromisoformat(context.partition_key)
     read_at = datetime.now(UTC)
     with portal_db.connection() as conn:
-        rows = build_rows(conn, read_at)
-    csv, html, exceptions = render(rows, week)
+        frame = build_frame(conn, read_at)
+    csv, html, exceptions = render(frame, week)
     csv_key = f"residency/{week}/residency-{week}.csv"
     html_key = f"residency/{week}/residency-{week}.html"
     csv_sha, html_sha = report_store.put(csv_key, csv), report_store.put(html_key, html)
@@ -338,7 +348,7 @@ def residency_report(
                 read_at,
                 csv_key,
                 csv_sha,
-                len(rows),
+                len(frame),
                 compliant,
                 html_key,
                 html_sha,
@@ -359,7 +369,7 @@ def residency_report(
                         "csv_sha256": csv_sha,
                         "html_key": html_key,
                         "html_sha256": html_sha,
-                        "rows": len(rows),
+                        "rows": len(frame),
                         "compliant": compliant,
                         "exceptions": exceptions,
                     }
@@ -379,15 +389,15 @@ def residency_report(
         )
         drill = drill_check(conn, read_at)
     base = job_settings.reports_url.rstrip("/")
+    flagged = frame.loc[frame["status"] == "exception", ["tenant", "system", "region"]]
     preview = "| tenant | system | region |\n|---|---|---|\n" + "".join(
-        f"| {r['tenant']} | {r['system']} | {r['region']} |\n"
-        for r in rows
-        if r["status"] == "exception"
+        f"| {tenant} | {system} | {region} |\n"
+        for tenant, system, region in flagged.itertuples(index=False)
     )
     return MaterializeResult(
         metadata={
             "week_start": week.isoformat(),
-            "rows": len(rows),
+            "rows": len(frame),
             "compliant": compliant,
             "exceptions": len(exceptions),
             "download_csv": MetadataValue.url(f"{base}/reports/{csv_key}"),

@@ -1,7 +1,7 @@
 """backup-verify: on the first Australian business day of each month, prove a restore works.
 
-The local drill dumps the portal database with `pg_dump` inside an exported snapshot,
-restores it with `pg_restore` into a scratch database, and compares the copy with
+The local drill pipes `pg_dump` of the portal database, taken inside an exported
+snapshot, into `pg_restore` of a scratch database, and compares the copy with
 that same snapshot: row counts of every table in `portal` and `ops`, a checksum of
 the key tables, the migration version, and a smoke query on each key table. It
 records the evidence in `ops.backup_drills` (restore time as RTO, the newest row's
@@ -12,12 +12,10 @@ the run, naming the compliance contact, and blocks the next residency sign-off.
 """
 
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
@@ -133,42 +131,28 @@ def run_local_drill(
     scratch = f"mm_drill_{datetime.now(UTC):%Y%m%d%H%M%S}_{uuid.uuid4().hex[:6]}"
     scratch_url = _with_db(source_url, scratch)
     evidence: dict[str, Any] = {"scratch_database": scratch}
-    with tempfile.TemporaryDirectory(prefix="mm-drill-") as tmp, connect(source_url) as snap:
-        dump = Path(tmp) / "portal.dump"
+    with connect(source_url) as snap:
         # One snapshot for the dump and for what the copy is compared against.
         snap.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        snapshot = snap.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
+        row = snap.execute("SELECT pg_export_snapshot()").fetchone()
+        assert row is not None
         expected = fingerprint(snap)
-        started = time.monotonic()
-        drill.run(
-            "pg_dump",
-            [
-                "--format=custom",
-                f"--snapshot={snapshot}",
-                f"--file={dump}",
-                "--no-owner",
-                "--no-privileges",
-                f"--dbname={source_url}",
-            ],
-        )
-        evidence["dump_seconds"] = round(time.monotonic() - started, 3)
-        evidence["dump_bytes"] = dump.stat().st_size
-        snap.rollback()
         with connect(source_url, autocommit=True) as admin:
             admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(scratch)))
         try:
             started = time.monotonic()
-            drill.run(
-                "pg_restore",
+            # Piped: the scratch copy is restored while the dump is still being written.
+            drill.pipe(
                 [
+                    "--format=custom",
+                    f"--snapshot={row[0]}",
                     "--no-owner",
                     "--no-privileges",
-                    "--exit-on-error",
-                    f"--jobs={drill.restore_jobs}",
-                    f"--dbname={scratch_url}",
-                    str(dump),
+                    f"--dbname={source_url}",
                 ],
+                ["--no-owner", "--no-privileges", "--exit-on-error", f"--dbname={scratch_url}"],
             )
+            snap.rollback()
             evidence["rto_seconds"] = round(time.monotonic() - started, 3)
             evidence.update(_inspect_copy(expected, scratch_url, after_restore))
         finally:
@@ -341,7 +325,6 @@ def run_restore_drill(
         {
             "rto_seconds": float(evidence.get("rto_seconds") or 0),
             "rpo_seconds": float(evidence.get("rpo_seconds") or 0),
-            "dump_bytes": int(evidence.get("dump_bytes") or 0),
             "tables_compared": int(evidence["checks"]["row_counts"]["tables"]),
         }
     )

@@ -20,7 +20,6 @@ class RestoreDrill(ConfigurableResource):
         default="",
         description="Folder of pg_dump/pg_restore; blank: the embedded wheel's, then PATH",
     )
-    restore_jobs: int = Field(default=2, ge=1, le=8, description="pg_restore --jobs")
     timeout_seconds: int = Field(default=6 * 3600, description="Per tool invocation")
     neon_api_key: str | None = Field(default=None, description="EnvVar('NEON_API_KEY')")
     neon_project_id: str | None = Field(default=None, description="NEON_PROJECT_ID")
@@ -52,4 +51,30 @@ class RestoreDrill(ConfigurableResource):
         if result.returncode != 0:
             raise subprocess.CalledProcessError(
                 result.returncode, tool, result.stdout, result.stderr.strip()[-2000:]
+            )
+
+    def pipe(self, dump_args: Sequence[str], restore_args: Sequence[str]) -> None:
+        """`pg_dump ... | pg_restore ...`: the copy is restored while it is being dumped."""
+        dump = subprocess.Popen(
+            [self.binary("pg_dump"), *dump_args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert dump.stdout is not None
+        try:
+            restore = subprocess.run(
+                [self.binary("pg_restore"), *restore_args],
+                stdin=dump.stdout,
+                capture_output=True,
+                text=True,
+                timeout=self.timeout_seconds,
+                check=False,
+            )
+        finally:
+            dump.stdout.close()
+            dump_err = dump.stderr.read().decode(errors="replace") if dump.stderr else ""
+            dump_code = dump.wait(timeout=self.timeout_seconds)
+        if dump_code != 0:
+            raise subprocess.CalledProcessError(dump_code, "pg_dump", "", dump_err[-2000:])
+        if restore.returncode != 0:
+            raise subprocess.CalledProcessError(
+                restore.returncode, "pg_restore", restore.stdout, restore.stderr.strip()[-2000:]
             )
