@@ -83,3 +83,37 @@ def inventory_schedule(
         return RunRequest(run_key=key, tags={WINDOW_TAG: key, TRIGGER_TAG: "schedule"})
 
     return _schedule
+
+
+def partitioned_schedule(
+    spec: JobSpec,
+    job: Any,
+    settings: Settings,
+    timezone: str,
+    partitions: Callable[[datetime], list[tuple[str, str]]],
+) -> ScheduleDefinition:
+    """The schedule of a partitioned asset job: each tick requests the partitions that
+    `partitions(tick)` names, as (partition key, purpose) pairs."""
+
+    @schedule(
+        name=f"{spec.dagster_name}_schedule",
+        job=job,
+        cron_schedule=spec.cron_for(settings.env),
+        execution_timezone=timezone,
+        default_status=DefaultScheduleStatus.RUNNING,
+        description=f"{spec.purpose}. {spec.failure_handling}".strip(),
+        tags={JOB_TAG: spec.name},
+    )
+    def _schedule(context: ScheduleEvaluationContext) -> list[RunRequest]:
+        tick = context.scheduled_execution_time
+        assert tick is not None
+        return [
+            RunRequest(
+                run_key=f"{key}:{purpose}:{window_key(tick)}",
+                partition_key=key,
+                tags={TRIGGER_TAG: "schedule", "mm/purpose": purpose},
+            )
+            for key, purpose in partitions(tick)
+        ]
+
+    return _schedule

@@ -142,14 +142,6 @@ class Settings:
     def staging_intervals(self) -> bool:
         return self.env == "staging"
 
-    def contact(self, role: str) -> str:
-        """The address of an escalation target named in the inventory."""
-        return {
-            "reliability": self.reliability_email,
-            "compliance": self.compliance_email,
-            "admin": self.admin_email,
-        }[role]
-
 
 def _check_url(name: str, value: str, schemes: tuple[str, ...], secret: bool = True) -> None:
     shown = "(value hidden)" if secret else repr(value)

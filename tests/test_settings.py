@@ -51,7 +51,6 @@ def test_defaults():
         "Australia/Sydney",
         "https://api.sendgrid.com",
     )
-    assert s.contact("compliance") == s.compliance_email
 
 
 def test_definitions_fail_to_load_with_the_setting_name(monkeypatch):

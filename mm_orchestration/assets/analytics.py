@@ -19,21 +19,17 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     BackfillPolicy,
-    DefaultScheduleStatus,
     HourlyPartitionsDefinition,
     MaterializeResult,
     MetadataValue,
-    RunRequest,
     ScheduleDefinition,
-    ScheduleEvaluationContext,
     asset,
     define_asset_job,
-    schedule,
 )
 
 from mm_orchestration import inventory
 from mm_orchestration.resources import PortalDatabase
-from mm_orchestration.scheduling import JOB_TAG, job_tags, retry_policy
+from mm_orchestration.scheduling import job_tags, partitioned_schedule, retry_policy
 from mm_orchestration.settings import Settings
 
 SPEC = inventory.get("analytics-rollup")
@@ -157,31 +153,12 @@ analytics_rollup = define_asset_job(
 def analytics_schedule(settings: Settings) -> ScheduleDefinition:
     """Hourly: the hour that just ended, and once more the hour before it (late events)."""
 
-    @schedule(
-        name=f"{SPEC.dagster_name}_schedule",
-        job=analytics_rollup,
-        cron_schedule=SPEC.cron_for(settings.env),
-        execution_timezone=settings.timezone,
-        default_status=DefaultScheduleStatus.RUNNING,
-        description=f"{SPEC.purpose}. {SPEC.failure_handling}",
-        tags={JOB_TAG: SPEC.name},
-    )
-    def _schedule(context: ScheduleEvaluationContext) -> list[RunRequest]:
-        tick = context.scheduled_execution_time
-        assert tick is not None
-        latest = tick.astimezone(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(
-            hours=1
-        )
-        requests = []
-        for hour, purpose in ((latest, "rollup"), (latest - timedelta(hours=1), "refresh")):
-            key = hour.strftime("%Y-%m-%d-%H:%M")
-            requests.append(
-                RunRequest(
-                    run_key=f"{key}:{purpose}",
-                    partition_key=key,
-                    tags={"mm/trigger": "schedule", "mm/purpose": purpose},
-                )
-            )
-        return requests
+    def last_two_hours(tick: datetime) -> list[tuple[str, str]]:
+        latest = tick.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+        latest -= timedelta(hours=1)
+        return [
+            (latest.strftime("%Y-%m-%d-%H:%M"), "rollup"),
+            ((latest - timedelta(hours=1)).strftime("%Y-%m-%d-%H:%M"), "refresh"),
+        ]
 
-    return _schedule
+    return partitioned_schedule(SPEC, analytics_rollup, settings, settings.timezone, last_two_hours)

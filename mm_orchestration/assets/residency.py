@@ -23,16 +23,12 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    DefaultScheduleStatus,
     MaterializeResult,
     MetadataValue,
-    RunRequest,
     ScheduleDefinition,
-    ScheduleEvaluationContext,
     WeeklyPartitionsDefinition,
     asset,
     define_asset_job,
-    schedule,
 )
 from psycopg.types.json import Jsonb
 
@@ -41,7 +37,11 @@ from mm_orchestration.outbox import Renderer, deliver_pending
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Attachment, Email
 from mm_orchestration.resources.report_store import ReportStore
-from mm_orchestration.scheduling import JOB_TAG, job_tags, retry_policy, window_key
+from mm_orchestration.scheduling import (
+    job_tags,
+    partitioned_schedule,
+    retry_policy,
+)
 from mm_orchestration.settings import Settings
 
 SPEC = inventory.get("residency-report")
@@ -433,24 +433,8 @@ residency_report_job = define_asset_job(
 def residency_schedule(settings: Settings) -> ScheduleDefinition:
     """Monday 07:00 Sydney (hourly in staging): the week that is starting."""
 
-    @schedule(
-        name=f"{SPEC.dagster_name}_schedule",
-        job=residency_report_job,
-        cron_schedule=SPEC.cron_for(settings.env),
-        execution_timezone=WEEKS.timezone,
-        default_status=DefaultScheduleStatus.RUNNING,
-        description=f"{SPEC.purpose}. {SPEC.failure_handling}",
-        tags={JOB_TAG: SPEC.name},
-    )
-    def _schedule(context: ScheduleEvaluationContext) -> RunRequest:
-        tick = context.scheduled_execution_time
-        assert tick is not None
+    def this_week(tick: datetime) -> list[tuple[str, str]]:
         local = tick.astimezone(ZoneInfo(WEEKS.timezone)).date()
-        monday = local - timedelta(days=local.weekday())
-        return RunRequest(
-            run_key=window_key(tick),
-            partition_key=monday.isoformat(),
-            tags={"mm/trigger": "schedule"},
-        )
+        return [((local - timedelta(days=local.weekday())).isoformat(), "report")]
 
-    return _schedule
+    return partitioned_schedule(SPEC, residency_report_job, settings, WEEKS.timezone, this_week)

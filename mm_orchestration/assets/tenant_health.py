@@ -18,18 +18,15 @@ import psycopg
 from dagster import (
     AssetExecutionContext,
     DailyPartitionsDefinition,
-    DefaultScheduleStatus,
     DefaultSensorStatus,
     MaterializeResult,
     MetadataValue,
     RunFailureSensorContext,
     RunRequest,
     ScheduleDefinition,
-    ScheduleEvaluationContext,
     asset,
     define_asset_job,
     run_failure_sensor,
-    schedule,
 )
 from psycopg.types.json import Jsonb
 
@@ -38,7 +35,11 @@ from mm_orchestration.jobs.alerts import send_alert
 from mm_orchestration.outbox import deliver_pending
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
-from mm_orchestration.scheduling import JOB_TAG, job_tags, retry_policy, window_key
+from mm_orchestration.scheduling import (
+    job_tags,
+    partitioned_schedule,
+    retry_policy,
+)
 from mm_orchestration.settings import Settings
 
 SPEC = inventory.get("tenant-health-check")
@@ -227,24 +228,10 @@ tenant_health_check = define_asset_job(
 def tenant_health_schedule(settings: Settings) -> ScheduleDefinition:
     """06:00 Sydney daily (hourly in staging): the day that is starting."""
 
-    @schedule(
-        name=f"{SPEC.dagster_name}_schedule",
-        job=tenant_health_check,
-        cron_schedule=SPEC.cron_for(settings.env),
-        execution_timezone=DAYS.timezone,
-        default_status=DefaultScheduleStatus.RUNNING,
-        description=f"{SPEC.purpose}. {SPEC.failure_handling}",
-        tags={JOB_TAG: SPEC.name},
-    )
-    def _schedule(context: ScheduleEvaluationContext) -> RunRequest:
-        tick = context.scheduled_execution_time
-        assert tick is not None
-        day = tick.astimezone(ZoneInfo(DAYS.timezone)).date().isoformat()
-        return RunRequest(
-            run_key=window_key(tick), partition_key=day, tags={"mm/trigger": "schedule"}
-        )
+    def today(tick: datetime) -> list[tuple[str, str]]:
+        return [(tick.astimezone(ZoneInfo(DAYS.timezone)).date().isoformat(), "health")]
 
-    return _schedule
+    return partitioned_schedule(SPEC, tenant_health_check, settings, DAYS.timezone, today)
 
 
 @run_failure_sensor(

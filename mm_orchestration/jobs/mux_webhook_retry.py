@@ -36,6 +36,7 @@ from mm_orchestration.mux_events import (
     STATUS_BY_TYPE,
     UPLOAD_LINKED,
     BadSignature,
+    Envelope,
     EventError,
     apply_event,
     parse_envelope,
@@ -90,13 +91,13 @@ def replay_due(
     conn: psycopg.Connection, mux: MuxWebhooks, run_id: str, reliability_email: str
 ) -> ReplayReport:
     """Replay every due dead letter, batch by batch; each batch is one transaction."""
-    report = ReplayReport()
+    replay = _Replay(conn, mux, run_id, reliability_email)
     while True:
         with conn.transaction():
             rows = conn.execute(CLAIM_DUE, [mux.batch_size]).fetchall()
-            _replay_batch(conn, rows, mux, run_id, reliability_email, report)
+            replay.batch(rows)
         if len(rows) < mux.batch_size:
-            return report
+            return replay.report
 
 
 # The common case in one statement: status events for videos found by their Mux asset id,
@@ -130,72 +131,6 @@ RETURNING d.id, d.event_id, a.dlq_id IS NOT NULL
 """
 
 
-def _replay_batch(
-    conn: psycopg.Connection,
-    rows: list[tuple[Any, ...]],
-    mux: MuxWebhooks,
-    run_id: str,
-    reliability_email: str,
-    report: ReplayReport,
-) -> None:
-    """Validate in Python, apply the simple events set-based, the rest one by one."""
-    simple: dict[int, Any] = {}
-    ignored: list[int] = []
-    one_by_one: list[tuple[Any, ...]] = []
-    seen_assets: dict[str, int] = {}
-    for row in rows:
-        dlq_id, event_id, event_type, payload, attempts, raw_body, signature = row
-        try:
-            if mux.signing_secret and raw_body is not None and signature is not None:
-                check_signature(mux.signing_secret, raw_body, signature)
-            envelope = parse_envelope(payload)
-        except EventError as exc:
-            _record_failure(
-                conn,
-                dlq_id,
-                event_id,
-                event_type,
-                attempts,
-                str(exc),
-                isinstance(exc, BadSignature),
-                mux,
-                run_id,
-                reliability_email,
-                report,
-            )
-            continue
-        if envelope.type in STATUS_BY_TYPE and envelope.asset_id not in seen_assets:
-            seen_assets[str(envelope.asset_id)] = dlq_id
-            simple[dlq_id] = (row, envelope)
-        elif envelope.type not in STATUS_BY_TYPE and envelope.type != UPLOAD_LINKED:
-            ignored.append(dlq_id)
-        else:  # upload links, and a second event for a video already in this batch
-            one_by_one.append(row)
-    if ignored:
-        conn.execute(
-            """UPDATE portal.mux_webhook_dlq
-                  SET status = 'replayed', replayed_at = now(), next_attempt_at = NULL,
-                      last_error = 'acknowledged: ignored, nothing changed'
-                WHERE id = ANY(%s)""",
-            [ignored],
-        )
-        report.ignored += len(ignored)
-    if simple:
-        done = _apply_simple(conn, simple)
-        if done is None:  # the set-based statement failed: find the culprit one by one
-            one_by_one = [row for row, _ in simple.values()] + one_by_one
-        else:
-            for dlq_id, _event_id, applied in done:
-                if applied:
-                    report.replayed += 1
-                else:
-                    report.stale += 1
-                simple.pop(dlq_id)
-            one_by_one = [row for row, _ in simple.values()] + one_by_one
-    for row in sorted(one_by_one, key=lambda r: r[0]):
-        _replay_one(conn, row, mux, run_id, reliability_email, report)
-
-
 def _apply_simple(conn: psycopg.Connection, simple: dict[int, Any]) -> list[Any] | None:
     events = [envelope for _, envelope in simple.values()]
     ready = [e.type == "video.asset.ready" for e in events]
@@ -221,152 +156,172 @@ def _apply_simple(conn: psycopg.Connection, simple: dict[int, Any]) -> list[Any]
         return None
 
 
-def _replay_one(
-    conn: psycopg.Connection,
-    row: tuple[Any, ...],
-    mux: MuxWebhooks,
-    run_id: str,
-    reliability_email: str,
-    report: ReplayReport,
-) -> None:
-    dlq_id, event_id, event_type, payload, attempts, raw_body, signature = row
-    try:
-        with conn.transaction():  # a savepoint: the event and its row's update, or neither
-            if mux.signing_secret and raw_body is not None and signature is not None:
-                check_signature(mux.signing_secret, raw_body, signature)
-            envelope = parse_envelope(payload)
-            applied = apply_event(conn, envelope)
-            conn.execute(
+@dataclass
+class _Replay:
+    """One run's replay: where it writes, under which run, whom it escalates to."""
+
+    conn: psycopg.Connection
+    mux: MuxWebhooks
+    run_id: str
+    reliability_email: str
+    report: ReplayReport = field(default_factory=ReplayReport)
+
+    def batch(self, rows: list[tuple[Any, ...]]) -> None:
+        """Validate in Python, apply the simple events set-based, the rest one by one."""
+        simple: dict[int, Any] = {}
+        ignored: list[int] = []
+        one_by_one: list[tuple[Any, ...]] = []
+        seen_assets: set[str] = set()
+        for row in rows:
+            try:
+                envelope = self._validate(row)
+            except EventError as exc:
+                self._fail(row, str(exc), isinstance(exc, BadSignature))
+                continue
+            if envelope.type in STATUS_BY_TYPE and str(envelope.asset_id) not in seen_assets:
+                seen_assets.add(str(envelope.asset_id))
+                simple[row[0]] = (row, envelope)
+            elif envelope.type not in STATUS_BY_TYPE and envelope.type != UPLOAD_LINKED:
+                ignored.append(row[0])
+            else:  # upload links, and a second event for a video already in this batch
+                one_by_one.append(row)
+        if ignored:
+            self.conn.execute(
                 """UPDATE portal.mux_webhook_dlq
                       SET status = 'replayed', replayed_at = now(), next_attempt_at = NULL,
-                          last_error = CASE WHEN %s = 'applied' THEN NULL ELSE %s END
-                    WHERE id = %s""",
-                [applied.outcome, f"acknowledged: {applied.outcome}, nothing changed", dlq_id],
+                          last_error = 'acknowledged: ignored, nothing changed'
+                    WHERE id = ANY(%s)""",
+                [ignored],
             )
-    except (EventError, psycopg.Error) as exc:
-        error = str(exc) if isinstance(exc, EventError) else f"database error: {exc}"
-        _record_failure(
-            conn,
-            dlq_id,
-            event_id,
-            event_type,
-            attempts,
-            error,
-            isinstance(exc, BadSignature),
-            mux,
-            run_id,
-            reliability_email,
-            report,
-        )
-        return
-    if applied.outcome == "applied":
-        report.replayed += 1
-    elif applied.outcome == "stale":
-        report.stale += 1
-    else:
-        report.ignored += 1
-    log_event(
-        "mux.replayed",
-        jobName=SPEC.name,
-        runId=run_id,
-        eventId=event_id,
-        outcome=applied.outcome,
-        mediaAssetId=applied.media_asset_id,
-    )
+            self.report.ignored += len(ignored)
+        if simple:
+            # None: the set-based statement failed, so every event goes one by one.
+            for dlq_id, _event_id, applied in _apply_simple(self.conn, simple) or []:
+                if applied:
+                    self.report.replayed += 1
+                else:
+                    self.report.stale += 1
+                simple.pop(dlq_id)
+            one_by_one += [row for row, _ in simple.values()]
+        for row in sorted(one_by_one, key=lambda r: r[0]):
+            self.one(row)
 
-
-def _record_failure(
-    conn: psycopg.Connection,
-    dlq_id: int,
-    event_id: str,
-    event_type: str | None,
-    attempts: int,
-    error: str,
-    bad_signature: bool,
-    mux: MuxWebhooks,
-    run_id: str,
-    reliability_email: str,
-    report: ReplayReport,
-) -> None:
-    attempts += 1
-    dead = bad_signature or attempts >= mux.max_attempts
-    delay = None if dead else backoff_seconds(attempts, mux.backoff_seconds)
-    conn.execute(
-        """UPDATE portal.mux_webhook_dlq
-              SET attempts = %(attempts)s, last_error = %(error)s,
-                  status = CASE WHEN %(dead)s THEN 'dead' ELSE 'pending' END,
-                  next_attempt_at = CASE WHEN %(dead)s THEN NULL
-                                         ELSE now() + make_interval(secs => %(delay)s) END
-            WHERE id = %(id)s""",
-        {"attempts": attempts, "error": error[:2000], "dead": dead, "delay": delay, "id": dlq_id},
-    )
-    conn.execute(
-        """INSERT INTO ops.dlq_attempts (dlq_id, event_id, attempt, error, run_id)
-           VALUES (%s, %s, %s, %s, %s)""",
-        [dlq_id, event_id, attempts, error[:2000], run_id],
-    )
-    report.failed += 1
-    report.errors.append(f"{event_id}: {error}")
-    log_event(
-        "mux.attempt_failed",
-        level=30,
-        jobName=SPEC.name,
-        runId=run_id,
-        eventId=event_id,
-        attempts=attempts,
-        dead=dead,
-        error=error,
-    )
-    if dead:
-        report.dead += 1
-        _escalate_dead(
-            conn, dlq_id, event_id, event_type, attempts, error, run_id, reliability_email
+    def one(self, row: tuple[Any, ...]) -> None:
+        """One event in its own savepoint: the event and its row's update, or neither."""
+        dlq_id, event_id = row[0], row[1]
+        try:
+            with self.conn.transaction():
+                applied = apply_event(self.conn, self._validate(row))
+                self.conn.execute(
+                    """UPDATE portal.mux_webhook_dlq
+                          SET status = 'replayed', replayed_at = now(), next_attempt_at = NULL,
+                              last_error = CASE WHEN %s = 'applied' THEN NULL ELSE %s END
+                        WHERE id = %s""",
+                    [applied.outcome, f"acknowledged: {applied.outcome}, nothing changed", dlq_id],
+                )
+        except (EventError, psycopg.Error) as exc:
+            error = str(exc) if isinstance(exc, EventError) else f"database error: {exc}"
+            self._fail(row, error, isinstance(exc, BadSignature))
+            return
+        counter = {"applied": "replayed", "stale": "stale"}.get(applied.outcome, "ignored")
+        setattr(self.report, counter, getattr(self.report, counter) + 1)
+        log_event(
+            "mux.replayed",
+            jobName=SPEC.name,
+            runId=self.run_id,
+            eventId=event_id,
+            outcome=applied.outcome,
+            mediaAssetId=applied.media_asset_id,
         )
 
+    def _validate(self, row: tuple[Any, ...]) -> Envelope:
+        _, _, _, payload, _, raw_body, signature = row
+        if self.mux.signing_secret and raw_body is not None and signature is not None:
+            check_signature(self.mux.signing_secret, raw_body, signature)
+        return parse_envelope(payload)
 
-def _escalate_dead(
-    conn: psycopg.Connection,
-    dlq_id: int,
-    event_id: str,
-    event_type: str | None,
-    attempts: int,
-    error: str,
-    run_id: str,
-    reliability_email: str,
-) -> None:
-    """Once per row (escalated_at guards it): an email to act on and an audit entry."""
-    marked = conn.execute(
-        "UPDATE portal.mux_webhook_dlq SET escalated_at = now()"
-        " WHERE id = %s AND escalated_at IS NULL",
-        [dlq_id],
-    ).rowcount
-    if not marked:
-        return
-    details = {
-        "dlq_id": dlq_id,
-        "event_id": event_id,
-        "event_type": event_type,
-        "attempts": attempts,
-        "last_error": error,
-    }
-    conn.execute(
-        """INSERT INTO ops.notification_outbox (idempotency_key, kind, recipient, payload)
-           VALUES (%s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING""",
-        [f"mux-dlq-dead:{event_id}", DEAD_EMAIL_KIND, reliability_email, Jsonb(details)],
-    )
-    conn.execute(
-        """INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
-           VALUES ('mux-webhook-retry', 'escalate_dead_letter', %s, %s, %s)""",
-        [SPEC.name, run_id, Jsonb(details)],
-    )
-    log_event(
-        "mux.escalated",
-        level=40,
-        jobName=SPEC.name,
-        runId=run_id,
-        eventId=event_id,
-        escalateTo=SPEC.escalate_to,
-    )
+    def _fail(self, row: tuple[Any, ...], error: str, bad_signature: bool) -> None:
+        """A failed attempt: count it, back off, and at the limit make the row dead."""
+        dlq_id, event_id, event_type, _, attempts, _, _ = row
+        attempts += 1
+        dead = bad_signature or attempts >= self.mux.max_attempts
+        delay = None if dead else backoff_seconds(attempts, self.mux.backoff_seconds)
+        self.conn.execute(
+            """UPDATE portal.mux_webhook_dlq
+                  SET attempts = %(attempts)s, last_error = %(error)s,
+                      status = CASE WHEN %(dead)s THEN 'dead' ELSE 'pending' END,
+                      next_attempt_at = CASE WHEN %(dead)s THEN NULL
+                                             ELSE now() + make_interval(secs => %(delay)s) END
+                WHERE id = %(id)s""",
+            {
+                "attempts": attempts,
+                "error": error[:2000],
+                "dead": dead,
+                "delay": delay,
+                "id": dlq_id,
+            },
+        )
+        self.conn.execute(
+            """INSERT INTO ops.dlq_attempts (dlq_id, event_id, attempt, error, run_id)
+               VALUES (%s, %s, %s, %s, %s)""",
+            [dlq_id, event_id, attempts, error[:2000], self.run_id],
+        )
+        self.report.failed += 1
+        self.report.errors.append(f"{event_id}: {error}")
+        log_event(
+            "mux.attempt_failed",
+            level=30,
+            jobName=SPEC.name,
+            runId=self.run_id,
+            eventId=event_id,
+            attempts=attempts,
+            dead=dead,
+            error=error,
+        )
+        if dead:
+            self.report.dead += 1
+            self._escalate(
+                {
+                    "dlq_id": dlq_id,
+                    "event_id": event_id,
+                    "event_type": event_type,
+                    "attempts": attempts,
+                    "last_error": error,
+                }
+            )
+
+    def _escalate(self, details: dict[str, Any]) -> None:
+        """Once per row (escalated_at guards it): an email to act on and an audit entry."""
+        marked = self.conn.execute(
+            "UPDATE portal.mux_webhook_dlq SET escalated_at = now()"
+            " WHERE id = %s AND escalated_at IS NULL",
+            [details["dlq_id"]],
+        ).rowcount
+        if not marked:
+            return
+        self.conn.execute(
+            """INSERT INTO ops.notification_outbox (idempotency_key, kind, recipient, payload)
+               VALUES (%s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING""",
+            [
+                f"mux-dlq-dead:{details['event_id']}",
+                DEAD_EMAIL_KIND,
+                self.reliability_email,
+                Jsonb(details),
+            ],
+        )
+        self.conn.execute(
+            """INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
+               VALUES ('mux-webhook-retry', 'escalate_dead_letter', %s, %s, %s)""",
+            [SPEC.name, self.run_id, Jsonb(details)],
+        )
+        log_event(
+            "mux.escalated",
+            level=40,
+            jobName=SPEC.name,
+            runId=self.run_id,
+            eventId=details["event_id"],
+            escalateTo=SPEC.escalate_to,
+        )
 
 
 def render_dead_letter_email(key: str, row: dict[str, Any]) -> Email:
