@@ -23,7 +23,6 @@ from mm_orchestration.assets.residency import (
 from mm_orchestration.assets.tenant_health import (
     tenant_health_check,
     tenant_health_daily,
-    tenant_health_failure_sensor,
     tenant_health_schedule,
 )
 from mm_orchestration.jobs.alerts import send_alert
@@ -40,6 +39,11 @@ from mm_orchestration.resources.report_store import ReportStore
 from mm_orchestration.resources.restore_drill import RestoreDrill
 from mm_orchestration.scheduling import inventory_schedule, window_key
 from mm_orchestration.sensors.dlq_depth import dlq_depth_sensor
+from mm_orchestration.sensors.run_alerts import (
+    job_failure_sensor,
+    job_recovery_sensor,
+    manual_run_audit_sensor,
+)
 from mm_orchestration.settings import Settings
 
 # The operational jobs that are built, keyed by their inventory name.
@@ -114,7 +118,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets=[analytics_hourly, tenant_health_daily, residency_report],
         jobs=[*JOBS.values(), *SUPPORT_JOBS, *ASSET_JOBS.values()],
         schedules=schedules,
-        sensors=[dlq_depth_sensor, tenant_health_failure_sensor],
+        sensors=[
+            dlq_depth_sensor,
+            job_failure_sensor,
+            job_recovery_sensor,
+            manual_run_audit_sensor,
+        ],
         resources=build_resources(settings),
     )
 

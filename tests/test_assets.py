@@ -218,9 +218,9 @@ def test_summary_email_sent_once_per_day(conn, portal_db, mailer, job_settings, 
 def test_failed_run_notifies_the_admin(pg_server):
     from dagster import DagsterEventType, DagsterRunStatus, build_run_status_sensor_context
 
-    from mm_orchestration.assets.tenant_health import tenant_health_failure_sensor
     from mm_orchestration.definitions import build_definitions
     from mm_orchestration.resources import PortalDatabase
+    from mm_orchestration.sensors.run_alerts import job_failure_sensor
     from mm_orchestration.settings import Settings
     from tests.conftest import create_database, drop_database
 
@@ -238,19 +238,19 @@ def test_failed_run_notifies_the_admin(pg_server):
             run = instance.get_run_by_id(result.run_id)
             (failure,) = instance.all_logs(result.run_id, of_type=DagsterEventType.RUN_FAILURE)
             context = build_run_status_sensor_context(
-                sensor_name="tenant_health_failure_sensor",
+                sensor_name="job_failure_sensor",
                 dagster_instance=instance,
                 dagster_run=run,
                 dagster_event=failure.dagster_event,
             ).for_run_failure()
-            request = tenant_health_failure_sensor(context)
+            (request,) = job_failure_sensor(context)
     finally:
         db.close()
         drop_database(pg_server, empty)
     assert run.status == DagsterRunStatus.FAILURE
     config = request.run_config["ops"]["record_alert"]["config"]
     assert config["contact"] == "admin" and "tenant-health-check failed" in config["subject"]
-    assert request.run_key == f"tenant-health-failed:{run.run_id}"
+    assert request.run_key == f"job-failed:{run.run_id}"
 
 
 def test_tenant_health_schedule_targets_the_day_starting_in_sydney():

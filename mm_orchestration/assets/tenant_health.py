@@ -6,7 +6,7 @@ status: red when any milestone is overdue, amber when any is at risk or more tha
 five tasks are overdue, green otherwise. The thresholds live in `THRESHOLDS`. A
 day's rows are replaced in one transaction, so reruns never double. The day's
 summary is emailed to ADMIN_EMAIL once (outbox key `tenant-health:<day>`); a failed
-run notifies the Admin through `send_alert` (see `tenant_health_failure_sensor`).
+run notifies the Admin (the inventory's escalation target) through `job_failure_sensor`.
 """
 
 from dataclasses import dataclass
@@ -18,20 +18,15 @@ import psycopg
 from dagster import (
     AssetExecutionContext,
     DailyPartitionsDefinition,
-    DefaultSensorStatus,
     MaterializeResult,
     MetadataValue,
-    RunFailureSensorContext,
-    RunRequest,
     ScheduleDefinition,
     asset,
     define_asset_job,
-    run_failure_sensor,
 )
 from psycopg.types.json import Jsonb
 
 from mm_orchestration import inventory
-from mm_orchestration.jobs.alerts import send_alert
 from mm_orchestration.outbox import deliver_pending
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
@@ -232,35 +227,3 @@ def tenant_health_schedule(settings: Settings) -> ScheduleDefinition:
         return [(tick.astimezone(ZoneInfo(DAYS.timezone)).date().isoformat(), "health")]
 
     return partitioned_schedule(SPEC, tenant_health_check, settings, DAYS.timezone, today)
-
-
-@run_failure_sensor(
-    monitored_jobs=[tenant_health_check],
-    request_job=send_alert,
-    default_status=DefaultSensorStatus.RUNNING,
-    name="tenant_health_failure_sensor",
-)
-def tenant_health_failure_sensor(context: RunFailureSensorContext) -> RunRequest:
-    """A failed tenant health run notifies the Admin, through the one alert path."""
-    run = context.dagster_run
-    message = context.failure_event.message or "the run failed"
-    return RunRequest(
-        run_key=f"tenant-health-failed:{run.run_id}",
-        run_config={
-            "ops": {
-                "record_alert": {
-                    "config": {
-                        "key": f"tenant-health-failed:{run.run_id}",
-                        "contact": SPEC.escalate_to,
-                        "subject": f"tenant-health-check failed (run {run.run_id[:8]})",
-                        "body": (
-                            f"The tenant health run {run.run_id} failed: {message}\n\n"
-                            "Rerun the day from the tenant_health_daily asset in the job console."
-                        ),
-                        "action": "job_failure_alert",
-                        "source_job": SPEC.name,
-                    }
-                }
-            }
-        },
-    )

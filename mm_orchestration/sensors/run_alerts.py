@@ -1,0 +1,228 @@
+"""Run alerts and the manual-run audit, for every job, through the one alert path.
+
+- `job_failure_sensor`: a run that failed (after its op retries) requests one
+  `send_alert` run to the job's escalation target from the inventory; when it is the
+  Nth failure in a row (the inventory's `consecutive_failures_alert`, default 2) it
+  also requests one "consecutive failures" alert for the streak.
+- `job_recovery_sensor`: the first success after such a streak sends one recovery notice.
+- `manual_run_audit_sensor`: every run that no schedule or sensor started (the UI's
+  launchpad, `mm-jobs run`, GraphQL) gets one `ops.audit_log` entry with the actor
+  (the `mm/actor` tag, 'ui' when unknown), the job, the run id and the config used.
+
+Alerts about `send_alert` itself are never requested, so alerting cannot loop.
+"""
+
+import json
+from typing import Any
+
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    RunFailureSensorContext,
+    RunRequest,
+    RunsFilter,
+    RunStatusSensorContext,
+    SkipReason,
+    run_failure_sensor,
+    run_status_sensor,
+)
+from psycopg.types.json import Jsonb
+
+from mm_orchestration import inventory
+from mm_orchestration.jobs.alerts import send_alert
+from mm_orchestration.ledger import ACTOR_TAG
+from mm_orchestration.resources import PortalDatabase
+from mm_orchestration.scheduling import JOB_TAG
+
+FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE]
+
+
+def _spec(run: DagsterRun) -> inventory.JobSpec | None:
+    try:
+        return inventory.get(run.tags.get(JOB_TAG, run.job_name))
+    except inventory.UnknownJobError:
+        return None
+
+
+def failure_streak(instance: DagsterInstance, run: DagsterRun, limit: int = 50) -> list[str]:
+    """Run ids of the consecutive failures of `run`'s job ending with (and including) `run`."""
+    runs = instance.get_runs(
+        filters=RunsFilter(job_name=run.job_name, statuses=FINISHED), limit=limit
+    )
+    streak: list[str] = []
+    seen_self = False
+    for other in runs:  # newest first
+        if other.run_id == run.run_id:
+            seen_self = True
+        if not seen_self:
+            continue
+        if other.status != DagsterRunStatus.FAILURE:
+            break
+        streak.append(other.run_id)
+    return streak
+
+
+def _alert(
+    key: str, contact: str, subject: str, body: str, action: str, job: str, details: dict[str, Any]
+) -> RunRequest:
+    return RunRequest(
+        run_key=key,
+        run_config={
+            "ops": {
+                "record_alert": {
+                    "config": {
+                        "key": key,
+                        "contact": contact,
+                        "subject": subject,
+                        "body": body,
+                        "action": action,
+                        "source_job": job,
+                        "details_json": json.dumps(details),
+                    }
+                }
+            }
+        },
+        tags={"mm/trigger": "sensor", "mm/alert": action},
+    )
+
+
+@run_failure_sensor(
+    name="job_failure_sensor",
+    request_job=send_alert,
+    default_status=DefaultSensorStatus.RUNNING,
+    monitor_all_code_locations=False,
+)
+def job_failure_sensor(context: RunFailureSensorContext) -> list[RunRequest] | SkipReason:
+    run = context.dagster_run
+    spec = _spec(run)
+    if run.job_name == send_alert.name or spec is None:
+        return SkipReason(f"{run.job_name} is not an inventory job: no alert")
+    message = (context.failure_event.message or "the run failed").strip()
+    requests = [
+        _alert(
+            f"job-failed:{run.run_id}",
+            spec.escalate_to,
+            f"{spec.name} failed (run {run.run_id[:8]})",
+            f"The {spec.name} run {run.run_id} failed after its retries: {message}\n\n"
+            f"What it does: {spec.purpose}. Failure handling: {spec.failure_handling}.\n"
+            f"Open the run in the job console, fix the cause, then rerun it "
+            f"(`mm-jobs run {spec.name}`).",
+            "job_failure_alert",
+            spec.name,
+            {"run_id": run.run_id},
+        )
+    ]
+    streak = failure_streak(context.instance, run)
+    if len(streak) == spec.consecutive_failures_alert:
+        first = streak[-1]
+        requests.append(
+            _alert(
+                f"job-streak:{spec.name}:{first}",
+                spec.escalate_to,
+                f"{spec.name} has failed {len(streak)} runs in a row",
+                f"{spec.name} has failed {len(streak)} consecutive runs (since run {first}). "
+                "One notice is sent per streak; the first success after it sends a recovery.",
+                "job_consecutive_failures",
+                spec.name,
+                {"runs": streak},
+            )
+        )
+    return requests
+
+
+@run_status_sensor(
+    name="job_recovery_sensor",
+    run_status=DagsterRunStatus.SUCCESS,
+    request_job=send_alert,
+    default_status=DefaultSensorStatus.RUNNING,
+)
+def job_recovery_sensor(context: RunStatusSensorContext) -> RunRequest | SkipReason:
+    run = context.dagster_run
+    spec = _spec(run)
+    if run.job_name == send_alert.name or spec is None:
+        return SkipReason(f"{run.job_name} is not an inventory job")
+    previous = context.instance.get_runs(
+        filters=RunsFilter(job_name=run.job_name, statuses=FINISHED), limit=50
+    )
+    streak = 0
+    after_self = False
+    for other in previous:  # newest first: skip to the runs before this success
+        if other.run_id == run.run_id:
+            after_self = True
+            continue
+        if not after_self:
+            continue
+        if other.status != DagsterRunStatus.FAILURE:
+            break
+        streak += 1
+    if streak < spec.consecutive_failures_alert:
+        return SkipReason(f"{spec.name} succeeded after {streak} failure(s): no streak to close")
+    return _alert(
+        f"job-recovered:{spec.name}:{run.run_id}",
+        spec.escalate_to,
+        f"{spec.name} recovered",
+        f"{spec.name} succeeded (run {run.run_id}) after {streak} consecutive failures.",
+        "job_recovery",
+        spec.name,
+        {"run_id": run.run_id, "failures": streak},
+    )
+
+
+AUDIT_ONCE = """
+INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
+SELECT %(actor)s, 'manual_run', %(job)s, %(run_id)s, %(details)s
+ WHERE NOT EXISTS (SELECT 1 FROM ops.audit_log
+                    WHERE action = 'manual_run' AND run_id = %(run_id)s)
+"""
+
+
+def is_manual(run: DagsterRun) -> bool:
+    """Neither a schedule, a sensor nor a backfill started it."""
+    tags = run.tags
+    return not any(
+        key in tags for key in ("dagster/schedule_name", "dagster/sensor_name", "dagster/backfill")
+    )
+
+
+def audit_manual_run(portal_db: PortalDatabase, run: DagsterRun) -> bool:
+    """One audit entry per manual run; returns whether this call wrote it."""
+    details = {
+        "config": run.run_config,
+        "trigger": run.tags.get("mm/trigger", "ui"),
+        "tags": {k: v for k, v in run.tags.items() if k.startswith("mm/")},
+    }
+    spec = _spec(run)
+    with portal_db.connection() as conn:
+        written = conn.execute(
+            AUDIT_ONCE,
+            {
+                "actor": run.tags.get(ACTOR_TAG, "ui"),
+                "job": spec.name if spec else run.job_name,
+                "run_id": run.run_id,
+                "details": Jsonb(details),
+            },
+        ).rowcount
+    return bool(written)
+
+
+@run_status_sensor(
+    name="manual_run_audit_sensor",
+    run_status=DagsterRunStatus.STARTED,
+    default_status=DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=10,
+)
+def manual_run_audit_sensor(
+    context: RunStatusSensorContext, portal_db: PortalDatabase
+) -> SkipReason:
+    run = context.dagster_run
+    if not is_manual(run):
+        return SkipReason(f"run {run.run_id[:8]} was started by a schedule, sensor or backfill")
+    wrote = audit_manual_run(portal_db, run)
+    actor = run.tags.get(ACTOR_TAG, "ui")
+    return SkipReason(
+        f"audited run {run.run_id[:8]} of {run.job_name} by {actor}"
+        if wrote
+        else f"run {run.run_id[:8]} was already audited"
+    )

@@ -1,0 +1,102 @@
+"""Failure, consecutive-failure and recovery alerts, and the audit of manual runs."""
+
+from __future__ import annotations
+
+import pytest
+from dagster import DagsterEventType, DagsterInstance, SkipReason, build_run_status_sensor_context
+
+from mm_orchestration.jobs.invite_cleanup import invite_cleanup
+from mm_orchestration.resources import PortalDatabase
+from mm_orchestration.sensors.run_alerts import (
+    job_failure_sensor,
+    job_recovery_sensor,
+    manual_run_audit_sensor,
+)
+from tests.conftest import create_database, drop_database
+
+
+@pytest.fixture
+def broken_db(pg_server):
+    """A database without the portal tables: invite-cleanup fails at once, without retries."""
+    name = create_database(pg_server, template=None)
+    db = PortalDatabase(url=pg_server.url(name))
+    yield db
+    db.close()
+    drop_database(pg_server, name)
+
+
+def run(instance, db, tags=None):
+    result = invite_cleanup.execute_in_process(
+        instance=instance, resources={"portal_db": db}, raise_on_error=False, tags=tags or {}
+    )
+    return instance.get_run_by_id(result.run_id)
+
+
+def context_for(instance, dagster_run, event_type, resources=None):
+    (record,) = instance.all_logs(dagster_run.run_id, of_type=event_type)
+    return build_run_status_sensor_context(
+        sensor_name="s",
+        dagster_instance=instance,
+        dagster_run=dagster_run,
+        dagster_event=record.dagster_event,
+        resources=resources,
+    )
+
+
+def test_failure_streak_and_recovery_alert_once_each(broken_db, portal_db):
+    with DagsterInstance.ephemeral() as instance:
+        first = run(instance, broken_db)
+        requests = job_failure_sensor(
+            context_for(instance, first, DagsterEventType.RUN_FAILURE).for_run_failure()
+        )
+        assert [r.run_key for r in requests] == [f"job-failed:{first.run_id}"]
+        config = requests[0].run_config["ops"]["record_alert"]["config"]
+        assert config["contact"] == "reliability" and "invite-cleanup failed" in config["subject"]
+
+        second = run(instance, broken_db)
+        requests = job_failure_sensor(
+            context_for(instance, second, DagsterEventType.RUN_FAILURE).for_run_failure()
+        )
+        assert [r.run_key for r in requests] == [
+            f"job-failed:{second.run_id}",
+            f"job-streak:invite-cleanup:{first.run_id}",
+        ]
+
+        third = run(instance, broken_db)  # the same streak: no second streak alert
+        requests = job_failure_sensor(
+            context_for(instance, third, DagsterEventType.RUN_FAILURE).for_run_failure()
+        )
+        assert [r.run_key for r in requests] == [f"job-failed:{third.run_id}"]
+
+        fixed = run(instance, portal_db)
+        assert fixed.is_success
+        recovery = job_recovery_sensor(context_for(instance, fixed, DagsterEventType.RUN_SUCCESS))
+        assert recovery.run_key == f"job-recovered:invite-cleanup:{fixed.run_id}"
+        assert (
+            "after 3 consecutive failures"
+            in recovery.run_config["ops"]["record_alert"]["config"]["body"]
+        )
+
+        again = run(instance, portal_db)
+        quiet = job_recovery_sensor(context_for(instance, again, DagsterEventType.RUN_SUCCESS))
+        assert isinstance(quiet, SkipReason)
+
+
+def test_manual_runs_are_audited_once_and_scheduled_runs_never(portal_db, conn):
+    with DagsterInstance.ephemeral() as instance:
+        manual = run(instance, portal_db, {"mm/actor": "olivia", "mm/trigger": "cli"})
+        ui = run(instance, portal_db)
+        scheduled = run(instance, portal_db, {"dagster/schedule_name": "invite_cleanup_schedule"})
+        for dagster_run in (manual, manual, ui, scheduled):
+            with context_for(
+                instance, dagster_run, DagsterEventType.RUN_START, {"portal_db": portal_db}
+            ) as context:
+                manual_run_audit_sensor(context)
+    rows = conn.execute(
+        "SELECT actor, action, job_name, run_id, details FROM ops.audit_log ORDER BY id"
+    ).fetchall()
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        ("olivia", "manual_run", "invite-cleanup", manual.run_id),
+        ("ui", "manual_run", "invite-cleanup", ui.run_id),
+    ]
+    assert rows[0][4]["trigger"] == "cli" and "config" in rows[0][4]
