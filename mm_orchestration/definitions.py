@@ -44,6 +44,7 @@ from mm_orchestration.sensors.run_alerts import (
     job_recovery_sensor,
     manual_run_audit_sensor,
 )
+from mm_orchestration.sensors.sla import sla_sensor
 from mm_orchestration.settings import Settings
 
 # The operational jobs that are built, keyed by their inventory name.
@@ -123,6 +124,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             job_failure_sensor,
             job_recovery_sensor,
             manual_run_audit_sensor,
+            sla_sensor,
         ],
         resources=build_resources(settings),
     )

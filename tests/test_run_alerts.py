@@ -100,3 +100,34 @@ def test_manual_runs_are_audited_once_and_scheduled_runs_never(portal_db, conn):
         ("ui", "manual_run", "invite-cleanup", ui.run_id),
     ]
     assert rows[0][4]["trigger"] == "cli" and "config" in rows[0][4]
+
+
+def test_sla_alert_fires_once_for_a_slow_run_and_never_for_a_fast_one(monkeypatch):
+    import time
+
+    from dagster import DagsterEvent, build_sensor_context
+
+    from mm_orchestration.jobs.share_link_expiry import share_link_expiry
+    from mm_orchestration.sensors.sla import overdue_runs, sla_sensor
+
+    with DagsterInstance.ephemeral() as instance:
+        run = instance.create_run_for_job(
+            job_def=share_link_expiry, tags={"mm/job": "share-link-expiry"}
+        )
+        instance.report_dagster_event(
+            DagsterEvent(event_type_value=DagsterEventType.RUN_START.value, job_name=run.job_name),
+            run.run_id,
+        )
+        now = time.time()
+        assert overdue_runs(instance, now + 30) == []  # fast so far: within 60 s
+        ((run_id, spec, seconds),) = overdue_runs(instance, now + 61)
+        assert run_id == run.run_id and spec.name == "share-link-expiry" and seconds > 60
+        with build_sensor_context(instance=instance) as context:
+            result = sla_sensor(context)
+        assert isinstance(result, SkipReason)  # really running for well under a minute
+        monkeypatch.setattr("mm_orchestration.sensors.sla.time.time", lambda: now + 61)
+        with build_sensor_context(instance=instance) as context:
+            (request,) = sla_sensor(context).run_requests
+    # Keyed by the run id: Dagster never launches a second alert for the same run key.
+    assert request.run_key == f"sla:{run.run_id}"
+    assert "past its 60 s SLA" in request.run_config["ops"]["record_alert"]["config"]["subject"]

@@ -9,7 +9,7 @@ it in `ops.audit_log`, and delivers it.
 import json
 from typing import Any
 
-from dagster import Backoff, Config, OpExecutionContext, RetryPolicy, job, op
+from dagster import Backoff, Config, OpExecutionContext, RetryPolicy, RunRequest, job, op
 from psycopg.types.json import Jsonb
 from pydantic import Field
 
@@ -110,3 +110,30 @@ def deliver_alerts(
 @job(description=__doc__, tags={JOB_TAG: "send-alert"})
 def send_alert() -> None:
     deliver_alerts(record_alert())
+
+
+def alert_request(
+    key: str,
+    contact: str,
+    subject: str,
+    body: str,
+    action: str,
+    source_job: str,
+    details: dict[str, Any],
+    tag: str,
+) -> RunRequest:
+    """What a sensor returns to send one alert: a send_alert run, keyed so it runs once."""
+    config = {
+        "key": key,
+        "contact": contact,
+        "subject": subject,
+        "body": body,
+        "action": action,
+        "source_job": source_job,
+        "details_json": json.dumps(details),
+    }
+    return RunRequest(
+        run_key=key,
+        run_config={"ops": {"record_alert": {"config": config}}},
+        tags={"mm/trigger": "sensor", "mm/alert": tag},
+    )

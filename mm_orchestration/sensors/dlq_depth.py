@@ -21,7 +21,7 @@ from dagster import (
     sensor,
 )
 
-from mm_orchestration.jobs.alerts import send_alert
+from mm_orchestration.jobs.alerts import alert_request, send_alert
 from mm_orchestration.resources import PortalDatabase
 from mm_orchestration.resources.mux import MuxWebhooks
 
@@ -53,19 +53,15 @@ def _alert(kind: str, depth: int, threshold: int, episode: str) -> RunRequest:
             f"The Mux dead-letter queue is back to {depth} events (threshold {threshold}); "
             f"the episode that began at {episode} is over."
         )
-    config = {
-        "key": f"dlq-depth:{kind}:{episode}",
-        "contact": "reliability",
-        "subject": subject,
-        "body": body,
-        "action": f"dlq_depth_{kind}",
-        "source_job": "mux-webhook-retry",
-        "details_json": json.dumps({"depth": depth, "threshold": threshold, "episode": episode}),
-    }
-    return RunRequest(
-        run_key=f"dlq-depth:{kind}:{episode}",
-        run_config={"ops": {"record_alert": {"config": config}}},
-        tags={"mm/trigger": "sensor", "mm/alert": f"dlq-depth-{kind}"},
+    return alert_request(
+        key=f"dlq-depth:{kind}:{episode}",
+        contact="reliability",
+        subject=subject,
+        body=body,
+        action=f"dlq_depth_{kind}",
+        source_job="mux-webhook-retry",
+        details={"depth": depth, "threshold": threshold, "episode": episode},
+        tag=f"dlq-depth-{kind}",
     )
 
 

@@ -12,7 +12,6 @@
 Alerts about `send_alert` itself are never requested, so alerting cannot loop.
 """
 
-import json
 from typing import Any
 
 from dagster import (
@@ -31,7 +30,7 @@ from dagster import (
 from psycopg.types.json import Jsonb
 
 from mm_orchestration import inventory
-from mm_orchestration.jobs.alerts import send_alert
+from mm_orchestration.jobs.alerts import alert_request, send_alert
 from mm_orchestration.ledger import ACTOR_TAG
 from mm_orchestration.resources import PortalDatabase
 from mm_orchestration.scheduling import JOB_TAG
@@ -65,27 +64,15 @@ def failure_streak(instance: DagsterInstance, run: DagsterRun, limit: int = 50) 
 
 
 def _alert(
-    key: str, contact: str, subject: str, body: str, action: str, job: str, details: dict[str, Any]
+    key: str,
+    contact: str,
+    subject: str,
+    body: str,
+    action: str,
+    job: str,
+    details: dict[str, Any],
 ) -> RunRequest:
-    return RunRequest(
-        run_key=key,
-        run_config={
-            "ops": {
-                "record_alert": {
-                    "config": {
-                        "key": key,
-                        "contact": contact,
-                        "subject": subject,
-                        "body": body,
-                        "action": action,
-                        "source_job": job,
-                        "details_json": json.dumps(details),
-                    }
-                }
-            }
-        },
-        tags={"mm/trigger": "sensor", "mm/alert": action},
-    )
+    return alert_request(key, contact, subject, body, action, job, details, tag=action)
 
 
 @run_failure_sensor(
