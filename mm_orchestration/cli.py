@@ -322,6 +322,8 @@ def _dagster_storage_env(database_url: str, db_name: str | None = None) -> None:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    from psycopg import sql
+
     from mm_orchestration.db import connect
     from mm_orchestration.demo_data import seed_demo
     from mm_orchestration.embedded_pg import EmbeddedPostgres
@@ -342,7 +344,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                 if not conn.execute(
                     "SELECT 1 FROM pg_database WHERE datname = %s", [name]
                 ).fetchone():
-                    conn.execute(f'CREATE DATABASE "{name}"')
+                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         os.environ["DATABASE_URL"] = server.url("portal")
         _dagster_storage_env(server.url("dagster"))
     else:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus
+from psycopg import sql
 
 from tests import factories as f
 from tests.conftest import create_database, drop_database
@@ -133,7 +134,8 @@ def test_seed_demo_fills_every_contract_table(dagster_env, conn):
         "events",
         "mux_webhook_dlq",
     ):
-        count = conn.execute(f"SELECT count(*) FROM portal.{table}").fetchone()[0]  # noqa: S608
+        query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("portal", table))
+        count = conn.execute(query).fetchone()[0]
         assert count > 0, table
     due = conn.execute(
         "SELECT count(*) FROM portal.share_links WHERE status = 'active' AND expires_at <= now()"
