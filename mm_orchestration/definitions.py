@@ -34,6 +34,7 @@ from mm_orchestration.jobs.notification_digest import notification_digest
 from mm_orchestration.jobs.share_link_expiry import share_link_expiry
 from mm_orchestration.jobs.suppression_cleanup import notification_suppression_cleanup
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
+from mm_orchestration.resources.monitoring import Monitoring
 from mm_orchestration.resources.mux import MuxWebhooks
 from mm_orchestration.resources.report_store import ReportStore
 from mm_orchestration.resources.restore_drill import RestoreDrill
@@ -43,6 +44,11 @@ from mm_orchestration.sensors.run_alerts import (
     job_failure_sensor,
     job_recovery_sensor,
     manual_run_audit_sensor,
+)
+from mm_orchestration.sensors.sentry import (
+    sentry_run_failed_sensor,
+    sentry_run_started_sensor,
+    sentry_run_succeeded_sensor,
 )
 from mm_orchestration.sensors.sla import sla_sensor
 from mm_orchestration.settings import Settings
@@ -73,6 +79,11 @@ def build_resources(settings: Settings) -> dict[str, object]:
     return {
         "portal_db": PortalDatabase(url=dg.EnvVar("DATABASE_URL")),
         "job_settings": JobSettings.from_settings(settings),
+        "monitoring": Monitoring(
+            dsn=dg.EnvVar("SENTRY_DSN") if settings.sentry_dsn else None,
+            environment=settings.env,
+            timezone=settings.timezone,
+        ),
         "restore_drill": RestoreDrill(
             method=settings.drill_method,
             neon_api_key=dg.EnvVar("NEON_API_KEY") if settings.neon_api_key else None,
@@ -125,6 +136,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             job_recovery_sensor,
             manual_run_audit_sensor,
             sla_sensor,
+            sentry_run_started_sensor,
+            sentry_run_succeeded_sensor,
+            sentry_run_failed_sensor,
         ],
         resources=build_resources(settings),
     )
