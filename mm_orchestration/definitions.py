@@ -9,12 +9,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 
 from mm_orchestration import inventory
 from mm_orchestration.assets.analytics import analytics_hourly, analytics_rollup, analytics_schedule
+from mm_orchestration.assets.job_health import job_health, job_health_refresh, job_health_schedule
 from mm_orchestration.assets.residency import (
     residency_report,
     residency_report_job,
@@ -71,7 +73,7 @@ ASSET_JOBS = {
 }
 
 # Jobs an operator or a sensor launches; they have no schedule of their own.
-SUPPORT_JOBS = [send_alert, dlq_requeue, dlq_discard]
+SUPPORT_JOBS: list[Any] = [send_alert, dlq_requeue, dlq_discard, job_health_refresh]
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
@@ -125,9 +127,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         analytics_schedule(settings),
         tenant_health_schedule(settings),
         residency_schedule(settings),
+        job_health_schedule,
     ]
     return dg.Definitions(
-        assets=[analytics_hourly, tenant_health_daily, residency_report],
+        assets=[analytics_hourly, tenant_health_daily, residency_report, job_health],
         jobs=[*JOBS.values(), *SUPPORT_JOBS, *ASSET_JOBS.values()],
         schedules=schedules,
         sensors=[
