@@ -34,6 +34,7 @@ from mm_orchestration.jobs.invite_cleanup import invite_cleanup
 from mm_orchestration.jobs.mux_webhook_retry import mux_webhook_retry
 from mm_orchestration.jobs.notification_digest import notification_digest
 from mm_orchestration.jobs.share_link_expiry import share_link_expiry
+from mm_orchestration.jobs.storage_retention import storage_retention
 from mm_orchestration.jobs.suppression_cleanup import notification_suppression_cleanup
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.monitoring import Monitoring
@@ -63,6 +64,7 @@ JOBS = {
     "notification-suppression-cleanup": notification_suppression_cleanup,
     "mux-webhook-retry": mux_webhook_retry,
     "backup-verify": backup_verify,
+    "storage-retention": storage_retention,
 }
 
 # Inventory jobs built as partitioned asset jobs (their schedules come from assets/).

@@ -137,6 +137,17 @@ INVENTORY: tuple[JobSpec, ...] = (
         failure_handling="Retries once",
     ),
     JobSpec(
+        name="storage-retention",
+        purpose="Delete old Dagster run history and spent ops rows; keep compliance evidence",
+        cron="30 2 * * *",
+        staging_cron="45 * * * *",
+        retries=1,
+        retry_delay_seconds=60,
+        sla_seconds=600,
+        max_runtime_seconds=3 * 3600,
+        failure_handling="Retries once; next night catches up",
+    ),
+    JobSpec(
         name="tenant-health-check",
         purpose="Generate tenant status summary (milestones at risk, share link usage)",
         cron="0 6 * * *",

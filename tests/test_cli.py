@@ -112,7 +112,7 @@ def test_list_shows_every_job_with_schedule_and_next_tick(dagster_env):
     proc = mm_jobs({**dagster_env, "MM_ENV": "staging"}, "list")
     assert proc.returncode == 0
     lines = proc.stdout.splitlines()
-    assert len(lines) == 10
+    assert len(lines) == 11  # the header and the ten jobs
     expiry = next(line for line in lines if line.startswith("share-link-expiry "))
     assert "*/5 * * * *" in expiry and "Australia/Sydney" in expiry and "60s" in expiry
 
