@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="every job with its schedule, retries, SLA and next tick")
     p.set_defaults(func=cmd_list)
 
+    p = sub.add_parser("grants", help="print (or --apply) the least-privilege grants for ROLE")
+    p.add_argument("role")
+    p.add_argument("--apply", action="store_true", help="run them against DATABASE_URL")
+    p.set_defaults(func=cmd_grants)
+
     dlq = sub.add_parser("dlq", help="the Mux dead-letter queue: list, show, requeue, discard")
     dsub = dlq.add_subparsers(required=True, metavar="ACTION")
     p = dsub.add_parser("list", help="dead letters, newest first")
@@ -213,6 +218,22 @@ def _next_tick(cron: str, timezone: str) -> str:
     from mm_orchestration.cron import next_tick
 
     return next_tick(cron, timezone, datetime.now(UTC)).strftime("%Y-%m-%d %H:%M %Z")
+
+
+# -- grants ------------------------------------------------------------------------
+
+
+def cmd_grants(args: argparse.Namespace) -> int:
+    from mm_orchestration.db import connect
+    from mm_orchestration.grants import statements
+
+    with connect(_database_url(_local_settings()), autocommit=True) as conn:
+        for statement in statements(args.role):
+            text = statement.as_string(conn)
+            print(f"{text};")
+            if args.apply:
+                conn.execute(statement)
+    return 0
 
 
 # -- dlq ---------------------------------------------------------------------------

@@ -1,0 +1,107 @@
+"""Every job runs as a role that has only what `mm-jobs grants` gives it."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from dagster import DagsterInstance, materialize
+from psycopg import sql
+
+from mm_orchestration.assets.analytics import analytics_hourly
+from mm_orchestration.assets.job_health import job_health
+from mm_orchestration.assets.residency import residency_report
+from mm_orchestration.assets.tenant_health import tenant_health_daily
+from mm_orchestration.db import connect
+from mm_orchestration.demo_data import seed_demo
+from mm_orchestration.grants import statements
+from mm_orchestration.jobs.alerts import send_alert
+from mm_orchestration.jobs.backup_verify import backup_verify
+from mm_orchestration.jobs.invite_cleanup import invite_cleanup
+from mm_orchestration.jobs.mux_webhook_retry import mux_webhook_retry
+from mm_orchestration.jobs.notification_digest import notification_digest
+from mm_orchestration.jobs.share_link_expiry import share_link_expiry
+from mm_orchestration.jobs.storage_retention import storage_retention
+from mm_orchestration.jobs.suppression_cleanup import notification_suppression_cleanup
+from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
+from mm_orchestration.resources.mux import MuxWebhooks
+from mm_orchestration.resources.report_store import ReportStore
+from mm_orchestration.resources.restore_drill import RestoreDrill
+
+
+@pytest.fixture
+def role_url(pg_server, database_url):
+    role = f"mm_jobs_{uuid.uuid4().hex[:8]}"
+    with connect(database_url, autocommit=True) as conn:
+        seed_demo(conn)
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        for statement in statements(role):
+            conn.execute(statement)
+    yield database_url.replace("postgresql://postgres@", f"postgresql://{role}@")
+    with connect(database_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+    with connect(pg_server.url("postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_every_job_succeeds_with_only_its_grants(role_url, tmp_path):
+    db = PortalDatabase(url=role_url)
+    resources = {
+        "portal_db": db,
+        "mailer": Mailer(mail_dir=str(tmp_path / "mail")),
+        "job_settings": JobSettings(),
+        "mux": MuxWebhooks(),
+        "report_store": ReportStore(root=str(tmp_path / "reports")),
+        "restore_drill": RestoreDrill(),
+    }
+    alert = {"ops": {"record_alert": {"config": {"key": "k", "subject": "s", "body": "b"}}}}
+    try:
+        with DagsterInstance.ephemeral() as instance:
+            for job, config in [
+                (share_link_expiry, None),
+                (notification_digest, None),
+                (invite_cleanup, None),
+                (notification_suppression_cleanup, None),
+                (mux_webhook_retry, None),
+                (backup_verify, None),
+                (storage_retention, None),
+                (send_alert, alert),
+            ]:
+                result = job.execute_in_process(
+                    instance=instance,
+                    resources=resources,
+                    run_config=config or {},
+                    raise_on_error=False,
+                )
+                failures = [e.message for e in result.all_events if e.is_step_failure]
+                assert result.success, f"{job.name}: {failures}"
+            for asset, partition in [
+                (analytics_hourly, "2026-11-20-10:00"),
+                (tenant_health_daily, "2026-11-20"),
+                (residency_report, "2026-11-16"),
+                (job_health, None),
+            ]:
+                result = materialize(
+                    [asset],
+                    instance=instance,
+                    resources=resources,
+                    partition_key=partition,
+                    raise_on_error=False,
+                )
+                assert result.success, asset.key
+    finally:
+        db.close()
+    with connect(role_url, autocommit=True) as conn:
+        assert (
+            conn.execute(
+                "SELECT count(*) FROM ops.backup_drills WHERE status = 'succeeded'"
+            ).fetchone()[0]
+            == 1
+        )
+        # ...and nothing beyond the grants: no column the jobs do not change.
+        with pytest.raises(Exception, match="permission denied"):
+            conn.execute("UPDATE portal.tenants SET name = 'x'")
+        with pytest.raises(Exception, match="permission denied"):
+            conn.execute("DELETE FROM portal.share_links")
+        with pytest.raises(Exception, match="permission denied"):
+            conn.execute("UPDATE portal.share_links SET view_count = 0")
