@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import psycopg
-from psycopg import sql
 
 
 class MissingTableError(RuntimeError):
@@ -36,7 +35,3 @@ def require_tables(conn: psycopg.Connection, tables: Iterable[str]) -> None:
             else "run `mm-jobs migrate`"
         )
         raise MissingTableError(f"missing table(s) {', '.join(missing)}: {hint}")
-
-
-def identifier(name: str) -> sql.Identifier:
-    return sql.Identifier(*name.split("."))

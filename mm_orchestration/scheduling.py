@@ -8,6 +8,7 @@ from typing import Any
 
 from dagster import (
     Backoff,
+    DagsterRun,
     DefaultScheduleStatus,
     Jitter,
     JobDefinition,
@@ -19,11 +20,20 @@ from dagster import (
     schedule,
 )
 
+from mm_orchestration import inventory
 from mm_orchestration.inventory import JobSpec
 from mm_orchestration.ledger import TRIGGER_TAG, WINDOW_TAG
 from mm_orchestration.settings import Settings
 
 JOB_TAG = "mm/job"
+
+
+def spec_for_run(run: DagsterRun) -> JobSpec | None:
+    """The inventory entry a Dagster run belongs to (by its mm/job tag), if any."""
+    try:
+        return inventory.get(run.tags.get(JOB_TAG, run.job_name))
+    except inventory.UnknownJobError:
+        return None
 
 
 def retry_policy(spec: JobSpec) -> RetryPolicy | None:

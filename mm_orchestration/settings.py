@@ -138,10 +138,6 @@ class Settings:
                 "notification digest is sent with a SendGrid dynamic template"
             )
 
-    @property
-    def staging_intervals(self) -> bool:
-        return self.env == "staging"
-
 
 def _check_url(name: str, value: str, schemes: tuple[str, ...], secret: bool = True) -> None:
     shown = "(value hidden)" if secret else repr(value)

@@ -29,38 +29,32 @@ from dagster import (
 )
 from psycopg.types.json import Jsonb
 
-from mm_orchestration import inventory
 from mm_orchestration.jobs.alerts import alert_request, send_alert
 from mm_orchestration.ledger import ACTOR_TAG
 from mm_orchestration.resources import PortalDatabase
-from mm_orchestration.scheduling import JOB_TAG
+from mm_orchestration.scheduling import spec_for_run
 
 FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE]
 
 
-def _spec(run: DagsterRun) -> inventory.JobSpec | None:
-    try:
-        return inventory.get(run.tags.get(JOB_TAG, run.job_name))
-    except inventory.UnknownJobError:
-        return None
-
-
-def failure_streak(instance: DagsterInstance, run: DagsterRun, limit: int = 50) -> list[str]:
-    """Run ids of the consecutive failures of `run`'s job ending with (and including) `run`."""
+def failures_before(instance: DagsterInstance, run: DagsterRun, limit: int = 50) -> list[str]:
+    """Run ids of the unbroken run of failures of `run`'s job just before `run`, newest first."""
     runs = instance.get_runs(
         filters=RunsFilter(job_name=run.job_name, statuses=FINISHED), limit=limit
     )
+    ids = [other.run_id for other in runs]  # newest first
+    earlier = runs[ids.index(run.run_id) + 1 :] if run.run_id in ids else []
     streak: list[str] = []
-    seen_self = False
-    for other in runs:  # newest first
-        if other.run_id == run.run_id:
-            seen_self = True
-        if not seen_self:
-            continue
+    for other in earlier:
         if other.status != DagsterRunStatus.FAILURE:
             break
         streak.append(other.run_id)
     return streak
+
+
+def failure_streak(instance: DagsterInstance, run: DagsterRun) -> list[str]:
+    """Run ids of the consecutive failures ending with (and including) the failed `run`."""
+    return [run.run_id, *failures_before(instance, run)]
 
 
 def _alert(
@@ -83,7 +77,7 @@ def _alert(
 )
 def job_failure_sensor(context: RunFailureSensorContext) -> list[RunRequest] | SkipReason:
     run = context.dagster_run
-    spec = _spec(run)
+    spec = spec_for_run(run)
     if run.job_name == send_alert.name or spec is None:
         return SkipReason(f"{run.job_name} is not an inventory job: no alert")
     message = (context.failure_event.message or "the run failed").strip()
@@ -127,23 +121,10 @@ def job_failure_sensor(context: RunFailureSensorContext) -> list[RunRequest] | S
 )
 def job_recovery_sensor(context: RunStatusSensorContext) -> RunRequest | SkipReason:
     run = context.dagster_run
-    spec = _spec(run)
+    spec = spec_for_run(run)
     if run.job_name == send_alert.name or spec is None:
         return SkipReason(f"{run.job_name} is not an inventory job")
-    previous = context.instance.get_runs(
-        filters=RunsFilter(job_name=run.job_name, statuses=FINISHED), limit=50
-    )
-    streak = 0
-    after_self = False
-    for other in previous:  # newest first: skip to the runs before this success
-        if other.run_id == run.run_id:
-            after_self = True
-            continue
-        if not after_self:
-            continue
-        if other.status != DagsterRunStatus.FAILURE:
-            break
-        streak += 1
+    streak = len(failures_before(context.instance, run))
     if streak < spec.consecutive_failures_alert:
         return SkipReason(f"{spec.name} succeeded after {streak} failure(s): no streak to close")
     return _alert(
@@ -180,7 +161,7 @@ def audit_manual_run(portal_db: PortalDatabase, run: DagsterRun) -> bool:
         "trigger": run.tags.get("mm/trigger", "ui"),
         "tags": {k: v for k, v in run.tags.items() if k.startswith("mm/")},
     }
-    spec = _spec(run)
+    spec = spec_for_run(run)
     with portal_db.connection() as conn:
         written = conn.execute(
             AUDIT_ONCE,

@@ -27,16 +27,9 @@ from dagster import (
 
 from mm_orchestration import inventory
 from mm_orchestration.resources.monitoring import Monitoring
-from mm_orchestration.scheduling import JOB_TAG
+from mm_orchestration.scheduling import spec_for_run
 
 _TENANT = re.compile(r"tenant[_ ]?id[\"'=: ]+([0-9a-f-]{36})", re.IGNORECASE)
-
-
-def _spec(run: DagsterRun) -> inventory.JobSpec | None:
-    try:
-        return inventory.get(run.tags.get(JOB_TAG, run.job_name))
-    except inventory.UnknownJobError:
-        return None
 
 
 def monitor_config(spec: inventory.JobSpec, env: str, timezone: str) -> Any:
@@ -72,7 +65,7 @@ def report_run(monitoring: Monitoring, instance: DagsterInstance, run: DagsterRu
     """Send the finished run's transaction and failures. Returns the events sent."""
     if not monitoring.start():
         return 0
-    spec = _spec(run)
+    spec = spec_for_run(run)
     job_name = spec.name if spec else run.job_name
     steps = _steps(instance, run.run_id)
     record = instance.get_run_record_by_id(run.run_id)
@@ -137,7 +130,7 @@ def sentry_run_started_sensor(
 ) -> SkipReason:
     """A scheduled run has started: an in-progress Crons check-in."""
     run = context.dagster_run
-    spec = _spec(run)
+    spec = spec_for_run(run)
     if spec is None or "dagster/schedule_name" not in run.tags:
         return SkipReason("not a scheduled inventory run: no check-in")
     if not monitoring.start():

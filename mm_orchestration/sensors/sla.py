@@ -21,7 +21,7 @@ from dagster import (
 
 from mm_orchestration import inventory
 from mm_orchestration.jobs.alerts import alert_request, send_alert
-from mm_orchestration.scheduling import JOB_TAG
+from mm_orchestration.scheduling import spec_for_run
 
 
 def overdue_runs(
@@ -32,11 +32,10 @@ def overdue_runs(
     for record in instance.get_run_records(
         filters=RunsFilter(statuses=[DagsterRunStatus.STARTED]), limit=200
     ):
-        run = record.dagster_run
-        try:
-            spec = inventory.get(run.tags.get(JOB_TAG, run.job_name))
-        except inventory.UnknownJobError:
+        spec = spec_for_run(record.dagster_run)
+        if spec is None:
             continue
+        run = record.dagster_run
         if record.start_time is not None and now - record.start_time > spec.sla_seconds:
             found.append((run.run_id, spec, now - record.start_time))
     return found
