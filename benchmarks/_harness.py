@@ -15,7 +15,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from mm_orchestration.db import connect
@@ -91,3 +93,30 @@ def report(title: str, figures: dict[str, str], ratio: float, target: str, ok: b
     for k, v in figures.items():
         print(f"  {k:<34} {v}")
     print(f"  {'ratio':<34} {ratio:.2f}  (target {target}: {'met' if ok else 'MISSED'})")
+
+
+def with_literals(pg: EmbeddedPostgres, database: str, statement: str, params: Any) -> str:
+    """The statement with its parameters inlined as SQL literals, for psql."""
+    with connect(pg.url(database)) as conn, psycopg.ClientCursor(conn) as cur:
+        return cur.mogrify(statement, params)
+
+
+def compare_rounds(
+    pg: EmbeddedPostgres,
+    source: str,
+    rounds: int,
+    floor_sql: str,
+    work: Callable[[psycopg.Connection], Any],
+) -> tuple[float, float, Any]:
+    """Median seconds of `work(conn)` (committed) and of `floor_sql` through psql, each on
+    its own fresh clone of `source`; plus what the last `work` returned."""
+    ours, floors, result = [], [], None
+    for _ in range(rounds):
+        with clone(pg, source) as url:
+            floors.append(psql_seconds(pg, url, floor_sql))
+        with clone(pg, source) as url, connect(url) as conn:
+            start = time.perf_counter()
+            result = work(conn)
+            conn.commit()
+            ours.append(time.perf_counter() - start)
+    return median(ours), median(floors), result

@@ -16,8 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import psycopg
-from _harness import clone, median, psql_seconds, report, server, source_database, timed
+from _harness import compare_rounds, report, server, source_database, with_literals
 
 from mm_orchestration.assets.analytics import ROLL_UP_HOUR, roll_up_hour
 from mm_orchestration.db import connect
@@ -59,20 +58,12 @@ def add_history(url: str, rows: int) -> None:
 
 
 def measure(pg, source, rounds):
-    with connect(pg.url(source)) as conn, psycopg.ClientCursor(conn) as cur:
-        floor_sql = cur.mogrify(ROLL_UP_HOUR, {"start": HOUR, "end": HOUR + timedelta(hours=1)})
-    ours, floors = [], []
-    for _ in range(rounds):
-        with clone(pg, source) as url:
-            floors.append(psql_seconds(pg, url, floor_sql))
-        with clone(pg, source) as url, connect(url) as conn:
-
-            def work(conn=conn) -> None:
-                roll_up_hour(conn, HOUR)
-                conn.commit()
-
-            ours.append(timed(work))
-    return median(ours), median(floors)
+    params = {"start": HOUR, "end": HOUR + timedelta(hours=1)}
+    floor_sql = with_literals(pg, source, ROLL_UP_HOUR, params)
+    job, floor, _ = compare_rounds(
+        pg, source, rounds, floor_sql, lambda conn: roll_up_hour(conn, HOUR)
+    )
+    return job, floor
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import clone, median, psql_seconds, report, server, source_database, timed
+from _harness import compare_rounds, report, server, source_database
 
 from mm_orchestration.db import connect
 from mm_orchestration.jobs.invite_cleanup import expire_stale_invitations
@@ -59,22 +59,6 @@ def build(url: str) -> None:
             conn.execute(statement.encode(), {"rows": ROWS} if "%(" in statement else None)
 
 
-def compare(pg, source, rounds, floor_sql, work) -> tuple[float, float, int]:
-    jobs, floors, affected = [], [], 0
-    for _ in range(rounds):
-        with clone(pg, source) as url:
-            floors.append(psql_seconds(pg, url, floor_sql))
-        with clone(pg, source) as url, connect(url) as conn:
-
-            def once(conn=conn) -> None:
-                nonlocal affected
-                affected = work(conn)
-                conn.commit()
-
-            jobs.append(timed(once))
-    return median(jobs), median(floors), affected
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
@@ -82,7 +66,7 @@ def main() -> None:
     with server() as pg:
         print(f"building {ROWS:,} invitations and {ROWS:,} suppressions...")
         source = source_database(pg, build)
-        job, floor, n = compare(pg, source, rounds, INVITE_FLOOR, expire_stale_invitations)
+        job, floor, n = compare_rounds(pg, source, rounds, INVITE_FLOOR, expire_stale_invitations)
         report(
             "invite-cleanup: database work",
             {
@@ -94,7 +78,7 @@ def main() -> None:
             "<= 1.3",
             job / floor <= 1.3,
         )
-        job, floor, n = compare(
+        job, floor, n = compare_rounds(
             pg,
             source,
             rounds,

@@ -20,8 +20,16 @@ from zoneinfo import ZoneInfo
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import psycopg
-from _harness import clone, median, psql_seconds, report, server, source_database, timed
+from _harness import (
+    clone,
+    median,
+    psql_seconds,
+    report,
+    server,
+    source_database,
+    timed,
+    with_literals,
+)
 from dagster import DagsterInstance
 
 from mm_orchestration.db import connect
@@ -94,11 +102,12 @@ def main() -> None:
     with server() as pg:
         print(f"building {USERS:,} people with tasks and video updates...")
         source = source_database(pg, build)
-        with clone(pg, source) as url, connect(url) as conn, psycopg.ClientCursor(conn) as cur:
-            floor_sql = cur.mogrify(
-                QUEUE_DIGESTS,
-                {"ref": REF, "since": REF - timedelta(days=1), "kind": EMAIL_KIND},
-            )
+        floor_sql = with_literals(
+            pg,
+            source,
+            QUEUE_DIGESTS,
+            {"ref": REF, "since": REF - timedelta(days=1), "kind": EMAIL_KIND},
+        )
         runs, floors, requests = [], [], 0
         for _ in range(rounds):
             with clone(pg, source) as url:

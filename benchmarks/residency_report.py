@@ -17,8 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import psycopg
-from _harness import psql_seconds, report, server, source_database, timed
+from _harness import psql_seconds, report, server, source_database, timed, with_literals
 
 from mm_orchestration.assets.residency import REPORT_ROWS, build_frame, render, report_params
 from mm_orchestration.db import connect
@@ -51,8 +50,7 @@ def main() -> None:
         print(f"building {TENANTS:,} tenants and {ASSETS:,} videos...")
         source = source_database(pg, build)
         url = pg.url(source)
-        with connect(url) as conn, psycopg.ClientCursor(conn) as cur:
-            floor_sql = cur.mogrify(REPORT_ROWS, report_params())
+        floor_sql = with_literals(pg, source, REPORT_ROWS, report_params())
         floor = min(psql_seconds(pg, url, floor_sql) for _ in range(3))
         store = ReportStore(root=tmp)
         counts: dict[str, int] = {}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _harness import clone, median, psql_seconds, report, server, source_database, timed
+from _harness import compare_rounds, report, server, source_database
 
 from mm_orchestration.db import connect
 from mm_orchestration.jobs.share_link_expiry import EMAIL_KIND, EXPIRE_DUE_LINKS, expire_due_links
@@ -60,20 +60,9 @@ def main() -> None:
     with server() as pg:
         print(f"building {LINKS:,} links ({LINKS // DUE_EVERY:,} due, two tokens each)...")
         source = source_database(pg, build)
-        job_times, floor_times = [], []
-        expired = 0
-        for _ in range(rounds):
-            with clone(pg, source) as url:
-                floor_times.append(psql_seconds(pg, url, floor_sql))
-            with clone(pg, source) as url, connect(url) as conn:
-
-                def work(conn=conn) -> None:
-                    nonlocal expired
-                    expired = expire_due_links(conn).links_expired
-                    conn.commit()
-
-                job_times.append(timed(work))
-    job, floor = median(job_times), median(floor_times)
+        job, floor, expired = compare_rounds(
+            pg, source, rounds, floor_sql, lambda conn: expire_due_links(conn).links_expired
+        )
     ratio = job / floor
     report(
         "share-link-expiry: database work",

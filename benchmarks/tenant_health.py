@@ -15,8 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import psycopg
-from _harness import clone, median, psql_seconds, report, server, source_database, timed
+from _harness import compare_rounds, report, server, source_database, with_literals
 
 from mm_orchestration.assets.tenant_health import (
     CLEAR_DAY,
@@ -75,31 +74,23 @@ def main() -> None:
     with server() as pg:
         print(f"building {TENANTS:,} tenants with milestones, tasks and share links...")
         source = source_database(pg, build)
-        with connect(pg.url(source)) as conn, psycopg.ClientCursor(conn) as cur:
-            floor_sql = ";\n".join(
-                cur.mogrify(q, params)
-                for q in (
-                    CLEAR_DAY,
-                    WRITE_DAY,
-                    "SELECT status, count(*) FROM ops.tenant_health_daily "
-                    "WHERE day = %(day)s GROUP BY 1",
-                    SUMMARY,
-                )
+        floor_sql = ";\n".join(
+            with_literals(pg, source, q, params)
+            for q in (
+                CLEAR_DAY,
+                WRITE_DAY,
+                "SELECT status, count(*) FROM ops.tenant_health_daily "
+                "WHERE day = %(day)s GROUP BY 1",
+                SUMMARY,
             )
-        ours, floors, tenants = [], [], 0
-        for _ in range(rounds):
-            with clone(pg, source) as url:
-                floors.append(psql_seconds(pg, url, floor_sql))
-            with clone(pg, source) as url, connect(url) as conn:
+        )
 
-                def work(conn=conn) -> None:
-                    nonlocal tenants
-                    tenants = write_day(conn, DAY, REF)
-                    summarise(conn, DAY)
-                    conn.commit()
+        def work(conn):
+            tenants = write_day(conn, DAY, REF)
+            summarise(conn, DAY)
+            return tenants
 
-                ours.append(timed(work))
-    job, floor = median(ours), median(floors)
+        job, floor, tenants = compare_rounds(pg, source, rounds, floor_sql, work)
     report(
         "tenant-health-check: one day",
         {
