@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -87,6 +88,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-demo", action="store_true", help="do not load demo data")
     p.add_argument("--reports-port", type=int, default=3001, help="report download endpoint")
     p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("serve-reports", help="the compliance report download endpoint (production)")
+    p.add_argument("--port", type=int, default=3001)
+    p.add_argument("--host", default="127.0.0.1")
+    p.set_defaults(func=cmd_serve_reports)
+
+    p = sub.add_parser(
+        "prod-local",
+        help="the production topology here: gRPC code server, daemon, webserver (staging)",
+    )
+    p.add_argument("--port", type=int, default=3000, help="job console")
+    p.add_argument("--grpc-port", type=int, default=4266, help="code server")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--no-demo", action="store_true", help="do not load demo data")
+    p.add_argument("--reports-port", type=int, default=3001, help="report download endpoint")
+    p.set_defaults(func=cmd_prod_local)
     return parser
 
 
@@ -196,7 +213,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     settings = _local_settings()
     rows = [("job", "schedule", "timezone", "retries", "sla", "next tick", "built")]
     for spec in inventory.INVENTORY:
-        cron = spec.cron_for(settings.env)
+        cron = settings.cron_for(spec)
         rows.append(
             (
                 spec.name,
@@ -342,7 +359,10 @@ def _dagster_storage_env(database_url: str, db_name: str | None = None) -> None:
         os.environ.setdefault(key, value)
 
 
-def cmd_dev(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _local_stack(args: argparse.Namespace) -> Iterator[Settings]:
+    """What `dev` and `prod-local` share: PostgreSQL (embedded unless DATABASE_URL is
+    set) with migrations and demo data, the report download endpoint and DAGSTER_HOME."""
     from psycopg import sql
 
     from mm_orchestration.db import connect
@@ -392,13 +412,45 @@ def cmd_dev(args: argparse.Namespace) -> int:
         os.environ["DAGSTER_HOME"] = str(home)
         os.environ.setdefault("MM_DATA_DIR", str(data_dir))
         try:
-            return _run_dagster_dev(args.host, args.port)
+            yield Settings.from_env()
         finally:
             reports.shutdown()
     finally:
         if server is not None:
             server.stop()
             print("mm-jobs: embedded PostgreSQL stopped")
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    with _local_stack(args):
+        return _run_dagster_dev(args.host, args.port)
+
+
+def cmd_prod_local(args: argparse.Namespace) -> int:
+    """The production topology on this machine: code server, daemon and webserver as
+    three supervised processes, MM_ENV=staging unless set."""
+    from mm_orchestration.topology import Topology
+
+    os.environ.setdefault("MM_ENV", "staging")
+    with _local_stack(args):
+        topology = Topology(
+            dagster_home=Path(os.environ["DAGSTER_HOME"]),
+            env=dict(os.environ),
+            host=args.host,
+            grpc_port=args.grpc_port,
+            web_port=args.port,
+        )
+        try:
+            topology.start_all()
+        except RuntimeError as exc:
+            topology.stop_all()
+            print(f"mm-jobs: {exc}", file=sys.stderr)
+            return 1
+        print(
+            f"mm-jobs: code server on {args.host}:{args.grpc_port} (gRPC), daemon, job console "
+            f"on http://{args.host}:{args.port} (MM_ENV={os.environ['MM_ENV']}; Ctrl-C stops)"
+        )
+        return topology.supervise()
 
 
 def _start_report_server(
@@ -419,13 +471,37 @@ def _start_report_server(
             secret_file.chmod(0o600)
         password = secret_file.read_text().strip()
         print(f"mm-jobs: report downloads need the password in {secret_file}")
-    server = make_server(
-        ReportStore(root=str(data_dir / "reports")), database_url, password, host, port
-    )
+    server = make_server(ReportStore.from_settings(settings), database_url, password, host, port)
     serve_in_background(server)
     os.environ.setdefault("MM_REPORTS_URL", f"http://{host}:{port}")
     print(f"mm-jobs: report downloads on http://{host}:{port}/reports/...")
     return server
+
+
+def cmd_serve_reports(args: argparse.Namespace) -> int:
+    """Serve stored reports to the compliance team (HTTP Basic, MM_REPORTS_PASSWORD)."""
+    from mm_orchestration.download_server import make_server
+    from mm_orchestration.resources.report_store import ReportStore
+
+    settings = Settings.from_env()
+    if not settings.reports_password:
+        raise SettingsError("MM_REPORTS_PASSWORD is not set: downloads need a password")
+    server = make_server(
+        ReportStore.from_settings(settings),
+        _database_url(settings),
+        settings.reports_password,
+        args.host,
+        args.port,
+    )
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
+    print(f"mm-jobs: report downloads on http://{args.host}:{args.port}/reports/...")
+    try:
+        server.serve_forever()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        server.server_close()
+    return 0
 
 
 def _run_dagster_dev(host: str, port: int) -> int:

@@ -12,6 +12,25 @@ from zoneinfo import ZoneInfo
 _RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
 
 
+_NAMES = ("minute", "hour", "day of month", "month", "day of week")
+
+
+def validate(cron: str) -> None:
+    """Raise ValueError naming the field when `cron` is not a five-field expression."""
+    fields = cron.split()
+    if len(fields) != 5:
+        raise ValueError(f"{cron!r} has {len(fields)} fields, not 5 (minute hour dom month dow)")
+    for expr, name, (low, high) in zip(fields, _NAMES, _RANGES, strict=True):
+        try:
+            values = _field(expr, low, high)
+        except ValueError:
+            raise ValueError(
+                f"{cron!r}: {name} field {expr!r} is not a number, range or step"
+            ) from None
+        if not values or min(values) < low or max(values) > high:
+            raise ValueError(f"{cron!r}: {name} field {expr!r} is outside {low}-{high}")
+
+
 def _field(expr: str, low: int, high: int) -> set[int]:
     values: set[int] = set()
     for part in expr.split(","):
@@ -31,6 +50,7 @@ def _field(expr: str, low: int, high: int) -> set[int]:
 
 def next_tick(cron: str, timezone: str, after: datetime | None = None) -> datetime:
     """The first minute after `after` that the expression matches, in `timezone`."""
+    validate(cron)
     minute, hour, dom, month, dow = (
         _field(f, lo, hi) for f, (lo, hi) in zip(cron.split(), _RANGES, strict=True)
     )

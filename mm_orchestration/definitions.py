@@ -87,6 +87,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
             dsn=dg.EnvVar("SENTRY_DSN") if settings.sentry_dsn else None,
             environment=settings.env,
             timezone=settings.timezone,
+            crons={spec.name: settings.cron_for(spec) for spec in inventory.INVENTORY},
         ),
         "restore_drill": RestoreDrill(
             method=settings.drill_method,
@@ -94,13 +95,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
             neon_project_id=settings.neon_project_id,
             neon_api_host=settings.neon_api_host,
         ),
-        "report_store": ReportStore(
-            root=os.path.join(settings.data_dir, "reports"),
-            s3_bucket=settings.reports_s3_bucket,
-            s3_prefix=settings.reports_s3_prefix,
-            s3_endpoint_url=settings.reports_s3_endpoint,
-            s3_region=settings.reports_s3_region,
-        ),
+        "report_store": ReportStore.from_settings(settings),
         "mux": MuxWebhooks(
             signing_secret=dg.EnvVar("MUX_WEBHOOK_SECRET") if settings.mux_webhook_secret else None,
             alert_threshold=settings.dlq_alert_threshold,

@@ -14,6 +14,16 @@ Kind = Literal["op", "asset"]
 
 
 @dataclass(frozen=True)
+class PodResources:
+    """What one run of a job asks of a Kubernetes node (requests) and may not exceed in
+    memory (limit); the K8s run launcher reads it from the run's tags."""
+
+    cpu: str = "250m"
+    memory: str = "256Mi"
+    memory_limit: str = "512Mi"
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """One row of the seed's job inventory."""
 
@@ -30,6 +40,7 @@ class JobSpec:
     consecutive_failures_alert: int = 2
     manual_trigger: bool = False
     kind: Kind = "op"
+    resources: PodResources = PodResources()
 
     @property
     def dagster_name(self) -> str:
@@ -63,6 +74,7 @@ INVENTORY: tuple[JobSpec, ...] = (
         max_runtime_seconds=3 * 3600,
         failure_handling="Retries 3 times; failure alerts reliability partner",
         manual_trigger=True,
+        resources=PodResources(cpu="500m", memory="512Mi", memory_limit="1Gi"),
     ),
     JobSpec(
         name="invite-cleanup",
@@ -85,6 +97,7 @@ INVENTORY: tuple[JobSpec, ...] = (
         sla_seconds=120,
         max_runtime_seconds=240,
         failure_handling="Retries limit 5; escalate if queue >10",
+        resources=PodResources(cpu="500m", memory="384Mi", memory_limit="768Mi"),
     ),
     JobSpec(
         name="residency-report",
@@ -99,6 +112,7 @@ INVENTORY: tuple[JobSpec, ...] = (
         failure_handling="Retries 2 times, failure triggers manual run",
         manual_trigger=True,
         kind="asset",
+        resources=PodResources(cpu="1", memory="1Gi", memory_limit="2Gi"),
     ),
     JobSpec(
         name="backup-verify",
@@ -112,6 +126,7 @@ INVENTORY: tuple[JobSpec, ...] = (
         max_runtime_seconds=6 * 3600,
         escalate_to="compliance",
         failure_handling="Manual oversight; failure blocks compliance sign-off",
+        resources=PodResources(cpu="1", memory="512Mi", memory_limit="1Gi"),
     ),
     JobSpec(
         name="analytics-rollup",
@@ -124,6 +139,7 @@ INVENTORY: tuple[JobSpec, ...] = (
         max_runtime_seconds=3000,
         failure_handling="Retries once; fallback next run",
         kind="asset",
+        resources=PodResources(cpu="500m", memory="512Mi", memory_limit="1Gi"),
     ),
     JobSpec(
         name="notification-suppression-cleanup",

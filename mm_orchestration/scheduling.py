@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -50,8 +51,22 @@ def retry_policy(spec: JobSpec) -> RetryPolicy | None:
 
 def job_tags(spec: JobSpec) -> dict[str, str]:
     """Tags every run of the job carries: its inventory name (the queue's per-job limit
-    keys on it) and the hard runtime limit that run monitoring enforces."""
-    return {JOB_TAG: spec.name, "dagster/max_runtime": str(spec.max_runtime_seconds)}
+    keys on it), the hard runtime limit that run monitoring enforces, and the pod size
+    the Kubernetes run launcher gives the run (ignored by the local launcher)."""
+    pod = spec.resources
+    k8s = {
+        "container_config": {
+            "resources": {
+                "requests": {"cpu": pod.cpu, "memory": pod.memory},
+                "limits": {"memory": pod.memory_limit},
+            }
+        }
+    }
+    return {
+        JOB_TAG: spec.name,
+        "dagster/max_runtime": str(spec.max_runtime_seconds),
+        "dagster-k8s/config": json.dumps(k8s),
+    }
 
 
 def window_key(scheduled_for: datetime) -> str:
@@ -76,7 +91,7 @@ def inventory_schedule(
     @schedule(
         name=f"{spec.dagster_name}_schedule",
         job=job,
-        cron_schedule=spec.cron_for(settings.env),
+        cron_schedule=settings.cron_for(spec),
         execution_timezone=settings.timezone,
         default_status=DefaultScheduleStatus.RUNNING,
         description=f"{spec.purpose}. {spec.failure_handling}".strip(),
@@ -108,7 +123,7 @@ def partitioned_schedule(
     @schedule(
         name=f"{spec.dagster_name}_schedule",
         job=job,
-        cron_schedule=spec.cron_for(settings.env),
+        cron_schedule=settings.cron_for(spec),
         execution_timezone=timezone,
         default_status=DefaultScheduleStatus.RUNNING,
         description=f"{spec.purpose}. {spec.failure_handling}".strip(),

@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from mm_orchestration.cron import validate
+from mm_orchestration.inventory import INVENTORY, JobSpec
+
+NAMES = tuple(spec.name for spec in INVENTORY)
+
 ENVIRONMENTS = ("development", "staging", "production")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -50,6 +55,12 @@ class Settings:
     neon_api_key: str | None = field(default=None, repr=False)
     neon_project_id: str | None = None
     neon_api_host: str = "https://console.neon.tech"
+    # Per-job cron replacing the inventory's, e.g. for a load test in staging.
+    schedule_overrides: tuple[tuple[str, str], ...] = ()
+
+    def cron_for(self, spec: JobSpec) -> str:
+        """The cron a job's schedule uses here: an override, else the inventory's for MM_ENV."""
+        return dict(self.schedule_overrides).get(spec.name) or spec.cron_for(self.env)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -86,6 +97,7 @@ class Settings:
             neon_project_id=get("NEON_PROJECT_ID"),
             neon_api_host=get("NEON_API_HOST") or defaults.neon_api_host,
             dlq_alert_threshold=_int("MM_DLQ_ALERT_THRESHOLD", get("MM_DLQ_ALERT_THRESHOLD"), 10),
+            schedule_overrides=_schedule_overrides(get("MM_SCHEDULE_OVERRIDES")),
         )
         settings.validate()
         return settings
@@ -152,6 +164,26 @@ def _check_url(name: str, value: str, schemes: tuple[str, ...], secret: bool = T
             f"{name} {shown} must be a {'/'.join(schemes)} URL with a host, "
             f"e.g. {schemes[0]}://host/..."
         )
+
+
+def _schedule_overrides(value: str | None) -> tuple[tuple[str, str], ...]:
+    """`MM_SCHEDULE_OVERRIDES="share-link-expiry=* * * * *; invite-cleanup=0 3 * * *"`."""
+    if value is None:
+        return ()
+    overrides = []
+    for item in filter(None, (part.strip() for part in value.split(";"))):
+        job, sep, cron = (text.strip() for text in item.partition("="))
+        if not sep or job not in NAMES:
+            raise SettingsError(
+                f"MM_SCHEDULE_OVERRIDES: {item!r} must be <job>=<cron> with a job of the "
+                f"inventory ({', '.join(NAMES)})"
+            )
+        try:
+            validate(cron)
+        except ValueError as exc:
+            raise SettingsError(f"MM_SCHEDULE_OVERRIDES: {job}: {exc}") from None
+        overrides.append((job, cron))
+    return tuple(overrides)
 
 
 def _int(name: str, value: str | None, default: int) -> int:

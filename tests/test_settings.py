@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mm_orchestration import inventory
 from mm_orchestration.settings import Settings, SettingsError
 
 
@@ -64,3 +65,33 @@ def test_definitions_fail_to_load_with_the_setting_name(monkeypatch):
 def test_sendgrid_key_needs_the_digest_template():
     with pytest.raises(SettingsError, match="^SENDGRID_DIGEST_TEMPLATE_ID is required"):
         Settings.from_env({"SENDGRID_API_KEY": "SG.key"})
+
+
+def test_schedule_override_replaces_one_jobs_cron_everywhere(monkeypatch):
+    from mm_orchestration.definitions import defs
+
+    monkeypatch.setenv("MM_ENV", "staging")
+    monkeypatch.setenv("MM_SCHEDULE_OVERRIDES", "share-link-expiry=* * * * *")
+    loaded = defs()
+    expiry = loaded.get_schedule_def("share_link_expiry_schedule")
+    cleanup = loaded.get_schedule_def("invite_cleanup_schedule")
+    assert expiry.cron_schedule == "* * * * *"
+    assert cleanup.cron_schedule == inventory.get("invite-cleanup").staging_cron
+    monitoring = loaded.resources["monitoring"]
+    assert monitoring.crons["share-link-expiry"] == "* * * * *"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("expire-links=* * * * *", "with a job of the inventory"),
+        ("share-link-expiry", "must be <job>=<cron>"),
+        ("share-link-expiry=* * *", "3 fields, not 5"),
+        ("share-link-expiry=61 * * * *", "minute field '61' is outside 0-59"),
+        ("share-link-expiry=*/x * * * *", "is not a number, range or step"),
+    ],
+)
+def test_bad_schedule_override_is_refused_at_load(value, message):
+    with pytest.raises(SettingsError, match="^MM_SCHEDULE_OVERRIDES") as error:
+        Settings.from_env({"MM_SCHEDULE_OVERRIDES": value})
+    assert message in str(error.value)

@@ -19,6 +19,9 @@ class Monitoring(ConfigurableResource):
     dsn: str | None = Field(default=None, description="EnvVar('SENTRY_DSN'); unset: disabled")
     environment: str = Field(default="development", description="MM_ENV")
     timezone: str = Field(default="Australia/Sydney", description="MM_TIMEZONE (check-ins)")
+    crons: dict[str, str] = Field(
+        default_factory=dict, description="Each job's cron here (MM_ENV, MM_SCHEDULE_OVERRIDES)"
+    )
 
     def start(self, transport: Any = None) -> bool:
         """Initialise the SDK once for this process; False when monitoring is off."""

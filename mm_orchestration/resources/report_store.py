@@ -9,12 +9,15 @@ longer matches the one recorded in `ops.residency_reports`.
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 from pathlib import Path
 from typing import Any
 
 from dagster import ConfigurableResource
 from pydantic import Field
+
+from mm_orchestration.settings import Settings
 
 
 class ReportStoreError(ValueError):
@@ -31,6 +34,17 @@ class ReportStore(ConfigurableResource):
         default="", description="MM_REPORTS_S3_ENDPOINT: for S3-compatible services"
     )
     s3_region: str = Field(default="ap-southeast-2", description="MM_REPORTS_S3_REGION")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReportStore:
+        """The store the settings name: S3 when MM_REPORTS_S3_BUCKET is set, else a folder."""
+        return cls(
+            root=os.path.join(settings.data_dir, "reports"),
+            s3_bucket=settings.reports_s3_bucket,
+            s3_prefix=settings.reports_s3_prefix,
+            s3_endpoint_url=settings.reports_s3_endpoint,
+            s3_region=settings.reports_s3_region,
+        )
 
     @property
     def uses_s3(self) -> bool:

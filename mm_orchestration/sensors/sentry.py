@@ -32,11 +32,12 @@ from mm_orchestration.scheduling import spec_for_run
 _TENANT = re.compile(r"tenant[_ ]?id[\"'=: ]+([0-9a-f-]{36})", re.IGNORECASE)
 
 
-def monitor_config(spec: inventory.JobSpec, env: str, timezone: str) -> Any:
+def monitor_config(spec: inventory.JobSpec, monitoring: Monitoring) -> Any:
     """What Sentry Crons needs to notice a missed or overlong run."""
+    cron = monitoring.crons.get(spec.name) or spec.cron_for(monitoring.environment)
     return {
-        "schedule": {"type": "crontab", "value": spec.cron_for(env)},
-        "timezone": timezone,
+        "schedule": {"type": "crontab", "value": cron},
+        "timezone": monitoring.timezone,
         "checkin_margin": 5,  # minutes late before a check-in counts as missed
         "max_runtime": max(1, spec.max_runtime_seconds // 60),
     }
@@ -113,7 +114,7 @@ def report_run(monitoring: Monitoring, instance: DagsterInstance, run: DagsterRu
             monitor_slug=spec.name,
             status="ok" if run.status == DagsterRunStatus.SUCCESS else "error",
             duration=(end - start) if start and end else None,
-            monitor_config=monitor_config(spec, monitoring.environment, monitoring.timezone),
+            monitor_config=monitor_config(spec, monitoring),
         )
         sent += 1
     monitoring.flush()
@@ -138,7 +139,7 @@ def sentry_run_started_sensor(
     sentry_sdk.crons.capture_checkin(
         monitor_slug=spec.name,
         status="in_progress",
-        monitor_config=monitor_config(spec, monitoring.environment, monitoring.timezone),
+        monitor_config=monitor_config(spec, monitoring),
     )
     monitoring.flush()
     return SkipReason(f"in-progress check-in sent for {spec.name}")

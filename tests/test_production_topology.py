@@ -1,0 +1,254 @@
+"""The production shape, end to end: a gRPC code server, a daemon and a webserver as three
+processes on PostgreSQL storage. Real schedule ticks launch share-link expiry through the
+run queue; the code server crashes and comes back, the daemon is killed mid-tick and
+restarted, and no run is lost or launched twice, no link is missed and no owner is emailed
+twice.
+
+Share-link expiry runs every minute here (MM_SCHEDULE_OVERRIDES); every other job is moved
+out of the way so that the only runs are the ones under test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+from mm_orchestration import inventory
+from mm_orchestration.embedded_pg import EmbeddedPostgres, free_port
+from mm_orchestration.ledger import WINDOW_TAG
+from mm_orchestration.topology import PROJECT_ROOT, Topology
+from tests import factories
+from tests.conftest import create_database, drop_database
+from tests.sendgrid_server import SendGridRecorder
+
+T = TypeVar("T")
+JOB = "share_link_expiry"
+
+QUIET = "0 0 1 1 *"  # once a year: the other jobs stay out of this test's way
+
+LOCATION_QUERY = """
+query { workspaceOrError { ... on Workspace { locationEntries {
+  name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }
+"""
+RELOAD = """
+mutation { reloadRepositoryLocation(repositoryLocationName: "mm_orchestration") {
+  __typename ... on WorkspaceLocationEntry { loadStatus locationOrLoadError { __typename } } } }
+"""
+
+
+def _wait(what: str, check: Callable[[], T | None], timeout: float, topology: Topology) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            logs = "\n".join(
+                f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(topology.log_dir.iterdir())
+            )  # type: ignore[union-attr]
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
+        time.sleep(1)
+
+
+def _graphql(port: int, query: str) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["data"]
+
+
+def _location_error(port: int) -> str | None:
+    """The location's load error as the console shows it, None while it is loaded."""
+    _graphql(port, RELOAD)
+    entries = _graphql(port, LOCATION_QUERY)["workspaceOrError"]["locationEntries"]
+    (entry,) = [e for e in entries if e["name"] == "mm_orchestration"]
+    location = entry["locationOrLoadError"]
+    return location["message"] if location and location["__typename"] == "PythonError" else None
+
+
+def _runs(instance: DagsterInstance) -> list[Any]:
+    return list(instance.get_runs(filters=RunsFilter(job_name=JOB)))
+
+
+def _for_tick_after(
+    instance: DagsterInstance, after: float, status: DagsterRunStatus | None = None
+) -> Any:
+    """The scheduled run for the first tick later than `after`, once it has `status`."""
+    later = [r for r in _runs(instance) if r.tags.get("mm/trigger") == "schedule"]
+    later = sorted((r for r in later if tick_of(r) > after), key=tick_of)
+    if not later:
+        return None
+    run = later[0]
+    assert run.status not in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED), run
+    return run if status is None or run.status == status else None
+
+
+def _due_link(conn: psycopg.Connection, owner_email: str) -> Any:
+    tenant = factories.tenant(conn)
+    owner = factories.user(conn, tenant, email=owner_email)
+    asset = factories.asset(conn, tenant)
+    return factories.share_link(
+        conn, tenant, asset, owner, expires_at=datetime.now(UTC) - timedelta(minutes=5)
+    )
+
+
+def _status(conn: psycopg.Connection, link: Any) -> str:
+    row = conn.execute("SELECT status FROM portal.share_links WHERE id = %s", [link]).fetchone()
+    assert row
+    return str(row[0])
+
+
+@pytest.fixture
+def dagster_storage(pg_server: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    name = create_database(pg_server, template=None)
+    for key, value in {
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": str(pg_server.port),
+        "DAGSTER_PG_USER": "postgres",
+        "DAGSTER_PG_PASSWORD": "",
+        "DAGSTER_PG_DB": name,
+    }.items():
+        monkeypatch.setenv(key, value)
+    yield name
+    drop_database(pg_server, name)
+
+
+@pytest.fixture
+def topology(
+    tmp_path: Path, database_url: str, dagster_storage: str, sendgrid: SendGridRecorder
+) -> Iterator[Topology]:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    (tmp_path / "logs").mkdir()
+    overrides = [
+        f"{spec.name}={QUIET}" for spec in inventory.INVENTORY if spec.name != "share-link-expiry"
+    ]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_URL", "SENDGRID_", "MM_", "SENTRY_"))
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        MM_ENV="staging",
+        MM_SCHEDULE_OVERRIDES=";".join(["share-link-expiry=* * * * *", *overrides]),
+        MM_DATA_DIR=str(tmp_path / "mm"),
+        SENDGRID_API_KEY="SG.test-key",
+        SENDGRID_API_HOST=sendgrid.url,
+        SENDGRID_DIGEST_TEMPLATE_ID="d-test",
+    )
+    topology = Topology(
+        dagster_home=home,
+        env=env,
+        grpc_port=free_port(),
+        web_port=free_port(),
+        log_dir=tmp_path / "logs",
+    )
+    try:
+        yield topology
+    finally:
+        topology.stop_all()
+
+
+def test_ticks_survive_a_code_server_crash_and_a_daemon_restart(
+    topology: Topology, conn: psycopg.Connection, sendgrid: SendGridRecorder
+) -> None:
+    first_link = _due_link(conn, "first@agency.example")
+    topology.start_all()
+    processes = {name: p.pid for name, p in topology.processes.items()}
+    assert len(set(processes.values())) == 3, processes
+    instance = DagsterInstance.from_config(str(topology.dagster_home))
+
+    # 1. A real tick launches the job through the queue, and it succeeds.
+    first = _wait(
+        "the first scheduled run",
+        lambda: _for_tick_after(instance, 0, DagsterRunStatus.SUCCESS),
+        150,
+        topology,
+    )
+    assert first.tags["mm/trigger"] == "schedule"
+    assert _status(conn, first_link) == "expired"
+
+    # 2. The code server crashes (with its process group, as a lost container would). The
+    # console says the location is unavailable; what was recorded stays recorded.
+    second_link = _due_link(conn, "second@agency.example")
+    topology.stop("code-server", sig=signal.SIGKILL)
+    error = _wait("the console to show the location unavailable",
+                  lambda: _location_error(topology.web_port), 60, topology)  # fmt: skip
+    assert "UNAVAILABLE" in error, error
+    assert [(r.run_id, r.status) for r in _runs(instance)] == [
+        (first.run_id, DagsterRunStatus.SUCCESS)
+    ]
+    topology.start("code-server")
+    loaded = _wait(
+        "the location to load again",
+        lambda: _location_error(topology.web_port) is None or None,
+        60,
+        topology,
+    )
+    assert loaded
+
+    # 3. The next tick launches a run, and the daemon is killed that moment and restarted:
+    # the run completes once and the tick is not launched again.
+    launched = _wait(
+        "the next tick's run",
+        lambda: _for_tick_after(instance, tick_of(first)),
+        150,
+        topology,
+    )
+    topology.stop("daemon", sig=signal.SIGKILL)
+    topology.start("daemon")
+    recovered = _wait(
+        "that run to succeed",
+        lambda: _for_tick_after(instance, tick_of(first), DagsterRunStatus.SUCCESS),
+        150,
+        topology,
+    )
+    assert recovered.run_id == launched.run_id
+    assert _status(conn, second_link) == "expired"
+
+    # ...and the schedules carry on under the new daemon.
+    third_link = _due_link(conn, "third@agency.example")
+    after_restart = _wait(
+        "a tick launched by the restarted daemon",
+        lambda: _for_tick_after(instance, tick_of(recovered), DagsterRunStatus.SUCCESS),
+        150,
+        topology,
+    )
+    assert _status(conn, third_link) == "expired"
+
+    # Nothing twice: one run per tick, one ledger success per window, one email per link.
+    runs = _runs(instance)
+    ticks = [r.tags[WINDOW_TAG] for r in runs]
+    assert len(ticks) == len(set(ticks)), ticks
+    assert {first.run_id, recovered.run_id, after_restart.run_id} <= {r.run_id for r in runs}
+    assert all(r.status == DagsterRunStatus.SUCCESS for r in runs if r.is_finished), runs
+    succeeded = conn.execute(
+        "SELECT count(*) FROM ops.job_runs "
+        "WHERE job_name = 'share-link-expiry' AND status = 'succeeded'"
+    ).fetchone()
+    assert succeeded == (sum(r.status == DagsterRunStatus.SUCCESS for r in runs),)
+    recipients = sendgrid.accepted_recipients()
+    for owner in ("first@agency.example", "second@agency.example", "third@agency.example"):
+        assert recipients.count(owner) == 1, recipients
+
+
+def tick_of(run: Any) -> float:
+    """The schedule tick a run was launched for (the ledger's window, in UTC)."""
+    return datetime.fromisoformat(run.tags[WINDOW_TAG].replace("Z", "+00:00")).timestamp()
