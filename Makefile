@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: dev test lint install install-dev bench clean-data
+.PHONY: dev prod-local test lint install install-dev bench clean-data lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ install-dev: $(VENV)/.installed-dev
 dev: install
 	$(BIN)/mm-jobs dev
 
+## make prod-local: the production topology on this machine (gRPC code server, daemon,
+## webserver as separate processes, MM_ENV=staging) on http://127.0.0.1:3000.
+prod-local: install
+	$(BIN)/mm-jobs prod-local
+
 ## make test: the whole suite against a real (embedded) PostgreSQL.
 test: install-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -37,6 +42,14 @@ lint: install-dev
 
 bench: install-dev
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+## make lock: re-pin deploy/requirements.lock (the image's packages) from pyproject.toml.
+lock:
+	rm -rf build/lockenv && $(PYTHON) -m venv build/lockenv
+	build/lockenv/bin/pip install --quiet '.[k8s]'
+	{ echo "# Every Python package of the image, pinned (Python 3.11, Linux). Regenerate: make lock"; \
+	  build/lockenv/bin/pip freeze --exclude mm-orchestration; } > deploy/requirements.lock
+	rm -rf build/lockenv
 
 clean-data:
 	rm -rf .mm

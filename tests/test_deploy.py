@@ -1,0 +1,253 @@
+"""The deployment files stay true to the code: the Kubernetes instance config resolves with
+the pinned dagster-k8s and gives every job its pod size, the systemd units pass
+`systemd-analyze verify`, and the image, the Helm values and the units all run the code
+server, daemon and webserver the same way `mm-jobs prod-local` does."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dagster import DagsterInstance, DagsterRun
+
+from mm_orchestration import inventory
+from mm_orchestration.definitions import build_definitions
+from mm_orchestration.embedded_pg import EmbeddedPostgres
+from mm_orchestration.settings import Settings
+from mm_orchestration.topology import LOCATION, PROJECT_ROOT, commands
+from tests.conftest import create_database, drop_database
+
+DEPLOY = PROJECT_ROOT / "deploy"
+SHARED_SECTIONS = ("run_coordinator", "concurrency", "run_retries", "retention", "python_logs")
+
+
+def _code_server_args() -> list[str]:
+    """What follows `dagster api grpc` for the code server, minus where it listens."""
+    args = commands("127.0.0.1", 4266, 3000)["code-server"][3:]
+    return args[: args.index("--host")]
+
+
+def _throwaway_kubeconfig(path: Path) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "none", "cluster": {"server": "https://127.0.0.1:9"}}],
+                "users": [{"name": "nobody", "user": {"token": "not-a-real-token"}}],
+                "contexts": [{"name": "none", "context": {"cluster": "none", "user": "nobody"}}],
+                "current-context": "none",
+            }
+        )
+    )
+    return path
+
+
+@pytest.fixture
+def k8s_instance(
+    pg_server: EmbeddedPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    """deploy/dagster.k8s.yaml as a pod would load it, with a throwaway kubeconfig in place
+    of the in-cluster service account and the test server in place of Neon."""
+    name = create_database(pg_server, template=None)
+    for key, value in {
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": str(pg_server.port),
+        "DAGSTER_PG_USER": "postgres",
+        "DAGSTER_PG_PASSWORD": "",
+        "DAGSTER_PG_DB": name,
+    }.items():
+        monkeypatch.setenv(key, value)
+    config = yaml.safe_load((DEPLOY / "dagster.k8s.yaml").read_text())
+    launcher = config["run_launcher"]["config"]
+    launcher["load_incluster_config"] = False
+    launcher["kubeconfig_file"] = str(_throwaway_kubeconfig(tmp_path / "kubeconfig"))
+    config["storage"]["postgres"]["postgres_db"]["params"]["sslmode"] = "disable"
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    with DagsterInstance.from_config(str(home)) as instance:
+        yield instance
+    drop_database(pg_server, name)
+
+
+def test_k8s_instance_config_resolves_launcher_and_storage(k8s_instance: Any) -> None:
+    from dagster_k8s import K8sRunLauncher
+    from dagster_postgres import PostgresRunStorage
+
+    launcher = k8s_instance.run_launcher
+    assert isinstance(launcher, K8sRunLauncher)
+    assert launcher.job_namespace == "mm-jobs"
+    assert launcher.env_config_maps == ["mm-orchestration-config"]
+    assert launcher.env_secrets == ["mm-orchestration-secrets"]
+    assert isinstance(k8s_instance.run_storage, PostgresRunStorage)
+    assert list(k8s_instance.get_runs()) == []  # the storage answers, migrated
+    assert type(k8s_instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+
+
+def test_every_job_gets_its_pod_size_from_the_inventory(k8s_instance: Any) -> None:
+    from dagster_k8s.job import construct_dagster_k8s_job
+
+    launcher = k8s_instance.run_launcher
+    defs = build_definitions(Settings.from_env({}))
+    for spec in inventory.INVENTORY:
+        tags = defs.resolve_job_def(spec.dagster_name).tags
+        run = DagsterRun(job_name=spec.dagster_name, run_id=str(uuid.uuid4()), tags=tags)
+        context = launcher.get_container_context_for_run(run)
+        job = construct_dagster_k8s_job(
+            job_config=context.get_k8s_job_config(job_image="mm:test", run_launcher=launcher),
+            args=["dagster", "api", "execute_run"],
+            job_name=f"dagster-run-{run.run_id[:8]}",
+            user_defined_k8s_config=context.run_k8s_config,
+        )
+        pod = job.spec.template.spec
+        (container,) = pod.containers
+        assert container.resources.requests == {
+            "cpu": spec.resources.cpu,
+            "memory": spec.resources.memory,
+        }, spec.name
+        assert container.resources.limits == {"memory": spec.resources.memory_limit}
+        assert pod.security_context.run_as_user == 10001
+        assert container.security_context.allow_privilege_escalation is False
+        sources = {e.config_map_ref.name for e in container.env_from if e.config_map_ref}
+        sources |= {e.secret_ref.name for e in container.env_from if e.secret_ref}
+        assert {"mm-orchestration-config", "mm-orchestration-secrets"} <= sources
+        assert job.spec.ttl_seconds_after_finished == 86400
+
+
+def test_k8s_instance_keeps_the_limits_of_dagster_yaml() -> None:
+    local = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
+    k8s = yaml.safe_load((DEPLOY / "dagster.k8s.yaml").read_text())
+    for section in SHARED_SECTIONS:
+        assert k8s[section] == local[section], section
+    assert k8s["run_monitoring"]["enabled"] and k8s["storage"].keys() == local["storage"].keys()
+
+
+def test_helm_values_match_the_code_and_hold_no_secret() -> None:
+    values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert deployment["dagsterApiGrpcArgs"] == _code_server_args()
+    assert deployment["podSecurityContext"]["runAsNonRoot"] is True
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    assert values["postgresql"]["enabled"] is False
+    assert values["generatePostgresqlPasswordSecret"] is False
+    assert "postgresqlPassword" not in values["postgresql"]
+    local = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())["concurrency"]["runs"]
+    queue = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert queue["maxConcurrentRuns"] == local["max_concurrent_runs"]
+    assert queue["tagConcurrencyLimits"] == local["tag_concurrency_limits"]
+
+    (config_map,) = [m for m in values["extraManifests"] if m["kind"] == "ConfigMap"]
+    settings_source = (PROJECT_ROOT / "mm_orchestration" / "settings.py").read_text()
+    read = set(re.findall(r'get\("([A-Z0-9_]+)"\)', settings_source))
+    secrets = {
+        "DATABASE_URL",
+        "SENDGRID_API_KEY",
+        "SENTRY_DSN",
+        "MUX_WEBHOOK_SECRET",
+        "MM_REPORTS_PASSWORD",
+        "NEON_API_KEY",
+    }
+    assert set(config_map["data"]) <= read, set(config_map["data"]) - read
+    assert not set(config_map["data"]) & secrets
+    text = (DEPLOY / "helm" / "values.yaml").read_text()
+    for name in secrets:  # each secret named where the operator creates it
+        assert name in text, name
+    settings = Settings.from_env(config_map["data"] | {"NEON_API_KEY": "x"})
+    assert settings.env == "production" and settings.drill_method == "neon"
+
+
+def test_image_is_pinned_non_root_and_serves_the_code_location() -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    (base,) = re.findall(r"^FROM (\S+)", dockerfile, re.MULTILINE)
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base), base
+    (user,) = re.findall(r"^USER (\S+)", dockerfile, re.MULTILINE)
+    assert not user.startswith(("0", "root")), user
+    cmd = re.search(r"^CMD (\[.*?\])\s*$", dockerfile.replace("\\\n", ""), re.MULTILINE | re.S)
+    assert cmd is not None
+    args = yaml.safe_load(cmd.group(1))
+    assert args[:3] == ["dagster", "api", "grpc"] and args[3:-4] == _code_server_args()
+    assert "ENTRYPOINT" not in re.sub(r"#.*", "", dockerfile)  # run pods bring their own args
+
+    lock = {}
+    for line in (DEPLOY / "requirements.lock").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, sep, version = line.partition("==")
+            assert sep and version, f"not pinned: {line}"
+            lock[name.lower().replace("_", "-")] = version
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]
+    for requirement in [*project["dependencies"], *project["optional-dependencies"]["k8s"]]:
+        name = re.split(r"[\[<>=!~ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+        assert name in lock, f"{name} is not in deploy/requirements.lock: run make lock"
+        if "==" in requirement:
+            assert lock[name] == requirement.split("==")[1], f"{name}: run make lock"
+
+    ignore = (PROJECT_ROOT / ".dockerignore").read_text().splitlines()
+    assert ignore[ignore.index("*")] == "*"  # nothing but what is named below
+    for source in re.findall(r"^COPY (\S+)", dockerfile, re.MULTILINE):
+        assert f"!{source.rstrip('/')}" in ignore or f"!{source}/" in ignore, source
+
+
+UNIT_COMMANDS = {
+    "mm-code-server.service": "code-server",
+    "mm-daemon.service": "daemon",
+    "mm-webserver.service": "webserver",
+}
+
+
+def _units() -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted((DEPLOY / "systemd").iterdir())}
+
+
+def test_systemd_units_run_the_topology_as_an_unprivileged_user() -> None:
+    units = _units()
+    for unit, component in UNIT_COMMANDS.items():
+        text = units[unit]
+        (exec_start,) = re.findall(r"^ExecStart=(.*)$", text, re.MULTILINE)
+        expected = commands("127.0.0.1", 4266, 3000)[component]
+        tail = [arg if "/" not in arg else Path(arg).name for arg in expected[1:]]
+        argv = exec_start.split()
+        assert Path(argv[0]).name == Path(expected[0]).name, unit
+        assert [a if "/" not in a else Path(a).name for a in argv[1:]] == tail, unit
+        assert "User=mm-jobs" in text and "Restart=always" in text, unit
+        assert "EnvironmentFile=/etc/mm-orchestration/env" in text, unit
+    assert "KillMode=process" in units["mm-code-server.service"]  # runs outlive a redeploy
+    assert "serve-reports --host 127.0.0.1" in units["mm-reports.service"]
+    target = units["mm-orchestration.target"]
+    for unit in [*UNIT_COMMANDS, "mm-reports.service"]:
+        assert unit in target
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    # The units name the install location /opt/mm-orchestration; verify checks that each
+    # ExecStart exists, so point them at this checkout's environment instead.
+    bin_dir = str(Path(sys.executable).parent)
+    for name, text in _units().items():
+        text = text.replace("/opt/mm-orchestration/.venv/bin", bin_dir)
+        (tmp_path / name).write_text(text.replace("/opt/mm-orchestration", str(PROJECT_ROOT)))
+    units = sorted(str(p) for p in tmp_path.iterdir() if p.suffix in (".service", ".target"))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *units],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    problems = [line for line in result.stderr.splitlines() if str(tmp_path) in line]
+    assert problems == [], result.stderr
+
+
+def test_production_workspace_points_at_the_code_server() -> None:
+    workspace = yaml.safe_load((DEPLOY / "workspace.yaml").read_text())
+    (entry,) = workspace["load_from"]
+    assert entry["grpc_server"]["location_name"] == LOCATION
+    assert entry["grpc_server"]["port"] == {"env": "MM_CODE_SERVER_PORT"}
