@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -250,3 +251,38 @@ def test_neon_branch_that_differs_fails_and_is_still_deleted(pg_server, seeded):
     finally:
         fake.server.shutdown()
     assert fake.branches == {}
+
+
+def test_database_passwords_stay_off_the_tools_command_lines(tmp_path):
+    """`ps` shows every user a command line: the drill hands pg_dump and pg_restore their
+    passwords in a private PGPASSFILE that is gone when they finish."""
+    record = tmp_path / "record"
+    for tool in ("pg_dump", "pg_restore"):
+        script = tmp_path / tool
+        script.write_text(
+            "#!/bin/sh\n"
+            f'echo "{tool} $*" >> {record}\n'
+            f'echo "$PGPASSFILE" >> {record}\n'
+            f'stat -c "%a" "$PGPASSFILE" >> {record}\n'
+            f'cat "$PGPASSFILE" >> {record}\n'
+            "cat > /dev/null\n"
+        )
+        script.chmod(0o755)
+    drill = RestoreDrill(pg_bin_dir=str(tmp_path))
+    drill.pipe(
+        [
+            "--format=custom",
+            "--dbname=postgresql://jobs:s3cr%3At@db.example:6543/portal?sslmode=require",
+        ],
+        ["--dbname=postgresql://jobs:other@127.0.0.1:5432/drill_1"],
+    )
+    lines = record.read_text().splitlines()
+    commands = [line for line in lines if line.startswith(("pg_dump", "pg_restore"))]
+    assert sorted(commands) == [
+        "pg_dump --format=custom --dbname=postgresql://jobs@db.example:6543/portal?sslmode=require",
+        "pg_restore --dbname=postgresql://jobs@127.0.0.1:5432/drill_1",
+    ]
+    assert "600" in lines
+    assert "*:*:portal:jobs:s3cr\\:t" in lines and "*:*:drill_1:jobs:other" in lines
+    passfiles = {line for line in lines if line.endswith("/pgpass")}
+    assert len(passfiles) == 1 and not any(Path(p).exists() for p in passfiles)

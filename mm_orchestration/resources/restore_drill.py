@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -41,13 +45,15 @@ class RestoreDrill(ConfigurableResource):
 
     def run(self, tool: str, args: Sequence[str]) -> None:
         """Run pg_dump or pg_restore; a failure raises with the tool's own message."""
-        result = subprocess.run(
-            [self.binary(tool), *args],
-            capture_output=True,
-            text=True,
-            timeout=self.timeout_seconds,
-            check=False,
-        )
+        with _passwords_in_passfile(args) as (args, env):
+            result = subprocess.run(
+                [self.binary(tool), *args],
+                capture_output=True,
+                text=True,
+                timeout=self.timeout_seconds,
+                check=False,
+                env=env,
+            )
         if result.returncode != 0:
             raise subprocess.CalledProcessError(
                 result.returncode, tool, result.stdout, result.stderr.strip()[-2000:]
@@ -55,26 +61,71 @@ class RestoreDrill(ConfigurableResource):
 
     def pipe(self, dump_args: Sequence[str], restore_args: Sequence[str]) -> None:
         """`pg_dump ... | pg_restore ...`: the copy is restored while it is being dumped."""
-        dump = subprocess.Popen(
-            [self.binary("pg_dump"), *dump_args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        assert dump.stdout is not None
-        try:
-            restore = subprocess.run(
-                [self.binary("pg_restore"), *restore_args],
-                stdin=dump.stdout,
-                capture_output=True,
-                text=True,
-                timeout=self.timeout_seconds,
-                check=False,
+        with _passwords_in_passfile([*dump_args, *restore_args]) as (args, env):
+            dump_args, restore_args = args[: len(dump_args)], args[len(dump_args) :]
+            dump = subprocess.Popen(
+                [self.binary("pg_dump"), *dump_args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
             )
-        finally:
-            dump.stdout.close()
-            dump_err = dump.stderr.read().decode(errors="replace") if dump.stderr else ""
-            dump_code = dump.wait(timeout=self.timeout_seconds)
+            assert dump.stdout is not None
+            try:
+                restore = subprocess.run(
+                    [self.binary("pg_restore"), *restore_args],
+                    stdin=dump.stdout,
+                    capture_output=True,
+                    text=True,
+                    timeout=self.timeout_seconds,
+                    check=False,
+                    env=env,
+                )
+            finally:
+                dump.stdout.close()
+                dump_err = dump.stderr.read().decode(errors="replace") if dump.stderr else ""
+                dump_code = dump.wait(timeout=self.timeout_seconds)
         if dump_code != 0:
             raise subprocess.CalledProcessError(dump_code, "pg_dump", "", dump_err[-2000:])
         if restore.returncode != 0:
             raise subprocess.CalledProcessError(
                 restore.returncode, "pg_restore", restore.stdout, restore.stderr.strip()[-2000:]
             )
+
+
+@contextlib.contextmanager
+def _passwords_in_passfile(args: Sequence[str]) -> Iterator[tuple[list[str], dict[str, str]]]:
+    """The tools' arguments with every `--dbname=URL` password moved into a private
+    PGPASSFILE for the life of the call: a command line is visible to every user in `ps`."""
+    lines: list[str] = []
+    clean: list[str] = []
+    for arg in args:
+        if arg.startswith("--dbname=") and "://" in arg:
+            parts = urlsplit(arg.removeprefix("--dbname="))
+            if parts.password is not None:
+                # Host and port are wildcards: the file only ever holds this call's URLs.
+                fields = [
+                    "*",
+                    "*",
+                    unquote(parts.path.lstrip("/")) or "*",
+                    unquote(parts.username or "*"),
+                    unquote(parts.password),
+                ]
+                lines.append(":".join(_passfile_escape(f) for f in fields))
+                netloc = parts.netloc.rsplit("@", 1)[1]
+                user = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0]
+                arg = "--dbname=" + urlunsplit(parts._replace(netloc=f"{user}@{netloc}"))
+        clean.append(arg)
+    env = dict(os.environ)
+    if not lines:
+        yield clean, env
+        return
+    with tempfile.TemporaryDirectory(prefix="mm-drill-") as folder:
+        passfile = Path(folder, "pgpass")
+        passfile.touch(mode=0o600)
+        passfile.write_text("\n".join(lines) + "\n")
+        env["PGPASSFILE"] = str(passfile)
+        yield clean, env
+
+
+def _passfile_escape(field: str) -> str:
+    return field.replace("\\", "\\\\").replace(":", "\\:")
