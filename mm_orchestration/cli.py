@@ -124,7 +124,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from mm_orchestration.migrate import migrate
 
     settings = _local_settings()
-    with connect(_database_url(settings), autocommit=True) as conn:
+    # Migrations hold a session advisory lock: the direct host when there is one.
+    url = settings.database_direct_url or _database_url(settings)
+    with connect(url, autocommit=True) as conn:
         applied = migrate(conn, with_portal_schema=args.with_portal_schema)
     print("applied: " + ", ".join(applied) if applied else "up to date")
     return 0

@@ -81,7 +81,10 @@ SUPPORT_JOBS: list[Any] = [send_alert, dlq_requeue, dlq_discard, job_health_refr
 def build_resources(settings: Settings) -> dict[str, object]:
     """Resources bound to environment variables, so secrets never appear in the UI."""
     return {
-        "portal_db": PortalDatabase(url=dg.EnvVar("DATABASE_URL")),
+        "portal_db": PortalDatabase(
+            url=dg.EnvVar("DATABASE_URL"),
+            direct_url=(dg.EnvVar("DATABASE_DIRECT_URL") if settings.database_direct_url else None),
+        ),
         "job_settings": JobSettings.from_settings(settings),
         "monitoring": Monitoring(
             dsn=dg.EnvVar("SENTRY_DSN") if settings.sentry_dsn else None,

@@ -75,8 +75,7 @@ def claim(db: PortalDatabase, window: Window, force: bool = False) -> Iterator[C
     on an exception it becomes 'failed' with the error, and the exception propagates.
     """
     started = time.monotonic()
-    with db.connection() as conn:
-        conn.autocommit = True
+    with db.session() as conn:
         lock_key = f"{window.job_name}/{window.key}"
         locked = conn.execute(
             "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", [lock_key]

@@ -31,6 +31,9 @@ class Settings:
     """Everything the jobs take from the environment. Secrets are kept out of repr."""
 
     database_url: str | None = field(default=None, repr=False)
+    # The unpooled host, for what needs a whole session: the ledger's advisory lock,
+    # migrations and pg_dump. Unset: DATABASE_URL serves for everything.
+    database_direct_url: str | None = field(default=None, repr=False)
     dagster_home: str | None = None
     env: str = "development"
     timezone: str = "Australia/Sydney"
@@ -73,6 +76,7 @@ class Settings:
         defaults = cls()
         settings = cls(
             database_url=get("DATABASE_URL"),
+            database_direct_url=get("DATABASE_DIRECT_URL"),
             dagster_home=get("DAGSTER_HOME"),
             env=get("MM_ENV") or defaults.env,
             timezone=get("MM_TIMEZONE") or defaults.timezone,
@@ -114,6 +118,8 @@ class Settings:
             ) from exc
         if self.database_url is not None:
             _check_url("DATABASE_URL", self.database_url, ("postgres", "postgresql"))
+        if self.database_direct_url is not None:
+            _check_url("DATABASE_DIRECT_URL", self.database_direct_url, ("postgres", "postgresql"))
         _check_url("SENDGRID_API_HOST", self.sendgrid_api_host, ("http", "https"), secret=False)
         _check_url("MM_REPORTS_URL", self.reports_url, ("http", "https"), secret=False)
         _check_url("NEON_API_HOST", self.neon_api_host, ("http", "https"), secret=False)

@@ -99,3 +99,31 @@ def test_window_held_by_a_live_run_is_skipped(conn, database_url, portal_db, mai
     assert result.success
     status, error = conn.execute("SELECT status, error FROM ops.job_runs").fetchone()
     assert status == "skipped" and "another run" in error
+
+
+def test_window_lock_is_held_on_the_direct_host_when_there_is_one(conn, database_url):
+    """Behind a transaction-mode pooler a session lock could be released on another server
+    connection; with DATABASE_DIRECT_URL the ledger takes it on an unpooled connection,
+    and the pool shrinks by one so a run still uses at most five connections."""
+    from mm_orchestration.ledger import Window, claim
+    from mm_orchestration.resources import PortalDatabase
+
+    db = PortalDatabase(url=database_url, direct_url=database_url)
+    window = Window("share-link-expiry", "2026-11-28T21:30:00Z", "run-1", "schedule", None)
+    try:
+        with claim(db, window) as claimed:
+            assert not claimed.skipped
+            holders = conn.execute(
+                "SELECT a.application_name FROM pg_locks l "
+                "JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted"
+            ).fetchall()
+            assert holders == [("mm-orchestration-session",)]  # not a pooled connection
+            with db.connection():
+                assert db._get_pool().max_size == 4
+        assert conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+        ).fetchone() == (0,)
+        assert conn.execute("SELECT status FROM ops.job_runs").fetchone() == ("succeeded",)
+    finally:
+        db.close()

@@ -290,7 +290,7 @@ def run_restore_drill(
     started = datetime.now(UTC)
     with claim(portal_db, window_for(context, SPEC.name)) as run:
         try:
-            evidence = DRILLS[method](portal_db.url, restore_drill, None)
+            evidence = DRILLS[method](portal_db.session_url, restore_drill, None)
             status, error = "succeeded", None
         except DrillFailed as exc:
             evidence, status, error = exc.evidence, "failed", str(exc)

@@ -17,7 +17,11 @@ class PortalDatabase(ConfigurableResource):
     """The portal database (Neon in production). At most `max_connections` per run."""
 
     url: str = Field(description="PostgreSQL URL; give it as EnvVar('DATABASE_URL').")
-    max_connections: int = Field(default=5, ge=1, le=5, description="The seed's per-run cap.")
+    direct_url: str | None = Field(
+        default=None,
+        description="EnvVar('DATABASE_DIRECT_URL'): the unpooled host, for session locks",
+    )
+    max_connections: int = Field(default=5, ge=2, le=5, description="The seed's per-run cap.")
 
     _pool: ConnectionPool | None = PrivateAttr(default=None)
 
@@ -37,7 +41,8 @@ class PortalDatabase(ConfigurableResource):
             self._pool = ConnectionPool(
                 self.url,
                 min_size=0,
-                max_size=self.max_connections,
+                # With a direct URL the session connection is the run's fifth.
+                max_size=self.max_connections - (1 if self.direct_url else 0),
                 kwargs={"application_name": "mm-orchestration"},
                 open=True,
                 name="portal",
@@ -50,6 +55,29 @@ class PortalDatabase(ConfigurableResource):
         """A pooled connection; committed when the block ends, rolled back on error."""
         with self._get_pool().connection() as conn:
             yield conn
+
+    @contextmanager
+    def session(self) -> Iterator[psycopg.Connection]:
+        """A connection that keeps its server session for the whole block (autocommit).
+
+        A pooler in transaction mode (Neon's, PgBouncer) hands each transaction to any
+        server connection, so a session advisory lock taken through it could be released
+        on another connection or leak; with `direct_url` this bypasses the pooler.
+        """
+        if not self.direct_url:
+            with self.connection() as conn:
+                conn.autocommit = True
+                yield conn
+            return
+        with psycopg.connect(
+            self.direct_url, autocommit=True, application_name="mm-orchestration-session"
+        ) as conn:
+            yield conn
+
+    @property
+    def session_url(self) -> str:
+        """The URL of whole-session work (pg_dump): the direct host when there is one."""
+        return self.direct_url or self.url
 
     def require(self, *tables: str) -> None:
         """Fail the step, without retries, when a table the job needs is missing."""
