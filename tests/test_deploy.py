@@ -150,6 +150,7 @@ def test_helm_values_match_the_code_and_hold_no_secret() -> None:
     read = set(re.findall(r'get\("([A-Z0-9_]+)"\)', settings_source))
     secrets = {
         "DATABASE_URL",
+        "DATABASE_DIRECT_URL",
         "SENDGRID_API_KEY",
         "SENTRY_DSN",
         "MUX_WEBHOOK_SECRET",
