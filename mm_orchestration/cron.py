@@ -48,6 +48,18 @@ def _field(expr: str, low: int, high: int) -> set[int]:
     return values
 
 
+def minute_interval(cron: str) -> int | None:
+    """Seconds between ticks of an every-hour expression (`*/5 * * * *`: 300), taking the
+    shortest gap; None when the hours or days are restricted (gaps of an hour or more)."""
+    validate(cron)
+    fields = cron.split()
+    if fields[1:] != ["*", "*", "*", "*"]:
+        return None
+    minutes = sorted(_field(fields[0], 0, 59))
+    gaps = [b - a for a, b in zip(minutes, [*minutes[1:], minutes[0] + 60], strict=True)]
+    return 60 * min(gaps)
+
+
 def next_tick(cron: str, timezone: str, after: datetime | None = None) -> datetime:
     """The first minute after `after` that the expression matches, in `timezone`."""
     validate(cron)

@@ -22,6 +22,7 @@ from dagster import (
 )
 
 from mm_orchestration import inventory
+from mm_orchestration.cron import minute_interval
 from mm_orchestration.inventory import JobSpec
 from mm_orchestration.ledger import TRIGGER_TAG, WINDOW_TAG
 from mm_orchestration.settings import Settings
@@ -69,6 +70,16 @@ def job_tags(spec: JobSpec) -> dict[str, str]:
     }
 
 
+def runtime_limit(spec: JobSpec, settings: Settings) -> dict[str, str]:
+    """A scheduled run's hard limit when its schedule here (staging, an override) ticks
+    more often than the inventory's limit allows: stopped before the next tick is due,
+    though never before its SLA. Empty when the job's own limit already fits."""
+    interval = minute_interval(settings.cron_for(spec))
+    if interval is None or interval >= spec.max_runtime_seconds:
+        return {}
+    return {"dagster/max_runtime": str(max(interval, spec.sla_seconds))}
+
+
 def window_key(scheduled_for: datetime) -> str:
     """A tick's window, in UTC so the repeated hour at the end of daylight saving
     still gives two different windows."""
@@ -87,6 +98,7 @@ def inventory_schedule(
     `should_run(tick)` may return a reason to skip a tick (the first-business-day rule);
     `window(tick)` names the window a tick's run is responsible for (default: the tick).
     """
+    limit = runtime_limit(spec, settings)
 
     @schedule(
         name=f"{spec.dagster_name}_schedule",
@@ -105,7 +117,7 @@ def inventory_schedule(
             if reason:
                 return SkipReason(reason)
         key = window(tick)
-        return RunRequest(run_key=key, tags={WINDOW_TAG: key, TRIGGER_TAG: "schedule"})
+        return RunRequest(run_key=key, tags={WINDOW_TAG: key, TRIGGER_TAG: "schedule", **limit})
 
     return _schedule
 
@@ -119,6 +131,7 @@ def partitioned_schedule(
 ) -> ScheduleDefinition:
     """The schedule of a partitioned asset job: each tick requests the partitions that
     `partitions(tick)` names, as (partition key, purpose) pairs."""
+    limit = runtime_limit(spec, settings)
 
     @schedule(
         name=f"{spec.dagster_name}_schedule",
@@ -136,7 +149,7 @@ def partitioned_schedule(
             RunRequest(
                 run_key=f"{key}:{purpose}:{window_key(tick)}",
                 partition_key=key,
-                tags={TRIGGER_TAG: "schedule", "mm/purpose": purpose},
+                tags={TRIGGER_TAG: "schedule", "mm/purpose": purpose, **limit},
             )
             for key, purpose in partitions(tick)
         ]

@@ -20,10 +20,8 @@ from dagster import DagsterInstance, DagsterRun
 
 from mm_orchestration import inventory
 from mm_orchestration.definitions import build_definitions
-from mm_orchestration.embedded_pg import EmbeddedPostgres
 from mm_orchestration.settings import Settings
 from mm_orchestration.topology import LOCATION, PROJECT_ROOT, commands
-from tests.conftest import create_database, drop_database
 
 DEPLOY = PROJECT_ROOT / "deploy"
 SHARED_SECTIONS = ("run_coordinator", "concurrency", "run_retries", "retention", "python_logs")
@@ -52,20 +50,9 @@ def _throwaway_kubeconfig(path: Path) -> Path:
 
 
 @pytest.fixture
-def k8s_instance(
-    pg_server: EmbeddedPostgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Any:
+def k8s_instance(dagster_storage: str, tmp_path: Path) -> Any:
     """deploy/dagster.k8s.yaml as a pod would load it, with a throwaway kubeconfig in place
     of the in-cluster service account and the test server in place of Neon."""
-    name = create_database(pg_server, template=None)
-    for key, value in {
-        "DAGSTER_PG_HOST": "127.0.0.1",
-        "DAGSTER_PG_PORT": str(pg_server.port),
-        "DAGSTER_PG_USER": "postgres",
-        "DAGSTER_PG_PASSWORD": "",
-        "DAGSTER_PG_DB": name,
-    }.items():
-        monkeypatch.setenv(key, value)
     config = yaml.safe_load((DEPLOY / "dagster.k8s.yaml").read_text())
     launcher = config["run_launcher"]["config"]
     launcher["load_incluster_config"] = False
@@ -76,7 +63,6 @@ def k8s_instance(
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     with DagsterInstance.from_config(str(home)) as instance:
         yield instance
-    drop_database(pg_server, name)
 
 
 def test_k8s_instance_config_resolves_launcher_and_storage(k8s_instance: Any) -> None:

@@ -75,14 +75,18 @@ def test_dev_starts_everything_and_ctrl_c_stops_everything(tmp_path):
         os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends
         proc.wait(timeout=60)
     log.close()
+    _assert_all_stopped([*family, postgres_pid], tmp_path / "dev.log")
+
+
+def _assert_all_stopped(pids: list[int], log: Path) -> None:
     time.sleep(1)
     alive = [
         pid
-        for pid in [*family, postgres_pid]
+        for pid in pids
         if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     ]
     assert alive == [], f"left running: {alive}"
-    assert "embedded PostgreSQL stopped" in (tmp_path / "dev.log").read_text()
+    assert "embedded PostgreSQL stopped" in log.read_text()
 
 
 LOCATIONS_QUERY = """
@@ -159,11 +163,4 @@ def test_prod_local_runs_three_processes_and_restarts_a_crashed_one(tmp_path):
         os.kill(proc.pid, signal.SIGINT)
         proc.wait(timeout=90)
     log.close()
-    time.sleep(1)
-    alive = [
-        pid
-        for pid in [*everything, postgres_pid]
-        if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    ]
-    assert alive == [], f"left running: {alive}"
-    assert "embedded PostgreSQL stopped" in log_path.read_text()
+    _assert_all_stopped([*everything, postgres_pid], log_path)

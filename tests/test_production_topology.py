@@ -26,11 +26,10 @@ import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from mm_orchestration import inventory
-from mm_orchestration.embedded_pg import EmbeddedPostgres, free_port
+from mm_orchestration.embedded_pg import free_port
 from mm_orchestration.ledger import WINDOW_TAG
 from mm_orchestration.topology import PROJECT_ROOT, Topology
 from tests import factories
-from tests.conftest import create_database, drop_database
 from tests.sendgrid_server import SendGridRecorder
 
 T = TypeVar("T")
@@ -111,21 +110,6 @@ def _status(conn: psycopg.Connection, link: Any) -> str:
     row = conn.execute("SELECT status FROM portal.share_links WHERE id = %s", [link]).fetchone()
     assert row
     return str(row[0])
-
-
-@pytest.fixture
-def dagster_storage(pg_server: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    name = create_database(pg_server, template=None)
-    for key, value in {
-        "DAGSTER_PG_HOST": "127.0.0.1",
-        "DAGSTER_PG_PORT": str(pg_server.port),
-        "DAGSTER_PG_USER": "postgres",
-        "DAGSTER_PG_PASSWORD": "",
-        "DAGSTER_PG_DB": name,
-    }.items():
-        monkeypatch.setenv(key, value)
-    yield name
-    drop_database(pg_server, name)
 
 
 @pytest.fixture

@@ -90,3 +90,30 @@ def test_unknown_job_lists_the_known_ones():
     with pytest.raises(inventory.UnknownJobError) as err:
         inventory.get("share-links")
     assert "share-link-expiry" in str(err.value) and "tenant-health-check" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "overrides", "limit"),
+    [
+        ("production", "", None),  # every 15 min; the inventory's 600 s already fits
+        ("staging", "", "300"),  # every 5 min: stopped before the next tick
+        ("staging", "share-link-expiry=* * * * *", "60"),  # never below its 60 s SLA
+        ("production", "share-link-expiry=0 */2 * * *", None),  # hours apart
+    ],
+)
+def test_scheduled_runs_stop_before_the_next_tick(env, overrides, limit):
+    settings = Settings.from_env({"MM_ENV": env, "MM_SCHEDULE_OVERRIDES": overrides})
+    with build_schedule_context(
+        scheduled_execution_time=datetime(2026, 11, 28, 10, 15, tzinfo=SYDNEY)
+    ) as context:
+        (request,) = schedule(settings).evaluate_tick(context).run_requests
+    assert request.tags.get("dagster/max_runtime") == limit
+
+
+def test_minute_interval_takes_the_shortest_gap():
+    from mm_orchestration.cron import minute_interval
+
+    assert minute_interval("*/5 * * * *") == 300
+    assert minute_interval("5,50 * * * *") == 15 * 60
+    assert minute_interval("5 * * * *") == 3600
+    assert minute_interval("0 8 * * *") is None
