@@ -31,9 +31,10 @@ dev: install
 prod-local: install
 	$(BIN)/mm-jobs prod-local
 
-## make test: the whole suite against a real (embedded) PostgreSQL.
+## make test: the whole suite against a real (embedded) PostgreSQL, on two workers (each
+## with its own server): the tests that mostly wait run beside the rest.
 test: install-dev
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 2 --dist load --maxschedchunk 1 $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff format --check mm_orchestration tests benchmarks

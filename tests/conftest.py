@@ -134,3 +134,16 @@ def run_job(job, resources, run_config=None, tags=None):
             instance=inst,
             raise_on_error=False,
         )
+
+
+# Tests that mostly wait (on minute boundaries, a browser, whole consoles starting) go
+# first, so that under `make test`'s two workers the rest of the suite runs beside them.
+_SLOW_FIRST = ("test_production_topology.py", "test_console_ui.py", "test_dev_command.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return _SLOW_FIRST.index(name) if name in _SLOW_FIRST else len(_SLOW_FIRST)
+
+    items.sort(key=rank)

@@ -46,7 +46,7 @@ def test_dev_starts_everything_and_ctrl_c_stops_everything(tmp_path):
     env["MM_DATA_DIR"] = str(data)
     log = open(tmp_path / "dev.log", "w")
     proc = subprocess.Popen(
-        [MM_JOBS, "dev", "--port", str(port)],
+        [MM_JOBS, "dev", "--port", str(port), "--reports-port", str(free_port())],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
