@@ -39,7 +39,7 @@ def commands(host: str, grpc_port: int, web_port: int) -> dict[str, list[str]]:
             "api",
             "grpc",
             "--module-name",
-            "mm_orchestration.definitions",
+            "mm_orchestration",
             "--location-name",
             LOCATION,
             "--host",
