@@ -12,35 +12,19 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
 from mm_orchestration.db import connect
 from mm_orchestration.embedded_pg import free_port
+from tests.local_stack import own_env, start, wait_until_serving
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-MM_JOBS = str(Path(sys.executable).with_name("mm-jobs"))
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
 )
-
-
-def _wait_for(url: str, proc: subprocess.Popen, log: Path, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            assert time.monotonic() < deadline, f"{url} did not answer in {seconds} s"
-            time.sleep(0.5)
 
 
 def test_launch_share_link_expiry_from_the_ui(tmp_path, sendgrid, project_root):
@@ -48,24 +32,16 @@ def test_launch_share_link_expiry_from_the_ui(tmp_path, sendgrid, project_root):
 
     port = free_port()
     data = tmp_path / "mm"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "DAGSTER_"))}
-    env.update(
-        MM_DATA_DIR=str(data),
+    env = own_env(
+        data,
         SENDGRID_API_KEY="SG.ui-test",
         SENDGRID_API_HOST=sendgrid.url,
         SENDGRID_DIGEST_TEMPLATE_ID="d-ui-test",
     )
     log = tmp_path / "dev.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [MM_JOBS, "dev", "--port", str(port), "--reports-port", str(free_port())],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start(["dev", "--port", str(port), "--reports-port", str(free_port())], env, log)
     try:
-        _wait_for(f"http://127.0.0.1:{port}/server_info", proc, log)
+        wait_until_serving(port, proc, log)
         pg_port = (data / "postgres" / "port").read_text().strip()
         url = f"postgresql://postgres@127.0.0.1:{pg_port}/portal"
         with connect(url) as conn:

@@ -4,20 +4,15 @@ nothing behind."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 
 from mm_orchestration.embedded_pg import free_port
-
-MM_JOBS = str(Path(sys.executable).with_name("mm-jobs"))
+from tests.local_stack import graphql, own_env, start, wait_until_serving
 
 SCHEDULES_QUERY = """
 query { repositoriesOrError { ... on RepositoryConnection { nodes {
@@ -25,44 +20,16 @@ query { repositoriesOrError { ... on RepositoryConnection { nodes {
 """
 
 
-def _graphql(port: int, query: str) -> dict:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
 def test_dev_starts_everything_and_ctrl_c_stops_everything(tmp_path):
     port = free_port()
     data = tmp_path / "mm"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DATABASE_URL", "DAGSTER_", "SENDGRID_"))
-    }
-    env["MM_DATA_DIR"] = str(data)
-    log = open(tmp_path / "dev.log", "w")
-    proc = subprocess.Popen(
-        [MM_JOBS, "dev", "--port", str(port), "--reports-port", str(free_port())],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    log = tmp_path / "dev.log"
+    proc = start(
+        ["dev", "--port", str(port), "--reports-port", str(free_port())], own_env(data), log
     )
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, (tmp_path / "dev.log").read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, "the console did not come up in 90 s"
-                time.sleep(0.5)
-        nodes = _graphql(port, SCHEDULES_QUERY)["data"]["repositoriesOrError"]["nodes"]
+        wait_until_serving(port, proc, log)
+        nodes = graphql(port, SCHEDULES_QUERY)["repositoriesOrError"]["nodes"]
         schedules = {s["name"]: s for node in nodes for s in node["schedules"]}
         expiry = schedules["share_link_expiry_schedule"]
         assert expiry["scheduleState"]["status"] == "RUNNING"
@@ -74,8 +41,7 @@ def test_dev_starts_everything_and_ctrl_c_stops_everything(tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends
         proc.wait(timeout=60)
-    log.close()
-    _assert_all_stopped([*family, postgres_pid], tmp_path / "dev.log")
+    _assert_all_stopped([*family, postgres_pid], log)
 
 
 def _assert_all_stopped(pids: list[int], log: Path) -> None:
@@ -118,18 +84,11 @@ def _family(pid: int) -> dict[str, int]:
 def test_prod_local_runs_three_processes_and_restarts_a_crashed_one(tmp_path):
     port, grpc_port = free_port(), free_port()
     data = tmp_path / "mm"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DATABASE_URL", "DAGSTER_", "SENDGRID_", "MM_"))
-    }
-    env["MM_DATA_DIR"] = str(data)
     log_path = tmp_path / "prod-local.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen(
-        [MM_JOBS, "prod-local", "--port", str(port), "--grpc-port", str(grpc_port),
+    proc = start(
+        ["prod-local", "--port", str(port), "--grpc-port", str(grpc_port),
          "--reports-port", str(free_port())],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        own_env(data), log_path,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
@@ -139,12 +98,12 @@ def test_prod_local_runs_three_processes_and_restarts_a_crashed_one(tmp_path):
             time.sleep(0.5)
         family = _family(proc.pid)
         assert set(family) == {"code-server", "daemon", "webserver"}, family
-        entries = _graphql(port, LOCATIONS_QUERY)["data"]["workspaceOrError"]["locationEntries"]
+        entries = graphql(port, LOCATIONS_QUERY)["workspaceOrError"]["locationEntries"]
         (entry,) = entries
         assert entry["locationOrLoadError"]["__typename"] == "RepositoryLocation"
         metadata = {m["key"]: m["value"] for m in entry["displayMetadata"]}
         assert metadata.get("port") == str(grpc_port), metadata  # loaded over gRPC
-        nodes = _graphql(port, SCHEDULES_QUERY)["data"]["repositoriesOrError"]["nodes"]
+        nodes = graphql(port, SCHEDULES_QUERY)["repositoriesOrError"]["nodes"]
         schedules = {s["name"]: s for node in nodes for s in node["schedules"]}
         expiry = schedules["share_link_expiry_schedule"]
         assert expiry["cronSchedule"] == "*/5 * * * *"  # MM_ENV=staging
@@ -162,5 +121,4 @@ def test_prod_local_runs_three_processes_and_restarts_a_crashed_one(tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGINT)
         proc.wait(timeout=90)
-    log.close()
     _assert_all_stopped([*everything, postgres_pid], log_path)

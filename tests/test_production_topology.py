@@ -10,12 +10,10 @@ out of the way so that the only runs are the ones under test.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +28,7 @@ from mm_orchestration.embedded_pg import free_port
 from mm_orchestration.ledger import WINDOW_TAG
 from mm_orchestration.topology import PROJECT_ROOT, Topology
 from tests import factories
+from tests.local_stack import graphql
 from tests.sendgrid_server import SendGridRecorder
 
 T = TypeVar("T")
@@ -61,20 +60,10 @@ def _wait(what: str, check: Callable[[], T | None], timeout: float, topology: To
         time.sleep(1)
 
 
-def _graphql(port: int, query: str) -> dict[str, Any]:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())["data"]
-
-
 def _location_error(port: int) -> str | None:
     """The location's load error as the console shows it, None while it is loaded."""
-    _graphql(port, RELOAD)
-    entries = _graphql(port, LOCATION_QUERY)["workspaceOrError"]["locationEntries"]
+    graphql(port, RELOAD)
+    entries = graphql(port, LOCATION_QUERY)["workspaceOrError"]["locationEntries"]
     (entry,) = [e for e in entries if e["name"] == "mm_orchestration"]
     location = entry["locationOrLoadError"]
     return location["message"] if location and location["__typename"] == "PythonError" else None
