@@ -372,9 +372,11 @@ def _local_stack(args: argparse.Namespace) -> Iterator[Settings]:
     from mm_orchestration.embedded_pg import EmbeddedPostgres
     from mm_orchestration.migrate import migrate
 
-    settings = Settings.from_env()
-    data_dir = Path(settings.data_dir).resolve()
+    data_dir = Path(Settings.from_env().data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    # Absolute for every process started from here: the Dagster ones run in DAGSTER_HOME.
+    os.environ["MM_DATA_DIR"] = str(data_dir)
+    settings = Settings.from_env()
     server: EmbeddedPostgres | None = None
     embedded = not settings.database_url
     if embedded:
@@ -412,7 +414,6 @@ def _local_stack(args: argparse.Namespace) -> Iterator[Settings]:
         home.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
         os.environ["DAGSTER_HOME"] = str(home)
-        os.environ.setdefault("MM_DATA_DIR", str(data_dir))
         try:
             yield Settings.from_env()
         finally:

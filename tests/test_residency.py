@@ -6,6 +6,8 @@ import base64
 import csv
 import hashlib
 import io
+import signal
+import time
 import urllib.error
 import urllib.request
 from datetime import date
@@ -163,6 +165,44 @@ def test_download_endpoint(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_serve_reports_command_serves_the_store_of_the_settings(
+    conn, database_url, portal_db, mailer, job_settings, store, agencies, tmp_path
+):
+    """`mm-jobs serve-reports` (production's download endpoint) reads MM_DATA_DIR's store,
+    insists on a password, and stops cleanly on SIGTERM (systemd's stop)."""
+    from mm_orchestration.embedded_pg import free_port
+    from tests.local_stack import own_env, start
+
+    assert run(portal_db, mailer, job_settings, store).success
+    key = conn.execute("SELECT storage_uri FROM ops.residency_reports").fetchone()[0]
+    port = free_port()
+    env = own_env(tmp_path, DATABASE_URL=database_url)  # the store is tmp_path/reports
+    refused = start(["serve-reports", "--port", str(port)], env, tmp_path / "refused.log")
+    assert refused.wait(timeout=60) == 2
+    assert "MM_REPORTS_PASSWORD is not set" in (tmp_path / "refused.log").read_text()
+
+    env["MM_REPORTS_PASSWORD"] = "s3cret"
+    proc = start(["serve-reports", "--port", str(port)], env, tmp_path / "serve.log")
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/reports/{key}")
+        token = base64.b64encode(b"compliance:s3cret").decode()
+        request.add_header("Authorization", f"Basic {token}")
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    assert response.read() == store.get(key)
+                break
+            except urllib.error.URLError as exc:
+                assert not isinstance(exc, urllib.error.HTTPError), exc
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+                time.sleep(0.2)
+        else:
+            raise AssertionError("serve-reports did not answer")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
 
 
 def test_s3_compatible_store_round_trip_and_tamper_check(monkeypatch):
