@@ -17,8 +17,7 @@ from typing import Any
 
 from mm_orchestration import inventory
 from mm_orchestration.settings import Settings, SettingsError
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+from mm_orchestration.topology import PROJECT_ROOT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
