@@ -41,6 +41,8 @@ class DeliveryReport:
             "emails_failed": self.failed,
             "emails_suppressed": self.suppressed,
             "emails_deferred": self.deferred,
+            # Claimed by a deliverer that died mid-send: never resent, an operator checks.
+            "emails_outcome_unknown": self.abandoned,
         }
 
 

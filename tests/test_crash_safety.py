@@ -60,7 +60,11 @@ def test_killed_while_sending_never_resends(
     assert sendgrid.arrivals == 1
     # ...and once the claim's lease is over, an operator is told the outcome is unknown.
     conn.execute("UPDATE ops.notification_outbox SET claimed_at = now() - interval '1 hour'")
-    assert _run(portal_db, mailer).success
+    settled = _run(portal_db, mailer)
+    assert settled.success
+    outputs = [e.step_output_data.metadata for e in settled.all_events if e.is_successful_output]
+    assert any(m.get("emails_outcome_unknown") and m["emails_outcome_unknown"].value == 1
+               for m in outputs), outputs  # fmt: skip
     status, error = conn.execute(
         "SELECT status, last_error FROM ops.notification_outbox"
     ).fetchone()
