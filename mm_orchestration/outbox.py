@@ -15,12 +15,26 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from psycopg.types.json import Jsonb
+
 from mm_orchestration.joblog import log_event, mask_email
 from mm_orchestration.resources.database import PortalDatabase
 from mm_orchestration.resources.mailer import Email, Mailer, SendError, TemplateRecipient
 
 Renderer = Callable[[str, dict[str, Any]], Email]
 """Turns (idempotency key, row) into the message to send."""
+
+
+def enqueue(conn: Any, key: str, kind: str, recipient: str, payload: dict[str, Any]) -> bool:
+    """Queue one email in the caller's transaction; False when its key is already queued."""
+    return bool(
+        conn.execute(
+            """INSERT INTO ops.notification_outbox (idempotency_key, kind, recipient, payload)
+               VALUES (%s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING""",
+            [key, kind, recipient, Jsonb(payload)],
+        ).rowcount
+    )
+
 
 SENDING_LEASE = "15 minutes"
 CLAIM_BATCH = 100

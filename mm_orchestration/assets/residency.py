@@ -33,7 +33,7 @@ from dagster import (
 from psycopg.types.json import Jsonb
 
 from mm_orchestration import inventory
-from mm_orchestration.outbox import Renderer, deliver_pending
+from mm_orchestration.outbox import Renderer, deliver_pending, enqueue
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Attachment, Email
 from mm_orchestration.resources.report_store import ReportStore
@@ -355,26 +355,21 @@ def residency_report(
                 Jsonb(exceptions),
             ],
         )
-        conn.execute(
-            """INSERT INTO ops.notification_outbox (idempotency_key, kind, recipient, payload)
-               VALUES (%s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING""",
-            [
-                f"residency-report:{week}",
-                EMAIL_KIND,
-                job_settings.compliance_email,
-                Jsonb(
-                    {
-                        "week": week.isoformat(),
-                        "csv_key": csv_key,
-                        "csv_sha256": csv_sha,
-                        "html_key": html_key,
-                        "html_sha256": html_sha,
-                        "rows": len(frame),
-                        "compliant": compliant,
-                        "exceptions": exceptions,
-                    }
-                ),
-            ],
+        enqueue(
+            conn,
+            f"residency-report:{week}",
+            EMAIL_KIND,
+            job_settings.compliance_email,
+            {
+                "week": week.isoformat(),
+                "csv_key": csv_key,
+                "csv_sha256": csv_sha,
+                "html_key": html_key,
+                "html_sha256": html_sha,
+                "rows": len(frame),
+                "compliant": compliant,
+                "exceptions": exceptions,
+            },
         )
     report = deliver_pending(
         portal_db, mailer, [EMAIL_KIND], make_renderer(report_store), context.run_id

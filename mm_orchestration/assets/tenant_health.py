@@ -24,10 +24,9 @@ from dagster import (
     asset,
     define_asset_job,
 )
-from psycopg.types.json import Jsonb
 
 from mm_orchestration import inventory
-from mm_orchestration.outbox import deliver_pending
+from mm_orchestration.outbox import deliver_pending, enqueue
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
 from mm_orchestration.scheduling import (
@@ -187,15 +186,12 @@ def tenant_health_daily(
     with portal_db.connection() as conn:
         written = write_day(conn, day, ref)
         counts, table = summarise(conn, day)
-        conn.execute(
-            """INSERT INTO ops.notification_outbox (idempotency_key, kind, recipient, payload)
-               VALUES (%s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING""",
-            [
-                f"tenant-health:{day}",
-                SUMMARY_KIND,
-                job_settings.admin_email,
-                Jsonb({"day": day.isoformat(), "counts": counts, "table": table}),
-            ],
+        enqueue(
+            conn,
+            f"tenant-health:{day}",
+            SUMMARY_KIND,
+            job_settings.admin_email,
+            {"day": day.isoformat(), "counts": counts, "table": table},
         )
     report = deliver_pending(portal_db, mailer, [SUMMARY_KIND], render_summary, context.run_id)
     return MaterializeResult(

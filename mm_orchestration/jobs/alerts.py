@@ -10,11 +10,11 @@ import json
 from typing import Any
 
 from dagster import Backoff, Config, OpExecutionContext, RetryPolicy, RunRequest, job, op
-from psycopg.types.json import Jsonb
 from pydantic import Field
 
+from mm_orchestration import audit
 from mm_orchestration.joblog import log_event
-from mm_orchestration.outbox import DeliveryIncomplete, deliver_pending
+from mm_orchestration.outbox import DeliveryIncomplete, deliver_pending, enqueue
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
 from mm_orchestration.scheduling import JOB_TAG
@@ -55,33 +55,26 @@ def record_alert(
     details = json.loads(config.details_json or "{}")
     recipient = job_settings.contact(config.contact)
     with portal_db.connection() as conn:
-        queued = conn.execute(
-            """INSERT INTO ops.notification_outbox (idempotency_key, kind, recipient, payload)
-               VALUES (%s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING""",
-            [
-                config.key,
-                ALERT_KIND,
-                recipient,
-                Jsonb({"subject": config.subject, "body": config.body, **details}),
-            ],
-        ).rowcount
+        queued = enqueue(
+            conn,
+            config.key,
+            ALERT_KIND,
+            recipient,
+            {"subject": config.subject, "body": config.body, **details},
+        )
         if queued:
-            conn.execute(
-                """INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
-                   VALUES ('alerting', %s, %s, %s, %s)""",
-                [
-                    config.action,
-                    config.source_job or None,
-                    context.run_id,
-                    Jsonb(
-                        {
-                            "key": config.key,
-                            "contact": config.contact,
-                            "subject": config.subject,
-                            **details,
-                        }
-                    ),
-                ],
+            audit.record(
+                conn,
+                "alerting",
+                config.action,
+                config.source_job or None,
+                context.run_id,
+                {
+                    "key": config.key,
+                    "contact": config.contact,
+                    "subject": config.subject,
+                    **details,
+                },
             )
     log_event(
         "alert.queued" if queued else "alert.duplicate",

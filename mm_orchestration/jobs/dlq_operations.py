@@ -10,9 +10,9 @@ from typing import Any
 import psycopg
 from dagster import Config, OpExecutionContext, job, op
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 from pydantic import Field
 
+from mm_orchestration import audit
 from mm_orchestration.resources import PortalDatabase
 from mm_orchestration.scheduling import JOB_TAG
 
@@ -68,16 +68,13 @@ def requeue(
         missing = sorted(set(ids) - set(requeued))
         if missing:
             raise LookupError(f"not requeued (unknown id, or already replayed): {missing}")
-        conn.execute(
-            """INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
-               VALUES (%s, 'dlq_requeue', 'mux-webhook-retry', %s, %s)""",
-            [
-                actor,
-                run_id,
-                Jsonb(
-                    {"ids": requeued, "event_ids": sorted(r[1] for r in rows), "all_dead": all_dead}
-                ),
-            ],
+        audit.record(
+            conn,
+            actor,
+            "dlq_requeue",
+            "mux-webhook-retry",
+            run_id,
+            {"ids": requeued, "event_ids": sorted(r[1] for r in rows), "all_dead": all_dead},
         )
     return requeued
 
@@ -100,22 +97,19 @@ def discard(
         ).fetchone()
         if row is None:
             raise LookupError(f"no pending or dead letter with id {dlq_id}")
-        conn.execute(
-            """INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
-               VALUES (%s, 'dlq_discard', 'mux-webhook-retry', %s, %s)""",
-            [
-                actor,
-                run_id,
-                Jsonb(
-                    {
-                        "id": dlq_id,
-                        "event_id": row[0],
-                        "event_type": row[1],
-                        "reason": reason,
-                        "payload": row[2],
-                    }
-                ),
-            ],
+        audit.record(
+            conn,
+            actor,
+            "dlq_discard",
+            "mux-webhook-retry",
+            run_id,
+            {
+                "id": dlq_id,
+                "event_id": row[0],
+                "event_type": row[1],
+                "reason": reason,
+                "payload": row[2],
+            },
         )
 
 

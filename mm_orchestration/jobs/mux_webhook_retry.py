@@ -27,9 +27,8 @@ from typing import Any
 
 import psycopg
 from dagster import OpExecutionContext, job, op
-from psycopg.types.json import Jsonb
 
-from mm_orchestration import inventory
+from mm_orchestration import audit, inventory
 from mm_orchestration.joblog import log_event
 from mm_orchestration.ledger import WindowConfig, claim, window_for
 from mm_orchestration.mux_events import (
@@ -42,7 +41,7 @@ from mm_orchestration.mux_events import (
     parse_envelope,
 )
 from mm_orchestration.mux_events import verify_signature as check_signature
-from mm_orchestration.outbox import DeliveryIncomplete, deliver_pending
+from mm_orchestration.outbox import DeliveryIncomplete, deliver_pending, enqueue
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
 from mm_orchestration.resources.mux import MuxWebhooks
@@ -299,21 +298,14 @@ class _Replay:
         ).rowcount
         if not marked:
             return
-        self.conn.execute(
-            """INSERT INTO ops.notification_outbox (idempotency_key, kind, recipient, payload)
-               VALUES (%s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING""",
-            [
-                f"mux-dlq-dead:{details['event_id']}",
-                DEAD_EMAIL_KIND,
-                self.reliability_email,
-                Jsonb(details),
-            ],
+        enqueue(
+            self.conn,
+            f"mux-dlq-dead:{details['event_id']}",
+            DEAD_EMAIL_KIND,
+            self.reliability_email,
+            details,
         )
-        self.conn.execute(
-            """INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
-               VALUES ('mux-webhook-retry', 'escalate_dead_letter', %s, %s, %s)""",
-            [SPEC.name, self.run_id, Jsonb(details)],
-        )
+        audit.record(self.conn, SPEC.name, "escalate_dead_letter", SPEC.name, self.run_id, details)
         log_event(
             "mux.escalated",
             level=40,
