@@ -144,8 +144,8 @@ WITH regions AS (
     SELECT t.id, t.name, 1 + v.ord, v.system, v.vendor, v.categories, v.region, v.source, false
       FROM portal.tenants t CROSS JOIN vendors v
 )
-SELECT id::text, name, system, vendor, categories, region,
-       lower(region) = ANY(%(allowed)s) AS onshore, evidence, judged
+SELECT id::text AS tenant_id, name AS tenant, system, vendor, categories AS data_categories,
+       region, lower(region) = ANY(%(allowed)s) AS onshore, evidence, judged
   FROM places
  ORDER BY name, id, ord, region
 """
@@ -189,21 +189,8 @@ def report_params() -> dict[str, Any]:
 
 def build_frame(conn: psycopg.Connection, read_at: datetime) -> pd.DataFrame:
     """The report as a table: one row per tenant and place its data lives."""
-    rows = conn.execute(REPORT_ROWS, report_params()).fetchall()
-    frame = pd.DataFrame(
-        rows,
-        columns=[
-            "tenant_id",
-            "tenant",
-            "system",
-            "vendor",
-            "data_categories",
-            "region",
-            "onshore",
-            "evidence",
-            "judged",
-        ],
-    )
+    cursor = conn.execute(REPORT_ROWS, report_params())
+    frame = pd.DataFrame(cursor.fetchall(), columns=[c.name for c in cursor.description or []])
     frame["country"] = frame["region"].map({r: country(r) for r in frame["region"].unique()})
     frame["read_at"] = read_at.isoformat(timespec="seconds")
     frame["status"] = "ok"
