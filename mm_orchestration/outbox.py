@@ -108,28 +108,17 @@ def deliver_pending_templated(
         try:
             message_id = mailer.send_template_batch(template_id, recipients)
         except SendError as exc:
-            _mark(db, ids, "pending" if exc.transient else "failed", error=str(exc))
-            report.errors.append(f"batch of {len(ids)}: {exc}")
-            if exc.transient:
-                report.deferred += len(ids)
-                log_event(
-                    "email.batch_deferred",
-                    level=30,
-                    kind=kind,
-                    size=len(ids),
-                    error=str(exc),
-                    runId=run_id,
-                )
-                break
-            report.failed += len(ids)
+            _settle_send_error(db, ids, exc, report, f"batch of {len(ids)}")
             log_event(
-                "email.batch_failed",
-                level=40,
+                "email.batch_deferred" if exc.transient else "email.batch_failed",
+                level=30 if exc.transient else 40,
                 kind=kind,
                 size=len(ids),
                 error=str(exc),
                 runId=run_id,
             )
+            if exc.transient:
+                break  # SendGrid is busy or down: the rest stays pending for the retry
             continue
         _mark(db, ids, "sent", message_id=message_id)
         report.sent += len(ids)
@@ -206,6 +195,19 @@ def _mark(
         )
 
 
+def _settle_send_error(
+    db: PortalDatabase, ids: list[int], exc: SendError, report: DeliveryReport, label: str
+) -> None:
+    """A transient error puts the rows back to pending (the mailer already backed off, so
+    the op's retry or the next run is the next try); any other fails them for good."""
+    _mark(db, ids, "pending" if exc.transient else "failed", error=str(exc))
+    if exc.transient:
+        report.deferred += len(ids)
+    else:
+        report.failed += len(ids)
+    report.errors.append(f"{label}: {exc}")
+
+
 def _deliver_one(
     db: PortalDatabase,
     mailer: Mailer,
@@ -218,14 +220,7 @@ def _deliver_one(
     try:
         message_id = mailer.send(render(key, {"recipient": recipient, **payload}))
     except SendError as exc:
-        # Transient: back to pending; the mailer already backed off, so the op's retry
-        # policy (or the next scheduled run) is the next try.
-        _mark(db, [outbox_id], "pending" if exc.transient else "failed", error=str(exc))
-        if exc.transient:
-            report.deferred += 1
-        else:
-            report.failed += 1
-        report.errors.append(f"{key}: {exc}")
+        _settle_send_error(db, [outbox_id], exc, report, key)
         log_event("email.failed", level=30, error=str(exc), transient=exc.transient, **fields)
         return
     except Exception as exc:  # a rendering bug must not strand the row in 'sending'
