@@ -208,21 +208,34 @@ def _force_nodes(job: Any) -> list[str]:
     return names
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    from mm_orchestration.definitions import ASSET_JOBS, JOBS
+def cmd_list(args: argparse.Namespace, now: datetime | None = None) -> int:
+    """Every inventory job as the daemon will run it: the cron and time zone are read from
+    the built schedule definitions, and the next tick comes from Dagster's iteration."""
+    from dagster import ScheduleDefinition
+
+    from mm_orchestration.definitions import ASSET_JOBS, JOBS, build_definitions
+    from mm_orchestration.scheduling import JOB_TAG
 
     settings = _local_settings()
+    now = now or datetime.now(UTC)
+    schedules = {
+        s.tags.get(JOB_TAG): s
+        for s in build_definitions(settings).schedules or []
+        if isinstance(s, ScheduleDefinition)
+    }
     rows = [("job", "schedule", "timezone", "retries", "sla", "next tick", "built")]
     for spec in inventory.INVENTORY:
-        cron = settings.cron_for(spec)
+        sched = schedules.get(spec.name)
+        cron = sched.cron_schedule if sched else settings.cron_for(spec)
+        zone = (sched.execution_timezone or "UTC") if sched else "-"  # the daemon's default
         rows.append(
             (
                 spec.name,
-                cron,
-                settings.timezone,
+                cron if isinstance(cron, str) else " | ".join(cron),
+                zone,
                 str(spec.retries),
                 f"{spec.sla_seconds}s",
-                _next_tick(cron, settings.timezone),
+                _next_tick(cron, zone, now) if sched else "- (no schedule)",
                 "yes" if spec.name in JOBS or spec.name in ASSET_JOBS else "not yet",
             )
         )
@@ -232,10 +245,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _next_tick(cron: str, timezone: str) -> str:
+def _next_tick(cron: str | Sequence[str], timezone: str, now: datetime) -> str:
+    """The first tick after `now` that the daemon will run, by Dagster's own iteration."""
     from mm_orchestration.cron import next_tick
 
-    return next_tick(cron, timezone, datetime.now(UTC)).strftime("%Y-%m-%d %H:%M %Z")
+    return next_tick(cron, timezone, now).strftime("%Y-%m-%d %H:%M %Z")
 
 
 # -- grants ------------------------------------------------------------------------

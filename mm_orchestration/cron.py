@@ -1,82 +1,84 @@
-"""Next tick of a five-field cron expression in a time zone, for `mm-jobs list`.
+"""Cron strings read the way Dagster reads them: the project's only cron interpretation.
 
-Dagster computes the real ticks; this only tells an operator when the next one is due,
-without reaching into Dagster's private modules.
+Settings check an override with Dagster's own validity rule, `mm-jobs list` shows the
+tick the daemon will run, and `scheduling.runtime_limit` measures the gap between
+ticks, all from Dagster's schedule iteration (daylight saving included), so nothing an
+operator reads can disagree with what the scheduler does.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
-_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+from dagster import DagsterInvalidDefinitionError, ScheduleDefinition
 
-
-_NAMES = ("minute", "hour", "day of month", "month", "day of week")
-
-
-def validate(cron: str) -> None:
-    """Raise ValueError naming the field when `cron` is not a five-field expression."""
-    fields = cron.split()
-    if len(fields) != 5:
-        raise ValueError(f"{cron!r} has {len(fields)} fields, not 5 (minute hour dom month dow)")
-    for expr, name, (low, high) in zip(fields, _NAMES, _RANGES, strict=True):
-        try:
-            values = _field(expr, low, high)
-        except ValueError:
-            raise ValueError(
-                f"{cron!r}: {name} field {expr!r} is not a number, range or step"
-            ) from None
-        if not values or min(values) < low or max(values) > high:
-            raise ValueError(f"{cron!r}: {name} field {expr!r} is outside {low}-{high}")
+ACCEPTED = (
+    "five space-separated ASCII fields, minute (0-59) hour (0-23) day-of-month (1-31) "
+    "month (1-12) day-of-week (0-7), each *, a number, a list, a range or a step, "
+    "e.g. '*/15 * * * *' or '0 8 * * 1-5', firing at least once a year"
+)
 
 
-def _field(expr: str, low: int, high: int) -> set[int]:
-    values: set[int] = set()
-    for part in expr.split(","):
-        body, _, step_text = part.partition("/")
-        step = int(step_text) if step_text else 1
-        if body == "*":
-            start, stop = low, high
-        elif "-" in body:
-            a, b = body.split("-")
-            start, stop = int(a), int(b)
-        else:
-            start = int(body)
-            stop = high if step_text else start
-        values.update(range(start, stop + 1, step))
-    return values
+def ticks(cron: str | Sequence[str], timezone: str | None, after: datetime) -> Iterator[datetime]:
+    """Dagster's ticks of `cron` in `timezone` (UTC when None) strictly after `after`,
+    as aware datetimes in that zone."""
+    # Dagster 1.13 exports no public way to iterate a schedule's ticks: the daemon
+    # (RemoteSchedule.execution_time_iterator), the UI's future ticks and time-window
+    # partitions all call this private iterator. Importing it here, and nowhere else,
+    # keeps one cron interpretation (Dagster's) and one place to change on upgrade.
+    from dagster._utils.schedules import schedule_execution_time_iterator
+
+    # Like the daemon, a tick at `after` itself is already due, not next.
+    for tick in schedule_execution_time_iterator(after.timestamp(), cron, timezone):
+        if tick.timestamp() > after.timestamp():
+            yield tick
 
 
-def minute_interval(cron: str) -> int | None:
-    """Seconds between ticks of an every-hour expression (`*/5 * * * *`: 300), taking the
-    shortest gap; None when the hours or days are restricted (gaps of an hour or more)."""
-    validate(cron)
-    fields = cron.split()
-    if fields[1:] != ["*", "*", "*", "*"]:
-        return None
-    minutes = sorted(_field(fields[0], 0, 59))
-    gaps = [b - a for a, b in zip(minutes, [*minutes[1:], minutes[0] + 60], strict=True)]
-    return 60 * min(gaps)
+def next_tick(
+    cron: str | Sequence[str], timezone: str | None, after: datetime | None = None
+) -> datetime:
+    """The next tick the daemon will run for a schedule with this cron and execution
+    time zone (a ScheduleDefinition's `cron_schedule` and `execution_timezone`)."""
+    return next(ticks(cron, timezone, after or datetime.now(UTC)))
 
 
-def next_tick(cron: str, timezone: str, after: datetime | None = None) -> datetime:
-    """The first minute after `after` that the expression matches, in `timezone`."""
-    validate(cron)
-    minute, hour, dom, month, dow = (
-        _field(f, lo, hi) for f, (lo, hi) in zip(cron.split(), _RANGES, strict=True)
-    )
-    dow = {d % 7 for d in dow}
-    dom_any, dow_any = cron.split()[2] == "*", cron.split()[4] == "*"
-    zone = ZoneInfo(timezone)
-    t = (after or datetime.now(UTC)).astimezone(UTC).replace(second=0, microsecond=0)
-    for _ in range(60 * 24 * 366):
-        t += timedelta(minutes=1)
-        local = t.astimezone(zone)
-        day_ok_dom = local.day in dom
-        day_ok_dow = (local.isoweekday() % 7) in dow
-        # Standard cron: when both day fields are restricted, either may match.
-        day_ok = day_ok_dom and day_ok_dow if dom_any or dow_any else day_ok_dom or day_ok_dow
-        if local.minute in minute and local.hour in hour and local.month in month and day_ok:
-            return local
-    raise ValueError(f"cron {cron!r} has no tick within a year")
+def check(cron: str, after: datetime | None = None) -> None:
+    """Raise ValueError saying what is wrong unless Dagster accepts `cron` as a schedule
+    and it fires at least once in the year after `after` (default: now)."""
+    if not cron.isascii():
+        odd = "".join(sorted({c for c in cron if not c.isascii()}))
+        raise ValueError(f"it has characters that are not ASCII ({odd!r})")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            # Dagster's own validity rule, through its public constructor.
+            ScheduleDefinition(name="cron_check", cron_schedule=cron, job_name="cron_check")
+    except DagsterInvalidDefinitionError:
+        fields = len(cron.split())
+        hint = f" (it has {fields} fields, not 5)" if fields != 5 else ""
+        raise ValueError(f"Dagster does not accept it as a cron expression{hint}") from None
+    start = after or datetime.now(UTC)
+    try:
+        first: float | None = next(ticks(cron, "UTC", start)).timestamp()
+    except ValueError:  # Dagster's croniter gives up on dates that never come (31 April)
+        first = None
+    if first is None or first > (start + timedelta(days=366)).timestamp():
+        raise ValueError("by Dagster's schedule iteration it does not fire within a year")
+
+
+def shortest_interval(cron: str, timezone: str, after: datetime | None = None) -> int:
+    """Seconds between the two closest of the next ticks (`*/5 * * * *`: 300,
+    `5,50 * * * *`: 900, `0 8 * * *`: 86400), sampled over at least a day."""
+    start = after or datetime.now(UTC)
+    horizon = start + timedelta(days=1)
+    gaps: list[float] = []
+    previous: datetime | None = None
+    for tick in ticks(cron, timezone, start):
+        if previous is not None:
+            gaps.append(tick.timestamp() - previous.timestamp())  # real time, not wall clock
+        previous = tick
+        if tick > horizon and len(gaps) >= 2:
+            break
+    return int(min(gaps))

@@ -60,7 +60,7 @@ INVENTORY: tuple[JobSpec, ...] = (
         retry_delay_seconds=10,
         sla_seconds=60,
         max_runtime_seconds=600,
-        failure_handling="Retries once; logs to DLQ on failure",
+        failure_handling="Retries once; failure alerts the reliability partner",
         manual_trigger=True,
     ),
     JobSpec(
@@ -72,7 +72,7 @@ INVENTORY: tuple[JobSpec, ...] = (
         retry_delay_seconds=30,
         sla_seconds=900,
         max_runtime_seconds=3 * 3600,
-        failure_handling="Retries 3 times; failure alerts reliability partner",
+        failure_handling="Retries 3 times; failure alerts the reliability partner",
         manual_trigger=True,
         resources=PodResources(cpu="500m", memory="512Mi", memory_limit="1Gi"),
     ),
@@ -85,7 +85,9 @@ INVENTORY: tuple[JobSpec, ...] = (
         retry_delay_seconds=0,
         sla_seconds=60,
         max_runtime_seconds=1800,
-        failure_handling="Low risk; logs failure, manual rerun",
+        failure_handling=(
+            "No retries (low risk: a rerun is always safe); failure alerts the reliability partner"
+        ),
     ),
     JobSpec(
         name="mux-webhook-retry",
@@ -96,7 +98,10 @@ INVENTORY: tuple[JobSpec, ...] = (
         retry_delay_seconds=0,
         sla_seconds=120,
         max_runtime_seconds=240,
-        failure_handling="Retries limit 5; escalate if queue >10",
+        failure_handling=(
+            "No run retries: each event has 5 attempts, then is dead and escalated once; a "
+            "failed run, or a DLQ above MM_DLQ_ALERT_THRESHOLD (10), alerts the reliability partner"
+        ),
         resources=PodResources(cpu="500m", memory="384Mi", memory_limit="768Mi"),
     ),
     JobSpec(
@@ -109,14 +114,14 @@ INVENTORY: tuple[JobSpec, ...] = (
         sla_seconds=900,
         max_runtime_seconds=4 * 3600,
         escalate_to="compliance",
-        failure_handling="Retries 2 times, failure triggers manual run",
+        failure_handling="Retries 2 times; failure alerts compliance to rerun it by hand",
         manual_trigger=True,
         kind="asset",
         resources=PodResources(cpu="1", memory="1Gi", memory_limit="2Gi"),
     ),
     JobSpec(
         name="backup-verify",
-        purpose="Restore drill of the portal database (staging)",
+        purpose="Restore drill of the portal database into a scratch database (or a Neon branch)",
         # Days 1-7 at 09:00; the schedule skips all but the first Australian business day.
         cron="0 9 1-7 * *",
         staging_cron="0 */6 * * *",
@@ -125,7 +130,10 @@ INVENTORY: tuple[JobSpec, ...] = (
         sla_seconds=3600,
         max_runtime_seconds=6 * 3600,
         escalate_to="compliance",
-        failure_handling="Manual oversight; failure blocks compliance sign-off",
+        failure_handling=(
+            "No retries (manual oversight); failure alerts compliance and blocks the residency "
+            "sign-off until a drill succeeds"
+        ),
         resources=PodResources(cpu="1", memory="512Mi", memory_limit="1Gi"),
     ),
     JobSpec(
@@ -137,7 +145,10 @@ INVENTORY: tuple[JobSpec, ...] = (
         retry_delay_seconds=30,
         sla_seconds=300,
         max_runtime_seconds=3000,
-        failure_handling="Retries once; fallback next run",
+        failure_handling=(
+            "Retries once; failure alerts the reliability partner, and the next tick redoes "
+            "the hour it missed"
+        ),
         kind="asset",
         resources=PodResources(cpu="500m", memory="512Mi", memory_limit="1Gi"),
     ),
@@ -150,7 +161,7 @@ INVENTORY: tuple[JobSpec, ...] = (
         retry_delay_seconds=60,
         sla_seconds=300,
         max_runtime_seconds=3600,
-        failure_handling="Retries once",
+        failure_handling="Retries once; failure alerts the reliability partner",
     ),
     JobSpec(
         name="storage-retention",
@@ -161,7 +172,9 @@ INVENTORY: tuple[JobSpec, ...] = (
         retry_delay_seconds=60,
         sla_seconds=600,
         max_runtime_seconds=3 * 3600,
-        failure_handling="Retries once; next night catches up",
+        failure_handling=(
+            "Retries once; failure alerts the reliability partner; the next night catches up"
+        ),
     ),
     JobSpec(
         name="tenant-health-check",
@@ -173,7 +186,7 @@ INVENTORY: tuple[JobSpec, ...] = (
         sla_seconds=600,
         max_runtime_seconds=3 * 3600,
         escalate_to="admin",
-        failure_handling="Failure notifies Admin",
+        failure_handling="Retries once; failure alerts the Admin",
         kind="asset",
     ),
 )

@@ -22,7 +22,7 @@ from dagster import (
 )
 
 from mm_orchestration import inventory
-from mm_orchestration.cron import minute_interval
+from mm_orchestration.cron import shortest_interval
 from mm_orchestration.inventory import JobSpec
 from mm_orchestration.ledger import TRIGGER_TAG, WINDOW_TAG
 from mm_orchestration.settings import Settings
@@ -74,8 +74,8 @@ def runtime_limit(spec: JobSpec, settings: Settings) -> dict[str, str]:
     """A scheduled run's hard limit when its schedule here (staging, an override) ticks
     more often than the inventory's limit allows: stopped before the next tick is due,
     though never before its SLA. Empty when the job's own limit already fits."""
-    interval = minute_interval(settings.cron_for(spec))
-    if interval is None or interval >= spec.max_runtime_seconds:
+    interval = shortest_interval(settings.cron_for(spec), settings.timezone)
+    if interval >= spec.max_runtime_seconds:
         return {}
     return {"dagster/max_runtime": str(max(interval, spec.sla_seconds))}
 
@@ -106,7 +106,7 @@ def inventory_schedule(
         cron_schedule=settings.cron_for(spec),
         execution_timezone=settings.timezone,
         default_status=DefaultScheduleStatus.RUNNING,
-        description=f"{spec.purpose}. {spec.failure_handling}".strip(),
+        description=f"{spec.purpose}. {spec.failure_handling}.",
         tags={JOB_TAG: spec.name},
     )
     def _schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
@@ -139,7 +139,7 @@ def partitioned_schedule(
         cron_schedule=settings.cron_for(spec),
         execution_timezone=timezone,
         default_status=DefaultScheduleStatus.RUNNING,
-        description=f"{spec.purpose}. {spec.failure_handling}".strip(),
+        description=f"{spec.purpose}. {spec.failure_handling}.",
         tags={JOB_TAG: spec.name},
     )
     def _schedule(context: ScheduleEvaluationContext) -> list[RunRequest]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from mm_orchestration.cron import validate
+from mm_orchestration import cron as dagster_cron
 from mm_orchestration.inventory import INVENTORY, JobSpec
 
 NAMES = tuple(spec.name for spec in INVENTORY)
@@ -173,7 +173,12 @@ def _check_url(name: str, value: str, schemes: tuple[str, ...], secret: bool = T
 
 
 def _schedule_overrides(value: str | None) -> tuple[tuple[str, str], ...]:
-    """`MM_SCHEDULE_OVERRIDES="share-link-expiry=* * * * *; invite-cleanup=0 3 * * *"`."""
+    """`MM_SCHEDULE_OVERRIDES="share-link-expiry=* * * * *; invite-cleanup=0 3 * * *"`.
+
+    Each cron is checked here the way Dagster will read it (Dagster's own validity rule,
+    and at least one tick within a year by Dagster's iteration), so a bad one fails the
+    load naming this setting and the job, not later inside Dagster.
+    """
     if value is None:
         return ()
     overrides = []
@@ -185,9 +190,12 @@ def _schedule_overrides(value: str | None) -> tuple[tuple[str, str], ...]:
                 f"inventory ({', '.join(NAMES)})"
             )
         try:
-            validate(cron)
+            dagster_cron.check(cron)
         except ValueError as exc:
-            raise SettingsError(f"MM_SCHEDULE_OVERRIDES: {job}: {exc}") from None
+            raise SettingsError(
+                f"MM_SCHEDULE_OVERRIDES: {job}={cron!r} is refused: {exc}. "
+                f"Accepted: {dagster_cron.ACCEPTED}"
+            ) from None
         overrides.append((job, cron))
     return tuple(overrides)
 

@@ -86,12 +86,41 @@ def test_schedule_override_replaces_one_jobs_cron_everywhere(monkeypatch):
     [
         ("expire-links=* * * * *", "with a job of the inventory"),
         ("share-link-expiry", "must be <job>=<cron>"),
-        ("share-link-expiry=* * *", "3 fields, not 5"),
-        ("share-link-expiry=61 * * * *", "minute field '61' is outside 0-59"),
-        ("share-link-expiry=*/x * * * *", "is not a number, range or step"),
     ],
 )
 def test_bad_schedule_override_is_refused_at_load(value, message):
     with pytest.raises(SettingsError, match="^MM_SCHEDULE_OVERRIDES") as error:
         Settings.from_env({"MM_SCHEDULE_OVERRIDES": value})
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("cron", "message"),
+    [
+        ("0 0 31 2 *", "Dagster does not accept it"),  # never fires; Dagster refuses it
+        ("0 0 31 4 *", "does not fire within a year"),  # Dagster accepts it, never fires
+        ("\u0661 * * * *", "not ASCII"),  # an Arabic-Indic 1: int() takes it, cron must not
+        ("0\u00a00 * * * *", "not ASCII"),  # a no-break space
+        ("0 0 * * * *", "6 fields, not 5"),  # seconds
+        ("* * *", "3 fields, not 5"),
+        ("61 * * * *", "Dagster does not accept it"),
+        ("*/x * * * *", "Dagster does not accept it"),
+    ],
+)
+def test_override_cron_is_checked_the_way_dagster_reads_it(cron, message):
+    value = f"invite-cleanup=0 3 * * *; share-link-expiry={cron}"
+    with pytest.raises(SettingsError, match="^MM_SCHEDULE_OVERRIDES") as error:
+        Settings.from_env({"MM_SCHEDULE_OVERRIDES": value})
+    text = str(error.value)
+    assert f"share-link-expiry={cron!r}" in text  # the job and the bad value
+    assert message in text
+    assert "Accepted: five space-separated ASCII fields" in text  # what to write instead
+
+
+def test_good_overrides_are_kept():
+    value = "share-link-expiry=*/5 9-17 * * 1-5; invite-cleanup=@hourly; backup-verify=0 9 1 * *"
+    assert Settings.from_env({"MM_SCHEDULE_OVERRIDES": value}).schedule_overrides == (
+        ("share-link-expiry", "*/5 9-17 * * 1-5"),
+        ("invite-cleanup", "@hourly"),
+        ("backup-verify", "0 9 1 * *"),
+    )
