@@ -1,44 +1,229 @@
-"""The job_health dashboard's numbers from a known ledger."""
+"""The job_health dashboard from real Dagster runs on a PostgreSQL-backed instance."""
 
-from __future__ import annotations
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
 
-import base64
+import pytest
+from dagster import (
+    AssetKey,
+    DagsterEvent,
+    DagsterEventType,
+    DagsterInstance,
+    Definitions,
+    Failure,
+    Field,
+    OpExecutionContext,
+    TableMetadataValue,
+    asset,
+    job,
+    materialize,
+    op,
+)
 
-from dagster import DagsterInstance, materialize
+from mm_orchestration import inventory
+from mm_orchestration.assets.job_health import collect, job_health
+from mm_orchestration.resources import JobSettings
+from tests.conftest import create_database, drop_database
 
-from mm_orchestration.assets.job_health import job_health
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def ledger(conn, job, status, ms, hours_ago):
-    conn.execute(
-        "INSERT INTO ops.job_runs (job_name, window_key, run_id, status, started_at,"
-        " finished_at, duration_ms) VALUES (%s, gen_random_uuid()::text, 'r', %s,"
-        " now() - make_interval(hours => %s), now() - make_interval(hours => %s), %s)",
-        [job, status, hours_ago, hours_ago, ms],
+@op(
+    config_schema={
+        "sleep": Field(float, default_value=0.0),
+        "fail": Field(bool, default_value=False),
+        "skip": Field(bool, default_value=False),
+    }
+)
+def work(context: OpExecutionContext) -> None:
+    time.sleep(context.op_config["sleep"])
+    if context.op_config["fail"]:
+        raise Failure("planned failure")
+    if context.op_config["skip"]:  # what ledger.report_skip does for a window already done
+        context.instance.add_run_tags(context.run_id, {"mm/outcome": "skipped"})
+
+
+@job
+def tiny() -> None:
+    work()
+
+
+@asset(key=AssetKey(["ops", "analytics_hourly"]))
+def rollup_stand_in() -> None:
+    """Has analytics-rollup's asset key."""
+
+
+@dataclass
+class History:
+    instance: DagsterInstance
+    slow_run: str  # invite-cleanup's, 1.2 s
+
+
+def run(instance: DagsterInstance, job_name: str | None, sleep=0.0, fail=False, skip=False):
+    result = tiny.execute_in_process(
+        instance=instance,
+        tags={"mm/job": job_name} if job_name else {},
+        run_config={"ops": {"work": {"config": {"sleep": sleep, "fail": fail, "skip": skip}}}},
+        raise_on_error=False,
+    )
+    return result.run_id
+
+
+def event(instance: DagsterInstance, run_id: str, kind: DagsterEventType, at: float) -> None:
+    instance.report_dagster_event(
+        DagsterEvent(event_type_value=kind.value, job_name="tiny"), run_id=run_id, timestamp=at
     )
 
 
-def test_dashboard_numbers(conn, portal_db):
-    for ms in (1000, 2000, 3000, 4000, 100000):  # p95 well over the 60 s SLA
-        ledger(conn, "share-link-expiry", "succeeded", ms, 1)
-    ledger(conn, "share-link-expiry", "failed", 10, 2)
-    ledger(conn, "share-link-expiry", "skipped", 0, 3)
-    ledger(conn, "share-link-expiry", "succeeded", 500, 48)  # 7 days only
-    ledger(conn, "invite-cleanup", "succeeded", 40, 5)
+@pytest.fixture(scope="module")
+def history(pg_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[History]:
+    """Dagster's storage in a PostgreSQL database of its own (the project's dagster.yaml),
+    holding these runs:
+
+    - analytics-rollup: a success, a failure and a skip of a job that only carries the
+      tag (as the asset jobs' runs do), and a success of the UI's Materialize (Dagster's
+      implicit asset job, the asset selected, no tag);
+    - invite-cleanup: a success that sleeps 1.2 s;
+    - share-link-expiry: a success whose start and end events are 69 s apart, one canceled
+      before it started, one not started yet, one started 90 s ago and still running;
+    - two runs that no inventory job owns.
+    """
+    name = create_database(pg_server, template=None)
+    folder = tmp_path_factory.mktemp("dagster_home")
+    config = (ROOT / "dagster.yaml").read_text()
+    for key, value in {
+        "{env: DAGSTER_PG_USER}": "postgres",
+        "{env: DAGSTER_PG_PASSWORD}": '""',
+        "{env: DAGSTER_PG_HOST}": "127.0.0.1",
+        "{env: DAGSTER_PG_PORT}": str(pg_server.port),
+        "{env: DAGSTER_PG_DB}": name,
+    }.items():
+        config = config.replace(key, value)
+    (folder / "dagster.yaml").write_text(config)
+    try:
+        with DagsterInstance.from_config(str(folder)) as instance:
+            run(instance, "analytics-rollup")
+            run(instance, "analytics-rollup", fail=True)
+            run(instance, "analytics-rollup", skip=True)
+            # The run record the UI's Materialize button leaves.
+            graph_job = Definitions(
+                assets=[rollup_stand_in]
+            ).resolve_implicit_global_asset_job_def()
+            from_ui = instance.create_run_for_job(
+                graph_job, asset_selection=frozenset({rollup_stand_in.key})
+            ).run_id
+            event(instance, from_ui, DagsterEventType.RUN_START, time.time() - 3)
+            event(instance, from_ui, DagsterEventType.RUN_SUCCESS, time.time() - 1)
+            slow = run(instance, "invite-cleanup", sleep=1.2)
+            run(instance, "job-health")  # not an inventory job
+            run(instance, None)
+
+            tags = {"mm/job": "share-link-expiry"}
+            now = time.time()
+            late = instance.create_run_for_job(tiny, tags=tags).run_id
+            event(instance, late, DagsterEventType.RUN_START, now - 70)
+            event(instance, late, DagsterEventType.RUN_SUCCESS, now - 1)
+            canceled = instance.create_run_for_job(tiny, tags=tags)
+            instance.report_run_canceled(canceled)
+            # Created, not yet started. (A QUEUED run needs a code location's origin,
+            # which only Dagster's private API builds outside a running webserver.)
+            instance.create_run_for_job(tiny, tags=tags)
+            running = instance.create_run_for_job(tiny, tags=tags).run_id
+            event(instance, running, DagsterEventType.RUN_START, now - 90)
+            yield History(instance, slow_run=slow)
+    finally:
+        drop_database(pg_server, name)
+
+
+def rows_of(value: TableMetadataValue) -> dict[tuple[str, str], dict]:
+    return {(r.data["job"], r.data["window"]): dict(r.data) for r in value.records}
+
+
+def test_dashboard_from_run_records(history: History, conn, portal_db) -> None:
     conn.execute(
         "INSERT INTO portal.mux_webhook_dlq (event_id, status) VALUES ('a', 'pending'),"
         " ('b', 'dead'), ('c', 'replayed')"
     )
-    with DagsterInstance.ephemeral() as instance:
-        result = materialize([job_health], instance=instance, resources={"portal_db": portal_db})
+    instance = history.instance
+    result = materialize(
+        [job_health],
+        instance=instance,
+        resources={"portal_db": portal_db, "job_settings": JobSettings()},
+    )
     (mat,) = result.asset_materializations_for_node("ops__job_health")
     meta = mat.metadata
-    assert meta["runs_24h"].value == 8 and meta["failures_24h"].value == 1
-    assert meta["dlq_depth"].value == 2 and meta["jobs_over_sla"].value == 1
-    table = meta["summary"].value
-    assert "| share-link-expiry | 24h | 7 | 5 | 1 | 1 | 3.0 | 80.8 ⚠ | 60 |" in table
-    assert "| share-link-expiry | 7d | 8 | 6 | 1 | 1 | 2.5 |" in table
-    assert "| invite-cleanup | 24h | 1 | 1 | 0 | 0 | 0.04 | 0.04 | 60 |" in table
-    assert "| tenant-health-check | 24h | 0 | 0 | 0 | 0 | - | - | 600 | - |" in table
-    png = meta["chart"].value.split("base64,", 1)[1].rstrip(")")
-    assert base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"
+    # 4 analytics-rollup + 1 invite-cleanup + 4 share-link-expiry.
+    assert meta["runs_24h"].value == 9
+    assert meta["failures_24h"].value == 1
+    # The 69 s and the still-running 90 s share-link-expiry runs, against its 60 s SLA.
+    assert meta["runs_over_sla_24h"].value == 2
+    assert meta["jobs_over_sla"].value == 1
+    assert meta["runs_queued"].value == 0
+    assert meta["runs_started"].value == 1  # the 90 s one; this materialisation not counted
+    assert meta["dlq_depth"].value == 2
+    assert abs(meta["as_of"].value - time.time()) < 60
+
+    assert isinstance(meta["jobs"], TableMetadataValue)
+    rows = rows_of(meta["jobs"])
+    assert len(rows) == 2 * len(inventory.INVENTORY)
+    rollup = rows[("analytics-rollup", "24h")]
+    assert {k: rollup[k] for k in ("runs", "succeeded", "failed", "skipped", "canceled")} == {
+        "runs": 4,
+        "succeeded": 2,
+        "failed": 1,
+        "skipped": 1,
+        "canceled": 0,
+    }
+    assert rollup["sla_s"] == 300 and rollup["over_sla"] == 0
+    assert rows[("analytics-rollup", "7d")]["runs"] == 4
+
+    invite = rows[("invite-cleanup", "24h")]
+    assert invite["runs"] == invite["succeeded"] == 1
+    assert invite["p50_s"] >= 1.2 and invite["p95_s"] >= 1.2  # the run, not its queries
+    assert invite["over_sla"] == 0
+
+    links = rows[("share-link-expiry", "24h")]
+    assert (links["runs"], links["succeeded"], links["canceled"], links["in_progress"]) == (
+        4,
+        1,
+        1,
+        2,
+    )
+    assert links["p50_s"] == pytest.approx(69, abs=0.01)  # the one finished run with a start
+    assert links["over_sla"] == 2 and links["sla_s"] == 60
+
+    # Last success: text in the configured zone, with its offset.
+    record = instance.get_run_record_by_id(history.slow_run)
+    assert record is not None and record.end_time is not None
+    shown = datetime.fromisoformat(invite["last_success"])
+    assert (
+        shown.utcoffset()
+        == datetime.fromtimestamp(record.end_time, ZoneInfo("Australia/Sydney")).utcoffset()
+    )
+    assert abs(shown.timestamp() - record.end_time) < 1
+
+    quiet = rows[("tenant-health-check", "24h")]
+    assert (quiet["runs"], quiet["p50_s"], quiet["last_success"]) == (0, None, None)
+
+
+def test_windows_and_injected_sla(history: History) -> None:
+    instance = history.instance
+    # A tighter SLA for invite-cleanup: its 1.2 s run is now over.
+    specs = [replace(inventory.get("invite-cleanup"), sla_seconds=1)]
+    (day, week) = collect(instance, specs).windows
+    assert (day.window, day.over_sla, week.over_sla) == ("24h", 1, 1)
+    # Two days later the same runs have left the 24 h window but are still in the 7 d one.
+    later = collect(instance, [inventory.get("analytics-rollup")], now=time.time() + 2 * 86400)
+    day, week = later.windows
+    assert (day.runs, week.runs) == (0, 4)
+    assert week.counts == {
+        "succeeded": 2,
+        "failed": 1,
+        "canceled": 0,
+        "skipped": 1,
+        "in_progress": 0,
+    }

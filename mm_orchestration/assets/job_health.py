@@ -1,143 +1,297 @@
 """job_health: the state of every job at a glance, refreshed hourly for operators.
 
-Per inventory job over the last 24 hours and 7 days, from `ops.job_runs`: runs,
-successes, failures, skips, p50 and p95 duration against the job's SLA, and the last
-success; plus the Mux dead-letter queue's depth. The materialisation shows a
-markdown table and a chart of p95 durations against SLAs, embedded as a PNG, so the
-asset's page in the UI is the dashboard.
+Per inventory job over the last 24 hours and 7 days, from Dagster's own run records
+(the source of truth, whatever started the run: schedule, sensor, console, backfill or
+`mm-jobs run`): runs, succeeded, failed, canceled, skipped and still going; p50 and p95
+of the runs' real durations (start to end) against the job's SLA; how many runs went
+past the SLA, measured as the SLA sensor measures them; and the last success. Beside
+it, the run queue (queued and started runs) and the Mux dead-letter queue's depth.
+
+The asset's page shows the per-job table inline, and the headline numbers are plain
+numbers, so the UI's Plots tab charts them across materialisations.
 """
 
-import base64
-import io
-from typing import Any
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from dagster import (
     AssetExecutionContext,
+    AssetKey,
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
     DefaultScheduleStatus,
     MaterializeResult,
     MetadataValue,
+    RunRecord,
+    RunsFilter,
     ScheduleDefinition,
+    TableColumn,
+    TableRecord,
+    TableSchema,
     asset,
     define_asset_job,
 )
 
 from mm_orchestration import inventory
-from mm_orchestration.resources import PortalDatabase
+from mm_orchestration.assets import analytics, residency, tenant_health
+from mm_orchestration.inventory import JobSpec
+from mm_orchestration.resources import JobSettings, PortalDatabase
+from mm_orchestration.scheduling import JOB_TAG, spec_for_run
 from mm_orchestration.sensors.dlq_depth import DEPTH_QUERY
 
-SUMMARY = """
-SELECT job_name, w.label,
-       count(*) FILTER (WHERE status <> 'running') AS runs,
-       count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
-       count(*) FILTER (WHERE status = 'failed') AS failed,
-       count(*) FILTER (WHERE status = 'skipped') AS skipped,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms)
-           FILTER (WHERE status = 'succeeded') AS p50_ms,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms)
-           FILTER (WHERE status = 'succeeded') AS p95_ms,
-       max(finished_at) FILTER (WHERE status = 'succeeded') AS last_success
-  FROM ops.job_runs
-  JOIN (VALUES ('24h', interval '24 hours'), ('7d', interval '7 days')) AS w(label, span)
-    ON started_at >= now() - w.span
- GROUP BY job_name, w.label
-"""
+# A run the ledger found nothing to do for succeeds in Dagster's eyes; the ledger tags it
+# (ledger.report_skip) so it is counted as skipped here, not as a success.
+OUTCOME_TAG = "mm/outcome"
+
+WINDOWS: tuple[tuple[str, timedelta], ...] = (
+    ("24h", timedelta(hours=24)),
+    ("7d", timedelta(days=7)),
+)
+
+# Dagster stores a run's creation time in the storage session's time zone, without the
+# zone; read a day more than the longest window so a server off UTC loses no run. Runs
+# are then placed in windows by their own start time (an epoch, zone-proof).
+_QUERY_MARGIN = timedelta(days=1)
+
+# Materialising an asset from the UI's asset graph (or backfilling it) runs Dagster's
+# implicit asset job, which carries no mm/job tag: its assets say which job it stands for.
+ASSET_OWNERS: dict[AssetKey, str] = {
+    analytics.analytics_hourly.key: analytics.SPEC.name,
+    residency.residency_report.key: residency.SPEC.name,
+    tenant_health.tenant_health_daily.key: tenant_health.SPEC.name,
+}
+
+_FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 
 
-def summarise(conn: Any) -> tuple[list[dict[str, Any]], int]:
-    found = {(r[0], r[1]): r[2:] for r in conn.execute(SUMMARY).fetchall()}
-    rows = []
-    for spec in inventory.INVENTORY:
-        for label in ("24h", "7d"):
-            runs, ok, failed, skipped, p50, p95, last = found.get(
-                (spec.name, label), (0, 0, 0, 0, None, None, None)
-            )
-            rows.append(
-                {
-                    "job": spec.name,
-                    "window": label,
-                    "runs": runs,
-                    "succeeded": ok,
-                    "failed": failed,
-                    "skipped": skipped,
-                    "p50_s": round(p50 / 1000, 2) if p50 is not None else None,
-                    "p95_s": round(p95 / 1000, 2) if p95 is not None else None,
-                    "sla_s": spec.sla_seconds,
-                    "last_success": last.isoformat(timespec="minutes") if last else None,
-                }
-            )
-    depth_row = conn.execute(DEPTH_QUERY).fetchone()
-    return rows, int(depth_row[0]) if depth_row else 0
+def job_of(run: DagsterRun) -> str | None:
+    """The inventory name a run belongs to: its mm/job tag (or job name), else its assets."""
+    spec = spec_for_run(run)
+    if spec is not None:
+        return spec.name
+    for key in run.asset_selection or ():
+        if key in ASSET_OWNERS:
+            return ASSET_OWNERS[key]
+    return None
 
 
-def markdown(rows: list[dict[str, Any]], depth: int) -> str:
-    def cell(value: Any) -> str:
-        return "-" if value is None else str(value)
+def outcome(record: RunRecord) -> str:
+    """succeeded, failed, canceled, skipped, or in_progress (queued, starting, started...)."""
+    run = record.dagster_run
+    if run.status == DagsterRunStatus.SUCCESS:
+        return "skipped" if run.tags.get(OUTCOME_TAG) == "skipped" else "succeeded"
+    if run.status == DagsterRunStatus.FAILURE:
+        return "failed"
+    if run.status == DagsterRunStatus.CANCELED:
+        return "canceled"
+    return "in_progress"
 
-    lines = [
-        "| job | window | runs | ok | failed | skipped | p50 s | p95 s | SLA s | last success |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        over = r["p95_s"] is not None and r["p95_s"] > r["sla_s"]
-        lines.append(
-            f"| {r['job']} | {r['window']} | {r['runs']} | {r['succeeded']} | {r['failed']} | "
-            f"{r['skipped']} | {cell(r['p50_s'])} | {cell(r['p95_s'])}{' ⚠' if over else ''} | "
-            f"{r['sla_s']} | {cell(r['last_success'])} |"
+
+def percentile(ordered: Sequence[float], q: float) -> float | None:
+    """Linear interpolation between the closest ranks (PostgreSQL's percentile_cont)."""
+    if not ordered:
+        return None
+    position = q * (len(ordered) - 1)
+    low, high = math.floor(position), math.ceil(position)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+@dataclass
+class JobWindow:
+    """One job over one window: one row of the table."""
+
+    job: str
+    window: str
+    sla_seconds: int
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ("succeeded", "failed", "canceled", "skipped", "in_progress"), 0
         )
-    lines.append(f"\nMux dead-letter queue depth (pending + dead): **{depth}**")
-    return "\n".join(lines)
-
-
-def chart_png(rows: list[dict[str, Any]]) -> bytes:
-    """p95 duration against SLA per job over 24 hours, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    day = [r for r in rows if r["window"] == "24h"]
-    names = [r["job"] for r in day]
-    p95 = [r["p95_s"] or 0 for r in day]
-    sla = [r["sla_s"] for r in day]
-    figure, axis = plt.subplots(figsize=(8, 3.5), dpi=100)
-    positions = range(len(names))
-    axis.barh([p + 0.2 for p in positions], sla, height=0.4, color="#d0d7de", label="SLA")
-    axis.barh(
-        [p - 0.2 for p in positions],
-        p95,
-        height=0.4,
-        color=["#cf222e" if d > s else "#2da44e" for d, s in zip(p95, sla, strict=True)],
-        label="p95 (24 h)",
     )
-    axis.set_yticks(list(positions), names, fontsize=8)
-    axis.set_xscale("symlog")
-    axis.set_xlabel("seconds")
-    axis.legend(fontsize=8, loc="lower right")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return buffer.getvalue()
+    durations: list[float] = field(default_factory=list)
+    over_sla: int = 0
+
+    @property
+    def runs(self) -> int:
+        return sum(self.counts.values())
+
+    def p(self, q: float) -> float | None:
+        value = percentile(sorted(self.durations), q)
+        return round(value, 2) if value is not None else None
+
+
+@dataclass
+class Health:
+    """What the dashboard shows, computed from run records at `as_of` (epoch seconds)."""
+
+    as_of: float
+    windows: list[JobWindow]
+    last_success: dict[str, float]  # job -> end time of its latest (non-skipped) success
+
+    def day(self) -> list[JobWindow]:
+        return [w for w in self.windows if w.window == WINDOWS[0][0]]
+
+
+def run_seconds(record: RunRecord, now: float) -> float | None:
+    """How long the run took (end - start) or, still going, has taken so far (now - start):
+    the SLA sensor's measure."""
+    if record.start_time is None:
+        return None
+    if record.end_time is not None:
+        return record.end_time - record.start_time
+    if record.dagster_run.status == DagsterRunStatus.STARTED:
+        return now - record.start_time
+    return None
+
+
+def summarise(
+    records: Iterable[RunRecord], specs: Sequence[JobSpec], now: float
+) -> tuple[list[JobWindow], dict[str, float]]:
+    """Per job and window: outcomes, durations of finished runs and runs over the SLA."""
+    by_name = {spec.name: spec for spec in specs}
+    table = {
+        (spec.name, label): JobWindow(spec.name, label, spec.sla_seconds)
+        for spec in specs
+        for label, _ in WINDOWS
+    }
+    last_success: dict[str, float] = {}
+    for record in records:
+        name = job_of(record.dagster_run)
+        spec = by_name.get(name) if name is not None else None
+        if spec is None:
+            continue
+        result = outcome(record)
+        if result == "succeeded" and record.end_time is not None:
+            last_success[spec.name] = max(last_success.get(spec.name, 0.0), record.end_time)
+        began = (
+            record.start_time
+            if record.start_time is not None
+            else record.create_timestamp.timestamp()
+        )
+        seconds = run_seconds(record, now)
+        for label, span in WINDOWS:
+            if began < now - span.total_seconds():
+                continue
+            row = table[(spec.name, label)]
+            row.counts[result] += 1
+            if seconds is None:
+                continue
+            if record.dagster_run.status in _FINISHED:
+                row.durations.append(seconds)
+            if seconds > spec.sla_seconds:
+                row.over_sla += 1
+    return list(table.values()), last_success
+
+
+def latest_success(instance: DagsterInstance, job: str) -> float | None:
+    """End time of the job's latest success that was not a skip, beyond the windows too
+    (a monthly drill's last success is weeks old). Tagged runs only."""
+    for record in instance.get_run_records(
+        filters=RunsFilter(tags={JOB_TAG: job}, statuses=[DagsterRunStatus.SUCCESS]),
+        limit=50,
+    ):
+        if outcome(record) == "succeeded" and record.end_time is not None:
+            return record.end_time
+    return None
+
+
+def collect(
+    instance: DagsterInstance,
+    specs: Sequence[JobSpec] = inventory.INVENTORY,
+    now: float | None = None,
+) -> Health:
+    """The dashboard's numbers from the instance's run records: one query for the longest
+    window, grouped here by job; one more per job with no success inside it."""
+    now = time.time() if now is None else now
+    since = datetime.fromtimestamp(now, UTC) - max(span for _, span in WINDOWS) - _QUERY_MARGIN
+    records = instance.get_run_records(filters=RunsFilter(created_after=since))
+    windows, last_success = summarise(records, specs, now)
+    for spec in specs:
+        if spec.name not in last_success:
+            found = latest_success(instance, spec.name)
+            if found is not None:
+                last_success[spec.name] = found
+    return Health(as_of=now, windows=windows, last_success=last_success)
+
+
+COLUMNS = [
+    TableColumn("job", "string", description="The inventory's name"),
+    TableColumn("window", "string", description="24h or 7d, by run start"),
+    TableColumn("runs", "int", description="Runs started (or queued) in the window"),
+    TableColumn("succeeded", "int"),
+    TableColumn("failed", "int"),
+    TableColumn("canceled", "int"),
+    TableColumn("skipped", "int", description="Succeeded with nothing to do (mm/outcome)"),
+    TableColumn("in_progress", "int", description="Queued, starting or running now"),
+    TableColumn("p50_s", "float", description="Median run duration, finished runs (s)"),
+    TableColumn("p95_s", "float", description="95th percentile run duration (s)"),
+    TableColumn("sla_s", "int", description="The job's SLA (s)"),
+    TableColumn("over_sla", "int", description="Runs longer than the SLA, running ones too"),
+    TableColumn("last_success", "string", description="Latest success, local time"),
+]
+
+
+def table(health: Health, timezone: str) -> MetadataValue:
+    zone = ZoneInfo(timezone)
+
+    def local(epoch: float | None) -> str | None:
+        if epoch is None:
+            return None
+        return datetime.fromtimestamp(epoch, zone).isoformat(sep=" ", timespec="seconds")
+
+    records = [
+        TableRecord(
+            {
+                "job": w.job,
+                "window": w.window,
+                "runs": w.runs,
+                **w.counts,
+                "p50_s": w.p(0.5),
+                "p95_s": w.p(0.95),
+                "sla_s": w.sla_seconds,
+                "over_sla": w.over_sla,
+                "last_success": local(health.last_success.get(w.job)),
+            }
+        )
+        for w in health.windows
+    ]
+    return MetadataValue.table(records=records, schema=TableSchema(columns=COLUMNS))
+
+
+def run_queue(instance: DagsterInstance, this_run: str) -> tuple[int, int]:
+    """Runs waiting in the queue, and runs started (this one left out)."""
+    queued = instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.QUEUED]))
+    started = instance.get_run_ids(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+    return queued, sum(1 for run_id in started if run_id != this_run)
 
 
 @asset(key_prefix=["ops"], group_name="operations", kinds={"postgres"})
-def job_health(context: AssetExecutionContext, portal_db: PortalDatabase) -> MaterializeResult:
-    """Runs, failures and durations against SLA per job, and the DLQ depth."""
-    portal_db.require("ops.job_runs", "portal.mux_webhook_dlq")
+def job_health(
+    context: AssetExecutionContext, portal_db: PortalDatabase, job_settings: JobSettings
+) -> MaterializeResult:
+    """Runs, outcomes and durations against SLA per job, the run queue and the DLQ depth."""
+    portal_db.require("portal.mux_webhook_dlq")
     with portal_db.connection() as conn:
-        rows, depth = summarise(conn)
-    png = base64.b64encode(chart_png(rows)).decode()
-    day = [r for r in rows if r["window"] == "24h"]
+        row = conn.execute(DEPTH_QUERY).fetchone()
+    health = collect(context.instance)
+    queued, started = run_queue(context.instance, context.run_id)
+    day = health.day()
     return MaterializeResult(
         metadata={
-            "summary": MetadataValue.md(markdown(rows, depth)),
-            "chart": MetadataValue.md(f"![p95 duration against SLA](data:image/png;base64,{png})"),
-            "failures_24h": sum(r["failed"] for r in day),
-            "runs_24h": sum(r["runs"] for r in day),
-            "dlq_depth": depth,
-            "jobs_over_sla": sum(
-                1 for r in day if r["p95_s"] is not None and r["p95_s"] > r["sla_s"]
-            ),
+            "jobs": table(health, job_settings.timezone),
+            "as_of": MetadataValue.timestamp(health.as_of),
+            "runs_24h": MetadataValue.int(sum(w.runs for w in day)),
+            "failures_24h": MetadataValue.int(sum(w.counts["failed"] for w in day)),
+            "runs_over_sla_24h": MetadataValue.int(sum(w.over_sla for w in day)),
+            "jobs_over_sla": MetadataValue.int(sum(1 for w in day if w.over_sla)),
+            "runs_queued": MetadataValue.int(queued),
+            "runs_started": MetadataValue.int(started),
+            "dlq_depth": MetadataValue.int(int(row[0]) if row else 0),
         }
     )
 
