@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import getpass
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -149,26 +148,21 @@ def cmd_seed_demo(args: argparse.Namespace) -> int:
 # -- run / list --------------------------------------------------------------------
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from dagster import DagsterInstance
+# Exit codes of `mm-jobs run`, so a script can tell the outcomes apart.
+EXIT_SUCCEEDED, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_CANCELED = 0, 1, 2, 3, 4
 
+
+def cmd_run(args: argparse.Namespace) -> int:
     from mm_orchestration.definitions import build_definitions
+    from mm_orchestration.instance import open_instance
     from mm_orchestration.ledger import ACTOR_TAG, TRIGGER_TAG
+    from mm_orchestration.run_status import outcome
 
     spec = inventory.get(args.job)
     settings = _local_settings()
-    if not os.environ.get("DAGSTER_HOME"):
-        raise SettingsError(
-            "DAGSTER_HOME is not set: point it at the instance the UI uses (make dev uses "
-            f"{Path(settings.data_dir, 'dagster_home').resolve()})"
-        )
+    _database_url(settings)
     defs = build_definitions(settings)
-    try:
-        job = defs.resolve_job_def(spec.dagster_name)
-    except Exception:
-        built = ", ".join(sorted(j.name for j in defs.resolve_all_job_defs()))
-        print(f"mm-jobs: {spec.name} is in the inventory but not built yet; built: {built}")
-        return 2
+    job = defs.resolve_job_def(spec.dagster_name)
     run_config: dict[str, Any] = {}
     if args.force:
         run_config = {"ops": {name: {"config": {"force": True}} for name in _force_nodes(job)}}
@@ -177,25 +171,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     if partition is None and job.partitions_def is not None:
         partition = job.partitions_def.get_last_partition_key()  # the latest hour or day
         print(f"{spec.name}: partition {partition}")
-    instance = DagsterInstance.get()
-    result = job.execute_in_process(
-        run_config=run_config,
-        instance=instance,
-        tags=tags,
-        partition_key=partition,
-        raise_on_error=False,
-    )
-    print(f"run id: {result.run_id}")
-    if result.success:
+    with open_instance(settings) as instance:
+        result = job.execute_in_process(
+            run_config=run_config,
+            instance=instance,
+            tags=tags,
+            partition_key=partition,
+            raise_on_error=False,
+        )
+        print(f"run id: {result.run_id}")
+        ended = outcome(instance, result.run_id)
+    if ended.status == "succeeded":
         print(f"{spec.name}: succeeded")
-        return 0
-    for event in result.all_events:
-        if event.is_failure and event.step_key:
-            error = getattr(event.event_specific_data, "error", None)
-            message = error.message.strip() if error is not None else event.message
-            print(f"{spec.name}: {event.step_key} failed: {message}", file=sys.stderr)
-    print(f"{spec.name}: FAILED (run {result.run_id})", file=sys.stderr)
-    return 1
+        return EXIT_SUCCEEDED
+    if ended.status == "skipped":
+        print(f"{spec.name}: skipped: {ended.summary}")
+        return EXIT_SKIPPED
+    print(f"{spec.name}: {ended.status.upper()}: {ended.summary}", file=sys.stderr)
+    return EXIT_CANCELED if ended.status == "canceled" else EXIT_FAILED
 
 
 def _force_nodes(job: Any) -> list[str]:
@@ -341,7 +334,11 @@ def cmd_dlq_discard(args: argparse.Namespace) -> int:
 
 
 def _local_settings() -> Settings:
-    """Settings, with the embedded server's URL filled in when it is running locally."""
+    """Settings, with the embedded server's URL filled in when it is running locally.
+
+    Only the portal's URL is filled in: Dagster's storage always comes from DAGSTER_HOME's
+    dagster.yaml (mm_orchestration.instance), never from DATABASE_URL.
+    """
     if not os.environ.get("DATABASE_URL"):
         settings = Settings.from_env()
         port_file = Path(settings.data_dir, "postgres", "port")
@@ -351,27 +348,7 @@ def _local_settings() -> Settings:
         ):
             port = port_file.read_text().strip()
             os.environ["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{port}/portal"
-            os.environ.setdefault(
-                "DAGSTER_HOME", str(Path(settings.data_dir, "dagster_home").resolve())
-            )
-            _dagster_storage_env(os.environ["DATABASE_URL"])
     return Settings.from_env()
-
-
-def _dagster_storage_env(database_url: str, db_name: str | None = None) -> None:
-    """DAGSTER_PG_* for dagster.yaml, from DATABASE_URL unless they are set already."""
-    from urllib.parse import unquote, urlsplit
-
-    parts = urlsplit(database_url)
-    defaults = {
-        "DAGSTER_PG_HOST": parts.hostname or "127.0.0.1",
-        "DAGSTER_PG_PORT": str(parts.port or 5432),
-        "DAGSTER_PG_USER": unquote(parts.username or "postgres"),
-        "DAGSTER_PG_PASSWORD": unquote(parts.password or ""),
-        "DAGSTER_PG_DB": db_name or parts.path.lstrip("/") or "postgres",
-    }
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
 
 
 @contextlib.contextmanager
@@ -383,6 +360,7 @@ def _local_stack(args: argparse.Namespace) -> Iterator[Settings]:
     from mm_orchestration.db import connect
     from mm_orchestration.demo_data import seed_demo
     from mm_orchestration.embedded_pg import EmbeddedPostgres
+    from mm_orchestration.instance import home_dir, open_instance, write_home
     from mm_orchestration.migrate import migrate
 
     data_dir = Path(Settings.from_env().data_dir).resolve()
@@ -404,9 +382,6 @@ def _local_stack(args: argparse.Namespace) -> Iterator[Settings]:
                 ).fetchone():
                     conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         os.environ["DATABASE_URL"] = server.url("portal")
-        _dagster_storage_env(server.url("dagster"))
-    else:
-        _dagster_storage_env(_database_url(settings))
     try:
         database_url = os.environ["DATABASE_URL"]
         with connect(database_url, autocommit=True) as conn:
@@ -423,10 +398,13 @@ def _local_stack(args: argparse.Namespace) -> Iterator[Settings]:
         reports = _start_report_server(
             settings, data_dir, database_url, args.host, args.reports_port
         )
-        home = Path(os.environ.get("DAGSTER_HOME") or data_dir / "dagster_home").resolve()
-        home.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+        # Every process of the stack, and `mm-jobs run` from another terminal, opens this
+        # one instance; an embedded server's storage is written into it (no secret).
+        home = write_home(
+            home_dir(Settings.from_env()), server.url("dagster") if server is not None else None
+        )
         os.environ["DAGSTER_HOME"] = str(home)
+        open_instance(Settings.from_env()).dispose()  # refuses a storage in the portal DB
         try:
             yield Settings.from_env()
         finally:

@@ -7,6 +7,7 @@ fails the load with the setting's name.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -41,7 +42,7 @@ from mm_orchestration.resources.monitoring import Monitoring
 from mm_orchestration.resources.mux import MuxWebhooks
 from mm_orchestration.resources.report_store import ReportStore
 from mm_orchestration.resources.restore_drill import RestoreDrill
-from mm_orchestration.scheduling import inventory_schedule, window_key
+from mm_orchestration.scheduling import inventory_schedule, window_key, with_pod_tags
 from mm_orchestration.sensors.dlq_depth import dlq_depth_sensor
 from mm_orchestration.sensors.run_alerts import (
     job_failure_sensor,
@@ -55,6 +56,13 @@ from mm_orchestration.sensors.sentry import (
 )
 from mm_orchestration.sensors.sla import sla_sensor
 from mm_orchestration.settings import Settings
+
+# Dagster itself passes `owners` (a beta parameter) when it binds resources to the jobs a
+# sensor requests (ours: send_alert), so every process would warn about a parameter we
+# never use. Only that warning is silenced.
+warnings.filterwarnings(
+    "ignore", message="Parameter `owners` of initializer `SensorDefinition", category=dg.BetaWarning
+)
 
 # The operational jobs that are built, keyed by their inventory name.
 JOBS = {
@@ -81,6 +89,10 @@ SUPPORT_JOBS: list[Any] = [send_alert, dlq_requeue, dlq_discard, job_health_refr
 def build_resources(settings: Settings) -> dict[str, object]:
     """Resources bound to environment variables, so secrets never appear in the UI."""
     return {
+        # Dagster's default, named so that it does not warn (the default `fs_io_manager` is
+        # superseded): step outputs under DAGSTER_HOME/storage, so a failed step can be
+        # re-executed alone.
+        "io_manager": dg.FilesystemIOManager(),
         "portal_db": PortalDatabase(
             url=dg.EnvVar("DATABASE_URL"),
             direct_url=(dg.EnvVar("DATABASE_DIRECT_URL") if settings.database_direct_url else None),
@@ -113,6 +125,10 @@ def build_resources(settings: Settings) -> dict[str, object]:
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
+    jobs, asset_jobs = dict(JOBS), dict(ASSET_JOBS)
+    if settings.run_launcher == "k8s":
+        jobs = {name: with_pod_tags(job, inventory.get(name)) for name, job in jobs.items()}
+        asset_jobs = {n: with_pod_tags(job, inventory.get(n)) for n, job in asset_jobs.items()}
     schedules = [
         inventory_schedule(
             inventory.get(name),
@@ -121,17 +137,17 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             window=_window(name, settings),
             should_run=_should_run(name, settings),
         )
-        for name, job in JOBS.items()
+        for name, job in jobs.items()
     ]
     schedules += [
-        analytics_schedule(settings),
-        tenant_health_schedule(settings),
-        residency_schedule(settings),
+        analytics_schedule(settings, asset_jobs["analytics-rollup"]),
+        tenant_health_schedule(settings, asset_jobs["tenant-health-check"]),
+        residency_schedule(settings, asset_jobs["residency-report"]),
         job_health_schedule,
     ]
     return dg.Definitions(
         assets=[analytics_hourly, tenant_health_daily, residency_report, job_health],
-        jobs=[*JOBS.values(), *SUPPORT_JOBS, *ASSET_JOBS.values()],
+        jobs=[*jobs.values(), *SUPPORT_JOBS, *asset_jobs.values()],
         schedules=schedules,
         sensors=[
             dlq_depth_sensor,
@@ -144,6 +160,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             sentry_run_failed_sensor,
         ],
         resources=build_resources(settings),
+        # The support jobs (alerts, DLQ tools, the dashboard) are single short steps: run
+        # them in the run's own process. Inventory jobs name theirs in the inventory.
+        executor=dg.in_process_executor,
     )
 
 

@@ -11,6 +11,10 @@ from typing import Literal
 
 Contact = Literal["reliability", "compliance", "admin"]
 Kind = Literal["op", "asset"]
+# in_process: every step in the run's own process. Our jobs are one or two short steps
+# over the database; a process per step (multiprocess) costs 6-14 s each on two cores,
+# which alone broke share-link expiry's 60 s SLA.
+Executor = Literal["in_process", "multiprocess"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,10 @@ class JobSpec:
     consecutive_failures_alert: int = 2
     manual_trigger: bool = False
     kind: Kind = "op"
+    executor: Executor = "in_process"
+    # An asset job's assets ("ops/analytics_hourly"): a run that materialises them from the
+    # asset graph (Dagster's implicit asset job, no mm/job tag) still belongs to this job.
+    assets: tuple[str, ...] = ()
     resources: PodResources = PodResources()
 
     @property
@@ -117,6 +125,7 @@ INVENTORY: tuple[JobSpec, ...] = (
         failure_handling="Retries 2 times; failure alerts compliance to rerun it by hand",
         manual_trigger=True,
         kind="asset",
+        assets=("ops/residency_report",),
         resources=PodResources(cpu="1", memory="1Gi", memory_limit="2Gi"),
     ),
     JobSpec(
@@ -150,6 +159,7 @@ INVENTORY: tuple[JobSpec, ...] = (
             "the hour it missed"
         ),
         kind="asset",
+        assets=("ops/analytics_hourly",),
         resources=PodResources(cpu="500m", memory="512Mi", memory_limit="1Gi"),
     ),
     JobSpec(
@@ -188,6 +198,7 @@ INVENTORY: tuple[JobSpec, ...] = (
         escalate_to="admin",
         failure_handling="Retries once; failure alerts the Admin",
         kind="asset",
+        assets=("ops/tenant_health_daily",),
     ),
 )
 

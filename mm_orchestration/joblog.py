@@ -1,8 +1,11 @@
 """Structured job logs: one JSON line per event, with jobName, runId, durationMs, status.
 
-Lines go to stderr through the `mm.jobs` logger; `dagster.yaml` lists that logger as
-managed, so the same events also appear in the run's log in the Dagster UI. Email
-addresses are masked and secrets are never passed in.
+Each event is written once. Inside a Dagster run, `dagster.yaml` lists the `mm.jobs` logger
+as managed, so Dagster records the line in the run's log (the UI) and prints it; our own
+stderr handler then stays silent, or every line would appear twice. Outside a run (the
+CLI, sensors in the daemon) our handler prints it. The message itself is the JSON document,
+so it is structured wherever it lands. Email addresses are masked and secrets are never
+passed in.
 """
 
 from __future__ import annotations
@@ -18,14 +21,23 @@ logger = logging.getLogger(LOGGER_NAME)
 
 
 class JsonFormatter(logging.Formatter):
+    """`{"ts":..., "level":..., "event":..., <fields>}` on one line."""
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
-            "event": record.getMessage(),
         }
-        line.update(getattr(record, "fields", {}))
+        try:
+            line.update(json.loads(record.getMessage()))
+        except ValueError:
+            line["event"] = record.getMessage()
         return json.dumps(line, default=str, separators=(",", ":"))
+
+
+def _outside_dagster_runs(record: logging.LogRecord) -> bool:
+    # Dagster attaches its DagsterLogHandler to a managed logger for a run's duration.
+    return not any(type(h).__name__ == "DagsterLogHandler" for h in logger.handlers)
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -46,13 +58,15 @@ def configure() -> None:
         return
     handler = _StderrHandler()
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(_outside_dagster_runs)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 
 
 def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
     configure()
-    logger.log(level, event, extra={"fields": {k: v for k, v in fields.items() if v is not None}})
+    document = {"event": event, **{k: v for k, v in fields.items() if v is not None}}
+    logger.log(level, json.dumps(document, default=str, separators=(",", ":")))
 
 
 def mask_email(address: str | None) -> str | None:

@@ -44,6 +44,7 @@ class Claim:
     window: Window
     skipped: bool
     reason: str | None = None
+    held_by: str | None = None  # a skipped claim: the run that holds (or has done) the window
     ledger_id: int | None = None
     rows_affected: int = 0
     details: dict[str, Any] = field(default_factory=dict)
@@ -82,7 +83,18 @@ def claim(db: PortalDatabase, window: Window, force: bool = False) -> Iterator[C
         ).fetchone()
         try:
             if not (locked and locked[0]):
-                yield _skip(conn, window, "another run is working on this window right now")
+                holder = conn.execute(
+                    """SELECT run_id FROM ops.job_runs
+                        WHERE job_name = %s AND window_key = %s AND status = 'running'
+                        ORDER BY started_at DESC LIMIT 1""",
+                    [window.job_name, window.key],
+                ).fetchone()
+                yield _skip(
+                    conn,
+                    window,
+                    "another run is working on this window right now",
+                    holder[0] if holder else None,
+                )
                 return
             # We hold the lock, so any 'running' row of this window belongs to a dead run.
             conn.execute(
@@ -99,7 +111,7 @@ def claim(db: PortalDatabase, window: Window, force: bool = False) -> Iterator[C
             ).fetchone()
             key = window.key
             if done and not force:
-                yield _skip(conn, window, f"window already succeeded in run {done[0]}")
+                yield _skip(conn, window, f"window already succeeded in run {done[0]}", done[0])
                 return
             if done:
                 # Forced rerun: its own window, so the one-success-per-window rule holds.
@@ -146,7 +158,7 @@ def claim(db: PortalDatabase, window: Window, force: bool = False) -> Iterator[C
                 conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", [lock_key])
 
 
-def _skip(conn: Any, window: Window, reason: str) -> Claim:
+def _skip(conn: Any, window: Window, reason: str, held_by: str | None) -> Claim:
     conn.execute(
         """INSERT INTO ops.job_runs
                (job_name, window_key, run_id, status, finished_at, duration_ms, rows_affected,
@@ -155,7 +167,25 @@ def _skip(conn: Any, window: Window, reason: str) -> Claim:
         [window.job_name, window.key, window.run_id, reason, window.trigger, window.actor],
     )
     _log(window, "skipped", 0, 0, reason=reason)
-    return Claim(window=window, skipped=True, reason=reason)
+    return Claim(window=window, skipped=True, reason=reason, held_by=held_by)
+
+
+OUTCOME_TAG = "mm/outcome"
+SKIP_REASON_TAG = "mm/skip_reason"
+
+
+def report_skip(context: OpExecutionContext, run: Claim) -> None:
+    """Make a skipped run say so wherever people look: the run's tags (the run list, the
+    CLI, the job-health dashboard), the step's metadata and its log. Dagster itself can
+    only call the run a success, since nothing failed."""
+    tags = {OUTCOME_TAG: "skipped", SKIP_REASON_TAG: run.reason or "window already handled"}
+    if run.held_by:
+        tags["mm/window_held_by"] = run.held_by
+    context.instance.add_run_tags(context.run_id, tags)
+    context.add_output_metadata(
+        {"outcome": "skipped", "reason": run.reason or "", "window": run.window.key}
+    )
+    context.log.info(f"Skipped: {run.reason}")
 
 
 def _ms(started: float) -> int:

@@ -11,6 +11,7 @@ from dagster import (
     Backoff,
     DagsterRun,
     DefaultScheduleStatus,
+    ExecutorDefinition,
     Jitter,
     JobDefinition,
     RetryPolicy,
@@ -18,6 +19,8 @@ from dagster import (
     ScheduleDefinition,
     ScheduleEvaluationContext,
     SkipReason,
+    in_process_executor,
+    multiprocess_executor,
     schedule,
 )
 
@@ -31,11 +34,14 @@ JOB_TAG = "mm/job"
 
 
 def spec_for_run(run: DagsterRun) -> JobSpec | None:
-    """The inventory entry a Dagster run belongs to (by its mm/job tag), if any."""
+    """The inventory entry a Dagster run belongs to: its mm/job tag (or job name), else,
+    for a materialisation launched from the asset graph, the job that owns its assets."""
     try:
         return inventory.get(run.tags.get(JOB_TAG, run.job_name))
     except inventory.UnknownJobError:
-        return None
+        pass
+    selected = {key.to_user_string() for key in run.asset_selection or ()}
+    return next((spec for spec in inventory.INVENTORY if selected & set(spec.assets)), None)
 
 
 def retry_policy(spec: JobSpec) -> RetryPolicy | None:
@@ -52,8 +58,14 @@ def retry_policy(spec: JobSpec) -> RetryPolicy | None:
 
 def job_tags(spec: JobSpec) -> dict[str, str]:
     """Tags every run of the job carries: its inventory name (the queue's per-job limit
-    keys on it), the hard runtime limit that run monitoring enforces, and the pod size
-    the Kubernetes run launcher gives the run (ignored by the local launcher)."""
+    keys on it) and the hard runtime limit that run monitoring enforces."""
+    return {JOB_TAG: spec.name, "dagster/max_runtime": str(spec.max_runtime_seconds)}
+
+
+def pod_tags(spec: JobSpec) -> dict[str, str]:
+    """The pod size the Kubernetes run launcher gives each run of the job (its
+    `dagster-k8s/config` tag); only where that launcher is configured (MM_RUN_LAUNCHER=k8s),
+    so that run lists elsewhere are not cluttered with it."""
     pod = spec.resources
     k8s = {
         "container_config": {
@@ -63,11 +75,17 @@ def job_tags(spec: JobSpec) -> dict[str, str]:
             }
         }
     }
-    return {
-        JOB_TAG: spec.name,
-        "dagster/max_runtime": str(spec.max_runtime_seconds),
-        "dagster-k8s/config": json.dumps(k8s),
-    }
+    return {"dagster-k8s/config": json.dumps(k8s)}
+
+
+def with_pod_tags(job: Any, spec: JobSpec) -> Any:
+    """`job` again, its runs also tagged with the pod size (see pod_tags)."""
+    tags = {**job.tags, **pod_tags(spec)}
+    if isinstance(job, JobDefinition):
+        return job.graph.to_job(
+            name=job.name, description=job.description, tags=tags, executor_def=job.executor_def
+        )
+    return job._replace(tags=tags)  # define_asset_job's NamedTuple
 
 
 def runtime_limit(spec: JobSpec, settings: Settings) -> dict[str, str]:
@@ -155,3 +173,8 @@ def partitioned_schedule(
         ]
 
     return _schedule
+
+
+def executor_for(spec: JobSpec) -> ExecutorDefinition:
+    """The executor the inventory chose for the job (see inventory.Executor)."""
+    return in_process_executor if spec.executor == "in_process" else multiprocess_executor

@@ -19,6 +19,7 @@ from mm_orchestration.inventory import INVENTORY, JobSpec
 NAMES = tuple(spec.name for spec in INVENTORY)
 
 ENVIRONMENTS = ("development", "staging", "production")
+RUN_LAUNCHERS = ("local", "k8s")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -58,6 +59,9 @@ class Settings:
     neon_api_key: str | None = field(default=None, repr=False)
     neon_project_id: str | None = None
     neon_api_host: str = "https://console.neon.tech"
+    # Where runs are launched: `local` (a process beside the code server) or `k8s` (a pod
+    # per run, deploy/dagster.k8s.yaml); only `k8s` gives jobs their pod sizes as run tags.
+    run_launcher: str = "local"
     # Per-job cron replacing the inventory's, e.g. for a load test in staging.
     schedule_overrides: tuple[tuple[str, str], ...] = ()
 
@@ -102,6 +106,7 @@ class Settings:
             neon_api_host=get("NEON_API_HOST") or defaults.neon_api_host,
             dlq_alert_threshold=_int("MM_DLQ_ALERT_THRESHOLD", get("MM_DLQ_ALERT_THRESHOLD"), 10),
             schedule_overrides=_schedule_overrides(get("MM_SCHEDULE_OVERRIDES")),
+            run_launcher=get("MM_RUN_LAUNCHER") or defaults.run_launcher,
         )
         settings.validate()
         return settings
@@ -126,6 +131,10 @@ class Settings:
         if self.reports_s3_endpoint:
             _check_url(
                 "MM_REPORTS_S3_ENDPOINT", self.reports_s3_endpoint, ("http", "https"), secret=False
+            )
+        if self.run_launcher not in RUN_LAUNCHERS:
+            raise SettingsError(
+                f"MM_RUN_LAUNCHER={self.run_launcher!r} is not one of {', '.join(RUN_LAUNCHERS)}"
             )
         if self.drill_method not in ("local", "neon"):
             raise SettingsError(f"MM_DRILL_METHOD={self.drill_method!r} is not local or neon")

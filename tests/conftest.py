@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,10 +13,13 @@ import pytest
 from dagster import DagsterInstance
 from psycopg import sql
 
+from mm_orchestration import inventory
 from mm_orchestration.db import connect
-from mm_orchestration.embedded_pg import EmbeddedPostgres
+from mm_orchestration.embedded_pg import EmbeddedPostgres, free_port
+from mm_orchestration.instance import write_home
 from mm_orchestration.migrate import migrate
 from mm_orchestration.resources import Mailer, PortalDatabase
+from mm_orchestration.topology import Topology
 from tests.sendgrid_server import SendGridRecorder
 
 TEMPLATE = "mm_template"
@@ -122,6 +126,54 @@ def job_settings():
     from mm_orchestration.resources import JobSettings
 
     return JobSettings(digest_template_id="d-digest-test")
+
+
+QUIET = "0 0 1 1 *"  # once a year: jobs other than the one under test stay out of the way
+
+
+@pytest.fixture
+def topology(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    database_url: str,
+    dagster_storage: str,
+    sendgrid: SendGridRecorder,
+) -> Iterator[Topology]:
+    """The production topology (code server, daemon, webserver) on this test's databases,
+    SendGrid on the recorder; share-link expiry ticks every minute (indirect parameter: the
+    job that does), every other schedule once a year. Started by the test."""
+    home = write_home(tmp_path / "dagster_home")
+    (tmp_path / "logs").mkdir()
+    every_minute = getattr(request, "param", "share-link-expiry")
+    overrides = [
+        f"{spec.name}={'* * * * *' if spec.name == every_minute else QUIET}"
+        for spec in inventory.INVENTORY
+    ]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_URL", "SENDGRID_", "MM_", "SENTRY_"))
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        MM_ENV="staging",
+        MM_SCHEDULE_OVERRIDES=";".join(overrides),
+        MM_DATA_DIR=str(tmp_path / "mm"),
+        SENDGRID_API_KEY="SG.test-key",
+        SENDGRID_API_HOST=sendgrid.url,
+        SENDGRID_DIGEST_TEMPLATE_ID="d-test",
+    )
+    topology = Topology(
+        dagster_home=home,
+        env=env,
+        grpc_port=free_port(),
+        web_port=free_port(),
+        log_dir=tmp_path / "logs",
+    )
+    try:
+        yield topology
+    finally:
+        topology.stop_all()
 
 
 def run_job(job, resources, run_config=None, tags=None):

@@ -169,3 +169,90 @@ def test_definitions_validate(project_root, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Validation successful" in proc.stderr + proc.stdout
+
+
+# -- one instance, and status that means what it says ---------------------------------
+
+
+def _run_id(stdout: str) -> str:
+    return next(line.split(": ")[1] for line in stdout.splitlines() if line.startswith("run id: "))
+
+
+def test_cli_runs_land_in_the_instance_dev_writes_never_in_the_portal_database(
+    pg_server, database_url, conn, tmp_path
+):
+    """What `make dev` writes (DAGSTER_HOME under MM_DATA_DIR, storage in the file) is what
+    `mm-jobs run` in another terminal opens, with no DAGSTER_* variable set."""
+    from mm_orchestration.instance import write_home
+
+    storage = create_database(pg_server, template=None)
+    data = tmp_path / "data"
+    write_home(data / "dagster_home", pg_server.url(storage))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "MM_"))}
+    env.update(DATABASE_URL=database_url, MM_DATA_DIR=str(data))
+    try:
+        proc = mm_jobs(env, "run", "invite-cleanup")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.splitlines()[-1] == "invite-cleanup: succeeded"
+        run_id = _run_id(proc.stdout)
+        with psycopg_connect(pg_server.url(storage)) as dagster_db:
+            found = dagster_db.execute("SELECT count(*) FROM runs WHERE run_id = %s", [run_id])
+            assert found.fetchone() == (1,)
+        assert conn.execute("SELECT to_regclass('public.runs')").fetchone() == (None,)
+    finally:
+        drop_database(pg_server, storage)
+
+
+def test_a_dagster_home_storing_runs_in_the_portal_database_is_refused(
+    pg_server, database_url, conn, tmp_path
+):
+    from mm_orchestration.instance import write_home
+
+    home = write_home(tmp_path / "home", database_url)  # the portal's own database
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "MM_"))}
+    env.update(DATABASE_URL=database_url, DAGSTER_HOME=str(home), MM_DATA_DIR=str(tmp_path))
+    proc = mm_jobs(env, "run", "invite-cleanup")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "DATABASE_URL" in proc.stderr and "portal database" in proc.stderr
+    # Refused before Dagster opened the storage: none of its tables were created.
+    assert conn.execute("SELECT to_regclass('public.runs')").fetchone() == (None,)
+
+
+def test_a_dagster_home_without_dagster_yaml_or_its_variables_is_refused(dagster_env, tmp_path):
+    empty = tmp_path / "empty-home"
+    empty.mkdir()
+    proc = mm_jobs({**dagster_env, "DAGSTER_HOME": str(empty)}, "run", "invite-cleanup")
+    assert proc.returncode == 2 and "has no dagster.yaml" in proc.stderr
+    env = {k: v for k, v in dagster_env.items() if k != "DAGSTER_PG_DB"}
+    proc = mm_jobs(env, "run", "invite-cleanup")
+    assert proc.returncode == 2 and "DAGSTER_PG_DB" in proc.stderr
+
+
+def test_a_skipped_run_says_skipped_with_the_run_that_holds_the_window(dagster_env, conn):
+    first = mm_jobs(dagster_env, "run", "notification-digest")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = mm_jobs(dagster_env, "run", "notification-digest")
+    assert second.returncode == 3, second.stdout + second.stderr[-3000:]
+    line = second.stdout.splitlines()[-1]
+    held = _run_id(first.stdout)
+    assert line == f"notification-digest: skipped: window already succeeded in run {held}"
+    with DagsterInstance.get() as instance:
+        run = instance.get_run_by_id(_run_id(second.stdout))
+        assert run.tags["mm/outcome"] == "skipped"
+        assert run.tags["mm/window_held_by"] == _run_id(first.stdout)
+
+
+def test_a_failed_run_leads_with_the_ops_own_message(dagster_env, conn):
+    conn.execute("DROP TABLE portal.invitations")
+    proc = mm_jobs(dagster_env, "run", "invite-cleanup")
+    assert proc.returncode == 1
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("invite-cleanup: FAILED")]
+    assert line.startswith(
+        "invite-cleanup: FAILED: expire_stale_invitations_op: missing table(s) portal.invitations"
+    ), line
+
+
+def psycopg_connect(url):
+    from mm_orchestration.db import connect
+
+    return connect(url, autocommit=True)

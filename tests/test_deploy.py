@@ -83,7 +83,7 @@ def test_every_job_gets_its_pod_size_from_the_inventory(k8s_instance: Any) -> No
     from dagster_k8s.job import construct_dagster_k8s_job
 
     launcher = k8s_instance.run_launcher
-    defs = build_definitions(Settings.from_env({}))
+    defs = build_definitions(Settings.from_env({"MM_RUN_LAUNCHER": "k8s"}))
     for spec in inventory.INVENTORY:
         tags = defs.resolve_job_def(spec.dagster_name).tags
         run = DagsterRun(job_name=spec.dagster_name, run_id=str(uuid.uuid4()), tags=tags)
@@ -107,6 +107,18 @@ def test_every_job_gets_its_pod_size_from_the_inventory(k8s_instance: Any) -> No
         sources |= {e.secret_ref.name for e in container.env_from if e.secret_ref}
         assert {"mm-orchestration-config", "mm-orchestration-secrets"} <= sources
         assert job.spec.ttl_seconds_after_finished == 86400
+
+
+def test_pod_sizes_are_tagged_only_where_the_k8s_launcher_is() -> None:
+    local = build_definitions(Settings.from_env({}))
+    k8s = build_definitions(Settings.from_env({"MM_RUN_LAUNCHER": "k8s"}))
+    for spec in inventory.INVENTORY:
+        assert "dagster-k8s/config" not in local.resolve_job_def(spec.dagster_name).tags
+        tagged = k8s.resolve_job_def(spec.dagster_name)
+        assert "dagster-k8s/config" in tagged.tags
+        assert (
+            tagged.executor_def.name == local.resolve_job_def(spec.dagster_name).executor_def.name
+        )
 
 
 def test_k8s_instance_keeps_the_limits_of_dagster_yaml() -> None:

@@ -10,23 +10,17 @@ out of the way so that the only runs are the ones under test.
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
-import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from mm_orchestration import inventory
-from mm_orchestration.embedded_pg import free_port
 from mm_orchestration.ledger import WINDOW_TAG
-from mm_orchestration.topology import PROJECT_ROOT, Topology
+from mm_orchestration.topology import Topology
 from tests import factories
 from tests.local_stack import graphql
 from tests.sendgrid_server import SendGridRecorder
@@ -34,7 +28,6 @@ from tests.sendgrid_server import SendGridRecorder
 T = TypeVar("T")
 JOB = "share_link_expiry"
 
-QUIET = "0 0 1 1 *"  # once a year: the other jobs stay out of this test's way
 
 LOCATION_QUERY = """
 query { workspaceOrError { ... on Workspace { locationEntries {
@@ -99,44 +92,6 @@ def _status(conn: psycopg.Connection, link: Any) -> str:
     row = conn.execute("SELECT status FROM portal.share_links WHERE id = %s", [link]).fetchone()
     assert row
     return str(row[0])
-
-
-@pytest.fixture
-def topology(
-    tmp_path: Path, database_url: str, dagster_storage: str, sendgrid: SendGridRecorder
-) -> Iterator[Topology]:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copyfile(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
-    (tmp_path / "logs").mkdir()
-    overrides = [
-        f"{spec.name}={QUIET}" for spec in inventory.INVENTORY if spec.name != "share-link-expiry"
-    ]
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DATABASE_URL", "SENDGRID_", "MM_", "SENTRY_"))
-    }
-    env.update(
-        DATABASE_URL=database_url,
-        MM_ENV="staging",
-        MM_SCHEDULE_OVERRIDES=";".join(["share-link-expiry=* * * * *", *overrides]),
-        MM_DATA_DIR=str(tmp_path / "mm"),
-        SENDGRID_API_KEY="SG.test-key",
-        SENDGRID_API_HOST=sendgrid.url,
-        SENDGRID_DIGEST_TEMPLATE_ID="d-test",
-    )
-    topology = Topology(
-        dagster_home=home,
-        env=env,
-        grpc_port=free_port(),
-        web_port=free_port(),
-        log_dir=tmp_path / "logs",
-    )
-    try:
-        yield topology
-    finally:
-        topology.stop_all()
 
 
 def test_ticks_survive_a_code_server_crash_and_a_daemon_restart(

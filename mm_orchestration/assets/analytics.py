@@ -18,7 +18,6 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
-    BackfillPolicy,
     HourlyPartitionsDefinition,
     MaterializeResult,
     MetadataValue,
@@ -29,7 +28,7 @@ from dagster import (
 
 from mm_orchestration import inventory
 from mm_orchestration.resources import PortalDatabase
-from mm_orchestration.scheduling import job_tags, partitioned_schedule, retry_policy
+from mm_orchestration.scheduling import executor_for, job_tags, partitioned_schedule, retry_policy
 from mm_orchestration.settings import Settings
 
 SPEC = inventory.get("analytics-rollup")
@@ -115,7 +114,6 @@ def _summary(conn: psycopg.Connection, start: datetime) -> dict[str, Any]:
     kinds={"postgres"},
     retry_policy=retry_policy(SPEC),
     check_specs=[AssetCheckSpec(CHECK, asset=["ops", "analytics_hourly"])],
-    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
     pool="analytics_rollup",
 )
 def analytics_hourly(
@@ -144,13 +142,13 @@ def analytics_hourly(
 analytics_rollup = define_asset_job(
     SPEC.dagster_name,
     selection=[analytics_hourly],
-    partitions_def=HOURS,
     tags=job_tags(SPEC),
+    executor_def=executor_for(SPEC),
     description="Roll up one UTC hour of portal events (analytics-rollup).",
 )
 
 
-def analytics_schedule(settings: Settings) -> ScheduleDefinition:
+def analytics_schedule(settings: Settings, job: Any = analytics_rollup) -> ScheduleDefinition:
     """Hourly: the hour that just ended, and once more the hour before it (late events)."""
 
     def last_two_hours(tick: datetime) -> list[tuple[str, str]]:
@@ -161,4 +159,4 @@ def analytics_schedule(settings: Settings) -> ScheduleDefinition:
             ((latest - timedelta(hours=1)).strftime("%Y-%m-%d-%H:%M"), "refresh"),
         ]
 
-    return partitioned_schedule(SPEC, analytics_rollup, settings, settings.timezone, last_two_hours)
+    return partitioned_schedule(SPEC, job, settings, settings.timezone, last_two_hours)

@@ -20,7 +20,6 @@ from zoneinfo import ZoneInfo
 
 from dagster import (
     AssetExecutionContext,
-    AssetKey,
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
@@ -38,15 +37,11 @@ from dagster import (
 )
 
 from mm_orchestration import inventory
-from mm_orchestration.assets import analytics, residency, tenant_health
 from mm_orchestration.inventory import JobSpec
+from mm_orchestration.ledger import OUTCOME_TAG
 from mm_orchestration.resources import JobSettings, PortalDatabase
 from mm_orchestration.scheduling import JOB_TAG, spec_for_run
 from mm_orchestration.sensors.dlq_depth import DEPTH_QUERY
-
-# A run the ledger found nothing to do for succeeds in Dagster's eyes; the ledger tags it
-# (ledger.report_skip) so it is counted as skipped here, not as a success.
-OUTCOME_TAG = "mm/outcome"
 
 WINDOWS: tuple[tuple[str, timedelta], ...] = (
     ("24h", timedelta(hours=24)),
@@ -58,26 +53,13 @@ WINDOWS: tuple[tuple[str, timedelta], ...] = (
 # are then placed in windows by their own start time (an epoch, zone-proof).
 _QUERY_MARGIN = timedelta(days=1)
 
-# Materialising an asset from the UI's asset graph (or backfilling it) runs Dagster's
-# implicit asset job, which carries no mm/job tag: its assets say which job it stands for.
-ASSET_OWNERS: dict[AssetKey, str] = {
-    analytics.analytics_hourly.key: analytics.SPEC.name,
-    residency.residency_report.key: residency.SPEC.name,
-    tenant_health.tenant_health_daily.key: tenant_health.SPEC.name,
-}
-
 _FINISHED = (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED)
 
 
 def job_of(run: DagsterRun) -> str | None:
     """The inventory name a run belongs to: its mm/job tag (or job name), else its assets."""
     spec = spec_for_run(run)
-    if spec is not None:
-        return spec.name
-    for key in run.asset_selection or ():
-        if key in ASSET_OWNERS:
-            return ASSET_OWNERS[key]
-    return None
+    return spec.name if spec is not None else None
 
 
 def outcome(record: RunRecord) -> str:

@@ -38,6 +38,7 @@ from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Attachment, Email
 from mm_orchestration.resources.report_store import ReportStore
 from mm_orchestration.scheduling import (
+    executor_for,
     job_tags,
     partitioned_schedule,
     retry_policy,
@@ -406,17 +407,17 @@ def residency_report(
 residency_report_job = define_asset_job(
     SPEC.dagster_name,
     selection=[residency_report],
-    partitions_def=WEEKS,
     tags=job_tags(SPEC),
+    executor_def=executor_for(SPEC),
     description="Generate the week's data residency report (residency-report).",
 )
 
 
-def residency_schedule(settings: Settings) -> ScheduleDefinition:
+def residency_schedule(settings: Settings, job: Any = residency_report_job) -> ScheduleDefinition:
     """Monday 07:00 Sydney (hourly in staging): the week that is starting."""
 
     def this_week(tick: datetime) -> list[tuple[str, str]]:
         local = tick.astimezone(ZoneInfo(WEEKS.timezone)).date()
         return [((local - timedelta(days=local.weekday())).isoformat(), "report")]
 
-    return partitioned_schedule(SPEC, residency_report_job, settings, WEEKS.timezone, this_week)
+    return partitioned_schedule(SPEC, job, settings, WEEKS.timezone, this_week)

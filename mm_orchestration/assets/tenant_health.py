@@ -30,6 +30,7 @@ from mm_orchestration.outbox import deliver_pending, enqueue
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
 from mm_orchestration.scheduling import (
+    executor_for,
     job_tags,
     partitioned_schedule,
     retry_policy,
@@ -210,16 +211,18 @@ def tenant_health_daily(
 tenant_health_check = define_asset_job(
     SPEC.dagster_name,
     selection=[tenant_health_daily],
-    partitions_def=DAYS,
     tags=job_tags(SPEC),
+    executor_def=executor_for(SPEC),
     description="Compute the day's tenant health (tenant-health-check).",
 )
 
 
-def tenant_health_schedule(settings: Settings) -> ScheduleDefinition:
+def tenant_health_schedule(
+    settings: Settings, job: Any = tenant_health_check
+) -> ScheduleDefinition:
     """06:00 Sydney daily (hourly in staging): the day that is starting."""
 
     def today(tick: datetime) -> list[tuple[str, str]]:
         return [(tick.astimezone(ZoneInfo(DAYS.timezone)).date().isoformat(), "health")]
 
-    return partitioned_schedule(SPEC, tenant_health_check, settings, DAYS.timezone, today)
+    return partitioned_schedule(SPEC, job, settings, DAYS.timezone, today)

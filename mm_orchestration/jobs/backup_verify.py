@@ -30,12 +30,12 @@ from pydantic import Field
 from mm_orchestration import inventory
 from mm_orchestration.db import connect
 from mm_orchestration.joblog import log_event
-from mm_orchestration.ledger import claim, window_for
+from mm_orchestration.ledger import claim, report_skip, window_for
 from mm_orchestration.migrate import current_version
 from mm_orchestration.neon import NeonClient, NeonError
 from mm_orchestration.resources import JobSettings, PortalDatabase
 from mm_orchestration.resources.restore_drill import RestoreDrill
-from mm_orchestration.scheduling import job_tags
+from mm_orchestration.scheduling import executor_for, job_tags
 
 SPEC = inventory.get("backup-verify")
 KEY_TABLES = (
@@ -289,6 +289,9 @@ def run_restore_drill(
     portal_db.require("ops.backup_drills", "ops.schema_migrations")
     started = datetime.now(UTC)
     with claim(portal_db, window_for(context, SPEC.name)) as run:
+        if run.skipped:
+            report_skip(context, run)
+            return
         try:
             evidence = DRILLS[method](portal_db.session_url, restore_drill, None)
             status, error = "succeeded", None
@@ -330,6 +333,11 @@ def run_restore_drill(
     )
 
 
-@job(name=SPEC.dagster_name, description=__doc__, tags=job_tags(SPEC))
+@job(
+    name=SPEC.dagster_name,
+    description=__doc__,
+    tags=job_tags(SPEC),
+    executor_def=executor_for(SPEC),
+)
 def backup_verify() -> None:
     run_restore_drill()

@@ -5,10 +5,12 @@ Dagster jobs, so an operator can act from a shell or from the job console. Every
 change is written to `ops.audit_log` with the actor, in the same transaction.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from dagster import Config, OpExecutionContext, job, op
+from dagster import Config, Failure, OpExecutionContext, job, op
 from psycopg.rows import dict_row
 from pydantic import Field
 
@@ -113,6 +115,16 @@ def discard(
         )
 
 
+@contextmanager
+def _operator_error() -> Iterator[None]:
+    """A mistyped id or a missing reason fails the run at once with that message alone:
+    retrying cannot fix it, and a stack trace would only hide it."""
+    try:
+        yield
+    except (LookupError, ValueError) as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+
+
 class RequeueConfig(Config):
     ids: list[int] = Field(default_factory=list, description="Dead-letter ids to requeue")
     all_dead: bool = Field(default=False, description="Requeue every dead letter")
@@ -131,7 +143,7 @@ def requeue_dead_letters(
 ) -> None:
     """Put dead letters back in the queue with their attempts reset."""
     actor = context.run.tags.get("mm/actor", config.actor)
-    with portal_db.connection() as conn:
+    with _operator_error(), portal_db.connection() as conn:
         done = requeue(conn, config.ids, actor, config.all_dead, context.run_id)
     context.add_output_metadata({"requeued": len(done), "ids": str(done)})
 
@@ -142,7 +154,7 @@ def discard_dead_letter(
 ) -> None:
     """Close one dead letter for good, with the reason in the audit log."""
     actor = context.run.tags.get("mm/actor", config.actor)
-    with portal_db.connection() as conn:
+    with _operator_error(), portal_db.connection() as conn:
         discard(conn, config.id, config.reason, actor, context.run_id)
 
 

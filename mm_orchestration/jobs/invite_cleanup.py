@@ -9,9 +9,9 @@ import psycopg
 from dagster import OpExecutionContext, job, op
 
 from mm_orchestration import inventory
-from mm_orchestration.ledger import WindowConfig, claim, window_for
+from mm_orchestration.ledger import WindowConfig, claim, report_skip, window_for
 from mm_orchestration.resources import PortalDatabase
-from mm_orchestration.scheduling import job_tags, retry_policy
+from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
 
 SPEC = inventory.get("invite-cleanup")
 INVITATION_TTL = "72 hours"
@@ -36,7 +36,7 @@ def expire_stale_invitations_op(
     portal_db.require("portal.invitations")
     with claim(portal_db, window_for(context, SPEC.name), force=config.force) as run:
         if run.skipped:
-            context.log.info(f"Skipped: {run.reason}")
+            report_skip(context, run)
             return 0
         with portal_db.connection() as conn:
             run.rows_affected = expire_stale_invitations(conn)
@@ -44,6 +44,11 @@ def expire_stale_invitations_op(
     return run.rows_affected
 
 
-@job(name=SPEC.dagster_name, description=__doc__, tags=job_tags(SPEC))
+@job(
+    name=SPEC.dagster_name,
+    description=__doc__,
+    tags=job_tags(SPEC),
+    executor_def=executor_for(SPEC),
+)
 def invite_cleanup() -> None:
     expire_stale_invitations_op()

@@ -30,7 +30,7 @@ from dagster import OpExecutionContext, job, op
 
 from mm_orchestration import audit, inventory
 from mm_orchestration.joblog import log_event
-from mm_orchestration.ledger import WindowConfig, claim, window_for
+from mm_orchestration.ledger import WindowConfig, claim, report_skip, window_for
 from mm_orchestration.mux_events import (
     STATUS_BY_TYPE,
     UPLOAD_LINKED,
@@ -45,7 +45,7 @@ from mm_orchestration.outbox import DeliveryIncomplete, deliver_pending, enqueue
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
 from mm_orchestration.resources.mux import MuxWebhooks
-from mm_orchestration.scheduling import job_tags, retry_policy
+from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
 
 SPEC = inventory.get("mux-webhook-retry")
 DEAD_EMAIL_KIND = "mux_dlq_dead"
@@ -348,7 +348,7 @@ def replay_dead_letters(
     portal_db.require("portal.mux_webhook_dlq", "portal.media_assets", "ops.dlq_attempts")
     with claim(portal_db, window_for(context, SPEC.name), force=config.force) as run:
         if run.skipped:
-            context.log.info(f"Skipped: {run.reason}")
+            report_skip(context, run)
             return 0
         with portal_db.connection() as conn:
             report = replay_due(conn, mux, context.run_id, job_settings.reliability_email)
@@ -371,6 +371,11 @@ def send_dead_letter_escalations(
         raise DeliveryIncomplete(f"{report.deferred} escalation email(s) stay pending")
 
 
-@job(name=SPEC.dagster_name, description=__doc__, tags=job_tags(SPEC))
+@job(
+    name=SPEC.dagster_name,
+    description=__doc__,
+    tags=job_tags(SPEC),
+    executor_def=executor_for(SPEC),
+)
 def mux_webhook_retry() -> None:
     send_dead_letter_escalations(replay_dead_letters())

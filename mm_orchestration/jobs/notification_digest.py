@@ -24,11 +24,11 @@ from pydantic import Field
 
 from mm_orchestration import inventory
 from mm_orchestration.joblog import log_event
-from mm_orchestration.ledger import WINDOW_TAG, WindowConfig, claim, window_for
+from mm_orchestration.ledger import WINDOW_TAG, WindowConfig, claim, report_skip, window_for
 from mm_orchestration.outbox import DeliveryIncomplete, deliver_pending_templated
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import TemplateRecipient
-from mm_orchestration.scheduling import job_tags, retry_policy
+from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
 
 SPEC = inventory.get("notification-digest")
 EMAIL_KIND = "digest"
@@ -160,7 +160,7 @@ def queue_daily_digests(
     ref = reference_time(day, job_settings.timezone, job_settings.digest_hour)
     with claim(portal_db, replace(window, key=day.isoformat()), force=config.force) as run:
         if run.skipped:
-            context.log.info(f"Skipped: {run.reason}")
+            report_skip(context, run)
             return 0
         with portal_db.connection() as conn:
             eligible, queued = queue_digests(conn, ref)
@@ -215,6 +215,11 @@ def send_daily_digests(
         raise DeliveryIncomplete(error)
 
 
-@job(name=SPEC.dagster_name, description=__doc__, tags=job_tags(SPEC))
+@job(
+    name=SPEC.dagster_name,
+    description=__doc__,
+    tags=job_tags(SPEC),
+    executor_def=executor_for(SPEC),
+)
 def notification_digest() -> None:
     send_daily_digests(queue_daily_digests())

@@ -17,11 +17,11 @@ import psycopg
 from dagster import MetadataValue, OpExecutionContext, job, op
 
 from mm_orchestration import inventory
-from mm_orchestration.ledger import WindowConfig, claim, window_for
+from mm_orchestration.ledger import WindowConfig, claim, report_skip, window_for
 from mm_orchestration.outbox import DeliveryIncomplete, deliver_pending
 from mm_orchestration.resources import Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
-from mm_orchestration.scheduling import job_tags, retry_policy
+from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
 
 SPEC = inventory.get("share-link-expiry")
 EMAIL_KIND = "share_link_expired"
@@ -118,7 +118,7 @@ def expire_due_share_links(
     portal_db.require(*TABLES)
     with claim(portal_db, window_for(context, SPEC.name), force=config.force) as run:
         if run.skipped:
-            context.log.info(f"Skipped: {run.reason}")
+            report_skip(context, run)
             return 0
         with portal_db.connection() as conn:
             counts = expire_due_links(conn)
@@ -160,6 +160,7 @@ def send_share_link_expiry_emails(
     name=SPEC.dagster_name,
     description=__doc__,
     tags=job_tags(SPEC),
+    executor_def=executor_for(SPEC),
 )
 def share_link_expiry() -> None:
     send_share_link_expiry_emails(expire_due_share_links())

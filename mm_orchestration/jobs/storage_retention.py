@@ -14,9 +14,9 @@ from dagster import Config, OpExecutionContext, RunsFilter, job, op
 from pydantic import Field
 
 from mm_orchestration import inventory
-from mm_orchestration.ledger import claim, window_for
+from mm_orchestration.ledger import claim, report_skip, window_for
 from mm_orchestration.resources import PortalDatabase
-from mm_orchestration.scheduling import job_tags, retry_policy
+from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
 
 SPEC = inventory.get("storage-retention")
 PAGE = 500
@@ -63,7 +63,7 @@ def prune_ops_tables(
     portal_db.require("ops.notification_outbox", "ops.job_runs")
     with claim(portal_db, window_for(context, SPEC.name), force=config.force) as run:
         if run.skipped:
-            context.log.info(f"Skipped: {run.reason}")
+            report_skip(context, run)
             return
         with portal_db.connection() as conn:
             outbox = conn.execute(
@@ -87,6 +87,11 @@ def prune_ops_tables(
     )
 
 
-@job(name=SPEC.dagster_name, description=__doc__, tags=job_tags(SPEC))
+@job(
+    name=SPEC.dagster_name,
+    description=__doc__,
+    tags=job_tags(SPEC),
+    executor_def=executor_for(SPEC),
+)
 def storage_retention() -> None:
     prune_ops_tables(prune_dagster_runs())

@@ -17,9 +17,9 @@ import psycopg
 from dagster import OpExecutionContext, job, op
 
 from mm_orchestration import inventory
-from mm_orchestration.ledger import WindowConfig, claim, window_for
+from mm_orchestration.ledger import WindowConfig, claim, report_skip, window_for
 from mm_orchestration.resources import Mailer, PortalDatabase
-from mm_orchestration.scheduling import job_tags, retry_policy
+from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
 
 SPEC = inventory.get("notification-suppression-cleanup")
 BOUNCE_RETENTION = "30 days"
@@ -86,7 +86,7 @@ def delete_old_bounce_suppressions(
     window = window_for(context, SPEC.name)
     with claim(portal_db, window, force=config.force) as run:
         if run.skipped:
-            context.log.info(f"Skipped: {run.reason}")
+            report_skip(context, run)
             return 0
         with portal_db.connection() as conn:  # one transaction: delete, audit, SendGrid
             deleted = delete_old_bounces(
@@ -105,6 +105,11 @@ def delete_old_bounce_suppressions(
     return deleted.rows
 
 
-@job(name=SPEC.dagster_name, description=__doc__, tags=job_tags(SPEC))
+@job(
+    name=SPEC.dagster_name,
+    description=__doc__,
+    tags=job_tags(SPEC),
+    executor_def=executor_for(SPEC),
+)
 def notification_suppression_cleanup() -> None:
     delete_old_bounce_suppressions()

@@ -18,21 +18,19 @@ from dagster import (
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
-    DefaultSensorStatus,
-    RunFailureSensorContext,
     RunRequest,
     RunsFilter,
     RunStatusSensorContext,
     SkipReason,
-    run_failure_sensor,
-    run_status_sensor,
 )
 from psycopg.types.json import Jsonb
 
 from mm_orchestration.jobs.alerts import alert_request, send_alert
-from mm_orchestration.ledger import ACTOR_TAG
+from mm_orchestration.ledger import ACTOR_TAG, OUTCOME_TAG
 from mm_orchestration.resources import PortalDatabase
+from mm_orchestration.run_status import failure_summary, tag_failure
 from mm_orchestration.scheduling import spec_for_run
+from mm_orchestration.sensors.every_run import every_run_sensor
 
 FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE]
 
@@ -57,6 +55,10 @@ def failure_streak(instance: DagsterInstance, run: DagsterRun) -> list[str]:
     return [run.run_id, *failures_before(instance, run)]
 
 
+def _short(message: str, limit: int = 90) -> str:
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
 def _alert(
     key: str,
     contact: str,
@@ -69,24 +71,21 @@ def _alert(
     return alert_request(key, contact, subject, body, action, job, details, tag=action)
 
 
-@run_failure_sensor(
-    name="job_failure_sensor",
-    request_job=send_alert,
-    default_status=DefaultSensorStatus.RUNNING,
-    monitor_all_code_locations=False,
-)
-def job_failure_sensor(context: RunFailureSensorContext) -> list[RunRequest] | SkipReason:
+@every_run_sensor("job_failure_sensor", DagsterRunStatus.FAILURE, request_job=send_alert)
+def job_failure_sensor(context: RunStatusSensorContext) -> list[RunRequest] | SkipReason:
     run = context.dagster_run
+    # Every failed run shows its one-line reason in the run list, inventory job or not.
+    message = failure_summary(context.instance, run.run_id)
+    tag_failure(context.instance, run.run_id, message)
     spec = spec_for_run(run)
     if run.job_name == send_alert.name or spec is None:
         return SkipReason(f"{run.job_name} is not an inventory job: no alert")
-    message = (context.failure_event.message or "the run failed").strip()
     requests = [
         _alert(
             f"job-failed:{run.run_id}",
             spec.escalate_to,
-            f"{spec.name} failed (run {run.run_id[:8]})",
-            f"The {spec.name} run {run.run_id} failed after its retries: {message}\n\n"
+            f"{spec.name} failed: {_short(message)}",
+            f"{message}\n\nThe {spec.name} run {run.run_id} failed after its retries.\n\n"
             f"What it does: {spec.purpose}. Failure handling: {spec.failure_handling}.\n"
             f"Open the run in the job console, fix the cause, then rerun it "
             f"(`mm-jobs run {spec.name}`).",
@@ -113,17 +112,14 @@ def job_failure_sensor(context: RunFailureSensorContext) -> list[RunRequest] | S
     return requests
 
 
-@run_status_sensor(
-    name="job_recovery_sensor",
-    run_status=DagsterRunStatus.SUCCESS,
-    request_job=send_alert,
-    default_status=DefaultSensorStatus.RUNNING,
-)
+@every_run_sensor("job_recovery_sensor", DagsterRunStatus.SUCCESS, request_job=send_alert)
 def job_recovery_sensor(context: RunStatusSensorContext) -> RunRequest | SkipReason:
     run = context.dagster_run
     spec = spec_for_run(run)
     if run.job_name == send_alert.name or spec is None:
         return SkipReason(f"{run.job_name} is not an inventory job")
+    if run.tags.get(OUTCOME_TAG) == "skipped":
+        return SkipReason(f"{spec.name} run {run.run_id[:8]} was skipped: it proves no recovery")
     streak = len(failures_before(context.instance, run))
     if streak < spec.consecutive_failures_alert:
         return SkipReason(f"{spec.name} succeeded after {streak} failure(s): no streak to close")
@@ -175,12 +171,7 @@ def audit_manual_run(portal_db: PortalDatabase, run: DagsterRun) -> bool:
     return bool(written)
 
 
-@run_status_sensor(
-    name="manual_run_audit_sensor",
-    run_status=DagsterRunStatus.STARTED,
-    default_status=DefaultSensorStatus.RUNNING,
-    minimum_interval_seconds=10,
-)
+@every_run_sensor("manual_run_audit_sensor", DagsterRunStatus.STARTED, minimum_interval_seconds=10)
 def manual_run_audit_sensor(
     context: RunStatusSensorContext, portal_db: PortalDatabase
 ) -> SkipReason:

@@ -19,15 +19,14 @@ from dagster import (
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
-    DefaultSensorStatus,
     RunStatusSensorContext,
     SkipReason,
-    run_status_sensor,
 )
 
 from mm_orchestration import inventory
 from mm_orchestration.resources.monitoring import Monitoring
 from mm_orchestration.scheduling import spec_for_run
+from mm_orchestration.sensors.every_run import every_run_sensor
 
 _TENANT = re.compile(r"tenant[_ ]?id[\"'=: ]+([0-9a-f-]{36})", re.IGNORECASE)
 
@@ -121,11 +120,7 @@ def report_run(monitoring: Monitoring, instance: DagsterInstance, run: DagsterRu
     return sent
 
 
-@run_status_sensor(
-    name="sentry_run_started_sensor",
-    run_status=DagsterRunStatus.STARTED,
-    default_status=DefaultSensorStatus.RUNNING,
-)
+@every_run_sensor("sentry_run_started_sensor", DagsterRunStatus.STARTED)
 def sentry_run_started_sensor(
     context: RunStatusSensorContext, monitoring: Monitoring
 ) -> SkipReason:
@@ -154,11 +149,7 @@ def _finished(context: RunStatusSensorContext, monitoring: Monitoring) -> SkipRe
     )
 
 
-@run_status_sensor(
-    name="sentry_run_succeeded_sensor",
-    run_status=DagsterRunStatus.SUCCESS,
-    default_status=DefaultSensorStatus.RUNNING,
-)
+@every_run_sensor("sentry_run_succeeded_sensor", DagsterRunStatus.SUCCESS)
 def sentry_run_succeeded_sensor(
     context: RunStatusSensorContext, monitoring: Monitoring
 ) -> SkipReason:
@@ -166,11 +157,7 @@ def sentry_run_succeeded_sensor(
     return _finished(context, monitoring)
 
 
-@run_status_sensor(
-    name="sentry_run_failed_sensor",
-    run_status=DagsterRunStatus.FAILURE,
-    default_status=DefaultSensorStatus.RUNNING,
-)
+@every_run_sensor("sentry_run_failed_sensor", DagsterRunStatus.FAILURE)
 def sentry_run_failed_sensor(context: RunStatusSensorContext, monitoring: Monitoring) -> SkipReason:
     """A failed run: an event per failed op with its tags, the transaction, the error check-in."""
     return _finished(context, monitoring)

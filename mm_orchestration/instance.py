@@ -1,0 +1,147 @@
+"""Where Dagster keeps its runs: one instance for the CLI, the console, the daemon and tests.
+
+Every process finds the instance the same way, through `DAGSTER_HOME`'s `dagster.yaml`
+(default `<MM_DATA_DIR>/dagster_home`, which `mm-jobs dev` and `prod-local` write), so a
+run started from `mm-jobs run` is a run the console shows and the sensors watch. Dagster's
+storage is a database of its own: its tables (`runs`, `event_logs`, ...) are never created
+in the portal's database, and an instance configured that way is refused by name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import yaml
+from psycopg.conninfo import conninfo_to_dict
+
+from mm_orchestration.settings import Settings, SettingsError
+from mm_orchestration.topology import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
+
+TEMPLATE = PROJECT_ROOT / "dagster.yaml"
+_LOOPBACK = {"localhost", "127.0.0.1", "::1", ""}
+
+
+def home_dir(settings: Settings) -> Path:
+    """The instance's folder: DAGSTER_HOME, else `<MM_DATA_DIR>/dagster_home`."""
+    return Path(settings.dagster_home or Path(settings.data_dir, "dagster_home")).resolve()
+
+
+def sqlalchemy_url(conninfo: str) -> str:
+    """A libpq connection string (URL or `key=value`) as the SQLAlchemy URL dagster-postgres
+    takes. Every parameter travels in the query and reaches psycopg2 as libpq has it, so a
+    socket directory, an IPv6 host, an encoded password, `sslmode` or `options` all survive;
+    psycopg2 is named because SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3."""
+    return "postgresql+psycopg2:///?" + urlencode(conninfo_to_dict(conninfo))
+
+
+def write_home(home: Path, storage_conninfo: str | None = None) -> Path:
+    """Write `home/dagster.yaml` from the project's template and return the folder.
+
+    With `storage_conninfo` (the local embedded server, which needs no password) the storage
+    is written into the file, so any process that opens this home, `mm-jobs run` in another
+    terminal included, finds the same database without setting a variable. Without it the
+    template's `DAGSTER_PG_*` variables stay, as in production.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    config = yaml.safe_load(TEMPLATE.read_text())
+    if storage_conninfo is not None:
+        config["storage"] = {"postgres": {"postgres_url": sqlalchemy_url(storage_conninfo)}}
+    header = f"# Written by mm-jobs from {TEMPLATE}; edit that file, not this one.\n"
+    (home / "dagster.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
+    return home
+
+
+def open_instance(settings: Settings) -> DagsterInstance:
+    """The instance every process shares, after checking it is one.
+
+    Raises SettingsError naming the setting when DAGSTER_HOME has no `dagster.yaml` (Dagster
+    would quietly make a private SQLite instance there, invisible to the console), when a
+    variable its storage reads is unset, or when that storage is the portal database named
+    by DATABASE_URL. The checks run before Dagster opens the storage, because opening it
+    creates Dagster's tables.
+    """
+    from dagster import DagsterInstance
+
+    home = home_dir(settings)
+    refuse_portal_storage(storage_url(home), settings.database_url)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return DagsterInstance.get()
+
+
+def storage_url(home: Path) -> str:
+    """The SQLAlchemy URL of the PostgreSQL storage that `home/dagster.yaml` configures,
+    with its `{env: ...}` values resolved as Dagster resolves them."""
+    from dagster_postgres.utils import pg_url_from_config
+
+    path = home / "dagster.yaml"
+    if not path.exists():
+        raise SettingsError(
+            f"DAGSTER_HOME={home} has no dagster.yaml: start the console once with `make dev` "
+            "(it writes one), or point DAGSTER_HOME at the instance the console uses"
+        )
+    config = yaml.safe_load(path.read_text()) or {}
+    postgres = (config.get("storage") or {}).get("postgres")
+    if not postgres:
+        raise SettingsError(
+            f"DAGSTER_HOME={home}: dagster.yaml has no `storage: postgres:` block; the jobs "
+            "keep their runs in PostgreSQL so that every process sees them"
+        )
+    missing: list[str] = []
+    resolved = _resolve_env(postgres, missing)
+    if missing:
+        raise SettingsError(
+            f"DAGSTER_HOME={home}: Dagster's storage needs {', '.join(missing)} to be set "
+            "(a database of its own, never the portal's)"
+        )
+    return str(pg_url_from_config(resolved))
+
+
+def refuse_portal_storage(url: str, database_url: str | None) -> None:
+    """Raise SettingsError when Dagster's storage `url` is the portal database."""
+    if database_url and _target(_sqlalchemy_params(url)) == _target(conninfo_to_dict(database_url)):
+        raise SettingsError(
+            "Dagster's storage (dagster.yaml in DAGSTER_HOME, DAGSTER_PG_DB) is the portal "
+            "database named by DATABASE_URL: Dagster would create its tables (runs, "
+            "event_logs, ...) there. Give Dagster a database of its own, for example "
+            "`dagster` on the same server"
+        )
+
+
+def _resolve_env(value: Any, missing: list[str]) -> Any:
+    """`{env: NAME}` -> the variable's value, as Dagster's StringSource reads it."""
+    if isinstance(value, dict) and set(value) == {"env"}:
+        name = value["env"]
+        if name not in os.environ or (not os.environ[name] and name != "DAGSTER_PG_PASSWORD"):
+            missing.append(name)
+        return os.environ.get(name, "")
+    if isinstance(value, dict):
+        return {key: _resolve_env(item, missing) for key, item in value.items()}
+    return value
+
+
+def _sqlalchemy_params(url: str) -> dict[str, Any]:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    params: dict[str, Any] = dict(parsed.query)
+    for key, value in (("host", parsed.host), ("port", parsed.port), ("dbname", parsed.database)):
+        if value:
+            params[key] = value
+    if parsed.username and "user" not in params:
+        params["user"] = parsed.username
+    return params
+
+
+def _target(params: dict[str, Any]) -> tuple[str, str, str]:
+    """(host, port, database) with the defaults libpq applies and loopback names folded."""
+    host = str(params.get("host") or os.environ.get("PGHOST") or "")
+    host = "localhost" if host in _LOOPBACK else host.lower()
+    port = str(params.get("port") or os.environ.get("PGPORT") or 5432)
+    user = str(params.get("user") or "")
+    return host, port, str(params.get("dbname") or user)
