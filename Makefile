@@ -24,12 +24,12 @@ install-dev: $(VENV)/.installed-dev
 ## make dev: embedded PostgreSQL (unless DATABASE_URL is set), migrations, demo data,
 ## then the Dagster UI and daemon on http://127.0.0.1:3000. Ctrl-C stops everything.
 dev: install
-	$(BIN)/mm-jobs dev
+	exec $(BIN)/mm-jobs dev $(DEV_ARGS)
 
 ## make prod-local: the production topology on this machine (gRPC code server, daemon,
 ## webserver as separate processes, MM_ENV=staging) on http://127.0.0.1:3000.
 prod-local: install
-	$(BIN)/mm-jobs prod-local
+	exec $(BIN)/mm-jobs prod-local $(DEV_ARGS)
 
 ## make test: the whole suite against a real (embedded) PostgreSQL, on two workers (each
 ## with its own server): the tests that mostly wait run beside the rest.

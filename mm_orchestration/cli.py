@@ -7,7 +7,6 @@ import contextlib
 import getpass
 import os
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -16,7 +15,6 @@ from typing import Any
 
 from mm_orchestration import inventory
 from mm_orchestration.settings import Settings, SettingsError
-from mm_orchestration.topology import PROJECT_ROOT
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -362,27 +360,26 @@ def _local_stack(args: argparse.Namespace) -> Iterator[Settings]:
     from mm_orchestration.embedded_pg import EmbeddedPostgres
     from mm_orchestration.instance import home_dir, open_instance, write_home
     from mm_orchestration.migrate import migrate
+    from mm_orchestration.supervisor import say
 
     data_dir = Path(Settings.from_env().data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     # Absolute for every process started from here: the Dagster ones run in DAGSTER_HOME.
     os.environ["MM_DATA_DIR"] = str(data_dir)
     settings = Settings.from_env()
-    server: EmbeddedPostgres | None = None
     embedded = not settings.database_url
-    if embedded:
-        server = EmbeddedPostgres(data_dir / "postgres").start()
-        print(
-            f"mm-jobs: embedded PostgreSQL on 127.0.0.1:{server.port} (data in {server.data_dir})"
-        )
-        with connect(server.url("postgres"), autocommit=True) as conn:
-            for name in ("portal", "dagster"):
-                if not conn.execute(
-                    "SELECT 1 FROM pg_database WHERE datname = %s", [name]
-                ).fetchone():
-                    conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        os.environ["DATABASE_URL"] = server.url("portal")
+    server = EmbeddedPostgres(data_dir / "postgres") if embedded else None
     try:
+        if server is not None:
+            server.start()
+            say(f"embedded PostgreSQL on 127.0.0.1:{server.port} (data in {server.data_dir})")
+            with connect(server.url("postgres"), autocommit=True) as conn:
+                for name in ("portal", "dagster"):
+                    if not conn.execute(
+                        "SELECT 1 FROM pg_database WHERE datname = %s", [name]
+                    ).fetchone():
+                        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            os.environ["DATABASE_URL"] = server.url("portal")
         database_url = os.environ["DATABASE_URL"]
         with connect(database_url, autocommit=True) as conn:
             applied = migrate(conn, with_portal_schema=embedded)
@@ -412,12 +409,18 @@ def _local_stack(args: argparse.Namespace) -> Iterator[Settings]:
     finally:
         if server is not None:
             server.stop()
-            print("mm-jobs: embedded PostgreSQL stopped")
+            say("embedded PostgreSQL stopped")
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    with _local_stack(args):
-        return _run_dagster_dev(args.host, args.port)
+    """`dagster dev` (console, daemon, code server) on the local stack."""
+    from mm_orchestration.topology import DevConsole
+
+    def console(env: dict[str, str]) -> DevConsole:
+        home = Path(env["DAGSTER_HOME"])
+        return DevConsole(dagster_home=home, env=env, host=args.host, web_port=args.port)
+
+    return _serve(args, console, f"job console on http://{args.host}:{args.port}")
 
 
 def cmd_prod_local(args: argparse.Namespace) -> int:
@@ -426,25 +429,43 @@ def cmd_prod_local(args: argparse.Namespace) -> int:
     from mm_orchestration.topology import Topology
 
     os.environ.setdefault("MM_ENV", "staging")
-    with _local_stack(args):
-        topology = Topology(
-            dagster_home=Path(os.environ["DAGSTER_HOME"]),
-            env=dict(os.environ),
-            host=args.host,
-            grpc_port=args.grpc_port,
-            web_port=args.port,
+
+    def topology(env: dict[str, str]) -> Topology:
+        home = Path(env["DAGSTER_HOME"])
+        return Topology(
+            dagster_home=home, env=env, host=args.host, grpc_port=args.grpc_port, web_port=args.port
         )
+
+    return _serve(
+        args,
+        topology,
+        f"code server on {args.host}:{args.grpc_port} (gRPC), daemon, job console on "
+        f"http://{args.host}:{args.port} (MM_ENV={os.environ['MM_ENV']})",
+    )
+
+
+def _serve(args: argparse.Namespace, make: Any, started: str) -> int:
+    """The local stack, then the stack's processes under the one supervisor, until a stop
+    signal of any kind (see mm_orchestration.supervisor); everything stops on the way out."""
+    from mm_orchestration.supervisor import StopRequested, say, stop_signals
+
+    with stop_signals():
         try:
-            topology.start_all()
-        except RuntimeError as exc:
-            topology.stop_all()
-            print(f"mm-jobs: {exc}", file=sys.stderr)
-            return 1
-        print(
-            f"mm-jobs: code server on {args.host}:{args.grpc_port} (gRPC), daemon, job console "
-            f"on http://{args.host}:{args.port} (MM_ENV={os.environ['MM_ENV']}; Ctrl-C stops)"
-        )
-        return topology.supervise()
+            with _local_stack(args):
+                stack = make(dict(os.environ))
+                try:
+                    stack.start_all()
+                except RuntimeError as exc:
+                    stack.stop_all()
+                    print(f"mm-jobs: {exc}", file=sys.stderr)
+                    return 1
+                except StopRequested:
+                    stack.stop_all()
+                    return 0
+                say(f"{started}  (Ctrl-C stops everything)")
+                return int(stack.supervise())
+        except StopRequested:
+            return 0
 
 
 def _start_report_server(
@@ -496,36 +517,6 @@ def cmd_serve_reports(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
-
-
-def _run_dagster_dev(host: str, port: int) -> int:
-    dagster = Path(sys.executable).with_name("dagster")
-    cmd = [
-        str(dagster),
-        "dev",
-        "-h",
-        host,
-        "-p",
-        str(port),
-        "-w",
-        str(PROJECT_ROOT / "workspace.yaml"),
-    ]
-    print(f"mm-jobs: job console on http://{host}:{port}  (Ctrl-C stops everything)")
-    # cwd is DAGSTER_HOME, so dagster does not warn about the project's own dagster.yaml.
-    child = subprocess.Popen(cmd, cwd=os.environ["DAGSTER_HOME"], start_new_session=True)
-
-    def forward(signum: int, frame: object) -> None:
-        # dagster dev shuts its webserver and daemon down cleanly on SIGINT.
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGINT)
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    try:
-        return child.wait()
-    finally:
-        if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":

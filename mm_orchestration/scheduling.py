@@ -19,6 +19,7 @@ from dagster import (
     ScheduleDefinition,
     ScheduleEvaluationContext,
     SkipReason,
+    define_asset_job,
     in_process_executor,
     multiprocess_executor,
     schedule,
@@ -85,7 +86,14 @@ def with_pod_tags(job: Any, spec: JobSpec) -> Any:
         return job.graph.to_job(
             name=job.name, description=job.description, tags=tags, executor_def=job.executor_def
         )
-    return job._replace(tags=tags)  # define_asset_job's NamedTuple
+    return define_asset_job(
+        job.name,
+        selection=job.selection,
+        config=job.config,
+        description=job.description,
+        tags=tags,
+        executor_def=job.executor_def,
+    )
 
 
 def runtime_limit(spec: JobSpec, settings: Settings) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 MM_JOBS = str(Path(sys.executable).with_name("mm-jobs"))
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def own_env(data_dir: Path, **settings: str) -> dict[str, str]:
@@ -25,15 +27,27 @@ def own_env(data_dir: Path, **settings: str) -> dict[str, str]:
     return {**env, "MM_DATA_DIR": str(data_dir), **settings}
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """`mm-jobs ARGS` in a session of its own, its output in `log`."""
+def start(
+    args: list[str], env: dict[str, str], log: Path, ignore_sigint: bool = False, make: bool = False
+) -> subprocess.Popen[bytes]:
+    """`mm-jobs ARGS` (or `make ARGS`) in a session of its own, as a terminal's foreground
+    job is in its process group, its output in `log`. `ignore_sigint`: as a background job
+    of a non-interactive shell starts (`make dev &` in a script)."""
+
+    def dispositions() -> None:
+        if ignore_sigint:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+
+    command = ["make", "-s", "-C", str(PROJECT_ROOT), *args] if make else [MM_JOBS, *args]
     with open(log, "w") as out:
         return subprocess.Popen(
-            [MM_JOBS, *args],
+            command,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=dispositions,
         )
 
 
@@ -52,11 +66,11 @@ def wait_until_serving(
             time.sleep(0.5)
 
 
-def graphql(port: int, query: str) -> dict[str, Any]:
+def graphql(port: int, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
     """The `data` of a GraphQL query to the console on `port`."""
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/graphql",
-        data=json.dumps({"query": query}).encode(),
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
         headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request, timeout=30) as response:

@@ -162,3 +162,25 @@ def test_cli_list_show_requeue_discard(conn, database_url, tmp_path):
         conn.execute("SELECT status FROM portal.mux_webhook_dlq WHERE id = %s", [a]).fetchone()[0]
         == "pending"
     )
+
+
+def test_a_mistyped_id_fails_at_once_saying_why_in_one_line(conn, portal_db):
+    """The operator's mistake is the run's one-line reason, with no retry and no trace first."""
+    import time
+
+    from dagster import DagsterInstance
+
+    from mm_orchestration.run_status import failure_summary
+
+    started = time.monotonic()
+    with DagsterInstance.ephemeral() as instance:
+        result = dlq_discard.execute_in_process(
+            resources={"portal_db": portal_db},
+            run_config={"ops": {"discard_dead_letter": {"config": {"id": 55, "reason": "typo"}}}},
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert not result.success
+        summary = failure_summary(instance, result.run_id)
+    assert summary == "discard_dead_letter: no pending or dead letter with id 55"
+    assert time.monotonic() - started < 10

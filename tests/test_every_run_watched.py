@@ -118,6 +118,16 @@ def test_cli_runs_are_in_the_console_and_alert_through_the_daemon(
     time.sleep(2)
     actions = [a for a, _ in _alerts(conn)]
     assert actions.count("job_recovery") == 1 and actions.count("job_consecutive_failures") == 1
+    # The dashboard counts the CLI's runs from the same run records.
+    from dagster import DagsterInstance
+
+    from mm_orchestration.assets.job_health import collect
+
+    with DagsterInstance.from_config(str(topology.dagster_home)) as instance:
+        health = collect(instance)
+    (day,) = [w for w in health.day() if w.job == "invite-cleanup"]
+    assert day.counts["failed"] == 2 and day.counts["succeeded"] == 1, day
+
     failure_subjects = [
         subject for action, subject in _alerts(conn) if action == "job_failure_alert"
     ]
