@@ -9,6 +9,7 @@ in the portal's database, and an instance configured that way is refused by name
 
 from __future__ import annotations
 
+import getpass
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,8 +37,19 @@ def sqlalchemy_url(conninfo: str) -> str:
     """A libpq connection string (URL or `key=value`) as the SQLAlchemy URL dagster-postgres
     takes. Every parameter travels in the query and reaches psycopg2 as libpq has it, so a
     socket directory, an IPv6 host, an encoded password, `sslmode` or `options` all survive;
-    psycopg2 is named because SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3."""
-    return "postgresql+psycopg2:///?" + urlencode(conninfo_to_dict(conninfo))
+    psycopg2 is named because SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3.
+
+    SQLAlchemy reads `host` and `port` itself (its multi-host form) and refuses two things
+    libpq allows: one port for several hosts, and several ports with `hostaddr` alone. So
+    the one port is given once per host, and `hostaddr` alone gets as many empty host
+    names (libpq then uses each address as it is)."""
+    params = conninfo_to_dict(conninfo)
+    hosts, ports = (str(params.get(key) or "").split(",") for key in ("host", "port"))
+    if "port" in params and len(ports) == 1 and len(hosts) > 1:
+        params["port"] = ",".join(ports * len(hosts))
+    if "host" not in params and len(ports) > 1:
+        params["host"] = "," * (len(ports) - 1)
+    return "postgresql+psycopg2:///?" + urlencode(params)
 
 
 def write_home(home: Path, storage_conninfo: str | None = None) -> Path:
@@ -103,8 +115,13 @@ def storage_url(home: Path) -> str:
 
 
 def refuse_portal_storage(url: str, database_url: str | None) -> None:
-    """Raise SettingsError when Dagster's storage `url` is the portal database."""
-    if database_url and _target(_sqlalchemy_params(url)) == _target(conninfo_to_dict(database_url)):
+    """Raise SettingsError when Dagster's storage `url` is the portal database: the same
+    database name on a server (host and port) that both may reach."""
+    if not database_url:
+        return
+    storage_servers, storage_db = _target(_sqlalchemy_params(url))
+    portal_servers, portal_db = _target(conninfo_to_dict(database_url))
+    if storage_db == portal_db and set(storage_servers) & set(portal_servers):
         raise SettingsError(
             "Dagster's storage (dagster.yaml in DAGSTER_HOME, DAGSTER_PG_DB) is the portal "
             "database named by DATABASE_URL: Dagster would create its tables (runs, "
@@ -138,10 +155,24 @@ def _sqlalchemy_params(url: str) -> dict[str, Any]:
     return params
 
 
-def _target(params: dict[str, Any]) -> tuple[str, str, str]:
-    """(host, port, database) with the defaults libpq applies and loopback names folded."""
-    host = str(params.get("host") or os.environ.get("PGHOST") or "")
-    host = "localhost" if host in _LOOPBACK else host.lower()
-    port = str(params.get("port") or os.environ.get("PGPORT") or 5432)
-    user = str(params.get("user") or "")
-    return host, port, str(params.get("dbname") or user)
+def _target(params: dict[str, Any]) -> tuple[tuple[tuple[str, str], ...], str]:
+    """((host, port) for each host, database) with the defaults libpq applies; loopback
+    names, the default socket and socket folders fold to `localhost` (the same machine)."""
+    hosts = str(params.get("hostaddr") or params.get("host") or os.environ.get("PGHOST") or "")
+    folded = [
+        "localhost" if h.lower() in _LOOPBACK or h.startswith(("/", "@")) else h.lower()
+        for h in hosts.split(",")
+    ]
+    ports = str(params.get("port") or os.environ.get("PGPORT") or "").split(",")
+    ports = [p.strip() or "5432" for p in (ports * len(folded) if len(ports) == 1 else ports)]
+    user = str(params.get("user") or os.environ.get("PGUSER") or _os_user())
+    dbname = str(params.get("dbname") or os.environ.get("PGDATABASE") or user)
+    return tuple(zip(folded, ports, strict=False)), dbname
+
+
+def _os_user() -> str:
+    """libpq's default user name: the operating system's."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from mm_orchestration import cron as dagster_cron
 from mm_orchestration.inventory import INVENTORY, JobSpec
 
@@ -122,9 +125,9 @@ class Settings:
                 "(for example Australia/Sydney)"
             ) from exc
         if self.database_url is not None:
-            _check_url("DATABASE_URL", self.database_url, ("postgres", "postgresql"))
+            _check_conninfo("DATABASE_URL", self.database_url)
         if self.database_direct_url is not None:
-            _check_url("DATABASE_DIRECT_URL", self.database_direct_url, ("postgres", "postgresql"))
+            _check_conninfo("DATABASE_DIRECT_URL", self.database_direct_url)
         _check_url("SENDGRID_API_HOST", self.sendgrid_api_host, ("http", "https"), secret=False)
         _check_url("MM_REPORTS_URL", self.reports_url, ("http", "https"), secret=False)
         _check_url("NEON_API_HOST", self.neon_api_host, ("http", "https"), secret=False)
@@ -179,6 +182,55 @@ def _check_url(name: str, value: str, schemes: tuple[str, ...], secret: bool = T
             f"{name} {shown} must be a {'/'.join(schemes)} URL with a host, "
             f"e.g. {schemes[0]}://host/..."
         )
+
+
+_CONNINFO_FORMS = (
+    "give a URL, postgresql://user:password@host:port/dbname?sslmode=require (in the user "
+    "and password, write @ as %40, : as %3A, / as %2F, ? as %3F), or key=value pairs, "
+    "host=... port=... dbname=... user=... password=..."
+)
+# Fragments libpq quotes in its messages: parts of the value, so possibly of the password.
+_QUOTED = re.compile(r'"[^"]*"')
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def _check_conninfo(name: str, value: str) -> None:
+    """Accept every connection string libpq accepts (a URL or key=value pairs; a socket
+    folder, an IPv6 address, several hosts or no host at all), parsed by libpq itself
+    through psycopg; refuse what libpq would refuse, naming the setting and never showing
+    the value, which may hold a password."""
+    try:
+        params = conninfo_to_dict(value)
+    except psycopg.ProgrammingError as exc:
+        scheme = _SCHEME.match(value)
+        if scheme and scheme.group(1) not in ("postgres", "postgresql"):
+            hint = f"a URL must start postgresql:// or postgres://, not {scheme.group(1)}://"
+        else:
+            # Keep libpq's reason, without the parts of the value it quotes.
+            hint = _QUOTED.sub(lambda m: m[0] if m[0] == '"="' else '"..."', str(exc).strip())
+        raise SettingsError(
+            f"{name} (value hidden) is not a connection string PostgreSQL accepts: {hint}; "
+            f"{_CONNINFO_FORMS}"
+        ) from None
+    hosts, addrs, ports = (
+        str(params.get(k) or "").split(",") for k in ("host", "hostaddr", "port")
+    )
+    # libpq tries one address per hostaddr when there are any, else one per host.
+    targets = len(addrs) if params.get("hostaddr") else len(hosts)
+    if not all(_PORT.fullmatch(p.strip()) and 0 < int(p) < 65536 for p in ports if p.strip()):
+        problem = "its port is not a number from 1 to 65535"
+    elif any("@" in h and not h.startswith(("/", "@")) for h in hosts):
+        problem = "its host has an @ in it (an @ of the password not written as %40?)"
+    elif params.get("host") and params.get("hostaddr") and len(hosts) != len(addrs):
+        problem = f"it has {len(hosts)} host names for {len(addrs)} hostaddr values"
+    elif len(ports) > 1 and len(ports) != targets:
+        problem = f"it has {len(ports)} ports for {targets} hosts"
+    else:
+        return
+    raise SettingsError(
+        f"{name} (value hidden) would be refused by PostgreSQL: {problem}; {_CONNINFO_FORMS}"
+    )
 
 
 def _schedule_overrides(value: str | None) -> tuple[tuple[str, str], ...]:

@@ -10,9 +10,10 @@ import subprocess
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
 
+import psycopg
 from dagster import ConfigurableResource
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field
 
 
@@ -94,26 +95,16 @@ class RestoreDrill(ConfigurableResource):
 
 @contextlib.contextmanager
 def _passwords_in_passfile(args: Sequence[str]) -> Iterator[tuple[list[str], dict[str, str]]]:
-    """The tools' arguments with every `--dbname=URL` password moved into a private
+    """The tools' arguments with every `--dbname=` password moved into a private
     PGPASSFILE for the life of the call: a command line is visible to every user in `ps`."""
     lines: list[str] = []
     clean: list[str] = []
     for arg in args:
-        if arg.startswith("--dbname=") and "://" in arg:
-            parts = urlsplit(arg.removeprefix("--dbname="))
-            if parts.password is not None:
-                # Host and port are wildcards: the file only ever holds this call's URLs.
-                fields = [
-                    "*",
-                    "*",
-                    unquote(parts.path.lstrip("/")) or "*",
-                    unquote(parts.username or "*"),
-                    unquote(parts.password),
-                ]
-                lines.append(":".join(_passfile_escape(f) for f in fields))
-                netloc = parts.netloc.rsplit("@", 1)[1]
-                user = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0]
-                arg = "--dbname=" + urlunsplit(parts._replace(netloc=f"{user}@{netloc}"))
+        if arg.startswith("--dbname="):
+            conninfo, line = split_password(arg.removeprefix("--dbname="))
+            if line is not None:
+                lines.append(line)
+                arg = "--dbname=" + conninfo
         clean.append(arg)
     env = dict(os.environ)
     if not lines:
@@ -125,6 +116,28 @@ def _passwords_in_passfile(args: Sequence[str]) -> Iterator[tuple[list[str], dic
         passfile.write_text("\n".join(lines) + "\n")
         env["PGPASSFILE"] = str(passfile)
         yield clean, env
+
+
+def split_password(conninfo: str) -> tuple[str, str | None]:
+    """A connection string (URL or key=value) as the tools get it: without its password,
+    plus the PGPASSFILE line (`host:port:dbname:user:password`) that carries the password,
+    or None when there is none. Parsed and rebuilt by libpq's rules (psycopg.conninfo), so
+    encoded passwords, socket folders, IPv6 and multiple hosts and every parameter survive.
+    The line's host and port are wildcards: the file only holds this call's strings."""
+    if "=" not in conninfo and not conninfo.startswith(("postgresql://", "postgres://")):
+        return conninfo, None  # a bare database name, as libpq reads `--dbname`
+    try:
+        params = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError:
+        raise ValueError(
+            "the drill's connection string is not one libpq accepts (value hidden)"
+        ) from None
+    password = params.pop("password", None)
+    if not password:
+        return conninfo, None
+    params.pop("passfile", None)  # a password given outright overrode it; ours replaces both
+    fields = ("*", "*", params.get("dbname") or "*", params.get("user") or "*", password)
+    return make_conninfo("", **params), ":".join(_passfile_escape(str(f)) for f in fields)
 
 
 def _passfile_escape(field: str) -> str:
