@@ -106,6 +106,7 @@ def build_resources(settings: Settings) -> dict[str, object]:
         ),
         "restore_drill": RestoreDrill(
             method=settings.drill_method,
+            pg_bin_dir=settings.pg_bin_dir,
             neon_api_key=dg.EnvVar("NEON_API_KEY") if settings.neon_api_key else None,
             neon_project_id=settings.neon_project_id,
             neon_api_host=settings.neon_api_host,

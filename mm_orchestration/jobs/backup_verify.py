@@ -1,7 +1,9 @@
 """backup-verify: on the first Australian business day of each month, prove a restore works.
 
 The local drill pipes `pg_dump` of the portal database, taken inside an exported
-snapshot, into `pg_restore` of a scratch database, and compares the copy with
+snapshot, into `pg_restore` of a scratch database (both of the server's own major
+version: MM_PG_BIN_DIR, Debian's postgresql-client-N, or the bundled ones; none
+matching fails at once, naming the package to install), and compares the copy with
 that same snapshot: row counts of every table in `portal` and `ops`, a checksum of
 the key tables, the migration version, and a smoke query on each key table. It
 records the evidence in `ops.backup_drills` (restore time as RTO, the newest row's
@@ -11,7 +13,6 @@ the run, naming the compliance contact, and blocks the next residency sign-off.
 "First business day" skips weekends and national and NSW public holidays.
 """
 
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -33,8 +34,9 @@ from mm_orchestration.joblog import log_event
 from mm_orchestration.ledger import claim, report_skip, window_for
 from mm_orchestration.migrate import current_version
 from mm_orchestration.neon import NeonClient, NeonError
+from mm_orchestration.processes import ToolFailed
 from mm_orchestration.resources import JobSettings, PortalDatabase
-from mm_orchestration.resources.restore_drill import RestoreDrill
+from mm_orchestration.resources.restore_drill import PgToolsNotFound, RestoreDrill, server_version
 from mm_orchestration.scheduling import executor_for, job_tags
 
 SPEC = inventory.get("backup-verify")
@@ -75,7 +77,8 @@ def skip_unless_first_business_day(tick: datetime) -> str | None:
 
 
 class DrillFailed(Exception):
-    """A named check failed: the restored copy is not the database it came from."""
+    """The drill did not prove a faithful copy: a named check failed (the copy is not the
+    database it came from), or a tool of the restore did (the message names it)."""
 
     def __init__(self, message: str, evidence: dict[str, Any]) -> None:
         super().__init__(message)
@@ -132,6 +135,13 @@ def run_local_drill(
     scratch_url = _with_db(source_url, scratch)
     evidence: dict[str, Any] = {"scratch_database": scratch}
     with connect(source_url) as snap:
+        version = snap.execute("SHOW server_version_num").fetchone()
+        snap.rollback()
+        assert version is not None
+        # Before anything else: with no tools of the server's version, fail at once.
+        tools = drill.tools_for(int(version[0]))
+        evidence["server_version"] = server_version(int(version[0]))
+        evidence["client_tools"] = tools.evidence()
         # One snapshot for the dump and for what the copy is compared against.
         snap.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         row = snap.execute("SELECT pg_export_snapshot()").fetchone()
@@ -142,16 +152,20 @@ def run_local_drill(
         try:
             started = time.monotonic()
             # Piped: the scratch copy is restored while the dump is still being written.
-            drill.pipe(
-                [
-                    "--format=custom",
-                    f"--snapshot={row[0]}",
-                    "--no-owner",
-                    "--no-privileges",
-                    f"--dbname={source_url}",
-                ],
-                ["--no-owner", "--no-privileges", "--exit-on-error", f"--dbname={scratch_url}"],
-            )
+            try:
+                drill.pipe(
+                    tools,
+                    [
+                        "--format=custom",
+                        f"--snapshot={row[0]}",
+                        "--no-owner",
+                        "--no-privileges",
+                        f"--dbname={source_url}",
+                    ],
+                    ["--no-owner", "--no-privileges", "--exit-on-error", f"--dbname={scratch_url}"],
+                )
+            except ToolFailed as exc:
+                raise DrillFailed(str(exc), evidence) from exc
             snap.rollback()
             evidence["rto_seconds"] = round(time.monotonic() - started, 3)
             evidence.update(_inspect_copy(expected, scratch_url, after_restore))
@@ -295,10 +309,8 @@ def run_restore_drill(
         try:
             evidence = DRILLS[method](portal_db.session_url, restore_drill, None)
             status, error = "succeeded", None
-        except DrillFailed as exc:
+        except (DrillFailed, PgToolsNotFound) as exc:
             evidence, status, error = exc.evidence, "failed", str(exc)
-        except subprocess.CalledProcessError as exc:
-            evidence, status, error = {}, "failed", f"{exc.cmd} failed: {exc.stderr}"
         except (psycopg.Error, OSError, NeonError) as exc:
             evidence, status, error = {}, "failed", f"{type(exc).__name__}: {exc}"
         with portal_db.connection() as conn:
@@ -324,13 +336,17 @@ def run_restore_drill(
                 metadata={"evidence": str(evidence)[:2000]},
                 allow_retries=False,
             )
-    context.add_output_metadata(
-        {
-            "rto_seconds": float(evidence.get("rto_seconds") or 0),
-            "rpo_seconds": float(evidence.get("rpo_seconds") or 0),
-            "tables_compared": int(evidence["checks"]["row_counts"]["tables"]),
-        }
-    )
+    metadata: dict[str, Any] = {
+        "rto_seconds": float(evidence.get("rto_seconds") or 0),
+        "rpo_seconds": float(evidence.get("rpo_seconds") or 0),
+        "tables_compared": int(evidence["checks"]["row_counts"]["tables"]),
+    }
+    if "client_tools" in evidence:
+        tools = evidence["client_tools"]
+        metadata["server_version"] = evidence["server_version"]
+        metadata["client_tools_major"] = int(tools["major"])
+        metadata["client_tools"] = f"{tools['bin_dir']} ({tools['found_by']})"
+    context.add_output_metadata(metadata)
 
 
 @job(

