@@ -27,7 +27,13 @@ TEMPLATE = "mm_template"
 
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "cluster", durable=False).start()
+    # MM_TEST_PG_BIN: another major version's binaries (.ci/run's version matrix).
+    bin_dir = os.environ.get("MM_TEST_PG_BIN")
+    server = EmbeddedPostgres(
+        tmp_path_factory.mktemp("pg") / "cluster",
+        durable=False,
+        bin_dir=Path(bin_dir) if bin_dir else None,
+    ).start()
     with connect(server.url("postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
     with connect(server.url(TEMPLATE), autocommit=True) as conn:
@@ -188,12 +194,24 @@ def run_job(job, resources, run_config=None, tags=None):
         )
 
 
-# Tests that mostly wait (on minute boundaries, a browser, whole consoles starting) go
-# first, so that under `make test`'s two workers the rest of the suite runs beside them.
-_SLOW_FIRST = ("test_production_topology.py", "test_console_ui.py", "test_dev_command.py")
+# Tests of whole process stacks mostly wait (on minute boundaries, a browser, consoles
+# starting): they go first, so that under `make test`'s two workers the rest of the suite
+# runs beside them.
+_SLOW_FIRST = (
+    "test_production_topology.py",
+    "test_stopping_the_stack.py",
+    "test_every_run_watched.py",
+    "test_console_ui.py",
+    "test_dev_command.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        # They prove processes, not SQL: .ci/run's other PostgreSQL versions skip them.
+        if item.path.name in _SLOW_FIRST:
+            item.add_marker(pytest.mark.stack)
+
     def rank(item: pytest.Item) -> int:
         name = item.path.name
         return _SLOW_FIRST.index(name) if name in _SLOW_FIRST else len(_SLOW_FIRST)

@@ -75,3 +75,24 @@ def graphql(port: int, query: str, variables: dict[str, Any] | None = None) -> d
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())["data"]
+
+
+def wait_for(what: str, check: Any, timeout: float, logs: Path | None = None) -> Any:
+    """Poll `check()` once a second until it returns something true, and return that. The
+    deadline is generous on purpose (a loaded 2-core CI machine is slow, not broken); when it
+    passes, fail with the tail of every log in `logs`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            tails = (
+                ""
+                if logs is None
+                else "\n".join(
+                    f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(logs.iterdir())
+                )
+            )
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tails}")
+        time.sleep(1)

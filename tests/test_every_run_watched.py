@@ -15,7 +15,7 @@ from typing import TypeVar
 import psycopg
 
 from mm_orchestration.topology import Topology
-from tests.local_stack import MM_JOBS, graphql
+from tests.local_stack import MM_JOBS, graphql, wait_for
 from tests.sendgrid_server import SendGridRecorder
 
 T = TypeVar("T")
@@ -37,16 +37,8 @@ def _run_id(proc: subprocess.CompletedProcess[str]) -> str:
     return next(x.split(": ")[1] for x in proc.stdout.splitlines() if x.startswith("run id: "))
 
 
-def _wait(what: str, check: Callable[[], T | None], logs: Path, timeout: float = 240) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            tails = "\n".join(f"--- {p.name}\n{p.read_text()[-2500:]}" for p in logs.iterdir())
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tails}")
-        time.sleep(1)
+def _wait(what: str, check: Callable[[], T | None], logs: Path, timeout: float = 300) -> T:
+    return wait_for(what, check, timeout, logs)  # type: ignore[no-any-return]
 
 
 def _alerts(conn: psycopg.Connection) -> list[tuple[str, str]]:

@@ -11,7 +11,6 @@ out of the way so that the only runs are the ones under test.
 from __future__ import annotations
 
 import signal
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -22,7 +21,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 from mm_orchestration.ledger import WINDOW_TAG
 from mm_orchestration.topology import Topology
 from tests import factories
-from tests.local_stack import graphql
+from tests.local_stack import graphql, wait_for
 from tests.sendgrid_server import SendGridRecorder
 
 T = TypeVar("T")
@@ -40,17 +39,8 @@ mutation { reloadRepositoryLocation(repositoryLocationName: "mm_orchestration") 
 
 
 def _wait(what: str, check: Callable[[], T | None], timeout: float, topology: Topology) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            logs = "\n".join(
-                f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(topology.log_dir.iterdir())
-            )  # type: ignore[union-attr]
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
-        time.sleep(1)
+    # Twice the time a quiet machine needs: a loaded CI machine is slow, not broken.
+    return wait_for(what, check, 2 * timeout, topology.log_dir)  # type: ignore[no-any-return]
 
 
 def _location_error(port: int) -> str | None:
