@@ -585,3 +585,23 @@ def test_mm_pg_bin_dir_reaches_the_drill():
     settings = Settings.from_env({"MM_PG_BIN_DIR": folder})
     assert settings.pg_bin_dir == folder
     assert build_resources(settings)["restore_drill"].pg_bin_dir == folder
+
+
+def test_the_scratch_database_is_named_the_way_libpq_reads_the_source() -> None:
+    """A URL with `?dbname=` in its query or a key=value string: the scratch address must
+    point at the scratch database, never back at the source."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from mm_orchestration.jobs.backup_verify import _with_db
+
+    for source in (
+        "postgresql://jobs:p%40ss@db.example:6543/portal?sslmode=require",
+        "postgresql://jobs@db.example/?dbname=portal&sslmode=require",
+        "host=db.example port=6543 dbname=portal user=jobs password='p@ss w'",
+    ):
+        scratch = conninfo_to_dict(_with_db(source, "drill_1"))
+        original = conninfo_to_dict(source)
+        assert scratch["dbname"] == "drill_1", source
+        assert {k: v for k, v in scratch.items() if k != "dbname"} == {
+            k: v for k, v in original.items() if k != "dbname"
+        }

@@ -18,13 +18,13 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 from zoneinfo import ZoneInfo
 
 import holidays
 import psycopg
 from dagster import Config, Failure, OpExecutionContext, job, op
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 from pydantic import Field
 
@@ -118,8 +118,9 @@ def fingerprint(conn: psycopg.Connection) -> dict[str, Any]:
 
 
 def _with_db(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{name}"))
+    """The same server, user and options, database `name`: libpq's reading of any form
+    (a URL with `?dbname=` in its query, key=value), never a path swapped by hand."""
+    return make_conninfo(url, dbname=name)
 
 
 def run_local_drill(
