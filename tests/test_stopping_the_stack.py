@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -40,6 +42,18 @@ def _everything(pid: int, data: Path) -> list[psutil.Process]:
     return found
 
 
+def _when_up(proc: subprocess.Popen[bytes], port: int, data: Path, log: Path) -> list[Any]:
+    """Once the console serves and the supervisor says it is up: every process of the stack."""
+    wait_until_serving(port, proc, log)
+    deadline = time.monotonic() + 90
+    while "Ctrl-C stops everything" not in log.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.3)
+    family = _everything(proc.pid, data)
+    assert len(family) >= 4, family  # main, dagster processes, PostgreSQL
+    return family
+
+
 def _assert_stopped_in_time(
     proc: object, family: list[psutil.Process], stop_sent: float, log: Path
 ) -> None:
@@ -62,35 +76,41 @@ WAYS = {
     "terminal-ctrl-c": (True, signal.SIGINT, False),
     "process-manager-sigterm": (False, signal.SIGTERM, True),
     "terminal-closed-sighup": (False, signal.SIGHUP, False),
+    # A closing terminal hangs up its whole foreground group; make passes SIGTERM on to its
+    # recipe's process but not SIGHUP, so behind make only the group's SIGHUP is real.
+    "terminal-closed-sighup-to-the-group": (True, signal.SIGHUP, False),
     "sigterm-to-the-group": (True, signal.SIGTERM, True),
 }
 
 
-# Each stack is stopped three ways here; dev's Ctrl-C is the mid-run test below.
+# Each stack is stopped three ways through `mm-jobs` and one or two through `make` (in a
+# script's background, SIGINT ignored); dev's Ctrl-C is the mid-run test below.
 CASES = [
-    ("dev", "process-manager-sigterm"),
-    ("dev", "terminal-closed-sighup"),
-    ("dev", "sigterm-to-the-group"),
-    ("prod-local", "terminal-ctrl-c"),
-    ("prod-local", "process-manager-sigterm"),
-    ("prod-local", "terminal-closed-sighup"),
+    ("dev", "process-manager-sigterm", False),
+    ("dev", "terminal-closed-sighup", False),
+    ("dev", "sigterm-to-the-group", False),
+    ("prod-local", "terminal-ctrl-c", False),
+    ("prod-local", "process-manager-sigterm", False),
+    ("prod-local", "terminal-closed-sighup", False),
+    ("dev", "sigterm-to-the-group", True),
+    ("dev", "terminal-closed-sighup-to-the-group", True),
+    ("prod-local", "process-manager-sigterm", True),
 ]
 
 
-@pytest.mark.parametrize(("command", "way"), CASES)
-def test_every_way_of_stopping_leaves_nothing(tmp_path: Path, command: str, way: str) -> None:
+@pytest.mark.parametrize(("command", "way", "via_make"), CASES)
+def test_every_way_of_stopping_leaves_nothing(
+    tmp_path: Path, command: str, way: str, via_make: bool
+) -> None:
     to_group, sig, ignore_sigint = WAYS[way]
     port = free_port()
     data, log = tmp_path / "mm", tmp_path / f"{command}.log"
-    proc = start(_args(command, port), own_env(data), log, ignore_sigint=ignore_sigint)
+    args = _args(command, port)
+    if via_make:
+        args, ignore_sigint = [command, f"DEV_ARGS={' '.join(args[1:])}"], True
+    proc = start(args, own_env(data), log, ignore_sigint=ignore_sigint, make=via_make)
     try:
-        wait_until_serving(port, proc, log)
-        deadline = time.monotonic() + 90
-        while "Ctrl-C stops everything" not in log.read_text():
-            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.3)
-        family = _everything(proc.pid, data)
-        assert len(family) >= 4, family  # main, dagster processes, PostgreSQL
+        family = _when_up(proc, port, data, log)
     finally:
         stop_sent = time.monotonic()
         if to_group:
@@ -99,22 +119,6 @@ def test_every_way_of_stopping_leaves_nothing(tmp_path: Path, command: str, way:
             os.kill(proc.pid, sig)
     _assert_stopped_in_time(proc, family, stop_sent, log)
     assert "embedded PostgreSQL stopped" in log.read_text()
-
-
-def test_make_dev_stops_on_sigterm_to_its_group_with_sigint_ignored(tmp_path: Path) -> None:
-    """`make dev` in a script's background, stopped by a process manager (whole group)."""
-    port = free_port()
-    data, log = tmp_path / "mm", tmp_path / "make-dev.log"
-    env = own_env(data)
-    proc = start(["dev", f"DEV_ARGS=--port {port} --reports-port {free_port()}"], env, log,
-                 ignore_sigint=True, make=True)  # fmt: skip
-    try:
-        wait_until_serving(port, proc, log)
-        family = _everything(proc.pid, data)
-    finally:
-        stop_sent = time.monotonic()
-        os.killpg(proc.pid, signal.SIGTERM)
-    _assert_stopped_in_time(proc, family, stop_sent, log)
 
 
 def test_a_run_in_flight_when_dev_stops_is_canceled_and_alerts_nobody(tmp_path: Path) -> None:
