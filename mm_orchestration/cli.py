@@ -110,7 +110,9 @@ def _database_url(settings: Settings) -> str:
     url = settings.database_url or os.environ.get("DATABASE_URL")
     if not url:
         raise SettingsError(
-            "DATABASE_URL is not set: export it, or use `make dev` to start the embedded server"
+            "DATABASE_URL is not set and no local stack is running (no embedded PostgreSQL "
+            f"in {Path(settings.data_dir, 'postgres').resolve()}): start it with `make dev`, "
+            "or export DATABASE_URL"
         )
     return url
 
@@ -151,6 +153,7 @@ EXIT_SUCCEEDED, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_CANCELED = 0, 1, 2, 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from mm_orchestration import manual_run
     from mm_orchestration.definitions import build_definitions
     from mm_orchestration.instance import open_instance
     from mm_orchestration.ledger import ACTOR_TAG, TRIGGER_TAG
@@ -166,19 +169,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_config = {"ops": {name: {"config": {"force": True}} for name in _force_nodes(job)}}
     tags = {ACTOR_TAG: args.actor or getpass.getuser(), TRIGGER_TAG: "cli"}
     partition = args.partition
+    if partition is not None:
+        _check_partition(spec.name, job, partition)
     if partition is None and job.partitions_def is not None:
         partition = job.partitions_def.get_last_partition_key()  # the latest hour or day
         print(f"{spec.name}: partition {partition}")
     with open_instance(settings) as instance:
-        result = job.execute_in_process(
-            run_config=run_config,
-            instance=instance,
-            tags=tags,
-            partition_key=partition,
-            raise_on_error=False,
+        run_id = manual_run.execute(
+            job, instance, run_config, tags, partition, _database_url(settings)
         )
-        print(f"run id: {result.run_id}")
-        ended = outcome(instance, result.run_id)
+        print(f"run id: {run_id}")
+        ended = outcome(instance, run_id)
     if ended.status == "succeeded":
         print(f"{spec.name}: succeeded")
         return EXIT_SUCCEEDED
@@ -187,6 +188,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_SKIPPED
     print(f"{spec.name}: {ended.status.upper()}: {ended.summary}", file=sys.stderr)
     return EXIT_CANCELED if ended.status == "canceled" else EXIT_FAILED
+
+
+def _check_partition(name: str, job: Any, partition: str) -> None:
+    """--partition names a partition the job has, or the command stops saying so."""
+    if job.partitions_def is None:
+        raise SettingsError(f"--partition: {name} has no partitions; run it without one")
+    if not job.partitions_def.has_partition_key(partition):
+        latest = job.partitions_def.get_last_partition_key()
+        raise SettingsError(
+            f"--partition {partition!r} is not a partition of {name} (the latest is {latest!r})"
+        )
 
 
 def _force_nodes(job: Any) -> list[str]:

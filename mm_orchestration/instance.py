@@ -81,9 +81,33 @@ def open_instance(settings: Settings) -> DagsterInstance:
     from dagster import DagsterInstance
 
     home = home_dir(settings)
-    refuse_portal_storage(storage_url(home), settings.database_url)
+    url = storage_url(home)
+    refuse_portal_storage(url, settings.database_url)
+    _reachable(url)
     os.environ["DAGSTER_HOME"] = str(home)
     return DagsterInstance.get()
+
+
+def _reachable(url: str) -> None:
+    """Fail in seconds, naming the server, when Dagster's storage does not answer (Dagster
+    itself retries for a minute and then prints a long traceback)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(url, connect_args={"connect_timeout": 5}, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:
+        hosts, db = _target(_sqlalchemy_params(url))
+        where = ", ".join(f"{host}:{port}" for host, port in hosts)
+        first = (str(getattr(exc, "orig", exc)).strip().splitlines() or [type(exc).__name__])[0]
+        raise SettingsError(
+            f"Dagster's storage (database {db!r} on {where}, from dagster.yaml in "
+            f"DAGSTER_HOME) does not answer: {first}. Is the local stack (`make dev`) running?"
+        ) from None
+    finally:
+        engine.dispose()
 
 
 def storage_url(home: Path) -> str:

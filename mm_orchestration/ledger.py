@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from dagster import Config, OpExecutionContext
+from dagster import Config, DagsterExecutionInterruptedError, OpExecutionContext
 from psycopg.types.json import Jsonb
 from pydantic import Field as PydanticField
 
@@ -129,20 +129,25 @@ def claim(db: PortalDatabase, window: Window, force: bool = False) -> Iterator[C
                 yield result
             except BaseException as exc:
                 duration = _ms(started)
+                # An interrupt is someone stopping the run, not the job failing.
+                stopped = isinstance(exc, KeyboardInterrupt | DagsterExecutionInterruptedError)
+                status = "canceled" if stopped else "failed"
+                error = "stopped while running" if stopped else f"{type(exc).__name__}: {exc}"
                 conn.execute(
                     """UPDATE ops.job_runs
-                          SET status = 'failed', finished_at = now(), duration_ms = %s,
+                          SET status = %s, finished_at = now(), duration_ms = %s,
                               rows_affected = %s, error = %s, details = %s
                         WHERE id = %s""",
                     [
+                        status,
                         duration,
                         result.rows_affected,
-                        f"{type(exc).__name__}: {exc}"[:4000],
+                        error[:4000],
                         Jsonb(result.details),
                         result.ledger_id,
                     ],
                 )
-                _log(window, "failed", duration, result.rows_affected, error=type(exc).__name__)
+                _log(window, status, duration, result.rows_affected, error=type(exc).__name__)
                 raise
             duration = _ms(started)
             conn.execute(

@@ -35,8 +35,9 @@ from mm_orchestration.processes import describe
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 RESTART_DELAY_SECONDS = 5.0  # as RestartSec= in deploy/systemd
-CANCEL_WAIT_SECONDS = 5.0  # for in-flight runs to record their cancellation
-STOP_WAIT_SECONDS = 6.0  # for processes to exit before they are killed
+# Together well inside the 15 s a stop may take, with the database's own stop after them.
+CANCEL_WAIT_SECONDS = 4.0  # for in-flight runs to record their cancellation
+STOP_WAIT_SECONDS = 4.0  # for processes to exit before they are killed
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -126,6 +127,11 @@ class Supervisor:
         """Start one process; one with a ready port counts as started once it serves."""
         _become_subreaper()
         command = self.commands()[name]
+        if command.ready_port is not None and port_open(self.host, command.ready_port):
+            raise RuntimeError(
+                f"{name}: {self.host}:{command.ready_port} is already in use by another "
+                "process; stop it, or choose another port (--port, --grpc-port)"
+            )
         output: IO[bytes] | None = None
         if self.log_dir is not None:
             output = self._logs.get(name) or open(self.log_dir / f"{name}.log", "ab")
@@ -141,11 +147,44 @@ class Supervisor:
             preexec_fn=_default_signals,
         )
         self.processes[name] = process
+        self._record_pids()
         if command.ready_port is not None:
             self._wait_for_port(name, process, command.ready_port, timeout)
         return process
 
+    @property
+    def _pidfile(self) -> Path:
+        return self.dagster_home / "stack.pids"
+
+    def _record_pids(self) -> None:
+        pids = [os.getpid(), *(p.pid for p in self.processes.values())]
+        self._pidfile.write_text("\n".join(map(str, pids)) + "\n")
+
+    def _stop_leftovers(self) -> None:
+        """Stop the process groups of an earlier stack on this DAGSTER_HOME whose supervisor
+        died without stopping them (SIGKILL): two daemons on one instance fight, and an old
+        console would hold the port."""
+        import psutil
+
+        try:
+            supervisor, *groups = (int(x) for x in self._pidfile.read_text().split())
+        except (OSError, ValueError):
+            return
+        if supervisor == os.getpid() or psutil.pid_exists(supervisor):
+            return  # ours, or still alive and in charge of its own
+        for pgid in groups:
+            with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+                if _dagster_process(psutil.Process(pgid)):  # not a pid reused since
+                    os.killpg(pgid, signal.SIGKILL)
+                    say(f"stopped process group {pgid} of a stack that died")
+        self._pidfile.unlink(missing_ok=True)
+
     def start_all(self) -> None:
+        self._stop_leftovers()
+        # Runs left STARTED by a stack or an `mm-jobs run` that died (SIGKILL, power loss)
+        # would hold their job's queue slot for good: they are canceled first.
+        with contextlib.suppress(Exception):
+            cancel_runs_in_flight(self.dagster_home, self.process_env, terminate=False)
         for name in self.commands():
             self.start(name)
 
@@ -181,6 +220,7 @@ class Supervisor:
             self._signal_group(process, signal.SIGKILL)
             process.wait()
         self.processes.clear()
+        self._pidfile.unlink(missing_ok=True)
         kill_descendants()
         with contextlib.suppress(Exception):  # what no worker could record any more
             cancel_runs_in_flight(self.dagster_home, self.process_env, terminate=False)
@@ -258,26 +298,32 @@ def kill_descendants() -> None:
     Only processes of this Python are touched (a PostgreSQL the caller stops itself is not)."""
     import psutil
 
-    ours = os.path.realpath(sys.executable)
-
-    def dagster_process(process: psutil.Process) -> bool:
-        with contextlib.suppress(psutil.Error):
-            return os.path.realpath(process.exe()) == ours
-        return False
-
-    left = [p for p in psutil.Process().children(recursive=True) if dagster_process(p)]
+    left = [p for p in psutil.Process().children(recursive=True) if _dagster_process(p)]
     for process in left:
         with contextlib.suppress(psutil.Error):
             process.kill()
     psutil.wait_procs(left, timeout=2)
 
 
+def _dagster_process(process: Any) -> bool:
+    """Whether a psutil process runs this Python (a Dagster process of ours)."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        return os.path.realpath(process.exe()) == os.path.realpath(sys.executable)
+    return False
+
+
 def cancel_runs_in_flight(dagster_home: Path, env: Mapping[str, str], terminate: bool) -> list[str]:
-    """Cancel every starting or started run this stack's run launcher made (runs made in
-    another process, `mm-jobs run`, are that process's to stop). With `terminate`, ask the
-    launcher to stop each and wait up to CANCEL_WAIT_SECONDS for them to record it; without,
-    mark whatever is still unfinished canceled (its worker is gone). Returns the run ids."""
+    """Cancel every starting or started run of this machine: the ones this stack's run
+    launcher made, and the ones an `mm-jobs run` here is executing (they use the stack's
+    PostgreSQL, which is about to stop). With `terminate`, ask each to stop (the launcher's
+    termination, SIGTERM to the `mm-jobs run` process) and wait up to CANCEL_WAIT_SECONDS
+    for them to record it; without, mark whatever is still unfinished and has no live
+    process canceled (its worker is gone). Returns the run ids."""
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    from mm_orchestration import manual_run
 
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the instance's storage settings may come from the environment
@@ -294,14 +340,24 @@ def cancel_runs_in_flight(dagster_home: Path, env: Mapping[str, str], terminate:
         runs = [
             run
             for run in instance.get_runs(filters=RunsFilter(statuses=active))
-            if ".dagster/grpc_info" in run.tags  # launched by this stack's run launcher
+            if ".dagster/grpc_info" in run.tags or manual_run.cli_process(run) is not None
         ]
         if not terminate:
             for run in runs:
-                instance.report_run_canceled(run, message="Canceled: the local stack stopped")
+                pid = manual_run.cli_process(run)
+                if pid is None or not manual_run.is_alive(pid):
+                    manual_run.cancel(
+                        instance, run.run_id, env.get("DATABASE_URL"), "its process is gone"
+                    )
             return [r.run_id for r in runs]
         for run in runs:
-            if run.status != DagsterRunStatus.CANCELING:
+            pid = manual_run.cli_process(run)
+            if pid is not None:
+                if manual_run.is_alive(pid):
+                    say(f"stopping `mm-jobs run` {pid} (run {run.run_id} of {run.job_name})")
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGTERM)
+            elif run.status != DagsterRunStatus.CANCELING:
                 say(f"canceling run {run.run_id} of {run.job_name}")
                 with contextlib.suppress(Exception):
                     instance.run_launcher.terminate(run.run_id)

@@ -86,3 +86,14 @@ class DevConsole(Supervisor):
         ]  # fmt: skip
         # dagster dev shuts its webserver, daemon and code server down cleanly on SIGINT.
         return {"console": Command(argv, self.web_port, stop_signal=signal.SIGINT)}
+
+    @property
+    def process_env(self) -> dict[str, str]:
+        # `dagster dev` warns at every start that `dg dev` supersedes it; the project keeps
+        # `dagster dev` (the pinned Dagster's own), so that one warning is not shown.
+        quiet = "ignore:Function `dev_command` is superseded"
+        inherited = self.env.get("PYTHONWARNINGS")
+        return {
+            **super().process_env,
+            "PYTHONWARNINGS": f"{inherited},{quiet}" if inherited else quiet,
+        }

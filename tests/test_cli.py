@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 from psycopg import sql
 
 from tests import factories as f
@@ -256,3 +256,109 @@ def psycopg_connect(url):
     from mm_orchestration.db import connect
 
     return connect(url, autocommit=True)
+
+
+# -- stopping `mm-jobs run` ------------------------------------------------------------
+
+
+def _started_cli_run(instance_env, proc, seconds=60):
+    """The run an `mm-jobs run` process is executing, once Dagster records it STARTED."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    with DagsterInstance.get() as instance:
+        while time.monotonic() < deadline:
+            runs = [
+                r
+                for r in instance.get_runs()
+                if r.tags.get("mm/cli_pid") == str(proc.pid)
+                and r.status == DagsterRunStatus.STARTED
+            ]
+            if runs:
+                return runs[0]
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.3)
+    raise AssertionError("the CLI run never started")
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_stopping_mm_jobs_run_cancels_its_run_at_once_without_a_retry(
+    dagster_env, conn, database_url, sig
+):
+    """A run blocked on a lock (a job whose op retries once): Ctrl-C, SIGTERM or SIGHUP end
+    it CANCELED in Dagster and in the ledger, exit 4, and no retry starts."""
+    import signal as signals
+    import time
+
+    from mm_orchestration.db import connect
+
+    with connect(database_url) as locker:
+        locker.execute("LOCK TABLE portal.email_suppressions IN ACCESS EXCLUSIVE MODE")
+        proc = subprocess.Popen(
+            [MM_JOBS, "run", "notification-suppression-cleanup"],
+            env=dagster_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        run = _started_cli_run(dagster_env, proc)
+        time.sleep(1)  # inside the op, waiting on the lock
+        sent = time.monotonic()
+        proc.send_signal(getattr(signals, sig))
+        out, err = proc.communicate(timeout=30)
+        took = time.monotonic() - sent
+        locker.rollback()
+    assert proc.returncode == 4, (out, err)
+    assert took < 10, took
+    assert f"CANCELED: stopped by {sig}" in err
+    with DagsterInstance.get() as instance:
+        ended = instance.get_run_by_id(run.run_id)
+        assert ended.status == DagsterRunStatus.CANCELED
+        kinds = {r.dagster_event_type for r in instance.all_logs(run.run_id)}
+    assert (
+        DagsterEventType.STEP_RESTARTED not in kinds and DagsterEventType.RUN_FAILURE not in kinds
+    )
+    ledger = conn.execute(
+        "SELECT status FROM ops.job_runs WHERE run_id = %s", [run.run_id]
+    ).fetchall()
+    assert ledger == [("canceled",)]
+
+
+def test_a_cli_run_whose_process_died_is_canceled_when_a_stack_starts(
+    dagster_env, conn, database_url
+):
+    """SIGKILL leaves a CLI run STARTED (it would hold its job's queue slot for good); the
+    next local stack to start marks it canceled."""
+    from pathlib import Path
+
+    from mm_orchestration.db import connect
+    from mm_orchestration.supervisor import cancel_runs_in_flight
+
+    with connect(database_url) as locker:
+        locker.execute("LOCK TABLE portal.invitations IN ACCESS EXCLUSIVE MODE")
+        proc = subprocess.Popen(
+            [MM_JOBS, "run", "invite-cleanup"], env=dagster_env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        run = _started_cli_run(dagster_env, proc)
+        proc.kill()
+        proc.communicate(timeout=30)
+        locker.rollback()
+    home = Path(dagster_env["DAGSTER_HOME"])
+    assert cancel_runs_in_flight(home, dagster_env, terminate=False) == [run.run_id]
+    with DagsterInstance.get() as instance:
+        assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.CANCELED
+    running = conn.execute(
+        "SELECT count(*) FROM ops.job_runs WHERE run_id = %s AND status = 'running'", [run.run_id]
+    ).fetchone()
+    assert running == (0,)
+
+
+def test_bad_partitions_and_an_unreachable_storage_are_named(dagster_env, pg_server):
+    proc = mm_jobs(dagster_env, "run", "analytics-rollup", "--partition", "garbage")
+    assert proc.returncode == 2 and "--partition 'garbage' is not a partition of" in proc.stderr
+    proc = mm_jobs(dagster_env, "run", "share-link-expiry", "--partition", "x")
+    assert proc.returncode == 2 and "share-link-expiry has no partitions" in proc.stderr
+    from mm_orchestration.embedded_pg import free_port
+
+    proc = mm_jobs({**dagster_env, "DAGSTER_PG_PORT": str(free_port())}, "run", "invite-cleanup")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Dagster's storage" in proc.stderr and "does not answer" in proc.stderr
+    assert "Traceback" not in proc.stderr

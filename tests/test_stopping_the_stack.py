@@ -83,15 +83,14 @@ WAYS = {
 }
 
 
-# Each stack is stopped three ways through `mm-jobs` and one or two through `make` (in a
-# script's background, SIGINT ignored); dev's Ctrl-C is the mid-run test below.
+# Each stack is stopped two ways through `mm-jobs` and once or twice through `make` (in a
+# script's background, SIGINT ignored); dev's Ctrl-C is the mid-run test below, and
+# tests/test_dev_command.py stops both with a plain Ctrl-C.
 CASES = [
     ("dev", "process-manager-sigterm", False),
     ("dev", "terminal-closed-sighup", False),
-    ("dev", "sigterm-to-the-group", False),
     ("prod-local", "terminal-ctrl-c", False),
     ("prod-local", "process-manager-sigterm", False),
-    ("prod-local", "terminal-closed-sighup", False),
     ("dev", "sigterm-to-the-group", True),
     ("dev", "terminal-closed-sighup-to-the-group", True),
     ("prod-local", "process-manager-sigterm", True),

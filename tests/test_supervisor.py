@@ -32,3 +32,50 @@ def test_a_process_that_dies_before_serving_is_named_with_its_own_error(tmp_path
     assert message.startswith("code-server exited with status 3 before serving:"), message
     assert "cannot load the code location: boom" in message
     stack.stop_all()
+
+
+@dataclass
+class _Sleepers(Supervisor):
+    """One long-lived process of this Python, like the stacks' Dagster processes."""
+
+    port: int = 0
+
+    def commands(self) -> dict[str, Command]:
+        argv = [sys.executable, "-c", "import time; time.sleep(120)"]
+        return {"sleeper": Command(argv, ready_port=self.port or None)}
+
+
+def test_a_stack_whose_supervisor_died_is_stopped_before_the_next_one_starts(tmp_path: Path):
+    """SIGKILL of `mm-jobs dev` leaves its process groups running; the next start on the same
+    DAGSTER_HOME stops them instead of running a second daemon beside them."""
+    import subprocess
+
+    import psutil
+
+    old = _Sleepers(dagster_home=tmp_path, env={})
+    old.start("sleeper")
+    orphan = old.processes["sleeper"]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    # As a SIGKILLed supervisor leaves it: its pid (now gone) first, then its groups.
+    (tmp_path / "stack.pids").write_text(f"{dead.stdout.strip()}\n{orphan.pid}\n")
+    new = _Sleepers(dagster_home=tmp_path, env={})
+    new.start_all()
+    try:
+        assert orphan.wait(timeout=10) is not None
+        assert psutil.Process(new.processes["sleeper"].pid).is_running()
+    finally:
+        new.stop_all()
+        old.processes.clear()
+
+
+def test_a_port_already_in_use_is_refused_with_its_name(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        stack = _Sleepers(dagster_home=tmp_path, env={}, port=busy.getsockname()[1])
+        with pytest.raises(RuntimeError, match="is already in use by another process"):
+            stack.start("sleeper")
+    assert stack.processes == {}

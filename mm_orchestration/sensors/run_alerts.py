@@ -44,6 +44,8 @@ def failures_before(instance: DagsterInstance, run: DagsterRun, limit: int = 50)
     earlier = runs[ids.index(run.run_id) + 1 :] if run.run_id in ids else []
     streak: list[str] = []
     for other in earlier:
+        if other.tags.get(OUTCOME_TAG) == "skipped":
+            continue  # a run that found its window done proves nothing either way
         if other.status != DagsterRunStatus.FAILURE:
             break
         streak.append(other.run_id)
@@ -71,7 +73,13 @@ def _alert(
     return alert_request(key, contact, subject, body, action, job, details, tag=action)
 
 
-@every_run_sensor("job_failure_sensor", DagsterRunStatus.FAILURE, request_job=send_alert)
+# Every 10 s rather than Dagster's 30: a failure should reach its owner within a minute.
+@every_run_sensor(
+    "job_failure_sensor",
+    DagsterRunStatus.FAILURE,
+    request_job=send_alert,
+    minimum_interval_seconds=10,
+)
 def job_failure_sensor(context: RunStatusSensorContext) -> list[RunRequest] | SkipReason:
     run = context.dagster_run
     # Every failed run shows its one-line reason in the run list, inventory job or not.
@@ -112,7 +120,12 @@ def job_failure_sensor(context: RunStatusSensorContext) -> list[RunRequest] | Sk
     return requests
 
 
-@every_run_sensor("job_recovery_sensor", DagsterRunStatus.SUCCESS, request_job=send_alert)
+@every_run_sensor(
+    "job_recovery_sensor",
+    DagsterRunStatus.SUCCESS,
+    request_job=send_alert,
+    minimum_interval_seconds=10,
+)
 def job_recovery_sensor(context: RunStatusSensorContext) -> RunRequest | SkipReason:
     run = context.dagster_run
     spec = spec_for_run(run)
