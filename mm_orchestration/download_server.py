@@ -41,10 +41,22 @@ def make_server(
                 self.send_header("WWW-Authenticate", 'Basic realm="mm-orchestration reports"')
                 self.end_headers()
                 return
-            path = unquote(urlsplit(self.path).path)
+            try:
+                self._serve()
+            except Exception as exc:  # every request gets an answer, whatever it holds
+                log_event("report.error", error=type(exc).__name__)
+                self._refuse(500, "the report could not be read; the server log says why")
+
+        def _serve(self) -> None:
+            try:
+                path = unquote(urlsplit(self.path).path, errors="strict")
+            except (UnicodeDecodeError, ValueError):
+                return self._refuse(400, "that is not a valid report name (bad %-encoding)")
             if not path.startswith("/reports/"):
                 return self._refuse(404, "not found")
             key = path[len("/reports/") :]
+            if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+                return self._refuse(400, "a report name has no control characters")
             try:
                 store.check_key(key)  # refuses anything outside the store
                 with connect(database_url) as conn:

