@@ -284,3 +284,36 @@ def test_schedule_window_is_the_sydney_date():
     with build_schedule_context(scheduled_execution_time=REF) as context:
         (request,) = sched.evaluate_tick(context).run_requests
     assert request.tags["mm/window"] == DAY and request.run_key == DAY
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["2026-02-30", "30/11/2026", "tomorrow", "'; drop table x; --", "9999-12-31", "0001-01-01",
+     "2026-11-30T08:00", " 2026-1-3"],
+)  # fmt: skip
+def test_a_bad_date_fails_at_once_naming_the_field_and_sends_nothing(
+    conn, portal_db, mailer, job_settings, sendgrid, bad
+):
+    """Never today's digest in its place (which would mark today's window done), never a
+    digest dated 9999, never an OverflowError after three retries."""
+    from dagster import DagsterEventType, DagsterInstance
+
+    from mm_orchestration.jobs.notification_digest import notification_digest
+    from mm_orchestration.run_status import failure_summary
+
+    with DagsterInstance.ephemeral() as instance:
+        result = notification_digest.execute_in_process(
+            resources={"portal_db": portal_db, "mailer": mailer, "job_settings": job_settings},
+            run_config={"ops": {"queue_daily_digests": {"config": {"date": bad}}}},
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert not result.success
+        summary = failure_summary(instance, result.run_id)
+        kinds = {r.dagster_event_type for r in instance.all_logs(result.run_id)}
+    assert summary.startswith(f"queue_daily_digests: config date={bad.strip()!r}"), summary
+    assert "accepted: a date as YYYY-MM-DD" in summary
+    assert DagsterEventType.STEP_UP_FOR_RETRY not in kinds
+    assert conn.execute("SELECT count(*) FROM ops.notification_outbox").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM ops.job_runs").fetchone() == (0,)
+    assert sendgrid.mail_requests == []

@@ -13,13 +13,14 @@ SendGrid dynamic template, up to 1,000 personalizations per request. Three retri
 with exponential backoff; after the last, the reliability partner is named to act.
 """
 
+import re
 from dataclasses import replace
 from datetime import date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
-from dagster import OpExecutionContext, job, op
+from dagster import Failure, OpExecutionContext, job, op
 from pydantic import Field
 
 from mm_orchestration import inventory
@@ -102,17 +103,53 @@ SELECT (SELECT count(*) FROM recipients), (SELECT count(*) FROM queued)
 class DigestConfig(WindowConfig):
     """Which day to send; blank means the scheduled day, or today for a manual run."""
 
-    date: str = Field(default="", description="YYYY-MM-DD in MM_TIMEZONE; blank: today")
+    date: str = Field(
+        default="",
+        description="YYYY-MM-DD in MM_TIMEZONE, up to five years back or a day ahead; blank: today",
+    )
+
+
+# How far from today a manual run may ask for: five years back (the portal's history), a
+# day ahead (a time zone already in tomorrow); anything else is a typo, not a wish.
+DATE_RANGE_DAYS = (5 * 366, 1)
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
 def digest_date(config_date: str, window_key: str | None, tz: str, now: datetime) -> date:
-    """The local date a run covers: config first, then the schedule's window, then today."""
-    for candidate in (config_date, window_key or ""):
-        try:
-            return date.fromisoformat(candidate)
-        except ValueError:
-            continue
-    return now.astimezone(ZoneInfo(tz)).date()
+    """The local date a run covers: config first, then the schedule's window, then today.
+
+    A `date` in the run config that is not a real YYYY-MM-DD date within DATE_RANGE_DAYS of
+    today fails the run at once, naming the field, the value and what is accepted: it is
+    never silently replaced by today (which would mark today's window done).
+    """
+    today = now.astimezone(ZoneInfo(tz)).date()
+    if config_date.strip():
+        return _config_date(config_date.strip(), today)
+    try:
+        return date.fromisoformat(window_key or "")
+    except ValueError:
+        return today
+
+
+def _config_date(value: str, today: date) -> date:
+    earliest = today - timedelta(days=DATE_RANGE_DAYS[0])
+    latest = today + timedelta(days=DATE_RANGE_DAYS[1])
+    accepted = f"accepted: a date as YYYY-MM-DD from {earliest} to {latest}, or blank for today"
+    try:
+        if not _ISO_DATE.match(value):
+            raise ValueError
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise Failure(
+            description=f"config date={value!r} is not a calendar date; {accepted}",
+            allow_retries=False,
+        ) from None
+    if not earliest <= day <= latest:
+        raise Failure(
+            description=f"config date={value!r} is out of range; {accepted}",
+            allow_retries=False,
+        )
+    return day
 
 
 def reference_time(day: date, tz: str, hour: int) -> datetime:
