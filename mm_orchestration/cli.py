@@ -61,13 +61,16 @@ def _parser() -> argparse.ArgumentParser:
     dlq = sub.add_parser("dlq", help="the Mux dead-letter queue: list, show, requeue, discard")
     dsub = dlq.add_subparsers(required=True, metavar="ACTION")
     p = dsub.add_parser("list", help="dead letters, newest first")
-    p.add_argument("--status", choices=["pending", "replayed", "dead"])
+    p.add_argument("--status", choices=["pending", "replayed", "dead", "discarded"])
     p.add_argument("--limit", type=int, default=100)
     p.set_defaults(func=cmd_dlq_list)
     p = dsub.add_parser("show", help="one dead letter: payload and error history")
     p.add_argument("id", type=int)
     p.set_defaults(func=cmd_dlq_show)
-    p = dsub.add_parser("requeue", help="back to pending, attempts reset (audited)")
+    p = dsub.add_parser(
+        "requeue",
+        help="back to pending, attempts reset (audited); --all-dead skips discarded letters",
+    )
     p.add_argument("ids", type=int, nargs="*")
     p.add_argument("--all-dead", action="store_true", help="requeue every dead letter")
     p.add_argument("--actor", help="who is doing this; default: you")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from dagster import SkipReason, build_sensor_context
 
 from mm_orchestration.jobs.alerts import send_alert
@@ -184,3 +185,51 @@ def test_a_mistyped_id_fails_at_once_saying_why_in_one_line(conn, portal_db):
         summary = failure_summary(instance, result.run_id)
     assert summary == "discard_dead_letter: no pending or dead letter with id 55"
     assert time.monotonic() - started < 10
+
+
+def test_a_discarded_letter_is_its_own_state_and_survives_requeue_all_dead(conn, database_url):
+    """Discarded for good stays discarded: `--all-dead` brings back the other dead letters
+    only; `dlq list` tells them apart; naming the id requeues it and withdraws the discard."""
+    import os
+
+    from mm_orchestration.jobs.dlq_operations import discard, list_rows, requeue
+
+    add_rows(conn, 3, status="dead")
+    gone, dead, other = [
+        r[0] for r in conn.execute("SELECT id FROM portal.mux_webhook_dlq ORDER BY id")
+    ]
+    discard(conn, gone, "test event from the staging Mux account", "olivia")
+    with pytest.raises(LookupError, match="already discarded by olivia"):
+        discard(conn, gone, "again", "jack")
+
+    assert requeue(conn, [], "jack", all_dead=True) == [dead, other]
+    statuses = {r["id"]: r["status"] for r in list_rows(conn)}
+    assert statuses == {gone: "discarded", dead: "pending", other: "pending"}
+    assert [r["id"] for r in list_rows(conn, "discarded")] == [gone]
+
+    env = {**os.environ, "DATABASE_URL": database_url}
+    listed = subprocess.run([MM_JOBS, "dlq", "list", "--status", "discarded"], env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert listed.returncode == 0 and "1 row(s)" in listed.stdout and "discarded" in listed.stdout
+
+    assert requeue(conn, [gone], "jack") == [gone]  # named: back, and no longer discarded
+    assert conn.execute("SELECT count(*) FROM ops.dlq_discards").fetchone() == (0,)
+    audit = conn.execute(
+        "SELECT details FROM ops.audit_log WHERE action = 'dlq_requeue' ORDER BY id"
+    ).fetchall()
+    assert audit[-1][0]["undiscarded"] == [gone]
+
+
+def test_letters_discarded_before_the_discard_table_are_carried_over(conn):
+    """Migration 0007 reads the old 'discarded by <actor>: <reason>' marks."""
+    from mm_orchestration.migrate import available
+
+    conn.execute("DROP TABLE ops.dlq_discards")  # as before 0007
+    dead_letter(conn, {"type": "video.asset.ready", "id": "old"}, status="dead")
+    conn.execute(
+        "UPDATE portal.mux_webhook_dlq SET last_error = 'discarded by olivia: dup: sent twice'"
+    )
+    (migration,) = [m for m in available(True) if m.name.startswith("ops/0007")]
+    conn.execute(migration.sql.encode())
+    row = conn.execute("SELECT actor, reason FROM ops.dlq_discards").fetchone()
+    assert row == ("olivia", "dup: sent twice")

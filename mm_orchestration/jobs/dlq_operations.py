@@ -18,7 +18,9 @@ from mm_orchestration import audit
 from mm_orchestration.resources import PortalDatabase
 from mm_orchestration.scheduling import JOB_TAG
 
-STATUSES = ("pending", "replayed", "dead")
+# The portal's three statuses, and 'discarded': a dead letter closed for good by an
+# operator (ops.dlq_discards), which nothing requeues in bulk.
+STATUSES = ("pending", "replayed", "dead", "discarded")
 
 
 def list_rows(conn: psycopg.Connection, status: str | None = None, limit: int = 100) -> list[Any]:
@@ -26,9 +28,15 @@ def list_rows(conn: psycopg.Connection, status: str | None = None, limit: int = 
         raise ValueError(f"--status must be one of {', '.join(STATUSES)}, not {status!r}")
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
-            """SELECT id, event_id, event_type, status, attempts, received_at, next_attempt_at,
-                      left(last_error, 120) AS last_error
-                 FROM portal.mux_webhook_dlq
+            """SELECT * FROM (
+                   SELECT q.id, q.event_id, q.event_type,
+                          CASE WHEN d.dlq_id IS NULL THEN q.status ELSE 'discarded' END AS status,
+                          q.attempts, q.received_at, q.next_attempt_at,
+                          left(CASE WHEN d.dlq_id IS NULL THEN q.last_error
+                                    ELSE 'discarded by ' || d.actor || ': ' || d.reason END,
+                               120) AS last_error
+                     FROM portal.mux_webhook_dlq q
+                     LEFT JOIN ops.dlq_discards d ON d.dlq_id = q.id) AS letters
                 WHERE %(status)s::text IS NULL OR status = %(status)s
                 ORDER BY id DESC LIMIT %(limit)s""",
             {"status": status, "limit": limit},
@@ -55,16 +63,32 @@ def requeue(
     all_dead: bool = False,
     run_id: str | None = None,
 ) -> list[int]:
-    """Back to pending with attempts reset (and escalation re-armed). Returns the ids."""
+    """Back to pending with attempts reset (and escalation re-armed). Returns the ids.
+
+    `all_dead` takes every dead letter except the discarded ones; a discarded letter named
+    by its id is requeued (its discard is withdrawn, and the audit entry says so).
+    """
     with conn.transaction():
         rows = conn.execute(
-            """UPDATE portal.mux_webhook_dlq
+            """WITH chosen AS (
+                   SELECT q.id FROM portal.mux_webhook_dlq q
+                    WHERE q.status IN ('pending', 'dead')
+                      AND (q.id = ANY(%(ids)s)
+                           OR (%(all_dead)s AND q.status = 'dead'
+                               AND NOT EXISTS (SELECT 1 FROM ops.dlq_discards d
+                                                WHERE d.dlq_id = q.id)))
+               ), undiscarded AS (
+                   DELETE FROM ops.dlq_discards d USING chosen c WHERE d.dlq_id = c.id
+                   RETURNING d.dlq_id
+               )
+               UPDATE portal.mux_webhook_dlq q
                   SET status = 'pending', attempts = 0, next_attempt_at = now(),
                       escalated_at = NULL, replayed_at = NULL
-                WHERE (id = ANY(%s) OR (%s AND status = 'dead'))
-                  AND status IN ('pending', 'dead')
-            RETURNING id, event_id""",
-            [ids, all_dead],
+                 FROM chosen c
+                WHERE q.id = c.id
+            RETURNING q.id, q.event_id,
+                      EXISTS (SELECT 1 FROM undiscarded u WHERE u.dlq_id = q.id)""",
+            {"ids": ids, "all_dead": all_dead},
         ).fetchall()
         requeued = sorted(r[0] for r in rows)
         missing = sorted(set(ids) - set(requeued))
@@ -76,7 +100,12 @@ def requeue(
             "dlq_requeue",
             "mux-webhook-retry",
             run_id,
-            {"ids": requeued, "event_ids": sorted(r[1] for r in rows), "all_dead": all_dead},
+            {
+                "ids": requeued,
+                "event_ids": sorted(r[1] for r in rows),
+                "all_dead": all_dead,
+                "undiscarded": sorted(r[0] for r in rows if r[2]),
+            },
         )
     return requeued
 
@@ -88,6 +117,13 @@ def discard(
     if not reason.strip():
         raise ValueError("--reason is required: say why the event is being discarded")
     with conn.transaction():
+        already = conn.execute(
+            "SELECT actor, reason FROM ops.dlq_discards WHERE dlq_id = %s", [dlq_id]
+        ).fetchone()
+        if already is not None:
+            raise LookupError(
+                f"dead letter {dlq_id} was already discarded by {already[0]}: {already[1]}"
+            )
         row = conn.execute(
             """UPDATE portal.mux_webhook_dlq
                   SET status = 'dead', next_attempt_at = NULL,
@@ -99,6 +135,10 @@ def discard(
         ).fetchone()
         if row is None:
             raise LookupError(f"no pending or dead letter with id {dlq_id}")
+        conn.execute(
+            "INSERT INTO ops.dlq_discards (dlq_id, actor, reason) VALUES (%s, %s, %s)",
+            [dlq_id, actor, reason],
+        )
         audit.record(
             conn,
             actor,
@@ -126,7 +166,8 @@ def _operator_error() -> Iterator[None]:
 
 
 class RequeueConfig(Config):
-    ids: list[int] = Field(default_factory=list, description="Dead-letter ids to requeue")
+    # A plain default (not a factory), so the console's Launchpad shows the field to fill.
+    ids: list[int] = Field(default=[], description="Dead-letter ids to requeue")
     all_dead: bool = Field(default=False, description="Requeue every dead letter")
     actor: str = Field(default="ui", description="Who is doing this (for the audit log)")
 

@@ -26,9 +26,10 @@ from mm_orchestration.resources import PortalDatabase
 from mm_orchestration.resources.mux import MuxWebhooks
 
 DEPTH_QUERY = """
-SELECT count(*) FROM portal.mux_webhook_dlq
- WHERE status = 'pending'
-    OR (status = 'dead' AND coalesce(last_error, '') NOT LIKE 'discarded by %')
+SELECT count(*) FROM portal.mux_webhook_dlq q
+ WHERE q.status = 'pending'
+    OR (q.status = 'dead'
+        AND NOT EXISTS (SELECT 1 FROM ops.dlq_discards d WHERE d.dlq_id = q.id))
 """
 
 
