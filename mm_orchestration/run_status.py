@@ -43,6 +43,10 @@ def error_line(error: Any) -> str:
     # "dagster._core.definitions.events.Failure: ..." -> the description alone.
     for prefix in ("dagster._core.definitions.events.Failure: ", "Failure: "):
         message = message.removeprefix(prefix)
+    if error.cls_name == "ValidationError":
+        # pydantic says which config field and why on the lines after "1 validation error".
+        lines = [x.strip() for x in message.splitlines() if not x.strip().startswith("For further")]
+        return " ".join(lines[1:]) or message
     return message.splitlines()[0] if message else error.cls_name or ""
 
 

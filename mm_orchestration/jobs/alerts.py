@@ -7,10 +7,10 @@ it in `ops.audit_log`, and delivers it.
 """
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from dagster import Backoff, Config, OpExecutionContext, RetryPolicy, RunRequest, job, op
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mm_orchestration import audit
 from mm_orchestration.joblog import log_event
@@ -26,12 +26,25 @@ class AlertConfig(Config):
     """One alert. `key` makes it idempotent: the same key is sent at most once."""
 
     key: str = Field(description="Idempotency key, e.g. dlq-depth:alert:<episode start>")
-    contact: str = Field(default="reliability", description="reliability, compliance or admin")
+    contact: Literal["reliability", "compliance", "admin"] = Field(
+        default="reliability", description="reliability, compliance or admin"
+    )
     subject: str = Field(description="The email's subject")
     body: str = Field(description="What happened and what to do next")
     action: str = Field(default="alert", description="The audit log's action")
     source_job: str = Field(default="", description="The job the alert is about")
     details_json: str = Field(default="{}", description="Extra facts for the audit log (JSON)")
+
+    @field_validator("details_json")
+    @classmethod
+    def _a_json_object(cls, value: str) -> str:
+        try:
+            parsed = json.loads(value or "{}")
+        except ValueError as exc:
+            raise ValueError(f"details_json={value[:80]!r} is not JSON ({exc})") from None
+        if not isinstance(parsed, dict):
+            raise ValueError(f"details_json={value[:80]!r} must be a JSON object ({{...}})")
+        return value
 
 
 def render_alert(key: str, row: dict[str, Any]) -> Email:

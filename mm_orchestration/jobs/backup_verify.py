@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import holidays
@@ -282,7 +282,10 @@ DRILLS = {"local": run_local_drill, "neon": run_neon_drill}
 
 
 class DrillConfig(Config):
-    method: str = Field(default="", description="local or neon; blank: the configured method")
+    # A Literal: the console refuses anything else before the run starts, naming the values.
+    method: Literal["", "local", "neon"] = Field(
+        default="", description="local or neon; blank: the configured method"
+    )
 
 
 @op(tags={"kind": "postgres"})

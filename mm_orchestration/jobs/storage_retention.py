@@ -10,7 +10,7 @@ Each run reports what it removed.
 
 from datetime import UTC, datetime, timedelta
 
-from dagster import Config, OpExecutionContext, RunsFilter, job, op
+from dagster import Config, Failure, OpExecutionContext, RunsFilter, job, op
 from pydantic import Field
 
 from mm_orchestration import inventory
@@ -22,16 +22,32 @@ SPEC = inventory.get("storage-retention")
 PAGE = 500
 
 
+MAX_DAYS = 36500  # a century: a larger number is a typo, and would overflow a date
+
+
 class RetentionConfig(Config):
-    dagster_run_days: float = Field(default=90, gt=0, description="Keep Dagster runs this long")
-    outbox_days: float = Field(default=90, gt=0, description="Keep sent emails this long")
-    job_runs_days: float = Field(default=400, gt=0, description="Keep the ledger this long")
+    dagster_run_days: float = Field(default=90, description="Keep Dagster runs this long")
+    outbox_days: float = Field(default=90, description="Keep sent emails this long")
+    job_runs_days: float = Field(default=400, description="Keep the ledger this long")
     force: bool = Field(default=False, description="Run even if tonight already succeeded")
+
+    def check(self) -> None:
+        """Fail at once, without retries, naming the field (a range in pydantic would be
+        checked inside the op's retry policy and retried like a passing fault)."""
+        for name in ("dagster_run_days", "outbox_days", "job_runs_days"):
+            value = getattr(self, name)
+            if not 0 < value <= MAX_DAYS:
+                raise Failure(
+                    description=f"config {name}={value!r} is out of range; accepted: more "
+                    f"than 0 and at most {MAX_DAYS} days",
+                    allow_retries=False,
+                )
 
 
 @op(retry_policy=retry_policy(SPEC))
 def prune_dagster_runs(context: OpExecutionContext, config: RetentionConfig) -> int:
     """Delete finished Dagster runs older than the cut-off, with their event logs."""
+    config.check()
     cutoff = datetime.now(UTC) - timedelta(days=config.dagster_run_days)
     deleted = 0
     while True:
@@ -60,6 +76,7 @@ def prune_ops_tables(
     portal_db: PortalDatabase,
 ) -> None:
     """Delete old sent emails and ledger rows; never the compliance evidence."""
+    config.check()
     portal_db.require("ops.notification_outbox", "ops.job_runs")
     with claim(portal_db, window_for(context, SPEC.name), force=config.force) as run:
         if run.skipped:
