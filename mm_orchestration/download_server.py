@@ -2,10 +2,14 @@
 
 A small HTTP server beside the job console (bound to 127.0.0.1 unless told
 otherwise) that serves `/reports/<key>` from the ReportStore behind HTTP Basic
-authentication (any user name, the password from MM_REPORTS_PASSWORD). It refuses
-paths outside the store, keys that no weekly report recorded, and any file whose
-SHA-256 no longer matches the one recorded in `ops.residency_reports`. The links in
-the UI carry no secret: the browser asks for the password.
+authentication (any user name, the password from MM_REPORTS_PASSWORD). A request's
+key is a report's place in the store; `ops.residency_reports` records the absolute
+URI the store gives that key (`file:///...`, `s3://bucket/key`), so the key is
+served only when a weekly report recorded that URI (or, for a row written before
+the rows held URIs and not yet rewritten, the key itself). It refuses paths outside
+the store, keys that no weekly report recorded, and any file whose SHA-256 no longer
+matches the recorded one. The links in the UI carry no secret: the browser asks for
+the password.
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ from mm_orchestration.joblog import log_event
 from mm_orchestration.resources.report_store import ReportStore, ReportStoreError
 
 RECORDED_HASH = """
-SELECT sha256 FROM ops.residency_reports WHERE storage_uri = %(key)s
+SELECT sha256 FROM ops.residency_reports WHERE storage_uri = ANY(%(refs)s)
 UNION ALL
-SELECT html_sha256 FROM ops.residency_reports WHERE html_uri = %(key)s
+SELECT html_sha256 FROM ops.residency_reports WHERE html_uri = ANY(%(refs)s)
 """
 
 
@@ -59,8 +63,9 @@ def make_server(
                 return self._refuse(400, "a report name has no control characters")
             try:
                 store.check_key(key)  # refuses anything outside the store
+                refs = [store.uri(key), key]  # the URI recorded now; a legacy row's key
                 with connect(database_url) as conn:
-                    row = conn.execute(RECORDED_HASH, {"key": key}).fetchone()
+                    row = conn.execute(RECORDED_HASH, {"refs": refs}).fetchone()
                 if row is None or row[0] is None:
                     return self._refuse(404, "no report recorded under that name")
                 content = store.get(key, sha256=row[0])

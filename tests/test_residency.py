@@ -9,16 +9,19 @@ import io
 import signal
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import date
 
 import pytest
 from dagster import DagsterInstance, materialize
+from psycopg.types.json import Jsonb
 
 from mm_orchestration.assets.residency import residency_report
 from mm_orchestration.download_server import make_server, serve_in_background
 from mm_orchestration.resources.report_store import ReportStore
 from tests import factories as f
+from tests.sendgrid_server import Reply
 
 WEEK = "2026-11-16"
 
@@ -55,18 +58,33 @@ def run(portal_db, mailer, job_settings, store):
         )
 
 
+def result_metadata(result):
+    return [
+        {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+        for mat in result.asset_materializations_for_node("ops__residency_report")
+    ]
+
+
 def test_report_rows_files_hash_email_and_checks(
-    conn, portal_db, mailer, job_settings, store, sendgrid, agencies
+    conn, portal_db, mailer, job_settings, store, sendgrid, agencies, tmp_path
 ):
     result = run(portal_db, mailer, job_settings, store)
     assert result.success
-    week_start, key, sha, rows, compliant, emailed = conn.execute(
-        "SELECT week_start, storage_uri, sha256, row_count, compliant, emailed_at"
-        " FROM ops.residency_reports"
+    week_start, uri, sha, rows, compliant, emailed, html_uri, html_sha = conn.execute(
+        "SELECT week_start, storage_uri, sha256, row_count, compliant, emailed_at, html_uri,"
+        " html_sha256 FROM ops.residency_reports"
     ).fetchone()
     assert week_start == date(2026, 11, 16) and not compliant and emailed is not None
-    content = store.get(key)
+    # The row locates its files: absolute file URIs of the folder store, no store implied.
+    root = (tmp_path / "reports").resolve()
+    assert uri == (root / "residency" / WEEK / f"residency-{WEEK}.csv").as_uri()
+    assert html_uri == (root / "residency" / WEEK / f"residency-{WEEK}.html").as_uri()
+    assert uri.startswith("file:///") and html_uri.startswith("file:///")
+    key = store.key_for(uri)
+    assert key == f"residency/{WEEK}/residency-{WEEK}.csv"
+    content = store.get_uri(uri, sha)
     assert hashlib.sha256(content).hexdigest() == sha
+    assert hashlib.sha256(store.get_uri(html_uri, html_sha)).hexdigest() == html_sha
     table = list(csv.DictReader(io.StringIO(content.decode())))
     assert len(table) == rows
     by = {(r["tenant"], r["system"]): r for r in table}
@@ -79,7 +97,29 @@ def test_report_rows_files_hash_email_and_checks(
     assert by[("Bondi Pictures", "video storage")]["country"] == "US"
     assert by[("Pacific Rim Media", "portal database")]["status"] == "exception"
     assert by[("Pacific Rim Media", "portal database")]["onshore"] == "False"
+    assert by[("Pacific Rim Media", "portal database")]["country"] == "US"
+    # A tenant's backups are where its database is, and judged like it.
+    backups = by[("Pacific Rim Media", "backups")]
+    assert (backups["region"], backups["country"], backups["status"]) == (
+        "us-west-2",
+        "US",
+        "exception",
+    )
+    assert backups["onshore"] == "False" and backups["vendor"] == "Neon"
+    assert "data_region" in backups["evidence"]
+    home = by[("Kangaroo Creative", "backups")]
+    assert (home["region"], home["country"], home["status"]) == ("ap-southeast-2", "AU", "ok")
+    # Vendors' country follows their region, through the same map as every other row.
     assert by[("Kangaroo Creative", "email delivery")]["vendor"] == "Twilio SendGrid"
+    for tenant in ("Kangaroo Creative", "Bondi Pictures", "Pacific Rim Media"):
+        for system in ("email delivery", "error monitoring"):
+            row = by[(tenant, system)]
+            assert (row["region"], row["country"], row["onshore"]) == ("us", "US", "False")
+            assert row["status"] == "ok" and "disclosed" in row["status_reason"]
+    assert not [r for r in table if r["country"] in ("", "unknown")]
+    assert {r["status_reason"] for r in table if r["status"] == "exception"} == {
+        "tenant data outside the allowed regions"
+    }
     assert {r["system"] for r in table} == {
         "portal database",
         "video storage",
@@ -93,11 +133,31 @@ def test_report_rows_files_hash_email_and_checks(
     assert "Bondi Pictures" in exceptions.description
     assert "Pacific Rim Media" in exceptions.description
     assert not checks["restore_drill_within_35_days"].passed  # no drill recorded yet
+    assert "2 tenant(s) with 3 exception row(s)" in exceptions.description
+    assert exceptions.metadata["exception_rows"].value == 3
+    assert exceptions.metadata["exception_tenant_count"].value == 2
     (mat,) = result.asset_materializations_for_node("ops__residency_report")
-    assert mat.metadata["download_csv"].value.endswith(f"/reports/{key}")
-    assert (
-        "| Bondi Pictures | video storage | us-east-1 |" in mat.metadata["exceptions_preview"].value
-    )
+    meta = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+    assert meta["download_csv"].endswith(f"/reports/{key}")
+    assert meta["download_html"].endswith(f"/reports/{store.key_for(html_uri)}")
+    assert (meta["csv_uri"], meta["html_uri"]) == (uri, html_uri)
+    assert (meta["csv_sha256"], meta["html_sha256"]) == (sha, html_sha)
+    # Every count says what it counts, and agrees with the table it sits beside.
+    exception_rows = [r for r in table if r["status"] == "exception"]
+    assert meta["tenants"] == 3 and meta["report_rows"] == rows == len(table)
+    assert meta["exception_tenants"] == 2 == len({r["tenant_id"] for r in exception_rows})
+    assert meta["exception_rows"] == 3 == len(exception_rows)
+    assert meta["residency_compliant"] is False
+    preview = meta["exception_rows_preview"]
+    assert preview.startswith("**3 exception row(s) across 2 tenant(s)**")
+    preview_rows = [
+        line for line in preview.splitlines() if line.startswith("| ") and "---" not in line
+    ][1:]
+    assert len(preview_rows) == meta["exception_rows"]
+    assert "| Bondi Pictures | video storage | us-east-1 | US |" in preview
+    assert "| Pacific Rim Media | backups | us-west-2 | US |" in preview
+    assert meta["emailed_at"] != "not yet" and meta["residency_emails_sent_this_run"] == 1
+    assert "exceptions" not in meta and "rows" not in meta and "emails_sent" not in meta
 
     # The email: once, to compliance, with both files (as first generated: a rerun of the
     # week regenerates the report but never emails it again).
@@ -110,6 +170,10 @@ def test_report_rows_files_hash_email_and_checks(
     assert names == ["residency-2026-11-16.csv", "residency-2026-11-16.html"]
     attached = next(a for a in request.body["attachments"] if a["filename"].endswith(".csv"))
     assert hashlib.sha256(base64.b64decode(attached["content"])).hexdigest() == sha
+    text = request.body["content"][0]["value"]
+    assert uri in text and "3 exception row(s) across 2 tenant(s)" in text
+    (again,) = result_metadata(run(portal_db, mailer, job_settings, store))
+    assert again["residency_emails_sent_this_run"] == 0 and again["emailed_at"] != "not yet"
 
 
 def test_drill_check_passes_with_a_recent_successful_drill(
@@ -134,8 +198,11 @@ def test_drill_check_passes_with_a_recent_successful_drill(
 def test_download_endpoint(
     conn, database_url, portal_db, mailer, job_settings, store, agencies, tmp_path
 ):
-    assert run(portal_db, mailer, job_settings, store).success
-    key = conn.execute("SELECT storage_uri FROM ops.residency_reports").fetchone()[0]
+    (meta,) = result_metadata(run(portal_db, mailer, job_settings, store))
+    uri, html_uri = conn.execute(
+        "SELECT storage_uri, html_uri FROM ops.residency_reports"
+    ).fetchone()
+    key = store.key_for(uri)
     (tmp_path / "secret.txt").write_text("not a report")
     server = make_server(store, database_url, "s3cret", port=0)
     serve_in_background(server)
@@ -153,8 +220,13 @@ def test_download_endpoint(
             return exc.code, exc.read()
 
     try:
+        # The asset's links, as they are, download the files the row's URIs name.
+        for link, recorded in ((meta["download_csv"], uri), (meta["download_html"], html_uri)):
+            status, body = get(urllib.parse.urlsplit(link).path)
+            assert status == 200 and body == store.get_uri(recorded)
         status, body = get(f"/reports/{key}")
         assert status == 200 and body == store.get(key)
+        assert get(f"/reports/{uri}")[0] in (403, 404)  # a URI is not a key
         assert get(f"/reports/{key}", password="wrong")[0] == 401
         assert get(f"/reports/{key}", password=None)[0] == 401
         assert get("/reports/../secret.txt")[0] in (403, 404)
@@ -180,7 +252,7 @@ def test_serve_reports_command_serves_the_store_of_the_settings(
     from tests.local_stack import own_env, start
 
     assert run(portal_db, mailer, job_settings, store).success
-    key = conn.execute("SELECT storage_uri FROM ops.residency_reports").fetchone()[0]
+    key = store.key_for(conn.execute("SELECT storage_uri FROM ops.residency_reports").fetchone()[0])
     port = free_port()
     env = own_env(tmp_path, DATABASE_URL=database_url)  # the store is tmp_path/reports
     refused = start(["serve-reports", "--port", str(port)], env, tmp_path / "refused.log")
@@ -209,12 +281,13 @@ def test_serve_reports_command_serves_the_store_of_the_settings(
     assert proc.wait(timeout=30) == 0
 
 
-def test_s3_compatible_store_round_trip_and_tamper_check(monkeypatch):
+@pytest.fixture
+def s3(monkeypatch):
+    """A moto S3 server with the bucket `mm-reports`: (boto3 client, endpoint URL)."""
     import boto3
     from moto.server import ThreadedMotoServer
 
     from mm_orchestration.embedded_pg import free_port
-    from mm_orchestration.resources.report_store import ReportStoreError
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
@@ -223,24 +296,67 @@ def test_s3_compatible_store_round_trip_and_tamper_check(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     try:
         endpoint = f"http://127.0.0.1:{port}"
-        s3 = boto3.client("s3", region_name="ap-southeast-2", endpoint_url=endpoint)
-        s3.create_bucket(
+        # moto keeps its buckets per process, not per server: start from none.
+        reset = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
+        urllib.request.urlopen(reset, timeout=10).close()
+        client = boto3.client("s3", region_name="ap-southeast-2", endpoint_url=endpoint)
+        client.create_bucket(
             Bucket="mm-reports", CreateBucketConfiguration={"LocationConstraint": "ap-southeast-2"}
         )
-        store = ReportStore(s3_bucket="mm-reports", s3_endpoint_url=endpoint)
-        digest = store.put("residency/2026-11-16/r.csv", b"a,b\n1,2\n")
-        assert store.get("residency/2026-11-16/r.csv", digest) == b"a,b\n1,2\n"
-        assert (
-            store.uri("residency/2026-11-16/r.csv")
-            == "s3://mm-reports/reports/residency/2026-11-16/r.csv"
-        )
-        s3.put_object(Bucket="mm-reports", Key="reports/residency/2026-11-16/r.csv", Body=b"x")
-        with pytest.raises(ReportStoreError, match="SHA-256"):
-            store.get("residency/2026-11-16/r.csv", digest)
-        with pytest.raises(ReportStoreError, match="outside"):
-            store.check_key("../other/secret.csv")
+        yield client, endpoint
     finally:
         server.stop()
+
+
+def test_s3_compatible_store_round_trip_and_tamper_check(s3):
+    from mm_orchestration.resources.report_store import ReportStoreError
+
+    client, endpoint = s3
+    store = ReportStore(s3_bucket="mm-reports", s3_endpoint_url=endpoint)
+    digest = store.put("residency/2026-11-16/r.csv", b"a,b\n1,2\n")
+    assert store.get("residency/2026-11-16/r.csv", digest) == b"a,b\n1,2\n"
+    uri = store.uri("residency/2026-11-16/r.csv")
+    assert uri == "s3://mm-reports/reports/residency/2026-11-16/r.csv"
+    assert store.key_for(uri) == "residency/2026-11-16/r.csv"
+    assert store.get_uri(uri, digest) == b"a,b\n1,2\n"
+    for elsewhere in (
+        "s3://other-bucket/reports/residency/2026-11-16/r.csv",
+        "s3://mm-reports/not-reports/residency/2026-11-16/r.csv",
+        "s3://mm-reports/reports/../secret.csv",
+        "file:///tmp/reports/residency/2026-11-16/r.csv",
+        "residency/2026-11-16/r.csv",
+    ):
+        with pytest.raises(ReportStoreError, match="not in this report store"):
+            store.key_for(elsewhere)
+    client.put_object(Bucket="mm-reports", Key="reports/residency/2026-11-16/r.csv", Body=b"x")
+    with pytest.raises(ReportStoreError, match="SHA-256"):
+        store.get("residency/2026-11-16/r.csv", digest)
+    with pytest.raises(ReportStoreError, match="outside"):
+        store.check_key("../other/secret.csv")
+
+
+def test_report_in_s3_is_recorded_under_s3_uris_and_emailed_from_them(
+    conn, portal_db, mailer, job_settings, sendgrid, agencies, s3
+):
+    client, endpoint = s3
+    store = ReportStore(s3_bucket="mm-reports", s3_endpoint_url=endpoint)
+    (meta,) = result_metadata(run(portal_db, mailer, job_settings, store))
+    uri, sha, html_uri, html_sha = conn.execute(
+        "SELECT storage_uri, sha256, html_uri, html_sha256 FROM ops.residency_reports"
+    ).fetchone()
+    assert uri == f"s3://mm-reports/reports/residency/{WEEK}/residency-{WEEK}.csv"
+    assert html_uri == f"s3://mm-reports/reports/residency/{WEEK}/residency-{WEEK}.html"
+    assert (meta["csv_uri"], meta["html_uri"]) == (uri, html_uri)
+    assert meta["download_csv"].endswith(f"/reports/residency/{WEEK}/residency-{WEEK}.csv")
+    stored = client.get_object(
+        Bucket="mm-reports", Key=f"reports/residency/{WEEK}/residency-{WEEK}.csv"
+    )
+    assert hashlib.sha256(stored["Body"].read()).hexdigest() == sha
+    assert hashlib.sha256(store.get_uri(html_uri)).hexdigest() == html_sha
+    (request,) = sendgrid.mail_requests
+    attached = {a["filename"]: base64.b64decode(a["content"]) for a in request.body["attachments"]}
+    assert hashlib.sha256(attached[f"residency-{WEEK}.csv"]).hexdigest() == sha
+    assert uri in request.body["content"][0]["value"]
 
 
 def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(
@@ -261,10 +377,177 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(
         tenant = f.tenant(conn, name=name, region="ap-southeast-2")
         f.asset(conn, tenant, storage_region="ap-southeast-2")
     assert run(portal_db, mailer, job_settings, store).success
-    key = conn.execute("SELECT storage_uri FROM ops.residency_reports").fetchone()[0]
-    rows = list(csv.DictReader(io.StringIO(store.get(key).decode())))
+    uri = conn.execute("SELECT storage_uri FROM ops.residency_reports").fetchone()[0]
+    rows = list(csv.DictReader(io.StringIO(store.get_uri(uri).decode())))
     names = {row["tenant"] for row in rows}
     for name in hostile:
         assert "'" + name in names, (name, names)
     every_cell = [cell for row in rows for cell in row.values()]
     assert not [c for c in every_cell if c[:1] in ("=", "+", "@", "\t", "\r")]
+
+
+def test_region_to_country_map_covers_every_row_kind():
+    from mm_orchestration.assets.residency import ALLOWED_REGIONS, VENDORS, country
+
+    assert {r: country(r) for r in ALLOWED_REGIONS} == {r: "AU" for r in ALLOWED_REGIONS}
+    assert country("us") == country("US ") == country("us-west-2") == "US"
+    assert country("aws-us-east-2") == country("azure-eastus2") == country("us-central1") == "US"
+    assert country("eu-west-2") == "GB" and country("eu-central-1") == "DE"  # not "EU"
+    assert country("de") == "DE" and country("ap-southeast-1") == "SG"
+    assert country("mars-north-1") == country("unknown") == country("delhi") == "unknown"
+    assert all(country(v.region) != "unknown" for v in VENDORS)
+
+
+def test_unknown_regions_are_exceptions_never_silent(
+    conn, portal_db, mailer, job_settings, store, monkeypatch
+):
+    """A region the map does not know is reported as unknown and counted as an exception,
+    for a tenant's own data and for a vendor alike; two tenants sharing a name count twice."""
+    from mm_orchestration.assets import residency
+
+    first = f.tenant(conn, name="Acme", region="mars-north-1")
+    second = f.tenant(conn, name="Acme", region="ap-southeast-2")
+    f.asset(conn, second, storage_region=None)
+    result = run(portal_db, mailer, job_settings, store)
+    assert result.success
+    uri = conn.execute("SELECT storage_uri FROM ops.residency_reports").fetchone()[0]
+    table = list(csv.DictReader(io.StringIO(store.get_uri(uri).decode())))
+    by = {(r["tenant_id"], r["system"]): r for r in table}
+    for system in ("portal database", "backups"):
+        row = by[(str(first), system)]
+        assert (row["region"], row["country"], row["status"]) == (
+            "mars-north-1",
+            "unknown",
+            "exception",
+        )
+        assert row["status_reason"].startswith("region not in the region-to-country map")
+    video = by[(str(second), "video storage")]
+    assert (video["region"], video["country"], video["status"]) == (
+        "unknown",
+        "unknown",
+        "exception",
+    )
+    (meta,) = result_metadata(result)
+    assert meta["exception_tenants"] == 2 and meta["exception_rows"] == 3
+    assert meta["exception_rows_preview"].startswith("**3 exception row(s) across 2 tenant(s)**")
+    check = next(
+        c for c in result.get_asset_check_evaluations() if c.check_name == "no_residency_exceptions"
+    )
+    assert f"Acme ({first})" in check.description and f"Acme ({second})" in check.description
+
+    # A vendor whose region nobody mapped: every tenant's row for it is an exception.
+    monkeypatch.setattr(
+        residency,
+        "VENDORS",
+        (
+            *residency.VENDORS,
+            residency.VendorRegion("analytics", "Nowhere Inc", "events", "atlantis-1", "a doc"),
+        ),
+    )
+    conn.execute("UPDATE portal.tenants SET data_region = 'ap-southeast-2'")
+    conn.execute("UPDATE portal.media_assets SET storage_region = 'ap-southeast-2'")
+    (meta,) = result_metadata(run(portal_db, mailer, job_settings, store))
+    assert meta["exception_tenants"] == 2 and meta["exception_rows"] == 2
+    assert "| Nowhere Inc" not in meta["exception_rows_preview"]  # the preview shows systems
+    assert "| analytics | atlantis-1 | unknown |" in meta["exception_rows_preview"]
+
+
+def test_rows_from_before_uris_are_rewritten_when_proven_and_served_meanwhile(
+    conn, database_url, portal_db, mailer, job_settings, store, sendgrid, agencies
+):
+    """Relative keys written before migration 0006: the download endpoint serves them by
+    key (hash checked) and a queued email still renders; the next run rewrites each one
+    whose file in the store still has its recorded hash to the store's URI (audited), and
+    leaves and names one whose file is gone."""
+    old_csv, old_html = (
+        "residency/2026-11-09/residency-2026-11-09.csv",
+        ("residency/2026-11-09/residency-2026-11-09.html"),
+    )
+    csv_sha, html_sha = store.put(old_csv, b"tenant\nA\n"), store.put(old_html, b"<p>old</p>")
+    conn.execute(
+        """INSERT INTO ops.residency_reports (week_start, storage_uri, sha256, row_count,
+               compliant, html_uri, html_sha256, emailed_at)
+           VALUES ('2026-11-09', %s, %s, 1, true, %s, %s, NULL),
+                  ('2026-11-02', 'residency/2026-11-02/gone.csv', 'abc', 1, true, NULL, NULL,
+                   now())""",
+        [old_csv, csv_sha, old_html, html_sha],
+    )
+    conn.execute(
+        """INSERT INTO ops.notification_outbox (idempotency_key, kind, recipient, payload)
+           VALUES ('residency-report:2026-11-09', 'residency_report', 'c@example.com', %s)""",
+        [
+            Jsonb(
+                {
+                    "week": "2026-11-09",
+                    "csv_key": old_csv,
+                    "csv_sha256": csv_sha,
+                    "html_key": old_html,
+                    "html_sha256": html_sha,
+                    "rows": 1,
+                    "compliant": True,
+                    "exceptions": [],
+                }
+            )
+        ],
+    )
+    server = make_server(store, database_url, "s3cret", port=0)
+    serve_in_background(server)
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{server.server_address[1]}/reports/{old_csv}"
+    )
+    request.add_header("Authorization", "Basic " + base64.b64encode(b"c:s3cret").decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # before the rewrite
+            assert response.read() == b"tenant\nA\n"
+        result = run(portal_db, mailer, job_settings, store)
+        assert result.success
+        with urllib.request.urlopen(request, timeout=10) as response:  # after it
+            assert response.read() == b"tenant\nA\n"
+    finally:
+        server.shutdown()
+        server.server_close()
+    rows = dict(
+        conn.execute(
+            "SELECT week_start::text, (storage_uri, html_uri) FROM ops.residency_reports"
+        ).fetchall()
+    )
+    assert rows["2026-11-09"] == (store.uri(old_csv), store.uri(old_html))
+    assert rows["2026-11-09"][0].startswith("file:///")
+    assert rows["2026-11-02"] == ("residency/2026-11-02/gone.csv", None)  # unproven: kept
+    assert rows[WEEK][0] == store.uri(f"residency/{WEEK}/residency-{WEEK}.csv")
+    audit = conn.execute(
+        "SELECT details FROM ops.audit_log WHERE action = 'residency_report_uri_rewritten'"
+        " ORDER BY id"
+    ).fetchall()
+    assert [(d["column"], d["from"], d["to"]) for (d,) in audit] == [
+        ("storage_uri", old_csv, store.uri(old_csv)),
+        ("html_uri", old_html, store.uri(old_html)),
+    ]
+    (meta,) = result_metadata(result)
+    assert meta["legacy_rows_rewritten"] == 2 and meta["legacy_rows_unresolved"] == 1
+    # The email queued before the change went out with its own files.
+    old_mail = next(r for r in sendgrid.mail_requests if "2026-11-09" in r.body["subject"])
+    attached = {a["filename"]: base64.b64decode(a["content"]) for a in old_mail.body["attachments"]}
+    assert attached["residency-2026-11-09.csv"] == b"tenant\nA\n"
+    # A second run has nothing left it can prove.
+    (again,) = result_metadata(run(portal_db, mailer, job_settings, store))
+    assert again["legacy_rows_rewritten"] == 0 and again["legacy_rows_unresolved"] == 1
+
+
+def test_an_email_still_waiting_sends_the_latest_files_of_its_week(
+    conn, portal_db, mailer, job_settings, store, sendgrid, agencies
+):
+    """SendGrid down on the first run: the rerun regenerates the files, and the queued
+    email goes out once, with the files (and hashes) the row now records."""
+    sendgrid.rule = lambda body: Reply(503, {"errors": [{"message": "down"}]})
+    (first,) = result_metadata(run(portal_db, mailer, job_settings, store))
+    assert first["emailed_at"] == "not yet" and first["residency_emails_sent_this_run"] == 0
+    sendgrid.rule = None
+    (second,) = result_metadata(run(portal_db, mailer, job_settings, store))
+    assert second["emailed_at"] != "not yet" and second["residency_emails_sent_this_run"] == 1
+    sha = conn.execute("SELECT sha256 FROM ops.residency_reports").fetchone()[0]
+    (sent,) = [r for r in sendgrid.mail_requests if r.status == 202]
+    attached = next(a for a in sent.body["attachments"] if a["filename"].endswith(".csv"))
+    assert hashlib.sha256(base64.b64decode(attached["content"])).hexdigest() == sha
+    assert run(portal_db, mailer, job_settings, store).success
+    assert len([r for r in sendgrid.mail_requests if r.status == 202]) == 1

@@ -1,17 +1,23 @@
 """residency_report: the weekly evidence of where each agency's data lives.
 
-For every tenant and every place its data lives (portal database, video storage,
-email delivery, error monitoring, backups) one row: system, vendor, data categories,
-region, country, onshore, the evidence it was read from and when, and a status. A
-tenant whose database or video region is outside the allowed set (Australian regions
-by default) is an exception. The report is written as CSV and as an HTML page,
-stored by the ReportStore with its SHA-256, recorded in `ops.residency_reports`,
+For every tenant and every place its data lives (portal database, its backups, video
+storage, email delivery, error monitoring) one row: system, vendor, data categories,
+region, country, onshore, the evidence it was read from and when, a status and the
+reason for it. A tenant's backups live where its database lives (Neon keeps a
+project's backups and history in the project's region), so that row follows the
+tenant's database region. Every row's country comes from one region-to-country map;
+a region the map does not know is reported as `unknown` and is an exception, whichever
+system it belongs to. A tenant whose database, backups or videos are outside the
+allowed set (Australian regions by default) is an exception; the email and monitoring
+vendors outside it are disclosed, not judged. The report is written as CSV and as an
+HTML page, stored by the ReportStore with its SHA-256, recorded in
+`ops.residency_reports` under absolute URIs (`file:///...`, `s3://bucket/key`),
 emailed once to COMPLIANCE_EMAIL with both files attached, and linked from the
 materialisation for download. Checks fail the week's sign-off when any tenant is an
 exception, or when no restore drill succeeded in the last 35 days.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -30,13 +36,14 @@ from dagster import (
     asset,
     define_asset_job,
 )
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from mm_orchestration import inventory, spreadsheets
 from mm_orchestration.outbox import Renderer, deliver_pending, enqueue
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Attachment, Email
-from mm_orchestration.resources.report_store import ReportStore
+from mm_orchestration.resources.report_store import ReportStore, ReportStoreError, is_uri
 from mm_orchestration.scheduling import (
     executor_for,
     job_tags,
@@ -69,18 +76,124 @@ ALLOWED_REGIONS = frozenset(
         "mel",
     }
 )
-COUNTRY_BY_PREFIX = (
-    ("us-", "US"),
-    ("aws-us-", "US"),
-    ("eu-", "EU"),
-    ("aws-eu-", "EU"),
-    ("ap-southeast-1", "SG"),
-    ("ap-northeast-1", "JP"),
-    ("ap-south-1", "IN"),
-    ("ca-", "CA"),
-    ("sa-", "BR"),
-    ("de", "DE"),
+UNKNOWN = "unknown"
+
+# Where each cloud region is, by the names the portal's vendors use: ISO 3166 country
+# codes ("EU" where a vendor names only the European Union). One map for every row of
+# the report; a region missing here is reported as unknown and is an exception, so add
+# it here (with its country) when a vendor or a tenant starts using it.
+_AWS = {
+    "us-east-1": "US",
+    "us-east-2": "US",
+    "us-west-1": "US",
+    "us-west-2": "US",
+    "us-gov-east-1": "US",
+    "us-gov-west-1": "US",
+    "ca-central-1": "CA",
+    "ca-west-1": "CA",
+    "mx-central-1": "MX",
+    "sa-east-1": "BR",
+    "af-south-1": "ZA",
+    "eu-central-1": "DE",
+    "eu-central-2": "CH",
+    "eu-west-1": "IE",
+    "eu-west-2": "GB",
+    "eu-west-3": "FR",
+    "eu-south-1": "IT",
+    "eu-south-2": "ES",
+    "eu-north-1": "SE",
+    "il-central-1": "IL",
+    "me-south-1": "BH",
+    "me-central-1": "AE",
+    "ap-east-1": "HK",
+    "ap-east-2": "TW",
+    "ap-south-1": "IN",
+    "ap-south-2": "IN",
+    "ap-southeast-1": "SG",
+    "ap-southeast-2": "AU",
+    "ap-southeast-3": "ID",
+    "ap-southeast-4": "AU",
+    "ap-southeast-5": "MY",
+    "ap-southeast-6": "NZ",
+    "ap-southeast-7": "TH",
+    "ap-northeast-1": "JP",
+    "ap-northeast-2": "KR",
+    "ap-northeast-3": "JP",
+    "cn-north-1": "CN",
+    "cn-northwest-1": "CN",
+}
+_AZURE = {
+    "australiaeast": "AU",
+    "australiasoutheast": "AU",
+    "australiacentral": "AU",
+    "australiacentral2": "AU",
+    "eastus": "US",
+    "eastus2": "US",
+    "westus": "US",
+    "westus2": "US",
+    "westus3": "US",
+    "centralus": "US",
+    "northcentralus": "US",
+    "southcentralus": "US",
+    "canadacentral": "CA",
+    "northeurope": "IE",
+    "westeurope": "NL",
+    "uksouth": "GB",
+    "germanywestcentral": "DE",
+    "gwc": "DE",  # Neon's short name for Germany West Central
+    "southeastasia": "SG",
+    "japaneast": "JP",
+}
+_GCP = {
+    "australia-southeast1": "AU",
+    "australia-southeast2": "AU",
+    "us-central1": "US",
+    "us-east1": "US",
+    "us-east4": "US",
+    "us-east5": "US",
+    "us-south1": "US",
+    "us-west1": "US",
+    "us-west2": "US",
+    "us-west3": "US",
+    "us-west4": "US",
+    "northamerica-northeast1": "CA",
+    "northamerica-northeast2": "CA",
+    "southamerica-east1": "BR",
+    "europe-west1": "BE",
+    "europe-west2": "GB",
+    "europe-west3": "DE",
+    "europe-west4": "NL",
+    "europe-west6": "CH",
+    "europe-north1": "FI",
+    "asia-southeast1": "SG",
+    "asia-northeast1": "JP",
+    "asia-east1": "TW",
+    "asia-south1": "IN",
+}
+REGION_COUNTRY: dict[str, str] = {
+    **_AWS,
+    **{f"aws-{region}": code for region, code in _AWS.items()},  # Neon's AWS regions
+    **_AZURE,
+    **{f"azure-{region}": code for region, code in _AZURE.items()},  # Neon's Azure regions
+    **_GCP,
+    # Vendors' own names for where an account's data is kept (SendGrid, Sentry, Mux...).
+    "us": "US",
+    "eu": "EU",
+    "de": "DE",
+    "au": "AU",
+    "syd": "AU",
+    "mel": "AU",
+}
+
+# Why a row has its status: one reason per row, in the CSV beside the status.
+REASON_ALLOWED = "in an allowed region"
+REASON_OFFSHORE = "tenant data outside the allowed regions"
+REASON_UNKNOWN = "region not in the region-to-country map: where this data is is not known"
+REASON_VENDOR = (
+    "vendor outside the allowed regions, disclosed: the residency rule judges the "
+    "database, its backups and videos"
 )
+PREVIEW_LIMIT = 50
 
 
 @dataclass(frozen=True)
@@ -111,20 +224,16 @@ VENDORS = (
         "us",
         "Sentry organisation settings: data storage location (US)",
     ),
-    VendorRegion(
-        "backups",
-        "Neon",
-        "portal database backups and history",
-        "aws-ap-southeast-2",
-        "Neon project settings: region AWS Asia Pacific (Sydney)",
-    ),
 )
 
 # Every row of the report, built in the database: the million videos are aggregated to
-# one row per tenant and region there, so Python only ever holds the report itself.
+# one row per tenant and region there, so Python only ever holds the report itself. A
+# tenant's backups are where its database is: Neon keeps a project's backups and
+# history (point-in-time restore) in the project's own region.
 REPORT_ROWS = """
 WITH regions AS (
-    SELECT tenant_id, coalesce(storage_region, 'unknown') AS region, count(*) AS videos
+    SELECT tenant_id, coalesce(nullif(btrim(storage_region), ''), 'unknown') AS region,
+           count(*) AS videos
       FROM portal.media_assets
      WHERE status <> 'deleted'
      GROUP BY 1, 2
@@ -134,19 +243,24 @@ WITH regions AS (
              WITH ORDINALITY AS v(system, vendor, categories, region, source, ord)
 ), places AS (
     SELECT t.id, t.name, 0 AS ord, 'portal database' AS system, 'Neon (PostgreSQL)' AS vendor,
-           %(db_categories)s AS categories, t.data_region AS region,
+           %(db_categories)s AS categories,
+           coalesce(nullif(btrim(t.data_region), ''), 'unknown') AS region,
            'portal.tenants.data_region' AS evidence, true AS judged
       FROM portal.tenants t
     UNION ALL
-    SELECT t.id, t.name, 1, 'video storage', 'Mux', %(video_categories)s, r.region,
+    SELECT t.id, t.name, 1, 'backups', 'Neon', %(backup_categories)s,
+           coalesce(nullif(btrim(t.data_region), ''), 'unknown'), %(backup_evidence)s, true
+      FROM portal.tenants t
+    UNION ALL
+    SELECT t.id, t.name, 2, 'video storage', 'Mux', %(video_categories)s, r.region,
            'portal.media_assets.storage_region (' || r.videos || ' videos)', true
       FROM portal.tenants t JOIN regions r ON r.tenant_id = t.id
     UNION ALL
-    SELECT t.id, t.name, 1 + v.ord, v.system, v.vendor, v.categories, v.region, v.source, false
+    SELECT t.id, t.name, 2 + v.ord, v.system, v.vendor, v.categories, v.region, v.source, false
       FROM portal.tenants t CROSS JOIN vendors v
 )
 SELECT id::text AS tenant_id, name AS tenant, system, vendor, categories AS data_categories,
-       region, lower(region) = ANY(%(allowed)s) AS onshore, evidence, judged
+       region, lower(btrim(region)) = ANY(%(allowed)s) AS onshore, evidence, judged
   FROM places
  ORDER BY name, id, ord, region
 """
@@ -163,16 +277,13 @@ COLUMNS = [
     "evidence",
     "read_at",
     "status",
+    "status_reason",
 ]
 
 
 def country(region: str) -> str:
-    if region.lower() in ALLOWED_REGIONS:
-        return "AU"
-    for prefix, code in COUNTRY_BY_PREFIX:
-        if region.lower().startswith(prefix):
-            return code
-    return "unknown"
+    """The ISO country code of `region` from REGION_COUNTRY, or `unknown`."""
+    return REGION_COUNTRY.get(region.strip().lower(), UNKNOWN)
 
 
 def report_params() -> dict[str, Any]:
@@ -184,6 +295,11 @@ def report_params() -> dict[str, Any]:
         "v_source": [v.source for v in VENDORS],
         "db_categories": "projects, tasks, users, share links, analytics events",
         "video_categories": "video files, titles, playback",
+        "backup_categories": "portal database backups and history (point-in-time restore)",
+        "backup_evidence": (
+            "portal.tenants.data_region (Neon keeps a project's backups and history "
+            "in the project's region)"
+        ),
         "allowed": sorted(ALLOWED_REGIONS),
     }
 
@@ -194,27 +310,77 @@ def build_frame(conn: psycopg.Connection, read_at: datetime) -> pd.DataFrame:
     frame = pd.DataFrame(cursor.fetchall(), columns=[c.name for c in cursor.description or []])
     frame["country"] = frame["region"].map({r: country(r) for r in frame["region"].unique()})
     frame["read_at"] = read_at.isoformat(timespec="seconds")
+    judged = frame["judged"].astype(bool)
+    onshore = frame["onshore"].astype(bool)
+    unknown = frame["country"] == UNKNOWN
+    offshore = judged & ~onshore
     frame["status"] = "ok"
-    frame.loc[frame["judged"] & ~frame["onshore"], "status"] = "exception"
+    frame.loc[offshore | unknown, "status"] = "exception"
+    frame["status_reason"] = REASON_VENDOR
+    frame.loc[onshore, "status_reason"] = REASON_ALLOWED
+    frame.loc[offshore, "status_reason"] = REASON_OFFSHORE
+    frame.loc[unknown, "status_reason"] = REASON_UNKNOWN
     return frame[COLUMNS]
+
+
+def exception_tenants(frame: pd.DataFrame) -> list[str]:
+    """The tenants with at least one exception row, one entry per tenant (by id), sorted;
+    a name that two tenants share carries the tenant's id, so none is counted twice."""
+    shared = set(frame.drop_duplicates("tenant_id")["tenant"].loc[lambda n: n.duplicated()])
+    rows = frame.loc[frame["status"] == "exception", ["tenant_id", "tenant"]]
+    return sorted(
+        f"{name} ({tenant_id})" if name in shared else name
+        for tenant_id, name in rows.drop_duplicates("tenant_id").itertuples(index=False)
+    )
+
+
+def _md(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def exceptions_preview(frame: pd.DataFrame) -> str:
+    """The exception rows as a Markdown table, headed by what it counts."""
+    rows = frame.loc[frame["status"] == "exception"]
+    if rows.empty:
+        return "No exception rows (0 tenants)."
+    shown = rows.head(PREVIEW_LIMIT)
+    head = (
+        f"**{len(rows)} exception row(s) across {rows['tenant_id'].nunique()} tenant(s)**"
+        + (
+            f" (the first {len(shown)} rows below; every row is in the CSV)"
+            if len(shown) < len(rows)
+            else " (every exception row below)"
+        )
+        + "\n\n| tenant | system | region | country | reason |\n|---|---|---|---|---|\n"
+    )
+    return head + "".join(
+        f"| {_md(t)} | {_md(s)} | {_md(r)} | {_md(c)} | {_md(why)} |\n"
+        for t, s, r, c, why in shown[
+            ["tenant", "system", "region", "country", "status_reason"]
+        ].itertuples(index=False)
+    )
 
 
 def render(frame: pd.DataFrame, week: date) -> tuple[bytes, bytes, list[str]]:
     """(CSV of every row, a readable HTML page, tenants with an exception)."""
-    exceptions_rows = frame[frame["status"] == "exception"]
-    exceptions = sorted(set(exceptions_rows["tenant"]))
+    exceptions = exception_tenants(frame)
+    exception_rows = frame[frame["status"] == "exception"]
     csv = spreadsheets.to_csv(frame)
-    # The page people read: the exceptions in full, then one line per tenant.
-    per_tenant = (
-        frame[frame["system"].isin(["portal database", "video storage"])]
-        .groupby(["tenant", "tenant_id"], sort=True)
-        .agg(
-            regions=("region", lambda r: ", ".join(sorted(set(r)))),
-            status=("status", lambda s: "exception" if (s == "exception").any() else "ok"),
-        )
-        .reset_index()
-        .drop(columns="tenant_id")
+    # The page people read: the exceptions in full, the vendors, then one line per tenant.
+    is_exception = (frame["status"] == "exception").groupby(frame["tenant_id"]).sum()
+    database = frame[frame["system"] == "portal database"].set_index("tenant_id")["region"]
+    videos = (
+        frame[frame["system"] == "video storage"]
+        .groupby("tenant_id")["region"]
+        .agg(lambda r: ", ".join(sorted(set(r))))
     )
+    tenants = frame.drop_duplicates("tenant_id")[["tenant_id", "tenant"]]
+    per_tenant = tenants.assign(
+        database_and_backups_region=tenants["tenant_id"].map(database),
+        video_regions=tenants["tenant_id"].map(videos).fillna("no videos"),
+        exception_rows=tenants["tenant_id"].map(is_exception).astype(int),
+    )
+    per_tenant["status"] = per_tenant["exception_rows"].map(lambda n: "exception" if n else "ok")
     vendors = pd.DataFrame(
         [(v.system, v.vendor, v.region, country(v.region), v.source) for v in VENDORS],
         columns=["system", "vendor", "region", "country", "source"],
@@ -225,39 +391,55 @@ def render(frame: pd.DataFrame, week: date) -> tuple[bytes, bytes, list[str]]:
         "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin-bottom:2em}"
         "td,th{padding:4px 8px;border-bottom:1px solid #ddd;text-align:left}</style></head><body>"
         f"<h1>Data residency report, week of {week}</h1>"
-        f"<p>{len(per_tenant)} tenants, {len(frame)} rows (all of them in the CSV). "
-        f"<strong>{len(exceptions)}</strong> tenant(s) with data outside the allowed regions."
-        "</p><h2>Exceptions</h2>"
+        f"<p>{len(tenants)} tenants, {len(frame)} rows (all of them in the CSV). "
+        f"<strong>{len(exceptions)}</strong> tenant(s) with "
+        f"<strong>{len(exception_rows)}</strong> exception row(s): data outside the allowed "
+        "regions, or in a region whose country is unknown.</p>"
+        f"<h2>Exceptions ({len(exception_rows)} row(s), {len(exceptions)} tenant(s))</h2>"
         + (
-            exceptions_rows.drop(columns=["tenant_id"]).to_html(index=False, border=0)
-            if exceptions
+            exception_rows.drop(columns=["tenant_id"]).to_html(index=False, border=0)
+            if len(exception_rows)
             else "<p>None.</p>"
         )
-        + "<h2>Vendors</h2>"
+        + "<h2>Vendors (the same for every tenant)</h2>"
         + vendors.to_html(index=False, border=0)
-        + "<h2>Tenants</h2>"
-        + per_tenant.to_html(index=False, border=0)
+        + f"<h2>Tenants ({len(tenants)})</h2>"
+        + per_tenant.drop(columns="tenant_id").to_html(index=False, border=0)
         + "</body></html>"
     ).encode()
     return csv, html, exceptions
 
 
 def make_renderer(store: ReportStore) -> Renderer:
+    def read(row: dict[str, Any], kind: str) -> tuple[str, bytes]:
+        sha = row[f"{kind}_sha256"]
+        if row.get(f"{kind}_uri"):
+            return row[f"{kind}_uri"], store.get_uri(row[f"{kind}_uri"], sha)
+        # Queued before the rows held URIs: a key in this store, proven by its hash.
+        key = row[f"{kind}_key"]
+        return store.uri(key), store.get(key, sha)
+
     def render_email(key: str, row: dict[str, Any]) -> Email:
-        csv = store.get(row["csv_key"], row["csv_sha256"])
-        html = store.get(row["html_key"], row["html_sha256"])
+        csv_uri, csv = read(row, "csv")
+        html_uri, html = read(row, "html")
         verdict = (
             "compliant" if row["compliant"] else (f"NOT compliant: {', '.join(row['exceptions'])}")
         )
+        counts = f"{row['rows']} rows"
+        if "exception_rows" in row:
+            counts += (
+                f", {row['exception_rows']} exception row(s) across "
+                f"{len(row['exceptions'])} tenant(s)"
+            )
         return Email(
             key=key,
             recipient=row["recipient"],
             subject=f"Data residency report, week of {row['week']}: {verdict}",
             text=(
                 f"The weekly data residency report for the week of {row['week']} is attached "
-                f"as CSV and HTML ({row['rows']} rows; CSV SHA-256 {row['csv_sha256']}).\n\n"
-                f"Result: {verdict}.\n\nIt stays downloadable from the residency_report asset "
-                "in the job console.\n"
+                f"as CSV and HTML ({counts}; CSV SHA-256 {row['csv_sha256']}).\n\n"
+                f"Result: {verdict}.\n\nStored as {csv_uri}\nand {html_uri}; "
+                "downloadable from the residency_report asset in the job console.\n"
             ),
             attachments=(
                 Attachment(f"residency-{row['week']}.csv", csv, "text/csv"),
@@ -267,6 +449,71 @@ def make_renderer(store: ReportStore) -> Renderer:
         )
 
     return render_email
+
+
+# Rows written before migration 0006 hold a key relative to the store that wrote them,
+# not a URI. The migration cannot know that store, so the asset, which has it, rewrites
+# each such column when it next runs: only when the file at that key in its store still
+# has the recorded SHA-256 (proof it is the very report), with an audit_log entry per
+# change. A key whose file is not there (the store moved) stays as it is and is named.
+LEGACY_ROWS = """
+SELECT week_start, storage_uri, sha256, html_uri, html_sha256
+  FROM ops.residency_reports
+ WHERE storage_uri !~ '^[a-z][a-z0-9+.-]*://' OR html_uri !~ '^[a-z][a-z0-9+.-]*://'
+ ORDER BY week_start
+"""
+
+
+@dataclass
+class LegacyRows:
+    rewritten: int = 0
+    unresolved: list[str] = field(default_factory=list)
+
+
+def rewrite_legacy_uris(conn: psycopg.Connection, store: ReportStore, run_id: str) -> LegacyRows:
+    """Turn relative keys left in `ops.residency_reports` into this store's URIs."""
+    found = LegacyRows()
+    for week, csv_ref, csv_sha, html_ref, html_sha in conn.execute(LEGACY_ROWS).fetchall():
+        for column, ref, sha in (
+            ("storage_uri", csv_ref, csv_sha),
+            ("html_uri", html_ref, html_sha),
+        ):
+            if ref is None or is_uri(ref):
+                continue
+            try:
+                if not sha:
+                    raise ReportStoreError(f"{ref!r} has no recorded SHA-256 to prove it")
+                store.get(ref, sha)
+            except ReportStoreError as exc:
+                found.unresolved.append(f"{week} {column}: {exc}")
+                continue
+            uri = store.uri(ref)
+            conn.execute(
+                sql.SQL(
+                    "UPDATE ops.residency_reports SET {col} = %s"
+                    " WHERE week_start = %s AND {col} = %s"
+                ).format(col=sql.Identifier(column)),
+                [uri, week, ref],
+            )
+            conn.execute(
+                """INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
+                   VALUES ('residency_report', 'residency_report_uri_rewritten', %s, %s, %s)""",
+                [
+                    SPEC.dagster_name,
+                    run_id,
+                    Jsonb(
+                        {
+                            "week_start": week.isoformat(),
+                            "column": column,
+                            "from": ref,
+                            "to": uri,
+                            "sha256": sha,
+                        }
+                    ),
+                ],
+            )
+            found.rewritten += 1
+    return found
 
 
 def drill_check(conn: psycopg.Connection, as_of: datetime) -> AssetCheckResult:
@@ -317,10 +564,31 @@ def residency_report(
     with portal_db.connection() as conn:
         frame = build_frame(conn, read_at)
     csv, html, exceptions = render(frame, week)
+    exception_rows = int((frame["status"] == "exception").sum())
     csv_key = f"residency/{week}/residency-{week}.csv"
     html_key = f"residency/{week}/residency-{week}.html"
     csv_sha, html_sha = report_store.put(csv_key, csv), report_store.put(html_key, html)
+    csv_uri, html_uri = report_store.uri(csv_key), report_store.uri(html_key)
     compliant = not exceptions
+    with portal_db.connection() as conn:
+        legacy = rewrite_legacy_uris(conn, report_store, context.run_id)
+    for problem in legacy.unresolved:
+        context.log.warning(
+            f"ops.residency_reports {problem}: it stays a relative key. Put the file back "
+            f"in the report store ({report_store.location}) under that key, or set the "
+            "column to the file's URI by hand; the next run rewrites what it can prove."
+        )
+    payload = {
+        "week": week.isoformat(),
+        "csv_uri": csv_uri,
+        "csv_sha256": csv_sha,
+        "html_uri": html_uri,
+        "html_sha256": html_sha,
+        "rows": len(frame),
+        "exception_rows": exception_rows,
+        "compliant": compliant,
+        "exceptions": exceptions,
+    }
     with portal_db.connection() as conn:
         conn.execute(
             """INSERT INTO ops.residency_reports (week_start, generated_at, storage_uri, sha256,
@@ -334,60 +602,57 @@ def residency_report(
             [
                 week,
                 read_at,
-                csv_key,
+                csv_uri,
                 csv_sha,
                 len(frame),
                 compliant,
-                html_key,
+                html_uri,
                 html_sha,
                 Jsonb(exceptions),
             ],
         )
-        enqueue(
-            conn,
-            f"residency-report:{week}",
-            EMAIL_KIND,
-            job_settings.compliance_email,
-            {
-                "week": week.isoformat(),
-                "csv_key": csv_key,
-                "csv_sha256": csv_sha,
-                "html_key": html_key,
-                "html_sha256": html_sha,
-                "rows": len(frame),
-                "compliant": compliant,
-                "exceptions": exceptions,
-            },
-        )
+        email_key = f"residency-report:{week}"
+        if not enqueue(conn, email_key, EMAIL_KIND, job_settings.compliance_email, payload):
+            # Already queued. Sent: never again. Still waiting: it sends this run's files
+            # (the earlier ones were just replaced, and their hashes with them).
+            conn.execute(
+                """UPDATE ops.notification_outbox SET payload = %s
+                    WHERE idempotency_key = %s AND status = 'pending'""",
+                [Jsonb(payload), email_key],
+            )
     report = deliver_pending(
         portal_db, mailer, [EMAIL_KIND], make_renderer(report_store), context.run_id
     )
     with portal_db.connection() as conn:
-        conn.execute(
+        emailed = conn.execute(
             """UPDATE ops.residency_reports r SET emailed_at = o.sent_at
                  FROM ops.notification_outbox o
                 WHERE o.idempotency_key = 'residency-report:' || r.week_start
-                  AND o.status = 'sent' AND r.week_start = %s""",
+                  AND o.status = 'sent' AND r.week_start = %s
+            RETURNING r.emailed_at""",
             [week],
-        )
+        ).fetchone()
         drill = drill_check(conn, read_at)
     base = job_settings.reports_url.rstrip("/")
-    flagged = frame.loc[frame["status"] == "exception", ["tenant", "system", "region"]]
-    preview = "| tenant | system | region |\n|---|---|---|\n" + "".join(
-        f"| {tenant} | {system} | {region} |\n"
-        for tenant, system, region in flagged.itertuples(index=False)
-    )
     return MaterializeResult(
         metadata={
             "week_start": week.isoformat(),
-            "rows": len(frame),
-            "compliant": compliant,
-            "exceptions": len(exceptions),
+            "tenants": int(frame["tenant_id"].nunique()),
+            "report_rows": len(frame),
+            "exception_tenants": len(exceptions),
+            "exception_rows": exception_rows,
+            "residency_compliant": compliant,
+            "exception_rows_preview": MetadataValue.md(exceptions_preview(frame)),
             "download_csv": MetadataValue.url(f"{base}/reports/{csv_key}"),
             "download_html": MetadataValue.url(f"{base}/reports/{html_key}"),
+            "csv_uri": csv_uri,
+            "html_uri": html_uri,
             "csv_sha256": csv_sha,
-            "exceptions_preview": MetadataValue.md(preview if exceptions else "No exceptions."),
-            "emails_sent": report.sent,
+            "html_sha256": html_sha,
+            "emailed_at": emailed[0].isoformat() if emailed else "not yet",
+            "residency_emails_sent_this_run": report.sent,
+            "legacy_rows_rewritten": legacy.rewritten,
+            "legacy_rows_unresolved": len(legacy.unresolved),
         },
         check_results=[
             AssetCheckResult(
@@ -396,8 +661,16 @@ def residency_report(
                 severity=AssetCheckSeverity.ERROR,
                 description=None
                 if compliant
-                else (f"data outside the allowed regions for: {', '.join(exceptions)}"),
-                metadata={"tenants": ", ".join(exceptions) or "none"},
+                else (
+                    f"{len(exceptions)} tenant(s) with {exception_rows} exception row(s) "
+                    "(data outside the allowed regions, or in a region whose country is "
+                    f"unknown): {', '.join(exceptions)}"
+                ),
+                metadata={
+                    "exception_tenants": ", ".join(exceptions) or "none",
+                    "exception_tenant_count": len(exceptions),
+                    "exception_rows": exception_rows,
+                },
             ),
             drill,
         ],

@@ -4,6 +4,10 @@
 Reports are written once per week and read back for the email and the download
 endpoint, which refuses any path outside the store and any file whose SHA-256 no
 longer matches the one recorded in `ops.residency_reports`.
+
+Inside the store a report has a key (`residency/2026-11-23/x.csv`); outside it, in the
+database and the email, an absolute URI that names the store too: `file:///...` for
+the folder, `s3://bucket/prefix/key` for S3 (`uri`, and back with `key_for`).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import os
 import posixpath
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from dagster import ConfigurableResource
 from pydantic import Field
@@ -24,8 +30,14 @@ class ReportStoreError(ValueError):
     """A path outside the store, or a report that is missing or altered."""
 
 
+def is_uri(value: str) -> bool:
+    """True for an absolute URI (`file:///...`, `s3://...`), False for a store key."""
+    return "://" in value and bool(urlsplit(value).scheme)
+
+
 class ReportStore(ConfigurableResource):
-    """A folder of reports, addressed by relative keys such as `residency/2026-11-23/x.csv`."""
+    """A folder (or S3 prefix) of reports, addressed inside by relative keys such as
+    `residency/2026-11-23/x.csv` and outside by absolute URIs (`uri`)."""
 
     root: str = Field(default=".mm/reports", description="MM_DATA_DIR/reports unless set")
     s3_bucket: str = Field(default="", description="MM_REPORTS_S3_BUCKET: store in S3 instead")
@@ -115,6 +127,49 @@ class ReportStore(ConfigurableResource):
             self.path(key)
 
     def uri(self, key: str) -> str:
+        """The absolute URI of `key`: what `ops.residency_reports` and the email record."""
         if self.uses_s3:
             return f"s3://{self.s3_bucket}/{self._object_key(key)}"
         return self.path(key).as_uri()
+
+    @property
+    def location(self) -> str:
+        """Where this store keeps reports, as a URI (for messages)."""
+        if self.uses_s3:
+            prefix = self.s3_prefix.strip("/")
+            return f"s3://{self.s3_bucket}/{prefix + '/' if prefix else ''}"
+        return Path(self.root).resolve().as_uri() + "/"
+
+    def key_for(self, uri: str) -> str:
+        """The key of the report at `uri`; refuses a URI that names another store."""
+        parts = urlsplit(uri)
+        elsewhere = ReportStoreError(f"{uri!r} is not in this report store ({self.location})")
+        if self.uses_s3:
+            if parts.scheme != "s3" or parts.netloc != self.s3_bucket:
+                raise elsewhere
+            object_key = parts.path[1:]
+            prefix = self.s3_prefix.strip("/")
+            if prefix:
+                if not object_key.startswith(prefix + "/"):
+                    raise elsewhere
+                object_key = object_key[len(prefix) + 1 :]
+            key = object_key
+        else:
+            if parts.scheme != "file" or parts.netloc not in ("", "localhost"):
+                raise elsewhere
+            try:
+                relative = Path(url2pathname(parts.path)).relative_to(Path(self.root).resolve())
+            except ValueError:
+                raise elsewhere from None
+            key = relative.as_posix()
+        try:
+            canonical = self.uri(key)
+        except ReportStoreError:
+            raise elsewhere from None
+        if parts.query or parts.fragment or canonical != uri:
+            raise elsewhere  # only the store's own spelling of a URI: no `..`, no extras
+        return key
+
+    def get_uri(self, uri: str, sha256: str | None = None) -> bytes:
+        """The bytes of the report at `uri` (one of this store's); see `get`."""
+        return self.get(self.key_for(uri), sha256)
