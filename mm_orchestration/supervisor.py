@@ -26,7 +26,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -75,11 +75,11 @@ def port_open(host: str, port: int) -> bool:
 
 
 @contextlib.contextmanager
-def stop_signals() -> Iterator[Callable[[], bool]]:
+def stop_signals() -> Iterator[None]:
     """Catch SIGINT, SIGTERM and SIGHUP for the life of the block, whatever was inherited.
 
-    Until `supervise` takes over, a signal raises StopRequested where the code is (so the
-    caller's cleanup runs); yields a function telling whether a stop was asked for.
+    Until `supervise` takes over, the first signal raises StopRequested where the code is,
+    so the caller's cleanup (PostgreSQL's stop) runs.
     """
     asked = {"stop": False}
 
@@ -91,7 +91,7 @@ def stop_signals() -> Iterator[Callable[[], bool]]:
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
-        yield lambda: asked["stop"]
+        yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
