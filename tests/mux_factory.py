@@ -56,5 +56,24 @@ def dead_letter(conn: Any, payload: Any, event_id: str | None = None, **cols: An
     return row[0]
 
 
+def dead_letter_json(conn: Any, payload_json: str, event_id: str, **cols: Any) -> int:
+    """A dead letter whose payload is given as JSON text, parsed by PostgreSQL alone: for
+    documents Python cannot write or read (1,500 levels deep, `1e5000`)."""
+    values = {"event_id": event_id, **cols}
+    names = ", ".join(values)
+    marks = ", ".join(["%s"] * len(values))
+    row = conn.execute(
+        f"INSERT INTO portal.mux_webhook_dlq (payload, {names})"  # noqa: S608
+        f" VALUES (%s::jsonb, {marks}) RETURNING id",
+        [payload_json, *values.values()],
+    ).fetchone()
+    return row[0]
+
+
+def nested(levels: int, inner: str = "1") -> str:
+    """JSON text of `inner` inside `levels` arrays."""
+    return "[" * levels + inner + "]" * levels
+
+
 def raw(payload: dict[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"))

@@ -17,7 +17,7 @@ from mm_orchestration.mux_events import BadSignature, verify_signature
 from mm_orchestration.resources.mux import MuxWebhooks
 from tests import factories as f
 from tests.conftest import run_job
-from tests.mux_factory import dead_letter, envelope, raw
+from tests.mux_factory import dead_letter, dead_letter_json, envelope, nested, raw
 
 T0 = datetime(2026, 11, 20, 1, 0, tzinfo=UTC)
 
@@ -237,6 +237,265 @@ def test_bad_signature_is_dead_at_once_and_never_applied(conn, video, resources)
     assert rows[bad_row][0] == "dead" and "Mux-Signature" in rows[bad_row][2]
     assert rows[good_row][0] == "replayed"
     assert asset_row(conn, video)[0] == "ready"
+
+
+def signed(body: str, secret: str = SECRET, t: str = "1765000000") -> str:
+    digest = hmac.new(secret.encode(), f"{t}.{body}".encode(), hashlib.sha256).hexdigest()
+    return f"t={t},v1={digest}"
+
+
+def test_mux_signature_with_non_ascii_text_is_a_mismatch_not_a_crash():
+    for header in ("t=1,v1=\u00e9", "t=\u00e9,v1=\u00e9\u00e9", "t=1,v1=\U0001f600,v1=\u200b"):
+        with pytest.raises(BadSignature, match="no v1 signature matches"):
+            verify_signature(SECRET, '{"test":"body"}', header)
+    verify_signature("s\u00e9cret", "b\u00f6dy", signed("b\u00f6dy", "s\u00e9cret"))
+
+
+READY_AT_T0 = (
+    '{"type": "video.asset.ready", "id": "evt-poison", "created_at": "2026-11-20T01:00:00Z",'
+    ' "data": {"id": "asset-1", %s}}'
+)
+POISONS = {
+    # The driver's json decoder gives up on this (RecursionError) before any row is settled.
+    "nested 1,500 levels": (
+        READY_AT_T0 % f'"tracks": {nested(1500)}',
+        {},
+        ("pending", 1, "implausible event: the payload is nested more than 32 levels"),
+    ),
+    "the whole payload nested 1,500 levels": (
+        nested(1500),
+        {},
+        ("pending", 1, "invalid envelope: expected a JSON object, got an array"),
+    ),
+    # PostgreSQL keeps 1e5000 as a 5,001-digit numeric; Python refuses to convert it.
+    "duration 1e5000": (
+        READY_AT_T0 % '"duration": 1e5000',
+        {},
+        (
+            "pending",
+            1,
+            f"implausible event: 'data.duration' '1{'0' * 29}...' (255+ characters)"
+            " is not a duration in seconds (0 to 604,800)",
+        ),
+    ),
+    # hmac.compare_digest raises TypeError on non-ASCII text: now simply no match.
+    "signature t=1,v1=\u00e9": (
+        READY_AT_T0 % '"duration": 5',
+        {"raw_body": "{}", "signature": "t=1,v1=\u00e9"},
+        ("dead", 1, "invalid Mux-Signature: no v1 signature matches the stored body"),
+    ),
+}
+
+
+@pytest.mark.parametrize("poison", list(POISONS))
+def test_a_poison_letter_fails_alone_and_the_good_event_behind_it_applies(
+    conn, video, resources, sendgrid, poison
+):
+    payload_json, cols, expected = POISONS[poison]
+    resources = {**resources, "mux": MuxWebhooks(signing_secret=SECRET)}
+    conn.execute("UPDATE portal.media_assets SET mux_asset_id = 'asset-1' WHERE id = %s", [video])
+    bad = dead_letter_json(conn, payload_json, "evt-poison", **cols)
+    good_event = envelope("video.asset.ready", "asset-1", T0 + timedelta(seconds=1), duration=30)
+    good = dead_letter(
+        conn, good_event, raw_body=raw(good_event), signature=signed(raw(good_event))
+    )
+    result = run_job(mux_webhook_retry, resources)
+    assert result.success
+    rows = dlq_rows(conn)
+    assert rows[bad] == expected
+    assert rows[good] == ("replayed", 0, None)
+    assert asset_row(conn, video)[:3] == ("ready", "asset-1", 30)
+    assert conn.execute("SELECT dlq_id, attempt, error FROM ops.dlq_attempts").fetchall() == [
+        (bad, 1, expected[2])
+    ]
+    if expected[0] == "dead":
+        assert "evt-poison" in sendgrid.mail_requests[0].body["subject"]
+
+
+def test_a_batch_of_poisons_settles_every_row_in_one_run(conn, video, resources):
+    conn.execute("UPDATE portal.media_assets SET mux_asset_id = 'asset-1' WHERE id = %s", [video])
+    bad = [
+        dead_letter_json(conn, text, f"evt-poison-{i}", **cols)
+        for i, (text, cols, _) in enumerate(POISONS.values())
+    ]
+    good = dead_letter(conn, envelope("video.asset.created", "asset-1", T0))
+    resources = {**resources, "mux": MuxWebhooks(signing_secret=SECRET, batch_size=2)}
+    assert run_job(mux_webhook_retry, resources).success
+    rows = dlq_rows(conn)
+    assert [rows[r] for r in bad] == [expected for _, _, expected in POISONS.values()]
+    assert rows[good] == ("replayed", 0, None)
+    assert asset_row(conn, video)[0] == "preparing"
+
+
+TIES = {
+    # Both in one batch: the first goes set-based, the second one by one.
+    "one batch, by asset id": ("asset-1", 1),
+    # Found only through the upload id: both go one by one.
+    "one batch, by upload id": (None, 1),
+    # One run each: the second goes set-based against the first's result.
+    "one run each, by asset id": ("asset-1", 2),
+}
+
+
+@pytest.mark.parametrize("tie", list(TIES))
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        ("video.asset.errored", "video.asset.created", "errored"),
+        ("video.asset.created", "video.asset.errored", "errored"),
+        ("video.asset.deleted", "video.asset.ready", "deleted"),
+        ("video.asset.ready", "video.asset.created", "ready"),
+    ],
+)
+def test_ties_in_created_at_follow_the_lifecycle(
+    conn, video, resources, tie, first, second, expected
+):
+    linked, runs = TIES[tie]
+    if linked:
+        conn.execute(
+            "UPDATE portal.media_assets SET mux_asset_id = %s WHERE id = %s", [linked, video]
+        )
+    rows = []
+    for kind in (first, second):
+        rows.append(dead_letter(conn, envelope(kind, "asset-1", T0, "up-1", duration=9)))
+        if runs == 2:
+            assert run_job(mux_webhook_retry, resources).success
+    if runs == 1:
+        assert run_job(mux_webhook_retry, resources).success
+    status, asset_id, _, _, changed = asset_row(conn, video)
+    assert (status, asset_id, changed) == (expected, "asset-1", T0)
+    later_in_lifecycle = RANK[second] >= RANK[first]
+    assert [dlq_rows(conn)[r] for r in rows] == [
+        ("replayed", 0, None),
+        ("replayed", 0, None if later_in_lifecycle else "acknowledged: stale, nothing changed"),
+    ]
+
+
+RANK = {
+    "video.asset.created": 1,
+    "video.asset.ready": 2,
+    "video.asset.errored": 2,
+    "video.asset.deleted": 3,
+}
+
+
+def test_an_event_from_the_future_fails_and_never_freezes_the_video(conn, video, resources):
+    conn.execute("UPDATE portal.media_assets SET mux_asset_id = 'asset-1' WHERE id = %s", [video])
+    far = dead_letter_json(
+        conn,
+        '{"type": "video.asset.deleted", "id": "evt-9999",'
+        ' "created_at": "9999-12-31T23:59:59Z", "data": {"id": "asset-1"}}',
+        "evt-9999",
+    )
+    now = datetime.now(UTC)
+    soon = dead_letter(conn, envelope("video.asset.created", "asset-1", now + timedelta(hours=1)))
+    assert run_job(mux_webhook_retry, resources).success
+    rows = dlq_rows(conn)
+    assert rows[far][:2] == ("pending", 1)
+    assert rows[far][2].startswith(
+        "implausible event: 'created_at' '9999-12-31T23:59:59Z' is more than 10 minutes in the"
+        " future (database time "
+    )
+    assert rows[soon][:2] == ("pending", 1) and "in the future" in rows[soon][2]
+    assert asset_row(conn, video)[0] == "waiting"
+    # A clock a few minutes ahead is tolerated; later real events are not dropped as stale.
+    ahead = dead_letter(conn, envelope("video.asset.ready", "asset-1", now + timedelta(minutes=5)))
+    assert run_job(mux_webhook_retry, resources).success
+    assert dlq_rows(conn)[ahead] == ("replayed", 0, None)
+    later = dead_letter(
+        conn, envelope("video.asset.deleted", "asset-1", now + timedelta(minutes=6))
+    )
+    assert run_job(mux_webhook_retry, resources).success
+    assert dlq_rows(conn)[later] == ("replayed", 0, None)
+    assert asset_row(conn, video)[0] == "deleted"
+
+
+def test_an_event_from_before_mux_existed_fails(conn, video, resources):
+    row = dead_letter(
+        conn, envelope("video.asset.created", "asset-1", T0.replace(year=1970), "up-1")
+    )
+    assert run_job(mux_webhook_retry, resources).success
+    assert dlq_rows(conn)[row] == (
+        "pending",
+        1,
+        "implausible event: 'created_at' '1970-11-20T01:00:00.000000Z' is before 2010-01-01",
+    )
+
+
+ACCEPTED = "is not a duration in seconds (0 to 604,800)"
+
+
+@pytest.mark.parametrize(
+    ("duration", "error"),
+    [
+        (
+            "1e400",
+            f"implausible event: 'data.duration' '1{'0' * 29}...' (255+ characters) {ACCEPTED}",
+        ),
+        ("-1", f"implausible event: 'data.duration' -1 {ACCEPTED}"),
+        ("604800.5", f"implausible event: 'data.duration' 604800.5 {ACCEPTED}"),
+        (
+            "1e-50",
+            f"implausible event: 'data.duration' '0.{'0' * 28}...' (52 characters) {ACCEPTED}",
+        ),
+        ('"62.4"', "invalid envelope: 'data.duration' must be a number, not a string"),
+        ("true", "invalid envelope: 'data.duration' must be a number, not a boolean"),
+        ("[62.4]", "invalid envelope: 'data.duration' must be a number, not an array"),
+        ("604800", None),
+        ("0", None),
+        ("null", None),
+    ],
+)
+def test_durations_outside_zero_to_seven_days_fail(conn, video, resources, duration, error):
+    row = dead_letter_json(
+        conn,
+        '{"type": "video.asset.ready", "id": "evt-d", "created_at": "2026-11-20T01:00:00Z",'
+        f' "data": {{"id": "asset-1", "upload_id": "up-1", "duration": {duration}}}}}',
+        "evt-d",
+    )
+    assert run_job(mux_webhook_retry, resources).success
+    status, _, stored, _, _ = asset_row(conn, video)
+    if error is None:
+        assert dlq_rows(conn)[row] == ("replayed", 0, None)
+        assert (status, stored) == ("ready", None if duration == "null" else int(duration))
+    else:
+        assert dlq_rows(conn)[row] == ("pending", 1, error)
+        assert (status, stored) == ("waiting", None)
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        ('{"id": 42}', "invalid envelope: 'data.id' must be a string, not a number"),
+        ('{"id": "%s"}' % ("a" * 256), "implausible event: 'data.id' is longer than 255"),
+        (
+            '{"id": "asset-1", "upload_id": ["up-1"]}',
+            "invalid envelope: 'data.upload_id' must be a string, not an array",
+        ),
+        (
+            '{"id": "asset-1", "playback_ids": "pb"}',
+            "invalid envelope: 'data.playback_ids' must be a list, not a string",
+        ),
+        (
+            '{"id": "asset-1", "playback_ids": [{"policy": "signed"}]}',
+            "invalid envelope: 'data.playback_ids[0]' has no 'id'",
+        ),
+        (
+            '{"id": "asset-1", "playback_ids": ["pb"]}',
+            "invalid envelope: 'data.playback_ids[0]' must be an object, not a string",
+        ),
+    ],
+)
+def test_fields_of_the_wrong_type_or_size_fail(conn, video, resources, data, error):
+    row = dead_letter_json(
+        conn,
+        '{"type": "video.asset.ready", "id": "evt-t", "created_at": "2026-11-20T01:00:00Z",'
+        f' "data": {data}}}',
+        "evt-t",
+    )
+    assert run_job(mux_webhook_retry, resources).success
+    status, attempts, last_error = dlq_rows(conn)[row]
+    assert (status, attempts) == ("pending", 1) and last_error.startswith(error)
 
 
 def test_two_concurrent_runs_apply_each_of_1000_once(conn, database_url):

@@ -4,41 +4,56 @@ The portal's webhook handler parks a Mux event it could not process in
 `portal.mux_webhook_dlq`; this job is the only thing that gets those videos
 unstuck. It claims due rows (`pending`, `next_attempt_at` passed or unset) with
 `FOR UPDATE SKIP LOCKED` in bounded batches, so two runs never take the same row.
-Envelopes are validated first; the common case (a status event for a video found by
-its Mux asset id) is applied for the whole batch in one statement that updates each
-video together with its own dead-letter row, and everything else (upload links, a
-second event for the same video, a statement that fails) goes one event at a time,
-each in its own savepoint. Either way an event and its row change together or not at
-all, and one bad event never rolls back its neighbours. Stale events (older than the
-video's `status_changed_at`) and unknown types are acknowledged with nothing changed.
+A payload is never decoded in Python: the claim picks the envelope's few fields out
+of the jsonb in SQL, so any document the column can hold (any depth, any number) is
+read. Envelopes are validated first, values included (a time in the future or a
+duration of years is a failed attempt, not applied), and a video follows its events in
+order of `created_at`, ties broken by lifecycle (created, then ready or errored, then
+deleted), whatever order they arrive in.
+The common case (a status event for a video found by its Mux asset id) is applied for
+the whole batch in one statement that updates each video together with its own
+dead-letter row, and everything else (upload links, a later event for the same video,
+a statement that fails) goes one event at a time, each in its own savepoint. Either
+way an event and its row change together or not at all, and one bad event never rolls
+back its neighbours. Stale events (older than the video's `status_changed_at`, or as
+old and earlier in the lifecycle) and unknown types are acknowledged with nothing
+changed.
 
-A failure (an invalid envelope, a video that does not exist yet, a database error)
-is a failed attempt: `attempts` goes up, `last_error` says what was wrong and
-`next_attempt_at` backs off exponentially with jitter. The fifth failed attempt
-makes the row 'dead' and escalates it once to the reliability partner (outbox email
-and audit entry). A row whose stored Mux-Signature does not match its stored body
-is dead at once and never applied.
+A failure (an invalid or implausible envelope, a video that does not exist yet, a
+database error, a row that cannot be read at all) is a failed attempt of that row
+alone: `attempts` goes up, `last_error` says what was wrong and `next_attempt_at`
+backs off exponentially with jitter. The fifth failed attempt makes the row 'dead' and
+escalates it once to the reliability partner (outbox email and audit entry). A row
+whose stored Mux-Signature does not match its stored body is dead at once and never
+applied.
 """
 
+import hashlib
 import json
 import random
+import unicodedata
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import psycopg
 from dagster import OpExecutionContext, job, op
+from psycopg import sql
 
 from mm_orchestration import audit, inventory
 from mm_orchestration.joblog import log_event
 from mm_orchestration.ledger import WindowConfig, claim, report_skip, window_for
 from mm_orchestration.mux_events import (
+    ENVELOPE_FIELDS,
     STATUS_BY_TYPE,
     UPLOAD_LINKED,
     BadSignature,
     Envelope,
     EventError,
     apply_event,
-    parse_envelope,
+    envelope_fields_sql,
+    read_envelope,
+    status_rank_sql,
 )
 from mm_orchestration.mux_events import verify_signature as check_signature
 from mm_orchestration.outbox import DeliveryIncomplete, deliver_pending, enqueue
@@ -50,14 +65,46 @@ from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
 SPEC = inventory.get("mux-webhook-retry")
 DEAD_EMAIL_KIND = "mux_dlq_dead"
 
-CLAIM_DUE = """
-SELECT id, event_id, event_type, payload, attempts, raw_body, signature
+# The payload's fields come out of SQL as short texts (see mux_events): a 1,500-level
+# document or a 5,001-digit number is read like any other. The body and signature are
+# fetched only when a signing secret is set.
+CLAIM_DUE = sql.SQL("""
+SELECT id, event_id, left(event_type, 255), attempts,
+       CASE WHEN %(verify)s THEN raw_body END, CASE WHEN %(verify)s THEN signature END,
+       now(),
+       {fields}
   FROM portal.mux_webhook_dlq
  WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= now())
  ORDER BY id
- LIMIT %s
+ LIMIT %(limit)s
  FOR UPDATE SKIP LOCKED
-"""
+""").format(fields=envelope_fields_sql(sql.Identifier("payload")))
+
+
+@dataclass(frozen=True)
+class Letter:
+    """One claimed dead letter: its columns and its envelope's fields (never the payload)."""
+
+    id: int
+    event_id: str
+    event_type: str | None
+    attempts: int
+    raw_body: str | None
+    signature: str | None
+    fields: dict[str, str | None]
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> "Letter":
+        dlq_id, event_id, event_type, attempts, raw_body, signature, _now, *fields = row
+        return cls(
+            dlq_id,
+            event_id,
+            event_type,
+            attempts,
+            raw_body,
+            signature,
+            dict(zip(ENVELOPE_FIELDS, fields, strict=True)),
+        )
 
 
 @dataclass
@@ -91,10 +138,12 @@ def replay_due(
 ) -> ReplayReport:
     """Replay every due dead letter, batch by batch; each batch is one transaction."""
     replay = _Replay(conn, mux, run_id, reliability_email)
+    params = {"verify": bool(mux.signing_secret), "limit": mux.batch_size}
     while True:
         with conn.transaction():
-            rows = conn.execute(CLAIM_DUE, [mux.batch_size]).fetchall()
-            replay.batch(rows)
+            rows = conn.execute(CLAIM_DUE, params).fetchall()
+            if rows:
+                replay.batch([Letter.from_row(row) for row in rows], now=rows[0][6])
         if len(rows) < mux.batch_size:
             return replay.report
 
@@ -102,12 +151,13 @@ def replay_due(
 # The common case in one statement: status events for videos found by their Mux asset id,
 # each event applied together with its own dead-letter row (same statement, same
 # transaction). Events whose video is not found by asset id are left for the per-event path.
-APPLY_BATCH = """
+# An event as old as the video's last one applies only if it is not earlier in the lifecycle.
+APPLY_BATCH = sql.SQL("""
 WITH ev AS (
     SELECT * FROM unnest(%(dlq_ids)s::bigint[], %(asset_ids)s::text[], %(statuses)s::text[],
-                         %(created)s::timestamptz[], %(durations)s::numeric[],
+                         %(ranks)s::int[], %(created)s::timestamptz[], %(durations)s::numeric[],
                          %(playbacks)s::text[])
-             AS e(dlq_id, asset_id, status, created_at, duration, playback_id)
+             AS e(dlq_id, asset_id, status, rank, created_at, duration, playback_id)
 ), applied AS (
     UPDATE portal.media_assets m
        SET status = e.status, status_changed_at = e.created_at, updated_at = now(),
@@ -115,7 +165,8 @@ WITH ev AS (
            mux_playback_id = coalesce(e.playback_id, m.mux_playback_id)
       FROM ev e
      WHERE m.mux_asset_id = e.asset_id
-       AND (m.status_changed_at IS NULL OR m.status_changed_at <= e.created_at)
+       AND (m.status_changed_at IS NULL OR m.status_changed_at < e.created_at
+            OR (m.status_changed_at = e.created_at AND e.rank >= {status_rank}))
     RETURNING e.dlq_id
 ), matched AS (
     SELECT e.dlq_id FROM ev e JOIN portal.media_assets m ON m.mux_asset_id = e.asset_id
@@ -127,10 +178,12 @@ UPDATE portal.mux_webhook_dlq d
   FROM matched mt LEFT JOIN applied a ON a.dlq_id = mt.dlq_id
  WHERE d.id = mt.dlq_id
 RETURNING d.id, d.event_id, a.dlq_id IS NOT NULL
-"""
+""").format(status_rank=status_rank_sql(sql.Identifier("m", "status")))
 
 
-def _apply_simple(conn: psycopg.Connection, simple: dict[int, Any]) -> list[Any] | None:
+def _apply_simple(
+    conn: psycopg.Connection, simple: dict[int, tuple[Letter, Envelope]]
+) -> list[Any] | None:
     events = [envelope for _, envelope in simple.values()]
     ready = [e.type == "video.asset.ready" for e in events]
     try:
@@ -141,6 +194,7 @@ def _apply_simple(conn: psycopg.Connection, simple: dict[int, Any]) -> list[Any]
                     "dlq_ids": list(simple),
                     "asset_ids": [e.asset_id for e in events],
                     "statuses": [STATUS_BY_TYPE[e.type] for e in events],
+                    "ranks": [e.rank for e in events],
                     "created": [e.created_at for e in events],
                     "durations": [
                         e.duration if r else None for e, r in zip(events, ready, strict=True)
@@ -165,25 +219,23 @@ class _Replay:
     reliability_email: str
     report: ReplayReport = field(default_factory=ReplayReport)
 
-    def batch(self, rows: list[tuple[Any, ...]]) -> None:
-        """Validate in Python, apply the simple events set-based, the rest one by one."""
-        simple: dict[int, Any] = {}
+    def batch(self, letters: list[Letter], now: datetime) -> None:
+        """Read each letter on its own, then apply the first status event of each video
+        set-based and the rest one by one, in the order they were parked. Order between
+        events is the staleness rule's: `created_at`, ties broken by lifecycle."""
+        events = [(letter, e) for letter in letters if (e := self._read(letter, now))]
+        simple: dict[int, tuple[Letter, Envelope]] = {}
         ignored: list[int] = []
-        one_by_one: list[tuple[Any, ...]] = []
+        one_by_one: list[tuple[Letter, Envelope]] = []
         seen_assets: set[str] = set()
-        for row in rows:
-            try:
-                envelope = self._validate(row)
-            except EventError as exc:
-                self._fail(row, str(exc), isinstance(exc, BadSignature))
-                continue
+        for letter, envelope in events:
             if envelope.type in STATUS_BY_TYPE and str(envelope.asset_id) not in seen_assets:
                 seen_assets.add(str(envelope.asset_id))
-                simple[row[0]] = (row, envelope)
+                simple[letter.id] = (letter, envelope)
             elif envelope.type not in STATUS_BY_TYPE and envelope.type != UPLOAD_LINKED:
-                ignored.append(row[0])
-            else:  # upload links, and a second event for a video already in this batch
-                one_by_one.append(row)
+                ignored.append(letter.id)
+            else:  # upload links, and a later event for a video already in this batch
+                one_by_one.append((letter, envelope))
         if ignored:
             self.conn.execute(
                 """UPDATE portal.mux_webhook_dlq
@@ -201,26 +253,30 @@ class _Replay:
                 else:
                     self.report.stale += 1
                 simple.pop(dlq_id)
-            one_by_one += [row for row, _ in simple.values()]
-        for row in sorted(one_by_one, key=lambda r: r[0]):
-            self.one(row)
+            one_by_one += simple.values()
+            one_by_one.sort(key=lambda event: event[0].id)
+        for letter, envelope in one_by_one:
+            self.one(letter, envelope)
 
-    def one(self, row: tuple[Any, ...]) -> None:
+    def one(self, letter: Letter, envelope: Envelope) -> None:
         """One event in its own savepoint: the event and its row's update, or neither."""
-        dlq_id, event_id = row[0], row[1]
         try:
             with self.conn.transaction():
-                applied = apply_event(self.conn, self._validate(row))
+                applied = apply_event(self.conn, envelope)
                 self.conn.execute(
                     """UPDATE portal.mux_webhook_dlq
                           SET status = 'replayed', replayed_at = now(), next_attempt_at = NULL,
                               last_error = CASE WHEN %s = 'applied' THEN NULL ELSE %s END
                         WHERE id = %s""",
-                    [applied.outcome, f"acknowledged: {applied.outcome}, nothing changed", dlq_id],
+                    [
+                        applied.outcome,
+                        f"acknowledged: {applied.outcome}, nothing changed",
+                        letter.id,
+                    ],
                 )
         except (EventError, psycopg.Error) as exc:
             error = str(exc) if isinstance(exc, EventError) else f"database error: {exc}"
-            self._fail(row, error, isinstance(exc, BadSignature))
+            self._fail(letter, error, isinstance(exc, BadSignature))
             return
         counter = {"applied": "replayed", "stale": "stale"}.get(applied.outcome, "ignored")
         setattr(self.report, counter, getattr(self.report, counter) + 1)
@@ -228,21 +284,27 @@ class _Replay:
             "mux.replayed",
             jobName=SPEC.name,
             runId=self.run_id,
-            eventId=event_id,
+            eventId=letter.event_id,
             outcome=applied.outcome,
             mediaAssetId=applied.media_asset_id,
         )
 
-    def _validate(self, row: tuple[Any, ...]) -> Envelope:
-        _, _, _, payload, _, raw_body, signature = row
-        if self.mux.signing_secret and raw_body is not None and signature is not None:
-            check_signature(self.mux.signing_secret, raw_body, signature)
-        return parse_envelope(payload)
+    def _read(self, letter: Letter, now: datetime) -> Envelope | None:
+        """The letter's envelope, or None once its failed attempt is recorded."""
+        try:
+            if self.mux.signing_secret and letter.raw_body is not None:
+                if letter.signature is not None:
+                    check_signature(self.mux.signing_secret, letter.raw_body, letter.signature)
+            return read_envelope(letter.fields, now)
+        except EventError as exc:
+            self._fail(letter, str(exc), isinstance(exc, BadSignature))
+        except Exception as exc:  # whatever a row holds, it fails alone, never the run
+            self._fail(letter, f"unreadable dead letter: {type(exc).__name__}: {exc}", False)
+        return None
 
-    def _fail(self, row: tuple[Any, ...], error: str, bad_signature: bool) -> None:
+    def _fail(self, letter: Letter, error: str, bad_signature: bool) -> None:
         """A failed attempt: count it, back off, and at the limit make the row dead."""
-        dlq_id, event_id, event_type, _, attempts, _, _ = row
-        attempts += 1
+        attempts = letter.attempts + 1
         dead = bad_signature or attempts >= self.mux.max_attempts
         delay = None if dead else backoff_seconds(attempts, self.mux.backoff_seconds)
         self.conn.execute(
@@ -257,35 +319,35 @@ class _Replay:
                 "error": error[:2000],
                 "dead": dead,
                 "delay": delay,
-                "id": dlq_id,
+                "id": letter.id,
             },
         )
         self.conn.execute(
             """INSERT INTO ops.dlq_attempts (dlq_id, event_id, attempt, error, run_id)
                VALUES (%s, %s, %s, %s, %s)""",
-            [dlq_id, event_id, attempts, error[:2000], self.run_id],
+            [letter.id, letter.event_id, attempts, error[:2000], self.run_id],
         )
         self.report.failed += 1
-        self.report.errors.append(f"{event_id}: {error}")
+        self.report.errors.append(f"{_short(letter.event_id)}: {error[:300]}")
         log_event(
             "mux.attempt_failed",
             level=30,
             jobName=SPEC.name,
             runId=self.run_id,
-            eventId=event_id,
+            eventId=letter.event_id,
             attempts=attempts,
             dead=dead,
-            error=error,
+            error=error[:2000],
         )
         if dead:
             self.report.dead += 1
             self._escalate(
                 {
-                    "dlq_id": dlq_id,
-                    "event_id": event_id,
-                    "event_type": event_type,
+                    "dlq_id": letter.id,
+                    "event_id": letter.event_id,
+                    "event_type": letter.event_type,
                     "attempts": attempts,
-                    "last_error": error,
+                    "last_error": error[:2000],
                 }
             )
 
@@ -300,7 +362,7 @@ class _Replay:
             return
         enqueue(
             self.conn,
-            f"mux-dlq-dead:{details['event_id']}",
+            _escalation_key(details["event_id"]),
             DEAD_EMAIL_KIND,
             self.reliability_email,
             details,
@@ -316,11 +378,27 @@ class _Replay:
         )
 
 
+def _escalation_key(event_id: str) -> str:
+    """The outbox key of a dead letter's escalation; a long id (the portal's unique index
+    allows about 2,700 bytes) is hashed so the key always fits the outbox's index."""
+    if len(event_id) <= 200:
+        return f"mux-dlq-dead:{event_id}"
+    return f"mux-dlq-dead:sha256:{hashlib.sha256(event_id.encode()).hexdigest()}"
+
+
+def _short(text: Any, limit: int = 80) -> str:
+    """Text safe for a subject line: control characters replaced, at most `limit` long."""
+    clean = "".join(
+        "?" if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in str(text)
+    )
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
+
+
 def render_dead_letter_email(key: str, row: dict[str, Any]) -> Email:
     return Email(
         key=key,
         recipient=row["recipient"],
-        subject=f"Mux event {row['event_id']} is dead after {row['attempts']} attempts",
+        subject=f"Mux event {_short(row['event_id'])} is dead after {row['attempts']} attempts",
         text=(
             f"The Mux event {row['event_id']} ({row.get('event_type') or 'unknown type'}) "
             f"could not be applied after {row['attempts']} attempts and will not be retried.\n\n"
