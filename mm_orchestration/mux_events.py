@@ -156,16 +156,19 @@ class _Fields:
 
     def optional_string(self, name: str) -> str | None:
         """As `string`, but None when absent, null or empty."""
-        kind, text = self.kind(name), self.text(name)
-        if kind in ("missing", "null") or (kind == "string" and not text):
+        value = self.values.get(name)
+        if value is None or value == "z" or value == "s":
             return None
-        if kind != "string" or text is None:
-            raise EventError(f"invalid envelope: '{name}' must be a string, not {_a(kind)}")
-        if len(text) > MAX_TEXT:
+        if value[0] != "s":
             raise EventError(
-                f"implausible event: '{name}' is longer than {MAX_TEXT} characters: {_show(text)}"
+                f"invalid envelope: '{name}' must be a string, not {_a(self.kind(name))}"
             )
-        return text
+        if len(value) > MAX_TEXT + 1:
+            raise EventError(
+                f"implausible event: '{name}' is longer than {MAX_TEXT} characters:"
+                f" {_show(value[1:])}"
+            )
+        return value[1:]
 
 
 def _a(kind: str) -> str:
@@ -218,6 +221,8 @@ def read_envelope(values: Mapping[str, str | None], now: datetime) -> Envelope:
 
 
 def _created_at(fields: _Fields, now: datetime) -> datetime:
+    if fields.kind("created_at") in ("missing", "null"):
+        raise EventError("invalid envelope: missing 'created_at'")
     if fields.kind("created_at") != "string":
         raise EventError(
             f"invalid envelope: 'created_at' must be a timestamp string,"
