@@ -9,15 +9,14 @@ of the jsonb in SQL, so any document the column can hold (any depth, any number)
 read. Envelopes are validated first, values included (a time in the future or a
 duration of years is a failed attempt, not applied), and a video follows its events in
 order of `created_at`, ties broken by lifecycle (created, then ready or errored, then
-deleted), whatever order they arrive in.
-The common case (a status event for a video found by its Mux asset id) is applied for
-the whole batch in one statement that updates each video together with its own
-dead-letter row, and everything else (upload links, a later event for the same video,
-a statement that fails) goes one event at a time, each in its own savepoint. Either
-way an event and its row change together or not at all, and one bad event never rolls
-back its neighbours. Stale events (older than the video's `status_changed_at`, or as
-old and earlier in the lifecycle) and unknown types are acknowledged with nothing
-changed.
+deleted), whatever order they arrive in. The common case (a status event for a video
+found by its Mux asset id) is applied for the whole batch in one statement that
+updates each video together with its own dead-letter row, and everything else (upload
+links, a later event for the same video, a statement that fails) goes one event at a
+time, each in its own savepoint. Either way an event and its row change together or
+not at all, and one bad event never rolls back its neighbours. Stale events (older
+than the video's `status_changed_at`, or as old and earlier in the lifecycle) and
+unknown types are acknowledged with nothing changed.
 
 A failure (an invalid or implausible envelope, a video that does not exist yet, a
 database error, a row that cannot be read at all) is a failed attempt of that row
@@ -67,7 +66,8 @@ DEAD_EMAIL_KIND = "mux_dlq_dead"
 
 # The payload's fields come out of SQL as short texts (see mux_events): a 1,500-level
 # document or a 5,001-digit number is read like any other. The body and signature are
-# fetched only when a signing secret is set.
+# fetched only when a signing secret is set. A run walks the queue forward by id (`after`),
+# so no batch scans the rows earlier batches settled, and a row fails at most once per run.
 CLAIM_DUE = sql.SQL("""
 SELECT id, event_id, left(event_type, 255), attempts,
        CASE WHEN %(verify)s THEN raw_body END, CASE WHEN %(verify)s THEN signature END,
@@ -75,6 +75,7 @@ SELECT id, event_id, left(event_type, 255), attempts,
        {fields}
   FROM portal.mux_webhook_dlq
  WHERE status = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+   AND id > %(after)s
  ORDER BY id
  LIMIT %(limit)s
  FOR UPDATE SKIP LOCKED
@@ -138,12 +139,13 @@ def replay_due(
 ) -> ReplayReport:
     """Replay every due dead letter, batch by batch; each batch is one transaction."""
     replay = _Replay(conn, mux, run_id, reliability_email)
-    params = {"verify": bool(mux.signing_secret), "limit": mux.batch_size}
+    params = {"verify": bool(mux.signing_secret), "limit": mux.batch_size, "after": 0}
     while True:
         with conn.transaction():
             rows = conn.execute(CLAIM_DUE, params).fetchall()
             if rows:
                 replay.batch([Letter.from_row(row) for row in rows], now=rows[0][6])
+                params["after"] = rows[-1][0]
         if len(rows) < mux.batch_size:
             return replay.report
 
@@ -292,9 +294,9 @@ class _Replay:
     def _read(self, letter: Letter, now: datetime) -> Envelope | None:
         """The letter's envelope, or None once its failed attempt is recorded."""
         try:
-            if self.mux.signing_secret and letter.raw_body is not None:
-                if letter.signature is not None:
-                    check_signature(self.mux.signing_secret, letter.raw_body, letter.signature)
+            secret, body, signature = self.mux.signing_secret, letter.raw_body, letter.signature
+            if secret and body is not None and signature is not None:
+                check_signature(secret, body, signature)
             return read_envelope(letter.fields, now)
         except EventError as exc:
             self._fail(letter, str(exc), isinstance(exc, BadSignature))
