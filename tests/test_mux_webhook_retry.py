@@ -601,3 +601,13 @@ def test_arbitrary_json_never_crashes_the_replay(conn, video, payload):
     if status == "pending":
         assert attempts == 1 and error and report.failed >= 1
     conn.execute("DELETE FROM portal.mux_webhook_dlq WHERE id = %s", [row])
+
+
+def test_a_run_fails_each_row_at_most_once_even_with_no_backoff(conn, resources):
+    rows = [
+        dead_letter(conn, {"type": "video.asset.ready", "id": f"evt-{i}", "created_at": "x"})
+        for i in range(3)
+    ]
+    resources = {**resources, "mux": MuxWebhooks(backoff_seconds=0, batch_size=1)}
+    assert run_job(mux_webhook_retry, resources).success
+    assert [dlq_rows(conn)[r][:2] for r in rows] == [("pending", 1)] * 3
