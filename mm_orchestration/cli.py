@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     dsub = dlq.add_subparsers(required=True, metavar="ACTION")
     p = dsub.add_parser("list", help="dead letters, newest first")
     p.add_argument("--status", choices=["pending", "replayed", "dead", "discarded"])
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=_positive, default=100)
     p.set_defaults(func=cmd_dlq_list)
     p = dsub.add_parser("show", help="one dead letter: payload and error history")
     p.add_argument("id", type=int)
@@ -289,13 +289,26 @@ def cmd_dlq_list(args: argparse.Namespace) -> int:
     with _dlq_conn() as conn:
         rows = list_rows(conn, args.status, args.limit)
     for r in rows:
-        kind = r["event_type"] or "?"
+        kind = _printable(r["event_type"] or "?")
         print(
-            f"{r['id']:>8}  {r['status']:<8}  attempts={r['attempts']}  {kind:<28}"
-            f"  {r['event_id']}  {r['last_error'] or ''}"
+            f"{r['id']:>8}  {r['status']:<9}  attempts={r['attempts']}  {kind:<28}"
+            f"  {_printable(r['event_id'])}  {_printable(r['last_error'] or '')}"
         )
     print(f"{len(rows)} row(s)")
     return 0
+
+
+def _printable(text: object) -> str:
+    """Stored text as one line of itself: a newline or an escape sequence inside an event id
+    could otherwise forge listing lines or recolour the terminal."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
+    return number
 
 
 def cmd_dlq_show(args: argparse.Namespace) -> int:

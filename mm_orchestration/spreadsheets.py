@@ -10,6 +10,8 @@ Numbers stay numbers.
 
 from __future__ import annotations
 
+import csv
+
 import pandas as pd
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -30,4 +32,6 @@ def to_csv(frame: pd.DataFrame) -> bytes:
         if not pd.api.types.is_numeric_dtype(safe[column]):
             safe[column] = safe[column].map(neutralise)
     safe.columns = [neutralise(str(c)) for c in safe.columns]
-    return safe.to_csv(index=False).encode()
+    # Every text cell quoted: a bare CR inside a name (which pandas leaves unquoted) would
+    # otherwise start a new row in a spreadsheet, and the rest of the name a new cell.
+    return safe.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC).encode()

@@ -233,3 +233,40 @@ def test_letters_discarded_before_the_discard_table_are_carried_over(conn):
     conn.execute(migration.sql.encode())
     row = conn.execute("SELECT actor, reason FROM ops.dlq_discards").fetchone()
     assert row == ("olivia", "dup: sent twice")
+
+
+def test_poison_letters_can_be_shown_listed_and_discarded(conn, database_url):
+    """A letter 1,500 levels deep or holding a 5,001-digit number, and an event id made to
+    forge listing lines: the operator tools show, list and discard them like any other."""
+    import os
+
+    from mm_orchestration.jobs.dlq_operations import discard, show_row
+
+    deep = "[" * 1500 + "]" * 1500
+    for event_id, payload in (
+        ("evt-deep", '{"type": "video.asset.ready", "data": {"tracks": ' + deep + "}}"),
+        ("evt-huge", '{"type": "video.asset.ready", "data": {"duration": 1e5000}}'),
+        ("evt-z\n       1  replayed  forged \x1b[31mRED\x1b[0m", '{"type": "x"}'),
+    ):
+        conn.execute(
+            "INSERT INTO portal.mux_webhook_dlq (event_id, event_type, payload, status) "
+            "VALUES (%s, 'video.asset.ready', %s::jsonb, 'dead')",
+            [event_id, payload],
+        )
+    ids = [r[0] for r in conn.execute("SELECT id FROM portal.mux_webhook_dlq ORDER BY id")]
+    for dlq_id in ids[:2]:
+        assert isinstance(show_row(conn, dlq_id)["payload"], str)  # kept as stored text
+        discard(conn, dlq_id, "poison", "olivia")
+    audit = conn.execute(
+        "SELECT details->'payload'->>'type' FROM ops.audit_log WHERE action = 'dlq_discard'"
+    ).fetchall()
+    assert audit == [("video.asset.ready",), ("video.asset.ready",)]
+
+    env = {**os.environ, "DATABASE_URL": database_url}
+    listed = subprocess.run([MM_JOBS, "dlq", "list"], env=env, capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert listed.returncode == 0 and "3 row(s)" in listed.stdout
+    assert len(listed.stdout.splitlines()) == 4 and "\x1b" not in listed.stdout
+    bad = subprocess.run([MM_JOBS, "dlq", "list", "--limit", "-1"], env=env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "not a positive whole number" in bad.stderr

@@ -317,3 +317,24 @@ def test_a_bad_date_fails_at_once_naming_the_field_and_sends_nothing(
     assert conn.execute("SELECT count(*) FROM ops.notification_outbox").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM ops.job_runs").fetchone() == (0,)
     assert sendgrid.mail_requests == []
+
+
+@pytest.mark.parametrize("window", ["2026-02-30", "tomorrow", "0001-01-01", "9999-12-31"])
+def test_a_bad_window_tag_is_refused_like_a_bad_date(conn, portal_db, mailer, job_settings, window):
+    """An `mm/window` tag set by hand in the console is checked like the config's date."""
+    from dagster import DagsterInstance
+
+    from mm_orchestration.jobs.notification_digest import notification_digest
+    from mm_orchestration.run_status import failure_summary
+
+    with DagsterInstance.ephemeral() as instance:
+        result = notification_digest.execute_in_process(
+            resources={"portal_db": portal_db, "mailer": mailer, "job_settings": job_settings},
+            tags={"mm/window": window},
+            instance=instance,
+            raise_on_error=False,
+        )
+        assert not result.success
+        summary = failure_summary(instance, result.run_id)
+    assert summary.startswith(f"queue_daily_digests: tag mm/window={window!r}"), summary
+    assert conn.execute("SELECT count(*) FROM ops.job_runs").fetchone() == (0,)

@@ -5,6 +5,7 @@ Dagster jobs, so an operator can act from a shell or from the job console. Every
 change is written to `ops.audit_log` with the actor, in the same transaction.
 """
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -45,7 +46,15 @@ def list_rows(conn: psycopg.Connection, status: str | None = None, limit: int = 
 
 def show_row(conn: psycopg.Connection, dlq_id: int) -> dict[str, Any]:
     with conn.cursor(row_factory=dict_row) as cur:
-        row = cur.execute("SELECT * FROM portal.mux_webhook_dlq WHERE id = %s", [dlq_id]).fetchone()
+        # The payload as text, never decoded here: a poison letter (1,500 levels deep, a
+        # 5,001-digit number) must be as easy to look at as any other.
+        row = cur.execute(
+            """SELECT id, event_id, event_type, status, attempts, received_at, next_attempt_at,
+                      replayed_at, escalated_at, last_error, payload::text AS payload,
+                      raw_body, signature
+                 FROM portal.mux_webhook_dlq WHERE id = %s""",
+            [dlq_id],
+        ).fetchone()
         if row is None:
             raise LookupError(f"no dead letter with id {dlq_id}")
         row["error_history"] = cur.execute(
@@ -53,7 +62,16 @@ def show_row(conn: psycopg.Connection, dlq_id: int) -> dict[str, Any]:
                 WHERE dlq_id = %s ORDER BY attempt, id""",
             [dlq_id],
         ).fetchall()
+    row["payload"] = _readable(row["payload"])
     return row
+
+
+def _readable(text: str | None) -> Any:
+    """The payload as JSON when Python can hold it, else its text as stored."""
+    try:
+        return json.loads(text) if text is not None else None
+    except (ValueError, RecursionError):
+        return text
 
 
 def requeue(
@@ -130,7 +148,7 @@ def discard(
                       escalated_at = coalesce(escalated_at, now()),
                       last_error = 'discarded by ' || %s || ': ' || %s
                 WHERE id = %s AND status IN ('pending', 'dead')
-            RETURNING event_id, event_type, payload""",
+            RETURNING id""",
             [actor, reason, dlq_id],
         ).fetchone()
         if row is None:
@@ -139,19 +157,16 @@ def discard(
             "INSERT INTO ops.dlq_discards (dlq_id, actor, reason) VALUES (%s, %s, %s)",
             [dlq_id, actor, reason],
         )
-        audit.record(
-            conn,
-            actor,
-            "dlq_discard",
-            "mux-webhook-retry",
-            run_id,
-            {
-                "id": dlq_id,
-                "event_id": row[0],
-                "event_type": row[1],
-                "reason": reason,
-                "payload": row[2],
-            },
+        # The audit entry copies the letter in SQL: Python never decodes a payload that may
+        # be a poison (any depth, any number).
+        conn.execute(
+            """INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
+               SELECT %(actor)s, 'dlq_discard', 'mux-webhook-retry', %(run_id)s,
+                      jsonb_build_object('id', id, 'event_id', event_id,
+                                         'event_type', event_type, 'reason', %(reason)s::text,
+                                         'payload', payload)
+                 FROM portal.mux_webhook_dlq WHERE id = %(id)s""",
+            {"actor": actor, "run_id": run_id, "reason": reason, "id": dlq_id},
         )
 
 

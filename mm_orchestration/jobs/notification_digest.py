@@ -15,7 +15,7 @@ with exponential backoff; after the last, the reliability partner is named to ac
 
 import re
 from dataclasses import replace
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -124,14 +124,17 @@ def digest_date(config_date: str, window_key: str | None, tz: str, now: datetime
     """
     today = now.astimezone(ZoneInfo(tz)).date()
     if config_date.strip():
-        return _config_date(config_date.strip(), today)
-    try:
-        return date.fromisoformat(window_key or "")
-    except ValueError:
-        return today
+        return _config_date(config_date.strip(), today, "config date")
+    if window_key:  # the schedule's, or an `mm/window` tag set by hand: checked the same way
+        try:  # a staging tick's window is the tick itself: its local date
+            tick = datetime.strptime(window_key, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            return tick.astimezone(ZoneInfo(tz)).date()
+        except ValueError:
+            return _config_date(window_key.strip(), today, "tag mm/window")
+    return today
 
 
-def _config_date(value: str, today: date) -> date:
+def _config_date(value: str, today: date, name: str) -> date:
     earliest = today - timedelta(days=DATE_RANGE_DAYS[0])
     latest = today + timedelta(days=DATE_RANGE_DAYS[1])
     accepted = f"accepted: a date as YYYY-MM-DD from {earliest} to {latest}, or blank for today"
@@ -141,12 +144,12 @@ def _config_date(value: str, today: date) -> date:
         day = date.fromisoformat(value)
     except ValueError:
         raise Failure(
-            description=f"config date={value!r} is not a calendar date; {accepted}",
+            description=f"{name}={value!r} is not a calendar date; {accepted}",
             allow_retries=False,
         ) from None
     if not earliest <= day <= latest:
         raise Failure(
-            description=f"config date={value!r} is out of range; {accepted}",
+            description=f"{name}={value!r} is out of range; {accepted}",
             allow_retries=False,
         )
     return day
