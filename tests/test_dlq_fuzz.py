@@ -6,7 +6,8 @@ rows (payloads nested thousands of levels deep, numbers of thousands of digits, 
 missing text in `signature` and `raw_body`, payloads that are not the signed body, fields
 of the wrong type or missing, ids too long, times in the future or before Mux, payloads
 that are no object at all, events for a video that does not exist). Each example empties
-the test's database, seeds four videos and the batch, and runs the real job (`execute_in_process`) with a signing secret set.
+the test's database, seeds four videos and the batch, and runs the real job
+(`execute_in_process`) with a signing secret set.
 
 Properties: the job never fails (the replay step always succeeds); every hostile row ends
 with its failed attempt recorded (attempts + 1, `last_error`, one `ops.dlq_attempts` row;
