@@ -103,8 +103,11 @@ class Letter:
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> "Letter":
-        *columns, _now = row[: CLAIM_NOW + 1]
-        return cls(*columns, dict(zip(ENVELOPE_FIELDS, row[CLAIM_NOW + 1 :], strict=True)))
+        dlq_id, event_id, event_type, attempts, body, signature, is_json, is_body = row[:CLAIM_NOW]
+        fields = dict(zip(ENVELOPE_FIELDS, row[CLAIM_NOW + 1 :], strict=True))
+        return cls(
+            dlq_id, event_id, event_type, attempts, body, signature, is_json, is_body, fields
+        )
 
 
 CLAIM_NOW = 8  # the position of now() in CLAIM_DUE's select-list
