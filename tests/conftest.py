@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,17 @@ from mm_orchestration.topology import Topology
 from tests.sendgrid_server import SendGridRecorder
 
 TEMPLATE = "mm_template"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest keeps its last three temporary roots per user and deletes older ones, so a
+    # second checkout's test run could delete this run's PostgreSQL data directory under
+    # it. Each checkout gets its own root (xdist's workers inherit the variable).
+    digest = hashlib.sha1(str(config.rootpath).encode()).hexdigest()[:10]
+    os.environ.setdefault(
+        "PYTEST_DEBUG_TEMPROOT", str(Path(tempfile.gettempdir()) / f"mm-orchestration-{digest}")
+    )
+    Path(os.environ["PYTEST_DEBUG_TEMPROOT"]).mkdir(exist_ok=True)
 
 
 @pytest.fixture(scope="session")

@@ -592,3 +592,26 @@ def test_every_australian_region_is_onshore_however_it_is_written(
     assert [(r["region"], r["country"], r["onshore"], r["status"]) for r in judged] == [
         (region.strip(), "AU", "True", "ok")
     ] * 3
+
+
+HOSTILE_NAME = "[details](http://x.example/?d=1) <img src=x onerror=alert(1)> **OK** | x\nNext"
+
+
+def test_tenant_names_are_literal_text_in_the_console_and_the_subject(
+    conn, portal_db, mailer, job_settings, store, sendgrid
+):
+    """A name typed by a portal user is shown as itself: no link, image, emphasis or
+    extra cell in the asset's Markdown preview, and it never writes the subject line."""
+    f.tenant(conn, name=HOSTILE_NAME, region="us-west-2")
+    result = run(portal_db, mailer, job_settings, store)
+    meta = result.asset_materializations_for_node("ops__residency_report")[0].metadata
+    preview = meta["exception_rows_preview"].value
+    line = next(row for row in preview.splitlines() if "details" in row)
+    assert line.startswith(
+        "| \\[details\\](http://x.example/?d=1) \\<img src=x onerror=alert(1)\\>"
+        " \\*\\*OK\\*\\* \\| x Next |"
+    )
+    assert line.count(" | ") == 4  # five cells, as the header says
+    subject = sendgrid.mail_requests[-1].body["subject"]
+    assert "details" not in subject and "\n" not in subject
+    assert subject.endswith("NOT compliant (1 tenant(s) with exceptions)")

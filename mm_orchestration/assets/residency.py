@@ -51,6 +51,7 @@ from mm_orchestration.scheduling import (
     retry_policy,
 )
 from mm_orchestration.settings import Settings
+from mm_orchestration.text import markdown_table
 
 SPEC = inventory.get("residency-report")
 WEEKS = WeeklyPartitionsDefinition(
@@ -331,10 +332,6 @@ def exception_tenants(frame: pd.DataFrame) -> list[str]:
     )
 
 
-def _md(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
 def exceptions_preview(frame: pd.DataFrame) -> str:
     """The exception rows as a Markdown table, headed by what it counts."""
     rows = frame.loc[frame["status"] == "exception"]
@@ -348,13 +345,12 @@ def exceptions_preview(frame: pd.DataFrame) -> str:
             if len(shown) < len(rows)
             else " (every exception row below)"
         )
-        + "\n\n| tenant | system | region | country | reason |\n|---|---|---|---|---|\n"
+        + "\n\n"
     )
-    return head + "".join(
-        f"| {_md(t)} | {_md(s)} | {_md(r)} | {_md(c)} | {_md(why)} |\n"
-        for t, s, r, c, why in shown[
-            ["tenant", "system", "region", "country", "status_reason"]
-        ].itertuples(index=False)
+    columns = ["tenant", "system", "region", "country", "status_reason"]
+    return head + markdown_table(
+        ["tenant", "system", "region", "country", "reason"],
+        shown[columns].itertuples(index=False),
     )
 
 
@@ -419,8 +415,14 @@ def make_renderer(store: ReportStore) -> Renderer:
     def render_email(key: str, row: dict[str, Any]) -> Email:
         csv_uri, csv = read(row, "csv")
         html_uri, html = read(row, "html")
-        verdict = (
-            "compliant" if row["compliant"] else (f"NOT compliant: {', '.join(row['exceptions'])}")
+        names = row["exceptions"]
+        verdict = "compliant" if row["compliant"] else f"NOT compliant: {', '.join(names)}"
+        # Tenant names stay out of the subject line: a tenant named like a verdict could
+        # make an inbox read "compliant"; the count cannot.
+        headline = (
+            "compliant"
+            if row["compliant"]
+            else f"NOT compliant ({len(names)} tenant(s) with exceptions)"
         )
         counts = f"{row['rows']} rows"
         if "exception_rows" in row:
@@ -431,7 +433,7 @@ def make_renderer(store: ReportStore) -> Renderer:
         return Email(
             key=key,
             recipient=row["recipient"],
-            subject=f"Data residency report, week of {row['week']}: {verdict}",
+            subject=f"Data residency report, week of {row['week']}: {headline}",
             text=(
                 f"The weekly data residency report for the week of {row['week']} is attached "
                 f"as CSV and HTML ({counts}; CSV SHA-256 {row['csv_sha256']}).\n\n"

@@ -31,7 +31,6 @@ or whose payload is not the signed body is dead at once and never applied.
 import hashlib
 import json
 import random
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -61,6 +60,7 @@ from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
 from mm_orchestration.resources.mux import MuxWebhooks
 from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
+from mm_orchestration.text import one_line
 
 SPEC = inventory.get("mux-webhook-retry")
 DEAD_EMAIL_KIND = "mux_dlq_dead"
@@ -334,7 +334,7 @@ class _Replay:
             [letter.id, letter.event_id, attempts, error[:2000], self.run_id],
         )
         self.report.failed += 1
-        self.report.errors.append(f"{_short(letter.event_id)}: {error[:300]}")
+        self.report.errors.append(f"{one_line(letter.event_id, 80)}: {error[:300]}")
         log_event(
             "mux.attempt_failed",
             level=30,
@@ -418,19 +418,13 @@ def verify(letter: Letter, secret: str) -> None:
         )
 
 
-def _short(text: Any, limit: int = 80) -> str:
-    """Text safe for a subject line: control characters replaced, at most `limit` long."""
-    clean = "".join(
-        "?" if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in str(text)
-    )
-    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
-
-
 def render_dead_letter_email(key: str, row: dict[str, Any]) -> Email:
     return Email(
         key=key,
         recipient=row["recipient"],
-        subject=f"Mux event {_short(row['event_id'])} is dead after {row['attempts']} attempts",
+        subject=(
+            f"Mux event {one_line(row['event_id'], 80)} is dead after {row['attempts']} attempts"
+        ),
         text=(
             f"The Mux event {row['event_id']} ({row.get('event_type') or 'unknown type'}) "
             f"could not be applied after {row['attempts']} attempts and will not be retried.\n\n"
