@@ -15,7 +15,8 @@ from collections.abc import Iterable, Sequence
 _INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
 # The marks that make Markdown inside a line (links and images need their brackets, HTML,
 # emphasis, code, strikethrough, cell borders, entities); CommonMark lets any ASCII
-# punctuation be escaped, but escaping only these keeps ordinary names ("us-west-2", "asset.viewed") readable in the page's source too.
+# punctuation be escaped, but escaping only these keeps ordinary names ("us-west-2",
+# "asset.viewed") readable in the page's source too.
 _MARKDOWN_SPECIAL = frozenset("\\`*_[]<>|~&")
 
 
