@@ -42,6 +42,8 @@ class Settings:
     # The unpooled host, for what needs a whole session: the ledger's advisory lock,
     # migrations and pg_dump. Unset: DATABASE_URL serves for everything.
     database_direct_url: str | None = field(default=None, repr=False)
+    # Dagster's storage; read by Dagster itself from dagster.yaml, checked here at load.
+    dagster_database_url: str | None = field(default=None, repr=False)
     dagster_home: str | None = None
     env: str = "development"
     timezone: str = "Australia/Sydney"
@@ -91,6 +93,7 @@ class Settings:
         settings = cls(
             database_url=get("DATABASE_URL"),
             database_direct_url=get("DATABASE_DIRECT_URL"),
+            dagster_database_url=get("DAGSTER_DATABASE_URL"),
             dagster_home=get("DAGSTER_HOME"),
             env=get("MM_ENV") or defaults.env,
             timezone=get("MM_TIMEZONE") or defaults.timezone,
@@ -136,6 +139,8 @@ class Settings:
             _check_conninfo("DATABASE_URL", self.database_url)
         if self.database_direct_url is not None:
             _check_conninfo("DATABASE_DIRECT_URL", self.database_direct_url)
+        if self.dagster_database_url is not None:
+            _check_conninfo("DAGSTER_DATABASE_URL", self.dagster_database_url)
         _check_url("SENDGRID_API_HOST", self.sendgrid_api_host, ("http", "https"), secret=False)
         _check_url("MM_REPORTS_URL", self.reports_url, ("http", "https"), secret=False)
         _check_url("NEON_API_HOST", self.neon_api_host, ("http", "https"), secret=False)

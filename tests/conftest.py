@@ -83,17 +83,10 @@ def database_url(pg_server: EmbeddedPostgres) -> Iterator[str]:
 
 @pytest.fixture
 def dagster_storage(pg_server: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """An empty database for Dagster's own storage, named by the DAGSTER_PG_* variables
-    that dagster.yaml (and deploy/dagster.k8s.yaml) read."""
+    """An empty database for Dagster's own storage, named by DAGSTER_DATABASE_URL, which
+    dagster.yaml (and deploy/dagster.k8s.yaml) read."""
     name = create_database(pg_server, template=None)
-    for key, value in {
-        "DAGSTER_PG_HOST": "127.0.0.1",
-        "DAGSTER_PG_PORT": str(pg_server.port),
-        "DAGSTER_PG_USER": "postgres",
-        "DAGSTER_PG_PASSWORD": "",
-        "DAGSTER_PG_DB": name,
-    }.items():
-        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("DAGSTER_DATABASE_URL", pg_server.url(name))
     yield name
     drop_database(pg_server, name)
 

@@ -57,7 +57,6 @@ def k8s_instance(dagster_storage: str, tmp_path: Path) -> Any:
     launcher = config["run_launcher"]["config"]
     launcher["load_incluster_config"] = False
     launcher["kubeconfig_file"] = str(_throwaway_kubeconfig(tmp_path / "kubeconfig"))
-    config["storage"]["postgres"]["postgres_db"]["params"]["sslmode"] = "disable"
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
