@@ -213,9 +213,9 @@ def _shown(value: str, limit: int = 100) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
-def bounded_integer(name: str, value: str, low: int, high: int) -> int:
-    """The whole number setting `name` holds, written in the digits 0-9 and from `low` to
-    `high`; SettingsError naming the setting, the value and the range otherwise.
+def ascii_integer(value: str, low: int, high: int) -> int:
+    """The whole number `value` says, written in the digits 0-9 and from `low` to `high`;
+    ValueError otherwise, its message saying what is wrong and what is accepted.
 
     Python's int() also takes other scripts' digits (`١٠`), signs, underscores (`1_0`) and
     surrounding spaces; none of those is what an operator meant to write, so only ASCII
@@ -223,12 +223,21 @@ def bounded_integer(name: str, value: str, low: int, high: int) -> int:
     """
     accepted = f"Accepted: a whole number from {low} to {high}, in the digits 0-9"
     if not (value.isascii() and value.isdigit()):
-        raise SettingsError(f"{name}={_shown(value)} is not a whole number. {accepted}")
+        raise ValueError(f"is not a whole number. {accepted}")
     # A run of digits longer than any range here is out of range whatever it says, and
     # converting thousands of digits is refused by Python itself (sys.int_info).
     if len(value.lstrip("0")) > len(str(high)) or not low <= int(value) <= high:
-        raise SettingsError(f"{name}={_shown(value)} is out of range. {accepted}")
+        raise ValueError(f"is out of range. {accepted}")
     return int(value)
+
+
+def bounded_integer(name: str, value: str, low: int, high: int) -> int:
+    """ascii_integer for the setting `name`: SettingsError naming it, the value and the
+    range."""
+    try:
+        return ascii_integer(value, low, high)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={_shown(value)} {exc}") from None
 
 
 def _shown_url(value: str) -> str:

@@ -371,3 +371,34 @@ def test_neon_project_id_is_checked(value):
 def test_good_neon_project_ids_are_kept():
     for value in ("autumn-disk-484331", "dry-heart-13671059", "proj-1"):
         assert Settings.from_env({"NEON_PROJECT_ID": value}).neon_project_id == value
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["dlq", "show", "\u0661\u0662"],
+        ["dlq", "requeue", "3", "+4"],
+        ["dlq", "discard", "1_0", "--reason", "r"],
+        ["dlq", "list", "--limit", "0"],
+        ["dlq", "show", "9" * 40],
+        ["serve-reports", "--port", "70000"],
+        ["dev", "--reports-port", "0"],
+        ["prod-local", "--grpc-port", "\u0664\u0662\u0666\u0666"],
+        ["seed-demo", "--scale", "-2"],
+    ],
+)
+def test_whole_number_arguments_follow_the_settings_rule(argv, capsys):
+    from mm_orchestration.cli import _parser
+
+    with pytest.raises(SystemExit) as exit_:
+        _parser().parse_args(argv)
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "Accepted: a whole number from" in error and "in the digits 0-9" in error, error
+
+
+def test_whole_number_arguments_in_range_are_read():
+    from mm_orchestration.cli import _parser
+
+    assert _parser().parse_args(["dlq", "requeue", "3", "0004"]).ids == [3, 4]
+    assert _parser().parse_args(["serve-reports", "--port", "65535"]).port == 65535
