@@ -195,10 +195,14 @@ class Settings:
                 raise SettingsError(f"{name}={value!r} is not an email address")
         if self.sendgrid_api_key is not None and not self.sendgrid_api_key.startswith("SG."):
             raise SettingsError("SENDGRID_API_KEY does not look like a SendGrid key (SG....)")
-        if self.digest_template_id is not None and not self.digest_template_id.startswith("d-"):
+        if self.digest_template_id is not None and not _TEMPLATE_ID.fullmatch(
+            self.digest_template_id
+        ):
             raise SettingsError(
-                f"SENDGRID_DIGEST_TEMPLATE_ID={self.digest_template_id!r} is not a dynamic "
-                "template id (d-...)"
+                f"SENDGRID_DIGEST_TEMPLATE_ID={_shown(self.digest_template_id)} is not a "
+                "dynamic template id. Accepted: d- and the id's letters and digits, as "
+                "SendGrid shows it under Email API > Dynamic Templates, e.g. "
+                "d-f43daeeaef504760851f727007e0b5d0"
             )
         if self.sendgrid_api_key is not None and self.digest_template_id is None:
             raise SettingsError(
@@ -450,6 +454,11 @@ def _check_s3_region(value: str, custom_endpoint: bool) -> None:
         f"MM_REPORTS_S3_REGION={_shown(value)} is not a region name. Accepted: {accepted}"
     )
 
+
+# SendGrid's dynamic template ids are d- and 32 hex digits; letters, digits, - and _ are
+# let through so that a stand-in id (tests, a deployment's placeholder) still loads,
+# while a space, a control character or another script's letter does not.
+_TEMPLATE_ID = re.compile(r"d-[A-Za-z0-9_-]{1,64}")
 
 # Neon names a project with generated words and a number, e.g. autumn-disk-484331.
 _NEON_PROJECT_ID = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)+")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import traceback
+
 import pytest
 
 from mm_orchestration import inventory
@@ -136,12 +138,14 @@ def test_a_job_named_twice_in_the_overrides_is_refused_naming_it():
 
 
 def _refusal(name: str, value: str) -> str:
+    """The message refusing `name=value`, with the traceback an operator would see (a
+    secret must not hide in a chained exception either)."""
     with pytest.raises(SettingsError) as error:
         Settings.from_env({name: value})
     text = str(error.value)
     assert text.startswith(f"{name}="), text  # the variable's name first
     assert "Accepted: " in text, text  # and what to write instead
-    return text
+    return "".join(traceback.format_exception(error.value))
 
 
 @pytest.mark.parametrize(
@@ -402,3 +406,9 @@ def test_whole_number_arguments_in_range_are_read():
 
     assert _parser().parse_args(["dlq", "requeue", "3", "0004"]).ids == [3, 4]
     assert _parser().parse_args(["serve-reports", "--port", "65535"]).port == 65535
+
+
+@pytest.mark.parametrize("value", ["d-", "d-abc def", "d-abc\x00", "d-\u0661\u0662", "template"])
+def test_digest_template_id_is_d_and_an_id(value):
+    text = _refusal("SENDGRID_DIGEST_TEMPLATE_ID", value)
+    assert repr(value) in text and "d-f43daeeaef504760851f727007e0b5d0" in text
