@@ -20,7 +20,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from mm_orchestration.dagster_storage import SETTING as STORAGE_SETTING
 from mm_orchestration.dagster_storage import ConnectionStringStorage, sqlalchemy_url
-from mm_orchestration.settings import Settings, SettingsError
+from mm_orchestration.settings import PORT_RANGE, Settings, SettingsError, bounded_integer
 from mm_orchestration.topology import PROJECT_ROOT
 
 if TYPE_CHECKING:
@@ -125,6 +125,11 @@ def storage_url(home: Path) -> str:
             "(a database of its own, never the portal's)"
         )
     if not ours:
+        port = (block.get("postgres_db") or {}).get("port")
+        if isinstance(port, dict) and set(port) == {"env"}:
+            # Dagster pastes the port into its URL as text: `5432x` or `٥٤٣٢` would surface
+            # as a SQLAlchemy error naming no variable.
+            bounded_integer(port["env"], str(resolved["postgres_db"]["port"]), *PORT_RANGE)
         return str(pg_url_from_config(resolved))
     try:
         return sqlalchemy_url(resolved["connection_string"])
