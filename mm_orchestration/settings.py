@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -145,13 +145,18 @@ class Settings:
         accepted, for the first value that is malformed or that the code would misuse."""
         if self.env not in ENVIRONMENTS:
             raise SettingsError(f"MM_ENV={self.env!r} is not one of {', '.join(ENVIRONMENTS)}")
-        try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise SettingsError(
-                f"MM_TIMEZONE={self.timezone!r} is not an IANA time zone "
-                "(for example Australia/Sydney)"
-            ) from exc
+        _check_time_zone(self.timezone)
+        _check_data_dir(self.data_dir)
+        # Secrets sent as HTTP header values: a control character would put the key in the
+        # HTTP library's error (and so in the run's event log), and only Latin-1 text can
+        # travel in a header at all.
+        for name, secret in (
+            ("SENDGRID_API_KEY", self.sendgrid_api_key),
+            ("NEON_API_KEY", self.neon_api_key),
+            ("MM_REPORTS_PASSWORD", self.reports_password),
+        ):
+            if secret is not None:
+                _check_header_secret(name, secret)
         if self.database_url is not None:
             _check_conninfo("DATABASE_URL", self.database_url)
         if self.database_direct_url is not None:
@@ -316,12 +321,61 @@ def _url_problem(value: str, path: bool) -> str | None:
         return host
     if port == 0:
         return "its port is 0"
+    if parts.netloc.endswith(":"):
+        return "it has a ':' with no port after it"
+    if any(segment in (".", "..") for segment in parts.path.split("/")):
+        return "its path has a '.' or '..' segment"
     # Literal ? and # always start a query and a fragment (RFC 3986), even empty ones.
     if "?" in value or "#" in value:
         return "it has a query or a fragment (? or #)"
     if not path and parts.path not in ("", "/"):
         return f"it has a path ({parts.path!r}); the client adds its own"
     return None
+
+
+def _check_time_zone(value: str) -> None:
+    """MM_TIMEZONE: a named IANA zone of a place or UTC, as PostgreSQL also knows it; not the
+    tz database's internal files (`localtime`, `posixrules`) nor `Factory`, which loads but
+    is no zone anyone lives in."""
+    try:
+        ZoneInfo(value)
+        known = value in available_timezones() and value not in ("Factory", "localtime")
+    except (ZoneInfoNotFoundError, ValueError):
+        known = False
+    if not known:
+        raise SettingsError(
+            f"MM_TIMEZONE={value[:100]!r} is not an IANA time zone name "
+            "(for example Australia/Sydney, Australia/Perth or UTC)"
+        )
+
+
+def _check_data_dir(value: str) -> None:
+    """MM_DATA_DIR: a folder path (it need not exist yet), not a file, without control
+    characters (they would end up in every path the jobs print)."""
+    problem = _unprintable(value)
+    if not problem and Path(value).exists() and not Path(value).is_dir():
+        problem = "it is a file, not a folder"
+    if problem:
+        raise SettingsError(
+            f"MM_DATA_DIR={value[:100]!r} is refused: {problem}. Accepted: a folder the jobs "
+            "may write (created when missing), e.g. /var/lib/mm-orchestration"
+        )
+
+
+def _check_header_secret(name: str, value: str) -> None:
+    """A secret sent in an HTTP header: printable Latin-1 text (a pasted key often brings a
+    line break or a typographic quote; the ends are already trimmed). Never shows it."""
+    bad = [c for c in value if not (" " <= c <= "~" or "\xa0" <= c <= "\xff")]
+    if bad:
+        kind = (
+            "has a control character"
+            if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in bad)
+            else "has a character outside Latin-1 (a typographic quote or dash?)"
+        )
+        raise SettingsError(
+            f"{name} {kind}; it is sent in an HTTP header, so it must be printable text "
+            "as the provider issued it (copy it again from the provider's console)"
+        )
 
 
 def _check_http_url(name: str, value: str, example: str, *, path: bool = False) -> None:

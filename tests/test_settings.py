@@ -422,3 +422,51 @@ def test_whole_number_arguments_in_range_are_read():
 def test_digest_template_id_is_d_and_an_id(value):
     text = _refusal("SENDGRID_DIGEST_TEMPLATE_ID", value)
     assert repr(value) in text and "d-f43daeeaef504760851f727007e0b5d0" in text
+
+
+@pytest.mark.parametrize("zone", ["Factory", "localtime", "posixrules", "Mars/Olympus"])
+def test_time_zone_is_a_named_zone(zone):
+    with pytest.raises(SettingsError, match="^MM_TIMEZONE="):
+        Settings.from_env({"MM_TIMEZONE": zone})
+    assert Settings.from_env({"MM_TIMEZONE": "Australia/Adelaide"}).timezone == "Australia/Adelaide"
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("SG.abc\u2019def", "outside Latin-1"),
+        ("SG.live-key-AAAA\r\nX: BBBBsecret", "control character"),
+        ("SG.key\x00tail", "control character"),
+    ],
+)
+@pytest.mark.parametrize("name", ["SENDGRID_API_KEY", "NEON_API_KEY", "MM_REPORTS_PASSWORD"])
+def test_secrets_sent_in_headers_are_printable_and_never_shown(name, value, problem):
+    with pytest.raises(SettingsError, match=f"^{name} ") as error:
+        Settings.from_env({name: value})
+    assert problem in str(error.value)
+    for part in ("AAAA", "BBBB", "abc", "tail"):
+        assert part not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("MM_REPORTS_URL", "http://host/reports/../admin"),
+        ("MM_REPORTS_URL", "http://host/./reports"),
+        ("SENDGRID_API_HOST", "http://host:"),
+    ],
+)
+def test_url_paths_without_dot_segments_and_ports_not_left_empty(name, value):
+    with pytest.raises(SettingsError, match=f"^{name}="):
+        Settings.from_env({name: value})
+
+
+def test_data_dir_is_a_folder(tmp_path):
+    file = tmp_path / "a-file"
+    file.write_text("x")
+    for value in (str(file), "/var/lib/mm\norchestration"):
+        with pytest.raises(SettingsError, match="^MM_DATA_DIR="):
+            Settings.from_env({"MM_DATA_DIR": value})
+    assert Settings.from_env({"MM_DATA_DIR": str(tmp_path / "new")}).data_dir == str(
+        tmp_path / "new"
+    )
