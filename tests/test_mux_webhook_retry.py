@@ -671,3 +671,18 @@ def test_a_run_fails_each_row_at_most_once_even_with_no_backoff(conn, resources)
     resources = {**resources, "mux": MuxWebhooks(backoff_seconds=0, batch_size=1)}
     assert run_job(mux_webhook_retry, resources).success
     assert [dlq_rows(conn)[r][:2] for r in rows] == [("pending", 1)] * 3
+
+
+def test_attempts_out_of_range_never_block_the_queue(conn, video, resources):
+    """A row whose `attempts` is the largest integer (or negative) still gets its failed
+    attempt recorded, and the good event behind it is applied."""
+    conn.execute("UPDATE portal.media_assets SET mux_asset_id = 'asset-1' WHERE id = %s", [video])
+    huge = dead_letter_json(conn, '{"type": 1}', "evt-huge", attempts=2**31 - 1)
+    negative = dead_letter_json(conn, '{"type": 1}', "evt-negative", attempts=-5)
+    good = dead_letter(conn, envelope("video.asset.ready", "asset-1", T0, duration=7))
+    assert run_job(mux_webhook_retry, resources).success
+    rows = dlq_rows(conn)
+    assert rows[huge][:2] == ("dead", 1000001)
+    assert rows[negative][:2] == ("pending", 1)
+    assert rows[good] == ("replayed", 0, None)
+    assert asset_row(conn, video)[:3] == ("ready", "asset-1", 7)

@@ -70,9 +70,11 @@ DEAD_EMAIL_KIND = "mux_dlq_dead"
 # fetched only when a signing secret is set, and then the payload must be the signed body
 # itself (compared as jsonb in SQL), since it is the payload's fields that are applied.
 # A run walks the queue forward by id (`after`), so no batch scans the rows earlier
-# batches settled, and a row fails at most once per run.
+# batches settled, and a row fails at most once per run. `attempts` is read within
+# 0..1,000,000 so a row holding a negative or the largest integer still gets its failed
+# attempt written (as dead) instead of overflowing the update.
 CLAIM_DUE = sql.SQL("""
-SELECT id, event_id, left(event_type, 255), attempts,
+SELECT id, event_id, left(event_type, 255), least(greatest(attempts, 0), 1000000),
        CASE WHEN %(verify)s THEN raw_body END, CASE WHEN %(verify)s THEN signature END,
        CASE WHEN %(verify)s THEN ops.jsonb_or_null(raw_body) IS NOT NULL END,
        CASE WHEN %(verify)s THEN ops.jsonb_or_null(raw_body) = payload END,
