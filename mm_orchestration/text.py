@@ -7,6 +7,7 @@ would otherwise render as a disguised link (`[details](http://x.example)`) or an
 on an asset's page.
 """
 
+import re
 import unicodedata
 from collections.abc import Iterable, Sequence
 
@@ -17,7 +18,11 @@ _INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
 # emphasis, code, strikethrough, cell borders, entities); CommonMark lets any ASCII
 # punctuation be escaped, but escaping only these keeps ordinary names ("us-west-2",
 # "asset.viewed") readable in the page's source too.
-_MARKDOWN_SPECIAL = frozenset("\\`*_[]<>|~&")
+_MARKDOWN_SPECIAL = frozenset("\\`*_[]<>|~&:@")
+# GitHub-flavoured Markdown (the console's renderer uses remark-gfm) also turns bare
+# `http://...`, `www....` and `name@host` into links; an escaped ':' or '@' breaks the
+# first and the last, an escaped dot after `www` the second.
+_WWW = re.compile(r"(?i)(www)\.")
 
 
 def one_line(value: object, limit: int = 200) -> str:
@@ -36,10 +41,11 @@ def one_line(value: object, limit: int = 200) -> str:
 
 
 def markdown_cell(value: object, limit: int = 200) -> str:
-    """`value` as literal text in a Markdown table cell: one line, with every mark that
-    Markdown reads backslash-escaped, so nothing in it is a link, an image, HTML,
-    emphasis or a cell border."""
-    return "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in one_line(value, limit))
+    """`value` as literal text in Markdown (a table cell, a check's description): one
+    line, with every mark that Markdown reads backslash-escaped, so nothing in it is a
+    link (written or automatic), an image, HTML, emphasis or a cell border."""
+    text = "".join("\\" + c if c in _MARKDOWN_SPECIAL else c for c in one_line(value, limit))
+    return _WWW.sub(r"\1\\.", text)
 
 
 def markdown_table(

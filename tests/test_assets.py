@@ -282,7 +282,7 @@ def test_names_from_portal_rows_are_literal_text_in_console_tables(
     (mat,) = result.asset_materializations_for_node("ops__tenant_health_daily")
     (line,) = [r for r in mat.metadata["red_and_amber"].value.splitlines() if "Pay" in r]
     assert line == (
-        "| \\[Pay now\\](http://x.example) \\|evil\\| !\\[i\\](http://x.example/i.png)"
+        "| \\[Pay now\\](http\\://x.example) \\|evil\\| !\\[i\\](http\\://x.example/i.png)"
         " | red | 1 milestone(s) overdue |"
     )
     text = sendgrid.mail_requests[0].body["content"][0]["value"]

@@ -608,10 +608,14 @@ def test_tenant_names_are_literal_text_in_the_console_and_the_subject(
     preview = meta["exception_rows_preview"].value
     line = next(row for row in preview.splitlines() if "details" in row)
     assert line.startswith(
-        "| \\[details\\](http://x.example/?d=1) \\<img src=x onerror=alert(1)\\>"
+        "| \\[details\\](http\\://x.example/?d=1) \\<img src=x onerror=alert(1)\\>"
         " \\*\\*OK\\*\\* \\| x Next |"
     )
     assert line.count(" | ") == 4  # five cells, as the header says
+    (check,) = [
+        c for c in result.get_asset_check_evaluations() if c.check_name == "no_residency_exceptions"
+    ]
+    assert "\\[details\\](http\\://x.example/?d=1)" in check.description
     subject = sendgrid.mail_requests[-1].body["subject"]
     assert "details" not in subject and "\n" not in subject
     assert subject.endswith("NOT compliant (1 tenant(s) with exceptions)")

@@ -13,8 +13,12 @@ def test_one_line_keeps_text_visible_and_short():
 
 
 def test_markdown_cells_are_literal():
-    assert markdown_cell("[a](http://b) <i>|") == "\\[a\\](http://b) \\<i\\>\\|"
+    assert markdown_cell("[a](http://b) <i>|") == "\\[a\\](http\\://b) \\<i\\>\\|"
     assert markdown_cell("us-west-2 asset.viewed") == "us-west-2 asset.viewed"
+    # No automatic links either (remark-gfm makes them of bare URLs, www. and addresses).
+    assert markdown_cell("http://x.example www.x.example WWW.x a@x.example") == (
+        "http\\://x.example www\\.x.example WWW\\.x a\\@x.example"
+    )
     assert markdown_table(["a", "n"], [("*x*", 3)], numeric=(1,)) == (
         "| a | n |\n| --- | ---: |\n| \\*x\\* | 3 |\n"
     )

@@ -51,7 +51,7 @@ from mm_orchestration.scheduling import (
     retry_policy,
 )
 from mm_orchestration.settings import Settings
-from mm_orchestration.text import markdown_table
+from mm_orchestration.text import markdown_cell, markdown_table
 
 SPEC = inventory.get("residency-report")
 WEEKS = WeeklyPartitionsDefinition(
@@ -663,7 +663,7 @@ def residency_report(
                 else (
                     f"{len(exceptions)} tenant(s) with {exception_rows} exception row(s) "
                     "(data outside Australia, or in a region whose country is "
-                    f"unknown): {', '.join(exceptions)}"
+                    f"unknown): {markdown_cell(', '.join(exceptions), 2000)}"
                 ),
                 metadata={
                     "exception_tenants": ", ".join(exceptions) or "none",
