@@ -335,6 +335,19 @@ def test_s3_compatible_store_round_trip_and_tamper_check(s3):
         store.check_key("../other/secret.csv")
 
 
+@pytest.mark.parametrize("prefix", ["reports#2026", "q?x", "team reports", "a%2Fb"])
+def test_s3_uris_round_trip_whatever_the_prefix_holds(s3, prefix):
+    """An s3:// URI is percent-encoded, so a prefix with '#', '?', a space or '%' is part
+    of the key, never a fragment or a query; the store reads its own URIs back."""
+    _client, endpoint = s3
+    store = ReportStore(s3_bucket="mm-reports", s3_prefix=prefix, s3_endpoint_url=endpoint)
+    digest = store.put("residency/2026-11-16/r.csv", b"a,b\n")
+    uri = store.uri("residency/2026-11-16/r.csv")
+    assert "#" not in uri and "?" not in uri and " " not in uri
+    assert store.key_for(uri) == "residency/2026-11-16/r.csv"
+    assert store.get_uri(uri, digest) == b"a,b\n"
+
+
 def test_report_in_s3_is_recorded_under_s3_uris_and_emailed_from_them(
     conn, portal_db, mailer, job_settings, sendgrid, agencies, s3
 ):

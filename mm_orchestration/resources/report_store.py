@@ -17,7 +17,7 @@ import os
 import posixpath
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 from urllib.request import url2pathname
 
 from dagster import ConfigurableResource
@@ -28,6 +28,10 @@ from mm_orchestration.settings import Settings
 
 class ReportStoreError(ValueError):
     """A path outside the store, or a report that is missing or altered."""
+
+
+# What stays as it is in an s3:// URI's path: RFC 3986's unreserved and sub-delims, '/'.
+_S3_SAFE = "/-._~!$&'()*+,;=:@"
 
 
 def is_uri(value: str) -> bool:
@@ -129,7 +133,9 @@ class ReportStore(ConfigurableResource):
     def uri(self, key: str) -> str:
         """The absolute URI of `key`: what `ops.residency_reports` and the email record."""
         if self.uses_s3:
-            return f"s3://{self.s3_bucket}/{self._object_key(key)}"
+            # Percent-encoded like a file URI: a prefix holding '#', '?' or a space must not
+            # turn into a fragment, a query or a broken URI.
+            return f"s3://{self.s3_bucket}/{quote(self._object_key(key), safe=_S3_SAFE)}"
         return self.path(key).as_uri()
 
     @property
@@ -147,7 +153,7 @@ class ReportStore(ConfigurableResource):
         if self.uses_s3:
             if parts.scheme != "s3" or parts.netloc != self.s3_bucket:
                 raise elsewhere
-            object_key = parts.path[1:]
+            object_key = unquote(parts.path[1:])
             prefix = self.s3_prefix.strip("/")
             if prefix:
                 if not object_key.startswith(prefix + "/"):
