@@ -541,6 +541,32 @@ _CONNINFO_FORMS = (
 _QUOTED = re.compile(r'"[^"]*"')
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _PORT = re.compile(r"[0-9]{1,5}")
+# Parameters whose values libpq checks only when it connects (libpq's documentation,
+# "Parameter Key Words"): checked here so a typo stops the start, not a run 30 s later.
+_CONNINFO_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": (
+        "any",
+        "read-write",
+        "read-only",
+        "primary",
+        "standby",
+        "prefer-standby",
+    ),
+    "load_balance_hosts": ("disable", "random"),
+    "sslnegotiation": ("postgres", "direct"),
+    "replication": ("true", "on", "yes", "1", "false", "off", "no", "0", "database"),
+}
+_CONNINFO_INTEGERS = (
+    "connect_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_count",
+    "tcp_user_timeout",
+)
 
 
 def _check_conninfo(name: str, value: str) -> None:
@@ -574,6 +600,15 @@ def _check_conninfo(name: str, value: str) -> None:
         problem = f"it has {len(hosts)} host names for {len(addrs)} hostaddr values"
     elif len(ports) > 1 and len(ports) != targets:
         problem = f"it has {len(ports)} ports for {targets} hosts"
+    elif bad := [k for k, ok in _CONNINFO_CHOICES.items() if k in params and params[k] not in ok]:
+        key = bad[0]
+        problem = f"its {key} is not one of {', '.join(_CONNINFO_CHOICES[key])}"
+    elif bad := [
+        k
+        for k in _CONNINFO_INTEGERS
+        if k in params and not re.fullmatch(r"-?[0-9]{1,9}", str(params[k]))
+    ]:
+        problem = f"its {bad[0]} is not a whole number"
     else:
         return
     raise SettingsError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import socket
 import tempfile
+import time
 import traceback
 from collections.abc import Iterator
 from pathlib import Path
@@ -243,6 +244,21 @@ def test_a_wrong_password_is_refused(cluster):
     url = f"postgresql://{quote(ROLE, safe='')}:p%40ss@127.0.0.1:{cluster.port}/{PORTAL}"
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         connect(url).close()
+
+
+def test_a_job_that_cannot_log_in_says_why_at_once(cluster):
+    """The pool would retry in the background and report only a 30 s timeout; the
+    resource's first connection names the setting and libpq's reason instead."""
+    url = f"postgresql://{quote(ROLE, safe='')}:p%40ss@127.0.0.1:{cluster.port}/{PORTAL}"
+    db = PortalDatabase(url=url)
+    started = time.monotonic()
+    with pytest.raises(psycopg.OperationalError) as error:
+        with db.connection():
+            pass
+    assert time.monotonic() - started < 10
+    assert str(error.value).startswith("the portal database (DATABASE_URL) refused")
+    assert "password authentication failed" in str(error.value)
+    assert "p@ss" not in str(error.value) and "p%40ss" not in str(error.value)
 
 
 @pytest.mark.parametrize("name", FORM_NAMES)

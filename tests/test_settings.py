@@ -470,3 +470,21 @@ def test_data_dir_is_a_folder(tmp_path):
     assert Settings.from_env({"MM_DATA_DIR": str(tmp_path / "new")}).data_dir == str(
         tmp_path / "new"
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("postgresql://u:pw@h/portal?sslmode=bogus", "its sslmode is not one of"),
+        ("postgresql://u:pw@h/portal?target_session_attrs=bogus", "its target_session_attrs"),
+        ("host=h dbname=portal gssencmode=bogus", "its gssencmode"),
+        ("postgresql://u:pw@h/portal?connect_timeout=abc", "its connect_timeout is not a whole"),
+    ],
+)
+def test_connection_parameters_libpq_checks_only_when_connecting_are_checked_at_load(
+    value, problem
+):
+    for name in ("DATABASE_URL", "DATABASE_DIRECT_URL", "DAGSTER_DATABASE_URL"):
+        with pytest.raises(SettingsError, match=f"^{name} \\(value hidden\\)") as error:
+            Settings.from_env({name: value})
+        assert problem in str(error.value) and "pw" not in str(error.value).replace("password", "")

@@ -38,6 +38,7 @@ class PortalDatabase(ConfigurableResource):
 
     def _get_pool(self) -> ConnectionPool:
         if self._pool is None:
+            _probe(self.url, "DATABASE_URL")
             self._pool = ConnectionPool(
                 self.url,
                 min_size=0,
@@ -87,6 +88,21 @@ class PortalDatabase(ConfigurableResource):
             except MissingTableError as exc:
                 # A missing table will still be missing in ten seconds: no retry.
                 raise Failure(description=str(exc), allow_retries=False) from exc
+
+
+def _probe(url: str, setting: str) -> None:
+    """Connect once before the pool does: the pool retries a refused connection in the
+    background and reports only a timeout 30 s later, while libpq's own reason (a wrong
+    password, an unknown host, a server not yet up) is what an operator needs.
+
+    Raises psycopg.OperationalError naming `setting` with libpq's first line."""
+    try:
+        psycopg.connect(url, connect_timeout=10, application_name="mm-orchestration").close()
+    except psycopg.OperationalError as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise psycopg.OperationalError(
+            f"the portal database ({setting}) refused the connection: {reason}"
+        ) from None
 
 
 def _reset(conn: psycopg.Connection) -> None:
