@@ -66,21 +66,31 @@ def open_instance(settings: Settings) -> DagsterInstance:
     home = home_dir(settings)
     url = storage_url(home)
     refuse_portal_storage(url, settings.database_url)
-    _reachable(url)
+    refuse_portal_storage(url, settings.database_direct_url)
+    check_storage_server(url)
     os.environ["DAGSTER_HOME"] = str(home)
     return DagsterInstance.get()
 
 
-def _reachable(url: str) -> None:
-    """Fail in seconds, naming the server, when Dagster's storage does not answer (Dagster
-    itself retries for a minute and then prints a long traceback)."""
+def check_storage_server(url: str) -> None:
+    """Ask Dagster's storage server itself. Raises SettingsError in seconds, naming the
+    server, when it does not answer (Dagster itself retries for a minute and then prints
+    a long traceback), and when the database holds the portal's schemas, however the two
+    settings spell their hosts (a pooler's name, an address, a socket)."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
 
     engine = create_engine(url, connect_args={"connect_timeout": 5}, poolclass=NullPool)
     try:
         with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+            # The server's own word, whatever names reach it (a pooler's host, a replica's
+            # address): a database holding the portal's schemas is the portal database.
+            portal = conn.execute(
+                text(
+                    "SELECT to_regnamespace('portal') IS NOT NULL"
+                    " OR to_regclass('ops.schema_migrations') IS NOT NULL"
+                )
+            ).scalar()
     except Exception as exc:
         hosts, db = _target(_sqlalchemy_params(url))
         where = ", ".join(f"{host}:{port}" for host, port in hosts)
@@ -91,6 +101,13 @@ def _reachable(url: str) -> None:
         ) from None
     finally:
         engine.dispose()
+    if portal:
+        raise SettingsError(
+            f"Dagster's storage (dagster.yaml in DAGSTER_HOME, {STORAGE_SETTING}) holds the "
+            "portal's schemas (portal, ops): it is the portal database, where Dagster would "
+            "create its tables (runs, event_logs, ...). Give Dagster a database of its own, "
+            "for example `dagster` on the same server"
+        )
 
 
 def storage_url(home: Path) -> str:

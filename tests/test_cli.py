@@ -298,7 +298,7 @@ def test_stopping_mm_jobs_run_cancels_its_run_at_once_without_a_retry(
         time.sleep(1)  # inside the op, waiting on the lock
         sent = time.monotonic()
         proc.send_signal(getattr(signals, sig))
-        out, err = proc.communicate(timeout=30)
+        out, err = proc.communicate(timeout=120)
         took = time.monotonic() - sent
         locker.rollback()
     assert proc.returncode == 4, (out, err)
@@ -335,7 +335,11 @@ def test_a_cli_run_whose_process_died_is_canceled_when_a_stack_starts(
         )  # fmt: skip
         run = _started_cli_run(dagster_env, proc)
         proc.kill()
-        proc.communicate(timeout=30)
+        # wait(), not communicate(): a log-capturing child of the run may keep the pipes
+        # open a while after its parent died, and the pipes' end is not what is tested.
+        proc.wait(timeout=60)
+        proc.stdout.close()
+        proc.stderr.close()
         locker.rollback()
     home = Path(dagster_env["DAGSTER_HOME"])
     assert cancel_runs_in_flight(home, dagster_env, terminate=False) == [run.run_id]
@@ -359,3 +363,17 @@ def test_bad_partitions_and_an_unreachable_storage_are_named(dagster_env, pg_ser
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Dagster's storage" in proc.stderr and "does not answer" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_storage_that_holds_the_portal_schemas_is_refused_however_it_is_spelled(
+    database_url, conn
+):
+    """Names can hide a server (a pooler's host name, an address): the storage server
+    itself says it is the portal database, and Dagster's tables are never created."""
+    from mm_orchestration.dagster_storage import sqlalchemy_url
+    from mm_orchestration.instance import check_storage_server
+    from mm_orchestration.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="holds the portal's schemas"):
+        check_storage_server(sqlalchemy_url(database_url))
+    assert conn.execute("SELECT to_regclass('public.runs')").fetchone() == (None,)
