@@ -366,6 +366,15 @@ def test_the_drill_leaves_strings_without_a_password_alone():
         assert split_password(conninfo) == (conninfo, None)
 
 
+@pytest.mark.parametrize(
+    "value", ["postgresql://u:line1%0Aline2@h/db", "host=h dbname=db user=u password='a\rb'"]
+)
+def test_a_password_the_passfile_cannot_carry_is_refused_by_name(value):
+    with pytest.raises(ValueError, match="line break in its password") as err:
+        split_password(value)
+    assert "line1" not in "".join(traceback.format_exception(err.value))
+
+
 def test_a_malformed_drill_string_does_not_show_its_password():
     value = "postgresql://u:s3cret%zz@h/db"
     with pytest.raises(ValueError) as err:

@@ -217,6 +217,14 @@ def split_password(conninfo: str) -> tuple[str, str | None]:
         return conninfo, None
     params.pop("passfile", None)  # a password given outright overrode it; ours replaces both
     fields = ("*", "*", params.get("dbname") or "*", params.get("user") or "*", password)
+    if any("\n" in str(f) or "\r" in str(f) for f in fields):
+        # libpq reads its password file line by line: such a value cannot be carried there,
+        # and passing it on the command line or in the environment would expose it.
+        raise ValueError(
+            "the drill's connection string has a line break in its password, user or "
+            "database name (value hidden), which pg_dump's password file cannot carry: "
+            "give the drill's role a password without line breaks"
+        )
     return make_conninfo("", **params), ":".join(_passfile_escape(str(f)) for f in fields)
 
 
