@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hmac
 import mimetypes
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
@@ -29,6 +30,10 @@ from mm_orchestration.resources.report_store import ReportStore, ReportStoreErro
 # server drops it, so that a client that connects and says nothing, or stops half way
 # through its request, does not hold a thread for ever.
 REQUEST_TIMEOUT_SECONDS = 30.0
+# How long a client may take to send its whole request (line and headers): the timeout
+# above is per read, so a client trickling a byte every 29 s would otherwise hold its
+# thread for ever. The answer itself (a large report on a slow link) is not limited.
+REQUEST_DEADLINE_SECONDS = 60.0
 
 RECORDED_HASH = """
 SELECT sha256 FROM ops.residency_reports WHERE storage_uri = ANY(%(refs)s)
@@ -44,9 +49,11 @@ def make_server(
     host: str = "127.0.0.1",
     port: int = 3001,
     timeout: float = REQUEST_TIMEOUT_SECONDS,
+    deadline: float = REQUEST_DEADLINE_SECONDS,
 ) -> ThreadingHTTPServer:
     """The download endpoint on `host:port` (not yet serving: see serve_in_background).
-    `timeout`: seconds a connection may stay silent before it is dropped."""
+    `timeout`: seconds a connection may stay silent before it is dropped; `deadline`:
+    seconds a client has to send its whole request."""
     if not password:
         raise ValueError("MM_REPORTS_PASSWORD is required to serve reports")
     request_timeout = timeout  # a class body cannot read an enclosing name it assigns
@@ -59,6 +66,24 @@ def make_server(
         # http.server's default is HTTP/0.9, whose answers have no status line: a malformed
         # request line would get a bare HTML page no HTTP/1.x client can read as an error.
         default_request_version = "HTTP/1.0"
+
+        def setup(self) -> None:
+            super().setup()
+            # Shutting the socket down ends a read that is still waiting for the request.
+            self._deadline = threading.Timer(deadline, self._too_slow)
+            self._deadline.daemon = True
+            self._deadline.start()
+
+        def _too_slow(self) -> None:
+            log_event("report.protocol_error", detail=f"request not complete in {deadline} s")
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
+        def finish(self) -> None:
+            self._deadline.cancel()
+            super().finish()
 
         def parse_request(self) -> bool:
             """Refuse with a 400 (status line and all) a request line without an HTTP
@@ -78,7 +103,12 @@ def make_server(
             self.send_error(400, "Bad request line", "Expected: METHOD /path HTTP/1.1")
             return False
 
+        def do_HEAD(self) -> None:
+            """As GET, without the body (a client checking a link, a proxy's health check)."""
+            self.do_GET()
+
         def do_GET(self) -> None:
+            self._deadline.cancel()  # the request is in; its answer may take its time
             try:
                 if not self._authorised():
                     self.send_response(401)
@@ -121,7 +151,8 @@ def make_server(
             name = key.rsplit("/", 1)[-1]
             self.send_header("Content-Disposition", f'attachment; filename="{name}"')
             self.end_headers()
-            self.wfile.write(content)
+            if self.command != "HEAD":
+                self.wfile.write(content)
             log_event("report.downloaded", key=key)
 
         def _authorised(self) -> bool:
@@ -140,7 +171,8 @@ def make_server(
             self.send_header("Content-Type", "text/plain; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if self.command != "HEAD":
+                self.wfile.write(body)
             log_event("report.refused", status=status, reason=reason)
 
         def log_error(self, format: str, *args: object) -> None:

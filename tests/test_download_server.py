@@ -30,9 +30,11 @@ def serve(tmp_path):
     """Start a download server (with the given socket timeout); yield its port."""
     servers = []
 
-    def start(timeout: float = REQUEST_TIMEOUT_SECONDS) -> int:
+    def start(timeout: float = REQUEST_TIMEOUT_SECONDS, deadline: float = 60.0) -> int:
         store = ReportStore(root=str(tmp_path / "reports"))
-        server = make_server(store, UNUSED_DATABASE, "s3cret", port=0, timeout=timeout)
+        server = make_server(
+            store, UNUSED_DATABASE, "s3cret", port=0, timeout=timeout, deadline=deadline
+        )
         serve_in_background(server)
         servers.append(server)
         return server.server_address[1]
@@ -150,3 +152,29 @@ def test_a_silent_client_is_dropped_and_frees_its_thread(serve, said):
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert threading.active_count() <= before
+
+
+def test_a_trickling_client_is_dropped_at_the_request_deadline(serve):
+    """A byte every 0.3 s never trips the 1 s per-read timeout; the 2 s deadline for the
+    whole request ends it all the same."""
+    port = serve(timeout=1.0, deadline=2.0)
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as slow:
+        try:
+            for byte in b"GET /reports/x.csv HTTP/1.1\r\nHost: hhhhhhhhhhhhhhhhhhhhhhhhhhhh":
+                slow.sendall(bytes([byte]))
+                time.sleep(0.3)
+        except OSError:
+            pass  # the server hung up mid-trickle
+        try:
+            assert slow.recv(65536) == b""
+        except ConnectionResetError:
+            pass
+    assert time.monotonic() - started < 8
+
+
+def test_head_is_answered_like_get_without_a_body(serve):
+    port = serve()
+    reply = exchange(port, b"HEAD /elsewhere HTTP/1.0\r\n" + AUTH + b"\r\n")
+    assert status_of(reply) == (b"HTTP/1.0", 404)
+    assert reply.endswith(b"\r\n\r\n") and b"Content-Length: 9" in reply
