@@ -407,6 +407,10 @@ def test_region_to_country_map_covers_every_row_kind():
     from mm_orchestration.assets.residency import VENDORS, country
 
     for region in (
+        "ap-sydney-1",
+        "ap-melbourne-1",
+        "syd1",
+        "gcp-australia-southeast1",
         "ap-southeast-2",
         "aws-ap-southeast-4",
         "azure-australiaeast",

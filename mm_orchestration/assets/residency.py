@@ -160,12 +160,37 @@ _GCP = {
     "asia-east1": "TW",
     "asia-south1": "IN",
 }
+_ORACLE = {
+    "ap-sydney-1": "AU",
+    "ap-melbourne-1": "AU",
+    "ap-singapore-1": "SG",
+    "ap-tokyo-1": "JP",
+    "us-ashburn-1": "US",
+    "us-phoenix-1": "US",
+    "uk-london-1": "GB",
+    "eu-frankfurt-1": "DE",
+}
+_DIGITALOCEAN = {
+    "syd1": "AU",
+    "sgp1": "SG",
+    "nyc1": "US",
+    "nyc3": "US",
+    "sfo3": "US",
+    "lon1": "GB",
+    "fra1": "DE",
+    "ams3": "NL",
+    "tor1": "CA",
+    "blr1": "IN",
+}
 REGION_COUNTRY: dict[str, str] = {
     **_AWS,
     **{f"aws-{region}": code for region, code in _AWS.items()},  # Neon's AWS regions
     **_AZURE,
     **{f"azure-{region}": code for region, code in _AZURE.items()},  # Neon's Azure regions
     **_GCP,
+    **{f"gcp-{region}": code for region, code in _GCP.items()},
+    **_ORACLE,
+    **_DIGITALOCEAN,
     # Vendors' own names for where an account's data is kept (SendGrid, Sentry, Mux...).
     "us": "US",
     "eu": "EU",
