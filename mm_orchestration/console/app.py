@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from dagster._core.workspace.context import WorkspaceRequestContext
 from dagster._core.workspace.permissions import (
@@ -347,15 +348,14 @@ def _trail_filter(params: Mapping[str, str], zone: str) -> audit_trail.Filter:
             since = _when(params.get("since") or "1970-01-01", zone)
             until = _when(params.get("until") or "9999-12-31", zone)
             return audit_trail.Filter(since, until, person, action)
-        day = date.fromisoformat(params["day"]) if params.get("day") else date.today()
+        today = datetime.now(ZoneInfo(zone)).date()
+        day = date.fromisoformat(params["day"]) if params.get("day") else today
     except ValueError:
         raise ValueError("day, since and until are dates (2026-11-30) or ISO times") from None
     return audit_trail.Filter.for_day(day, zone, person, action)
 
 
 def _when(text: str, zone: str) -> datetime:
-    from zoneinfo import ZoneInfo
-
     value = datetime.fromisoformat(text)
     return value if value.tzinfo else value.replace(tzinfo=ZoneInfo(zone))
 

@@ -242,7 +242,7 @@ def _decide_run(
         if any((j or "").startswith(_ASSET_JOB_PREFIX) for j in named)
         else ",".join(jobs)
     )
-    job_name = jobs[0] if len(jobs) == 1 else None
+    job_name = _seed_name(jobs[0]) if len(jobs) == 1 else None
     decision = Decision(mutation, target or None, job_name, details)
     if identity is None or identity.role is None:
         allowed = False
@@ -263,6 +263,17 @@ def _decide_run(
         what = ", ".join(str(x) for x in refused if x) or field_name
         decision.refusal = f"{who} may not {VERBS[mutation.rule]} {what}"
     return decision
+
+
+def _seed_name(job: str) -> str:
+    """The inventory's name of a job (`share-link-expiry`), as the other audit entries and
+    the ledger name it; a job outside the inventory keeps Dagster's name."""
+    from mm_orchestration import inventory
+
+    try:
+        return inventory.get(job).name
+    except inventory.UnknownJobError:
+        return job
 
 
 def stamp_actor(field_name: str, args: dict[str, Any], person: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -99,9 +98,6 @@ def serve(workspace: Path, host: str, port: int, log_level: str = "warning") -> 
                 if access.mode == "local"
                 else f"identity from {access.header} sent by "
                 + ", ".join(str(n) for n in access.trusted_proxies)
-            )
-            logging.getLogger("mm.console").warning(
-                "job console on http://%s:%s (%s)", host, port, how
             )
             print(f"mm-jobs: job console on http://{host}:{port} ({how})", flush=True)
             uvicorn.run(app, host=host, port=port, log_level=log_level)
