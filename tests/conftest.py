@@ -175,6 +175,8 @@ def topology(
         SENDGRID_API_KEY="SG.test-key",
         SENDGRID_API_HOST=sendgrid.url,
         SENDGRID_DIGEST_TEMPLATE_ID="d-test",
+        # The console as `mm-jobs prod-local` starts it: the local OS user, an admin.
+        MM_CONSOLE_AUTH="local",
     )
     topology = Topology(
         dagster_home=home,
