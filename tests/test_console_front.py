@@ -387,6 +387,7 @@ def test_an_admin_stops_a_schedule_an_operator_may_not(console):
     answer = gql(console, ADMIN, STOP_SCHEDULE, {"id": state["id"]})
     assert answer["data"]["stopRunningSchedule"]["scheduleState"]["status"] == "STOPPED"
     entries = console.audit("action = 'stop_schedule'")
+    assert {e["target"] for e in entries} == {"invite_cleanup_schedule"}
     assert [(e["actor"], e["role"], e["outcome"]) for e in entries] == [
         (OPERATOR, "operator", "refused"),
         (ADMIN, "admin", "succeeded"),

@@ -149,9 +149,11 @@ def _may(identity: Identity | None, rule: str) -> bool:
 
 
 def decide(
-    field_name: str, args: dict[str, Any], identity: Identity | None, instance: Any
+    field_name: str, args: dict[str, Any], identity: Identity | None, context: Any
 ) -> Decision:
-    """Classify one root mutation with its arguments and judge it for `identity`."""
+    """Classify one root mutation with its arguments and judge it for `identity`
+    (`context`: Dagster's request context, to name runs, schedules and sensors)."""
+    instance = getattr(context, "instance", None)
     mutation = MUTATIONS.get(field_name)
     if mutation is None:
         return Decision(
@@ -163,11 +165,33 @@ def decide(
     who = identity.role if identity and identity.role else "nobody"
     if mutation.rule in ("launch", "reexecute"):
         return _decide_run(field_name, mutation, args, identity, instance, who)
-    target = _target(args)
+    target = _instigator_name(args, context) or _target(args)
     if _may(identity, mutation.rule):
         return Decision(mutation, target)
     verb = mutation.action.replace("_", " ")
     return Decision(mutation, target, refusal=f"{who} may not {verb} ({target or field_name})")
+
+
+def _instigator_name(args: dict[str, Any], context: Any) -> str | None:
+    """A schedule or sensor switched off by its id: its name, from the workspace."""
+    from dagster._core.remote_representation.external import CompoundID
+
+    origin = args.get("scheduleOriginId") or args.get("jobOriginId")
+    compound = args.get("id") or origin
+    try:
+        if compound and CompoundID.is_valid_string(compound):
+            cid = CompoundID.from_string(compound)
+            origin = cid.remote_origin_id
+        if not origin or context is None:
+            return None
+        for location in context.code_locations:
+            for repository in location.get_repositories().values():
+                for item in [*repository.get_schedules(), *repository.get_sensors()]:
+                    if item.get_remote_origin_id() == origin:
+                        return str(item.name)
+    except Exception:  # a name is a nicety; the id is still recorded in the variables
+        return None
+    return None
 
 
 def _target(args: dict[str, Any]) -> str | None:
@@ -364,7 +388,7 @@ class ConsoleGate:
         scope = getattr(source, "scope", {}) or {}
         identity: Identity | None = scope.get(IDENTITY_SCOPE_KEY)
         field_name = info.field_name
-        decision = decide(field_name, args, identity, getattr(context, "instance", None))
+        decision = decide(field_name, args, identity, context)
         if decision.mutation.rule == "free" and identity is not None and identity.role:
             return next_(root, info, **args)
         problem = _transport_problem(source)
