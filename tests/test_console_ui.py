@@ -140,7 +140,7 @@ def test_operator_and_admin_act_as_themselves_in_the_browser(tmp_path, sendgrid,
             )
             switch = page.get_by_role("checkbox").first
             expect(switch).to_be_checked(timeout=60_000)
-            switch.click()
+            switch.locator("xpath=..").click()  # the styled switch around the hidden input
             expect(switch).not_to_be_checked(timeout=30_000)
             page.screenshot(path=str(artifacts / "admin_stopped_schedule.png"), full_page=True)
             browser.close()

@@ -242,7 +242,8 @@ class ConsoleWebserver(DagsterWebserver):
         page = bytes(response.body).decode()
         badge = (
             '<div id="mm-identity" title="Who the job console acts for" style="position:fixed;'
-            "bottom:6px;right:8px;z-index:2147483647;pointer-events:none;padding:2px 8px;"
+            "bottom:6px;left:50%;transform:translateX(-50%);z-index:2147483647;"
+            "pointer-events:none;padding:2px 8px;"
             "border-radius:4px;font:12px system-ui,sans-serif;opacity:.85;"
             + (
                 "background:#fde68a;color:#78350f"
