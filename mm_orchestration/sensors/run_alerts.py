@@ -88,6 +88,9 @@ def job_failure_sensor(context: RunStatusSensorContext) -> list[RunRequest] | Sk
     spec = spec_for_run(run)
     if run.job_name == send_alert.name or spec is None:
         return SkipReason(f"{run.job_name} is not an inventory job: no alert")
+    # A run launched by a person (console, `mm-jobs run`): the alert says who.
+    actor = run.tags.get(ACTOR_TAG)
+    launched = f"\n\nLaunched by {actor}." if actor else ""
     requests = [
         _alert(
             f"job-failed:{run.run_id}",
@@ -96,10 +99,10 @@ def job_failure_sensor(context: RunStatusSensorContext) -> list[RunRequest] | Sk
             f"{message}\n\nThe {spec.name} run {run.run_id} failed after its retries.\n\n"
             f"What it does: {spec.purpose}. Failure handling: {spec.failure_handling}.\n"
             f"Open the run in the job console, fix the cause, then rerun it "
-            f"(`mm-jobs run {spec.name}`).",
+            f"(`mm-jobs run {spec.name}`).{launched}",
             "job_failure_alert",
             spec.name,
-            {"run_id": run.run_id},
+            {"run_id": run.run_id, "actor": actor},
         )
     ]
     streak = failure_streak(context.instance, run)
