@@ -445,3 +445,58 @@ def test_reports_and_the_audit_trail_download_as_the_person(console):
     assert lines[0].startswith('"occurred_at","actor","role","action"')
     assert len(lines) == 4 and all(VIEWER in line for line in lines[1:])
     assert curl(console.port, "/audit-trail.csv?day=yesterday", VIEWER)[0] == 400
+
+
+# -- the gate's judgement, without a server -------------------------------------------
+
+
+def test_materialising_assets_is_judged_by_the_assets_and_names_the_partitions():
+    from mm_orchestration.console.gate import decide, stamp_actor
+
+    operator = Identity(OPERATOR, "operator", "proxy")
+
+    def materialise(asset: str, partition: str) -> dict[str, Any]:
+        params = launch_params("__ASSET_JOB", [{"key": "dagster/partition", "value": partition}])
+        params["selector"]["assetSelection"] = [{"path": asset.split("/")}]
+        return {"executionParams": params}
+
+    residency = decide(
+        "launchPipelineExecution", materialise("ops/residency_report", "2026-11-23"), operator, None
+    )
+    assert residency.refusal is None
+    assert residency.target == "ops/residency_report"
+    assert residency.details["assets"] == ["ops/residency_report"]
+    assert residency.details["partitions"] == [{"dagster/partition": "2026-11-23"}]
+    analytics = decide(
+        "launchPipelineExecution",
+        materialise("ops/analytics_hourly", "2026-11-28-10:00"),
+        operator,
+        None,
+    )
+    assert analytics.refusal == "operator may not launch ops/analytics_hourly"
+    # Admins may; a backfill's runs carry the admin as their actor.
+    backfill = {
+        "backfillParams": {
+            "partitionNames": ["2026-11-27"],
+            "tags": [{"key": "mm/actor", "value": "x"}],
+        }
+    }
+    admin = Identity(ADMIN, "admin", "proxy")
+    assert decide("launchPartitionBackfill", backfill, admin, None).refusal is None
+    stamp_actor("launchPartitionBackfill", backfill, ADMIN)
+    assert backfill["backfillParams"]["tags"] == [{"key": "mm/actor", "value": ADMIN}]
+    # Nobody may use a mutation the console has not classified.
+    assert "not classified" in (decide("launchRocket", {}, admin, None).refusal or "")
+    # DLQ tools are operators'; the restore drill is not.
+    assert (
+        decide(
+            "launchRun", {"executionParams": launch_params("dlq_requeue")}, operator, None
+        ).refusal
+        is None
+    )
+    assert (
+        decide(
+            "launchRun", {"executionParams": launch_params("backup_verify")}, admin, None
+        ).refusal
+        is None
+    )
