@@ -202,12 +202,15 @@ def curl(
     source: str = "127.0.0.1",
     method: str | None = None,
     content_type: str = "application/json",
+    forwarded: str | None = None,
 ) -> tuple[int, bytes, str]:
     """(status, body, response headers) of one request with curl from `source`, as the
     proxy (with `person`) or as a stranger."""
     args = ["curl", "-g", "-s", "-S", "--interface", source, "-D", "-", "-o", "-"]
     if person is not None:
         args += ["-H", f"{HEADER}: {person}"]
+    if forwarded is not None:
+        args += ["-H", f"X-Forwarded-For: {forwarded}"]
     if body is not None:
         data = body if isinstance(body, str) else json.dumps(body)
         args += ["-H", f"Content-Type: {content_type}", "--data-binary", data]
@@ -259,6 +262,11 @@ def test_no_identity_is_refused_with_a_page_and_health_checks_still_answer(conso
     assert curl(console.port, "/server_info", source="127.0.0.2")[0] == 200
     status, body, _ = curl(console.port, "/", OPERATOR)
     assert status == 200 and b"Signed in as olivia@mm.example (operator)" in body
+    # Trust is the connection's own address: X-Forwarded-For changes nothing either way.
+    status, _, _ = curl(console.port, "/", ADMIN, source="127.0.0.2", forwarded="127.0.0.1")
+    assert status == 401
+    status, _, _ = curl(console.port, "/", ADMIN, forwarded="203.0.113.9")
+    assert status == 200
     assert json.loads(curl(console.port, "/whoami", OPERATOR)[1])["role"] == "operator"
 
 

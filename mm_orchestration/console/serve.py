@@ -100,5 +100,8 @@ def serve(workspace: Path, host: str, port: int, log_level: str = "warning") -> 
                 + ", ".join(str(n) for n in access.trusted_proxies)
             )
             print(f"mm-jobs: job console on http://{host}:{port} ({how})", flush=True)
-            uvicorn.run(app, host=host, port=port, log_level=log_level)
+            # proxy_headers=False: the peer the front judges is the TCP peer. Uvicorn would
+            # otherwise replace it with X-Forwarded-For from 127.0.0.1, so the proxy's own
+            # requests would look like the browser's address and anyone could name one.
+            uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False)
     return 0
