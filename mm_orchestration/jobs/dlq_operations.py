@@ -124,7 +124,10 @@ def requeue(
                 "event_ids": sorted(r[1] for r in rows),
                 "all_dead": all_dead,
                 "undiscarded": sorted(r[0] for r in rows if r[2]),
+                "source": "console" if run_id else "cli",
             },
+            target=",".join(map(str, requeued)),
+            outcome="succeeded",
         )
     return requeued
 
@@ -161,13 +164,21 @@ def discard(
         # The audit entry copies the letter in SQL: Python never decodes a payload that may
         # be a poison (any depth, any number).
         conn.execute(
-            """INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
+            """INSERT INTO ops.audit_log
+                      (actor, action, job_name, run_id, details, target, outcome)
                SELECT %(actor)s, 'dlq_discard', 'mux-webhook-retry', %(run_id)s,
                       jsonb_build_object('id', id, 'event_id', event_id,
                                          'event_type', event_type, 'reason', %(reason)s::text,
-                                         'payload', payload)
+                                         'payload', payload, 'source', %(source)s::text),
+                      id::text, 'succeeded'
                  FROM portal.mux_webhook_dlq WHERE id = %(id)s""",
-            {"actor": actor, "run_id": run_id, "reason": reason, "id": dlq_id},
+            {
+                "actor": actor,
+                "run_id": run_id,
+                "reason": reason,
+                "id": dlq_id,
+                "source": "console" if run_id else "cli",
+            },
         )
 
 
