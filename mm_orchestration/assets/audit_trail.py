@@ -92,7 +92,6 @@ def audit_trail(
 audit_trail_refresh = define_asset_job(
     "audit_trail_refresh",
     selection=[audit_trail],
-    partitions_def=audit_trail_days,
     description="The day's audit trail for compliance.",
     tags={"mm/job": "audit-trail"},
 )
