@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,7 +73,17 @@ class Topology(Supervisor):
     def commands(self) -> dict[str, Command]:
         argv = commands(self.host, self.grpc_port, self.web_port, self.dev)
         ready = {"code-server": self.grpc_port, "webserver": self.web_port}
-        return {name: Command(argv[name], ready.get(name)) for name in COMPONENTS}
+        stop = {name: signal.SIGTERM for name in COMPONENTS}
+        if self.dev:
+            # The reloading code server's graceful stop waits for its run workers, which
+            # the supervisor has already asked to cancel and waited for; a worker stuck in
+            # a call (SendGrid not answering) would hold it until the kill, and the whole
+            # stop past its 15 s. It keeps no state of its own: stopped at once.
+            stop["code-server"] = signal.SIGKILL
+        return {
+            name: Command(argv[name], ready.get(name), stop_signal=stop[name])
+            for name in COMPONENTS
+        }
 
     @property
     def process_env(self) -> dict[str, str]:
