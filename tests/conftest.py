@@ -218,6 +218,7 @@ _SLOW_FIRST = (
     "test_every_run_watched.py",
     "test_console_ui.py",
     "test_dev_command.py",
+    "test_console_front.py",
 )
 
 
