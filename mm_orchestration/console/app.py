@@ -381,10 +381,9 @@ identity proxy; this console stores no passwords.</p></body></html>
 class IdentityFront:
     """ASGI: a person for every request (or 401/403), put in the scope for the app."""
 
-    def __init__(self, app: ASGIApp, access: ConsoleAccess, audit_log: ConsoleAudit | None = None):
+    def __init__(self, app: ASGIApp, access: ConsoleAccess):
         self.app = app
         self.access = access
-        self.audit_log = audit_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):

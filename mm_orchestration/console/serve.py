@@ -38,7 +38,7 @@ def build_app(
         store=ReportStore.from_settings(settings),
         timezone=settings.timezone,
     )
-    return IdentityFront(webserver.create_asgi_app(lifespan=_lifespan), access, audit_log)
+    return IdentityFront(webserver.create_asgi_app(lifespan=_lifespan), access)
 
 
 @contextlib.asynccontextmanager
