@@ -48,6 +48,10 @@ _PARTITION_TAGS = (
 )
 
 
+# Backfills whose runs carry the tags given with them.
+_BACKFILLS = frozenset({"launchPartitionBackfill", "reexecutePartitionBackfill"})
+
+
 class AuditUnavailable(RuntimeError):
     """The audit entry could not be written, so the action is not performed."""
 
@@ -413,10 +417,7 @@ class ConsoleGate:
             return _refusal(info, field_name, str(exc))
         if decision.refusal:
             return _refusal(info, field_name, decision.refusal)
-        if (
-            decision.mutation.rule in ("launch", "reexecute")
-            or field_name == "launchPartitionBackfill"
-        ):
+        if decision.mutation.rule in ("launch", "reexecute") or field_name in _BACKFILLS:
             assert identity is not None
             stamp_actor(field_name, args, identity.person)
         try:
