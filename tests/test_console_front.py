@@ -316,6 +316,16 @@ def test_a_launch_over_plain_http_is_audited_with_the_person_before_it_runs(cons
     assert sent == [{"key": "mm/actor", "value": "mallory"}]
 
 
+def test_a_launch_dagster_rejects_is_audited_as_failed(console):
+    params = launch_params("notification_digest")
+    params["runConfigData"] = {"ops": {"no_such_op": {"config": {}}}}
+    result = gql(console, OPERATOR, LAUNCH, {"p": params})["data"]["launchPipelineExecution"]
+    assert result["__typename"] == "RunConfigValidationInvalid"
+    (entry,) = console.audit("target = 'notification_digest'")
+    assert (entry["actor"], entry["outcome"], entry["run_id"]) == (OPERATOR, "failed", None)
+    assert entry["details"]["result"]["type"] == "RunConfigValidationInvalid"
+
+
 def test_an_operator_may_not_launch_the_drill_and_the_refusal_is_audited(console):
     result = gql(console, OPERATOR, LAUNCH, {"p": launch_params("backup_verify")})
     answer = result["data"]["launchPipelineExecution"]

@@ -348,11 +348,13 @@ def _outcome(value: Any) -> tuple[str, str | None, dict[str, Any]]:
     run = getattr(value, "run", None)
     run_id = getattr(run, "runId", None) if run is not None else None
     result: dict[str, Any] = {"type": typename}
-    if typename.endswith("Error") or typename in ("RunConflict", "InvalidSubsetError"):
+    interfaces = {i._meta.name for i in getattr(meta, "interfaces", ())}
+    if interfaces & {"Error", "PipelineConfigValidationInvalid"} or typename.endswith("Error"):
         message = getattr(value, "message", None)
         if message is None:
             message = getattr(value, "_message", None)
-        result["message"] = str(message)[:2000] if message is not None else None
+        shown = audit.masked(str(message)) if message is not None else None  # a DSN in a trace
+        result["message"] = shown[:2000] if shown is not None else None
         return "failed", None, result
     backfill = getattr(value, "backfill_id", None) or getattr(value, "backfillId", None)
     if backfill:
