@@ -518,3 +518,39 @@ def test_materialising_assets_is_judged_by_the_assets_and_names_the_partitions()
         ).refusal
         is None
     )
+
+
+def test_a_reexecution_is_judged_by_the_parent_runs_job_and_stamped():
+    from types import SimpleNamespace
+
+    from mm_orchestration.console.gate import decide, stamp_actor
+
+    runs = {
+        "drill": SimpleNamespace(job_name="backup_verify", asset_selection=None, tags={}),
+        "expiry": SimpleNamespace(job_name="share_link_expiry", asset_selection=None, tags={}),
+    }
+    context = SimpleNamespace(instance=SimpleNamespace(get_run_by_id=runs.get))
+    operator = Identity(OPERATOR, "operator", "proxy")
+
+    def again(parent: str) -> dict[str, Any]:
+        return {"reexecutionParams": {"parentRunId": parent, "strategy": "ALL_STEPS"}}
+
+    refused = decide("launchRunReexecution", again("drill"), operator, context)
+    assert refused.refusal == "operator may not re-execute backup_verify"
+    assert refused.details["parent_run_ids"] == ["drill"]
+    args = again("expiry")
+    allowed = decide("launchRunReexecution", args, operator, context)
+    assert allowed.refusal is None and allowed.job_name == "share-link-expiry"
+    stamp_actor("launchRunReexecution", args, OPERATOR)
+    assert args["reexecutionParams"]["extraTags"] == [{"key": "mm/actor", "value": OPERATOR}]
+    # A parent the instance does not know: nobody but an admin may guess what it ran.
+    assert decide("launchRunReexecution", again("gone"), operator, context).refusal
+
+
+def test_a_websocket_without_an_identity_is_refused(console):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"ws://127.0.0.1:{console.port}/graphql", subprotocols=["graphql-ws"])  # type: ignore[list-item]
+    assert refused.value.response.status_code in (401, 403)
