@@ -262,6 +262,13 @@ def test_no_identity_is_refused_with_a_page_and_health_checks_still_answer(conso
     assert curl(console.port, "/server_info", source="127.0.0.2")[0] == 200
     status, body, _ = curl(console.port, "/", OPERATOR)
     assert status == 200 and b"Signed in as olivia@mm.example (operator)" in body
+    # Two identity headers (one the browser's, one the proxy's): nobody for certain.
+    doubled = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"{HEADER}: {ADMIN}",
+         "-H", f"{HEADER}: {VIEWER}", f"http://127.0.0.1:{console.port}/"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert doubled.stdout == "401"
     # Trust is the connection's own address: X-Forwarded-For changes nothing either way.
     status, _, _ = curl(console.port, "/", ADMIN, source="127.0.0.2", forwarded="127.0.0.1")
     assert status == 401

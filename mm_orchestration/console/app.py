@@ -393,10 +393,17 @@ class IdentityFront:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
-        headers = {
-            k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])
-        }
-        identity = self.access.identify(client[0] if client else None, headers)
+        raw = [
+            (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", [])
+        ]
+        headers = dict(raw)
+        named = self.access.header.lower()
+        # Two identity headers are one the browser sent and one the proxy added: whichever
+        # is meant, the request names nobody for certain.
+        ambiguous = sum(1 for k, _ in raw if k == named) > 1
+        identity = (
+            None if ambiguous else self.access.identify(client[0] if client else None, headers)
+        )
         if identity is None:
             await self._refuse(
                 scope,
