@@ -2,7 +2,8 @@
 
 Issue target: on a 2-core machine a scheduled share-link expiry goes from its tick to
 success in at most 10 s (median), so its 60 s SLA measures the work, not the executor.
-`dagster dev` (the process shape of `make dev`) runs two code locations on one embedded
+`dagster dev` (a daemon, a webserver and code servers: the scheduling path of `make dev`,
+whose console front adds nothing between a tick and its run) runs two code locations on one embedded
 PostgreSQL: ours, with share-link expiry ticking on odd minutes over freshly due links, and
 a trivial one-op job ticking on even minutes (benchmarks/floor/). The two never share a
 minute, so neither slows the other. Latency = run end - the tick it was scheduled for.

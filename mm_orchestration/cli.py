@@ -8,6 +8,7 @@ import getpass
 import os
 import signal
 import sys
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 from mm_orchestration import inventory
 from mm_orchestration.settings import PORT_RANGE, Settings, SettingsError, ascii_integer
+
+PROJECT_WORKSPACE = Path(__file__).resolve().parent.parent / "workspace.yaml"
 
 # Bounds of the whole-number arguments (read by settings.ascii_integer, like the settings).
 ROW_ID_RANGE = (1, 2**63 - 1)  # a bigint id
@@ -101,13 +104,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--actor", help="who is doing this; default: you")
     p.set_defaults(func=cmd_dlq_discard)
 
-    p = sub.add_parser("dev", help="embedded PostgreSQL + Dagster UI and daemon on :3000")
+    p = sub.add_parser(
+        "console",
+        help="the job console: Dagster's UI behind sign-in, roles and the audit log",
+    )
     p.add_argument("--port", type=_whole(*PORT_RANGE), default=3000)
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--no-demo", action="store_true", help="do not load demo data")
     p.add_argument(
-        "--reports-port", type=_whole(*PORT_RANGE), default=3001, help="report download endpoint"
+        "-w",
+        "--workspace",
+        type=Path,
+        default=PROJECT_WORKSPACE,
+        help="Dagster workspace file (default: the project's, which loads the code itself)",
     )
+    p.set_defaults(func=cmd_console)
+
+    p = sub.add_parser("dev", help="embedded PostgreSQL + the job console and daemon on :3000")
+    p.add_argument("--port", type=_whole(*PORT_RANGE), default=3000)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument(
+        "--grpc-port", type=_whole(*PORT_RANGE), default=None, help="code server (default: free)"
+    )
+    p.add_argument("--no-demo", action="store_true", help="do not load demo data")
+    # Reports are served by the console now; kept so that older scripts still start.
+    p.add_argument("--reports-port", type=_whole(*PORT_RANGE), help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_dev)
 
     p = sub.add_parser("serve-reports", help="the compliance report download endpoint (production)")
@@ -123,9 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grpc-port", type=_whole(*PORT_RANGE), default=4266, help="code server")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--no-demo", action="store_true", help="do not load demo data")
-    p.add_argument(
-        "--reports-port", type=_whole(*PORT_RANGE), default=3001, help="report download endpoint"
-    )
+    p.add_argument("--reports-port", type=_whole(*PORT_RANGE), help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_prod_local)
     return parser
 
@@ -201,12 +219,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     if partition is None and job.partitions_def is not None:
         partition = job.partitions_def.get_last_partition_key()  # the latest hour or day
         print(f"{spec.name}: partition {partition}")
+    run_id = str(uuid.uuid4())
     with open_instance(settings) as instance:
-        run_id = manual_run.execute(
-            job, instance, run_config, tags, partition, _database_url(settings)
+        entry = _audit_cli_launch(settings, tags[ACTOR_TAG], spec.name, run_id, args, partition)
+        manual_run.execute(
+            job, instance, run_config, tags, partition, _database_url(settings), run_id=run_id
         )
         print(f"run id: {run_id}")
         ended = outcome(instance, run_id)
+    _settle_cli_launch(settings, entry, ended.status, run_id, ended.summary)
     if ended.status == "succeeded":
         print(f"{spec.name}: succeeded")
         return EXIT_SUCCEEDED
@@ -215,6 +236,47 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_SKIPPED
     print(f"{spec.name}: {ended.status.upper()}: {ended.summary}", file=sys.stderr)
     return EXIT_CANCELED if ended.status == "canceled" else EXIT_FAILED
+
+
+def _audit_cli_launch(
+    settings: Settings,
+    actor: str,
+    job_name: str,
+    run_id: str,
+    args: argparse.Namespace,
+    partition: str | None,
+) -> int:
+    """The launch's audit entry, written before the run starts (as the console does)."""
+    from mm_orchestration import audit
+    from mm_orchestration.db import connect
+
+    with connect(_database_url(settings), autocommit=True) as conn:
+        return audit.record(
+            conn,
+            actor,
+            "launch_run",
+            job_name,
+            run_id,
+            {
+                "source": "cli",
+                "jobs": [inventory.get(job_name).dagster_name],
+                "partitions": [{"dagster/partition": partition}] if partition else [],
+                "variables": {"force": bool(args.force), "partition": partition},
+                "via": "mm-jobs run",
+            },
+            target=job_name,
+            outcome="allowed",
+        )
+
+
+def _settle_cli_launch(
+    settings: Settings, entry: int, status: str, run_id: str, summary: str | None
+) -> None:
+    from mm_orchestration import audit
+    from mm_orchestration.db import connect
+
+    with connect(_database_url(settings), autocommit=True) as conn:
+        audit.settle(conn, entry, status, run_id, {"summary": (summary or "")[:2000]})
 
 
 def _check_partition(name: str, job: Any, partition: str) -> None:
@@ -397,7 +459,8 @@ def _local_settings() -> Settings:
 @contextlib.contextmanager
 def _local_stack(args: argparse.Namespace) -> Iterator[Settings]:
     """What `dev` and `prod-local` share: PostgreSQL (embedded unless DATABASE_URL is
-    set) with migrations and demo data, the report download endpoint and DAGSTER_HOME."""
+    set) with migrations and demo data, and DAGSTER_HOME. Reports download from the
+    console itself."""
     from psycopg import sql
 
     from mm_orchestration.db import connect
@@ -437,9 +500,6 @@ def _local_stack(args: argparse.Namespace) -> Iterator[Settings]:
                         counts = seed_demo(conn)
                     loaded = f"{counts.tenants} tenants, {counts.users} users"
                     print(f"mm-jobs: demo data loaded ({loaded})")
-        reports = _start_report_server(
-            settings, data_dir, database_url, args.host, args.reports_port
-        )
         # Every process of the stack, and `mm-jobs run` from another terminal, opens this
         # one instance; an embedded server's storage is written into it (no secret).
         home = write_home(
@@ -447,23 +507,44 @@ def _local_stack(args: argparse.Namespace) -> Iterator[Settings]:
         )
         os.environ["DAGSTER_HOME"] = str(home)
         open_instance(Settings.from_env()).dispose()  # refuses a storage in the portal DB
-        try:
-            yield Settings.from_env()
-        finally:
-            reports.shutdown()
+        yield Settings.from_env()
     finally:
         if server is not None:
             server.stop()
             say("embedded PostgreSQL stopped")
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    """The job console alone (what the systemd unit, the image and the stacks run)."""
+    from mm_orchestration.console.serve import serve
+
+    _local_settings()  # the local stack's database, when one is running
+    return serve(args.workspace.resolve(), args.host, args.port)
+
+
+def _console_defaults(args: argparse.Namespace) -> None:
+    """The local stacks' console: the local OS user (labelled as such) unless the identity
+    proxy is configured, and report links to the console itself."""
+    os.environ.setdefault("MM_CONSOLE_AUTH", "local")
+    os.environ.setdefault("MM_REPORTS_URL", f"http://{args.host}:{args.port}")
+    from mm_orchestration.console.access import ConsoleAccess
+
+    ConsoleAccess.from_env()  # a bad console setting stops the start, naming it
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
-    """`dagster dev` (console, daemon, code server) on the local stack."""
+    """The console, the daemon and a reloading code server on the local stack."""
+    from mm_orchestration.embedded_pg import free_port
     from mm_orchestration.topology import DevConsole
+
+    _console_defaults(args)
+    grpc_port = args.grpc_port or free_port()
 
     def console(env: dict[str, str]) -> DevConsole:
         home = Path(env["DAGSTER_HOME"])
-        return DevConsole(dagster_home=home, env=env, host=args.host, web_port=args.port)
+        return DevConsole(
+            dagster_home=home, env=env, host=args.host, grpc_port=grpc_port, web_port=args.port
+        )
 
     return _serve(args, console, f"job console on http://{args.host}:{args.port}")
 
@@ -474,6 +555,7 @@ def cmd_prod_local(args: argparse.Namespace) -> int:
     from mm_orchestration.topology import Topology
 
     os.environ.setdefault("MM_ENV", "staging")
+    _console_defaults(args)
 
     def topology(env: dict[str, str]) -> Topology:
         home = Path(env["DAGSTER_HOME"])
@@ -513,33 +595,10 @@ def _serve(args: argparse.Namespace, make: Any, started: str) -> int:
             return 0
 
 
-def _start_report_server(
-    settings: Settings, data_dir: Path, database_url: str, host: str, port: int
-) -> Any:
-    """The compliance download endpoint, beside the console, for the life of `dev`."""
-    import secrets
-
-    from mm_orchestration.download_server import make_server, serve_in_background
-    from mm_orchestration.resources.report_store import ReportStore
-
-    password = settings.reports_password
-    if not password:
-        # Development only: a generated password kept in a private file, never printed.
-        secret_file = data_dir / "reports-password"
-        if not secret_file.exists():
-            secret_file.write_text(secrets.token_urlsafe(18))
-            secret_file.chmod(0o600)
-        password = secret_file.read_text().strip()
-        print(f"mm-jobs: report downloads need the password in {secret_file}")
-    server = make_server(ReportStore.from_settings(settings), database_url, password, host, port)
-    serve_in_background(server)
-    os.environ.setdefault("MM_REPORTS_URL", f"http://{host}:{port}")
-    print(f"mm-jobs: report downloads on http://{host}:{port}/reports/...")
-    return server
-
-
 def cmd_serve_reports(args: argparse.Namespace) -> int:
-    """Serve stored reports to the compliance team (HTTP Basic, MM_REPORTS_PASSWORD)."""
+    """Serve stored reports to the compliance team without the console (HTTP Basic: user
+    name `compliance`, password MM_REPORTS_PASSWORD). Behind the console, use its
+    /reports/ instead: people sign in as themselves and each download is audited."""
     from mm_orchestration.download_server import make_server
     from mm_orchestration.resources.report_store import ReportStore
 

@@ -17,6 +17,11 @@ import dagster as dg
 
 from mm_orchestration import inventory
 from mm_orchestration.assets.analytics import analytics_hourly, analytics_rollup, analytics_schedule
+from mm_orchestration.assets.audit_trail import (
+    audit_trail,
+    audit_trail_refresh,
+    audit_trail_schedule,
+)
 from mm_orchestration.assets.job_health import job_health, job_health_refresh, job_health_schedule
 from mm_orchestration.assets.residency import (
     residency_report,
@@ -83,7 +88,13 @@ ASSET_JOBS = {
 }
 
 # Jobs an operator or a sensor launches; they have no schedule of their own.
-SUPPORT_JOBS: list[Any] = [send_alert, dlq_requeue, dlq_discard, job_health_refresh]
+SUPPORT_JOBS: list[Any] = [
+    send_alert,
+    dlq_requeue,
+    dlq_discard,
+    job_health_refresh,
+    audit_trail_refresh,
+]
 
 
 def build_resources(settings: Settings) -> dict[str, object]:
@@ -130,7 +141,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     if settings.run_launcher == "k8s":
         jobs = {name: with_pod_tags(job, inventory.get(name)) for name, job in jobs.items()}
         asset_jobs = {n: with_pod_tags(job, inventory.get(n)) for n, job in asset_jobs.items()}
-    schedules = [
+    schedules: list[Any] = [
         inventory_schedule(
             inventory.get(name),
             job,
@@ -145,9 +156,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         tenant_health_schedule(settings, asset_jobs["tenant-health-check"]),
         residency_schedule(settings, asset_jobs["residency-report"]),
         job_health_schedule,
+        audit_trail_schedule,
     ]
     return dg.Definitions(
-        assets=[analytics_hourly, tenant_health_daily, residency_report, job_health],
+        assets=[analytics_hourly, tenant_health_daily, residency_report, job_health, audit_trail],
         jobs=[*jobs.values(), *SUPPORT_JOBS, *asset_jobs.values()],
         schedules=schedules,
         sensors=[

@@ -1,8 +1,10 @@
 """The compliance team's download endpoint for stored reports.
 
-A small HTTP server beside the job console (bound to 127.0.0.1 unless told
-otherwise) that serves `/reports/<key>` from the ReportStore behind HTTP Basic
-authentication (any user name, the password from MM_REPORTS_PASSWORD). A request's
+A small standalone HTTP server (bound to 127.0.0.1 unless told otherwise) that serves
+`/reports/<key>` from the ReportStore behind HTTP Basic authentication (user name
+`compliance`, the password from MM_REPORTS_PASSWORD), for a deployment without the job
+console's front; behind the front (mm_orchestration.console) the same reports are served
+to signed-in people as themselves, each download audited, with no shared password. A request's
 key is a report's place in the store; `ops.residency_reports` records the absolute
 URI the store gives that key (`file:///...`, `s3://bucket/key`), so the key is
 served only when a weekly report recorded that URI (or, for a row written before
@@ -19,6 +21,7 @@ import hmac
 import mimetypes
 import socket
 import threading
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
@@ -35,11 +38,66 @@ REQUEST_TIMEOUT_SECONDS = 30.0
 # thread for ever. The answer itself (a large report on a slow link) is not limited.
 REQUEST_DEADLINE_SECONDS = 60.0
 
+# The one user name of the standalone endpoint's HTTP Basic sign-in (README: serve-reports).
+REPORTS_USER = "compliance"
+UNAUTHORISED = (
+    "401 Unauthorized: sign in with the user name compliance and the password in "
+    "MM_REPORTS_PASSWORD (ask the platform team). Behind the job console (mm-jobs console) "
+    "reports need no password: open the link from the console as yourself.\n"
+)
+
 RECORDED_HASH = """
 SELECT sha256 FROM ops.residency_reports WHERE storage_uri = ANY(%(refs)s)
 UNION ALL
 SELECT html_sha256 FROM ops.residency_reports WHERE html_uri = ANY(%(refs)s)
 """
+
+
+@dataclass(frozen=True)
+class Found:
+    """A report (status 200) or why not (another status, the reason as the body)."""
+
+    status: int
+    body: bytes
+    key: str = ""
+
+    def headers(self) -> dict[str, str]:
+        """HTML opens in the browser (sandboxed: a report is data, never a program); CSV
+        and anything else downloads."""
+        kind = mimetypes.guess_type(self.key)[0] or "application/octet-stream"
+        name = self.key.rsplit("/", 1)[-1].replace('"', "")
+        inline = kind == "text/html"
+        headers = {
+            "Content-Type": f"{kind}; charset=utf-8" if kind.startswith("text/") else kind,
+            "Content-Length": str(len(self.body)),
+            "Content-Disposition": f'{"inline" if inline else "attachment"}; filename="{name}"',
+            "X-Content-Type-Options": "nosniff",
+        }
+        if inline:
+            headers["Content-Security-Policy"] = (
+                "sandbox; default-src 'none'; style-src 'unsafe-inline'"
+            )
+        return headers
+
+
+def lookup(store: ReportStore, database_url: str, key: str) -> Found:
+    """The stored report under `key`, if a weekly report recorded it and its SHA-256 still
+    matches; else the status and reason to answer with."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        return Found(400, b"a report name has no control characters")
+    try:
+        store.check_key(key)  # refuses anything outside the store
+        refs = [store.uri(key), key]  # the URI recorded now; a legacy row's key
+        with connect(database_url) as conn:
+            row = conn.execute(RECORDED_HASH, {"refs": refs}).fetchone()
+        if row is None or row[0] is None:
+            return Found(404, b"no report recorded under that name")
+        return Found(200, store.get(key, sha256=row[0]), key)
+    except ReportStoreError as exc:
+        status = 409 if "SHA-256" in str(exc) else 404
+        if "outside" in str(exc):
+            status = 403
+        return Found(status, str(exc).encode())
 
 
 def make_server(
@@ -111,10 +169,14 @@ def make_server(
             self._deadline.cancel()  # the request is in; its answer may take its time
             try:
                 if not self._authorised():
+                    body = UNAUTHORISED.encode()
                     self.send_response(401)
                     self.send_header("WWW-Authenticate", 'Basic realm="mm-orchestration reports"')
-                    self.send_header("Content-Length", "0")
+                    self.send_header("Content-Type", "text/plain; charset=utf-8")
+                    self.send_header("Content-Length", str(len(body)))
                     self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(body)
                     return
                 self._serve()
             except Exception as exc:  # every request gets an answer, whatever it holds
@@ -129,30 +191,15 @@ def make_server(
             if not path.startswith("/reports/"):
                 return self._refuse(404, "not found")
             key = path[len("/reports/") :]
-            if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
-                return self._refuse(400, "a report name has no control characters")
-            try:
-                store.check_key(key)  # refuses anything outside the store
-                refs = [store.uri(key), key]  # the URI recorded now; a legacy row's key
-                with connect(database_url) as conn:
-                    row = conn.execute(RECORDED_HASH, {"refs": refs}).fetchone()
-                if row is None or row[0] is None:
-                    return self._refuse(404, "no report recorded under that name")
-                content = store.get(key, sha256=row[0])
-            except ReportStoreError as exc:
-                status = 409 if "SHA-256" in str(exc) else 404
-                if "outside" in str(exc):
-                    status = 403
-                return self._refuse(status, str(exc))
+            found = lookup(store, database_url, key)
+            if found.status != 200:
+                return self._refuse(found.status, found.body.decode())
             self.send_response(200)
-            kind = mimetypes.guess_type(key)[0] or "application/octet-stream"
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(content)))
-            name = key.rsplit("/", 1)[-1]
-            self.send_header("Content-Disposition", f'attachment; filename="{name}"')
+            for name, value in found.headers().items():
+                self.send_header(name, value)
             self.end_headers()
             if self.command != "HEAD":
-                self.wfile.write(content)
+                self.wfile.write(found.body)
             log_event("report.downloaded", key=key)
 
         def _authorised(self) -> bool:
@@ -160,10 +207,13 @@ def make_server(
             if not header.startswith("Basic "):
                 return False
             try:
-                _, _, given = base64.b64decode(header[6:]).decode().partition(":")
+                user, _, given = base64.b64decode(header[6:]).decode().partition(":")
             except ValueError:
                 return False
-            return hmac.compare_digest(given.encode(), password.encode())
+            # Both compared in constant time, and both always (no early exit on the name).
+            right_user = hmac.compare_digest(user.encode(), REPORTS_USER.encode())
+            right_password = hmac.compare_digest(given.encode(), password.encode())
+            return right_user and right_password
 
         def _refuse(self, status: int, reason: str) -> None:
             body = reason.encode()

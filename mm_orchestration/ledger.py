@@ -64,7 +64,9 @@ def window_for(context: OpExecutionContext, job_name: str) -> Window:
         key, trigger = f"manual:{run_id}", tags.get(TRIGGER_TAG, "manual")
     if "dagster/sensor_name" in tags and trigger == "manual":
         trigger = "sensor"
-    actor = tags.get(ACTOR_TAG) or ("ui" if trigger == "manual" else None)
+    # The person comes from the run's tag (the console's identity, `mm-jobs run`'s user);
+    # never a made-up name: a run launched some other way has no actor on record.
+    actor = tags.get(ACTOR_TAG)
     return Window(job_name=job_name, key=key, run_id=run_id, trigger=trigger, actor=actor)
 
 

@@ -35,10 +35,12 @@ def execute(
     tags: dict[str, str],
     partition: str | None,
     database_url: str,
+    run_id: str | None = None,
 ) -> str:
-    """Run `job` to its end and return the run id; on a stop signal, cancel the run (in
-    Dagster and in the ledger) and exit with EXIT_CANCELED."""
-    run_id = str(uuid.uuid4())
+    """Run `job` to its end and return the run id (`run_id`, or a new one: the caller may
+    have audited it already); on a stop signal, cancel the run (in Dagster and in the
+    ledger) and exit with EXIT_CANCELED."""
+    run_id = run_id or str(uuid.uuid4())
     tags = {**tags, CLI_PID_TAG: str(os.getpid()), CLI_HOST_TAG: socket.gethostname()}
     done = threading.Event()
     raised: list[BaseException] = []

@@ -1,12 +1,14 @@
 """The two local stacks, as processes for the one supervisor (mm_orchestration.supervisor).
 
 - `Topology` (`mm-jobs prod-local`): the production shape on one machine, the code location
-  served on its own by `dagster api grpc`, with the daemon and the webserver reaching it over
+  served on its own by `dagster api grpc`, with the daemon and the console (`mm-jobs
+  console`: Dagster's webserver behind our identity, roles and audit front) reaching it over
   gRPC. Three processes that fail and restart independently, as they do under systemd or in
   Kubernetes: a crashed code server makes the location unavailable without taking the
   console or the schedules' state with it.
-- `DevConsole` (`mm-jobs dev`): one `dagster dev` (webserver, daemon and a code server it
-  reloads from the console when the code changes).
+- `DevConsole` (`mm-jobs dev`): the same three, with `dagster code-server start` as the code
+  server, which reloads the code when the console's Reload asks (as `dagster dev` does).
+  `dagster dev` itself cannot serve its webserver behind our front, so it is not used.
 """
 
 from __future__ import annotations
@@ -23,8 +25,15 @@ LOCATION = "mm_orchestration"
 COMPONENTS = ("code-server", "daemon", "webserver")
 
 
-def commands(host: str, grpc_port: int, web_port: int) -> dict[str, list[str]]:
-    """The command line of each process (the systemd units and the image run the same)."""
+def commands(host: str, grpc_port: int, web_port: int, dev: bool = False) -> dict[str, list[str]]:
+    """The command line of each process (the systemd units and the image run the same).
+    `dev`: the code server reloads the code on request (`dagster code-server start`)."""
+    if dev:
+        code_server = [
+            executable("dagster"), "code-server", "start", "--module-name", "mm_orchestration",
+            "--location-name", LOCATION, "--host", host, "--port", str(grpc_port),
+        ]  # fmt: skip
+        return {**commands(host, grpc_port, web_port), "code-server": code_server}
     return {
         "code-server": [
             executable("dagster"),
@@ -41,10 +50,11 @@ def commands(host: str, grpc_port: int, web_port: int) -> dict[str, list[str]]:
         ],  # fmt: skip
         "daemon": [executable("dagster-daemon"), "run", "-w", str(WORKSPACE)],
         "webserver": [
-            executable("dagster-webserver"),
-            "-h",
+            executable("mm-jobs"),
+            "console",
+            "--host",
             host,
-            "-p",
+            "--port",
             str(web_port),
             "-w",
             str(WORKSPACE),
@@ -58,11 +68,22 @@ class Topology(Supervisor):
 
     grpc_port: int = 4266
     web_port: int = 3000
+    dev: bool = False
 
     def commands(self) -> dict[str, Command]:
-        argv = commands(self.host, self.grpc_port, self.web_port)
+        argv = commands(self.host, self.grpc_port, self.web_port, self.dev)
         ready = {"code-server": self.grpc_port, "webserver": self.web_port}
-        return {name: Command(argv[name], ready.get(name)) for name in COMPONENTS}
+        stop = {name: signal.SIGTERM for name in COMPONENTS}
+        if self.dev:
+            # The reloading code server's graceful stop waits for its run workers, which
+            # the supervisor has already asked to cancel and waited for; a worker stuck in
+            # a call (SendGrid not answering) would hold it until the kill, and the whole
+            # stop past its 15 s. It keeps no state of its own: stopped at once.
+            stop["code-server"] = signal.SIGKILL
+        return {
+            name: Command(argv[name], ready.get(name), stop_signal=stop[name])
+            for name in COMPONENTS
+        }
 
     @property
     def process_env(self) -> dict[str, str]:
@@ -74,26 +95,7 @@ class Topology(Supervisor):
 
 
 @dataclass
-class DevConsole(Supervisor):
-    """`dagster dev` on the project's workspace: the console, the daemon and a code server."""
+class DevConsole(Topology):
+    """`mm-jobs dev`: the three processes, the code server reloading on request."""
 
-    web_port: int = 3000
-
-    def commands(self) -> dict[str, Command]:
-        argv = [
-            executable("dagster"), "dev", "-h", self.host, "-p", str(self.web_port),
-            "-w", str(PROJECT_ROOT / "workspace.yaml"),
-        ]  # fmt: skip
-        # dagster dev shuts its webserver, daemon and code server down cleanly on SIGINT.
-        return {"console": Command(argv, self.web_port, stop_signal=signal.SIGINT)}
-
-    @property
-    def process_env(self) -> dict[str, str]:
-        # `dagster dev` warns at every start that `dg dev` supersedes it; the project keeps
-        # `dagster dev` (the pinned Dagster's own), so that one warning is not shown.
-        quiet = "ignore:Function `dev_command` is superseded"
-        inherited = self.env.get("PYTHONWARNINGS")
-        return {
-            **super().process_env,
-            "PYTHONWARNINGS": f"{inherited},{quiet}" if inherited else quiet,
-        }
+    dev: bool = True

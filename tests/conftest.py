@@ -175,6 +175,8 @@ def topology(
         SENDGRID_API_KEY="SG.test-key",
         SENDGRID_API_HOST=sendgrid.url,
         SENDGRID_DIGEST_TEMPLATE_ID="d-test",
+        # The console as `mm-jobs prod-local` starts it: the local OS user, an admin.
+        MM_CONSOLE_AUTH="local",
     )
     topology = Topology(
         dagster_home=home,
@@ -216,6 +218,7 @@ _SLOW_FIRST = (
     "test_every_run_watched.py",
     "test_console_ui.py",
     "test_dev_command.py",
+    "test_console_front.py",
 )
 
 

@@ -100,7 +100,7 @@ def test_only_bounces_older_than_30_days_go_and_the_audit_is_hashed(conn, portal
     ).fetchall()
     actor, action, job_name, run_id, details = audit
     assert (actor, action, job_name) == (
-        "ui",
+        "unknown",  # launched by nobody in particular: never a made-up name
         "delete_bounce_suppressions",
         "notification-suppression-cleanup",
     )

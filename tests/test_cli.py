@@ -67,6 +67,20 @@ def test_run_share_link_expiry_is_recorded_in_the_instance(dagster_env, conn, tm
     assert len(emails) == 1 and "jack@bondi.example" in emails[0].read_text()
     ledger = conn.execute("SELECT run_id, status, trigger, actor FROM ops.job_runs").fetchone()
     assert ledger == (run_id, "succeeded", "cli", "reliability-oncall")
+    # Audited by the command itself, before the run (the entry then says how it ended).
+    entry = conn.execute(
+        "SELECT actor, action, job_name, run_id, target, outcome, details->>'source'"
+        " FROM ops.audit_log WHERE action = 'launch_run'"
+    ).fetchone()
+    assert entry == (
+        "reliability-oncall",
+        "launch_run",
+        "share-link-expiry",
+        run_id,
+        "share-link-expiry",
+        "succeeded",
+        "cli",
+    )
     with DagsterInstance.get() as instance:
         run = instance.get_run_by_id(run_id)
         assert run is not None and run.status == DagsterRunStatus.SUCCESS

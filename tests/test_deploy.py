@@ -142,7 +142,8 @@ def test_helm_values_match_the_code_and_hold_no_secret() -> None:
     assert queue["maxConcurrentRuns"] == local["max_concurrent_runs"]
     assert queue["tagConcurrencyLimits"] == local["tag_concurrency_limits"]
 
-    (config_map,) = [m for m in values["extraManifests"] if m["kind"] == "ConfigMap"]
+    manifests = {(m["kind"], m["metadata"]["name"]): m for m in values["extraManifests"]}
+    config_map = manifests["ConfigMap", "mm-orchestration-config"]
     settings_source = (PROJECT_ROOT / "mm_orchestration" / "settings.py").read_text()
     read = set(re.findall(r'get\("([A-Z0-9_]+)"\)', settings_source))
     secrets = {
@@ -151,7 +152,6 @@ def test_helm_values_match_the_code_and_hold_no_secret() -> None:
         "SENDGRID_API_KEY",
         "SENTRY_DSN",
         "MUX_WEBHOOK_SECRET",
-        "MM_REPORTS_PASSWORD",
         "NEON_API_KEY",
     }
     assert set(config_map["data"]) <= read, set(config_map["data"]) - read
@@ -165,6 +165,30 @@ def test_helm_values_match_the_code_and_hold_no_secret() -> None:
     operator = {"NEON_API_KEY": "x", "NEON_PROJECT_ID": "autumn-disk-484331"}
     settings = Settings.from_env(config_map["data"] | operator)
     assert settings.env == "production" and settings.drill_method == "neon"
+
+
+def test_helm_runs_the_console_behind_its_proxy_not_the_bare_webserver(tmp_path: Path) -> None:
+    """The chart's own webserver has no sign-in: it is scaled to nothing, and the console
+    runs the command prod-local runs, on 127.0.0.1 behind oauth2-proxy in its pod."""
+    from mm_orchestration.console.access import ConsoleAccess
+
+    values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
+    assert values["dagsterWebserver"]["replicaCount"] == 0
+    manifests = {(m["kind"], m["metadata"]["name"]): m for m in values["extraManifests"]}
+    pod = manifests["Deployment", "mm-console"]["spec"]["template"]["spec"]
+    console, proxy = pod["containers"]
+    expected = commands("127.0.0.1", 4266, 3000)["webserver"]
+    assert console["command"][0] == Path(expected[0]).name
+    tail = [a if "/" not in a else Path(a).name for a in expected[1:]]
+    assert [a if "/" not in a else Path(a).name for a in console["command"][1:]] == tail
+    assert "--upstream=http://127.0.0.1:3000" in proxy["args"]
+    assert manifests["Service", "mm-console"]["spec"]["ports"][0]["targetPort"] == 4180
+    data = manifests["ConfigMap", "mm-console-config"]["data"]
+    roles = tmp_path / "roles.yaml"
+    roles.write_text(data["roles.yaml"])
+    access = ConsoleAccess.from_env(data | {"MM_CONSOLE_ROLES_FILE": str(roles)})
+    assert access.mode == "proxy" and [str(n) for n in access.trusted_proxies] == ["127.0.0.1/32"]
+    assert access.role_of("someone@motionmavericks.com.au") == "viewer"
 
 
 def test_image_is_pinned_non_root_and_serves_the_code_location() -> None:
@@ -241,10 +265,17 @@ def test_systemd_units_run_the_topology_as_an_unprivileged_user() -> None:
         assert "User=mm-jobs" in text and "Restart=always" in text, unit
         assert "EnvironmentFile=/etc/mm-orchestration/env" in text, unit
     assert "KillMode=process" in units["mm-code-server.service"]  # runs outlive a redeploy
-    assert "serve-reports --host 127.0.0.1" in units["mm-reports.service"]
+    # Reports download from the console as the signed-in person: no shared-password server.
+    assert "mm-reports.service" not in units
     target = units["mm-orchestration.target"]
-    for unit in [*UNIT_COMMANDS, "mm-reports.service"]:
+    for unit in UNIT_COMMANDS:
         assert unit in target
+    env = dict(
+        line.split("=", 1)
+        for line in units["env.example"].splitlines()
+        if line and not line.startswith("#")
+    )
+    assert "MM_REPORTS_PASSWORD" not in env and env["MM_CONSOLE_TRUSTED_PROXIES"] == "127.0.0.1"
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")

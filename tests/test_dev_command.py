@@ -67,7 +67,7 @@ def _family(pid: int) -> dict[str, int]:
     roles = {
         "api grpc": "code-server",
         "dagster-daemon": "daemon",
-        "dagster-webserver": "webserver",
+        "mm-jobs console": "webserver",
     }
     found = {}
     for child in psutil.Process(pid).children(recursive=True):

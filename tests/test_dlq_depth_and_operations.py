@@ -117,14 +117,20 @@ def test_requeue_and_discard_jobs_are_audited(conn, portal_db):
     ).fetchall()
     assert rows[0] == ("pending", 0, None) and rows[1] == ("pending", 0, None)
     assert rows[2][0] == "dead"
+    discard_config = {
+        "ops": {"discard_dead_letter": {"config": {"id": ids[2], "reason": "test event"}}}
+    }
+    # No person, no change: the actor is never a default name (nor a field to fill in).
+    nameless = run_job(dlq_discard, {"portal_db": portal_db}, discard_config)
+    assert not nameless.success
+    (failure,) = [e for e in nameless.all_events if e.is_step_failure]
+    assert "names no person" in failure.step_failure_data.error.message
     result = run_job(
-        dlq_discard,
-        {"portal_db": portal_db},
-        {"ops": {"discard_dead_letter": {"config": {"id": ids[2], "reason": "test event"}}}},
+        dlq_discard, {"portal_db": portal_db}, discard_config, tags={"mm/actor": "nina"}
     )
     assert result.success
     audit = conn.execute("SELECT actor, action, details FROM ops.audit_log ORDER BY id").fetchall()
-    assert [(a[0], a[1]) for a in audit] == [("jack", "dlq_requeue"), ("ui", "dlq_discard")]
+    assert [(a[0], a[1]) for a in audit] == [("jack", "dlq_requeue"), ("nina", "dlq_discard")]
     assert audit[0][2]["ids"] == ids[:2] and audit[1][2]["reason"] == "test event"
     assert audit[1][2]["payload"] == {"type": "video.asset.ready", "id": "e2"}
 
@@ -179,6 +185,7 @@ def test_a_mistyped_id_fails_at_once_saying_why_in_one_line(conn, portal_db):
             resources={"portal_db": portal_db},
             run_config={"ops": {"discard_dead_letter": {"config": {"id": 55, "reason": "typo"}}}},
             instance=instance,
+            tags={"mm/actor": "nina"},
             raise_on_error=False,
         )
         assert not result.success

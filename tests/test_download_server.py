@@ -102,6 +102,11 @@ def test_well_formed_requests_are_answered_as_before(serve):
     port = serve()
     reply = exchange(port, b"GET /reports/x.csv HTTP/1.1\r\nHost: h\r\n\r\n")
     assert status_of(reply) == (b"HTTP/1.0", 401) and b"WWW-Authenticate: Basic" in reply
+    # The refusal says how to sign in (the user name is compliance), never the password.
+    assert b"user name compliance" in reply and b"s3cret" not in reply
+    wrong_user = b"Authorization: Basic " + base64.b64encode(b"someone:s3cret") + b"\r\n"
+    reply = exchange(port, b"GET /reports/x.csv HTTP/1.0\r\n" + wrong_user + b"\r\n")
+    assert status_of(reply) == (b"HTTP/1.0", 401)
     reply = exchange(port, b"GET /elsewhere HTTP/1.0\r\n" + AUTH + b"\r\n")
     assert status_of(reply) == (b"HTTP/1.0", 404)
     reply = exchange(port, b"GET /reports/%FF HTTP/1.0\r\n" + AUTH + b"\r\n")

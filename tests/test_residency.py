@@ -525,7 +525,7 @@ def test_rows_from_before_uris_are_rewritten_when_proven_and_served_meanwhile(
     request = urllib.request.Request(
         f"http://127.0.0.1:{server.server_address[1]}/reports/{old_csv}"
     )
-    request.add_header("Authorization", "Basic " + base64.b64encode(b"c:s3cret").decode())
+    request.add_header("Authorization", "Basic " + base64.b64encode(b"compliance:s3cret").decode())
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # before the rewrite
             assert response.read() == b"tenant\nA\n"

@@ -82,24 +82,31 @@ def test_failure_streak_and_recovery_alert_once_each(broken_db, portal_db):
         assert isinstance(quiet, SkipReason)
 
 
-def test_manual_runs_are_audited_once_and_scheduled_runs_never(portal_db, conn):
+def test_the_audit_sensor_only_reconciles_runs_nobody_audited(portal_db, conn):
+    from mm_orchestration import audit
+
     with DagsterInstance.ephemeral() as instance:
         manual = run(instance, portal_db, {"mm/actor": "olivia", "mm/trigger": "cli"})
-        ui = run(instance, portal_db)
+        nameless = run(instance, portal_db)
+        audited = run(instance, portal_db, {"mm/actor": "adam"})
         scheduled = run(instance, portal_db, {"dagster/schedule_name": "invite_cleanup_schedule"})
-        for dagster_run in (manual, manual, ui, scheduled):
+        # The console (or mm-jobs run) wrote this one's entry when it was launched.
+        audit.record(conn, "adam", "launch_run", "invite-cleanup", audited.run_id, {})
+        for dagster_run in (manual, manual, nameless, audited, scheduled):
             with context_for(
                 instance, dagster_run, DagsterEventType.RUN_START, {"portal_db": portal_db}
             ) as context:
                 manual_run_audit_sensor(context)
     rows = conn.execute(
-        "SELECT actor, action, job_name, run_id, details FROM ops.audit_log ORDER BY id"
+        "SELECT actor, action, job_name, run_id, details, outcome FROM ops.audit_log"
+        " WHERE action = 'manual_run' ORDER BY id"
     ).fetchall()
-    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
-        ("olivia", "manual_run", "invite-cleanup", manual.run_id),
-        ("ui", "manual_run", "invite-cleanup", ui.run_id),
+    assert [(r[0], r[1], r[2], r[3], r[5]) for r in rows] == [
+        ("olivia", "manual_run", "invite-cleanup", manual.run_id, "reconciled"),
+        ("unknown", "manual_run", "invite-cleanup", nameless.run_id, "reconciled"),
     ]
     assert rows[0][4]["trigger"] == "cli" and "config" in rows[0][4]
+    assert "no entry was written" in rows[0][4]["reconciled"]
 
 
 def test_sla_alert_fires_once_for_a_slow_run_and_never_for_a_fast_one(monkeypatch):

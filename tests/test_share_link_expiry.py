@@ -305,7 +305,7 @@ def test_ledger_records_duration_rows_and_trigger(conn, portal_db, mailer, agenc
     assert row[0] == "share-link-expiry"
     assert row[1] == f"manual:{result.run_id}" and row[2] == result.run_id
     assert row[3] == "succeeded" and row[4] >= 0 and row[5] == 3
-    assert row[6] == "manual" and row[7] == "ui" and row[8]
+    assert row[6] == "manual" and row[7] is None and row[8]  # no person named: no made-up one
 
 
 def test_structured_logs_carry_job_fields_and_no_full_address(

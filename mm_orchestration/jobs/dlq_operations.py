@@ -16,6 +16,7 @@ from psycopg.rows import dict_row
 from pydantic import Field
 
 from mm_orchestration import audit
+from mm_orchestration.ledger import ACTOR_TAG
 from mm_orchestration.resources import PortalDatabase
 from mm_orchestration.scheduling import JOB_TAG
 
@@ -123,7 +124,10 @@ def requeue(
                 "event_ids": sorted(r[1] for r in rows),
                 "all_dead": all_dead,
                 "undiscarded": sorted(r[0] for r in rows if r[2]),
+                "source": "console" if run_id else "cli",
             },
+            target=",".join(map(str, requeued)),
+            outcome="succeeded",
         )
     return requeued
 
@@ -160,13 +164,21 @@ def discard(
         # The audit entry copies the letter in SQL: Python never decodes a payload that may
         # be a poison (any depth, any number).
         conn.execute(
-            """INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
+            """INSERT INTO ops.audit_log
+                      (actor, action, job_name, run_id, details, target, outcome)
                SELECT %(actor)s, 'dlq_discard', 'mux-webhook-retry', %(run_id)s,
                       jsonb_build_object('id', id, 'event_id', event_id,
                                          'event_type', event_type, 'reason', %(reason)s::text,
-                                         'payload', payload)
+                                         'payload', payload, 'source', %(source)s::text),
+                      id::text, 'succeeded'
                  FROM portal.mux_webhook_dlq WHERE id = %(id)s""",
-            {"actor": actor, "run_id": run_id, "reason": reason, "id": dlq_id},
+            {
+                "actor": actor,
+                "run_id": run_id,
+                "reason": reason,
+                "id": dlq_id,
+                "source": "console" if run_id else "cli",
+            },
         )
 
 
@@ -184,13 +196,24 @@ class RequeueConfig(Config):
     # A plain default (not a factory), so the console's Launchpad shows the field to fill.
     ids: list[int] = Field(default=[], description="Dead-letter ids to requeue")
     all_dead: bool = Field(default=False, description="Requeue every dead letter")
-    actor: str = Field(default="ui", description="Who is doing this (for the audit log)")
 
 
 class DiscardConfig(Config):
     id: int = Field(description="The dead letter to discard")
     reason: str = Field(description="Why (kept in the audit log)")
-    actor: str = Field(default="ui", description="Who is doing this (for the audit log)")
+
+
+def _actor(context: OpExecutionContext) -> str:
+    """The person who launched the run: the console's identity or `mm-jobs`'s user, as the
+    run's `mm/actor` tag. Never a field they fill in, and never a default name."""
+    actor = context.run.tags.get(ACTOR_TAG)
+    if not actor:
+        raise Failure(
+            description="this run names no person (no mm/actor tag): launch the DLQ tools from "
+            "the job console, signed in, or with `mm-jobs dlq`",
+            allow_retries=False,
+        )
+    return actor
 
 
 @op
@@ -198,7 +221,7 @@ def requeue_dead_letters(
     context: OpExecutionContext, config: RequeueConfig, portal_db: PortalDatabase
 ) -> None:
     """Put dead letters back in the queue with their attempts reset."""
-    actor = context.run.tags.get("mm/actor", config.actor)
+    actor = _actor(context)
     with _operator_error(), portal_db.connection() as conn:
         done = requeue(conn, config.ids, actor, config.all_dead, context.run_id)
     context.add_output_metadata({"requeued": len(done), "ids": str(done)})
@@ -209,7 +232,7 @@ def discard_dead_letter(
     context: OpExecutionContext, config: DiscardConfig, portal_db: PortalDatabase
 ) -> None:
     """Close one dead letter for good, with the reason in the audit log."""
-    actor = context.run.tags.get("mm/actor", config.actor)
+    actor = _actor(context)
     with _operator_error(), portal_db.connection() as conn:
         discard(conn, config.id, config.reason, actor, context.run_id)
 

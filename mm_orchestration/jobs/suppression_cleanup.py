@@ -89,9 +89,9 @@ def delete_old_bounce_suppressions(
             report_skip(context, run)
             return 0
         with portal_db.connection() as conn:  # one transaction: delete, audit, SendGrid
-            deleted = delete_old_bounces(
-                conn, window.actor or "schedule", window.run_id, mailer.uses_sendgrid
-            )
+            # The person who launched it, else what did (a schedule); never a made-up name.
+            actor = window.actor or (window.trigger if window.trigger != "manual" else "unknown")
+            deleted = delete_old_bounces(conn, actor, window.run_id, mailer.uses_sendgrid)
             requests = mailer.delete_bounces(deleted.addresses) if deleted.addresses else 0
             conn.execute(
                 """UPDATE ops.audit_log

@@ -5,9 +5,11 @@
   Nth failure in a row (the inventory's `consecutive_failures_alert`, default 2) it
   also requests one "consecutive failures" alert for the streak.
 - `job_recovery_sensor`: the first success after such a streak sends one recovery notice.
-- `manual_run_audit_sensor`: every run that no schedule or sensor started (the UI's
-  launchpad, `mm-jobs run`, GraphQL) gets one `ops.audit_log` entry with the actor
-  (the `mm/actor` tag, 'ui' when unknown), the job, the run id and the config used.
+- `manual_run_audit_sensor`: reconciliation only. The console and `mm-jobs run` audit a
+  launch at the moment it is asked for, with the person (mm_orchestration.console.gate,
+  cli.cmd_run); a run that no schedule, sensor or backfill started and that no audit entry
+  names (launched around them, e.g. straight into the instance) gets a `manual_run` entry
+  saying it was found afterwards, with the `mm/actor` tag if any ('unknown' otherwise).
 
 Alerts about `send_alert` itself are never requested, so alerting cannot loop.
 """
@@ -25,6 +27,7 @@ from dagster import (
 )
 from psycopg.types.json import Jsonb
 
+from mm_orchestration.audit import masked
 from mm_orchestration.jobs.alerts import alert_request, send_alert
 from mm_orchestration.ledger import ACTOR_TAG, OUTCOME_TAG
 from mm_orchestration.resources import PortalDatabase
@@ -85,6 +88,9 @@ def job_failure_sensor(context: RunStatusSensorContext) -> list[RunRequest] | Sk
     spec = spec_for_run(run)
     if run.job_name == send_alert.name or spec is None:
         return SkipReason(f"{run.job_name} is not an inventory job: no alert")
+    # A run launched by a person (console, `mm-jobs run`): the alert says who.
+    actor = run.tags.get(ACTOR_TAG)
+    launched = f"\n\nLaunched by {actor}." if actor else ""
     requests = [
         _alert(
             f"job-failed:{run.run_id}",
@@ -93,10 +99,10 @@ def job_failure_sensor(context: RunStatusSensorContext) -> list[RunRequest] | Sk
             f"{message}\n\nThe {spec.name} run {run.run_id} failed after its retries.\n\n"
             f"What it does: {spec.purpose}. Failure handling: {spec.failure_handling}.\n"
             f"Open the run in the job console, fix the cause, then rerun it "
-            f"(`mm-jobs run {spec.name}`).",
+            f"(`mm-jobs run {spec.name}`).{launched}",
             "job_failure_alert",
             spec.name,
-            {"run_id": run.run_id},
+            {"run_id": run.run_id, "actor": actor},
         )
     ]
     streak = failure_streak(context.instance, run)
@@ -144,11 +150,11 @@ def job_recovery_sensor(context: RunStatusSensorContext) -> RunRequest | SkipRea
     )
 
 
+# Only a run no entry names yet: the console's and the CLI's entries carry the run id.
 AUDIT_ONCE = """
-INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
-SELECT %(actor)s, 'manual_run', %(job)s, %(run_id)s, %(details)s
- WHERE NOT EXISTS (SELECT 1 FROM ops.audit_log
-                    WHERE action = 'manual_run' AND run_id = %(run_id)s)
+INSERT INTO ops.audit_log (actor, action, job_name, run_id, details, target, outcome)
+SELECT %(actor)s, 'manual_run', %(job)s, %(run_id)s, %(details)s, %(job)s, 'reconciled'
+ WHERE NOT EXISTS (SELECT 1 FROM ops.audit_log WHERE run_id = %(run_id)s)
 """
 
 
@@ -161,10 +167,11 @@ def is_manual(run: DagsterRun) -> bool:
 
 
 def audit_manual_run(portal_db: PortalDatabase, run: DagsterRun) -> bool:
-    """One audit entry per manual run; returns whether this call wrote it."""
+    """An entry for a manual run that has none; returns whether this call wrote it."""
     details = {
-        "config": run.run_config,
-        "trigger": run.tags.get("mm/trigger", "ui"),
+        "config": masked(run.run_config),
+        "reconciled": "no entry was written when this run was launched",
+        "trigger": run.tags.get("mm/trigger", "unknown"),
         "tags": {k: v for k, v in run.tags.items() if k.startswith("mm/")},
     }
     spec = spec_for_run(run)
@@ -172,7 +179,7 @@ def audit_manual_run(portal_db: PortalDatabase, run: DagsterRun) -> bool:
         written = conn.execute(
             AUDIT_ONCE,
             {
-                "actor": run.tags.get(ACTOR_TAG, "ui"),
+                "actor": run.tags.get(ACTOR_TAG) or "unknown",
                 "job": spec.name if spec else run.job_name,
                 "run_id": run.run_id,
                 "details": Jsonb(details),
@@ -189,9 +196,9 @@ def manual_run_audit_sensor(
     if not is_manual(run):
         return SkipReason(f"run {run.run_id[:8]} was started by a schedule, sensor or backfill")
     wrote = audit_manual_run(portal_db, run)
-    actor = run.tags.get(ACTOR_TAG, "ui")
+    actor = run.tags.get(ACTOR_TAG) or "unknown"
     return SkipReason(
-        f"audited run {run.run_id[:8]} of {run.job_name} by {actor}"
+        f"run {run.run_id[:8]} of {run.job_name} (by {actor}) had no audit entry: reconciled"
         if wrote
-        else f"run {run.run_id[:8]} was already audited"
+        else f"run {run.run_id[:8]} was audited when it was launched"
     )

@@ -24,6 +24,7 @@ from dagster import (
 )
 
 from mm_orchestration import inventory
+from mm_orchestration.ledger import ACTOR_TAG
 from mm_orchestration.resources.monitoring import Monitoring
 from mm_orchestration.scheduling import spec_for_run
 from mm_orchestration.sensors.every_run import every_run_sensor
@@ -76,14 +77,20 @@ def report_run(monitoring: Monitoring, instance: DagsterInstance, run: DagsterRu
         (s["end"] for s in steps if "end" in s), default=start
     )
     sent = 0
+    # Who launched it by hand (the console's signed-in person, `mm-jobs run`'s user).
+    actor = run.tags.get(ACTOR_TAG)
     with sentry_sdk.new_scope() as scope:
         scope.set_tag("jobName", job_name)
         scope.set_tag("runId", run.run_id)
+        if actor:
+            scope.set_tag("actor", actor)
         transaction = sentry_sdk.start_transaction(
             op="dagster.run", name=job_name, start_timestamp=start, sampled=True
         )
         transaction.set_tag("jobName", job_name)
         transaction.set_tag("runId", run.run_id)
+        if actor:
+            transaction.set_tag("actor", actor)
         for step in steps:
             if "start" not in step:
                 continue
@@ -97,6 +104,8 @@ def report_run(monitoring: Monitoring, instance: DagsterInstance, run: DagsterRu
                     failure.set_tag("jobName", job_name)
                     failure.set_tag("runId", run.run_id)
                     failure.set_tag("op", step["op"])
+                    if actor:
+                        failure.set_tag("actor", actor)
                     tenant = _TENANT.search(step["error"])
                     if tenant:
                         failure.set_tag("tenantId", tenant.group(1))

@@ -1,0 +1,105 @@
+"""ops/audit_trail: the day's audit trail for compliance, one partition per Sydney day.
+
+Who did what, when, to what and how it ended, from `ops.audit_log`: every console action
+(launches, refusals, schedule switches, wipes, downloads), every `mm-jobs run` and DLQ
+tool, and what the jobs record themselves (escalations, clean-ups). The materialisation
+shows the day's counts by person and by action, a table of the entries, and links to the
+console's CSV download of that day (all of it, or one person or action: add
+`&person=...` or `&action=...` to the link). It reads; it never changes the log.
+"""
+
+from datetime import date
+from urllib.parse import urlencode
+
+from dagster import (
+    AssetExecutionContext,
+    DailyPartitionsDefinition,
+    DefaultScheduleStatus,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    build_schedule_from_partitioned_job,
+    define_asset_job,
+)
+
+from mm_orchestration import audit_trail as trail
+from mm_orchestration.resources import JobSettings, PortalDatabase
+
+SYDNEY = "Australia/Sydney"
+PREVIEW_ROWS = 200
+
+audit_trail_days = DailyPartitionsDefinition(start_date="2026-01-01", timezone=SYDNEY, end_offset=0)
+
+
+def _cell(value: object) -> str:
+    """Markdown-table-safe text (a pipe or a newline would break the table)."""
+    return str(value).replace("|", "\\|").replace("\n", " ")[:120]
+
+
+@asset(
+    key_prefix=["ops"],
+    group_name="compliance",
+    partitions_def=audit_trail_days,
+    kinds={"postgres", "csv"},
+)
+def audit_trail(
+    context: AssetExecutionContext, portal_db: PortalDatabase, job_settings: JobSettings
+) -> MaterializeResult:
+    """Who did what in the job console and the jobs on one Sydney day, for compliance."""
+    portal_db.require("ops.audit_log")
+    day = date.fromisoformat(context.partition_key)
+    with portal_db.connection() as conn:
+        frame = trail.entries(conn, trail.Filter.for_day(day, SYDNEY))
+    by_person = frame.groupby(frame["actor"]).size().sort_values(ascending=False)
+    by_action = frame.groupby(frame["action"]).size().sort_values(ascending=False)
+    refused = int((frame["outcome"] == "refused").sum()) if not frame.empty else 0
+    table = [
+        "| time (UTC) | person | role | action | target | outcome |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in frame.head(PREVIEW_ROWS).to_dict("records"):
+        cells = (
+            row["occurred_at"].strftime("%H:%M:%S"),
+            row["actor"],
+            row["role"] or "",
+            row["action"],
+            row["target"] or row["job_name"] or "",
+            row["outcome"] or "",
+        )
+        table.append("| " + " | ".join(_cell(v) for v in cells) + " |")
+    base = job_settings.reports_url.rstrip("/")
+    download = f"{base}/audit-trail.csv?{urlencode({'day': day.isoformat()})}"
+    return MaterializeResult(
+        metadata={
+            "entries": MetadataValue.int(len(frame)),
+            "people": MetadataValue.int(len(by_person)),
+            "refused": MetadataValue.int(refused),
+            "by_person": MetadataValue.md(
+                "\n".join(f"- {_cell(k)}: {v}" for k, v in by_person.items()) or "nobody"
+            ),
+            "by_action": MetadataValue.md(
+                "\n".join(f"- {_cell(k)}: {v}" for k, v in by_action.items()) or "nothing"
+            ),
+            "entries_preview": MetadataValue.md("\n".join(table)),
+            "download_csv": MetadataValue.url(download),
+            "filter_hint": MetadataValue.text(
+                "Add &person=<email> or &action=<action> to the download link to filter it."
+            ),
+        }
+    )
+
+
+audit_trail_refresh = define_asset_job(
+    "audit_trail_refresh",
+    selection=[audit_trail],
+    description="The day's audit trail for compliance.",
+    tags={"mm/job": "audit-trail"},
+)
+
+# Each Sydney day just after it ends (the partition is the day before the tick).
+audit_trail_schedule = build_schedule_from_partitioned_job(
+    audit_trail_refresh,
+    hour_of_day=0,
+    minute_of_hour=20,
+    default_status=DefaultScheduleStatus.RUNNING,
+)

@@ -1,0 +1,237 @@
+"""Who may use the job console, and what each role may do.
+
+The console never stores a password. In production a person is whoever the company's
+authenticating proxy (oauth2-proxy, Cloudflare Access, an ALB with OIDC) says they are, in
+one request header, believed only when the request comes from one of the proxy's
+addresses. In development (`mm-jobs dev`) the person is the local operating-system user,
+and the console says so on every page. A person's role comes from a small configuration
+(MM_CONSOLE_ROLES and/or the YAML file MM_CONSOLE_ROLES_FILE); somebody it does not name
+gets nothing at all.
+
+Roles, each including the one before:
+
+- `viewer`: read everything, download reports and the audit trail;
+- `operator`: also launch and re-execute the seed's manual jobs (share-link expiry,
+  notification digest, residency report) and the DLQ tools;
+- `admin`: everything else too (the restore drill and every other job, backfills,
+  terminate, delete, schedule and sensor switches, cursors, asset wipes and reports).
+"""
+
+from __future__ import annotations
+
+import getpass
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mm_orchestration import inventory
+from mm_orchestration.settings import SettingsError
+
+ROLES = ("viewer", "operator", "admin")
+AUTH_MODES = ("proxy", "local")
+DEFAULT_HEADER = "X-Auth-Request-Email"
+
+# What an operator may launch or re-execute: the seed's manual jobs and the DLQ tools,
+# by their Dagster job names, and the assets of the manual asset jobs (a materialisation
+# from the asset's page launches Dagster's implicit asset job with those assets).
+OPERATOR_JOBS = frozenset(
+    {spec.dagster_name for spec in inventory.INVENTORY if spec.manual_trigger}
+    | {"dlq_requeue", "dlq_discard"}
+)
+OPERATOR_ASSETS = frozenset(
+    asset for spec in inventory.INVENTORY if spec.manual_trigger for asset in spec.assets
+)
+
+# A person as a proxy names them: an email address or a user name, printable ASCII
+# without spaces or separators that would make the audit ambiguous.
+_PERSON = re.compile(r"^[A-Za-z0-9._%+\-@]{1,254}$")
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9\-]{1,100}$")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The person behind one request and their role (None: they get nothing)."""
+
+    person: str
+    role: str | None
+    # How we know: "proxy" (the trusted proxy's header) or "local" (development: the OS user).
+    source: str
+
+    def at_least(self, role: str) -> bool:
+        return self.role is not None and ROLES.index(self.role) >= ROLES.index(role)
+
+    @property
+    def label(self) -> str:
+        """How the console names the person on its pages."""
+        role = self.role or "no role"
+        if self.source == "local":
+            return f"{self.person} ({role}) - development: the local OS user, no sign-in"
+        return f"{self.person} ({role})"
+
+
+@dataclass(frozen=True)
+class ConsoleAccess:
+    """The console's identity and role settings, validated at start."""
+
+    mode: str = "proxy"
+    header: str = DEFAULT_HEADER
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    roles: Mapping[str, str] = field(default_factory=dict)
+    local_user: str = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ConsoleAccess:
+        """MM_CONSOLE_AUTH, MM_CONSOLE_IDENTITY_HEADER, MM_CONSOLE_TRUSTED_PROXIES,
+        MM_CONSOLE_ROLES and MM_CONSOLE_ROLES_FILE; SettingsError naming the first bad one."""
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str:
+            return (env.get(name) or "").strip()
+
+        mode = get("MM_CONSOLE_AUTH") or "proxy"
+        if mode not in AUTH_MODES:
+            raise SettingsError(
+                f"MM_CONSOLE_AUTH={mode!r} is not one of {', '.join(AUTH_MODES)} (proxy: "
+                "the identity proxy's header; local: development, the local OS user)"
+            )
+        header = get("MM_CONSOLE_IDENTITY_HEADER") or DEFAULT_HEADER
+        if not _HEADER_NAME.fullmatch(header):
+            raise SettingsError(
+                f"MM_CONSOLE_IDENTITY_HEADER={header[:100]!r} is not an HTTP header name "
+                "(letters, digits and hyphens, e.g. X-Auth-Request-Email)"
+            )
+        proxies = _networks(get("MM_CONSOLE_TRUSTED_PROXIES"))
+        if mode == "proxy" and not proxies:
+            raise SettingsError(
+                "MM_CONSOLE_TRUSTED_PROXIES is not set: with MM_CONSOLE_AUTH=proxy the console "
+                "believes the identity header only from the proxy's addresses (e.g. 127.0.0.1, "
+                "or 10.0.0.0/24); give them, or use MM_CONSOLE_AUTH=local for development"
+            )
+        roles = dict(_roles_file(get("MM_CONSOLE_ROLES_FILE")))
+        for person, role in _roles_text("MM_CONSOLE_ROLES", get("MM_CONSOLE_ROLES")).items():
+            if roles.get(person, role) != role:
+                raise SettingsError(
+                    f"MM_CONSOLE_ROLES gives {person} the role {role}, but "
+                    f"MM_CONSOLE_ROLES_FILE gives them {roles[person]}: name a person once"
+                )
+            roles[person] = role
+        local_user = _os_user() if mode == "local" else ""
+        return cls(mode, header, proxies, roles, local_user)
+
+    def role_of(self, person: str) -> str | None:
+        """The person's role: their own entry, else their email domain's (`*@example.com`);
+        in development the local OS user is an admin unless the roles say otherwise."""
+        key = person.lower()
+        if key in self.roles:
+            return self.roles[key]
+        domain = key.rpartition("@")[2]
+        if "@" in key and f"*@{domain}" in self.roles:
+            return self.roles[f"*@{domain}"]
+        if self.mode == "local" and key == self.local_user.lower():
+            return "admin"
+        return None
+
+    def identify(self, peer: str | None, headers: Mapping[str, str]) -> Identity | None:
+        """The person behind a request from `peer` with `headers` (lower-case names), or
+        None when there is none to believe: no header, a malformed one, or a header from an
+        address that is not the proxy's (ignored: anyone can send it)."""
+        if self.mode == "local":
+            return Identity(self.local_user, self.role_of(self.local_user), "local")
+        if peer is None or not self.trusted(peer):
+            return None
+        person = headers.get(self.header.lower(), "").strip()
+        if not _PERSON.fullmatch(person):
+            return None
+        return Identity(person.lower(), self.role_of(person), "proxy")
+
+    def trusted(self, peer: str) -> bool:
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_proxies)
+
+
+def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise SettingsError(
+                f"MM_CONSOLE_TRUSTED_PROXIES: {item[:60]!r} is not an IP address or network "
+                "(e.g. 127.0.0.1, 10.0.0.0/24, ::1), separated by commas"
+            ) from None
+    return tuple(networks)
+
+
+def _check_entry(setting: str, person: str, role: str) -> tuple[str, str]:
+    person, role = person.strip().lower(), role.strip().lower()
+    if role not in ROLES:
+        raise SettingsError(
+            f"{setting}: {person[:100]!r} has the role {role[:30]!r}; roles are {', '.join(ROLES)}"
+        )
+    bare = person[2:] if person.startswith("*@") else person
+    if not _PERSON.fullmatch(bare) or ("*" in person and not person.startswith("*@")):
+        raise SettingsError(
+            f"{setting}: {person[:100]!r} is not a person as the proxy names them (an email "
+            "address or a user name) or a whole domain (*@example.com)"
+        )
+    return person, role
+
+
+def _roles_text(setting: str, text: str) -> dict[str, str]:
+    """`person=role` pairs separated by `;` or `,` (e.g. `ann@x.com=admin; *@x.com=viewer`)."""
+    roles: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in re.split(r"[;,]", text))):
+        person, sep, role = item.partition("=")
+        if not sep:
+            raise SettingsError(
+                f"{setting}: {item[:100]!r} is not person=role "
+                "(e.g. ann@example.com=admin; *@example.com=viewer)"
+            )
+        person, role = _check_entry(setting, person, role)
+        if roles.get(person, role) != role:
+            raise SettingsError(f"{setting}: {person} is given two roles ({roles[person]}, {role})")
+        roles[person] = role
+    return roles
+
+
+def _roles_file(path: str) -> dict[str, str]:
+    """The YAML file: each role a list of people (`admin: [ann@example.com]`)."""
+    if not path:
+        return {}
+    setting = "MM_CONSOLE_ROLES_FILE"
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise SettingsError(f"{setting}={path}: cannot be read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{setting}={path}: is not YAML ({str(exc)[:200]})") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(v, list | type(None)) for v in data.values()
+    ):
+        raise SettingsError(
+            f"{setting}={path}: expected each role with a list of people, e.g.\n"
+            "admin: [ann@example.com]\noperator: [ben@example.com]\nviewer: ['*@example.com']"
+        )
+    roles: dict[str, str] = {}
+    for role, people in data.items():
+        for person in people or []:
+            key, value = _check_entry(setting, str(person), str(role))
+            if roles.get(key, value) != value:
+                raise SettingsError(f"{setting}: {key} is listed under {roles[key]} and {value}")
+            roles[key] = value
+    return roles
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

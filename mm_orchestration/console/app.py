@@ -1,0 +1,445 @@
+"""The console front: dagster-webserver's own ASGI app, behind a layer of ours.
+
+- `IdentityFront` (ASGI, outermost): every request gets a person (access.ConsoleAccess) or
+  a 401 page; a person without a role gets a 403 page. Only `/server_info` (versions, for
+  health checks such as the Helm chart's probes) answers without one.
+- `ConsoleWebserver` (a `DagsterWebserver`): each request's Dagster context carries the
+  person's role as Dagster permissions, so the UI enables only what the role allows and
+  Dagster's own checks refuse the rest; the graphene middleware (gate.ConsoleGate) audits
+  and judges every mutation; Dagster's REST endpoints that change state (reporting asset
+  events) are judged and audited the same way; GraphQL over the websocket carries only
+  subscriptions; reports and the audit trail download here, as the signed-in person.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from collections.abc import Mapping
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from dagster._core.workspace.context import WorkspaceRequestContext
+from dagster._core.workspace.permissions import (
+    LOCATION_SCOPED_PERMISSIONS,
+    PermissionResult,
+    Permissions,
+)
+from dagster_webserver.webserver import DagsterWebserver
+from graphql import GraphQLError, OperationType, parse
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from mm_orchestration import audit, audit_trail
+from mm_orchestration.console.access import ConsoleAccess, Identity
+from mm_orchestration.console.gate import (
+    IDENTITY_SCOPE_KEY,
+    AuditUnavailable,
+    ConsoleAudit,
+    ConsoleGate,
+)
+from mm_orchestration.db import connect
+from mm_orchestration.download_server import lookup
+from mm_orchestration.resources.report_store import ReportStore
+
+log = logging.getLogger("mm.console")
+
+PUBLIC_PATHS = frozenset({"/server_info"})
+# What an operator may do besides reading (per-job rules are the gate's).
+OPERATOR_PERMISSIONS = frozenset(
+    {
+        Permissions.LAUNCH_PIPELINE_EXECUTION,
+        Permissions.LAUNCH_PIPELINE_REEXECUTION,
+        Permissions.RELOAD_REPOSITORY_LOCATION,
+        Permissions.RELOAD_WORKSPACE,
+    }
+)
+
+
+def role_permissions(role: str | None) -> dict[str, PermissionResult]:
+    """Dagster's permission map for a role: what the UI enables and Dagster allows."""
+    result = {}
+    for permission in Permissions:
+        enabled = role == "admin" or (role == "operator" and permission in OPERATOR_PERMISSIONS)
+        reason = None if enabled else f"Your role ({role or 'none'}) does not allow this."
+        result[permission.value] = PermissionResult(enabled=enabled, disabled_reason=reason)
+    return result
+
+
+class RoleRequestContext(WorkspaceRequestContext):
+    """Dagster's request context with the permissions of the person's role."""
+
+    def __init__(self, role: str | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._role = role
+
+    @property
+    def permissions(self) -> Mapping[str, PermissionResult]:
+        return role_permissions(self._role)
+
+    def permissions_for_location(self, *, location_name: str) -> Mapping[str, PermissionResult]:
+        return {
+            k: v
+            for k, v in role_permissions(self._role).items()
+            if k in LOCATION_SCOPED_PERMISSIONS
+        }
+
+
+def identity_of(conn: HTTPConnection) -> Identity | None:
+    return conn.scope.get(IDENTITY_SCOPE_KEY)
+
+
+_REPORT_ASSET_EVENTS = {
+    "report_asset_materialization": "report_asset_materialization",
+    "report_asset_check": "report_asset_check",
+    "report_asset_observation": "report_asset_observation",
+}
+
+
+class ConsoleWebserver(DagsterWebserver):
+    """dagster-webserver with our identity, roles, audit and downloads (module docstring)."""
+
+    def __init__(
+        self,
+        process_context: Any,
+        audit_log: ConsoleAudit,
+        store: ReportStore | None,
+        timezone: str = "Australia/Sydney",
+        **kwargs: Any,
+    ) -> None:
+        self._audit_log = audit_log
+        self._store = store
+        self._timezone = timezone
+        super().__init__(process_context, **kwargs)
+
+    # -- Dagster's extension points ------------------------------------------------
+
+    def build_graphql_middleware(self) -> list[Any]:
+        return [ConsoleGate(self._audit_log)]
+
+    def _make_request_context(self, conn: HTTPConnection) -> Any:
+        identity = identity_of(conn)
+        role = identity.role if identity else None
+        pc = self._process_context
+        return RoleRequestContext(
+            role,
+            instance=pc.instance,
+            current_workspace=pc.get_current_workspace(),
+            process_context=pc,
+            version=pc.version,
+            source=conn,
+            read_only=role not in ("operator", "admin"),
+        )
+
+    def build_routes(self) -> list[BaseRoute]:
+        ours: list[BaseRoute] = [
+            Route("/reports/{key:path}", self.report_download_endpoint),
+            Route("/audit-trail.csv", self.audit_trail_endpoint),
+            Route("/whoami", self.whoami_endpoint),
+        ]
+        return ours + list(super().build_routes())
+
+    # -- state-changing REST endpoints: judged and audited like mutations ---------------
+
+    async def _report_event(self, request: Request, kind: str) -> JSONResponse | None:
+        """None when `request` may go on (audited); else the refusal (also audited)."""
+        identity = identity_of(request)
+        asset = request.path_params.get("asset_key", "")
+        try:
+            body = await request.json() if await request.body() else {}
+        except ValueError:
+            body = {}
+        partition = request.query_params.get("partition") or (
+            body.get("partition") if isinstance(body, dict) else None
+        )
+        allowed = identity is not None and identity.at_least("admin")
+        who = identity.role if identity else "nobody"
+        refusal = None if allowed else f"{who} may not {kind.replace('_', ' ')} {asset}"
+        try:
+            self._audit_log.write(
+                identity,
+                kind,
+                "allowed" if allowed else "refused",
+                asset,
+                {
+                    "assets": [asset],
+                    "partitions": [partition] if partition else [],
+                    "variables": audit.masked({"query": dict(request.query_params), "body": body}),
+                    "via": f"rest {request.method}",
+                    **({"refusal": refusal} if refusal else {}),
+                },
+            )
+        except AuditUnavailable as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503)
+        if refusal:
+            return JSONResponse({"error": refusal}, status_code=403)
+        return None
+
+    async def report_asset_materialization_endpoint(self, request: Request) -> JSONResponse:
+        return await self._report_event(
+            request, "report_asset_materialization"
+        ) or await super().report_asset_materialization_endpoint(request)
+
+    async def report_asset_check_endpoint(self, request: Request) -> JSONResponse:
+        return await self._report_event(
+            request, "report_asset_check"
+        ) or await super().report_asset_check_endpoint(request)
+
+    async def report_asset_observation_endpoint(self, request: Request) -> JSONResponse:
+        return await self._report_event(
+            request, "report_asset_observation"
+        ) or await super().report_asset_observation_endpoint(request)
+
+    # -- the websocket carries subscriptions only ------------------------------------
+
+    async def execute_graphql_subscription(
+        self,
+        websocket: WebSocket,
+        operation_id: str,
+        query: str,
+        variables: dict[str, Any] | None,
+        operation_name: str | None,
+    ) -> Any:
+        try:
+            document = parse(query)
+        except GraphQLError as error:
+            return None, error.formatted
+        kinds = {d.operation for d in document.definitions if hasattr(d, "operation")}
+        if kinds - {OperationType.SUBSCRIPTION}:
+            message = "only subscriptions are accepted over the websocket; POST mutations"
+            try:
+                self._audit_log.write(
+                    identity_of(websocket),
+                    "websocket_operation",
+                    "refused",
+                    None,
+                    {
+                        "query": query[:4000],
+                        "variables": audit.masked(variables or {}),
+                        "via": "graphql websocket",
+                        "refusal": message,
+                    },
+                )
+            except AuditUnavailable:
+                pass
+            return None, {"message": message}
+        return await super().execute_graphql_subscription(
+            websocket, operation_id, query, variables, operation_name
+        )
+
+    # -- the person on every page -------------------------------------------------------
+
+    def index_html_endpoint(self, request: Request) -> Response:
+        response = super().index_html_endpoint(request)
+        identity = identity_of(request)
+        if identity is None or not isinstance(response, HTMLResponse):
+            return response
+        page = bytes(response.body).decode()
+        badge = (
+            '<div id="mm-identity" title="Who the job console acts for" style="position:fixed;'
+            "bottom:6px;left:50%;transform:translateX(-50%);z-index:2147483647;"
+            "pointer-events:none;padding:2px 8px;"
+            "border-radius:4px;font:12px system-ui,sans-serif;opacity:.85;"
+            + (
+                "background:#fde68a;color:#78350f"
+                if identity.source == "local"
+                else "background:#e5e7eb;color:#111827"
+            )
+            + f'">Signed in as {html.escape(identity.label)}</div>'
+        )
+        page = page.replace("</body>", badge + "</body>", 1)
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+        return HTMLResponse(page, status_code=response.status_code, headers=headers)
+
+    async def whoami_endpoint(self, request: Request) -> JSONResponse:
+        identity = identity_of(request)
+        assert identity is not None  # the front lets no one through without
+        return JSONResponse(
+            {"person": identity.person, "role": identity.role, "source": identity.source}
+        )
+
+    # -- downloads, as the signed-in person ---------------------------------------
+
+    async def report_download_endpoint(self, request: Request) -> Response:
+        """A stored report (viewer and above), each download audited."""
+        identity = identity_of(request)
+        key = request.path_params["key"]
+        if self._store is None:
+            return PlainTextResponse("reports are not configured here", status_code=404)
+        database_url = self._audit_log.database_url
+        found = await _in_thread(lookup, self._store, database_url, key)
+        try:
+            await _in_thread(
+                self._audit_log.write,
+                identity,
+                "download_report",
+                "succeeded" if found.status == 200 else f"failed: {found.status}",
+                key,
+                {
+                    "via": "rest GET",
+                    **({} if found.status == 200 else {"reason": found.body.decode()}),
+                },
+            )
+        except AuditUnavailable as exc:
+            return PlainTextResponse(str(exc), status_code=503)
+        if found.status != 200:
+            return PlainTextResponse(found.body.decode(), status_code=found.status)
+        return Response(found.body, headers=found.headers())
+
+    async def audit_trail_endpoint(self, request: Request) -> Response:
+        """The audit trail as CSV, filtered by person, action and day or period (viewer and
+        above; the download itself is audited)."""
+        params = request.query_params
+        try:
+            wanted = _trail_filter(params, self._timezone)
+        except ValueError as exc:
+            return PlainTextResponse(str(exc), status_code=400)
+        identity = identity_of(request)
+        try:
+            await _in_thread(
+                self._audit_log.write,
+                identity,
+                "download_audit_trail",
+                "succeeded",
+                "ops/audit_trail",
+                {
+                    "via": "rest GET",
+                    "filter": {
+                        "since": wanted.since.isoformat(),
+                        "until": wanted.until.isoformat(),
+                        "person": wanted.person,
+                        "action": wanted.action,
+                    },
+                },
+            )
+        except AuditUnavailable as exc:
+            return PlainTextResponse(str(exc), status_code=503)
+
+        def read() -> bytes:
+            with connect(self._audit_log.database_url) as conn:
+                return audit_trail.as_csv(audit_trail.entries(conn, wanted))
+
+        body = await _in_thread(read)
+        name = f"audit-trail-{wanted.since.date()}-{wanted.until.date()}.csv"
+        return Response(
+            body,
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+
+_NAME = re.compile(r"^[A-Za-z0-9._%+\-@:*]{1,254}$")
+
+
+def _trail_filter(params: Mapping[str, str], zone: str) -> audit_trail.Filter:
+    """`day=YYYY-MM-DD` (a local day), or `since`/`until` (dates or ISO times); `person`,
+    `action` optional. Default: today."""
+    person = params.get("person") or None
+    action = params.get("action") or None
+    for name, value in (("person", person), ("action", action)):
+        if value is not None and not _NAME.fullmatch(value):
+            raise ValueError(f"{name}: not a person or an action name")
+    try:
+        if params.get("since") or params.get("until"):
+            since = _when(params.get("since") or "1970-01-01", zone)
+            until = _when(params.get("until") or "9999-12-31", zone)
+            return audit_trail.Filter(since, until, person, action)
+        today = datetime.now(ZoneInfo(zone)).date()
+        day = date.fromisoformat(params["day"]) if params.get("day") else today
+    except ValueError:
+        raise ValueError("day, since and until are dates (2026-11-30) or ISO times") from None
+    return audit_trail.Filter.for_day(day, zone, person, action)
+
+
+def _when(text: str, zone: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=ZoneInfo(zone))
+
+
+async def _in_thread(fn: Any, *args: Any) -> Any:
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(fn, *args)
+
+
+# -- the identity layer -----------------------------------------------------------
+
+_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>{title} - mm-orchestration job console</title></head>
+<body style="font:16px system-ui,sans-serif;max-width:40em;margin:4em auto;line-height:1.5">
+<h1>{title}</h1><p>{message}</p>
+<p style="color:#555">mm-orchestration job console. Sign-in is handled by the company's
+identity proxy; this console stores no passwords.</p></body></html>
+"""
+
+
+class IdentityFront:
+    """ASGI: a person for every request (or 401/403), put in the scope for the app."""
+
+    def __init__(self, app: ASGIApp, access: ConsoleAccess):
+        self.app = app
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)  # lifespan
+            return
+        if scope["type"] == "http" and scope.get("path") in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        raw = [
+            (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", [])
+        ]
+        headers = dict(raw)
+        named = self.access.header.lower()
+        # Two identity headers are one the browser sent and one the proxy added: whichever
+        # is meant, the request names nobody for certain.
+        ambiguous = sum(1 for k, _ in raw if k == named) > 1
+        identity = (
+            None if ambiguous else self.access.identify(client[0] if client else None, headers)
+        )
+        if identity is None:
+            await self._refuse(
+                scope,
+                receive,
+                send,
+                401,
+                "Sign-in required",
+                "This request carries no identity the console can believe. Open the console "
+                "through the company's sign-in (the identity proxy); a request straight to the "
+                "console, or one whose identity header did not come from the proxy, is refused.",
+            )
+            return
+        if identity.role is None:
+            await self._refuse(
+                scope,
+                receive,
+                send,
+                403,
+                "No access",
+                f"You are signed in as {html.escape(identity.person)}, but you have no role in "
+                "the job console. Ask an admin to add you (viewer, operator or admin) to "
+                "MM_CONSOLE_ROLES or MM_CONSOLE_ROLES_FILE.",
+            )
+            return
+        await self.app({**scope, IDENTITY_SCOPE_KEY: identity}, receive, send)
+
+    async def _refuse(
+        self, scope: Scope, receive: Receive, send: Send, status: int, title: str, message: str
+    ) -> None:
+        if scope["type"] == "websocket":
+            # Close before accepting: the browser sees the handshake refused.
+            await send({"type": "websocket.close", "code": 4000 + status})
+            return
+        response = HTMLResponse(
+            _PAGE.format(title=title, message=message),
+            status_code=status,
+            headers={"Cache-Control": "no-store"},
+        )
+        await response(scope, receive, send)

@@ -1,0 +1,107 @@
+"""`mm-jobs console`: the job console (Dagster's webserver behind our front) on one port.
+
+Built the way `dagster-webserver` builds itself (dagster_webserver/cli.py): the instance
+from DAGSTER_HOME, tuned for a long-running server, a WorkspaceProcessContext over the
+workspace file, the ASGI app, uvicorn; with our front around the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from mm_orchestration.console.access import ConsoleAccess
+from mm_orchestration.console.app import ConsoleWebserver, IdentityFront
+from mm_orchestration.console.gate import ConsoleAudit
+from mm_orchestration.settings import Settings, SettingsError
+
+# dagster-webserver's own defaults (dagster_webserver.cli).
+DB_STATEMENT_TIMEOUT_MS = 15_000
+DB_POOL_RECYCLE_SECONDS = 3_600
+DB_POOL_MAX_OVERFLOW = 20
+
+
+def build_app(
+    process_context: Any, access: ConsoleAccess, settings: Settings, database_url: str
+) -> IdentityFront:
+    """The ASGI app: the front around dagster-webserver's app (with our routes)."""
+    from mm_orchestration.resources.report_store import ReportStore
+
+    audit_log = ConsoleAudit(database_url)
+    webserver = ConsoleWebserver(
+        process_context,
+        audit_log=audit_log,
+        store=ReportStore.from_settings(settings),
+        timezone=settings.timezone,
+    )
+    return IdentityFront(webserver.create_asgi_app(lifespan=_lifespan), access)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Any) -> AsyncIterator[None]:
+    # As dagster-webserver does: a stop (Ctrl-C, SIGTERM) cancels the lifespan task.
+    with contextlib.suppress(asyncio.CancelledError):
+        yield
+
+
+def check_binding(host: str, access: ConsoleAccess) -> None:
+    """Development identity (the local OS user, an admin) only where nobody else reaches."""
+    if access.mode != "local":
+        return
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise SettingsError(
+            f"MM_CONSOLE_AUTH=local makes everyone who reaches the console {access.local_user}; "
+            f"it serves only on a loopback address, not {host}. Use MM_CONSOLE_AUTH=proxy "
+            "behind the identity proxy"
+        )
+
+
+def serve(workspace: Path, host: str, port: int, log_level: str = "warning") -> int:
+    """Serve the console until SIGINT or SIGTERM; settings are checked first."""
+    import uvicorn
+    from dagster._core.workspace.context import WorkspaceProcessContext
+    from dagster._core.workspace.load_target import WorkspaceFileTarget
+    from dagster_webserver.version import __version__
+
+    from mm_orchestration.instance import open_instance
+
+    access = ConsoleAccess.from_env()
+    check_binding(host, access)
+    settings = Settings.from_env()
+    if not settings.database_url:
+        raise SettingsError(
+            "DATABASE_URL is not set: the console writes its audit log to the portal database"
+        )
+    if not workspace.exists():
+        raise SettingsError(f"--workspace {workspace}: no such file")
+    with open_instance(settings) as instance:
+        instance.optimize_for_webserver(
+            DB_STATEMENT_TIMEOUT_MS, DB_POOL_RECYCLE_SECONDS, DB_POOL_MAX_OVERFLOW
+        )
+        with WorkspaceProcessContext(
+            instance,
+            version=__version__,
+            read_only=False,
+            workspace_load_target=WorkspaceFileTarget(paths=[str(workspace)]),
+        ) as process_context:
+            app = build_app(process_context, access, settings, settings.database_url)
+            how = (
+                f"development: everyone is the local OS user {access.local_user}"
+                if access.mode == "local"
+                else f"identity from {access.header} sent by "
+                + ", ".join(str(n) for n in access.trusted_proxies)
+            )
+            print(f"mm-jobs: job console on http://{host}:{port} ({how})", flush=True)
+            # proxy_headers=False: the peer the front judges is the TCP peer. Uvicorn would
+            # otherwise replace it with X-Forwarded-For from 127.0.0.1, so the proxy's own
+            # requests would look like the browser's address and anyone could name one.
+            uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False)
+    return 0

@@ -1,0 +1,50 @@
+"""ops/audit_trail: one Sydney day of the audit log for compliance, and the CSV it links to."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from dagster import DagsterInstance, materialize
+
+from mm_orchestration import audit, audit_trail
+from mm_orchestration.assets.audit_trail import audit_trail as audit_trail_asset
+
+SYDNEY = ZoneInfo("Australia/Sydney")
+DAY = date(2026, 11, 27)
+
+
+def entry(conn, actor, action, at, **extra):
+    entry_id = audit.record(conn, actor, action, None, None, {}, **extra)
+    conn.execute("UPDATE ops.audit_log SET occurred_at = %s WHERE id = %s", [at, entry_id])
+
+
+def test_one_sydney_day_with_counts_table_and_filtered_csv(conn, portal_db, job_settings):
+    inside = datetime(2026, 11, 27, 0, 30, tzinfo=SYDNEY)  # 2026-11-26 13:30 UTC
+    entry(conn, "olivia@mm.example", "launch_run", inside, role="operator", target="x")
+    entry(conn, "olivia@mm.example", "launch_run", inside, role="operator", outcome="refused")
+    entry(conn, "=cmd|' /C calc'!A0", "download_report", inside, role="viewer")
+    entry(conn, "adam@mm.example", "stop_schedule", datetime(2026, 11, 28, 0, 1, tzinfo=SYDNEY))
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [audit_trail_asset],
+            partition_key=DAY.isoformat(),
+            instance=instance,
+            resources={"portal_db": portal_db, "job_settings": job_settings},
+        )
+    (materialization,) = result.asset_materializations_for_node("ops__audit_trail")
+    metadata = materialization.metadata
+    assert metadata["entries"].value == 3 and metadata["people"].value == 2
+    assert metadata["refused"].value == 1
+    assert "olivia@mm.example: 2" in metadata["by_person"].value
+    assert "launch_run: 2" in metadata["by_action"].value
+    assert metadata["download_csv"].value.endswith("/audit-trail.csv?day=2026-11-27")
+    assert "\\|" in metadata["entries_preview"].value  # a pipe in a name keeps the table whole
+
+    only = audit_trail.Filter.for_day(DAY, "Australia/Sydney", person="OLIVIA@mm.example")
+    frame = audit_trail.entries(conn, only)
+    assert list(frame["action"]) == ["launch_run", "launch_run"]
+    csv = audit_trail.as_csv(
+        audit_trail.entries(conn, audit_trail.Filter.for_day(DAY, "Australia/Sydney"))
+    ).decode()
+    assert "\"'=cmd|' /C calc'!A0\"" in csv  # a formula is text in a spreadsheet

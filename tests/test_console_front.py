@@ -1,0 +1,563 @@
+"""The console front: who the console believes, what each role may do, and the audit entry
+every action writes before it happens. One real `mm-jobs console` (Dagster's webserver
+behind our front) on this module's databases; the test is the identity proxy (it sets
+X-Auth-Request-Email from 127.0.0.1, the trusted address) or a stranger (127.0.0.2, which
+the console does not trust), and talks plain HTTP with curl, as a script would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+import pytest
+
+from mm_orchestration.console.access import ConsoleAccess, Identity
+from mm_orchestration.console.mutations import MUTATIONS
+from mm_orchestration.embedded_pg import free_port
+from mm_orchestration.instance import write_home
+from mm_orchestration.resources.report_store import ReportStore
+from mm_orchestration.settings import Settings, SettingsError
+from tests.conftest import create_database, drop_database
+
+MM_JOBS = str(Path(sys.executable).with_name("mm-jobs"))
+HEADER = "X-Auth-Request-Email"
+OPERATOR, ADMIN, VIEWER = "olivia@mm.example", "adam@mm.example", "vera@mm.example"
+ROLES = f"{OPERATOR}=operator; {ADMIN}=admin; {VIEWER}=viewer"
+
+LAUNCH = """
+mutation($p: ExecutionParams!) { launchPipelineExecution(executionParams: $p) {
+  __typename ... on LaunchRunSuccess { run { runId tags { key value } } }
+  ... on PythonError { message } ... on UnauthorizedError { message } } }
+"""
+STOP_SCHEDULE = """
+mutation($id: String!) { stopRunningSchedule(id: $id) {
+  __typename ... on ScheduleStateResult { scheduleState { status } }
+  ... on UnauthorizedError { message } ... on PythonError { message } } }
+"""
+SCHEDULE_ID = """
+query { scheduleOrError(scheduleSelector: {repositoryLocationName: "mm_orchestration",
+  repositoryName: "__repository__", scheduleName: "invite_cleanup_schedule"}) {
+  ... on Schedule { id scheduleState { id selectorId status } } } }
+"""
+PERMISSIONS = """
+query { permissions { permission value } }
+"""
+
+
+# -- what is classified, and the settings ---------------------------------------------
+
+
+def test_every_mutation_of_the_pinned_dagster_is_classified():
+    """An upgrade that adds a mutation fails here until mutations.py says what it is."""
+    from dagster_graphql.schema import create_schema
+
+    mutation_type = create_schema().graphql_schema.mutation_type
+    assert mutation_type is not None
+    assert set(mutation_type.fields) - set(MUTATIONS) == set(), "unclassified mutations"
+    assert set(MUTATIONS) - set(mutation_type.fields) == set(), "classified but gone"
+
+
+def test_roles_and_identity_settings_are_checked_at_start(tmp_path):
+    with pytest.raises(SettingsError, match="MM_CONSOLE_TRUSTED_PROXIES"):
+        ConsoleAccess.from_env({"MM_CONSOLE_AUTH": "proxy"})
+    with pytest.raises(SettingsError, match="MM_CONSOLE_AUTH"):
+        ConsoleAccess.from_env({"MM_CONSOLE_AUTH": "none"})
+    with pytest.raises(SettingsError, match="MM_CONSOLE_ROLES: .*superuser"):
+        ConsoleAccess.from_env(
+            {"MM_CONSOLE_TRUSTED_PROXIES": "127.0.0.1", "MM_CONSOLE_ROLES": "a@x.io=superuser"}
+        )
+    with pytest.raises(SettingsError, match="MM_CONSOLE_TRUSTED_PROXIES: 'proxy.local'"):
+        ConsoleAccess.from_env({"MM_CONSOLE_TRUSTED_PROXIES": "proxy.local"})
+    roles_file = tmp_path / "roles.yaml"
+    roles_file.write_text("admin: [ann@x.io]\nviewer: ['*@x.io']\n")
+    access = ConsoleAccess.from_env(
+        {
+            "MM_CONSOLE_TRUSTED_PROXIES": "10.0.0.0/24, ::1",
+            "MM_CONSOLE_ROLES_FILE": str(roles_file),
+            "MM_CONSOLE_ROLES": "ben@x.io=operator",
+        }
+    )
+    assert [access.role_of(p) for p in ("Ann@x.io", "ben@x.io", "cat@x.io", "dan@y.io")] == [
+        "admin",
+        "operator",
+        "viewer",
+        None,  # unknown people get nothing
+    ]
+    headers = {"x-auth-request-email": "ann@x.io"}
+    assert access.identify("10.0.0.7", headers) == Identity("ann@x.io", "admin", "proxy")
+    assert access.identify("10.0.1.7", headers) is None  # not the proxy: header ignored
+    assert access.identify("10.0.0.7", {}) is None
+    assert access.identify("10.0.0.7", {"x-auth-request-email": "a b@x.io"}) is None
+    roles_file.write_text("admin: [ben@x.io]\n")
+    with pytest.raises(SettingsError, match="ben@x.io the role operator.*gives them admin"):
+        ConsoleAccess.from_env(
+            {
+                "MM_CONSOLE_TRUSTED_PROXIES": "127.0.0.1",
+                "MM_CONSOLE_ROLES_FILE": str(roles_file),
+                "MM_CONSOLE_ROLES": "ben@x.io=operator",
+            }
+        )
+    with pytest.raises(SettingsError, match="MM_CONSOLE_ROLES_FILE=.*cannot be read"):
+        ConsoleAccess.from_env(
+            {"MM_CONSOLE_TRUSTED_PROXIES": "127.0.0.1", "MM_CONSOLE_ROLES_FILE": "/nonexistent"}
+        )
+
+
+def test_secrets_are_masked_in_audited_variables():
+    from mm_orchestration.audit import masked
+
+    assert masked(
+        {
+            "runConfigData": "ops:\n  send:\n    config:\n      api_key: SG.abc\n      n: 3\n",
+            "tags": [{"key": "sendgrid/token", "value": "t0k"}, {"key": "mm/job", "value": "x"}],
+            "url": "postgresql://jobs:hunter2@db.example/portal",
+            "password": "p",
+        }
+    ) == {
+        "runConfigData": {"ops": {"send": {"config": {"api_key": "***", "n": 3}}}},
+        "tags": [{"key": "sendgrid/token", "value": "***"}, {"key": "mm/job", "value": "x"}],
+        "url": "postgresql://jobs:***@db.example/portal",
+        "password": "***",
+    }
+
+
+# -- one console, this module's databases ------------------------------------------------
+
+
+@dataclass
+class Console:
+    port: int
+    database_url: str
+    env: dict[str, str]
+    data_dir: Path
+
+    def audit(self, where: str = "TRUE", params: Any = ()) -> list[dict[str, Any]]:
+        from psycopg.rows import dict_row
+
+        with psycopg.connect(self.database_url, row_factory=dict_row) as conn:
+            return conn.execute(
+                f"SELECT * FROM ops.audit_log WHERE {where} ORDER BY id",  # noqa: S608 (tests' own)
+                params,
+            ).fetchall()
+
+
+@pytest.fixture(scope="module")
+def console(pg_server, tmp_path_factory) -> Iterator[Console]:
+    tmp = tmp_path_factory.mktemp("console")
+    portal, storage = create_database(pg_server), create_database(pg_server, template=None)
+    database_url = pg_server.url(portal)
+    home = write_home(tmp / "dagster_home")
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "MM_", "DAGSTER_"))
+    }
+    env.update(
+        DATABASE_URL=database_url,
+        DAGSTER_HOME=str(home),
+        DAGSTER_DATABASE_URL=pg_server.url(storage),
+        MM_DATA_DIR=str(tmp / "mm"),
+        MM_CONSOLE_AUTH="proxy",
+        MM_CONSOLE_TRUSTED_PROXIES="127.0.0.1",
+        MM_CONSOLE_ROLES=ROLES,
+    )
+    port = free_port()
+    log = tmp / "console.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [MM_JOBS, "console", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while curl(port, "/server_info")[0] != 200:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        yield Console(port, database_url, env, tmp / "mm")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        drop_database(pg_server, portal)
+        drop_database(pg_server, storage)
+
+
+def curl(
+    port: int,
+    path: str,
+    person: str | None = None,
+    body: Any = None,
+    source: str = "127.0.0.1",
+    method: str | None = None,
+    content_type: str = "application/json",
+    forwarded: str | None = None,
+) -> tuple[int, bytes, str]:
+    """(status, body, response headers) of one request with curl from `source`, as the
+    proxy (with `person`) or as a stranger."""
+    args = ["curl", "-g", "-s", "-S", "--interface", source, "-D", "-", "-o", "-"]
+    if person is not None:
+        args += ["-H", f"{HEADER}: {person}"]
+    if forwarded is not None:
+        args += ["-H", f"X-Forwarded-For: {forwarded}"]
+    if body is not None:
+        data = body if isinstance(body, str) else json.dumps(body)
+        args += ["-H", f"Content-Type: {content_type}", "--data-binary", data]
+    if method:
+        args += ["-X", method]
+    done = subprocess.run(
+        [*args, f"http://127.0.0.1:{port}{path}"], capture_output=True, timeout=60
+    )
+    if done.returncode != 0:
+        return 0, done.stderr, ""
+    head, _, payload = done.stdout.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, payload, head.decode("latin-1").lower()
+
+
+def gql(console: Console, person: str, query: str, variables: dict[str, Any] | None = None) -> Any:
+    status, body, _ = curl(
+        console.port, "/graphql", person, {"query": query, "variables": variables or {}}
+    )
+    assert status in (200, 400, 500), (status, body[:500])
+    return json.loads(body)
+
+
+def launch_params(job: str, tags: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    return {
+        "selector": {
+            "repositoryLocationName": "mm_orchestration",
+            "repositoryName": "__repository__",
+            "jobName": job,
+        },
+        "executionMetadata": {"tags": tags or []},
+    }
+
+
+# -- who is believed ------------------------------------------------------------------
+
+
+def test_no_identity_is_refused_with_a_page_and_health_checks_still_answer(console):
+    status, body, headers = curl(console.port, "/", source="127.0.0.2")
+    assert status == 401 and b"Sign-in required" in body and "text/html" in headers
+    # From an address that is not the proxy's, the header is ignored: still 401.
+    for path in ("/", "/graphql", "/reports/x.csv", "/audit-trail.csv"):
+        assert curl(console.port, path, ADMIN, source="127.0.0.2")[0] == 401, path
+    # The proxy without a header (or with nonsense) is no better.
+    assert curl(console.port, "/")[0] == 401
+    assert curl(console.port, "/", "not a person")[0] == 401
+    status, body, _ = curl(console.port, "/", "stranger@mm.example")
+    assert status == 403 and b"stranger@mm.example" in body and b"no role" in body
+    assert curl(console.port, "/server_info", source="127.0.0.2")[0] == 200
+    status, body, _ = curl(console.port, "/", OPERATOR)
+    assert status == 200 and b"Signed in as olivia@mm.example (operator)" in body
+    # Two identity headers (one the browser's, one the proxy's): nobody for certain.
+    doubled = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"{HEADER}: {ADMIN}",
+         "-H", f"{HEADER}: {VIEWER}", f"http://127.0.0.1:{console.port}/"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert doubled.stdout == "401"
+    # Trust is the connection's own address: X-Forwarded-For changes nothing either way.
+    status, _, _ = curl(console.port, "/", ADMIN, source="127.0.0.2", forwarded="127.0.0.1")
+    assert status == 401
+    status, _, _ = curl(console.port, "/", ADMIN, forwarded="203.0.113.9")
+    assert status == 200
+    assert json.loads(curl(console.port, "/whoami", OPERATOR)[1])["role"] == "operator"
+
+
+def test_each_role_sees_its_own_permissions(console):
+    def allowed(person: str) -> set[str]:
+        rows = gql(console, person, PERMISSIONS)["data"]["permissions"]
+        return {r["permission"] for r in rows if r["value"]}
+
+    assert allowed(VIEWER) == set()
+    assert allowed(OPERATOR) == {
+        "launch_pipeline_execution",
+        "launch_pipeline_reexecution",
+        "reload_repository_location",
+        "reload_workspace",
+    }
+    assert {"stop_running_schedule", "wipe_assets", "terminate_pipeline_execution"} <= allowed(
+        ADMIN
+    )
+
+
+# -- launches ------------------------------------------------------------------------
+
+
+def test_a_launch_over_plain_http_is_audited_with_the_person_before_it_runs(console):
+    # The client's own mm/actor is replaced by the person the proxy named.
+    result = gql(
+        console,
+        OPERATOR,
+        LAUNCH,
+        {"p": launch_params("share_link_expiry", [{"key": "mm/actor", "value": "mallory"}])},
+    )["data"]["launchPipelineExecution"]
+    assert result["__typename"] == "LaunchRunSuccess", result
+    run_id = result["run"]["runId"]
+    tags = {t["key"]: t["value"] for t in result["run"]["tags"]}
+    assert tags["mm/actor"] == OPERATOR
+    (entry,) = console.audit("run_id = %s", [run_id])
+    assert (entry["actor"], entry["role"], entry["action"], entry["target"]) == (
+        OPERATOR,
+        "operator",
+        "launch_run",
+        "share_link_expiry",
+    )
+    assert (entry["job_name"], entry["outcome"]) == ("share-link-expiry", "succeeded")
+    assert entry["details"]["via"] == "graphql POST"
+    # What the client sent is kept, as sent.
+    sent = entry["details"]["variables"]["executionParams"]["executionMetadata"]["tags"]
+    assert sent == [{"key": "mm/actor", "value": "mallory"}]
+
+
+def test_a_launch_dagster_rejects_is_audited_as_failed(console):
+    params = launch_params("notification_digest")
+    params["runConfigData"] = {"ops": {"no_such_op": {"config": {}}}}
+    result = gql(console, OPERATOR, LAUNCH, {"p": params})["data"]["launchPipelineExecution"]
+    assert result["__typename"] == "RunConfigValidationInvalid"
+    (entry,) = console.audit("target = 'notification_digest'")
+    assert (entry["actor"], entry["outcome"], entry["run_id"]) == (OPERATOR, "failed", None)
+    assert entry["details"]["result"]["type"] == "RunConfigValidationInvalid"
+
+
+def test_an_operator_may_not_launch_the_drill_and_the_refusal_is_audited(console):
+    result = gql(console, OPERATOR, LAUNCH, {"p": launch_params("backup_verify")})
+    answer = result["data"]["launchPipelineExecution"]
+    assert answer == {
+        "__typename": "PythonError",
+        "message": "operator may not launch backup_verify",
+    }
+    (entry,) = console.audit("action = 'launch_run' AND target = 'backup_verify'")
+    assert (entry["actor"], entry["role"], entry["outcome"], entry["run_id"]) == (
+        OPERATOR,
+        "operator",
+        "refused",
+        None,
+    )
+    assert entry["details"]["refusal"] == "operator may not launch backup_verify"
+    # A viewer may launch nothing.
+    answer = gql(console, VIEWER, LAUNCH, {"p": launch_params("share_link_expiry")})
+    assert answer["data"]["launchPipelineExecution"]["message"] == (
+        "viewer may not launch share_link_expiry"
+    )
+
+
+def test_mutations_only_as_a_json_post(console):
+    query = quote("mutation { reloadWorkspace { __typename } }")
+    status, body, _ = curl(console.port, f"/graphql?query={query}", ADMIN)
+    assert json.loads(body)["data"]["reloadWorkspace"]["__typename"] == "UnauthorizedError"
+    status, body, _ = curl(
+        console.port,
+        f"/graphql?query={query}",
+        ADMIN,
+        body="x=1",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert json.loads(body)["data"]["reloadWorkspace"]["__typename"] == "UnauthorizedError"
+    refused = console.audit("action = 'reload_workspace' AND actor = %s", [ADMIN])
+    assert [(e["outcome"], e["details"]["via"]) for e in refused] == [
+        ("refused", "graphql GET"),
+        ("refused", "graphql POST"),
+    ]
+
+
+def test_the_websocket_carries_subscriptions_only(console):
+    from websockets.sync.client import connect
+
+    with connect(
+        f"ws://127.0.0.1:{console.port}/graphql",
+        subprotocols=["graphql-ws"],  # type: ignore[list-item]
+        additional_headers={HEADER: ADMIN},
+    ) as ws:
+        ws.send(json.dumps({"type": "connection_init"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "connection_ack"
+        ws.send(
+            json.dumps(
+                {
+                    "id": "1",
+                    "type": "start",
+                    "payload": {
+                        "query": LAUNCH,
+                        "variables": {"p": launch_params("invite_cleanup")},
+                    },
+                }
+            )
+        )
+        reply = json.loads(ws.recv(timeout=10))
+    assert reply["type"] == "error" and "only subscriptions" in reply["payload"]["message"]
+    (entry,) = console.audit("action = 'websocket_operation'")
+    assert (entry["actor"], entry["outcome"]) == (ADMIN, "refused")
+
+
+# -- schedules, REST and downloads -----------------------------------------------------
+
+
+def test_an_admin_stops_a_schedule_an_operator_may_not(console):
+    state = gql(console, ADMIN, SCHEDULE_ID)["data"]["scheduleOrError"]["scheduleState"]
+    answer = gql(console, OPERATOR, STOP_SCHEDULE, {"id": state["id"]})
+    assert answer["data"]["stopRunningSchedule"]["__typename"] == "UnauthorizedError"
+    answer = gql(console, ADMIN, STOP_SCHEDULE, {"id": state["id"]})
+    assert answer["data"]["stopRunningSchedule"]["scheduleState"]["status"] == "STOPPED"
+    entries = console.audit("action = 'stop_schedule'")
+    assert {e["target"] for e in entries} == {"invite_cleanup_schedule"}
+    assert [(e["actor"], e["role"], e["outcome"]) for e in entries] == [
+        (OPERATOR, "operator", "refused"),
+        (ADMIN, "admin", "succeeded"),
+    ]
+
+
+def test_reporting_an_asset_over_rest_is_admins_and_audited(console):
+    path = "/report_asset_materialization/ops/tenant_health_daily?partition=2026-11-29"
+    status, body, _ = curl(console.port, path, OPERATOR, body={"metadata": {"rows": 1}})
+    assert status == 403 and b"operator may not" in body
+    status, body, _ = curl(console.port, path, ADMIN, body={"metadata": {"rows": 1}})
+    assert status == 200, body
+    entries = console.audit("action = 'report_asset_materialization'")
+    assert [(e["actor"], e["outcome"], e["target"]) for e in entries] == [
+        (OPERATOR, "refused", "ops/tenant_health_daily"),
+        (ADMIN, "allowed", "ops/tenant_health_daily"),
+    ]
+    assert entries[1]["details"]["partitions"] == ["2026-11-29"]
+
+
+def test_reports_and_the_audit_trail_download_as_the_person(console):
+    settings = Settings.from_env({"MM_DATA_DIR": str(console.data_dir)})
+    store = ReportStore.from_settings(settings)
+    csv_sha = store.put("residency/2026-W48.csv", b"tenant,region\nacme,ap-southeast-2\n")
+    html_sha = store.put("residency/2026-W48.html", b"<html><body>report</body></html>")
+    with psycopg.connect(console.database_url) as conn:
+        conn.execute(
+            """INSERT INTO ops.residency_reports
+                   (week_start, storage_uri, sha256, row_count, compliant, html_uri, html_sha256)
+               VALUES ('2026-11-23', %s, %s, 1, true, %s, %s)""",
+            [
+                store.uri("residency/2026-W48.csv"),
+                csv_sha,
+                store.uri("residency/2026-W48.html"),
+                html_sha,
+            ],
+        )
+    status, body, headers = curl(console.port, "/reports/residency/2026-W48.csv", VIEWER)
+    assert status == 200 and body.startswith(b"tenant,region")
+    assert 'attachment; filename="2026-w48.csv"' in headers
+    status, body, headers = curl(console.port, "/reports/residency/2026-W48.html", VIEWER)
+    assert status == 200 and "content-disposition: inline" in headers and "sandbox" in headers
+    assert curl(console.port, "/reports/residency/nope.csv", VIEWER)[0] == 404
+    downloads = console.audit("action = 'download_report'")
+    assert [(e["actor"], e["target"], e["outcome"]) for e in downloads] == [
+        (VIEWER, "residency/2026-W48.csv", "succeeded"),
+        (VIEWER, "residency/2026-W48.html", "succeeded"),
+        (VIEWER, "residency/nope.csv", "failed: 404"),
+    ]
+    status, body, headers = curl(
+        console.port, f"/audit-trail.csv?person={VIEWER}&action=download_report", VIEWER
+    )
+    assert status == 200 and "text/csv" in headers and "attachment" in headers
+    lines = body.decode().splitlines()
+    assert lines[0].startswith('"occurred_at","actor","role","action"')
+    assert len(lines) == 4 and all(VIEWER in line for line in lines[1:])
+    assert curl(console.port, "/audit-trail.csv?day=yesterday", VIEWER)[0] == 400
+
+
+# -- the gate's judgement, without a server -------------------------------------------
+
+
+def test_materialising_assets_is_judged_by_the_assets_and_names_the_partitions():
+    from mm_orchestration.console.gate import decide, stamp_actor
+
+    operator = Identity(OPERATOR, "operator", "proxy")
+
+    def materialise(asset: str, partition: str) -> dict[str, Any]:
+        params = launch_params("__ASSET_JOB", [{"key": "dagster/partition", "value": partition}])
+        params["selector"]["assetSelection"] = [{"path": asset.split("/")}]
+        return {"executionParams": params}
+
+    residency = decide(
+        "launchPipelineExecution", materialise("ops/residency_report", "2026-11-23"), operator, None
+    )
+    assert residency.refusal is None
+    assert residency.target == "ops/residency_report"
+    assert residency.details["assets"] == ["ops/residency_report"]
+    assert residency.details["partitions"] == [{"dagster/partition": "2026-11-23"}]
+    analytics = decide(
+        "launchPipelineExecution",
+        materialise("ops/analytics_hourly", "2026-11-28-10:00"),
+        operator,
+        None,
+    )
+    assert analytics.refusal == "operator may not launch ops/analytics_hourly"
+    # Admins may; a backfill's runs carry the admin as their actor.
+    backfill = {
+        "backfillParams": {
+            "partitionNames": ["2026-11-27"],
+            "tags": [{"key": "mm/actor", "value": "x"}],
+        }
+    }
+    admin = Identity(ADMIN, "admin", "proxy")
+    assert decide("launchPartitionBackfill", backfill, admin, None).refusal is None
+    stamp_actor("launchPartitionBackfill", backfill, ADMIN)
+    assert backfill["backfillParams"]["tags"] == [{"key": "mm/actor", "value": ADMIN}]
+    # Nobody may use a mutation the console has not classified.
+    assert "not classified" in (decide("launchRocket", {}, admin, None).refusal or "")
+    # DLQ tools are operators'; the restore drill is not.
+    assert (
+        decide(
+            "launchRun", {"executionParams": launch_params("dlq_requeue")}, operator, None
+        ).refusal
+        is None
+    )
+    assert (
+        decide(
+            "launchRun", {"executionParams": launch_params("backup_verify")}, admin, None
+        ).refusal
+        is None
+    )
+
+
+def test_a_reexecution_is_judged_by_the_parent_runs_job_and_stamped():
+    from types import SimpleNamespace
+
+    from mm_orchestration.console.gate import decide, stamp_actor
+
+    runs = {
+        "drill": SimpleNamespace(job_name="backup_verify", asset_selection=None, tags={}),
+        "expiry": SimpleNamespace(job_name="share_link_expiry", asset_selection=None, tags={}),
+    }
+    context = SimpleNamespace(instance=SimpleNamespace(get_run_by_id=runs.get))
+    operator = Identity(OPERATOR, "operator", "proxy")
+
+    def again(parent: str) -> dict[str, Any]:
+        return {"reexecutionParams": {"parentRunId": parent, "strategy": "ALL_STEPS"}}
+
+    refused = decide("launchRunReexecution", again("drill"), operator, context)
+    assert refused.refusal == "operator may not re-execute backup_verify"
+    assert refused.details["parent_run_ids"] == ["drill"]
+    args = again("expiry")
+    allowed = decide("launchRunReexecution", args, operator, context)
+    assert allowed.refusal is None and allowed.job_name == "share-link-expiry"
+    stamp_actor("launchRunReexecution", args, OPERATOR)
+    assert args["reexecutionParams"]["extraTags"] == [{"key": "mm/actor", "value": OPERATOR}]
+    # A parent the instance does not know: nobody but an admin may guess what it ran.
+    assert decide("launchRunReexecution", again("gone"), operator, context).refusal
+
+
+def test_a_websocket_without_an_identity_is_refused(console):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"ws://127.0.0.1:{console.port}/graphql", subprotocols=["graphql-ws"])  # type: ignore[list-item]
+    assert refused.value.response.status_code in (401, 403)
