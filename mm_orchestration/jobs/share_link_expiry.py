@@ -18,7 +18,7 @@ from dagster import MetadataValue, OpExecutionContext, job, op
 
 from mm_orchestration import inventory
 from mm_orchestration.ledger import WindowConfig, claim, report_skip, window_for
-from mm_orchestration.outbox import DeliveryIncomplete, deliver_pending
+from mm_orchestration.outbox import conclude, deliver_pending
 from mm_orchestration.resources import Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
 from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
@@ -49,14 +49,16 @@ WITH expired AS (
      WHERE t.share_link_id = e.id AND t.revoked_at IS NULL
  RETURNING t.id
 ), emails AS (
-    INSERT INTO ops.notification_outbox (idempotency_key, kind, tenant_id, recipient, payload)
+    INSERT INTO ops.notification_outbox
+        (idempotency_key, kind, tenant_id, recipient, payload, user_id)
     SELECT 'share-link-expired:' || e.id, %(kind)s, e.tenant_id, u.email,
            jsonb_build_object(
                'link_id', e.id,
                'asset_title', coalesce(a.title, 'your video'),
                'expires_at', e.expires_at,
                'display_name', u.display_name,
-               'timezone', u.timezone)
+               'timezone', u.timezone),
+           u.id
       FROM expired e
       JOIN portal.users u ON u.id = e.created_by AND u.deactivated_at IS NULL
       LEFT JOIN portal.media_assets a ON a.id = e.media_asset_id
@@ -141,19 +143,15 @@ def send_share_link_expiry_emails(
 ) -> None:
     """Deliver the owners' notices still waiting in the outbox, this run's and any earlier."""
     report = deliver_pending(portal_db, mailer, [EMAIL_KIND], render_expiry_email, context.run_id)
+    metadata = conclude(portal_db, report, [EMAIL_KIND], context.run_id, "expiry email")
     context.add_output_metadata(
         {
-            **report.as_metadata(),
+            **metadata,
             "transport": MetadataValue.text(
                 "sendgrid" if mailer.uses_sendgrid else f"files in {mailer.mail_dir}"
             ),
         }
     )
-    if report.deferred:
-        raise DeliveryIncomplete(
-            f"{report.deferred} expiry email(s) could not be delivered yet and stay pending "
-            f"for the next attempt; first error: {report.errors[0]}"
-        )
 
 
 @job(

@@ -177,7 +177,7 @@ class _BoundedClient:
         import python_http_client
         from python_http_client.exceptions import HTTPError, err_dict
 
-        class Client(python_http_client.Client):  # type: ignore[misc]
+        class Client(python_http_client.Client):
             def _build_client(self, name: str | None = None) -> Any:
                 url_path = self._url_path + [name] if name else self._url_path
                 return Client(
@@ -334,8 +334,8 @@ class Mailer(ConfigurableResource):
         for start in range(0, len(emails), batch_size):
             batch = emails[start : start + batch_size]
             self._call(
-                lambda batch=batch: client.client.suppression.bounces.delete(
-                    request_body={"emails": batch}
+                functools.partial(
+                    client.client.suppression.bounces.delete, request_body={"emails": batch}
                 )
             )
             requests += 1
