@@ -75,6 +75,17 @@ UNKNOWN_HINT = (
 )
 
 
+# Which job delivers each kind of email (its next run sends what `resend` requeued).
+KIND_SENDERS = {
+    "digest": "notification-digest",
+    "share_link_expired": "share-link-expiry",
+    "mux_dlq_dead": "mux-webhook-retry",
+    "alert": "send_alert",
+    "tenant_health_summary": "tenant-health-check",
+    "residency_report": "residency-report",
+}
+
+
 def enqueue(
     conn: Any,
     key: str,

@@ -74,6 +74,11 @@ class Settings:
     run_launcher: str = "local"
     # Per-job cron replacing the inventory's, e.g. for a load test in staging.
     schedule_overrides: tuple[tuple[str, str], ...] = ()
+    # Every outbound provider call (SendGrid, Neon, S3, Sentry): seconds to connect (TLS
+    # included) and to wait for each read of the answer. A stalled provider costs this
+    # much, never a hung run.
+    http_connect_timeout: float = 10.0
+    http_read_timeout: float = 30.0
 
     def cron_for(self, spec: JobSpec) -> str:
         """The cron a job's schedule uses here: an override, else the inventory's for MM_ENV."""
@@ -118,6 +123,10 @@ class Settings:
             dlq_alert_threshold=_int("MM_DLQ_ALERT_THRESHOLD", get("MM_DLQ_ALERT_THRESHOLD"), 10),
             schedule_overrides=_schedule_overrides(get("MM_SCHEDULE_OVERRIDES")),
             run_launcher=get("MM_RUN_LAUNCHER") or defaults.run_launcher,
+            http_connect_timeout=_seconds(
+                "MM_HTTP_CONNECT_TIMEOUT", get("MM_HTTP_CONNECT_TIMEOUT"), 10.0
+            ),
+            http_read_timeout=_seconds("MM_HTTP_READ_TIMEOUT", get("MM_HTTP_READ_TIMEOUT"), 30.0),
         )
         settings.validate()
         return settings
@@ -296,4 +305,25 @@ def _int(name: str, value: str | None, default: int) -> int:
         raise SettingsError(f"{name}={value!r} is not a whole number") from None
     if number < 0:
         raise SettingsError(f"{name}={value!r} must be 0 or more")
+    return number
+
+
+# Above this a "timeout" stops bounding anything: a run would wait minutes on one call.
+MAX_TIMEOUT_SECONDS = 300.0
+
+
+def _seconds(name: str, value: str | None, default: float) -> float:
+    """A timeout in seconds: a number above 0 and at most MAX_TIMEOUT_SECONDS."""
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise SettingsError(
+            f"{name}={value!r} is not a number of seconds (e.g. {default:g})"
+        ) from None
+    if not 0 < number <= MAX_TIMEOUT_SECONDS:  # also refuses nan and inf
+        raise SettingsError(
+            f"{name}={value!r} must be more than 0 and at most {MAX_TIMEOUT_SECONDS:g} seconds"
+        )
     return number
