@@ -761,7 +761,7 @@ def resend(
                                       'count', (SELECT count(*) FROM requeued),
                                       'keys', (SELECT coalesce(jsonb_agg(idempotency_key
                                                   ORDER BY idempotency_key), '[]'::jsonb)
-                                                 FROM requeued)))
+                                                 FROM requeued))
         )
         SELECT idempotency_key FROM requeued ORDER BY idempotency_key""").format(
         fresh=fresh_address
