@@ -15,6 +15,7 @@ request was written in full.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import ssl
 import urllib.error
@@ -76,9 +77,15 @@ class _HTTP(urllib.request.HTTPHandler):
         return self.do_open(self._connection, req)
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    # Loading the system's certificates takes ~40 ms: once per process, not per request.
+    return ssl.create_default_context()
+
+
 class _HTTPS(urllib.request.HTTPSHandler):
     def __init__(self, connection: Any) -> None:
-        super().__init__(context=ssl.create_default_context())
+        super().__init__(context=_tls_context())
         self._connection = connection
 
     def https_open(self, req: urllib.request.Request) -> Any:

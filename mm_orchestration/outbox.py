@@ -174,6 +174,25 @@ def deliver_pending(
 ) -> DeliveryReport:
     """Deliver every due pending message of `kinds`, one request each; each key at most once."""
     report = _prepare(db, list(kinds), run_id)
+    accepted: list[tuple[list[int], str]] = []  # marked 'sent' with the next claim
+    try:
+        return _deliver_singles(db, mailer, kinds, render, run_id, report, accepted)
+    finally:
+        if accepted:
+            with _durable(db) as conn:
+                for ids, message_id in accepted:
+                    _set_sent(conn, ids, message_id)
+
+
+def _deliver_singles(
+    db: PortalDatabase,
+    mailer: Mailer,
+    kinds: Sequence[str],
+    render: Renderer,
+    run_id: str,
+    report: DeliveryReport,
+    accepted: list[tuple[list[int], str]],
+) -> DeliveryReport:
     after, unknown_in_a_row = 0, 0
     while page := _page(db, list(kinds), after, PAGE_SINGLE):
         after = page[-1].id
@@ -191,7 +210,9 @@ def deliver_pending(
                 report.errors.append(f"{row.key}: {exc}")
                 log_event("email.failed", level=40, error=str(exc), **fields)
                 continue
-            if not _claim(db, [row.id], run_id):
+            claimed = _claim(db, [row.id], run_id, accepted)
+            accepted.clear()
+            if not claimed:
                 continue  # another deliverer took it
             report.requests += 1
             try:
@@ -228,7 +249,7 @@ def deliver_pending(
                     return report  # every other request would be refused the same way
                 continue
             unknown_in_a_row = 0
-            _mark_sent(db, [row.id], message_id)
+            accepted.append(([row.id], message_id))
             report.sent += 1
             log_event("email.sent", recipient=mask_email(row.recipient), **fields)
     return report
@@ -262,7 +283,8 @@ def deliver_pending_templated(
             try:
                 recipient = personalize(row.key, {"recipient": row.recipient, **row.payload})
                 part = mailer.personalization(recipient)
-                items.append(_Item(row, recipient, part, _json_size(part), _people(part)))
+                text = json.dumps(part)  # serialised once: measured here, sent as is
+                items.append(_Item(row, recipient, text, len(text.encode()), _people(part)))
             except Exception as exc:  # one row's bad data costs that row alone
                 _fail(
                     db,
@@ -278,9 +300,12 @@ def deliver_pending_templated(
             max_recipients=MAX_RECIPIENTS,
             max_bytes=mailer.max_request_bytes,
         )
-        for plan in plans:
-            if not sender.deliver([items[i] for i in plan]):
-                return report  # stopped: what is left stays pending
+        try:
+            for plan in plans:
+                if not sender.deliver([items[i] for i in plan]):
+                    return report  # stopped: what is left stays pending
+        finally:
+            sender.flush()
     return report
 
 
@@ -288,14 +313,9 @@ def deliver_pending_templated(
 class _Item:
     row: _Row
     recipient: TemplateRecipient
-    part: dict[str, Any]
+    part: str  # the personalization as JSON
     size: int
     people: int
-
-
-def _json_size(part: dict[str, Any]) -> int:
-    """Bytes of one personalization as the SDK serialises it (json.dumps defaults)."""
-    return len(json.dumps(part).encode())
 
 
 def _people(part: dict[str, Any]) -> int:
@@ -322,6 +342,18 @@ class _TemplateSender:
         self.db, self.mailer, self.template_id = db, mailer, template_id
         self.run_id, self.report = run_id, report
         self.unknown_in_a_row = 0
+        # Accepted requests not yet marked 'sent': marked in the next claim's commit (or by
+        # `flush`). A crash in between leaves at most that one request's rows 'sending',
+        # reported as outcome unknown: never sent twice.
+        self.accepted: list[tuple[list[int], str]] = []
+
+    def flush(self) -> None:
+        """Mark the accepted requests 'sent' now."""
+        if self.accepted:
+            with _durable(self.db) as conn:
+                for ids, message_id in self.accepted:
+                    _set_sent(conn, ids, message_id)
+            self.accepted.clear()
 
     def deliver(self, items: list[_Item]) -> bool:
         """Send `items` (pending rows); False when delivery must stop for this attempt."""
@@ -329,7 +361,8 @@ class _TemplateSender:
         refusals_without_success = 0
         while work:
             group = work.popleft()
-            claimed = _claim(self.db, [i.row.id for i in group], self.run_id)
+            claimed = _claim(self.db, [i.row.id for i in group], self.run_id, self.accepted)
+            self.accepted.clear()
             group = [i for i in group if i.row.id in claimed]  # others: another deliverer's
             if not group:
                 continue
@@ -346,7 +379,7 @@ class _TemplateSender:
                 continue
             refusals_without_success = 0
             self.unknown_in_a_row = 0
-            _mark_sent(self.db, [i.row.id for i in group], message_id)
+            self.accepted.append(([i.row.id for i in group], message_id))
             self.report.sent += len(group)
             log_event(
                 "email.batch_sent", kind=group[0].row.kind, size=len(group), runId=self.run_id
@@ -617,10 +650,19 @@ def _reject_invalid(
     return [row for row, why in problems if not why]
 
 
-def _claim(db: PortalDatabase, ids: list[int], run_id: str) -> set[int]:
+def _claim(
+    db: PortalDatabase,
+    ids: list[int],
+    run_id: str,
+    sent: Sequence[tuple[list[int], str]] = (),
+) -> set[int]:
     """Mark these pending rows 'sending' for the request about to be made, durably
-    committed before it; returns the ids this deliverer got (another may have taken some)."""
+    committed before it; returns the ids this deliverer got (another may have taken some).
+    `sent` (ids, message id) are earlier requests SendGrid accepted, marked 'sent' in the
+    same commit: one disk flush per request rather than two."""
     with _durable(db) as conn:
+        for sent_ids, message_id in sent:
+            _set_sent(conn, sent_ids, message_id)
         rows = conn.execute(
             """UPDATE ops.notification_outbox
                   SET status = 'sending', claimed_by = %s, claimed_at = now(),
@@ -632,15 +674,14 @@ def _claim(db: PortalDatabase, ids: list[int], run_id: str) -> set[int]:
     return {row[0] for row in rows}
 
 
-def _mark_sent(db: PortalDatabase, ids: list[int], message_id: str) -> None:
-    with _durable(db) as conn:
-        conn.execute(
-            """UPDATE ops.notification_outbox
-                  SET status = 'sent', sent_at = now(), last_error = NULL,
-                      provider_message_id = %s
-                WHERE id = ANY(%s)""",
-            [message_id or None, ids],
-        )
+def _set_sent(conn: psycopg.Connection, ids: list[int], message_id: str) -> None:
+    conn.execute(
+        """UPDATE ops.notification_outbox
+              SET status = 'sent', sent_at = now(), last_error = NULL,
+                  provider_message_id = %s
+            WHERE id = ANY(%s)""",
+        [message_id or None, ids],
+    )
 
 
 def _release(db: PortalDatabase, ids: list[int], error: str) -> None:

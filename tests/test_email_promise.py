@@ -9,6 +9,7 @@ SendGrid's published limits (tests/sendgrid_server.py).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from dagster import DagsterEventType, DagsterInstance, build_run_status_sensor_context
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mm_orchestration import cli
 from mm_orchestration.jobs.notification_digest import notification_digest
@@ -565,7 +568,7 @@ def test_the_stand_in_enforces_sendgrids_limits(sendgrid):
     wide = mailer.personalization(one)
     wide["to"] = [{"email": f"p{i}@x.example"} for i in range(1001)]
     with pytest.raises(SendError) as refused:
-        mailer.send_template("d-x", [one], [wide])
+        mailer.send_template("d-x", [one], [json.dumps(wide)])
     assert refused.value.status == 400 and "recipients" in str(refused.value)
     huge = TemplateRecipient(key="k", recipient="a@kangaroo.example", data={"x": "y" * 30_000_000})
     with pytest.raises(SendError) as refused:
@@ -595,6 +598,26 @@ def test_requests_are_planned_by_every_limit_together():
 )  # fmt: skip
 def test_address_problem(address, problem):
     assert address_problem(address) == problem
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.from_regex(
+        r"\A[A-Za-z0-9_+-]{1,20}(\.[A-Za-z0-9_+-]{1,10}){0,2}"
+        r"@([A-Za-z0-9]([A-Za-z0-9-]{0,10}[A-Za-z0-9])?\.){1,3}[A-Za-z]{2,8}\Z"
+    )
+)
+def test_the_fast_path_only_passes_what_email_validator_accepts(address):
+    """Plain addresses skip email-validator's slower checks; it must agree with each."""
+    from email_validator import EmailNotValidError, validate_email
+
+    from mm_orchestration.resources.mailer import _plainly_valid
+
+    if _plainly_valid(address):
+        try:
+            validate_email(address, check_deliverability=False)
+        except EmailNotValidError as exc:  # pragma: no cover - the property under test
+            pytest.fail(f"{address!r} passed the fast path but email-validator says: {exc}")
 
 
 def test_outbox_commits_are_durable_whatever_the_database_default(conn, portal_db, database_url):
