@@ -568,7 +568,7 @@ def test_the_stand_in_enforces_sendgrids_limits(sendgrid):
     wide = mailer.personalization(one)
     wide["to"] = [{"email": f"p{i}@x.example"} for i in range(1001)]
     with pytest.raises(SendError) as refused:
-        mailer.send_template("d-x", [one], [json.dumps(wide)])
+        mailer.send_template("d-x", [json.dumps(wide)])
     assert refused.value.status == 400 and "recipients" in str(refused.value)
     huge = TemplateRecipient(key="k", recipient="a@kangaroo.example", data={"x": "y" * 30_000_000})
     with pytest.raises(SendError) as refused:

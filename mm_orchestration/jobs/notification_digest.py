@@ -16,7 +16,6 @@ with exponential backoff; after the last, the reliability partner is named to ac
 import re
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -28,7 +27,6 @@ from mm_orchestration.joblog import log_event
 from mm_orchestration.ledger import WINDOW_TAG, WindowConfig, claim, report_skip, window_for
 from mm_orchestration.outbox import conclude, deliver_pending_templated
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
-from mm_orchestration.resources.mailer import TemplateRecipient
 from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
 
 SPEC = inventory.get("notification-digest")
@@ -106,7 +104,11 @@ WITH zones AS MATERIALIZED (
                'date', d.local_date,
                'due_soon', coalesce(d.due_soon, '[]'::jsonb),
                'overdue', coalesce(d.overdue, '[]'::jsonb),
-               'asset_updates', coalesce(d.updates, '[]'::jsonb)),
+               'asset_updates', coalesce(d.updates, '[]'::jsonb),
+               'counts', jsonb_build_object(
+                   'due_soon', coalesce(jsonb_array_length(d.due_soon), 0),
+                   'overdue', coalesce(jsonb_array_length(d.overdue), 0),
+                   'asset_updates', coalesce(jsonb_array_length(d.updates), 0))),
            d.id
       FROM digests d
      WHERE d.due_soon IS NOT NULL OR d.overdue IS NOT NULL OR d.updates IS NOT NULL
@@ -208,18 +210,6 @@ def queue_digests(
     return Queued(int(row[0]), int(row[1]), int(row[2]), list(row[3]))
 
 
-def personalize(key: str, row: dict[str, Any]) -> TemplateRecipient:
-    """The dynamic template's data for one person."""
-    data = {k: row[k] for k in ("display_name", "tenant_name", "date", "due_soon", "overdue")}
-    data["asset_updates"] = row["asset_updates"]
-    data["counts"] = {
-        "due_soon": len(row["due_soon"]),
-        "overdue": len(row["overdue"]),
-        "asset_updates": len(row["asset_updates"]),
-    }
-    return TemplateRecipient(key=key, recipient=row["recipient"], data=data)
-
-
 @op(retry_policy=retry_policy(SPEC), tags={"kind": "postgres"})
 def queue_daily_digests(
     context: OpExecutionContext,
@@ -289,7 +279,7 @@ def send_daily_digests(
         mailer,
         EMAIL_KIND,
         job_settings.digest_template_id or "d-digest",
-        personalize,
+        None,  # the payload is the template's data as queued (counts included)
         context.run_id,
         batch_size=BATCH_SIZE,
     )

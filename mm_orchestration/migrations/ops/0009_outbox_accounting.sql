@@ -23,3 +23,12 @@ CREATE INDEX notification_outbox_failed_idx ON ops.notification_outbox (kind, fa
     WHERE status = 'failed';
 CREATE INDEX notification_outbox_failed_run_idx ON ops.notification_outbox (failed_run_id)
     WHERE status = 'failed';
+
+-- A digest's payload is now its template data exactly as sent, counts included (the
+-- delivery no longer decodes and rebuilds it in Python). Digests still waiting get theirs.
+UPDATE ops.notification_outbox
+   SET payload = payload || jsonb_build_object('counts', jsonb_build_object(
+           'due_soon', jsonb_array_length(coalesce(payload->'due_soon', '[]'::jsonb)),
+           'overdue', jsonb_array_length(coalesce(payload->'overdue', '[]'::jsonb)),
+           'asset_updates', jsonb_array_length(coalesce(payload->'asset_updates', '[]'::jsonb))))
+ WHERE kind = 'digest' AND status IN ('pending', 'failed') AND NOT payload ? 'counts';
