@@ -496,6 +496,32 @@ def test_an_unknown_time_zone_falls_back_and_everyone_gets_their_digest(
     assert "jonah" not in logged[0]
 
 
+def test_an_unknown_zone_never_costs_an_owner_the_expiry_notice(
+    conn, portal_db, quick_mailer, sendgrid, caplog
+):
+    t = f.tenant(conn)
+    owner = f.user(conn, t, email="olivia@kangaroo.example", timezone="Etc/Unknown")
+    f.share_link(conn, t, f.asset(conn, t), owner, NOW - timedelta(hours=1))
+    with DagsterInstance.ephemeral() as instance:
+        result = share_link_expiry.execute_in_process(
+            resources={"portal_db": portal_db, "mailer": quick_mailer},
+            instance=instance,
+            raise_on_error=False,
+        )
+    assert result.success
+    assert sendgrid.accepted_recipients() == ["olivia@kangaroo.example"]
+    (request,) = sendgrid.mail_requests
+    assert "AEDT" in request.body["content"][0]["value"]  # Sydney time, the fallback
+    (metadata,) = [
+        e.step_output_data.metadata
+        for e in result.all_events
+        if e.is_successful_output and e.step_key == "send_share_link_expiry_emails"
+    ]
+    assert metadata["timezone_fallbacks"].value == 1
+    logged = [r.getMessage() for r in caplog.records if "timezone_fallback" in r.getMessage()]
+    assert len(logged) == 1 and str(owner) in logged[0]
+
+
 # -- operators: resend after a fix ------------------------------------------------------------
 
 
