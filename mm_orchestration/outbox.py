@@ -622,13 +622,17 @@ def _page(
 ) -> list[_Row]:
     """Up to `limit` due pending rows with ids above `after`, in id order; not claimed.
     `raw`: the payload as its JSON text, not decoded."""
+    # The ids are chosen first and only they are read whole: a sort or filter over the
+    # candidates never carries (or detoasts) their payloads.
     statement = sql.SQL(
-        """SELECT id, idempotency_key, kind, tenant_id, recipient, {payload}
-             FROM ops.notification_outbox
-            WHERE status = 'pending' AND kind = ANY(%s) AND next_attempt_at <= now()
-              AND id > %s
-            ORDER BY id LIMIT %s"""
-    ).format(payload=sql.SQL("payload::text" if raw else "payload"))
+        """SELECT o.id, o.idempotency_key, o.kind, o.tenant_id, o.recipient, {payload}
+             FROM ops.notification_outbox o
+            WHERE o.id IN (SELECT id FROM ops.notification_outbox
+                            WHERE status = 'pending' AND kind = ANY(%s)
+                              AND next_attempt_at <= now() AND id > %s
+                            ORDER BY id LIMIT %s)
+            ORDER BY o.id"""
+    ).format(payload=sql.SQL("o.payload::text" if raw else "o.payload"))
     with db.connection() as conn:
         rows = conn.execute(statement, [kinds, after, limit]).fetchall()
     return [_Row(*row) for row in rows]
