@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -315,14 +317,24 @@ def test_36_mb_of_digests_go_in_requests_under_the_limit(conn, digest, sendgrid,
 
 
 def test_a_413_splits_the_request_too(conn, digest, sendgrid, heavy):
-    """With our own size limit above SendGrid's, SendGrid's 413 still costs nobody."""
+    """With our own size limit above SendGrid's, the 36 MB request is refused as SendGrid
+    would refuse it (before a byte goes) and split: nobody's digest is lost."""
     careless = Mailer(api_key="SG.k", api_host=sendgrid.url, max_request_bytes=100_000_000)
     result = digest(mailer=careless)
     assert result.success
     statuses = [(r.status, len(r.body["personalizations"])) for r in sendgrid.mail_requests]
-    assert statuses == [(413, 800), (202, 400), (202, 400)]
-    assert sendgrid.mail_requests[0].size >= 30_000_000
+    assert statuses == [(202, 400), (202, 400)]
     assert counts(conn) == {"sent": 800}
+
+
+def test_a_413_from_sendgrid_splits_the_request(conn, digest, sendgrid):
+    people(conn, [f"p{i}@kangaroo.example" for i in range(4)])
+    sendgrid.then(Reply(413, {"errors": [{"message": "Payload Too Large", "field": None}]}))
+    result = digest()
+    assert result.success
+    statuses = [(r.status, len(r.body["personalizations"])) for r in sendgrid.mail_requests]
+    assert statuses == [(413, 4), (202, 2), (202, 2)]
+    assert counts(conn) == {"sent": 4}
 
 
 # -- 3. stalls --------------------------------------------------------------------------
@@ -597,9 +609,18 @@ def test_the_stand_in_enforces_sendgrids_limits(sendgrid):
         mailer.send_template("d-x", [json.dumps(wide)])
     assert refused.value.status == 400 and "recipients" in str(refused.value)
     huge = TemplateRecipient(key="k", recipient="a@kangaroo.example", data={"x": "y" * 30_000_000})
+    body = json.dumps({**mailer.template_envelope("d-x"), "personalizations": [
+        mailer.personalization(huge)]})  # fmt: skip
+    request = urllib.request.Request(f"{sendgrid.url}/v3/mail/send", data=body.encode())
+    with pytest.raises(urllib.error.HTTPError) as too_big:  # the stand-in, straight
+        urllib.request.urlopen(request, timeout=30)
+    assert too_big.value.code == 413
+    # Our own mailer never sends it: refused before a byte goes, as SendGrid would.
+    before = len(sendgrid.mail_requests)
     with pytest.raises(SendError) as refused:
         mailer.send_template_batch("d-x", [huge])
-    assert refused.value.status == 413
+    assert refused.value.status == 413 and not refused.value.transient
+    assert len(sendgrid.mail_requests) == before
     bad = [one, TemplateRecipient(key="k2", recipient="jonah.harbourlights.example")]
     with pytest.raises(SendError) as refused:
         mailer.send_template_batch("d-x", bad)

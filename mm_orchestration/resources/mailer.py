@@ -384,19 +384,25 @@ class Mailer(ConfigurableResource):
         return requests
 
     def _post(self, body: dict[str, Any] | str) -> str:
-        """POST /v3/mail/send through the SDK: a dict is serialised by the SDK, a str is
-        JSON already (the SDK sends a str as it is under a non-default content type)."""
-        client = self._client()
-        if isinstance(body, str):
-            text = body
-            response = self._call(
-                lambda: client.client.mail.send.post(
-                    request_body=text,
-                    request_headers={"Content-Type": "application/json; charset=utf-8"},
-                )
+        """POST /v3/mail/send through the SDK's client, the body as JSON text (a str is sent
+        as it is under a non-default content type). A body SendGrid would refuse for its
+        size (30 MB or more) is refused here, before a byte goes: SendGrid may cut such an
+        upload short, which would look like a request that never left and be retried."""
+        text = body if isinstance(body, str) else json.dumps(body)
+        size = len(text.encode())
+        if size >= SENDGRID_MAX_BYTES:
+            raise SendError(
+                f"SendGrid 413: the request is {size:,} bytes; SendGrid takes less than 30 MB",
+                413,
+                False,
             )
-        else:
-            response = self._call(lambda: client.send(body))
+        client = self._client()
+        response = self._call(
+            lambda: client.client.mail.send.post(
+                request_body=text,
+                request_headers={"Content-Type": "application/json; charset=utf-8"},
+            )
+        )
         headers = response.headers
         return str(headers.get("X-Message-Id", "") if headers else "")
 
