@@ -480,6 +480,35 @@ def test_a_crash_leaves_only_the_request_in_flight_unknown(
     assert sendgrid.arrivals == 3  # the one in flight, then the two that waited
 
 
+def test_a_crash_in_the_second_digest_request_strands_only_its_1000_rows(
+    conn, database_url, digest, sendgrid, project_root
+):
+    many(conn, 2500)
+    sendgrid.then(Reply(202), Reply(202, delay=30))  # the second request hangs; the run dies
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.run_job_in_subprocess", database_url, sendgrid.url,
+         "digest", DAY],
+        cwd=project_root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while sendgrid.arrivals < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sendgrid.arrivals == 2, "the digest never reached its second request"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    # The first request's 'sent' marks went with the second's claim: only the request in
+    # flight is 'sending'; the third request's rows never left and stay pending.
+    assert counts(conn) == {"sent": 1000, "sending": 1000, "pending": 500}
+    assert digest().success  # the rest goes; the 1,000 in flight are never sent again
+    assert counts(conn) == {"sent": 1500, "sending": 1000}
+    assert [len(r.body["personalizations"]) for r in sendgrid.mail_requests] == [1000, 1000, 500]
+
+
 # -- 6. one bad row never costs the others their digest -----------------------------------------
 
 
