@@ -8,13 +8,18 @@ import getpass
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from mm_orchestration import inventory
-from mm_orchestration.settings import Settings, SettingsError
+from mm_orchestration.settings import PORT_RANGE, Settings, SettingsError, ascii_integer
+
+# Bounds of the whole-number arguments (read by settings.ascii_integer, like the settings).
+ROW_ID_RANGE = (1, 2**63 - 1)  # a bigint id
+LIMIT_RANGE = (1, 1_000_000)
+SCALE_RANGE = (1, 10_000)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,6 +30,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, inventory.UnknownJobError) as exc:
         print(f"mm-jobs: {exc}", file=sys.stderr)
         return 2
+
+
+def _whole(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` to `high` in the digits 0-9, by the
+    settings' own rule (argparse's int would take `١٠`, `+1` and `1_0`)."""
+
+    def parse(value: str) -> int:
+        try:
+            return ascii_integer(value, low, high)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{value!r} {exc}") from None
+
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("seed-demo", help="load realistic demo data into the portal tables")
-    p.add_argument("--scale", type=int, default=1, help="multiply every count (benchmarks)")
+    p.add_argument(
+        "--scale", type=_whole(*SCALE_RANGE), default=1, help="multiply every count (benchmarks)"
+    )
     p.set_defaults(func=cmd_seed_demo)
 
     p = sub.add_parser("run", help="run one job now, recorded in DAGSTER_HOME's instance")
@@ -62,21 +82,21 @@ def _parser() -> argparse.ArgumentParser:
     dsub = dlq.add_subparsers(required=True, metavar="ACTION")
     p = dsub.add_parser("list", help="dead letters, newest first")
     p.add_argument("--status", choices=["pending", "replayed", "dead", "discarded"])
-    p.add_argument("--limit", type=_positive, default=100)
+    p.add_argument("--limit", type=_whole(*LIMIT_RANGE), default=100)
     p.set_defaults(func=cmd_dlq_list)
     p = dsub.add_parser("show", help="one dead letter: payload and error history")
-    p.add_argument("id", type=int)
+    p.add_argument("id", type=_whole(*ROW_ID_RANGE))
     p.set_defaults(func=cmd_dlq_show)
     p = dsub.add_parser(
         "requeue",
         help="back to pending, attempts reset (audited); --all-dead skips discarded letters",
     )
-    p.add_argument("ids", type=int, nargs="*")
+    p.add_argument("ids", type=_whole(*ROW_ID_RANGE), nargs="*")
     p.add_argument("--all-dead", action="store_true", help="requeue every dead letter")
     p.add_argument("--actor", help="who is doing this; default: you")
     p.set_defaults(func=cmd_dlq_requeue)
     p = dsub.add_parser("discard", help="close a dead letter for good (audited)")
-    p.add_argument("id", type=int)
+    p.add_argument("id", type=_whole(*ROW_ID_RANGE))
     p.add_argument("--reason", required=True)
     p.add_argument("--actor", help="who is doing this; default: you")
     p.set_defaults(func=cmd_dlq_discard)
@@ -92,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         help="only those whose outcome is unknown: look each key up in SendGrid's activity log",
     )
     p.add_argument("--kind", help="only this kind (digest, share_link_expired, alert, ...)")
-    p.add_argument("--limit", type=_positive, default=100)
+    p.add_argument("--limit", type=_whole(*LIMIT_RANGE), default=100)
     p.set_defaults(func=cmd_outbox_list)
     p = osub.add_parser(
         "resend",
@@ -115,14 +135,16 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_outbox_resend)
 
     p = sub.add_parser("dev", help="embedded PostgreSQL + Dagster UI and daemon on :3000")
-    p.add_argument("--port", type=int, default=3000)
+    p.add_argument("--port", type=_whole(*PORT_RANGE), default=3000)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--no-demo", action="store_true", help="do not load demo data")
-    p.add_argument("--reports-port", type=int, default=3001, help="report download endpoint")
+    p.add_argument(
+        "--reports-port", type=_whole(*PORT_RANGE), default=3001, help="report download endpoint"
+    )
     p.set_defaults(func=cmd_dev)
 
     p = sub.add_parser("serve-reports", help="the compliance report download endpoint (production)")
-    p.add_argument("--port", type=int, default=3001)
+    p.add_argument("--port", type=_whole(*PORT_RANGE), default=3001)
     p.add_argument("--host", default="127.0.0.1")
     p.set_defaults(func=cmd_serve_reports)
 
@@ -130,11 +152,13 @@ def _parser() -> argparse.ArgumentParser:
         "prod-local",
         help="the production topology here: gRPC code server, daemon, webserver (staging)",
     )
-    p.add_argument("--port", type=int, default=3000, help="job console")
-    p.add_argument("--grpc-port", type=int, default=4266, help="code server")
+    p.add_argument("--port", type=_whole(*PORT_RANGE), default=3000, help="job console")
+    p.add_argument("--grpc-port", type=_whole(*PORT_RANGE), default=4266, help="code server")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--no-demo", action="store_true", help="do not load demo data")
-    p.add_argument("--reports-port", type=int, default=3001, help="report download endpoint")
+    p.add_argument(
+        "--reports-port", type=_whole(*PORT_RANGE), default=3001, help="report download endpoint"
+    )
     p.set_defaults(func=cmd_prod_local)
     return parser
 
@@ -335,13 +359,6 @@ def _printable(text: object) -> str:
     """Stored text as one line of itself: a newline or an escape sequence inside an event id
     could otherwise forge listing lines or recolour the terminal."""
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive whole number")
-    return number
 
 
 def cmd_dlq_show(args: argparse.Namespace) -> int:

@@ -25,6 +25,11 @@ from mm_orchestration.db import connect
 from mm_orchestration.joblog import log_event
 from mm_orchestration.resources.report_store import ReportStore, ReportStoreError
 
+# How long a connection may stay silent (between any two reads or writes) before the
+# server drops it, so that a client that connects and says nothing, or stops half way
+# through its request, does not hold a thread for ever.
+REQUEST_TIMEOUT_SECONDS = 30.0
+
 RECORDED_HASH = """
 SELECT sha256 FROM ops.residency_reports WHERE storage_uri = ANY(%(refs)s)
 UNION ALL
@@ -33,19 +38,54 @@ SELECT html_sha256 FROM ops.residency_reports WHERE html_uri = ANY(%(refs)s)
 
 
 def make_server(
-    store: ReportStore, database_url: str, password: str, host: str = "127.0.0.1", port: int = 3001
+    store: ReportStore,
+    database_url: str,
+    password: str,
+    host: str = "127.0.0.1",
+    port: int = 3001,
+    timeout: float = REQUEST_TIMEOUT_SECONDS,
 ) -> ThreadingHTTPServer:
+    """The download endpoint on `host:port` (not yet serving: see serve_in_background).
+    `timeout`: seconds a connection may stay silent before it is dropped."""
     if not password:
         raise ValueError("MM_REPORTS_PASSWORD is required to serve reports")
+    request_timeout = timeout  # a class body cannot read an enclosing name it assigns
 
     class Handler(BaseHTTPRequestHandler):
+        raw_requestline: bytes  # set by handle_one_request; typeshed does not declare it
+        # StreamRequestHandler.setup() gives each connection's socket this timeout; a read
+        # or write that waits longer ends the connection (handle_one_request's TimeoutError).
+        timeout = request_timeout
+        # http.server's default is HTTP/0.9, whose answers have no status line: a malformed
+        # request line would get a bare HTML page no HTTP/1.x client can read as an error.
+        default_request_version = "HTTP/1.0"
+
+        def parse_request(self) -> bool:
+            """Refuse with a 400 (status line and all) a request line without an HTTP
+            version: HTTP/0.9's `GET /path`, a lone word or a blank line. http.server
+            would serve `GET /path` as HTTP/0.9 (a body with no status line, after
+            waiting for headers such a client never sends) and answer the others with
+            a bare body or nothing at all. Every other line is parsed as http.server
+            does, its errors now with a status line too (default_request_version)."""
+            # The same reading as BaseHTTPRequestHandler.parse_request's, to agree on
+            # the number of words with it.
+            line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+            if len(line.split()) >= 3:
+                return super().parse_request()
+            self.command, self.requestline = "", line
+            self.request_version = self.default_request_version  # send_error reads it
+            self.close_connection = True
+            self.send_error(400, "Bad request line", "Expected: METHOD /path HTTP/1.1")
+            return False
+
         def do_GET(self) -> None:
-            if not self._authorised():
-                self.send_response(401)
-                self.send_header("WWW-Authenticate", 'Basic realm="mm-orchestration reports"')
-                self.end_headers()
-                return
             try:
+                if not self._authorised():
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="mm-orchestration reports"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 self._serve()
             except Exception as exc:  # every request gets an answer, whatever it holds
                 log_event("report.error", error=type(exc).__name__)
@@ -102,6 +142,11 @@ def make_server(
             self.end_headers()
             self.wfile.write(body)
             log_event("report.refused", status=status, reason=reason)
+
+        def log_error(self, format: str, *args: object) -> None:
+            # http.server's protocol errors (a malformed request line, a timeout) as job
+            # log events; the request line is the client's text, so it is cut short.
+            log_event("report.protocol_error", detail=(format % args)[:300])
 
         def log_message(self, *args: object) -> None:
             pass

@@ -13,12 +13,14 @@ import getpass
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
 
+import psycopg
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
-from mm_orchestration.settings import Settings, SettingsError
+from mm_orchestration.dagster_storage import SETTING as STORAGE_SETTING
+from mm_orchestration.dagster_storage import ConnectionStringStorage, sqlalchemy_url
+from mm_orchestration.settings import PORT_RANGE, Settings, SettingsError, bounded_integer
 from mm_orchestration.topology import PROJECT_ROOT
 
 if TYPE_CHECKING:
@@ -33,37 +35,18 @@ def home_dir(settings: Settings) -> Path:
     return Path(settings.dagster_home or Path(settings.data_dir, "dagster_home")).resolve()
 
 
-def sqlalchemy_url(conninfo: str) -> str:
-    """A libpq connection string (URL or `key=value`) as the SQLAlchemy URL dagster-postgres
-    takes. Every parameter travels in the query and reaches psycopg2 as libpq has it, so a
-    socket directory, an IPv6 host, an encoded password, `sslmode` or `options` all survive;
-    psycopg2 is named because SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3.
-
-    SQLAlchemy reads `host` and `port` itself (its multi-host form) and refuses two things
-    libpq allows: one port for several hosts, and several ports with `hostaddr` alone. So
-    the one port is given once per host, and `hostaddr` alone gets as many empty host
-    names (libpq then uses each address as it is)."""
-    params = conninfo_to_dict(conninfo)
-    hosts, ports = (str(params.get(key) or "").split(",") for key in ("host", "port"))
-    if "port" in params and len(ports) == 1 and len(hosts) > 1:
-        params["port"] = ",".join(ports * len(hosts))
-    if "host" not in params and len(ports) > 1:
-        params["host"] = "," * (len(ports) - 1)
-    return "postgresql+psycopg2:///?" + urlencode(params)
-
-
 def write_home(home: Path, storage_conninfo: str | None = None) -> Path:
     """Write `home/dagster.yaml` from the project's template and return the folder.
 
     With `storage_conninfo` (the local embedded server, which needs no password) the storage
     is written into the file, so any process that opens this home, `mm-jobs run` in another
     terminal included, finds the same database without setting a variable. Without it the
-    template's `DAGSTER_PG_*` variables stay, as in production.
+    template's `{env: DAGSTER_DATABASE_URL}` stays, as in production.
     """
     home.mkdir(parents=True, exist_ok=True)
     config = yaml.safe_load(TEMPLATE.read_text())
     if storage_conninfo is not None:
-        config["storage"] = {"postgres": {"postgres_url": sqlalchemy_url(storage_conninfo)}}
+        config["storage"]["custom"]["config"]["connection_string"] = storage_conninfo
     header = f"# Written by mm-jobs from {TEMPLATE}; edit that file, not this one.\n"
     (home / "dagster.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
     return home
@@ -121,21 +104,40 @@ def storage_url(home: Path) -> str:
             f"DAGSTER_HOME={home} has no dagster.yaml: start the console once with `make dev` "
             "(it writes one), or point DAGSTER_HOME at the instance the console uses"
         )
-    config = yaml.safe_load(path.read_text()) or {}
-    postgres = (config.get("storage") or {}).get("postgres")
-    if not postgres:
+    storage = (yaml.safe_load(path.read_text()) or {}).get("storage") or {}
+    custom = storage.get("custom") or {}
+    ours = (custom.get("module"), custom.get("class")) == (
+        ConnectionStringStorage.__module__,
+        ConnectionStringStorage.__name__,
+    )
+    # Ours (a connection string), or dagster-postgres's own fields (the Helm chart's).
+    block = (custom.get("config") or {}) if ours else storage.get("postgres")
+    if not block:
         raise SettingsError(
-            f"DAGSTER_HOME={home}: dagster.yaml has no `storage: postgres:` block; the jobs "
-            "keep their runs in PostgreSQL so that every process sees them"
+            f"DAGSTER_HOME={home}: dagster.yaml stores Dagster's runs in no PostgreSQL "
+            "database; the jobs keep their runs in PostgreSQL so that every process sees them"
         )
     missing: list[str] = []
-    resolved = _resolve_env(postgres, missing)
+    resolved = _resolve_env(block, missing)
     if missing:
         raise SettingsError(
             f"DAGSTER_HOME={home}: Dagster's storage needs {', '.join(missing)} to be set "
             "(a database of its own, never the portal's)"
         )
-    return str(pg_url_from_config(resolved))
+    if not ours:
+        port = (block.get("postgres_db") or {}).get("port")
+        if isinstance(port, dict) and set(port) == {"env"}:
+            # Dagster pastes the port into its URL as text: `5432x` or `٥٤٣٢` would surface
+            # as a SQLAlchemy error naming no variable.
+            bounded_integer(port["env"], str(resolved["postgres_db"]["port"]), *PORT_RANGE)
+        return str(pg_url_from_config(resolved))
+    try:
+        return sqlalchemy_url(resolved["connection_string"])
+    except psycopg.ProgrammingError:
+        raise SettingsError(
+            f"{STORAGE_SETTING} (Dagster's storage, from dagster.yaml in DAGSTER_HOME={home}) "
+            "is not a connection string libpq accepts: a postgresql:// URL or key=value pairs"
+        ) from None
 
 
 def refuse_portal_storage(url: str, database_url: str | None) -> None:
@@ -147,7 +149,7 @@ def refuse_portal_storage(url: str, database_url: str | None) -> None:
     portal_servers, portal_db = _target(conninfo_to_dict(database_url))
     if storage_db == portal_db and set(storage_servers) & set(portal_servers):
         raise SettingsError(
-            "Dagster's storage (dagster.yaml in DAGSTER_HOME, DAGSTER_PG_DB) is the portal "
+            f"Dagster's storage (dagster.yaml in DAGSTER_HOME, {STORAGE_SETTING}) is the portal "
             "database named by DATABASE_URL: Dagster would create its tables (runs, "
             "event_logs, ...) there. Give Dagster a database of its own, for example "
             "`dagster` on the same server"

@@ -6,16 +6,19 @@ middle of a 2 a.m. run.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+from sentry_sdk.utils import Dsn
 
 from mm_orchestration import cron as dagster_cron
 from mm_orchestration.inventory import INVENTORY, JobSpec
@@ -28,6 +31,10 @@ RUN_LAUNCHERS = ("local", "k8s")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # The PostgreSQL client tools that MM_PG_BIN_DIR must hold (the restore drill's).
 PG_CLIENT_TOOLS = ("pg_dump", "pg_restore", "psql")
+# MM_DLQ_ALERT_THRESHOLD: 0 would page on every dead letter, and a threshold above what
+# the queue could ever hold (the replay benchmark's 100,000) would never page at all.
+DLQ_ALERT_THRESHOLD_RANGE = (1, 1_000_000)
+PORT_RANGE = (1, 65_535)
 
 
 class SettingsError(ValueError):
@@ -42,6 +49,8 @@ class Settings:
     # The unpooled host, for what needs a whole session: the ledger's advisory lock,
     # migrations and pg_dump. Unset: DATABASE_URL serves for everything.
     database_direct_url: str | None = field(default=None, repr=False)
+    # Dagster's storage; read by Dagster itself from dagster.yaml, checked here at load.
+    dagster_database_url: str | None = field(default=None, repr=False)
     dagster_home: str | None = None
     env: str = "development"
     timezone: str = "Australia/Sydney"
@@ -86,6 +95,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings `environ` (default: the process's environment) holds, validated;
+        SettingsError naming the first bad one."""
         env = os.environ if environ is None else environ
 
         def get(name: str) -> str | None:
@@ -93,9 +104,16 @@ class Settings:
             return value.strip() if value is not None and value.strip() else None
 
         defaults = cls()
+        threshold = get("MM_DLQ_ALERT_THRESHOLD")
+        alert_threshold = (
+            defaults.dlq_alert_threshold
+            if threshold is None
+            else bounded_integer("MM_DLQ_ALERT_THRESHOLD", threshold, *DLQ_ALERT_THRESHOLD_RANGE)
+        )
         settings = cls(
             database_url=get("DATABASE_URL"),
             database_direct_url=get("DATABASE_DIRECT_URL"),
+            dagster_database_url=get("DAGSTER_DATABASE_URL"),
             dagster_home=get("DAGSTER_HOME"),
             env=get("MM_ENV") or defaults.env,
             timezone=get("MM_TIMEZONE") or defaults.timezone,
@@ -120,7 +138,7 @@ class Settings:
             neon_api_key=get("NEON_API_KEY"),
             neon_project_id=get("NEON_PROJECT_ID"),
             neon_api_host=get("NEON_API_HOST") or defaults.neon_api_host,
-            dlq_alert_threshold=_int("MM_DLQ_ALERT_THRESHOLD", get("MM_DLQ_ALERT_THRESHOLD"), 10),
+            dlq_alert_threshold=alert_threshold,
             schedule_overrides=_schedule_overrides(get("MM_SCHEDULE_OVERRIDES")),
             run_launcher=get("MM_RUN_LAUNCHER") or defaults.run_launcher,
             http_connect_timeout=_seconds(
@@ -132,6 +150,8 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        """Raise SettingsError naming the setting, its value (never a secret) and what is
+        accepted, for the first value that is malformed or that the code would misuse."""
         if self.env not in ENVIRONMENTS:
             raise SettingsError(f"MM_ENV={self.env!r} is not one of {', '.join(ENVIRONMENTS)}")
         try:
@@ -145,13 +165,26 @@ class Settings:
             _check_conninfo("DATABASE_URL", self.database_url)
         if self.database_direct_url is not None:
             _check_conninfo("DATABASE_DIRECT_URL", self.database_direct_url)
-        _check_url("SENDGRID_API_HOST", self.sendgrid_api_host, ("http", "https"), secret=False)
-        _check_url("MM_REPORTS_URL", self.reports_url, ("http", "https"), secret=False)
-        _check_url("NEON_API_HOST", self.neon_api_host, ("http", "https"), secret=False)
+        if self.dagster_database_url is not None:
+            _check_conninfo("DAGSTER_DATABASE_URL", self.dagster_database_url)
+        # Each client appends its own API path (SendGrid /v3/..., Neon /api/v2/..., boto3
+        # the bucket), so these are a scheme, a host and a port, nothing more; the report
+        # links may sit under a path of the proxy in front of the download endpoint.
+        _check_http_url("SENDGRID_API_HOST", self.sendgrid_api_host, "https://api.sendgrid.com")
+        _check_http_url("NEON_API_HOST", self.neon_api_host, "https://console.neon.tech")
+        _check_http_url(
+            "MM_REPORTS_URL", self.reports_url, "https://jobs.example.com/reports", path=True
+        )
         if self.reports_s3_endpoint:
-            _check_url(
-                "MM_REPORTS_S3_ENDPOINT", self.reports_s3_endpoint, ("http", "https"), secret=False
+            _check_http_url(
+                "MM_REPORTS_S3_ENDPOINT", self.reports_s3_endpoint, "https://s3.example.com:9000"
             )
+        if self.reports_s3_bucket:
+            _check_s3_bucket(self.reports_s3_bucket)
+        _check_s3_prefix(self.reports_s3_prefix)
+        _check_s3_region(self.reports_s3_region, custom_endpoint=bool(self.reports_s3_endpoint))
+        if self.neon_project_id is not None:
+            _check_neon_project_id(self.neon_project_id)
         if self.run_launcher not in RUN_LAUNCHERS:
             raise SettingsError(
                 f"MM_RUN_LAUNCHER={self.run_launcher!r} is not one of {', '.join(RUN_LAUNCHERS)}"
@@ -165,7 +198,7 @@ class Settings:
         if self.pg_bin_dir:
             _check_pg_bin_dir(self.pg_bin_dir)
         if self.sentry_dsn is not None:
-            _check_url("SENTRY_DSN", self.sentry_dsn, ("http", "https"))
+            _check_sentry_dsn(self.sentry_dsn)
         for name, value in (
             ("MAIL_FROM", self.mail_from),
             ("COMPLIANCE_EMAIL", self.compliance_email),
@@ -176,10 +209,14 @@ class Settings:
                 raise SettingsError(f"{name}={value!r} is not an email address")
         if self.sendgrid_api_key is not None and not self.sendgrid_api_key.startswith("SG."):
             raise SettingsError("SENDGRID_API_KEY does not look like a SendGrid key (SG....)")
-        if self.digest_template_id is not None and not self.digest_template_id.startswith("d-"):
+        if self.digest_template_id is not None and not _TEMPLATE_ID.fullmatch(
+            self.digest_template_id
+        ):
             raise SettingsError(
-                f"SENDGRID_DIGEST_TEMPLATE_ID={self.digest_template_id!r} is not a dynamic "
-                "template id (d-...)"
+                f"SENDGRID_DIGEST_TEMPLATE_ID={_shown(self.digest_template_id)} is not a "
+                "dynamic template id. Accepted: d- and the id's letters and digits, as "
+                "SendGrid shows it under Email API > Dynamic Templates, e.g. "
+                "d-f43daeeaef504760851f727007e0b5d0"
             )
         if self.sendgrid_api_key is not None and self.digest_template_id is None:
             raise SettingsError(
@@ -188,18 +225,265 @@ class Settings:
             )
 
 
-def _check_url(name: str, value: str, schemes: tuple[str, ...], secret: bool = True) -> None:
-    shown = "(value hidden)" if secret else repr(value)
+def _shown(value: str, limit: int = 100) -> str:
+    """`value` as an error message prints it: repr, so a control character, an odd space or
+    another script's digit shows as what it is, and cut short when long."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+def ascii_integer(value: str, low: int, high: int) -> int:
+    """The whole number `value` says, written in the digits 0-9 and from `low` to `high`;
+    ValueError otherwise, its message saying what is wrong and what is accepted.
+
+    Python's int() also takes other scripts' digits (`١٠`), signs, underscores (`1_0`) and
+    surrounding spaces; none of those is what an operator meant to write, so only ASCII
+    digits are read.
+    """
+    accepted = f"Accepted: a whole number from {low} to {high}, in the digits 0-9"
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError(f"is not a whole number. {accepted}")
+    # A run of digits longer than any range here is out of range whatever it says, and
+    # converting thousands of digits is refused by Python itself (sys.int_info).
+    if len(value.lstrip("0")) > len(str(high)) or not low <= int(value) <= high:
+        raise ValueError(f"is out of range. {accepted}")
+    return int(value)
+
+
+def bounded_integer(name: str, value: str, low: int, high: int) -> int:
+    """ascii_integer for the setting `name`: SettingsError naming it, the value and the
+    range."""
+    try:
+        return ascii_integer(value, low, high)
+    except ValueError as exc:
+        raise SettingsError(f"{name}={_shown(value)} {exc}") from None
+
+
+def _shown_url(value: str) -> str:
+    """A URL as an error prints it: whatever comes before its last `@` (a user name and a
+    password, or a DSN's keys) shown as `***`. Cut by text, not by a parser, so a password
+    holding an unencoded `/`, `#` or `@`, which parsers split differently, is hidden too."""
+    if "@" not in value:
+        return _shown(value)
+    scheme, sep, _ = value.partition("://")
+    return _shown(f"{scheme + sep if sep else ''}***@{value.rpartition('@')[2]}")
+
+
+def _unprintable(value: str) -> str | None:
+    """Why `value` cannot be part of a URL as written, or None: URLs are ASCII without
+    spaces (a host name in another script is written in its xn-- form)."""
+    if not value.isascii():
+        return "it has characters that are not ASCII (write a host name in its xn-- form)"
+    if any(ch.isspace() or not ch.isprintable() for ch in value):
+        return "it has a space or a control character"
+    return None
+
+
+# A DNS label: letters, digits and hyphens, not at either end (and the underscore that
+# some internal names, e.g. Docker Compose services, carry; resolvers accept it).
+_DNS_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
+
+
+def _host_problem(host: str) -> str | None:
+    """Why `host` (as urlsplit gives it: lower case, IPv6 without brackets) is neither an IP
+    address nor a DNS name, or None."""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    labels = host.removesuffix(".").split(".")
+    # No top-level domain is all digits, so `999.1.1.1` is a bad address, not a name.
+    if len(host) > 253 or not all(map(_DNS_LABEL.fullmatch, labels)) or labels[-1].isdigit():
+        return f"its host {host!r} is neither a DNS name nor an IP address"
+    return None
+
+
+def _url_problem(value: str, path: bool) -> str | None:
+    """Why `value` is not an http(s) URL of a host (with a path only when `path`), or None."""
+    problem = _unprintable(value)
+    if problem:
+        return problem
+    # Before any parsing: a password holding an unencoded / would otherwise be read as a
+    # port or a path, and show in the parser's message.
+    if "@" in value:
+        return "it has an @: credentials (user:password@) never go in a URL setting"
     try:
         parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
+        port = parts.port  # raises ValueError on a port that is not a number from 0 to 65535
     except ValueError as exc:
-        raise SettingsError(f"{name} {shown} is not a valid URL: {exc}") from exc
-    scheme = parts.scheme.split("+")[0]
-    if scheme not in schemes or not parts.hostname:
+        return f"it does not parse as a URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        return (
+            f"its scheme is {parts.scheme!r}, not http or https (write http://host:port)"
+            if parts.scheme
+            else "it has no scheme (http:// or https://)"
+        )
+    if not parts.hostname:
+        return "it has no host"
+    host = _host_problem(parts.hostname)
+    if host:
+        return host
+    if port == 0:
+        return "its port is 0"
+    # Literal ? and # always start a query and a fragment (RFC 3986), even empty ones.
+    if "?" in value or "#" in value:
+        return "it has a query or a fragment (? or #)"
+    if not path and parts.path not in ("", "/"):
+        return f"it has a path ({parts.path!r}); the client adds its own"
+    return None
+
+
+def _check_http_url(name: str, value: str, example: str, *, path: bool = False) -> None:
+    """Refuse, naming `name`, anything but an http(s) URL of a host and optional port (and
+    path, when `path`): no user or password (a secret in a setting that is not secret), no
+    query or fragment, no spaces or control characters. Credentials are never shown."""
+    problem = _url_problem(value, path)
+    if problem:
+        parts = "a host, an optional port and a path" if path else "a host and optional port"
         raise SettingsError(
-            f"{name} {shown} must be a {'/'.join(schemes)} URL with a host, "
-            f"e.g. {schemes[0]}://host/..."
+            f"{name}={_shown_url(value)} is refused: {problem}. Accepted: an http:// or "
+            f"https:// URL of {parts}, with no user, password, query or fragment, "
+            f"e.g. {example}"
+        )
+
+
+def _check_sentry_dsn(value: str) -> None:
+    """SENTRY_DSN as sentry_sdk itself reads it (sentry_sdk.utils.Dsn, what
+    `sentry_sdk.init` parses), plus what Dsn lets through but a project's DSN never has:
+    a project id in other digits than 0-9, a bad host, a query or fragment. The keys (an
+    old DSN's secret key among them) never appear in the message."""
+    keys = value.partition("://")[2].rpartition("@")[0]
+    problem = _unprintable(value)
+    if problem is None and any(ch in keys for ch in "/?#@"):
+        # A parser would end the keys at that character and read the rest of them as a
+        # port or a path, which its message would then show.
+        problem = "its keys (before the @) hold a /, ?, # or @"
+    if problem is None:
+        try:
+            Dsn(value)
+        except ValueError as exc:  # BadDsn is a ValueError, and so is a malformed port
+            problem = str(exc)
+            if any(key and key in problem for key in keys.split(":")):
+                problem = "sentry_sdk cannot read it"  # never a message showing a key
+        else:
+            parts = urlsplit(value)
+            project = parts.path.rsplit("/", 1)[-1]
+            if not project.isdigit():  # Dsn takes int(project): " 1", "+1" and "1_0" too
+                problem = f"its project id {project!r} is not a number"
+            elif "?" in value or "#" in value:
+                problem = "it has a query or a fragment (? or #)"
+            else:
+                problem = _host_problem(parts.hostname or "")
+    if problem:
+        raise SettingsError(
+            f"SENTRY_DSN={_shown_url(value)} is refused: {problem}. Accepted: a Sentry "
+            "project's DSN (Project Settings > Client Keys), https://<public key>@<host>/"
+            "<project id>, e.g. https://0123abcd@o1.ingest.us.sentry.io/42"
+        )
+
+
+# AWS's rules for general purpose bucket names; an S3-compatible service (MinIO, R2)
+# takes a subset of them.
+_S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+# Kept by AWS for its own kinds of bucket (access point aliases, S3 Express, tables, demos).
+_S3_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_S3_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
+
+
+def _check_s3_bucket(value: str) -> None:
+    problem = None
+    if not _S3_BUCKET.fullmatch(value):
+        problem = "it is not 3 to 63 characters of a-z, 0-9, dots and hyphens"
+    elif ".." in value:
+        problem = "it has two dots in a row"
+    elif value.startswith(_S3_RESERVED_PREFIXES) or value.endswith(_S3_RESERVED_SUFFIXES):
+        problem = "AWS keeps names with that prefix or suffix for its own buckets"
+    else:
+        try:
+            ipaddress.ip_address(value)
+            problem = "it is written as an IP address"
+        except ValueError:
+            pass
+    if problem:
+        raise SettingsError(
+            f"MM_REPORTS_S3_BUCKET={_shown(value)} is not an S3 bucket name: {problem}. "
+            "Accepted: 3 to 63 lowercase letters, digits, dots and hyphens, starting and "
+            "ending with a letter or digit, no two dots in a row, not an IP address, "
+            "e.g. mm-compliance-reports"
+        )
+
+
+def _check_s3_prefix(value: str) -> None:
+    """The reports' folder inside the bucket: keys are relative (a leading / would be part
+    of every key), and a `.` or `..` segment or a control character would make a key that
+    tools resolve or display as another one."""
+    segments = value.removesuffix("/").split("/")
+    problem = None
+    if value.startswith("/"):
+        problem = "it starts with /"
+    elif any(not ch.isprintable() for ch in value):
+        problem = "it has a control character"
+    elif any(segment in ("", ".", "..") for segment in segments):
+        problem = "it has an empty, . or .. segment"
+    elif len(value.encode()) > 512:
+        problem = "it is longer than 512 bytes (an S3 key is at most 1,024)"
+    if problem:
+        raise SettingsError(
+            f"MM_REPORTS_S3_PREFIX={_shown(value)} is refused: {problem}. Accepted: a "
+            "relative key prefix, segments of printable characters joined by /, none of "
+            "them . or .., e.g. reports or compliance/reports"
+        )
+
+
+@cache
+def _aws_region_patterns() -> tuple[re.Pattern[str], ...]:
+    """The region-name pattern of every AWS partition (aws, aws-cn, aws-us-gov, ...), from
+    botocore's own partition data: a region AWS opens later matches without a change here."""
+    from botocore.loaders import create_loader
+
+    partitions = create_loader().load_data("partitions")["partitions"]
+    # re.ASCII: the patterns' \w and \d must not take other scripts' letters and digits.
+    return tuple(re.compile(p["regionRegex"], re.ASCII) for p in partitions)
+
+
+_CUSTOM_REGION = re.compile(r"[A-Za-z0-9_-]{1,63}")
+
+
+def _check_s3_region(value: str, custom_endpoint: bool) -> None:
+    """An AWS region name (botocore's patterns), or with MM_REPORTS_S3_ENDPOINT set, the
+    name an S3-compatible service asks for (R2's `auto`, MinIO's own)."""
+    if custom_endpoint:
+        if _CUSTOM_REGION.fullmatch(value):
+            return
+        accepted = "a region name of letters, digits, hyphens and underscores, e.g. auto"
+    else:
+        lower = re.fullmatch(r"[a-z0-9-]+", value)
+        if lower and any(p.fullmatch(value) for p in _aws_region_patterns()):
+            return
+        accepted = (
+            "an AWS region name, e.g. ap-southeast-2 or us-gov-west-1 (with "
+            "MM_REPORTS_S3_ENDPOINT set, the region the S3-compatible service asks for)"
+        )
+    raise SettingsError(
+        f"MM_REPORTS_S3_REGION={_shown(value)} is not a region name. Accepted: {accepted}"
+    )
+
+
+# SendGrid's dynamic template ids are d- and 32 hex digits; letters, digits, - and _ are
+# let through so that a stand-in id (tests, a deployment's placeholder) still loads,
+# while a space, a control character or another script's letter does not.
+_TEMPLATE_ID = re.compile(r"d-[A-Za-z0-9_-]{1,64}")
+
+# Neon names a project with generated words and a number, e.g. autumn-disk-484331.
+_NEON_PROJECT_ID = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)+")
+
+
+def _check_neon_project_id(value: str) -> None:
+    if len(value) > 60 or not _NEON_PROJECT_ID.fullmatch(value):
+        raise SettingsError(
+            f"NEON_PROJECT_ID={_shown(value)} is not a Neon project id. Accepted: lowercase "
+            "words and digits joined by hyphens, as the Neon console shows it under "
+            "Settings > General, e.g. autumn-disk-484331"
         )
 
 
@@ -277,13 +561,21 @@ def _schedule_overrides(value: str | None) -> tuple[tuple[str, str], ...]:
     """
     if value is None:
         return ()
-    overrides = []
+    overrides: dict[str, str] = {}
     for item in filter(None, (part.strip() for part in value.split(";"))):
         job, sep, cron = (text.strip() for text in item.partition("="))
         if not sep or job not in NAMES:
             raise SettingsError(
                 f"MM_SCHEDULE_OVERRIDES: {item!r} must be <job>=<cron> with a job of the "
                 f"inventory ({', '.join(NAMES)})"
+            )
+        if job in overrides:
+            # Which of the two an operator meant cannot be known; keeping either one
+            # would run the job on a schedule nobody chose.
+            raise SettingsError(
+                f"MM_SCHEDULE_OVERRIDES names {job} twice ({job}={overrides[job]!r} and "
+                f"{job}={cron!r}). Accepted: each job at most once, <job>=<cron> items "
+                "separated by ;"
             )
         try:
             dagster_cron.check(cron)
@@ -292,38 +584,29 @@ def _schedule_overrides(value: str | None) -> tuple[tuple[str, str], ...]:
                 f"MM_SCHEDULE_OVERRIDES: {job}={cron!r} is refused: {exc}. "
                 f"Accepted: {dagster_cron.ACCEPTED}"
             ) from None
-        overrides.append((job, cron))
-    return tuple(overrides)
-
-
-def _int(name: str, value: str | None, default: int) -> int:
-    if value is None:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise SettingsError(f"{name}={value!r} is not a whole number") from None
-    if number < 0:
-        raise SettingsError(f"{name}={value!r} must be 0 or more")
-    return number
+        overrides[job] = cron
+    return tuple(overrides.items())
 
 
 # Above this a "timeout" stops bounding anything: a run would wait minutes on one call.
 MAX_TIMEOUT_SECONDS = 300.0
+_ASCII_SECONDS = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3})?")
 
 
 def _seconds(name: str, value: str | None, default: float) -> float:
-    """A timeout in seconds: a number above 0 and at most MAX_TIMEOUT_SECONDS."""
+    """A timeout in seconds: ASCII digits with an optional fraction (`2.5`), more than 0
+    and at most MAX_TIMEOUT_SECONDS."""
     if value is None:
         return default
-    try:
-        number = float(value)
-    except ValueError:
+    if not _ASCII_SECONDS.fullmatch(value):
         raise SettingsError(
-            f"{name}={value!r} is not a number of seconds (e.g. {default:g})"
-        ) from None
-    if not 0 < number <= MAX_TIMEOUT_SECONDS:  # also refuses nan and inf
+            f"{name}={_shown(value)} is not a number of seconds: digits 0-9 with an optional "
+            f"fraction, e.g. {default:g} or 2.5"
+        )
+    number = float(value)
+    if not 0 < number <= MAX_TIMEOUT_SECONDS:
         raise SettingsError(
-            f"{name}={value!r} must be more than 0 and at most {MAX_TIMEOUT_SECONDS:g} seconds"
+            f"{name}={_shown(value)} must be more than 0 and at most {MAX_TIMEOUT_SECONDS:g} "
+            "seconds"
         )
     return number

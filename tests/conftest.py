@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,17 @@ from mm_orchestration.topology import Topology
 from tests.sendgrid_server import SendGridRecorder
 
 TEMPLATE = "mm_template"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest keeps its last three temporary roots per user and deletes older ones, so a
+    # second checkout's test run could delete this run's PostgreSQL data directory under
+    # it. Each checkout gets its own root (xdist's workers inherit the variable).
+    digest = hashlib.sha1(str(config.rootpath).encode()).hexdigest()[:10]
+    os.environ.setdefault(
+        "PYTEST_DEBUG_TEMPROOT", str(Path(tempfile.gettempdir()) / f"mm-orchestration-{digest}")
+    )
+    Path(os.environ["PYTEST_DEBUG_TEMPROOT"]).mkdir(exist_ok=True)
 
 
 @pytest.fixture(scope="session")
@@ -70,17 +83,10 @@ def database_url(pg_server: EmbeddedPostgres) -> Iterator[str]:
 
 @pytest.fixture
 def dagster_storage(pg_server: EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """An empty database for Dagster's own storage, named by the DAGSTER_PG_* variables
-    that dagster.yaml (and deploy/dagster.k8s.yaml) read."""
+    """An empty database for Dagster's own storage, named by DAGSTER_DATABASE_URL, which
+    dagster.yaml (and deploy/dagster.k8s.yaml) read."""
     name = create_database(pg_server, template=None)
-    for key, value in {
-        "DAGSTER_PG_HOST": "127.0.0.1",
-        "DAGSTER_PG_PORT": str(pg_server.port),
-        "DAGSTER_PG_USER": "postgres",
-        "DAGSTER_PG_PASSWORD": "",
-        "DAGSTER_PG_DB": name,
-    }.items():
-        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("DAGSTER_DATABASE_URL", pg_server.url(name))
     yield name
     drop_database(pg_server, name)
 

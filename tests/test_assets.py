@@ -269,3 +269,27 @@ def test_tenant_health_schedule_targets_the_day_starting_in_sydney():
     ) as context:
         (request,) = sched.evaluate_tick(context).run_requests
     assert request.partition_key == DAY.isoformat()
+
+
+def test_names_from_portal_rows_are_literal_text_in_console_tables(
+    conn, portal_db, mailer, job_settings, sendgrid
+):
+    """Tenant names and event types are typed by users: in the console's Markdown they
+    are text (no link, image or extra cell), and the summary email lists them plainly."""
+    name = "[Pay now](http://x.example) |evil| ![i](http://x.example/i.png)"
+    milestone(conn, f.tenant(conn, name=name), REF - timedelta(days=1))
+    result = health(portal_db, mailer, job_settings)
+    (mat,) = result.asset_materializations_for_node("ops__tenant_health_daily")
+    (line,) = [r for r in mat.metadata["red_and_amber"].value.splitlines() if "Pay" in r]
+    assert line == (
+        "| \\[Pay now\\](http://x.example) \\|evil\\| !\\[i\\](http://x.example/i.png)"
+        " | red | 1 milestone(s) overdue |"
+    )
+    text = sendgrid.mail_requests[0].body["content"][0]["value"]
+    assert f"- {name}: red (1 milestone(s) overdue)" in text
+
+    t = f.tenant(conn, name="Events")
+    event(conn, t, "<b>x</b>|[y](z)", H + timedelta(minutes=1), None)
+    rolled = rollup(portal_db)
+    (mat,) = rolled.asset_materializations_for_node("ops__analytics_hourly")
+    assert "| \\<b\\>x\\</b\\>\\|\\[y\\](z) | 1 | 1 |" in mat.metadata["top_event_types"].value

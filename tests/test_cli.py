@@ -29,11 +29,7 @@ def dagster_env(pg_server, database_url, tmp_path, project_root, monkeypatch):
     env = {
         "DATABASE_URL": database_url,
         "DAGSTER_HOME": str(home),
-        "DAGSTER_PG_HOST": "127.0.0.1",
-        "DAGSTER_PG_PORT": str(pg_server.port),
-        "DAGSTER_PG_USER": "postgres",
-        "DAGSTER_PG_PASSWORD": "",
-        "DAGSTER_PG_DB": storage,
+        "DAGSTER_DATABASE_URL": pg_server.url(storage),
         "MM_DATA_DIR": str(tmp_path / "data"),
     }
     for key, value in env.items():
@@ -223,9 +219,9 @@ def test_a_dagster_home_without_dagster_yaml_or_its_variables_is_refused(dagster
     empty.mkdir()
     proc = mm_jobs({**dagster_env, "DAGSTER_HOME": str(empty)}, "run", "invite-cleanup")
     assert proc.returncode == 2 and "has no dagster.yaml" in proc.stderr
-    env = {k: v for k, v in dagster_env.items() if k != "DAGSTER_PG_DB"}
+    env = {k: v for k, v in dagster_env.items() if k != "DAGSTER_DATABASE_URL"}
     proc = mm_jobs(env, "run", "invite-cleanup")
-    assert proc.returncode == 2 and "DAGSTER_PG_DB" in proc.stderr
+    assert proc.returncode == 2 and "DAGSTER_DATABASE_URL" in proc.stderr
 
 
 def test_a_skipped_run_says_skipped_with_the_run_that_holds_the_window(dagster_env, conn):
@@ -358,7 +354,8 @@ def test_bad_partitions_and_an_unreachable_storage_are_named(dagster_env, pg_ser
     assert proc.returncode == 2 and "share-link-expiry has no partitions" in proc.stderr
     from mm_orchestration.embedded_pg import free_port
 
-    proc = mm_jobs({**dagster_env, "DAGSTER_PG_PORT": str(free_port())}, "run", "invite-cleanup")
+    elsewhere = f"host=127.0.0.1 port={free_port()} user=postgres dbname=dagster"
+    proc = mm_jobs({**dagster_env, "DAGSTER_DATABASE_URL": elsewhere}, "run", "invite-cleanup")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Dagster's storage" in proc.stderr and "does not answer" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -20,7 +20,9 @@ from urllib.parse import quote
 import psycopg
 import pytest
 import sqlalchemy
+import yaml
 from dagster import DagsterInstance
+from dagster._serdes import serialize_value
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
@@ -272,6 +274,26 @@ def test_dagster_storage_written_from_each_form_connects(cluster, tmp_path, name
     same = write_home(tmp_path / "same", portal)
     with pytest.raises(SettingsError, match="is the portal database"):
         refuse_portal_storage(storage_url(same), portal)
+
+
+@pytest.mark.parametrize("name", FORM_NAMES)
+def test_production_storage_from_dagster_database_url_in_each_form(
+    cluster, tmp_path, monkeypatch, name
+):
+    """Production's dagster.yaml (the template, unchanged) reads DAGSTER_DATABASE_URL in
+    any form libpq accepts; what Dagster hands to run processes keeps the variable's name,
+    never the password."""
+    conninfo = forms(cluster, DAGSTER)[name].conninfo
+    monkeypatch.setenv("DAGSTER_DATABASE_URL", conninfo)
+    home = write_home(tmp_path / "home")
+    written = yaml.safe_load((home / "dagster.yaml").read_text())["storage"]["custom"]
+    assert written["config"] == {"connection_string": {"env": "DAGSTER_DATABASE_URL"}}
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert instance.get_runs_count() == 0
+        shipped = serialize_value(instance.get_ref())
+    assert "DAGSTER_DATABASE_URL" in shipped
+    assert PASSWORD not in shipped and quote(PASSWORD, safe="") not in shipped
+    assert storage_url(home) == sqlalchemy_url(conninfo)
 
 
 def test_the_portal_database_is_recognised_through_a_socket_or_tcp(cluster):

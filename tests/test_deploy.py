@@ -20,7 +20,7 @@ from dagster import DagsterInstance, DagsterRun
 
 from mm_orchestration import inventory
 from mm_orchestration.definitions import build_definitions
-from mm_orchestration.settings import Settings
+from mm_orchestration.settings import Settings, SettingsError
 from mm_orchestration.topology import LOCATION, PROJECT_ROOT, commands
 
 DEPLOY = PROJECT_ROOT / "deploy"
@@ -57,7 +57,6 @@ def k8s_instance(dagster_storage: str, tmp_path: Path) -> Any:
     launcher = config["run_launcher"]["config"]
     launcher["load_incluster_config"] = False
     launcher["kubeconfig_file"] = str(_throwaway_kubeconfig(tmp_path / "kubeconfig"))
-    config["storage"]["postgres"]["postgres_db"]["params"]["sslmode"] = "disable"
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
@@ -160,7 +159,11 @@ def test_helm_values_match_the_code_and_hold_no_secret() -> None:
     text = (DEPLOY / "helm" / "values.yaml").read_text()
     for name in secrets:  # each secret named where the operator creates it
         assert name in text, name
-    settings = Settings.from_env(config_map["data"] | {"NEON_API_KEY": "x"})
+    # The project id is the operator's to fill in: the shipped placeholder fails the load.
+    with pytest.raises(SettingsError, match="^NEON_PROJECT_ID='REPLACE_ME'"):
+        Settings.from_env(config_map["data"] | {"NEON_API_KEY": "x"})
+    operator = {"NEON_API_KEY": "x", "NEON_PROJECT_ID": "autumn-disk-484331"}
+    settings = Settings.from_env(config_map["data"] | operator)
     assert settings.env == "production" and settings.drill_method == "neon"
 
 

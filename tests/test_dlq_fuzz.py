@@ -1,12 +1,13 @@
 """Fuzz: whatever the dead-letter queue holds, mux-webhook-retry settles every row alone.
 
 Hypothesis generates batches that mix good Mux events (ties in `created_at`, duplicates,
-signed and unsigned, unknown types, upload links, odd but harmless text) with hostile
-rows (payloads nested thousands of levels deep, numbers of thousands of digits, odd text
-in `signature` and `raw_body`, fields of the wrong type or missing, ids too long, times
-in the future or before Mux, payloads that are no object at all, events for a video that
-does not exist). Each example empties the test's database, seeds four videos and the
-batch, and runs the real job (`execute_in_process`) with a signing secret set.
+signed as Mux signs them, unknown types, upload links, odd but harmless text) with hostile
+rows (payloads nested thousands of levels deep, numbers of thousands of digits, odd or
+missing text in `signature` and `raw_body`, payloads that are not the signed body, fields
+of the wrong type or missing, ids too long, times in the future or before Mux, payloads
+that are no object at all, events for a video that does not exist). Each example empties
+the test's database, seeds four videos and the batch, and runs the real job
+(`execute_in_process`) with a signing secret set.
 
 Properties: the job never fails (the replay step always succeeds); every hostile row ends
 with its failed attempt recorded (attempts + 1, `last_error`, one `ops.dlq_attempts` row;
@@ -164,7 +165,7 @@ def good_letters(draw: st.DrawFn) -> Spec:
         payload=dumps(payload),
         offset=offset,
         event_type=kind,
-        sign=draw(st.booleans()),
+        sign=True,  # with a signing secret set, only signed events are ever applied
         attempts=draw(st.sampled_from([0, 0, 0, 1, 4])),
         suffix=draw(st.just("") | odd_text()),
         video=video,
@@ -227,14 +228,18 @@ def hostile_letters(draw: st.DrawFn) -> Spec:
         text = dumps(event).replace('"@N@"', number)
     elif hostile == "signature":
         text = dumps(event)
-        body = draw(odd_text(0, 40) | st.just(text))
+        body = draw(st.none() | odd_text(0, 40) | st.just(text))
         signature = draw(
-            odd_text(0, 40)
+            st.none()
+            | odd_text(0, 40)
             | odd_text(1, 20).map(lambda s: f"t=1,v1={s}")
             | st.just(_signed(SECRET, "{}", "1"))  # valid, for another body
         )
         if body == "{}" and signature == _signed(SECRET, "{}", "1"):
             body = "{ }"
+        if draw(st.booleans()):  # a genuine signed body, but the payload is not that body
+            body = dumps(status_event("video.asset.created", video))
+            signature = _signed(SECRET, body)
         cols = {"raw_body": body, "signature": signature}
     elif hostile == "wrong_type":
         field, value = draw(
@@ -318,6 +323,7 @@ def hostile_letters(draw: st.DrawFn) -> Spec:
         event_type=draw(st.just(kind) | st.none() | odd_text()),
         attempts=draw(st.sampled_from([0, 0, 0, 2, 4])),
         suffix=draw(st.just("") | odd_text()),
+        sign=not cols,  # signed as Mux would: it is the content that must fail
         **cols,
     )
 
@@ -393,7 +399,8 @@ def run_example(conn: Any, resources: dict[str, Any], batch: tuple[list[Spec], i
             assert (status, attempts) == ("replayed", spec.attempts), (spec, error)
             continue
         assert attempts == spec.attempts + 1 and error, (spec, status, error)
-        dead = spec.kind == "signature" or attempts >= 5
+        # Nothing to verify (a NULL payload has no signed body) is as bad as a bad signature.
+        dead = spec.kind == "signature" or spec.payload is None or attempts >= 5
         assert status == ("dead" if dead else "pending"), (spec, status, error)
         assert (escalated is not None) == dead, spec
         assert history[(dlq_id, attempts)] == 1, spec

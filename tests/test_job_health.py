@@ -95,14 +95,7 @@ def history(pg_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[His
     name = create_database(pg_server, template=None)
     folder = tmp_path_factory.mktemp("dagster_home")
     config = (ROOT / "dagster.yaml").read_text()
-    for key, value in {
-        "{env: DAGSTER_PG_USER}": "postgres",
-        "{env: DAGSTER_PG_PASSWORD}": '""',
-        "{env: DAGSTER_PG_HOST}": "127.0.0.1",
-        "{env: DAGSTER_PG_PORT}": str(pg_server.port),
-        "{env: DAGSTER_PG_DB}": name,
-    }.items():
-        config = config.replace(key, value)
+    config = config.replace("{env: DAGSTER_DATABASE_URL}", pg_server.url(name))
     (folder / "dagster.yaml").write_text(config)
     try:
         with DagsterInstance.from_config(str(folder)) as instance:

@@ -239,6 +239,62 @@ def test_bad_signature_is_dead_at_once_and_never_applied(conn, video, resources)
     assert asset_row(conn, video)[0] == "ready"
 
 
+VERIFY_CASES = {
+    # The row's body is what Mux signed; its payload (what would be applied) was changed.
+    "forged payload": (
+        lambda good: {
+            "payload": raw(FORGED),
+            "raw_body": raw(good),
+            "signature": signed(raw(good)),
+        },
+        "payload differs from the signed raw_body; only the signed body is applied",
+    ),
+    # A request that came with no Mux-Signature header at all.
+    "no signature": (
+        lambda good: {"payload": raw(FORGED), "raw_body": raw(FORGED), "signature": None},
+        "unverifiable: no stored signature; with MUX_WEBHOOK_SECRET set only events whose"
+        " Mux-Signature matches their body are applied",
+    ),
+    "no body": (
+        lambda good: {"payload": raw(FORGED), "raw_body": None, "signature": signed(raw(good))},
+        "unverifiable: no stored raw_body; with MUX_WEBHOOK_SECRET set only events whose"
+        " Mux-Signature matches their body are applied",
+    ),
+    "neither": (
+        lambda good: {"payload": raw(FORGED), "raw_body": None, "signature": None},
+        "unverifiable: no stored raw_body and signature; with MUX_WEBHOOK_SECRET set only"
+        " events whose Mux-Signature matches their body are applied",
+    ),
+    "signed text that is not JSON": (
+        lambda good: {"payload": raw(FORGED), "raw_body": "{oops", "signature": signed("{oops")},
+        "signed raw_body is not a JSON document, so nothing can be applied",
+    ),
+}
+FORGED = envelope("video.asset.deleted", "asset-1", T0 + timedelta(hours=1))
+
+
+@pytest.mark.parametrize("case", list(VERIFY_CASES))
+def test_with_a_secret_only_the_signed_body_is_ever_applied(conn, video, resources, case):
+    conn.execute("UPDATE portal.media_assets SET mux_asset_id = 'asset-1' WHERE id = %s", [video])
+    resources = {**resources, "mux": MuxWebhooks(signing_secret=SECRET)}
+    good = envelope("video.asset.ready", "asset-1", T0, duration=3)
+    columns, error = VERIFY_CASES[case]
+    cols = columns(good)
+    bad = dead_letter_json(conn, cols.pop("payload"), "evt-forged", **cols)
+    assert run_job(mux_webhook_retry, resources).success
+    assert dlq_rows(conn)[bad] == ("dead", 1, error)
+    assert asset_row(conn, video)[0] == "waiting"
+    # The same row, signed as Mux would sign it, is applied.
+    conn.execute(
+        "UPDATE portal.mux_webhook_dlq SET status = 'pending', payload = %s::jsonb,"
+        " raw_body = %s, signature = %s WHERE id = %s",
+        [raw(good), raw(good), signed(raw(good)), bad],
+    )
+    assert run_job(mux_webhook_retry, resources).success
+    assert dlq_rows(conn)[bad][0] == "replayed"
+    assert asset_row(conn, video)[:3] == ("ready", "asset-1", 3)
+
+
 def signed(body: str, secret: str = SECRET, t: str = "1765000000") -> str:
     digest = hmac.new(secret.encode(), f"{t}.{body}".encode(), hashlib.sha256).hexdigest()
     return f"t={t},v1={digest}"
@@ -292,6 +348,7 @@ def test_a_poison_letter_fails_alone_and_the_good_event_behind_it_applies(
     conn, video, resources, sendgrid, poison
 ):
     payload_json, cols, expected = POISONS[poison]
+    cols = cols or {"raw_body": payload_json, "signature": signed(payload_json)}
     resources = {**resources, "mux": MuxWebhooks(signing_secret=SECRET)}
     conn.execute("UPDATE portal.media_assets SET mux_asset_id = 'asset-1' WHERE id = %s", [video])
     bad = dead_letter_json(conn, payload_json, "evt-poison", **cols)
@@ -315,10 +372,13 @@ def test_a_poison_letter_fails_alone_and_the_good_event_behind_it_applies(
 def test_a_batch_of_poisons_settles_every_row_in_one_run(conn, video, resources):
     conn.execute("UPDATE portal.media_assets SET mux_asset_id = 'asset-1' WHERE id = %s", [video])
     bad = [
-        dead_letter_json(conn, text, f"evt-poison-{i}", **cols)
+        dead_letter_json(
+            conn, text, f"evt-poison-{i}", **(cols or {"raw_body": text, "signature": signed(text)})
+        )
         for i, (text, cols, _) in enumerate(POISONS.values())
     ]
-    good = dead_letter(conn, envelope("video.asset.created", "asset-1", T0))
+    created = envelope("video.asset.created", "asset-1", T0)
+    good = dead_letter(conn, created, raw_body=raw(created), signature=signed(raw(created)))
     resources = {**resources, "mux": MuxWebhooks(signing_secret=SECRET, batch_size=2)}
     assert run_job(mux_webhook_retry, resources).success
     rows = dlq_rows(conn)

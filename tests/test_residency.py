@@ -118,7 +118,7 @@ def test_report_rows_files_hash_email_and_checks(
             assert row["status"] == "ok" and "disclosed" in row["status_reason"]
     assert not [r for r in table if r["country"] in ("", "unknown")]
     assert {r["status_reason"] for r in table if r["status"] == "exception"} == {
-        "tenant data outside the allowed regions"
+        "tenant data outside Australia"
     }
     assert {r["system"] for r in table} == {
         "portal database",
@@ -391,9 +391,18 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(
 
 
 def test_region_to_country_map_covers_every_row_kind():
-    from mm_orchestration.assets.residency import ALLOWED_REGIONS, VENDORS, country
+    from mm_orchestration.assets.residency import VENDORS, country
 
-    assert {r: country(r) for r in ALLOWED_REGIONS} == {r: "AU" for r in ALLOWED_REGIONS}
+    for region in (
+        "ap-southeast-2",
+        "aws-ap-southeast-4",
+        "azure-australiaeast",
+        "australiacentral2",
+        "azure-australiacentral",
+        "australia-southeast2",
+        "syd",
+    ):
+        assert country(region) == "AU", region
     assert country("us") == country("US ") == country("us-west-2") == "US"
     assert country("aws-us-east-2") == country("azure-eastus2") == country("us-central1") == "US"
     assert country("eu-west-2") == "GB" and country("eu-central-1") == "DE"  # not "EU"
@@ -555,3 +564,54 @@ def test_an_email_still_waiting_sends_the_latest_files_of_its_week(
     assert hashlib.sha256(base64.b64decode(attached["content"])).hexdigest() == sha
     assert run(portal_db, mailer, job_settings, store).success
     assert len([r for r in sendgrid.mail_requests if r.status == 202]) == 1
+
+
+@pytest.mark.parametrize(
+    "region",
+    [
+        "azure-australiaeast",
+        "azure-australiacentral",
+        "australiacentral2",
+        "aws-ap-southeast-4",
+        "ap-southeast-2\u00a0",  # a trailing no-break space, as pasted from a web page
+        "\u2003AP-Southeast-2 ",
+        "australia-southeast1\t",
+    ],
+)
+def test_every_australian_region_is_onshore_however_it_is_written(
+    conn, portal_db, mailer, job_settings, store, region
+):
+    """Onshore follows the region's country: a region the map calls AU is never an
+    exception, and SQL and Python trim a region alike."""
+    tenant = f.tenant(conn, name="Kangaroo Creative", region=region)
+    f.asset(conn, tenant, storage_region=region)
+    assert run(portal_db, mailer, job_settings, store).success
+    uri = conn.execute("SELECT storage_uri FROM ops.residency_reports").fetchone()[0]
+    rows = [r for r in csv.DictReader(io.StringIO(store.get_uri(uri).decode()))]
+    judged = [r for r in rows if r["system"] in ("portal database", "backups", "video storage")]
+    assert [(r["region"], r["country"], r["onshore"], r["status"]) for r in judged] == [
+        (region.strip(), "AU", "True", "ok")
+    ] * 3
+
+
+HOSTILE_NAME = "[details](http://x.example/?d=1) <img src=x onerror=alert(1)> **OK** | x\nNext"
+
+
+def test_tenant_names_are_literal_text_in_the_console_and_the_subject(
+    conn, portal_db, mailer, job_settings, store, sendgrid
+):
+    """A name typed by a portal user is shown as itself: no link, image, emphasis or
+    extra cell in the asset's Markdown preview, and it never writes the subject line."""
+    f.tenant(conn, name=HOSTILE_NAME, region="us-west-2")
+    result = run(portal_db, mailer, job_settings, store)
+    meta = result.asset_materializations_for_node("ops__residency_report")[0].metadata
+    preview = meta["exception_rows_preview"].value
+    line = next(row for row in preview.splitlines() if "details" in row)
+    assert line.startswith(
+        "| \\[details\\](http://x.example/?d=1) \\<img src=x onerror=alert(1)\\>"
+        " \\*\\*OK\\*\\* \\| x Next |"
+    )
+    assert line.count(" | ") == 4  # five cells, as the header says
+    subject = sendgrid.mail_requests[-1].body["subject"]
+    assert "details" not in subject and "\n" not in subject
+    assert subject.endswith("NOT compliant (1 tenant(s) with exceptions)")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import traceback
+
 import pytest
+import yaml
 
 from mm_orchestration import inventory
 from mm_orchestration.settings import Settings, SettingsError
@@ -124,3 +127,298 @@ def test_good_overrides_are_kept():
         ("invite-cleanup", "@hourly"),
         ("backup-verify", "0 9 1 * *"),
     )
+
+
+def test_a_job_named_twice_in_the_overrides_is_refused_naming_it():
+    value = "share-link-expiry=* * * * *;share-link-expiry=0 * * * *"
+    with pytest.raises(SettingsError, match="^MM_SCHEDULE_OVERRIDES") as error:
+        Settings.from_env({"MM_SCHEDULE_OVERRIDES": value})
+    text = str(error.value)
+    assert "share-link-expiry twice" in text
+    assert "'* * * * *'" in text and "'0 * * * *'" in text and "Accepted:" in text
+
+
+def _refusal(name: str, value: str) -> str:
+    """The message refusing `name=value`, with the traceback an operator would see (a
+    secret must not hide in a chained exception either)."""
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({name: value})
+    text = str(error.value)
+    assert text.startswith(f"{name}="), text  # the variable's name first
+    assert "Accepted: " in text, text  # and what to write instead
+    return "".join(traceback.format_exception(error.value))
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["\u0661\u0660", "\uff11\uff10", "0", "-1", "+10", "1_0", "10.0", "1e3", "ten", str(10**12),
+     "9" * 5000],
+)  # fmt: skip
+def test_integer_settings_are_ascii_digits_within_a_range(value):
+    text = _refusal("MM_DLQ_ALERT_THRESHOLD", value)
+    assert "from 1 to 1000000, in the digits 0-9" in text
+    assert repr(value)[:40] in text  # the bad value, as Python writes it
+
+
+def test_integer_settings_in_range_are_read():
+    read = Settings.from_env({"MM_DLQ_ALERT_THRESHOLD": "0025"}).dlq_alert_threshold
+    assert read == 25
+    assert Settings.from_env({"MM_DLQ_ALERT_THRESHOLD": "1000000"}).dlq_alert_threshold == 10**6
+
+
+@pytest.mark.parametrize("port", ["5432x", "\u0665\u0664\u0663\u0662", "0", "65536", " 5432", ""])
+def test_dagster_storage_port_is_an_integer_setting_too(tmp_path, monkeypatch, port):
+    from mm_orchestration.instance import storage_url
+
+    # dagster-postgres's own fields from the environment, as a hand-written (or an older)
+    # dagster.yaml has them.
+    home = tmp_path / "home"
+    home.mkdir()
+    fields = ("username", "USER"), ("password", "PASSWORD"), ("hostname", "HOST"), ("port", "PORT")
+    postgres_db = {key: {"env": f"DAGSTER_PG_{name}"} for key, name in fields}
+    postgres_db["db_name"] = {"env": "DAGSTER_PG_DB"}
+    (home / "dagster.yaml").write_text(
+        yaml.safe_dump({"storage": {"postgres": {"postgres_db": postgres_db}}})
+    )
+    for name, value in (("HOST", "db.example"), ("USER", "u"), ("PASSWORD", "pw"), ("DB", "d")):
+        monkeypatch.setenv(f"DAGSTER_PG_{name}", value)
+    monkeypatch.setenv("DAGSTER_PG_PORT", port)
+    if port == "":
+        with pytest.raises(SettingsError, match="needs DAGSTER_PG_PORT to be set"):
+            storage_url(home)
+        return
+    with pytest.raises(SettingsError, match="^DAGSTER_PG_PORT=") as error:
+        storage_url(home)
+    assert "from 1 to 65535" in str(error.value)
+    monkeypatch.setenv("DAGSTER_PG_PORT", "6543")
+    assert ":6543/" in storage_url(home)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("SENDGRID_API_HOST", "https://api.send grid.com", "a space"),
+        ("SENDGRID_API_HOST", "https://api.sendgrid.com/v3", "a path"),
+        ("SENDGRID_API_HOST", "https://api.sendgrid.com?region=eu", "a query"),
+        ("SENDGRID_API_HOST", "https://api.sendgrid.com#x", "a fragment"),
+        ("SENDGRID_API_HOST", "https://api.sendgrid.com?", "a query"),
+        ("SENDGRID_API_HOST", "ftp://api.sendgrid.com", "not http or https"),
+        ("SENDGRID_API_HOST", "localhost:8080", "not http or https"),
+        ("SENDGRID_API_HOST", "https://api.sendgrid.com:0", "port is 0"),
+        ("SENDGRID_API_HOST", "https://api.sendgrid.com:99999", "Port out of range"),
+        ("SENDGRID_API_HOST", "https://api..sendgrid.com", "neither a DNS name"),
+        ("SENDGRID_API_HOST", "https://300.1.1.1", "neither a DNS name"),
+        ("SENDGRID_API_HOST", "https://api.séndgrid.com", "not ASCII"),
+        ("SENDGRID_API_HOST", "https://", "no host"),
+        ("NEON_API_HOST", "https://console.neon.tech/api/v2", "a path"),
+        ("NEON_API_HOST", "console.neon.tech", "no scheme"),
+        ("MM_REPORTS_URL", "https://jobs.example.com/reports?x=1", "a query"),
+        ("MM_REPORTS_URL", "javascript:alert(1)", "not http or https"),
+        ("MM_REPORTS_S3_ENDPOINT", "https://s3.example.com/bucket", "a path"),
+        ("MM_REPORTS_S3_ENDPOINT", "s3://s3.example.com", "not http or https"),
+    ],
+)
+def test_url_settings_are_a_scheme_a_host_and_a_port(name, value, problem):
+    text = _refusal(name, value)
+    assert repr(value) in text and problem in text, text
+
+
+@pytest.mark.parametrize(
+    "name", ["SENDGRID_API_HOST", "NEON_API_HOST", "MM_REPORTS_URL", "MM_REPORTS_S3_ENDPOINT"]
+)
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://alice:hunter2@api.example.com",
+        "https://alice:hun/ter2@api.example.com",  # parsers split this one at the /
+        "https://alice:hun#ter2@api.example.com",
+        "https://hunter2@api.example.com",
+    ],
+)
+def test_credentials_in_a_url_setting_are_refused_and_never_shown(name, value):
+    text = _refusal(name, value)
+    assert "credentials" in text and "'https://***@api.example.com'" in text
+    assert "alice" not in text and "hun" not in text and "ter2" not in text, text
+
+
+def test_good_url_settings_are_kept():
+    settings = Settings.from_env(
+        {
+            "SENDGRID_API_HOST": "http://127.0.0.1:8025/",
+            "NEON_API_HOST": "https://[2001:db8::1]:8443",
+            "MM_REPORTS_URL": "https://jobs.motionmavericks.com.au/reports",
+            "MM_REPORTS_S3_ENDPOINT": "http://minio_1:9000",
+        }
+    )
+    assert settings.reports_url == "https://jobs.motionmavericks.com.au/reports"
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("https://sentry.example/1", "Missing public key"),
+        ("https://abc@sentry.example/", "Invalid project"),
+        ("https://abc@sentry.example/project", "Invalid project"),
+        ("https://abc@sentry.example/\u0661", "not ASCII"),  # int() would take it
+        ("https://abc@sentry.example/+1", "project id '+1' is not a number"),
+        ("https://abc@sentry.example/1_0", "project id '1_0' is not a number"),
+        ("ftp://abc@sentry.example/1", "Unsupported scheme"),
+        ("https://abc@/1", "Missing hostname"),
+        ("https://abc@sentry..example/1", "neither a DNS name"),
+        ("https://abc@sentry.example:http/1", "Port could not be cast"),
+        ("https://abc@sentry.example/1?timeout=1", "a query"),
+        ("https://abc@sentry example/1", "a space"),
+        ("sentry.example/1", "Unsupported scheme"),
+    ],
+)
+def test_sentry_dsn_is_read_by_sentry_sdk_and_refused_naming_it(value, problem):
+    text = _refusal("SENTRY_DSN", value)
+    assert problem in text, text
+    assert "https://<public key>@<host>/<project id>" in text
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://abc:s3cretkey@sentry.example/x",
+        "https://abc:s3cretkey@sentry.example:99999/1",
+        "https://abc:s3c/retkey@sentry.example/1",  # a / that parsers take for the path
+        "https://abc:s3c/retkey@sentry.example/x",
+        "https://abc:s3c#retkey@sentry.example/1",
+        "https://abc:s3cretkey@sentry example/1",
+    ],
+)
+def test_a_sentry_dsn_error_never_shows_the_secret_key(value):
+    text = _refusal("SENTRY_DSN", value)
+    assert "s3c" not in text and "retkey" not in text, text
+
+
+def test_good_sentry_dsns_are_kept():
+    for dsn in (
+        "https://0123abcd@o1.ingest.us.sentry.io/42",
+        "https://0123abcd:legacysecret@sentry.example:9000/prefix/7",
+        "http://key@127.0.0.1:9000/1",
+    ):
+        assert Settings.from_env({"SENTRY_DSN": dsn}).sentry_dsn == dsn
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("ab", "3 to 63 characters"),
+        ("a" * 64, "3 to 63 characters"),
+        ("Reports", "3 to 63 characters"),
+        ("mm_reports", "3 to 63 characters"),
+        ("-reports", "3 to 63 characters"),
+        ("reports.", "3 to 63 characters"),
+        ("mm reports", "3 to 63 characters"),
+        ("réports", "3 to 63 characters"),
+        ("mm..reports", "two dots in a row"),
+        ("192.168.10.20", "an IP address"),
+        ("xn--reports", "for its own buckets"),
+        ("sthree-reports", "for its own buckets"),
+        ("reports-s3alias", "for its own buckets"),
+        ("reports--ol-s3", "for its own buckets"),
+    ],
+)
+def test_s3_bucket_names_follow_the_aws_rules(value, problem):
+    text = _refusal("MM_REPORTS_S3_BUCKET", value)
+    assert repr(value)[:60] in text and problem in text, text
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("/reports", "starts with /"),
+        ("reports/../other", ". or .. segment"),
+        ("..", ". or .. segment"),
+        ("reports/./x", ". or .. segment"),
+        ("reports//x", "empty"),
+        ("rep\x00orts", "control character"),
+        ("rep\norts", "control character"),
+        ("r" * 513, "longer than 512 bytes"),
+    ],
+)
+def test_s3_key_prefix_is_relative_without_dot_segments(value, problem):
+    text = _refusal("MM_REPORTS_S3_PREFIX", value)
+    assert problem in text, text
+
+
+@pytest.mark.parametrize(
+    "value", ["sydney", "ap-southeast", "AP-SOUTHEAST-2", "ap-southeast-\u0662", "ap_southeast_2",
+              "zz-north-1", "ap-southeast-2a"],
+)  # fmt: skip
+def test_s3_region_is_an_aws_region_name(value):
+    text = _refusal("MM_REPORTS_S3_REGION", value)
+    assert repr(value) in text and "ap-southeast-2" in text
+
+
+def test_good_s3_settings_are_kept():
+    for region in ("ap-southeast-2", "us-gov-west-1", "cn-north-1", "eu-central-2"):
+        assert Settings.from_env({"MM_REPORTS_S3_REGION": region}).reports_s3_region == region
+    settings = Settings.from_env(
+        {
+            "MM_REPORTS_S3_BUCKET": "mm.compliance-reports.2026",
+            "MM_REPORTS_S3_PREFIX": "compliance/reports/",
+            # An S3-compatible service asks for its own region name (Cloudflare R2: auto).
+            "MM_REPORTS_S3_ENDPOINT": "https://account.r2.cloudflarestorage.com",
+            "MM_REPORTS_S3_REGION": "auto",
+        }
+    )
+    assert (settings.reports_s3_bucket, settings.reports_s3_region) == (
+        "mm.compliance-reports.2026",
+        "auto",
+    )
+    with pytest.raises(SettingsError, match="^MM_REPORTS_S3_REGION='auto'"):
+        Settings.from_env({"MM_REPORTS_S3_REGION": "auto"})  # AWS itself has no such region
+
+
+@pytest.mark.parametrize(
+    "value", ["REPLACE_ME", "autumn_disk_484331", "Autumn-Disk-484331", "autumn", "autumn--disk",
+              "-autumn-disk", "autumn-disk-484331-", "autumn disk 484331", "autumn-disk-\u0664"],
+)  # fmt: skip
+def test_neon_project_id_is_checked(value):
+    text = _refusal("NEON_PROJECT_ID", value)
+    assert repr(value) in text and "autumn-disk-484331" in text
+
+
+def test_good_neon_project_ids_are_kept():
+    for value in ("autumn-disk-484331", "dry-heart-13671059", "proj-1"):
+        assert Settings.from_env({"NEON_PROJECT_ID": value}).neon_project_id == value
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["dlq", "show", "\u0661\u0662"],
+        ["dlq", "requeue", "3", "+4"],
+        ["dlq", "discard", "1_0", "--reason", "r"],
+        ["dlq", "list", "--limit", "0"],
+        ["dlq", "show", "9" * 40],
+        ["serve-reports", "--port", "70000"],
+        ["dev", "--reports-port", "0"],
+        ["prod-local", "--grpc-port", "\u0664\u0662\u0666\u0666"],
+        ["seed-demo", "--scale", "-2"],
+    ],
+)
+def test_whole_number_arguments_follow_the_settings_rule(argv, capsys):
+    from mm_orchestration.cli import _parser
+
+    with pytest.raises(SystemExit) as exit_:
+        _parser().parse_args(argv)
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "Accepted: a whole number from" in error and "in the digits 0-9" in error, error
+
+
+def test_whole_number_arguments_in_range_are_read():
+    from mm_orchestration.cli import _parser
+
+    assert _parser().parse_args(["dlq", "requeue", "3", "0004"]).ids == [3, 4]
+    assert _parser().parse_args(["serve-reports", "--port", "65535"]).port == 65535
+
+
+@pytest.mark.parametrize("value", ["d-", "d-abc def", "d-abc\x00", "d-\u0661\u0662", "template"])
+def test_digest_template_id_is_d_and_an_id(value):
+    text = _refusal("SENDGRID_DIGEST_TEMPLATE_ID", value)
+    assert repr(value) in text and "d-f43daeeaef504760851f727007e0b5d0" in text

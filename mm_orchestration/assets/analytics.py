@@ -30,6 +30,7 @@ from mm_orchestration import inventory
 from mm_orchestration.resources import PortalDatabase
 from mm_orchestration.scheduling import executor_for, job_tags, partitioned_schedule, retry_policy
 from mm_orchestration.settings import Settings
+from mm_orchestration.text import markdown_table
 
 SPEC = inventory.get("analytics-rollup")
 HOURS = HourlyPartitionsDefinition(start_date="2025-01-01-00:00", timezone="UTC")
@@ -101,9 +102,7 @@ def _summary(conn: psycopg.Connection, start: datetime) -> dict[str, Any]:
         [start],
     ).fetchone()
     assert totals is not None
-    table = "| event type | events | tenants |\n|---|---:|---:|\n" + "".join(
-        f"| {kind} | {count} | {tenants} |\n" for kind, count, tenants in top
-    )
+    table = markdown_table(["event type", "events", "tenants"], top, numeric=(1, 2))
     return {"events": int(totals[0]), "tenants": int(totals[1]), "top": table}
 
 

@@ -51,6 +51,7 @@ from mm_orchestration.scheduling import (
     retry_policy,
 )
 from mm_orchestration.settings import Settings
+from mm_orchestration.text import markdown_table
 
 SPEC = inventory.get("residency-report")
 WEEKS = WeeklyPartitionsDefinition(
@@ -61,21 +62,10 @@ EXCEPTIONS_CHECK = "no_residency_exceptions"
 DRILL_CHECK = "restore_drill_within_35_days"
 DRILL_MAX_AGE = timedelta(days=35)
 
-ALLOWED_REGIONS = frozenset(
-    {
-        "ap-southeast-2",
-        "ap-southeast-4",
-        "aws-ap-southeast-2",
-        "aws-ap-southeast-4",
-        "australia-southeast1",
-        "australia-southeast2",
-        "australiaeast",
-        "australiasoutheast",
-        "au",
-        "syd",
-        "mel",
-    }
-)
+# The residency rule: a tenant's data (database, backups, videos) stays in Australia.
+# Whether a region is onshore follows from its country in REGION_COUNTRY, so a region
+# is never known to be Australian in one place and missing from a list in another.
+HOME_COUNTRY = "AU"
 UNKNOWN = "unknown"
 
 # Where each cloud region is, by the names the portal's vendors use: ISO 3166 country
@@ -186,11 +176,11 @@ REGION_COUNTRY: dict[str, str] = {
 }
 
 # Why a row has its status: one reason per row, in the CSV beside the status.
-REASON_ALLOWED = "in an allowed region"
-REASON_OFFSHORE = "tenant data outside the allowed regions"
+REASON_ALLOWED = "in Australia"
+REASON_OFFSHORE = "tenant data outside Australia"
 REASON_UNKNOWN = "region not in the region-to-country map: where this data is is not known"
 REASON_VENDOR = (
-    "vendor outside the allowed regions, disclosed: the residency rule judges the "
+    "vendor outside Australia, disclosed: the residency rule judges the "
     "database, its backups and videos"
 )
 PREVIEW_LIMIT = 50
@@ -232,7 +222,8 @@ VENDORS = (
 # history (point-in-time restore) in the project's own region.
 REPORT_ROWS = """
 WITH regions AS (
-    SELECT tenant_id, coalesce(nullif(btrim(storage_region), ''), 'unknown') AS region,
+    SELECT tenant_id,
+           coalesce(nullif(btrim(storage_region, %(spaces)s), ''), 'unknown') AS region,
            count(*) AS videos
       FROM portal.media_assets
      WHERE status <> 'deleted'
@@ -244,12 +235,13 @@ WITH regions AS (
 ), places AS (
     SELECT t.id, t.name, 0 AS ord, 'portal database' AS system, 'Neon (PostgreSQL)' AS vendor,
            %(db_categories)s AS categories,
-           coalesce(nullif(btrim(t.data_region), ''), 'unknown') AS region,
+           coalesce(nullif(btrim(t.data_region, %(spaces)s), ''), 'unknown') AS region,
            'portal.tenants.data_region' AS evidence, true AS judged
       FROM portal.tenants t
     UNION ALL
     SELECT t.id, t.name, 1, 'backups', 'Neon', %(backup_categories)s,
-           coalesce(nullif(btrim(t.data_region), ''), 'unknown'), %(backup_evidence)s, true
+           coalesce(nullif(btrim(t.data_region, %(spaces)s), ''), 'unknown'),
+           %(backup_evidence)s, true
       FROM portal.tenants t
     UNION ALL
     SELECT t.id, t.name, 2, 'video storage', 'Mux', %(video_categories)s, r.region,
@@ -260,7 +252,7 @@ WITH regions AS (
       FROM portal.tenants t CROSS JOIN vendors v
 )
 SELECT id::text AS tenant_id, name AS tenant, system, vendor, categories AS data_categories,
-       region, lower(btrim(region)) = ANY(%(allowed)s) AS onshore, evidence, judged
+       region, evidence, judged
   FROM places
  ORDER BY name, id, ord, region
 """
@@ -279,6 +271,11 @@ COLUMNS = [
     "status",
     "status_reason",
 ]
+
+
+# What Python's str.strip() removes, so the SQL that groups regions and the Python that
+# looks them up trim a region alike (a trailing no-break space included).
+SPACES = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
 
 
 def country(region: str) -> str:
@@ -300,7 +297,7 @@ def report_params() -> dict[str, Any]:
             "portal.tenants.data_region (Neon keeps a project's backups and history "
             "in the project's region)"
         ),
-        "allowed": sorted(ALLOWED_REGIONS),
+        "spaces": SPACES,
     }
 
 
@@ -311,7 +308,8 @@ def build_frame(conn: psycopg.Connection, read_at: datetime) -> pd.DataFrame:
     frame["country"] = frame["region"].map({r: country(r) for r in frame["region"].unique()})
     frame["read_at"] = read_at.isoformat(timespec="seconds")
     judged = frame["judged"].astype(bool)
-    onshore = frame["onshore"].astype(bool)
+    onshore = frame["country"] == HOME_COUNTRY
+    frame["onshore"] = onshore
     unknown = frame["country"] == UNKNOWN
     offshore = judged & ~onshore
     frame["status"] = "ok"
@@ -334,10 +332,6 @@ def exception_tenants(frame: pd.DataFrame) -> list[str]:
     )
 
 
-def _md(value: object) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
 def exceptions_preview(frame: pd.DataFrame) -> str:
     """The exception rows as a Markdown table, headed by what it counts."""
     rows = frame.loc[frame["status"] == "exception"]
@@ -351,13 +345,12 @@ def exceptions_preview(frame: pd.DataFrame) -> str:
             if len(shown) < len(rows)
             else " (every exception row below)"
         )
-        + "\n\n| tenant | system | region | country | reason |\n|---|---|---|---|---|\n"
+        + "\n\n"
     )
-    return head + "".join(
-        f"| {_md(t)} | {_md(s)} | {_md(r)} | {_md(c)} | {_md(why)} |\n"
-        for t, s, r, c, why in shown[
-            ["tenant", "system", "region", "country", "status_reason"]
-        ].itertuples(index=False)
+    columns = ["tenant", "system", "region", "country", "status_reason"]
+    return head + markdown_table(
+        ["tenant", "system", "region", "country", "reason"],
+        shown[columns].itertuples(index=False),
     )
 
 
@@ -393,8 +386,8 @@ def render(frame: pd.DataFrame, week: date) -> tuple[bytes, bytes, list[str]]:
         f"<h1>Data residency report, week of {week}</h1>"
         f"<p>{len(tenants)} tenants, {len(frame)} rows (all of them in the CSV). "
         f"<strong>{len(exceptions)}</strong> tenant(s) with "
-        f"<strong>{len(exception_rows)}</strong> exception row(s): data outside the allowed "
-        "regions, or in a region whose country is unknown.</p>"
+        f"<strong>{len(exception_rows)}</strong> exception row(s): tenant data outside "
+        "Australia, or in a region whose country is unknown.</p>"
         f"<h2>Exceptions ({len(exception_rows)} row(s), {len(exceptions)} tenant(s))</h2>"
         + (
             exception_rows.drop(columns=["tenant_id"]).to_html(index=False, border=0)
@@ -422,8 +415,14 @@ def make_renderer(store: ReportStore) -> Renderer:
     def render_email(key: str, row: dict[str, Any]) -> Email:
         csv_uri, csv = read(row, "csv")
         html_uri, html = read(row, "html")
-        verdict = (
-            "compliant" if row["compliant"] else (f"NOT compliant: {', '.join(row['exceptions'])}")
+        names = row["exceptions"]
+        verdict = "compliant" if row["compliant"] else f"NOT compliant: {', '.join(names)}"
+        # Tenant names stay out of the subject line: a tenant named like a verdict could
+        # make an inbox read "compliant"; the count cannot.
+        headline = (
+            "compliant"
+            if row["compliant"]
+            else f"NOT compliant ({len(names)} tenant(s) with exceptions)"
         )
         counts = f"{row['rows']} rows"
         if "exception_rows" in row:
@@ -434,7 +433,7 @@ def make_renderer(store: ReportStore) -> Renderer:
         return Email(
             key=key,
             recipient=row["recipient"],
-            subject=f"Data residency report, week of {row['week']}: {verdict}",
+            subject=f"Data residency report, week of {row['week']}: {headline}",
             text=(
                 f"The weekly data residency report for the week of {row['week']} is attached "
                 f"as CSV and HTML ({counts}; CSV SHA-256 {row['csv_sha256']}).\n\n"
@@ -673,7 +672,7 @@ def residency_report(
                 if compliant
                 else (
                     f"{len(exceptions)} tenant(s) with {exception_rows} exception row(s) "
-                    "(data outside the allowed regions, or in a region whose country is "
+                    "(data outside Australia, or in a region whose country is "
                     f"unknown): {', '.join(exceptions)}"
                 ),
                 metadata={

@@ -36,6 +36,7 @@ from mm_orchestration.scheduling import (
     retry_policy,
 )
 from mm_orchestration.settings import Settings
+from mm_orchestration.text import markdown_table, one_line
 
 SPEC = inventory.get("tenant-health-check")
 # end_offset=1: the 06:00 tick computes the day that is starting, not yesterday.
@@ -130,17 +131,25 @@ def reason(row: tuple[Any, ...]) -> str:
     return "; ".join(reasons)
 
 
-def summarise(conn: psycopg.Connection, day: date) -> tuple[dict[str, int], str]:
+def summarise(
+    conn: psycopg.Connection, day: date
+) -> tuple[dict[str, int], list[tuple[str, str, str]]]:
+    """The day's counts by status, and (tenant, status, why) of each red or amber tenant."""
     counts: dict[str, int] = dict(
         conn.execute(
             "SELECT status, count(*) FROM ops.tenant_health_daily WHERE day = %s GROUP BY 1", [day]
         ).fetchall()
     )
     flagged = conn.execute(SUMMARY, {"day": day}).fetchall()
-    table = "| tenant | status | why |\n|---|---|---|\n" + "".join(
-        f"| {r[0]} | {r[1]} | {reason(r)} |\n" for r in flagged
-    )
-    return {s: int(counts.get(s, 0)) for s in ("green", "amber", "red")}, table
+    rows = [(r[0], r[1], reason(r)) for r in flagged]
+    return {s: int(counts.get(s, 0)) for s in ("green", "amber", "red")}, rows
+
+
+def _flagged_text(row: dict[str, Any]) -> str:
+    """The red and amber tenants as plain lines (summaries queued before carry a table)."""
+    if "rows" not in row:
+        return str(row["table"])
+    return "".join(f"- {one_line(t)}: {status} ({why})\n" for t, status, why in row["rows"])
 
 
 def render_summary(key: str, row: dict[str, Any]) -> Email:
@@ -154,7 +163,11 @@ def render_summary(key: str, row: dict[str, Any]) -> Email:
         ),
         text=(
             f"Tenant health for {row['day']} (as of 06:00):\n\n"
-            + (row["table"] if counts["red"] + counts["amber"] else "Every tenant is green.\n")
+            + (
+                _flagged_text(row)
+                if counts["red"] + counts["amber"]
+                else "Every tenant is green.\n"
+            )
             + "\nThe full table is on the tenant_health_daily asset in the job console.\n"
         ),
         categories=("tenant-health",),
@@ -186,13 +199,13 @@ def tenant_health_daily(
     ref = reference_time(day)
     with portal_db.connection() as conn:
         written = write_day(conn, day, ref)
-        counts, table = summarise(conn, day)
+        counts, flagged = summarise(conn, day)
         enqueue(
             conn,
             f"tenant-health:{day}",
             SUMMARY_KIND,
             job_settings.admin_email,
-            {"day": day.isoformat(), "counts": counts, "table": table},
+            {"day": day.isoformat(), "counts": counts, "rows": flagged},
         )
     report = deliver_pending(portal_db, mailer, [SUMMARY_KIND], render_summary, context.run_id)
     # A summary SendGrid refused (or whose answer was lost) fails the materialisation, so
@@ -207,7 +220,7 @@ def tenant_health_daily(
             "green": counts["green"],
             "amber": counts["amber"],
             "red": counts["red"],
-            "red_and_amber": MetadataValue.md(table),
+            "red_and_amber": MetadataValue.md(markdown_table(["tenant", "status", "why"], flagged)),
             "summary_emails_sent": report.sent,
         }
     )

@@ -22,15 +22,15 @@ A failure (an invalid or implausible envelope, a video that does not exist yet, 
 database error, a row that cannot be read at all) is a failed attempt of that row
 alone: `attempts` goes up, `last_error` says what was wrong and `next_attempt_at`
 backs off exponentially with jitter. The fifth failed attempt makes the row 'dead' and
-escalates it once to the reliability partner (outbox email and audit entry). A row
-whose stored Mux-Signature does not match its stored body is dead at once and never
-applied.
+escalates it once to the reliability partner (outbox email and audit entry). With a
+signing secret set, only what Mux provably sent is applied: a row whose stored
+Mux-Signature does not match its stored body, that has no body or signature to check,
+or whose payload is not the signed body is dead at once and never applied.
 """
 
 import hashlib
 import json
 import random
-import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -60,17 +60,22 @@ from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
 from mm_orchestration.resources.mux import MuxWebhooks
 from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
+from mm_orchestration.text import one_line
 
 SPEC = inventory.get("mux-webhook-retry")
 DEAD_EMAIL_KIND = "mux_dlq_dead"
 
 # The payload's fields come out of SQL as short texts (see mux_events): a 1,500-level
 # document or a 5,001-digit number is read like any other. The body and signature are
-# fetched only when a signing secret is set. A run walks the queue forward by id (`after`),
-# so no batch scans the rows earlier batches settled, and a row fails at most once per run.
+# fetched only when a signing secret is set, and then the payload must be the signed body
+# itself (compared as jsonb in SQL), since it is the payload's fields that are applied.
+# A run walks the queue forward by id (`after`), so no batch scans the rows earlier
+# batches settled, and a row fails at most once per run.
 CLAIM_DUE = sql.SQL("""
 SELECT id, event_id, left(event_type, 255), attempts,
        CASE WHEN %(verify)s THEN raw_body END, CASE WHEN %(verify)s THEN signature END,
+       CASE WHEN %(verify)s THEN ops.jsonb_or_null(raw_body) IS NOT NULL END,
+       CASE WHEN %(verify)s THEN ops.jsonb_or_null(raw_body) = payload END,
        now(),
        {fields}
   FROM portal.mux_webhook_dlq
@@ -92,20 +97,20 @@ class Letter:
     attempts: int
     raw_body: str | None
     signature: str | None
+    body_is_json: bool | None  # None unless a signing secret is set
+    payload_is_body: bool | None
     fields: dict[str, str | None]
 
     @classmethod
     def from_row(cls, row: tuple[Any, ...]) -> "Letter":
-        dlq_id, event_id, event_type, attempts, raw_body, signature, _now, *fields = row
+        dlq_id, event_id, event_type, attempts, body, signature, is_json, is_body = row[:CLAIM_NOW]
+        fields = dict(zip(ENVELOPE_FIELDS, row[CLAIM_NOW + 1 :], strict=True))
         return cls(
-            dlq_id,
-            event_id,
-            event_type,
-            attempts,
-            raw_body,
-            signature,
-            dict(zip(ENVELOPE_FIELDS, fields, strict=True)),
+            dlq_id, event_id, event_type, attempts, body, signature, is_json, is_body, fields
         )
+
+
+CLAIM_NOW = 8  # the position of now() in CLAIM_DUE's select-list
 
 
 @dataclass
@@ -144,7 +149,7 @@ def replay_due(
         with conn.transaction():
             rows = conn.execute(CLAIM_DUE, params).fetchall()
             if rows:
-                replay.batch([Letter.from_row(row) for row in rows], now=rows[0][6])
+                replay.batch([Letter.from_row(row) for row in rows], now=rows[0][CLAIM_NOW])
                 params["after"] = rows[-1][0]
         if len(rows) < mux.batch_size:
             return replay.report
@@ -294,9 +299,8 @@ class _Replay:
     def _read(self, letter: Letter, now: datetime) -> Envelope | None:
         """The letter's envelope, or None once its failed attempt is recorded."""
         try:
-            secret, body, signature = self.mux.signing_secret, letter.raw_body, letter.signature
-            if secret and body is not None and signature is not None:
-                check_signature(secret, body, signature)
+            if self.mux.signing_secret:
+                verify(letter, self.mux.signing_secret)
             return read_envelope(letter.fields, now)
         except EventError as exc:
             self._fail(letter, str(exc), isinstance(exc, BadSignature))
@@ -330,7 +334,7 @@ class _Replay:
             [letter.id, letter.event_id, attempts, error[:2000], self.run_id],
         )
         self.report.failed += 1
-        self.report.errors.append(f"{_short(letter.event_id)}: {error[:300]}")
+        self.report.errors.append(f"{one_line(letter.event_id, 80)}: {error[:300]}")
         log_event(
             "mux.attempt_failed",
             level=30,
@@ -388,19 +392,39 @@ def _escalation_key(event_id: str) -> str:
     return f"mux-dlq-dead:sha256:{hashlib.sha256(event_id.encode()).hexdigest()}"
 
 
-def _short(text: Any, limit: int = 80) -> str:
-    """Text safe for a subject line: control characters replaced, at most `limit` long."""
-    clean = "".join(
-        "?" if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in str(text)
-    )
-    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
+def verify(letter: Letter, secret: str) -> None:
+    """With a signing secret set, apply only what Mux provably sent: the stored
+    Mux-Signature must match the stored body, and the payload must be that body.
+
+    Raises BadSignature (the letter is dead at once) when the row has no body or no
+    signature (a request that came without one is exactly what signing rules out), when
+    the signature does not match, or when the payload differs from the signed body."""
+    if letter.raw_body is None or letter.signature is None:
+        missing = " and ".join(
+            name
+            for name, v in (("raw_body", letter.raw_body), ("signature", letter.signature))
+            if v is None
+        )
+        raise BadSignature(
+            f"unverifiable: no stored {missing}; with MUX_WEBHOOK_SECRET set only events "
+            "whose Mux-Signature matches their body are applied"
+        )
+    check_signature(secret, letter.raw_body, letter.signature)
+    if not letter.body_is_json:
+        raise BadSignature("signed raw_body is not a JSON document, so nothing can be applied")
+    if not letter.payload_is_body:
+        raise BadSignature(
+            "payload differs from the signed raw_body; only the signed body is applied"
+        )
 
 
 def render_dead_letter_email(key: str, row: dict[str, Any]) -> Email:
     return Email(
         key=key,
         recipient=row["recipient"],
-        subject=f"Mux event {_short(row['event_id'])} is dead after {row['attempts']} attempts",
+        subject=(
+            f"Mux event {one_line(row['event_id'], 80)} is dead after {row['attempts']} attempts"
+        ),
         text=(
             f"The Mux event {row['event_id']} ({row.get('event_type') or 'unknown type'}) "
             f"could not be applied after {row['attempts']} attempts and will not be retried.\n\n"

@@ -31,6 +31,7 @@ from pydantic import Field
 
 from mm_orchestration import http
 from mm_orchestration.joblog import log_event
+from mm_orchestration.text import one_line
 
 # SendGrid's published limits for one v3 mail/send request.
 MAX_PERSONALIZATIONS = 1000
@@ -52,7 +53,10 @@ class Attachment:
 
 @dataclass(frozen=True)
 class Email:
-    """One message, identified by its outbox idempotency key."""
+    """One message, identified by its outbox idempotency key.
+
+    The subject is made one line of visible text (at most 200 characters) here, where
+    every email is built, since subjects carry titles and names typed by portal users."""
 
     key: str
     recipient: str
@@ -60,6 +64,12 @@ class Email:
     text: str
     attachments: tuple[Attachment, ...] = ()
     categories: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "subject", one_line(self.subject, SUBJECT_LIMIT))
+
+
+SUBJECT_LIMIT = 200
 
 
 @dataclass(frozen=True)

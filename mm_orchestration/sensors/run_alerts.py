@@ -31,6 +31,7 @@ from mm_orchestration.resources import PortalDatabase
 from mm_orchestration.run_status import failure_summary, tag_failure
 from mm_orchestration.scheduling import spec_for_run
 from mm_orchestration.sensors.every_run import every_run_sensor
+from mm_orchestration.text import one_line
 
 FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE]
 
@@ -55,10 +56,6 @@ def failures_before(instance: DagsterInstance, run: DagsterRun, limit: int = 50)
 def failure_streak(instance: DagsterInstance, run: DagsterRun) -> list[str]:
     """Run ids of the consecutive failures ending with (and including) the failed `run`."""
     return [run.run_id, *failures_before(instance, run)]
-
-
-def _short(message: str, limit: int = 90) -> str:
-    return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
 def _alert(
@@ -92,7 +89,7 @@ def job_failure_sensor(context: RunStatusSensorContext) -> list[RunRequest] | Sk
         _alert(
             f"job-failed:{run.run_id}",
             spec.escalate_to,
-            f"{spec.name} failed: {_short(message)}",
+            f"{spec.name} failed: {one_line(message, 90)}",
             f"{message}\n\nThe {spec.name} run {run.run_id} failed after its retries.\n\n"
             f"What it does: {spec.purpose}. Failure handling: {spec.failure_handling}.\n"
             f"Open the run in the job console, fix the cause, then rerun it "
