@@ -710,7 +710,7 @@ def test_outbox_commits_are_durable_whatever_the_database_default(conn, portal_d
         assert durable.execute("SHOW synchronous_commit").fetchone() == ("on",)
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-1", "301", "nan", "inf", "1_0", "\u0661\u0660", " 5"])
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "301", "nan", "inf", "1_0", "\u0661\u0660"])
 @pytest.mark.parametrize("name", ["MM_HTTP_CONNECT_TIMEOUT", "MM_HTTP_READ_TIMEOUT"])
 def test_timeout_settings_are_checked_by_name(name, value):
     from mm_orchestration.settings import Settings, SettingsError
