@@ -32,9 +32,3 @@ UPDATE ops.notification_outbox
            'overdue', jsonb_array_length(coalesce(payload->'overdue', '[]'::jsonb)),
            'asset_updates', jsonb_array_length(coalesce(payload->'asset_updates', '[]'::jsonb))))
  WHERE kind = 'digest' AND status IN ('pending', 'failed') AND NOT payload ? 'counts';
-
--- Delivery updates each row two or three times (sending, then sent or failed) and never its
--- payload: kept out of line, a payload is not copied (nor written to the WAL again) by
--- those updates, so the durable 'sending' commit before each request stays small.
-ALTER TABLE ops.notification_outbox SET (toast_tuple_target = 128);
-ALTER TABLE ops.notification_outbox ALTER COLUMN payload SET STORAGE EXTENDED;
