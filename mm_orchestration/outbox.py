@@ -622,19 +622,24 @@ def _page(
 ) -> list[_Row]:
     """Up to `limit` due pending rows with ids above `after`, in id order; not claimed.
     `raw`: the payload as its JSON text, not decoded."""
-    # The ids are chosen first and only they are read whole: a sort or filter over the
-    # candidates never carries (or detoasts) their payloads.
+    # The ids are chosen first (in id order straight from the pending index, for one kind)
+    # and only they are read whole, joined in that order: no sort ever carries payloads.
     statement = sql.SQL(
         """SELECT o.id, o.idempotency_key, o.kind, o.tenant_id, o.recipient, {payload}
-             FROM ops.notification_outbox o
-            WHERE o.id IN (SELECT id FROM ops.notification_outbox
-                            WHERE status = 'pending' AND kind = ANY(%s)
-                              AND next_attempt_at <= now() AND id > %s
-                            ORDER BY id LIMIT %s)
-            ORDER BY o.id"""
-    ).format(payload=sql.SQL("o.payload::text" if raw else "o.payload"))
+             FROM (SELECT id FROM ops.notification_outbox
+                    WHERE status = 'pending' AND {kind}
+                      AND next_attempt_at <= now() AND id > %s
+                    ORDER BY id LIMIT %s) due
+             JOIN ops.notification_outbox o ON o.id = due.id
+            ORDER BY due.id"""
+    ).format(
+        payload=sql.SQL("o.payload::text" if raw else "o.payload"),
+        kind=sql.SQL("kind = %s" if len(kinds) == 1 else "kind = ANY(%s)"),
+    )
     with db.connection() as conn:
-        rows = conn.execute(statement, [kinds, after, limit]).fetchall()
+        rows = conn.execute(
+            statement, [kinds[0] if len(kinds) == 1 else kinds, after, limit]
+        ).fetchall()
     return [_Row(*row) for row in rows]
 
 
