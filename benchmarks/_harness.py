@@ -35,9 +35,10 @@ def server() -> Iterator[EmbeddedPostgres]:
             pg.stop()
 
 
-def source_database(pg: EmbeddedPostgres, build: Callable[[str], None]) -> str:
+def source_database(
+    pg: EmbeddedPostgres, build: Callable[[str], None], name: str = "bench_src"
+) -> str:
     """A migrated database with the portal schema, filled by `build(url)`, then analysed."""
-    name = "bench_src"
     with connect(pg.url("postgres"), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     with connect(pg.url(name), autocommit=True) as conn:

@@ -104,6 +104,39 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--actor", help="who is doing this; default: you")
     p.set_defaults(func=cmd_dlq_discard)
 
+    outbox = sub.add_parser(
+        "outbox", help="the email outbox: list failed emails, resend them after a fix"
+    )
+    osub = outbox.add_subparsers(required=True, metavar="ACTION")
+    p = osub.add_parser("list", help="failed emails, newest first (keys and reasons, no address)")
+    p.add_argument(
+        "--unknown",
+        action="store_true",
+        help="only those whose outcome is unknown: look each key up in SendGrid's activity log",
+    )
+    p.add_argument("--kind", help="only this kind (digest, share_link_expired, alert, ...)")
+    p.add_argument("--limit", type=_whole(*LIMIT_RANGE), default=100)
+    p.set_defaults(func=cmd_outbox_list)
+    p = osub.add_parser(
+        "resend",
+        help="requeue failed emails of a kind (audited); each key still goes at most once",
+    )
+    p.add_argument("--kind", required=True, help="digest, share_link_expired, alert, ...")
+    p.add_argument(
+        "--since",
+        required=True,
+        type=_moment,
+        help="failed at or after: YYYY-MM-DD or YYYY-MM-DDTHH:MM (MM_TIMEZONE unless given)",
+    )
+    p.add_argument(
+        "--include-unknown",
+        action="store_true",
+        help="also those whose outcome is unknown (only after SendGrid's activity log shows "
+        "they were not delivered)",
+    )
+    p.add_argument("--actor", help="who is doing this; default: you")
+    p.set_defaults(func=cmd_outbox_resend)
+
     p = sub.add_parser(
         "console",
         help="the job console: Dagster's UI behind sign-in, roles and the audit log",
@@ -432,6 +465,62 @@ def cmd_dlq_discard(args: argparse.Namespace) -> int:
             print(f"mm-jobs: {exc}", file=sys.stderr)
             return 1
     print(f"discarded {args.id}")
+    return 0
+
+
+# -- outbox ------------------------------------------------------------------------
+
+
+def _moment(value: str) -> datetime:
+    """`--since`: a date (midnight) or a date and time, in MM_TIMEZONE unless it says."""
+    from zoneinfo import ZoneInfo
+
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a date or time (YYYY-MM-DD or YYYY-MM-DDTHH:MM)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=ZoneInfo(Settings.from_env().timezone))
+    return moment
+
+
+def cmd_outbox_list(args: argparse.Namespace) -> int:
+    from mm_orchestration.outbox import list_failed
+
+    with _dlq_conn() as conn:
+        rows = list_failed(conn, args.unknown, args.kind, args.limit)
+    for r in rows:
+        when = r["failed_at"].isoformat(timespec="seconds") if r["failed_at"] else "-"
+        state = "unknown" if r["outcome_unknown"] else "failed"
+        print(
+            f"{_printable(r['idempotency_key'])}  {state:<7}  {r['kind']}  {when}"
+            f"  run={r['failed_run_id'] or r['claimed_by'] or '-'}"
+            f"  {_printable(r['last_error'] or '')}"
+        )
+    print(f"{len(rows)} row(s)")
+    return 0
+
+
+def cmd_outbox_resend(args: argparse.Namespace) -> int:
+    from mm_orchestration.outbox import KIND_SENDERS, resend
+
+    actor = args.actor or getpass.getuser()
+    with _dlq_conn() as conn:
+        keys = resend(conn, args.kind, args.since, actor, args.include_unknown)
+    for key in keys:
+        print(_printable(key))
+    sender = KIND_SENDERS.get(args.kind, "the job that sends them")
+    print(
+        f"requeued {len(keys)} {args.kind} email(s) failed since {args.since.isoformat()}; "
+        f"they go with the next run of {sender}"
+        + (
+            f" (now: mm-jobs run {sender})"
+            if sender in {s.name for s in inventory.INVENTORY}
+            else ""
+        )
+    )
     return 0
 
 

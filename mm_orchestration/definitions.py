@@ -114,6 +114,8 @@ def build_resources(settings: Settings) -> dict[str, object]:
             environment=settings.env,
             timezone=settings.timezone,
             crons={spec.name: settings.cron_for(spec) for spec in inventory.INVENTORY},
+            http_connect_timeout=settings.http_connect_timeout,
+            http_read_timeout=settings.http_read_timeout,
         ),
         "restore_drill": RestoreDrill(
             method=settings.drill_method,
@@ -121,6 +123,8 @@ def build_resources(settings: Settings) -> dict[str, object]:
             neon_api_key=dg.EnvVar("NEON_API_KEY") if settings.neon_api_key else None,
             neon_project_id=settings.neon_project_id,
             neon_api_host=settings.neon_api_host,
+            http_connect_timeout=settings.http_connect_timeout,
+            http_read_timeout=settings.http_read_timeout,
         ),
         "report_store": ReportStore.from_settings(settings),
         "mux": MuxWebhooks(
@@ -132,6 +136,8 @@ def build_resources(settings: Settings) -> dict[str, object]:
             api_host=settings.sendgrid_api_host,
             mail_from=settings.mail_from,
             mail_dir=os.path.join(settings.data_dir, "mail"),
+            connect_timeout_seconds=settings.http_connect_timeout,
+            read_timeout_seconds=settings.http_read_timeout,
         ),
     }
 

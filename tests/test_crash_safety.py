@@ -58,18 +58,31 @@ def test_killed_while_sending_never_resends(
     # A rerun does not send it again...
     assert _run(portal_db, mailer).success
     assert sendgrid.arrivals == 1
-    # ...and once the claim's lease is over, an operator is told the outcome is unknown.
+    # ...and once the claim's lease is over, the row is failed "outcome unknown" with its key
+    # and the run that finds it fails, so an operator is alerted and looks it up in SendGrid.
     conn.execute("UPDATE ops.notification_outbox SET claimed_at = now() - interval '1 hour'")
     settled = _run(portal_db, mailer)
-    assert settled.success
-    outputs = [e.step_output_data.metadata for e in settled.all_events if e.is_successful_output]
-    assert any(m.get("emails_outcome_unknown") and m["emails_outcome_unknown"].value == 1
-               for m in outputs), outputs  # fmt: skip
-    status, error = conn.execute(
-        "SELECT status, last_error FROM ops.notification_outbox"
+    assert not settled.success
+    description, metadata = failure_of(settled)
+    assert metadata["emails_outcome_unknown"].value == 1
+    key = conn.execute("SELECT idempotency_key FROM ops.notification_outbox").fetchone()[0]
+    assert "1 expiry email(s) failed for good (1 outcome unknown)" in description
+    assert key in description and key in metadata["outcome_unknown_keys"].value
+    status, error, unknown = conn.execute(
+        "SELECT status, last_error, outcome_unknown FROM ops.notification_outbox"
     ).fetchone()
-    assert status == "failed" and "outcome unknown" in error and "idempotency_key" in error
+    assert status == "failed" and unknown and "outcome unknown" in error
+    assert f"idempotency_key={key}" in error
     assert sendgrid.arrivals == 1
+    # Known now: the next run succeeds and still sends nothing.
+    assert _run(portal_db, mailer).success and sendgrid.arrivals == 1
+
+
+def failure_of(result):
+    """The failed op's own description and metadata (DeliveryFailed / DeliveryIncomplete)."""
+    (event,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    data = event.step_failure_data.user_failure_data
+    return data.description, data.metadata
 
 
 def test_killed_run_leaves_no_stuck_window(conn, portal_db, mailer, sendgrid):

@@ -237,18 +237,32 @@ def test_500_on_second_batch_never_resends_the_first(conn, digest, sendgrid, man
     assert len(accepted) == 2500 and len(set(accepted)) == 2500
 
 
-def test_400_fails_that_batch_and_the_rest_still_go(conn, digest, sendgrid, many_users):
-    sendgrid.then(Reply(202), Reply(400, {"errors": [{"message": "The template_id is invalid"}]}))
+def test_a_refusal_of_the_request_itself_stops_and_fails_the_run(
+    conn, digest, sendgrid, many_users
+):
+    """A 400 naming a field outside the personalizations (the template) is no row's fault:
+    no split can fix it. That request's rows fail with SendGrid's message, the rest stay
+    pending for the run after the fix, and the run fails saying so."""
+    sendgrid.then(Reply(202))
+    sendgrid.rule = lambda body: (
+        Reply(400, {"errors": [{"message": "The template_id is invalid", "field": "template_id"}]})
+        if len(sendgrid.mail_requests) >= 1
+        else None
+    )
     result = digest()
-    assert result.success
-    assert len(sendgrid.accepted_recipients()) == 1500
+    assert not result.success
+    assert [r.status for r in sendgrid.mail_requests] == [202, 400]
     rows = dict(
         conn.execute(
             "SELECT status || ':' || coalesce(last_error, ''), count(*) FROM "
             "ops.notification_outbox GROUP BY 1"
         ).fetchall()
     )
-    assert rows == {"sent:": 1500, "failed:SendGrid 400: The template_id is invalid": 1000}
+    assert rows == {
+        "sent:": 1000,
+        "failed:SendGrid 400: The template_id is invalid": 1000,
+        "pending:": 500,
+    }
 
 
 def test_rerun_and_concurrent_runs_send_nothing_twice(conn, digest, sendgrid, many_users):

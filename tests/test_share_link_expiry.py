@@ -230,23 +230,11 @@ def test_400_fails_only_that_row_and_others_go(conn, portal_db, mailer, sendgrid
     bad = f.user(conn, agency["tenant"], email="bad@kangaroo.example")
     f.share_link(conn, agency["tenant"], agency["asset"], agency["owner"], NOW - timedelta(hours=1))
     f.share_link(conn, agency["tenant"], agency["asset"], bad, NOW - timedelta(hours=1))
-    sendgrid.rule = lambda body: (
-        Reply(
-            400,
-            {
-                "errors": [
-                    {
-                        "message": "Does not contain a valid address.",
-                        "field": "personalizations.0.to",
-                    }
-                ]
-            },
-        )
-        if body["personalizations"][0]["to"][0]["email"] == "bad@kangaroo.example"
-        else None
-    )
+    sendgrid.refuse = {"bad@kangaroo.example"}  # looks valid to us; SendGrid says no
     result = run(portal_db, mailer)
-    assert result.success  # a refused address is that row's failure, not the run's
+    # The other owner is emailed, but a refused address is failed for good: the run fails
+    # (after sending everything else), so the failure sensor alerts.
+    assert not result.success
     rows = dict(
         conn.execute(
             "SELECT recipient, status || ':' || coalesce(last_error, '') "
@@ -256,6 +244,7 @@ def test_400_fails_only_that_row_and_others_go(conn, portal_db, mailer, sendgrid
     assert rows["olivia@kangaroo.example"] == "sent:"
     assert rows["bad@kangaroo.example"] == "failed:SendGrid 400: Does not contain a valid address."
     assert sendgrid.accepted_recipients() == ["olivia@kangaroo.example"]
+    assert len(sendgrid.mail_requests) == 2
 
 
 def test_sendgrid_down_keeps_email_pending_and_fails_the_run(

@@ -40,7 +40,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from mm_orchestration import inventory, spreadsheets
-from mm_orchestration.outbox import Renderer, deliver_pending, enqueue
+from mm_orchestration.outbox import Renderer, conclude, deliver_pending, enqueue
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Attachment, Email
 from mm_orchestration.resources.report_store import ReportStore, ReportStoreError, is_uri
@@ -646,6 +646,16 @@ def residency_report(
             )
     report = deliver_pending(
         portal_db, mailer, [EMAIL_KIND], make_renderer(report_store), context.run_id
+    )
+    # The compliance email refused for good (or its answer lost) fails the materialisation
+    # so compliance is alerted; one SendGrid cannot take now goes with the next run.
+    conclude(
+        portal_db,
+        report,
+        [EMAIL_KIND],
+        context.run_id,
+        "residency report email",
+        tolerate_deferred=True,
     )
     with portal_db.connection() as conn:
         emailed = conn.execute(

@@ -26,7 +26,7 @@ from dagster import (
 )
 
 from mm_orchestration import inventory
-from mm_orchestration.outbox import deliver_pending, enqueue
+from mm_orchestration.outbox import conclude, deliver_pending, enqueue
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
 from mm_orchestration.scheduling import (
@@ -208,6 +208,11 @@ def tenant_health_daily(
             {"day": day.isoformat(), "counts": counts, "rows": flagged},
         )
     report = deliver_pending(portal_db, mailer, [SUMMARY_KIND], render_summary, context.run_id)
+    # A summary SendGrid refused (or whose answer was lost) fails the materialisation, so
+    # the Admin is alerted; one SendGrid cannot take now goes with the next run.
+    conclude(
+        portal_db, report, [SUMMARY_KIND], context.run_id, "summary email", tolerate_deferred=True
+    )
     return MaterializeResult(
         metadata={
             "day": day.isoformat(),

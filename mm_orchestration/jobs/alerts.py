@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 
 from mm_orchestration import audit
 from mm_orchestration.joblog import log_event
-from mm_orchestration.outbox import DeliveryIncomplete, deliver_pending, enqueue
+from mm_orchestration.outbox import conclude, deliver_pending, enqueue
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
 from mm_orchestration.scheduling import JOB_TAG
@@ -108,9 +108,7 @@ def deliver_alerts(
 ) -> None:
     """Deliver every alert still waiting in the outbox."""
     report = deliver_pending(portal_db, mailer, [ALERT_KIND], render_alert, context.run_id)
-    context.add_output_metadata(report.as_metadata())
-    if report.deferred:
-        raise DeliveryIncomplete(f"{report.deferred} alert(s) stay pending: {report.errors[0]}")
+    context.add_output_metadata(conclude(portal_db, report, [ALERT_KIND], context.run_id, "alert"))
 
 
 @job(description=__doc__, tags={JOB_TAG: "send-alert"})

@@ -189,7 +189,9 @@ def run_neon_drill(
     """Branch the Neon project at the moment of a snapshot of the source, compare, delete."""
     if not (drill.neon_api_key and drill.neon_project_id):
         raise DrillFailed("the neon method needs NEON_API_KEY and NEON_PROJECT_ID", {})
-    client = NeonClient(drill.neon_api_key, drill.neon_project_id, drill.neon_api_host)
+    client = NeonClient(
+        drill.neon_api_key, drill.neon_project_id, drill.neon_api_host, drill.http_timeouts
+    )
     with connect(source_url) as snap:
         snap.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         row = snap.execute("SELECT now()").fetchone()

@@ -55,7 +55,7 @@ from mm_orchestration.mux_events import (
     status_rank_sql,
 )
 from mm_orchestration.mux_events import verify_signature as check_signature
-from mm_orchestration.outbox import DeliveryIncomplete, deliver_pending, enqueue
+from mm_orchestration.outbox import conclude, deliver_pending, enqueue
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
 from mm_orchestration.resources.mux import MuxWebhooks
@@ -472,9 +472,9 @@ def send_dead_letter_escalations(
     report = deliver_pending(
         portal_db, mailer, [DEAD_EMAIL_KIND], render_dead_letter_email, context.run_id
     )
-    context.add_output_metadata(report.as_metadata())
-    if report.deferred:
-        raise DeliveryIncomplete(f"{report.deferred} escalation email(s) stay pending")
+    context.add_output_metadata(
+        conclude(portal_db, report, [DEAD_EMAIL_KIND], context.run_id, "escalation email")
+    )
 
 
 @job(

@@ -14,9 +14,8 @@ with exponential backoff; after the last, the reliability partner is named to ac
 """
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -26,9 +25,8 @@ from pydantic import Field
 from mm_orchestration import inventory
 from mm_orchestration.joblog import log_event
 from mm_orchestration.ledger import WINDOW_TAG, WindowConfig, claim, report_skip, window_for
-from mm_orchestration.outbox import DeliveryIncomplete, deliver_pending_templated
+from mm_orchestration.outbox import conclude, deliver_pending_templated
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
-from mm_orchestration.resources.mailer import TemplateRecipient
 from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
 
 SPEC = inventory.get("notification-digest")
@@ -46,17 +44,32 @@ TABLES = (
 # One statement: choose recipients, gather each one's items, queue the emails. Items are
 # gathered per recipient through LATERAL index lookups, so the plan stays linear in the
 # number of recipients whatever the planner's statistics say.
+#
+# Per-row trust: `users.timezone` is whatever the portal stored, and `AT TIME ZONE` with
+# a name PostgreSQL does not know raises for the whole statement (one 'Etc/Unknown' would
+# cost everyone their digest). Each zone is checked against pg_timezone_names first; an
+# unknown one falls back to the default zone (MM_TIMEZONE: portal.tenants has no zone of
+# its own), and the users who fell back are returned to be counted and logged.
 QUEUE_DIGESTS = """
-WITH recipients AS MATERIALIZED (
-    SELECT u.id, u.tenant_id, u.email, u.display_name, u.timezone, t.name AS tenant_name,
-           (%(ref)s::timestamptz AT TIME ZONE u.timezone)::date AS local_date,
-           (((%(ref)s::timestamptz AT TIME ZONE u.timezone)::date + 2)::timestamp
-               AT TIME ZONE u.timezone) AS due_before
+WITH zones AS MATERIALIZED (
+    SELECT DISTINCT ON (lower(name)) lower(name) AS key, name
+      FROM pg_timezone_names ORDER BY lower(name), name
+), candidates AS MATERIALIZED (
+    SELECT u.id, u.tenant_id, u.email, u.display_name, t.name AS tenant_name,
+           coalesce(z.name, %(fallback_tz)s) AS timezone,
+           z.name IS NULL AS tz_fallback
       FROM portal.users u
       JOIN portal.tenants t ON t.id = u.tenant_id AND t.status = 'active'
+      LEFT JOIN zones z ON z.key = lower(u.timezone)
      WHERE u.digest_opt_in AND u.deactivated_at IS NULL
        AND NOT EXISTS (SELECT 1 FROM portal.email_suppressions s
-                        WHERE lower(s.email) = lower(u.email))
+                        WHERE lower(btrim(s.email)) = lower(btrim(u.email)))
+), recipients AS MATERIALIZED (
+    SELECT c.*,
+           (%(ref)s::timestamptz AT TIME ZONE c.timezone)::date AS local_date,
+           (((%(ref)s::timestamptz AT TIME ZONE c.timezone)::date + 2)::timestamp
+               AT TIME ZONE c.timezone) AS due_before
+      FROM candidates c
 ), digests AS (
     SELECT r.*, t.due_soon, t.overdue, a.updates
       FROM recipients r
@@ -82,7 +95,8 @@ WITH recipients AS MATERIALIZED (
              AND m.status_changed_at >= %(since)s AND m.status_changed_at < %(ref)s
       ) a ON true
 ), queued AS (
-    INSERT INTO ops.notification_outbox (idempotency_key, kind, tenant_id, recipient, payload)
+    INSERT INTO ops.notification_outbox
+        (idempotency_key, kind, tenant_id, recipient, payload, user_id)
     SELECT 'digest:' || d.id || ':' || d.local_date, %(kind)s, d.tenant_id, d.email,
            jsonb_build_object(
                'display_name', d.display_name,
@@ -90,13 +104,22 @@ WITH recipients AS MATERIALIZED (
                'date', d.local_date,
                'due_soon', coalesce(d.due_soon, '[]'::jsonb),
                'overdue', coalesce(d.overdue, '[]'::jsonb),
-               'asset_updates', coalesce(d.updates, '[]'::jsonb))
+               'asset_updates', coalesce(d.updates, '[]'::jsonb),
+               'counts', jsonb_build_object(
+                   'due_soon', coalesce(jsonb_array_length(d.due_soon), 0),
+                   'overdue', coalesce(jsonb_array_length(d.overdue), 0),
+                   'asset_updates', coalesce(jsonb_array_length(d.updates), 0))),
+           d.id
       FROM digests d
      WHERE d.due_soon IS NOT NULL OR d.overdue IS NOT NULL OR d.updates IS NOT NULL
         ON CONFLICT (idempotency_key) DO NOTHING
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM recipients), (SELECT count(*) FROM queued)
+SELECT (SELECT count(*) FROM recipients),
+       (SELECT count(*) FROM queued),
+       (SELECT count(*) FROM candidates WHERE tz_fallback),
+       (SELECT coalesce(array_agg(id::text ORDER BY id), '{}')
+          FROM (SELECT id FROM candidates WHERE tz_fallback LIMIT 100) f)
 """
 
 
@@ -160,25 +183,31 @@ def reference_time(day: date, tz: str, hour: int) -> datetime:
     return datetime.combine(day, time(hour), ZoneInfo(tz))
 
 
-def queue_digests(conn: psycopg.Connection, ref: datetime) -> tuple[int, int]:
-    """Queue the digests for `ref` in the caller's transaction: (eligible users, queued)."""
+@dataclass(frozen=True)
+class Queued:
+    """What queueing a day's digests did."""
+
+    eligible: int
+    queued: int
+    timezone_fallbacks: int  # users whose stored zone PostgreSQL does not know
+    fallback_user_ids: list[str]  # the first 100 of them
+
+
+def queue_digests(
+    conn: psycopg.Connection, ref: datetime, fallback_tz: str = "Australia/Sydney"
+) -> Queued:
+    """Queue the digests for `ref` in the caller's transaction."""
     row = conn.execute(
-        QUEUE_DIGESTS, {"ref": ref, "since": ref - timedelta(days=1), "kind": EMAIL_KIND}
+        QUEUE_DIGESTS,
+        {
+            "ref": ref,
+            "since": ref - timedelta(days=1),
+            "kind": EMAIL_KIND,
+            "fallback_tz": fallback_tz,
+        },
     ).fetchone()
     assert row is not None
-    return int(row[0]), int(row[1])
-
-
-def personalize(key: str, row: dict[str, Any]) -> TemplateRecipient:
-    """The dynamic template's data for one person."""
-    data = {k: row[k] for k in ("display_name", "tenant_name", "date", "due_soon", "overdue")}
-    data["asset_updates"] = row["asset_updates"]
-    data["counts"] = {
-        "due_soon": len(row["due_soon"]),
-        "overdue": len(row["overdue"]),
-        "asset_updates": len(row["asset_updates"]),
-    }
-    return TemplateRecipient(key=key, recipient=row["recipient"], data=data)
+    return Queued(int(row[0]), int(row[1]), int(row[2]), list(row[3]))
 
 
 @op(retry_policy=retry_policy(SPEC), tags={"kind": "postgres"})
@@ -203,13 +232,37 @@ def queue_daily_digests(
             report_skip(context, run)
             return 0
         with portal_db.connection() as conn:
-            eligible, queued = queue_digests(conn, ref)
-        run.rows_affected = queued
-        run.details = {"date": day.isoformat(), "eligible_users": eligible}
+            result = queue_digests(conn, ref, job_settings.timezone)
+        run.rows_affected = result.queued
+        run.details = {
+            "date": day.isoformat(),
+            "eligible_users": result.eligible,
+            "timezone_fallbacks": result.timezone_fallbacks,
+        }
+    if result.timezone_fallbacks:
+        # Logged by user id (never the address), so the portal team can fix the rows.
+        log_event(
+            "digest.timezone_fallback",
+            level=30,
+            runId=context.run_id,
+            count=result.timezone_fallbacks,
+            fallback=job_settings.timezone,
+            userIds=result.fallback_user_ids,
+        )
+        context.log.warning(
+            f"{result.timezone_fallbacks} user(s) have a time zone PostgreSQL does not know; "
+            f"their digest uses {job_settings.timezone}. User ids: "
+            + ", ".join(result.fallback_user_ids)
+        )
     context.add_output_metadata(
-        {"date": day.isoformat(), "eligible_users": eligible, "digests_queued": queued}
+        {
+            "date": day.isoformat(),
+            "eligible_users": result.eligible,
+            "digests_queued": result.queued,
+            "timezone_fallbacks": result.timezone_fallbacks,
+        }
     )
-    return queued
+    return result.queued
 
 
 @op(retry_policy=retry_policy(SPEC), tags={"kind": "sendgrid"})
@@ -226,33 +279,39 @@ def send_daily_digests(
         mailer,
         EMAIL_KIND,
         job_settings.digest_template_id or "d-digest",
-        personalize,
+        None,  # the payload is the template's data as queued (counts included)
         context.run_id,
         batch_size=BATCH_SIZE,
     )
-    context.add_output_metadata(report.as_metadata())
-    if report.deferred:
-        error = (
-            f"{report.deferred} digest(s) could not be delivered yet and stay pending; "
-            f"first error: {report.errors[0]}"
+
+    def escalate(error: str) -> None:
+        # Say who acts (the failure sensor routes the alert itself).
+        log_event(
+            "job.escalate",
+            level=40,
+            jobName=SPEC.name,
+            runId=context.run_id,
+            escalateTo=SPEC.escalate_to,
+            contact=job_settings.contact(SPEC.escalate_to),
+            error=error,
         )
-        if context.retry_number >= SPEC.retries:
-            # Out of retries: say who acts (the alerting job routes the alert itself).
-            log_event(
-                "job.escalate",
-                level=40,
-                jobName=SPEC.name,
-                runId=context.run_id,
-                escalateTo=SPEC.escalate_to,
-                contact=job_settings.contact(SPEC.escalate_to),
-                error=error,
-            )
-            context.log.error(
-                f"{SPEC.name} failed after {SPEC.retries} retries in run {context.run_id}: "
-                f"{error}. The reliability partner ({job_settings.reliability_email}) "
-                "should check SendGrid and rerun the day with `mm-jobs run notification-digest`."
-            )
-        raise DeliveryIncomplete(error)
+        context.log.error(
+            f"{SPEC.name} could not deliver every digest in run {context.run_id}: {error}. "
+            f"The reliability partner ({job_settings.reliability_email}) should check "
+            "SendGrid and the failed rows (`mm-jobs outbox list --kind digest`)."
+        )
+
+    context.add_output_metadata(
+        conclude(
+            portal_db,
+            report,
+            [EMAIL_KIND],
+            context.run_id,
+            "digest",
+            escalate=escalate,
+            final_attempt=context.retry_number >= SPEC.retries,
+        )
+    )
 
 
 @job(

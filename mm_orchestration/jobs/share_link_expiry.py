@@ -17,13 +17,15 @@ import psycopg
 from dagster import MetadataValue, OpExecutionContext, job, op
 
 from mm_orchestration import inventory
+from mm_orchestration.joblog import log_event
 from mm_orchestration.ledger import WindowConfig, claim, report_skip, window_for
-from mm_orchestration.outbox import DeliveryIncomplete, deliver_pending
+from mm_orchestration.outbox import conclude, deliver_pending
 from mm_orchestration.resources import Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
 from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
 
 SPEC = inventory.get("share-link-expiry")
+FALLBACK_TZ = "Australia/Sydney"
 EMAIL_KIND = "share_link_expired"
 TABLES = (
     "portal.share_links",
@@ -49,14 +51,17 @@ WITH expired AS (
      WHERE t.share_link_id = e.id AND t.revoked_at IS NULL
  RETURNING t.id
 ), emails AS (
-    INSERT INTO ops.notification_outbox (idempotency_key, kind, tenant_id, recipient, payload)
+    INSERT INTO ops.notification_outbox
+        (idempotency_key, kind, tenant_id, recipient, payload, user_id)
     SELECT 'share-link-expired:' || e.id, %(kind)s, e.tenant_id, u.email,
            jsonb_build_object(
                'link_id', e.id,
                'asset_title', coalesce(a.title, 'your video'),
                'expires_at', e.expires_at,
                'display_name', u.display_name,
-               'timezone', u.timezone)
+               'timezone', u.timezone,
+               'user_id', u.id),
+           u.id
       FROM expired e
       JOIN portal.users u ON u.id = e.created_by AND u.deactivated_at IS NULL
       LEFT JOIN portal.media_assets a ON a.id = e.media_asset_id
@@ -85,13 +90,19 @@ def expire_due_links(conn: psycopg.Connection) -> ExpiryCounts:
     return ExpiryCounts(*(int(v) for v in row))
 
 
-def render_expiry_email(key: str, row: dict[str, Any]) -> Email:
-    """The owner's notice: which video, and when (in the owner's own time zone)."""
+def render_expiry_email(key: str, row: dict[str, Any], fallbacks: list[str] | None = None) -> Email:
+    """The owner's notice: which video, and when (in the owner's own time zone).
+
+    `timezone` is whatever the portal stored: a zone Python does not know (`Etc/Unknown`)
+    falls back to Sydney time, and the owner's user id is added to `fallbacks` (counted
+    and logged by the op), so one bad row never costs its owner the notice."""
     expires = datetime.fromisoformat(str(row["expires_at"]))
     try:
-        expires = expires.astimezone(ZoneInfo(row.get("timezone") or "Australia/Sydney"))
+        expires = expires.astimezone(ZoneInfo(row.get("timezone") or FALLBACK_TZ))
     except (KeyError, ValueError):
-        pass
+        expires = expires.astimezone(ZoneInfo(FALLBACK_TZ))
+        if fallbacks is not None:
+            fallbacks.append(str(row.get("user_id") or row.get("link_id")))
     when = expires.strftime("%-d %b %Y, %-I:%M %p %Z")
     title = row["asset_title"]
     greeting = f"Hi {row['display_name']}," if row.get("display_name") else "Hi,"
@@ -140,20 +151,33 @@ def send_share_link_expiry_emails(
     context: OpExecutionContext, links_expired: int, portal_db: PortalDatabase, mailer: Mailer
 ) -> None:
     """Deliver the owners' notices still waiting in the outbox, this run's and any earlier."""
-    report = deliver_pending(portal_db, mailer, [EMAIL_KIND], render_expiry_email, context.run_id)
+    fallbacks: list[str] = []
+    report = deliver_pending(
+        portal_db,
+        mailer,
+        [EMAIL_KIND],
+        lambda key, row: render_expiry_email(key, row, fallbacks),
+        context.run_id,
+    )
+    if fallbacks:
+        log_event(
+            "share_link_expiry.timezone_fallback",
+            level=30,
+            runId=context.run_id,
+            count=len(fallbacks),
+            fallback=FALLBACK_TZ,
+            userIds=fallbacks[:100],
+        )
+    metadata = conclude(portal_db, report, [EMAIL_KIND], context.run_id, "expiry email")
+    metadata["timezone_fallbacks"] = len(fallbacks)
     context.add_output_metadata(
         {
-            **report.as_metadata(),
+            **metadata,
             "transport": MetadataValue.text(
                 "sendgrid" if mailer.uses_sendgrid else f"files in {mailer.mail_dir}"
             ),
         }
     )
-    if report.deferred:
-        raise DeliveryIncomplete(
-            f"{report.deferred} expiry email(s) could not be delivered yet and stay pending "
-            f"for the next attempt; first error: {report.errors[0]}"
-        )
 
 
 @job(

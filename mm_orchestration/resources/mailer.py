@@ -1,17 +1,24 @@
 """Email delivery: SendGrid's v3 API through the `sendgrid` SDK, or `.eml` files in development.
 
 SendGrid has no idempotency key, so this resource never decides *whether* to send:
-the outbox does. This resource only delivers what it is handed, retrying what
-SendGrid says is transient (429, 5xx, no connection) and reporting the rest.
+the outbox does. This resource delivers what it is handed and says exactly what
+happened: accepted; refused (and which personalization SendGrid named); not taken
+yet (429, 5xx, no connection: retried here, with backoff, because the request provably
+never took effect); or *outcome unknown* (the request was written, then the answer
+was lost): never retried, since SendGrid may have sent it. Every call has a connect
+and a read timeout (`mm_orchestration.http`), so a stalled SendGrid costs seconds,
+not a hung run. What we assume of SendGrid and why: docs/sendgrid.md.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import re
 import time
-import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -19,10 +26,22 @@ from pathlib import Path
 from typing import Any
 
 from dagster import ConfigurableResource
+from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from pydantic import Field
 
+from mm_orchestration import http
 from mm_orchestration.joblog import log_event
 from mm_orchestration.text import one_line
+
+# SendGrid's published limits for one v3 mail/send request.
+MAX_PERSONALIZATIONS = 1000
+MAX_RECIPIENTS = 1000  # to, cc and bcc across every personalization
+SENDGRID_MAX_BYTES = 30_000_000  # "less than 30 MB": 413 at or above
+# How big we let a request grow: well under SendGrid's limit, so that a header or a
+# different JSON spacing on the way can never tip a request over it.
+DEFAULT_MAX_REQUEST_BYTES = 20_000_000
+
+_PERSONALIZATION_FIELD = re.compile(r"^personalizations\.(\d+)(?:\.|$)")
 
 
 @dataclass(frozen=True)
@@ -63,12 +82,160 @@ class TemplateRecipient:
 
 
 class SendError(Exception):
-    """SendGrid refused the request; `transient` says whether a later try may succeed."""
+    """SendGrid did not take the request, and what that means for its rows.
 
-    def __init__(self, message: str, status: int | None, transient: bool) -> None:
+    `transient`: not taken yet, nothing happened at SendGrid (429, 5xx, no connection
+    after our own retries): the rows may go again later. `unknown`: the request was
+    written and its answer lost: SendGrid may have sent it, so its rows must never go
+    again automatically. Otherwise a refusal (4xx) with SendGrid's `errors`, each a
+    (field, message) pair, the field naming the culprit where SendGrid says.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status: int | None,
+        transient: bool,
+        *,
+        unknown: bool = False,
+        errors: Sequence[tuple[str | None, str]] = (),
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.transient = transient
+        self.unknown = unknown
+        self.errors = tuple(errors)
+
+    def named_personalizations(self) -> dict[int, str]:
+        """SendGrid's message per personalization index it named (`personalizations.3...`)."""
+        named: dict[int, str] = {}
+        for name, message in self.errors:
+            found = _PERSONALIZATION_FIELD.match(name or "")
+            if found:
+                index = int(found.group(1))
+                named[index] = "; ".join(filter(None, [named.get(index), message]))
+        return named
+
+    @property
+    def names_other_fields(self) -> bool:
+        """SendGrid named a field outside the personalizations (from, template_id, ...):
+        a refusal of the request itself, which no split of it can fix."""
+        return any(name and not _PERSONALIZATION_FIELD.match(name) for name, _ in self.errors)
+
+
+# The plain shape nearly every real address has (ASCII, dot-separated atoms, a domain of
+# hostname labels and an alphabetic top level). email-validator accepts every address of
+# this shape that is short enough and not in a special-use domain (tested with generated
+# addresses in tests/test_email_promise.py), so these skip its ~0.1 ms of checks: 100,000
+# digests would otherwise spend 10 s here.
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*"
+    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
+)
+
+
+# email-validator refuses these domains and every domain under them; an address whose top
+# level is the last label of one of them takes the slow path, which decides.
+_SPECIAL_TOP_LEVELS = frozenset(
+    name.rpartition(".")[2].lower() for name in SPECIAL_USE_DOMAIN_NAMES
+)
+
+
+def _plainly_valid(address: str) -> bool:
+    local, _, domain = address.rpartition("@")
+    if len(address) > 254 or len(local) > 64 or not _PLAIN_ADDRESS.fullmatch(address):
+        return False
+    return domain.rpartition(".")[2].lower() not in _SPECIAL_TOP_LEVELS
+
+
+@functools.lru_cache(maxsize=100_000)
+def address_problem(address: str | None) -> str | None:
+    """Why SendGrid would refuse `address`, or None when it is a valid address.
+
+    Syntax only (email-validator, no DNS lookups: a lookup per recipient would make the
+    digest wait on DNS, and SendGrid's bounce handling covers dead domains).
+    """
+    if not address or not address.strip():
+        return "the address is empty"
+    if _plainly_valid(address):
+        return None
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError as exc:
+        return str(exc)
+    return None
+
+
+def request_bytes(envelope: dict[str, Any], personalizations: Sequence[str]) -> int:
+    """The exact size of the JSON body the SDK sends for `envelope` with these
+    personalizations (each already serialised the SDK's way, `json.dumps` defaults)."""
+    base = len(json.dumps({**envelope, "personalizations": []}).encode())
+    joined = sum(len(p) for p in personalizations) + 2 * max(len(personalizations) - 1, 0)
+    return base + joined
+
+
+def plan_requests(
+    sizes: Sequence[tuple[int, int]],
+    base_bytes: int,
+    max_personalizations: int = MAX_PERSONALIZATIONS,
+    max_recipients: int = MAX_RECIPIENTS,
+    max_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+) -> list[range]:
+    """Split personalizations, in order, into as few requests as SendGrid's limits allow
+    together: at most `max_personalizations`, `max_recipients` recipients in total and
+    `max_bytes` of body each. `sizes` are (recipients, serialised bytes) per
+    personalization; one too big for any request still gets a request of its own (SendGrid
+    refuses it with 413, and only that row fails)."""
+    plans: list[range] = []
+    start, recipients, size = 0, 0, base_bytes
+    for i, (people, length) in enumerate(sizes):
+        grown = length + (2 if i > start else 0)
+        if i > start and (
+            i - start >= max_personalizations
+            or recipients + people > max_recipients
+            or size + grown > max_bytes
+        ):
+            plans.append(range(start, i))
+            start, recipients, size, grown = i, 0, base_bytes, length
+        recipients += people
+        size += grown
+    if start < len(sizes):
+        plans.append(range(start, len(sizes)))
+    return plans
+
+
+class _BoundedClient:
+    """python_http_client's Client with our transport: both timeouts, and the honest split
+    between "never left" and "outcome unknown" (mm_orchestration.http). The SDK builds the
+    request and the error classes as usual; only the final open is ours."""
+
+    @staticmethod
+    def make(host: str, headers: dict[str, str], timeouts: http.Timeouts) -> Any:
+        import python_http_client
+        from python_http_client.exceptions import HTTPError, err_dict
+
+        class Client(python_http_client.Client):
+            def _build_client(self, name: str | None = None) -> Any:
+                url_path = self._url_path + [name] if name else self._url_path
+                return Client(
+                    host=self.host,
+                    version=self._version,
+                    request_headers=self.request_headers,
+                    url_path=url_path,
+                    append_slash=self.append_slash,
+                    timeout=self.timeout,
+                )
+
+            def _make_request(
+                self, opener: Any, request: urllib.request.Request, timeout: Any = None
+            ) -> Any:
+                answer = http.send(request, timeouts)
+                if answer.status >= 400:
+                    error_class = err_dict.get(answer.status, HTTPError)
+                    raise error_class(answer.status, "", answer.body, answer.headers)
+                return answer
+
+        return Client(host=host, request_headers=headers, version=3)
 
 
 class Mailer(ConfigurableResource):
@@ -85,10 +252,25 @@ class Mailer(ConfigurableResource):
     max_rate_limit_wait_seconds: float = Field(
         default=60.0, ge=0, description="Longest wait honoured for X-RateLimit-Reset"
     )
+    connect_timeout_seconds: float = Field(
+        default=http.DEFAULT_CONNECT_TIMEOUT, gt=0, description="MM_HTTP_CONNECT_TIMEOUT"
+    )
+    read_timeout_seconds: float = Field(
+        default=http.DEFAULT_READ_TIMEOUT, gt=0, description="MM_HTTP_READ_TIMEOUT"
+    )
+    max_request_bytes: int = Field(
+        default=DEFAULT_MAX_REQUEST_BYTES,
+        gt=0,
+        description="Largest request body we build (SendGrid refuses 30 MB and more)",
+    )
 
     @property
     def uses_sendgrid(self) -> bool:
         return bool(self.api_key)
+
+    @property
+    def timeouts(self) -> http.Timeouts:
+        return http.Timeouts(self.connect_timeout_seconds, self.read_timeout_seconds)
 
     # -- single messages --------------------------------------------------------
 
@@ -120,48 +302,83 @@ class Mailer(ConfigurableResource):
 
     # -- dynamic-template batches -----------------------------------------------
 
-    def send_template_batch(self, template_id: str, recipients: list[TemplateRecipient]) -> str:
-        """One API request carrying up to 1,000 personalizations of a dynamic template."""
-        if len(recipients) > 1000:
+    def template_envelope(self, template_id: str) -> dict[str, Any]:
+        """Everything of a template request but its personalizations."""
+        return {"from": {"email": self.mail_from}, "template_id": template_id}
+
+    @staticmethod
+    def personalization(recipient: TemplateRecipient) -> dict[str, Any]:
+        """One person's part of a template request; the outbox key rides along in
+        `custom_args`, so SendGrid's activity log and webhooks can be searched by it."""
+        return {
+            "to": [{"email": recipient.recipient}],
+            "dynamic_template_data": recipient.data,
+            "custom_args": {"idempotency_key": recipient.key},
+        }
+
+    @staticmethod
+    def raw_personalization(key: str, recipient: str, data_json: str) -> str:
+        """`personalization` as JSON, with template data that is JSON text already (as the
+        database stored it): the same object, never decoded and encoded again."""
+        return (
+            '{"to": [{"email": '
+            + _json_string(recipient)
+            + '}], "dynamic_template_data": '
+            + data_json
+            + ', "custom_args": {"idempotency_key": '
+            + _json_string(key)
+            + "}}"
+        )
+
+    def send_template(self, template_id: str, personalizations: list[str]) -> str:
+        """One API request carrying `personalizations` (each a `personalization` as JSON,
+        e.g. `json.dumps(personalization(r))`) of a dynamic template. The body is joined from
+        those very strings, so its size is exactly what the caller measured and nothing is
+        serialised twice. Raises SendError."""
+        if len(personalizations) > MAX_PERSONALIZATIONS:
             raise ValueError("SendGrid accepts at most 1,000 personalizations per request")
         if not self.uses_sendgrid:
-            ids = [
-                self._write_eml(
-                    Email(
-                        key=r.key,
-                        recipient=r.recipient,
-                        subject=f"[template {template_id}]",
-                        text=json.dumps(r.data, indent=2, default=str),
+            ids = []
+            for text in personalizations:
+                part = json.loads(text)
+                ids.append(
+                    self._write_eml(
+                        Email(
+                            key=part["custom_args"]["idempotency_key"],
+                            recipient=part["to"][0]["email"],
+                            subject=f"[template {template_id}]",
+                            text=json.dumps(part["dynamic_template_data"], indent=2, default=str),
+                        )
                     )
                 )
-                for r in recipients
-            ]
             return ids[0] if ids else ""
-        body = {
-            "from": {"email": self.mail_from},
-            "template_id": template_id,
-            "personalizations": [
-                {
-                    "to": [{"email": r.recipient}],
-                    "dynamic_template_data": r.data,
-                    "custom_args": {"idempotency_key": r.key},
-                }
-                for r in recipients
-            ],
-        }
-        return self._post(body)
+        envelope = json.dumps({**self.template_envelope(template_id), "personalizations": []})
+        return self._post(envelope[:-2] + ", ".join(personalizations) + "]}")  # [...]}
+
+    def send_template_batch(self, template_id: str, recipients: list[TemplateRecipient]) -> str:
+        """One API request with these recipients (callers that size batches themselves)."""
+        return self.send_template(
+            template_id, [json.dumps(self.personalization(r)) for r in recipients]
+        )
 
     # -- transport --------------------------------------------------------------
 
     def _client(self) -> Any:
         from sendgrid import SendGridAPIClient
 
-        return SendGridAPIClient(api_key=self.api_key, host=self.api_host.rstrip("/"))
+        client = SendGridAPIClient(api_key=self.api_key, host=self.api_host.rstrip("/"))
+        # The SDK's own client has no timeout at all; ours has both (and tells a request
+        # that never left from one whose answer was lost).
+        client.client = _BoundedClient.make(client.host, client._default_headers, self.timeouts)
+        return client
 
     # -- suppressions ----------------------------------------------------------
 
     def delete_bounces(self, emails: list[str], batch_size: int = 500) -> int:
-        """Remove addresses from SendGrid's bounce list, in batches. Returns requests made."""
+        """Remove addresses from SendGrid's bounce list, in batches. Returns requests made.
+
+        Deleting is idempotent, so a lost answer is reported (SendError, unknown) and the
+        caller's retry simply deletes again."""
         if not self.uses_sendgrid:
             return 0
         client = self._client()
@@ -169,21 +386,40 @@ class Mailer(ConfigurableResource):
         for start in range(0, len(emails), batch_size):
             batch = emails[start : start + batch_size]
             self._call(
-                lambda batch=batch: client.client.suppression.bounces.delete(
-                    request_body={"emails": batch}
+                functools.partial(
+                    client.client.suppression.bounces.delete, request_body={"emails": batch}
                 )
             )
             requests += 1
         return requests
 
-    def _post(self, body: dict[str, Any]) -> str:
+    def _post(self, body: dict[str, Any] | str) -> str:
+        """POST /v3/mail/send through the SDK's client, the body as JSON text (a str is sent
+        as it is under a non-default content type). A body SendGrid would refuse for its
+        size (30 MB or more) is refused here, before a byte goes: SendGrid may cut such an
+        upload short, which would look like a request that never left and be retried."""
+        text = body if isinstance(body, str) else json.dumps(body)
+        size = len(text.encode())
+        if size >= SENDGRID_MAX_BYTES:
+            raise SendError(
+                f"SendGrid 413: the request is {size:,} bytes; SendGrid takes less than 30 MB",
+                413,
+                False,
+            )
         client = self._client()
-        response = self._call(lambda: client.send(body))
+        response = self._call(
+            lambda: client.client.mail.send.post(
+                request_body=text,
+                request_headers={"Content-Type": "application/json; charset=utf-8"},
+            )
+        )
         headers = response.headers
         return str(headers.get("X-Message-Id", "") if headers else "")
 
-    def _call(self, request: Any) -> Any:
-        """One SendGrid request, retried on 429 (until X-RateLimit-Reset), 5xx and no link."""
+    def _call(self, request: Callable[[], Any]) -> Any:
+        """One SendGrid request. Retried only when it provably never took effect: 429
+        (until X-RateLimit-Reset), 5xx with an answer, and no connection (refused, DNS,
+        connect timeout). A lost answer is never retried: SendError(unknown=True)."""
         from python_http_client.exceptions import HTTPError
 
         backoff = self.backoff_seconds
@@ -193,7 +429,8 @@ class Mailer(ConfigurableResource):
                 return request()
             except HTTPError as exc:
                 status = int(exc.status_code)
-                message = _sendgrid_message(exc.body)
+                errors = _sendgrid_errors(exc.body)
+                message = "; ".join(m for _, m in errors) or _raw(exc.body)
                 if status == 429:
                     last = SendError(f"SendGrid 429 rate limited: {message}", status, True)
                     wait = _rate_limit_wait(exc.headers, self.max_rate_limit_wait_seconds)
@@ -202,8 +439,14 @@ class Mailer(ConfigurableResource):
                     wait = backoff
                     backoff *= 2
                 else:
-                    raise SendError(f"SendGrid {status}: {message}", status, False) from exc
-            except (urllib.error.URLError, OSError) as exc:
+                    raise SendError(
+                        f"SendGrid {status}: {message}", status, False, errors=errors
+                    ) from exc
+            except http.OutcomeUnknown as exc:
+                raise SendError(
+                    f"SendGrid outcome unknown: {exc}", None, False, unknown=True
+                ) from exc
+            except http.NotSent as exc:
                 last = SendError(f"SendGrid unreachable: {exc}", None, True)
                 wait = backoff
                 backoff *= 2
@@ -236,18 +479,40 @@ class Mailer(ConfigurableResource):
         return f"file:{path}"
 
 
-def _sendgrid_message(body: Any) -> str:
-    """SendGrid's own error text (`errors[].message`), else the raw body, trimmed."""
+# Text JSON writes as it is, between quotes (no escapes needed): addresses and keys.
+_PLAIN_JSON_TEXT = re.compile(r"[A-Za-z0-9 _.+@:/-]*")
+
+
+def _json_string(text: str) -> str:
+    """`json.dumps(text)`, without its cost for the plain text nearly every value is."""
+    return f'"{text}"' if _PLAIN_JSON_TEXT.fullmatch(text) else json.dumps(text)
+
+
+def _raw(body: Any) -> str:
     if isinstance(body, bytes):
         body = body.decode("utf-8", "replace")
-    try:
-        errors = json.loads(body).get("errors", [])
-        text = "; ".join(str(e.get("message", e)) for e in errors)
-        if text:
-            return text
-    except (ValueError, AttributeError, TypeError):
-        pass
     return str(body)[:500]
+
+
+def _sendgrid_errors(body: Any) -> list[tuple[str | None, str]]:
+    """SendGrid's `errors[]` as (field, message) pairs; [] when the body has none."""
+    try:
+        errors = json.loads(body).get("errors") or []
+    except (ValueError, AttributeError, TypeError):
+        return []
+    found: list[tuple[str | None, str]] = []
+    for error in errors if isinstance(errors, list) else []:
+        if isinstance(error, dict):
+            name = error.get("field")
+            found.append((str(name) if name else None, str(error.get("message", error))))
+        else:
+            found.append((None, str(error)))
+    return found
+
+
+def _sendgrid_message(body: Any) -> str:
+    """SendGrid's own error text (`errors[].message`), else the raw body, trimmed."""
+    return "; ".join(m for _, m in _sendgrid_errors(body)) or _raw(body)
 
 
 def _rate_limit_wait(headers: Any, cap: float) -> float:

@@ -50,6 +50,8 @@ class ReportStore(ConfigurableResource):
         default="", description="MM_REPORTS_S3_ENDPOINT: for S3-compatible services"
     )
     s3_region: str = Field(default="ap-southeast-2", description="MM_REPORTS_S3_REGION")
+    http_connect_timeout: float = Field(default=10.0, gt=0, description="MM_HTTP_CONNECT_TIMEOUT")
+    http_read_timeout: float = Field(default=30.0, gt=0, description="MM_HTTP_READ_TIMEOUT")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ReportStore:
@@ -60,6 +62,8 @@ class ReportStore(ConfigurableResource):
             s3_prefix=settings.reports_s3_prefix,
             s3_endpoint_url=settings.reports_s3_endpoint,
             s3_region=settings.reports_s3_region,
+            http_connect_timeout=settings.http_connect_timeout,
+            http_read_timeout=settings.http_read_timeout,
         )
 
     @property
@@ -68,9 +72,19 @@ class ReportStore(ConfigurableResource):
 
     def _s3(self) -> Any:
         import boto3
+        from botocore.config import Config
 
+        # botocore's defaults are 60 s each; ours bound a stalled store like every other
+        # provider. Its own retries stay on: a PUT of the same key is idempotent.
         return boto3.client(
-            "s3", region_name=self.s3_region, endpoint_url=self.s3_endpoint_url or None
+            "s3",
+            region_name=self.s3_region,
+            endpoint_url=self.s3_endpoint_url or None,
+            config=Config(
+                connect_timeout=self.http_connect_timeout,
+                read_timeout=self.http_read_timeout,
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
         )
 
     def _object_key(self, key: str) -> str:

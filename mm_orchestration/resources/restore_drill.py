@@ -25,7 +25,7 @@ from dagster import ConfigurableResource
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field
 
-from mm_orchestration import processes
+from mm_orchestration import http, processes
 from mm_orchestration.embedded_pg import EmbeddedPostgresError, bundled_bin_dir
 from mm_orchestration.settings import PG_CLIENT_TOOLS
 
@@ -96,6 +96,13 @@ class RestoreDrill(ConfigurableResource):
     neon_project_id: str | None = Field(default=None, description="NEON_PROJECT_ID")
     neon_api_host: str = Field(default="https://console.neon.tech", description="NEON_API_HOST")
     neon_poll_seconds: float = Field(default=2.0, ge=0)
+    http_connect_timeout: float = Field(default=10.0, gt=0, description="MM_HTTP_CONNECT_TIMEOUT")
+    http_read_timeout: float = Field(default=30.0, gt=0, description="MM_HTTP_READ_TIMEOUT")
+
+    @property
+    def http_timeouts(self) -> http.Timeouts:
+        """The Neon API's connect and read timeouts."""
+        return http.Timeouts(self.http_connect_timeout, self.http_read_timeout)
 
     def candidates(self, major: int) -> list[tuple[str, Path]]:
         """Where tools for a server of `major` are looked for, in order."""

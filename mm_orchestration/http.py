@@ -1,0 +1,140 @@
+"""Bounded, honest outbound HTTP for every provider call (SendGrid, Neon).
+
+Two promises. *Bounded*: connecting (TLS included) has its own timeout, and every read
+after that has another, so a provider that accepts the connection and says nothing
+costs at most the read timeout, never a hung run. *Honest*: a failure says whether
+the request provably never left (no connection, DNS, a failure while it was still
+being written: `NotSent`, safe to retry) or may have reached the provider (it was
+written whole, then the answer timed out or the connection dropped: `OutcomeUnknown`,
+never to be repeated blindly for a call that is not idempotent, such as sending email).
+
+urllib's own `timeout` is one number for both phases and does not tell the phases
+apart, so the connection classes here apply the two timeouts and record the moment the
+request was written in full.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.client
+import ssl
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_READ_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds to connect (TCP and TLS) and to wait for each read of the answer."""
+
+    connect: float = DEFAULT_CONNECT_TIMEOUT
+    read: float = DEFAULT_READ_TIMEOUT
+
+
+class NotSent(OSError):
+    """The request never reached the provider whole (no connection, DNS, a failure while
+    writing it): nothing can have happened there, so trying again is safe."""
+
+
+class OutcomeUnknown(OSError):
+    """The request was written in full, then no answer came (a read timeout, a reset, a
+    closed connection): the provider may have acted on it."""
+
+
+class _Written:
+    def __init__(self) -> None:
+        self.done = False
+
+
+def _bounded(base: type[http.client.HTTPConnection], timeouts: Timeouts, written: _Written) -> Any:
+    class Bounded(base):  # type: ignore[valid-type,misc]
+        def __init__(self, host: str, **kwargs: Any) -> None:
+            kwargs["timeout"] = timeouts.connect  # urllib's single timeout is replaced
+            super().__init__(host, **kwargs)
+
+        def connect(self) -> None:
+            super().connect()  # TCP, and for HTTPS the TLS handshake, under `connect`
+            assert self.sock is not None
+            self.sock.settimeout(timeouts.read)
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            super().request(*args, **kwargs)
+            written.done = True  # headers and body handed to the kernel in full
+
+    return Bounded
+
+
+class _HTTP(urllib.request.HTTPHandler):
+    def __init__(self, connection: Any) -> None:
+        super().__init__()
+        self._connection = connection
+
+    def http_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(self._connection, req)
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    # Loading the system's certificates takes ~40 ms: once per process, not per request.
+    return ssl.create_default_context()
+
+
+class _HTTPS(urllib.request.HTTPSHandler):
+    def __init__(self, connection: Any) -> None:
+        super().__init__(context=_tls_context())
+        self._connection = connection
+
+    def https_open(self, req: urllib.request.Request) -> Any:
+        return self.do_open(self._connection, req, context=self._context)  # type: ignore[attr-defined]
+
+
+@dataclass
+class Answer:
+    """A whole answer: read inside the timeouts, so nothing is read lazily later."""
+
+    status: int
+    body: bytes
+    headers: Any
+
+    # The interface python_http_client's Response reads.
+    def getcode(self) -> int:
+        return self.status
+
+    def read(self) -> bytes:
+        return self.body
+
+    def info(self) -> Any:
+        return self.headers
+
+
+def send(request: urllib.request.Request, timeouts: Timeouts) -> Answer:
+    """Send `request` and read its whole answer, any status (4xx/5xx are answers too).
+
+    Raises NotSent when the request provably never left, OutcomeUnknown when it was
+    written and no whole answer came back.
+    """
+    written = _Written()
+    opener = urllib.request.build_opener(
+        _HTTP(_bounded(http.client.HTTPConnection, timeouts, written)),
+        _HTTPS(_bounded(http.client.HTTPSConnection, timeouts, written)),
+    )
+    where = f"{request.get_method()} {request.full_url}"
+    try:
+        try:
+            with opener.open(request) as response:
+                return Answer(response.getcode(), response.read(), response.info())
+        except urllib.error.HTTPError as err:
+            with err:
+                return Answer(err.code, err.read(), err.headers)
+    except (OSError, http.client.HTTPException) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        what = f"{type(reason).__name__}: {reason}".rstrip(": ")
+        if written.done:
+            raise OutcomeUnknown(
+                f"{where}: the request was sent, then {what} before the answer"
+            ) from exc
+        raise NotSent(f"{where}: not sent ({what})") from exc
