@@ -114,7 +114,8 @@ class Answer:
 def send(request: urllib.request.Request, timeouts: Timeouts) -> Answer:
     """Send `request` and read its whole answer, any status (4xx/5xx are answers too).
 
-    Raises NotSent when the request provably never left, OutcomeUnknown when it was
+    Raises NotSent when the request provably never left (whatever stopped it: a refused
+    connection, DNS, TLS, a header http.client refuses), OutcomeUnknown when it was
     written and no whole answer came back.
     """
     written = _Written()
@@ -130,9 +131,17 @@ def send(request: urllib.request.Request, timeouts: Timeouts) -> Answer:
         except urllib.error.HTTPError as err:
             with err:
                 return Answer(err.code, err.read(), err.headers)
-    except (OSError, http.client.HTTPException) as exc:
+    except Exception as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        what = f"{type(reason).__name__}: {reason}".rstrip(": ")
+        # Only network errors are quoted: anything else (http.client's ValueError for a
+        # header it refuses, say) may quote the request itself, API key included.
+        known = isinstance(reason, (OSError, http.client.HTTPException))
+        what = (
+            f"{type(reason).__name__}: {reason}".rstrip(": ")
+            if known
+            else (f"{type(reason).__name__} (details withheld: they may quote the request)")
+        )
+        what = what.replace("\x00", "?")
         if written.done:
             raise OutcomeUnknown(
                 f"{where}: the request was sent, then {what} before the answer"

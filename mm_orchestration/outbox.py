@@ -709,8 +709,14 @@ def _release(db: PortalDatabase, ids: list[int], error: str) -> None:
             """UPDATE ops.notification_outbox
                   SET status = 'pending', claimed_by = NULL, last_error = %s
                 WHERE id = ANY(%s) AND status = 'sending'""",
-            [error, ids],
+            [_storable(error), ids],
         )
+
+
+def _storable(error: str) -> str:
+    """An error text PostgreSQL can store: a provider's or a library's message may hold a
+    NUL (text columns refuse it, and the row would stay 'sending'), and may be long."""
+    return error.replace("\x00", "?")[:2000]
 
 
 def _fail(
@@ -733,7 +739,7 @@ def _fail(
             {
                 "run_id": run_id,
                 "ids": [i for i, _ in failures],
-                "errors": [e for _, e in failures],
+                "errors": [_storable(e) for _, e in failures],
                 "from": ["pending"] if only_pending else ["pending", "sending"],
             },
         )
@@ -758,7 +764,7 @@ def _fail_unknown(
                       last_error = 'delivery outcome unknown: ' || %s || '. '
                                    || replace(%s, '{key}', idempotency_key)
                 WHERE id = ANY(%s) AND status = 'sending'""",
-            [run_id, what, UNKNOWN_HINT, [r.id for r in rows]],
+            [run_id, _storable(what), UNKNOWN_HINT, [r.id for r in rows]],
         )
     report.unknown += len(rows)
     report.unknown_keys += [r.key for r in rows]

@@ -408,6 +408,31 @@ def test_connection_refused_is_retried_then_stays_pending(conn, portal_db, sendg
     assert "ConnectionRefusedError" in error
 
 
+@pytest.mark.parametrize("key", ["SG.k\r\nX: BBBBsecret", "SG.abc\u2019def"])
+def test_a_request_http_client_refuses_is_not_sent_and_never_quoted(conn, portal_db, sendgrid, key):
+    """Whatever stops a request before it leaves (here a key http.client refuses as a
+    header; settings refuse it at load, the resource is built by hand) is 'not sent': the
+    row waits, the run fails, and the message does not quote the request or its key."""
+    t = f.tenant(conn)
+    f.share_link(conn, t, f.asset(conn, t), f.user(conn, t), NOW - timedelta(hours=1))
+    mailer = Mailer(api_key=key, api_host=sendgrid.url, backoff_seconds=0.01, max_attempts=2)
+    with DagsterInstance.ephemeral() as instance:
+        result = share_link_expiry.execute_in_process(
+            resources={"portal_db": portal_db, "mailer": mailer},
+            instance=instance,
+            raise_on_error=False,
+        )
+        logs = " ".join(str(e.message) for e in instance.all_logs(result.run_id))
+    assert not result.success
+    status, error = conn.execute(
+        "SELECT status, last_error FROM ops.notification_outbox"
+    ).fetchone()
+    assert status == "pending" and "not sent" in error
+    assert sendgrid.mail_requests == []
+    for secret in ("BBBB", "abc", "SG.k"):
+        assert secret not in error and secret not in logs
+
+
 # -- 4. lost answers ----------------------------------------------------------------------
 
 
