@@ -39,6 +39,7 @@ from dagster import Failure, MetadataValue
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from mm_orchestration.addresses import address_problem
 from mm_orchestration.joblog import log_event, mask_email
 from mm_orchestration.resources.database import PortalDatabase
 from mm_orchestration.resources.mailer import (
@@ -48,7 +49,6 @@ from mm_orchestration.resources.mailer import (
     Mailer,
     SendError,
     TemplateRecipient,
-    address_problem,
     plan_requests,
     request_bytes,
 )

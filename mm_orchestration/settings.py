@@ -21,6 +21,7 @@ from psycopg.conninfo import conninfo_to_dict
 from sentry_sdk.utils import Dsn
 
 from mm_orchestration import cron as dagster_cron
+from mm_orchestration.addresses import address_problem
 from mm_orchestration.inventory import INVENTORY, JobSpec
 from mm_orchestration.processes import missing_executables
 
@@ -28,7 +29,6 @@ NAMES = tuple(spec.name for spec in INVENTORY)
 
 ENVIRONMENTS = ("development", "staging", "production")
 RUN_LAUNCHERS = ("local", "k8s")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 # The PostgreSQL client tools that MM_PG_BIN_DIR must hold (the restore drill's).
 PG_CLIENT_TOOLS = ("pg_dump", "pg_restore", "psql")
 # MM_DLQ_ALERT_THRESHOLD: 0 would page on every dead letter, and a threshold above what
@@ -210,8 +210,11 @@ class Settings:
             ("RELIABILITY_EMAIL", self.reliability_email),
             ("ADMIN_EMAIL", self.admin_email),
         ):
-            if not _EMAIL.match(value):
-                raise SettingsError(f"{name}={value!r} is not an email address")
+            problem = address_problem(value)
+            if problem:
+                raise SettingsError(
+                    f"{name}={value[:100]!r} is not an address SendGrid takes: {problem}"
+                )
         if self.sendgrid_api_key is not None and not self.sendgrid_api_key.startswith("SG."):
             raise SettingsError("SENDGRID_API_KEY does not look like a SendGrid key (SG....)")
         if self.digest_template_id is not None and not _TEMPLATE_ID.fullmatch(

@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mm_orchestration import cli
+from mm_orchestration.addresses import address_problem
 from mm_orchestration.jobs.notification_digest import notification_digest
 from mm_orchestration.jobs.share_link_expiry import share_link_expiry
 from mm_orchestration.outbox import _durable
@@ -33,7 +34,6 @@ from mm_orchestration.resources import Mailer
 from mm_orchestration.resources.mailer import (
     SendError,
     TemplateRecipient,
-    address_problem,
     plan_requests,
 )
 from mm_orchestration.sensors.run_alerts import job_failure_sensor
@@ -712,7 +712,7 @@ def test_the_fast_path_only_passes_what_email_validator_accepts(address):
     """Plain addresses skip email-validator's slower checks; it must agree with each."""
     from email_validator import EmailNotValidError, validate_email
 
-    from mm_orchestration.resources.mailer import _plainly_valid
+    from mm_orchestration.addresses import plainly_valid as _plainly_valid
 
     if _plainly_valid(address):
         try:

@@ -488,3 +488,13 @@ def test_connection_parameters_libpq_checks_only_when_connecting_are_checked_at_
         with pytest.raises(SettingsError, match=f"^{name} \\(value hidden\\)") as error:
             Settings.from_env({name: value})
         assert problem in str(error.value) and "pw" not in str(error.value).replace("password", "")
+
+
+@pytest.mark.parametrize(
+    "value", ["jobs@", "Jobs <jobs@motionmavericks.com.au>", "jobs@localhost", "a b@x.example"]
+)
+@pytest.mark.parametrize("name", ["MAIL_FROM", "COMPLIANCE_EMAIL", "ADMIN_EMAIL"])
+def test_sender_and_contacts_are_addresses_sendgrid_takes(name, value):
+    """The same rule (email-validator) as for every recipient."""
+    with pytest.raises(SettingsError, match=f"^{name}=.*not an address SendGrid takes"):
+        Settings.from_env({name: value})

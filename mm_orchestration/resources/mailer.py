@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from dagster import ConfigurableResource
-from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 from pydantic import Field
 
 from mm_orchestration import http
@@ -121,49 +120,6 @@ class SendError(Exception):
         """SendGrid named a field outside the personalizations (from, template_id, ...):
         a refusal of the request itself, which no split of it can fix."""
         return any(name and not _PERSONALIZATION_FIELD.match(name) for name, _ in self.errors)
-
-
-# The plain shape nearly every real address has (ASCII, dot-separated atoms, a domain of
-# hostname labels and an alphabetic top level). email-validator accepts every address of
-# this shape that is short enough and not in a special-use domain (tested with generated
-# addresses in tests/test_email_promise.py), so these skip its ~0.1 ms of checks: 100,000
-# digests would otherwise spend 10 s here.
-_PLAIN_ADDRESS = re.compile(
-    r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*"
-    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
-)
-
-
-# email-validator refuses these domains and every domain under them; an address whose top
-# level is the last label of one of them takes the slow path, which decides.
-_SPECIAL_TOP_LEVELS = frozenset(
-    name.rpartition(".")[2].lower() for name in SPECIAL_USE_DOMAIN_NAMES
-)
-
-
-def _plainly_valid(address: str) -> bool:
-    local, _, domain = address.rpartition("@")
-    if len(address) > 254 or len(local) > 64 or not _PLAIN_ADDRESS.fullmatch(address):
-        return False
-    return domain.rpartition(".")[2].lower() not in _SPECIAL_TOP_LEVELS
-
-
-@functools.lru_cache(maxsize=100_000)
-def address_problem(address: str | None) -> str | None:
-    """Why SendGrid would refuse `address`, or None when it is a valid address.
-
-    Syntax only (email-validator, no DNS lookups: a lookup per recipient would make the
-    digest wait on DNS, and SendGrid's bounce handling covers dead domains).
-    """
-    if not address or not address.strip():
-        return "the address is empty"
-    if _plainly_valid(address):
-        return None
-    try:
-        validate_email(address, check_deliverability=False)
-    except EmailNotValidError as exc:
-        return str(exc)
-    return None
 
 
 def request_bytes(envelope: dict[str, Any], personalizations: Sequence[str]) -> int:
