@@ -2,12 +2,17 @@
 digest) in its own process, so a test can kill it mid-flight."""
 
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dagster import DagsterInstance
 
 from mm_orchestration.jobs.notification_digest import notification_digest
 from mm_orchestration.jobs.share_link_expiry import share_link_expiry
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
+
+if TYPE_CHECKING:
+    from tests.sendgrid_server import SendGridRecorder
 
 if __name__ == "__main__":
     database_url, sendgrid_url = sys.argv[1:3]
@@ -29,3 +34,31 @@ if __name__ == "__main__":
                 resources=resources, instance=instance, raise_on_error=False
             )
     sys.exit(0 if result.success else 1)
+
+
+def kill_at_request(
+    database_url: str, sendgrid: "SendGridRecorder", root: Path, nth: int, *job: str
+) -> None:
+    """Run the job (`job`: nothing for share-link-expiry, or `digest DAY`) in its own
+    process group and SIGKILL it as soon as SendGrid has received its `nth` request, which
+    the test's stand-in is holding unanswered: a crash with that request in flight."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.run_job_in_subprocess", database_url, sendgrid.url, *job],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while sendgrid.arrivals < nth and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sendgrid.arrivals >= nth, f"the job never reached its request {nth}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 
 from dagster import DagsterInstance
@@ -13,6 +9,7 @@ from dagster import DagsterInstance
 from mm_orchestration.jobs.share_link_expiry import share_link_expiry
 from mm_orchestration.ledger import TRIGGER_TAG, WINDOW_TAG
 from tests import factories as f
+from tests.run_job_in_subprocess import kill_at_request
 from tests.sendgrid_server import Reply
 
 NOW = datetime.now(UTC)
@@ -35,18 +32,7 @@ def test_killed_while_sending_never_resends(
     owner = f.user(conn, t, email="olivia@kangaroo.example")
     link = f.share_link(conn, t, f.asset(conn, t), owner, NOW - timedelta(minutes=1))
     sendgrid.then(Reply(202, delay=30))  # SendGrid takes the message, then hangs
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.run_job_in_subprocess", database_url, sendgrid.url],
-        cwd=project_root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        assert sendgrid.arrived.wait(60), "the job never reached SendGrid"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_at_request(database_url, sendgrid, project_root, 1)
 
     # The link change committed; the email is claimed and its outcome unknown.
     assert (

@@ -10,10 +10,6 @@ SendGrid's published limits (tests/sendgrid_server.py).
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -38,6 +34,7 @@ from mm_orchestration.resources.mailer import (
 )
 from mm_orchestration.sensors.run_alerts import job_failure_sensor
 from tests import factories as f
+from tests.run_job_in_subprocess import kill_at_request
 from tests.sendgrid_server import Reply, SendGridRecorder
 
 DAY = "2026-11-30"
@@ -481,18 +478,7 @@ def test_a_crash_leaves_only_the_request_in_flight_unknown(
         owner = f.user(conn, t, email=f"owner{i}@kangaroo.example")
         f.share_link(conn, t, asset, owner, NOW - timedelta(minutes=1))
     sendgrid.then(Reply(202, delay=30))  # the first request hangs; then the process dies
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.run_job_in_subprocess", database_url, sendgrid.url],
-        cwd=project_root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        assert sendgrid.arrived.wait(60), "the job never reached SendGrid"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_at_request(database_url, sendgrid, project_root, 1)
     assert counts(conn) == {"sending": 1, "pending": 2}  # not the whole claim
     with DagsterInstance.ephemeral() as instance:
         again = share_link_expiry.execute_in_process(
@@ -510,22 +496,7 @@ def test_a_crash_in_the_second_digest_request_strands_only_its_1000_rows(
 ):
     many(conn, 2500)
     sendgrid.then(Reply(202), Reply(202, delay=30))  # the second request hangs; the run dies
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.run_job_in_subprocess", database_url, sendgrid.url,
-         "digest", DAY],
-        cwd=project_root,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while sendgrid.arrivals < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert sendgrid.arrivals == 2, "the digest never reached its second request"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_at_request(database_url, sendgrid, project_root, 2, "digest", DAY)
     # The first request's 'sent' marks went with the second's claim: only the request in
     # flight is 'sending'; the third request's rows never left and stay pending.
     assert counts(conn) == {"sent": 1000, "sending": 1000, "pending": 500}
