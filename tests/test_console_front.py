@@ -203,6 +203,7 @@ def curl(
     method: str | None = None,
     content_type: str = "application/json",
     forwarded: str | None = None,
+    origin: str | None = None,
 ) -> tuple[int, bytes, str]:
     """(status, body, response headers) of one request with curl from `source`, as the
     proxy (with `person`) or as a stranger."""
@@ -211,6 +212,8 @@ def curl(
         args += ["-H", f"{HEADER}: {person}"]
     if forwarded is not None:
         args += ["-H", f"X-Forwarded-For: {forwarded}"]
+    if origin is not None:
+        args += ["-H", f"Origin: {origin}"]
     if body is not None:
         data = body if isinstance(body, str) else json.dumps(body)
         args += ["-H", f"Content-Type: {content_type}", "--data-binary", data]
@@ -353,6 +356,89 @@ def test_an_operator_may_not_launch_the_drill_and_the_refusal_is_audited(console
     assert answer["data"]["launchPipelineExecution"]["message"] == (
         "viewer may not launch share_link_expiry"
     )
+
+
+def test_a_selector_naming_two_jobs_is_judged_by_both(console):
+    """Dagster runs `pipelineName` when a selector names two jobs: an operator may not
+    hide the drill behind a job of theirs."""
+    params = launch_params("share_link_expiry")
+    params["selector"]["pipelineName"] = "backup_verify"
+    answer = gql(console, OPERATOR, LAUNCH, {"p": params})["data"]["launchPipelineExecution"]
+    assert answer["message"] == "operator may not launch backup_verify|share_link_expiry"
+    (entry,) = console.audit("target = 'backup_verify|share_link_expiry'")
+    assert entry["outcome"] == "refused"
+
+
+def test_operators_cannot_point_a_resource_elsewhere(console):
+    """A resource's host, key or address in run config would send secrets or reports
+    wherever an operator likes: an operator's launch runs with the resources as defined."""
+    for config in (
+        {"resources": {"mailer": {"config": {"api_host": "http://127.0.0.1:9"}}}},
+        "resources:\n  job_settings:\n    config: {compliance_email: x@evil.example}\n",
+    ):
+        params = {**launch_params("share_link_expiry"), "runConfigData": config}
+        answer = gql(console, OPERATOR, LAUNCH, {"p": params})["data"]["launchPipelineExecution"]
+        assert answer["__typename"] == "LaunchRunSuccess", answer
+        run_id = answer["run"]["runId"]
+        status, body, _ = curl(
+            console.port,
+            "/graphql",
+            ADMIN,
+            {"query": "query($r: ID!) { runOrError(runId: $r) { ... on Run { runConfigYaml } } }",
+             "variables": {"r": run_id}},
+        )  # fmt: skip
+        assert "resources" not in json.loads(body)["data"]["runOrError"]["runConfigYaml"]
+
+
+def test_control_tags_from_the_client_are_dropped(console):
+    """The ledger's window and trigger, the CLI's pid and Dagster's schedule tag are set
+    by the system, never by whoever launches (a forged window would skip a scheduled run)."""
+    forged = [
+        {"key": "mm/window", "value": "2026-11-30T03:30:00Z"},
+        {"key": "mm/trigger", "value": "schedule"},
+        {"key": "MM/Actor ", "value": "mallory"},
+        {"key": "dagster/schedule_name", "value": "share_link_expiry_schedule"},
+        {"key": "team", "value": "post-production"},
+    ]
+    result = gql(console, OPERATOR, LAUNCH, {"p": launch_params("share_link_expiry", forged)})
+    run = result["data"]["launchPipelineExecution"]["run"]
+    tags = {t["key"]: t["value"] for t in run["tags"]}
+    assert tags["mm/actor"] == OPERATOR and tags["team"] == "post-production"
+    assert tags.get("mm/trigger") != "schedule" and tags.get("mm/window") != forged[0]["value"]
+    assert "dagster/schedule_name" not in tags and "MM/Actor " not in tags
+
+
+def test_another_sites_page_cannot_act_as_the_person(console):
+    """A page of another site can make the browser POST `text/plain` (no preflight) and
+    always names itself in Origin: neither is taken as the person's action."""
+    mutation = {"query": LAUNCH, "variables": {"p": launch_params("share_link_expiry")}}
+    status, body, _ = curl(
+        console.port,
+        "/graphql",
+        OPERATOR,
+        mutation,
+        content_type="text/plain;charset=application/json",
+    )
+    answer = json.loads(body)["data"]["launchPipelineExecution"]
+    assert answer["__typename"] != "LaunchRunSuccess", answer
+    status, body, _ = curl(
+        console.port, "/graphql", OPERATOR, mutation, origin="http://evil.example"
+    )
+    assert status == 403 and b"another site" in body
+    status, _, _ = curl(
+        console.port,
+        "/report_asset_materialization/ops/job_health",
+        ADMIN,
+        method="POST",
+        origin="http://evil.example",
+    )
+    assert status == 403
+    # The console's own pages send their own origin.
+    status, body, _ = curl(
+        console.port, "/graphql", ADMIN, {"query": "{ version }"},
+        origin=f"http://127.0.0.1:{console.port}",
+    )  # fmt: skip
+    assert status == 200, body[:300]
 
 
 def test_mutations_only_as_a_json_post(console):

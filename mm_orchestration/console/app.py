@@ -19,6 +19,7 @@ import re
 from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 from dagster._core.workspace.context import WorkspaceRequestContext
@@ -378,6 +379,20 @@ identity proxy; this console stores no passwords.</p></body></html>
 """
 
 
+def _cross_site(scope: Scope, headers: dict[str, str]) -> bool:
+    """A request that changes or may change something (anything but GET, HEAD, OPTIONS; a
+    websocket) sent by another site's page: browsers name the page's origin in `Origin`
+    on every such request, `no-cors` fetches and form posts included. A request without
+    Origin is no browser's cross-site request (curl, the proxy's health checks)."""
+    if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+        return False
+    origin = headers.get("origin")
+    if origin is None:
+        return False
+    host = headers.get("x-forwarded-host") or headers.get("host") or ""
+    return urlsplit(origin).netloc.lower() != host.split(",")[0].strip().lower()
+
+
 class IdentityFront:
     """ASGI: a person for every request (or 401/403), put in the scope for the app."""
 
@@ -414,6 +429,17 @@ class IdentityFront:
                 "This request carries no identity the console can believe. Open the console "
                 "through the company's sign-in (the identity proxy); a request straight to the "
                 "console, or one whose identity header did not come from the proxy, is refused.",
+            )
+            return
+        if _cross_site(scope, headers):
+            await self._refuse(
+                scope,
+                receive,
+                send,
+                403,
+                "Refused: another site",
+                "This request came from a page of another site (its Origin is not this "
+                "console's address). The console acts only on requests from its own pages.",
             )
             return
         if identity.role is None:

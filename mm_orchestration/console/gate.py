@@ -27,6 +27,7 @@ from inspect import isawaitable
 from typing import Any
 
 import psycopg
+import yaml
 from graphql import GraphQLError, GraphQLResolveInfo, OperationType, get_named_type
 from graphql.type import GraphQLUnionType
 
@@ -41,6 +42,16 @@ log = logging.getLogger("mm.console")
 
 # Dagster's implicit asset jobs (a materialisation from the asset graph or page).
 _ASSET_JOB_PREFIX = "__ASSET_JOB"
+_DAGSTER_CONTROL_TAGS = frozenset(
+    {
+        "dagster/schedule_name",
+        "dagster/sensor_name",
+        "dagster/backfill",
+        "dagster/tick",
+        "dagster/auto_materialize",
+        "dagster/from_automation_condition",
+    }
+)
 _PARTITION_TAGS = (
     "dagster/partition",
     "dagster/asset_partition_range_start",
@@ -128,8 +139,11 @@ def _asset_names(selection: Any) -> list[str]:
 
 
 def _job_target(selector: Any) -> tuple[str | None, list[str]]:
+    """The job Dagster will run for `selector` (it reads `pipelineName` first), and the
+    assets selected. A selector naming two different jobs is judged as both."""
     selector = selector or {}
-    job = selector.get("jobName") or selector.get("pipelineName")
+    names = [n for n in (selector.get("pipelineName"), selector.get("jobName")) if n]
+    job = "|".join(dict.fromkeys(names)) or None  # "a|b" is no job anyone may launch
     return job, _asset_names(selector.get("assetSelection"))
 
 
@@ -249,6 +263,8 @@ def _decide_run(
         if parent and (job is None or mutation.rule == "reexecute"):
             run = instance.get_run_by_id(parent) if instance is not None else None
             if run is not None:
+                if job and job != run.job_name:
+                    job = f"{job}|{run.job_name}"  # both judged: no job anyone may launch
                 job = job or run.job_name
                 assets = assets or sorted(k.to_user_string() for k in run.asset_selection or [])
                 partitions = partitions or {
@@ -293,6 +309,28 @@ def _decide_run(
     return decision
 
 
+def keep_resources_as_defined(args: dict[str, Any]) -> None:
+    """Drop the `resources` block from a launch's run config. The Launchpad sends each
+    resource's configured values back (hosts, `{env: ...}` keys, addresses); whoever
+    edits them could send the secrets or the reports elsewhere, and without the block
+    the run gets exactly the values the definitions give. Admins keep what they send."""
+    for params in args.get("executionParamsList") or [args.get("executionParams")]:
+        if not params or not params.get("runConfigData"):
+            continue
+        config = params["runConfigData"]
+        if isinstance(config, str):
+            try:
+                config = yaml.safe_load(config)
+            except yaml.YAMLError:
+                config = None
+            if not isinstance(config, dict):
+                # Text that does not read as a mapping is Dagster's to refuse; it cannot
+                # carry resources that YAML does not see.
+                continue
+        if isinstance(config, dict) and "resources" in config:
+            params["runConfigData"] = {k: v for k, v in config.items() if k != "resources"}
+
+
 def _seed_name(job: str) -> str:
     """The inventory's name of a job (`share-link-expiry`), as the other audit entries and
     the ledger name it; a job outside the inventory keeps Dagster's name."""
@@ -305,11 +343,20 @@ def _seed_name(job: str) -> str:
 
 
 def stamp_actor(field_name: str, args: dict[str, Any], person: str) -> None:
-    """Make the person the run's `mm/actor`, replacing any the client sent."""
+    """Make the person the run's `mm/actor`, and drop every control tag the client sent
+    (`mm/...`: the ledger's window and trigger, the CLI's pid; the schedule, sensor and
+    backfill tags Dagster itself sets), in any case or spacing: only partition tags and
+    the client's own labels pass."""
     mine = {"key": ACTOR_TAG, "value": person}
 
+    def control(key: Any) -> bool:
+        name = str(key).strip().lower()
+        return name not in _PARTITION_TAGS and (
+            name.startswith("mm/") or name in _DAGSTER_CONTROL_TAGS
+        )
+
     def stamped(tags: Any) -> list[Any]:
-        return [t for t in tags or [] if t and t.get("key") != ACTOR_TAG] + [mine]
+        return [t for t in tags or [] if t and not control(t.get("key"))] + [mine]
 
     for params in args.get("executionParamsList") or [args.get("executionParams")]:
         if params is None:
@@ -367,10 +414,10 @@ def _transport_problem(source: Any) -> str | None:
     method = getattr(source, "method", None)
     if method is None:  # a websocket: handled where subscriptions start
         return None
-    content_type = source.headers.get("content-type", "")
-    if method != "POST" or not (
-        "application/json" in content_type or "application/graphql" in content_type
-    ):
+    # The media type itself, parsed: `text/plain;charset=application/json` is a simple
+    # request any site's page may send, and it merely mentions JSON.
+    content_type = source.headers.get("content-type", "").split(";")[0].strip().lower()
+    if method != "POST" or content_type not in ("application/json", "application/graphql"):
         return (
             "mutations are accepted only as a POST of application/json: another site's page "
             "can make a signed-in browser send a GET or a form"
@@ -422,6 +469,8 @@ class ConsoleGate:
         if decision.mutation.rule in ("launch", "reexecute") or field_name in _BACKFILLS:
             assert identity is not None
             stamp_actor(field_name, args, identity.person)
+            if not identity.at_least("admin"):
+                keep_resources_as_defined(args)
         try:
             result = next_(root, info, **args)
         except Exception as exc:
