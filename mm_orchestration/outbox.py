@@ -178,10 +178,7 @@ def deliver_pending(
     try:
         return _deliver_singles(db, mailer, kinds, render, run_id, report, accepted)
     finally:
-        if accepted:
-            with _durable(db) as conn:
-                for ids, message_id in accepted:
-                    _set_sent(conn, ids, message_id)
+        _flush_sent(db, accepted)
 
 
 def _deliver_singles(
@@ -357,11 +354,7 @@ class _TemplateSender:
 
     def flush(self) -> None:
         """Mark the accepted requests 'sent' now."""
-        if self.accepted:
-            with _durable(self.db) as conn:
-                for ids, message_id in self.accepted:
-                    _set_sent(conn, ids, message_id)
-            self.accepted.clear()
+        _flush_sent(self.db, self.accepted)
 
     def deliver(self, items: list[_Item]) -> bool:
         """Send `items` (pending rows); False when delivery must stop for this attempt."""
@@ -679,8 +672,7 @@ def _claim(
     `sent` (ids, message id) are earlier requests SendGrid accepted, marked 'sent' in the
     same commit: one disk flush per request rather than two."""
     with _durable(db) as conn:
-        for sent_ids, message_id in sent:
-            _set_sent(conn, sent_ids, message_id)
+        _set_sent(conn, sent)
         rows = conn.execute(
             """UPDATE ops.notification_outbox
                   SET status = 'sending', claimed_by = %s, claimed_at = now(),
@@ -692,14 +684,28 @@ def _claim(
     return {row[0] for row in rows}
 
 
-def _set_sent(conn: psycopg.Connection, ids: list[int], message_id: str) -> None:
+def _set_sent(conn: psycopg.Connection, accepted: Sequence[tuple[list[int], str]]) -> None:
+    """Mark the rows of accepted requests (ids, SendGrid's message id) 'sent', in one
+    statement whatever the number of requests."""
+    if not accepted:
+        return
+    pairs = [(row_id, message_id) for ids, message_id in accepted for row_id in ids]
     conn.execute(
-        """UPDATE ops.notification_outbox
+        """UPDATE ops.notification_outbox o
               SET status = 'sent', sent_at = now(), last_error = NULL,
-                  provider_message_id = %s
-            WHERE id = ANY(%s)""",
-        [message_id or None, ids],
+                  provider_message_id = nullif(a.message_id, '')
+             FROM unnest(%s::bigint[], %s::text[]) AS a(id, message_id)
+            WHERE o.id = a.id""",
+        [[i for i, _ in pairs], [m for _, m in pairs]],
     )
+
+
+def _flush_sent(db: PortalDatabase, accepted: list[tuple[list[int], str]]) -> None:
+    """Mark accepted requests 'sent' in a durable commit of their own, and forget them."""
+    if accepted:
+        with _durable(db) as conn:
+            _set_sent(conn, accepted)
+        accepted.clear()
 
 
 def _release(db: PortalDatabase, ids: list[int], error: str) -> None:
