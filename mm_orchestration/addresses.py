@@ -6,7 +6,9 @@ outbox), and the sender and contact addresses when the settings load.
 
 import functools
 import re
+import unicodedata
 
+import idna
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
 # The plain shape nearly every real address has (ASCII, dot-separated atoms, a domain of
@@ -43,6 +45,7 @@ def address_problem(address: str | None) -> str | None:
     """
     if not address or not address.strip():
         return "the address is empty"
+    address = address.strip()  # what is sent: surrounding spaces are a paste, not the address
     if plainly_valid(address):
         return None
     try:
@@ -50,3 +53,25 @@ def address_problem(address: str | None) -> str | None:
     except EmailNotValidError as exc:
         return str(exc)
     return None
+
+
+def canonical_address(address: str) -> str:
+    """One spelling per mailbox, for comparing addresses (suppressions): surrounding spaces
+    dropped, the local part case-folded (Unicode-aware, whatever the database's locale),
+    the domain in its ASCII form, lower case (IDNA UTS #46: `Bücher.example` and
+    `xn--bcher-kva.example` are one domain).
+
+    Case-folding the local part follows every mailbox provider SendGrid delivers to
+    (RFC 5321 allows case-sensitive local parts; no provider we know uses them)."""
+    local, at, domain = address.strip().rpartition("@")
+    if not at:
+        return address.strip().casefold()
+    domain = domain.rstrip(".")
+    if domain.isascii():
+        domain = domain.lower()
+    else:
+        try:
+            domain = idna.encode(domain, uts46=True).decode("ascii")
+        except idna.IDNAError:
+            domain = unicodedata.normalize("NFC", domain).casefold()
+    return f"{unicodedata.normalize('NFC', local).casefold()}@{domain}"

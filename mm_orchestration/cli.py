@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import getpass
 import os
+import re
 import signal
 import sys
 import uuid
@@ -108,20 +109,25 @@ def _parser() -> argparse.ArgumentParser:
         "outbox", help="the email outbox: list failed emails, resend them after a fix"
     )
     osub = outbox.add_subparsers(required=True, metavar="ACTION")
-    p = osub.add_parser("list", help="failed emails, newest first (keys and reasons, no address)")
+    p = osub.add_parser(
+        "list", help="failed and in-flight emails, newest first (keys and reasons, no address)"
+    )
     p.add_argument(
         "--unknown",
         action="store_true",
-        help="only those whose outcome is unknown: look each key up in SendGrid's activity log",
+        help="only those whose outcome is unknown, or still (or stale) in flight: look each "
+        "key up in SendGrid's activity log",
     )
-    p.add_argument("--kind", help="only this kind (digest, share_link_expired, alert, ...)")
+    p.add_argument("--kind", choices=sorted(inventory.KIND_SENDERS), help="only this kind")
     p.add_argument("--limit", type=_whole(*LIMIT_RANGE), default=100)
     p.set_defaults(func=cmd_outbox_list)
     p = osub.add_parser(
         "resend",
         help="requeue failed emails of a kind (audited); each key still goes at most once",
     )
-    p.add_argument("--kind", required=True, help="digest, share_link_expired, alert, ...")
+    p.add_argument(
+        "--kind", required=True, choices=sorted(inventory.KIND_SENDERS), help="which emails"
+    )
     p.add_argument(
         "--since",
         required=True,
@@ -471,11 +477,21 @@ def cmd_dlq_discard(args: argparse.Namespace) -> int:
 # -- outbox ------------------------------------------------------------------------
 
 
+_MOMENT = re.compile(
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})?)?",
+    re.ASCII,
+)
+
+
 def _moment(value: str) -> datetime:
     """`--since`: a date (midnight) or a date and time, in MM_TIMEZONE unless it says."""
     from zoneinfo import ZoneInfo
 
     try:
+        # Only the two forms the help names: fromisoformat alone also takes ISO weeks
+        # (2026-W48) and compact forms (20261130), which an operator never means here.
+        if not _MOMENT.fullmatch(value.strip()):
+            raise ValueError(value)
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
@@ -492,14 +508,19 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
     with _dlq_conn() as conn:
         rows = list_failed(conn, args.unknown, args.kind, args.limit)
     for r in rows:
-        when = r["failed_at"].isoformat(timespec="seconds") if r["failed_at"] else "-"
-        state = "unknown" if r["outcome_unknown"] else "failed"
+        when = r["at"].isoformat(timespec="seconds") if r["at"] else "-"
         print(
-            f"{_printable(r['idempotency_key'])}  {state:<7}  {r['kind']}  {when}"
+            f"{_printable(r['idempotency_key'])}  {r['state']:<7}  {r['kind']}  {when}"
             f"  run={r['failed_run_id'] or r['claimed_by'] or '-'}"
             f"  {_printable(r['last_error'] or '')}"
         )
     print(f"{len(rows)} row(s)")
+    stale = sum(r["state"] == "stale" for r in rows)
+    if stale:
+        print(
+            f"{stale} stale: their deliverer stopped mid-send; the next run of the job that "
+            "sends them reports them as outcome unknown (look each key up in SendGrid)"
+        )
     return 0
 
 

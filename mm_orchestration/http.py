@@ -1,8 +1,9 @@
 """Bounded, honest outbound HTTP for every provider call (SendGrid, Neon).
 
-Two promises. *Bounded*: connecting (TLS included) has its own timeout, and every read
-after that has another, so a provider that accepts the connection and says nothing
-costs at most the read timeout, never a hung run. *Honest*: a failure says whether
+Two promises. *Bounded*: connecting (TLS included) has its own timeout, and the answer
+has another, both for each read and for the whole answer once the request is written, so
+a provider that accepts the connection and says nothing, or trickles its answer a byte
+at a time, costs at most the read timeout, never a hung run. *Honest*: a failure says whether
 the request provably never left (no connection, DNS, a failure while it was still
 being written: `NotSent`, safe to retry) or may have reached the provider (it was
 written whole, then the answer timed out or the connection dropped: `OutcomeUnknown`,
@@ -15,9 +16,12 @@ request was written in full.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.client
+import socket
 import ssl
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -29,7 +33,8 @@ DEFAULT_READ_TIMEOUT = 30.0
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds to connect (TCP and TLS) and to wait for each read of the answer."""
+    """Seconds to connect (TCP and TLS), and to wait for the answer: for each read, and
+    for the whole answer from the moment the request was written."""
 
     connect: float = DEFAULT_CONNECT_TIMEOUT
     read: float = DEFAULT_READ_TIMEOUT
@@ -46,8 +51,28 @@ class OutcomeUnknown(OSError):
 
 
 class _Written:
+    """When the request was written in full, and the deadline for its whole answer."""
+
     def __init__(self) -> None:
         self.done = False
+        self.expired = False
+        self._timer: threading.Timer | None = None
+
+    def start_deadline(self, seconds: float, sock: socket.socket) -> None:
+        # A provider trickling its answer a byte at a time never trips a per-read timeout;
+        # shutting the socket at the deadline ends any read, wherever it is waiting.
+        def expire() -> None:
+            self.expired = True
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+        self._timer = threading.Timer(seconds, expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def stop_deadline(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 def _bounded(base: type[http.client.HTTPConnection], timeouts: Timeouts, written: _Written) -> Any:
@@ -64,6 +89,8 @@ def _bounded(base: type[http.client.HTTPConnection], timeouts: Timeouts, written
         def request(self, *args: Any, **kwargs: Any) -> None:
             super().request(*args, **kwargs)
             written.done = True  # headers and body handed to the kernel in full
+            assert self.sock is not None
+            written.start_deadline(timeouts.read, self.sock)
 
     return Bounded
 
@@ -131,6 +158,8 @@ def send(request: urllib.request.Request, timeouts: Timeouts) -> Answer:
         except urllib.error.HTTPError as err:
             with err:
                 return Answer(err.code, err.read(), err.headers)
+        finally:
+            written.stop_deadline()
     except Exception as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         # Only network errors are quoted: anything else (http.client's ValueError for a
@@ -142,6 +171,8 @@ def send(request: urllib.request.Request, timeouts: Timeouts) -> Answer:
             else (f"{type(reason).__name__} (details withheld: they may quote the request)")
         )
         what = what.replace("\x00", "?")
+        if written.expired:
+            what = f"no whole answer within {timeouts.read:g} s (the read timeout)"
         if written.done:
             raise OutcomeUnknown(
                 f"{where}: the request was sent, then {what} before the answer"

@@ -219,3 +219,14 @@ def get(name: str) -> JobSpec:
         return _BY_NAME[name]
     except KeyError:
         raise UnknownJobError(name) from None
+
+
+# Which job delivers each kind of email (its next run sends what `resend` requeued).
+KIND_SENDERS = {
+    "digest": "notification-digest",
+    "share_link_expired": "share-link-expiry",
+    "mux_dlq_dead": "mux-webhook-retry",
+    "alert": "send_alert",
+    "tenant_health_summary": "tenant-health-check",
+    "residency_report": "residency-report",
+}

@@ -45,8 +45,8 @@ def error_line(error: Any) -> str:
         "dagster._core.definitions.events.Failure: ",
         "Failure: ",
         # The outbox's own Failures: their description is the whole story.
-        "mm_orchestration.outbox.DeliveryFailed: ",
-        "mm_orchestration.outbox.DeliveryIncomplete: ",
+        "mm_orchestration.outbox.outcome.DeliveryFailed: ",
+        "mm_orchestration.outbox.outcome.DeliveryIncomplete: ",
     ):
         message = message.removeprefix(prefix)
     if error.cls_name == "ValidationError":

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -24,6 +23,7 @@ from mm_orchestration import cron as dagster_cron
 from mm_orchestration.addresses import address_problem
 from mm_orchestration.inventory import INVENTORY, JobSpec
 from mm_orchestration.processes import missing_executables
+from mm_orchestration.zones import zone_name
 
 NAMES = tuple(spec.name for spec in INVENTORY)
 
@@ -346,15 +346,10 @@ def _url_problem(value: str, path: bool) -> str | None:
 
 
 def _check_time_zone(value: str) -> None:
-    """MM_TIMEZONE: a named IANA zone of a place or UTC, as PostgreSQL also knows it; not the
-    tz database's internal files (`localtime`, `posixrules`) nor `Factory`, which loads but
-    is no zone anyone lives in."""
-    try:
-        ZoneInfo(value)
-        known = value in available_timezones() and value not in ("Factory", "localtime")
-    except (ZoneInfoNotFoundError, ValueError):
-        known = False
-    if not known:
+    """MM_TIMEZONE: a named IANA zone of a place or UTC, spelt as the tz database spells it
+    (as PostgreSQL also knows it); not the database's internal files (`localtime`,
+    `posixrules`) nor `Factory`, which loads but is no zone anyone lives in."""
+    if zone_name(value) != value:
         raise SettingsError(
             f"MM_TIMEZONE={value[:100]!r} is not an IANA time zone name "
             "(for example Australia/Sydney, Australia/Perth or UTC)"

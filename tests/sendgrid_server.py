@@ -9,7 +9,8 @@ enforces SendGrid's published limits the way SendGrid does (docs/sendgrid.md).
   1,000 recipients in total, a 400.
 - Scripted replies (`then`, or a `rule` per body) for the rest: any status, a `delay`
   before answering (a stall: the client's read timeout fires first), or `drop`: read
-  the whole request, then close the connection without a word (the answer is lost).
+  the whole request, then close the connection without a word (the answer is lost), or
+  `trickle`: answer one byte at a time (no single read waits long; the whole does).
 
 The real `sendgrid` SDK is pointed at it through its `host` argument, so tests exercise
 the SDK's own request building and error classes, with no network.
@@ -42,6 +43,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds of silence before answering (a stall)
     drop: bool = False  # read the request, then close the connection without an answer
+    trickle: float = 0.0  # seconds between bytes of the answer (each read gets a byte)
 
 
 @dataclass
@@ -155,6 +157,9 @@ class SendGridRecorder:
                     self.close_connection = True
                     return
                 payload = json.dumps(reply.body).encode() if reply.body is not None else b""
+                if reply.trickle:
+                    self._trickle(reply, payload)
+                    return
                 self.send_response(reply.status)
                 headers = {"X-Message-Id": uuid.uuid4().hex[:22], **reply.headers}
                 for k, v in headers.items():
@@ -164,6 +169,21 @@ class SendGridRecorder:
                     self.send_header("Content-Type", "application/json")
                 self.end_headers()
                 self.wfile.write(payload)
+
+            def _trickle(self, reply: Reply, payload: bytes) -> None:
+                head = (
+                    f"HTTP/1.1 {reply.status} Accepted\r\nContent-Length: {len(payload)}\r\n"
+                    "X-Message-Id: trickled\r\n\r\n"
+                ).encode()
+                self.close_connection = True
+                try:
+                    for byte in head + payload:
+                        if recorder._closing.wait(reply.trickle):
+                            return
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                except OSError:
+                    pass  # the client gave up: what the test wants
 
             def log_message(self, *args: Any) -> None:
                 pass

@@ -125,6 +125,24 @@ def test_sendgrid_bounce_list_is_cleaned_in_the_same_step(conn, portal_db, maile
     )
 
 
+def test_a_malformed_old_bounce_is_forgotten_here_and_never_sent_to_sendgrid(
+    conn, portal_db, mailer, sendgrid
+):
+    """SendGrid refuses a whole batch for one malformed address; it never bounced at
+    SendGrid either, so it is deleted locally only, counted, and the rest go."""
+    seed_suppressions(conn)
+    f.suppression(conn, "no-at-sign.example", reason="bounce", age=timedelta(days=31))
+    f.suppression(conn, " spaced@x.example ", reason="bounce", age=timedelta(days=31))
+    result = run_job(notification_suppression_cleanup, {"portal_db": portal_db, "mailer": mailer})
+    assert result.success
+    (request,) = sendgrid.requests
+    assert request.body == {
+        "emails": ["old-bounce-2@x.example", "old-bounce@x.example", "spaced@x.example"]
+    }
+    details = conn.execute("SELECT details FROM ops.audit_log").fetchone()[0]
+    assert (details["count"], details["not_at_sendgrid"]) == (4, 1)
+
+
 def test_sendgrid_failure_rolls_the_deletion_back(conn, portal_db, sendgrid):
     seed_suppressions(conn)
     before = remaining(conn)

@@ -9,6 +9,7 @@ SendGrid's published limits (tests/sendgrid_server.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.error
@@ -25,7 +26,7 @@ from mm_orchestration import cli
 from mm_orchestration.addresses import address_problem
 from mm_orchestration.jobs.notification_digest import notification_digest
 from mm_orchestration.jobs.share_link_expiry import share_link_expiry
-from mm_orchestration.outbox import _durable
+from mm_orchestration.outbox.rows import durable as _durable
 from mm_orchestration.resources import Mailer
 from mm_orchestration.resources.mailer import (
     SendError,
@@ -273,7 +274,8 @@ def test_a_400_naming_nothing_is_halved_until_the_culprit_is_alone(conn, digest,
     result = digest()
     culprit = chosen[0]
     sizes = [(len(r.body["personalizations"]), r.status) for r in sendgrid.mail_requests]
-    assert sizes == [(8, 400), (4, 202), (4, 400), (2, 400), (2, 202), (1, 202), (1, 400)]
+    # Depth first: a refused half is taken apart before its sibling goes.
+    assert sizes == [(8, 400), (4, 202), (4, 400), (2, 400), (1, 202), (1, 400), (2, 202)]
     rows = outbox(conn)
     assert rows[culprit][:2] == ("failed", "SendGrid 400: Bad Request")
     assert counts(conn) == {"sent": 7, "failed": 1}
@@ -353,7 +355,9 @@ def test_a_stall_on_the_second_of_three_batches_costs_the_read_timeout_only(
         "WHERE outcome_unknown LIMIT 1"
     ).fetchone()
     assert error[0].startswith("delivery outcome unknown: SendGrid outcome unknown: POST ")
-    assert "TimeoutError" in error[0] and f"idempotency_key={error[1]}" in error[0]
+    # The read timed out, or the whole-answer deadline (the same 1 s) shut it first.
+    assert "TimeoutError" in error[0] or "no whole answer within 1 s" in error[0]
+    assert f"idempotency_key={error[1]}" in error[0]
     assert not result.success
     description, metadata = failure_of(result)
     assert description.startswith("1000 digest(s) failed for good (1000 outcome unknown)")
@@ -612,9 +616,20 @@ def test_a_revoked_key_stops_delivery_and_fails_the_run(conn, portal_db, quick_m
         retries = instance.all_logs(result.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY)
     assert not result.success and retries == []
     assert len(sendgrid.mail_requests) == 1  # every other request would be refused too
-    assert counts(conn) == {"failed": 1, "pending": 2}
-    description, _ = failure_of(result)
-    assert "1 SendGrid 401" in description and "delivery stopped" in description
+    # Nobody's notice is lost for the account's fault: all three wait for the new key.
+    assert counts(conn) == {"pending": 3}
+    description, metadata = failure_of(result)
+    assert description.startswith("SendGrid refuses every request (SendGrid 401: The provided")
+    assert "1 expiry email(s) held and the rest stay pending" in description
+    assert metadata["emails_held_after_refusal"].value == 1
+
+    sendgrid.rule = None  # the key is replaced
+    with DagsterInstance.ephemeral() as instance:
+        again = share_link_expiry.execute_in_process(
+            resources={"portal_db": portal_db, "mailer": quick_mailer}, instance=instance
+        )
+    assert again.success and counts(conn) == {"sent": 3}
+    assert len(sendgrid.accepted_recipients()) == 3
 
 
 # -- the stand-in and the pieces ------------------------------------------------------------
@@ -749,3 +764,229 @@ def test_recorder_reports_a_dropped_request_as_not_answered():
         assert [r.status for r in recorder.mail_requests] == [0]
     finally:
         recorder.close()
+
+
+# -- a second trial: refusals, rate limits, trickles, spellings ---------------------------------
+
+
+def expire_links_for(conn, emails, **cols):
+    """A share link per address, expired an hour ago (one notice each, in this order)."""
+    t = f.tenant(conn)
+    asset = f.asset(conn, t)
+    for email in emails:
+        f.share_link(conn, t, asset, f.user(conn, t, email=email, **cols), NOW - timedelta(hours=1))
+
+
+def run_expiry(portal_db, mailer, instance=None):
+    with contextlib.ExitStack() as stack:
+        if instance is None:
+            instance = stack.enter_context(DagsterInstance.ephemeral())
+        return share_link_expiry.execute_in_process(
+            resources={"portal_db": portal_db, "mailer": mailer},
+            instance=instance,
+            raise_on_error=False,
+        )
+
+
+def test_eight_culprits_in_a_thousand_fail_alone_and_the_rest_go(conn, digest, sendgrid):
+    """A 400 naming nothing halves each refused part on its own: eight culprits spread
+    through one request cost those eight, not the whole split."""
+    many(conn, 1000)
+    culprits = {f"person{i}@many.example" for i in (3, 130, 377, 500, 501, 640, 888, 999)}
+
+    def rule(body):
+        if any(p["to"][0]["email"] in culprits for p in body["personalizations"]):
+            return Reply(400, {"errors": [{"message": "Bad Request", "field": None}]})
+        return None
+
+    sendgrid.rule = rule
+    result = digest()
+    assert not result.success
+    assert counts(conn) == {"sent": 992, "failed": 1000 - 992}
+    failed = {
+        r[0]
+        for r in conn.execute(
+            "SELECT recipient FROM ops.notification_outbox WHERE status = 'failed'"
+        )
+    }
+    assert failed == culprits
+    assert len(sendgrid.accepted_recipients()) == 992  # each once
+    # Each culprit costs at most two requests per level of halving (1,000 -> 1: ten levels).
+    assert len(sendgrid.mail_requests) <= 8 * 2 * 10
+
+
+def test_a_template_refused_without_a_field_stops_after_a_few_requests(conn, digest, sendgrid):
+    """When every request is refused naming nothing, it is the request SendGrid refuses, not
+    the people: after three lone refusals and no acceptance, delivery stops and all 1,000
+    wait, pending, for the fix (the lone ones too); the run fails saying so."""
+    many(conn, 1000)
+    sendgrid.rule = lambda body: Reply(400, {"errors": [{"message": "Bad Request"}]})
+    result = digest()
+    assert not result.success
+    assert counts(conn) == {"pending": 1000}
+    assert len(sendgrid.mail_requests) <= 14
+    description, metadata = failure_of(result)
+    assert description.startswith("SendGrid refuses every request (SendGrid 400: Bad Request")
+    assert metadata["emails_held_after_refusal"].value == 3
+
+    sendgrid.rule = None  # the template is fixed
+    assert digest().success
+    assert counts(conn) == {"sent": 1000}
+
+
+@pytest.mark.parametrize(
+    ("status", "field"),
+    [(400, "from.email"), (400, "from"), (403, "from"), (401, None), (404, None)],
+)
+def test_a_refused_sender_or_key_stops_single_emails_and_holds_them(
+    conn, portal_db, quick_mailer, sendgrid, status, field
+):
+    expire_links_for(conn, [f"owner{i}@kangaroo.example" for i in range(3)])
+    message = "The from address does not match a verified Sender Identity."
+    sendgrid.rule = lambda body: Reply(status, {"errors": [{"message": message, "field": field}]})
+    result = run_expiry(portal_db, quick_mailer)
+    assert not result.success
+    assert len(sendgrid.mail_requests) == 1
+    assert counts(conn) == {"pending": 3}
+    description, _ = failure_of(result)
+    assert f"SendGrid {status}: {message}" in description
+
+
+def test_a_400_naming_the_content_fails_that_email_alone(conn, portal_db, quick_mailer, sendgrid):
+    """A single email's subject and content are its own: the others still go."""
+    expire_links_for(conn, ["a@kangaroo.example", "b@kangaroo.example", "c@kangaroo.example"])
+    sendgrid.rule = lambda body: (
+        Reply(400, {"errors": [{"message": "Invalid type.", "field": "content.0.value"}]})
+        if body["personalizations"][0]["to"][0]["email"] == "b@kangaroo.example"
+        else None
+    )
+    assert not run_expiry(portal_db, quick_mailer).success
+    assert sorted(sendgrid.accepted_recipients()) == ["a@kangaroo.example", "c@kangaroo.example"]
+    assert outbox(conn)["b@kangaroo.example"][:2] == ("failed", "SendGrid 400: Invalid type.")
+
+
+def test_a_field_spelt_with_brackets_names_the_row(conn, digest, sendgrid):
+    people(conn, [f"p{i}@kangaroo.example" for i in range(4)])
+    sendgrid.then(
+        Reply(
+            400, {"errors": [{"message": "Invalid.", "field": "personalizations[2].to[0].email"}]}
+        )
+    )
+    assert not digest().success
+    assert [len(r.body["personalizations"]) for r in sendgrid.mail_requests] == [4, 3]
+    assert counts(conn) == {"sent": 3, "failed": 1}
+    third = sendgrid.mail_requests[0].body["personalizations"][2]["to"][0]["email"]
+    assert outbox(conn)[third][:2] == ("failed", "SendGrid 400: Invalid.")
+
+
+@pytest.mark.parametrize("status", [408, 425])
+def test_a_408_or_425_is_tried_again(conn, digest, sendgrid, status):
+    people(conn, ["olivia@kangaroo.example"])
+    sendgrid.then(Reply(status, {"errors": [{"message": "try again"}]}))
+    assert digest().success
+    assert [r.status for r in sendgrid.mail_requests] == [status, 202]
+
+
+def test_a_rate_limit_reset_beyond_the_wait_defers_at_once(quick_mailer, sendgrid):
+    """A reset an hour away is not waited for (the run would hold for an hour): SendGrid
+    cannot take it now, so the rows go back to pending for the op's retry at once."""
+    reset = str(int(time.time()) + 3600)
+    sendgrid.then(Reply(429, {"errors": [{"message": "too many"}]}, {"X-RateLimit-Reset": reset}))
+    started = time.monotonic()
+    with pytest.raises(SendError) as raised:
+        quick_mailer.send_template_batch("d-x", [TemplateRecipient("k", "a@kangaroo.example")])
+    assert time.monotonic() - started < 1
+    assert raised.value.transient and not raised.value.unknown
+    assert "rate limited for 3600 s more" in str(raised.value) or "3599 s" in str(raised.value)
+    assert len(sendgrid.mail_requests) == 1
+
+
+def test_a_trickled_answer_is_bounded_as_a_whole(sendgrid):
+    """An answer arriving a byte every 0.3 s never trips a per-read timeout of 1 s; the
+    whole answer is bounded by it all the same, and counts as outcome unknown."""
+    mailer = Mailer(api_key="SG.k", api_host=sendgrid.url, read_timeout_seconds=1)
+    sendgrid.then(Reply(202, trickle=0.3))
+    started = time.monotonic()
+    with pytest.raises(SendError) as raised:
+        mailer.send_template_batch("d-x", [TemplateRecipient("k", "a@kangaroo.example")])
+    assert time.monotonic() - started < 3
+    assert raised.value.unknown
+    assert "no whole answer within 1 s" in str(raised.value)
+    assert len(sendgrid.mail_requests) == 1  # never sent again
+
+
+def test_suppressions_match_in_any_case_and_any_spelling_of_the_domain(
+    conn, portal_db, quick_mailer, sendgrid
+):
+    """Compared in Python, so the database's locale cannot matter: `É` folds to `é`, and
+    an internationalised domain matches its ASCII (punycode) spelling both ways."""
+    f.suppression(conn, "ÉLODIE@Bücher.example", reason="unsubscribe")
+    f.suppression(conn, "Zoë@xn--caf-dma.example", reason="bounce")
+    expire_links_for(
+        conn,
+        ["élodie@xn--bcher-kva.example", "zoë@CAFÉ.example", "  kept@kangaroo.example "],
+    )
+    result = run_expiry(portal_db, quick_mailer)
+    assert result.success
+    rows = outbox(conn)
+    assert rows["élodie@xn--bcher-kva.example"][0] == "suppressed"
+    assert rows["zoë@CAFÉ.example"][0] == "suppressed"
+    # Surrounding spaces are a paste, not the address: it goes, without them.
+    assert sendgrid.accepted_recipients() == ["kept@kangaroo.example"]
+
+
+def test_rows_a_finished_run_left_sending_are_reported_at_once(
+    conn, portal_db, quick_mailer, sendgrid, database_url, monkeypatch, capsys
+):
+    """A deliverer that died mid-send leaves its request's rows 'sending'. When Dagster
+    knows that run has finished, the next delivery reports them as outcome unknown at
+    once (the run fails, naming the key); rows of a run it cannot judge are listed as in
+    flight by `outbox list --unknown` and counted, until the lease settles them."""
+    expire_links_for(conn, ["gone@kangaroo.example", "live@kangaroo.example"])
+    with DagsterInstance.ephemeral() as instance:
+        first = run_expiry(portal_db, quick_mailer, instance)
+        assert first.success and counts(conn) == {"sent": 2}
+        conn.execute("UPDATE ops.notification_outbox SET status = 'pending'")
+        conn.execute(
+            "UPDATE ops.notification_outbox SET status = 'sending', claimed_at = now(), "
+            "claimed_by = CASE WHEN recipient LIKE 'gone%%' THEN %s ELSE 'run-not-known' END",
+            [first.run_id],
+        )
+        result = run_expiry(portal_db, quick_mailer, instance)
+    assert not result.success
+    assert counts(conn) == {"failed/unknown": 1, "sending": 1}
+    description, metadata = failure_of(result)
+    assert "outcome unknown" in description
+    assert metadata["emails_in_flight_elsewhere"].value == 1
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    assert cli.main(["outbox", "list", "--unknown"]) == 0
+    states = [line.split()[1] for line in capsys.readouterr().out.splitlines()[:-1]]
+    assert sorted(states) == ["sending", "unknown"]
+
+
+@pytest.mark.parametrize("zone", ["Australia", "australia/perth", "Etc/Unknown", "../../etc"])
+def test_a_zone_name_of_any_shape_never_costs_the_notice(
+    conn, portal_db, quick_mailer, sendgrid, zone
+):
+    expire_links_for(conn, ["olivia@kangaroo.example"], timezone=zone)
+    result = run_expiry(portal_db, quick_mailer)
+    assert result.success
+    (request,) = sendgrid.mail_requests
+    text = request.body["content"][0]["value"]
+    assert ("AWST" in text) if zone == "australia/perth" else ("AEDT" in text)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["outbox", "resend", "--kind", "digst", "--since", "2026-11-01"],
+        ["outbox", "resend", "--kind", "digest", "--since", "2026-W48"],
+        ["outbox", "resend", "--kind", "digest", "--since", "20261101"],
+        ["outbox", "list", "--kind", "digst"],
+    ],
+)
+def test_outbox_arguments_are_checked(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 2
+    assert "error: argument --" in capsys.readouterr().err

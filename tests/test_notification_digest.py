@@ -240,9 +240,9 @@ def test_500_on_second_batch_never_resends_the_first(conn, digest, sendgrid, man
 def test_a_refusal_of_the_request_itself_stops_and_fails_the_run(
     conn, digest, sendgrid, many_users
 ):
-    """A 400 naming a field outside the personalizations (the template) is no row's fault:
-    no split can fix it. That request's rows fail with SendGrid's message, the rest stay
-    pending for the run after the fix, and the run fails saying so."""
+    """A 400 naming a field of the envelope (the template) is no row's fault: no split can
+    fix it. That request's rows and the rest stay pending (with SendGrid's message) for the
+    run after the fix, and the run fails saying so."""
     sendgrid.then(Reply(202))
     sendgrid.rule = lambda body: (
         Reply(400, {"errors": [{"message": "The template_id is invalid", "field": "template_id"}]})
@@ -260,7 +260,7 @@ def test_a_refusal_of_the_request_itself_stops_and_fails_the_run(
     )
     assert rows == {
         "sent:": 1000,
-        "failed:SendGrid 400: The template_id is invalid": 1000,
+        "pending:SendGrid 400: The template_id is invalid": 1000,
         "pending:": 500,
     }
 

@@ -40,7 +40,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from mm_orchestration import inventory, spreadsheets
-from mm_orchestration.outbox import Renderer, conclude, deliver_pending, enqueue
+from mm_orchestration.outbox import Renderer, conclude, deliver_pending, enqueue, finished_runs
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Attachment, Email
 from mm_orchestration.resources.report_store import ReportStore, ReportStoreError, is_uri
@@ -645,7 +645,12 @@ def residency_report(
                 [Jsonb(payload), email_key],
             )
     report = deliver_pending(
-        portal_db, mailer, [EMAIL_KIND], make_renderer(report_store), context.run_id
+        portal_db,
+        mailer,
+        [EMAIL_KIND],
+        make_renderer(report_store),
+        context.run_id,
+        finished_runs(context.instance),
     )
     # The compliance email refused for good (or its answer lost) fails the materialisation
     # so compliance is alerted; one SendGrid cannot take now goes with the next run.

@@ -26,7 +26,7 @@ from dagster import (
 )
 
 from mm_orchestration import inventory
-from mm_orchestration.outbox import conclude, deliver_pending, enqueue
+from mm_orchestration.outbox import conclude, deliver_pending, enqueue, finished_runs
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
 from mm_orchestration.scheduling import (
@@ -207,7 +207,10 @@ def tenant_health_daily(
             job_settings.admin_email,
             {"day": day.isoformat(), "counts": counts, "rows": flagged},
         )
-    report = deliver_pending(portal_db, mailer, [SUMMARY_KIND], render_summary, context.run_id)
+    report = deliver_pending(
+        portal_db, mailer, [SUMMARY_KIND], render_summary, context.run_id,
+        finished_runs(context.instance),
+    )  # fmt: skip
     # A summary SendGrid refused (or whose answer was lost) fails the materialisation, so
     # the Admin is alerted; one SendGrid cannot take now goes with the next run.
     conclude(

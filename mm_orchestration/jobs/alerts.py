@@ -14,7 +14,7 @@ from pydantic import Field, field_validator
 
 from mm_orchestration import audit
 from mm_orchestration.joblog import log_event
-from mm_orchestration.outbox import conclude, deliver_pending, enqueue
+from mm_orchestration.outbox import conclude, deliver_pending, enqueue, finished_runs
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
 from mm_orchestration.scheduling import JOB_TAG
@@ -107,7 +107,10 @@ def deliver_alerts(
     context: OpExecutionContext, key: str, portal_db: PortalDatabase, mailer: Mailer
 ) -> None:
     """Deliver every alert still waiting in the outbox."""
-    report = deliver_pending(portal_db, mailer, [ALERT_KIND], render_alert, context.run_id)
+    report = deliver_pending(
+        portal_db, mailer, [ALERT_KIND], render_alert, context.run_id,
+        finished_runs(context.instance),
+    )  # fmt: skip
     context.add_output_metadata(conclude(portal_db, report, [ALERT_KIND], context.run_id, "alert"))
 
 

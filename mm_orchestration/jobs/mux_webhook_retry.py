@@ -55,7 +55,7 @@ from mm_orchestration.mux_events import (
     status_rank_sql,
 )
 from mm_orchestration.mux_events import verify_signature as check_signature
-from mm_orchestration.outbox import conclude, deliver_pending, enqueue
+from mm_orchestration.outbox import conclude, deliver_pending, enqueue, finished_runs
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
 from mm_orchestration.resources.mux import MuxWebhooks
@@ -470,7 +470,12 @@ def send_dead_letter_escalations(
 ) -> None:
     """Deliver the escalation emails of events that died (this run's and any earlier)."""
     report = deliver_pending(
-        portal_db, mailer, [DEAD_EMAIL_KIND], render_dead_letter_email, context.run_id
+        portal_db,
+        mailer,
+        [DEAD_EMAIL_KIND],
+        render_dead_letter_email,
+        context.run_id,
+        finished_runs(context.instance),
     )
     context.add_output_metadata(
         conclude(portal_db, report, [DEAD_EMAIL_KIND], context.run_id, "escalation email")

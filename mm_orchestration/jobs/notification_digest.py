@@ -25,7 +25,7 @@ from pydantic import Field
 from mm_orchestration import inventory
 from mm_orchestration.joblog import log_event
 from mm_orchestration.ledger import WINDOW_TAG, WindowConfig, claim, report_skip, window_for
-from mm_orchestration.outbox import conclude, deliver_pending_templated
+from mm_orchestration.outbox import conclude, deliver_pending_templated, finished_runs
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
 
@@ -62,6 +62,8 @@ WITH zones AS MATERIALIZED (
       JOIN portal.tenants t ON t.id = u.tenant_id AND t.status = 'active'
       LEFT JOIN zones z ON z.key = lower(u.timezone)
      WHERE u.digest_opt_in AND u.deactivated_at IS NULL
+       -- A cheap first cut (same spelling but ASCII case): delivery screens every row by
+       -- the full rule (outbox.screening: any case, internationalised domains).
        AND NOT EXISTS (SELECT 1 FROM portal.email_suppressions s
                         WHERE lower(btrim(s.email)) = lower(btrim(u.email)))
 ), recipients AS MATERIALIZED (
@@ -282,6 +284,7 @@ def send_daily_digests(
         None,  # the payload is the template's data as queued (counts included)
         context.run_id,
         batch_size=BATCH_SIZE,
+        finished=finished_runs(context.instance),
     )
 
     def escalate(error: str) -> None:

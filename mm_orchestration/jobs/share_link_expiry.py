@@ -19,10 +19,11 @@ from dagster import MetadataValue, OpExecutionContext, job, op
 from mm_orchestration import inventory
 from mm_orchestration.joblog import log_event
 from mm_orchestration.ledger import WindowConfig, claim, report_skip, window_for
-from mm_orchestration.outbox import conclude, deliver_pending
+from mm_orchestration.outbox import conclude, deliver_pending, finished_runs
 from mm_orchestration.resources import Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
 from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
+from mm_orchestration.zones import place_zone
 
 SPEC = inventory.get("share-link-expiry")
 FALLBACK_TZ = "Australia/Sydney"
@@ -93,16 +94,17 @@ def expire_due_links(conn: psycopg.Connection) -> ExpiryCounts:
 def render_expiry_email(key: str, row: dict[str, Any], fallbacks: list[str] | None = None) -> Email:
     """The owner's notice: which video, and when (in the owner's own time zone).
 
-    `timezone` is whatever the portal stored: a zone Python does not know (`Etc/Unknown`)
-    falls back to Sydney time, and the owner's user id is added to `fallbacks` (counted
+    `timezone` is whatever the portal stored, read by `zones.place_zone` (any case; a
+    name that is no zone, such as `Etc/Unknown` or the folder `Australia`, falls back to
+    Sydney time), and the owner's user id is added to `fallbacks` (counted
     and logged by the op), so one bad row never costs its owner the notice."""
     expires = datetime.fromisoformat(str(row["expires_at"]))
-    try:
-        expires = expires.astimezone(ZoneInfo(row.get("timezone") or FALLBACK_TZ))
-    except (KeyError, ValueError):
-        expires = expires.astimezone(ZoneInfo(FALLBACK_TZ))
+    zone = place_zone(row.get("timezone") or FALLBACK_TZ)
+    if zone is None:
+        zone = ZoneInfo(FALLBACK_TZ)
         if fallbacks is not None:
             fallbacks.append(str(row.get("user_id") or row.get("link_id")))
+    expires = expires.astimezone(zone)
     when = expires.strftime("%-d %b %Y, %-I:%M %p %Z")
     title = row["asset_title"]
     greeting = f"Hi {row['display_name']}," if row.get("display_name") else "Hi,"
@@ -158,6 +160,7 @@ def send_share_link_expiry_emails(
         [EMAIL_KIND],
         lambda key, row: render_expiry_email(key, row, fallbacks),
         context.run_id,
+        finished_runs(context.instance),
     )
     if fallbacks:
         log_event(

@@ -9,6 +9,8 @@ addresses hashed (SHA-256 of the lower-cased address), never in clear.
 With a SendGrid key, the same addresses leave SendGrid's bounce list too, in
 batches, inside the deleting transaction: a SendGrid failure rolls the local
 deletion back and the run fails (then retries once), never half done without a record.
+Addresses SendGrid would refuse as malformed are deleted locally only (SendGrid never
+sent to them, so its bounce list cannot hold them), and counted.
 """
 
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ import psycopg
 from dagster import OpExecutionContext, job, op
 
 from mm_orchestration import inventory
+from mm_orchestration.addresses import address_problem
 from mm_orchestration.ledger import WindowConfig, claim, report_skip, window_for
 from mm_orchestration.resources import Mailer, PortalDatabase
 from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
@@ -92,16 +95,28 @@ def delete_old_bounce_suppressions(
             # The person who launched it, else what did (a schedule); never a made-up name.
             actor = window.actor or (window.trigger if window.trigger != "manual" else "unknown")
             deleted = delete_old_bounces(conn, actor, window.run_id, mailer.uses_sendgrid)
-            requests = mailer.delete_bounces(deleted.addresses) if deleted.addresses else 0
+            # SendGrid refuses a whole batch for one malformed address, which would roll
+            # every deletion back, run after run. It never sent to such an address, so it
+            # has no bounce to forget: those are deleted here only.
+            addresses = sorted({a.strip() for a in deleted.addresses if not address_problem(a)})
+            not_at_sendgrid = len(deleted.addresses) - len(addresses)
+            requests = mailer.delete_bounces(addresses) if addresses else 0
             conn.execute(
                 """UPDATE ops.audit_log
-                      SET details = details || jsonb_build_object('sendgrid_requests', %s::int)
+                      SET details = details || jsonb_build_object(
+                              'sendgrid_requests', %s::int, 'not_at_sendgrid', %s::int)
                     WHERE id = %s""",
-                [requests, deleted.audit_id],
+                [requests, not_at_sendgrid, deleted.audit_id],
             )
         run.rows_affected = deleted.rows
-        run.details = {"sendgrid_requests": requests}
-    context.add_output_metadata({"bounces_deleted": deleted.rows, "sendgrid_requests": requests})
+        run.details = {"sendgrid_requests": requests, "invalid_addresses": not_at_sendgrid}
+    context.add_output_metadata(
+        {
+            "bounces_deleted": deleted.rows,
+            "sendgrid_requests": requests,
+            "invalid_addresses_deleted_locally_only": not_at_sendgrid,
+        }
+    )
     return deleted.rows
 
 

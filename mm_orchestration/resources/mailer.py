@@ -40,7 +40,19 @@ SENDGRID_MAX_BYTES = 30_000_000  # "less than 30 MB": 413 at or above
 # different JSON spacing on the way can never tip a request over it.
 DEFAULT_MAX_REQUEST_BYTES = 20_000_000
 
-_PERSONALIZATION_FIELD = re.compile(r"^personalizations\.(\d+)(?:\.|$)")
+# SendGrid names a personalization `personalizations.3.to.0.email`, and in some errors
+# `personalizations[3].to[0].email`.
+_PERSONALIZATION_FIELD = re.compile(r"^personalizations(?:\.(\d+)|\[(\d+)\])(?:[.\[]|$)")
+# Fields of a request that are the same in every request we make (the sender, the
+# template, the categories): SendGrid refusing one of them refuses every request alike.
+# The others (personalizations, subject, content, attachments) belong to the message.
+ENVELOPE_FIELDS = frozenset(
+    {"from", "reply_to", "reply_to_list", "template_id", "categories", "asm",
+     "mail_settings", "tracking_settings", "ip_pool_name", "batch_id", "headers"}
+)  # fmt: skip
+_FIELD_ROOT = re.compile(r"^[A-Za-z_]+")
+# A 4xx that says "not now", not "no": the request was not processed, so it may go again.
+RETRYABLE_4XX = frozenset({408, 425, 429})
 
 
 @dataclass(frozen=True)
@@ -109,17 +121,35 @@ class SendError(Exception):
         """SendGrid's message per personalization index it named (`personalizations.3...`)."""
         named: dict[int, str] = {}
         for name, message in self.errors:
-            found = _PERSONALIZATION_FIELD.match(name or "")
+            found = _PERSONALIZATION_FIELD.match((name or "").strip())
             if found:
-                index = int(found.group(1))
+                index = int(found.group(1) or found.group(2))
                 named[index] = "; ".join(filter(None, [named.get(index), message]))
         return named
 
     @property
     def names_other_fields(self) -> bool:
-        """SendGrid named a field outside the personalizations (from, template_id, ...):
-        a refusal of the request itself, which no split of it can fix."""
-        return any(name and not _PERSONALIZATION_FIELD.match(name) for name, _ in self.errors)
+        """SendGrid named a field outside the personalizations."""
+        return any(
+            name and not _PERSONALIZATION_FIELD.match(name.strip()) for name, _ in self.errors
+        )
+
+    @property
+    def refuses_every_request(self) -> bool:
+        """A refusal that every other request of this delivery would get too, so delivery
+        stops and leaves the rest pending: a revoked key (401), a refused sender (403), a
+        4xx naming a field of the envelope (`from.email`, `template_id`: ENVELOPE_FIELDS),
+        or a 4xx that is about the call itself (404, 405, 415...). A 400 or 413 naming a
+        personalization, the subject or the content, or nothing, is the message's own."""
+        if self.status is None or not 400 <= self.status < 500 or self.transient:
+            return False
+        if self.status in (400, 413):
+            return any(
+                (root := _FIELD_ROOT.match(name.strip())) and root.group(0) in ENVELOPE_FIELDS
+                for name, _ in self.errors
+                if name
+            )
+        return True
 
 
 def request_bytes(envelope: dict[str, Any], personalizations: Sequence[str]) -> int:
@@ -374,8 +404,10 @@ class Mailer(ConfigurableResource):
 
     def _call(self, request: Callable[[], Any]) -> Any:
         """One SendGrid request. Retried only when it provably never took effect: 429
-        (until X-RateLimit-Reset), 5xx with an answer, and no connection (refused, DNS,
-        connect timeout). A lost answer is never retried: SendError(unknown=True)."""
+        (until X-RateLimit-Reset, when that is within `max_rate_limit_wait_seconds`; a
+        later reset is a transient SendError at once), 408, 425 and 5xx with an answer, and
+        no connection (refused, DNS, connect timeout). A lost answer is never retried:
+        SendError(unknown=True)."""
         from python_http_client.exceptions import HTTPError
 
         backoff = self.backoff_seconds
@@ -389,8 +421,18 @@ class Mailer(ConfigurableResource):
                 message = "; ".join(m for _, m in errors) or _raw(exc.body)
                 if status == 429:
                     last = SendError(f"SendGrid 429 rate limited: {message}", status, True)
-                    wait = _rate_limit_wait(exc.headers, self.max_rate_limit_wait_seconds)
-                elif status >= 500:
+                    wait = _rate_limit_wait(exc.headers)
+                    if wait > self.max_rate_limit_wait_seconds:
+                        # Waiting would hold the run for longer than we allow: the rows
+                        # stay pending for the op's retry or the next run, at once.
+                        raise SendError(
+                            f"SendGrid 429 rate limited for {wait:.0f} s more (longer than "
+                            f"the {self.max_rate_limit_wait_seconds:.0f} s a run waits; "
+                            f"the rest waits for the next try): {message}",
+                            status,
+                            True,
+                        ) from exc
+                elif status in RETRYABLE_4XX or status >= 500:
                     last = SendError(f"SendGrid {status}: {message}", status, True)
                     wait = backoff
                     backoff *= 2
@@ -471,10 +513,11 @@ def _sendgrid_message(body: Any) -> str:
     return "; ".join(m for _, m in _sendgrid_errors(body)) or _raw(body)
 
 
-def _rate_limit_wait(headers: Any, cap: float) -> float:
-    """Seconds until X-RateLimit-Reset (a Unix time), bounded by `cap`."""
+def _rate_limit_wait(headers: Any) -> float:
+    """Seconds until X-RateLimit-Reset (a Unix time); 1 s when SendGrid gave none."""
     try:
         reset = float(headers.get("X-RateLimit-Reset"))
-    except (TypeError, ValueError, AttributeError):
-        return min(1.0, cap)
-    return max(0.0, min(reset - time.time(), cap))
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        return 1.0
+    wait = reset - time.time()
+    return max(0.0, wait) if wait == wait else 1.0  # NaN: no usable reset

@@ -1,0 +1,124 @@
+"""One delivery call's state, and what every kind of SendGrid answer does to the rows of
+the request it answered; single emails (`singles`) and template batches (`templated`)
+share it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mm_orchestration.joblog import log_event
+from mm_orchestration.outbox import rows
+from mm_orchestration.outbox.report import DeliveryReport
+from mm_orchestration.outbox.rows import FinishedRuns, Row
+from mm_orchestration.outbox.screening import Suppressions, screen
+from mm_orchestration.resources.database import PortalDatabase
+from mm_orchestration.resources.mailer import SendError
+
+# After this many lost answers in a row SendGrid is not answering: stop, keep the rest
+# pending, rather than spend a read timeout and an unknown outcome on every request.
+MAX_UNKNOWN_IN_A_ROW = 2
+
+
+class Delivery:
+    """Settles what earlier deliverers left, screens rows, claims them request by request,
+    and records what SendGrid said. Accepted requests are marked 'sent' in the next
+    claim's commit (or by `flush`): a crash in between leaves at most that one request's
+    rows 'sending', reported later as outcome unknown, never sent twice."""
+
+    def __init__(
+        self, db: PortalDatabase, kinds: Sequence[str], run_id: str, finished: FinishedRuns | None
+    ) -> None:
+        self.db, self.run_id = db, run_id
+        self.report: DeliveryReport = rows.settle_abandoned(db, list(kinds), run_id, finished)
+        self.suppressions = Suppressions.load(db)
+        self.accepted: list[tuple[list[int], str]] = []
+        self.unknown_in_a_row = 0
+        self.sent_any = False
+
+    def screen(self, page: list[Row]) -> list[Row]:
+        return screen(self.db, page, self.run_id, self.report, self.suppressions)
+
+    def claim(self, ids: list[int]) -> set[int]:
+        """Claim rows for the request about to be made (see rows.claim); counts it."""
+        claimed = rows.claim(self.db, ids, self.run_id, self.accepted)
+        self.accepted.clear()
+        if claimed:
+            self.report.requests += 1
+        return claimed
+
+    def accepted_request(self, ids: list[int], message_id: str) -> None:
+        self.accepted.append((ids, message_id))
+        self.report.sent += len(ids)
+        self.unknown_in_a_row = 0
+        self.sent_any = True
+
+    def flush(self) -> None:
+        rows.flush_sent(self.db, self.accepted)
+
+    def fail(
+        self, failures: Sequence[tuple[Row, str]], back_to_pending: Sequence[int] = ()
+    ) -> None:
+        """These rows fail for good, each with its reason; `back_to_pending` go again."""
+        rows.fail(self.db, [(r.id, e) for r, e in failures], self.run_id, back_to_pending)
+        self.report.failed += len(failures)
+        self.report.errors += [f"{r.key}: {e}" for r, e in failures]
+
+    def release(self, group: list[Row], why: str) -> None:
+        """Back to pending, to go in another request of this delivery."""
+        rows.release(self.db, [r.id for r in group], why)
+
+    def reopen(self, failed: list[Row]) -> None:
+        """Rows this delivery failed that were not at fault after all: pending again."""
+        rows.reopen(self.db, [r.id for r in failed], self.run_id)
+        self.report.failed -= len(failed)
+        self.report.held += len(failed)
+
+    def fail_unbuilt(self, row: Row, exc: Exception) -> None:
+        """The message could not be built from the row: a bug or bad data costs this row."""
+        reason = f"could not build the message: {type(exc).__name__}: {exc}"
+        rows.fail(self.db, [(row.id, reason)], self.run_id)
+        self.report.failed += 1
+        self.report.errors.append(f"{row.key}: {exc}")
+        log_event("email.failed", level=40, kind=row.kind, key=row.key, error=str(exc))
+
+    def settle(self, group: list[Row], exc: SendError) -> bool | None:
+        """What SendGrid's refusal means for every request, not just this one. Returns
+        False when delivery must stop (what is left stays pending), True when it goes on
+        after settling these rows, None when the refusal is these rows' own (the caller
+        fails or isolates them)."""
+        report = self.report
+        log_event(
+            "email.refused" if not exc.transient else "email.deferred",
+            level=40 if not exc.transient else 30,
+            kind=group[0].kind,
+            size=len(group),
+            status=exc.status,
+            error=str(exc),
+            runId=self.run_id,
+        )
+        if exc.unknown:
+            rows.fail_unknown(self.db, group, str(exc), self.run_id, report)
+            self.unknown_in_a_row += 1
+            if self.unknown_in_a_row >= MAX_UNKNOWN_IN_A_ROW:
+                report.stopped = f"SendGrid lost {self.unknown_in_a_row} answers in a row"
+                return False
+            return True
+        if exc.transient:
+            rows.release(self.db, [r.id for r in group], str(exc))
+            report.deferred += len(group)
+            report.errors.append(f"request of {len(group)}: {exc}")
+            report.stopped = str(exc)
+            return False  # SendGrid is busy or down: the rest waits too
+        if exc.refuses_every_request:
+            self.hold(group, str(exc))
+            return False
+        return None
+
+    def hold(self, group: list[Row], why: str) -> None:
+        """SendGrid refuses every request alike (a revoked key, a refused sender, the
+        request's own shape): these rows and the rest stay pending, to go once that is
+        fixed, and the op fails for good so that someone fixes it."""
+        rows.release(self.db, [r.id for r in group], why)
+        self.report.held += len(group)
+        self.report.errors.append(f"request of {len(group)}: {why}")
+        self.report.stopped, self.report.stopped_for_good = why, True

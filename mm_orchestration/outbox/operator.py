@@ -1,0 +1,99 @@
+"""The operator's outbox tools (`mm-jobs outbox list` and `resend`): what did not go, and
+sending it again once the data is fixed, audited, under the same idempotency keys."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from mm_orchestration.inventory import KIND_SENDERS
+from mm_orchestration.outbox.rows import SENDING_LEASE
+
+__all__ = ["KIND_SENDERS", "list_failed", "resend"]
+
+
+def resend(
+    conn: psycopg.Connection,
+    kind: str,
+    since: datetime,
+    actor: str,
+    include_unknown: bool = False,
+) -> list[str]:
+    """Put `kind`'s rows that failed since `since` back to pending, audited; returns their
+    keys. The key stays the same, so a row that was sent can never be requeued (only
+    failed rows are), and each requeued row goes once. A row for a portal user takes the
+    user's address as it is now (the operator fixed it). Rows whose outcome is unknown
+    stay failed unless `include_unknown` (after checking SendGrid's activity log)."""
+    users = conn.execute("SELECT to_regclass('portal.users') IS NOT NULL").fetchone()
+    fresh_address = sql.SQL(
+        "(SELECT u.email FROM portal.users u WHERE u.id = o.user_id)"
+        if users and users[0]
+        else "NULL"
+    )
+    statement = sql.SQL("""
+        WITH picked AS (
+            SELECT id FROM ops.notification_outbox
+             WHERE status = 'failed' AND kind = %(kind)s
+               AND coalesce(failed_at, created_at) >= %(since)s
+               AND (%(unknown)s OR NOT outcome_unknown)
+             ORDER BY id
+               FOR UPDATE
+        ), requeued AS (
+            UPDATE ops.notification_outbox o
+               SET status = 'pending', next_attempt_at = now(), claimed_by = NULL,
+                   recipient = coalesce({fresh}, o.recipient),
+                   last_error = 'requeued by ' || %(actor)s || ' after: '
+                                || coalesce(o.last_error, ''),
+                   outcome_unknown = false, failed_at = NULL, failed_run_id = NULL
+              FROM picked WHERE o.id = picked.id
+          RETURNING o.idempotency_key
+        ), audit AS (
+            INSERT INTO ops.audit_log (actor, action, details)
+            SELECT %(actor)s, 'outbox_resend',
+                   jsonb_build_object('kind', %(kind)s, 'since', %(since)s::timestamptz,
+                                      'include_unknown', %(unknown)s,
+                                      'count', (SELECT count(*) FROM requeued),
+                                      'keys', (SELECT coalesce(jsonb_agg(idempotency_key
+                                                  ORDER BY idempotency_key), '[]'::jsonb)
+                                                 FROM requeued))
+        )
+        SELECT idempotency_key FROM requeued ORDER BY idempotency_key""").format(
+        fresh=fresh_address
+    )
+    rows = conn.execute(
+        statement,
+        {"kind": kind, "since": since, "actor": actor, "unknown": include_unknown},
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def list_failed(
+    conn: psycopg.Connection, unknown_only: bool, kind: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """Rows that did not go, newest first: key, kind, state, when, by which run, why (no
+    addresses). States: `failed`; `unknown` (failed, may have been sent); `sending` (a
+    deliverer holds it now) and `stale` (held longer than the lease: its deliverer died,
+    and the next delivery of the kind reports it as unknown). `unknown_only` lists what an
+    operator must look up in SendGrid: unknown, sending and stale."""
+    cursor = conn.execute(
+        """SELECT id, idempotency_key, kind,
+                  CASE WHEN status = 'sending' AND claimed_at < now() - %(lease)s::interval
+                            THEN 'stale'
+                       WHEN status = 'sending' THEN 'sending'
+                       WHEN outcome_unknown THEN 'unknown'
+                       ELSE 'failed' END AS state,
+                  coalesce(failed_at, claimed_at) AS at, failed_run_id, claimed_by,
+                  attempts, last_error
+             FROM ops.notification_outbox
+            WHERE (status = 'sending'
+                   OR (status = 'failed' AND (NOT %(unknown)s OR outcome_unknown)))
+              AND (%(kind)s::text IS NULL OR kind = %(kind)s)
+            ORDER BY coalesce(failed_at, claimed_at, created_at) DESC, id DESC
+            LIMIT %(limit)s""",
+        {"unknown": unknown_only, "kind": kind, "limit": limit, "lease": SENDING_LEASE},
+    )
+    names = [c.name for c in cursor.description or []]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]

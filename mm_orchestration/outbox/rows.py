@@ -1,0 +1,309 @@
+"""The outbox row's states and every statement that moves a row between them.
+
+    pending --claim--> sending --set_sent--> sent
+       ^                  |---fail--------> failed (SendGrid refused it)
+       |                  |---fail_unknown-> failed, outcome_unknown (answer lost)
+       +----release-------+  (SendGrid never took it: busy, down, refused every request)
+    pending --fail(only_pending)--> failed (invalid address, message not built)
+    pending --suppress--> suppressed
+
+Each change is one set-based statement in a durable commit (`durable`): the `sending` mark
+must be on disk before the request it guards, or a database crash would make the row look
+pending again and send it twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from mm_orchestration.joblog import log_event
+from mm_orchestration.outbox.report import DeliveryReport
+from mm_orchestration.resources.database import PortalDatabase
+
+# A 'sending' row older than this was left by a deliverer that died, even when Dagster
+# cannot say so (a run it does not know): no request waits this long (timeouts).
+SENDING_LEASE = "15 minutes"
+KEYS_SHOWN = 100
+
+UNKNOWN_HINT = (
+    "Search SendGrid Email Activity for custom arg idempotency_key={key} before resending "
+    "(mm-jobs outbox resend --include-unknown)."
+)
+
+FinishedRuns = Callable[[Sequence[str]], set[str]]
+"""Of these run ids, the runs known to have finished (their deliverer is gone)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One pending email as delivery reads it."""
+
+    id: int
+    key: str
+    kind: str
+    tenant_id: Any
+    recipient: str
+    payload: Any  # a dict, or the JSON text as stored (`page(raw=True)`)
+
+
+def enqueue(
+    conn: Any,
+    key: str,
+    kind: str,
+    recipient: str,
+    payload: dict[str, Any],
+    user_id: Any = None,
+) -> bool:
+    """Queue one email in the caller's transaction; False when its key is already queued."""
+    return bool(
+        conn.execute(
+            """INSERT INTO ops.notification_outbox
+                   (idempotency_key, kind, recipient, payload, user_id)
+               VALUES (%s, %s, %s, %s, %s) ON CONFLICT (idempotency_key) DO NOTHING""",
+            [key, kind, recipient, Jsonb(payload), user_id],
+        ).rowcount
+    )
+
+
+@contextmanager
+def durable(db: PortalDatabase) -> Iterator[psycopg.Connection]:
+    """A transaction whose commit is on disk before it returns, whatever the server's or
+    role's default (`synchronous_commit = on`)."""
+    with db.connection() as conn:
+        conn.execute("SET LOCAL synchronous_commit = on")
+        yield conn
+
+
+def settle_abandoned(
+    db: PortalDatabase, kinds: list[str], run_id: str, finished: FinishedRuns | None
+) -> DeliveryReport:
+    """Settle what earlier deliverers left 'sending': a row whose deliverer's run has
+    finished (Dagster says so), or whose claim is older than the lease, may have been
+    sent, so it fails with its outcome unknown (never resent automatically). Rows another
+    running deliverer holds are counted. Returns a new report with both counts."""
+    report = DeliveryReport()
+    with durable(db) as conn:
+        holders = [
+            r[0]
+            for r in conn.execute(
+                """SELECT DISTINCT claimed_by FROM ops.notification_outbox
+                    WHERE status = 'sending' AND kind = ANY(%s)
+                      AND claimed_by IS DISTINCT FROM %s""",
+                [kinds, run_id],
+            ).fetchall()
+            if r[0]
+        ]
+        gone = sorted(finished(holders)) if finished and holders else []
+        report.abandoned = conn.execute(
+            """UPDATE ops.notification_outbox
+                  SET status = 'failed', outcome_unknown = true,
+                      failed_at = now(), failed_run_id = %(run_id)s,
+                      last_error = 'delivery outcome unknown: the deliverer (run '
+                                   || coalesce(claimed_by, '?') || ') stopped mid-send. '
+                                   || replace(%(hint)s, '{key}', idempotency_key)
+                WHERE status = 'sending' AND kind = ANY(%(kinds)s)
+                  AND (claimed_at < now() - %(lease)s::interval
+                       OR claimed_by = ANY(%(gone)s))""",
+            {"run_id": run_id, "hint": UNKNOWN_HINT, "kinds": kinds,
+             "lease": SENDING_LEASE, "gone": gone},
+        ).rowcount  # fmt: skip
+        held = conn.execute(
+            """SELECT count(*) FROM ops.notification_outbox
+                WHERE status = 'sending' AND kind = ANY(%s)
+                  AND claimed_by IS DISTINCT FROM %s""",
+            [kinds, run_id],
+        ).fetchone()
+        report.in_flight_elsewhere = int(held[0]) if held else 0
+    if report.abandoned:
+        log_event(
+            "email.outcome_unknown",
+            level=40,
+            kinds=kinds,
+            count=report.abandoned,
+            runId=run_id,
+            reason="deliverer stopped mid-send",
+        )
+    return report
+
+
+def page(
+    db: PortalDatabase, kinds: list[str], after: int, limit: int, raw: bool = False
+) -> list[Row]:
+    """Up to `limit` due pending rows with ids above `after`, in id order; not claimed.
+    `raw`: the payload as its JSON text, not decoded."""
+    # The ids are chosen first (in id order straight from the pending index, for one kind)
+    # and only they are read whole, joined in that order: no sort ever carries payloads.
+    statement = sql.SQL(
+        """SELECT o.id, o.idempotency_key, o.kind, o.tenant_id, o.recipient, {payload}
+             FROM (SELECT id FROM ops.notification_outbox
+                    WHERE status = 'pending' AND {kind}
+                      AND next_attempt_at <= now() AND id > %s
+                    ORDER BY id LIMIT %s) due
+             JOIN ops.notification_outbox o ON o.id = due.id
+            ORDER BY due.id"""
+    ).format(
+        payload=sql.SQL("o.payload::text" if raw else "o.payload"),
+        kind=sql.SQL("kind = %s" if len(kinds) == 1 else "kind = ANY(%s)"),
+    )
+    with db.connection() as conn:
+        rows = conn.execute(
+            statement, [kinds[0] if len(kinds) == 1 else kinds, after, limit]
+        ).fetchall()
+    return [Row(*row) for row in rows]
+
+
+def claim(
+    db: PortalDatabase,
+    ids: list[int],
+    run_id: str,
+    sent: Sequence[tuple[list[int], str]] = (),
+) -> set[int]:
+    """Mark these pending rows 'sending' for the request about to be made, durably
+    committed before it; returns the ids this deliverer got (another may have taken some).
+    `sent` (ids, message id) are earlier requests SendGrid accepted, marked 'sent' in the
+    same commit: one disk flush per request rather than two."""
+    with durable(db) as conn:
+        set_sent(conn, sent)
+        rows = conn.execute(
+            """UPDATE ops.notification_outbox
+                  SET status = 'sending', claimed_by = %s, claimed_at = now(),
+                      attempts = attempts + 1
+                WHERE id = ANY(%s) AND status = 'pending'
+            RETURNING id""",
+            [run_id, ids],
+        ).fetchall()
+    return {row[0] for row in rows}
+
+
+def set_sent(conn: psycopg.Connection, accepted: Sequence[tuple[list[int], str]]) -> None:
+    """Mark the rows of accepted requests (ids, SendGrid's message id) 'sent', in one
+    statement whatever the number of requests."""
+    if not accepted:
+        return
+    pairs = [(row_id, message_id) for ids, message_id in accepted for row_id in ids]
+    conn.execute(
+        """UPDATE ops.notification_outbox o
+              SET status = 'sent', sent_at = now(), last_error = NULL,
+                  provider_message_id = nullif(a.message_id, '')
+             FROM unnest(%s::bigint[], %s::text[]) AS a(id, message_id)
+            WHERE o.id = a.id""",
+        [[i for i, _ in pairs], [m for _, m in pairs]],
+    )
+
+
+def flush_sent(db: PortalDatabase, accepted: list[tuple[list[int], str]]) -> None:
+    """Mark accepted requests 'sent' in a durable commit of their own, and forget them."""
+    if accepted:
+        with durable(db) as conn:
+            set_sent(conn, accepted)
+        accepted.clear()
+
+
+def release(db: PortalDatabase, ids: list[int], error: str) -> None:
+    """Back to pending: SendGrid never took these (refused whole, busy, unreachable)."""
+    with durable(db) as conn:
+        conn.execute(
+            """UPDATE ops.notification_outbox
+                  SET status = 'pending', claimed_by = NULL, last_error = %s
+                WHERE id = ANY(%s) AND status = 'sending'""",
+            [storable(error), ids],
+        )
+
+
+def reopen(db: PortalDatabase, ids: list[int], run_id: str) -> None:
+    """Pending again: rows this run failed that turned out not to be at fault."""
+    with durable(db) as conn:
+        conn.execute(
+            """UPDATE ops.notification_outbox
+                  SET status = 'pending', claimed_by = NULL, failed_at = NULL,
+                      failed_run_id = NULL
+                WHERE id = ANY(%s) AND status = 'failed' AND failed_run_id = %s""",
+            [ids, run_id],
+        )
+
+
+def storable(error: str) -> str:
+    """An error text PostgreSQL can store: a provider's or a library's message may hold a
+    NUL (text columns refuse it, and the row would stay 'sending'), and may be long."""
+    return error.replace("\x00", "?")[:2000]
+
+
+def fail(
+    db: PortalDatabase,
+    failures: Sequence[tuple[int, str]],
+    run_id: str,
+    back_to_pending: Sequence[int] = (),
+    only_pending: bool = False,
+) -> None:
+    """Fail each row with its own reason (one statement), and put `back_to_pending` back to
+    pending in the same transaction."""
+    with durable(db) as conn:
+        conn.execute(
+            """UPDATE ops.notification_outbox o
+                  SET status = 'failed', last_error = f.error, failed_at = now(),
+                      failed_run_id = %(run_id)s, outcome_unknown = false
+                 FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS f(id, error)
+                WHERE o.id = f.id
+                  AND o.status = ANY(%(from)s)""",
+            {
+                "run_id": run_id,
+                "ids": [i for i, _ in failures],
+                "errors": [storable(e) for _, e in failures],
+                "from": ["pending"] if only_pending else ["pending", "sending"],
+            },
+        )
+        if back_to_pending:
+            conn.execute(
+                """UPDATE ops.notification_outbox SET status = 'pending', claimed_by = NULL
+                    WHERE id = ANY(%s) AND status = 'sending'""",
+                [list(back_to_pending)],
+            )
+
+
+def suppress(db: PortalDatabase, reasons: Sequence[tuple[int, str]]) -> None:
+    """Mark pending rows 'suppressed', each with the suppression's reason."""
+    with durable(db) as conn:
+        conn.execute(
+            """UPDATE ops.notification_outbox o
+                  SET status = 'suppressed',
+                      last_error = 'recipient is on portal.email_suppressions (' || s.reason || ')'
+                 FROM unnest(%s::bigint[], %s::text[]) AS s(id, reason)
+                WHERE o.id = s.id AND o.status = 'pending'""",
+            [[i for i, _ in reasons], [storable(r) for _, r in reasons]],
+        )
+
+
+def fail_unknown(
+    db: PortalDatabase, rows: Sequence[Row], what: str, run_id: str, report: DeliveryReport
+) -> None:
+    """The request was written and its answer lost: SendGrid may have sent it. Failed with
+    the key named, never resent automatically."""
+    with durable(db) as conn:
+        conn.execute(
+            """UPDATE ops.notification_outbox
+                  SET status = 'failed', outcome_unknown = true, failed_at = now(),
+                      failed_run_id = %s,
+                      last_error = 'delivery outcome unknown: ' || %s || '. '
+                                   || replace(%s, '{key}', idempotency_key)
+                WHERE id = ANY(%s) AND status = 'sending'""",
+            [run_id, storable(what), UNKNOWN_HINT, [r.id for r in rows]],
+        )
+    report.unknown += len(rows)
+    report.unknown_keys += [r.key for r in rows]
+    report.errors.append(f"{len(rows)} outcome unknown: {what}")
+    log_event(
+        "email.outcome_unknown",
+        level=40,
+        kind=rows[0].kind,
+        count=len(rows),
+        keys=[r.key for r in rows[:KEYS_SHOWN]],
+        error=what,
+        runId=run_id,
+    )

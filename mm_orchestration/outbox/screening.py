@@ -1,0 +1,80 @@
+"""What is checked of each email before any request: an address SendGrid would take, and
+a recipient not on the portal's suppression list.
+
+Both rules compare in Python, one page of rows at a time, because neither can be said in
+SQL for every server: `lower()` under the C locale leaves `É` as it is, and no SQL
+function knows that `bücher.example` is `xn--bcher-kva.example`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mm_orchestration.addresses import address_problem, canonical_address
+from mm_orchestration.joblog import log_event, mask_email
+from mm_orchestration.outbox.report import DeliveryReport
+from mm_orchestration.outbox.rows import Row, fail, suppress
+from mm_orchestration.resources.database import PortalDatabase
+
+
+class Suppressions:
+    """`portal.email_suppressions`, read once per delivery, keyed by canonical address."""
+
+    def __init__(self, reasons: dict[str, str]) -> None:
+        self.reasons = reasons
+
+    @classmethod
+    def load(cls, db: PortalDatabase) -> Suppressions:
+        with db.connection() as conn:
+            rows = conn.execute(
+                "SELECT email, reason FROM portal.email_suppressions WHERE email IS NOT NULL"
+            ).fetchall()
+        return cls({canonical_address(email): reason or "suppressed" for email, reason in rows})
+
+    def reason(self, address: str) -> str | None:
+        """Why `address` must never be emailed, or None."""
+        return self.reasons.get(canonical_address(address)) if self.reasons else None
+
+
+def screen(
+    db: PortalDatabase,
+    rows: list[Row],
+    run_id: str,
+    report: DeliveryReport,
+    suppressions: Suppressions,
+) -> list[Row]:
+    """The rows that may be sent, their addresses as sent (surrounding spaces dropped).
+    Rows with an address SendGrid would refuse fail with the reason, before any request;
+    rows for a suppressed recipient become 'suppressed'."""
+    problems = [(row, address_problem(row.recipient)) for row in rows]
+    bad = [(row.id, f"invalid address: {why}") for row, why in problems if why]
+    if bad:
+        fail(db, bad, run_id, only_pending=True)
+        report.invalid += len(bad)
+        for row, why in problems:
+            if why:
+                report.errors.append(f"{row.key}: invalid address: {why}")
+                log_event(
+                    "email.invalid_address",
+                    level=40,
+                    kind=row.kind,
+                    key=row.key,
+                    tenantId=row.tenant_id,
+                    recipient=mask_email(row.recipient or ""),
+                    error=why,
+                    runId=run_id,
+                )
+    valid = [row for row, why in problems if not why]
+    suppressed = [
+        (row.id, reason) for row in valid if (reason := suppressions.reason(row.recipient))
+    ]
+    if suppressed:
+        suppress(db, suppressed)
+        report.suppressed += len(suppressed)
+        gone = {row_id for row_id, _ in suppressed}
+        valid = [row for row in valid if row.id not in gone]
+    return [
+        row if row.recipient == row.recipient.strip()
+        else dataclasses.replace(row, recipient=row.recipient.strip())
+        for row in valid
+    ]  # fmt: skip

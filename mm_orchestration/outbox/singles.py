@@ -1,0 +1,64 @@
+"""Delivery of emails one request each: share-link notices, alerts, escalations, the
+compliance and health mail (anything with its own subject, text or attachments)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mm_orchestration.joblog import log_event, mask_email
+from mm_orchestration.outbox.delivery import Delivery
+from mm_orchestration.outbox.report import DeliveryReport
+from mm_orchestration.outbox.rows import FinishedRuns, page
+from mm_orchestration.resources.database import PortalDatabase
+from mm_orchestration.resources.mailer import Email, Mailer, SendError
+
+Renderer = Callable[[str, dict[str, Any]], Email]
+"""Turns (idempotency key, row) into the message to send."""
+
+PAGE_SINGLE = 100
+
+
+def deliver_pending(
+    db: PortalDatabase,
+    mailer: Mailer,
+    kinds: Sequence[str],
+    render: Renderer,
+    run_id: str,
+    finished: FinishedRuns | None = None,
+) -> DeliveryReport:
+    """Deliver every due pending message of `kinds`, one request each; each key at most
+    once. `finished` says which earlier deliverers' runs have ended (`finished_runs`), so
+    the rows they left mid-send are reported at once rather than after the lease."""
+    delivery = Delivery(db, kinds, run_id, finished)
+    try:
+        _deliver(delivery, mailer, list(kinds), render)
+    finally:
+        delivery.flush()
+    return delivery.report
+
+
+def _deliver(delivery: Delivery, mailer: Mailer, kinds: list[str], render: Renderer) -> None:
+    after = 0
+    while rows := page(delivery.db, kinds, after, PAGE_SINGLE):
+        after = rows[-1].id
+        for row in delivery.screen(rows):
+            try:
+                email = render(row.key, {"recipient": row.recipient, **row.payload})
+            except Exception as exc:  # a rendering bug costs this row, not the others
+                delivery.fail_unbuilt(row, exc)
+                continue
+            if not delivery.claim([row.id]):
+                continue  # another deliverer took it
+            fields = {"kind": row.kind, "key": row.key, "tenantId": row.tenant_id}
+            try:
+                message_id = mailer.send(email)
+            except SendError as exc:
+                going_on = delivery.settle([row], exc)
+                if going_on is False:
+                    return
+                if going_on is None:  # this message's own refusal (400, 413)
+                    delivery.fail([(row, str(exc))])
+                continue
+            delivery.accepted_request([row.id], message_id)
+            log_event("email.sent", recipient=mask_email(row.recipient), **fields)
