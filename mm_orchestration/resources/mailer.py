@@ -128,13 +128,6 @@ class SendError(Exception):
         return named
 
     @property
-    def names_other_fields(self) -> bool:
-        """SendGrid named a field outside the personalizations."""
-        return any(
-            name and not _PERSONALIZATION_FIELD.match(name.strip()) for name, _ in self.errors
-        )
-
-    @property
     def refuses_every_request(self) -> bool:
         """A refusal that every other request of this delivery would get too, so delivery
         stops and leaves the rest pending: a revoked key (401), a refused sender (403), a
@@ -506,11 +499,6 @@ def _sendgrid_errors(body: Any) -> list[tuple[str | None, str]]:
         else:
             found.append((None, str(error)))
     return found
-
-
-def _sendgrid_message(body: Any) -> str:
-    """SendGrid's own error text (`errors[].message`), else the raw body, trimmed."""
-    return "; ".join(m for _, m in _sendgrid_errors(body)) or _raw(body)
 
 
 def _rate_limit_wait(headers: Any) -> float:
