@@ -990,3 +990,14 @@ def test_outbox_arguments_are_checked(argv, capsys):
         cli.main(argv)
     assert exited.value.code == 2
     assert "error: argument --" in capsys.readouterr().err
+
+
+def test_the_sdk_never_logs_the_api_key_even_at_debug(sendgrid, caplog):
+    """python_http_client writes each request's headers, Authorization included, at DEBUG."""
+    import logging
+
+    mailer = Mailer(api_key="SG.secret-key-123", api_host=sendgrid.url)
+    with caplog.at_level(logging.DEBUG):
+        mailer.send_template_batch("d-x", [TemplateRecipient("k", "a@kangaroo.example")])
+    assert len(sendgrid.mail_requests) == 1
+    assert "SG.secret-key-123" not in caplog.text

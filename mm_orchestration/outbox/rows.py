@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import sql
@@ -41,9 +40,8 @@ FinishedRuns = Callable[[Sequence[str]], set[str]]
 """Of these run ids, the runs known to have finished (their deliverer is gone)."""
 
 
-@dataclass(frozen=True)
-class Row:
-    """One pending email as delivery reads it."""
+class Row(NamedTuple):
+    """One pending email as delivery reads it (a tuple: 100,000 are built per digest)."""
 
     id: int
     key: str
@@ -156,7 +154,7 @@ def page(
         rows = conn.execute(
             statement, [kinds[0] if len(kinds) == 1 else kinds, after, limit]
         ).fetchall()
-    return [Row(*row) for row in rows]
+    return [Row._make(row) for row in rows]
 
 
 def claim(
@@ -175,9 +173,9 @@ def claim(
             """UPDATE ops.notification_outbox
                   SET status = 'sending', claimed_by = %s, claimed_at = now(),
                       attempts = attempts + 1
-                WHERE id = ANY(%s) AND status = 'pending'
+                WHERE id = ANY(%s::text::bigint[]) AND status = 'pending'
             RETURNING id""",
-            [run_id, ids],
+            [run_id, id_array(ids)],
         ).fetchall()
     return {row[0] for row in rows}
 
@@ -187,15 +185,21 @@ def set_sent(conn: psycopg.Connection, accepted: Sequence[tuple[list[int], str]]
     statement whatever the number of requests."""
     if not accepted:
         return
-    pairs = [(row_id, message_id) for ids, message_id in accepted for row_id in ids]
     conn.execute(
         """UPDATE ops.notification_outbox o
               SET status = 'sent', sent_at = now(), last_error = NULL,
                   provider_message_id = nullif(a.message_id, '')
-             FROM unnest(%s::bigint[], %s::text[]) AS a(id, message_id)
-            WHERE o.id = a.id""",
-        [[i for i, _ in pairs], [m for _, m in pairs]],
+             FROM unnest(%s::text[], %s::text[]) AS a(ids, message_id)
+            CROSS JOIN LATERAL unnest(a.ids::bigint[]) AS s(id)
+            WHERE o.id = s.id""",
+        [[id_array(ids) for ids, _ in accepted], [m for _, m in accepted]],
     )
+
+
+def id_array(ids: Sequence[int]) -> str:
+    """Row ids as a PostgreSQL array literal: a claim carries 1,000 of them, and psycopg's
+    element-by-element array dumping was a tenth of a 100,000-person delivery's time."""
+    return "{" + ",".join(map(str, ids)) + "}"
 
 
 def flush_sent(db: PortalDatabase, accepted: list[tuple[list[int], str]]) -> None:

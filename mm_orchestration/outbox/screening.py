@@ -8,8 +8,6 @@ function knows that `bücher.example` is `xn--bcher-kva.example`.
 
 from __future__ import annotations
 
-import dataclasses
-
 from mm_orchestration.addresses import address_problem, canonical_address
 from mm_orchestration.joblog import log_event, mask_email
 from mm_orchestration.outbox.report import DeliveryReport
@@ -75,6 +73,6 @@ def screen(
         valid = [row for row in valid if row.id not in gone]
     return [
         row if row.recipient == row.recipient.strip()
-        else dataclasses.replace(row, recipient=row.recipient.strip())
+        else row._replace(recipient=row.recipient.strip())
         for row in valid
     ]  # fmt: skip

@@ -7,8 +7,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from mm_orchestration.joblog import log_event
 from mm_orchestration.outbox.delivery import Delivery
@@ -34,8 +33,7 @@ PAGES_OF_TEMPLATE_REQUESTS = 10
 LONE_REFUSALS_BEFORE_STOPPING = 3
 
 
-@dataclass(frozen=True)
-class _Item:
+class _Item(NamedTuple):
     row: Row
     part: str  # the personalization as JSON
     size: int

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import logging
 import re
 import time
 import urllib.request
@@ -39,6 +40,10 @@ SENDGRID_MAX_BYTES = 30_000_000  # "less than 30 MB": 413 at or above
 # How big we let a request grow: well under SendGrid's limit, so that a header or a
 # different JSON spacing on the way can never tip a request over it.
 DEFAULT_MAX_REQUEST_BYTES = 20_000_000
+
+# python_http_client logs every request's headers (the API key among them) and body at
+# DEBUG: those lines must never be written, whatever level the process logs at.
+logging.getLogger("python_http_client.client").setLevel(logging.INFO)
 
 # SendGrid names a personalization `personalizations.3.to.0.email`, and in some errors
 # `personalizations[3].to[0].email`.
