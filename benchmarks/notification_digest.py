@@ -165,7 +165,7 @@ def bench(pg, users: int, rounds: int, sendgrid_url: str) -> bool:
                 "mailer": Mailer(api_key="SG.bench", api_host=sendgrid_url, mail_from=FROM),
                 "job_settings": JobSettings(digest_template_id=TEMPLATE),
             }
-            config = {"ops": {"queue_daily_digests": {"config": {"date": DAY.isoformat()}}}}
+            config = {"ops": {"queue_due_digests": {"config": {"date": DAY.isoformat()}}}}
 
             def run(resources=resources, config=config, instance=instance) -> None:
                 result = notification_digest.execute_in_process(

@@ -11,7 +11,6 @@ import warnings
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import dagster as dg
 
@@ -152,7 +151,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             inventory.get(name),
             job,
             settings,
-            window=_window(name, settings),
+            window=window_key,
             should_run=_should_run(name, settings),
         )
         for name, job in jobs.items()
@@ -188,14 +187,6 @@ def build_definitions(settings: Settings) -> dg.Definitions:
 @dg.definitions
 def defs() -> dg.Definitions:
     return build_definitions(Settings.from_env())
-
-
-def _window(job_name: str, settings: Settings) -> Callable[[datetime], str]:
-    """The digest covers a local date (one per day); every other job covers its tick."""
-    if job_name == "notification-digest" and settings.env != "staging":
-        zone = ZoneInfo(settings.timezone)
-        return lambda tick: tick.astimezone(zone).date().isoformat()
-    return window_key
 
 
 def _should_run(job_name: str, settings: Settings) -> Callable[[datetime], str | None] | None:

@@ -74,8 +74,8 @@ INVENTORY: tuple[JobSpec, ...] = (
     JobSpec(
         name="notification-digest",
         purpose="Send email digest of due tasks, asset updates",
-        cron="0 8 * * *",
-        staging_cron="*/30 * * * *",
+        cron="*/15 * * * *",
+        staging_cron="*/5 * * * *",
         retries=3,
         retry_delay_seconds=30,
         sla_seconds=900,

@@ -34,6 +34,8 @@ PG_CLIENT_TOOLS = ("pg_dump", "pg_restore", "psql")
 # MM_DLQ_ALERT_THRESHOLD: 0 would page on every dead letter, and a threshold above what
 # the queue could ever hold (the replay benchmark's 100,000) would never page at all.
 DLQ_ALERT_THRESHOLD_RANGE = (1, 1_000_000)
+# A digest later than this after its moment is recorded as missed, never sent stale.
+DIGEST_GRACE_HOURS_RANGE = (0, 48)
 PORT_RANGE = (1, 65_535)
 
 
@@ -65,6 +67,7 @@ class Settings:
     data_dir: str = ".mm"
     mux_webhook_secret: str | None = field(default=None, repr=False)
     dlq_alert_threshold: int = 10
+    digest_grace_hours: int = 6
     reports_url: str = "http://127.0.0.1:3001"
     reports_password: str | None = field(default=None, repr=False)
     drill_method: str = "local"
@@ -110,6 +113,12 @@ class Settings:
             if threshold is None
             else bounded_integer("MM_DLQ_ALERT_THRESHOLD", threshold, *DLQ_ALERT_THRESHOLD_RANGE)
         )
+        grace = get("MM_DIGEST_GRACE_HOURS")
+        digest_grace_hours = (
+            defaults.digest_grace_hours
+            if grace is None
+            else bounded_integer("MM_DIGEST_GRACE_HOURS", grace, *DIGEST_GRACE_HOURS_RANGE)
+        )
         settings = cls(
             database_url=get("DATABASE_URL"),
             database_direct_url=get("DATABASE_DIRECT_URL"),
@@ -139,6 +148,7 @@ class Settings:
             neon_project_id=get("NEON_PROJECT_ID"),
             neon_api_host=get("NEON_API_HOST") or defaults.neon_api_host,
             dlq_alert_threshold=alert_threshold,
+            digest_grace_hours=digest_grace_hours,
             schedule_overrides=_schedule_overrides(get("MM_SCHEDULE_OVERRIDES")),
             run_launcher=get("MM_RUN_LAUNCHER") or defaults.run_launcher,
             http_connect_timeout=_seconds(

@@ -25,7 +25,7 @@ if __name__ == "__main__":
         if which == "digest":
             result = notification_digest.execute_in_process(
                 resources={**resources, "job_settings": JobSettings(digest_template_id="d-x")},
-                run_config={"ops": {"queue_daily_digests": {"config": {"date": sys.argv[4]}}}},
+                run_config={"ops": {"queue_due_digests": {"config": {"now": sys.argv[4]}}}},
                 instance=instance,
                 raise_on_error=False,
             )

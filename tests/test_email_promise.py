@@ -40,6 +40,7 @@ from tests.sendgrid_server import Reply, SendGridRecorder
 
 DAY = "2026-11-30"
 REF = datetime(2026, 11, 30, 8, 0, tzinfo=ZoneInfo("Australia/Sydney"))
+AT = REF.isoformat()
 NOW = datetime.now(UTC)
 
 
@@ -66,7 +67,7 @@ def digest(portal_db, quick_mailer, job_settings, instance):
                 "mailer": mailer or quick_mailer,
                 "job_settings": job_settings,
             },
-            run_config={"ops": {"queue_daily_digests": {"config": {"date": DAY, "force": force}}}},
+            run_config={"ops": {"queue_due_digests": {"config": {"now": AT, "force": force}}}},
             instance=instance,
             raise_on_error=False,
         )
@@ -183,7 +184,7 @@ def test_a_malformed_address_fails_alone_before_any_request_and_the_run_alerts(
     assert retries == []
     contact, subject, body = alert_for(instance, result)
     assert contact == "reliability"
-    assert subject.startswith("notification-digest failed: send_daily_digests: 1 digest(s)")
+    assert subject.startswith("notification-digest failed: send_digests: 1 digest(s)")
     assert "invalid address" in body
 
 
@@ -500,7 +501,7 @@ def test_a_crash_in_the_second_digest_request_strands_only_its_1000_rows(
 ):
     many(conn, 2500)
     sendgrid.then(Reply(202), Reply(202, delay=30))  # the second request hangs; the run dies
-    kill_at_request(database_url, sendgrid, project_root, 2, "digest", DAY)
+    kill_at_request(database_url, sendgrid, project_root, 2, "digest", AT)
     # The first request's 'sent' marks went with the second's claim: only the request in
     # flight is 'sending'; the third request's rows never left and stay pending.
     assert counts(conn) == {"sent": 1000, "sending": 1000, "pending": 500}
@@ -523,16 +524,14 @@ def test_an_unknown_time_zone_falls_back_and_everyone_gets_their_digest(
     (metadata,) = [
         e.step_output_data.metadata
         for e in result.all_events
-        if e.is_successful_output and e.step_key == "queue_daily_digests"
+        if e.is_successful_output and e.step_key == "queue_due_digests"
     ]
-    assert metadata["timezone_fallbacks"].value == 1 and metadata["digests_queued"].value == 4
+    assert metadata["fallbacks"].value == 1 and metadata["digests_queued"].value == 4
     key = conn.execute(
         "SELECT idempotency_key FROM ops.notification_outbox WHERE user_id = %s", [odd]
     ).fetchone()[0]
     assert key == f"digest:{odd}:{DAY}"  # the date in the fallback zone (Sydney)
-    logged = [
-        r.getMessage() for r in caplog.records if "digest.timezone_fallback" in r.getMessage()
-    ]
+    logged = [r.getMessage() for r in caplog.records if "digest.choice_fallback" in r.getMessage()]
     assert len(logged) == 1 and str(odd) in logged[0] and str(ids[0]) not in logged[0]
     assert "jonah" not in logged[0]
 

@@ -15,15 +15,16 @@ from tests.sendgrid_server import Reply
 
 DAY = "2026-11-30"
 REF = datetime(2026, 11, 30, 8, 0, tzinfo=ZoneInfo("Australia/Sydney"))  # 2026-11-29T21:00Z
+AT = REF.isoformat()  # 08:00 in Sydney: the default choice's moment
 
 
 @pytest.fixture
 def digest(portal_db, mailer, job_settings):
-    def run(day: str = DAY, force: bool = False):
+    def run(now: str = AT, force: bool = False, **config):
         return run_job(
             notification_digest,
             {"portal_db": portal_db, "mailer": mailer, "job_settings": job_settings},
-            {"ops": {"queue_daily_digests": {"config": {"date": day, "force": force}}}},
+            {"ops": {"queue_due_digests": {"config": {"now": now, "force": force, **config}}}},
         )
 
     return run
@@ -68,7 +69,7 @@ def test_recipients_are_chosen_right(conn, digest, sendgrid):
 
     assert result.success
     assert sorted(personalizations(sendgrid)) == ["yes@a.example"]
-    assert result.output_for_node("queue_daily_digests") == 1
+    assert result.output_for_node("queue_due_digests") == 1
 
 
 def test_local_day_boundaries_in_two_time_zones(conn, digest, sendgrid):
@@ -86,7 +87,10 @@ def test_local_day_boundaries_in_two_time_zones(conn, digest, sendgrid):
     task(conn, t, sydney, "syd same instant", instant)
     task(conn, t, perth, "per same instant", instant)
 
+    # Each at 08:00 in their own zone: Sydney's first, Perth's three hours later.
     assert digest().success
+    assert list(personalizations(sendgrid)) == ["syd@a.example"]
+    assert digest(datetime(2026, 11, 30, 8, 0, tzinfo=per).isoformat()).success
 
     got = personalizations(sendgrid)
     syd_titles = [i["title"] for i in got["syd@a.example"]["dynamic_template_data"]["due_soon"]]
@@ -164,6 +168,7 @@ def test_exact_personalization_content(conn, digest, sendgrid):
         "display_name": "Olivia",
         "tenant_name": "Kangaroo Creative",
         "date": DAY,
+        "period": DAY,
         "due_soon": [
             {
                 "title": "Approve fine cut",
@@ -273,60 +278,58 @@ def test_rerun_and_concurrent_runs_send_nothing_twice(conn, digest, sendgrid, ma
     for thread in threads:
         thread.join()
     assert all(r.success for r in results)
-    assert digest().success  # the day again: skipped by the ledger
-    assert digest(force=True).success  # forced: the outbox keys still hold
+    assert digest().success  # the same instant again: everyone's period is settled
+    assert digest(force=True).success
     accepted = sendgrid.accepted_recipients()
     assert len(accepted) == 2500 and len(set(accepted)) == 2500
-    statuses = [
-        r[0]
-        for r in conn.execute(
-            "SELECT status FROM ops.job_runs WHERE job_name = 'notification-digest' ORDER BY id"
-        )
-    ]
-    assert statuses.count("succeeded") == 2  # the day once, plus the forced rerun
-    assert "skipped" in statuses
+    outcomes = dict(
+        conn.execute("SELECT outcome, count(*) FROM ops.digest_periods GROUP BY 1").fetchall()
+    )
+    assert outcomes == {"queued": 2500}
+    queued = sorted(r.output_for_node("queue_due_digests") for r in results)
+    assert queued == [0, 2500]  # one run settled them all; the other found them settled
 
 
-def test_schedule_window_is_the_sydney_date():
+def test_the_schedule_runs_every_15_minutes_and_its_tick_is_the_window():
     from dagster import build_schedule_context
 
     from mm_orchestration.definitions import build_definitions
     from mm_orchestration.settings import Settings
 
     sched = build_definitions(Settings()).resolve_schedule_def("notification_digest_schedule")
-    assert sched.cron_schedule == "0 8 * * *"
+    assert sched.cron_schedule == "*/15 * * * *"
     with build_schedule_context(scheduled_execution_time=REF) as context:
         (request,) = sched.evaluate_tick(context).run_requests
-    assert request.tags["mm/window"] == DAY and request.run_key == DAY
+    assert request.tags["mm/window"] == "2026-11-29T21:00:00Z"
 
 
 @pytest.mark.parametrize(
     "bad",
-    ["2026-02-30", "30/11/2026", "tomorrow", "'; drop table x; --", "9999-12-31", "0001-01-01",
-     "2026-11-30T08:00", " 2026-1-3"],
+    ["2026-02-30T08:00:00Z", "30/11/2026", "tomorrow", "'; drop table x; --",
+     "9999-12-31T00:00:00Z", "0001-01-01T00:00:00Z", "2026-11-30T08:00", "2026-11-30",
+     " 2026-1-3T08:00Z"],
 )  # fmt: skip
-def test_a_bad_date_fails_at_once_naming_the_field_and_sends_nothing(
+def test_a_bad_now_fails_at_once_naming_the_field_and_sends_nothing(
     conn, portal_db, mailer, job_settings, sendgrid, bad
 ):
-    """Never today's digest in its place (which would mark today's window done), never a
-    digest dated 9999, never an OverflowError after three retries."""
+    """Never the present in its place, never a digest of 9999, never an OverflowError
+    after three retries."""
     from dagster import DagsterEventType, DagsterInstance
 
-    from mm_orchestration.jobs.notification_digest import notification_digest
     from mm_orchestration.run_status import failure_summary
 
     with DagsterInstance.ephemeral() as instance:
         result = notification_digest.execute_in_process(
             resources={"portal_db": portal_db, "mailer": mailer, "job_settings": job_settings},
-            run_config={"ops": {"queue_daily_digests": {"config": {"date": bad}}}},
+            run_config={"ops": {"queue_due_digests": {"config": {"now": bad}}}},
             instance=instance,
             raise_on_error=False,
         )
         assert not result.success
         summary = failure_summary(instance, result.run_id)
         kinds = {r.dagster_event_type for r in instance.all_logs(result.run_id)}
-    assert summary.startswith(f"queue_daily_digests: config date={bad.strip()!r}"), summary
-    assert "accepted: a date as YYYY-MM-DD" in summary
+    assert summary.startswith(f"queue_due_digests: now={bad.strip()!r}"), summary
+    assert "accepted: an instant like 2026-11-30T08:00:00+11:00" in summary
     assert DagsterEventType.STEP_UP_FOR_RETRY not in kinds
     assert conn.execute("SELECT count(*) FROM ops.notification_outbox").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM ops.job_runs").fetchone() == (0,)
@@ -334,11 +337,10 @@ def test_a_bad_date_fails_at_once_naming_the_field_and_sends_nothing(
 
 
 @pytest.mark.parametrize("window", ["2026-02-30", "tomorrow", "0001-01-01", "9999-12-31"])
-def test_a_bad_window_tag_is_refused_like_a_bad_date(conn, portal_db, mailer, job_settings, window):
-    """An `mm/window` tag set by hand in the console is checked like the config's date."""
+def test_a_bad_window_tag_is_refused_like_a_bad_now(conn, portal_db, mailer, job_settings, window):
+    """An `mm/window` tag set by hand in the console is checked like the config's `now`."""
     from dagster import DagsterInstance
 
-    from mm_orchestration.jobs.notification_digest import notification_digest
     from mm_orchestration.run_status import failure_summary
 
     with DagsterInstance.ephemeral() as instance:
@@ -350,5 +352,11 @@ def test_a_bad_window_tag_is_refused_like_a_bad_date(conn, portal_db, mailer, jo
         )
         assert not result.success
         summary = failure_summary(instance, result.run_id)
-    assert summary.startswith(f"queue_daily_digests: tag mm/window={window!r}"), summary
+    assert summary.startswith(f"queue_due_digests: tag mm/window={window!r}"), summary
     assert conn.execute("SELECT count(*) FROM ops.job_runs").fetchone() == (0,)
+
+
+@pytest.mark.parametrize(("name", "value"), [("tenant_id", "agency-1"), ("user_id", "olivia")])
+def test_a_bad_operator_target_is_refused(conn, digest, name, value):
+    result = digest(**{name: value})
+    assert not result.success

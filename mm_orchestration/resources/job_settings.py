@@ -19,7 +19,12 @@ class JobSettings(ConfigurableResource):
     digest_template_id: str = Field(
         default="", description="SENDGRID_DIGEST_TEMPLATE_ID: the digest's dynamic template"
     )
-    digest_hour: int = Field(default=8, ge=0, le=23, description="Local hour of the digest")
+    digest_grace_hours: int = Field(
+        default=6,
+        ge=0,
+        le=48,
+        description="MM_DIGEST_GRACE_HOURS: how late a digest may still go (after downtime)",
+    )
     reports_url: str = Field(
         default="http://127.0.0.1:3001", description="MM_REPORTS_URL: the download endpoint"
     )
@@ -33,6 +38,7 @@ class JobSettings(ConfigurableResource):
             compliance_email=settings.compliance_email,
             admin_email=settings.admin_email,
             digest_template_id=settings.digest_template_id or "",
+            digest_grace_hours=settings.digest_grace_hours,
             reports_url=settings.reports_url,
         )
 

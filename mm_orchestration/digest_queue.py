@@ -1,0 +1,400 @@
+"""Who gets a digest now, and what it says: the notification digest's database work.
+
+A run at instant `now` settles every person whose digest moment (`digest_moments`) fell
+in the run's window: one row in `ops.digest_periods` per person and period ('queued',
+'skipped' with nothing to report, 'suppressed', 'missed' when later than the grace), and
+for 'queued' one outbox email keyed `digest:<user>:<period>`. The key and the period row
+make reruns, overlapping runs, crashes and retries send nothing twice.
+
+The cost follows who is due, not how many people exist: the people's distinct choices
+are read first (one pass), their moments worked out in Python, and only the people whose
+choice has a moment in the window are read again and written.
+
+Per-row trust: every value taken from `portal.users` that could raise or mislead is read
+per row: a zone PostgreSQL or Python does not know falls back to MM_TIMEZONE, an unknown
+frequency to 'daily', a weekday out of 1-7 to Monday, a missing time to 08:00; the people
+who fell back are counted and their ids returned (never their addresses).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from mm_orchestration.digest_moments import (
+    DEFAULT_TIME,
+    LONGEST_LOOK_BACK,
+    Choice,
+    Moment,
+    current_period,
+    moments_between,
+)
+from mm_orchestration.zones import zone_name
+
+EMAIL_KIND = "digest"
+# Each run also looks this far behind where the last one stopped: a run that started
+# late, or two runs at once, never leave a moment between them.
+MARGIN = timedelta(minutes=15)
+# Rows of the fallback ids returned (logged by id, never by address).
+IDS_SHOWN = 100
+
+# Everyone who may get a digest, with their choices read per row (see the module's
+# docstring); `%(tenant)s` and `%(user)s` narrow it for an operator's "send now".
+ELIGIBLE = """
+SELECT u.id, u.tenant_id, u.email, u.display_name, t.name AS tenant_name,
+       coalesce(lower(u.timezone), '') AS tz_key,
+       CASE WHEN u.digest_frequency::text IN ('daily', 'weekdays', 'weekly', 'off')
+            THEN u.digest_frequency::text ELSE 'daily' END AS frequency,
+       coalesce(u.digest_time, time '08:00') AS at_time,
+       CASE WHEN u.digest_frequency::text <> 'weekly' THEN 0
+            WHEN u.digest_weekday BETWEEN 1 AND 7 THEN u.digest_weekday::int
+            ELSE 1 END AS weekday,
+       (u.digest_frequency IS NULL
+        OR u.digest_frequency::text NOT IN ('daily', 'weekdays', 'weekly', 'off')
+        OR u.digest_time IS NULL
+        OR (u.digest_frequency::text = 'weekly'
+            AND u.digest_weekday IS DISTINCT FROM greatest(1, least(7, u.digest_weekday))))
+           AS choice_fallback
+  FROM portal.users u
+  JOIN portal.tenants t ON t.id = u.tenant_id AND t.status = 'active'
+ WHERE u.digest_opt_in AND u.deactivated_at IS NULL
+   AND (%(tenant)s::uuid IS NULL OR u.tenant_id = %(tenant)s::uuid)
+   AND (%(user)s::uuid IS NULL OR u.id = %(user)s::uuid)
+"""
+
+ZONES = """
+SELECT DISTINCT ON (lower(name)) lower(name) AS key, name
+  FROM pg_timezone_names ORDER BY lower(name), name
+"""
+
+CHOICES = sql.SQL("""
+WITH zones AS MATERIALIZED ({zones})
+SELECT e.tz_key, z.name, e.frequency, e.at_time, e.weekday, e.choice_fallback, count(*)
+  FROM ({eligible}) e
+  LEFT JOIN zones z ON z.key = e.tz_key
+ WHERE e.frequency <> 'off'
+ GROUP BY 1, 2, 3, 4, 5, 6
+""").format(zones=sql.SQL(ZONES), eligible=sql.SQL(ELIGIBLE))
+
+# What a digest says, for `senders` (id, tenant_id, zone, since) at %(now)s: open tasks
+# due before the end of the person's next local day, overdue tasks, and their agency's
+# videos that became ready or errored since their previous digest.
+CONTENT = """
+SELECT s.*, t.due_soon, t.overdue, a.updates,
+       (%(now)s::timestamptz AT TIME ZONE s.zone)::date AS local_date
+  FROM senders s
+  LEFT JOIN LATERAL (
+      SELECT jsonb_agg(item ORDER BY k.due_at, k.title)
+                 FILTER (WHERE k.due_at >= %(now)s) AS due_soon,
+             jsonb_agg(item ORDER BY k.due_at, k.title)
+                 FILTER (WHERE k.due_at < %(now)s) AS overdue
+        FROM portal.tasks k
+        LEFT JOIN portal.projects p ON p.id = k.project_id
+       CROSS JOIN LATERAL (SELECT jsonb_build_object(
+               'title', k.title, 'project', p.name, 'due_at', k.due_at,
+               'due_local', to_char(k.due_at AT TIME ZONE s.zone,
+                                    'Dy DD Mon YYYY HH24:MI')) AS item) i
+       WHERE k.assignee_id = s.id AND k.completed_at IS NULL
+         AND k.due_at < (((%(now)s::timestamptz AT TIME ZONE s.zone)::date + 2)::timestamp
+                         AT TIME ZONE s.zone)
+  ) t ON NOT s.suppressed
+  LEFT JOIN LATERAL (
+      SELECT jsonb_agg(jsonb_build_object('title', m.title, 'status', m.status,
+                                          'changed_at', m.status_changed_at)
+                       ORDER BY m.status_changed_at, m.title) AS updates
+        FROM portal.media_assets m
+       WHERE m.tenant_id = s.tenant_id AND m.status IN ('ready', 'errored')
+         AND m.status_changed_at >= s.since AND m.status_changed_at < %(now)s
+  ) a ON NOT s.suppressed
+"""
+
+PAYLOAD = """
+jsonb_build_object(
+    'display_name', d.display_name,
+    'tenant_name', d.tenant_name,
+    'date', d.local_date,
+    'period', d.period,
+    'due_soon', coalesce(d.due_soon, '[]'::jsonb),
+    'overdue', coalesce(d.overdue, '[]'::jsonb),
+    'asset_updates', coalesce(d.updates, '[]'::jsonb),
+    'counts', jsonb_build_object(
+        'due_soon', coalesce(jsonb_array_length(d.due_soon), 0),
+        'overdue', coalesce(jsonb_array_length(d.overdue), 0),
+        'asset_updates', coalesce(jsonb_array_length(d.updates), 0)))
+"""
+
+# The previous digest this person was sent (its moment), else one period back; never
+# more than LONGEST_LOOK_BACK (a person back after months gets the week, not the months).
+SINCE = """
+greatest(coalesce((SELECT max(r.moment) FROM ops.digest_periods r
+                    WHERE r.user_id = p.id AND r.outcome = 'queued'), p.since_default),
+         %(now)s::timestamptz - %(look_back)s::interval)
+"""
+
+# A first cut of the suppression rule (same spelling, ASCII case): delivery screens every
+# row by the whole rule (outbox.screening: any case, internationalised domains).
+SUPPRESSED = """
+EXISTS (SELECT 1 FROM portal.email_suppressions x
+         WHERE lower(btrim(x.email)) = lower(btrim(p.email)))
+"""
+
+SETTLE = sql.SQL("""
+WITH due AS (
+    SELECT * FROM unnest(%(tz_key)s::text[], %(frequency)s::text[], %(at_time)s::time[],
+                         %(weekday)s::int[], %(choice_fallback)s::bool[], %(zone)s::text[],
+                         %(zone_fallback)s::bool[], %(period)s::text[],
+                         %(moment)s::timestamptz[], %(starts)s::timestamptz[],
+                         %(ends)s::timestamptz[], %(action)s::text[],
+                         %(since_default)s::timestamptz[])
+        AS d(tz_key, frequency, at_time, weekday, choice_fallback, zone, zone_fallback,
+             period, moment, starts, ends, action, since_default)
+), people AS MATERIALIZED (
+    SELECT e.id, e.tenant_id, e.email, e.display_name, e.tenant_name, d.zone,
+           d.zone_fallback OR e.choice_fallback AS fell_back,
+           d.period, d.moment, d.action, d.since_default
+      FROM ({eligible}) e
+      JOIN due d ON d.tz_key = e.tz_key AND d.frequency = e.frequency
+                AND d.at_time = e.at_time AND d.weekday = e.weekday
+                AND d.choice_fallback = e.choice_fallback
+     -- At most one digest per period of theirs, whatever zone or time it was settled in.
+     WHERE NOT EXISTS (SELECT 1 FROM ops.digest_periods r
+                        WHERE r.user_id = e.id AND r.moment >= d.starts AND r.moment < d.ends)
+       AND NOT EXISTS (SELECT 1 FROM ops.digest_periods r
+                        WHERE r.user_id = e.id AND r.period = d.period)
+), senders AS MATERIALIZED (
+    SELECT p.*, {since} AS since, {suppressed} AS suppressed
+      FROM people p WHERE p.action = 'send'
+), digests AS MATERIALIZED ({content}
+), queued AS (
+    INSERT INTO ops.notification_outbox
+        (idempotency_key, kind, tenant_id, recipient, payload, user_id)
+    SELECT 'digest:' || d.id || ':' || d.period, %(kind)s, d.tenant_id, d.email, {payload}, d.id
+      FROM digests d
+     WHERE NOT d.suppressed
+       AND (d.due_soon IS NOT NULL OR d.overdue IS NOT NULL OR d.updates IS NOT NULL)
+        ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING 1
+), settled AS (
+    INSERT INTO ops.digest_periods (user_id, period, moment, outcome, settled_at, run_id)
+    SELECT p.id, p.period, p.moment,
+           CASE WHEN p.action = 'missed' THEN 'missed'
+                WHEN d.suppressed THEN 'suppressed'
+                WHEN d.due_soon IS NOT NULL OR d.overdue IS NOT NULL OR d.updates IS NOT NULL
+                    THEN 'queued'
+                ELSE 'skipped' END,
+           %(now)s, %(run_id)s
+      FROM people p
+      LEFT JOIN digests d ON d.id = p.id AND d.period = p.period
+        ON CONFLICT (user_id, period) DO NOTHING
+    RETURNING outcome
+)
+SELECT (SELECT count(*) FROM people WHERE action = 'send'),
+       (SELECT count(*) FROM queued),
+       (SELECT count(*) FROM settled WHERE outcome = 'queued'),
+       (SELECT count(*) FROM settled WHERE outcome = 'skipped'),
+       (SELECT count(*) FROM settled WHERE outcome = 'suppressed'),
+       (SELECT count(*) FROM settled WHERE outcome = 'missed'),
+       (SELECT count(DISTINCT id) FROM people WHERE fell_back),
+       (SELECT coalesce(array_agg(id::text ORDER BY id), '{{}}')
+          FROM (SELECT DISTINCT id FROM people WHERE fell_back
+                 ORDER BY id LIMIT {ids_shown}) f)
+""").format(
+    eligible=sql.SQL(ELIGIBLE),
+    since=sql.SQL(SINCE),
+    suppressed=sql.SQL(SUPPRESSED),
+    content=sql.SQL(CONTENT),
+    payload=sql.SQL(PAYLOAD),
+    ids_shown=sql.Literal(IDS_SHOWN),
+)
+
+PREVIEW = sql.SQL("""
+WITH people AS (
+    SELECT e.*, %(zone)s::text AS zone, %(period)s::text AS period,
+           %(now)s::timestamptz - %(period_length)s::interval AS since_default
+      FROM ({eligible}) e
+), senders AS (
+    SELECT p.*, {since} AS since, {suppressed} AS suppressed FROM people p
+), digests AS ({content})
+SELECT d.id, d.frequency, d.suppressed, {payload} FROM digests d
+""").format(
+    eligible=sql.SQL(ELIGIBLE),
+    since=sql.SQL(SINCE),
+    suppressed=sql.SQL(SUPPRESSED),
+    content=sql.SQL(CONTENT),
+    payload=sql.SQL(PAYLOAD),
+)
+
+
+@dataclass
+class Settled:
+    """What one run settled: people due now, and what became of them."""
+
+    due: int = 0  # people whose digest moment came (sent late or on time, or nothing to say)
+    emails_queued: int = 0  # new outbox rows (0 for a period already queued)
+    queued: int = 0
+    skipped: int = 0  # nothing to report
+    suppressed: int = 0
+    missed: int = 0  # later than the grace: recorded, never sent stale
+    fallbacks: int = 0  # people whose zone or choice could not be read as stored
+    fallback_ids: list[str] = field(default_factory=list)
+    window_start: datetime | None = None
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "people_due": self.due,
+            "digests_queued": self.queued,
+            "skipped_nothing_to_report": self.skipped,
+            "suppressed": self.suppressed,
+            "missed_past_grace": self.missed,
+            "fallbacks": self.fallbacks,
+        }
+
+
+def _period_length(frequency: str) -> timedelta:
+    return timedelta(days=7) if frequency == "weekly" else timedelta(days=1)
+
+
+def _choices(
+    conn: psycopg.Connection, tenant: uuid.UUID | None, user: uuid.UUID | None
+) -> list[tuple[Any, ...]]:
+    return conn.execute(CHOICES, {"tenant": tenant, "user": user}).fetchall()
+
+
+def _zone(pg_name: str | None, fallback_tz: str) -> tuple[str, bool]:
+    """The zone both PostgreSQL and Python know by `pg_name`, else the fallback."""
+    if pg_name and zone_name(pg_name):
+        return pg_name, False
+    return fallback_tz, True
+
+
+def settle(
+    conn: psycopg.Connection,
+    now: datetime,
+    run_id: str,
+    grace: timedelta,
+    fallback_tz: str,
+    tenant: uuid.UUID | None = None,
+    user: uuid.UUID | None = None,
+) -> Settled:
+    """Settle every digest due at `now`, in the caller's transaction.
+
+    Scheduled (no `tenant` or `user`): every moment after the last run's (less MARGIN) and
+    up to `now`; a person's latest one is sent when it is at most `grace` old, and every
+    other is recorded as missed. An operator's send (a tenant or a person): their current
+    period's digest, now, whatever time they chose (still at most one per period).
+    """
+    # One run at a time settles: the second waits, then sees the first's rows.
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('ops.digest_periods', 0))")
+    operator = tenant is not None or user is not None
+    window_start = None
+    if not operator:
+        row = conn.execute("SELECT evaluated_through FROM ops.digest_clock").fetchone()
+        through = row[0] if row else now - grace
+        window_start = max(min(through, now), now - LONGEST_LOOK_BACK) - MARGIN
+    columns: dict[str, list[Any]] = {
+        name: []
+        for name in (
+            "tz_key", "frequency", "at_time", "weekday", "choice_fallback", "zone",
+            "zone_fallback", "period", "moment", "starts", "ends", "action", "since_default",
+        )
+    }  # fmt: skip
+    for tz_key, pg_name, frequency, at_time, weekday, choice_fallback, _ in _choices(
+        conn, tenant, user
+    ):
+        zone, zone_fallback = _zone(pg_name, fallback_tz)
+        choice = Choice(zone, frequency, at_time, weekday or 1)
+        if operator:
+            plan = [(current_period(choice, now), "send")]
+        else:
+            assert window_start is not None
+            plan = _plan(list(moments_between(choice, window_start, now)), now, grace)
+        for moment, action in plan:
+            for name, value in (
+                ("tz_key", tz_key), ("frequency", frequency), ("at_time", at_time),
+                ("weekday", weekday), ("choice_fallback", choice_fallback), ("zone", zone),
+                ("zone_fallback", zone_fallback), ("period", moment.period),
+                ("moment", moment.due), ("starts", moment.starts), ("ends", moment.ends),
+                ("action", action),
+                ("since_default", moment.due - _period_length(frequency)),
+            ):  # fmt: skip
+                columns[name].append(value)
+    settled = Settled(window_start=window_start)
+    if columns["period"]:
+        row = conn.execute(
+            SETTLE,
+            {
+                **columns,
+                "tenant": tenant,
+                "user": user,
+                "now": now,
+                "run_id": run_id,
+                "kind": EMAIL_KIND,
+                "look_back": LONGEST_LOOK_BACK,
+            },
+        ).fetchone()
+        assert row is not None
+        due, emails, queued, skipped, suppressed, missed, fallbacks = (int(v) for v in row[:7])
+        settled = Settled(
+            due, emails, queued, skipped, suppressed, missed, fallbacks, list(row[7]), window_start
+        )
+    if not operator:
+        conn.execute(
+            """INSERT INTO ops.digest_clock (id, evaluated_through) VALUES (1, %s)
+               ON CONFLICT (id) DO UPDATE SET evaluated_through =
+                   greatest(ops.digest_clock.evaluated_through, excluded.evaluated_through)""",
+            [now],
+        )
+    return settled
+
+
+def _plan(moments: Sequence[Moment], now: datetime, grace: timedelta) -> list[tuple[Moment, str]]:
+    """Of a choice's moments in the window (oldest first), the latest is sent when it is at
+    most `grace` old; every other is missed (one digest per person per run, never stale)."""
+    plan = [(m, "missed") for m in moments[:-1]]
+    if moments:
+        latest = moments[-1]
+        plan.append((latest, "send" if now - latest.due <= grace else "missed"))
+    return plan
+
+
+def preview(
+    conn: psycopg.Connection, user: uuid.UUID, now: datetime, fallback_tz: str
+) -> dict[str, Any] | None:
+    """What `user` would receive at `now` (the template data), without sending or
+    recording anything; None when they get no digest (opted out, deactivated, frequency
+    'off', their agency suspended). Keys: user_id, zone, frequency, period, suppressed,
+    data (what the template gets; empty lists mean nothing to report)."""
+    choices = _choices(conn, None, user)
+    if not choices:
+        return None
+    _, pg_name, frequency, _, _, _, _ = choices[0]
+    zone, _ = _zone(pg_name, fallback_tz)
+    period = current_period(Choice(zone, frequency, DEFAULT_TIME, 1), now).period
+    row = conn.execute(
+        PREVIEW,
+        {
+            "tenant": None,
+            "user": user,
+            "now": now,
+            "zone": zone,
+            "period": period,
+            "period_length": _period_length(frequency),
+            "look_back": LONGEST_LOOK_BACK,
+        },
+    ).fetchone()
+    if row is None:
+        return None
+    return {
+        "user_id": str(row[0]),
+        "zone": zone,
+        "frequency": row[1],
+        "period": period,
+        "suppressed": row[2],
+        "data": row[3],
+    }
