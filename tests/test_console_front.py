@@ -647,3 +647,179 @@ def test_a_websocket_without_an_identity_is_refused(console):
     with pytest.raises(InvalidStatus) as refused:
         connect(f"ws://127.0.0.1:{console.port}/graphql", subprotocols=["graphql-ws"])  # type: ignore[list-item]
     assert refused.value.response.status_code in (401, 403)
+
+
+# -- every mutation's target, however its arguments are spelled ---------------------------
+
+
+def _sample(type_: Any, name: str, depth: int = 0) -> Any:
+    """A value of a GraphQL input type, every field filled (for naming what is acted on)."""
+    from graphql import (
+        GraphQLEnumType,
+        GraphQLInputObjectType,
+        GraphQLList,
+        GraphQLNonNull,
+    )
+
+    if isinstance(type_, GraphQLNonNull):
+        return _sample(type_.of_type, name, depth)
+    if isinstance(type_, GraphQLList):
+        return [_sample(type_.of_type, name, depth)]
+    if isinstance(type_, GraphQLEnumType):
+        return next(iter(type_.values))
+    if isinstance(type_, GraphQLInputObjectType):
+        if depth > 4:
+            return None
+        return {(f.out_name or n): _sample(f.type, n, depth + 1) for n, f in type_.fields.items()}
+    return {"Int": 1, "Float": 1.0, "Boolean": True}.get(type_.name, f"{name}-x")
+
+
+def test_every_mutation_names_its_target_however_dagster_spells_its_arguments():
+    """graphql-core hands the gate Python names (`schedule_selector`), which differ from
+    the schema's for some mutations: each must still be audited with what it acts on."""
+    from dagster_graphql.schema import create_schema
+
+    from mm_orchestration.console.gate import decide, graphql_args
+
+    admin = Identity(ADMIN, "admin", "proxy")
+    fields = create_schema().graphql_schema.mutation_type.fields
+    unnamed = {}
+    for field_name, definition in fields.items():
+        if MUTATIONS[field_name].rule == "free":
+            continue
+        as_resolver_gets_them = {
+            (a.out_name or n): _sample(a.type, n) for n, a in definition.args.items()
+        }
+        decision = decide(field_name, as_resolver_gets_them, admin, None)
+        if not decision.target:
+            unnamed[field_name] = sorted(as_resolver_gets_them)
+        # The schema's spelling and the resolver's are one and the same to the gate.
+        named = graphql_args(field_name, as_resolver_gets_them)
+        assert decide(field_name, named, admin, None).target == decision.target
+    assert unnamed == {}
+    schedule = {"repositoryLocationName": "loc", "repositoryName": "r", "scheduleName": "s"}
+    for field_name in ("startSchedule", "resetSchedule"):
+        target = decide(field_name, {"schedule_selector": schedule}, admin, None).target
+        assert target == "loc:s", field_name
+    sensor = {"repositoryLocationName": "loc", "repositoryName": "r", "sensorName": "n"}
+    for field_name in ("startSensor", "resetSensor", "setSensorCursor"):
+        assert decide(field_name, {"sensor_selector": sensor}, admin, None).target == "loc:n"
+    assert decide("sensorDryRun", {"selector_data": sensor}, admin, None).target == "loc:n"
+    assert decide("scheduleDryRun", {"selector_data": schedule}, admin, None).target == "loc:s"
+
+
+def test_wipes_and_reported_events_name_their_assets_and_partitions():
+    from mm_orchestration.console.gate import decide
+
+    admin = Identity(ADMIN, "admin", "proxy")
+    wipe = decide(
+        "wipeAssets",
+        {
+            "assetPartitionRanges": [
+                {
+                    "assetKey": {"path": ["ops", "analytics_hourly"]},
+                    "partitions": {"ranges": [{"start": "2026-11-01", "end": "2026-11-02"}]},
+                },
+                {"assetKey": {"path": ["ops", "job_health"]}},
+            ]
+        },
+        admin,
+        None,
+    )
+    assert wipe.target == "ops/analytics_hourly,ops/job_health"
+    assert wipe.details["assets"] == ["ops/analytics_hourly", "ops/job_health"]
+    assert wipe.details["partitions"] == [
+        {"asset": "ops/analytics_hourly", "partitions": ["2026-11-01...2026-11-02"]},
+        {"asset": "ops/job_health", "partitions": "all"},
+    ]
+    event = decide(
+        "reportRunlessAssetEvents",
+        {
+            "eventParams": {
+                "eventType": "MATERIALIZATION",
+                "assetKey": {"path": ["ops", "tenant_health_daily"]},
+                "partitionKeys": ["2026-11-28", "2026-11-29"],
+            }
+        },
+        admin,
+        None,
+    )
+    assert event.target == "ops/tenant_health_daily"
+    assert event.details == {
+        "assets": ["ops/tenant_health_daily"],
+        "partitions": [
+            {"asset": "ops/tenant_health_daily", "partitions": ["2026-11-28", "2026-11-29"]}
+        ],
+    }
+    backfill = decide(
+        "launchPartitionBackfill",
+        {
+            "backfillParams": {
+                "assetSelection": [{"path": ["ops", "analytics_hourly"]}],
+                "partitionNames": ["2026-11-28-10:00"],
+            }
+        },
+        admin,
+        None,
+    )
+    assert backfill.details["assets"] == ["ops/analytics_hourly"]
+    assert backfill.details["partitions"] == [{"partitions": ["2026-11-28-10:00"]}]
+
+
+LAUNCH_MANY = """
+mutation($l: [ExecutionParams!]!) { launchMultipleRuns(executionParamsList: $l) {
+  __typename ... on LaunchMultipleRunsResult { launchMultipleRunsResult {
+    __typename ... on LaunchRunSuccess { run { runId } } } }
+  ... on PythonError { message } } }
+"""
+
+
+def test_each_run_of_a_batch_launch_has_its_own_entry_with_its_run_id(console):
+    """The reconciling sensor adds an entry for a manual run no entry names: a batch's
+    runs each carry theirs, so none is audited twice."""
+    from mm_orchestration.sensors.run_alerts import AUDIT_ONCE
+
+    batch = [launch_params("share_link_expiry"), launch_params("notification_digest")]
+    answer = gql(console, OPERATOR, LAUNCH_MANY, {"l": batch})["data"]["launchMultipleRuns"]
+    runs = [r["run"]["runId"] for r in answer["launchMultipleRunsResult"]]
+    assert len(runs) == 2
+    for run_id, job in zip(runs, ("share_link_expiry", "notification_digest"), strict=True):
+        (entry,) = console.audit("run_id = %s", [run_id])
+        assert (entry["actor"], entry["target"], entry["outcome"]) == (OPERATOR, job, "succeeded")
+        assert entry["details"]["mutation"] == "launchMultipleRuns"
+    with psycopg.connect(console.database_url, autocommit=True) as conn:
+        for run_id in runs:
+            reconciled = conn.execute(
+                AUDIT_ONCE,
+                {
+                    "actor": "x",
+                    "job": "x",
+                    "run_id": run_id,
+                    "details": psycopg.types.json.Jsonb({}),
+                },
+            ).rowcount
+            assert reconciled == 0
+    # A batch with the drill in it is refused whole, each run's refusal audited.
+    batch = [launch_params("share_link_expiry"), launch_params("backup_verify")]
+    answer = gql(console, OPERATOR, LAUNCH_MANY, {"l": batch})["data"]["launchMultipleRuns"]
+    assert answer == {
+        "__typename": "PythonError",
+        "message": "operator may not launch backup_verify",
+    }
+    refused = console.audit("details->>'mutation' = 'launchMultipleRuns' AND outcome = 'refused'")
+    assert [(e["target"], e["details"]["refusal"]) for e in refused] == [
+        ("share_link_expiry", "refused with its batch: operator may not launch backup_verify"),
+        ("backup_verify", "operator may not launch backup_verify"),
+    ]
+
+
+def test_a_nul_in_the_variables_is_audited_not_lost(console):
+    """PostgreSQL's text and jsonb refuse NUL: the entry escapes it, and the refusal is
+    still audited (and still a refusal)."""
+    params = launch_params("backup_verify", [{"key": "note\u0000", "value": "a\u0000b"}])
+    answer = gql(console, OPERATOR, LAUNCH, {"p": params})["data"]["launchPipelineExecution"]
+    assert answer["message"] == "operator may not launch backup_verify"
+    (entry,) = console.audit("details::text LIKE %s", ["%a\\\\\\\\u0000b%"])
+    assert (entry["actor"], entry["outcome"]) == (OPERATOR, "refused")
+    tags = entry["details"]["variables"]["executionParams"]["executionMetadata"]["tags"]
+    assert tags == [{"key": "note\\u0000", "value": "a\\u0000b"}]
