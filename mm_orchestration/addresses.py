@@ -50,3 +50,16 @@ def address_problem(address: str | None) -> str | None:
     except EmailNotValidError as exc:
         return str(exc)
     return None
+
+
+def domain_of(address: str) -> str | None:
+    """The domain of `address` (lower case) when it is one valid address, else None:
+    `a@evil.example@x.com` is no address at all, so it belongs to no domain."""
+    if address_problem(address) is not None:
+        return None
+    if plainly_valid(address):
+        return address.rpartition("@")[2].lower()
+    try:
+        return validate_email(address, check_deliverability=False).ascii_domain.lower()
+    except EmailNotValidError:
+        return None

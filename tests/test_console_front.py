@@ -114,6 +114,63 @@ def test_roles_and_identity_settings_are_checked_at_start(tmp_path):
         )
 
 
+PROXY = {"MM_CONSOLE_TRUSTED_PROXIES": "127.0.0.1"}
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("admin: [ann@x.io]\nadmin: [ben@x.io]\n", "'admin' is given twice \\(lines 1 and 2\\)"),
+        ("admin: [ann@x.io, null]\n", "None is not a person"),
+        ("viewer: [yes]\n", "True is not a person"),
+        ("operator: [123]\n", "123 is not a person"),
+        ("admin: [ann@x.io@evil.io]\n", "is not a person as the proxy names them"),
+        ("viewer: ['*@x..io']\n", "is not a person as the proxy names them"),
+        ("viewer: ['*@*.io']\n", "is not a person as the proxy names them"),
+    ],
+)
+def test_a_roles_file_that_could_be_misread_is_refused_at_start(tmp_path, text, problem):
+    """Two lists under one role (YAML would keep the last), and entries YAML reads as
+    something else than a name, stop the start, naming the setting."""
+    roles_file = tmp_path / "roles.yaml"
+    roles_file.write_text(text)
+    with pytest.raises(SettingsError, match=f"MM_CONSOLE_ROLES_FILE.*{problem}"):
+        ConsoleAccess.from_env({**PROXY, "MM_CONSOLE_ROLES_FILE": str(roles_file)})
+
+
+@pytest.mark.parametrize("proxies", ["0.0.0.0/0", "::/0", "10.0.0.1, 0.0.0.0/1", "::ffff:0:0/96"])
+def test_trusting_everyone_as_the_proxy_is_refused(proxies):
+    with pytest.raises(SettingsError, match="MM_CONSOLE_TRUSTED_PROXIES: .*trusts far more"):
+        ConsoleAccess.from_env({"MM_CONSOLE_TRUSTED_PROXIES": proxies})
+    # A site's own ranges are fine.
+    ConsoleAccess.from_env({"MM_CONSOLE_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8, ::ffff:10.0.0.1"})
+
+
+@pytest.mark.parametrize(
+    "header", ["Host", "User-Agent", "X-Forwarded-For", "x-real-ip", "Cookie", "Sec-Fetch-Site"]
+)
+def test_an_identity_header_clients_set_themselves_is_refused(header):
+    with pytest.raises(SettingsError, match=f"MM_CONSOLE_IDENTITY_HEADER={header} is a header"):
+        ConsoleAccess.from_env({**PROXY, "MM_CONSOLE_IDENTITY_HEADER": header})
+    access = ConsoleAccess.from_env(
+        {**PROXY, "MM_CONSOLE_IDENTITY_HEADER": "Cf-Access-Authenticated-User-Email"}
+    )
+    assert access.header == "Cf-Access-Authenticated-User-Email"
+
+
+def test_a_whole_domain_covers_only_addresses_of_that_domain():
+    access = ConsoleAccess.from_env({**PROXY, "MM_CONSOLE_ROLES": "*@x.com=viewer; ann=admin"})
+    assert access.role_of("bea@x.com") == "viewer"
+    assert access.role_of("a@evil.com@x.com") is None  # no address at all
+    assert access.role_of("a@sub.x.com") is None and access.role_of("a@evilx.com") is None
+    assert access.role_of("ann") == "admin"  # a user name, as some proxies give
+    assert access.identify("127.0.0.1", {"x-auth-request-email": "a@evil.com@x.com"}) == (
+        Identity("a@evil.com@x.com", None, "proxy")
+    )
+    with pytest.raises(SettingsError, match="MM_CONSOLE_ROLES: 'a@b@x.com'"):
+        ConsoleAccess.from_env({**PROXY, "MM_CONSOLE_ROLES": "a@b@x.com=admin"})
+
+
 def test_secrets_are_masked_in_audited_variables():
     from mm_orchestration.audit import masked
 
