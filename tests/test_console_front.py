@@ -568,12 +568,26 @@ def test_reporting_an_asset_over_rest_is_admins_and_audited(console):
     assert status == 403 and b"operator may not" in body
     status, body, _ = curl(console.port, path, ADMIN, body={"metadata": {"rows": 1}})
     assert status == 200, body
+    # The asset named in the body (the path left empty), and an answer Dagster refuses:
+    # the entry names the asset and ends as Dagster answered, not as we allowed.
+    status, body, _ = curl(
+        console.port,
+        "/report_asset_materialization/",
+        ADMIN,
+        {"asset_key": ["ops", "tenant_health_daily"], "partition": "2026-11-28"},
+        content_type="application/json; charset=utf-8",  # Dagster takes only the bare type
+    )
+    assert status == 400, body
     entries = console.audit("action = 'report_asset_materialization'")
     assert [(e["actor"], e["outcome"], e["target"]) for e in entries] == [
         (OPERATOR, "refused", "ops/tenant_health_daily"),
-        (ADMIN, "allowed", "ops/tenant_health_daily"),
+        (ADMIN, "succeeded", "ops/tenant_health_daily"),
+        (ADMIN, "failed", "ops/tenant_health_daily"),
     ]
     assert entries[1]["details"]["partitions"] == ["2026-11-29"]
+    assert entries[2]["details"]["partitions"] == ["2026-11-28"]
+    assert entries[2]["details"]["result"]["status"] == 400
+    assert "content type" in str(entries[2]["details"]["result"]["answer"])
 
 
 def test_reports_and_the_audit_trail_download_as_the_person(console):
@@ -600,11 +614,14 @@ def test_reports_and_the_audit_trail_download_as_the_person(console):
     assert status == 200 and "content-disposition: inline" in headers and "sandbox" in headers
     assert curl(console.port, "/reports/residency/nope.csv", VIEWER)[0] == 404
     downloads = console.audit("action = 'download_report'")
+    # Named as compliance names reports (the week's partition), the object key kept.
     assert [(e["actor"], e["target"], e["outcome"]) for e in downloads] == [
-        (VIEWER, "residency/2026-W48.csv", "succeeded"),
-        (VIEWER, "residency/2026-W48.html", "succeeded"),
+        (VIEWER, "residency report 2026-11-23 (csv)", "succeeded"),
+        (VIEWER, "residency report 2026-11-23 (html)", "succeeded"),
         (VIEWER, "residency/nope.csv", "failed: 404"),
     ]
+    assert downloads[0]["details"]["partitions"] == ["2026-11-23"]
+    assert downloads[0]["details"]["object_key"] == "residency/2026-W48.csv"
     status, body, headers = curl(
         console.port, f"/audit-trail.csv?person={VIEWER}&action=download_report", VIEWER
     )
@@ -612,7 +629,38 @@ def test_reports_and_the_audit_trail_download_as_the_person(console):
     lines = body.decode().splitlines()
     assert lines[0].startswith('"occurred_at","actor","role","action"')
     assert len(lines) == 4 and all(VIEWER in line for line in lines[1:])
-    assert curl(console.port, "/audit-trail.csv?day=yesterday", VIEWER)[0] == 400
+    for bad in (
+        "day=yesterday",
+        "day=9999-12-31",
+        "day=0001-01-01",
+        "since=0001-01-01T00:00",
+        "until=9999-12-31T23:59-05:00",
+        "since=2026-11-30&until=2026-11-01",
+        "since=99999-01-01",
+        "person=a%20b",
+    ):
+        status, body, _ = curl(console.port, f"/audit-trail.csv?{bad}", VIEWER)
+        assert status == 400 and body and b"Traceback" not in body, (bad, status, body)
+    trail = console.audit("action = 'download_audit_trail'")
+    assert {e["outcome"] for e in trail} == {"succeeded"}
+
+
+def test_a_batch_of_graphql_operations_is_refused_clearly(console):
+    before = len(console.audit())
+    batch = [{"query": "{ version }"}, {"query": "mutation { reloadWorkspace { __typename } }"}]
+    status, body, _ = curl(console.port, "/graphql", ADMIN, batch)
+    assert status == 400
+    assert "one GraphQL operation per request" in json.loads(body)["errors"][0]["message"]
+    assert len(console.audit()) == before  # nothing was done, so nothing to audit
+
+
+def test_graphiql_names_the_person_too(console):
+    done = subprocess.run(
+        ["curl", "-s", "-H", f"{HEADER}: {OPERATOR}", "-H", "Accept: text/html",
+         f"http://127.0.0.1:{console.port}/graphql"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert "Signed in as olivia@mm.example (operator)" in done.stdout
 
 
 # -- the gate's judgement, without a server -------------------------------------------
