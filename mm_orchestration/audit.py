@@ -261,3 +261,16 @@ def settle(
             WHERE id = %s""",
         [_column(outcome), _column(run_id), _details(result or {}), entry_id],
     )
+
+
+def settle_run(conn: psycopg.Connection, run_id: str, outcome: str, summary: str) -> None:
+    """End the entries of `run_id` still waiting for their ending (`allowed`): a run
+    stopped by a signal or found with its process gone never reaches the code that
+    settles its entry, and "allowed" for ever would say it is still going."""
+    conn.execute(
+        """UPDATE ops.audit_log
+              SET outcome = %s,
+                  details = details || jsonb_build_object('result', %s::jsonb)
+            WHERE run_id = %s AND outcome = 'allowed'""",
+        [outcome, _details({"summary": summary}), run_id],
+    )

@@ -255,11 +255,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_id = str(uuid.uuid4())
     with open_instance(settings) as instance:
         entry = _audit_cli_launch(settings, tags[ACTOR_TAG], spec.name, run_id, args, partition)
-        manual_run.execute(
-            job, instance, run_config, tags, partition, _database_url(settings), run_id=run_id
-        )
-        print(f"run id: {run_id}")
-        ended = outcome(instance, run_id)
+        try:
+            manual_run.execute(
+                job, instance, run_config, tags, partition, _database_url(settings), run_id=run_id
+            )
+            print(f"run id: {run_id}")
+            ended = outcome(instance, run_id)
+        except BaseException as exc:
+            # A stop signal ends the entry in manual_run.cancel; anything else that ends
+            # the command (an error, Ctrl-C before the run's own handlers) ends it here.
+            with contextlib.suppress(Exception):  # the error itself matters more
+                _settle_cli_launch(
+                    settings, entry, "failed", run_id, f"mm-jobs run ended: {type(exc).__name__}"
+                )
+            raise
     _settle_cli_launch(settings, entry, ended.status, run_id, ended.summary)
     if ended.status == "succeeded":
         print(f"{spec.name}: succeeded")
