@@ -928,3 +928,32 @@ def test_a_nul_in_the_variables_is_audited_not_lost(console):
     assert (entry["actor"], entry["outcome"]) == (OPERATOR, "refused")
     tags = entry["details"]["variables"]["executionParams"]["executionMetadata"]["tags"]
     assert tags == [{"key": "note\\u0000", "value": "a\\u0000b"}]
+
+
+@pytest.mark.parametrize(
+    "host, bound",
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("0x7f.0.0.1", "127.0.0.1"),
+        ("127.8.9.10", "127.8.9.10"),
+        ("[::1]", "::1"),
+        ("0:0:0:0:0:0:0:1", "::1"),
+        ("::ffff:127.0.0.1", "127.0.0.1"),
+        ("localhost", "localhost"),
+        ("LOCALHOST.", "127.0.0.1"),
+    ],
+)
+def test_local_mode_serves_on_any_spelling_of_a_loopback_address(host, bound):
+    from mm_orchestration.console.serve import check_binding
+
+    local = ConsoleAccess(mode="local", local_user="me")
+    assert check_binding(host, local) == bound
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.1", "::ffff:10.0.0.1", "example.com"])
+def test_local_mode_refuses_anything_but_loopback(host):
+    from mm_orchestration.console.serve import check_binding
+
+    with pytest.raises(SettingsError, match="MM_CONSOLE_AUTH=local .*only on a loopback"):
+        check_binding(host, ConsoleAccess(mode="local", local_user="me"))
