@@ -194,7 +194,7 @@ def storable(value: Any) -> Any:
     return value
 
 
-def _details(details: dict[str, Any]) -> Jsonb:
+def entry_details(details: dict[str, Any]) -> Jsonb:
     """An entry's details: masked, storable and at most MAX_DETAILS characters of JSON (the
     variables, the largest part, are cut to a marked prefix when the whole is longer)."""
     clean = storable(masked(details))
@@ -236,7 +236,7 @@ def record(
             _column(action),
             _column(job_name),
             _column(run_id),
-            _details(details),
+            entry_details(details),
             _column(role),
             _column(target),
             _column(outcome),
@@ -259,7 +259,7 @@ def settle(
               SET outcome = %s, run_id = coalesce(%s, run_id),
                   details = details || jsonb_build_object('result', %s::jsonb)
             WHERE id = %s""",
-        [_column(outcome), _column(run_id), _details(result or {}), entry_id],
+        [_column(outcome), _column(run_id), entry_details(result or {}), entry_id],
     )
 
 
@@ -272,5 +272,5 @@ def settle_run(conn: psycopg.Connection, run_id: str, outcome: str, summary: str
               SET outcome = %s,
                   details = details || jsonb_build_object('result', %s::jsonb)
             WHERE run_id = %s AND outcome = 'allowed'""",
-        [outcome, _details({"summary": summary}), run_id],
+        [outcome, entry_details({"summary": summary}), run_id],
     )
