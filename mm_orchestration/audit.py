@@ -59,10 +59,10 @@ def is_secret_name(name: object) -> bool:
 
 # -- secrets inside text ---------------------------------------------------------------
 
-# A URL's password: scheme://user:PASSWORD@host (up to the authority's last '@').
-_URL_PASSWORD = re.compile(
-    r"((?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*+://[^\s:/?#@]*+:)[^\s/?#]*@"
-)
+# A URL's password: scheme://user:PASSWORD@host, up to the last '@' before a space: a
+# password may hold an unencoded '/', '#' or '@', which URL parsers split differently
+# (a URL with a port and an '@' in its path loses a little more than its password).
+_URL_PASSWORD = re.compile(r"((?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*+://[^\s:/?#@]*+:)\S*@")
 # `name=value` and `name: value` (libpq's key=value strings, query strings, YAML and JSON
 # text, log lines), the name optionally quoted, the value quoted or up to a separator;
 # an HTTP scheme word (`Bearer abc`) is taken with the value after it. A name starts only

@@ -48,6 +48,10 @@ def test_connection_strings_and_urls_in_text_are_masked():
         masked(url)
         == f"could not reach postgresql://jobs:{MASK}@db.example/portal?sslpassword={MASK}&a=1"
     )
+    # Unencoded '/', '#' and '@' in a password (URL parsers split those differently).
+    assert (
+        masked("postgresql://jobs:p/a#s@s@db/portal x") == f"postgresql://jobs:{MASK}@db/portal x"
+    )
     assert masked("Authorization: Bearer abc.def then") == f"Authorization: {MASK} then"
     assert masked({"reason": "resend: api_key=SG.x"}) == {"reason": f"resend: api_key={MASK}"}
     # Nothing secret: unchanged.
