@@ -813,6 +813,34 @@ def test_every_mutation_names_its_target_however_dagster_spells_its_arguments():
     assert decide("scheduleDryRun", {"selector_data": schedule}, admin, None).target == "loc:s"
 
 
+def test_the_arguments_the_gate_rewrites_are_spelled_alike_in_python_and_graphql():
+    """stamp_actor and keep_resources_as_defined change the arguments Dagster's resolver
+    gets (Python names): an upgrade that renames one of those in Python would let a launch
+    through unstamped, so it fails here first."""
+    from dagster_graphql.schema import create_schema
+    from graphql import GraphQLInputObjectType, get_named_type
+
+    from mm_orchestration.console.mutations import LAUNCH_FIELDS
+
+    fields = create_schema().graphql_schema.mutation_type.fields
+    rewritten = {"executionParams", "executionParamsList", "reexecutionParams", "backfillParams",
+                 "executionMetadata", "tags", "extraTags", "runConfigData", "key", "value"}  # fmt: skip
+    renamed = []
+
+    def walk(name: str, definition: Any, seen: set[str]) -> None:
+        if name in rewritten and definition.out_name not in (None, name):
+            renamed.append((name, definition.out_name))
+        named = get_named_type(definition.type)
+        if isinstance(named, GraphQLInputObjectType) and named.name not in seen:
+            for inner, field in named.fields.items():
+                walk(inner, field, seen | {named.name})
+
+    for field_name in LAUNCH_FIELDS | {"launchPartitionBackfill", "reexecutePartitionBackfill"}:
+        for name, argument in fields[field_name].args.items():
+            walk(name, argument, set())
+    assert renamed == []
+
+
 def test_wipes_and_reported_events_name_their_assets_and_partitions():
     from mm_orchestration.console.gate import decide
 
