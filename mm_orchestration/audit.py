@@ -8,6 +8,7 @@ no writer can leak a secret into the trail or lose an entry to a value PostgreSQ
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -184,14 +185,24 @@ def storable_text(text: str) -> str:
 
 
 def storable(value: Any) -> Any:
-    """`value` (already masked) with every string storable, keys included."""
+    """`value` (already masked) as jsonb takes it: every string storable, keys included;
+    numbers JSON cannot write (NaN, infinities, YAML's `.nan`) or Python will not print
+    (an integer of thousands of digits) kept as text; anything else as its text."""
     if isinstance(value, dict):
         return {storable_text(str(k)): storable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [storable(v) for v in value]
     if isinstance(value, str):
         return storable_text(value)
-    return value
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, int):
+        return (
+            value if abs(value) < 10**300 else f"[an integer of {len(hex(value)) - 2} hex digits]"
+        )
+    return storable_text(str(value))
 
 
 def entry_details(details: dict[str, Any]) -> Jsonb:

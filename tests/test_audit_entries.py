@@ -101,3 +101,16 @@ def test_an_entry_with_nul_surrogates_and_huge_variables_is_written(conn):
     variables = details["variables"]
     assert isinstance(variables, str) and "[truncated: " in variables  # whole too long
     assert "a\\\\u0000b" in variables and "\\\\ud800" in variables
+
+
+def test_numbers_json_cannot_hold_are_stored_as_text(conn):
+    """Run config YAML may hold `.nan`, `.inf` or a 5,000-digit number: jsonb refuses the
+    first two, and Python will not even print the last; the entry is written anyway."""
+    config = "ops:\n  x:\n    config: {a: .nan, b: -.inf}\n"
+    variables = {"runConfigData": config, "n": 10**5000, "too_long_for_yaml": "c: " + "9" * 5000}
+    entry = audit.record(conn, "ann@x.io", "launch_run", None, None, {"variables": variables})
+    (details,) = conn.execute("SELECT details FROM ops.audit_log WHERE id = %s", [entry]).fetchone()
+    stored = details["variables"]["runConfigData"]["ops"]["x"]["config"]
+    assert stored == {"a": "nan", "b": "-inf"}
+    assert details["variables"]["n"].startswith("[an integer of ")
+    assert details["variables"]["too_long_for_yaml"].startswith("c: 999")

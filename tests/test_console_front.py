@@ -823,8 +823,10 @@ def test_the_arguments_the_gate_rewrites_are_spelled_alike_in_python_and_graphql
     from mm_orchestration.console.mutations import LAUNCH_FIELDS
 
     fields = create_schema().graphql_schema.mutation_type.fields
-    rewritten = {"executionParams", "executionParamsList", "reexecutionParams", "backfillParams",
-                 "executionMetadata", "tags", "extraTags", "runConfigData", "key", "value"}  # fmt: skip
+    rewritten = {
+        *("executionParams", "executionParamsList", "reexecutionParams", "backfillParams"),
+        *("executionMetadata", "tags", "extraTags", "runConfigData", "key", "value"),
+    }
     renamed = []
 
     def walk(name: str, definition: Any, seen: set[str]) -> None:
