@@ -162,7 +162,11 @@ def _masked(value: Any, depth: int, budget: list[int]) -> Any:
     if isinstance(value, str):
         parsed = _structured(value) if len(value) <= 100_000 else None
         if parsed is not None:
-            return _masked(parsed, depth, budget)
+            hidden = _masked(parsed, depth, budget)
+            # Text with nothing to hide stays the text that was sent (a GraphQL query
+            # `{ version }` is not the mapping YAML reads in it).
+            if hidden != parsed:
+                return hidden
         return truncated(masked_text(value))
     if value is None or isinstance(value, bool | int | float):
         return value

@@ -35,6 +35,9 @@ def test_run_config_as_json_or_flow_yaml_text_is_masked():
     assert masked("{ops: {send: {config: {signing_key: abc, auth: xyz}}}}") == {
         "ops": {"send": {"config": {"signing_key": MASK, "auth": MASK}}}
     }
+    # Text with nothing to hide stays as it was sent.
+    assert masked("{ version }") == "{ version }"
+    assert masked('{"ops": {"x": {"config": {"n": 1}}}}') == '{"ops": {"x": {"config": {"n": 1}}}}'
     # Text that does not parse still has its secret pairs masked.
     assert masked("ops: {x: [password: hunter2") == f"ops: {{x: [password: {MASK}"
 
@@ -106,11 +109,39 @@ def test_an_entry_with_nul_surrogates_and_huge_variables_is_written(conn):
 def test_numbers_json_cannot_hold_are_stored_as_text(conn):
     """Run config YAML may hold `.nan`, `.inf` or a 5,000-digit number: jsonb refuses the
     first two, and Python will not even print the last; the entry is written anyway."""
-    config = "ops:\n  x:\n    config: {a: .nan, b: -.inf}\n"
+    config = "ops:\n  x:\n    config: {a: .nan, b: -.inf, pwd: x}\n"
     variables = {"runConfigData": config, "n": 10**5000, "too_long_for_yaml": "c: " + "9" * 5000}
     entry = audit.record(conn, "ann@x.io", "launch_run", None, None, {"variables": variables})
     (details,) = conn.execute("SELECT details FROM ops.audit_log WHERE id = %s", [entry]).fetchone()
     stored = details["variables"]["runConfigData"]["ops"]["x"]["config"]
-    assert stored == {"a": "nan", "b": "-inf"}
+    assert stored == {"a": "nan", "b": "-inf", "pwd": "***"}
     assert details["variables"]["n"].startswith("[an integer of ")
     assert details["variables"]["too_long_for_yaml"].startswith("c: 999")
+
+
+def test_an_action_cancelled_midway_is_not_left_allowed():
+    """The client goes away (or the server stops) while Dagster acts: the entry says
+    `interrupted`, not `allowed` for ever."""
+    import asyncio
+
+    from mm_orchestration.console.gate import ConsoleGate
+
+    class Trail:
+        settled: list[tuple[int, str]] = []
+
+        def settle(self, entry, outcome, run_id, result):
+            self.settled.append((entry, outcome))
+
+    async def cancelled():
+        raise asyncio.CancelledError
+
+    async def failing():
+        raise RuntimeError("boom")
+
+    trail = Trail()
+    gate = ConsoleGate(trail)  # type: ignore[arg-type]
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(gate._settle_later("launchRun", [7], cancelled()))
+    with pytest.raises(RuntimeError):
+        asyncio.run(gate._settle_later("launchRun", [7], failing()))
+    assert trail.settled == [(7, "interrupted"), (7, "failed")]

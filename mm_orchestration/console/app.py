@@ -43,6 +43,7 @@ from mm_orchestration.console.gate import (
     AuditUnavailable,
     ConsoleAudit,
     ConsoleGate,
+    ended_by,
 )
 from mm_orchestration.db import connect
 from mm_orchestration.download_server import lookup, report_of
@@ -185,10 +186,8 @@ class ConsoleWebserver(DagsterWebserver):
         400 from Dagster is a failure, whatever we allowed)."""
         try:
             response = await downstream(request)
-        except Exception as exc:
-            await _in_thread(
-                self._audit_log.settle, entry, "failed", None, {"error": type(exc).__name__}
-            )
+        except BaseException as exc:
+            self._audit_log.settle(entry, *ended_by(exc))  # not in a thread: we may be cancelled
             raise
         status = response.status_code
         result: dict[str, Any] = {"status": status}
@@ -392,10 +391,8 @@ class ConsoleWebserver(DagsterWebserver):
 
         try:
             body = await _in_thread(read)
-        except Exception as exc:
-            await _in_thread(
-                self._audit_log.settle, entry, "failed", None, {"error": type(exc).__name__}
-            )
+        except BaseException as exc:
+            self._audit_log.settle(entry, *ended_by(exc))  # not in a thread: we may be cancelled
             raise
         await _in_thread(self._audit_log.settle, entry, "succeeded", None, {"status": 200})
         name = f"audit-trail-{wanted.since.date()}-{wanted.until.date()}.csv"

@@ -613,6 +613,14 @@ def _transport_problem(source: Any) -> str | None:
     return None
 
 
+def ended_by(exc: BaseException) -> tuple[str, str | None, dict[str, Any]]:
+    """The outcome of an action whose resolver raised: `failed` for an error, and
+    `interrupted` when it was cancelled (the client went away, the server is stopping),
+    which leaves open whether Dagster did it; never `allowed` for ever."""
+    outcome = "failed" if isinstance(exc, Exception) else "interrupted"
+    return outcome, None, {"error": type(exc).__name__}
+
+
 def _outcomes(
     field_name: str, value: Any, entries: int
 ) -> list[tuple[str, str | None, dict[str, Any]]]:
@@ -665,8 +673,8 @@ class ConsoleGate:
                 keep_resources_as_defined(args)
         try:
             result = next_(root, info, **args)
-        except Exception as exc:
-            self._settle(entries, [("failed", None, {"error": type(exc).__name__})] * len(entries))
+        except BaseException as exc:
+            self._settle(entries, [ended_by(exc)] * len(entries))
             raise
         if isawaitable(result):
             return self._settle_later(field_name, entries, result)
@@ -705,8 +713,8 @@ class ConsoleGate:
     async def _settle_later(self, field_name: str, entries: list[int], pending: Any) -> Any:
         try:
             value = await pending
-        except Exception as exc:
-            self._settle(entries, [("failed", None, {"error": type(exc).__name__})] * len(entries))
+        except BaseException as exc:
+            self._settle(entries, [ended_by(exc)] * len(entries))
             raise
         self._settle(entries, _outcomes(field_name, value, len(entries)))
         return value
