@@ -217,12 +217,16 @@ def _may(identity: Identity | None, rule: str) -> bool:
 
 
 def decide(
-    field_name: str, args: dict[str, Any], identity: Identity | None, context: Any
+    field_name: str,
+    args: dict[str, Any],
+    identity: Identity | None,
+    context: Any,
+    definition: Any = None,
 ) -> Decision:
     """Classify one root mutation with its arguments (as the schema names them, or as a
     resolver gets them) and judge it for `identity` (`context`: Dagster's request context,
-    to name runs, schedules and sensors)."""
-    args = graphql_args(field_name, args)
+    to name runs, schedules and sensors; `definition`: the field, see graphql_args)."""
+    args = graphql_args(field_name, args, definition)
     instance = getattr(context, "instance", None)
     mutation = MUTATIONS.get(field_name)
     if mutation is None:
@@ -249,17 +253,22 @@ _WITH_ITS_BATCH = "refused with its batch: "
 
 
 def decide_each(
-    field_name: str, args: dict[str, Any], identity: Identity | None, context: Any
+    field_name: str,
+    args: dict[str, Any],
+    identity: Identity | None,
+    context: Any,
+    definition: Any = None,
 ) -> list[tuple[Decision, dict[str, Any]]]:
     """The decisions for one mutation and the variables each entry records: one per run
     for `launchMultipleRuns` (so each run's entry carries its own run id), else one. A
     batch is refused whole when any of its runs is refused."""
-    params_list = graphql_args(field_name, args).get("executionParamsList")
+    args = graphql_args(field_name, args, definition)
+    params_list = args.get("executionParamsList")
     if field_name != "launchMultipleRuns" or not params_list:
-        return [(decide(field_name, args, identity, context), args)]
+        return [(decide(field_name, args, identity, context, definition), args)]
     each = [
-        (decide(field_name, {"executionParams": params}, identity, context), params)
-        for params in params_list
+        (decide(field_name, {"executionParams": p}, identity, context, definition), p)
+        for p in params_list
     ]
     refusal = next((d.refusal for d, _ in each if d.refusal), None)
     for i, (decision, _) in enumerate(each):
@@ -647,8 +656,8 @@ class ConsoleGate:
         scope = getattr(source, "scope", {}) or {}
         identity: Identity | None = scope.get(IDENTITY_SCOPE_KEY)
         field_name = info.field_name
-        named = graphql_args(field_name, args, info.parent_type.fields.get(field_name))
-        decisions = decide_each(field_name, named, identity, context)
+        definition = info.parent_type.fields.get(field_name)
+        decisions = decide_each(field_name, args, identity, context, definition)
         if all(d.mutation.rule == "free" for d, _ in decisions) and identity and identity.role:
             return next_(root, info, **args)
         problem = _transport_problem(source)
