@@ -3,10 +3,13 @@
 Dagster's webserver hands every resolver to this graphene middleware. For a root mutation
 field it
 
-1. works out the action (mutations.MUTATIONS), its target (job, assets and partitions,
-   schedule, sensor, run, backfill, location) and whether the person's role allows it;
-2. writes one `ops.audit_log` entry with the person, the role, the action, the target and
-   the variables (secrets masked), in its own committed transaction, before anything
+1. reads the arguments with the names the schema gives them (graphql-core hands a
+   resolver their Python names, `schedule_selector` for `scheduleSelector`), works out
+   the action (mutations.MUTATIONS), its target (job, assets and partitions, schedule,
+   sensor, run, backfill, location) and whether the person's role allows it;
+2. writes one `ops.audit_log` entry (one per run for `launchMultipleRuns`, so each run's
+   entry carries its run id) with the person, the role, the action, the target and the
+   variables (secrets masked), in its own committed transaction, before anything
    happens; if that write fails, nothing happens (no unaudited action);
 3. refuses (the entry says `refused`) with an error the UI shows, or passes the mutation
    on; a launch carries the person as the run's `mm/actor` tag, replacing whatever the
