@@ -211,7 +211,16 @@ def storable(value: Any) -> Any:
 
 def entry_details(details: dict[str, Any]) -> Jsonb:
     """An entry's details: masked, storable and at most MAX_DETAILS characters of JSON (the
-    variables, the largest part, are cut to a marked prefix when the whole is longer)."""
+    variables, the largest part, are cut to a marked prefix when the whole is longer).
+    Details that cannot be made so are replaced by a note saying so: the entry itself,
+    who did what to what, is never lost to what it carries."""
+    try:
+        return _entry_details(details)
+    except (ValueError, TypeError, RecursionError) as exc:
+        return Jsonb({"unrecordable": f"the details could not be recorded ({type(exc).__name__})"})
+
+
+def _entry_details(details: dict[str, Any]) -> Jsonb:
     clean = storable(masked(details))
     text = json.dumps(clean, default=str)
     if len(text) > MAX_DETAILS:

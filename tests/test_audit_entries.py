@@ -145,3 +145,19 @@ def test_an_action_cancelled_midway_is_not_left_allowed():
     with pytest.raises(RuntimeError):
         asyncio.run(gate._settle_later("launchRun", [7], failing()))
     assert trail.settled == [(7, "interrupted"), (7, "failed")]
+
+
+def test_details_that_cannot_be_recorded_leave_the_entry_with_a_note(conn):
+    class Odd:
+        def __str__(self) -> str:
+            raise ValueError("no text")
+
+    entry = audit.record(conn, "ann@x.io", "wipe_assets", None, None, {"x": Odd()}, target="a")
+    row = conn.execute(
+        "SELECT action, target, details FROM ops.audit_log WHERE id = %s", [entry]
+    ).fetchone()
+    assert row == (
+        "wipe_assets",
+        "a",
+        {"unrecordable": "the details could not be recorded (ValueError)"},
+    )
