@@ -153,7 +153,8 @@ class ConsoleWebserver(DagsterWebserver):
         asset, partition, check = _reported(request, body)
         allowed = identity is not None and identity.at_least("admin")
         who = identity.role if identity else "nobody"
-        refusal = None if allowed else f"{who} may not {kind.replace('_', ' ')} {asset or ''}"
+        what = asset or "an asset it does not name"
+        refusal = None if allowed else f"{who} may not {kind.replace('_', ' ')} {what}"
         try:
             entry = await _in_thread(
                 self._audit_log.write,
@@ -167,13 +168,13 @@ class ConsoleWebserver(DagsterWebserver):
                     **({"check": check} if check else {}),
                     "variables": audit.masked({"query": dict(request.query_params), "body": body}),
                     "via": f"rest {request.method}",
-                    **({"refusal": refusal.strip()} if refusal else {}),
+                    **({"refusal": refusal} if refusal else {}),
                 },
             )
         except AuditUnavailable as exc:
             return JSONResponse({"error": str(exc)}, status_code=503)
         if refusal:
-            return JSONResponse({"error": refusal.strip()}, status_code=403)
+            return JSONResponse({"error": refusal}, status_code=403)
         return await self._answered(entry, downstream, request)
 
     async def _answered(
