@@ -623,9 +623,17 @@ def cmd_console(args: argparse.Namespace) -> int:
 def _console_defaults(args: argparse.Namespace) -> None:
     """The local stacks' console: the local OS user (labelled as such) unless the identity
     proxy is configured, and report links to the console itself."""
-    os.environ.setdefault("MM_CONSOLE_AUTH", "local")
-    os.environ.setdefault("MM_REPORTS_URL", f"http://{args.host}:{args.port}")
     from mm_orchestration.console.access import ConsoleAccess
+    from mm_orchestration.console.serve import loopback_address
+
+    # A loopback address however spelled (127.1, [::1]) as the address itself: the
+    # processes bind it and the report links must be a URL the settings accept.
+    address = loopback_address(args.host)
+    if address is not None and args.host.strip() != "localhost":
+        args.host = str(address)
+    url_host = f"[{args.host}]" if ":" in args.host else args.host
+    os.environ.setdefault("MM_CONSOLE_AUTH", "local")
+    os.environ.setdefault("MM_REPORTS_URL", f"http://{url_host}:{args.port}")
 
     ConsoleAccess.from_env()  # a bad console setting stops the start, naming it
 

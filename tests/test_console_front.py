@@ -987,3 +987,22 @@ def test_local_mode_refuses_anything_but_loopback(host):
 
     with pytest.raises(SettingsError, match="MM_CONSOLE_AUTH=local .*only on a loopback"):
         check_binding(host, ConsoleAccess(mode="local", local_user="me"))
+
+
+@pytest.mark.parametrize(
+    "host, url", [("127.1", "http://127.0.0.1:3000"), ("[::1]", "http://[::1]:3000")]
+)
+def test_the_local_stacks_take_any_loopback_spelling_for_their_links(monkeypatch, host, url):
+    """`mm-jobs dev --host 127.1`: the report links the console shows are a URL the
+    settings accept, and the stack binds the address itself."""
+    import argparse
+
+    from mm_orchestration.cli import _console_defaults
+
+    for name in ("MM_CONSOLE_AUTH", "MM_REPORTS_URL", "MM_CONSOLE_ROLES", "MM_CONSOLE_ROLES_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    args = argparse.Namespace(host=host, port=3000)
+    _console_defaults(args)
+    assert os.environ["MM_REPORTS_URL"] == url
+    assert Settings.from_env(dict(os.environ)).reports_url.rstrip("/") == url
+    assert args.host in ("127.0.0.1", "::1")
