@@ -652,6 +652,13 @@ def test_a_batch_of_graphql_operations_is_refused_clearly(console):
     assert status == 400
     assert "one GraphQL operation per request" in json.loads(body)["errors"][0]["message"]
     assert len(console.audit()) == before  # nothing was done, so nothing to audit
+    for body, problem in (
+        ({"query": 1}, "query must be"),
+        ({"query": "{ version }", "variables": [1]}, "variables must be"),
+        ({"query": "{ version }", "operationName": 5}, "operationName must be"),
+    ):
+        status, answer, _ = curl(console.port, "/graphql", ADMIN, body)
+        assert status == 400 and problem in json.loads(answer)["errors"][0]["message"], body
 
 
 def test_graphiql_names_the_person_too(console):

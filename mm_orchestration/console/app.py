@@ -216,25 +216,15 @@ class ConsoleWebserver(DagsterWebserver):
     # -- GraphQL over HTTP: one operation per request ----------------------------------
 
     async def graphql_http_endpoint(self, request: Request) -> Response:
-        """Dagster's endpoint, but a batch (a JSON array of operations) is refused with a
-        400 saying so: the gate judges and audits each mutation of one operation, and
-        Dagster itself would answer a batch with a 500. GraphiQL's page carries the badge
-        naming the person, as the console's pages do."""
+        """Dagster's endpoint, but a body that is not one operation (a batch, a JSON
+        array; a query that is not text; variables that are not an object) is refused
+        with a 400 saying so: the gate judges and audits each mutation of one operation,
+        and Dagster itself would answer those with a 500. GraphiQL's page carries the
+        badge naming the person, as the console's pages do."""
         if request.method == "POST" and "json" in request.headers.get("content-type", ""):
-            body = await _json_body(request)
-            if not isinstance(body, dict):
-                return JSONResponse(
-                    {
-                        "errors": [
-                            {
-                                "message": "send one GraphQL operation per request: a JSON "
-                                "object with query and variables (batches, JSON arrays, are "
-                                "not accepted)"
-                            }
-                        ]
-                    },
-                    status_code=400,
-                )
+            problem = _graphql_body_problem(await _json_body(request))
+            if problem:
+                return JSONResponse({"errors": [{"message": problem}]}, status_code=400)
         response = await super().graphql_http_endpoint(request)
         if request.method == "GET" and isinstance(response, HTMLResponse):
             return self._with_badge(request, response)
@@ -439,6 +429,23 @@ def _trail_filter(params: Mapping[str, str], zone: str) -> audit_trail.Filter:
 def _when(text: str, zone: str) -> datetime:
     value = datetime.fromisoformat(text)
     return value if value.tzinfo else value.replace(tzinfo=ZoneInfo(zone))
+
+
+def _graphql_body_problem(body: Any) -> str | None:
+    """Why a JSON body is not one GraphQL operation as Dagster's endpoint reads it, or
+    None (an empty or unparsable body is Dagster's to answer, with its own 400)."""
+    if not isinstance(body, dict):
+        return (
+            "send one GraphQL operation per request: a JSON object with query and variables "
+            "(batches, JSON arrays, are not accepted)"
+        )
+    if not isinstance(body.get("query"), str | None):
+        return "query must be the GraphQL document as text"
+    if not isinstance(body.get("variables"), dict | str | None):
+        return "variables must be a JSON object (or that object as a JSON string)"
+    if not isinstance(body.get("operationName"), str | None):
+        return "operationName must be text"
+    return None
 
 
 async def _json_body(request: Request) -> Any:
