@@ -75,3 +75,17 @@ def canonical_address(address: str) -> str:
         except idna.IDNAError:
             domain = unicodedata.normalize("NFC", domain).casefold()
     return f"{unicodedata.normalize('NFC', local).casefold()}@{domain}"
+
+
+def domain_of(address: str) -> str | None:
+    """The domain of `address` (lower case) when it is one valid address, else None:
+    `a@evil.example@x.com` is no address at all, so it belongs to no domain."""
+    address = address.strip()
+    if address_problem(address) is not None:
+        return None
+    if plainly_valid(address):
+        return address.rpartition("@")[2].lower()
+    try:
+        return validate_email(address, check_deliverability=False).ascii_domain.lower()
+    except EmailNotValidError:
+        return None

@@ -1,7 +1,14 @@
-"""`ops.audit_log`: who did what to which job and run, kept as compliance evidence."""
+"""`ops.audit_log`: who did what to which job and run, kept as compliance evidence.
+
+Every entry goes through one masking function (`masked`) and is made storable (NUL and
+lone surrogates escaped, sizes capped with a visible marker) here, whoever writes it, so
+no writer can leak a secret into the trail or lose an entry to a value PostgreSQL refuses.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from typing import Any
 
@@ -9,14 +16,225 @@ import psycopg
 import yaml
 from psycopg.types.json import Jsonb
 
-# Keys whose values are never written to the audit (run config, tags, variables).
-SECRET_KEY = re.compile(
-    r"pass(word|wd)?|secret|token|api[_-]?key|dsn|credential|authori[sz]ation|private|cookie",
-    re.IGNORECASE,
-)
-# A URL's password (postgresql://user:PASSWORD@host).
-_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@/\s]+@")
 MASK = "***"
+
+# -- which names are secret: one rule for keys, tag names and `name=value` text ---------
+#
+# A name is split into words (at `_ - . /` and spaces, and at case changes: `signingKey`
+# is `signing key`). It is secret when
+# - a word is a secret word (`pwd`, `auth`, `token`, ...), or contains one that never
+#   names anything else (`dbpassword`, `clientsecret`), or
+# - its last word is `key`/`keys` after another word that does not say which thing the
+#   key picks (`access_key`, `signing_key`, `mux_key` are secret; `asset_key`,
+#   `partition_keys`, `concurrency_key` name things). A bare `key` (a tag's) is not.
+_SECRET_WORDS = frozenset(
+    {
+        "password", "passwd", "pwd", "pass", "passphrase", "secret", "secrets", "token",
+        "tokens", "credential", "credentials", "creds", "auth", "oauth", "oauth2",
+        "authorization", "authorisation", "cookie", "cookies", "dsn", "private", "signature",
+        "sig", "apikey", "accesskey", "secretkey", "privatekey", "signingkey", "sessionid",
+        "bearer",
+    }
+)  # fmt: skip
+_SECRET_STEMS = ("password", "passwd", "secret", "credential")
+# Words before `key` that make it the name of a thing, not a credential.
+_NAMING_WORDS = frozenset(
+    {
+        "asset", "assets", "partition", "partitions", "concurrency", "idempotency", "cache",
+        "sort", "group", "primary", "foreign", "run", "step", "object", "s3", "event",
+        "state", "tag", "job", "schedule", "sensor", "public", "dedupe", "dedup", "lookup",
+        "row", "map", "check", "range", "cursor", "report", "file", "path", "hash",
+        "component", "defs", "storage_object", "translation", "i18n", "sha256",
+    }
+)  # fmt: skip
+_WORD = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z0-9]+(?![a-z])")
+
+
+def is_secret_name(name: object) -> bool:
+    """Whether a value named `name` (a key, a tag, a `name=value` pair) is a secret."""
+    words = [w.lower() for w in _WORD.findall(str(name))]
+    if any(w in _SECRET_WORDS or any(s in w for s in _SECRET_STEMS) for w in words):
+        return True
+    return len(words) >= 2 and words[-1] in ("key", "keys") and words[-2] not in _NAMING_WORDS
+
+
+# -- secrets inside text ---------------------------------------------------------------
+
+# A URL's password: scheme://user:PASSWORD@host, up to the last '@' before a space: a
+# password may hold an unencoded '/', '#' or '@', which URL parsers split differently
+# (a URL with a port and an '@' in its path loses a little more than its password).
+_URL_PASSWORD = re.compile(r"((?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*+://[^\s:/?#@]*+:)\S*@")
+# `name=value` and `name: value` (libpq's key=value strings, query strings, YAML and JSON
+# text, log lines), the name optionally quoted, the value quoted or up to a separator;
+# an HTTP scheme word (`Bearer abc`) is taken with the value after it. A name starts only
+# where no name character precedes it and is matched possessively, so a long run of
+# letters costs one pass, not one per letter (the text may be megabytes of variables).
+_PAIR = re.compile(
+    r"""(?P<lead>(?P<oq>["']?)(?<![A-Za-z0-9_.\-])(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*+)(?P=oq)"""
+    r"""\s*+[=:](?!//)\s*+)"""
+    r"""(?P<value>(?i:(?:bearer|basic|token|digest)\s+)?"""
+    r"""(?:"(?:[^"\\]|\\.)*+"|'(?:[^'\\]|\\.)*+'|[^\s,;&"'}\]]++))"""
+)
+
+# Caps, so one request cannot make an entry PostgreSQL or a reader cannot take.
+MAX_TEXT = 4000  # characters of one string
+MAX_ITEMS = 500  # items of one list or mapping
+MAX_DEPTH = 40  # levels of nesting
+MAX_NODES = 20_000  # values in all (YAML aliases can make a small text a huge tree)
+MAX_TARGET = 1000  # characters of the target column
+MAX_DETAILS = 256_000  # characters of one entry's details as JSON
+
+
+def truncated(text: str, limit: int = MAX_TEXT) -> str:
+    """`text` cut at `limit` characters with a marker saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…[truncated: {len(text) - limit} more characters]"
+
+
+def masked_text(text: str) -> str:
+    """`text` with every password in a URL and every secret `name=value` masked."""
+    text = _URL_PASSWORD.sub(rf"\1{MASK}@", text)
+
+    # By hand, not re.sub: a pair that is not secret gives up only its name, so a secret
+    # pair inside its value (`url=...?password=x`) is still found.
+    out, pos = [], 0
+    while (match := _PAIR.search(text, pos)) is not None:
+        if is_secret_name(match["name"]):
+            out.append(text[pos : match.start("value")] + MASK)
+            pos = match.end()
+        else:
+            out.append(text[pos : match.end("lead")])
+            pos = match.end("lead")
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _structured(text: str) -> Any:
+    """The mapping or list that `text` holds as JSON or YAML (block or flow style, as
+    the Launchpad sends run config), or None when it is plain text."""
+    stripped = text.strip()
+    if not (stripped[:1] in ("{", "[") or ("\n" in stripped and ":" in stripped)):
+        return None
+    try:
+        parsed = json.loads(stripped)
+    except (ValueError, RecursionError):
+        try:
+            parsed = yaml.safe_load(stripped)
+        except (yaml.YAMLError, RecursionError, ValueError):
+            return None
+    return parsed if isinstance(parsed, dict | list) else None
+
+
+def masked(value: Any) -> Any:
+    """`value` as the audit (and anything shown to people) may hold it: every secret
+    replaced by ***, and capped in size with a visible marker.
+
+    Secrets: values under a secret name (`is_secret_name`), the value of a `{key, value}`
+    tag whose key is one, a URL's password, secret `name=value` pairs in text (a libpq
+    connection string), and the same inside run config given as JSON or YAML text."""
+    budget = [MAX_NODES]
+    return _masked(value, 0, budget)
+
+
+def _masked(value: Any, depth: int, budget: list[int]) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0:
+        return "[truncated: too many values]"
+    if depth > MAX_DEPTH and isinstance(value, dict | list | tuple):
+        return "[truncated: nested too deep]"
+    if isinstance(value, dict):
+        if set(value) == {"key", "value"} and is_secret_name(value["key"]):
+            return {"key": _masked(value["key"], depth + 1, budget), "value": MASK}
+        out: dict[str, Any] = {}
+        for i, (k, v) in enumerate(value.items()):
+            if i == MAX_ITEMS:
+                out["[truncated]"] = f"{len(value) - MAX_ITEMS} more items"
+                break
+            secret = is_secret_name(k) and v not in (None, "")
+            out[truncated(str(k), 200)] = MASK if secret else _masked(v, depth + 1, budget)
+        return out
+    if isinstance(value, list | tuple):
+        items = [_masked(v, depth + 1, budget) for v in list(value)[:MAX_ITEMS]]
+        if len(value) > MAX_ITEMS:
+            items.append(f"[truncated: {len(value) - MAX_ITEMS} more items]")
+        return items
+    if isinstance(value, str):
+        parsed = _structured(value) if len(value) <= 100_000 else None
+        if parsed is not None:
+            hidden = _masked(parsed, depth, budget)
+            # Text with nothing to hide stays the text that was sent (a GraphQL query
+            # `{ version }` is not the mapping YAML reads in it).
+            if hidden != parsed:
+                return hidden
+        return truncated(masked_text(value))
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return truncated(masked_text(str(value)))
+
+
+# -- what PostgreSQL stores ----------------------------------------------------------------
+
+
+def storable_text(text: str) -> str:
+    """`text` as PostgreSQL's text and jsonb take it: NUL (which both refuse) and lone
+    surrogates (which are not UTF-8) written out as escapes, so the entry is never lost."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\u0000")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def storable(value: Any) -> Any:
+    """`value` (already masked) as jsonb takes it: every string storable, keys included;
+    numbers JSON cannot write (NaN, infinities, YAML's `.nan`) or Python will not print
+    (an integer of thousands of digits) kept as text; anything else as its text."""
+    if isinstance(value, dict):
+        return {storable_text(str(k)): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    if isinstance(value, str):
+        return storable_text(value)
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, int):
+        return (
+            value if abs(value) < 10**300 else f"[an integer of {len(hex(value)) - 2} hex digits]"
+        )
+    return storable_text(str(value))
+
+
+def entry_details(details: dict[str, Any]) -> Jsonb:
+    """An entry's details: masked, storable and at most MAX_DETAILS characters of JSON (the
+    variables, the largest part, are cut to a marked prefix when the whole is longer).
+    Details that cannot be made so are replaced by a note saying so: the entry itself,
+    who did what to what, is never lost to what it carries."""
+    try:
+        return _entry_details(details)
+    except (ValueError, TypeError, RecursionError) as exc:
+        return Jsonb({"unrecordable": f"the details could not be recorded ({type(exc).__name__})"})
+
+
+def _entry_details(details: dict[str, Any]) -> Jsonb:
+    clean = storable(masked(details))
+    text = json.dumps(clean, default=str)
+    if len(text) > MAX_DETAILS:
+        for key in ("variables", "payload", "query"):
+            if key in clean:
+                clean[key] = truncated(json.dumps(clean[key], default=str), MAX_DETAILS // 4)
+        text = json.dumps(clean, default=str)
+        if len(text) > MAX_DETAILS:
+            clean = {"truncated": truncated(text, MAX_DETAILS // 2)}
+    return Jsonb(clean)
+
+
+def _column(text: str | None, limit: int = MAX_TARGET) -> str | None:
+    return None if text is None else storable_text(truncated(masked_text(str(text)), limit))
 
 
 def record(
@@ -37,7 +255,16 @@ def record(
         """INSERT INTO ops.audit_log
                (actor, action, job_name, run_id, details, role, target, outcome)
            VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
-        [actor, action, job_name, run_id, Jsonb(details), role, target, outcome],
+        [
+            _column(actor),
+            _column(action),
+            _column(job_name),
+            _column(run_id),
+            entry_details(details),
+            _column(role),
+            _column(target),
+            _column(outcome),
+        ],
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -56,32 +283,18 @@ def settle(
               SET outcome = %s, run_id = coalesce(%s, run_id),
                   details = details || jsonb_build_object('result', %s::jsonb)
             WHERE id = %s""",
-        [outcome, run_id, Jsonb(result or {}), entry_id],
+        [_column(outcome), _column(run_id), entry_details(result or {}), entry_id],
     )
 
 
-def masked(value: Any) -> Any:
-    """`value` with every secret replaced by ***: values under a secret-looking key, the
-    value of a `{key, value}` tag whose key looks secret, a URL's password, and the same
-    inside run config given as YAML text."""
-    if isinstance(value, dict):
-        if set(value) == {"key", "value"} and SECRET_KEY.search(str(value["key"])):
-            return {"key": value["key"], "value": MASK}
-        return {
-            str(k): (MASK if SECRET_KEY.search(str(k)) and v not in (None, "") else masked(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [masked(v) for v in value]
-    if isinstance(value, str):
-        if "\n" in value and ":" in value:  # run config as YAML text
-            try:
-                parsed = yaml.safe_load(value)
-            except yaml.YAMLError:
-                parsed = None
-            if isinstance(parsed, dict):
-                return masked(parsed)
-        return _URL_PASSWORD.sub(rf"\1{MASK}@", value)
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    return str(value)
+def settle_run(conn: psycopg.Connection, run_id: str, outcome: str, summary: str) -> None:
+    """End the entries of `run_id` still waiting for their ending (`allowed`): a run
+    stopped by a signal or found with its process gone never reaches the code that
+    settles its entry, and "allowed" for ever would say it is still going."""
+    conn.execute(
+        """UPDATE ops.audit_log
+              SET outcome = %s,
+                  details = details || jsonb_build_object('result', %s::jsonb)
+            WHERE run_id = %s AND outcome = 'allowed'""",
+        [outcome, entry_details({"summary": summary}), run_id],
+    )

@@ -261,11 +261,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_id = str(uuid.uuid4())
     with open_instance(settings) as instance:
         entry = _audit_cli_launch(settings, tags[ACTOR_TAG], spec.name, run_id, args, partition)
-        manual_run.execute(
-            job, instance, run_config, tags, partition, _database_url(settings), run_id=run_id
-        )
-        print(f"run id: {run_id}")
-        ended = outcome(instance, run_id)
+        try:
+            manual_run.execute(
+                job, instance, run_config, tags, partition, _database_url(settings), run_id=run_id
+            )
+            print(f"run id: {run_id}")
+            ended = outcome(instance, run_id)
+        except BaseException as exc:
+            # A stop signal ends the entry in manual_run.cancel; anything else that ends
+            # the command (an error, Ctrl-C before the run's own handlers) ends it here.
+            with contextlib.suppress(Exception):  # the error itself matters more
+                _settle_cli_launch(
+                    settings, entry, "failed", run_id, f"mm-jobs run ended: {type(exc).__name__}"
+                )
+            raise
     _settle_cli_launch(settings, entry, ended.status, run_id, ended.summary)
     if ended.status == "succeeded":
         print(f"{spec.name}: succeeded")
@@ -635,9 +644,17 @@ def cmd_console(args: argparse.Namespace) -> int:
 def _console_defaults(args: argparse.Namespace) -> None:
     """The local stacks' console: the local OS user (labelled as such) unless the identity
     proxy is configured, and report links to the console itself."""
-    os.environ.setdefault("MM_CONSOLE_AUTH", "local")
-    os.environ.setdefault("MM_REPORTS_URL", f"http://{args.host}:{args.port}")
     from mm_orchestration.console.access import ConsoleAccess
+    from mm_orchestration.console.serve import loopback_address
+
+    # A loopback address however spelled (127.1, [::1]) as the address itself: the
+    # processes bind it and the report links must be a URL the settings accept.
+    address = loopback_address(args.host)
+    if address is not None and args.host.strip() != "localhost":
+        args.host = str(address)
+    url_host = f"[{args.host}]" if ":" in args.host else args.host
+    os.environ.setdefault("MM_CONSOLE_AUTH", "local")
+    os.environ.setdefault("MM_REPORTS_URL", f"http://{url_host}:{args.port}")
 
     ConsoleAccess.from_env()  # a bad console setting stops the start, naming it
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
+import psycopg
+
 from mm_orchestration.db import connect
 from mm_orchestration.joblog import log_event
 from mm_orchestration.resources.report_store import ReportStore, ReportStoreError
@@ -51,6 +53,29 @@ SELECT sha256 FROM ops.residency_reports WHERE storage_uri = ANY(%(refs)s)
 UNION ALL
 SELECT html_sha256 FROM ops.residency_reports WHERE html_uri = ANY(%(refs)s)
 """
+
+
+# The report a stored object is, for the audit trail: the residency report of which week.
+REPORT_OF = """
+SELECT week_start, CASE WHEN storage_uri = ANY(%(refs)s) THEN 'csv' ELSE 'html' END
+  FROM ops.residency_reports
+ WHERE storage_uri = ANY(%(refs)s) OR html_uri = ANY(%(refs)s)
+ LIMIT 1
+"""
+
+
+def report_of(store: ReportStore, database_url: str, key: str) -> dict[str, str] | None:
+    """Which report `key` holds, as compliance names it (`residency`, the week's partition,
+    the format), or None when no report was recorded under it."""
+    try:
+        refs = [store.uri(key), key]
+        with connect(database_url) as conn:
+            row = conn.execute(REPORT_OF, {"refs": refs}).fetchone()
+    except (ReportStoreError, ValueError, psycopg.Error):
+        return None  # the name is a nicety: the key is recorded in any case
+    if row is None:
+        return None
+    return {"report": "residency", "partition": row[0].isoformat(), "format": row[1]}
 
 
 @dataclass(frozen=True)

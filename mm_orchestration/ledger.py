@@ -20,6 +20,7 @@ from dagster import Config, DagsterExecutionInterruptedError, OpExecutionContext
 from psycopg.types.json import Jsonb
 from pydantic import Field as PydanticField
 
+from mm_orchestration.audit import masked_text, storable_text
 from mm_orchestration.joblog import log_event
 from mm_orchestration.resources.database import PortalDatabase
 
@@ -135,6 +136,9 @@ def claim(db: PortalDatabase, window: Window, force: bool = False) -> Iterator[C
                 stopped = isinstance(exc, KeyboardInterrupt | DagsterExecutionInterruptedError)
                 status = "canceled" if stopped else "failed"
                 error = "stopped while running" if stopped else f"{type(exc).__name__}: {exc}"
+                # Shown in the console and job health: a driver's message may quote a
+                # connection string, and a NUL in it would lose the ledger's update.
+                error = storable_text(masked_text(error))
                 conn.execute(
                     """UPDATE ops.job_runs
                           SET status = %s, finished_at = now(), duration_ms = %s,

@@ -81,11 +81,13 @@ def execute(
 
 
 def cancel(instance: DagsterInstance, run_id: str, database_url: str | None, why: str) -> None:
-    """Mark an unfinished run canceled in Dagster and its ledger rows canceled."""
+    """Mark an unfinished run canceled in Dagster, its ledger rows canceled, and its
+    audit entry (written before it started) ended as canceled."""
     run = instance.get_run_by_id(run_id)
     if run is not None and not run.is_finished:
         instance.report_run_canceled(run, message=f"Canceled: {why}")
     if database_url:
+        from mm_orchestration import audit
         from mm_orchestration.db import connect
 
         with connect(database_url, autocommit=True) as conn:
@@ -94,6 +96,7 @@ def cancel(instance: DagsterInstance, run_id: str, database_url: str | None, why
                     WHERE run_id = %s AND status = 'running'""",
                 [why[:4000], run_id],
             )
+            audit.settle_run(conn, run_id, "canceled", why)
 
 
 def cli_process(run: DagsterRun) -> int | None:

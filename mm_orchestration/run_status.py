@@ -14,6 +14,7 @@ from typing import Any
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
+from mm_orchestration.audit import masked_text
 from mm_orchestration.ledger import OUTCOME_TAG, SKIP_REASON_TAG
 
 ERROR_TAG = "mm/error"
@@ -34,7 +35,13 @@ class Outcome:
 
 
 def error_line(error: Any) -> str:
-    """The first line of the innermost error an op raised (a SerializableErrorInfo)."""
+    """The first line of the innermost error an op raised (a SerializableErrorInfo), with
+    any password in it masked: it is shown in the run list, alerts and the CLI, and a
+    driver's message may quote a connection string."""
+    return masked_text(_first_line(error))
+
+
+def _first_line(error: Any) -> str:
     while error is not None and error.cause is not None and error.message.startswith(_WRAPPERS):
         error = error.cause
     if error is None:
@@ -72,7 +79,7 @@ def failure_summary(instance: DagsterInstance, run_id: str) -> str:
         event = record.dagster_event
         data = event.event_specific_data if event is not None else None
         found = error_line(getattr(data, "error", None))
-        return found or (record.message or "the run failed").strip()
+        return found or masked_text((record.message or "the run failed").strip())
     return "the run failed"
 
 

@@ -329,6 +329,12 @@ def test_stopping_mm_jobs_run_cancels_its_run_at_once_without_a_retry(
         "SELECT status FROM ops.job_runs WHERE run_id = %s", [run.run_id]
     ).fetchall()
     assert ledger == [("canceled",)]
+    # The audit entry written before the run started ends too (not "allowed" for ever).
+    entries = conn.execute(
+        "SELECT outcome, details->'result'->>'summary' FROM ops.audit_log WHERE run_id = %s",
+        [run.run_id],
+    ).fetchall()
+    assert entries == [("canceled", f"mm-jobs run was stopped ({sig})")]
 
 
 def test_a_cli_run_whose_process_died_is_canceled_when_a_stack_starts(
@@ -363,6 +369,10 @@ def test_a_cli_run_whose_process_died_is_canceled_when_a_stack_starts(
         "SELECT count(*) FROM ops.job_runs WHERE run_id = %s AND status = 'running'", [run.run_id]
     ).fetchone()
     assert running == (0,)
+    outcome = conn.execute(
+        "SELECT outcome FROM ops.audit_log WHERE run_id = %s", [run.run_id]
+    ).fetchall()
+    assert outcome == [("canceled",)]
 
 
 def test_bad_partitions_and_an_unreachable_storage_are_named(dagster_env, pg_server):

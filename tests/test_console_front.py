@@ -114,6 +114,63 @@ def test_roles_and_identity_settings_are_checked_at_start(tmp_path):
         )
 
 
+PROXY = {"MM_CONSOLE_TRUSTED_PROXIES": "127.0.0.1"}
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("admin: [ann@x.io]\nadmin: [ben@x.io]\n", "'admin' is given twice \\(lines 1 and 2\\)"),
+        ("admin: [ann@x.io, null]\n", "None is not a person"),
+        ("viewer: [yes]\n", "True is not a person"),
+        ("operator: [123]\n", "123 is not a person"),
+        ("admin: [ann@x.io@evil.io]\n", "is not a person as the proxy names them"),
+        ("viewer: ['*@x..io']\n", "is not a person as the proxy names them"),
+        ("viewer: ['*@*.io']\n", "is not a person as the proxy names them"),
+    ],
+)
+def test_a_roles_file_that_could_be_misread_is_refused_at_start(tmp_path, text, problem):
+    """Two lists under one role (YAML would keep the last), and entries YAML reads as
+    something else than a name, stop the start, naming the setting."""
+    roles_file = tmp_path / "roles.yaml"
+    roles_file.write_text(text)
+    with pytest.raises(SettingsError, match=f"MM_CONSOLE_ROLES_FILE.*{problem}"):
+        ConsoleAccess.from_env({**PROXY, "MM_CONSOLE_ROLES_FILE": str(roles_file)})
+
+
+@pytest.mark.parametrize("proxies", ["0.0.0.0/0", "::/0", "10.0.0.1, 0.0.0.0/1", "::ffff:0:0/96"])
+def test_trusting_everyone_as_the_proxy_is_refused(proxies):
+    with pytest.raises(SettingsError, match="MM_CONSOLE_TRUSTED_PROXIES: .*trusts far more"):
+        ConsoleAccess.from_env({"MM_CONSOLE_TRUSTED_PROXIES": proxies})
+    # A site's own ranges are fine.
+    ConsoleAccess.from_env({"MM_CONSOLE_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8, ::ffff:10.0.0.1"})
+
+
+@pytest.mark.parametrize(
+    "header", ["Host", "User-Agent", "X-Forwarded-For", "x-real-ip", "Cookie", "Sec-Fetch-Site"]
+)
+def test_an_identity_header_clients_set_themselves_is_refused(header):
+    with pytest.raises(SettingsError, match=f"MM_CONSOLE_IDENTITY_HEADER={header} is a header"):
+        ConsoleAccess.from_env({**PROXY, "MM_CONSOLE_IDENTITY_HEADER": header})
+    access = ConsoleAccess.from_env(
+        {**PROXY, "MM_CONSOLE_IDENTITY_HEADER": "Cf-Access-Authenticated-User-Email"}
+    )
+    assert access.header == "Cf-Access-Authenticated-User-Email"
+
+
+def test_a_whole_domain_covers_only_addresses_of_that_domain():
+    access = ConsoleAccess.from_env({**PROXY, "MM_CONSOLE_ROLES": "*@x.com=viewer; ann=admin"})
+    assert access.role_of("bea@x.com") == "viewer"
+    assert access.role_of("a@evil.com@x.com") is None  # no address at all
+    assert access.role_of("a@sub.x.com") is None and access.role_of("a@evilx.com") is None
+    assert access.role_of("ann") == "admin"  # a user name, as some proxies give
+    assert access.identify("127.0.0.1", {"x-auth-request-email": "a@evil.com@x.com"}) == (
+        Identity("a@evil.com@x.com", None, "proxy")
+    )
+    with pytest.raises(SettingsError, match="MM_CONSOLE_ROLES: 'a@b@x.com'"):
+        ConsoleAccess.from_env({**PROXY, "MM_CONSOLE_ROLES": "a@b@x.com=admin"})
+
+
 def test_secrets_are_masked_in_audited_variables():
     from mm_orchestration.audit import masked
 
@@ -511,12 +568,26 @@ def test_reporting_an_asset_over_rest_is_admins_and_audited(console):
     assert status == 403 and b"operator may not" in body
     status, body, _ = curl(console.port, path, ADMIN, body={"metadata": {"rows": 1}})
     assert status == 200, body
+    # The asset named in the body (the path left empty), and an answer Dagster refuses:
+    # the entry names the asset and ends as Dagster answered, not as we allowed.
+    status, body, _ = curl(
+        console.port,
+        "/report_asset_materialization/",
+        ADMIN,
+        {"asset_key": ["ops", "tenant_health_daily"], "partition": "2026-11-28"},
+        content_type="application/json; charset=utf-8",  # Dagster takes only the bare type
+    )
+    assert status == 400, body
     entries = console.audit("action = 'report_asset_materialization'")
     assert [(e["actor"], e["outcome"], e["target"]) for e in entries] == [
         (OPERATOR, "refused", "ops/tenant_health_daily"),
-        (ADMIN, "allowed", "ops/tenant_health_daily"),
+        (ADMIN, "succeeded", "ops/tenant_health_daily"),
+        (ADMIN, "failed", "ops/tenant_health_daily"),
     ]
     assert entries[1]["details"]["partitions"] == ["2026-11-29"]
+    assert entries[2]["details"]["partitions"] == ["2026-11-28"]
+    assert entries[2]["details"]["result"]["status"] == 400
+    assert "content type" in str(entries[2]["details"]["result"]["answer"])
 
 
 def test_reports_and_the_audit_trail_download_as_the_person(console):
@@ -543,11 +614,14 @@ def test_reports_and_the_audit_trail_download_as_the_person(console):
     assert status == 200 and "content-disposition: inline" in headers and "sandbox" in headers
     assert curl(console.port, "/reports/residency/nope.csv", VIEWER)[0] == 404
     downloads = console.audit("action = 'download_report'")
+    # Named as compliance names reports (the week's partition), the object key kept.
     assert [(e["actor"], e["target"], e["outcome"]) for e in downloads] == [
-        (VIEWER, "residency/2026-W48.csv", "succeeded"),
-        (VIEWER, "residency/2026-W48.html", "succeeded"),
+        (VIEWER, "residency report 2026-11-23 (csv)", "succeeded"),
+        (VIEWER, "residency report 2026-11-23 (html)", "succeeded"),
         (VIEWER, "residency/nope.csv", "failed: 404"),
     ]
+    assert downloads[0]["details"]["partitions"] == ["2026-11-23"]
+    assert downloads[0]["details"]["object_key"] == "residency/2026-W48.csv"
     status, body, headers = curl(
         console.port, f"/audit-trail.csv?person={VIEWER}&action=download_report", VIEWER
     )
@@ -555,7 +629,45 @@ def test_reports_and_the_audit_trail_download_as_the_person(console):
     lines = body.decode().splitlines()
     assert lines[0].startswith('"occurred_at","actor","role","action"')
     assert len(lines) == 4 and all(VIEWER in line for line in lines[1:])
-    assert curl(console.port, "/audit-trail.csv?day=yesterday", VIEWER)[0] == 400
+    for bad in (
+        "day=yesterday",
+        "day=9999-12-31",
+        "day=0001-01-01",
+        "since=0001-01-01T00:00",
+        "until=9999-12-31T23:59-05:00",
+        "since=2026-11-30&until=2026-11-01",
+        "since=99999-01-01",
+        "person=a%20b",
+    ):
+        status, body, _ = curl(console.port, f"/audit-trail.csv?{bad}", VIEWER)
+        assert status == 400 and body and b"Traceback" not in body, (bad, status, body)
+    trail = console.audit("action = 'download_audit_trail'")
+    assert {e["outcome"] for e in trail} == {"succeeded"}
+
+
+def test_a_batch_of_graphql_operations_is_refused_clearly(console):
+    before = len(console.audit())
+    batch = [{"query": "{ version }"}, {"query": "mutation { reloadWorkspace { __typename } }"}]
+    status, body, _ = curl(console.port, "/graphql", ADMIN, batch)
+    assert status == 400
+    assert "one GraphQL operation per request" in json.loads(body)["errors"][0]["message"]
+    assert len(console.audit()) == before  # nothing was done, so nothing to audit
+    for body, problem in (
+        ({"query": 1}, "query must be"),
+        ({"query": "{ version }", "variables": [1]}, "variables must be"),
+        ({"query": "{ version }", "operationName": 5}, "operationName must be"),
+    ):
+        status, answer, _ = curl(console.port, "/graphql", ADMIN, body)
+        assert status == 400 and problem in json.loads(answer)["errors"][0]["message"], body
+
+
+def test_graphiql_names_the_person_too(console):
+    done = subprocess.run(
+        ["curl", "-s", "-H", f"{HEADER}: {OPERATOR}", "-H", "Accept: text/html",
+         f"http://127.0.0.1:{console.port}/graphql"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert "Signed in as olivia@mm.example (operator)" in done.stdout
 
 
 # -- the gate's judgement, without a server -------------------------------------------
@@ -647,3 +759,257 @@ def test_a_websocket_without_an_identity_is_refused(console):
     with pytest.raises(InvalidStatus) as refused:
         connect(f"ws://127.0.0.1:{console.port}/graphql", subprotocols=["graphql-ws"])  # type: ignore[list-item]
     assert refused.value.response.status_code in (401, 403)
+
+
+# -- every mutation's target, however its arguments are spelled ---------------------------
+
+
+def _sample(type_: Any, name: str, depth: int = 0) -> Any:
+    """A value of a GraphQL input type, every field filled (for naming what is acted on)."""
+    from graphql import (
+        GraphQLEnumType,
+        GraphQLInputObjectType,
+        GraphQLList,
+        GraphQLNonNull,
+    )
+
+    if isinstance(type_, GraphQLNonNull):
+        return _sample(type_.of_type, name, depth)
+    if isinstance(type_, GraphQLList):
+        return [_sample(type_.of_type, name, depth)]
+    if isinstance(type_, GraphQLEnumType):
+        return next(iter(type_.values))
+    if isinstance(type_, GraphQLInputObjectType):
+        if depth > 4:
+            return None
+        return {(f.out_name or n): _sample(f.type, n, depth + 1) for n, f in type_.fields.items()}
+    return {"Int": 1, "Float": 1.0, "Boolean": True}.get(type_.name, f"{name}-x")
+
+
+def test_every_mutation_names_its_target_however_dagster_spells_its_arguments():
+    """graphql-core hands the gate Python names (`schedule_selector`), which differ from
+    the schema's for some mutations: each must still be audited with what it acts on."""
+    from dagster_graphql.schema import create_schema
+
+    from mm_orchestration.console.gate import decide, graphql_args
+
+    admin = Identity(ADMIN, "admin", "proxy")
+    fields = create_schema().graphql_schema.mutation_type.fields
+    unnamed = {}
+    for field_name, definition in fields.items():
+        if MUTATIONS[field_name].rule == "free":
+            continue
+        as_resolver_gets_them = {
+            (a.out_name or n): _sample(a.type, n) for n, a in definition.args.items()
+        }
+        decision = decide(field_name, as_resolver_gets_them, admin, None)
+        if not decision.target:
+            unnamed[field_name] = sorted(as_resolver_gets_them)
+        # The schema's spelling and the resolver's are one and the same to the gate.
+        named = graphql_args(field_name, as_resolver_gets_them)
+        assert decide(field_name, named, admin, None).target == decision.target
+    assert unnamed == {}
+    schedule = {"repositoryLocationName": "loc", "repositoryName": "r", "scheduleName": "s"}
+    for field_name in ("startSchedule", "resetSchedule"):
+        target = decide(field_name, {"schedule_selector": schedule}, admin, None).target
+        assert target == "loc:s", field_name
+    sensor = {"repositoryLocationName": "loc", "repositoryName": "r", "sensorName": "n"}
+    for field_name in ("startSensor", "resetSensor", "setSensorCursor"):
+        assert decide(field_name, {"sensor_selector": sensor}, admin, None).target == "loc:n"
+    assert decide("sensorDryRun", {"selector_data": sensor}, admin, None).target == "loc:n"
+    assert decide("scheduleDryRun", {"selector_data": schedule}, admin, None).target == "loc:s"
+
+
+def test_the_arguments_the_gate_rewrites_are_spelled_alike_in_python_and_graphql():
+    """stamp_actor and keep_resources_as_defined change the arguments Dagster's resolver
+    gets (Python names): an upgrade that renames one of those in Python would let a launch
+    through unstamped, so it fails here first."""
+    from dagster_graphql.schema import create_schema
+    from graphql import GraphQLInputObjectType, get_named_type
+
+    from mm_orchestration.console.mutations import LAUNCH_FIELDS
+
+    fields = create_schema().graphql_schema.mutation_type.fields
+    rewritten = {
+        *("executionParams", "executionParamsList", "reexecutionParams", "backfillParams"),
+        *("executionMetadata", "tags", "extraTags", "runConfigData", "key", "value"),
+    }
+    renamed = []
+
+    def walk(name: str, definition: Any, seen: set[str]) -> None:
+        if name in rewritten and definition.out_name not in (None, name):
+            renamed.append((name, definition.out_name))
+        named = get_named_type(definition.type)
+        if isinstance(named, GraphQLInputObjectType) and named.name not in seen:
+            for inner, field in named.fields.items():
+                walk(inner, field, seen | {named.name})
+
+    for field_name in LAUNCH_FIELDS | {"launchPartitionBackfill", "reexecutePartitionBackfill"}:
+        for name, argument in fields[field_name].args.items():
+            walk(name, argument, set())
+    assert renamed == []
+
+
+def test_wipes_and_reported_events_name_their_assets_and_partitions():
+    from mm_orchestration.console.gate import decide
+
+    admin = Identity(ADMIN, "admin", "proxy")
+    wipe = decide(
+        "wipeAssets",
+        {
+            "assetPartitionRanges": [
+                {
+                    "assetKey": {"path": ["ops", "analytics_hourly"]},
+                    "partitions": {"ranges": [{"start": "2026-11-01", "end": "2026-11-02"}]},
+                },
+                {"assetKey": {"path": ["ops", "job_health"]}},
+            ]
+        },
+        admin,
+        None,
+    )
+    assert wipe.target == "ops/analytics_hourly,ops/job_health"
+    assert wipe.details["assets"] == ["ops/analytics_hourly", "ops/job_health"]
+    assert wipe.details["partitions"] == [
+        {"asset": "ops/analytics_hourly", "partitions": ["2026-11-01...2026-11-02"]},
+        {"asset": "ops/job_health", "partitions": "all"},
+    ]
+    event = decide(
+        "reportRunlessAssetEvents",
+        {
+            "eventParams": {
+                "eventType": "MATERIALIZATION",
+                "assetKey": {"path": ["ops", "tenant_health_daily"]},
+                "partitionKeys": ["2026-11-28", "2026-11-29"],
+            }
+        },
+        admin,
+        None,
+    )
+    assert event.target == "ops/tenant_health_daily"
+    assert event.details == {
+        "assets": ["ops/tenant_health_daily"],
+        "partitions": [
+            {"asset": "ops/tenant_health_daily", "partitions": ["2026-11-28", "2026-11-29"]}
+        ],
+    }
+    backfill = decide(
+        "launchPartitionBackfill",
+        {
+            "backfillParams": {
+                "assetSelection": [{"path": ["ops", "analytics_hourly"]}],
+                "partitionNames": ["2026-11-28-10:00"],
+            }
+        },
+        admin,
+        None,
+    )
+    assert backfill.details["assets"] == ["ops/analytics_hourly"]
+    assert backfill.details["partitions"] == [{"partitions": ["2026-11-28-10:00"]}]
+
+
+LAUNCH_MANY = """
+mutation($l: [ExecutionParams!]!) { launchMultipleRuns(executionParamsList: $l) {
+  __typename ... on LaunchMultipleRunsResult { launchMultipleRunsResult {
+    __typename ... on LaunchRunSuccess { run { runId } } } }
+  ... on PythonError { message } } }
+"""
+
+
+def test_each_run_of_a_batch_launch_has_its_own_entry_with_its_run_id(console):
+    """The reconciling sensor adds an entry for a manual run no entry names: a batch's
+    runs each carry theirs, so none is audited twice."""
+    from mm_orchestration.sensors.run_alerts import AUDIT_ONCE
+
+    batch = [launch_params("share_link_expiry"), launch_params("notification_digest")]
+    answer = gql(console, OPERATOR, LAUNCH_MANY, {"l": batch})["data"]["launchMultipleRuns"]
+    runs = [r["run"]["runId"] for r in answer["launchMultipleRunsResult"]]
+    assert len(runs) == 2
+    for run_id, job in zip(runs, ("share_link_expiry", "notification_digest"), strict=True):
+        (entry,) = console.audit("run_id = %s", [run_id])
+        assert (entry["actor"], entry["target"], entry["outcome"]) == (OPERATOR, job, "succeeded")
+        assert entry["details"]["mutation"] == "launchMultipleRuns"
+    with psycopg.connect(console.database_url, autocommit=True) as conn:
+        for run_id in runs:
+            reconciled = conn.execute(
+                AUDIT_ONCE,
+                {
+                    "actor": "x",
+                    "job": "x",
+                    "run_id": run_id,
+                    "details": psycopg.types.json.Jsonb({}),
+                },
+            ).rowcount
+            assert reconciled == 0
+    # A batch with the drill in it is refused whole, each run's refusal audited.
+    batch = [launch_params("share_link_expiry"), launch_params("backup_verify")]
+    answer = gql(console, OPERATOR, LAUNCH_MANY, {"l": batch})["data"]["launchMultipleRuns"]
+    assert answer == {
+        "__typename": "PythonError",
+        "message": "operator may not launch backup_verify",
+    }
+    refused = console.audit("details->>'mutation' = 'launchMultipleRuns' AND outcome = 'refused'")
+    assert [(e["target"], e["details"]["refusal"]) for e in refused] == [
+        ("share_link_expiry", "refused with its batch: operator may not launch backup_verify"),
+        ("backup_verify", "operator may not launch backup_verify"),
+    ]
+
+
+def test_a_nul_in_the_variables_is_audited_not_lost(console):
+    """PostgreSQL's text and jsonb refuse NUL: the entry escapes it, and the refusal is
+    still audited (and still a refusal)."""
+    params = launch_params("backup_verify", [{"key": "note\u0000", "value": "a\u0000b"}])
+    answer = gql(console, OPERATOR, LAUNCH, {"p": params})["data"]["launchPipelineExecution"]
+    assert answer["message"] == "operator may not launch backup_verify"
+    (entry,) = console.audit("details::text LIKE %s", ["%a\\\\\\\\u0000b%"])
+    assert (entry["actor"], entry["outcome"]) == (OPERATOR, "refused")
+    tags = entry["details"]["variables"]["executionParams"]["executionMetadata"]["tags"]
+    assert tags == [{"key": "note\\u0000", "value": "a\\u0000b"}]
+
+
+@pytest.mark.parametrize(
+    "host, bound",
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("0x7f.0.0.1", "127.0.0.1"),
+        ("127.8.9.10", "127.8.9.10"),
+        ("[::1]", "::1"),
+        ("0:0:0:0:0:0:0:1", "::1"),
+        ("::ffff:127.0.0.1", "127.0.0.1"),
+        ("localhost", "localhost"),
+        ("LOCALHOST.", "127.0.0.1"),
+    ],
+)
+def test_local_mode_serves_on_any_spelling_of_a_loopback_address(host, bound):
+    from mm_orchestration.console.serve import check_binding
+
+    local = ConsoleAccess(mode="local", local_user="me")
+    assert check_binding(host, local) == bound
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.0.0.1", "::ffff:10.0.0.1", "example.com"])
+def test_local_mode_refuses_anything_but_loopback(host):
+    from mm_orchestration.console.serve import check_binding
+
+    with pytest.raises(SettingsError, match="MM_CONSOLE_AUTH=local .*only on a loopback"):
+        check_binding(host, ConsoleAccess(mode="local", local_user="me"))
+
+
+@pytest.mark.parametrize(
+    "host, url", [("127.1", "http://127.0.0.1:3000"), ("[::1]", "http://[::1]:3000")]
+)
+def test_the_local_stacks_take_any_loopback_spelling_for_their_links(monkeypatch, host, url):
+    """`mm-jobs dev --host 127.1`: the report links the console shows are a URL the
+    settings accept, and the stack binds the address itself."""
+    import argparse
+
+    from mm_orchestration.cli import _console_defaults
+
+    for name in ("MM_CONSOLE_AUTH", "MM_REPORTS_URL", "MM_CONSOLE_ROLES", "MM_CONSOLE_ROLES_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    args = argparse.Namespace(host=host, port=3000)
+    _console_defaults(args)
+    assert os.environ["MM_REPORTS_URL"] == url
+    assert Settings.from_env(dict(os.environ)).reports_url.rstrip("/") == url
+    assert args.host in ("127.0.0.1", "::1")

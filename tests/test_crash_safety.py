@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from dagster import DagsterInstance
 
 from mm_orchestration.jobs.share_link_expiry import share_link_expiry
@@ -130,3 +131,23 @@ def test_window_lock_is_held_on_the_direct_host_when_there_is_one(conn, database
         assert conn.execute("SELECT status FROM ops.job_runs").fetchone() == ("succeeded",)
     finally:
         db.close()
+
+
+def test_a_failed_runs_ledger_error_masks_a_password_and_keeps_a_nul(conn, database_url):
+    """The ledger's error is shown in the console and job health: a password quoted by a
+    driver is masked, and a NUL (which PostgreSQL's text refuses) does not lose the row's
+    ending."""
+    from mm_orchestration.ledger import Window, claim
+    from mm_orchestration.resources import PortalDatabase
+
+    db = PortalDatabase(url=database_url)
+    window = Window("share-link-expiry", "2026-11-28T21:30:00Z", "run-9", "schedule", None)
+    try:
+        with pytest.raises(RuntimeError), claim(db, window):
+            raise RuntimeError("no route to postgresql://jobs:hunter2@db/portal\x00")
+    finally:
+        db.close()
+    assert conn.execute("SELECT status, error FROM ops.job_runs").fetchone() == (
+        "failed",
+        "RuntimeError: no route to postgresql://jobs:***@db/portal\\u0000",
+    )

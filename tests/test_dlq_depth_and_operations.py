@@ -277,3 +277,42 @@ def test_poison_letters_can_be_shown_listed_and_discarded(conn, database_url):
     bad = subprocess.run([MM_JOBS, "dlq", "list", "--limit", "-1"], env=env,
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode == 2 and "not a whole number" in bad.stderr and "from 1 to" in bad.stderr
+
+
+def test_secrets_in_a_discard_reason_or_a_replay_error_are_never_shown_or_audited(conn):
+    """A reason is typed by a person (who may paste a connection string); a replay's
+    error may quote one. Neither shows nor audits a password, and a NUL is stored."""
+    from mm_orchestration.jobs.dlq_operations import discard, list_rows, show_row
+
+    add_rows(conn, 2, status="dead")
+    first, second = [
+        r[0] for r in conn.execute("SELECT id FROM portal.mux_webhook_dlq ORDER BY id")
+    ]
+    conn.execute(
+        "UPDATE portal.mux_webhook_dlq SET last_error = %s WHERE id = %s",
+        ["connection failed: host=db password=hunter2 user=jobs", second],
+    )
+    discard(conn, first, "replayed by hand via postgresql://jobs:hunter2@db/portal\x00", "olivia")
+    shown = json.dumps(
+        [show_row(conn, first), show_row(conn, second), list_rows(conn)], default=str
+    )
+    assert "hunter2" not in shown and "***" in shown
+    (details,) = conn.execute(
+        "SELECT details FROM ops.audit_log WHERE action = 'dlq_discard'"
+    ).fetchone()
+    assert details["reason"] == "replayed by hand via postgresql://jobs:***@db/portal\\u0000"
+
+
+def test_a_failure_summary_masks_a_quoted_password():
+    from types import SimpleNamespace
+
+    from mm_orchestration.run_status import error_line
+
+    error = SimpleNamespace(
+        message="OperationalError: connection to postgresql://jobs:hunter2@db/portal failed\nmore",
+        cause=None,
+        cls_name="OperationalError",
+    )
+    assert error_line(error) == (
+        "OperationalError: connection to postgresql://jobs:***@db/portal failed"
+    )

@@ -26,10 +26,12 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from mm_orchestration import inventory
+from mm_orchestration.addresses import address_problem, domain_of
 from mm_orchestration.settings import SettingsError
 
 ROLES = ("viewer", "operator", "admin")
@@ -51,6 +53,28 @@ OPERATOR_ASSETS = frozenset(
 # without spaces or separators that would make the audit ambiguous.
 _PERSON = re.compile(r"^[A-Za-z0-9._%+\-@]{1,254}$")
 _HEADER_NAME = re.compile(r"^[A-Za-z0-9\-]{1,100}$")
+# Headers a browser or any client sets, or that proxies pass along from the client (HTTP's
+# standard request headers, the forwarding ones, the browser's Sec-* family): a proxy
+# that authenticates names the person in a header of its own, and one of these would let
+# the person name themselves.
+_CLIENT_HEADERS = frozenset(
+    {
+        "accept", "accept-charset", "accept-encoding", "accept-language", "authorization",
+        "cache-control", "connection", "content-length", "content-type", "cookie", "date",
+        "dnt", "expect", "forwarded", "from", "host", "if-match", "if-modified-since",
+        "if-none-match", "if-range", "if-unmodified-since", "keep-alive", "max-forwards",
+        "origin", "pragma", "priority", "proxy-authorization", "range", "referer", "te",
+        "trailer", "transfer-encoding", "upgrade", "upgrade-insecure-requests", "user-agent",
+        "via", "warning", "x-forwarded-for", "x-forwarded-host", "x-forwarded-port",
+        "x-forwarded-proto", "x-forwarded-prefix", "x-real-ip", "x-requested-with",
+        "x-csrf-token", "x-xsrf-token", "x-http-method-override", "true-client-ip",
+        "x-client-ip", "x-original-url", "x-rewrite-url",
+    }
+)  # fmt: skip
+_CLIENT_HEADER_PREFIXES = ("sec-", "proxy-", "content-", "access-control-")
+# The widest network that is still one site's own: 10.0.0.0/8 and fc00::/7 are the widest
+# private ranges; a wider one (0.0.0.0/0, ::/0) trusts the internet to say who you are.
+_WIDEST = {4: 8, 6: 7}
 
 
 @dataclass(frozen=True)
@@ -105,6 +129,13 @@ class ConsoleAccess:
                 f"MM_CONSOLE_IDENTITY_HEADER={header[:100]!r} is not an HTTP header name "
                 "(letters, digits and hyphens, e.g. X-Auth-Request-Email)"
             )
+        if header.lower() in _CLIENT_HEADERS or header.lower().startswith(_CLIENT_HEADER_PREFIXES):
+            raise SettingsError(
+                f"MM_CONSOLE_IDENTITY_HEADER={header} is a header browsers and clients set "
+                "themselves, so anyone could name themselves in it; give the header your "
+                "identity proxy adds (e.g. X-Auth-Request-Email for oauth2-proxy, "
+                "Cf-Access-Authenticated-User-Email for Cloudflare Access)"
+            )
         proxies = _networks(get("MM_CONSOLE_TRUSTED_PROXIES"))
         if mode == "proxy" and not proxies:
             raise SettingsError(
@@ -129,8 +160,10 @@ class ConsoleAccess:
         key = person.lower()
         if key in self.roles:
             return self.roles[key]
-        domain = key.rpartition("@")[2]
-        if "@" in key and f"*@{domain}" in self.roles:
+        # The domain as the address checker reads it: `a@evil.example@x.com` is no address,
+        # so no `*@x.com` entry covers it.
+        domain = domain_of(key) if "@" in key else None
+        if domain is not None and f"*@{domain}" in self.roles:
             return self.roles[f"*@{domain}"]
         if self.mode == "local" and key == self.local_user.lower():
             return "admin"
@@ -161,23 +194,47 @@ def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
     networks = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         try:
-            networks.append(ipaddress.ip_network(item, strict=False))
+            network = ipaddress.ip_network(item, strict=False)
         except ValueError:
             raise SettingsError(
                 f"MM_CONSOLE_TRUSTED_PROXIES: {item[:60]!r} is not an IP address or network "
                 "(e.g. 127.0.0.1, 10.0.0.0/24, ::1), separated by commas"
             ) from None
+        if _too_wide(network):
+            raise SettingsError(
+                f"MM_CONSOLE_TRUSTED_PROXIES: {item} trusts far more than a proxy (whoever "
+                "connects from there may name themselves anyone); give the proxy's own "
+                "addresses or its subnet, at most a /8 (IPv4) or /7 (IPv6)"
+            )
+        networks.append(network)
     return tuple(networks)
 
 
+def _too_wide(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Wider than any one site's own network; IPv4 written as IPv6 (::ffff:0:0/96) is
+    judged as the IPv4 network it is."""
+    if isinstance(network, ipaddress.IPv6Network):
+        mapped = ipaddress.IPv6Network("::ffff:0:0/96")
+        if network.overlaps(mapped) and network.prefixlen < 96 + _WIDEST[4]:
+            return True
+    return network.prefixlen < _WIDEST[network.version]
+
+
 def _check_entry(setting: str, person: str, role: str) -> tuple[str, str]:
+    """One `person: role` entry, checked: the person is an email address (as the address
+    checker reads it), a user name without `@`, or a whole domain (`*@example.com`)."""
     person, role = person.strip().lower(), role.strip().lower()
     if role not in ROLES:
         raise SettingsError(
             f"{setting}: {person[:100]!r} has the role {role[:30]!r}; roles are {', '.join(ROLES)}"
         )
-    bare = person[2:] if person.startswith("*@") else person
-    if not _PERSON.fullmatch(bare) or ("*" in person and not person.startswith("*@")):
+    if person.startswith("*@"):
+        valid = domain_of(f"someone{person[1:]}") == person[2:]
+    elif "@" in person:
+        valid = _PERSON.fullmatch(person) is not None and address_problem(person) is None
+    else:
+        valid = _PERSON.fullmatch(person) is not None
+    if not valid:
         raise SettingsError(
             f"{setting}: {person[:100]!r} is not a person as the proxy names them (an email "
             "address or a user name) or a whole domain (*@example.com)"
@@ -208,11 +265,15 @@ def _roles_file(path: str) -> dict[str, str]:
         return {}
     setting = "MM_CONSOLE_ROLES_FILE"
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader
     except OSError as exc:
         raise SettingsError(f"{setting}={path}: cannot be read ({exc.strerror})") from None
+    except _DuplicateKey as exc:
+        raise SettingsError(
+            f"{setting}={path}: {exc}; YAML would keep only the last: merge them into one"
+        ) from None
     except yaml.YAMLError as exc:
-        raise SettingsError(f"{setting}={path}: is not YAML ({str(exc)[:200]})") from None
+        raise SettingsError(f"{setting}={path}: is not YAML ({str(exc)[:300]})") from None
     if not isinstance(data, dict) or not all(
         isinstance(v, list | type(None)) for v in data.values()
     ):
@@ -223,11 +284,38 @@ def _roles_file(path: str) -> dict[str, str]:
     roles: dict[str, str] = {}
     for role, people in data.items():
         for person in people or []:
-            key, value = _check_entry(setting, str(person), str(role))
+            # YAML reads `yes` as true, `null` as nothing and `123` as a number: none of
+            # them is anybody, and quietly making them "True" would grant a role to a name.
+            if not isinstance(person, str) or not isinstance(role, str):
+                raise SettingsError(
+                    f"{setting}={path}: under {role!r}, {person!r} is not a person: list email "
+                    "addresses, user names or '*@example.com' (quote anything YAML could read "
+                    "as something else)"
+                )
+            key, value = _check_entry(setting, person, role)
             if roles.get(key, value) != value:
                 raise SettingsError(f"{setting}: {key} is listed under {roles[key]} and {value}")
             roles[key] = value
     return roles
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that names a key twice: with two `admin:`
+    lists it would keep the last and silently drop the people of the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(f"{key!r} is given twice (lines {seen[key]} and {line})")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(yaml.YAMLError):
+    pass
 
 
 def _os_user() -> str:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import html
 import logging
 import re
-from collections.abc import Mapping
-from datetime import date, datetime
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
@@ -43,9 +43,10 @@ from mm_orchestration.console.gate import (
     AuditUnavailable,
     ConsoleAudit,
     ConsoleGate,
+    ended_by,
 )
 from mm_orchestration.db import connect
-from mm_orchestration.download_server import lookup
+from mm_orchestration.download_server import lookup, report_of
 from mm_orchestration.resources.report_store import ReportStore
 
 log = logging.getLogger("mm.console")
@@ -95,13 +96,6 @@ def identity_of(conn: HTTPConnection) -> Identity | None:
     return conn.scope.get(IDENTITY_SCOPE_KEY)
 
 
-_REPORT_ASSET_EVENTS = {
-    "report_asset_materialization": "report_asset_materialization",
-    "report_asset_check": "report_asset_check",
-    "report_asset_observation": "report_asset_observation",
-}
-
-
 class ConsoleWebserver(DagsterWebserver):
     """dagster-webserver with our identity, roles, audit and downloads (module docstring)."""
 
@@ -147,29 +141,31 @@ class ConsoleWebserver(DagsterWebserver):
 
     # -- state-changing REST endpoints: judged and audited like mutations ---------------
 
-    async def _report_event(self, request: Request, kind: str) -> JSONResponse | None:
-        """None when `request` may go on (audited); else the refusal (also audited)."""
+    async def _report_event(
+        self, request: Request, kind: str, downstream: Callable[[Request], Awaitable[JSONResponse]]
+    ) -> JSONResponse:
+        """Dagster's REST reporting of an asset event, judged (admins only) and audited
+        like a mutation: the entry names the asset and partition wherever the request
+        gives them (path, body or query, read as Dagster reads them), and ends with what
+        Dagster answered."""
         identity = identity_of(request)
-        asset = request.path_params.get("asset_key", "")
-        try:
-            body = await request.json() if await request.body() else {}
-        except ValueError:
-            body = {}
-        partition = request.query_params.get("partition") or (
-            body.get("partition") if isinstance(body, dict) else None
-        )
+        body = await _json_body(request)
+        asset, partition, check = _reported(request, body)
         allowed = identity is not None and identity.at_least("admin")
         who = identity.role if identity else "nobody"
-        refusal = None if allowed else f"{who} may not {kind.replace('_', ' ')} {asset}"
+        what = asset or "an asset it does not name"
+        refusal = None if allowed else f"{who} may not {kind.replace('_', ' ')} {what}"
         try:
-            self._audit_log.write(
+            entry = await _in_thread(
+                self._audit_log.write,
                 identity,
                 kind,
                 "allowed" if allowed else "refused",
                 asset,
                 {
-                    "assets": [asset],
+                    "assets": [asset] if asset else [],
                     "partitions": [partition] if partition else [],
+                    **({"check": check} if check else {}),
                     "variables": audit.masked({"query": dict(request.query_params), "body": body}),
                     "via": f"rest {request.method}",
                     **({"refusal": refusal} if refusal else {}),
@@ -179,22 +175,60 @@ class ConsoleWebserver(DagsterWebserver):
             return JSONResponse({"error": str(exc)}, status_code=503)
         if refusal:
             return JSONResponse({"error": refusal}, status_code=403)
-        return None
+        return await self._answered(entry, downstream, request)
+
+    async def _answered(
+        self,
+        entry: int,
+        downstream: Callable[[Request], Awaitable[JSONResponse]],
+        request: Request,
+    ) -> JSONResponse:
+        """Pass an allowed REST action on, and settle its entry with the real answer (a
+        400 from Dagster is a failure, whatever we allowed)."""
+        try:
+            response = await downstream(request)
+        except BaseException as exc:
+            self._audit_log.settle(entry, *ended_by(exc))  # not in a thread: we may be cancelled
+            raise
+        status = response.status_code
+        result: dict[str, Any] = {"status": status}
+        if status >= 400:
+            result["answer"] = bytes(response.body).decode("utf-8", "replace")
+        outcome = "succeeded" if status < 400 else "failed"
+        await _in_thread(self._audit_log.settle, entry, outcome, None, result)
+        return response
 
     async def report_asset_materialization_endpoint(self, request: Request) -> JSONResponse:
         return await self._report_event(
-            request, "report_asset_materialization"
-        ) or await super().report_asset_materialization_endpoint(request)
+            request, "report_asset_materialization", super().report_asset_materialization_endpoint
+        )
 
     async def report_asset_check_endpoint(self, request: Request) -> JSONResponse:
         return await self._report_event(
-            request, "report_asset_check"
-        ) or await super().report_asset_check_endpoint(request)
+            request, "report_asset_check", super().report_asset_check_endpoint
+        )
 
     async def report_asset_observation_endpoint(self, request: Request) -> JSONResponse:
         return await self._report_event(
-            request, "report_asset_observation"
-        ) or await super().report_asset_observation_endpoint(request)
+            request, "report_asset_observation", super().report_asset_observation_endpoint
+        )
+
+    # -- GraphQL over HTTP: one operation per request ----------------------------------
+
+    async def graphql_http_endpoint(self, request: Request) -> Response:
+        """Dagster's endpoint, but a body that is not one operation (a batch, a JSON
+        array; a query that is not text; variables that are not an object) is refused
+        with a 400 saying so: the gate judges and audits each mutation of one operation,
+        and Dagster itself would answer those with a 500. GraphiQL's page carries the
+        badge naming the person, as the console's pages do."""
+        if request.method == "POST" and "json" in request.headers.get("content-type", ""):
+            problem = _graphql_body_problem(await _json_body(request))
+            if problem:
+                return JSONResponse({"errors": [{"message": problem}]}, status_code=400)
+        response = await super().graphql_http_endpoint(request)
+        if request.method == "GET" and isinstance(response, HTMLResponse):
+            return self._with_badge(request, response)
+        return response
 
     # -- the websocket carries subscriptions only ------------------------------------
 
@@ -237,8 +271,15 @@ class ConsoleWebserver(DagsterWebserver):
 
     def index_html_endpoint(self, request: Request) -> Response:
         response = super().index_html_endpoint(request)
+        if not isinstance(response, HTMLResponse):
+            return response
+        return self._with_badge(request, response)
+
+    def _with_badge(self, request: Request, response: HTMLResponse) -> Response:
+        """The page with a badge naming who the console acts for (development: the local
+        OS user, in yellow)."""
         identity = identity_of(request)
-        if identity is None or not isinstance(response, HTMLResponse):
+        if identity is None:
             return response
         page = bytes(response.body).decode()
         badge = (
@@ -274,15 +315,29 @@ class ConsoleWebserver(DagsterWebserver):
             return PlainTextResponse("reports are not configured here", status_code=404)
         database_url = self._audit_log.database_url
         found = await _in_thread(lookup, self._store, database_url, key)
+        report = await _in_thread(report_of, self._store, database_url, key)
+        # Named as compliance names it (the residency report of a week, CSV or HTML); the
+        # object key stays in the details.
+        target = (
+            f"{report['report']} report {report['partition']} ({report['format']})"
+            if report
+            else key
+        )
         try:
             await _in_thread(
                 self._audit_log.write,
                 identity,
                 "download_report",
                 "succeeded" if found.status == 200 else f"failed: {found.status}",
-                key,
+                target,
                 {
                     "via": "rest GET",
+                    "object_key": key,
+                    **(
+                        {"reports": [report["report"]], "partitions": [report["partition"]]}
+                        if report
+                        else {}
+                    ),
                     **({} if found.status == 200 else {"reason": found.body.decode()}),
                 },
             )
@@ -302,11 +357,11 @@ class ConsoleWebserver(DagsterWebserver):
             return PlainTextResponse(str(exc), status_code=400)
         identity = identity_of(request)
         try:
-            await _in_thread(
+            entry = await _in_thread(
                 self._audit_log.write,
                 identity,
                 "download_audit_trail",
-                "succeeded",
+                "allowed",
                 "ops/audit_trail",
                 {
                     "via": "rest GET",
@@ -325,7 +380,12 @@ class ConsoleWebserver(DagsterWebserver):
             with connect(self._audit_log.database_url) as conn:
                 return audit_trail.as_csv(audit_trail.entries(conn, wanted))
 
-        body = await _in_thread(read)
+        try:
+            body = await _in_thread(read)
+        except BaseException as exc:
+            self._audit_log.settle(entry, *ended_by(exc))  # not in a thread: we may be cancelled
+            raise
+        await _in_thread(self._audit_log.settle, entry, "succeeded", None, {"status": 200})
         name = f"audit-trail-{wanted.since.date()}-{wanted.until.date()}.csv"
         return Response(
             body,
@@ -348,18 +408,77 @@ def _trail_filter(params: Mapping[str, str], zone: str) -> audit_trail.Filter:
     try:
         if params.get("since") or params.get("until"):
             since = _when(params.get("since") or "1970-01-01", zone)
-            until = _when(params.get("until") or "9999-12-31", zone)
-            return audit_trail.Filter(since, until, person, action)
-        today = datetime.now(ZoneInfo(zone)).date()
-        day = date.fromisoformat(params["day"]) if params.get("day") else today
-    except ValueError:
-        raise ValueError("day, since and until are dates (2026-11-30) or ISO times") from None
-    return audit_trail.Filter.for_day(day, zone, person, action)
+            until = _when(params.get("until") or "9999-01-01", zone)
+            wanted = audit_trail.Filter(since, until, person, action)
+        else:
+            today = datetime.now(ZoneInfo(zone)).date()
+            day = date.fromisoformat(params["day"]) if params.get("day") else today
+            wanted = audit_trail.Filter.for_day(day, zone, person, action)
+        # Both ends as UTC: a day or time at the calendar's edge overflows here, not later.
+        wanted.since.astimezone(UTC), wanted.until.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValueError(
+            "day, since and until are dates (2026-11-30) or ISO times (2026-11-30T09:00+11:00) "
+            "between the years 1 and 9998"
+        ) from None
+    if wanted.since >= wanted.until:
+        raise ValueError("since must be before until")
+    return wanted
 
 
 def _when(text: str, zone: str) -> datetime:
     value = datetime.fromisoformat(text)
     return value if value.tzinfo else value.replace(tzinfo=ZoneInfo(zone))
+
+
+def _graphql_body_problem(body: Any) -> str | None:
+    """Why a JSON body is not one GraphQL operation as Dagster's endpoint reads it, or
+    None (an empty or unparsable body is Dagster's to answer, with its own 400)."""
+    if not isinstance(body, dict):
+        return (
+            "send one GraphQL operation per request: a JSON object with query and variables "
+            "(batches, JSON arrays, are not accepted)"
+        )
+    if not isinstance(body.get("query"), str | None):
+        return "query must be the GraphQL document as text"
+    if not isinstance(body.get("variables"), dict | str | None):
+        return "variables must be a JSON object (or that object as a JSON string)"
+    if not isinstance(body.get("operationName"), str | None):
+        return "operationName must be text"
+    return None
+
+
+async def _json_body(request: Request) -> Any:
+    """The request's JSON body ({} when empty or not JSON: Dagster answers that itself)."""
+    try:
+        return await request.json() if await request.body() else {}
+    except (ValueError, RecursionError):
+        return {}
+
+
+def _reported(request: Request, body: Any) -> tuple[str | None, str | None, str | None]:
+    """(asset, partition, check) of a REST asset report, read as Dagster reads them: the
+    path, else the body's `asset_key`, else the query's; the others body before query."""
+    from dagster_webserver.external_assets import (
+        _asset_key_from_request,
+        _value_from_body_or_params,
+    )
+
+    fields = body if isinstance(body, dict) else {}
+    try:
+        key = _asset_key_from_request("asset_key", request, fields)
+    except Exception:  # a malformed key: Dagster refuses it; the request is still audited
+        key = None
+    asset = key.to_user_string() if key is not None else None
+    if asset is None and fields.get("asset_key") is not None:
+        asset = str(fields["asset_key"])
+    partition = _value_from_body_or_params("partition", request, fields)
+    check = _value_from_body_or_params("check_name", request, fields)
+    return (
+        asset,
+        str(partition) if partition is not None else None,
+        str(check) if check is not None else None,
+    )
 
 
 async def _in_thread(fn: Any, *args: Any) -> Any:

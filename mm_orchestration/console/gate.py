@@ -3,10 +3,13 @@
 Dagster's webserver hands every resolver to this graphene middleware. For a root mutation
 field it
 
-1. works out the action (mutations.MUTATIONS), its target (job, assets and partitions,
-   schedule, sensor, run, backfill, location) and whether the person's role allows it;
-2. writes one `ops.audit_log` entry with the person, the role, the action, the target and
-   the variables (secrets masked), in its own committed transaction, before anything
+1. reads the arguments with the names the schema gives them (graphql-core hands a
+   resolver their Python names, `schedule_selector` for `scheduleSelector`), works out
+   the action (mutations.MUTATIONS), its target (job, assets and partitions, schedule,
+   sensor, run, backfill, location) and whether the person's role allows it;
+2. writes one `ops.audit_log` entry (one per run for `launchMultipleRuns`, so each run's
+   entry carries its run id) with the person, the role, the action, the target and the
+   variables (secrets masked), in its own committed transaction, before anything
    happens; if that write fails, nothing happens (no unaudited action);
 3. refuses (the entry says `refused`) with an error the UI shows, or passes the mutation
    on; a launch carries the person as the run's `mm/actor` tag, replacing whatever the
@@ -19,6 +22,7 @@ is what a page on another site can make a signed-in browser send, so those are r
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,7 +33,7 @@ from typing import Any
 import psycopg
 import yaml
 from graphql import GraphQLError, GraphQLResolveInfo, OperationType, get_named_type
-from graphql.type import GraphQLUnionType
+from graphql.type import GraphQLInputObjectType, GraphQLUnionType
 
 from mm_orchestration import audit
 from mm_orchestration.console.access import OPERATOR_ASSETS, OPERATOR_JOBS, Identity
@@ -130,12 +134,61 @@ class Decision:
     refusal: str | None = None
 
 
+# -- the arguments as the schema spells them ----------------------------------------------
+
+
+@functools.cache
+def _pinned_mutations() -> Any:
+    from dagster_graphql.schema import create_schema
+
+    return create_schema().graphql_schema.mutation_type
+
+
+def graphql_args(field_name: str, args: dict[str, Any], definition: Any = None) -> dict[str, Any]:
+    """`args` with the names the GraphQL schema gives them. graphql-core hands a resolver
+    each argument (and input field) under its Python name (`schedule_selector` for
+    `scheduleSelector`), which differs for some mutations only; judging and auditing read
+    the schema's names, so every mutation is read the same whatever Dagster calls it in
+    Python. `definition`: the field, from the running schema (default: the pinned one)."""
+    if definition is None:
+        definition = _pinned_mutations().fields.get(field_name)
+    if definition is None:
+        return dict(args)
+    return _renamed(args, definition.args)
+
+
+def _renamed(values: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    by_python_name = {(f.out_name or name): (name, f) for name, f in fields.items()}
+    out = {}
+    for key, value in values.items():
+        name, definition = by_python_name.get(key) or (key, fields.get(key))
+        out[name] = _renamed_value(value, definition.type) if definition else value
+    return out
+
+
+def _renamed_value(value: Any, type_: Any) -> Any:
+    named = get_named_type(type_)
+    if isinstance(value, list):
+        return [_renamed_value(v, type_) for v in value]
+    if isinstance(value, dict) and isinstance(named, GraphQLInputObjectType):
+        return _renamed(value, named.fields)
+    return value
+
+
+# -- what a mutation acts on ------------------------------------------------------------
+
+
 def _tags(items: Any) -> dict[str, str]:
     return {str(t["key"]): str(t["value"]) for t in items or [] if t and "key" in t}
 
 
+def _asset_name(key: Any) -> str | None:
+    path = key.get("path") if isinstance(key, dict) else None
+    return "/".join(map(str, path)) if path else None
+
+
 def _asset_names(selection: Any) -> list[str]:
-    return ["/".join(a["path"]) for a in selection or [] if a and a.get("path")]
+    return [name for name in map(_asset_name, selection or []) if name]
 
 
 def _job_target(selector: Any) -> tuple[str | None, list[str]]:
@@ -167,10 +220,16 @@ def _may(identity: Identity | None, rule: str) -> bool:
 
 
 def decide(
-    field_name: str, args: dict[str, Any], identity: Identity | None, context: Any
+    field_name: str,
+    args: dict[str, Any],
+    identity: Identity | None,
+    context: Any,
+    definition: Any = None,
 ) -> Decision:
-    """Classify one root mutation with its arguments and judge it for `identity`
-    (`context`: Dagster's request context, to name runs, schedules and sensors)."""
+    """Classify one root mutation with its arguments (as the schema names them, or as a
+    resolver gets them) and judge it for `identity` (`context`: Dagster's request context,
+    to name runs, schedules and sensors; `definition`: the field, see graphql_args)."""
+    args = graphql_args(field_name, args, definition)
     instance = getattr(context, "instance", None)
     mutation = MUTATIONS.get(field_name)
     if mutation is None:
@@ -183,11 +242,43 @@ def decide(
     who = identity.role if identity and identity.role else "nobody"
     if mutation.rule in ("launch", "reexecute"):
         return _decide_run(field_name, mutation, args, identity, instance, who)
-    target = _instigator_name(args, context) or _target(args)
+    target = _instigator_name(args, context) or _target(field_name, args)
+    details = _assets_and_partitions(args)
     if _may(identity, mutation.rule):
-        return Decision(mutation, target)
+        return Decision(mutation, target, details=details)
     verb = mutation.action.replace("_", " ")
-    return Decision(mutation, target, refusal=f"{who} may not {verb} ({target or field_name})")
+    return Decision(
+        mutation, target, details=details, refusal=f"{who} may not {verb} ({target or field_name})"
+    )
+
+
+_WITH_ITS_BATCH = "refused with its batch: "
+
+
+def decide_each(
+    field_name: str,
+    args: dict[str, Any],
+    identity: Identity | None,
+    context: Any,
+    definition: Any = None,
+) -> list[tuple[Decision, dict[str, Any]]]:
+    """The decisions for one mutation and the variables each entry records: one per run
+    for `launchMultipleRuns` (so each run's entry carries its own run id), else one. A
+    batch is refused whole when any of its runs is refused."""
+    args = graphql_args(field_name, args, definition)
+    params_list = args.get("executionParamsList")
+    if field_name != "launchMultipleRuns" or not params_list:
+        return [(decide(field_name, args, identity, context, definition), args)]
+    each = [
+        (decide(field_name, {"executionParams": p}, identity, context, definition), p)
+        for p in params_list
+    ]
+    refusal = next((d.refusal for d, _ in each if d.refusal), None)
+    for i, (decision, _) in enumerate(each):
+        decision.details["batch"] = {"run": i + 1, "of": len(each)}
+        if refusal and not decision.refusal:
+            decision.refusal = f"{_WITH_ITS_BATCH}{refusal}"
+    return [(d, {"executionParams": p}) for d, p in each]
 
 
 def _instigator_name(args: dict[str, Any], context: Any) -> str | None:
@@ -195,47 +286,207 @@ def _instigator_name(args: dict[str, Any], context: Any) -> str | None:
     from dagster._core.remote_representation.external import CompoundID
 
     origin = args.get("scheduleOriginId") or args.get("jobOriginId")
-    compound = args.get("id") or origin
+    selector_id = args.get("scheduleSelectorId") or args.get("jobSelectorId")
+    compound = args.get("id")
     try:
         if compound and CompoundID.is_valid_string(compound):
             cid = CompoundID.from_string(compound)
-            origin = cid.remote_origin_id
-        if not origin or context is None:
+            origin, selector_id = cid.remote_origin_id, cid.selector_id
+        if not (origin or selector_id) or context is None:
             return None
         for location in context.code_locations:
             for repository in location.get_repositories().values():
                 for item in [*repository.get_schedules(), *repository.get_sensors()]:
-                    if item.get_remote_origin_id() == origin:
+                    if origin == item.get_remote_origin_id() or selector_id == item.selector_id:
                         return str(item.name)
     except Exception:  # a name is a nicety; the id is still recorded in the variables
         return None
     return None
 
 
-def _target(args: dict[str, Any]) -> str | None:
-    """The thing a non-launch mutation acts on, named for the audit trail."""
+def _target(field_name: str, args: dict[str, Any]) -> str | None:
+    """The thing a non-launch mutation acts on, named for the audit trail (arguments as
+    the schema names them; tests/test_console_front.py checks every mutation gets one)."""
     for key in ("scheduleSelector", "sensorSelector", "selectorData"):
         sel = args.get(key)
         if sel:
             name = sel.get("scheduleName") or sel.get("sensorName")
             return f"{sel.get('repositoryLocationName', '')}:{name}"
-    for key in ("runId", "backfillId", "repositoryLocationName", "concurrencyKey", "id"):
+    if args.get("partitionsDefName"):  # dynamic partitions
+        keys = [args.get("partitionKey")] if args.get("partitionKey") else []
+        keys += args.get("partitionKeys") or []
+        return f"{args['partitionsDefName']}:{','.join(map(str, keys))}"
+    if args.get("componentId") or args.get("defsStateKey"):
+        thing = args.get("componentId") or args.get("defsStateKey")
+        return f"{args.get('locationName', '')}:{thing}"
+    for key in (
+        "runId", "backfillId", "repositoryLocationName", "concurrencyKey", "id",
+        "scheduleOriginId", "jobOriginId", "scheduleSelectorId", "jobSelectorId",
+    ):  # fmt: skip
         if args.get(key):
             return str(args[key])
     if args.get("runIds"):
         return ",".join(map(str, args["runIds"]))
     if args.get("assetPartitionRanges"):
-        return ",".join("/".join(r["assetKey"]["path"]) for r in args["assetPartitionRanges"] if r)
+        return ",".join(_asset_names(r.get("assetKey") for r in args["assetPartitionRanges"] if r))
     params = args.get("backfillParams") or args.get("eventParams")
     if isinstance(params, dict):
         sel = params.get("selector") or {}
         if sel.get("partitionSetName"):
             return str(sel["partitionSetName"])
         assets = _asset_names(params.get("assetSelection"))
+        assets += _asset_names(
+            p.get("assetKey") for p in params.get("partitionsByAssets") or [] if p
+        )
         if params.get("assetKey"):
-            assets = ["/".join(params["assetKey"]["path"])]
+            assets = _asset_names([params["assetKey"]])
+            if params.get("checkName"):
+                assets = [f"{assets[0]}:{params['checkName']}"]
         return ",".join(assets) or None
-    return None
+    if args.get("reexecutionParams"):
+        return str(args["reexecutionParams"].get("parentRunId") or "") or None
+    # Mutations of the whole deployment name it.
+    return {
+        "reloadWorkspace": "workspace",
+        "setAutoMaterializePaused": "auto-materialize",
+    }.get(field_name)
+
+
+def _ranges(partitions: Any) -> list[str] | str:
+    """A PartitionsSelector as text: `start...end` per range, or "all" when absent."""
+    if not partitions:
+        return "all"
+    ranges = [partitions.get("range"), *(partitions.get("ranges") or [])]
+    return [f"{r.get('start')}...{r.get('end')}" for r in ranges if r]
+
+
+def _assets_and_partitions(args: dict[str, Any]) -> dict[str, Any]:
+    """The assets a non-launch mutation touches and their partitions, for the audit: a
+    wipe's ranges ("all" when it wipes every partition), an event's or a check's
+    partition keys, a backfill's partitions."""
+    assets: list[str] = []
+    partitions: list[Any] = []
+    for item in args.get("assetPartitionRanges") or []:
+        name = _asset_name((item or {}).get("assetKey"))
+        if name:
+            assets.append(name)
+            partitions.append({"asset": name, "partitions": _ranges(item.get("partitions"))})
+    params = args.get("eventParams") or args.get("backfillParams") or {}
+    if isinstance(params, dict):
+        name = _asset_name(params.get("assetKey"))
+        if name:
+            assets.append(name)
+            keys = [k for k in params.get("partitionKeys") or [] if k is not None]
+            partitions.append({"asset": name, "partitions": keys or "unpartitioned"})
+        assets += _asset_names(params.get("assetSelection"))
+        for item in params.get("partitionsByAssets") or []:
+            name = _asset_name((item or {}).get("assetKey"))
+            if name:
+                assets.append(name)
+                partitions.append({"asset": name, "partitions": _ranges(item.get("partitions"))})
+        if params.get("partitionNames"):
+            partitions.append({"partitions": list(params["partitionNames"])})
+        elif params.get("allPartitions"):
+            partitions.append({"partitions": "all"})
+    if args.get("partitionsDefName"):
+        keys = [args["partitionKey"]] if args.get("partitionKey") else []
+        partitions.append(
+            {
+                "partitions_def": args["partitionsDefName"],
+                "partitions": keys + list(args.get("partitionKeys") or []),
+            }
+        )
+    if not (assets or partitions):
+        return {}
+    return {"assets": sorted(set(assets)), "partitions": partitions}
+
+
+# -- launches and re-executions ------------------------------------------------------------
+
+
+@dataclass
+class _Launch:
+    """One run a launch or re-execution would start: its job, assets, partition tags and
+    the run it repeats."""
+
+    job: str | None
+    assets: list[str]
+    partitions: dict[str, str]
+    parent: str | None
+
+    @property
+    def asset_job(self) -> bool:
+        return (self.job or "").startswith(_ASSET_JOB_PREFIX)
+
+    @property
+    def shown(self) -> str | None:
+        """How a refusal names it: an asset job by its assets, else the job."""
+        return ",".join(self.assets) if self.asset_job else self.job
+
+
+def _launches(args: dict[str, Any]) -> list[_Launch]:
+    """The runs a launch or re-execution names, as the client sent them."""
+    reexecution = args.get("reexecutionParams")
+    if reexecution:
+        return [_Launch(None, [], {}, reexecution.get("parentRunId"))]
+    launches = []
+    for params in args.get("executionParamsList") or [args.get("executionParams") or {}]:
+        job, assets = _job_target(params.get("selector"))
+        metadata = params.get("executionMetadata") or {}
+        tags = _tags(metadata.get("tags"))
+        partitions = {k: v for k, v in tags.items() if k in _PARTITION_TAGS}
+        launches.append(_Launch(job, assets, partitions, metadata.get("parentRunId")))
+    return launches
+
+
+def _with_parent(launch: _Launch, rule: str, instance: Any) -> _Launch:
+    """A run repeated from an earlier one is judged by the earlier run's job (a selector
+    naming another job as well is judged as both), assets and partitions."""
+    if not launch.parent or (launch.job is not None and rule != "reexecute"):
+        return launch
+    run = instance.get_run_by_id(launch.parent) if instance is not None else None
+    if run is None:
+        return launch
+    job = launch.job
+    if job and job != run.job_name:
+        job = f"{job}|{run.job_name}"  # both judged: no job anyone may launch
+    return _Launch(
+        job or run.job_name,
+        launch.assets or sorted(k.to_user_string() for k in run.asset_selection or []),
+        launch.partitions or {k: v for k, v in run.tags.items() if k in _PARTITION_TAGS},
+        launch.parent,
+    )
+
+
+def _run_details(launches: list[_Launch]) -> dict[str, Any]:
+    details: dict[str, Any] = {
+        "jobs": sorted({str(launch.job) for launch in launches if launch.job}),
+        "assets": sorted({a for launch in launches for a in launch.assets}),
+        "partitions": [launch.partitions for launch in launches if launch.partitions],
+    }
+    parents = sorted({launch.parent for launch in launches if launch.parent})
+    if parents:
+        details["parent_run_ids"] = parents
+    return details
+
+
+def _run_refusal(
+    launches: list[_Launch], identity: Identity | None, rule: str, who: str, field_name: str
+) -> str | None:
+    """Why `identity` may not start these runs (None: they may). Admins may start any;
+    operators the manual jobs and the DLQ tools (by job or by their assets)."""
+    if identity is not None and identity.at_least("admin"):
+        return None
+    operator = identity is not None and identity.at_least("operator")
+    refused = [
+        launch
+        for launch in launches
+        if not (operator and _launchable_by_operator(launch.job, launch.assets))
+    ]
+    if not refused:
+        return None
+    what = ", ".join(str(x) for x in (launch.shown for launch in refused) if x) or field_name
+    return f"{who} may not {VERBS[rule]} {what}"
 
 
 def _decide_run(
@@ -247,66 +498,15 @@ def _decide_run(
     who: str,
 ) -> Decision:
     """A launch or re-execution: judged by the job (or assets) it would run."""
-    launches = []  # (job, assets, partitions)
-    params_list = args.get("executionParamsList") or [args.get("executionParams") or {}]
-    for params in params_list:
-        job, assets = _job_target(params.get("selector"))
-        tags = _tags((params.get("executionMetadata") or {}).get("tags"))
-        partitions = {k: v for k, v in tags.items() if k in _PARTITION_TAGS}
-        parent = (params.get("executionMetadata") or {}).get("parentRunId")
-        launches.append((job, assets, partitions, parent))
-    reexecution = args.get("reexecutionParams")
-    if reexecution:
-        launches = [(None, [], {}, reexecution.get("parentRunId"))]
-    resolved = []
-    for job, assets, partitions, parent in launches:
-        if parent and (job is None or mutation.rule == "reexecute"):
-            run = instance.get_run_by_id(parent) if instance is not None else None
-            if run is not None:
-                if job and job != run.job_name:
-                    job = f"{job}|{run.job_name}"  # both judged: no job anyone may launch
-                job = job or run.job_name
-                assets = assets or sorted(k.to_user_string() for k in run.asset_selection or [])
-                partitions = partitions or {
-                    k: v for k, v in run.tags.items() if k in _PARTITION_TAGS
-                }
-        resolved.append((job, assets, partitions, parent))
-    jobs = sorted({str(job) for job, *_ in resolved if job})
-    every_asset = sorted({a for _, assets, _, _ in resolved for a in assets})
-    details: dict[str, Any] = {
-        "jobs": jobs,
-        "assets": every_asset,
-        "partitions": [p for *_, p, _ in resolved if p],
-    }
-    if any(parent for *_, parent in resolved):
-        details["parent_run_ids"] = sorted({p for *_, p in resolved if p})
-    named = [job for job, *_ in resolved]
-    target = (
-        ",".join(every_asset)
-        if any((j or "").startswith(_ASSET_JOB_PREFIX) for j in named)
-        else ",".join(jobs)
-    )
+    launches = [_with_parent(launch, mutation.rule, instance) for launch in _launches(args)]
+    details = _run_details(launches)
+    jobs = details["jobs"]
+    target = ",".join(details["assets"]) if any(x.asset_job for x in launches) else ",".join(jobs)
+    # A parent run nobody can find: the run it would repeat is all there is to name.
+    target = target or ",".join(details.get("parent_run_ids", []))
     job_name = _seed_name(jobs[0]) if len(jobs) == 1 else None
-    decision = Decision(mutation, target or None, job_name, details)
-    if identity is None or identity.role is None:
-        allowed = False
-    elif identity.at_least("admin"):
-        allowed = True
-    elif identity.at_least("operator"):
-        allowed = all(_launchable_by_operator(job, assets) for job, assets, *_ in resolved)
-    else:
-        allowed = False
-    if not allowed:
-        refused = [
-            (job if not (job or "").startswith(_ASSET_JOB_PREFIX) else ",".join(assets))
-            for job, assets, *_ in resolved
-            if not (
-                identity and identity.at_least("operator") and _launchable_by_operator(job, assets)
-            )
-        ] or named
-        what = ", ".join(str(x) for x in refused if x) or field_name
-        decision.refusal = f"{who} may not {VERBS[mutation.rule]} {what}"
-    return decision
+    refusal = _run_refusal(launches, identity, mutation.rule, who, field_name)
+    return Decision(mutation, target or None, job_name, details, refusal)
 
 
 def keep_resources_as_defined(args: dict[str, Any]) -> None:
@@ -400,8 +600,8 @@ def _outcome(value: Any) -> tuple[str, str | None, dict[str, Any]]:
         message = getattr(value, "message", None)
         if message is None:
             message = getattr(value, "_message", None)
-        shown = audit.masked(str(message)) if message is not None else None  # a DSN in a trace
-        result["message"] = shown[:2000] if shown is not None else None
+        # A DSN or a password may be quoted in a trace.
+        result["message"] = audit.masked_text(str(message))[:2000] if message is not None else None
         return "failed", None, result
     backfill = getattr(value, "backfill_id", None) or getattr(value, "backfillId", None)
     if backfill:
@@ -425,6 +625,24 @@ def _transport_problem(source: Any) -> str | None:
     return None
 
 
+def ended_by(exc: BaseException) -> tuple[str, str | None, dict[str, Any]]:
+    """The outcome of an action whose resolver raised: `failed` for an error, and
+    `interrupted` when it was cancelled (the client went away, the server is stopping),
+    which leaves open whether Dagster did it; never `allowed` for ever."""
+    outcome = "failed" if isinstance(exc, Exception) else "interrupted"
+    return outcome, None, {"error": type(exc).__name__}
+
+
+def _outcomes(
+    field_name: str, value: Any, entries: int
+) -> list[tuple[str, str | None, dict[str, Any]]]:
+    """One outcome per audit entry: a batch's runs each from their own result."""
+    results = getattr(value, "launchMultipleRunsResult", None)
+    if field_name == "launchMultipleRuns" and results is not None and len(results) == entries:
+        return [_outcome(result) for result in results]
+    return [_outcome(value)] * entries
+
+
 @dataclass
 class ConsoleGate:
     """The graphene middleware (see the module's docstring)."""
@@ -441,51 +659,74 @@ class ConsoleGate:
         scope = getattr(source, "scope", {}) or {}
         identity: Identity | None = scope.get(IDENTITY_SCOPE_KEY)
         field_name = info.field_name
-        decision = decide(field_name, args, identity, context)
-        if decision.mutation.rule == "free" and identity is not None and identity.role:
+        definition = info.parent_type.fields.get(field_name)
+        decisions = decide_each(field_name, args, identity, context, definition)
+        if all(d.mutation.rule == "free" for d, _ in decisions) and identity and identity.role:
             return next_(root, info, **args)
         problem = _transport_problem(source)
-        if problem and decision.refusal is None:
-            decision.refusal = problem
-        details = {
-            **decision.details,
-            "mutation": field_name,
-            "variables": audit.masked(args),
-            "via": f"graphql {getattr(source, 'method', 'websocket')}",
-        }
-        try:
-            entry = self.audit_log.write(
-                identity,
-                decision.mutation.action,
-                "refused" if decision.refusal else "allowed",
-                decision.target,
-                details | ({"refusal": decision.refusal} if decision.refusal else {}),
-                job_name=decision.job_name,
-            )
-        except AuditUnavailable as exc:
-            return _refusal(info, field_name, str(exc))
-        if decision.refusal:
-            return _refusal(info, field_name, decision.refusal)
-        if decision.mutation.rule in ("launch", "reexecute") or field_name in _BACKFILLS:
+        entries = []
+        for decision, variables in decisions:
+            if problem and decision.refusal is None:
+                decision.refusal = problem
+            try:
+                entries.append(self._write(identity, field_name, decision, variables, source))
+            except AuditUnavailable as exc:
+                return _refusal(info, field_name, str(exc))
+        # The UI shows the refusal of a run of the batch itself, not of its companions.
+        refusals = [d.refusal for d, _ in decisions if d.refusal]
+        refusal = next((r for r in refusals if not r.startswith(_WITH_ITS_BATCH)), None)
+        refusal = refusal or next(iter(refusals), None)
+        if refusal:
+            return _refusal(info, field_name, refusal)
+        if decisions[0][0].mutation.rule in ("launch", "reexecute") or field_name in _BACKFILLS:
             assert identity is not None
             stamp_actor(field_name, args, identity.person)
             if not identity.at_least("admin"):
                 keep_resources_as_defined(args)
         try:
             result = next_(root, info, **args)
-        except Exception as exc:
-            self.audit_log.settle(entry, "failed", None, {"error": type(exc).__name__})
+        except BaseException as exc:
+            self._settle(entries, [ended_by(exc)] * len(entries))
             raise
         if isawaitable(result):
-            return self._settle_later(entry, result)
-        self.audit_log.settle(entry, *_outcome(result))
+            return self._settle_later(field_name, entries, result)
+        self._settle(entries, _outcomes(field_name, result, len(entries)))
         return result
 
-    async def _settle_later(self, entry: int, pending: Any) -> Any:
+    def _write(
+        self,
+        identity: Identity | None,
+        field_name: str,
+        decision: Decision,
+        variables: dict[str, Any],
+        source: Any,
+    ) -> int:
+        details = {
+            **decision.details,
+            "mutation": field_name,
+            "variables": audit.masked(variables),
+            "via": f"graphql {getattr(source, 'method', 'websocket')}",
+        }
+        return self.audit_log.write(
+            identity,
+            decision.mutation.action,
+            "refused" if decision.refusal else "allowed",
+            decision.target,
+            details | ({"refusal": decision.refusal} if decision.refusal else {}),
+            job_name=decision.job_name,
+        )
+
+    def _settle(
+        self, entries: list[int], outcomes: list[tuple[str, str | None, dict[str, Any]]]
+    ) -> None:
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            self.audit_log.settle(entry, *outcome)
+
+    async def _settle_later(self, field_name: str, entries: list[int], pending: Any) -> Any:
         try:
             value = await pending
-        except Exception as exc:
-            self.audit_log.settle(entry, "failed", None, {"error": type(exc).__name__})
+        except BaseException as exc:
+            self._settle(entries, [ended_by(exc)] * len(entries))
             raise
-        self.audit_log.settle(entry, *_outcome(value))
+        self._settle(entries, _outcomes(field_name, value, len(entries)))
         return value

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -48,20 +49,40 @@ async def _lifespan(app: Any) -> AsyncIterator[None]:
         yield
 
 
-def check_binding(host: str, access: ConsoleAccess) -> None:
-    """Development identity (the local OS user, an admin) only where nobody else reaches."""
-    if access.mode != "local":
-        return
+def loopback_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The loopback address `host` spells, in any spelling the system's resolver takes
+    for an address (`127.1`, `0x7f.0.0.1`, `[::1]`, `::ffff:127.0.0.1`), or None when it
+    is not one. `localhost` is the loopback address 127.0.0.1."""
+    name = host.strip().lower().removeprefix("[").removesuffix("]")
+    if name.rstrip(".") == "localhost":
+        return ipaddress.IPv4Address("127.0.0.1")
     try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(name)
     except ValueError:
-        loopback = False
-    if not loopback:
+        try:
+            # The classic forms inet_aton (and so the resolver) takes: 127.1, 0x7f.1, 2130706433.
+            address = ipaddress.IPv4Address(socket.inet_aton(name))
+        except (OSError, ValueError):
+            return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    if mapped is not None:
+        address = mapped
+    return address if address.is_loopback else None
+
+
+def check_binding(host: str, access: ConsoleAccess) -> str:
+    """Development identity (the local OS user, an admin) only where nobody else reaches.
+    Returns the address to bind (a loopback address as an address, `[::1]` as `::1`)."""
+    address = loopback_address(host)
+    if access.mode != "local":
+        return str(address) if address is not None and host.strip() != "localhost" else host
+    if address is None:
         raise SettingsError(
             f"MM_CONSOLE_AUTH=local makes everyone who reaches the console {access.local_user}; "
             f"it serves only on a loopback address, not {host}. Use MM_CONSOLE_AUTH=proxy "
             "behind the identity proxy"
         )
+    return host if host.strip() == "localhost" else str(address)
 
 
 def serve(workspace: Path, host: str, port: int, log_level: str = "warning") -> int:
@@ -74,7 +95,7 @@ def serve(workspace: Path, host: str, port: int, log_level: str = "warning") -> 
     from mm_orchestration.instance import open_instance
 
     access = ConsoleAccess.from_env()
-    check_binding(host, access)
+    host = check_binding(host, access)
     settings = Settings.from_env()
     if not settings.database_url:
         raise SettingsError(

@@ -29,7 +29,7 @@ def list_rows(conn: psycopg.Connection, status: str | None = None, limit: int = 
     if status is not None and status not in STATUSES:
         raise ValueError(f"--status must be one of {', '.join(STATUSES)}, not {status!r}")
     with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(
+        rows = cur.execute(
             """SELECT * FROM (
                    SELECT q.id, q.event_id, q.event_type,
                           CASE WHEN d.dlq_id IS NULL THEN q.status ELSE 'discarded' END AS status,
@@ -43,6 +43,9 @@ def list_rows(conn: psycopg.Connection, status: str | None = None, limit: int = 
                 ORDER BY id DESC LIMIT %(limit)s""",
             {"status": status, "limit": limit},
         ).fetchall()
+    for row in rows:
+        row["last_error"] = _shown(row["last_error"])
+    return rows
 
 
 def show_row(conn: psycopg.Connection, dlq_id: int) -> dict[str, Any]:
@@ -64,7 +67,15 @@ def show_row(conn: psycopg.Connection, dlq_id: int) -> dict[str, Any]:
             [dlq_id],
         ).fetchall()
     row["payload"] = _readable(row["payload"])
+    row["last_error"] = _shown(row["last_error"])
+    for attempt in row["error_history"]:
+        attempt["error"] = _shown(attempt["error"])
     return row
+
+
+def _shown(error: str | None) -> str | None:
+    """An error as people may read it: a replay's error may quote a connection string."""
+    return audit.masked_text(error) if error is not None else None
 
 
 def _readable(text: str | None) -> Any:
@@ -138,6 +149,10 @@ def discard(
     """Close a dead letter for good; it stays in the table (and its payload in the audit)."""
     if not reason.strip():
         raise ValueError("--reason is required: say why the event is being discarded")
+    # The reason is typed by a person and is shown (the listing) and audited: a secret
+    # pasted into it is masked, and a NUL, which PostgreSQL's text refuses, escaped.
+    reason = audit.storable_text(audit.truncated(audit.masked_text(reason)))
+    actor = audit.storable_text(actor)
     with conn.transaction():
         already = conn.execute(
             "SELECT actor, reason FROM ops.dlq_discards WHERE dlq_id = %s", [dlq_id]

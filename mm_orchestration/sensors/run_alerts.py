@@ -25,9 +25,8 @@ from dagster import (
     RunStatusSensorContext,
     SkipReason,
 )
-from psycopg.types.json import Jsonb
 
-from mm_orchestration.audit import masked
+from mm_orchestration.audit import entry_details, masked
 from mm_orchestration.jobs.alerts import alert_request, send_alert
 from mm_orchestration.ledger import ACTOR_TAG, OUTCOME_TAG
 from mm_orchestration.resources import PortalDatabase
@@ -182,7 +181,7 @@ def audit_manual_run(portal_db: PortalDatabase, run: DagsterRun) -> bool:
                 "actor": run.tags.get(ACTOR_TAG) or "unknown",
                 "job": spec.name if spec else run.job_name,
                 "run_id": run.run_id,
-                "details": Jsonb(details),
+                "details": entry_details(details),  # masked and storable, as every entry
             },
         ).rowcount
     return bool(written)
