@@ -4,7 +4,8 @@ Prints, per size, SendGrid API requests per 1,000 people (target: at most 1.1) a
 whole run's time (queue + deliver, through Dagster: address checks, request planning by
 SendGrid's limits, a durable 'sending' mark per request, the real SDK) as a ratio
 against a floor that does the same work by hand in the same run, on an identical clone:
-the digest query through psql, then the same number of requests, each with the same
+the digest statement (the people due, their content, the outbox rows) through psql, then
+the same number of requests, each with the same
 1,000 personalizations, built in SQL and posted with `requests` to the same stand-in
 (target: at most 1.5).
 Run: `.venv/bin/python benchmarks/notification_digest.py [--rounds N] [--sizes 10000,100000]`.
@@ -19,6 +20,7 @@ import sys
 import time
 import urllib.request
 from datetime import datetime, timedelta
+from datetime import time as clock_time
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -39,19 +41,16 @@ from _harness import (
 from dagster import DagsterInstance
 
 from mm_orchestration.db import connect
-from mm_orchestration.jobs.notification_digest import (
-    EMAIL_KIND,
-    QUEUE_DIGESTS,
-    notification_digest,
-    reference_time,
-)
+from mm_orchestration.digest_queue import EMAIL_KIND, SETTLE, plan
+from mm_orchestration.jobs.notification_digest import notification_digest
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 
 ROOT = Path(__file__).resolve().parent.parent
 
 TENANTS = 100
 DAY = datetime.now(ZoneInfo("Australia/Sydney")).date()
-REF = reference_time(DAY, "Australia/Sydney", 8)
+# 08:00 in Perth: everyone's 08:00 (Sydney's, Brisbane's, Perth's) is within the grace.
+REF = datetime.combine(DAY, clock_time(8), ZoneInfo("Australia/Perth"))
 TEMPLATE = "d-bench"
 FROM = "jobs@motionmavericks.com.au"
 
@@ -141,17 +140,9 @@ def floor_seconds(pg, url: str, floor_sql: str, sendgrid_url: str) -> tuple[floa
 def bench(pg, users: int, rounds: int, sendgrid_url: str) -> bool:
     print(f"\nbuilding {users:,} people with tasks and video updates...")
     source = source_database(pg, build(users), name=f"bench_src_{users}")
-    floor_sql = with_literals(
-        pg,
-        source,
-        QUEUE_DIGESTS,
-        {
-            "ref": REF,
-            "since": REF - timedelta(days=1),
-            "kind": EMAIL_KIND,
-            "fallback_tz": "Australia/Sydney",
-        },
-    )
+    with clone(pg, source) as url, connect(url) as conn:
+        params, _ = plan(conn, REF, "floor", timedelta(hours=6), "Australia/Sydney")
+    floor_sql = with_literals(pg, source, SETTLE, params)
     runs, floors, requests_made, floor_posts = [], [], 0, 0
     for _ in range(rounds):
         with clone(pg, source) as url:
@@ -165,7 +156,7 @@ def bench(pg, users: int, rounds: int, sendgrid_url: str) -> bool:
                 "mailer": Mailer(api_key="SG.bench", api_host=sendgrid_url, mail_from=FROM),
                 "job_settings": JobSettings(digest_template_id=TEMPLATE),
             }
-            config = {"ops": {"queue_due_digests": {"config": {"date": DAY.isoformat()}}}}
+            config = {"ops": {"queue_due_digests": {"config": {"now": REF.isoformat()}}}}
 
             def run(resources=resources, config=config, instance=instance) -> None:
                 result = notification_digest.execute_in_process(

@@ -71,6 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("job", help="seed name (share-link-expiry) or Dagster name")
     p.add_argument("--partition", help="partition key, for partitioned jobs")
     p.add_argument("--actor", help="who is running it (for the audit log); default: you")
+    p.add_argument(
+        "--window",
+        type=_tick,
+        help="the window to run, as the schedule names it (its tick, e.g. 2026-11-30T08:00:00Z):"
+        " a window that already succeeded is skipped unless --force",
+    )
     p.add_argument("--force", action="store_true", help="rerun a window that already succeeded")
     p.set_defaults(func=cmd_run)
 
@@ -240,7 +246,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mm_orchestration import manual_run
     from mm_orchestration.definitions import build_definitions
     from mm_orchestration.instance import open_instance
-    from mm_orchestration.ledger import ACTOR_TAG, TRIGGER_TAG
+    from mm_orchestration.ledger import ACTOR_TAG, TRIGGER_TAG, WINDOW_TAG
     from mm_orchestration.run_status import outcome
 
     spec = inventory.get(args.job)
@@ -252,6 +258,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.force:
         run_config = {"ops": {name: {"config": {"force": True}} for name in _force_nodes(job)}}
     tags = {ACTOR_TAG: args.actor or getpass.getuser(), TRIGGER_TAG: "cli"}
+    if args.window:
+        tags[WINDOW_TAG] = args.window
     partition = args.partition
     if partition is not None:
         _check_partition(spec.name, job, partition)
@@ -484,6 +492,19 @@ def cmd_dlq_discard(args: argparse.Namespace) -> int:
 
 
 # -- outbox ------------------------------------------------------------------------
+
+
+def _tick(value: str) -> str:
+    """`--window`: a schedule tick as the ledger names its window (UTC, to the second)."""
+    from mm_orchestration.scheduling import window_key
+
+    try:
+        tick = datetime.strptime(value.strip(), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a schedule tick (UTC, like 2026-11-30T08:00:00Z)"
+        ) from None
+    return window_key(tick)
 
 
 _MOMENT = re.compile(

@@ -182,15 +182,16 @@ WITH due AS (
     RETURNING 1
 ), settled AS (
     INSERT INTO ops.digest_periods (user_id, period, moment, outcome, settled_at, run_id)
-    SELECT p.id, p.period, p.moment,
-           CASE WHEN p.action = 'missed' THEN 'missed'
-                WHEN d.suppressed THEN 'suppressed'
+    SELECT p.id, p.period, p.moment, 'missed', %(now)s, %(run_id)s
+      FROM people p WHERE p.action = 'missed'
+    UNION ALL  -- (not a join of the two: CTEs have no index, and that join was quadratic)
+    SELECT d.id, d.period, d.moment,
+           CASE WHEN d.suppressed THEN 'suppressed'
                 WHEN d.due_soon IS NOT NULL OR d.overdue IS NOT NULL OR d.updates IS NOT NULL
                     THEN 'queued'
                 ELSE 'skipped' END,
            %(now)s, %(run_id)s
-      FROM people p
-      LEFT JOIN digests d ON d.id = p.id AND d.period = p.period
+      FROM digests d
         ON CONFLICT (user_id, period) DO NOTHING
     RETURNING outcome
 )
@@ -291,6 +292,37 @@ def settle(
     """
     # One run at a time settles: the second waits, then sees the first's rows.
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('ops.digest_periods', 0))")
+    params, window_start = plan(conn, now, run_id, grace, fallback_tz, tenant, user)
+    settled = Settled(window_start=window_start)
+    if params["period"]:
+        row = conn.execute(SETTLE, params).fetchone()
+        assert row is not None
+        due, emails, queued, skipped, suppressed, missed, fallbacks = (int(v) for v in row[:7])
+        settled = Settled(
+            due, emails, queued, skipped, suppressed, missed, fallbacks, list(row[7]), window_start
+        )
+    if window_start is not None:  # a scheduled run: the next one starts where this ended
+        conn.execute(
+            """INSERT INTO ops.digest_clock (id, evaluated_through) VALUES (1, %s)
+               ON CONFLICT (id) DO UPDATE SET evaluated_through =
+                   greatest(ops.digest_clock.evaluated_through, excluded.evaluated_through)""",
+            [now],
+        )
+    return settled
+
+
+def plan(
+    conn: psycopg.Connection,
+    now: datetime,
+    run_id: str,
+    grace: timedelta,
+    fallback_tz: str,
+    tenant: uuid.UUID | None = None,
+    user: uuid.UUID | None = None,
+) -> tuple[dict[str, Any], datetime | None]:
+    """SETTLE's parameters for a run at `now`: the distinct choices read once, and each
+    one's moments in the run's window (its start is returned; None for an operator's send,
+    which has no window). A choice with no moment in the window is not passed at all."""
     operator = tenant is not None or user is not None
     window_start = None
     if not operator:
@@ -309,12 +341,11 @@ def settle(
     ):
         zone, zone_fallback = _zone(pg_name, fallback_tz)
         choice = Choice(zone, frequency, at_time, weekday or 1)
-        if operator:
-            plan = [(current_period(choice, now), "send")]
+        if window_start is None:
+            actions = [(current_period(choice, now), "send")]
         else:
-            assert window_start is not None
-            plan = _plan(list(moments_between(choice, window_start, now)), now, grace)
-        for moment, action in plan:
+            actions = _plan(list(moments_between(choice, window_start, now)), now, grace)
+        for moment, action in actions:
             for name, value in (
                 ("tz_key", tz_key), ("frequency", frequency), ("at_time", at_time),
                 ("weekday", weekday), ("choice_fallback", choice_fallback), ("zone", zone),
@@ -324,33 +355,16 @@ def settle(
                 ("since_default", moment.due - _period_length(frequency)),
             ):  # fmt: skip
                 columns[name].append(value)
-    settled = Settled(window_start=window_start)
-    if columns["period"]:
-        row = conn.execute(
-            SETTLE,
-            {
-                **columns,
-                "tenant": tenant,
-                "user": user,
-                "now": now,
-                "run_id": run_id,
-                "kind": EMAIL_KIND,
-                "look_back": LONGEST_LOOK_BACK,
-            },
-        ).fetchone()
-        assert row is not None
-        due, emails, queued, skipped, suppressed, missed, fallbacks = (int(v) for v in row[:7])
-        settled = Settled(
-            due, emails, queued, skipped, suppressed, missed, fallbacks, list(row[7]), window_start
-        )
-    if not operator:
-        conn.execute(
-            """INSERT INTO ops.digest_clock (id, evaluated_through) VALUES (1, %s)
-               ON CONFLICT (id) DO UPDATE SET evaluated_through =
-                   greatest(ops.digest_clock.evaluated_through, excluded.evaluated_through)""",
-            [now],
-        )
-    return settled
+    params = {
+        **columns,
+        "tenant": tenant,
+        "user": user,
+        "now": now,
+        "run_id": run_id,
+        "kind": EMAIL_KIND,
+        "look_back": LONGEST_LOOK_BACK,
+    }
+    return params, window_start
 
 
 def _plan(moments: Sequence[Moment], now: datetime, grace: timedelta) -> list[tuple[Moment, str]]:

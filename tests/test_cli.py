@@ -239,9 +239,10 @@ def test_a_dagster_home_without_dagster_yaml_or_its_variables_is_refused(dagster
 
 
 def test_a_skipped_run_says_skipped_with_the_run_that_holds_the_window(dagster_env, conn):
-    first = mm_jobs(dagster_env, "run", "notification-digest")
+    tick = ("--window", "2026-11-29T21:00:00Z")  # the schedule's 08:00 Sydney tick
+    first = mm_jobs(dagster_env, "run", "notification-digest", *tick)
     assert first.returncode == 0, first.stderr[-3000:]
-    second = mm_jobs(dagster_env, "run", "notification-digest")
+    second = mm_jobs(dagster_env, "run", "notification-digest", *tick)
     assert second.returncode == 3, second.stdout + second.stderr[-3000:]
     line = second.stdout.splitlines()[-1]
     held = _run_id(first.stdout)

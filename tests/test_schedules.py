@@ -58,9 +58,9 @@ def test_repeated_hour_at_end_of_dst_gives_two_windows():
 
 def test_ticks_follow_sydney_wall_clock_across_dst_start():
     # 4 October 2026: 02:00 AEST jumps to 03:00 AEDT. A daily 08:00 job stays at 08:00 local.
-    digest = inventory.get("notification-digest")
-    before = next_tick(digest.cron, "Australia/Sydney", datetime(2026, 10, 2, 0, 0, tzinfo=UTC))
-    after = next_tick(digest.cron, "Australia/Sydney", datetime(2026, 10, 4, 0, 0, tzinfo=UTC))
+    drill = "0 8 * * *"
+    before = next_tick(drill, "Australia/Sydney", datetime(2026, 10, 2, 0, 0, tzinfo=UTC))
+    after = next_tick(drill, "Australia/Sydney", datetime(2026, 10, 4, 0, 0, tzinfo=UTC))
     assert (before.hour, after.hour) == (8, 8)
     assert before.astimezone(UTC).hour == 22 and after.astimezone(UTC).hour == 21
     # Every 15 minutes, the local 02:00-03:00 hour does not exist that night.
