@@ -19,6 +19,13 @@ def test_old_runs_and_rows_go_recent_ones_and_evidence_stay(conn, portal_db):
                   ('old-failed', 'k', 'a@x.example', 'failed', now() - interval '100 days')"""
     )
     conn.execute(
+        """INSERT INTO ops.digest_periods (user_id, period, moment, outcome, settled_at)
+           VALUES (gen_random_uuid(), '2026-08-01', now() - interval '100 days', 'queued',
+                   now() - interval '100 days'),
+                  (gen_random_uuid(), '2026-11-01', now() - interval '10 days', 'queued',
+                   now() - interval '10 days')"""
+    )
+    conn.execute(
         """INSERT INTO ops.job_runs (job_name, window_key, run_id, status, started_at)
            VALUES ('x', 'old', 'r1', 'succeeded', now() - interval '500 days'),
                   ('x', 'new', 'r2', 'succeeded', now() - interval '100 days')"""
@@ -74,4 +81,5 @@ def test_old_runs_and_rows_go_recent_ones_and_evidence_stay(conn, portal_db):
         "SELECT details FROM ops.job_runs WHERE job_name = 'storage-retention' "
         "AND status = 'succeeded'"
     ).fetchone()
-    assert row[0] == {"dagster_runs": 2, "outbox": 1, "job_runs": 1}
+    assert row[0] == {"dagster_runs": 2, "outbox": 1, "digest_periods": 1, "job_runs": 1}
+    assert conn.execute("SELECT period FROM ops.digest_periods").fetchall() == [("2026-11-01",)]

@@ -2,8 +2,9 @@
 
 Dagster run records and their event logs older than `dagster_run_days` (90) are
 deleted through Dagster's public instance API (`DagsterInstance.delete_run`), never
-with SQL against Dagster's tables. Sent rows of `ops.notification_outbox` older than
-90 days and `ops.job_runs` rows older than 400 days are deleted. `ops.audit_log`,
+with SQL against Dagster's tables. Sent rows of `ops.notification_outbox` and the digest
+periods (`ops.digest_periods`) older than 90 days and `ops.job_runs` rows older than 400
+days are deleted. `ops.audit_log`,
 `ops.residency_reports` and `ops.backup_drills` are compliance evidence and kept.
 Each run reports what it removed.
 """
@@ -14,6 +15,7 @@ from dagster import Config, Failure, OpExecutionContext, RunsFilter, job, op
 from pydantic import Field
 
 from mm_orchestration import inventory
+from mm_orchestration.digest_moments import LONGEST_LOOK_BACK
 from mm_orchestration.ledger import claim, report_skip, window_for
 from mm_orchestration.resources import PortalDatabase
 from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
@@ -77,7 +79,7 @@ def prune_ops_tables(
 ) -> None:
     """Delete old sent emails and ledger rows; never the compliance evidence."""
     config.check()
-    portal_db.require("ops.notification_outbox", "ops.job_runs")
+    portal_db.require("ops.notification_outbox", "ops.digest_periods", "ops.job_runs")
     with claim(portal_db, window_for(context, SPEC.name), force=config.force) as run:
         if run.skipped:
             report_skip(context, run)
@@ -88,17 +90,30 @@ def prune_ops_tables(
                     WHERE status = 'sent' AND sent_at < now() - make_interval(days => %s)""",
                 [config.outbox_days],
             ).rowcount
+            # A digest period is needed for a week and a day (its "since" and its one per
+            # period); it goes with the sent emails it accounts for, never sooner.
+            periods = conn.execute(
+                """DELETE FROM ops.digest_periods
+                    WHERE settled_at < now() - make_interval(days => greatest(%s, %s))""",
+                [config.outbox_days, LONGEST_LOOK_BACK.days + 1],
+            ).rowcount
             ledger = conn.execute(
                 """DELETE FROM ops.job_runs
                     WHERE started_at < now() - make_interval(days => %s) AND id <> %s""",
                 [config.job_runs_days, run.ledger_id],
             ).rowcount
-        run.rows_affected = outbox + ledger
-        run.details = {"dagster_runs": dagster_runs, "outbox": outbox, "job_runs": ledger}
+        run.rows_affected = outbox + periods + ledger
+        run.details = {
+            "dagster_runs": dagster_runs,
+            "outbox": outbox,
+            "digest_periods": periods,
+            "job_runs": ledger,
+        }
     context.add_output_metadata(
         {
             "dagster_runs_deleted": dagster_runs,
             "outbox_rows_deleted": outbox,
+            "digest_periods_deleted": periods,
             "job_runs_deleted": ledger,
         }
     )
