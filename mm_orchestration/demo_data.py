@@ -76,8 +76,11 @@ _STATEMENTS: list[str] = [
                   %(regions)s::text[]) AS n(name, slug, status, region)
     """,
     # Eight people per agency, across Australian time zones; one opted out, one deactivated.
+    # Their digest choices vary: most daily at 08:00, one weekdays at 07:30, one weekly on
+    # Mondays at 09:00, one daily at 17:45, one off.
     """
     INSERT INTO portal.users (tenant_id, email, display_name, digest_opt_in, timezone,
+                              digest_frequency, digest_time, digest_weekday,
                               created_at, deactivated_at)
     SELECT t.id,
            lower((%(first_names)s::text[])[i]) || '@' || t.slug || '.example.com',
@@ -86,6 +89,9 @@ _STATEMENTS: list[str] = [
            (ARRAY['Australia/Sydney','Australia/Melbourne','Australia/Brisbane',
                   'Australia/Perth','Australia/Adelaide','Pacific/Auckland',
                   'Australia/Sydney','Australia/Hobart'])[i],
+           (ARRAY['daily','weekdays','daily','weekly','daily','off','daily','daily'])[i],
+           (ARRAY['08:00','07:30','17:45','09:00','08:00','08:00','08:00','08:00'])[i]::time,
+           1,
            now() - interval '300 days',
            CASE WHEN i = 8 THEN now() - interval '10 days' END
       FROM portal.tenants t, generate_series(1, 8) AS i
