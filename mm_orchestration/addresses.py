@@ -33,6 +33,10 @@ def plainly_valid(address: str) -> bool:
     local, _, domain = address.rpartition("@")
     if len(address) > 254 or len(local) > 64 or not _PLAIN_ADDRESS.fullmatch(address):
         return False
+    # A label with hyphens in its third and fourth places is an IDNA A-label (`xn--`) or
+    # reserved for one (`ab--cd`): IDNA decides those, on the slow path.
+    if "--" in domain and any(label[2:4] == "--" for label in domain.split(".")):
+        return False
     return domain.rpartition(".")[2].lower() not in _SPECIAL_TOP_LEVELS
 
 
@@ -53,6 +57,20 @@ def address_problem(address: str | None) -> str | None:
     except EmailNotValidError as exc:
         return str(exc)
     return None
+
+
+def sendable_address(address: str) -> str:
+    """`address` as it is sent: surrounding spaces dropped, and an internationalised domain
+    in its ASCII form (`olivia@xn--bcher-kva.example`), which every mail system takes; the
+    local part as written."""
+    address = address.strip()
+    local, at, domain = address.rpartition("@")
+    if not at or domain.isascii():
+        return address
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
+    except idna.IDNAError:
+        return address
 
 
 def canonical_address(address: str) -> str:

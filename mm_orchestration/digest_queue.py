@@ -175,8 +175,9 @@ WITH due AS (
 ), digests AS MATERIALIZED ({content}
 ), queued AS (
     INSERT INTO ops.notification_outbox
-        (idempotency_key, kind, tenant_id, recipient, payload, user_id)
-    SELECT 'digest:' || d.id || ':' || d.period, %(kind)s, d.tenant_id, d.email, {payload}, d.id
+        (idempotency_key, kind, tenant_id, recipient, payload, user_id, next_attempt_at)
+    SELECT 'digest:' || d.id || ':' || d.period, %(kind)s, d.tenant_id, d.email, {payload}, d.id,
+           d.moment  -- due from its moment: how stale it is, it is measured from there
       FROM digests d
      WHERE NOT d.suppressed
        AND (d.due_soon IS NOT NULL OR d.overdue IS NOT NULL OR d.updates IS NOT NULL)
@@ -377,6 +378,18 @@ def _plan(moments: Sequence[Moment], now: datetime, grace: timedelta) -> list[tu
         latest = moments[-1]
         plan.append((latest, "send" if now - latest.due <= grace else "missed"))
     return plan
+
+
+def record_expired_as_missed(conn: psycopg.Connection) -> int:
+    """Periods whose queued digest expired in the outbox (it waited past the grace) are
+    missed: counted as the run's and the dashboard's missed digests."""
+    return conn.execute(
+        """UPDATE ops.digest_periods p SET outcome = 'missed'
+             FROM ops.notification_outbox o
+            WHERE o.kind = %s AND o.status = 'expired' AND p.outcome = 'queued'
+              AND o.idempotency_key = 'digest:' || p.user_id || ':' || p.period""",
+        [EMAIL_KIND],
+    ).rowcount
 
 
 def preview(

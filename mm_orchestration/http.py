@@ -95,6 +95,15 @@ def _bounded(base: type[http.client.HTTPConnection], timeouts: Timeouts, written
     return Bounded
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer, never followed: urllib would repeat the call elsewhere (a
+    POST as a GET, its body dropped) carrying the Authorization header to whatever host
+    the Location names, and report that host's answer as the provider's."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class _HTTP(urllib.request.HTTPHandler):
     def __init__(self, connection: Any) -> None:
         super().__init__()
@@ -139,7 +148,8 @@ class Answer:
 
 
 def send(request: urllib.request.Request, timeouts: Timeouts) -> Answer:
-    """Send `request` and read its whole answer, any status (4xx/5xx are answers too).
+    """Send `request` and read its whole answer, any status (3xx, 4xx and 5xx are answers
+    too: redirects are not followed).
 
     Raises NotSent when the request provably never left (whatever stopped it: a refused
     connection, DNS, TLS, a header http.client refuses), OutcomeUnknown when it was
@@ -147,6 +157,7 @@ def send(request: urllib.request.Request, timeouts: Timeouts) -> Answer:
     """
     written = _Written()
     opener = urllib.request.build_opener(
+        _NoRedirects(),
         _HTTP(_bounded(http.client.HTTPConnection, timeouts, written)),
         _HTTPS(_bounded(http.client.HTTPSConnection, timeouts, written)),
     )

@@ -62,7 +62,7 @@ class NeonClient:
             raise NeonError(f"Neon {method} {path}: outcome unknown: {exc}") from None
         except http.NotSent as exc:
             raise NeonError(f"Neon {method} {path}: unreachable: {exc}") from None
-        if answer.status >= 400:
+        if not 200 <= answer.status < 300:  # a redirect is no answer to act on
             text = answer.body.decode("utf-8", "replace")[:500]
             raise NeonError(f"Neon {method} {path}: {answer.status} {text}")
         raw = answer.body

@@ -69,7 +69,7 @@ def test_recipients_are_chosen_right(conn, digest, sendgrid):
 
     assert result.success
     assert sorted(personalizations(sendgrid)) == ["yes@a.example"]
-    assert result.output_for_node("queue_due_digests") == 1
+    assert result.output_for_node("queue_due_digests")["queued"] == 1
 
 
 def test_local_day_boundaries_in_two_time_zones(conn, digest, sendgrid):
@@ -286,7 +286,7 @@ def test_rerun_and_concurrent_runs_send_nothing_twice(conn, digest, sendgrid, ma
         conn.execute("SELECT outcome, count(*) FROM ops.digest_periods GROUP BY 1").fetchall()
     )
     assert outcomes == {"queued": 2500}
-    queued = sorted(r.output_for_node("queue_due_digests") for r in results)
+    queued = sorted(r.output_for_node("queue_due_digests")["queued"] for r in results)
     assert queued == [0, 2500]  # one run settled them all; the other found them settled
 
 

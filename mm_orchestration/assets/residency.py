@@ -651,17 +651,12 @@ def residency_report(
         make_renderer(report_store),
         context.run_id,
         finished_runs(context.instance),
+        must_reach=True,
     )
-    # The compliance email refused for good (or its answer lost) fails the materialisation
-    # so compliance is alerted; one SendGrid cannot take now goes with the next run.
-    conclude(
-        portal_db,
-        report,
-        [EMAIL_KIND],
-        context.run_id,
-        "residency report email",
-        tolerate_deferred=True,
-    )
+    # The compliance email that did not go fails the materialisation: refused, lost or
+    # suppressed for good (compliance is alerted), or not taken yet (retried: the next
+    # materialisation is a week away).
+    conclude(portal_db, report, [EMAIL_KIND], context.run_id, "residency report email")
     with portal_db.connection() as conn:
         emailed = conn.execute(
             """UPDATE ops.residency_reports r SET emailed_at = o.sent_at

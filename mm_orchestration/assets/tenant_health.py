@@ -209,13 +209,11 @@ def tenant_health_daily(
         )
     report = deliver_pending(
         portal_db, mailer, [SUMMARY_KIND], render_summary, context.run_id,
-        finished_runs(context.instance),
+        finished_runs(context.instance), must_reach=True,
     )  # fmt: skip
-    # A summary SendGrid refused (or whose answer was lost) fails the materialisation, so
-    # the Admin is alerted; one SendGrid cannot take now goes with the next run.
-    conclude(
-        portal_db, report, [SUMMARY_KIND], context.run_id, "summary email", tolerate_deferred=True
-    )
+    # A summary that did not go fails the materialisation: refused, lost or suppressed for
+    # good (the Admin is alerted), or not taken yet (retried; the next day is too late).
+    conclude(portal_db, report, [SUMMARY_KIND], context.run_id, "summary email")
     return MaterializeResult(
         metadata={
             "day": day.isoformat(),

@@ -109,7 +109,7 @@ def deliver_alerts(
     """Deliver every alert still waiting in the outbox."""
     report = deliver_pending(
         portal_db, mailer, [ALERT_KIND], render_alert, context.run_id,
-        finished_runs(context.instance),
+        finished_runs(context.instance), must_reach=True,
     )  # fmt: skip
     context.add_output_metadata(conclude(portal_db, report, [ALERT_KIND], context.run_id, "alert"))
 

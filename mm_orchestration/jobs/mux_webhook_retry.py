@@ -476,6 +476,7 @@ def send_dead_letter_escalations(
         render_dead_letter_email,
         context.run_id,
         finished_runs(context.instance),
+        must_reach=True,
     )
     context.add_output_metadata(
         conclude(portal_db, report, [DEAD_EMAIL_KIND], context.run_id, "escalation email")

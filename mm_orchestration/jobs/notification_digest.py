@@ -23,12 +23,13 @@ exponential backoff; after the last, the reliability partner is named to act.
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from dagster import Failure, OpExecutionContext, job, op
 from pydantic import Field
 
 from mm_orchestration import inventory
-from mm_orchestration.digest_queue import EMAIL_KIND, Settled, settle
+from mm_orchestration.digest_queue import EMAIL_KIND, Settled, record_expired_as_missed, settle
 from mm_orchestration.joblog import log_event
 from mm_orchestration.ledger import WINDOW_TAG, WindowConfig, claim, report_skip, window_for
 from mm_orchestration.outbox import conclude, deliver_pending_templated, finished_runs
@@ -126,9 +127,10 @@ def queue_due_digests(
     config: DigestConfig,
     portal_db: PortalDatabase,
     job_settings: JobSettings,
-) -> int:
+) -> dict[str, Any]:
     """Settle every digest whose moment has come: queue, skip (nothing to say), or record
-    as missed; or, for an operator, one agency's or one person's digest now."""
+    as missed; or, for an operator, one agency's or one person's digest now. Returns the
+    run's instant and how many digests it queued ({"now": ISO 8601, "queued": n})."""
     portal_db.require(*TABLES)
     tenant, user = _id("tenant_id", config.tenant_id), _id("user_id", config.user_id)
     now = run_instant(config.now, context.run.tags.get(WINDOW_TAG), datetime.now(UTC))
@@ -136,7 +138,7 @@ def queue_due_digests(
     with claim(portal_db, window, force=config.force) as run:
         if run.skipped:
             report_skip(context, run)
-            return 0
+            return {"now": now.isoformat(), "queued": 0}
         with portal_db.connection() as conn:
             settled = settle(
                 conn,
@@ -150,7 +152,7 @@ def queue_due_digests(
         run.rows_affected = settled.queued
         run.details = {"now": now.isoformat(), **settled.as_metadata()}
     _report(context, settled, now, job_settings)
-    return settled.queued
+    return {"now": now.isoformat(), "queued": settled.queued}
 
 
 def _report(
@@ -185,12 +187,15 @@ def _report(
 @op(retry_policy=retry_policy(SPEC), tags={"kind": "sendgrid"})
 def send_digests(
     context: OpExecutionContext,
-    queued: int,
+    queued: dict[str, Any],
     portal_db: PortalDatabase,
     mailer: Mailer,
     job_settings: JobSettings,
 ) -> None:
-    """Deliver waiting digests through the dynamic template, 1,000 people per request."""
+    """Deliver waiting digests through the dynamic template, 1,000 people per request.
+    A digest that waited longer than the grace (held by an outage, say) is expired, never
+    sent stale, and its period recorded as missed."""
+    now = datetime.fromisoformat(queued["now"])
     report = deliver_pending_templated(
         portal_db,
         mailer,
@@ -200,7 +205,12 @@ def send_digests(
         context.run_id,
         batch_size=BATCH_SIZE,
         finished=finished_runs(context.instance),
+        stale_before=now - timedelta(hours=job_settings.digest_grace_hours),
     )
+    if report.expired:
+        with portal_db.connection() as conn:
+            missed = record_expired_as_missed(conn)
+        log_event("digest.missed", level=30, runId=context.run_id, count=missed, reason="expired")
 
     def escalate(error: str) -> None:
         # Say who acts (the failure sensor routes the alert itself).

@@ -5,6 +5,7 @@ share it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from mm_orchestration.joblog import log_event
 from mm_orchestration.outbox import rows
@@ -17,6 +18,7 @@ from mm_orchestration.resources.mailer import SendError
 # After this many lost answers in a row SendGrid is not answering: stop, keep the rest
 # pending, rather than spend a read timeout and an unknown outcome on every request.
 MAX_UNKNOWN_IN_A_ROW = 2
+STREAK_BEFORE_PROBING = 3
 
 
 class Delivery:
@@ -26,17 +28,33 @@ class Delivery:
     rows 'sending', reported later as outcome unknown, never sent twice."""
 
     def __init__(
-        self, db: PortalDatabase, kinds: Sequence[str], run_id: str, finished: FinishedRuns | None
+        self,
+        db: PortalDatabase,
+        kinds: Sequence[str],
+        run_id: str,
+        finished: FinishedRuns | None,
+        must_reach: bool = False,
+        stale_before: datetime | None = None,
     ) -> None:
         self.db, self.run_id = db, run_id
+        self.must_reach, self.stale_before = must_reach, stale_before
         self.report: DeliveryReport = rows.settle_abandoned(db, list(kinds), run_id, finished)
         self.suppressions = Suppressions.load(db)
         self.accepted: list[tuple[list[int], str]] = []
         self.unknown_in_a_row = 0
-        self.sent_any = False
+        self.streak: list[Row] = []  # refused alone, naming nothing, since the last acceptance
+        self.probing = False
 
     def screen(self, page: list[Row]) -> list[Row]:
-        return screen(self.db, page, self.run_id, self.report, self.suppressions)
+        return screen(
+            self.db,
+            page,
+            self.run_id,
+            self.report,
+            self.suppressions,
+            must_reach=self.must_reach,
+            stale_before=self.stale_before,
+        )
 
     def claim(self, ids: list[int]) -> set[int]:
         """Claim rows for the request about to be made (see rows.claim); counts it."""
@@ -50,7 +68,8 @@ class Delivery:
         self.accepted.append((ids, message_id))
         self.report.sent += len(ids)
         self.unknown_in_a_row = 0
-        self.sent_any = True
+        self.streak.clear()
+        self.probing = False
 
     def flush(self) -> None:
         rows.flush_sent(self.db, self.accepted)
@@ -101,13 +120,14 @@ class Delivery:
             self.unknown_in_a_row += 1
             if self.unknown_in_a_row >= MAX_UNKNOWN_IN_A_ROW:
                 report.stopped = f"SendGrid lost {self.unknown_in_a_row} answers in a row"
+                report.stopped_kind = "lost"
                 return False
             return True
         if exc.transient:
             rows.release(self.db, [r.id for r in group], str(exc))
             report.deferred += len(group)
             report.errors.append(f"request of {len(group)}: {exc}")
-            report.stopped = str(exc)
+            report.stopped, report.stopped_kind = str(exc), "busy"
             return False  # SendGrid is busy or down: the rest waits too
         if exc.refuses_every_request:
             self.hold(group, str(exc))
@@ -121,4 +141,29 @@ class Delivery:
         rows.release(self.db, [r.id for r in group], why)
         self.report.held += len(group)
         self.report.errors.append(f"request of {len(group)}: {why}")
-        self.report.stopped, self.report.stopped_for_good = why, True
+        self.report.stopped, self.report.stopped_kind = why, "refused"
+
+    # -- refusals naming nothing: the row's, or the request's? ----------------------------
+    #
+    # SendGrid refusing a request of one row and naming nothing usually means that row.
+    # After STREAK_BEFORE_PROBING such refusals with no acceptance between them, the next
+    # request is a probe, sent whole: accepted, the streak was the rows' own; refused, it
+    # is the request SendGrid refuses, so the streak's rows go back to pending with the
+    # rest. Either way a request-level refusal costs a few requests, not one per row.
+
+    def refused_alone(self, row: Row, why: str) -> None:
+        """A request of `row` alone was refused, naming nothing: the row fails."""
+        self.fail([(row, why)])
+        self.streak.append(row)
+        self.probing = len(self.streak) >= STREAK_BEFORE_PROBING
+
+    def probe_refused(self, group: list[Row], why: str) -> None:
+        """The probe was refused too: SendGrid refuses the request, not the rows."""
+        streak = len(self.streak)
+        self.reopen(self.streak)
+        self.streak.clear()
+        self.hold(
+            group,
+            f"{why} (SendGrid refused {streak + 1} requests in a row and accepted none "
+            "between them: it refuses the request itself)",
+        )

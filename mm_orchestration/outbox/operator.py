@@ -22,9 +22,10 @@ def resend(
     actor: str,
     include_unknown: bool = False,
 ) -> list[str]:
-    """Put `kind`'s rows that failed since `since` back to pending, audited; returns their
-    keys. The key stays the same, so a row that was sent can never be requeued (only
-    failed rows are), and each requeued row goes once. A row for a portal user takes the
+    """Put `kind`'s rows that failed (or expired) since `since` back to pending, audited;
+    returns their keys. The key stays the same, so a row that was sent can never be
+    requeued (only failed and expired rows are), and each requeued row goes once; a
+    requeued row is due from now (an expired digest is not expired again). A row for a portal user takes the
     user's address as it is now (the operator fixed it). Rows whose outcome is unknown
     stay failed unless `include_unknown` (after checking SendGrid's activity log)."""
     users = conn.execute("SELECT to_regclass('portal.users') IS NOT NULL").fetchone()
@@ -36,7 +37,7 @@ def resend(
     statement = sql.SQL("""
         WITH picked AS (
             SELECT id FROM ops.notification_outbox
-             WHERE status = 'failed' AND kind = %(kind)s
+             WHERE status IN ('failed', 'expired') AND kind = %(kind)s
                AND coalesce(failed_at, created_at) >= %(since)s
                AND (%(unknown)s OR NOT outcome_unknown)
              ORDER BY id
@@ -75,21 +76,27 @@ def list_failed(
 ) -> list[dict[str, Any]]:
     """Rows that did not go, newest first: key, kind, state, when, by which run, why (no
     addresses). States: `failed`; `unknown` (failed, may have been sent); `sending` (a
-    deliverer holds it now) and `stale` (held longer than the lease: its deliverer died,
-    and the next delivery of the kind reports it as unknown). `unknown_only` lists what an
-    operator must look up in SendGrid: unknown, sending and stale."""
+    deliverer holds it now); `stale` (held longer than the lease: its deliverer died, and
+    the next delivery of the kind reports it as unknown); `waiting` (pending after SendGrid
+    could not take it, or refused every request: it goes once that is over); `expired`
+    (waited past its use, never sent). `unknown_only` lists what an operator must look up
+    in SendGrid: unknown, sending and stale."""
     cursor = conn.execute(
         """SELECT id, idempotency_key, kind,
                   CASE WHEN status = 'sending' AND claimed_at < now() - %(lease)s::interval
                             THEN 'stale'
                        WHEN status = 'sending' THEN 'sending'
+                       WHEN status = 'pending' THEN 'waiting'
+                       WHEN status = 'expired' THEN 'expired'
                        WHEN outcome_unknown THEN 'unknown'
                        ELSE 'failed' END AS state,
                   coalesce(failed_at, claimed_at) AS at, failed_run_id, claimed_by,
                   attempts, last_error
              FROM ops.notification_outbox
             WHERE (status = 'sending'
-                   OR (status = 'failed' AND (NOT %(unknown)s OR outcome_unknown)))
+                   OR (status = 'failed' AND (NOT %(unknown)s OR outcome_unknown))
+                   OR (NOT %(unknown)s AND status = 'pending' AND last_error IS NOT NULL)
+                   OR (NOT %(unknown)s AND status = 'expired'))
               AND (%(kind)s::text IS NULL OR kind = %(kind)s)
             ORDER BY coalesce(failed_at, claimed_at, created_at) DESC, id DESC
             LIMIT %(limit)s""",

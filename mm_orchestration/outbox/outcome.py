@@ -92,15 +92,13 @@ def conclude(
     what: str,
     escalate: Callable[[str], None] | None = None,
     final_attempt: bool = True,
-    tolerate_deferred: bool = False,
 ) -> dict[str, Any]:
     """The op's outcome from its delivery: the metadata when every email of `kinds` went;
     DeliveryIncomplete (retried) when some wait for SendGrid; DeliveryFailed (no retry)
     when some failed for good in this run (invalid addresses, refusals, lost answers,
     deliverers that died mid-send) or SendGrid refuses every request (they stay pending).
     Either way everything that could go went first. `escalate(message)` is called before
-    the op fails for good (the job names who acts). `tolerate_deferred`: an asset whose
-    next materialisation delivers what waits (the residency report) does not fail for it."""
+    the op fails for good (the job names who acts)."""
     failures = run_failures(db, kinds, run_id)
     metadata: dict[str, Any] = dict(report.as_metadata())
     metadata["emails_failed_for_good_this_run"] = failures.total
@@ -120,14 +118,14 @@ def conclude(
         failed_text = f"{failures.total} {what}(s) failed for good ({reasons})"
         if failures.unknown_keys:
             shown = ", ".join(failures.unknown_keys[:5])
-            more = len(failures.unknown_keys) - 5
+            more = failures.by_reason.get("outcome unknown", 0) - 5
             failed_text += f"; outcome unknown keys: {shown}" + (
                 f" and {more} more" if more > 0 else ""
             )
         if failures.examples:
             failed_text += f"; first: {failures.examples[0]}"
     waiting = report.deferred or (report.stopped and not report.stopped_for_good)
-    if waiting and not tolerate_deferred:
+    if waiting:
         pending = report.deferred or "some"
         message = f"{pending} {what}(s) could not be delivered yet and stay pending"
         if report.stopped:
@@ -139,12 +137,18 @@ def conclude(
         raise DeliveryIncomplete(message, metadata)
     if failures.total or report.stopped_for_good:
         parts = []
-        if report.stopped_for_good:
+        if report.stopped_kind == "refused":
             # Nothing of this is the rows' fault: they wait, untouched, for the fix.
             parts.append(
                 f"SendGrid refuses every request ({report.stopped}): delivery stopped; "
                 f"{report.held or 'the'} {what}(s) held and the rest stay pending, and go "
                 "with the next run once the key, the sender or the template is fixed"
+            )
+        elif report.stopped_kind == "lost":
+            # Retrying now would only strand more rows as unknown: the next run tries.
+            parts.append(
+                f"{report.stopped}: delivery stopped; the rest stays pending for the next "
+                "run (no retry within this one)"
             )
         if failed_text:
             parts.append(failed_text)

@@ -16,6 +16,7 @@ class DeliveryReport:
     invalid: int = 0  # malformed or empty address: never sent
     unknown: int = 0  # the answer was lost: may have been sent
     suppressed: int = 0
+    expired: int = 0  # past their use (a digest held longer than its grace): never sent
     deferred: int = 0  # SendGrid could not take them now: back to pending
     held: int = 0  # SendGrid refused every request alike (key, sender): back to pending
     abandoned: int = 0  # left 'sending' by a deliverer that died: outcome unknown
@@ -24,7 +25,14 @@ class DeliveryReport:
     errors: list[str] = field(default_factory=list)
     unknown_keys: list[str] = field(default_factory=list)
     stopped: str = ""  # why delivery stopped early (the rest stays pending)
-    stopped_for_good: bool = False  # a refusal no retry fixes (401, 403, the request)
+    # How: "busy" (SendGrid cannot take it now: the op's retry goes again), "refused"
+    # (SendGrid refuses every request alike: no retry fixes it), "lost" (SendGrid keeps
+    # losing answers: retrying within the run would only strand more rows as unknown).
+    stopped_kind: str = ""
+
+    @property
+    def stopped_for_good(self) -> bool:
+        return self.stopped_kind in ("refused", "lost")
 
     def as_metadata(self) -> dict[str, Any]:
         return {
@@ -32,6 +40,7 @@ class DeliveryReport:
             "emails_failed": self.failed,
             "emails_invalid_address": self.invalid,
             "emails_suppressed": self.suppressed,
+            "emails_expired": self.expired,
             "emails_deferred": self.deferred,
             "emails_held_after_refusal": self.held,
             # The answer was lost, or the deliverer died mid-send: never resent, an operator

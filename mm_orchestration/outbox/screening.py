@@ -8,10 +8,12 @@ function knows that `bücher.example` is `xn--bcher-kva.example`.
 
 from __future__ import annotations
 
-from mm_orchestration.addresses import address_problem, canonical_address
+from datetime import datetime
+
+from mm_orchestration.addresses import address_problem, canonical_address, sendable_address
 from mm_orchestration.joblog import log_event, mask_email
 from mm_orchestration.outbox.report import DeliveryReport
-from mm_orchestration.outbox.rows import Row, fail, suppress
+from mm_orchestration.outbox.rows import Row, expire, fail, suppress
 from mm_orchestration.resources.database import PortalDatabase
 
 
@@ -40,10 +42,25 @@ def screen(
     run_id: str,
     report: DeliveryReport,
     suppressions: Suppressions,
+    must_reach: bool = False,
+    stale_before: datetime | None = None,
 ) -> list[Row]:
-    """The rows that may be sent, their addresses as sent (surrounding spaces dropped).
-    Rows with an address SendGrid would refuse fail with the reason, before any request;
-    rows for a suppressed recipient become 'suppressed'."""
+    """The rows that may be sent, their addresses as sent (`sendable_address`).
+    Rows due before `stale_before` become 'expired' (never sent stale); rows with an
+    address SendGrid would refuse fail with the reason, before any request; rows for a
+    suppressed recipient become 'suppressed', or fail when `must_reach` (our own
+    contacts: silencing them would silence the alerts)."""
+    if stale_before is not None:
+        stale = [row for row in rows if row.not_before < stale_before]
+        if stale:
+            expire(
+                db,
+                [row.id for row in stale],
+                f"expired: due before {stale_before.isoformat(timespec='minutes')} and "
+                "never sent stale (mm-jobs outbox resend sends it if it still matters)",
+            )
+            report.expired += len(stale)
+            rows = [row for row in rows if row.not_before >= stale_before]
     problems = [(row, address_problem(row.recipient)) for row in rows]
     bad = [(row.id, f"invalid address: {why}") for row, why in problems if why]
     if bad:
@@ -63,16 +80,23 @@ def screen(
                     runId=run_id,
                 )
     valid = [row for row, why in problems if not why]
-    suppressed = [
-        (row.id, reason) for row in valid if (reason := suppressions.reason(row.recipient))
-    ]
-    if suppressed:
-        suppress(db, suppressed)
+    suppressed = [(row, reason) for row in valid if (reason := suppressions.reason(row.recipient))]
+    if suppressed and must_reach:
+        failed = [
+            (row.id, f"the recipient, our own contact, is on portal.email_suppressions "
+             f"({reason}): remove it there, or set another address")
+            for row, reason in suppressed
+        ]  # fmt: skip
+        fail(db, failed, run_id, only_pending=True)
+        report.failed += len(failed)
+        report.errors += [
+            f"{row.key}: {why}" for (row, _), (_, why) in zip(suppressed, failed, strict=True)
+        ]
+    elif suppressed:
+        suppress(db, [(row.id, reason) for row, reason in suppressed])
         report.suppressed += len(suppressed)
-        gone = {row_id for row_id, _ in suppressed}
+    if suppressed:
+        gone = {row.id for row, _ in suppressed}
         valid = [row for row in valid if row.id not in gone]
-    return [
-        row if row.recipient == row.recipient.strip()
-        else row._replace(recipient=row.recipient.strip())
-        for row in valid
-    ]  # fmt: skip
+    sendable = [(row, sendable_address(row.recipient)) for row in valid]
+    return [row if row.recipient == to else row._replace(recipient=to) for row, to in sendable]

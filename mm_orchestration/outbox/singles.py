@@ -26,11 +26,15 @@ def deliver_pending(
     render: Renderer,
     run_id: str,
     finished: FinishedRuns | None = None,
+    must_reach: bool = False,
 ) -> DeliveryReport:
     """Deliver every due pending message of `kinds`, one request each; each key at most
     once. `finished` says which earlier deliverers' runs have ended (`finished_runs`), so
-    the rows they left mid-send are reported at once rather than after the lease."""
-    delivery = Delivery(db, kinds, run_id, finished)
+    the rows they left mid-send are reported at once rather than after the lease.
+    `must_reach`: the recipients are our own contacts (alerts, compliance and health
+    mail), so a suppressed one fails the message (someone must fix it) rather than
+    silencing it."""
+    delivery = Delivery(db, kinds, run_id, finished, must_reach)
     try:
         _deliver(delivery, mailer, list(kinds), render)
     finally:
@@ -57,8 +61,15 @@ def _deliver(delivery: Delivery, mailer: Mailer, kinds: list[str], render: Rende
                 going_on = delivery.settle([row], exc)
                 if going_on is False:
                     return
-                if going_on is None:  # this message's own refusal (400, 413)
-                    delivery.fail([(row, str(exc))])
+                if going_on is None:  # this message's own refusal (400, 413)...
+                    if delivery.probing:  # ...unless SendGrid refuses them all alike
+                        delivery.probe_refused([row], str(exc))
+                        return
+                    named = any(name for name, _ in exc.errors)
+                    if named or exc.status == 413:
+                        delivery.fail([(row, str(exc))])  # it named the culprit: this one
+                    else:
+                        delivery.refused_alone(row, str(exc))
                 continue
             delivery.accepted_request([row.id], message_id)
             log_event("email.sent", recipient=mask_email(row.recipient), **fields)

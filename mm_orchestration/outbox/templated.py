@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from mm_orchestration.joblog import log_event
@@ -27,10 +28,6 @@ from mm_orchestration.resources.mailer import (
 # Rows read per page: several requests' worth, so that only the last request of a page
 # may be short (requests per 1,000 people stay near 1).
 PAGES_OF_TEMPLATE_REQUESTS = 10
-# Requests of one row each that SendGrid refused, naming nothing, before any request of
-# this delivery was accepted: then it is the request SendGrid refuses, not the rows (a
-# template it cannot use, say). Stop there; the rest stays pending.
-LONE_REFUSALS_BEFORE_STOPPING = 3
 
 
 class _Item(NamedTuple):
@@ -49,6 +46,7 @@ def deliver_pending_templated(
     run_id: str,
     batch_size: int = MAX_PERSONALIZATIONS,
     finished: FinishedRuns | None = None,
+    stale_before: datetime | None = None,
 ) -> DeliveryReport:
     """Deliver pending messages of `kind` through a dynamic template, as few requests as
     SendGrid's limits allow (at most `batch_size` people each).
@@ -56,14 +54,16 @@ def deliver_pending_templated(
     `personalize(key, row)` builds each person's template data; None means the stored
     payload *is* the template data, sent as the database wrote it (never decoded and
     encoded again in Python: at 100,000 people that is most of the delivery's time).
+    Rows due before `stale_before` are expired, never sent (a digest held by an outage).
 
     A request SendGrid accepted is marked sent at once, so a later request's failure never
     sends it again. A 400 naming `personalizations.N` fails that row alone and the rest go
     again; a 400 naming nothing, or a 413, halves the request, each half on its own, until
-    every refused row is alone. A refusal every request would get (`Delivery.settle`) or
-    SendGrid busy stops delivery, the rest pending.
+    every refused row is alone (with Delivery's probe after a streak of lone refusals). A
+    refusal every request would get (`Delivery.settle`) or SendGrid busy stops delivery,
+    the rest pending.
     """
-    delivery = Delivery(db, [kind], run_id, finished)
+    delivery = Delivery(db, [kind], run_id, finished, stale_before=stale_before)
     envelope = mailer.template_envelope(template_id)
     split = _Split(delivery, mailer, template_id)
     page_size = batch_size * PAGES_OF_TEMPLATE_REQUESTS
@@ -120,7 +120,6 @@ class _Split:
 
     def __init__(self, delivery: Delivery, mailer: Mailer, template_id: str) -> None:
         self.delivery, self.mailer, self.template_id = delivery, mailer, template_id
-        self.lone_refused: list[Row] = []
 
     def deliver(self, items: list[_Item]) -> bool:
         """Send `items` (pending rows); False when delivery must stop for this attempt."""
@@ -164,22 +163,16 @@ class _Split:
             if rest:
                 work.appendleft(rest)  # the others, again, in a new request
             return True
+        if self.delivery.probing:  # a probe, refused whole (Delivery's refusal streak)
+            self.delivery.probe_refused([i.row for i in group], str(exc))
+            return False
         if len(group) > 1:  # a 400 naming no row, or a 413: the culprit is in here
             half = len(group) // 2
             self.delivery.release([i.row for i in group], str(exc))  # until their own request
             work.extendleft([group[half:], group[:half]])
             return True
-        row = group[0].row
-        if not self.delivery.sent_any:
-            self.lone_refused.append(row)
-            if len(self.lone_refused) >= LONE_REFUSALS_BEFORE_STOPPING:
-                # Not these people's fault after all: the ones failed before go back too.
-                self.delivery.reopen(self.lone_refused[:-1])
-                self.delivery.hold(
-                    [row],
-                    f"{exc} (SendGrid refused {len(self.lone_refused)} requests of one "
-                    "person each and accepted none: it refuses the request itself)",
-                )
-                return False
-        self.delivery.fail([(row, str(exc))])
+        if exc.status == 413:  # too big alone: this row's own, whatever else happens
+            self.delivery.fail([(group[0].row, str(exc))])
+        else:
+            self.delivery.refused_alone(group[0].row, str(exc))
         return True

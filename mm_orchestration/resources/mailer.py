@@ -16,6 +16,7 @@ import base64
 import functools
 import json
 import logging
+import math
 import re
 import time
 import urllib.request
@@ -138,7 +139,10 @@ class SendError(Exception):
         stops and leaves the rest pending: a revoked key (401), a refused sender (403), a
         4xx naming a field of the envelope (`from.email`, `template_id`: ENVELOPE_FIELDS),
         or a 4xx that is about the call itself (404, 405, 415...). A 400 or 413 naming a
-        personalization, the subject or the content, or nothing, is the message's own."""
+        personalization, the subject or the content, or nothing, is the message's own. A
+        redirect (3xx) means SENDGRID_API_HOST is not SendGrid's API: every request alike."""
+        if self.status is not None and 300 <= self.status < 400:
+            return True
         if self.status is None or not 400 <= self.status < 500 or self.transient:
             return False
         if self.status in (400, 413):
@@ -214,7 +218,7 @@ class _BoundedClient:
                 self, opener: Any, request: urllib.request.Request, timeout: Any = None
             ) -> Any:
                 answer = http.send(request, timeouts)
-                if answer.status >= 400:
+                if not 200 <= answer.status < 300:  # a redirect is no acceptance either
                     error_class = err_dict.get(answer.status, HTTPError)
                     raise error_class(answer.status, "", answer.body, answer.headers)
                 return answer
@@ -419,24 +423,38 @@ class Mailer(ConfigurableResource):
                 message = "; ".join(m for _, m in errors) or _raw(exc.body)
                 if status == 429:
                     last = SendError(f"SendGrid 429 rate limited: {message}", status, True)
-                    wait = _rate_limit_wait(exc.headers)
-                    if wait > self.max_rate_limit_wait_seconds:
+                    reset = _rate_limit_wait(exc.headers)
+                    if reset is None or reset <= 0:  # no usable reset, or one just past
+                        wait = backoff
+                        backoff *= 2
+                    elif reset > self.max_rate_limit_wait_seconds:
                         # Waiting would hold the run for longer than we allow: the rows
                         # stay pending for the op's retry or the next run, at once.
                         raise SendError(
-                            f"SendGrid 429 rate limited for {wait:.0f} s more (longer than "
+                            f"SendGrid 429 rate limited for {reset:.0f} s more (longer than "
                             f"the {self.max_rate_limit_wait_seconds:.0f} s a run waits; "
                             f"the rest waits for the next try): {message}",
                             status,
                             True,
                         ) from exc
+                    else:
+                        wait = reset
                 elif status in RETRYABLE_4XX or status >= 500:
                     last = SendError(f"SendGrid {status}: {message}", status, True)
                     wait = backoff
                     backoff *= 2
                 else:
+                    if status < 400:
+                        where = exc.headers.get("Location", "?") if exc.headers else "?"
+                        message = (
+                            f"a redirect to {where[:200]}, not an answer (is "
+                            "SENDGRID_API_HOST SendGrid's API, https://api.sendgrid.com?)"
+                        )
                     raise SendError(
-                        f"SendGrid {status}: {message}", status, False, errors=errors
+                        f"SendGrid {status}: {message or '(no error message)'}",
+                        status,
+                        False,
+                        errors=errors,
                     ) from exc
             except http.OutcomeUnknown as exc:
                 raise SendError(
@@ -506,11 +524,13 @@ def _sendgrid_errors(body: Any) -> list[tuple[str | None, str]]:
     return found
 
 
-def _rate_limit_wait(headers: Any) -> float:
-    """Seconds until X-RateLimit-Reset (a Unix time); 1 s when SendGrid gave none."""
+def _rate_limit_wait(headers: Any) -> float | None:
+    """Seconds until X-RateLimit-Reset (a Unix time in seconds); None when SendGrid gave
+    none, or one that is no time within the next day (not a number, infinite, or in
+    milliseconds)."""
     try:
         reset = float(headers.get("X-RateLimit-Reset"))
     except (TypeError, ValueError, AttributeError, OverflowError):
-        return 1.0
+        return None
     wait = reset - time.time()
-    return max(0.0, wait) if wait == wait else 1.0  # NaN: no usable reset
+    return wait if math.isfinite(wait) and wait <= 86_400 else None
