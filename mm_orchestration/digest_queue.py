@@ -175,9 +175,8 @@ WITH due AS (
 ), digests AS MATERIALIZED ({content}
 ), queued AS (
     INSERT INTO ops.notification_outbox
-        (idempotency_key, kind, tenant_id, recipient, payload, user_id, next_attempt_at)
-    SELECT 'digest:' || d.id || ':' || d.period, %(kind)s, d.tenant_id, d.email, {payload}, d.id,
-           d.moment  -- due from its moment: how stale it is, it is measured from there
+        (idempotency_key, kind, tenant_id, recipient, payload, user_id)
+    SELECT 'digest:' || d.id || ':' || d.period, %(kind)s, d.tenant_id, d.email, {payload}, d.id
       FROM digests d
      WHERE NOT d.suppressed
        AND (d.due_soon IS NOT NULL OR d.overdue IS NOT NULL OR d.updates IS NOT NULL)
@@ -380,16 +379,34 @@ def _plan(moments: Sequence[Moment], now: datetime, grace: timedelta) -> list[tu
     return plan
 
 
-def record_expired_as_missed(conn: psycopg.Connection) -> int:
-    """Periods whose queued digest expired in the outbox (it waited past the grace) are
-    missed: counted as the run's and the dashboard's missed digests."""
-    return conn.execute(
-        """UPDATE ops.digest_periods p SET outcome = 'missed'
-             FROM ops.notification_outbox o
-            WHERE o.kind = %s AND o.status = 'expired' AND p.outcome = 'queued'
-              AND o.idempotency_key = 'digest:' || p.user_id || ':' || p.period""",
-        [EMAIL_KIND],
-    ).rowcount
+def expire_stale(conn: psycopg.Connection, stale_before: datetime) -> int:
+    """Digests still waiting in the outbox whose moment came before `stale_before` (held
+    by an outage longer than the grace) expire, never sent stale, and their periods count
+    as missed. One an operator requeued (`mm-jobs outbox resend`) is due from then."""
+    row = conn.execute(
+        """WITH stale AS (
+               SELECT o.id, p.user_id, p.period
+                 FROM ops.notification_outbox o
+                 JOIN ops.digest_periods p
+                   ON o.idempotency_key = 'digest:' || p.user_id || ':' || p.period
+                WHERE o.kind = %(kind)s AND o.status = 'pending'
+                  AND p.moment < %(before)s AND o.next_attempt_at < %(before)s
+           ), expired AS (
+               UPDATE ops.notification_outbox o
+                  SET status = 'expired',
+                      last_error = 'expired: due ' || to_char(p.moment AT TIME ZONE 'UTC',
+                                   'YYYY-MM-DD HH24:MI "UTC"') || ', and never sent stale'
+                 FROM stale s JOIN ops.digest_periods p
+                      ON p.user_id = s.user_id AND p.period = s.period
+                WHERE o.id = s.id
+           ), missed AS (
+               UPDATE ops.digest_periods p SET outcome = 'missed'
+                 FROM stale s WHERE p.user_id = s.user_id AND p.period = s.period
+           )
+           SELECT count(*) FROM stale""",
+        {"kind": EMAIL_KIND, "before": stale_before},
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def preview(

@@ -826,7 +826,8 @@ def test_a_template_refused_without_a_field_stops_after_a_few_requests(conn, dig
     assert len(sendgrid.mail_requests) <= 14
     description, metadata = failure_of(result)
     assert description.startswith("SendGrid refuses every request (SendGrid 400: Bad Request")
-    assert metadata["emails_held_after_refusal"].value == 3
+    assert "refused 4 requests in a row and accepted none" in description
+    assert metadata["emails_failed"].value == 0  # the three refused alone went back too
 
     sendgrid.rule = None  # the template is fixed
     assert digest().success
@@ -1000,3 +1001,197 @@ def test_the_sdk_never_logs_the_api_key_even_at_debug(sendgrid, caplog):
         mailer.send_template_batch("d-x", [TemplateRecipient("k", "a@kangaroo.example")])
     assert len(sendgrid.mail_requests) == 1
     assert "SG.secret-key-123" not in caplog.text
+
+
+# -- a third trial: redirects, streaks, stale digests, our own contacts ------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308, 300, 304])
+def test_a_redirect_is_never_followed_nor_taken_for_acceptance(conn, digest, sendgrid, status):
+    """A 3xx means SENDGRID_API_HOST is not SendGrid's API: nothing was accepted, the key
+    never goes to the Location's host, and the digests wait for the fix."""
+    people(conn, ["olivia@kangaroo.example", "jack@kangaroo.example"])
+    sendgrid.rule = lambda body: Reply(status, None, {"Location": "http://127.0.0.1:9/steal"})
+    result = digest()
+    assert not result.success
+    assert len(sendgrid.requests) == 1  # the redirect was not followed anywhere
+    assert counts(conn) == {"pending": 2}
+    description, _ = failure_of(result)
+    assert f"SendGrid {status}: a redirect to http://127.0.0.1:9/steal" in description
+
+
+def test_three_culprits_first_cost_three_rows_not_the_batch(conn, digest, sendgrid):
+    """Refused alone three times in a row, the next request is a probe: accepted, the
+    three were the rows' own (they fail) and the rest go."""
+    many(conn, 20)
+    culprits: list[str] = []
+
+    def rule(body):
+        emails = [p["to"][0]["email"] for p in body["personalizations"]]
+        if not culprits:
+            culprits.extend(emails[:3])
+        if set(emails) & set(culprits):
+            return Reply(400, {"errors": [{"message": "Bad Request"}]})
+        return None
+
+    sendgrid.rule = rule
+    assert not digest().success
+    assert counts(conn) == {"sent": 17, "failed": 3}
+    assert sorted(sendgrid.accepted_recipients()) == sorted(
+        e for e in (f"person{i}@many.example" for i in range(1, 21)) if e not in culprits
+    )
+
+
+def test_every_request_refused_after_one_accepted_stops_within_a_few(conn, digest, sendgrid):
+    many(conn, 2000)
+    sendgrid.rule = lambda body: (
+        Reply(400, {"errors": [{"message": "Bad Request"}]})
+        if len([r for r in sendgrid.mail_requests if r.status == 202]) >= 1
+        else None
+    )
+    assert not digest().success
+    assert len(sendgrid.mail_requests) <= 1 + 15
+    assert counts(conn) == {"sent": 1000, "pending": 1000}
+
+
+def test_single_emails_refused_alike_are_held_with_a_readable_reason(
+    conn, portal_db, quick_mailer, sendgrid
+):
+    expire_links_for(conn, [f"owner{i}@kangaroo.example" for i in range(8)])
+    sendgrid.rule = lambda body: Reply(400, None)  # no body at all
+    result = run_expiry(portal_db, quick_mailer)
+    assert not result.success
+    assert counts(conn) == {"pending": 8}
+    assert len(sendgrid.mail_requests) == 4  # three alone, then the probe
+    description, _ = failure_of(result)
+    assert "SendGrid 400: (no error message)" in description
+
+
+def test_lost_answers_stop_the_run_without_retrying_it(conn, digest, sendgrid, instance):
+    many(conn, 3000)
+    sendgrid.rule = lambda body: Reply(drop=True)
+    result = digest()
+    assert not result.success
+    retries = instance.all_logs(result.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY)
+    assert retries == []
+    assert len(sendgrid.mail_requests) == 2
+    assert counts(conn) == {"failed/unknown": 2000, "pending": 1000}
+    description, _ = failure_of(result)
+    assert "and 1995 more" in description  # the count, not the keys shown
+    assert "SendGrid lost 2 answers in a row: delivery stopped" in description
+
+
+def test_a_digest_held_past_its_grace_expires_and_is_never_sent_stale(
+    conn, portal_db, quick_mailer, job_settings, sendgrid, instance
+):
+    """A revoked key holds the 30 Nov digest; the key is fixed on 1 Dec: that day's digest
+    goes, the one of the day before expires (counted as missed), never sent a day late."""
+    people(conn, ["olivia@kangaroo.example"])
+
+    def run(now: datetime):
+        return notification_digest.execute_in_process(
+            resources={"portal_db": portal_db, "mailer": quick_mailer,
+                       "job_settings": job_settings},
+            run_config={"ops": {"queue_due_digests": {"config": {"now": now.isoformat()}}}},
+            instance=instance,
+            raise_on_error=False,
+        )  # fmt: skip
+
+    sendgrid.rule = lambda body: Reply(401, {"errors": [{"message": "revoked"}]})
+    assert not run(REF).success
+    assert counts(conn) == {"pending": 1}
+    sendgrid.rule = None
+    conn.execute(
+        "INSERT INTO portal.tasks (tenant_id, assignee_id, title, due_at) "
+        "SELECT tenant_id, id, 'More', %s FROM portal.users",
+        [REF + timedelta(days=1, hours=2)],
+    )
+    assert run(REF + timedelta(days=1)).success
+    accepted = sendgrid.accepted_keys()
+    assert len(accepted) == 1 and accepted[0].endswith(":2026-12-01")
+    assert counts(conn) == {"expired": 1, "sent": 1}
+    outcomes = dict(conn.execute("SELECT period, outcome FROM ops.digest_periods").fetchall())
+    assert outcomes == {"2026-11-30": "missed", "2026-12-01": "queued"}
+
+
+def test_mail_to_our_own_suppressed_contact_fails_rather_than_vanishing(
+    conn, portal_db, quick_mailer, sendgrid
+):
+    from mm_orchestration.outbox import deliver_pending, enqueue
+    from mm_orchestration.resources.mailer import Email
+
+    f.suppression(conn, "RELIABILITY@motionmavericks.example", reason="bounce")
+    enqueue(conn, "alert:1", "alert", "reliability@motionmavericks.example", {"subject": "s"})
+    report = deliver_pending(
+        portal_db, quick_mailer, ["alert"],
+        lambda key, row: Email(key, row["recipient"], "s", "t"), "run-1", must_reach=True,
+    )  # fmt: skip
+    assert (report.failed, report.suppressed) == (1, 0)
+    error = conn.execute("SELECT status, last_error FROM ops.notification_outbox").fetchone()
+    assert error[0] == "failed" and "our own contact" in error[1]
+    assert sendgrid.mail_requests == []
+
+
+def test_outbox_list_shows_what_waits_and_why(conn, digest, sendgrid, database_url, capsys,
+                                              monkeypatch):  # fmt: skip
+    people(conn, ["olivia@kangaroo.example"])
+    sendgrid.rule = lambda body: Reply(401, {"errors": [{"message": "revoked"}]})
+    digest()
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    assert cli.main(["outbox", "list", "--kind", "digest"]) == 0
+    (line, total) = capsys.readouterr().out.splitlines()
+    assert line.split()[1] == "waiting" and "revoked" in line and total == "1 row(s)"
+
+
+def test_internationalised_domains_are_sent_in_ascii(conn, portal_db, quick_mailer, sendgrid):
+    expire_links_for(conn, ["olivia@Bücher.example"])
+    assert run_expiry(portal_db, quick_mailer).success
+    assert sendgrid.accepted_recipients() == ["olivia@xn--Bcher-kva.example".lower()]
+
+
+@pytest.mark.parametrize("address", ["olivia@xn--zz.example", "jack@ab--cd.example"])
+def test_labels_idna_reserves_take_the_slow_path(address):
+    assert address_problem(address) is not None
+
+
+@pytest.mark.parametrize("reset", ["0", "-5", "1e400", "nan", str(10**13)])
+def test_a_useless_rate_limit_reset_backs_off_and_says_so_plainly(sendgrid, reset):
+    mailer = Mailer(api_key="SG.k", api_host=sendgrid.url, backoff_seconds=0.05, max_attempts=3)
+    sendgrid.rule = lambda body: Reply(
+        429, {"errors": [{"message": "slow down"}]}, {"X-RateLimit-Reset": reset}
+    )
+    started = time.monotonic()
+    with pytest.raises(SendError) as raised:
+        mailer.send_template_batch("d-x", [TemplateRecipient("k", "a@kangaroo.example")])
+    assert time.monotonic() - started >= 0.05 + 0.1  # backed off: never back to back
+    assert raised.value.transient and str(raised.value) == "SendGrid 429 rate limited: slow down"
+
+
+def test_suppression_cleanup_drops_an_address_sendgrid_refuses_and_deletes_the_rest(
+    conn, portal_db, sendgrid
+):
+    from mm_orchestration.jobs.suppression_cleanup import notification_suppression_cleanup
+
+    for i in range(3):
+        f.suppression(conn, f"old{i}@x.example", reason="bounce", age=timedelta(days=40))
+
+    def rule(body):
+        if body and "old1@x.example" in body.get("emails", []):
+            index = body["emails"].index("old1@x.example")
+            return Reply(400, {"errors": [{"message": "invalid", "field": f"emails.{index}"}]})
+        return None
+
+    sendgrid.rule = rule
+    mailer = Mailer(api_key="SG.k", api_host=sendgrid.url)
+    with DagsterInstance.ephemeral() as instance:
+        result = notification_suppression_cleanup.execute_in_process(
+            resources={"portal_db": portal_db, "mailer": mailer}, instance=instance
+        )
+    assert result.success
+    assert [r.body["emails"] for r in sendgrid.requests] == [
+        ["old0@x.example", "old1@x.example", "old2@x.example"],
+        ["old0@x.example", "old2@x.example"],
+    ]
+    assert conn.execute("SELECT count(*) FROM portal.email_suppressions").fetchone() == (0,)
+    details = conn.execute("SELECT details FROM ops.audit_log").fetchone()[0]
+    assert (details["sendgrid_requests"], details["not_at_sendgrid"]) == (2, 1)

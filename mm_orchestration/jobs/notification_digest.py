@@ -29,7 +29,7 @@ from dagster import Failure, OpExecutionContext, job, op
 from pydantic import Field
 
 from mm_orchestration import inventory
-from mm_orchestration.digest_queue import EMAIL_KIND, Settled, record_expired_as_missed, settle
+from mm_orchestration.digest_queue import EMAIL_KIND, Settled, expire_stale, settle
 from mm_orchestration.joblog import log_event
 from mm_orchestration.ledger import WINDOW_TAG, WindowConfig, claim, report_skip, window_for
 from mm_orchestration.outbox import conclude, deliver_pending_templated, finished_runs
@@ -196,6 +196,10 @@ def send_digests(
     A digest that waited longer than the grace (held by an outage, say) is expired, never
     sent stale, and its period recorded as missed."""
     now = datetime.fromisoformat(queued["now"])
+    with portal_db.connection() as conn:
+        expired = expire_stale(conn, now - timedelta(hours=job_settings.digest_grace_hours))
+    if expired:
+        log_event("digest.missed", level=30, runId=context.run_id, count=expired, reason="stale")
     report = deliver_pending_templated(
         portal_db,
         mailer,
@@ -205,12 +209,7 @@ def send_digests(
         context.run_id,
         batch_size=BATCH_SIZE,
         finished=finished_runs(context.instance),
-        stale_before=now - timedelta(hours=job_settings.digest_grace_hours),
     )
-    if report.expired:
-        with portal_db.connection() as conn:
-            missed = record_expired_as_missed(conn)
-        log_event("digest.missed", level=30, runId=context.run_id, count=missed, reason="expired")
 
     def escalate(error: str) -> None:
         # Say who acts (the failure sensor routes the alert itself).
@@ -229,17 +228,16 @@ def send_digests(
             "SendGrid and the failed rows (`mm-jobs outbox list --kind digest`)."
         )
 
-    context.add_output_metadata(
-        conclude(
-            portal_db,
-            report,
-            [EMAIL_KIND],
-            context.run_id,
-            "digest",
-            escalate=escalate,
-            final_attempt=context.retry_number >= SPEC.retries,
-        )
+    metadata = conclude(
+        portal_db,
+        report,
+        [EMAIL_KIND],
+        context.run_id,
+        "digest",
+        escalate=escalate,
+        final_attempt=context.retry_number >= SPEC.retries,
     )
+    context.add_output_metadata({**metadata, "digests_expired_stale": expired})
 
 
 @job(

@@ -20,6 +20,7 @@ from dagster import OpExecutionContext, job, op
 
 from mm_orchestration import inventory
 from mm_orchestration.addresses import address_problem
+from mm_orchestration.joblog import log_event, mask_email
 from mm_orchestration.ledger import WindowConfig, claim, report_skip, window_for
 from mm_orchestration.resources import Mailer, PortalDatabase
 from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
@@ -99,8 +100,18 @@ def delete_old_bounce_suppressions(
             # every deletion back, run after run. It never sent to such an address, so it
             # has no bounce to forget: those are deleted here only.
             addresses = sorted({a.strip() for a in deleted.addresses if not address_problem(a)})
-            not_at_sendgrid = len(deleted.addresses) - len(addresses)
-            requests = mailer.delete_bounces(addresses) if addresses else 0
+            requests, refused = mailer.delete_bounces(addresses) if addresses else (0, [])
+            # Refused by SendGrid too (it names the address): it cannot hold that bounce.
+            not_at_sendgrid = len(deleted.addresses) - len(addresses) + len(refused)
+            if refused:
+                log_event(
+                    "suppression_cleanup.refused_by_sendgrid",
+                    level=30,
+                    runId=window.run_id,
+                    count=len(refused),
+                    addresses=[mask_email(a) for a, _ in refused[:20]],
+                    reasons=sorted({m for _, m in refused})[:5],
+                )
             conn.execute(
                 """UPDATE ops.audit_log
                       SET details = details || jsonb_build_object(

@@ -5,7 +5,6 @@ share it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
 from mm_orchestration.joblog import log_event
 from mm_orchestration.outbox import rows
@@ -34,10 +33,9 @@ class Delivery:
         run_id: str,
         finished: FinishedRuns | None,
         must_reach: bool = False,
-        stale_before: datetime | None = None,
     ) -> None:
         self.db, self.run_id = db, run_id
-        self.must_reach, self.stale_before = must_reach, stale_before
+        self.must_reach = must_reach
         self.report: DeliveryReport = rows.settle_abandoned(db, list(kinds), run_id, finished)
         self.suppressions = Suppressions.load(db)
         self.accepted: list[tuple[list[int], str]] = []
@@ -46,15 +44,7 @@ class Delivery:
         self.probing = False
 
     def screen(self, page: list[Row]) -> list[Row]:
-        return screen(
-            self.db,
-            page,
-            self.run_id,
-            self.report,
-            self.suppressions,
-            must_reach=self.must_reach,
-            stale_before=self.stale_before,
-        )
+        return screen(self.db, page, self.run_id, self.report, self.suppressions, self.must_reach)
 
     def claim(self, ids: list[int]) -> set[int]:
         """Claim rows for the request about to be made (see rows.claim); counts it."""

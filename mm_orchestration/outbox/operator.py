@@ -25,9 +25,10 @@ def resend(
     """Put `kind`'s rows that failed (or expired) since `since` back to pending, audited;
     returns their keys. The key stays the same, so a row that was sent can never be
     requeued (only failed and expired rows are), and each requeued row goes once; a
-    requeued row is due from now (an expired digest is not expired again). A row for a portal user takes the
-    user's address as it is now (the operator fixed it). Rows whose outcome is unknown
-    stay failed unless `include_unknown` (after checking SendGrid's activity log)."""
+    requeued row is due from now (an expired digest is not expired again). A row for a
+    portal user takes the user's address as it is now (the operator fixed it). Rows whose
+    outcome is unknown stay failed unless `include_unknown` (after checking SendGrid's
+    activity log)."""
     users = conn.execute("SELECT to_regclass('portal.users') IS NOT NULL").fetchone()
     fresh_address = sql.SQL(
         "(SELECT u.email FROM portal.users u WHERE u.id = o.user_id)"

@@ -16,7 +16,6 @@ class DeliveryReport:
     invalid: int = 0  # malformed or empty address: never sent
     unknown: int = 0  # the answer was lost: may have been sent
     suppressed: int = 0
-    expired: int = 0  # past their use (a digest held longer than its grace): never sent
     deferred: int = 0  # SendGrid could not take them now: back to pending
     held: int = 0  # SendGrid refused every request alike (key, sender): back to pending
     abandoned: int = 0  # left 'sending' by a deliverer that died: outcome unknown
@@ -40,7 +39,6 @@ class DeliveryReport:
             "emails_failed": self.failed,
             "emails_invalid_address": self.invalid,
             "emails_suppressed": self.suppressed,
-            "emails_expired": self.expired,
             "emails_deferred": self.deferred,
             "emails_held_after_refusal": self.held,
             # The answer was lost, or the deliverer died mid-send: never resent, an operator

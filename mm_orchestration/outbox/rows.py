@@ -6,7 +6,8 @@
        +----release-------+  (SendGrid never took it: busy, down, refused every request)
     pending --fail(only_pending)--> failed (invalid address, message not built)
     pending --suppress--> suppressed
-    pending --expire--> expired (past its use: a digest held longer than its grace)
+    pending --> expired (past its use: a digest held longer than its grace; the digest
+                         expires its own, `digest_queue.expire_stale`)
 
 Each change is one set-based statement in a durable commit (`durable`): the `sending` mark
 must be on disk before the request it guards, or a database crash would make the row look
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
 from typing import Any, NamedTuple
 
 import psycopg
@@ -51,7 +51,6 @@ class Row(NamedTuple):
     tenant_id: Any
     recipient: str
     payload: Any  # a dict, or the JSON text as stored (`page(raw=True)`)
-    not_before: datetime  # when it was due (queued, or requeued by an operator)
 
 
 def enqueue(
@@ -142,8 +141,7 @@ def page(
     # The ids are chosen first (in id order straight from the pending index, for one kind)
     # and only they are read whole, joined in that order: no sort ever carries payloads.
     statement = sql.SQL(
-        """SELECT o.id, o.idempotency_key, o.kind, o.tenant_id, o.recipient, {payload},
-                  o.next_attempt_at
+        """SELECT o.id, o.idempotency_key, o.kind, o.tenant_id, o.recipient, {payload}
              FROM (SELECT id FROM ops.notification_outbox
                     WHERE status = 'pending' AND {kind}
                       AND next_attempt_at <= now() AND id > %s
@@ -273,16 +271,6 @@ def fail(
                     WHERE id = ANY(%s) AND status = 'sending'""",
                 [list(back_to_pending)],
             )
-
-
-def expire(db: PortalDatabase, ids: list[int], why: str) -> None:
-    """Mark pending rows 'expired': past their use, never to be sent."""
-    with durable(db) as conn:
-        conn.execute(
-            """UPDATE ops.notification_outbox SET status = 'expired', last_error = %s
-                WHERE id = ANY(%s) AND status = 'pending'""",
-            [storable(why), ids],
-        )
 
 
 def suppress(db: PortalDatabase, reasons: Sequence[tuple[int, str]]) -> None:

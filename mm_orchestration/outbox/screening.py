@@ -8,12 +8,10 @@ function knows that `bücher.example` is `xn--bcher-kva.example`.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from mm_orchestration.addresses import address_problem, canonical_address, sendable_address
 from mm_orchestration.joblog import log_event, mask_email
 from mm_orchestration.outbox.report import DeliveryReport
-from mm_orchestration.outbox.rows import Row, expire, fail, suppress
+from mm_orchestration.outbox.rows import Row, fail, suppress
 from mm_orchestration.resources.database import PortalDatabase
 
 
@@ -43,24 +41,11 @@ def screen(
     report: DeliveryReport,
     suppressions: Suppressions,
     must_reach: bool = False,
-    stale_before: datetime | None = None,
 ) -> list[Row]:
     """The rows that may be sent, their addresses as sent (`sendable_address`).
-    Rows due before `stale_before` become 'expired' (never sent stale); rows with an
-    address SendGrid would refuse fail with the reason, before any request; rows for a
-    suppressed recipient become 'suppressed', or fail when `must_reach` (our own
-    contacts: silencing them would silence the alerts)."""
-    if stale_before is not None:
-        stale = [row for row in rows if row.not_before < stale_before]
-        if stale:
-            expire(
-                db,
-                [row.id for row in stale],
-                f"expired: due before {stale_before.isoformat(timespec='minutes')} and "
-                "never sent stale (mm-jobs outbox resend sends it if it still matters)",
-            )
-            report.expired += len(stale)
-            rows = [row for row in rows if row.not_before >= stale_before]
+    Rows with an address SendGrid would refuse fail with the reason, before any request;
+    rows for a suppressed recipient become 'suppressed', or fail when `must_reach` (our
+    own contacts: silencing them would silence the alerts)."""
     problems = [(row, address_problem(row.recipient)) for row in rows]
     bad = [(row.id, f"invalid address: {why}") for row, why in problems if why]
     if bad:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, NamedTuple
 
 from mm_orchestration.joblog import log_event
@@ -46,7 +45,6 @@ def deliver_pending_templated(
     run_id: str,
     batch_size: int = MAX_PERSONALIZATIONS,
     finished: FinishedRuns | None = None,
-    stale_before: datetime | None = None,
 ) -> DeliveryReport:
     """Deliver pending messages of `kind` through a dynamic template, as few requests as
     SendGrid's limits allow (at most `batch_size` people each).
@@ -54,7 +52,6 @@ def deliver_pending_templated(
     `personalize(key, row)` builds each person's template data; None means the stored
     payload *is* the template data, sent as the database wrote it (never decoded and
     encoded again in Python: at 100,000 people that is most of the delivery's time).
-    Rows due before `stale_before` are expired, never sent (a digest held by an outage).
 
     A request SendGrid accepted is marked sent at once, so a later request's failure never
     sends it again. A 400 naming `personalizations.N` fails that row alone and the rest go
@@ -63,7 +60,7 @@ def deliver_pending_templated(
     refusal every request would get (`Delivery.settle`) or SendGrid busy stops delivery,
     the rest pending.
     """
-    delivery = Delivery(db, [kind], run_id, finished, stale_before=stale_before)
+    delivery = Delivery(db, [kind], run_id, finished)
     envelope = mailer.template_envelope(template_id)
     split = _Split(delivery, mailer, template_id)
     page_size = batch_size * PAGES_OF_TEMPLATE_REQUESTS

@@ -46,9 +46,6 @@ DEFAULT_MAX_REQUEST_BYTES = 20_000_000
 # DEBUG: those lines must never be written, whatever level the process logs at.
 logging.getLogger("python_http_client.client").setLevel(logging.INFO)
 
-# SendGrid names a personalization `personalizations.3.to.0.email`, and in some errors
-# `personalizations[3].to[0].email`.
-_PERSONALIZATION_FIELD = re.compile(r"^personalizations(?:\.(\d+)|\[(\d+)\])(?:[.\[]|$)")
 # Fields of a request that are the same in every request we make (the sender, the
 # template, the categories): SendGrid refusing one of them refuses every request alike.
 # The others (personalizations, subject, content, attachments) belong to the message.
@@ -125,9 +122,14 @@ class SendError(Exception):
 
     def named_personalizations(self) -> dict[int, str]:
         """SendGrid's message per personalization index it named (`personalizations.3...`)."""
+        return self.named_entries("personalizations")
+
+    def named_entries(self, array: str) -> dict[int, str]:
+        """SendGrid's message per index of `array` it named (`emails.3`, `emails[3]`)."""
+        pattern = re.compile(rf"^{re.escape(array)}(?:\.(\d+)|\[(\d+)\])(?:[.\[]|$)")
         named: dict[int, str] = {}
         for name, message in self.errors:
-            found = _PERSONALIZATION_FIELD.match((name or "").strip())
+            found = pattern.match((name or "").strip())
             if found:
                 index = int(found.group(1) or found.group(2))
                 named[index] = "; ".join(filter(None, [named.get(index), message]))
@@ -362,24 +364,40 @@ class Mailer(ConfigurableResource):
 
     # -- suppressions ----------------------------------------------------------
 
-    def delete_bounces(self, emails: list[str], batch_size: int = 500) -> int:
-        """Remove addresses from SendGrid's bounce list, in batches. Returns requests made.
+    def delete_bounces(
+        self, emails: list[str], batch_size: int = 500
+    ) -> tuple[int, list[tuple[str, str]]]:
+        """Remove addresses from SendGrid's bounce list, in batches. Returns the requests
+        made and the addresses SendGrid refused (each with its message): a 400 naming
+        `emails.N` refuses that address, and the rest of its batch goes again without it,
+        so one address SendGrid will not take never blocks the others.
 
         Deleting is idempotent, so a lost answer is reported (SendError, unknown) and the
-        caller's retry simply deletes again."""
+        caller's retry simply deletes again. Any other refusal raises SendError."""
         if not self.uses_sendgrid:
-            return 0
+            return 0, []
         client = self._client()
-        requests = 0
+        requests, refused = 0, []
         for start in range(0, len(emails), batch_size):
             batch = emails[start : start + batch_size]
-            self._call(
-                functools.partial(
-                    client.client.suppression.bounces.delete, request_body={"emails": batch}
-                )
-            )
-            requests += 1
-        return requests
+            while batch:
+                requests += 1
+                try:
+                    self._call(
+                        functools.partial(
+                            client.client.suppression.bounces.delete,
+                            request_body={"emails": batch},
+                        )
+                    )
+                    break
+                except SendError as exc:
+                    named = exc.named_entries("emails") if exc.status == 400 else {}
+                    named = {i: m for i, m in named.items() if i < len(batch)}
+                    if not named:
+                        raise
+                    refused += [(batch[i], m) for i, m in sorted(named.items())]
+                    batch = [e for i, e in enumerate(batch) if i not in named]
+        return requests, refused
 
     def _post(self, body: dict[str, Any] | str) -> str:
         """POST /v3/mail/send through the SDK's client, the body as JSON text (a str is sent
