@@ -25,10 +25,12 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import psycopg
 from _harness import clone, median, psql_seconds, report, server, source_database, with_literals
 
 from mm_orchestration.db import connect
@@ -225,17 +227,43 @@ def instants() -> list[datetime]:
     return [START + STEP * k for k in range(1, RUNS + 1)]
 
 
-def our_day(url: str) -> tuple[list[float], list[int], set, set]:
-    """Seconds and people due per run, then the rows settled."""
-    seconds, due = [], []
-    with connect(url) as conn:
-        for k, now in enumerate(instants(), 1):
+class Timed:
+    """The connection `settle` is given, adding up the time its statements take (sent,
+    run, their results received): the run's database time, without the Python between."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn, self.seconds = conn, 0.0
+
+    def execute(self, query: Any, params: Any = None) -> psycopg.Cursor:
+        start = time.perf_counter()
+        try:
+            return self.conn.execute(query, params)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def our_day(url: str) -> tuple[list[float], list[float], list[int], set, set]:
+    """Per run: database seconds (statements and commit), whole seconds (settle and
+    commit) and people due; then the rows settled."""
+    database, whole, due = [], [], []
+    for k, now in enumerate(instants(), 1):
+        # A connection per run, as each run of the job is a process of its own: one
+        # connection kept all day would have psycopg prepare the statements after five
+        # runs and PostgreSQL then switch to a generic plan (CHOICES: 0.2 s becomes 0.5-1 s),
+        # which a run of the job never sees.
+        with connect(url) as conn:
+            timed = Timed(conn)
             start = time.perf_counter()
-            settled = settle(conn, now, f"bench-{k}", GRACE, FALLBACK)
+            settled = settle(timed, now, f"bench-{k}", GRACE, FALLBACK)  # type: ignore[arg-type]
+            committing = time.perf_counter()
             conn.commit()
-            seconds.append(time.perf_counter() - start)
+            end = time.perf_counter()
+            database.append(timed.seconds + end - committing)
+            whole.append(end - start)
             due.append(settled.due)
-        return seconds, due, set(conn.execute(SETTLED_ROWS)), set(conn.execute(OUTBOX_ROWS))
+    with connect(url) as conn:
+        settled_rows = set(conn.execute(SETTLED_ROWS))
+        return database, whole, due, settled_rows, set(conn.execute(OUTBOX_ROWS))
 
 
 def floor_day(pg, url: str, database: str) -> tuple[list[float], set, set]:
@@ -272,7 +300,7 @@ def main() -> None:
             database = url.rsplit("/", 1)[1]
             floors, floor_rows, floor_outbox = floor_day(pg, url, database)
         with clone(pg, source) as url:
-            ours, due, our_rows, our_outbox = our_day(url)
+            ours, whole, due, our_rows, our_outbox = our_day(url)
         assert our_rows == floor_rows, (len(our_rows), len(floor_rows))
         assert our_outbox == floor_outbox, (len(our_outbox), len(floor_outbox))
 
@@ -292,8 +320,10 @@ def main() -> None:
         {
             "people who may get a digest": f"{eligible:,}",
             "periods settled over the day": f"{len(our_rows):,} ({len(our_outbox):,} queued)",
-            "run (settle + commit), median": f"{median(ours) * 1000:.0f} ms",
+            "run, database time, median": f"{median(ours) * 1000:.0f} ms",
+            "run, whole (settle + commit), median": f"{median(whole) * 1000:.0f} ms",
             "floor (one psql statement), median": f"{median(floors) * 1000:.0f} ms",
+            "whole run / floor, medians": f"{median(whole) / median(floors):.2f}",
             "busiest run": f"{due[busiest]:,} due at {when[busiest]:%H:%M}Z: "
             f"{ours[busiest] * 1000:.0f} ms (floor {floors[busiest] * 1000:.0f} ms)",
             "runs with nobody due": f"{len(quiet)}, median {median(quiet) * 1000:.0f} ms"
@@ -302,6 +332,12 @@ def main() -> None:
             "run closest to 5 % due": f"{due[near_five]:,} due at {when[near_five]:%H:%M}Z: "
             f"{ours[near_five] * 1000:.0f} ms (floor {floors[near_five] * 1000:.0f} ms)",
             "nobody due / 5 % due": f"{quiet_ratio:.2f}  (target <= 0.10)",
+            # The target above is only as meaningful as the 5 % run is quick: against the
+            # floor's 5 % run too, and that run against its floor.
+            "nobody due / the floor's 5 % run": f"{median(quiet) / floors[near_five]:.2f}"
+            if quiet
+            else "-",
+            "5 % run / its floor": f"{ours[near_five] / floors[near_five]:.2f}",
             "run / floor, each run, range": f"{min(per_run):.2f}-{max(per_run):.2f}",
         },
         ratio,
