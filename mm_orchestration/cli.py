@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--actor", help="who is doing this; default: you")
     p.set_defaults(func=cmd_outbox_resend)
 
-    digest = sub.add_parser("digest", help="the notification digest: preview one person's")
+    digest = sub.add_parser("digest", help="the notification digest: what one person would receive")
     gsub = digest.add_subparsers(required=True, metavar="ACTION")
     p = gsub.add_parser(
         "preview",
