@@ -149,6 +149,21 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--actor", help="who is doing this; default: you")
     p.set_defaults(func=cmd_outbox_resend)
 
+    digest = sub.add_parser("digest", help="the notification digest: what one person would receive")
+    gsub = digest.add_subparsers(required=True, metavar="ACTION")
+    p = gsub.add_parser(
+        "preview",
+        help="what USER would receive now (the template data, as JSON); sends and records nothing",
+    )
+    p.add_argument("user", metavar="USER", help="a user id (UUID) or email address (any case)")
+    p.add_argument(
+        "--at",
+        type=_instant,
+        help="as at this instant, ISO 8601 with its offset (2026-11-30T08:00:00+11:00 or ...Z); "
+        "default: now",
+    )
+    p.set_defaults(func=cmd_digest_preview)
+
     p = sub.add_parser(
         "console",
         help="the job console: Dagster's UI behind sign-in, roles and the audit log",
@@ -573,6 +588,110 @@ def cmd_outbox_resend(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+# -- digest ------------------------------------------------------------------------
+
+
+_INSTANT = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
+def _instant(value: str) -> datetime:
+    """`--at`: an instant with its offset (a wall time alone would be a guess at the zone)."""
+    try:
+        if not _INSTANT.fullmatch(value.strip()):
+            raise ValueError(value)
+        return datetime.fromisoformat(value.strip().replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an instant with its offset (2026-11-30T08:00:00+11:00 or "
+            "2026-11-29T21:00:00Z)"
+        ) from None
+
+
+# Who USER names, and each reason the digest would leave them out (the job's own rule:
+# digest_queue.ELIGIBLE and frequency 'off').
+PERSON = """
+SELECT u.id, array_remove(ARRAY[
+           CASE WHEN NOT u.digest_opt_in THEN 'opted out (digest_opt_in is false)' END,
+           CASE WHEN u.digest_frequency::text = 'off' THEN 'digest frequency is off' END,
+           CASE WHEN u.deactivated_at IS NOT NULL
+                THEN 'deactivated at ' || to_char(u.deactivated_at AT TIME ZONE 'UTC',
+                                                  'YYYY-MM-DD HH24:MI"Z"') END,
+           CASE WHEN t.status IS DISTINCT FROM 'active'
+                THEN 'their agency is ' || coalesce(t.status, 'missing') END], NULL)
+  FROM portal.users u
+  LEFT JOIN portal.tenants t ON t.id = u.tenant_id
+ WHERE CASE WHEN %(id)s::uuid IS NOT NULL THEN u.id = %(id)s::uuid
+            ELSE lower(btrim(u.email)) = lower(btrim(%(email)s)) END
+ ORDER BY u.id
+"""
+
+
+def cmd_digest_preview(args: argparse.Namespace) -> int:
+    """Print what one person's digest would say at --at (default now), for support and the
+    portal team, without queueing, sending or recording anything."""
+    from mm_orchestration.digest_queue import preview
+
+    settings = _local_settings()
+    shown = _printable(args.user.strip())
+    try:
+        person_id: uuid.UUID | None = uuid.UUID(args.user.strip())
+    except ValueError:
+        person_id = None
+        if "@" not in args.user:
+            print(f"mm-jobs: {shown!r} is neither a user id (UUID) nor an email address",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+    at = args.at or datetime.now(UTC)
+    with _dlq_conn() as conn, conn.transaction():
+        # Read only, so that nothing the preview runs can write, whatever it becomes.
+        conn.execute("SET TRANSACTION READ ONLY")
+        people = conn.execute(PERSON, {"id": person_id, "email": args.user}).fetchall()
+        if not people:
+            print(f"mm-jobs: no user {shown}", file=sys.stderr)
+            return 1
+        if len(people) > 1:
+            ids = ", ".join(str(row[0]) for row in people)
+            print(
+                f"mm-jobs: {len(people)} users have the address {shown} (one per agency): "
+                f"{ids}; give the user id",
+                file=sys.stderr,
+            )
+            return 1
+        (user_id, reasons) = people[0]
+        result = None if reasons else preview(conn, user_id, at, settings.timezone)
+    if result is None:
+        why = "; ".join(reasons) or "not eligible now"
+        print(f"mm-jobs: user {user_id} gets no digest: {why}", file=sys.stderr)
+        return 1
+    print(
+        _json_lines(
+            {
+                "user_id": result["user_id"],
+                "at": at.isoformat(),
+                "zone": result["zone"],
+                "frequency": result["frequency"],
+                "period": result["period"],
+                "suppressed": result["suppressed"],
+                "data": result["data"],
+            }
+        )
+    )
+    return 0
+
+
+def _json_lines(value: Any) -> str:
+    """Indented JSON with stored text readable (names in any script) but every character a
+    terminal would act on escaped, as JSON escapes it (\u001b, \u2028)."""
+    import json
+
+    text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+    # json escapes C0 controls already; what is left (C1 controls, line separators, bidi
+    # overrides) only occurs inside strings, where an escape means the same character.
+    return "".join(ch if ch == "\n" or ch.isprintable() else json.dumps(ch)[1:-1] for ch in text)
 
 
 # -- dev ---------------------------------------------------------------------------

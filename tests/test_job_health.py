@@ -1,9 +1,10 @@
 """The job_health dashboard from real Dagster runs on a PostgreSQL-backed instance."""
 
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -25,7 +26,7 @@ from dagster import (
 )
 
 from mm_orchestration import inventory
-from mm_orchestration.assets.job_health import collect, job_health
+from mm_orchestration.assets.job_health import collect, digest_delivery, job_health
 from mm_orchestration.resources import JobSettings
 from tests.conftest import create_database, drop_database
 
@@ -141,6 +142,9 @@ def test_dashboard_from_run_records(history: History, conn, portal_db) -> None:
         "INSERT INTO portal.mux_webhook_dlq (event_id, status) VALUES ('a', 'pending'),"
         " ('b', 'dead'), ('c', 'replayed')"
     )
+    now = datetime.now(UTC)
+    sent(conn, now - timedelta(minutes=1), now - timedelta(minutes=2), now - timedelta(days=2))
+    missed(conn, now - timedelta(hours=1))
     instance = history.instance
     result = materialize(
         [job_health],
@@ -158,6 +162,11 @@ def test_dashboard_from_run_records(history: History, conn, portal_db) -> None:
     assert meta["runs_queued"].value == 0
     assert meta["runs_started"].value == 1  # the 90 s one; this materialisation not counted
     assert meta["dlq_depth"].value == 2
+    assert (meta["digests_sent_24h"].value, meta["digests_sent_7d"].value) == (2, 3)
+    assert (meta["digests_missed_24h"].value, meta["digests_missed_7d"].value) == (1, 1)
+    hours = meta["digests_per_hour"]
+    assert isinstance(hours, TableMetadataValue) and len(hours.records) == 24
+    assert sum(r.data["digests_sent"] for r in hours.records) == 2
     assert abs(meta["as_of"].value - time.time()) < 60
 
     assert isinstance(meta["jobs"], TableMetadataValue)
@@ -220,3 +229,74 @@ def test_windows_and_injected_sla(history: History) -> None:
         "skipped": 1,
         "in_progress": 0,
     }
+
+
+# -- the digest's delivery ---------------------------------------------------------------
+
+
+def sent(conn, *moments: datetime, kind: str = "digest", status: str = "sent") -> None:
+    for at in moments:
+        conn.execute(
+            "INSERT INTO ops.notification_outbox (idempotency_key, kind, recipient, status,"
+            " sent_at) VALUES (%s, %s, 'a@kangaroo.example', %s, %s)",
+            [f"{kind}:{uuid.uuid4()}", kind, status, at],
+        )
+
+
+def missed(conn, *moments: datetime, outcome: str = "missed") -> None:
+    for at in moments:
+        conn.execute(
+            "INSERT INTO ops.digest_periods (user_id, period, moment, outcome, settled_at)"
+            " VALUES (%s, '2026-11-30', %s, %s, %s)",
+            [uuid.uuid4(), at - timedelta(hours=7), outcome, at],
+        )
+
+
+def test_digests_sent_per_local_hour_and_missed_per_window(conn) -> None:
+    syd = ZoneInfo("Australia/Sydney")
+    now = datetime(2026, 11, 30, 10, 20, tzinfo=syd)
+    sent(conn, now - timedelta(minutes=5), now - timedelta(minutes=20))  # 10:00-10:20
+    sent(conn, datetime(2026, 11, 30, 8, 0, tzinfo=syd), datetime(2026, 11, 30, 8, 59, tzinfo=syd))
+    sent(conn, datetime(2026, 11, 29, 11, 0, tzinfo=syd))  # the first hour shown
+    sent(conn, datetime(2026, 11, 29, 10, 59, tzinfo=syd))  # before it, in the last 24 h
+    sent(conn, now - timedelta(days=6), now - timedelta(days=8))  # 7 days; neither
+    sent(conn, now + timedelta(minutes=1))  # after now (a clock ahead): not yet
+    sent(conn, now - timedelta(minutes=3), status="failed")  # not sent
+    sent(conn, now - timedelta(minutes=3), kind="share_link_expired")  # not a digest
+    missed(conn, now - timedelta(hours=1), now - timedelta(hours=23))
+    missed(conn, now - timedelta(days=3))
+    missed(conn, now - timedelta(days=7, minutes=1))  # out of both windows
+    missed(conn, now - timedelta(hours=2), outcome="skipped")  # not missed
+
+    delivery = digest_delivery(conn, now, "Australia/Sydney")
+
+    hours = [(h.astimezone(syd).strftime("%d %H:%M"), n) for h, n in delivery.per_hour]
+    assert len(hours) == 24
+    assert hours[0] == ("29 11:00", 1) and hours[-1] == ("30 10:00", 2)
+    assert dict(hours)["30 08:00"] == 2
+    assert sum(n for _, n in hours) == 5
+    assert delivery.sent == {"24h": 6, "7d": 7}
+    assert delivery.missed == {"24h": 2, "7d": 3}
+
+
+def test_hours_stay_whole_across_a_daylight_saving_change(conn) -> None:
+    """Sydney's clocks go back at 03:00 on 5 April 2026: 02:00-03:00 happens twice, and
+    each is its own hour; Adelaide's hours start on its own half-hour offset."""
+    syd = ZoneInfo("Australia/Sydney")
+    first = datetime(2026, 4, 5, 2, 30, tzinfo=syd)  # 02:30 AEDT (15:30Z)
+    second = datetime(2026, 4, 5, 2, 30, fold=1, tzinfo=syd)  # 02:30 AEST (16:30Z)
+    sent(conn, first, second, second.astimezone(UTC) + timedelta(minutes=10))
+    now = datetime(2026, 4, 5, 12, 0, tzinfo=syd)
+
+    per_hour = digest_delivery(conn, now, "Australia/Sydney").per_hour
+
+    assert len(per_hour) == 24
+    assert all(
+        b - a == timedelta(hours=1) for (a, _), (b, _) in zip(per_hour, per_hour[1:], strict=False)
+    )
+    at_two = [(h.astimezone(syd).isoformat(), n) for h, n in per_hour if n]
+    assert at_two == [("2026-04-05T02:00:00+11:00", 1), ("2026-04-05T02:00:00+10:00", 2)]
+
+    adelaide = ZoneInfo("Australia/Adelaide")
+    for hour, _ in digest_delivery(conn, now, "Australia/Adelaide").per_hour:
+        assert hour.astimezone(adelaide).minute == 0

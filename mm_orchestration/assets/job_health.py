@@ -5,7 +5,10 @@ Per inventory job over the last 24 hours and 7 days, from Dagster's own run reco
 `mm-jobs run`): runs, succeeded, failed, canceled, skipped and still going; p50 and p95
 of the runs' real durations (start to end) against the job's SLA; how many runs went
 past the SLA, measured as the SLA sensor measures them; and the last success. Beside
-it, the run queue (queued and started runs) and the Mux dead-letter queue's depth.
+it, the run queue (queued and started runs) and the Mux dead-letter queue's depth, and
+the digest's delivery: digests sent per hour over the last 24 hours (by the hour in
+MM_TIMEZONE), and digests sent and missed (their moment passed the grace, after
+downtime) over 24 hours and 7 days.
 
 The asset's page shows the per-job table inline, and the headline numbers are plain
 numbers, so the UI's Plots tab charts them across materialisations.
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import psycopg
 from dagster import (
     AssetExecutionContext,
     DagsterInstance,
@@ -245,6 +249,90 @@ def table(health: Health, timezone: str) -> MetadataValue:
     return MetadataValue.table(records=records, schema=TableSchema(columns=COLUMNS))
 
 
+# Digests sent in each hour of the last 24 (the hours as MM_TIMEZONE reads them, the
+# current one so far), zero hours included so the chart has no gaps. Hours are instants
+# an hour apart from a local hour's start, so a daylight-saving change neither merges
+# two hours nor invents one.
+DIGESTS_PER_HOUR = """
+WITH hours AS (
+    SELECT h FROM generate_series(
+        date_trunc('hour', %(now)s::timestamptz - interval '23 hours', %(tz)s),
+        %(now)s::timestamptz, interval '1 hour') h
+)
+SELECT hours.h, count(o.id)
+  FROM hours
+  LEFT JOIN ops.notification_outbox o
+    ON o.kind = 'digest' AND o.status = 'sent'
+   AND o.sent_at >= hours.h AND o.sent_at < hours.h + interval '1 hour'
+   AND o.sent_at <= %(now)s::timestamptz
+ GROUP BY hours.h ORDER BY hours.h
+"""
+
+# Digests sent, and periods recorded as missed (later than the grace after downtime:
+# never sent stale), in the dashboard's windows.
+DIGEST_TOTALS = """
+SELECT sent.day, sent.week, missed.day, missed.week
+  FROM (SELECT count(*) FILTER (WHERE o.sent_at >= %(now)s::timestamptz - %(day)s) AS day,
+               count(*) AS week
+          FROM ops.notification_outbox o
+         WHERE o.kind = 'digest' AND o.status = 'sent'
+           AND o.sent_at >= %(now)s::timestamptz - %(week)s AND o.sent_at <= %(now)s) sent,
+       (SELECT count(*) FILTER (WHERE r.settled_at >= %(now)s::timestamptz - %(day)s) AS day,
+               count(*) AS week
+          FROM ops.digest_periods r
+         WHERE r.outcome = 'missed'
+           AND r.settled_at >= %(now)s::timestamptz - %(week)s AND r.settled_at <= %(now)s) missed
+"""
+
+
+@dataclass
+class DigestDelivery:
+    """The digest's side of the dashboard: sent per hour (hour start, count), and sent and
+    missed per window (24h, 7d)."""
+
+    per_hour: list[tuple[datetime, int]]
+    sent: dict[str, int]
+    missed: dict[str, int]
+
+
+def digest_delivery(conn: psycopg.Connection, now: datetime, timezone: str) -> DigestDelivery:
+    """How the digest has been delivering, up to `now`, hours read in `timezone`."""
+    per_hour = [
+        (hour, int(count))
+        for hour, count in conn.execute(DIGESTS_PER_HOUR, {"now": now, "tz": timezone})
+    ]
+    day, week = (span for _, span in WINDOWS)
+    row = conn.execute(DIGEST_TOTALS, {"now": now, "day": day, "week": week}).fetchone()
+    sent_day, sent_week, missed_day, missed_week = (int(v) for v in row) if row else (0,) * 4
+    return DigestDelivery(
+        per_hour,
+        sent={"24h": sent_day, "7d": sent_week},
+        missed={"24h": missed_day, "7d": missed_week},
+    )
+
+
+HOUR_COLUMNS = [
+    TableColumn("hour", "string", description="The hour's start, local time (MM_TIMEZONE)"),
+    TableColumn("digests_sent", "int", description="Digests SendGrid accepted in that hour"),
+]
+
+
+def hour_table(delivery: DigestDelivery, timezone: str) -> MetadataValue:
+    zone = ZoneInfo(timezone)
+    return MetadataValue.table(
+        records=[
+            TableRecord(
+                {
+                    "hour": hour.astimezone(zone).isoformat(sep=" ", timespec="minutes"),
+                    "digests_sent": count,
+                }
+            )
+            for hour, count in delivery.per_hour
+        ],
+        schema=TableSchema(columns=HOUR_COLUMNS),
+    )
+
+
 def run_queue(instance: DagsterInstance, this_run: str) -> tuple[int, int]:
     """Runs waiting in the queue, and runs started (this one left out)."""
     queued = instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.QUEUED]))
@@ -256,11 +344,15 @@ def run_queue(instance: DagsterInstance, this_run: str) -> tuple[int, int]:
 def job_health(
     context: AssetExecutionContext, portal_db: PortalDatabase, job_settings: JobSettings
 ) -> MaterializeResult:
-    """Runs, outcomes and durations against SLA per job, the run queue and the DLQ depth."""
-    portal_db.require("portal.mux_webhook_dlq")
+    """Runs, outcomes and durations against SLA per job, the run queue, the DLQ depth, and
+    digests sent per hour and missed."""
+    portal_db.require("portal.mux_webhook_dlq", "ops.notification_outbox", "ops.digest_periods")
+    health = collect(context.instance)
     with portal_db.connection() as conn:
         row = conn.execute(DEPTH_QUERY).fetchone()
-    health = collect(context.instance)
+        digests = digest_delivery(
+            conn, datetime.fromtimestamp(health.as_of, UTC), job_settings.timezone
+        )
     queued, started = run_queue(context.instance, context.run_id)
     day = health.day()
     return MaterializeResult(
@@ -274,6 +366,11 @@ def job_health(
             "runs_queued": MetadataValue.int(queued),
             "runs_started": MetadataValue.int(started),
             "dlq_depth": MetadataValue.int(int(row[0]) if row else 0),
+            "digests_per_hour": hour_table(digests, job_settings.timezone),
+            "digests_sent_24h": MetadataValue.int(digests.sent["24h"]),
+            "digests_sent_7d": MetadataValue.int(digests.sent["7d"]),
+            "digests_missed_24h": MetadataValue.int(digests.missed["24h"]),
+            "digests_missed_7d": MetadataValue.int(digests.missed["7d"]),
         }
     )
 
