@@ -234,10 +234,10 @@ class Timed:
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn, self.seconds = conn, 0.0
 
-    def execute(self, query: Any, params: Any = None) -> psycopg.Cursor:
+    def execute(self, query: Any, params: Any = None, **options: Any) -> psycopg.Cursor:
         start = time.perf_counter()
         try:
-            return self.conn.execute(query, params)
+            return self.conn.execute(query, params, **options)
         finally:
             self.seconds += time.perf_counter() - start
 
