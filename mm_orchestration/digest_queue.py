@@ -29,6 +29,7 @@ from psycopg import sql
 
 from mm_orchestration.digest_moments import (
     DEFAULT_TIME,
+    FREQUENCIES,
     LONGEST_LOOK_BACK,
     Choice,
     Moment,
@@ -44,23 +45,11 @@ MARGIN = timedelta(minutes=15)
 # Rows of the fallback ids returned (logged by id, never by address).
 IDS_SHOWN = 100
 
-# Everyone who may get a digest, with their choices read per row (see the module's
-# docstring); `%(tenant)s` and `%(user)s` narrow it for an operator's "send now".
+# Everyone who may get a digest; `%(tenant)s` and `%(user)s` narrow it for an operator's
+# "send now". Their choices are read as stored (RAW_CHOICE, one text) and judged in
+# Python once per distinct choice (`_choice`): per-row trust, at the cost of a few values.
 ELIGIBLE = """
-SELECT u.id, u.tenant_id, u.email, u.display_name, t.name AS tenant_name,
-       coalesce(lower(u.timezone), '') AS tz_key,
-       CASE WHEN u.digest_frequency::text IN ('daily', 'weekdays', 'weekly', 'off')
-            THEN u.digest_frequency::text ELSE 'daily' END AS frequency,
-       coalesce(u.digest_time, time '08:00') AS at_time,
-       CASE WHEN u.digest_frequency::text <> 'weekly' THEN 0
-            WHEN u.digest_weekday BETWEEN 1 AND 7 THEN u.digest_weekday::int
-            ELSE 1 END AS weekday,
-       (u.digest_frequency IS NULL
-        OR u.digest_frequency::text NOT IN ('daily', 'weekdays', 'weekly', 'off')
-        OR u.digest_time IS NULL
-        OR (u.digest_frequency::text = 'weekly'
-            AND u.digest_weekday IS DISTINCT FROM greatest(1, least(7, u.digest_weekday))))
-           AS choice_fallback
+SELECT u.id, u.tenant_id, u.email, u.display_name, t.name AS tenant_name
   FROM portal.users u
   JOIN portal.tenants t ON t.id = u.tenant_id AND t.status = 'active'
  WHERE u.digest_opt_in AND u.deactivated_at IS NULL
@@ -68,25 +57,25 @@ SELECT u.id, u.tenant_id, u.email, u.display_name, t.name AS tenant_name,
    AND (%(user)s::uuid IS NULL OR u.id = %(user)s::uuid)
 """
 
-ZONES = """
-SELECT DISTINCT ON (lower(name)) lower(name) AS key, name
-  FROM pg_timezone_names ORDER BY lower(name), name
+# A person's choice as one value, exactly as stored: people are joined to the due choices
+# on it (one key PostgreSQL hashes; on five columns it estimated one row and compared
+# every pair).
+RAW_CHOICE = """
+concat_ws('|', coalesce(u.timezone, ''), coalesce(u.digest_frequency::text, ''),
+          coalesce(u.digest_time::text, ''), coalesce(u.digest_weekday::text, ''))
 """
 
-# A choice as one value: joining people to the due choices on one key lets PostgreSQL
-# hash them (on five columns it estimated one row and compared every pair).
-CHOICE_KEY = "concat_ws('|', e.tz_key, e.frequency, e.at_time, e.weekday, e.choice_fallback)"
-
+# The distinct choices, each once: the one read of every person a run makes, so it is
+# kept to a scan, a hashed semi-join and a hash of raw columns.
 CHOICES = sql.SQL("""
-WITH zones AS MATERIALIZED ({zones})
-SELECT c.*, z.name
-  FROM (SELECT {key} AS choice_key, e.tz_key, e.frequency, e.at_time, e.weekday,
-               e.choice_fallback
-          FROM ({eligible}) e
-         WHERE e.frequency <> 'off'
-         GROUP BY 1, 2, 3, 4, 5, 6) c
-  LEFT JOIN zones z ON z.key = c.tz_key
-""").format(zones=sql.SQL(ZONES), eligible=sql.SQL(ELIGIBLE), key=sql.SQL(CHOICE_KEY))
+SELECT {raw}, u.timezone, u.digest_frequency::text, u.digest_time, u.digest_weekday, count(*)
+  FROM portal.users u
+ WHERE u.digest_opt_in AND u.deactivated_at IS NULL
+   AND u.tenant_id IN (SELECT id FROM portal.tenants WHERE status = 'active')
+   AND (%(tenant)s::uuid IS NULL OR u.tenant_id = %(tenant)s::uuid)
+   AND (%(user)s::uuid IS NULL OR u.id = %(user)s::uuid)
+ GROUP BY u.timezone, u.digest_frequency, u.digest_time, u.digest_weekday
+""").format(raw=sql.SQL(RAW_CHOICE))
 
 # What a digest says, for `senders` (id, tenant_id, zone, since) at %(now)s: open tasks
 # due before the end of the person's next local day, overdue tasks, and their agency's
@@ -154,18 +143,19 @@ coalesce(lower(btrim(p.email)) IN (SELECT lower(btrim(x.email))
 
 SETTLE = sql.SQL("""
 WITH due AS (
-    SELECT * FROM unnest(%(choice_key)s::text[], %(zone)s::text[], %(zone_fallback)s::bool[],
+    SELECT * FROM unnest(%(choice_key)s::text[], %(zone)s::text[], %(fell_back)s::bool[],
                          %(period)s::text[], %(moment)s::timestamptz[],
                          %(starts)s::timestamptz[], %(ends)s::timestamptz[],
                          %(action)s::text[], %(since_default)s::timestamptz[])
-        AS d(choice_key, zone, zone_fallback, period, moment, starts, ends, action,
+        AS d(choice_key, zone, fell_back, period, moment, starts, ends, action,
              since_default)
 ), people AS MATERIALIZED (
     SELECT e.id, e.tenant_id, e.email, e.display_name, e.tenant_name, d.zone,
-           d.zone_fallback OR e.choice_fallback AS fell_back,
+           d.fell_back,
            d.period, d.moment, d.action, d.since_default
       FROM ({eligible}) e
-      JOIN due d ON d.choice_key = {key}
+      JOIN portal.users u ON u.id = e.id
+      JOIN due d ON d.choice_key = {raw}
      -- At most one digest per period of theirs, whatever zone or time it was settled in.
      WHERE NOT EXISTS (SELECT 1 FROM ops.digest_periods r
                         WHERE r.user_id = e.id AND r.moment >= d.starts AND r.moment < d.ends)
@@ -211,7 +201,7 @@ SELECT (SELECT count(*) FROM people WHERE action = 'send'),
                  ORDER BY id LIMIT {ids_shown}) f)
 """).format(
     eligible=sql.SQL(ELIGIBLE),
-    key=sql.SQL(CHOICE_KEY),
+    raw=sql.SQL(RAW_CHOICE),
     since=sql.SQL(SINCE),
     suppressed=sql.SQL(SUPPRESSED),
     content=sql.SQL(CONTENT),
@@ -227,7 +217,7 @@ WITH people AS (
 ), senders AS (
     SELECT p.*, {since} AS since, {suppressed} AS suppressed FROM people p
 ), digests AS ({content})
-SELECT d.id, d.frequency, d.suppressed, {payload} FROM digests d
+SELECT d.id, d.suppressed, {payload} FROM digests d
 """).format(
     eligible=sql.SQL(ELIGIBLE),
     since=sql.SQL(SINCE),
@@ -266,19 +256,54 @@ def _period_length(frequency: str) -> timedelta:
     return timedelta(days=7) if frequency == "weekly" else timedelta(days=1)
 
 
+@dataclass(frozen=True)
+class RawChoice:
+    """One distinct choice as stored, how many eligible people made it, and what it means
+    (`choice` None for 'off'; `fell_back` when a value could not be read as stored)."""
+
+    key: str  # RAW_CHOICE, to find its people again
+    people: int
+    choice: Choice | None
+    fell_back: bool
+
+
 def _choices(
-    conn: psycopg.Connection, tenant: uuid.UUID | None, user: uuid.UUID | None
-) -> list[tuple[Any, ...]]:
+    conn: psycopg.Connection,
+    fallback_tz: str,
+    tenant: uuid.UUID | None,
+    user: uuid.UUID | None,
+) -> list[RawChoice]:
+    """Every distinct choice of the eligible people, judged (see `_judged`)."""
     # Never prepared: a generic plan for it (after five runs on one connection) was ten
     # times slower than the plan for the values at hand.
-    return conn.execute(CHOICES, {"tenant": tenant, "user": user}, prepare=False).fetchall()
+    rows = conn.execute(CHOICES, {"tenant": tenant, "user": user}, prepare=False).fetchall()
+    names = {name for row in rows if (name := zone_name(row[1]))}
+    known = {
+        r[0]
+        for r in conn.execute(
+            "SELECT z FROM unnest(%s::text[]) z WHERE ops.time_zone_known(z)", [sorted(names)]
+        )
+    }
+    return [_judged(row, known, fallback_tz) for row in rows]
 
 
-def _zone(pg_name: str | None, fallback_tz: str) -> tuple[str, bool]:
-    """The zone both PostgreSQL and Python know by `pg_name`, else the fallback."""
-    if pg_name and zone_name(pg_name):
-        return pg_name, False
-    return fallback_tz, True
+def _judged(row: tuple[Any, ...], known: set[str], fallback_tz: str) -> RawChoice:
+    """A stored choice read without trusting it: a zone both Python's tz database and
+    PostgreSQL know (any case), else `fallback_tz`; a frequency of FREQUENCIES, else daily;
+    a time, else 08:00; a weekday 1-7 when weekly, else Monday."""
+    key, timezone, frequency, at, weekday, people = row
+    zone = zone_name(timezone)
+    fell_back = zone not in known
+    if frequency not in FREQUENCIES:
+        frequency, fell_back = "daily", True
+    if at is None:
+        at, fell_back = DEFAULT_TIME, True
+    if frequency == "weekly" and not (isinstance(weekday, int) and 1 <= weekday <= 7):
+        weekday, fell_back = 1, True
+    if frequency == "off":
+        return RawChoice(key, people, None, fell_back)
+    choice = Choice(zone if zone in known else fallback_tz, frequency, at, weekday or 1)
+    return RawChoice(key, people, choice, fell_back)
 
 
 def settle(
@@ -339,24 +364,24 @@ def plan(
     columns: dict[str, list[Any]] = {
         name: []
         for name in (
-            "choice_key", "zone", "zone_fallback", "period", "moment", "starts", "ends",
+            "choice_key", "zone", "fell_back", "period", "moment", "starts", "ends",
             "action", "since_default",
         )
     }  # fmt: skip
-    for choice_key, _, frequency, at_time, weekday, _, pg_name in _choices(conn, tenant, user):
-        zone, zone_fallback = _zone(pg_name, fallback_tz)
-        choice = Choice(zone, frequency, at_time, weekday or 1)
+    for raw in _choices(conn, fallback_tz, tenant, user):
+        choice = raw.choice
+        if choice is None:
+            continue  # 'off'
         if window_start is None:
             actions = [(current_period(choice, now), "send")]
         else:
             actions = _plan(list(moments_between(choice, window_start, now)), now, grace)
         for moment, action in actions:
             for name, value in (
-                ("choice_key", choice_key), ("zone", zone),
-                ("zone_fallback", zone_fallback), ("period", moment.period),
-                ("moment", moment.due), ("starts", moment.starts), ("ends", moment.ends),
-                ("action", action),
-                ("since_default", moment.due - _period_length(frequency)),
+                ("choice_key", raw.key), ("zone", choice.zone), ("fell_back", raw.fell_back),
+                ("period", moment.period), ("moment", moment.due), ("starts", moment.starts),
+                ("ends", moment.ends), ("action", action),
+                ("since_default", moment.due - _period_length(choice.frequency)),
             ):  # fmt: skip
                 columns[name].append(value)
     params = {
@@ -418,12 +443,13 @@ def preview(
     recording anything; None when they get no digest (opted out, deactivated, frequency
     'off', their agency suspended). Keys: user_id, zone, frequency, period, suppressed,
     data (what the template gets; empty lists mean nothing to report)."""
-    choices = _choices(conn, None, user)
+    choices = [c for c in _choices(conn, fallback_tz, None, user) if c.choice is not None]
     if not choices:
         return None
-    _, _, frequency, _, _, _, pg_name = choices[0]
-    zone, _ = _zone(pg_name, fallback_tz)
-    period = current_period(Choice(zone, frequency, DEFAULT_TIME, 1), now).period
+    choice = choices[0].choice
+    assert choice is not None
+    zone, frequency = choice.zone, choice.frequency
+    period = current_period(choice, now).period
     row = conn.execute(
         PREVIEW,
         {
@@ -441,8 +467,8 @@ def preview(
     return {
         "user_id": str(row[0]),
         "zone": zone,
-        "frequency": row[1],
+        "frequency": frequency,
         "period": period,
-        "suppressed": row[2],
-        "data": row[3],
+        "suppressed": row[1],
+        "data": row[2],
     }
