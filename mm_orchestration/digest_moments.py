@@ -18,6 +18,7 @@ Local time is not a straight line, and the rules are:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -50,6 +51,13 @@ class Moment:
     due: datetime
     starts: datetime
     ends: datetime
+
+
+@functools.cache
+def zone_info(name: str) -> ZoneInfo:
+    """The zone, loaded once per process: ZoneInfo keeps only a few zones alive itself,
+    and a run judges hundreds of choices across twenty zones (each reload reads a file)."""
+    return ZoneInfo(name)
 
 
 def local(instant: datetime, zone: ZoneInfo) -> datetime:
@@ -105,14 +113,27 @@ def _is_digest_day(day: date, choice: Choice) -> bool:
     return False  # 'off'
 
 
+# The most a wall clock moves at a transition (an hour; Lord Howe's half hour is less).
+_SHIFT = timedelta(hours=1)
+
+
+@functools.lru_cache(maxsize=4096)
+def _wall(zone: str, instant: datetime) -> datetime:
+    return local(instant, zone_info(zone))
+
+
 def moments_between(choice: Choice, after: datetime, until: datetime) -> Iterator[Moment]:
     """Every digest moment of `choice` in (after, until], oldest first."""
-    zone = ZoneInfo(choice.zone)
-    day = local(after, zone).date() - timedelta(days=1)  # a moment can precede its date's start
-    last = local(until, zone).date()
+    zone = zone_info(choice.zone)
+    low, high = _wall(choice.zone, after), _wall(choice.zone, until)
+    day = low.date() - timedelta(days=1)  # a moment can precede its date's start
+    last = high.date()
     while day <= last:
-        if _is_digest_day(day, choice):
-            due = first_instant_at_or_after(datetime.combine(day, choice.at), zone)
+        wall = datetime.combine(day, choice.at)
+        # Far from the window's wall-clock times (with room for a transition's shift) it
+        # cannot be in it: most choices of a short window end here, without the tz rules.
+        if low - _SHIFT <= wall <= high + _SHIFT and _is_digest_day(day, choice):
+            due = first_instant_at_or_after(wall, zone)
             if after < due <= until:
                 period, starts, ends = period_of(day, choice.frequency, zone)
                 yield Moment(period, due, starts, ends)
@@ -121,6 +142,6 @@ def moments_between(choice: Choice, after: datetime, until: datetime) -> Iterato
 
 def current_period(choice: Choice, now: datetime) -> Moment:
     """The period `now` falls in for `choice`, due `now` (an operator's "send it now")."""
-    zone = ZoneInfo(choice.zone)
+    zone = zone_info(choice.zone)
     period, starts, ends = period_of(local(now, zone).date(), choice.frequency, zone)
     return Moment(period, now, starts, ends)
