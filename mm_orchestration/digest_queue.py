@@ -10,10 +10,11 @@ The cost follows who is due, not how many people exist: the people's distinct ch
 are read first (one pass), their moments worked out in Python, and only the people whose
 choice has a moment in the window are read again and written.
 
-Per-row trust: every value taken from `portal.users` that could raise or mislead is read
-per row: a zone PostgreSQL or Python does not know falls back to MM_TIMEZONE, an unknown
-frequency to 'daily', a weekday out of 1-7 to Monday, a missing time to 08:00; the people
-who fell back are counted and their ids returned (never their addresses).
+Per-row trust: the choices are read as stored and each distinct one judged before any
+statement uses it (`_judged`): a zone both PostgreSQL and Python know, in any case, else
+MM_TIMEZONE; an unknown frequency is 'daily', a weekday out of 1-7 Monday, a missing time
+08:00. The statements only ever see judged values, so no row can make them raise; the
+people who fell back are counted and their ids returned (never their addresses).
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 A zone name comes from a browser or a person: `Etc/Unknown`, `europe/london`, a folder of
 the tz database (`Australia`), an internal file (`posixrules`), a path. `ZoneInfo` raises
 a different error for each (and reads a folder as a file), so every name goes through
-`place_zone`, which knows the database's list of zones and matches it case-insensitively,
-as the digest's SQL matches `pg_timezone_names`.
+`place_zone`, which knows the database's list of zones and matches it case-insensitively
+(as PostgreSQL's `AT TIME ZONE` does).
 """
 
 from __future__ import annotations
