@@ -121,7 +121,7 @@ def test_numbers_json_cannot_hold_are_stored_as_text(conn):
 
 def test_an_action_cancelled_midway_is_not_left_allowed():
     """The client goes away (or the server stops) while Dagster acts: the entry says
-    `interrupted`, not `allowed` for ever."""
+    `canceled` (interrupted), not `allowed` for ever."""
     import asyncio
 
     from mm_orchestration.console.gate import ConsoleGate
@@ -144,7 +144,7 @@ def test_an_action_cancelled_midway_is_not_left_allowed():
         asyncio.run(gate._settle_later("launchRun", [7], cancelled()))
     with pytest.raises(RuntimeError):
         asyncio.run(gate._settle_later("launchRun", [7], failing()))
-    assert trail.settled == [(7, "interrupted"), (7, "failed")]
+    assert trail.settled == [(7, "canceled"), (7, "failed")]
 
 
 def test_details_that_cannot_be_recorded_leave_the_entry_with_a_note(conn):

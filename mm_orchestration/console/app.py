@@ -43,6 +43,7 @@ from mm_orchestration.console.gate import (
     AuditUnavailable,
     ConsoleAudit,
     ConsoleGate,
+    ConsoleRefusal,
     ended_by,
 )
 from mm_orchestration.db import connect
@@ -215,6 +216,23 @@ class ConsoleWebserver(DagsterWebserver):
 
     # -- GraphQL over HTTP: one operation per request ----------------------------------
 
+    def handle_graphql_errors(self, errors: Any) -> list[Any]:
+        """Dagster's error list, but the gate's refusals carry their message alone: a
+        refusal is no server fault, and its trace would show the gate's code."""
+        refusals = [e for e in errors if isinstance(e.original_error, ConsoleRefusal)]
+        others = [e for e in errors if not isinstance(e.original_error, ConsoleRefusal)]
+        formatted = list(super().handle_graphql_errors(others)) if others else []
+        return [e.formatted for e in refusals] + formatted
+
+    def _determine_status_code(self, resolver_errors: Any, captured_errors: Any) -> int:
+        """A refusal is the client's error (400), not the server's (500)."""
+        if resolver_errors:
+            resolver_errors = [
+                GraphQLError(e.message) if isinstance(e.original_error, ConsoleRefusal) else e
+                for e in resolver_errors
+            ]
+        return int(super()._determine_status_code(resolver_errors, captured_errors))
+
     async def graphql_http_endpoint(self, request: Request) -> Response:
         """Dagster's endpoint, but a body that is not one operation (a batch, a JSON
         array; a query that is not text; variables that are not an object) is refused
@@ -328,11 +346,12 @@ class ConsoleWebserver(DagsterWebserver):
                 self._audit_log.write,
                 identity,
                 "download_report",
-                "succeeded" if found.status == 200 else f"failed: {found.status}",
+                "succeeded" if found.status == 200 else "failed",
                 target,
                 {
                     "via": "rest GET",
                     "object_key": key,
+                    "status": found.status,
                     **(
                         {"reports": [report["report"]], "partitions": [report["partition"]]}
                         if report
