@@ -79,10 +79,19 @@ _URL_PASSWORD = re.compile(r"((?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*+://[^
 # where no name character precedes it and is matched possessively, so a long run of
 # letters costs one pass, not one per letter (the text may be megabytes of variables).
 _PAIR = re.compile(
-    r"""(?P<lead>(?P<oq>["']?)(?<![A-Za-z0-9_.\-])(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*+)(?P=oq)"""
+    r"""(?P<lead>(?P<oq>["']?)(?<![A-Za-z0-9_.\-])"""
+    r"""(?P<name>-{0,2}+[A-Za-z_][A-Za-z0-9_.\-]*+)(?P=oq)"""
     r"""\s*+[=:](?!//)\s*+)"""
     r"""(?P<value>(?i:(?:bearer|basic|token|digest)\s+)?"""
     r"""(?:"(?:[^"\\]|\\.)*+"|'(?:[^'\\]|\\.)*+'|[^\s,;&"'}\]]++))"""
+)
+
+# A command line's flag and its value as the next word: `--db-password hunter2`,
+# `--token abc` (a flag given with `=` is a pair, above). A value starting with `-` is
+# the next flag, not a value.
+_FLAG = re.compile(
+    r"""(?<![A-Za-z0-9_.\-])(?P<name>--?+[A-Za-z][A-Za-z0-9_.\-]*+)(?P<gap>[ \t]++)"""
+    r"""(?P<value>"(?:[^"\\]|\\.)*+"|'(?:[^'\\]|\\.)*+'|(?!-)[^\s,;&"'}\]]++)"""
 )
 
 # Caps, so one request cannot make an entry PostgreSQL or a reader cannot take.
@@ -102,8 +111,12 @@ def truncated(text: str, limit: int = MAX_TEXT) -> str:
 
 
 def masked_text(text: str) -> str:
-    """`text` with every password in a URL and every secret `name=value` masked."""
+    """`text` with every password in a URL, every secret `name=value` (`--name=value`
+    too) and every secret command-line flag's value (`--db-password x`) masked."""
     text = _URL_PASSWORD.sub(rf"\1{MASK}@", text)
+    text = _FLAG.sub(
+        lambda m: f"{m['name']}{m['gap']}{MASK}" if is_secret_name(m["name"]) else m[0], text
+    )
 
     # By hand, not re.sub: a pair that is not secret gives up only its name, so a secret
     # pair inside its value (`url=...?password=x`) is still found.
@@ -146,6 +159,17 @@ def masked(value: Any) -> Any:
     return _masked(value, 0, budget)
 
 
+def _secret_flag(item: Any) -> bool:
+    """A command-line flag alone (`--db-password`, `-token`) whose value is secret."""
+    return (
+        isinstance(item, str)
+        and item.startswith("-")
+        and "=" not in item
+        and re.fullmatch(r"--?[A-Za-z][A-Za-z0-9_.\-]*", item) is not None
+        and is_secret_name(item)
+    )
+
+
 def _masked(value: Any, depth: int, budget: list[int]) -> Any:
     budget[0] -= 1
     if budget[0] < 0:
@@ -165,6 +189,12 @@ def _masked(value: Any, depth: int, budget: list[int]) -> Any:
         return out
     if isinstance(value, list | tuple):
         items = [_masked(v, depth + 1, budget) for v in list(value)[:MAX_ITEMS]]
+        # A command as a list (a container's `command`/`args`): a secret flag's value is
+        # the next item.
+        for i in range(1, len(items)):
+            flag = value[i - 1]
+            if _secret_flag(flag) and isinstance(value[i], str | int | float):
+                items[i] = MASK
         if len(value) > MAX_ITEMS:
             items.append(f"[truncated: {len(value) - MAX_ITEMS} more items]")
         return items

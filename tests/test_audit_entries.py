@@ -161,3 +161,28 @@ def test_details_that_cannot_be_recorded_leave_the_entry_with_a_note(conn):
         "a",
         {"unrecordable": "the details could not be recorded (ValueError)"},
     )
+
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("run --db-password=hunter2 --n 3", f"run --db-password={MASK} --n 3"),
+        ("--token=abc", f"--token={MASK}"),
+        ("cmd --password hunter2 --verbose", f"cmd --password {MASK} --verbose"),
+        ("cmd --api-key 'a b' x", f"cmd --api-key {MASK} x"),
+        ("cmd -auth s3cr3t", f"cmd -auth {MASK}"),
+        # A flag followed by the next flag has no value to hide; names of things stay.
+        ("cmd --password --verbose", "cmd --password --verbose"),
+        ("dagster asset materialize --asset-key a/b", "dagster asset materialize --asset-key a/b"),
+    ],
+)
+def test_command_line_flags_with_a_secret_name_are_masked(text, shown):
+    assert masked(text) == shown
+
+
+def test_a_command_given_as_a_list_hides_the_value_after_a_secret_flag():
+    """A pod's command or args (dagster-k8s/config) is a list: the value is the next item."""
+    assert masked({"args": ["run", "--db-password", "hunter2", "--n", "3"]}) == {
+        "args": ["run", "--db-password", MASK, "--n", "3"]
+    }
+    assert masked(["--token=abc", "--partition", "x"]) == [f"--token={MASK}", "--partition", "x"]
