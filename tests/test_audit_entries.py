@@ -186,3 +186,25 @@ def test_a_command_given_as_a_list_hides_the_value_after_a_secret_flag():
         "args": ["run", "--db-password", MASK, "--n", "3"]
     }
     assert masked(["--token=abc", "--partition", "x"]) == [f"--token={MASK}", "--partition", "x"]
+
+
+# Files whose raw INSERT is being changed elsewhere (the outbox's resend, on its own
+# branch): each should call audit.record; remove it from here when it does.
+_PENDING_RAW_INSERTS = {"outbox/operator.py"}
+
+
+def test_every_entry_is_written_the_one_way():
+    """Only audit.py inserts into ops.audit_log, so every entry is masked and capped."""
+    import re
+    from pathlib import Path
+
+    import mm_orchestration
+
+    root = Path(mm_orchestration.__file__).parent
+    raw = re.compile(r"INSERT\s+INTO\s+ops\.audit_log", re.IGNORECASE)
+    writers = {
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if raw.search(path.read_text(encoding="utf-8"))
+    }
+    assert writers - _PENDING_RAW_INSERTS == {"audit.py"}
