@@ -207,3 +207,59 @@ def test_mutation_typename_passes_and_a_refusal_is_a_client_error_without_a_trac
     assert shown["message"] == "viewer may not stop schedule (x)"
     assert "errorInfo" not in str(shown)
     assert isinstance(refusal, GraphQLError)
+
+
+# -- development mode answers only to its loopback names --------------------------------
+
+
+def _through_front(host: str | None, origin: str | None = None, method: str = "GET") -> int:
+    import asyncio
+
+    from mm_orchestration.console.access import ConsoleAccess
+    from mm_orchestration.console.app import IdentityFront
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    headers = [(b"host", host.encode())] if host is not None else []
+    if origin:
+        headers.append((b"origin", origin.encode()))
+    headers.append((b"x-forwarded-host", b"attacker.example:3000"))
+    scope = {"type": "http", "method": method, "path": "/graphql", "headers": headers,
+             "client": ("127.0.0.1", 5555), "server": ("127.0.0.1", 3000), "scheme": "http"}  # fmt: skip
+    sent: list[dict[str, Any]] = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    front = IdentityFront(app, ConsoleAccess(mode="local", local_user="dev"))
+    asyncio.run(front(scope, receive, send))
+    return int(sent[0]["status"])
+
+
+@pytest.mark.parametrize(
+    "host", ["localhost:3000", "127.0.0.1:3000", "[::1]:3000", "127.1:3000", "LOCALHOST:3000"]
+)
+def test_local_mode_serves_its_loopback_names(host):
+    assert _through_front(host) == 200
+    assert _through_front(host, origin=f"http://{host.lower()}", method="POST") == 200
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["attacker.example:3000", "attacker.example", "localhost:4000", "127.0.0.1.nip.io:3000",
+     "localhost@attacker.example:3000", "", None, "localhost:x"],
+)  # fmt: skip
+def test_local_mode_refuses_any_other_host_dns_rebinding_included(host):
+    """A page that points its own name at 127.0.0.1 is same-origin to the browser (its
+    Origin matches its Host): only the Host gives it away."""
+    assert _through_front(host, origin=f"http://{host}", method="POST") == 421
+
+
+def test_local_mode_ignores_a_forwarded_host_the_client_sent():
+    # Origin of the attacker, X-Forwarded-Host forged to match it: still another site.
+    assert _through_front("localhost:3000", "http://attacker.example:3000", "POST") == 403

@@ -517,7 +517,38 @@ identity proxy; this console stores no passwords.</p></body></html>
 """
 
 
-def _cross_site(scope: Scope, headers: dict[str, str]) -> bool:
+def _local_host_problem(scope: Scope, headers: dict[str, str]) -> str | None:
+    """Why a request may not reach the development console (None: it may). Its identity is
+    whoever runs it, so only the loopback names may address it: a page of another site
+    that points its own name at 127.0.0.1 (DNS rebinding) is same-origin to the browser,
+    Origin and all, and only the Host it sends gives it away."""
+    from mm_orchestration.console.serve import loopback_address
+
+    host = headers.get("host", "")
+    parts = urlsplit(f"//{host}")
+    try:
+        name, port = parts.hostname or "", parts.port
+    except ValueError:  # a port that is not one
+        name, port = "", None
+    server = scope.get("server")
+    expected = server[1] if server and len(server) > 1 else None
+    if port is None:
+        port = 443 if scope.get("scheme") in ("https", "wss") else 80
+    if not host or "@" in host or loopback_address(name) is None:
+        return (
+            f"the development console answers only to its loopback address (localhost, "
+            f"127.0.0.1 or [::1]), not to {html.escape(host[:100]) or 'no Host'}: open it as "
+            f"http://localhost:{expected or 'PORT'}/"
+        )
+    if expected is not None and port != expected:
+        return (
+            f"the development console listens on port {expected}, not {port}: open it as "
+            f"http://localhost:{expected}/"
+        )
+    return None
+
+
+def _cross_site(scope: Scope, headers: dict[str, str], local: bool = False) -> bool:
     """A request that changes or may change something (anything but GET, HEAD, OPTIONS; a
     websocket) sent by another site's page: browsers name the page's origin in `Origin`
     on every such request, `no-cors` fetches and form posts included. A request without
@@ -527,7 +558,9 @@ def _cross_site(scope: Scope, headers: dict[str, str]) -> bool:
     origin = headers.get("origin")
     if origin is None:
         return False
-    host = headers.get("x-forwarded-host") or headers.get("host") or ""
+    # No proxy in development: a forwarding header there is the client's own.
+    forwarded = None if local else headers.get("x-forwarded-host")
+    host = forwarded or headers.get("host") or ""
     return urlsplit(origin).netloc.lower() != host.split(",")[0].strip().lower()
 
 
@@ -546,6 +579,14 @@ class IdentityFront:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
+        raw_headers = scope.get("headers", [])
+        if self.access.mode == "local":
+            problem = _local_host_problem(
+                scope, {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
+            )
+            if problem:
+                await self._refuse(scope, receive, send, 421, "Refused: not this console", problem)
+                return
         raw = [
             (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", [])
         ]
@@ -569,7 +610,7 @@ class IdentityFront:
                 "console, or one whose identity header did not come from the proxy, is refused.",
             )
             return
-        if _cross_site(scope, headers):
+        if _cross_site(scope, headers, local=self.access.mode == "local"):
             await self._refuse(
                 scope,
                 receive,
