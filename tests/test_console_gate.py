@@ -226,8 +226,15 @@ def _through_front(host: str | None, origin: str | None = None, method: str = "G
     if origin:
         headers.append((b"origin", origin.encode()))
     headers.append((b"x-forwarded-host", b"attacker.example:3000"))
-    scope = {"type": "http", "method": method, "path": "/graphql", "headers": headers,
-             "client": ("127.0.0.1", 5555), "server": ("127.0.0.1", 3000), "scheme": "http"}  # fmt: skip
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": "/graphql",
+        "headers": headers,
+        "client": ("127.0.0.1", 5555),
+        "server": ("127.0.0.1", 3000),
+        "scheme": "http",
+    }
     sent: list[dict[str, Any]] = []
 
     async def receive():
