@@ -19,6 +19,8 @@ ADMIN = Identity("adam@mm.example", "admin", "proxy")
 class Trail:
     """The audit log as the gate uses it, in memory."""
 
+    database_url = "postgresql://unused"
+
     def __init__(self) -> None:
         self.entries: list[dict[str, Any]] = []
 
@@ -270,3 +272,35 @@ def test_local_mode_refuses_any_other_host_dns_rebinding_included(host):
 def test_local_mode_ignores_a_forwarded_host_the_client_sent():
     # Origin of the attacker, X-Forwarded-Host forged to match it: still another site.
     assert _through_front("localhost:3000", "http://attacker.example:3000", "POST") == 403
+
+
+def test_a_cut_audit_trail_download_says_so_in_a_header_and_its_last_row(monkeypatch):
+    import asyncio
+
+    import pandas as pd
+    from starlette.requests import Request
+
+    from mm_orchestration import audit_trail
+    from mm_orchestration.console import app as console_app
+
+    cut = audit_trail.Entries(pd.DataFrame([], columns=audit_trail.COLUMNS), True)
+    monkeypatch.setattr(audit_trail, "read", lambda conn, wanted: cut)
+    monkeypatch.setattr(console_app, "connect", lambda url: _NoConnection())
+    server = object.__new__(console_app.ConsoleWebserver)
+    trail = Trail()
+    server._audit_log = trail  # type: ignore[assignment]
+    server._timezone = "Australia/Sydney"
+    scope = {"type": "http", "method": "GET", "path": "/audit-trail.csv",
+             "query_string": b"day=2026-11-27", "headers": [], "mm.identity": ADMIN}  # fmt: skip
+    response = asyncio.run(server.audit_trail_endpoint(Request(scope)))
+    assert response.headers["x-audit-trail-truncated"].startswith("first 0 entries")
+    assert b'"[truncated]"' in response.body and b"person=" in response.body
+    assert trail.entries[0]["result"] == {"status": 200, "rows": 0, "truncated": True}
+
+
+class _NoConnection:
+    def __enter__(self) -> _NoConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
