@@ -127,6 +127,9 @@ PROXY = {"MM_CONSOLE_TRUSTED_PROXIES": "127.0.0.1"}
         ("admin: [ann@x.io@evil.io]\n", "is not a person as the proxy names them"),
         ("viewer: ['*@x..io']\n", "is not a person as the proxy names them"),
         ("viewer: ['*@*.io']\n", "is not a person as the proxy names them"),
+        ("? [a, b]\n: [ann@x.io]\n", "line 1 has a list or mapping as a key"),
+        ("superuser: []\nadmin: [ann@x.io]\n", "'superuser' is not a role"),
+        ("1: [ann@x.io]\n", "'1' is not a role"),
     ],
 )
 def test_a_roles_file_that_could_be_misread_is_refused_at_start(tmp_path, text, problem):
@@ -138,12 +141,19 @@ def test_a_roles_file_that_could_be_misread_is_refused_at_start(tmp_path, text, 
         ConsoleAccess.from_env({**PROXY, "MM_CONSOLE_ROLES_FILE": str(roles_file)})
 
 
-@pytest.mark.parametrize("proxies", ["0.0.0.0/0", "::/0", "10.0.0.1, 0.0.0.0/1", "::ffff:0:0/96"])
+@pytest.mark.parametrize(
+    "proxies",
+    ["0.0.0.0/0", "::/0", "10.0.0.1, 0.0.0.0/1", "::ffff:0:0/96",
+     # IPv6 that stands for all of IPv4: NAT64, 6to4, IPv4-compatible.
+     "64:ff9b::/96", "2002::/16", "::/96", "64:ff9b:1::/48"],
+)  # fmt: skip
 def test_trusting_everyone_as_the_proxy_is_refused(proxies):
     with pytest.raises(SettingsError, match="MM_CONSOLE_TRUSTED_PROXIES: .*trusts far more"):
         ConsoleAccess.from_env({"MM_CONSOLE_TRUSTED_PROXIES": proxies})
     # A site's own ranges are fine.
-    ConsoleAccess.from_env({"MM_CONSOLE_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8, ::ffff:10.0.0.1"})
+    ConsoleAccess.from_env(
+        {"MM_CONSOLE_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8, ::ffff:10.0.0.1, 2002:a00::/24, ::1"}
+    )
 
 
 @pytest.mark.parametrize(
