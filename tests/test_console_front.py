@@ -465,6 +465,8 @@ def test_control_tags_from_the_client_are_dropped(console):
         {"key": "mm/trigger", "value": "schedule"},
         {"key": "MM/Actor ", "value": "mallory"},
         {"key": "dagster/schedule_name", "value": "share_link_expiry_schedule"},
+        {"key": "dagster/priority", "value": "99"},
+        {"key": "dagster-k8s/config", "value": '{"container_config": {"image": "evil"}}'},
         {"key": "team", "value": "post-production"},
     ]
     result = gql(console, OPERATOR, LAUNCH, {"p": launch_params("share_link_expiry", forged)})
@@ -473,6 +475,10 @@ def test_control_tags_from_the_client_are_dropped(console):
     assert tags["mm/actor"] == OPERATOR and tags["team"] == "post-production"
     assert tags.get("mm/trigger") != "schedule" and tags.get("mm/window") != forged[0]["value"]
     assert "dagster/schedule_name" not in tags and "MM/Actor " not in tags
+    # Dagster's own namespaces are an admin's: priority, and the pod the run gets.
+    assert "dagster/priority" not in tags and "dagster-k8s/config" not in tags
+    (entry,) = console.audit("run_id = %s", [run["runId"]])
+    assert "dagster-k8s/config" in entry["details"]["dropped_tags"]
 
 
 def test_another_sites_page_cannot_act_as_the_person(console):
@@ -1015,3 +1021,39 @@ def test_the_local_stacks_take_any_loopback_spelling_for_their_links(monkeypatch
     assert os.environ["MM_REPORTS_URL"] == url
     assert Settings.from_env(dict(os.environ)).reports_url.rstrip("/") == url
     assert args.host in ("127.0.0.1", "::1")
+
+
+def test_requests_the_gate_cannot_read_are_refused_and_audited_never_a_500(console):
+    """A run config YAML cannot build (a month 13) and a parent run id with a NUL make
+    reading them raise: a clear GraphQL answer and a `refused` entry, no stack trace.
+    `mutation { __typename }` changes nothing and answers."""
+    params = launch_params("share_link_expiry")
+    params["runConfigData"] = "ops:\n  x:\n    config:\n      note: 2026-13-45\n"
+    status, body, _ = curl(console.port, "/graphql", OPERATOR,
+                           {"query": LAUNCH, "variables": {"p": params}})  # fmt: skip
+    assert status == 200, body[:500]
+    answer = json.loads(body)["data"]["launchPipelineExecution"]
+    assert answer["__typename"] == "PythonError"
+    assert "the run config could not be read (ValueError" in answer["message"]
+    reexecute = """mutation($p: ReexecutionParams!) { launchRunReexecution(reexecutionParams: $p) {
+      __typename ... on PythonError { message } } }"""
+    status, body, _ = curl(
+        console.port,
+        "/graphql",
+        OPERATOR,
+        {
+            "query": reexecute,
+            "variables": {"p": {"parentRunId": "a\u0000b", "strategy": "ALL_STEPS"}},
+        },
+    )
+    assert status == 200, body[:500]
+    answer = json.loads(body)["data"]["launchRunReexecution"]
+    assert "could not be judged" in answer["message"] and "Traceback" not in body.decode()
+    refused = console.audit(
+        "outcome = 'refused' AND (details->>'refusal' LIKE %s OR details->>'refusal' LIKE %s)",
+        ["the run config could not be read%", "the request could not be judged%"],
+    )
+    assert {e["action"] for e in refused} == {"launch_run", "reexecute_run"}
+    assert all(e["actor"] == OPERATOR for e in refused)
+    status, body, _ = curl(console.port, "/graphql", VIEWER, {"query": "mutation { __typename }"})
+    assert status == 200 and json.loads(body)["data"] == {"__typename": "Mutation"}
