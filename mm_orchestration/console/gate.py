@@ -13,7 +13,12 @@ field it
    happens; if that write fails, nothing happens (no unaudited action);
 3. refuses (the entry says `refused`) with an error the UI shows, or passes the mutation
    on; a launch carries the person as the run's `mm/actor` tag, replacing whatever the
-   client sent; the entry then records how it ended and the run id.
+   client sent, and only an admin's keeps tags of Dagster's namespaces (`dagster/...`,
+   `dagster-k8s/config`: the run's priority, runtime, pod); the entry then records how it
+   ended and the run id.
+
+A mutation whose arguments cannot even be read to judge it (run config YAML that cannot
+be built, a run id PostgreSQL refuses) is refused and audited like any other refusal.
 
 Mutations must arrive as a POST of JSON (or application/graphql): a GET or a form POST
 is what a page on another site can make a signed-in browser send, so those are refused

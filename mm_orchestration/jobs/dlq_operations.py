@@ -98,6 +98,7 @@ def requeue(
 
     `all_dead` takes every dead letter except the discarded ones; a discarded letter named
     by its id is requeued (its discard is withdrawn, and the audit entry says so).
+    `os_user`: who really ran the command, when it is `mm-jobs dlq` (`actor` is typed).
     """
     with conn.transaction():
         rows = conn.execute(
