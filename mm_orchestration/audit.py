@@ -18,6 +18,15 @@ from psycopg.types.json import Jsonb
 
 MASK = "***"
 
+# How an entry ends, the only values of `ops.audit_log.outcome` (a status code, an error
+# or why it was refused goes in the details):
+# - allowed: judged and passed on, not ended yet (an entry left so is still going);
+# - refused: not done (role, transport, a request that could not be judged);
+# - succeeded / failed: done, and how it went; `skipped`: a run that found its window done;
+# - canceled: stopped before it ended (a signal, the client gone: `interrupted` in details);
+# - reconciled: written after the fact for a manual run that had no entry.
+OUTCOMES = ("allowed", "refused", "succeeded", "failed", "skipped", "canceled", "reconciled")
+
 # -- which names are secret: one rule for keys, tag names and `name=value` text ---------
 #
 # A name is split into words (at `_ - . /` and spaces, and at case changes: `signingKey`
@@ -70,10 +79,19 @@ _URL_PASSWORD = re.compile(r"((?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*+://[^
 # where no name character precedes it and is matched possessively, so a long run of
 # letters costs one pass, not one per letter (the text may be megabytes of variables).
 _PAIR = re.compile(
-    r"""(?P<lead>(?P<oq>["']?)(?<![A-Za-z0-9_.\-])(?P<name>[A-Za-z_][A-Za-z0-9_.\-]*+)(?P=oq)"""
+    r"""(?P<lead>(?P<oq>["']?)(?<![A-Za-z0-9_.\-])"""
+    r"""(?P<name>-{0,2}+[A-Za-z_][A-Za-z0-9_.\-]*+)(?P=oq)"""
     r"""\s*+[=:](?!//)\s*+)"""
     r"""(?P<value>(?i:(?:bearer|basic|token|digest)\s+)?"""
     r"""(?:"(?:[^"\\]|\\.)*+"|'(?:[^'\\]|\\.)*+'|[^\s,;&"'}\]]++))"""
+)
+
+# A command line's flag and its value as the next word: `--db-password hunter2`,
+# `--token abc` (a flag given with `=` is a pair, above). A value starting with `-` is
+# the next flag, not a value.
+_FLAG = re.compile(
+    r"""(?<![A-Za-z0-9_.\-])(?P<name>--?+[A-Za-z][A-Za-z0-9_.\-]*+)(?P<gap>[ \t]++)"""
+    r"""(?P<value>"(?:[^"\\]|\\.)*+"|'(?:[^'\\]|\\.)*+'|(?!-)[^\s,;&"'}\]]++)"""
 )
 
 # Caps, so one request cannot make an entry PostgreSQL or a reader cannot take.
@@ -93,8 +111,12 @@ def truncated(text: str, limit: int = MAX_TEXT) -> str:
 
 
 def masked_text(text: str) -> str:
-    """`text` with every password in a URL and every secret `name=value` masked."""
+    """`text` with every password in a URL, every secret `name=value` (`--name=value`
+    too) and every secret command-line flag's value (`--db-password x`) masked."""
     text = _URL_PASSWORD.sub(rf"\1{MASK}@", text)
+    text = _FLAG.sub(
+        lambda m: f"{m['name']}{m['gap']}{MASK}" if is_secret_name(m["name"]) else m[0], text
+    )
 
     # By hand, not re.sub: a pair that is not secret gives up only its name, so a secret
     # pair inside its value (`url=...?password=x`) is still found.
@@ -137,6 +159,17 @@ def masked(value: Any) -> Any:
     return _masked(value, 0, budget)
 
 
+def _secret_flag(item: Any) -> bool:
+    """A command-line flag alone (`--db-password`, `-token`) whose value is secret."""
+    return (
+        isinstance(item, str)
+        and item.startswith("-")
+        and "=" not in item
+        and re.fullmatch(r"--?[A-Za-z][A-Za-z0-9_.\-]*", item) is not None
+        and is_secret_name(item)
+    )
+
+
 def _masked(value: Any, depth: int, budget: list[int]) -> Any:
     budget[0] -= 1
     if budget[0] < 0:
@@ -156,6 +189,12 @@ def _masked(value: Any, depth: int, budget: list[int]) -> Any:
         return out
     if isinstance(value, list | tuple):
         items = [_masked(v, depth + 1, budget) for v in list(value)[:MAX_ITEMS]]
+        # A command as a list (a container's `command`/`args`): a secret flag's value is
+        # the next item.
+        for i in range(1, len(items)):
+            flag = value[i - 1]
+            if _secret_flag(flag) and isinstance(value[i], str | int | float):
+                items[i] = MASK
         if len(value) > MAX_ITEMS:
             items.append(f"[truncated: {len(value) - MAX_ITEMS} more items]")
         return items
@@ -233,8 +272,37 @@ def _entry_details(details: dict[str, Any]) -> Jsonb:
     return Jsonb(clean)
 
 
+def _outcome(outcome: str | None) -> str | None:
+    if outcome is not None and outcome not in OUTCOMES:
+        raise ValueError(f"outcome {outcome!r} is not one of {', '.join(OUTCOMES)}")
+    return outcome
+
+
 def _column(text: str | None, limit: int = MAX_TARGET) -> str | None:
     return None if text is None else storable_text(truncated(masked_text(str(text)), limit))
+
+
+def _row(
+    actor: str,
+    action: str,
+    job_name: str | None,
+    run_id: str | None,
+    details: dict[str, Any],
+    role: str | None,
+    target: str | None,
+    outcome: str | None,
+) -> dict[str, Any]:
+    """An entry's columns, masked, capped and storable: the one way into the log."""
+    return {
+        "actor": _column(actor),
+        "action": _column(action),
+        "job_name": _column(job_name),
+        "run_id": _column(run_id),
+        "details": entry_details(details),
+        "role": _column(role),
+        "target": _column(target),
+        "outcome": _outcome(outcome),
+    }
 
 
 def record(
@@ -254,20 +322,36 @@ def record(
     row = conn.execute(
         """INSERT INTO ops.audit_log
                (actor, action, job_name, run_id, details, role, target, outcome)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
-        [
-            _column(actor),
-            _column(action),
-            _column(job_name),
-            _column(run_id),
-            entry_details(details),
-            _column(role),
-            _column(target),
-            _column(outcome),
-        ],
+           VALUES (%(actor)s, %(action)s, %(job_name)s, %(run_id)s, %(details)s, %(role)s,
+                   %(target)s, %(outcome)s) RETURNING id""",
+        _row(actor, action, job_name, run_id, details, role, target, outcome),
     ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def record_once_per_run(
+    conn: psycopg.Connection,
+    actor: str,
+    action: str,
+    job_name: str | None,
+    run_id: str,
+    details: dict[str, Any],
+    *,
+    target: str | None = None,
+    outcome: str | None = None,
+) -> bool:
+    """An entry for `run_id` unless one already names it (a reconciliation that may run
+    twice); returns whether this call wrote it. Masked and capped as `record`."""
+    values = _row(actor, action, job_name, run_id, details, None, target, outcome)
+    written = conn.execute(
+        """INSERT INTO ops.audit_log (actor, action, job_name, run_id, details, target, outcome)
+           SELECT %(actor)s, %(action)s, %(job_name)s, %(run_id)s, %(details)s, %(target)s,
+                  %(outcome)s
+            WHERE NOT EXISTS (SELECT 1 FROM ops.audit_log WHERE run_id = %(run_id)s)""",
+        values,
+    ).rowcount
+    return bool(written)
 
 
 def settle(
@@ -283,7 +367,7 @@ def settle(
               SET outcome = %s, run_id = coalesce(%s, run_id),
                   details = details || jsonb_build_object('result', %s::jsonb)
             WHERE id = %s""",
-        [_column(outcome), _column(run_id), entry_details(result or {}), entry_id],
+        [_outcome(outcome), _column(run_id), entry_details(result or {}), entry_id],
     )
 
 
@@ -296,5 +380,5 @@ def settle_run(conn: psycopg.Connection, run_id: str, outcome: str, summary: str
               SET outcome = %s,
                   details = details || jsonb_build_object('result', %s::jsonb)
             WHERE run_id = %s AND outcome = 'allowed'""",
-        [outcome, entry_details({"summary": summary}), run_id],
+        [_outcome(outcome), entry_details({"summary": summary}), run_id],
     )

@@ -29,6 +29,12 @@ COLUMNS = [
     "id",
 ]
 MAX_ROWS = 100_000  # one download; a longer period is asked for in parts
+# What a cut download or summary says, so nobody takes part of a period for all of it.
+NARROW = (
+    "only the first {rows} entries of this period are here (oldest first): ask for a "
+    "shorter period (day=YYYY-MM-DD, or since=/until=) or one person or action "
+    "(person=, action=), in parts that each hold fewer"
+)
 
 QUERY = """
 SELECT occurred_at, actor, role, action, target, outcome, job_name, run_id,
@@ -61,8 +67,23 @@ class Filter:
         return cls(start, datetime.combine(day + timedelta(days=1), time(0), tz), person, action)
 
 
-def entries(conn: psycopg.Connection, wanted: Filter) -> pd.DataFrame:
-    """The matching entries, oldest first."""
+@dataclass(frozen=True)
+class Entries:
+    """The matching entries, oldest first, and whether there were more than `limit`."""
+
+    frame: pd.DataFrame
+    truncated: bool
+
+    @property
+    def note(self) -> str | None:
+        """What a reader must be told when this is not the whole period (None: it is)."""
+        return NARROW.format(rows=f"{len(self.frame):,}") if self.truncated else None
+
+
+def read(conn: psycopg.Connection, wanted: Filter, limit: int | None = None) -> Entries:
+    """The matching entries, at most `limit` (MAX_ROWS) of them, saying whether there
+    were more."""
+    limit = MAX_ROWS if limit is None else limit
     rows = conn.execute(
         QUERY,
         {
@@ -70,15 +91,24 @@ def entries(conn: psycopg.Connection, wanted: Filter) -> pd.DataFrame:
             "until": wanted.until,
             "person": wanted.person,
             "action": wanted.action,
-            "limit": MAX_ROWS,
+            "limit": limit + 1,  # one more tells that there are more
         },
     ).fetchall()
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return Entries(pd.DataFrame(rows[:limit], columns=COLUMNS), len(rows) > limit)
 
 
-def as_csv(frame: pd.DataFrame) -> bytes:
-    """Spreadsheet-safe CSV (a person or a target that starts with = runs nothing)."""
+def entries(conn: psycopg.Connection, wanted: Filter) -> pd.DataFrame:
+    """The matching entries, oldest first (at most MAX_ROWS: `read` says when cut)."""
+    return read(conn, wanted).frame
+
+
+def as_csv(frame: pd.DataFrame, note: str | None = None) -> bytes:
+    """Spreadsheet-safe CSV (a person or a target that starts with = runs nothing); with a
+    last row saying the download was cut, and how to narrow it, when `note` is given."""
     out = frame.copy()
     if not out.empty:
         out["occurred_at"] = out["occurred_at"].map(lambda t: t.isoformat())
+    if note is not None:
+        marker = {column: "" for column in COLUMNS} | {"actor": "[truncated]", "details": note}
+        out = pd.concat([out, pd.DataFrame([marker], columns=COLUMNS)], ignore_index=True)
     return to_csv(out)

@@ -70,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one job now, recorded in DAGSTER_HOME's instance")
     p.add_argument("job", help="seed name (share-link-expiry) or Dagster name")
     p.add_argument("--partition", help="partition key, for partitioned jobs")
-    p.add_argument("--actor", help="who is running it (for the audit log); default: you")
+    p.add_argument(
+        "--actor", type=_actor, help="who is running it (for the audit log); default: you"
+    )
     p.add_argument(
         "--window",
         type=_tick,
@@ -103,12 +105,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("ids", type=_whole(*ROW_ID_RANGE), nargs="*")
     p.add_argument("--all-dead", action="store_true", help="requeue every dead letter")
-    p.add_argument("--actor", help="who is doing this; default: you")
+    p.add_argument("--actor", type=_actor, help="who is doing this; default: you")
     p.set_defaults(func=cmd_dlq_requeue)
     p = dsub.add_parser("discard", help="close a dead letter for good (audited)")
     p.add_argument("id", type=_whole(*ROW_ID_RANGE))
     p.add_argument("--reason", required=True)
-    p.add_argument("--actor", help="who is doing this; default: you")
+    p.add_argument("--actor", type=_actor, help="who is doing this; default: you")
     p.set_defaults(func=cmd_dlq_discard)
 
     outbox = sub.add_parser(
@@ -146,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also those whose outcome is unknown (only after SendGrid's activity log shows "
         "they were not delivered)",
     )
-    p.add_argument("--actor", help="who is doing this; default: you")
+    p.add_argument("--actor", type=_actor, help="who is doing this; default: you")
     p.set_defaults(func=cmd_outbox_resend)
 
     digest = sub.add_parser("digest", help="the notification digest: what one person would receive")
@@ -272,7 +274,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_config: dict[str, Any] = {}
     if args.force:
         run_config = {"ops": {name: {"config": {"force": True}} for name in _force_nodes(job)}}
-    tags = {ACTOR_TAG: args.actor or getpass.getuser(), TRIGGER_TAG: "cli"}
+    tags = {ACTOR_TAG: args.actor or _os_user(), TRIGGER_TAG: "cli"}
     if args.window:
         tags[WINDOW_TAG] = args.window
     partition = args.partition
@@ -330,6 +332,7 @@ def _audit_cli_launch(
             run_id,
             {
                 "source": "cli",
+                "os_user": _os_user(),
                 "jobs": [inventory.get(job_name).dagster_name],
                 "partitions": [{"dagster/partition": partition}] if partition else [],
                 "variables": {"force": bool(args.force), "partition": partition},
@@ -483,10 +486,12 @@ def cmd_dlq_requeue(args: argparse.Namespace) -> int:
     if not args.ids and not args.all_dead:
         print("mm-jobs: give dead-letter ids, or --all-dead", file=sys.stderr)
         return 2
+    actor = args.actor or _os_user()
     with _dlq_conn() as conn:
         try:
-            done = requeue(conn, args.ids, args.actor or getpass.getuser(), args.all_dead)
+            done = requeue(conn, args.ids, actor, args.all_dead, os_user=_os_user())
         except LookupError as exc:
+            _audit_dlq_failure(conn, actor, "dlq_requeue", args.ids, exc, all_dead=args.all_dead)
             print(f"mm-jobs: {exc}", file=sys.stderr)
             return 1
     print(f"requeued {len(done)}: {done}")
@@ -496,17 +501,62 @@ def cmd_dlq_requeue(args: argparse.Namespace) -> int:
 def cmd_dlq_discard(args: argparse.Namespace) -> int:
     from mm_orchestration.jobs.dlq_operations import discard
 
+    actor = args.actor or _os_user()
     with _dlq_conn() as conn:
         try:
-            discard(conn, args.id, args.reason, args.actor or getpass.getuser())
+            discard(conn, args.id, args.reason, actor, os_user=_os_user())
         except (LookupError, ValueError) as exc:
+            _audit_dlq_failure(conn, actor, "dlq_discard", [args.id], exc, reason=args.reason)
             print(f"mm-jobs: {exc}", file=sys.stderr)
             return 1
     print(f"discarded {args.id}")
     return 0
 
 
+def _audit_dlq_failure(
+    conn: Any, actor: str, action: str, ids: list[int], exc: Exception, **asked: Any
+) -> None:
+    """A DLQ command that changed nothing is audited too (`failed`, with why): an attempt
+    on an unknown or already-closed letter is part of who did what."""
+    from mm_orchestration import audit
+
+    audit.record(
+        conn,
+        actor,
+        action,
+        "mux-webhook-retry",
+        None,
+        {"ids": ids, **asked, "error": str(exc), "source": "cli", "os_user": _os_user()},
+        target=",".join(map(str, ids)) or None,
+        outcome="failed",
+    )
+
+
 # -- outbox ------------------------------------------------------------------------
+
+
+MAX_ACTOR = 254  # an email address at most
+
+
+def _actor(value: str) -> str:
+    """`--actor`: a person's name as the audit log shows it: one line of visible text (a
+    newline or a control character could forge a line of a listing or the CSV), at most
+    an email address long."""
+    name = value.strip()
+    if not name or len(name) > MAX_ACTOR or not name.isprintable():
+        raise argparse.ArgumentTypeError(
+            f"must be a person's name or email address: visible characters only, at most "
+            f"{MAX_ACTOR} (got {len(value)} character(s))"
+        )
+    return name
+
+
+def _os_user() -> str:
+    """Who really ran the command (recorded beside --actor, which anyone may type)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def _tick(value: str) -> str:
@@ -572,7 +622,7 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
 def cmd_outbox_resend(args: argparse.Namespace) -> int:
     from mm_orchestration.outbox import KIND_SENDERS, resend
 
-    actor = args.actor or getpass.getuser()
+    actor = args.actor or _os_user()
     with _dlq_conn() as conn:
         keys = resend(conn, args.kind, args.since, actor, args.include_unknown)
     for key in keys:

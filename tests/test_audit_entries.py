@@ -121,7 +121,7 @@ def test_numbers_json_cannot_hold_are_stored_as_text(conn):
 
 def test_an_action_cancelled_midway_is_not_left_allowed():
     """The client goes away (or the server stops) while Dagster acts: the entry says
-    `interrupted`, not `allowed` for ever."""
+    `canceled` (interrupted), not `allowed` for ever."""
     import asyncio
 
     from mm_orchestration.console.gate import ConsoleGate
@@ -144,7 +144,7 @@ def test_an_action_cancelled_midway_is_not_left_allowed():
         asyncio.run(gate._settle_later("launchRun", [7], cancelled()))
     with pytest.raises(RuntimeError):
         asyncio.run(gate._settle_later("launchRun", [7], failing()))
-    assert trail.settled == [(7, "interrupted"), (7, "failed")]
+    assert trail.settled == [(7, "canceled"), (7, "failed")]
 
 
 def test_details_that_cannot_be_recorded_leave_the_entry_with_a_note(conn):
@@ -161,3 +161,50 @@ def test_details_that_cannot_be_recorded_leave_the_entry_with_a_note(conn):
         "a",
         {"unrecordable": "the details could not be recorded (ValueError)"},
     )
+
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("run --db-password=hunter2 --n 3", f"run --db-password={MASK} --n 3"),
+        ("--token=abc", f"--token={MASK}"),
+        ("cmd --password hunter2 --verbose", f"cmd --password {MASK} --verbose"),
+        ("cmd --api-key 'a b' x", f"cmd --api-key {MASK} x"),
+        ("cmd -auth s3cr3t", f"cmd -auth {MASK}"),
+        # A flag followed by the next flag has no value to hide; names of things stay.
+        ("cmd --password --verbose", "cmd --password --verbose"),
+        ("dagster asset materialize --asset-key a/b", "dagster asset materialize --asset-key a/b"),
+    ],
+)
+def test_command_line_flags_with_a_secret_name_are_masked(text, shown):
+    assert masked(text) == shown
+
+
+def test_a_command_given_as_a_list_hides_the_value_after_a_secret_flag():
+    """A pod's command or args (dagster-k8s/config) is a list: the value is the next item."""
+    assert masked({"args": ["run", "--db-password", "hunter2", "--n", "3"]}) == {
+        "args": ["run", "--db-password", MASK, "--n", "3"]
+    }
+    assert masked(["--token=abc", "--partition", "x"]) == [f"--token={MASK}", "--partition", "x"]
+
+
+# Files whose raw INSERT is being changed elsewhere (the outbox's resend, on its own
+# branch): each should call audit.record; remove it from here when it does.
+_PENDING_RAW_INSERTS = {"outbox/operator.py"}
+
+
+def test_every_entry_is_written_the_one_way():
+    """Only audit.py inserts into ops.audit_log, so every entry is masked and capped."""
+    import re
+    from pathlib import Path
+
+    import mm_orchestration
+
+    root = Path(mm_orchestration.__file__).parent
+    raw = re.compile(r"INSERT\s+INTO\s+ops\.audit_log", re.IGNORECASE)
+    writers = {
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if raw.search(path.read_text(encoding="utf-8"))
+    }
+    assert writers - _PENDING_RAW_INSERTS == {"audit.py"}

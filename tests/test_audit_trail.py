@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
@@ -36,8 +37,8 @@ def test_one_sydney_day_with_counts_table_and_filtered_csv(conn, portal_db, job_
     metadata = materialization.metadata
     assert metadata["entries"].value == 3 and metadata["people"].value == 2
     assert metadata["refused"].value == 1
-    assert "olivia@mm.example: 2" in metadata["by_person"].value
-    assert "launch_run: 2" in metadata["by_action"].value
+    assert "olivia\\@mm.example: 2" in metadata["by_person"].value  # escaped: no mailto link
+    assert "launch\\_run: 2" in metadata["by_action"].value
     assert metadata["download_csv"].value.endswith("/audit-trail.csv?day=2026-11-27")
     assert "\\|" in metadata["entries_preview"].value  # a pipe in a name keeps the table whole
 
@@ -48,3 +49,57 @@ def test_one_sydney_day_with_counts_table_and_filtered_csv(conn, portal_db, job_
         audit_trail.entries(conn, audit_trail.Filter.for_day(DAY, "Australia/Sydney"))
     ).decode()
     assert "\"'=cmd|' /C calc'!A0\"" in csv  # a formula is text in a spreadsheet
+
+
+def test_a_cut_trail_says_so_and_how_to_narrow_it(conn, portal_db, job_settings, monkeypatch):
+    """More entries than one download holds: the CSV ends with a row saying so, and the
+    asset's metadata says it too, never a silent cut."""
+    at = datetime(2026, 11, 27, 9, 0, tzinfo=SYDNEY)
+    for i in range(3):
+        entry(conn, f"p{i}@mm.example", "launch_run", at)
+    day = audit_trail.Filter.for_day(DAY, "Australia/Sydney")
+    found = audit_trail.read(conn, day, limit=2)
+    assert found.truncated and len(found.frame) == 2
+    assert found.note is not None and "person=" in found.note and "since=" in found.note
+    rows = audit_trail.as_csv(found.frame, found.note).decode().splitlines()
+    assert len(rows) == 4 and '"[truncated]"' in rows[-1] and "only the first 2" in rows[-1]
+    whole = audit_trail.read(conn, day, limit=3)
+    assert not whole.truncated and whole.note is None
+
+    monkeypatch.setattr(audit_trail, "MAX_ROWS", 2)
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [audit_trail_asset],
+            partition_key=DAY.isoformat(),
+            instance=instance,
+            resources={"portal_db": portal_db, "job_settings": job_settings},
+        )
+    (materialization,) = result.asset_materializations_for_node("ops__audit_trail")
+    assert materialization.metadata["truncated"].value is True
+    assert "only the first 2" in materialization.metadata["narrow"].value
+
+
+def test_the_preview_renders_no_markdown_anyone_sent(conn, portal_db, job_settings):
+    at = datetime(2026, 11, 27, 9, 0, tzinfo=SYDNEY)
+    entry(
+        conn,
+        "[click](http://evil.example)",
+        "launch_run",
+        at,
+        target="![x](http://t.example/p.png)",
+    )
+    entry(conn, "<img src=x onerror=alert(1)>", "**bold**", at)
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [audit_trail_asset],
+            partition_key=DAY.isoformat(),
+            instance=instance,
+            resources={"portal_db": portal_db, "job_settings": job_settings},
+        )
+    (materialization,) = result.asset_materializations_for_node("ops__audit_trail")
+    metadata = materialization.metadata
+    shown = metadata["entries_preview"].value + metadata["by_person"].value
+    shown += metadata["by_action"].value
+    assert "[click](" not in shown and "\\[click\\]" in shown
+    assert "![x](" not in shown and "**bold**" not in shown and "nan" not in shown
+    assert re.search(r"(?<!\\)<img", shown) is None and "\\<img" in shown

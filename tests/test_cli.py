@@ -81,6 +81,11 @@ def test_run_share_link_expiry_is_recorded_in_the_instance(dagster_env, conn, tm
         "succeeded",
         "cli",
     )
+    # Who really ran it, beside the --actor anyone may type.
+    (os_user,) = conn.execute(
+        "SELECT details->>'os_user' FROM ops.audit_log WHERE action = 'launch_run'"
+    ).fetchone()
+    assert os_user
     with DagsterInstance.get() as instance:
         run = instance.get_run_by_id(run_id)
         assert run is not None and run.status == DagsterRunStatus.SUCCESS
@@ -93,6 +98,17 @@ def test_run_share_link_expiry_is_recorded_in_the_instance(dagster_env, conn, tm
 def test_dagster_name_and_force_are_accepted(dagster_env, conn):
     proc = mm_jobs(dagster_env, "run", "share_link_expiry", "--force")
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("actor", ["ann\nforged line", "ann\x1b[31m", "x" * 255, " "])
+def test_an_actor_that_is_not_one_visible_line_is_refused(actor):
+    """--actor is what the audit shows as the person: a newline or a control character
+    could forge a line of a listing, so the command stops before anything happens."""
+    from mm_orchestration.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["run", "share-link-expiry", "--actor", actor])
+    assert stopped.value.code == 2
 
 
 def test_unknown_job_lists_known_ones(dagster_env):

@@ -127,6 +127,9 @@ PROXY = {"MM_CONSOLE_TRUSTED_PROXIES": "127.0.0.1"}
         ("admin: [ann@x.io@evil.io]\n", "is not a person as the proxy names them"),
         ("viewer: ['*@x..io']\n", "is not a person as the proxy names them"),
         ("viewer: ['*@*.io']\n", "is not a person as the proxy names them"),
+        ("? [a, b]\n: [ann@x.io]\n", "line 1 has a list or mapping as a key"),
+        ("superuser: []\nadmin: [ann@x.io]\n", "'superuser' is not a role"),
+        ("1: [ann@x.io]\n", "'1' is not a role"),
     ],
 )
 def test_a_roles_file_that_could_be_misread_is_refused_at_start(tmp_path, text, problem):
@@ -138,12 +141,19 @@ def test_a_roles_file_that_could_be_misread_is_refused_at_start(tmp_path, text, 
         ConsoleAccess.from_env({**PROXY, "MM_CONSOLE_ROLES_FILE": str(roles_file)})
 
 
-@pytest.mark.parametrize("proxies", ["0.0.0.0/0", "::/0", "10.0.0.1, 0.0.0.0/1", "::ffff:0:0/96"])
+@pytest.mark.parametrize(
+    "proxies",
+    ["0.0.0.0/0", "::/0", "10.0.0.1, 0.0.0.0/1", "::ffff:0:0/96",
+     # IPv6 that stands for all of IPv4: NAT64, 6to4, IPv4-compatible.
+     "64:ff9b::/96", "2002::/16", "::/96", "64:ff9b:1::/48"],
+)  # fmt: skip
 def test_trusting_everyone_as_the_proxy_is_refused(proxies):
     with pytest.raises(SettingsError, match="MM_CONSOLE_TRUSTED_PROXIES: .*trusts far more"):
         ConsoleAccess.from_env({"MM_CONSOLE_TRUSTED_PROXIES": proxies})
     # A site's own ranges are fine.
-    ConsoleAccess.from_env({"MM_CONSOLE_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8, ::ffff:10.0.0.1"})
+    ConsoleAccess.from_env(
+        {"MM_CONSOLE_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8, ::ffff:10.0.0.1, 2002:a00::/24, ::1"}
+    )
 
 
 @pytest.mark.parametrize(
@@ -455,6 +465,8 @@ def test_control_tags_from_the_client_are_dropped(console):
         {"key": "mm/trigger", "value": "schedule"},
         {"key": "MM/Actor ", "value": "mallory"},
         {"key": "dagster/schedule_name", "value": "share_link_expiry_schedule"},
+        {"key": "dagster/priority", "value": "99"},
+        {"key": "dagster-k8s/config", "value": '{"container_config": {"image": "evil"}}'},
         {"key": "team", "value": "post-production"},
     ]
     result = gql(console, OPERATOR, LAUNCH, {"p": launch_params("share_link_expiry", forged)})
@@ -463,6 +475,10 @@ def test_control_tags_from_the_client_are_dropped(console):
     assert tags["mm/actor"] == OPERATOR and tags["team"] == "post-production"
     assert tags.get("mm/trigger") != "schedule" and tags.get("mm/window") != forged[0]["value"]
     assert "dagster/schedule_name" not in tags and "MM/Actor " not in tags
+    # Dagster's own namespaces are an admin's: priority, and the pod the run gets.
+    assert "dagster/priority" not in tags and "dagster-k8s/config" not in tags
+    (entry,) = console.audit("run_id = %s", [run["runId"]])
+    assert "dagster-k8s/config" in entry["details"]["dropped_tags"]
 
 
 def test_another_sites_page_cannot_act_as_the_person(console):
@@ -618,8 +634,9 @@ def test_reports_and_the_audit_trail_download_as_the_person(console):
     assert [(e["actor"], e["target"], e["outcome"]) for e in downloads] == [
         (VIEWER, "residency report 2026-11-23 (csv)", "succeeded"),
         (VIEWER, "residency report 2026-11-23 (html)", "succeeded"),
-        (VIEWER, "residency/nope.csv", "failed: 404"),
+        (VIEWER, "residency/nope.csv", "failed"),
     ]
+    assert downloads[2]["details"]["status"] == 404  # the status in the details
     assert downloads[0]["details"]["partitions"] == ["2026-11-23"]
     assert downloads[0]["details"]["object_key"] == "residency/2026-W48.csv"
     status, body, headers = curl(
@@ -919,7 +936,7 @@ mutation($l: [ExecutionParams!]!) { launchMultipleRuns(executionParamsList: $l) 
 def test_each_run_of_a_batch_launch_has_its_own_entry_with_its_run_id(console):
     """The reconciling sensor adds an entry for a manual run no entry names: a batch's
     runs each carry theirs, so none is audited twice."""
-    from mm_orchestration.sensors.run_alerts import AUDIT_ONCE
+    from mm_orchestration.audit import record_once_per_run
 
     batch = [launch_params("share_link_expiry"), launch_params("notification_digest")]
     answer = gql(console, OPERATOR, LAUNCH_MANY, {"l": batch})["data"]["launchMultipleRuns"]
@@ -931,16 +948,7 @@ def test_each_run_of_a_batch_launch_has_its_own_entry_with_its_run_id(console):
         assert entry["details"]["mutation"] == "launchMultipleRuns"
     with psycopg.connect(console.database_url, autocommit=True) as conn:
         for run_id in runs:
-            reconciled = conn.execute(
-                AUDIT_ONCE,
-                {
-                    "actor": "x",
-                    "job": "x",
-                    "run_id": run_id,
-                    "details": psycopg.types.json.Jsonb({}),
-                },
-            ).rowcount
-            assert reconciled == 0
+            assert not record_once_per_run(conn, "x", "manual_run", "x", run_id, {})
     # A batch with the drill in it is refused whole, each run's refusal audited.
     batch = [launch_params("share_link_expiry"), launch_params("backup_verify")]
     answer = gql(console, OPERATOR, LAUNCH_MANY, {"l": batch})["data"]["launchMultipleRuns"]
@@ -1013,3 +1021,39 @@ def test_the_local_stacks_take_any_loopback_spelling_for_their_links(monkeypatch
     assert os.environ["MM_REPORTS_URL"] == url
     assert Settings.from_env(dict(os.environ)).reports_url.rstrip("/") == url
     assert args.host in ("127.0.0.1", "::1")
+
+
+def test_requests_the_gate_cannot_read_are_refused_and_audited_never_a_500(console):
+    """A run config YAML cannot build (a month 13) and a parent run id with a NUL make
+    reading them raise: a clear GraphQL answer and a `refused` entry, no stack trace.
+    `mutation { __typename }` changes nothing and answers."""
+    params = launch_params("share_link_expiry")
+    params["runConfigData"] = "ops:\n  x:\n    config:\n      note: 2026-13-45\n"
+    status, body, _ = curl(console.port, "/graphql", OPERATOR,
+                           {"query": LAUNCH, "variables": {"p": params}})  # fmt: skip
+    assert status == 200, body[:500]
+    answer = json.loads(body)["data"]["launchPipelineExecution"]
+    assert answer["__typename"] == "PythonError"
+    assert "the run config could not be read (ValueError" in answer["message"]
+    reexecute = """mutation($p: ReexecutionParams!) { launchRunReexecution(reexecutionParams: $p) {
+      __typename ... on PythonError { message } } }"""
+    status, body, _ = curl(
+        console.port,
+        "/graphql",
+        OPERATOR,
+        {
+            "query": reexecute,
+            "variables": {"p": {"parentRunId": "a\u0000b", "strategy": "ALL_STEPS"}},
+        },
+    )
+    assert status == 200, body[:500]
+    answer = json.loads(body)["data"]["launchRunReexecution"]
+    assert "could not be judged" in answer["message"] and "Traceback" not in body.decode()
+    refused = console.audit(
+        "outcome = 'refused' AND (details->>'refusal' LIKE %s OR details->>'refusal' LIKE %s)",
+        ["the run config could not be read%", "the request could not be judged%"],
+    )
+    assert {e["action"] for e in refused} == {"launch_run", "reexecute_run"}
+    assert all(e["actor"] == OPERATOR for e in refused)
+    status, body, _ = curl(console.port, "/graphql", VIEWER, {"query": "mutation { __typename }"})
+    assert status == 200 and json.loads(body)["data"] == {"__typename": "Mutation"}

@@ -163,8 +163,22 @@ def test_cli_list_show_requeue_discard(conn, database_url, tmp_path):
     assert cli("discard", str(b), "--reason", "test data", "--actor", "olivia").returncode == 0
     assert cli("discard", str(b)).returncode == 2  # --reason is required
     assert cli("show", "999999").returncode == 1
-    audit = conn.execute("SELECT actor, action FROM ops.audit_log ORDER BY id").fetchall()
-    assert audit == [("olivia", "dlq_requeue"), ("olivia", "dlq_discard")]
+    # A failed attempt is audited too; an actor that could forge a line is refused.
+    assert cli("requeue", "999999", "--actor", "olivia").returncode == 1
+    forged = cli("requeue", str(a), "--actor", "olivia\n2026-11-30 mallory")
+    assert forged.returncode == 2 and "--actor: must be a person's name" in forged.stderr
+    assert cli("requeue", str(a), "--actor", "x" * 300).returncode == 2
+    audit = conn.execute(
+        "SELECT actor, action, outcome, details FROM ops.audit_log ORDER BY id"
+    ).fetchall()
+    assert [a[:3] for a in audit] == [
+        ("olivia", "dlq_requeue", "succeeded"),
+        ("olivia", "dlq_discard", "succeeded"),
+        ("olivia", "dlq_requeue", "failed"),
+    ]
+    # Who really ran it, beside the --actor anyone may type.
+    assert all(a[3]["os_user"] for a in audit)
+    assert "unknown id" in audit[2][3]["error"] and audit[2][3]["ids"] == [999999]
     assert (
         conn.execute("SELECT status FROM portal.mux_webhook_dlq WHERE id = %s", [a]).fetchone()[0]
         == "pending"
@@ -265,9 +279,13 @@ def test_poison_letters_can_be_shown_listed_and_discarded(conn, database_url):
         assert isinstance(show_row(conn, dlq_id)["payload"], str)  # kept as stored text
         discard(conn, dlq_id, "poison", "olivia")
     audit = conn.execute(
-        "SELECT details->'payload'->>'type' FROM ops.audit_log WHERE action = 'dlq_discard'"
+        "SELECT details FROM ops.audit_log WHERE action = 'dlq_discard' ORDER BY id"
     ).fetchall()
-    assert audit == [("video.asset.ready",), ("video.asset.ready",)]
+    assert [d["event_type"] for (d,) in audit] == ["video.asset.ready"] * 2
+    # What Python cannot decode (too deep, a 5,001-digit number) is kept as text, capped
+    # with a marker as any text is.
+    assert isinstance(audit[0][0]["payload"], str) and "tracks" in audit[0][0]["payload"]
+    assert audit[1][0]["payload"].endswith("more characters]")
 
     env = {**os.environ, "DATABASE_URL": database_url}
     listed = subprocess.run([MM_JOBS, "dlq", "list"], env=env, capture_output=True, text=True,
@@ -316,3 +334,25 @@ def test_a_failure_summary_masks_a_quoted_password():
     assert error_line(error) == (
         "OperationalError: connection to postgresql://jobs:***@db/portal failed"
     )
+
+
+def test_a_discarded_letters_payload_is_audited_masked_and_capped(conn):
+    """The entry of a discard goes the one way every entry goes: a secret in the payload is
+    masked, and a huge one is cut with a marker."""
+    from mm_orchestration.jobs.dlq_operations import discard
+
+    payload = {"type": "video.asset.ready", "data": {"signing_key": "sk-live", "notes": "n" * 9000}}
+    conn.execute(
+        "INSERT INTO portal.mux_webhook_dlq (event_id, event_type, payload, status) "
+        "VALUES ('evt-s', 'video.asset.ready', %s::jsonb, 'dead') RETURNING id",
+        [json.dumps(payload)],
+    )
+    (dlq_id,) = conn.execute("SELECT id FROM portal.mux_webhook_dlq").fetchone()
+    discard(conn, dlq_id, "test", "olivia", os_user="olivia")
+    (details,) = conn.execute(
+        "SELECT details FROM ops.audit_log WHERE action = 'dlq_discard'"
+    ).fetchone()
+    assert details["payload"]["data"]["signing_key"] == "***"
+    assert "sk-live" not in json.dumps(details)
+    assert details["payload"]["data"]["notes"].endswith("[truncated: 5000 more characters]")
+    assert details["os_user"] == "olivia"

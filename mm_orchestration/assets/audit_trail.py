@@ -11,6 +11,7 @@ console's CSV download of that day (all of it, or one person or action: add
 from datetime import date
 from urllib.parse import urlencode
 
+import pandas as pd
 from dagster import (
     AssetExecutionContext,
     DailyPartitionsDefinition,
@@ -24,6 +25,7 @@ from dagster import (
 
 from mm_orchestration import audit_trail as trail
 from mm_orchestration.resources import JobSettings, PortalDatabase
+from mm_orchestration.text import markdown_cell, markdown_table
 
 SYDNEY = "Australia/Sydney"
 PREVIEW_ROWS = 200
@@ -31,9 +33,9 @@ PREVIEW_ROWS = 200
 audit_trail_days = DailyPartitionsDefinition(start_date="2026-01-01", timezone=SYDNEY, end_offset=0)
 
 
-def _cell(value: object) -> str:
-    """Markdown-table-safe text (a pipe or a newline would break the table)."""
-    return str(value).replace("|", "\\|").replace("\n", " ")[:120]
+def _text(value: object) -> str:
+    """A column's text; an empty column (None, or pandas' NaN for it) is blank."""
+    return "" if value is None or pd.isna(value) else str(value)  # type: ignore[call-overload]
 
 
 @asset(
@@ -49,38 +51,43 @@ def audit_trail(
     portal_db.require("ops.audit_log")
     day = date.fromisoformat(context.partition_key)
     with portal_db.connection() as conn:
-        frame = trail.entries(conn, trail.Filter.for_day(day, SYDNEY))
+        found = trail.read(conn, trail.Filter.for_day(day, SYDNEY))
+    frame = found.frame
     by_person = frame.groupby(frame["actor"]).size().sort_values(ascending=False)
     by_action = frame.groupby(frame["action"]).size().sort_values(ascending=False)
     refused = int((frame["outcome"] == "refused").sum()) if not frame.empty else 0
-    table = [
-        "| time (UTC) | person | role | action | target | outcome |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in frame.head(PREVIEW_ROWS).to_dict("records"):
-        cells = (
-            row["occurred_at"].strftime("%H:%M:%S"),
-            row["actor"],
-            row["role"] or "",
-            row["action"],
-            row["target"] or row["job_name"] or "",
-            row["outcome"] or "",
-        )
-        table.append("| " + " | ".join(_cell(v) for v in cells) + " |")
+    # Every cell escaped (markdown_cell): a person, a target or an action is text anyone
+    # could have sent, and must not render as a link, an image or HTML on this page.
+    table = markdown_table(
+        ["time (UTC)", "person", "role", "action", "target", "outcome"],
+        [
+            (
+                row["occurred_at"].strftime("%H:%M:%S"),
+                _text(row["actor"]),
+                _text(row["role"]),
+                _text(row["action"]),
+                _text(row["target"]) or _text(row["job_name"]),
+                _text(row["outcome"]),
+            )
+            for row in frame.head(PREVIEW_ROWS).to_dict("records")
+        ],
+    )
     base = job_settings.reports_url.rstrip("/")
     download = f"{base}/audit-trail.csv?{urlencode({'day': day.isoformat()})}"
     return MaterializeResult(
         metadata={
             "entries": MetadataValue.int(len(frame)),
+            "truncated": MetadataValue.bool(found.truncated),
+            **({"narrow": MetadataValue.text(found.note)} if found.note else {}),
             "people": MetadataValue.int(len(by_person)),
             "refused": MetadataValue.int(refused),
             "by_person": MetadataValue.md(
-                "\n".join(f"- {_cell(k)}: {v}" for k, v in by_person.items()) or "nobody"
+                "\n".join(f"- {markdown_cell(k)}: {v}" for k, v in by_person.items()) or "nobody"
             ),
             "by_action": MetadataValue.md(
-                "\n".join(f"- {_cell(k)}: {v}" for k, v in by_action.items()) or "nothing"
+                "\n".join(f"- {markdown_cell(k)}: {v}" for k, v in by_action.items()) or "nothing"
             ),
-            "entries_preview": MetadataValue.md("\n".join(table)),
+            "entries_preview": MetadataValue.md(table),
             "download_csv": MetadataValue.url(download),
             "filter_hint": MetadataValue.text(
                 "Add &person=<email> or &action=<action> to the download link to filter it."

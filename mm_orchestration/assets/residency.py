@@ -39,7 +39,7 @@ from dagster import (
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from mm_orchestration import inventory, spreadsheets
+from mm_orchestration import audit, inventory, spreadsheets
 from mm_orchestration.outbox import Renderer, conclude, deliver_pending, enqueue, finished_runs
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Attachment, Email
@@ -519,23 +519,16 @@ def rewrite_legacy_uris(conn: psycopg.Connection, store: ReportStore, run_id: st
                 ).format(col=sql.Identifier(column)),
                 [uri, week, ref],
             )
-            conn.execute(
-                """INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
-                   VALUES ('residency_report', 'residency_report_uri_rewritten', %s, %s, %s)""",
-                [
-                    SPEC.dagster_name,
-                    run_id,
-                    Jsonb(
-                        {
-                            "week_start": week.isoformat(),
-                            "column": column,
-                            "from": ref,
-                            "to": uri,
-                            "sha256": sha,
-                        }
-                    ),
-                ],
-            )
+            audit.record(
+                conn,
+                "residency_report",
+                "residency_report_uri_rewritten",
+                SPEC.dagster_name,
+                run_id,
+                {"week_start": week.isoformat(), "column": column, "from": ref, "to": uri,
+                 "sha256": sha},
+                outcome="succeeded",
+            )  # fmt: skip
             found.rewritten += 1
     return found
 

@@ -210,13 +210,24 @@ def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
     return tuple(networks)
 
 
+# IPv6 ranges that stand for IPv4 addresses, each with where its IPv4 part starts: an entry
+# there is judged as the IPv4 network it covers (64:ff9b::/96 is all of IPv4 via NAT64).
+_IPV4_IN_IPV6 = (
+    (ipaddress.IPv6Network("::ffff:0:0/96"), 96),  # IPv4-mapped
+    (ipaddress.IPv6Network("::/96"), 96),  # IPv4-compatible (deprecated, still parsed)
+    (ipaddress.IPv6Network("64:ff9b::/96"), 96),  # NAT64, well-known prefix
+    (ipaddress.IPv6Network("64:ff9b:1::/48"), 96),  # NAT64, local-use
+    (ipaddress.IPv6Network("2002::/16"), 16),  # 6to4: the IPv4 address follows the prefix
+)
+
+
 def _too_wide(network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    """Wider than any one site's own network; IPv4 written as IPv6 (::ffff:0:0/96) is
-    judged as the IPv4 network it is."""
+    """Wider than any one site's own network; IPv4 written as IPv6 (mapped, compatible,
+    NAT64, 6to4) is judged as the IPv4 network it covers."""
     if isinstance(network, ipaddress.IPv6Network):
-        mapped = ipaddress.IPv6Network("::ffff:0:0/96")
-        if network.overlaps(mapped) and network.prefixlen < 96 + _WIDEST[4]:
-            return True
+        for embedding, offset in _IPV4_IN_IPV6:
+            if network.overlaps(embedding) and network.prefixlen < offset + _WIDEST[4]:
+                return True
     return network.prefixlen < _WIDEST[network.version]
 
 
@@ -272,8 +283,17 @@ def _roles_file(path: str) -> dict[str, str]:
         raise SettingsError(
             f"{setting}={path}: {exc}; YAML would keep only the last: merge them into one"
         ) from None
+    except _ComplexKey as exc:
+        raise SettingsError(f"{setting}={path}: {exc} ({', '.join(ROLES)})") from None
     except yaml.YAMLError as exc:
         raise SettingsError(f"{setting}={path}: is not YAML ({str(exc)[:300]})") from None
+    if isinstance(data, dict):
+        unknown = [r for r in data if not isinstance(r, str) or r.strip().lower() not in ROLES]
+        if unknown:
+            raise SettingsError(
+                f"{setting}={path}: {str(unknown[0])[:60]!r} is not a role; the roles are "
+                f"{', '.join(ROLES)} (each with a list of people)"
+            )
     if not isinstance(data, dict) or not all(
         isinstance(v, list | type(None)) for v in data.values()
     ):
@@ -306,6 +326,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[Any, int] = {}
         for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                # `? [a, b]`: a list or mapping as a key names no role (and no person).
+                raise _ComplexKey(
+                    f"line {key_node.start_mark.line + 1} has a list or mapping as a key; "
+                    "keys are role names"
+                )
             key = self.construct_object(key_node, deep=deep)
             line = key_node.start_mark.line + 1
             if key in seen:
@@ -315,6 +341,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _ComplexKey(yaml.YAMLError):
     pass
 
 

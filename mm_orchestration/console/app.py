@@ -43,6 +43,7 @@ from mm_orchestration.console.gate import (
     AuditUnavailable,
     ConsoleAudit,
     ConsoleGate,
+    ConsoleRefusal,
     ended_by,
 )
 from mm_orchestration.db import connect
@@ -215,6 +216,23 @@ class ConsoleWebserver(DagsterWebserver):
 
     # -- GraphQL over HTTP: one operation per request ----------------------------------
 
+    def handle_graphql_errors(self, errors: Any) -> list[Any]:
+        """Dagster's error list, but the gate's refusals carry their message alone: a
+        refusal is no server fault, and its trace would show the gate's code."""
+        refusals = [e for e in errors if isinstance(e.original_error, ConsoleRefusal)]
+        others = [e for e in errors if not isinstance(e.original_error, ConsoleRefusal)]
+        formatted = list(super().handle_graphql_errors(others)) if others else []
+        return [e.formatted for e in refusals] + formatted
+
+    def _determine_status_code(self, resolver_errors: Any, captured_errors: Any) -> int:
+        """A refusal is the client's error (400), not the server's (500)."""
+        if resolver_errors:
+            resolver_errors = [
+                GraphQLError(e.message) if isinstance(e.original_error, ConsoleRefusal) else e
+                for e in resolver_errors
+            ]
+        return int(super()._determine_status_code(resolver_errors, captured_errors))
+
     async def graphql_http_endpoint(self, request: Request) -> Response:
         """Dagster's endpoint, but a body that is not one operation (a batch, a JSON
         array; a query that is not text; variables that are not an object) is refused
@@ -328,11 +346,12 @@ class ConsoleWebserver(DagsterWebserver):
                 self._audit_log.write,
                 identity,
                 "download_report",
-                "succeeded" if found.status == 200 else f"failed: {found.status}",
+                "succeeded" if found.status == 200 else "failed",
                 target,
                 {
                     "via": "rest GET",
                     "object_key": key,
+                    "status": found.status,
                     **(
                         {"reports": [report["report"]], "partitions": [report["partition"]]}
                         if report
@@ -376,22 +395,24 @@ class ConsoleWebserver(DagsterWebserver):
         except AuditUnavailable as exc:
             return PlainTextResponse(str(exc), status_code=503)
 
-        def read() -> bytes:
+        def read() -> audit_trail.Entries:
             with connect(self._audit_log.database_url) as conn:
-                return audit_trail.as_csv(audit_trail.entries(conn, wanted))
+                return audit_trail.read(conn, wanted)
 
         try:
-            body = await _in_thread(read)
+            found = await _in_thread(read)
+            body = audit_trail.as_csv(found.frame, found.note)
         except BaseException as exc:
             self._audit_log.settle(entry, *ended_by(exc))  # not in a thread: we may be cancelled
             raise
-        await _in_thread(self._audit_log.settle, entry, "succeeded", None, {"status": 200})
+        result = {"status": 200, "rows": len(found.frame), "truncated": found.truncated}
+        await _in_thread(self._audit_log.settle, entry, "succeeded", None, result)
         name = f"audit-trail-{wanted.since.date()}-{wanted.until.date()}.csv"
-        return Response(
-            body,
-            media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="{name}"'},
-        )
+        headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+        if found.truncated:
+            # A cut download says so where a script looks, and in its last row.
+            headers["X-Audit-Trail-Truncated"] = f"first {len(found.frame)} entries; narrow it"
+        return Response(body, media_type="text/csv; charset=utf-8", headers=headers)
 
 
 _NAME = re.compile(r"^[A-Za-z0-9._%+\-@:*]{1,254}$")
@@ -498,7 +519,38 @@ identity proxy; this console stores no passwords.</p></body></html>
 """
 
 
-def _cross_site(scope: Scope, headers: dict[str, str]) -> bool:
+def _local_host_problem(scope: Scope, headers: dict[str, str]) -> str | None:
+    """Why a request may not reach the development console (None: it may). Its identity is
+    whoever runs it, so only the loopback names may address it: a page of another site
+    that points its own name at 127.0.0.1 (DNS rebinding) is same-origin to the browser,
+    Origin and all, and only the Host it sends gives it away."""
+    from mm_orchestration.console.serve import loopback_address
+
+    host = headers.get("host", "")
+    parts = urlsplit(f"//{host}")
+    try:
+        name, port = parts.hostname or "", parts.port
+    except ValueError:  # a port that is not one
+        name, port = "", None
+    server = scope.get("server")
+    expected = server[1] if server and len(server) > 1 else None
+    if port is None:
+        port = 443 if scope.get("scheme") in ("https", "wss") else 80
+    if not host or "@" in host or loopback_address(name) is None:
+        return (
+            f"the development console answers only to its loopback address (localhost, "
+            f"127.0.0.1 or [::1]), not to {html.escape(host[:100]) or 'no Host'}: open it as "
+            f"http://localhost:{expected or 'PORT'}/"
+        )
+    if expected is not None and port != expected:
+        return (
+            f"the development console listens on port {expected}, not {port}: open it as "
+            f"http://localhost:{expected}/"
+        )
+    return None
+
+
+def _cross_site(scope: Scope, headers: dict[str, str], local: bool = False) -> bool:
     """A request that changes or may change something (anything but GET, HEAD, OPTIONS; a
     websocket) sent by another site's page: browsers name the page's origin in `Origin`
     on every such request, `no-cors` fetches and form posts included. A request without
@@ -508,7 +560,9 @@ def _cross_site(scope: Scope, headers: dict[str, str]) -> bool:
     origin = headers.get("origin")
     if origin is None:
         return False
-    host = headers.get("x-forwarded-host") or headers.get("host") or ""
+    # No proxy in development: a forwarding header there is the client's own.
+    forwarded = None if local else headers.get("x-forwarded-host")
+    host = forwarded or headers.get("host") or ""
     return urlsplit(origin).netloc.lower() != host.split(",")[0].strip().lower()
 
 
@@ -527,6 +581,14 @@ class IdentityFront:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
+        raw_headers = scope.get("headers", [])
+        if self.access.mode == "local":
+            problem = _local_host_problem(
+                scope, {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
+            )
+            if problem:
+                await self._refuse(scope, receive, send, 421, "Refused: not this console", problem)
+                return
         raw = [
             (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", [])
         ]
@@ -550,7 +612,7 @@ class IdentityFront:
                 "console, or one whose identity header did not come from the proxy, is refused.",
             )
             return
-        if _cross_site(scope, headers):
+        if _cross_site(scope, headers, local=self.access.mode == "local"):
             await self._refuse(
                 scope,
                 receive,

@@ -13,7 +13,12 @@ field it
    happens; if that write fails, nothing happens (no unaudited action);
 3. refuses (the entry says `refused`) with an error the UI shows, or passes the mutation
    on; a launch carries the person as the run's `mm/actor` tag, replacing whatever the
-   client sent; the entry then records how it ended and the run id.
+   client sent, and only an admin's keeps tags of Dagster's namespaces (`dagster/...`,
+   `dagster-k8s/config`: the run's priority, runtime, pod); the entry then records how it
+   ended and the run id.
+
+A mutation whose arguments cannot even be read to judge it (run config YAML that cannot
+be built, a run id PostgreSQL refuses) is refused and audited like any other refusal.
 
 Mutations must arrive as a POST of JSON (or application/graphql): a GET or a form POST
 is what a page on another site can make a signed-in browser send, so those are refused
@@ -32,6 +37,11 @@ from typing import Any
 
 import psycopg
 import yaml
+from dagster._core.storage.tags import (
+    HIDDEN_TAG_PREFIX,
+    MULTIDIMENSIONAL_PARTITION_PREFIX,
+    SYSTEM_TAG_PREFIX,
+)
 from graphql import GraphQLError, GraphQLResolveInfo, OperationType, get_named_type
 from graphql.type import GraphQLInputObjectType, GraphQLUnionType
 
@@ -61,6 +71,16 @@ _PARTITION_TAGS = (
     "dagster/asset_partition_range_start",
     "dagster/asset_partition_range_end",
 )
+# Tag namespaces the system reads to run a run, so only an admin may set them: Dagster's
+# (`dagster/`: priority, max runtime, concurrency key, retries; `.dagster/`: pools), every
+# integration's that shares its name (`dagster-k8s/config` builds the run's pod: image,
+# command, service account; `dagster-celery/...`), and ours (`mm/`: actor, window,
+# trigger). Dagster names its two prefixes; the integrations' all start with its name.
+_RESERVED_PREFIXES = (
+    SYSTEM_TAG_PREFIX.rstrip("/"),  # "dagster": dagster/, dagster-k8s/, dagster-celery...
+    HIDDEN_TAG_PREFIX.rstrip("/"),  # ".dagster"
+    "mm/",
+)
 
 
 # Backfills whose runs carry the tags given with them.
@@ -69,6 +89,15 @@ _BACKFILLS = frozenset({"launchPartitionBackfill", "reexecutePartitionBackfill"}
 
 class AuditUnavailable(RuntimeError):
     """The audit entry could not be written, so the action is not performed."""
+
+
+class ConsoleRefusal(GraphQLError):
+    """A refusal of a mutation whose type has no error to carry it: answered as a client
+    error with its message alone (no stack trace: it is no fault of the server)."""
+
+
+class Unjudgeable(ValueError):
+    """A request the gate cannot read well enough to judge: refused with this message."""
 
 
 @dataclass
@@ -523,12 +552,47 @@ def keep_resources_as_defined(args: dict[str, Any]) -> None:
                 config = yaml.safe_load(config)
             except yaml.YAMLError:
                 config = None
+            except (ValueError, TypeError, RecursionError, OverflowError) as exc:
+                # YAML that parses but cannot be built (a date such as 2026-13-45, nesting
+                # deeper than Python recurses): its resources cannot be seen, so it is not
+                # run; Dagster would fail on it too.
+                raise Unjudgeable(
+                    f"the run config could not be read ({type(exc).__name__}: "
+                    f"{audit.masked_text(str(exc))[:200]}); correct it and launch again"
+                ) from None
             if not isinstance(config, dict):
                 # Text that does not read as a mapping is Dagster's to refuse; it cannot
                 # carry resources that YAML does not see.
                 continue
         if isinstance(config, dict) and "resources" in config:
             params["runConfigData"] = {k: v for k, v in config.items() if k != "resources"}
+
+
+def config_problem(args: dict[str, Any]) -> str | None:
+    """Why a launch's run config cannot be judged (None: it can, or Dagster refuses it
+    itself): checked before the entry is written, so the entry says `refused` and why."""
+    trial = {
+        "executionParamsList": [
+            {"runConfigData": (p or {}).get("runConfigData")}
+            for p in args.get("executionParamsList") or [args.get("executionParams")]
+        ]
+    }
+    try:
+        keep_resources_as_defined(trial)
+    except Unjudgeable as exc:
+        return str(exc)
+    return None
+
+
+def _unreadable(exc: BaseException) -> str:
+    """What a refusal of a request the gate could not read says (no stack trace: the
+    message may not quote what it read, which may be a secret)."""
+    if isinstance(exc, Unjudgeable):
+        return str(exc)
+    return (
+        f"the request could not be judged ({type(exc).__name__}), so nothing was done; check "
+        "its arguments (run ids, run config) and send it again"
+    )
 
 
 def _seed_name(job: str) -> str:
@@ -542,32 +606,65 @@ def _seed_name(job: str) -> str:
         return job
 
 
-def stamp_actor(field_name: str, args: dict[str, Any], person: str) -> None:
-    """Make the person the run's `mm/actor`, and drop every control tag the client sent
-    (`mm/...`: the ledger's window and trigger, the CLI's pid; the schedule, sensor and
-    backfill tags Dagster itself sets), in any case or spacing: only partition tags and
-    the client's own labels pass."""
-    mine = {"key": ACTOR_TAG, "value": person}
+def _tag_key(key: Any) -> str:
+    """A tag's name as a reader may take it: case and surrounding spaces do not matter."""
+    return str(key).strip().lower()
 
-    def control(key: Any) -> bool:
-        name = str(key).strip().lower()
-        return name not in _PARTITION_TAGS and (
-            name.startswith("mm/") or name in _DAGSTER_CONTROL_TAGS
-        )
 
-    def stamped(tags: Any) -> list[Any]:
-        return [t for t in tags or [] if t and not control(t.get("key"))] + [mine]
+def _partition_tag(key: Any) -> bool:
+    """A partition tag, spelled exactly as Dagster reads it: which partition to run is the
+    launcher's choice, whatever their role."""
+    name = str(key)
+    return name in _PARTITION_TAGS or name.startswith(MULTIDIMENSIONAL_PARTITION_PREFIX)
 
+
+def reserved_tag(key: Any, admin: bool) -> bool:
+    """Whether a client-sent tag is the system's to set, not this person's: `mm/...` and
+    Dagster's schedule, sensor and backfill tags for everyone (the ledger's window and
+    trigger, a forged schedule); for anyone but an admin also every tag of Dagster's
+    namespaces (`dagster/priority`, `dagster/max_runtime`, `dagster-k8s/config`, ...).
+    Partition tags always pass."""
+    if _partition_tag(key):
+        return False
+    name = _tag_key(key)
+    if name.startswith("mm/") or name in _DAGSTER_CONTROL_TAGS:
+        return True
+    return not admin and name.startswith(_RESERVED_PREFIXES)
+
+
+def _tag_lists(args: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
+    """Every (holder, field) of a launch, a re-execution or a backfill that carries tags."""
     for params in args.get("executionParamsList") or [args.get("executionParams")]:
         if params is None:
             continue
-        metadata = params.get("executionMetadata") or {}
-        metadata["tags"] = stamped(metadata.get("tags"))
-        params["executionMetadata"] = metadata
+        if params.get("executionMetadata") is None:
+            params["executionMetadata"] = {}
+        yield params["executionMetadata"], "tags"
     if args.get("reexecutionParams") is not None:
-        args["reexecutionParams"]["extraTags"] = stamped(args["reexecutionParams"].get("extraTags"))
+        yield args["reexecutionParams"], "extraTags"
     if args.get("backfillParams") is not None:
-        args["backfillParams"]["tags"] = stamped(args["backfillParams"].get("tags"))
+        yield args["backfillParams"], "tags"
+
+
+def dropped_tags(args: dict[str, Any], admin: bool) -> list[str]:
+    """The tag names stamp_actor will drop, for the audit entry (written before)."""
+    names = {
+        str(t.get("key"))
+        for holder, name in _tag_lists(args)
+        for t in holder.get(name) or []
+        if t and reserved_tag(t.get("key"), admin)
+    }
+    return sorted(names)
+
+
+def stamp_actor(field_name: str, args: dict[str, Any], person: str, admin: bool = False) -> None:
+    """Make the person the run's `mm/actor`, and drop every reserved tag the client sent
+    (reserved_tag), in any case or spacing: a non-admin keeps only partition tags and
+    their own labels; an admin may also set Dagster's (the entry records them)."""
+    mine = {"key": ACTOR_TAG, "value": person}
+    for holder, name in _tag_lists(args):
+        kept = [t for t in holder.get(name) or [] if t and not reserved_tag(t.get("key"), admin)]
+        holder[name] = [*kept, mine]
 
 
 def _refusal(info: GraphQLResolveInfo, field_name: str, message: str) -> Any:
@@ -585,7 +682,7 @@ def _refusal(info: GraphQLResolveInfo, field_name: str, message: str) -> Any:
         )
     if "UnauthorizedError" in members:
         return GrapheneUnauthorizedError(message=message)
-    raise GraphQLError(message)
+    raise ConsoleRefusal(message)
 
 
 def _outcome(value: Any) -> tuple[str, str | None, dict[str, Any]]:
@@ -602,6 +699,12 @@ def _outcome(value: Any) -> tuple[str, str | None, dict[str, Any]]:
             message = getattr(value, "_message", None)
         # A DSN or a password may be quoted in a trace.
         result["message"] = audit.masked_text(str(message))[:2000] if message is not None else None
+        # Run config Dagster rejects says why in its errors, not in a message.
+        errors = [getattr(e, "message", None) for e in getattr(value, "errors", None) or []]
+        if errors:
+            result["errors"] = [audit.masked_text(str(e))[:500] for e in errors[:20] if e]
+            if result["message"] is None:
+                result["message"] = "; ".join(result["errors"])[:2000]
         return "failed", None, result
     backfill = getattr(value, "backfill_id", None) or getattr(value, "backfillId", None)
     if backfill:
@@ -627,10 +730,12 @@ def _transport_problem(source: Any) -> str | None:
 
 def ended_by(exc: BaseException) -> tuple[str, str | None, dict[str, Any]]:
     """The outcome of an action whose resolver raised: `failed` for an error, and
-    `interrupted` when it was cancelled (the client went away, the server is stopping),
-    which leaves open whether Dagster did it; never `allowed` for ever."""
-    outcome = "failed" if isinstance(exc, Exception) else "interrupted"
-    return outcome, None, {"error": type(exc).__name__}
+    `canceled` when it was cancelled (the client went away, the server is stopping), with
+    `interrupted` in the details, which leaves open whether Dagster did it; never
+    `allowed` for ever."""
+    if isinstance(exc, Exception):
+        return "failed", None, {"error": type(exc).__name__}
+    return "canceled", None, {"error": type(exc).__name__, "interrupted": True}
 
 
 def _outcomes(
@@ -654,20 +759,32 @@ class ConsoleGate:
     ) -> Any:
         if info.operation.operation != OperationType.MUTATION or info.path.prev is not None:
             return next_(root, info, **args)
+        if info.field_name.startswith("__"):  # `mutation { __typename }` changes nothing
+            return next_(root, info, **args)
         context = info.context
         source = getattr(context, "source", None)
         scope = getattr(source, "scope", {}) or {}
         identity: Identity | None = scope.get(IDENTITY_SCOPE_KEY)
         field_name = info.field_name
         definition = info.parent_type.fields.get(field_name)
-        decisions = decide_each(field_name, args, identity, context, definition)
+        try:
+            decisions = decide_each(field_name, args, identity, context, definition)
+            admin = identity is not None and identity.at_least("admin")
+            run = decisions[0][0].mutation.rule in ("launch", "reexecute")
+            unreadable = None if admin or not run else config_problem(args)
+        except Exception as exc:  # whatever it is, it is audited and refused
+            return self._unjudged(info, identity, field_name, args, source, exc)
         if all(d.mutation.rule == "free" for d, _ in decisions) and identity and identity.role:
             return next_(root, info, **args)
-        problem = _transport_problem(source)
+        problem = _transport_problem(source) or unreadable
         entries = []
         for decision, variables in decisions:
             if problem and decision.refusal is None:
                 decision.refusal = problem
+            if run or field_name in _BACKFILLS:
+                dropped = dropped_tags(variables, admin)
+                if dropped:
+                    decision.details["dropped_tags"] = dropped
             try:
                 entries.append(self._write(identity, field_name, decision, variables, source))
             except AuditUnavailable as exc:
@@ -678,11 +795,16 @@ class ConsoleGate:
         refusal = refusal or next(iter(refusals), None)
         if refusal:
             return _refusal(info, field_name, refusal)
-        if decisions[0][0].mutation.rule in ("launch", "reexecute") or field_name in _BACKFILLS:
+        if run or field_name in _BACKFILLS:
             assert identity is not None
-            stamp_actor(field_name, args, identity.person)
-            if not identity.at_least("admin"):
-                keep_resources_as_defined(args)
+            try:
+                stamp_actor(field_name, args, identity.person, admin)
+                if not admin:
+                    keep_resources_as_defined(args)
+            except Exception as exc:  # the entry must end, and say why
+                message = _unreadable(exc)
+                self._settle(entries, [("refused", None, {"refusal": message})] * len(entries))
+                return _refusal(info, field_name, message)
         try:
             result = next_(root, info, **args)
         except BaseException as exc:
@@ -692,6 +814,27 @@ class ConsoleGate:
             return self._settle_later(field_name, entries, result)
         self._settle(entries, _outcomes(field_name, result, len(entries)))
         return result
+
+    def _unjudged(
+        self,
+        info: GraphQLResolveInfo,
+        identity: Identity | None,
+        field_name: str,
+        args: dict[str, Any],
+        source: Any,
+        exc: Exception,
+    ) -> Any:
+        """A mutation the gate could not judge (its arguments made reading them raise):
+        refused, with an entry saying why, and a GraphQL error instead of a stack trace."""
+        mutation = MUTATIONS.get(field_name) or Mutation(f"unclassified:{field_name}", "admin")
+        message = _unreadable(exc)
+        decision = Decision(mutation, None, refusal=message)
+        decision.details["error"] = type(exc).__name__
+        try:
+            self._write(identity, field_name, decision, args, source)
+        except AuditUnavailable as unavailable:
+            message = str(unavailable)
+        return _refusal(info, field_name, message)
 
     def _write(
         self,

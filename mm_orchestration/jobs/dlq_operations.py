@@ -92,11 +92,13 @@ def requeue(
     actor: str,
     all_dead: bool = False,
     run_id: str | None = None,
+    os_user: str | None = None,
 ) -> list[int]:
     """Back to pending with attempts reset (and escalation re-armed). Returns the ids.
 
     `all_dead` takes every dead letter except the discarded ones; a discarded letter named
     by its id is requeued (its discard is withdrawn, and the audit entry says so).
+    `os_user`: who really ran the command, when it is `mm-jobs dlq` (`actor` is typed).
     """
     with conn.transaction():
         rows = conn.execute(
@@ -136,6 +138,7 @@ def requeue(
                 "all_dead": all_dead,
                 "undiscarded": sorted(r[0] for r in rows if r[2]),
                 "source": "console" if run_id else "cli",
+                **({"os_user": os_user} if os_user else {}),
             },
             target=",".join(map(str, requeued)),
             outcome="succeeded",
@@ -144,9 +147,15 @@ def requeue(
 
 
 def discard(
-    conn: psycopg.Connection, dlq_id: int, reason: str, actor: str, run_id: str | None = None
+    conn: psycopg.Connection,
+    dlq_id: int,
+    reason: str,
+    actor: str,
+    run_id: str | None = None,
+    os_user: str | None = None,
 ) -> None:
-    """Close a dead letter for good; it stays in the table (and its payload in the audit)."""
+    """Close a dead letter for good; it stays in the table (and its payload in the audit).
+    `os_user`: who really ran the command, when it is `mm-jobs dlq` (`actor` is typed)."""
     if not reason.strip():
         raise ValueError("--reason is required: say why the event is being discarded")
     # The reason is typed by a person and is shown (the listing) and audited: a secret
@@ -167,7 +176,7 @@ def discard(
                       escalated_at = coalesce(escalated_at, now()),
                       last_error = 'discarded by ' || %s || ': ' || %s
                 WHERE id = %s AND status IN ('pending', 'dead')
-            RETURNING id""",
+            RETURNING id, event_id, event_type, payload::text""",
             [actor, reason, dlq_id],
         ).fetchone()
         if row is None:
@@ -176,24 +185,26 @@ def discard(
             "INSERT INTO ops.dlq_discards (dlq_id, actor, reason) VALUES (%s, %s, %s)",
             [dlq_id, actor, reason],
         )
-        # The audit entry copies the letter in SQL: Python never decodes a payload that may
-        # be a poison (any depth, any number).
-        conn.execute(
-            """INSERT INTO ops.audit_log
-                      (actor, action, job_name, run_id, details, target, outcome)
-               SELECT %(actor)s, 'dlq_discard', 'mux-webhook-retry', %(run_id)s,
-                      jsonb_build_object('id', id, 'event_id', event_id,
-                                         'event_type', event_type, 'reason', %(reason)s::text,
-                                         'payload', payload, 'source', %(source)s::text),
-                      id::text, 'succeeded'
-                 FROM portal.mux_webhook_dlq WHERE id = %(id)s""",
+        # Through the one path every entry takes (masked and capped): the payload is read
+        # as text, and a poison Python cannot decode (any depth, any number) stays text,
+        # cut with a marker, with the event's type beside it.
+        audit.record(
+            conn,
+            actor,
+            "dlq_discard",
+            "mux-webhook-retry",
+            run_id,
             {
-                "actor": actor,
-                "run_id": run_id,
+                "id": row[0],
+                "event_id": row[1],
+                "event_type": row[2],
                 "reason": reason,
-                "id": dlq_id,
+                "payload": _readable(row[3]),
                 "source": "console" if run_id else "cli",
+                **({"os_user": os_user} if os_user else {}),
             },
+            target=str(row[0]),
+            outcome="succeeded",
         )
 
 

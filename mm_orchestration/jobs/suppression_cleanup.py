@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import psycopg
 from dagster import OpExecutionContext, job, op
 
-from mm_orchestration import inventory
+from mm_orchestration import audit, inventory
 from mm_orchestration.addresses import address_problem
 from mm_orchestration.joblog import log_event, mask_email
 from mm_orchestration.ledger import WindowConfig, claim, report_skip, window_for
@@ -28,8 +28,9 @@ from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
 SPEC = inventory.get("notification-suppression-cleanup")
 BOUNCE_RETENTION = "30 days"
 
-# One statement: delete, and write the audit entry with the addresses hashed, so the
-# addresses never leave the database unless SendGrid needs them.
+# One statement: delete, and count and hash the addresses in the database, so the
+# addresses never leave it unless SendGrid needs them; the entry is then written the one
+# way every entry is (audit.record: masked and capped).
 DELETE_OLD_BOUNCES = """
 WITH deleted AS (
     DELETE FROM portal.email_suppressions
@@ -37,20 +38,12 @@ WITH deleted AS (
     RETURNING lower(email) AS email
 ), addresses AS (
     SELECT DISTINCT email FROM deleted
-), audit AS (
-    INSERT INTO ops.audit_log (actor, action, job_name, run_id, details)
-    SELECT %(actor)s, 'delete_bounce_suppressions', %(job)s, %(run_id)s,
-           jsonb_build_object(
-               'count', (SELECT count(*) FROM deleted),
-               'addresses', (SELECT count(*) FROM addresses),
-               'older_than', %(retention)s::text,
-               'sha256', (SELECT coalesce(jsonb_agg(h ORDER BY h), '[]'::jsonb)
-                            FROM (SELECT encode(sha256(convert_to(email, 'UTF8')), 'hex') AS h
-                                    FROM addresses) hashed))
-    RETURNING id
 )
 SELECT (SELECT count(*) FROM deleted),
-       (SELECT id FROM audit),
+       (SELECT count(*) FROM addresses),
+       (SELECT coalesce(array_agg(h ORDER BY h), '{}')
+          FROM (SELECT encode(sha256(convert_to(email, 'UTF8')), 'hex') AS h
+                  FROM addresses) hashed),
        CASE WHEN %(want_addresses)s
             THEN (SELECT coalesce(array_agg(email ORDER BY email), '{}') FROM addresses) END
 """
@@ -68,17 +61,24 @@ def delete_old_bounces(
 ) -> Deleted:
     """Delete expired bounces and audit them, in the caller's transaction."""
     row = conn.execute(
-        DELETE_OLD_BOUNCES,
-        {
-            "retention": BOUNCE_RETENTION,
-            "actor": actor,
-            "job": SPEC.name,
-            "run_id": run_id,
-            "want_addresses": want_addresses,
-        },
+        DELETE_OLD_BOUNCES, {"retention": BOUNCE_RETENTION, "want_addresses": want_addresses}
     ).fetchone()
     assert row is not None
-    return Deleted(rows=int(row[0]), audit_id=int(row[1]), addresses=list(row[2] or []))
+    audit_id = audit.record(
+        conn,
+        actor,
+        "delete_bounce_suppressions",
+        SPEC.name,
+        run_id,
+        {
+            "count": int(row[0]),
+            "addresses": int(row[1]),
+            "older_than": BOUNCE_RETENTION,
+            "sha256": list(row[2] or []),
+        },
+        outcome="succeeded",
+    )
+    return Deleted(rows=int(row[0]), audit_id=audit_id, addresses=list(row[3] or []))
 
 
 @op(retry_policy=retry_policy(SPEC), tags={"kind": "postgres"})

@@ -26,7 +26,7 @@ from dagster import (
     SkipReason,
 )
 
-from mm_orchestration.audit import entry_details, masked
+from mm_orchestration.audit import masked, record_once_per_run
 from mm_orchestration.jobs.alerts import alert_request, send_alert
 from mm_orchestration.ledger import ACTOR_TAG, OUTCOME_TAG
 from mm_orchestration.resources import PortalDatabase
@@ -149,14 +149,6 @@ def job_recovery_sensor(context: RunStatusSensorContext) -> RunRequest | SkipRea
     )
 
 
-# Only a run no entry names yet: the console's and the CLI's entries carry the run id.
-AUDIT_ONCE = """
-INSERT INTO ops.audit_log (actor, action, job_name, run_id, details, target, outcome)
-SELECT %(actor)s, 'manual_run', %(job)s, %(run_id)s, %(details)s, %(job)s, 'reconciled'
- WHERE NOT EXISTS (SELECT 1 FROM ops.audit_log WHERE run_id = %(run_id)s)
-"""
-
-
 def is_manual(run: DagsterRun) -> bool:
     """Neither a schedule, a sensor nor a backfill started it."""
     tags = run.tags
@@ -174,17 +166,19 @@ def audit_manual_run(portal_db: PortalDatabase, run: DagsterRun) -> bool:
         "tags": {k: v for k, v in run.tags.items() if k.startswith("mm/")},
     }
     spec = spec_for_run(run)
+    job = spec.name if spec else run.job_name
     with portal_db.connection() as conn:
-        written = conn.execute(
-            AUDIT_ONCE,
-            {
-                "actor": run.tags.get(ACTOR_TAG) or "unknown",
-                "job": spec.name if spec else run.job_name,
-                "run_id": run.run_id,
-                "details": entry_details(details),  # masked and storable, as every entry
-            },
-        ).rowcount
-    return bool(written)
+        # Only a run no entry names yet: the console's and the CLI's entries carry its id.
+        return record_once_per_run(
+            conn,
+            run.tags.get(ACTOR_TAG) or "unknown",
+            "manual_run",
+            job,
+            run.run_id,
+            details,
+            target=job,
+            outcome="reconciled",
+        )
 
 
 @every_run_sensor("manual_run_audit_sensor", DagsterRunStatus.STARTED, minimum_interval_seconds=10)
