@@ -3,12 +3,14 @@ sending it again once the data is fixed, audited, under the same idempotency key
 
 from __future__ import annotations
 
+import getpass
 from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from mm_orchestration import audit
 from mm_orchestration.inventory import KIND_SENDERS
 from mm_orchestration.outbox.rows import SENDING_LEASE
 
@@ -52,15 +54,6 @@ def resend(
                    outcome_unknown = false, failed_at = NULL, failed_run_id = NULL
               FROM picked WHERE o.id = picked.id
           RETURNING o.idempotency_key
-        ), audit AS (
-            INSERT INTO ops.audit_log (actor, action, details)
-            SELECT %(actor)s, 'outbox_resend',
-                   jsonb_build_object('kind', %(kind)s, 'since', %(since)s::timestamptz,
-                                      'include_unknown', %(unknown)s,
-                                      'count', (SELECT count(*) FROM requeued),
-                                      'keys', (SELECT coalesce(jsonb_agg(idempotency_key
-                                                  ORDER BY idempotency_key), '[]'::jsonb)
-                                                 FROM requeued))
         )
         SELECT idempotency_key FROM requeued ORDER BY idempotency_key""").format(
         fresh=fresh_address
@@ -69,7 +62,26 @@ def resend(
         statement,
         {"kind": kind, "since": since, "actor": actor, "unknown": include_unknown},
     ).fetchall()
-    return [r[0] for r in rows]
+    keys = [r[0] for r in rows]
+    # In the same transaction: the entry exists exactly when the requeue does.
+    audit.record(
+        conn,
+        actor,
+        "outbox_resend",
+        None,
+        None,
+        {
+            "kind": kind,
+            "since": since.isoformat(),
+            "include_unknown": include_unknown,
+            "count": len(keys),
+            "keys": keys,
+            "os_user": getpass.getuser(),
+        },
+        target=kind,
+        outcome="succeeded",
+    )
+    return keys
 
 
 def list_failed(
