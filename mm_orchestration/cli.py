@@ -653,12 +653,17 @@ def _instant(value: str) -> datetime:
     try:
         if not _INSTANT.fullmatch(value.strip()):
             raise ValueError(value)
-        return datetime.fromisoformat(value.strip().replace("Z", "+00:00")).astimezone(UTC)
-    except ValueError:
+        instant = datetime.fromisoformat(value.strip().replace("Z", "+00:00")).astimezone(UTC)
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(
             f"{value!r} is not an instant with its offset (2026-11-30T08:00:00+11:00 or "
             "2026-11-29T21:00:00Z)"
         ) from None
+    # A digest's window reaches a week back and a day ahead: the years at either end of
+    # the calendar would overflow it (and no one's digest is there).
+    if not datetime(1970, 1, 1, tzinfo=UTC) <= instant <= datetime(9000, 1, 1, tzinfo=UTC):
+        raise argparse.ArgumentTypeError(f"{value!r} is out of range (1970 to 9000)")
+    return instant
 
 
 # Who USER names, and each reason the digest would leave them out (the job's own rule:
@@ -687,6 +692,10 @@ def cmd_digest_preview(args: argparse.Namespace) -> int:
 
     settings = _local_settings()
     shown = _printable(args.user.strip())
+    if not args.user.isprintable():
+        print(f"mm-jobs: {shown!r} holds control characters; give a user id or an address",
+              file=sys.stderr)  # fmt: skip
+        return 2
     try:
         person_id: uuid.UUID | None = uuid.UUID(args.user.strip())
     except ValueError:

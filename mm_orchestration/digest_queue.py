@@ -62,9 +62,9 @@ SELECT u.id, u.tenant_id, u.email, u.display_name, t.name AS tenant_name
 # on it (one key PostgreSQL hashes; on five columns it estimated one row and compared
 # every pair).
 RAW_CHOICE = """
-concat_ws('|', coalesce(u.timezone, ''), coalesce(u.digest_frequency::text, ''),
-          coalesce(u.digest_time::text, ''), coalesce(u.digest_weekday::text, ''))
-"""
+concat_ws('|', quote_nullable(u.timezone), quote_nullable(u.digest_frequency::text),
+          quote_nullable(u.digest_time), quote_nullable(u.digest_weekday))
+"""  # quoted, so that NULL and '' (or a value holding '|') are never one key
 
 # The distinct choices, each once: the one read of every person a run makes, so it is
 # kept to a scan and a hash of raw columns. (People of suspended agencies are left to
@@ -125,10 +125,11 @@ jsonb_build_object(
         'asset_updates', coalesce(jsonb_array_length(d.updates), 0)))
 """
 
-# The previous digest this person was sent (its moment), else one period back; never
-# more than LONGEST_LOOK_BACK (a person back after months gets the week, not the months).
+# When the previous digest this person was sent went (a late one reported up to then),
+# else one period back; never more than LONGEST_LOOK_BACK (a person back after months
+# gets the week, not the months).
 SINCE = """
-greatest(coalesce((SELECT max(r.moment) FROM ops.digest_periods r
+greatest(coalesce((SELECT max(r.settled_at) FROM ops.digest_periods r
                     WHERE r.user_id = p.id AND r.outcome = 'queued'), p.since_default),
          %(now)s::timestamptz - %(look_back)s::interval)
 """
@@ -168,8 +169,10 @@ WITH due AS (
 ), digests AS MATERIALIZED ({content}
 ), queued AS (
     INSERT INTO ops.notification_outbox
-        (idempotency_key, kind, tenant_id, recipient, payload, user_id)
-    SELECT 'digest:' || d.id || ':' || d.period, %(kind)s, d.tenant_id, d.email, {payload}, d.id
+        (idempotency_key, kind, tenant_id, recipient, payload, user_id, next_attempt_at)
+    SELECT 'digest:' || d.id || ':' || d.period, %(kind)s, d.tenant_id, d.email, {payload}, d.id,
+           -- due as of the run's instant (a rerun of an earlier tick included), never later
+           least(now(), %(now)s::timestamptz)
       FROM digests d
      WHERE NOT d.suppressed
        AND (d.due_soon IS NOT NULL OR d.overdue IS NOT NULL OR d.updates IS NOT NULL)
@@ -292,9 +295,11 @@ def _judged(row: tuple[Any, ...], known: set[str], fallback_tz: str) -> RawChoic
     """A stored choice read without trusting it: a zone both Python's tz database and
     PostgreSQL know (any case), else `fallback_tz`; a frequency of FREQUENCIES, else daily;
     a time, else 08:00; a weekday 1-7 when weekly, else Monday."""
-    key, timezone, frequency, at, weekday, people = row
+    key, timezone, stored, at, weekday, people = row
     zone = zone_name(timezone)
     fell_back = zone not in known
+    # Any case, as zones are: 'OFF' is off, never a daily digest.
+    frequency = (stored or "").strip().lower()
     if frequency not in FREQUENCIES:
         frequency, fell_back = "daily", True
     if at is None:

@@ -345,3 +345,55 @@ def test_expected_is_an_honest_oracle():
         datetime(2026, 11, 30, 12, 0, tzinfo=UTC),
     )
     assert plan == {"p": [(date(2026, 11, 30).isoformat(), datetime(2026, 11, 30, tzinfo=UTC))]}
+
+
+def test_a_run_in_the_future_is_refused(conn, digest, sendgrid):
+    """A `now` ahead of the clock would settle people's digests before their time."""
+    result = digest(datetime.now(UTC) + timedelta(hours=1))
+    assert not result.success
+    assert conn.execute("SELECT count(*) FROM ops.digest_periods").fetchone() == (0,)
+
+
+def test_null_and_empty_zones_are_two_choices_each_person_counted_once(conn, database_url):
+    conn.execute("ALTER TABLE portal.users ALTER COLUMN timezone DROP NOT NULL")
+    tenant = f.tenant(conn)
+    person(conn, tenant, "null@a.example", None)
+    person(conn, tenant, "empty@a.example", "")
+    now = datetime(2026, 11, 30, 8, 0, tzinfo=SYDNEY)
+    start_clock(conn, now - TICK)
+    settled = settle_at(database_url, now)
+    assert (settled.due, settled.queued, settled.fallbacks) == (2, 2, 2)
+
+
+def test_off_in_any_case_is_off(conn, database_url):
+    conn.execute("ALTER TABLE portal.users DROP CONSTRAINT users_digest_frequency_check")
+    tenant = f.tenant(conn)
+    person(conn, tenant, "off@a.example", "Australia/Sydney", frequency="OFF")
+    person(conn, tenant, "weekly@a.example", "Australia/Sydney", frequency=" Weekly")
+    now = datetime(2026, 11, 30, 8, 0, tzinfo=SYDNEY)  # a Monday
+    start_clock(conn, now - TICK)
+    settled = settle_at(database_url, now)
+    assert list(digests(conn)) == ["weekly@a.example"] and settled.fallbacks == 0
+    assert digests(conn)["weekly@a.example"][0][0] == "2026-W49"
+
+
+def test_an_update_reported_late_is_not_reported_again(conn, digest, sendgrid):
+    """A digest sent three hours late reports the videos up to then; the next one starts
+    there, not at the late one's moment."""
+    tenant = f.tenant(conn)
+    person(conn, tenant, "olivia@a.example", "Australia/Sydney")
+    f.asset(conn, tenant, title="Late video", status="ready",
+            status_changed_at=datetime(2026, 11, 29, 9, 30, tzinfo=SYDNEY))  # fmt: skip
+    start_clock(conn, datetime(2026, 11, 29, 7, 45, tzinfo=SYDNEY))
+    assert digest(datetime(2026, 11, 29, 11, 0, tzinfo=SYDNEY)).success
+    conn.execute(
+        "UPDATE ops.digest_clock SET evaluated_through = %s",
+        [datetime(2026, 11, 30, 7, 45, tzinfo=SYDNEY)],
+    )
+    assert digest(datetime(2026, 11, 30, 8, 0, tzinfo=SYDNEY)).success
+    first, second = (
+        [u["title"] for u in p["dynamic_template_data"]["asset_updates"]]
+        for r in sendgrid.mail_requests
+        for p in r.body["personalizations"]
+    )
+    assert (first, second) == (["Late video"], [])

@@ -1084,9 +1084,9 @@ def test_lost_answers_stop_the_run_without_retrying_it(conn, digest, sendgrid, i
 def test_a_digest_held_past_its_grace_expires_and_is_never_sent_stale(
     conn, portal_db, quick_mailer, job_settings, sendgrid, instance
 ):
-    """A revoked key holds the 30 Nov digest; the key is fixed on 1 Dec: that day's digest
+    """A revoked key holds the 29 Nov digest; the key is fixed on 30 Nov: that day's digest
     goes, the one of the day before expires (counted as missed), never sent a day late."""
-    people(conn, ["olivia@kangaroo.example"])
+    (olivia,) = people(conn, ["olivia@kangaroo.example"])
 
     def run(now: datetime):
         return notification_digest.execute_in_process(
@@ -1098,20 +1098,14 @@ def test_a_digest_held_past_its_grace_expires_and_is_never_sent_stale(
         )  # fmt: skip
 
     sendgrid.rule = lambda body: Reply(401, {"errors": [{"message": "revoked"}]})
-    assert not run(REF).success
+    assert not run(REF - timedelta(days=1)).success
     assert counts(conn) == {"pending": 1}
     sendgrid.rule = None
-    conn.execute(
-        "INSERT INTO portal.tasks (tenant_id, assignee_id, title, due_at) "
-        "SELECT tenant_id, id, 'More', %s FROM portal.users",
-        [REF + timedelta(days=1, hours=2)],
-    )
-    assert run(REF + timedelta(days=1)).success
-    accepted = sendgrid.accepted_keys()
-    assert len(accepted) == 1 and accepted[0].endswith(":2026-12-01")
+    assert run(REF).success
+    assert sendgrid.accepted_keys() == [f"digest:{olivia}:2026-11-30"]
     assert counts(conn) == {"expired": 1, "sent": 1}
     outcomes = dict(conn.execute("SELECT period, outcome FROM ops.digest_periods").fetchall())
-    assert outcomes == {"2026-11-30": "missed", "2026-12-01": "queued"}
+    assert outcomes == {"2026-11-29": "missed", "2026-11-30": "queued"}
 
 
 def test_mail_to_our_own_suppressed_contact_fails_rather_than_vanishing(

@@ -66,9 +66,10 @@ class DigestConfig(WindowConfig):
     )
 
 
-# How far from now a run may say it is: five years back (the portal's history), a day
-# ahead (a clock a little fast); anything else is a typo, not a wish.
-NOW_RANGE = (timedelta(days=5 * 366), timedelta(days=1))
+# How far from now a run may say it is: five years back (the portal's history), and
+# ahead only as far as two machines' clocks may differ: a run in the future would settle
+# people's digests before their time (and record some as missed).
+NOW_RANGE = (timedelta(days=5 * 366), timedelta(minutes=5))
 _INSTANT = re.compile(
     r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})", re.ASCII
 )
@@ -90,7 +91,7 @@ def run_instant(config_now: str, window_key: str | None, clock: datetime) -> dat
         return clock
     accepted = (
         f"accepted: an instant like 2026-11-30T08:00:00+11:00 or ...Z, from "
-        f"{(clock - NOW_RANGE[0]).date()} to {(clock + NOW_RANGE[1]).date()}, or blank for now"
+        f"{(clock - NOW_RANGE[0]).date()} to now (not in the future), or blank for now"
     )
     try:
         if not _INSTANT.fullmatch(value):
@@ -175,6 +176,13 @@ def _report(
         )
     if settled.missed:
         log_event("digest.missed", level=30, runId=context.run_id, count=settled.missed)
+    if settled.window_start is None and not settled.due:
+        # An operator's send that reached nobody: say why it may be, and where to look.
+        context.log.warning(
+            "Nobody was sent a digest: the person or agency gets none (opted out, frequency "
+            "off, deactivated, agency suspended, no such id), or this period's digest has "
+            "gone already. `mm-jobs digest preview USER` says which."
+        )
     context.add_output_metadata(
         {
             "now": now.isoformat(),
