@@ -177,8 +177,12 @@ def test_unknown_and_ambiguous_people_are_refused(conn, preview):
     unknown = "3f2b6c1e-8d4a-4c2e-9f1a-2b3c4d5e6f70"
     assert preview(unknown)[0::2] == (1, f"mm-jobs: no user {unknown}\n")
     code, _, err = preview("olivia\x1b[31m")
-    assert code == 2 and "neither a user id (UUID) nor an email address" in err
+    assert code == 2 and "holds control characters; give a user id or an address" in err
     assert "\x1b" not in err  # echoed as text, never as a terminal escape
+    code, _, err = preview("olivia")
+    assert code == 2 and "neither a user id (UUID) nor an email address" in err
+    code, _, err = preview("o@a.example\x00")
+    assert code == 2 and "control characters" in err
 
 
 @pytest.mark.parametrize(
