@@ -166,6 +166,20 @@ def test_integer_settings_in_range_are_read():
     assert Settings.from_env({"MM_DLQ_ALERT_THRESHOLD": "1000000"}).dlq_alert_threshold == 10**6
 
 
+@pytest.mark.parametrize("value", ["49", "-1", "6h", "\u0666", "2.5"])
+def test_the_digest_grace_is_whole_hours_from_0_to_48(value):
+    assert "from 0 to 48, in the digits 0-9" in _refusal("MM_DIGEST_GRACE_HOURS", value)
+
+
+def test_the_digest_grace_reaches_the_jobs():
+    from mm_orchestration.resources import JobSettings
+
+    settings = Settings.from_env({"MM_DIGEST_GRACE_HOURS": "3"})
+    assert settings.digest_grace_hours == 3
+    assert JobSettings.from_settings(settings).digest_grace_hours == 3
+    assert Settings.from_env({}).digest_grace_hours == 6
+
+
 @pytest.mark.parametrize("port", ["5432x", "\u0665\u0664\u0663\u0662", "0", "65536", " 5432", ""])
 def test_dagster_storage_port_is_an_integer_setting_too(tmp_path, monkeypatch, port):
     from mm_orchestration.instance import storage_url
