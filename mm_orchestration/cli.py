@@ -148,6 +148,12 @@ def _parser() -> argparse.ArgumentParser:
         help="also those whose outcome is unknown (only after SendGrid's activity log shows "
         "they were not delivered)",
     )
+    p.add_argument(
+        "--to",
+        type=_address,
+        help="send them to this address instead (mail for our own contacts, after fixing "
+        "RELIABILITY_EMAIL, COMPLIANCE_EMAIL or ADMIN_EMAIL)",
+    )
     p.add_argument("--actor", type=_actor, help="who is doing this; default: you")
     p.set_defaults(func=cmd_outbox_resend)
 
@@ -559,6 +565,16 @@ def _os_user() -> str:
         return "unknown"
 
 
+def _address(value: str) -> str:
+    """`--to`: one address SendGrid will take (the outbox's own rule)."""
+    from mm_orchestration.addresses import address_problem, sendable_address
+
+    problem = address_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{_printable(value)!r} is not an address: {problem}")
+    return sendable_address(value)
+
+
 def _tick(value: str) -> str:
     """`--window`: a schedule tick as the ledger names its window (UTC, to the second)."""
     from mm_orchestration.scheduling import window_key
@@ -624,7 +640,7 @@ def cmd_outbox_resend(args: argparse.Namespace) -> int:
 
     actor = args.actor or _os_user()
     with _dlq_conn() as conn:
-        keys = resend(conn, args.kind, args.since, actor, args.include_unknown)
+        keys = resend(conn, args.kind, args.since, actor, args.include_unknown, args.to)
     for key in keys:
         print(_printable(key))
     sender = KIND_SENDERS.get(args.kind, "the job that sends them")

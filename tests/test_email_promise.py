@@ -1189,3 +1189,41 @@ def test_suppression_cleanup_drops_an_address_sendgrid_refuses_and_deletes_the_r
     assert conn.execute("SELECT count(*) FROM portal.email_suppressions").fetchone() == (0,)
     details = conn.execute("SELECT details FROM ops.audit_log").fetchone()[0]
     assert (details["sendgrid_requests"], details["not_at_sendgrid"]) == (2, 1)
+
+
+def test_an_alert_resent_after_fixing_the_contact_goes_to_the_new_address(
+    conn, portal_db, quick_mailer, sendgrid, database_url, monkeypatch, capsys
+):
+    """An alert to a contact SendGrid refused: the setting is fixed, and `resend --to`
+    sends it (same key) to the address now set; a bad --to is refused at once."""
+    from mm_orchestration.outbox import deliver_pending, enqueue
+    from mm_orchestration.resources.mailer import Email
+
+    enqueue(conn, "alert:1", "alert", "old-oncall@motionmavericks.example", {"subject": "s"})
+
+    def deliver():
+        return deliver_pending(
+            portal_db, quick_mailer, ["alert"],
+            lambda key, row: Email(key, row["recipient"], "s", "t"), "run-1", must_reach=True,
+        )  # fmt: skip
+
+    sendgrid.rule = lambda body: Reply(
+        400, {"errors": [{"message": "Does not contain a valid address.",
+                          "field": "personalizations.0.to.0.email"}]}
+    )  # fmt: skip
+    assert deliver().failed == 1
+    sendgrid.rule = None
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    with pytest.raises(SystemExit):
+        cli.main(["outbox", "resend", "--kind", "alert", "--since", "2000-01-01",
+                  "--to", "on call@motionmavericks.example"])  # fmt: skip
+    assert "is not an address" in capsys.readouterr().err
+    assert cli.main(["outbox", "resend", "--kind", "alert", "--since", "2000-01-01",
+                     "--to", "oncall@motionmavericks.example"]) == 0  # fmt: skip
+    assert deliver().sent == 1
+    assert sendgrid.accepted_recipients() == ["oncall@motionmavericks.example"]
+    assert sendgrid.accepted_keys() == ["alert:1"]
+    details = conn.execute(
+        "SELECT details FROM ops.audit_log WHERE action = 'outbox_resend'"
+    ).fetchone()[0]
+    assert details["to"] == "oncall@motionmavericks.example"

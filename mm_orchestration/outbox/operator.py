@@ -23,14 +23,16 @@ def resend(
     since: datetime,
     actor: str,
     include_unknown: bool = False,
+    to: str | None = None,
 ) -> list[str]:
     """Put `kind`'s rows that failed (or expired) since `since` back to pending, audited;
     returns their keys. The key stays the same, so a row that was sent can never be
     requeued (only failed and expired rows are), and each requeued row goes once; a
     requeued row is due from now (an expired digest is not expired again). A row for a
-    portal user takes the user's address as it is now (the operator fixed it). Rows whose
-    outcome is unknown stay failed unless `include_unknown` (after checking SendGrid's
-    activity log)."""
+    portal user takes the user's address as it is now (the operator fixed it); `to` sends
+    every requeued row to that address instead (mail for our own contacts, whose setting
+    was fixed: the row keeps the address it was queued with). Rows whose outcome is
+    unknown stay failed unless `include_unknown` (after checking SendGrid's activity log)."""
     users = conn.execute("SELECT to_regclass('portal.users') IS NOT NULL").fetchone()
     fresh_address = sql.SQL(
         "(SELECT u.email FROM portal.users u WHERE u.id = o.user_id)"
@@ -48,7 +50,7 @@ def resend(
         ), requeued AS (
             UPDATE ops.notification_outbox o
                SET status = 'pending', next_attempt_at = now(), claimed_by = NULL,
-                   recipient = coalesce({fresh}, o.recipient),
+                   recipient = coalesce(%(to)s, {fresh}, o.recipient),
                    last_error = 'requeued by ' || %(actor)s || ' after: '
                                 || coalesce(o.last_error, ''),
                    outcome_unknown = false, failed_at = NULL, failed_run_id = NULL
@@ -60,7 +62,7 @@ def resend(
     )
     rows = conn.execute(
         statement,
-        {"kind": kind, "since": since, "actor": actor, "unknown": include_unknown},
+        {"kind": kind, "since": since, "actor": actor, "unknown": include_unknown, "to": to},
     ).fetchall()
     keys = [r[0] for r in rows]
     # In the same transaction: the entry exists exactly when the requeue does.
@@ -76,6 +78,7 @@ def resend(
             "include_unknown": include_unknown,
             "count": len(keys),
             "keys": keys,
+            "to": to,
             "os_user": getpass.getuser(),
         },
         target=kind,
