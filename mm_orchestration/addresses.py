@@ -59,25 +59,31 @@ def address_problem(address: str | None) -> str | None:
     return None
 
 
+def _ascii_domain(domain: str) -> str | None:
+    """An internationalised domain in its ASCII form (IDNA UTS #46: `Bücher.example` is
+    `xn--bcher-kva.example`), the domain itself when ASCII; None when IDNA refuses it."""
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        return None
+
+
 def sendable_address(address: str) -> str:
     """`address` as it is sent: surrounding spaces dropped, and an internationalised domain
     in its ASCII form (`olivia@xn--bcher-kva.example`), which every mail system takes; the
     local part as written."""
     address = address.strip()
     local, at, domain = address.rpartition("@")
-    if not at or domain.isascii():
-        return address
-    try:
-        return f"{local}@{idna.encode(domain, uts46=True).decode('ascii')}"
-    except idna.IDNAError:
-        return address
+    ascii_domain = _ascii_domain(domain) if at else None
+    return f"{local}@{ascii_domain}" if ascii_domain else address
 
 
 def canonical_address(address: str) -> str:
     """One spelling per mailbox, for comparing addresses (suppressions): surrounding spaces
     dropped, the local part case-folded (Unicode-aware, whatever the database's locale),
-    the domain in its ASCII form, lower case (IDNA UTS #46: `Bücher.example` and
-    `xn--bcher-kva.example` are one domain).
+    the domain in its ASCII form (`_ascii_domain`), lower case.
 
     Case-folding the local part follows every mailbox provider SendGrid delivers to
     (RFC 5321 allows case-sensitive local parts; no provider we know uses them)."""
@@ -85,14 +91,8 @@ def canonical_address(address: str) -> str:
     if not at:
         return address.strip().casefold()
     domain = domain.rstrip(".")
-    if domain.isascii():
-        domain = domain.lower()
-    else:
-        try:
-            domain = idna.encode(domain, uts46=True).decode("ascii")
-        except idna.IDNAError:
-            domain = unicodedata.normalize("NFC", domain).casefold()
-    return f"{unicodedata.normalize('NFC', local).casefold()}@{domain}"
+    folded = (_ascii_domain(domain) or unicodedata.normalize("NFC", domain)).casefold()
+    return f"{unicodedata.normalize('NFC', local).casefold()}@{folded}"
 
 
 def domain_of(address: str) -> str | None:

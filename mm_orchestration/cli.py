@@ -577,10 +577,10 @@ def _address(value: str) -> str:
 
 def _tick(value: str) -> str:
     """`--window`: a schedule tick as the ledger names its window (UTC, to the second)."""
-    from mm_orchestration.scheduling import window_key
+    from mm_orchestration.scheduling import tick_of, window_key
 
     try:
-        tick = datetime.strptime(value.strip(), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        tick = tick_of(value)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a schedule tick (UTC, like 2026-11-30T08:00:00Z)"
@@ -659,18 +659,13 @@ def cmd_outbox_resend(args: argparse.Namespace) -> int:
 # -- digest ------------------------------------------------------------------------
 
 
-_INSTANT = re.compile(
-    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})", re.ASCII
-)
-
-
 def _instant(value: str) -> datetime:
     """`--at`: an instant with its offset (a wall time alone would be a guess at the zone)."""
+    from mm_orchestration.scheduling import parse_instant
+
     try:
-        if not _INSTANT.fullmatch(value.strip()):
-            raise ValueError(value)
-        instant = datetime.fromisoformat(value.strip().replace("Z", "+00:00")).astimezone(UTC)
-    except (ValueError, OverflowError):
+        instant = parse_instant(value)
+    except ValueError:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not an instant with its offset (2026-11-30T08:00:00+11:00 or "
             "2026-11-29T21:00:00Z)"

@@ -381,7 +381,7 @@ def plan(
         if window_start is None:
             actions = [(current_period(choice, now), "send")]
         else:
-            actions = _plan(list(moments_between(choice, window_start, now)), now, grace)
+            actions = _actions(list(moments_between(choice, window_start, now)), now, grace)
         for moment, action in actions:
             for name, value in (
                 ("choice_key", raw.key), ("zone", choice.zone), ("fell_back", raw.fell_back),
@@ -402,7 +402,9 @@ def plan(
     return params, window_start
 
 
-def _plan(moments: Sequence[Moment], now: datetime, grace: timedelta) -> list[tuple[Moment, str]]:
+def _actions(
+    moments: Sequence[Moment], now: datetime, grace: timedelta
+) -> list[tuple[Moment, str]]:
     """Of a choice's moments in the window (oldest first), the latest is sent when it is at
     most `grace` old; every other is missed (one digest per person per run, never stale)."""
     plan = [(m, "missed") for m in moments[:-1]]

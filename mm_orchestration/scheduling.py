@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -106,10 +107,34 @@ def runtime_limit(spec: JobSpec, settings: Settings) -> dict[str, str]:
     return {"dagster/max_runtime": str(max(interval, spec.sla_seconds))}
 
 
+WINDOW_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# An ISO 8601 instant that says its offset: a wall time alone would be a guess at the zone,
+# and fromisoformat alone also takes dates, ISO weeks and compact forms.
+_INSTANT = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
 def window_key(scheduled_for: datetime) -> str:
     """A tick's window, in UTC so the repeated hour at the end of daylight saving
     still gives two different windows."""
-    return scheduled_for.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return scheduled_for.astimezone(UTC).strftime(WINDOW_FORMAT)
+
+
+def tick_of(key: str) -> datetime:
+    """The tick a `window_key` names (UTC); ValueError for any other text."""
+    return datetime.strptime(key.strip(), WINDOW_FORMAT).replace(tzinfo=UTC)
+
+
+def parse_instant(value: str) -> datetime:
+    """`2026-11-30T08:00:00+11:00` or `...Z` as an instant in UTC; ValueError for anything
+    else (no offset, a date alone, an ISO week, a year the calendar cannot hold)."""
+    if not _INSTANT.fullmatch(value.strip()):
+        raise ValueError(f"{value!r} is not an instant with its offset")
+    try:
+        return datetime.fromisoformat(value.strip().replace("Z", "+00:00")).astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value!r} is out of the calendar") from None
 
 
 def inventory_schedule(

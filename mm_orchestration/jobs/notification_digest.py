@@ -20,7 +20,6 @@ request. Operators send one agency's or one person's digest now with run config
 exponential backoff; after the last, the reliability partner is named to act.
 """
 
-import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,7 +33,13 @@ from mm_orchestration.joblog import log_event
 from mm_orchestration.ledger import WINDOW_TAG, WindowConfig, claim, report_skip, window_for
 from mm_orchestration.outbox import conclude, deliver_pending_templated, finished_runs
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
-from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
+from mm_orchestration.scheduling import (
+    executor_for,
+    job_tags,
+    parse_instant,
+    retry_policy,
+    tick_of,
+)
 
 SPEC = inventory.get("notification-digest")
 BATCH_SIZE = 1000  # SendGrid's limit of personalizations per request
@@ -70,9 +75,6 @@ class DigestConfig(WindowConfig):
 # ahead only as far as two machines' clocks may differ: a run in the future would settle
 # people's digests before their time (and record some as missed).
 NOW_RANGE = (timedelta(days=5 * 366), timedelta(minutes=5))
-_INSTANT = re.compile(
-    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})", re.ASCII
-)
 
 
 def run_instant(config_now: str, window_key: str | None, clock: datetime) -> datetime:
@@ -84,7 +86,7 @@ def run_instant(config_now: str, window_key: str | None, clock: datetime) -> dat
     value, name = config_now.strip(), "now"
     if not value and window_key:
         try:
-            return datetime.strptime(window_key, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            return tick_of(window_key)
         except ValueError:  # a tag set by hand in the console: checked like the config
             value, name = window_key.strip(), "tag mm/window"
     if not value:
@@ -94,9 +96,7 @@ def run_instant(config_now: str, window_key: str | None, clock: datetime) -> dat
         f"{(clock - NOW_RANGE[0]).date()} to now (not in the future), or blank for now"
     )
     try:
-        if not _INSTANT.fullmatch(value):
-            raise ValueError
-        instant = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        instant = parse_instant(value)
     except ValueError:
         raise Failure(
             description=f"{name}={value!r} is not an instant with its offset; {accepted}",
