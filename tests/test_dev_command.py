@@ -92,7 +92,7 @@ def test_prod_local_runs_three_processes_and_restarts_a_crashed_one(tmp_path):
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while "job console on" not in log_path.read_text():
+        while "Ctrl-C stops everything" not in log_path.read_text():
             assert proc.poll() is None, log_path.read_text()[-3000:]
             assert time.monotonic() < deadline, log_path.read_text()[-3000:]
             time.sleep(0.5)

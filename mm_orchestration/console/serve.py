@@ -120,9 +120,25 @@ def serve(workspace: Path, host: str, port: int, log_level: str = "warning") -> 
                 else f"identity from {access.header} sent by "
                 + ", ".join(str(n) for n in access.trusted_proxies)
             )
-            print(f"mm-jobs: job console on http://{host}:{port} ({how})", flush=True)
             # proxy_headers=False: the peer the front judges is the TCP peer. Uvicorn would
             # otherwise replace it with X-Forwarded-For from 127.0.0.1, so the proxy's own
             # requests would look like the browser's address and anyone could name one.
-            uvicorn.run(app, host=host, port=port, log_level=log_level, proxy_headers=False)
+            config = uvicorn.Config(
+                app, host=host, port=port, log_level=log_level, proxy_headers=False
+            )
+            _announcing_server(config, f"job console on http://{host}:{port} ({how})").run()
     return 0
+
+
+def _announcing_server(config: Any, line: str) -> Any:
+    """uvicorn's server, saying it serves only once its socket listens: whoever waits
+    for the line (a supervisor, a test, an operator) can connect when they read it."""
+    import uvicorn
+
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if not self.should_exit:  # a failed bind has been reported by uvicorn
+                print(f"mm-jobs: {line}", flush=True)
+
+    return AnnouncingServer(config)
