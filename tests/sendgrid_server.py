@@ -103,6 +103,10 @@ class SendGridRecorder:
         self.rule: Any = None  # optional callable(body) -> Reply | None
         self.refuse: set[str] = set()  # addresses (lower case) SendGrid refuses as invalid
         self.enforce = True  # SendGrid's own limits and address checks
+        # Keep each request's decoded body for the test to read. A benchmark's stand-in
+        # keeps none: a million people's bodies kept would grow its heap, and its garbage
+        # collector's pauses with it, until it answers slower than SendGrid ever does.
+        self.keep_bodies = True
         self._closing = threading.Event()
         self._lock = threading.Lock()
         recorder = self
@@ -140,7 +144,7 @@ class SendGridRecorder:
                             self.command,
                             self.path,
                             dict(self.headers),
-                            body,
+                            body if recorder.keep_bodies else None,
                             0 if reply.drop else reply.status,
                             len(raw),
                         )
@@ -251,6 +255,7 @@ if __name__ == "__main__":
     import sys
 
     server = SendGridRecorder()
+    server.keep_bodies = False
     print(server.url, flush=True)
     sys.stdin.read()
     server.close()

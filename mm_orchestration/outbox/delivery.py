@@ -5,12 +5,13 @@ share it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from mm_orchestration.joblog import log_event
 from mm_orchestration.outbox import rows
 from mm_orchestration.outbox.report import DeliveryReport
 from mm_orchestration.outbox.rows import FinishedRuns, Row
-from mm_orchestration.outbox.screening import Suppressions, screen
+from mm_orchestration.outbox.screening import Screened, Suppressions, record
 from mm_orchestration.resources.database import PortalDatabase
 from mm_orchestration.resources.mailer import SendError
 
@@ -39,20 +40,46 @@ class Delivery:
         self.report: DeliveryReport = rows.settle_abandoned(db, list(kinds), run_id, finished)
         self.suppressions = Suppressions.load(db)
         self.accepted: list[tuple[list[int], str]] = []
+        self._claiming: ThreadPoolExecutor | None = None
+        self._upcoming: tuple[list[int], Future[rows.OpenClaim]] | None = None
         self.unknown_in_a_row = 0
         self.streak: list[Row] = []  # refused alone, naming nothing, since the last acceptance
         self.probing = False
 
-    def screen(self, page: list[Row]) -> list[Row]:
-        return screen(self.db, page, self.run_id, self.report, self.suppressions, self.must_reach)
+    def record(self, screened: Screened) -> list[Row]:
+        """Act on a page's verdicts (screening.record); the rows that may be sent."""
+        return record(self.db, screened, self.run_id, self.report, self.must_reach)
 
     def claim(self, ids: list[int]) -> set[int]:
-        """Claim rows for the request about to be made (see rows.claim); counts it."""
-        claimed = rows.claim(self.db, ids, self.run_id, self.accepted)
+        """Claim rows for the request about to be made (see rows.claim); counts it. The
+        claim `prepare` began for these very ids is committed now; any other is abandoned."""
+        upcoming, self._upcoming = self._upcoming, None
+        if upcoming is not None and upcoming[0] == ids:
+            claimed = upcoming[1].result().commit(self.accepted)
+        else:
+            _abandon(upcoming)
+            claimed = rows.claim(self.db, ids, self.run_id, self.accepted)
         self.accepted.clear()
         if claimed:
             self.report.requests += 1
         return claimed
+
+    def prepare(self, ids: list[int]) -> None:
+        """Begin the claim of the next request's rows on a thread, while this request is in
+        flight (rows.begin_claim): its commit waits for `claim(ids)`, just before its own
+        request, so a crash or a stop in between leaves those rows pending."""
+        _abandon(self._upcoming)
+        if self._claiming is None:
+            self._claiming = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-claim")
+        self._upcoming = (
+            list(ids),
+            self._claiming.submit(rows.begin_claim, self.db, ids, self.run_id),
+        )
+
+    def abandon_prepared(self) -> None:
+        """The request before it was not accepted: the next claim waits for what follows."""
+        upcoming, self._upcoming = self._upcoming, None
+        _abandon(upcoming)
 
     def accepted_request(self, ids: list[int], message_id: str) -> None:
         self.accepted.append((ids, message_id))
@@ -62,7 +89,19 @@ class Delivery:
         self.probing = False
 
     def flush(self) -> None:
+        """Mark the accepted requests 'sent' now (durably), not with the next claim."""
         rows.flush_sent(self.db, self.accepted)
+
+    def close(self) -> None:
+        """The end of this delivery: a claim begun and never made is abandoned, and every
+        accepted request is marked 'sent'."""
+        try:
+            self.abandon_prepared()
+        finally:
+            if self._claiming is not None:
+                self._claiming.shutdown()
+                self._claiming = None
+            self.flush()
 
     def fail(
         self, failures: Sequence[tuple[Row, str]], back_to_pending: Sequence[int] = ()
@@ -157,3 +196,10 @@ class Delivery:
             f"{why} (SendGrid refused {streak + 1} requests in a row and accepted none "
             "between them: it refuses the request itself)",
         )
+
+
+def _abandon(upcoming: tuple[list[int], Future[rows.OpenClaim]] | None) -> None:
+    # A claim that failed to begin changed nothing: there is nothing to undo, and its
+    # error is the next claim's to meet.
+    if upcoming is not None and upcoming[1].exception() is None:
+        upcoming[1].result().abandon()

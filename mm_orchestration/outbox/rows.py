@@ -16,8 +16,9 @@ pending again and send it twice.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, NamedTuple
 
 import psycopg
@@ -169,8 +170,42 @@ def claim(
     committed before it; returns the ids this deliverer got (another may have taken some).
     `sent` (ids, message id) are earlier requests SendGrid accepted, marked 'sent' in the
     same commit: one disk flush per request rather than two."""
-    with durable(db) as conn:
-        set_sent(conn, sent)
+    return begin_claim(db, ids, run_id).commit(sent)
+
+
+class OpenClaim:
+    """A claim whose rows are marked 'sending' in a transaction not yet committed: nobody
+    else can take them, and nothing is decided until `commit` (the claim holds, durably)
+    or `abandon` (the rows stay pending, as if never touched; a crash does the same)."""
+
+    def __init__(self, transaction: ExitStack, conn: psycopg.Connection, ids: set[int]) -> None:
+        self._transaction, self._conn, self.ids = transaction, conn, ids
+
+    def commit(self, sent: Sequence[tuple[list[int], str]] = ()) -> set[int]:
+        """Commit the claim (on disk when this returns), with `sent` marked in the same
+        commit (see `claim`); the ids it got."""
+        try:
+            set_sent(self._conn, sent)
+        except BaseException:
+            self._transaction.__exit__(*sys.exc_info())
+            raise
+        self._transaction.close()
+        return self.ids
+
+    def abandon(self) -> None:
+        try:
+            self._conn.rollback()
+        finally:
+            self._transaction.close()
+
+
+def begin_claim(db: PortalDatabase, ids: list[int], run_id: str) -> OpenClaim:
+    """`claim`'s statement, run now and committed by the caller (OpenClaim): the costly
+    part of a claim can be done while the request before it is in flight, and the commit
+    still comes just before its own request."""
+    transaction = ExitStack()
+    conn = transaction.enter_context(durable(db))
+    try:
         rows = conn.execute(
             """UPDATE ops.notification_outbox
                   SET status = 'sending', claimed_by = %s, claimed_at = now(),
@@ -179,7 +214,10 @@ def claim(
             RETURNING id""",
             [run_id, id_array(ids)],
         ).fetchall()
-    return {row[0] for row in rows}
+    except BaseException:
+        transaction.__exit__(*sys.exc_info())  # rolled back, the connection back in the pool
+        raise
+    return OpenClaim(transaction, conn, {row[0] for row in rows})
 
 
 def set_sent(conn: psycopg.Connection, accepted: Sequence[tuple[list[int], str]]) -> None:
@@ -198,18 +236,18 @@ def set_sent(conn: psycopg.Connection, accepted: Sequence[tuple[list[int], str]]
     )
 
 
-def id_array(ids: Sequence[int]) -> str:
-    """Row ids as a PostgreSQL array literal: a claim carries 1,000 of them, and psycopg's
-    element-by-element array dumping was a tenth of a 100,000-person delivery's time."""
-    return "{" + ",".join(map(str, ids)) + "}"
-
-
 def flush_sent(db: PortalDatabase, accepted: list[tuple[list[int], str]]) -> None:
     """Mark accepted requests 'sent' in a durable commit of their own, and forget them."""
     if accepted:
         with durable(db) as conn:
             set_sent(conn, accepted)
         accepted.clear()
+
+
+def id_array(ids: Sequence[int]) -> str:
+    """Row ids as a PostgreSQL array literal: a claim carries 1,000 of them, and psycopg's
+    element-by-element array dumping was a tenth of a 100,000-person delivery's time."""
+    return "{" + ",".join(map(str, ids)) + "}"
 
 
 def release(db: PortalDatabase, ids: list[int], error: str) -> None:

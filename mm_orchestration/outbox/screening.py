@@ -8,6 +8,8 @@ function knows that `bücher.example` is `xn--bcher-kva.example`.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from mm_orchestration.addresses import address_problem, canonical_address, sendable_address
 from mm_orchestration.joblog import log_event, mask_email
 from mm_orchestration.outbox.report import DeliveryReport
@@ -34,38 +36,60 @@ class Suppressions:
         return self.reasons.get(canonical_address(address)) if self.reasons else None
 
 
-def screen(
-    db: PortalDatabase,
-    rows: list[Row],
-    run_id: str,
-    report: DeliveryReport,
-    suppressions: Suppressions,
-    must_reach: bool = False,
-) -> list[Row]:
-    """The rows that may be sent, their addresses as sent (`sendable_address`).
-    Rows with an address SendGrid would refuse fail with the reason, before any request;
-    rows for a suppressed recipient become 'suppressed', or fail when `must_reach` (our
-    own contacts: silencing them would silence the alerts)."""
+class Screened(NamedTuple):
+    """One page's verdicts (`judge`): what may go, and what may not and why."""
+
+    sendable: list[Row]  # in page order, each address as it is sent (`sendable_address`)
+    invalid: list[tuple[Row, str]]  # an address SendGrid would refuse, and why
+    suppressed: list[tuple[Row, str]]  # the recipient is suppressed, and the reason
+
+
+def judge(rows: list[Row], suppressions: Suppressions) -> Screened:
+    """Each row's verdict, touching nothing (so it may run on another thread, ahead of the
+    requests): an address SendGrid would take, and a recipient not suppressed."""
     problems = [(row, address_problem(row.recipient)) for row in rows]
-    bad = [(row.id, f"invalid address: {why}") for row, why in problems if why]
-    if bad:
-        fail(db, bad, run_id, only_pending=True)
-        report.invalid += len(bad)
-        for row, why in problems:
-            if why:
-                report.errors.append(f"{row.key}: invalid address: {why}")
-                log_event(
-                    "email.invalid_address",
-                    level=40,
-                    kind=row.kind,
-                    key=row.key,
-                    tenantId=row.tenant_id,
-                    recipient=mask_email(row.recipient or ""),
-                    error=why,
-                    runId=run_id,
-                )
+    invalid = [(row, why) for row, why in problems if why]
     valid = [row for row, why in problems if not why]
     suppressed = [(row, reason) for row in valid if (reason := suppressions.reason(row.recipient))]
+    if suppressed:
+        gone = {row.id for row, _ in suppressed}
+        valid = [row for row in valid if row.id not in gone]
+    sendable = [(row, sendable_address(row.recipient)) for row in valid]
+    return Screened(
+        [row if row.recipient == to else row._replace(recipient=to) for row, to in sendable],
+        invalid,
+        suppressed,
+    )
+
+
+def record(
+    db: PortalDatabase,
+    screened: Screened,
+    run_id: str,
+    report: DeliveryReport,
+    must_reach: bool = False,
+) -> list[Row]:
+    """Act on a page's verdicts; returns the rows that may be sent. Rows with an address
+    SendGrid would refuse fail with the reason, before any request; rows for a suppressed
+    recipient become 'suppressed', or fail when `must_reach` (our own contacts: silencing
+    them would silence the alerts)."""
+    if screened.invalid:
+        reasons = [(row.id, f"invalid address: {why}") for row, why in screened.invalid]
+        fail(db, reasons, run_id, only_pending=True)
+        report.invalid += len(screened.invalid)
+        for row, why in screened.invalid:
+            report.errors.append(f"{row.key}: invalid address: {why}")
+            log_event(
+                "email.invalid_address",
+                level=40,
+                kind=row.kind,
+                key=row.key,
+                tenantId=row.tenant_id,
+                recipient=mask_email(row.recipient or ""),
+                error=why,
+                runId=run_id,
+            )
+    suppressed = screened.suppressed
     if suppressed and must_reach:
         failed = [
             (row.id, f"the recipient, our own contact, is on portal.email_suppressions "
@@ -80,8 +104,4 @@ def screen(
     elif suppressed:
         suppress(db, [(row.id, reason) for row, reason in suppressed])
         report.suppressed += len(suppressed)
-    if suppressed:
-        gone = {row.id for row, _ in suppressed}
-        valid = [row for row in valid if row.id not in gone]
-    sendable = [(row, sendable_address(row.recipient)) for row in valid]
-    return [row if row.recipient == to else row._replace(recipient=to) for row, to in sendable]
+    return screened.sendable

@@ -3,13 +3,16 @@ compliance and health mail (anything with its own subject, text or attachments).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from mm_orchestration.joblog import log_event, mask_email
 from mm_orchestration.outbox.delivery import Delivery
+from mm_orchestration.outbox.paging import read_ahead
 from mm_orchestration.outbox.report import DeliveryReport
-from mm_orchestration.outbox.rows import FinishedRuns, page
+from mm_orchestration.outbox.rows import FinishedRuns, Row, page
+from mm_orchestration.outbox.screening import judge
 from mm_orchestration.resources.database import PortalDatabase
 from mm_orchestration.resources.mailer import Email, Mailer, SendError
 
@@ -38,38 +41,48 @@ def deliver_pending(
     try:
         _deliver(delivery, mailer, list(kinds), render)
     finally:
-        delivery.flush()
+        delivery.close()
     return delivery.report
 
 
 def _deliver(delivery: Delivery, mailer: Mailer, kinds: list[str], render: Renderer) -> None:
-    after = 0
-    while rows := page(delivery.db, kinds, after, PAGE_SINGLE):
-        after = rows[-1].id
-        for row in delivery.screen(rows):
-            try:
-                email = render(row.key, {"recipient": row.recipient, **row.payload})
-            except Exception as exc:  # a rendering bug costs this row, not the others
-                delivery.fail_unbuilt(row, exc)
-                continue
-            if not delivery.claim([row.id]):
-                continue  # another deliverer took it
-            fields = {"kind": row.kind, "key": row.key, "tenantId": row.tenant_id}
-            try:
-                message_id = mailer.send(email)
-            except SendError as exc:
-                going_on = delivery.settle([row], exc)
-                if going_on is False:
-                    return
-                if going_on is None:  # this message's own refusal (400, 413)...
-                    if delivery.probing:  # ...unless SendGrid refuses them all alike
-                        delivery.probe_refused([row], str(exc))
-                        return
-                    named = any(name for name, _ in exc.errors)
-                    if named or exc.status == 413:
-                        delivery.fail([(row, str(exc))])  # it named the culprit: this one
-                    else:
-                        delivery.refused_alone(row, str(exc))
-                continue
-            delivery.accepted_request([row.id], message_id)
-            log_event("email.sent", recipient=mask_email(row.recipient), **fields)
+    pages = read_ahead(
+        lambda after: page(delivery.db, kinds, after, PAGE_SINGLE),
+        lambda rows: judge(rows, delivery.suppressions),
+    )
+    with contextlib.closing(pages):
+        for screened in pages:
+            if not _deliver_page(delivery, mailer, render, delivery.record(screened)):
+                return
+
+
+def _deliver_page(delivery: Delivery, mailer: Mailer, render: Renderer, rows: list[Row]) -> bool:
+    """Send each row of one page (screened); False when delivery must stop."""
+    for row in rows:
+        try:
+            email = render(row.key, {"recipient": row.recipient, **row.payload})
+        except Exception as exc:  # a rendering bug costs this row, not the others
+            delivery.fail_unbuilt(row, exc)
+            continue
+        if not delivery.claim([row.id]):
+            continue  # another deliverer took it
+        fields = {"kind": row.kind, "key": row.key, "tenantId": row.tenant_id}
+        try:
+            message_id = mailer.send(email)
+        except SendError as exc:
+            going_on = delivery.settle([row], exc)
+            if going_on is False:
+                return False
+            if going_on is None:  # this message's own refusal (400, 413)...
+                if delivery.probing:  # ...unless SendGrid refuses them all alike
+                    delivery.probe_refused([row], str(exc))
+                    return False
+                named = any(name for name, _ in exc.errors)
+                if named or exc.status == 413:
+                    delivery.fail([(row, str(exc))])  # it named the culprit: this one
+                else:
+                    delivery.refused_alone(row, str(exc))
+            continue
+        delivery.accepted_request([row.id], message_id)
+        log_event("email.sent", recipient=mask_email(row.recipient), **fields)
+    return True

@@ -4,15 +4,18 @@ until only the rows SendGrid refuses fail."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from mm_orchestration.joblog import log_event
 from mm_orchestration.outbox.delivery import Delivery
+from mm_orchestration.outbox.paging import read_ahead
 from mm_orchestration.outbox.report import DeliveryReport
 from mm_orchestration.outbox.rows import FinishedRuns, Row, page
+from mm_orchestration.outbox.screening import Screened, judge
 from mm_orchestration.resources.database import PortalDatabase
 from mm_orchestration.resources.mailer import (
     MAX_PERSONALIZATIONS,
@@ -24,8 +27,8 @@ from mm_orchestration.resources.mailer import (
     request_bytes,
 )
 
-# Rows read per page: several requests' worth, so that only the last request of a page
-# may be short (requests per 1,000 people stay near 1).
+# Rows read per page: up to several requests' worth, so that only the last request of a
+# page may be short (requests per 1,000 people stay near 1).
 PAGES_OF_TEMPLATE_REQUESTS = 10
 
 
@@ -49,7 +52,8 @@ def deliver_pending_templated(
     """Deliver pending messages of `kind` through a dynamic template, as few requests as
     SendGrid's limits allow (at most `batch_size` people each).
 
-    `personalize(key, row)` builds each person's template data; None means the stored
+    `personalize(key, row)` builds each person's template data (on the thread that reads
+    ahead, so it must write nothing); None means the stored
     payload *is* the template data, sent as the database wrote it (never decoded and
     encoded again in Python: at 100,000 people that is most of the delivery's time).
 
@@ -61,41 +65,79 @@ def deliver_pending_templated(
     the rest pending.
     """
     delivery = Delivery(db, [kind], run_id, finished)
-    envelope = mailer.template_envelope(template_id)
     split = _Split(delivery, mailer, template_id)
-    page_size = batch_size * PAGES_OF_TEMPLATE_REQUESTS
-    after = 0
-    while rows := page(db, [kind], after, page_size, raw=personalize is None):
-        after = rows[-1].id
-        items = [
-            item
-            for row in delivery.screen(rows)
-            if (item := _item(delivery, mailer, personalize, row)) is not None
-        ]
+    fixed_bytes = request_bytes(mailer.template_envelope(template_id), [])
+
+    sizes = _page_sizes(batch_size)
+
+    def read(after: int) -> list[Row]:
+        return page(db, [kind], after, next(sizes), raw=personalize is None)
+
+    def prepare(rows: list[Row]) -> _Page:
+        # On the reading thread: verdicts, personalizations and requests, nothing written.
+        screened = judge(rows, delivery.suppressions)
+        built = [_item(mailer, personalize, row) for row in screened.sendable]
+        items = [b for b in built if isinstance(b, _Item)]
         plans = plan_requests(
             [(i.people, i.size) for i in items],
-            request_bytes(envelope, []),
+            fixed_bytes,
             max_personalizations=min(batch_size, MAX_PERSONALIZATIONS),
             max_recipients=MAX_RECIPIENTS,
             max_bytes=mailer.max_request_bytes,
         )
-        try:
-            for plan in plans:
-                if not split.deliver([items[i] for i in plan]):
-                    return delivery.report  # stopped: what is left stays pending
-        finally:
-            delivery.flush()
+        return _Page(
+            screened,
+            [b for b in built if isinstance(b, _Unbuilt)],
+            [[items[i] for i in plan] for plan in plans],
+        )
+
+    pages = read_ahead(read, prepare)
+    try:
+        with contextlib.closing(pages):
+            for ready in pages:
+                delivery.record(ready.screened)
+                for row, error in ready.unbuilt:
+                    delivery.fail_unbuilt(row, error)
+                groups = ready.requests
+                for n, group in enumerate(groups):
+                    following = groups[n + 1] if n + 1 < len(groups) else None
+                    if not split.deliver(group, following):
+                        return delivery.report  # stopped: what is left stays pending
+                # Marked before the next page is judged: a crash there strands nothing.
+                delivery.flush()
+    finally:
+        delivery.close()
     return delivery.report
 
 
+def _page_sizes(batch_size: int) -> Iterator[int]:
+    """One request's worth first, then twice as many each page up to
+    PAGES_OF_TEMPLATE_REQUESTS requests' worth: the first request goes at once, and each
+    page is read and judged (`read_ahead`) in less time than the page before takes to send."""
+    requests = 1
+    while True:
+        yield batch_size * requests
+        requests = min(2 * requests, PAGES_OF_TEMPLATE_REQUESTS)
+
+
+class _Unbuilt(NamedTuple):
+    row: Row
+    error: Exception
+
+
+class _Page(NamedTuple):
+    screened: Screened
+    unbuilt: list[_Unbuilt]  # rows whose message could not be built: each fails alone
+    requests: list[list[_Item]]  # as SendGrid's limits allow (plan_requests)
+
+
 def _item(
-    delivery: Delivery,
     mailer: Mailer,
     personalize: Callable[[str, dict[str, Any]], TemplateRecipient] | None,
     row: Row,
-) -> _Item | None:
-    """The row's personalization, serialised once (measured here, sent as is); None when
-    it cannot be built (the row fails alone)."""
+) -> _Item | _Unbuilt:
+    """The row's personalization, serialised once (measured here, sent as is); _Unbuilt
+    when it cannot be built (the row fails alone)."""
     try:
         if personalize is None:
             text = mailer.raw_personalization(row.key, row.recipient, row.payload)
@@ -107,8 +149,7 @@ def _item(
             text = json.dumps(part)
             people = sum(len(part.get(k) or []) for k in ("to", "cc", "bcc"))
     except Exception as exc:  # one row's bad data costs that row alone
-        delivery.fail_unbuilt(row, exc)
-        return None
+        return _Unbuilt(row, exc)
     return _Item(row, text, len(text.encode()), people)
 
 
@@ -118,8 +159,10 @@ class _Split:
     def __init__(self, delivery: Delivery, mailer: Mailer, template_id: str) -> None:
         self.delivery, self.mailer, self.template_id = delivery, mailer, template_id
 
-    def deliver(self, items: list[_Item]) -> bool:
-        """Send `items` (pending rows); False when delivery must stop for this attempt."""
+    def deliver(self, items: list[_Item], following: list[_Item] | None = None) -> bool:
+        """Send `items` (pending rows); False when delivery must stop for this attempt.
+        `following`: the next request's, whose claim begins while this one is in flight
+        (Delivery.prepare)."""
         # Depth first: the first half is taken apart before the second is tried, so a
         # refusal that is the request's own is recognised after a few requests, not after
         # one per row.
@@ -130,9 +173,12 @@ class _Split:
             group = [i for i in group if i.row.id in claimed]  # others: another deliverer's
             if not group:
                 continue
+            if following and not work:
+                self.delivery.prepare([i.row.id for i in following])
             try:
                 message_id = self.mailer.send_template(self.template_id, [i.part for i in group])
             except SendError as exc:
+                self.delivery.abandon_prepared()
                 if not self._refused(group, exc, work):
                     return False
                 continue
