@@ -1,18 +1,17 @@
 """Delivery's work beside the request in flight: the next page read and judged on a thread
-(`outbox.paging.read_ahead`), and the next request's claim begun on a thread and committed
+(`outbox.paging.ReadAhead`), and the next request's claim begun on a thread and committed
 only just before its own request (`Delivery.prepare`). Neither may change what a refusal or
 a crash does to any row."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 
 import pytest
 
 from mm_orchestration.jobs.notification_digest import notification_digest
-from mm_orchestration.outbox.paging import read_ahead
+from mm_orchestration.outbox.paging import ReadAhead
 from mm_orchestration.outbox.rows import Row
 from mm_orchestration.outbox.templated import _page_sizes
 from mm_orchestration.resources import Mailer, PortalDatabase
@@ -100,32 +99,73 @@ def test_a_refused_request_abandons_the_claim_begun_for_the_next(
     assert _attempts(conn) == {1: 2000, 0: 1500}
 
 
+def test_the_next_pages_first_request_is_claimed_while_this_pages_last_is_in_flight(
+    conn, portal_db, sendgrid, job_settings, instance
+):
+    many(conn, 3500)  # requests 1 | 2, 3 | 4 (500 rows)
+    # The second request is held long enough for the third page to be judged; the third
+    # request (this page's last) is held while the test looks.
+    sendgrid.then(Reply(202), Reply(202, delay=0.5), Reply(202, delay=1.5))
+    done = {}
+    worker = threading.Thread(
+        target=lambda: done.update(
+            result=_run(portal_db, _mailer(sendgrid), job_settings, instance)
+        )
+    )
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while sendgrid.arrivals < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        free = conn.execute(
+            "SELECT count(*) FROM (SELECT id FROM ops.notification_outbox "
+            "WHERE status = 'pending' FOR UPDATE SKIP LOCKED) f"
+        ).fetchone()[0]
+        pending = counts(conn).get("pending")
+        conn.rollback()
+        assert (pending, free) == (500, 0)  # the last page's 500: held by the begun claim
+    finally:
+        worker.join(60)
+    assert done["result"].success
+    assert counts(conn) == {"sent": 3500}
+
+
 def test_a_one_connection_pool_never_waits_on_itself(
     conn, database_url, sendgrid, job_settings, instance
 ):
     """With a direct URL and the lowest cap, the pool has one connection for the reading
     thread, the claiming thread and the delivering one: none may hold it while waiting for
-    another."""
+    another, not even when a page judged ahead has rows to fail while the next request's
+    claim is begun."""
     many(conn, 3500)
+    # One address in 50 is malformed, so every page has rows to fail; each request is
+    # answered slowly enough for the next page to be judged before this page's last goes.
+    conn.execute(
+        "UPDATE portal.users SET email = replace(email, '@', ' at ') "
+        "WHERE substring(email from 'person(\\d+)@')::int % 50 = 0"
+    )
+    sendgrid.then(*[Reply(202, delay=0.2) for _ in range(5)])
     db = PortalDatabase(url=database_url, direct_url=database_url, max_connections=2)
     try:
         started = time.monotonic()
         result = _run(db, _mailer(sendgrid), job_settings, instance)
-        assert result.success, result
         assert time.monotonic() - started < 25  # a pool timeout is 30 s
     finally:
         db.close()
-    assert counts(conn) == {"sent": 3500}
+    assert not result.success  # 70 addresses failed: the run says so
+    assert counts(conn) == {"sent": 3430, "failed": 70}
+    assert _attempts(conn) == {1: 3430, 0: 70}
 
 
-# -- read_ahead ---------------------------------------------------------------------------
+# -- ReadAhead ----------------------------------------------------------------------------
 
 
 def _rows(*ids):
     return [Row(i, f"k{i}", "digest", None, f"p{i}@example.com", "{}") for i in ids]
 
 
-def test_read_ahead_reads_the_next_page_while_the_caller_works():
+def test_the_next_page_is_read_while_the_caller_works_on_this_one():
     pages = {0: _rows(1, 2), 2: _rows(3), 3: []}
     second_read = threading.Event()
     threads = []
@@ -137,17 +177,23 @@ def test_read_ahead_reads_the_next_page_while_the_caller_works():
         return pages[after]
 
     got = []
-    for page in read_ahead(read, lambda rows: [r.id for r in rows]):
-        if page == [1, 2]:
-            # Were reading not ahead, this would wait out its timeout.
-            assert second_read.wait(5)
-        got.append(page)
+    with ReadAhead(read, lambda rows: [r.id for r in rows]) as ahead:
+        for page in ahead:
+            if page == [1, 2]:
+                # Were reading not ahead, this would wait out its timeout.
+                assert second_read.wait(5)
+                deadline = time.monotonic() + 5
+                while ahead.next_if_ready() is None and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                assert ahead.next_if_ready() == [3]  # judged already: its claim may begin
+            got.append(page)
+        assert ahead.next_if_ready() is None  # no page after the last
     assert got == [[1, 2], [3]]
     assert threads[0] == threading.current_thread().name  # the first page: at once
     assert all(t.startswith("outbox-read") for t in threads[1:])
 
 
-def test_read_ahead_closed_early_waits_for_the_read_in_flight():
+def test_a_page_still_being_read_is_not_offered_and_leaving_early_awaits_it():
     finished = threading.Event()
 
     def read(after):
@@ -156,23 +202,26 @@ def test_read_ahead_closed_early_waits_for_the_read_in_flight():
             finished.set()
         return _rows(after + 1)
 
-    pages = read_ahead(read, lambda rows: rows)
-    with contextlib.closing(pages):
+    with ReadAhead(read, lambda rows: rows) as ahead:
+        pages = iter(ahead)
         next(pages)
         time.sleep(0.05)  # the second read is under way
+        assert ahead.next_if_ready() is None  # never waits for it
     assert finished.is_set()  # its connection is back before the caller goes on
 
 
-def test_read_ahead_raises_a_reading_error_where_its_page_is_taken():
+def test_a_reading_error_is_raised_where_its_page_is_taken():
     def read(after):
         if after:
             raise RuntimeError("the database went away")
         return _rows(1)
 
-    pages = read_ahead(read, lambda rows: rows)
-    assert next(pages) == _rows(1)
-    with pytest.raises(RuntimeError, match="went away"):
-        next(pages)
+    with ReadAhead(read, lambda rows: rows) as ahead:
+        pages = iter(ahead)
+        assert next(pages) == _rows(1)
+        with pytest.raises(RuntimeError, match="went away"):
+            next(pages)
+        assert ahead.next_if_ready() is None
 
 
 def test_pages_start_at_one_request_and_double_up_to_ten():

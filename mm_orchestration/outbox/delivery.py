@@ -48,7 +48,16 @@ class Delivery:
 
     def record(self, screened: Screened) -> list[Row]:
         """Act on a page's verdicts (screening.record); the rows that may be sent."""
+        if screened.invalid or screened.suppressed:
+            self._settled()
         return record(self.db, screened, self.run_id, self.report, self.must_reach)
+
+    def _settled(self) -> None:
+        """No claim open and every acceptance marked, before a write of another kind: a
+        crash in it strands nothing, and it never waits for a connection the open claim
+        holds (a pool may have only one)."""
+        self.abandon_prepared()
+        self.flush()
 
     def claim(self, ids: list[int]) -> set[int]:
         """Claim rows for the request about to be made (see rows.claim); counts it. The
@@ -123,6 +132,7 @@ class Delivery:
 
     def fail_unbuilt(self, row: Row, exc: Exception) -> None:
         """The message could not be built from the row: a bug or bad data costs this row."""
+        self._settled()
         reason = f"could not build the message: {type(exc).__name__}: {exc}"
         rows.fail(self.db, [(row.id, reason)], self.run_id)
         self.report.failed += 1

@@ -3,13 +3,12 @@ compliance and health mail (anything with its own subject, text or attachments).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from mm_orchestration.joblog import log_event, mask_email
 from mm_orchestration.outbox.delivery import Delivery
-from mm_orchestration.outbox.paging import read_ahead
+from mm_orchestration.outbox.paging import ReadAhead
 from mm_orchestration.outbox.report import DeliveryReport
 from mm_orchestration.outbox.rows import FinishedRuns, Row, page
 from mm_orchestration.outbox.screening import judge
@@ -46,11 +45,10 @@ def deliver_pending(
 
 
 def _deliver(delivery: Delivery, mailer: Mailer, kinds: list[str], render: Renderer) -> None:
-    pages = read_ahead(
+    with ReadAhead(
         lambda after: page(delivery.db, kinds, after, PAGE_SINGLE),
         lambda rows: judge(rows, delivery.suppressions),
-    )
-    with contextlib.closing(pages):
+    ) as pages:
         for screened in pages:
             if not _deliver_page(delivery, mailer, render, delivery.record(screened)):
                 return

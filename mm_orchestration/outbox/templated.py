@@ -4,7 +4,6 @@ until only the rows SendGrid refuses fail."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -12,7 +11,7 @@ from typing import Any, NamedTuple
 
 from mm_orchestration.joblog import log_event
 from mm_orchestration.outbox.delivery import Delivery
-from mm_orchestration.outbox.paging import read_ahead
+from mm_orchestration.outbox.paging import ReadAhead
 from mm_orchestration.outbox.report import DeliveryReport
 from mm_orchestration.outbox.rows import FinishedRuns, Row, page
 from mm_orchestration.outbox.screening import Screened, judge
@@ -91,20 +90,21 @@ def deliver_pending_templated(
             [[items[i] for i in plan] for plan in plans],
         )
 
-    pages = read_ahead(read, prepare)
     try:
-        with contextlib.closing(pages):
+        with ReadAhead(read, prepare) as pages:
             for ready in pages:
                 delivery.record(ready.screened)
                 for row, error in ready.unbuilt:
                     delivery.fail_unbuilt(row, error)
                 groups = ready.requests
                 for n, group in enumerate(groups):
-                    following = groups[n + 1] if n + 1 < len(groups) else None
+                    # The next request's claim begins while this one is in flight; past a
+                    # page's end, when the next page is judged already.
+                    following = (
+                        groups[n + 1] if n + 1 < len(groups) else _first(pages.next_if_ready())
+                    )
                     if not split.deliver(group, following):
                         return delivery.report  # stopped: what is left stays pending
-                # Marked before the next page is judged: a crash there strands nothing.
-                delivery.flush()
     finally:
         delivery.close()
     return delivery.report
@@ -118,6 +118,10 @@ def _page_sizes(batch_size: int) -> Iterator[int]:
     while True:
         yield batch_size * requests
         requests = min(2 * requests, PAGES_OF_TEMPLATE_REQUESTS)
+
+
+def _first(page: _Page | None) -> list[_Item] | None:
+    return page.requests[0] if page is not None and page.requests else None
 
 
 class _Unbuilt(NamedTuple):
