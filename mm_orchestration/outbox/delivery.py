@@ -86,7 +86,9 @@ class Delivery:
         )
 
     def abandon_prepared(self) -> None:
-        """The request before it was not accepted: the next claim waits for what follows."""
+        """Roll back the claim `prepare` began (its request will not go next). Every other
+        write of a delivery does this first: while a claim is open, its connection is held
+        and its rows are locked."""
         upcoming, self._upcoming = self._upcoming, None
         _abandon(upcoming)
 
@@ -116,16 +118,19 @@ class Delivery:
         self, failures: Sequence[tuple[Row, str]], back_to_pending: Sequence[int] = ()
     ) -> None:
         """These rows fail for good, each with its reason; `back_to_pending` go again."""
+        self.abandon_prepared()
         rows.fail(self.db, [(r.id, e) for r, e in failures], self.run_id, back_to_pending)
         self.report.failed += len(failures)
         self.report.errors += [f"{r.key}: {e}" for r, e in failures]
 
     def release(self, group: list[Row], why: str) -> None:
         """Back to pending, to go in another request of this delivery."""
+        self.abandon_prepared()
         rows.release(self.db, [r.id for r in group], why)
 
     def reopen(self, failed: list[Row]) -> None:
         """Rows this delivery failed that were not at fault after all: pending again."""
+        self.abandon_prepared()
         rows.reopen(self.db, [r.id for r in failed], self.run_id)
         self.report.failed -= len(failed)
         self.report.held += len(failed)
@@ -144,6 +149,7 @@ class Delivery:
         False when delivery must stop (what is left stays pending), True when it goes on
         after settling these rows, None when the refusal is these rows' own (the caller
         fails or isolates them)."""
+        self.abandon_prepared()  # the request before it was not accepted
         report = self.report
         log_event(
             "email.refused" if not exc.transient else "email.deferred",

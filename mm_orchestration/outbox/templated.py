@@ -182,7 +182,6 @@ class _Split:
             try:
                 message_id = self.mailer.send_template(self.template_id, [i.part for i in group])
             except SendError as exc:
-                self.delivery.abandon_prepared()
                 if not self._refused(group, exc, work):
                     return False
                 continue
