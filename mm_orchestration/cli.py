@@ -950,7 +950,7 @@ def cmd_serve_reports(args: argparse.Namespace) -> int:
         args.port,
     )
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
-    print(f"mm-jobs: report downloads on http://{args.host}:{args.port}/reports/...")
+    print(f"mm-jobs: report downloads on http://{args.host}:{args.port}/reports/...", flush=True)
     try:
         server.serve_forever()
     except (KeyboardInterrupt, SystemExit):
