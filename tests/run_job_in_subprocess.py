@@ -1,6 +1,7 @@
 """Runs share-link-expiry (or, with a third argument `digest`, the day's notification
 digest) in its own process, so a test can kill it mid-flight."""
 
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,8 +18,14 @@ if TYPE_CHECKING:
 if __name__ == "__main__":
     database_url, sendgrid_url = sys.argv[1:3]
     which = sys.argv[3] if len(sys.argv) > 3 else "share-link-expiry"
+    # MM_TEST_ONE_CONNECTION=1: a direct URL and the lowest cap, so the pool has one
+    # connection for every thread of the delivery.
+    one = os.environ.get("MM_TEST_ONE_CONNECTION") == "1"
     resources = {
-        "portal_db": PortalDatabase(url=database_url),
+        "portal_db": PortalDatabase(
+            url=database_url,
+            **({"direct_url": database_url, "max_connections": 2} if one else {}),
+        ),
         "mailer": Mailer(api_key="SG.test-key", api_host=sendgrid_url),
     }
     with DagsterInstance.ephemeral() as instance:

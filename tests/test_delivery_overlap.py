@@ -5,16 +5,23 @@ a crash does to any row."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 
+import psycopg
 import pytest
+from dagster import DagsterInstance
 
 from mm_orchestration.jobs.notification_digest import notification_digest
+from mm_orchestration.outbox import DeliveryFailed, conclude, deliver_pending_templated
 from mm_orchestration.outbox.paging import ReadAhead
 from mm_orchestration.outbox.rows import Row
 from mm_orchestration.outbox.templated import _page_sizes
-from mm_orchestration.resources import Mailer, PortalDatabase
+from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from tests.sendgrid_server import Reply
 from tests.test_email_promise import AT, counts, many
 
@@ -227,3 +234,80 @@ def test_a_reading_error_is_raised_where_its_page_is_taken():
 def test_pages_start_at_one_request_and_double_up_to_ten():
     sizes = _page_sizes(1000)
     assert [next(sizes) for _ in range(6)] == [1000, 2000, 4000, 8000, 10000, 10000]
+
+
+def test_a_stop_while_waiting_for_a_begun_claim_rolls_it_back_and_marks_what_was_sent(
+    conn, database_url, sendgrid, project_root
+):
+    """SIGTERM while the delivering thread waits for the next request's claim (held up by a
+    row lock someone else holds), with a pool of one connection: the begun claim must still
+    be rolled back, so the accepted request before it is marked sent (not left 'sending'
+    behind a pool timeout) and nothing stays open."""
+    many(conn, 3500)  # requests 1 | 2, 3 | 4
+    sendgrid.then(Reply(202, delay=1.0), Reply(202, delay=1.0))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.run_job_in_subprocess", database_url, sendgrid.url,
+         "digest", AT],
+        cwd=project_root,
+        env={**os.environ, "MM_TEST_ONE_CONNECTION": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    other = psycopg.connect(database_url)  # an operator's session holds one row of request 3
+    try:
+        _wait_for(lambda: sendgrid.arrivals >= 1)
+        other.execute(
+            "SELECT id FROM ops.notification_outbox WHERE id = (SELECT id FROM "
+            "ops.notification_outbox ORDER BY id OFFSET 2500 LIMIT 1) FOR UPDATE"
+        )
+        _wait_for(lambda: sendgrid.arrivals >= 2)
+        time.sleep(2.0)  # request 2 answered; the run waits for request 3's claim
+        os.killpg(proc.pid, signal.SIGTERM)
+        time.sleep(2.0)
+        other.rollback()  # the lock goes; the begun claim's UPDATE completes
+
+        def open_transactions():
+            return conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
+            ).fetchone()[0]
+
+        # The stopped attempt rolls back the begun claim and marks request 2 sent at once
+        # (the op's retry, 30 s later, is not this test's business).
+        _wait_for(lambda: counts(conn) == {"sent": 2000, "pending": 1500}, timeout=15)
+        assert open_transactions() == 0
+        assert sendgrid.arrivals == 2  # request 3 never left
+    finally:
+        other.close()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def test_rows_an_earlier_attempt_of_this_run_left_sending_fail_as_unknown(conn, portal_db, mailer):
+    """An op stopped mid-request and retried in the same run (Dagster's step retry) finds
+    its own earlier attempt's rows 'sending': they may have gone, so they fail with their
+    outcome unknown and the op that finds them fails, rather than the run ending in
+    success with them unreported."""
+    many(conn, 3)
+    with DagsterInstance.ephemeral() as instance:
+        result = _run(portal_db, mailer, JobSettings(digest_template_id="d"), instance)
+    assert counts(conn) == {"sent": 3}
+    conn.execute(
+        "UPDATE ops.notification_outbox SET status = 'sending', claimed_by = 'run-1', "
+        "claimed_at = now(), sent_at = NULL WHERE id = (SELECT min(id) FROM "
+        "ops.notification_outbox)"
+    )
+    report = deliver_pending_templated(portal_db, mailer, "digest", "d", None, "run-1")
+    assert report.abandoned == 1
+    assert counts(conn) == {"sent": 2, "failed/unknown": 1}
+    assert result.success
+    with pytest.raises(DeliveryFailed, match="unknown"):
+        conclude(portal_db, report, ["digest"], "run-1", "digest")
+
+
+def _wait_for(check, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)

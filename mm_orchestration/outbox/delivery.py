@@ -62,11 +62,15 @@ class Delivery:
     def claim(self, ids: list[int]) -> set[int]:
         """Claim rows for the request about to be made (see rows.claim); counts it. The
         claim `prepare` began for these very ids is committed now; any other is abandoned."""
-        upcoming, self._upcoming = self._upcoming, None
+        upcoming = self._upcoming
         if upcoming is not None and upcoming[0] == ids:
-            claimed = upcoming[1].result().commit(self.accepted)
+            # Until it is in hand, the begun claim stays where `close` rolls it back: a stop
+            # raised while waiting for it must not leave its transaction open.
+            open_claim = upcoming[1].result()
+            self._upcoming = None
+            claimed = open_claim.commit(self.accepted)
         else:
-            _abandon(upcoming)
+            self.abandon_prepared()
             claimed = rows.claim(self.db, ids, self.run_id, self.accepted)
         self.accepted.clear()
         if claimed:

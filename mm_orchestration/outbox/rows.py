@@ -86,9 +86,11 @@ def settle_abandoned(
     db: PortalDatabase, kinds: list[str], run_id: str, finished: FinishedRuns | None
 ) -> DeliveryReport:
     """Settle what earlier deliverers left 'sending': a row whose deliverer's run has
-    finished (Dagster says so), or whose claim is older than the lease, may have been
-    sent, so it fails with its outcome unknown (never resent automatically). Rows another
-    running deliverer holds are counted. Returns a new report with both counts."""
+    finished (Dagster says so), whose claim is older than the lease, or that this very run
+    claimed (an earlier attempt of this op, stopped mid-request: a delivery starts with
+    nothing of its own in flight) may have been sent, so it fails with its outcome unknown
+    (never resent automatically) and the op that finds it fails. Rows another running
+    deliverer holds are counted. Returns a new report with both counts."""
     report = DeliveryReport()
     with durable(db) as conn:
         holders = [
@@ -101,7 +103,7 @@ def settle_abandoned(
             ).fetchall()
             if r[0]
         ]
-        gone = sorted(finished(holders)) if finished and holders else []
+        gone = [run_id, *sorted(finished(holders) if finished and holders else [])]
         report.abandoned = conn.execute(
             """UPDATE ops.notification_outbox
                   SET status = 'failed', outcome_unknown = true,
