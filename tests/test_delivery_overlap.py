@@ -19,7 +19,9 @@ from dagster import DagsterInstance
 from mm_orchestration.jobs.notification_digest import notification_digest
 from mm_orchestration.outbox import DeliveryFailed, conclude, deliver_pending_templated
 from mm_orchestration.outbox.paging import ReadAhead
-from mm_orchestration.outbox.rows import Row
+from mm_orchestration.outbox.report import DeliveryReport
+from mm_orchestration.outbox.rows import Row, page
+from mm_orchestration.outbox.screening import Suppressions, judge, record
 from mm_orchestration.outbox.templated import _page_sizes
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from tests.sendgrid_server import Reply
@@ -311,3 +313,34 @@ def _wait_for(check, timeout=30.0):
     while not check():
         assert time.monotonic() < deadline
         time.sleep(0.01)
+
+
+def test_a_row_another_deliverer_failed_first_is_not_counted_again(conn, portal_db):
+    """Two deliveries judging the same page both see its malformed address; only the one
+    whose write failed the row counts and logs it (the other run's report stays true)."""
+    many(conn, 2)
+    conn.execute("UPDATE portal.users SET email = 'nobody at all' WHERE email LIKE 'person1@%'")
+    with DagsterInstance.ephemeral() as instance:
+        notification_digest.execute_in_process(
+            resources={
+                "portal_db": portal_db,
+                "mailer": Mailer(api_key="", mail_from="jobs@motionmavericks.example"),
+                "job_settings": JobSettings(digest_template_id="d"),
+            },
+            run_config={"ops": {"queue_due_digests": {"config": {"now": AT}}}},
+            instance=instance,
+            op_selection=["queue_due_digests"],
+        )
+    rows = page(portal_db, ["digest"], 0, 10, raw=True)
+    suppressions = Suppressions.load(portal_db)
+    first, second = DeliveryReport(), DeliveryReport()
+    screened = judge(rows, suppressions)
+    assert len(screened.invalid) == 1
+    record(portal_db, screened, "run-a", first)
+    record(portal_db, judge(rows, suppressions), "run-b", second)
+    assert (first.invalid, second.invalid) == (1, 0)
+    assert len(first.errors) == 1 and second.errors == []
+    failed_by = conn.execute(
+        "SELECT failed_run_id FROM ops.notification_outbox WHERE status = 'failed'"
+    ).fetchall()
+    assert failed_by == [("run-a",)]

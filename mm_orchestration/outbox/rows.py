@@ -287,43 +287,48 @@ def fail(
     run_id: str,
     back_to_pending: Sequence[int] = (),
     only_pending: bool = False,
-) -> None:
+) -> set[int]:
     """Fail each row with its own reason (one statement), and put `back_to_pending` back to
-    pending in the same transaction."""
+    pending in the same transaction. Returns the ids failed (a row another deliverer has
+    settled meanwhile is left as it is)."""
     with durable(db) as conn:
-        conn.execute(
+        failed = conn.execute(
             """UPDATE ops.notification_outbox o
                   SET status = 'failed', last_error = f.error, failed_at = now(),
                       failed_run_id = %(run_id)s, outcome_unknown = false
                  FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS f(id, error)
                 WHERE o.id = f.id
-                  AND o.status = ANY(%(from)s)""",
+                  AND o.status = ANY(%(from)s)
+            RETURNING o.id""",
             {
                 "run_id": run_id,
                 "ids": [i for i, _ in failures],
                 "errors": [storable(e) for _, e in failures],
                 "from": ["pending"] if only_pending else ["pending", "sending"],
             },
-        )
+        ).fetchall()
         if back_to_pending:
             conn.execute(
                 """UPDATE ops.notification_outbox SET status = 'pending', claimed_by = NULL
                     WHERE id = ANY(%s) AND status = 'sending'""",
                 [list(back_to_pending)],
             )
+    return {row[0] for row in failed}
 
 
-def suppress(db: PortalDatabase, reasons: Sequence[tuple[int, str]]) -> None:
-    """Mark pending rows 'suppressed', each with the suppression's reason."""
+def suppress(db: PortalDatabase, reasons: Sequence[tuple[int, str]]) -> set[int]:
+    """Mark pending rows 'suppressed', each with the suppression's reason; the ids marked."""
     with durable(db) as conn:
-        conn.execute(
+        marked = conn.execute(
             """UPDATE ops.notification_outbox o
                   SET status = 'suppressed',
                       last_error = 'recipient is on portal.email_suppressions (' || s.reason || ')'
                  FROM unnest(%s::bigint[], %s::text[]) AS s(id, reason)
-                WHERE o.id = s.id AND o.status = 'pending'""",
+                WHERE o.id = s.id AND o.status = 'pending'
+            RETURNING o.id""",
             [[i for i, _ in reasons], [storable(r) for _, r in reasons]],
-        )
+        ).fetchall()
+    return {row[0] for row in marked}
 
 
 def fail_unknown(

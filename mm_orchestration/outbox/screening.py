@@ -73,11 +73,14 @@ def record(
     SendGrid would refuse fail with the reason, before any request; rows for a suppressed
     recipient become 'suppressed', or fail when `must_reach` (our own contacts: silencing
     them would silence the alerts)."""
+    # Each counts only the rows it changed: a deliverer running beside this one may have
+    # settled the same rows already, and its run reports them.
     if screened.invalid:
         reasons = [(row.id, f"invalid address: {why}") for row, why in screened.invalid]
-        fail(db, reasons, run_id, only_pending=True)
-        report.invalid += len(screened.invalid)
-        for row, why in screened.invalid:
+        changed = fail(db, reasons, run_id, only_pending=True)
+        invalid = [(row, why) for row, why in screened.invalid if row.id in changed]
+        report.invalid += len(invalid)
+        for row, why in invalid:
             report.errors.append(f"{row.key}: invalid address: {why}")
             log_event(
                 "email.invalid_address",
@@ -96,12 +99,13 @@ def record(
              f"({reason}): remove it there, or set another address")
             for row, reason in suppressed
         ]  # fmt: skip
-        fail(db, failed, run_id, only_pending=True)
-        report.failed += len(failed)
+        changed = fail(db, failed, run_id, only_pending=True)
+        report.failed += len(changed)
         report.errors += [
-            f"{row.key}: {why}" for (row, _), (_, why) in zip(suppressed, failed, strict=True)
+            f"{row.key}: {why}"
+            for (row, _), (_, why) in zip(suppressed, failed, strict=True)
+            if row.id in changed
         ]
     elif suppressed:
-        suppress(db, [(row.id, reason) for row, reason in suppressed])
-        report.suppressed += len(suppressed)
+        report.suppressed += len(suppress(db, [(row.id, reason) for row, reason in suppressed]))
     return screened.sendable
