@@ -5,6 +5,7 @@ a crash does to any row."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -58,32 +59,12 @@ def test_the_next_request_is_claimed_while_one_is_in_flight_and_committed_only_w
 ):
     many(conn, 3500)  # pages of 1,000, 2,000 and 500 rows: requests 1 | 2, 3 | 4
     sendgrid.then(Reply(202), Reply(202, delay=1.5))  # the second is held for a while
-    done = {}
-    worker = threading.Thread(
-        target=lambda: done.update(
-            result=_run(portal_db, _mailer(sendgrid), job_settings, instance)
-        )
-    )
-    worker.start()
-    try:
-        deadline = time.monotonic() + 30
-        while sendgrid.arrivals < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        deadline = time.monotonic() + 10
-        while True:  # the next request's claim is begun, not committed
-            free = conn.execute(
-                "SELECT count(*) FROM (SELECT id FROM ops.notification_outbox "
-                "WHERE status = 'pending' FOR UPDATE SKIP LOCKED) f"
-            ).fetchone()[0]
-            conn.rollback()
-            if free == 500 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        assert free == 500  # the third request's 1,000 rows are held by the open claim...
-        assert counts(conn) == {"sent": 1000, "sending": 1000, "pending": 1500}  # ...yet pending
+    with _running(portal_db, _mailer(sendgrid), job_settings, instance) as done:
+        _wait_for(lambda: sendgrid.arrivals >= 2)
+        # The next request's claim is begun, not committed: its rows are locked yet pending.
+        _wait_for(lambda: _unlocked_pending(conn) == 500, timeout=10)
+        assert counts(conn) == {"sent": 1000, "sending": 1000, "pending": 1500}
         conn.rollback()
-    finally:
-        worker.join(60)
     assert done["result"].success
     assert counts(conn) == {"sent": 3500}
     assert _attempts(conn) == {1: 3500}  # a claim begun and committed counts one attempt
@@ -115,27 +96,12 @@ def test_the_next_pages_first_request_is_claimed_while_this_pages_last_is_in_fli
     # The second request is held long enough for the third page to be judged; the third
     # request (this page's last) is held while the test looks.
     sendgrid.then(Reply(202), Reply(202, delay=0.5), Reply(202, delay=1.5))
-    done = {}
-    worker = threading.Thread(
-        target=lambda: done.update(
-            result=_run(portal_db, _mailer(sendgrid), job_settings, instance)
-        )
-    )
-    worker.start()
-    try:
-        deadline = time.monotonic() + 30
-        while sendgrid.arrivals < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
+    with _running(portal_db, _mailer(sendgrid), job_settings, instance) as done:
+        _wait_for(lambda: sendgrid.arrivals >= 3)
         time.sleep(0.3)
-        free = conn.execute(
-            "SELECT count(*) FROM (SELECT id FROM ops.notification_outbox "
-            "WHERE status = 'pending' FOR UPDATE SKIP LOCKED) f"
-        ).fetchone()[0]
-        pending = counts(conn).get("pending")
+        # The last page's 500: pending, held by the begun claim.
+        assert (counts(conn).get("pending"), _unlocked_pending(conn)) == (500, 0)
         conn.rollback()
-        assert (pending, free) == (500, 0)  # the last page's 500: held by the begun claim
-    finally:
-        worker.join(60)
     assert done["result"].success
     assert counts(conn) == {"sent": 3500}
 
@@ -344,3 +310,28 @@ def test_a_row_another_deliverer_failed_first_is_not_counted_again(conn, portal_
         "SELECT failed_run_id FROM ops.notification_outbox WHERE status = 'failed'"
     ).fetchall()
     assert failed_by == [("run-a",)]
+
+
+@contextlib.contextmanager
+def _running(portal_db, mailer, job_settings, instance):
+    """The digest run on a thread of its own while the test looks; its result in
+    `done["result"]` once the block ends."""
+    done = {}
+    worker = threading.Thread(
+        target=lambda: done.update(result=_run(portal_db, mailer, job_settings, instance))
+    )
+    worker.start()
+    try:
+        yield done
+    finally:
+        worker.join(60)
+
+
+def _unlocked_pending(conn):
+    """Pending rows no transaction holds (a begun claim locks its rows)."""
+    free = conn.execute(
+        "SELECT count(*) FROM (SELECT id FROM ops.notification_outbox "
+        "WHERE status = 'pending' FOR UPDATE SKIP LOCKED) f"
+    ).fetchone()[0]
+    conn.rollback()
+    return free
