@@ -32,9 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg
 from _harness import clone, median, psql_seconds, report, server, source_database, with_literals
+from psycopg import sql
 
 from mm_orchestration.db import connect
-from mm_orchestration.digest_queue import EMAIL_KIND, MARGIN, settle
+from mm_orchestration.digest_queue import CONTENT, EMAIL_KIND, MARGIN, PAYLOAD, settle
 
 ZONES = [
     "Australia/Perth",
@@ -115,8 +116,10 @@ BUILD = [
 # The floor: the same selection and rows, written by hand the obvious way. Every person's
 # local date at both ends of the window, their chosen time on it as an instant (PostgreSQL's
 # own zone rules, row by row), kept when it falls in (since, now]; then what a digest says
-# and the two inserts, as the job does.
-FLOOR = """
+# (the job's own CONTENT and PAYLOAD: what is said is not what is measured) and the two
+# inserts.
+FLOOR = sql.SQL(
+    """
 WITH candidates AS MATERIALIZED (
     SELECT u.id, u.tenant_id, u.email, u.display_name, t.name AS tenant_name,
            u.timezone AS zone, u.digest_frequency AS frequency, d.day,
@@ -150,46 +153,12 @@ WITH candidates AS MATERIALIZED (
       FROM due d
      WHERE NOT EXISTS (SELECT 1 FROM ops.digest_periods r
                         WHERE r.user_id = d.id AND r.period = d.period)
-), digests AS MATERIALIZED (
-    SELECT s.*, k.due_soon, k.overdue, a.updates,
-           (%(now)s::timestamptz AT TIME ZONE s.zone)::date AS local_date
-      FROM senders s
-      LEFT JOIN LATERAL (
-          SELECT jsonb_agg(item ORDER BY k.due_at, k.title)
-                     FILTER (WHERE k.due_at >= %(now)s) AS due_soon,
-                 jsonb_agg(item ORDER BY k.due_at, k.title)
-                     FILTER (WHERE k.due_at < %(now)s) AS overdue
-            FROM portal.tasks k
-            LEFT JOIN portal.projects p ON p.id = k.project_id
-           CROSS JOIN LATERAL (SELECT jsonb_build_object(
-                   'title', k.title, 'project', p.name, 'due_at', k.due_at,
-                   'due_local', to_char(k.due_at AT TIME ZONE s.zone,
-                                        'Dy DD Mon YYYY HH24:MI')) AS item) i
-           WHERE k.assignee_id = s.id AND k.completed_at IS NULL
-             AND k.due_at < (((%(now)s::timestamptz AT TIME ZONE s.zone)::date + 2)::timestamp
-                             AT TIME ZONE s.zone)
-      ) k ON NOT s.suppressed
-      LEFT JOIN LATERAL (
-          SELECT jsonb_agg(jsonb_build_object('title', m.title, 'status', m.status,
-                                              'changed_at', m.status_changed_at)
-                           ORDER BY m.status_changed_at, m.title) AS updates
-            FROM portal.media_assets m
-           WHERE m.tenant_id = s.tenant_id AND m.status IN ('ready', 'errored')
-             AND m.status_changed_at >= s.since AND m.status_changed_at < %(now)s
-      ) a ON NOT s.suppressed
+), digests AS MATERIALIZED ({content}
 ), queued AS (
     INSERT INTO ops.notification_outbox
         (idempotency_key, kind, tenant_id, recipient, payload, user_id)
     SELECT 'digest:' || d.id || ':' || d.period, %(kind)s, d.tenant_id, d.email,
-           jsonb_build_object(
-               'display_name', d.display_name, 'tenant_name', d.tenant_name,
-               'date', d.local_date, 'period', d.period,
-               'due_soon', coalesce(d.due_soon, '[]'), 'overdue', coalesce(d.overdue, '[]'),
-               'asset_updates', coalesce(d.updates, '[]'),
-               'counts', jsonb_build_object(
-                   'due_soon', coalesce(jsonb_array_length(d.due_soon), 0),
-                   'overdue', coalesce(jsonb_array_length(d.overdue), 0),
-                   'asset_updates', coalesce(jsonb_array_length(d.updates), 0))),
+           {payload},
            d.id
       FROM digests d
      WHERE NOT d.suppressed
@@ -207,6 +176,7 @@ SELECT d.id, d.period, d.moment,
   FROM digests d
     ON CONFLICT (user_id, period) DO NOTHING
 """
+).format(content=sql.SQL(CONTENT), payload=sql.SQL(PAYLOAD))
 
 # What both days must agree on.
 SETTLED_ROWS = "SELECT user_id, period, moment, outcome FROM ops.digest_periods"

@@ -15,6 +15,19 @@ SYDNEY = ZoneInfo("Australia/Sydney")
 DAY = date(2026, 11, 27)
 
 
+def materialized(portal_db, job_settings):
+    """The day's partition of ops/audit_trail materialised; its metadata."""
+    with DagsterInstance.ephemeral() as instance:
+        result = materialize(
+            [audit_trail_asset],
+            partition_key=DAY.isoformat(),
+            instance=instance,
+            resources={"portal_db": portal_db, "job_settings": job_settings},
+        )
+    (materialization,) = result.asset_materializations_for_node("ops__audit_trail")
+    return materialization.metadata
+
+
 def entry(conn, actor, action, at, **extra):
     entry_id = audit.record(conn, actor, action, None, None, {}, **extra)
     conn.execute("UPDATE ops.audit_log SET occurred_at = %s WHERE id = %s", [at, entry_id])
@@ -26,15 +39,7 @@ def test_one_sydney_day_with_counts_table_and_filtered_csv(conn, portal_db, job_
     entry(conn, "olivia@mm.example", "launch_run", inside, role="operator", outcome="refused")
     entry(conn, "=cmd|' /C calc'!A0", "download_report", inside, role="viewer")
     entry(conn, "adam@mm.example", "stop_schedule", datetime(2026, 11, 28, 0, 1, tzinfo=SYDNEY))
-    with DagsterInstance.ephemeral() as instance:
-        result = materialize(
-            [audit_trail_asset],
-            partition_key=DAY.isoformat(),
-            instance=instance,
-            resources={"portal_db": portal_db, "job_settings": job_settings},
-        )
-    (materialization,) = result.asset_materializations_for_node("ops__audit_trail")
-    metadata = materialization.metadata
+    metadata = materialized(portal_db, job_settings)
     assert metadata["entries"].value == 3 and metadata["people"].value == 2
     assert metadata["refused"].value == 1
     assert "olivia\\@mm.example: 2" in metadata["by_person"].value  # escaped: no mailto link
@@ -67,16 +72,9 @@ def test_a_cut_trail_says_so_and_how_to_narrow_it(conn, portal_db, job_settings,
     assert not whole.truncated and whole.note is None
 
     monkeypatch.setattr(audit_trail, "MAX_ROWS", 2)
-    with DagsterInstance.ephemeral() as instance:
-        result = materialize(
-            [audit_trail_asset],
-            partition_key=DAY.isoformat(),
-            instance=instance,
-            resources={"portal_db": portal_db, "job_settings": job_settings},
-        )
-    (materialization,) = result.asset_materializations_for_node("ops__audit_trail")
-    assert materialization.metadata["truncated"].value is True
-    assert "only the first 2" in materialization.metadata["narrow"].value
+    metadata = materialized(portal_db, job_settings)
+    assert metadata["truncated"].value is True
+    assert "only the first 2" in metadata["narrow"].value
 
 
 def test_the_preview_renders_no_markdown_anyone_sent(conn, portal_db, job_settings):
@@ -89,15 +87,7 @@ def test_the_preview_renders_no_markdown_anyone_sent(conn, portal_db, job_settin
         target="![x](http://t.example/p.png)",
     )
     entry(conn, "<img src=x onerror=alert(1)>", "**bold**", at)
-    with DagsterInstance.ephemeral() as instance:
-        result = materialize(
-            [audit_trail_asset],
-            partition_key=DAY.isoformat(),
-            instance=instance,
-            resources={"portal_db": portal_db, "job_settings": job_settings},
-        )
-    (materialization,) = result.asset_materializations_for_node("ops__audit_trail")
-    metadata = materialization.metadata
+    metadata = materialized(portal_db, job_settings)
     shown = metadata["entries_preview"].value + metadata["by_person"].value
     shown += metadata["by_action"].value
     assert "[click](" not in shown and "\\[click\\]" in shown
