@@ -34,6 +34,10 @@ MM_JOBS = str(Path(sys.executable).with_name("mm-jobs"))
 HEADER = "X-Auth-Request-Email"
 OPERATOR, ADMIN, VIEWER = "olivia@mm.example", "adam@mm.example", "vera@mm.example"
 ROLES = f"{OPERATOR}=operator; {ADMIN}=admin; {VIEWER}=viewer"
+# The proxy proves itself with this secret; people open the console at PUBLIC (the test
+# talks to its port directly, as the proxy would, whatever Host that carries).
+SECRET = "test-proxy-secret-0123456789abcdef0123456789"
+PUBLIC = "https://jobs.mm.example"
 
 LAUNCH = """
 mutation($p: ExecutionParams!) { launchPipelineExecution(executionParams: $p) {
@@ -83,6 +87,7 @@ def test_roles_and_identity_settings_are_checked_at_start(tmp_path):
     roles_file.write_text("admin: [ann@x.io]\nviewer: ['*@x.io']\n")
     access = ConsoleAccess.from_env(
         {
+            **PROXY,
             "MM_CONSOLE_TRUSTED_PROXIES": "10.0.0.0/24, ::1",
             "MM_CONSOLE_ROLES_FILE": str(roles_file),
             "MM_CONSOLE_ROLES": "ben@x.io=operator",
@@ -94,11 +99,18 @@ def test_roles_and_identity_settings_are_checked_at_start(tmp_path):
         "viewer",
         None,  # unknown people get nothing
     ]
-    headers = {"x-auth-request-email": "ann@x.io"}
+    proven = {"x-mm-proxy-secret": SECRET}
+    headers = {"x-auth-request-email": "ann@x.io", **proven}
     assert access.identify("10.0.0.7", headers) == Identity("ann@x.io", "admin", "proxy")
     assert access.identify("10.0.1.7", headers) is None  # not the proxy: header ignored
-    assert access.identify("10.0.0.7", {}) is None
-    assert access.identify("10.0.0.7", {"x-auth-request-email": "a b@x.io"}) is None
+    assert access.identify("10.0.0.7", proven) is None
+    assert access.identify("10.0.0.7", {"x-auth-request-email": "a b@x.io", **proven}) is None
+    # The proxy's address without the proxy's secret is any process on its machine.
+    assert access.identify("10.0.0.7", {"x-auth-request-email": "ann@x.io"}) is None
+    wrong = {"x-auth-request-email": "ann@x.io", "x-mm-proxy-secret": SECRET[:-1] + "!"}
+    assert access.identify("10.0.0.7", wrong) is None
+    twice = [("x-auth-request-email", "ann@x.io"), *proven.items(), *proven.items()]
+    assert access.identify("10.0.0.7", twice) is None
     roles_file.write_text("admin: [ben@x.io]\n")
     with pytest.raises(SettingsError, match="ben@x.io the role operator.*gives them admin"):
         ConsoleAccess.from_env(
@@ -114,7 +126,11 @@ def test_roles_and_identity_settings_are_checked_at_start(tmp_path):
         )
 
 
-PROXY = {"MM_CONSOLE_TRUSTED_PROXIES": "127.0.0.1"}
+PROXY = {
+    "MM_CONSOLE_TRUSTED_PROXIES": "127.0.0.1",
+    "MM_CONSOLE_PUBLIC_URL": PUBLIC,
+    "MM_CONSOLE_PROXY_SECRET": SECRET,
+}
 
 
 @pytest.mark.parametrize(
@@ -152,7 +168,10 @@ def test_trusting_everyone_as_the_proxy_is_refused(proxies):
         ConsoleAccess.from_env({"MM_CONSOLE_TRUSTED_PROXIES": proxies})
     # A site's own ranges are fine.
     ConsoleAccess.from_env(
-        {"MM_CONSOLE_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8, ::ffff:10.0.0.1, 2002:a00::/24, ::1"}
+        {
+            **PROXY,
+            "MM_CONSOLE_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8, ::ffff:10.0.0.1, 2002:a00::/24, ::1",
+        }
     )
 
 
@@ -174,9 +193,8 @@ def test_a_whole_domain_covers_only_addresses_of_that_domain():
     assert access.role_of("a@evil.com@x.com") is None  # no address at all
     assert access.role_of("a@sub.x.com") is None and access.role_of("a@evilx.com") is None
     assert access.role_of("ann") == "admin"  # a user name, as some proxies give
-    assert access.identify("127.0.0.1", {"x-auth-request-email": "a@evil.com@x.com"}) == (
-        Identity("a@evil.com@x.com", None, "proxy")
-    )
+    headers = {"x-auth-request-email": "a@evil.com@x.com", "x-mm-proxy-secret": SECRET}
+    assert access.identify("127.0.0.1", headers) == Identity("a@evil.com@x.com", None, "proxy")
     with pytest.raises(SettingsError, match="MM_CONSOLE_ROLES: 'a@b@x.com'"):
         ConsoleAccess.from_env({**PROXY, "MM_CONSOLE_ROLES": "a@b@x.com=admin"})
 
@@ -236,6 +254,8 @@ def console(pg_server, tmp_path_factory) -> Iterator[Console]:
         MM_CONSOLE_AUTH="proxy",
         MM_CONSOLE_TRUSTED_PROXIES="127.0.0.1",
         MM_CONSOLE_ROLES=ROLES,
+        MM_CONSOLE_PUBLIC_URL=PUBLIC,
+        MM_CONSOLE_PROXY_SECRET=SECRET,
     )
     port = free_port()
     log = tmp / "console.log"
@@ -271,10 +291,14 @@ def curl(
     content_type: str = "application/json",
     forwarded: str | None = None,
     origin: str | None = None,
+    secret: str | None = SECRET,
 ) -> tuple[int, bytes, str]:
     """(status, body, response headers) of one request with curl from `source`, as the
-    proxy (with `person`) or as a stranger."""
+    proxy (with `person`, and the proxy's secret unless `secret` says otherwise) or as a
+    stranger."""
     args = ["curl", "-g", "-s", "-S", "--interface", source, "-D", "-", "-o", "-"]
+    if secret is not None:
+        args += ["-H", f"X-MM-Proxy-Secret: {secret}"]
     if person is not None:
         args += ["-H", f"{HEADER}: {person}"]
     if forwarded is not None:
@@ -335,7 +359,8 @@ def test_no_identity_is_refused_with_a_page_and_health_checks_still_answer(conso
     # Two identity headers (one the browser's, one the proxy's): nobody for certain.
     doubled = subprocess.run(
         ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", f"{HEADER}: {ADMIN}",
-         "-H", f"{HEADER}: {VIEWER}", f"http://127.0.0.1:{console.port}/"],
+         "-H", f"{HEADER}: {VIEWER}", "-H", f"X-MM-Proxy-Secret: {SECRET}",
+         f"http://127.0.0.1:{console.port}/"],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert doubled.stdout == "401"
@@ -506,10 +531,9 @@ def test_another_sites_page_cannot_act_as_the_person(console):
         origin="http://evil.example",
     )
     assert status == 403
-    # The console's own pages send their own origin.
+    # The console's own pages send their own origin: its public address.
     status, body, _ = curl(
-        console.port, "/graphql", ADMIN, {"query": "{ version }"},
-        origin=f"http://127.0.0.1:{console.port}",
+        console.port, "/graphql", ADMIN, {"query": "{ version }"}, origin=PUBLIC,
     )  # fmt: skip
     assert status == 200, body[:300]
 
@@ -539,7 +563,7 @@ def test_the_websocket_carries_subscriptions_only(console):
     with connect(
         f"ws://127.0.0.1:{console.port}/graphql",
         subprotocols=["graphql-ws"],  # type: ignore[list-item]
-        additional_headers={HEADER: ADMIN},
+        additional_headers={HEADER: ADMIN, "X-MM-Proxy-Secret": SECRET},
     ) as ws:
         ws.send(json.dumps({"type": "connection_init"}))
         assert json.loads(ws.recv(timeout=10))["type"] == "connection_ack"
@@ -668,7 +692,13 @@ def test_a_batch_of_graphql_operations_is_refused_clearly(console):
     status, body, _ = curl(console.port, "/graphql", ADMIN, batch)
     assert status == 400
     assert "one GraphQL operation per request" in json.loads(body)["errors"][0]["message"]
-    assert len(console.audit()) == before  # nothing was done, so nothing to audit
+    # Nothing was done; the refusal is audited, once.
+    (entry,) = console.audit()[before:]
+    assert (entry["action"], entry["outcome"], entry["actor"]) == (
+        "graphql_request",
+        "refused",
+        ADMIN,
+    )
     for body, problem in (
         ({"query": 1}, "query must be"),
         ({"query": "{ version }", "variables": [1]}, "variables must be"),
@@ -681,7 +711,7 @@ def test_a_batch_of_graphql_operations_is_refused_clearly(console):
 def test_graphiql_names_the_person_too(console):
     done = subprocess.run(
         ["curl", "-s", "-H", f"{HEADER}: {OPERATOR}", "-H", "Accept: text/html",
-         f"http://127.0.0.1:{console.port}/graphql"],
+         "-H", f"X-MM-Proxy-Secret: {SECRET}", f"http://127.0.0.1:{console.port}/graphql"],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert "Signed in as olivia@mm.example (operator)" in done.stdout
@@ -1024,11 +1054,11 @@ def test_the_local_stacks_take_any_loopback_spelling_for_their_links(monkeypatch
 
 
 def test_requests_the_gate_cannot_read_are_refused_and_audited_never_a_500(console):
-    """A run config YAML cannot build (a month 13) and a parent run id with a NUL make
-    reading them raise: a clear GraphQL answer and a `refused` entry, no stack trace.
-    `mutation { __typename }` changes nothing and answers."""
+    """A run config YAML cannot build (a timestamp in month 13) and a parent run id with
+    a NUL make reading them raise: a clear GraphQL answer and a `refused` entry, no stack
+    trace. `mutation { __typename }` changes nothing and answers."""
     params = launch_params("share_link_expiry")
-    params["runConfigData"] = "ops:\n  x:\n    config:\n      note: 2026-13-45\n"
+    params["runConfigData"] = "ops:\n  x:\n    config:\n      note: !!timestamp 2026-13-45\n"
     status, body, _ = curl(console.port, "/graphql", OPERATOR,
                            {"query": LAUNCH, "variables": {"p": params}})  # fmt: skip
     assert status == 200, body[:500]

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from graphql import OperationType
+from graphql import parse
 
 from mm_orchestration.console.access import Identity
 from mm_orchestration.console.gate import ConsoleGate, _pinned_mutations
@@ -36,6 +36,12 @@ class Trail:
         self.entries[entry - 1]["result"] = result
 
 
+def _pinned_mutations_schema() -> Any:
+    from dagster_graphql.schema import create_schema
+
+    return create_schema().graphql_schema
+
+
 def call(
     field: str, args: dict[str, Any], identity: Identity, runs: dict[str, Any] | None = None
 ) -> tuple[Trail, Any, dict[str, Any] | None]:
@@ -57,8 +63,12 @@ def call(
         instance=SimpleNamespace(get_run_by_id=get_run_by_id),
         code_locations=[],
     )
+    (operation,) = parse(f"mutation {{ {field} }}").definitions
     info = SimpleNamespace(
-        operation=SimpleNamespace(operation=OperationType.MUTATION),
+        operation=operation,
+        schema=_pinned_mutations_schema(),
+        fragments={},
+        variable_values={},
         path=SimpleNamespace(prev=None),
         context=context,
         field_name=field,
@@ -133,7 +143,7 @@ def test_a_reexecutions_extra_tags_are_held_to_the_same_rule():
 @pytest.mark.parametrize(
     "config, why",
     [
-        ("ops:\n  x:\n    config:\n      note: 2026-13-45\n", "ValueError"),
+        ("ops:\n  x:\n    config:\n      note: !!timestamp 2026-13-45\n", "ValueError"),
         ("a: " + "[" * 5000 + "]" * 5000, "RecursionError"),
     ],
 )
@@ -184,8 +194,9 @@ def test_mutation_typename_passes_and_a_refusal_is_a_client_error_without_a_trac
     from mm_orchestration.console.app import ConsoleWebserver
     from mm_orchestration.console.gate import ConsoleRefusal
 
+    (operation,) = parse("mutation { __typename }").definitions
     info = SimpleNamespace(
-        operation=SimpleNamespace(operation=OperationType.MUTATION),
+        operation=operation,
         path=SimpleNamespace(prev=None),
         field_name="__typename",
     )

@@ -33,6 +33,7 @@ from tests.local_stack import own_env, start, wait_until_serving
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 HEADER = "X-Auth-Request-Email"
 OPERATOR, ADMIN = "olivia@mm.example", "adam@mm.example"
+SECRET = "ui-test-proxy-secret-0123456789abcdef0123"
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
@@ -62,6 +63,8 @@ def test_operator_and_admin_act_as_themselves_in_the_browser(tmp_path, sendgrid,
         MM_CONSOLE_AUTH="proxy",
         MM_CONSOLE_TRUSTED_PROXIES="127.0.0.1",
         MM_CONSOLE_ROLES=f"{OPERATOR}=operator; {ADMIN}=admin",
+        MM_CONSOLE_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        MM_CONSOLE_PROXY_SECRET=SECRET,
     )
     log = tmp_path / "dev.log"
     proc = start(["dev", "--port", str(port)], env, log)
@@ -104,7 +107,8 @@ def test_operator_and_admin_act_as_themselves_in_the_browser(tmp_path, sendgrid,
 
             def page_as(person: str):
                 context = browser.new_context(
-                    viewport={"width": 1400, "height": 900}, extra_http_headers={HEADER: person}
+                    viewport={"width": 1400, "height": 900},
+                    extra_http_headers={HEADER: person, "X-MM-Proxy-Secret": SECRET},
                 )
                 page = context.new_page()
                 page.add_locator_handler(

@@ -20,23 +20,31 @@ Roles, each including the one before:
 from __future__ import annotations
 
 import getpass
+import hmac
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 from mm_orchestration import inventory
 from mm_orchestration.addresses import address_problem, domain_of
+from mm_orchestration.console.refusals import REFUSALS_PER_WINDOW
 from mm_orchestration.settings import SettingsError
 
 ROLES = ("viewer", "operator", "admin")
 AUTH_MODES = ("proxy", "local")
 DEFAULT_HEADER = "X-Auth-Request-Email"
+# The header the proxy proves itself with: a secret shared by the proxy and the console
+# only, which no browser page and no other process on the proxy's machine can produce.
+PROXY_SECRET_HEADER = "X-MM-Proxy-Secret"
+MIN_SECRET_LENGTH = 32
+_SECRET = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: it travels in an HTTP header
 
 # What an operator may launch or re-execute: the seed's manual jobs and the DLQ tools,
 # by their Dagster job names, and the assets of the manual asset jobs (a materialisation
@@ -107,6 +115,29 @@ class ConsoleAccess:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     roles: Mapping[str, str] = field(default_factory=dict)
     local_user: str = ""
+    # Where people open the console (scheme://host[:port][/path]); proxy mode only.
+    public_url: str = ""
+    proxy_secret: str = field(default="", repr=False)
+    # How many refusals of one person are audited one by one each minute (refusals.py).
+    refusals_per_minute: int = REFUSALS_PER_WINDOW
+
+    @property
+    def public_origin(self) -> str | None:
+        """The public address as a browser names it in `Origin` (scheme://host[:port],
+        the port left out when it is the scheme's default), or None in development."""
+        return origin_of(self.public_url) if self.public_url else None
+
+    @property
+    def path_prefix(self) -> str:
+        """The path the proxy serves the console under (`/console`), or ""."""
+        return urlsplit(self.public_url).path.rstrip("/") if self.public_url else ""
+
+    def proxy_proven(self, values: list[str]) -> bool:
+        """Whether a request's proxy-secret header values (all of them) prove it came
+        through the proxy: exactly one, equal to the secret (compared in constant time)."""
+        if len(values) != 1 or not self.proxy_secret:
+            return False
+        return hmac.compare_digest(values[0].encode("latin-1"), self.proxy_secret.encode())
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ConsoleAccess:
@@ -152,7 +183,23 @@ class ConsoleAccess:
                 )
             roles[person] = role
         local_user = _os_user() if mode == "local" else ""
-        return cls(mode, header, proxies, roles, local_user)
+        public_url = _public_url(get("MM_CONSOLE_PUBLIC_URL"))
+        secret = get("MM_CONSOLE_PROXY_SECRET")
+        if mode == "proxy":
+            if not public_url:
+                raise SettingsError(
+                    "MM_CONSOLE_PUBLIC_URL is not set: with MM_CONSOLE_AUTH=proxy the console "
+                    "judges where requests come from against the address people open (e.g. "
+                    "https://jobs.example.com), not against what a proxy forwards as Host"
+                )
+            _check_secret(secret)
+        limit = get("MM_CONSOLE_REFUSALS_PER_MINUTE") or str(REFUSALS_PER_WINDOW)
+        if not limit.isdigit() or not 1 <= int(limit) <= 100_000:
+            raise SettingsError(
+                "MM_CONSOLE_REFUSALS_PER_MINUTE is a whole number from 1 to 100000 (refusals "
+                f"of one person audited one by one each minute; default {REFUSALS_PER_WINDOW})"
+            )
+        return cls(mode, header, proxies, roles, local_user, public_url, secret, int(limit))
 
     def role_of(self, person: str) -> str | None:
         """The person's role: their own entry, else their email domain's (`*@example.com`);
@@ -169,15 +216,24 @@ class ConsoleAccess:
             return "admin"
         return None
 
-    def identify(self, peer: str | None, headers: Mapping[str, str]) -> Identity | None:
-        """The person behind a request from `peer` with `headers` (lower-case names), or
-        None when there is none to believe: no header, a malformed one, or a header from an
-        address that is not the proxy's (ignored: anyone can send it)."""
+    def identify(
+        self, peer: str | None, headers: Mapping[str, str] | Sequence[tuple[str, str]]
+    ) -> Identity | None:
+        """The person behind a request from `peer` with `headers` (lower-case names; the
+        raw pairs when a name may repeat), or None when there is none to believe: a
+        request that does not prove it came through the proxy (its address is not the
+        proxy's, or the proxy secret is missing or wrong), no identity header, a malformed
+        one, or two of them (one the browser sent and one the proxy added: whichever is
+        meant, the request names nobody for certain)."""
         if self.mode == "local":
             return Identity(self.local_user, self.role_of(self.local_user), "local")
+        pairs = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
         if peer is None or not self.trusted(peer):
             return None
-        person = headers.get(self.header.lower(), "").strip()
+        if not self.proxy_proven([v for k, v in pairs if k == PROXY_SECRET_HEADER.lower()]):
+            return None
+        named = [v for k, v in pairs if k == self.header.lower()]
+        person = named[0].strip() if len(named) == 1 else ""
         if not _PERSON.fullmatch(person):
             return None
         return Identity(person.lower(), self.role_of(person), "proxy")
@@ -188,6 +244,70 @@ class ConsoleAccess:
         except ValueError:
             return False
         return any(address in network for network in self.trusted_proxies)
+
+
+def origin_of(url: str) -> str | None:
+    """`scheme://host[:port]` of a URL as browsers write it in `Origin` (lower case, the
+    default port left out), or None when it is not an http(s) URL with a host."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"http": 80, "https": 443}[scheme]
+    return f"{scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
+
+
+def _public_url(text: str) -> str:
+    """MM_CONSOLE_PUBLIC_URL, checked: an http(s) URL with a host, no credentials, query
+    or fragment; its path (if any) is where the proxy serves the console."""
+    if not text:
+        return ""
+    problem = None
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a port that is not one
+    except ValueError:
+        problem = "its port is not a number from 0 to 65535"
+    else:
+        if origin_of(text) is None:
+            problem = "it is not an http:// or https:// address with a host name"
+        elif parts.username is not None or parts.password is not None:
+            problem = "it carries a user name or password"
+        elif parts.query or parts.fragment or "?" in text or "#" in text:
+            problem = "it has a query or a fragment"
+        elif not re.fullmatch(r"(/[A-Za-z0-9._~\-]+)*/?", parts.path):
+            problem = "its path is not plain segments such as /console"
+    if problem:
+        raise SettingsError(
+            f"MM_CONSOLE_PUBLIC_URL is not the console's public address: {problem} "
+            "(e.g. https://jobs.example.com or https://intranet.example.com/jobs)"
+        )
+    return text.rstrip("/")
+
+
+def _check_secret(secret: str) -> None:
+    """MM_CONSOLE_PROXY_SECRET: long enough not to be guessed, and fit for a header. The
+    value is never shown."""
+    if not secret:
+        raise SettingsError(
+            "MM_CONSOLE_PROXY_SECRET is not set: with MM_CONSOLE_AUTH=proxy the proxy proves "
+            f"itself with this secret in the {PROXY_SECRET_HEADER} header (otherwise any "
+            "process on its machine, or a browser there through DNS rebinding, could name "
+            "anyone); generate one with `openssl rand -hex 32` and give it to both"
+        )
+    if len(secret) < MIN_SECRET_LENGTH or not _SECRET.fullmatch(secret):
+        raise SettingsError(
+            f"MM_CONSOLE_PROXY_SECRET must be at least {MIN_SECRET_LENGTH} visible ASCII "
+            "characters without spaces (the value is not shown); generate one with "
+            "`openssl rand -hex 32`"
+        )
 
 
 def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

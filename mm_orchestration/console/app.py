@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import html
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -37,7 +38,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from mm_orchestration import audit, audit_trail
-from mm_orchestration.console.access import ConsoleAccess, Identity
+from mm_orchestration.console.access import ConsoleAccess, Identity, origin_of
 from mm_orchestration.console.gate import (
     IDENTITY_SCOPE_KEY,
     AuditUnavailable,
@@ -150,7 +151,12 @@ class ConsoleWebserver(DagsterWebserver):
         gives them (path, body or query, read as Dagster reads them), and ends with what
         Dagster answered."""
         identity = identity_of(request)
-        body = await _json_body(request)
+        try:
+            body = await _json_body(request)
+        except BadBody as exc:
+            if request.headers.get("content-type") == "application/json":
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            body = {}  # Dagster reads the body only as JSON, and refuses other types itself
         asset, partition, check = _reported(request, body)
         allowed = identity is not None and identity.at_least("admin")
         who = identity.role if identity else "nobody"
@@ -235,18 +241,48 @@ class ConsoleWebserver(DagsterWebserver):
 
     async def graphql_http_endpoint(self, request: Request) -> Response:
         """Dagster's endpoint, but a body that is not one operation (a batch, a JSON
-        array; a query that is not text; variables that are not an object) is refused
-        with a 400 saying so: the gate judges and audits each mutation of one operation,
-        and Dagster itself would answer those with a 500. GraphiQL's page carries the
-        badge naming the person, as the console's pages do."""
+        array; a query that is not text; variables that are not an object; JSON nested
+        deeper than it can be read) is refused with a 400 saying so, and audited: the gate
+        judges and audits each mutation of one operation, and Dagster itself would answer
+        those with a 500. GraphiQL's page carries the badge naming the person, as the
+        console's pages do."""
         if request.method == "POST" and "json" in request.headers.get("content-type", ""):
-            problem = _graphql_body_problem(await _json_body(request))
+            try:
+                problem = _graphql_body_problem(await _json_body(request))
+            except BadBody as exc:
+                problem = str(exc)
             if problem:
-                return JSONResponse({"errors": [{"message": problem}]}, status_code=400)
+                try:
+                    await _in_thread(
+                        self._audit_log.write,
+                        identity_of(request),
+                        "graphql_request",
+                        "refused",
+                        None,
+                        {"via": "graphql POST", "refusal": problem},
+                    )
+                except AuditUnavailable as exc:
+                    problem, status = str(exc), exc.status
+                else:
+                    status = 400
+                return JSONResponse({"errors": [{"message": problem}]}, status_code=status)
         response = await super().graphql_http_endpoint(request)
         if request.method == "GET" and isinstance(response, HTMLResponse):
             return self._with_badge(request, response)
         return response
+
+    async def download_captured_logs_endpoint(self, request: Request) -> Response:
+        """Dagster's download of a step's captured output, for log keys as Dagster writes
+        them (`<run id>/compute_logs/<step>.<out|err>`-like segments of letters, digits,
+        `_`, `-`, `.`); anything else is no log of ours (404), never a 500 or a path
+        outside the logs folder."""
+        segments = request.path_params.get("path", "").split("/")
+        if len(segments) < 2 or not all(_LOG_SEGMENT.fullmatch(s) for s in segments):
+            return PlainTextResponse("no such log", status_code=404)
+        try:
+            return await super().download_captured_logs_endpoint(request)
+        except (OSError, ValueError):
+            return PlainTextResponse("no such log", status_code=404)
 
     # -- the websocket carries subscriptions only ------------------------------------
 
@@ -416,6 +452,7 @@ class ConsoleWebserver(DagsterWebserver):
 
 
 _NAME = re.compile(r"^[A-Za-z0-9._%+\-@:*]{1,254}$")
+_LOG_SEGMENT = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_\-.]{0,254}$")
 
 
 def _trail_filter(params: Mapping[str, str], zone: str) -> audit_trail.Filter:
@@ -469,12 +506,22 @@ def _graphql_body_problem(body: Any) -> str | None:
     return None
 
 
+class BadBody(ValueError):
+    """A request body that claims JSON but cannot be read as JSON."""
+
+
 async def _json_body(request: Request) -> Any:
-    """The request's JSON body ({} when empty or not JSON: Dagster answers that itself)."""
-    try:
-        return await request.json() if await request.body() else {}
-    except (ValueError, RecursionError):
+    """The request's JSON body ({} when empty); BadBody when it is not JSON, or nested
+    deeper than Python reads (Dagster's own handlers would answer that with a 500)."""
+    body = await request.body()
+    if not body:
         return {}
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise BadBody("the JSON body is nested too deeply to be read") from None
+    except ValueError:
+        raise BadBody("the body is not JSON") from None
 
 
 def _reported(request: Request, body: Any) -> tuple[str | None, str | None, str | None]:
@@ -550,61 +597,122 @@ def _local_host_problem(scope: Scope, headers: dict[str, str]) -> str | None:
     return None
 
 
-def _cross_site(scope: Scope, headers: dict[str, str], local: bool = False) -> bool:
+def _cross_site(scope: Scope, headers: dict[str, str], access: ConsoleAccess) -> bool:
     """A request that changes or may change something (anything but GET, HEAD, OPTIONS; a
     websocket) sent by another site's page: browsers name the page's origin in `Origin`
     on every such request, `no-cors` fetches and form posts included. A request without
-    Origin is no browser's cross-site request (curl, the proxy's health checks)."""
+    Origin is no browser's cross-site request (curl, the proxy's health checks).
+
+    Behind the proxy the page's origin must be the console's public address, as a full
+    origin (scheme, host, port): what the proxy forwards as Host (its upstream's address,
+    the browser's host without its port, ...) says nothing about where the page was. In
+    development, where the Host has been checked to be a loopback name on our port, the
+    origin must be that same host."""
     if scope["type"] == "http" and scope.get("method") in ("GET", "HEAD", "OPTIONS"):
         return False
     origin = headers.get("origin")
     if origin is None:
         return False
-    # No proxy in development: a forwarding header there is the client's own.
-    forwarded = None if local else headers.get("x-forwarded-host")
-    host = forwarded or headers.get("host") or ""
-    return urlsplit(origin).netloc.lower() != host.split(",")[0].strip().lower()
+    if access.public_origin is not None:
+        return origin_of(origin) != access.public_origin or origin.strip().count("/") != 2
+    host = headers.get("host") or ""
+    return urlsplit(origin).netloc.lower() != host.strip().lower()
+
+
+# What every answer carries (a security review's list): no framing by another site (the
+# page could be laid under a decoy to take an admin's clicks; Dagster dropped its own on
+# purpose, dagster#9332), no MIME sniffing, no full URL leaked in Referer.
+SECURITY_HEADERS = {
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "same-origin",
+}
+# Added to the policy Dagster gives its UI (scripts by nonce, inline styles), or the whole
+# policy of anything else: pages of ours, GraphiQL's, downloads.
+_CSP_ADDITIONS = ("frame-ancestors 'none'", "form-action 'self'")
+_CSP_DEFAULT = "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'"
+
+
+def with_security_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """`headers` (an ASGI response's) with SECURITY_HEADERS set and the content security
+    policy refusing framing; a policy already there (Dagster's, with its nonce) is kept
+    and extended."""
+    kept = [(k, v) for k, v in headers if k.lower().decode("latin-1") not in SECURITY_HEADERS]
+    kept += [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+    csp = [i for i, (k, _) in enumerate(kept) if k.lower() == b"content-security-policy"]
+    if not csp:
+        return [*kept, (b"content-security-policy", _CSP_DEFAULT.encode())]
+    for i in csp:
+        name, value = kept[i]
+        policy = value.decode("latin-1").strip().rstrip(";")
+        missing = [d for d in _CSP_ADDITIONS if d.split()[0] not in policy]
+        kept[i] = (name, "; ".join([policy, *missing]).encode("latin-1"))
+    return kept
+
+
+def _path_problem(path: str) -> str | None:
+    """Why a request path is no path of the console's (None: it may be): dot segments
+    (`/logs/../..`, which a proxy or a client should have resolved), NUL or backslashes.
+    Dagster's handlers would answer those with a 500, or read outside what they serve."""
+    segments = path.split("/")
+    if any(s in (".", "..") for s in segments) or "\x00" in path or "\\" in path:
+        return "the path has dot segments, a backslash or a NUL character"
+    return None
+
+
+# Dagster's notebook viewer reads any `.ipynb` file the code server can reach by a path the
+# request names; this project has no notebooks.
+_NO_SUCH_PATHS = ("/notebook", "/dagit/notebook")
 
 
 class IdentityFront:
-    """ASGI: a person for every request (or 401/403), put in the scope for the app."""
+    """ASGI: a person for every request (or 401/403), put in the scope for the app; every
+    refusal audited (within each person's budget); security headers on every answer."""
 
-    def __init__(self, app: ASGIApp, access: ConsoleAccess):
+    def __init__(self, app: ASGIApp, access: ConsoleAccess, audit_log: ConsoleAudit | None = None):
         self.app = app
         self.access = access
+        self.audit_log = audit_log
+        prefix = access.path_prefix
+        self.public_paths = frozenset(prefix + p for p in PUBLIC_PATHS)
+        self.missing_paths = frozenset(prefix + p for p in _NO_SUCH_PATHS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)  # lifespan
             return
-        if scope["type"] == "http" and scope.get("path") in PUBLIC_PATHS:
+
+        async def send_secured(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": with_security_headers(message.get("headers", []))}
+            await send(message)
+
+        await self._serve(scope, receive, send_secured)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path in self.public_paths:
             await self.app(scope, receive, send)
             return
-        client = scope.get("client")
-        raw_headers = scope.get("headers", [])
-        if self.access.mode == "local":
-            problem = _local_host_problem(
-                scope, {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw_headers}
-            )
-            if problem:
-                await self._refuse(scope, receive, send, 421, "Refused: not this console", problem)
-                return
-        raw = [
-            (k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", [])
-        ]
+        raw = [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
         headers = dict(raw)
-        named = self.access.header.lower()
-        # Two identity headers are one the browser sent and one the proxy added: whichever
-        # is meant, the request names nobody for certain.
-        ambiguous = sum(1 for k, _ in raw if k == named) > 1
-        identity = (
-            None if ambiguous else self.access.identify(client[0] if client else None, headers)
-        )
+        client = scope.get("client")
+        peer = client[0] if client else None
+        if self.access.mode == "local":
+            problem = _local_host_problem(scope, headers)
+            if problem:
+                await self._refuse(
+                    scope, receive, send, None, peer, 421, "Refused: not this console", problem
+                )
+                return
+        identity = self.access.identify(peer, raw)
         if identity is None:
             await self._refuse(
                 scope,
                 receive,
                 send,
+                None,
+                peer,
                 401,
                 "Sign-in required",
                 "This request carries no identity the console can believe. Open the console "
@@ -612,11 +720,13 @@ class IdentityFront:
                 "console, or one whose identity header did not come from the proxy, is refused.",
             )
             return
-        if _cross_site(scope, headers, local=self.access.mode == "local"):
+        if _cross_site(scope, headers, self.access):
             await self._refuse(
                 scope,
                 receive,
                 send,
+                identity,
+                peer,
                 403,
                 "Refused: another site",
                 "This request came from a page of another site (its Origin is not this "
@@ -628,6 +738,8 @@ class IdentityFront:
                 scope,
                 receive,
                 send,
+                identity,
+                peer,
                 403,
                 "No access",
                 f"You are signed in as {html.escape(identity.person)}, but you have no role in "
@@ -635,11 +747,45 @@ class IdentityFront:
                 "MM_CONSOLE_ROLES or MM_CONSOLE_ROLES_FILE.",
             )
             return
+        problem = _path_problem(path)
+        if problem or path in self.missing_paths:
+            status = 400 if problem else 404
+            response = PlainTextResponse(problem or "Not Found", status_code=status)
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 4000 + status})
+            else:
+                await response(scope, receive, send)
+            return
         await self.app({**scope, IDENTITY_SCOPE_KEY: identity}, receive, send)
 
     async def _refuse(
-        self, scope: Scope, receive: Receive, send: Send, status: int, title: str, message: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        identity: Identity | None,
+        peer: str | None,
+        status: int,
+        title: str,
+        message: str,
     ) -> None:
+        """Refuse with a page (or a refused handshake), the refusal audited first; past
+        the person's budget of refusals, 429 without an entry."""
+        if self.audit_log is not None:
+            try:
+                await _in_thread(
+                    self.audit_log.write,
+                    identity,
+                    "console_request",
+                    "refused",
+                    f"{scope.get('method', 'WEBSOCKET')} {scope.get('path', '')[:500]}",
+                    {"status": status, "refusal": title, "via": scope["type"]},
+                    None,
+                    None,
+                    peer,
+                )
+            except AuditUnavailable as exc:
+                status, title, message = exc.status, "Refused", html.escape(str(exc))
         if scope["type"] == "websocket":
             # Close before accepting: the browser sees the handshake refused.
             await send({"type": "websocket.close", "code": 4000 + status})

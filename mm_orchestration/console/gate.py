@@ -45,9 +45,16 @@ from dagster._core.storage.tags import (
 from graphql import GraphQLError, GraphQLResolveInfo, OperationType, get_named_type
 from graphql.type import GraphQLInputObjectType, GraphQLUnionType
 
-from mm_orchestration import audit
+from mm_orchestration import audit, run_config
 from mm_orchestration.console.access import OPERATOR_ASSETS, OPERATOR_JOBS, Identity
-from mm_orchestration.console.mutations import LAUNCH_FIELDS, MUTATIONS, VERBS, Mutation
+from mm_orchestration.console.mutations import (
+    CODE_READS,
+    LAUNCH_FIELDS,
+    MUTATIONS,
+    VERBS,
+    Mutation,
+)
+from mm_orchestration.console.refusals import RefusalLimiter
 from mm_orchestration.db import connect
 from mm_orchestration.ledger import ACTOR_TAG
 
@@ -90,6 +97,15 @@ _BACKFILLS = frozenset({"launchPartitionBackfill", "reexecutePartitionBackfill"}
 class AuditUnavailable(RuntimeError):
     """The audit entry could not be written, so the action is not performed."""
 
+    status = 503
+
+
+class RateLimited(AuditUnavailable):
+    """Too many refusals of one person in a short time: refused without an entry each
+    (the entry that reached the limit says so)."""
+
+    status = 429
+
 
 class ConsoleRefusal(GraphQLError):
     """A refusal of a mutation whose type has no error to carry it: answered as a client
@@ -102,9 +118,11 @@ class Unjudgeable(ValueError):
 
 @dataclass
 class ConsoleAudit:
-    """Writes the console's audit entries to the portal database (DATABASE_URL)."""
+    """Writes the console's audit entries to the portal database (DATABASE_URL); refusals
+    within each person's budget (refusals.RefusalLimiter)."""
 
     database_url: str
+    limiter: RefusalLimiter = field(default_factory=RefusalLimiter)
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection]:
@@ -128,19 +146,55 @@ class ConsoleAudit:
         details: dict[str, Any],
         job_name: str | None = None,
         run_id: str | None = None,
+        peer: str | None = None,
     ) -> int:
+        """One entry; a refusal past its person's budget raises RateLimited instead (and
+        the refusal that spends the budget is followed by an entry saying so). `peer`:
+        the address a request naming nobody came from (its budget's key)."""
+        who = identity.person if identity else "anonymous"
+        verdict = "audit"
+        if outcome == "refused":
+            key = who if identity else f"anonymous@{peer or 'unknown'}"
+            verdict = self.limiter.note(key)
+            if verdict == "suppress":
+                raise RateLimited(
+                    "too many refused requests in a short time: this one is refused without "
+                    f"an audit entry of its own; wait {self.limiter.retry_after(key)} s"
+                )
+        source = {"source": identity.source if identity else None}
+        if peer and not identity:
+            source["peer"] = peer
         with self._conn() as conn:
-            return audit.record(
+            entry = audit.record(
                 conn,
-                identity.person if identity else "anonymous",
+                who,
                 action,
                 job_name,
                 run_id,
-                {**details, "source": identity.source if identity else None},
+                {**details, **source},
                 role=identity.role if identity else None,
                 target=target,
                 outcome=outcome,
             )
+            if verdict == "audit_and_limit":
+                audit.record(
+                    conn,
+                    who,
+                    "rate_limited",
+                    None,
+                    None,
+                    {
+                        "limit": self.limiter.limit,
+                        "window_seconds": self.limiter.window,
+                        "note": "further refusals in this window are answered 429 without "
+                        "an entry each",
+                        **source,
+                    },
+                    role=identity.role if identity else None,
+                    target=who,
+                    outcome="refused",
+                )
+            return entry
 
     def settle(
         self, entry_id: int, outcome: str, run_id: str | None, result: dict[str, Any]
@@ -538,47 +592,55 @@ def _decide_run(
     return Decision(mutation, target or None, job_name, details, refusal)
 
 
-def keep_resources_as_defined(args: dict[str, Any]) -> None:
-    """Drop the `resources` block from a launch's run config. The Launchpad sends each
-    resource's configured values back (hosts, `{env: ...}` keys, addresses); whoever
-    edits them could send the secrets or the reports elsewhere, and without the block
-    the run gets exactly the values the definitions give. Admins keep what they send."""
-    for params in args.get("executionParamsList") or [args.get("executionParams")]:
-        if not params or not params.get("runConfigData"):
+def _config_of(params: dict[str, Any]) -> dict[str, Any] | None:
+    """A launch's run config as Dagster will read it (YAML text read by Dagster's own
+    loader), or None when it sends none; Unjudgeable when it cannot be read as a mapping
+    (Dagster would refuse it too, and what it holds cannot be judged)."""
+    config = params.get("runConfigData")
+    if not config:
+        return None
+    if isinstance(config, str):
+        from dagster_shared.yaml_utils import load_run_config_yaml
+
+        try:
+            config = load_run_config_yaml(config)
+        except (yaml.YAMLError, ValueError, TypeError, RecursionError, OverflowError) as exc:
+            # A date such as 2026-13-45, nesting deeper than Python recurses, bad YAML.
+            raise Unjudgeable(
+                f"the run config could not be read ({type(exc).__name__}); correct it and "
+                "launch again"
+            ) from None
+    if not isinstance(config, dict):
+        raise Unjudgeable("the run config is not a mapping (ops: {...}); correct it")
+    return config
+
+
+def _run_params(args: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every set of execution params of a launch, a re-execution or a batch."""
+    return [p for p in args.get("executionParamsList") or [args.get("executionParams")] if p]
+
+
+def apply_config_policy(args: dict[str, Any], admin: bool) -> None:
+    """Each launch's run config as it may run for this person (run_config.for_person):
+    the resources block the Launchpad sends back dropped (the run gets the values the
+    definitions give), a block the person may not set or a read of the environment
+    refused (Unjudgeable, with the reason)."""
+    for params in _run_params(args):
+        config = _config_of(params)
+        if config is None:
             continue
-        config = params["runConfigData"]
-        if isinstance(config, str):
-            try:
-                config = yaml.safe_load(config)
-            except yaml.YAMLError:
-                config = None
-            except (ValueError, TypeError, RecursionError, OverflowError) as exc:
-                # YAML that parses but cannot be built (a date such as 2026-13-45, nesting
-                # deeper than Python recurses): its resources cannot be seen, so it is not
-                # run; Dagster would fail on it too.
-                raise Unjudgeable(
-                    f"the run config could not be read ({type(exc).__name__}: "
-                    f"{audit.masked_text(str(exc))[:200]}); correct it and launch again"
-                ) from None
-            if not isinstance(config, dict):
-                # Text that does not read as a mapping is Dagster's to refuse; it cannot
-                # carry resources that YAML does not see.
-                continue
-        if isinstance(config, dict) and "resources" in config:
-            params["runConfigData"] = {k: v for k, v in config.items() if k != "resources"}
+        try:
+            params["runConfigData"] = run_config.for_person(config, admin)
+        except run_config.RunConfigRefused as exc:
+            raise Unjudgeable(str(exc)) from None
 
 
-def config_problem(args: dict[str, Any]) -> str | None:
-    """Why a launch's run config cannot be judged (None: it can, or Dagster refuses it
-    itself): checked before the entry is written, so the entry says `refused` and why."""
-    trial = {
-        "executionParamsList": [
-            {"runConfigData": (p or {}).get("runConfigData")}
-            for p in args.get("executionParamsList") or [args.get("executionParams")]
-        ]
-    }
+def config_problem(args: dict[str, Any], admin: bool) -> str | None:
+    """Why a launch's run config may not run for this person (None: it may): checked
+    before the entry is written, so the entry says `refused` and why."""
+    trial = {"executionParamsList": [dict(p) for p in _run_params(args)]}
     try:
-        keep_resources_as_defined(trial)
+        apply_config_policy(trial, admin)
     except Unjudgeable as exc:
         return str(exc)
     return None
@@ -712,6 +774,38 @@ def _outcome(value: Any) -> tuple[str, str | None, dict[str, Any]]:
     return "succeeded", str(run_id) if run_id else None, result
 
 
+def _request_memo(context: Any) -> dict[str, Any]:
+    """What the gate decided once for this request (Dagster makes a request context per
+    request): one verdict, and one audit entry, however many fields the request holds."""
+    memo = getattr(context, "_mm_gate_memo", None)
+    if memo is None:
+        memo = {}
+        try:
+            context._mm_gate_memo = memo
+        except AttributeError:  # a context that takes no attributes: judged field by field
+            pass
+    return memo
+
+
+def _root_fields(info: GraphQLResolveInfo) -> dict[str, str]:
+    """The operation's root fields as graphql-core executes them (aliases, fragments and
+    directives applied): response key -> field name, without `__typename`."""
+    from graphql.execution.collect_fields import collect_fields
+
+    fields = collect_fields(
+        info.schema,
+        info.fragments,
+        info.variable_values,
+        info.parent_type,
+        info.operation.selection_set,
+    )
+    return {
+        key: nodes[0].name.value
+        for key, nodes in fields.items()
+        if not nodes[0].name.value.startswith("__")
+    }
+
+
 def _transport_problem(source: Any) -> str | None:
     """Why a mutation may not come this way (None: a POST of JSON or GraphQL)."""
     method = getattr(source, "method", None)
@@ -757,7 +851,9 @@ class ConsoleGate:
     def resolve(
         self, next_: Callable[..., Any], root: Any, info: GraphQLResolveInfo, **args: Any
     ) -> Any:
-        if info.operation.operation != OperationType.MUTATION or info.path.prev is not None:
+        if info.operation.operation != OperationType.MUTATION:
+            return self._read(next_, root, info, args)
+        if info.path.prev is not None:
             return next_(root, info, **args)
         if info.field_name.startswith("__"):  # `mutation { __typename }` changes nothing
             return next_(root, info, **args)
@@ -766,16 +862,19 @@ class ConsoleGate:
         scope = getattr(source, "scope", {}) or {}
         identity: Identity | None = scope.get(IDENTITY_SCOPE_KEY)
         field_name = info.field_name
+        memo = _request_memo(context)
+        if "batch" not in memo:
+            memo["batch"] = self._judge_batch(info, identity, source)
+        if memo["batch"]:
+            return _refusal(info, field_name, memo["batch"])
         definition = info.parent_type.fields.get(field_name)
         try:
             decisions = decide_each(field_name, args, identity, context, definition)
             admin = identity is not None and identity.at_least("admin")
             run = decisions[0][0].mutation.rule in ("launch", "reexecute")
-            unreadable = None if admin or not run else config_problem(args)
+            unreadable = config_problem(args, admin) if run else None
         except Exception as exc:  # whatever it is, it is audited and refused
             return self._unjudged(info, identity, field_name, args, source, exc)
-        if all(d.mutation.rule == "free" for d, _ in decisions) and identity and identity.role:
-            return next_(root, info, **args)
         problem = _transport_problem(source) or unreadable
         entries = []
         for decision, variables in decisions:
@@ -799,8 +898,7 @@ class ConsoleGate:
             assert identity is not None
             try:
                 stamp_actor(field_name, args, identity.person, admin)
-                if not admin:
-                    keep_resources_as_defined(args)
+                apply_config_policy(args, admin)
             except Exception as exc:  # the entry must end, and say why
                 message = _unreadable(exc)
                 self._settle(entries, [("refused", None, {"refusal": message})] * len(entries))
@@ -814,6 +912,87 @@ class ConsoleGate:
             return self._settle_later(field_name, entries, result)
         self._settle(entries, _outcomes(field_name, result, len(entries)))
         return result
+
+    def _judge_batch(
+        self, info: GraphQLResolveInfo, identity: Identity | None, source: Any
+    ) -> str | None:
+        """Why this request's operation may not run (None: it may): it holds more than one
+        mutation (aliases, fragments). One request is one action and one audit entry, so
+        such a request is refused whole with one entry listing what it held; the console's
+        own UI never sends one."""
+        fields = _root_fields(info)
+        if len(fields) <= 1:
+            return None
+        counts: dict[str, int] = {}
+        for name in fields.values():
+            counts[name] = counts.get(name, 0) + 1
+        held = ", ".join(f"{name} x{n}" if n > 1 else name for name, n in sorted(counts.items()))
+        refusal = (
+            f"one mutation per request: this one holds {len(fields)} ({held[:300]}); send "
+            "each on its own"
+        )
+        try:
+            self.audit_log.write(
+                identity,
+                "graphql_request",
+                "refused",
+                None,
+                {
+                    "mutations": counts,
+                    "via": f"graphql {getattr(source, 'method', 'websocket')}",
+                    "refusal": refusal,
+                },
+            )
+        except AuditUnavailable as exc:
+            return str(exc)
+        return refusal
+
+    def _read(
+        self, next_: Callable[..., Any], root: Any, info: GraphQLResolveInfo, args: dict[str, Any]
+    ) -> Any:
+        """A field of a query: passed on, except the reads that run code (CODE_READS),
+        which are judged like the mutations that do the same and audited once per
+        request, and the UI's invitation to a third party's newsletter, which is never
+        shown."""
+        if info.field_name == "shouldShowNux" and info.path.prev is None:
+            return False
+        read = CODE_READS.get((info.parent_type.name, info.field_name))
+        if read is None:
+            return next_(root, info, **args)
+        context = info.context
+        source = getattr(context, "source", None)
+        scope = getattr(source, "scope", {}) or {}
+        identity: Identity | None = scope.get(IDENTITY_SCOPE_KEY)
+        admin = identity is not None and identity.at_least("admin")
+        memo = _request_memo(context)
+        key = f"read:{read.action}"
+        if key not in memo:
+            refusal = None
+            if not _may(identity, read.rule):
+                who = identity.role if identity and identity.role else "nobody"
+                refusal = f"{who} may not {read.action.replace('_', ' ')} ({info.field_name})"
+            elif "runConfigData" in args:
+                refusal = config_problem({"executionParams": dict(args)}, admin)
+            details = {
+                "query_field": f"{info.parent_type.name}.{info.field_name}",
+                "variables": audit.masked(dict(info.variable_values or {})),
+                "via": f"graphql {getattr(source, 'method', 'websocket')}",
+                **({"refusal": refusal} if refusal else {}),
+            }
+            try:
+                self.audit_log.write(
+                    identity, read.action, "refused" if refusal else "succeeded", None, details
+                )
+            except AuditUnavailable as exc:
+                refusal = str(exc)
+            memo[key] = refusal
+        if memo[key]:
+            return _refusal(info, info.field_name, memo[key])
+        if "runConfigData" in args:
+            trial = {"executionParams": dict(args)}
+            apply_config_policy(trial, admin)
+            args = trial["executionParams"]
+        return next_(root, info, **args)
 
     def _unjudged(
         self,

@@ -11,7 +11,7 @@ Rules:
 - `reexecute`: a new run from an earlier one; the earlier run's job decides, as for launch.
 - `operator`: operators and admins (reloading code changes nothing the jobs do).
 - `admin`: admins only.
-- `free`: changes nothing of the business (the UI's own bookkeeping); any role, not audited.
+- `free`: changes nothing of the business (the UI's own bookkeeping); any role, audited.
 """
 
 from __future__ import annotations
@@ -87,3 +87,16 @@ LAUNCH_FIELDS = frozenset(
 
 # Verbs for the refusal message ("operator may not launch backup_verify").
 VERBS = {"launch": "launch", "reexecute": "re-execute"}
+
+# Query fields that run code on the code server (a schedule's or sensor's function, a
+# partitioned job's config and tags functions, the execution plan from a run config):
+# reads that act, so they are judged and audited like the mutations that do the same
+# (`scheduleDryRun` and `sensorDryRun` are admin's). Keyed by (parent type, field).
+CODE_READS: dict[tuple[str, str], Mutation] = {
+    ("DryRunInstigationTick", "evaluationResult"): Mutation("evaluate_tick", "admin"),
+    ("Partition", "runConfigOrError"): Mutation("evaluate_partition", "operator"),
+    ("Partition", "tagsOrError"): Mutation("evaluate_partition", "operator"),
+    ("PartitionTagsAndConfig", "runConfigOrError"): Mutation("evaluate_partition", "operator"),
+    ("PartitionTagsAndConfig", "tagsOrError"): Mutation("evaluate_partition", "operator"),
+    ("Query", "executionPlanOrError"): Mutation("plan_execution", "operator"),
+}

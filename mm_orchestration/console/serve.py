@@ -18,6 +18,7 @@ from typing import Any
 from mm_orchestration.console.access import ConsoleAccess
 from mm_orchestration.console.app import ConsoleWebserver, IdentityFront
 from mm_orchestration.console.gate import ConsoleAudit
+from mm_orchestration.console.refusals import RefusalLimiter
 from mm_orchestration.settings import Settings, SettingsError
 
 # dagster-webserver's own defaults (dagster_webserver.cli).
@@ -32,14 +33,15 @@ def build_app(
     """The ASGI app: the front around dagster-webserver's app (with our routes)."""
     from mm_orchestration.resources.report_store import ReportStore
 
-    audit_log = ConsoleAudit(database_url)
+    audit_log = ConsoleAudit(database_url, RefusalLimiter(access.refusals_per_minute))
     webserver = ConsoleWebserver(
         process_context,
         audit_log=audit_log,
         store=ReportStore.from_settings(settings),
         timezone=settings.timezone,
+        app_path_prefix=access.path_prefix,
     )
-    return IdentityFront(webserver.create_asgi_app(lifespan=_lifespan), access)
+    return IdentityFront(webserver.create_asgi_app(lifespan=_lifespan), access, audit_log)
 
 
 @contextlib.asynccontextmanager
@@ -119,6 +121,7 @@ def serve(workspace: Path, host: str, port: int, log_level: str = "warning") -> 
                 if access.mode == "local"
                 else f"identity from {access.header} sent by "
                 + ", ".join(str(n) for n in access.trusted_proxies)
+                + f" with the proxy secret; public address {access.public_url}"
             )
             # proxy_headers=False: the peer the front judges is the TCP peer. Uvicorn would
             # otherwise replace it with X-Forwarded-For from 127.0.0.1, so the proxy's own

@@ -1,0 +1,67 @@
+"""What run config a person may send with a run: values, never a way to read the system.
+
+Dagster resolves `{env: NAME}` in every string and number field of a run's config (each
+`StringSource`/`IntSource` field, every field of a Pythonic `Config`), in the run's own
+process: whoever can launch a run could have it read any environment variable (the
+database password, the SendGrid key) and show it back in a failure message, a log line or
+a stored row. So a run config from a person (the console, GraphQL, `mm-jobs`) carries
+plain values only: the resources are the deployment's (their configured values, secrets
+from the environment, are applied as defined; a `resources` block sent back by the
+Launchpad is dropped), and a config that still asks Dagster to read the environment is
+refused, naming where. Only admins may set the executor's or loggers' config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+# Top-level blocks a person's run config may hold: each op's (and asset's) own config.
+PERSON_BLOCKS = frozenset({"ops"})
+# The deployment's blocks: an admin may tune the executor and loggers of one run.
+ADMIN_BLOCKS = frozenset({"ops", "execution", "loggers"})
+# Applied as the definitions give them, whoever sends a run: dropped from the request.
+DEPLOYMENT_BLOCKS = frozenset({"resources"})
+
+
+class RunConfigRefused(ValueError):
+    """A person's run config that may not run: the message says where and why, never a
+    value."""
+
+
+def environment_reads(config: Any, path: str = "") -> Iterator[str]:
+    """The paths (`ops.queue_due_digests.config.tenant_id`) where `config` asks Dagster to
+    read an environment variable: a mapping whose one key is `env`, as Dagster reads a
+    source field."""
+    if isinstance(config, dict):
+        if len(config) == 1 and "env" in config:
+            yield path or "(the whole config)"
+            return
+        for key, value in config.items():
+            yield from environment_reads(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(config, list):
+        for i, value in enumerate(config):
+            yield from environment_reads(value, f"{path}[{i}]")
+
+
+def for_person(config: dict[str, Any], admin: bool) -> dict[str, Any]:
+    """`config` as it may run for a person: the deployment's blocks dropped; raises
+    RunConfigRefused for a block the person may not set or a read of the environment."""
+    kept = {k: v for k, v in config.items() if k not in DEPLOYMENT_BLOCKS}
+    allowed = ADMIN_BLOCKS if admin else PERSON_BLOCKS
+    extra = sorted(str(k) for k in kept if k not in allowed)
+    if extra:
+        raise RunConfigRefused(
+            f"the run config sets {', '.join(extra)}, which "
+            + ("is not part of a run's config" if admin else "only an admin may set")
+            + f"; a run takes {' and '.join(sorted(allowed))} (each op's config)"
+        )
+    reads = list(environment_reads(kept))
+    if reads:
+        raise RunConfigRefused(
+            "the run config asks Dagster to read an environment variable ({env: ...}) at "
+            + ", ".join(reads[:5])
+            + ("..." if len(reads) > 5 else "")
+            + ": a run's config carries plain values only; write the value itself"
+        )
+    return kept
