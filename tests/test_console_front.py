@@ -1,21 +1,12 @@
 """The console front: who the console believes, what each role may do, and the audit entry
-every action writes before it happens. One real `mm-jobs console` (Dagster's webserver
-behind our front) on this module's databases; the test is the identity proxy (it sets
-X-Auth-Request-Email from 127.0.0.1, the trusted address) or a stranger (127.0.0.2, which
-the console does not trust), and talks plain HTTP with curl, as a script would.
+every action writes before it happens, against one real console (tests/console_server.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -24,26 +15,22 @@ import pytest
 
 from mm_orchestration.console.access import ConsoleAccess, Identity
 from mm_orchestration.console.mutations import MUTATIONS
-from mm_orchestration.embedded_pg import free_port
-from mm_orchestration.instance import write_home
 from mm_orchestration.resources.report_store import ReportStore
 from mm_orchestration.settings import Settings, SettingsError
-from tests.conftest import create_database, drop_database
+from tests.console_server import (
+    ADMIN,
+    HEADER,
+    LAUNCH,
+    OPERATOR,
+    PUBLIC,
+    SECRET,
+    VIEWER,
+    console_fixture,  # noqa: F401 - the module's console (fixture `console`)
+    curl,
+    gql,
+    launch_params,
+)
 
-MM_JOBS = str(Path(sys.executable).with_name("mm-jobs"))
-HEADER = "X-Auth-Request-Email"
-OPERATOR, ADMIN, VIEWER = "olivia@mm.example", "adam@mm.example", "vera@mm.example"
-ROLES = f"{OPERATOR}=operator; {ADMIN}=admin; {VIEWER}=viewer"
-# The proxy proves itself with this secret; people open the console at PUBLIC (the test
-# talks to its port directly, as the proxy would, whatever Host that carries).
-SECRET = "test-proxy-secret-0123456789abcdef0123456789"
-PUBLIC = "https://jobs.mm.example"
-
-LAUNCH = """
-mutation($p: ExecutionParams!) { launchPipelineExecution(executionParams: $p) {
-  __typename ... on LaunchRunSuccess { run { runId tags { key value } } }
-  ... on PythonError { message } ... on UnauthorizedError { message } } }
-"""
 STOP_SCHEDULE = """
 mutation($id: String!) { stopRunningSchedule(id: $id) {
   __typename ... on ScheduleStateResult { scheduleState { status } }
@@ -170,7 +157,9 @@ def test_trusting_everyone_as_the_proxy_is_refused(proxies):
     ConsoleAccess.from_env(
         {
             **PROXY,
-            "MM_CONSOLE_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8, ::ffff:10.0.0.1, 2002:a00::/24, ::1",
+            "MM_CONSOLE_TRUSTED_PROXIES": (
+                "10.0.0.0/8, fd00::/8, ::ffff:10.0.0.1, 2002:a00::/24, ::1"
+            ),
         }
     )
 
@@ -218,125 +207,6 @@ def test_secrets_are_masked_in_audited_variables():
 
 
 # -- one console, this module's databases ------------------------------------------------
-
-
-@dataclass
-class Console:
-    port: int
-    database_url: str
-    env: dict[str, str]
-    data_dir: Path
-
-    def audit(self, where: str = "TRUE", params: Any = ()) -> list[dict[str, Any]]:
-        from psycopg.rows import dict_row
-
-        with psycopg.connect(self.database_url, row_factory=dict_row) as conn:
-            return conn.execute(
-                f"SELECT * FROM ops.audit_log WHERE {where} ORDER BY id",  # noqa: S608 (tests' own)
-                params,
-            ).fetchall()
-
-
-@pytest.fixture(scope="module")
-def console(pg_server, tmp_path_factory) -> Iterator[Console]:
-    tmp = tmp_path_factory.mktemp("console")
-    portal, storage = create_database(pg_server), create_database(pg_server, template=None)
-    database_url = pg_server.url(portal)
-    home = write_home(tmp / "dagster_home")
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "MM_", "DAGSTER_"))
-    }
-    env.update(
-        DATABASE_URL=database_url,
-        DAGSTER_HOME=str(home),
-        DAGSTER_DATABASE_URL=pg_server.url(storage),
-        MM_DATA_DIR=str(tmp / "mm"),
-        MM_CONSOLE_AUTH="proxy",
-        MM_CONSOLE_TRUSTED_PROXIES="127.0.0.1",
-        MM_CONSOLE_ROLES=ROLES,
-        MM_CONSOLE_PUBLIC_URL=PUBLIC,
-        MM_CONSOLE_PROXY_SECRET=SECRET,
-    )
-    port = free_port()
-    log = tmp / "console.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [MM_JOBS, "console", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while curl(port, "/server_info")[0] != 200:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-        yield Console(port, database_url, env, tmp / "mm")
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        drop_database(pg_server, portal)
-        drop_database(pg_server, storage)
-
-
-def curl(
-    port: int,
-    path: str,
-    person: str | None = None,
-    body: Any = None,
-    source: str = "127.0.0.1",
-    method: str | None = None,
-    content_type: str = "application/json",
-    forwarded: str | None = None,
-    origin: str | None = None,
-    secret: str | None = SECRET,
-) -> tuple[int, bytes, str]:
-    """(status, body, response headers) of one request with curl from `source`, as the
-    proxy (with `person`, and the proxy's secret unless `secret` says otherwise) or as a
-    stranger."""
-    args = ["curl", "-g", "-s", "-S", "--interface", source, "-D", "-", "-o", "-"]
-    if secret is not None:
-        args += ["-H", f"X-MM-Proxy-Secret: {secret}"]
-    if person is not None:
-        args += ["-H", f"{HEADER}: {person}"]
-    if forwarded is not None:
-        args += ["-H", f"X-Forwarded-For: {forwarded}"]
-    if origin is not None:
-        args += ["-H", f"Origin: {origin}"]
-    if body is not None:
-        data = body if isinstance(body, str) else json.dumps(body)
-        args += ["-H", f"Content-Type: {content_type}", "--data-binary", data]
-    if method:
-        args += ["-X", method]
-    done = subprocess.run(
-        [*args, f"http://127.0.0.1:{port}{path}"], capture_output=True, timeout=60
-    )
-    if done.returncode != 0:
-        return 0, done.stderr, ""
-    head, _, payload = done.stdout.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    return status, payload, head.decode("latin-1").lower()
-
-
-def gql(console: Console, person: str, query: str, variables: dict[str, Any] | None = None) -> Any:
-    status, body, _ = curl(
-        console.port, "/graphql", person, {"query": query, "variables": variables or {}}
-    )
-    assert status in (200, 400, 500), (status, body[:500])
-    return json.loads(body)
-
-
-def launch_params(job: str, tags: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    return {
-        "selector": {
-            "repositoryLocationName": "mm_orchestration",
-            "repositoryName": "__repository__",
-            "jobName": job,
-        },
-        "executionMetadata": {"tags": tags or []},
-    }
 
 
 # -- who is believed ------------------------------------------------------------------

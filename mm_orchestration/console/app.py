@@ -284,6 +284,17 @@ class ConsoleWebserver(DagsterWebserver):
         except (OSError, ValueError):
             return PlainTextResponse("no such log", status_code=404)
 
+    async def download_debug_file_endpoint(self, request: Request) -> Response:
+        """Dagster's debug file of a run (what `dagster debug import` reads); a run id
+        that names no run is a 404, not a 500."""
+        run_id = request.path_params.get("run_id", "")
+        if not _RUN_ID.fullmatch(run_id):
+            return PlainTextResponse("no such run", status_code=404)
+        with self.request_context(request) as context:
+            if context.instance.get_run_by_id(run_id) is None:
+                return PlainTextResponse("no such run", status_code=404)
+        return await super().download_debug_file_endpoint(request)
+
     # -- the websocket carries subscriptions only ------------------------------------
 
     async def execute_graphql_subscription(
@@ -452,6 +463,7 @@ class ConsoleWebserver(DagsterWebserver):
 
 
 _NAME = re.compile(r"^[A-Za-z0-9._%+\-@:*]{1,254}$")
+_RUN_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _LOG_SEGMENT = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_\-.]{0,254}$")
 
 
