@@ -22,6 +22,8 @@ from typing import Any
 
 from dagster import DagsterInstance, DagsterRun
 
+from mm_orchestration.run_config import refuse_environment_reads
+
 CLI_PID_TAG = "mm/cli_pid"
 CLI_HOST_TAG = "mm/cli_host"
 EXIT_CANCELED = 4
@@ -40,6 +42,8 @@ def execute(
     """Run `job` to its end and return the run id (`run_id`, or a new one: the caller may
     have audited it already); on a stop signal, cancel the run (in Dagster and in the
     ledger) and exit with EXIT_CANCELED."""
+    # The shell's door holds to the rule the console's does (run_config.py).
+    refuse_environment_reads(run_config)
     run_id = run_id or str(uuid.uuid4())
     tags = {**tags, CLI_PID_TAG: str(os.getpid()), CLI_HOST_TAG: socket.gethostname()}
     done = threading.Event()

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from dagster import DagsterRun, QueuedRunCoordinator, SubmitRunContext
+
 # Top-level blocks a person's run config may hold: each op's (and asset's) own config.
 PERSON_BLOCKS = frozenset({"ops"})
 # The deployment's blocks: an admin may tune the executor and loggers of one run.
@@ -56,7 +58,14 @@ def for_person(config: dict[str, Any], admin: bool) -> dict[str, Any]:
             + ("is not part of a run's config" if admin else "only an admin may set")
             + f"; a run takes {' and '.join(sorted(allowed))} (each op's config)"
         )
-    reads = list(environment_reads(kept))
+    refuse_environment_reads(kept)
+    return kept
+
+
+def refuse_environment_reads(config: Any) -> None:
+    """RunConfigRefused naming where `config` asks Dagster to read the environment (a run
+    of any origin: the console, `mm-jobs`, the run coordinator for every other door)."""
+    reads = list(environment_reads(config))
     if reads:
         raise RunConfigRefused(
             "the run config asks Dagster to read an environment variable ({env: ...}) at "
@@ -64,4 +73,21 @@ def for_person(config: dict[str, Any], admin: bool) -> dict[str, Any]:
             + ("..." if len(reads) > 5 else "")
             + ": a run's config carries plain values only; write the value itself"
         )
-    return kept
+
+
+class PlainValuesRunCoordinator(QueuedRunCoordinator):
+    """Dagster's queued run coordinator, refusing a run whose config reads the environment
+    whichever door it came through (a webserver other than the console, `dagster job
+    launch`, a GraphQL client): the run is failed before it is queued, with the reason in
+    its log, and never starts. Configured in dagster.yaml like the class it extends."""
+
+    def submit_run(self, context: SubmitRunContext) -> DagsterRun:
+        run = context.dagster_run
+        try:
+            refuse_environment_reads(run.run_config)
+        except RunConfigRefused as exc:
+            self._instance.report_run_failed(run, f"refused before it was queued: {exc}")
+            refused = self._instance.get_run_by_id(run.run_id)
+            assert refused is not None
+            return refused
+        return super().submit_run(context)
