@@ -363,3 +363,51 @@ def test_bad_requests_get_a_4xx_never_a_500(console):
 def test_the_console_never_asks_people_to_join_a_newsletter(console):
     answer = gql(console, VIEWER, "{ shouldShowNux }")
     assert answer["data"]["shouldShowNux"] is False
+
+
+def test_behind_a_path_the_same_page_answers_whether_the_proxy_strips_it_or_not():
+    """`location /jobs/ { proxy_pass http://127.0.0.1:3000; }` passes the path on;
+    `proxy_pass http://127.0.0.1:3000/;` strips it: the console serves the same either way,
+    and judges origins by the public address alone."""
+    import asyncio
+
+    from mm_orchestration.console.app import IdentityFront
+
+    access = ConsoleAccess.from_env(
+        {
+            "MM_CONSOLE_TRUSTED_PROXIES": "127.0.0.1",
+            "MM_CONSOLE_PUBLIC_URL": "https://intranet.mm.example/jobs",
+            "MM_CONSOLE_PROXY_SECRET": SECRET,
+            "MM_CONSOLE_ROLES": f"{OPERATOR}=operator",
+        }
+    )
+    seen: list[str] = []
+
+    async def app(scope, receive, send):
+        seen.append(scope["path"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def through(path: str, host: str, origin: str | None = None) -> int:
+        headers = [(b"host", host.encode()), (b"x-auth-request-email", OPERATOR.encode()),
+                   (b"x-mm-proxy-secret", SECRET.encode())]  # fmt: skip
+        if origin:
+            headers.append((b"origin", origin.encode()))
+        scope = {"type": "http", "method": "POST", "path": path, "headers": headers,
+                 "client": ("127.0.0.1", 5555), "server": ("127.0.0.1", 3000)}  # fmt: skip
+        sent: list[dict[str, Any]] = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(IdentityFront(app, access)(scope, receive, send))
+        return int(sent[0]["status"])
+
+    origin = "https://intranet.mm.example"
+    for path, host in (("/jobs/graphql", "intranet.mm.example"), ("/graphql", "127.0.0.1:3000")):
+        assert through(path, host, origin) == 200
+    assert seen == ["/jobs/graphql", "/jobs/graphql"]
+    assert through("/jobs/graphql", "intranet.mm.example", "https://other.mm.example") == 403

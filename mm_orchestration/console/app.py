@@ -702,6 +702,7 @@ class IdentityFront:
         await self._serve(scope, receive, send_secured)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope = self._under_prefix(scope)
         path = scope.get("path", "")
         if scope["type"] == "http" and path in self.public_paths:
             await self.app(scope, receive, send)
@@ -769,6 +770,17 @@ class IdentityFront:
                 await response(scope, receive, send)
             return
         await self.app({**scope, IDENTITY_SCOPE_KEY: identity}, receive, send)
+
+    def _under_prefix(self, scope: Scope) -> Scope:
+        """The request with the path the console serves it at: a proxy that serves the
+        console under a path (`location /jobs/`) may pass that path on or strip it
+        (`proxy_pass http://127.0.0.1:3000/;`); either way the same page answers."""
+        prefix = self.access.path_prefix
+        path = scope.get("path", "")
+        if not prefix or path == prefix or path.startswith(prefix + "/"):
+            return scope
+        raw = scope.get("raw_path") or path.encode()
+        return {**scope, "path": prefix + path, "raw_path": prefix.encode() + raw}
 
     async def _refuse(
         self,
