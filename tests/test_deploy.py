@@ -181,14 +181,73 @@ def test_helm_runs_the_console_behind_its_proxy_not_the_bare_webserver(tmp_path:
     assert console["command"][0] == Path(expected[0]).name
     tail = [a if "/" not in a else Path(a).name for a in expected[1:]]
     assert [a if "/" not in a else Path(a).name for a in console["command"][1:]] == tail
-    assert "--upstream=http://127.0.0.1:3000" in proxy["args"]
+    alpha = _oauth2_proxy_alpha_config(manifests, proxy)
+    assert [u["uri"] for u in alpha["upstreamConfig"]["upstreams"]] == ["http://127.0.0.1:3000"]
+    assert alpha["server"]["bindAddress"] == "0.0.0.0:4180"
     assert manifests["Service", "mm-console"]["spec"]["ports"][0]["targetPort"] == 4180
     data = manifests["ConfigMap", "mm-console-config"]["data"]
     roles = tmp_path / "roles.yaml"
     roles.write_text(data["roles.yaml"])
-    access = ConsoleAccess.from_env(data | {"MM_CONSOLE_ROLES_FILE": str(roles)})
+    secret = {"MM_CONSOLE_PROXY_SECRET": "0" * 64}  # the Secret's, in the pod
+    access = ConsoleAccess.from_env(data | secret | {"MM_CONSOLE_ROLES_FILE": str(roles)})
     assert access.mode == "proxy" and [str(n) for n in access.trusted_proxies] == ["127.0.0.1/32"]
     assert access.role_of("someone@motionmavericks.com.au") == "viewer"
+    assert access.public_url == "https://jobs.motionmavericks.com.au"
+
+
+def _oauth2_proxy_alpha_config(manifests: dict[Any, Any], proxy: dict[str, Any]) -> Any:
+    """The alpha configuration file the oauth2-proxy container is started with, read from
+    the ConfigMap mounted where its --alpha-config flag points."""
+    (flag,) = [a for a in proxy["args"] if a.startswith("--alpha-config=")]
+    path = Path(flag.split("=", 1)[1])
+    (mount,) = [m for m in proxy["volumeMounts"] if path.is_relative_to(m["mountPath"])]
+    pod = manifests["Deployment", "mm-console"]["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    config_map = manifests["ConfigMap", volume["configMap"]["name"]]
+    return yaml.safe_load(config_map["data"][str(path.relative_to(mount["mountPath"]))])
+
+
+def test_helm_oauth2_proxy_is_patched_and_proves_itself_to_the_console() -> None:
+    """oauth2-proxy 7.15.2 or later (GHSA-vjrc-mh2v-45x6, GHSA-7x63-xv5r-3p2x), in its
+    alpha configuration's shape of v7.14.0 on (header sources nested): it injects the person
+    from the email claim and the proxy secret from its environment, and the same Secret's
+    key reaches both containers, never a ConfigMap or the file."""
+    values = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
+    manifests = {(m["kind"], m["metadata"]["name"]): m for m in values["extraManifests"]}
+    pod = manifests["Deployment", "mm-console"]["spec"]["template"]["spec"]
+    console, proxy = pod["containers"]
+    image, _, tag = proxy["image"].rpartition(":")
+    assert image == "quay.io/oauth2-proxy/oauth2-proxy"
+    version = tuple(int(part) for part in re.fullmatch(r"v(\d+)\.(\d+)\.(\d+)", tag).groups())
+    assert version >= (7, 15, 2), tag
+
+    alpha = _oauth2_proxy_alpha_config(manifests, proxy)
+    injected = {h["name"]: h["values"] for h in alpha["injectRequestHeaders"]}
+    header = manifests["ConfigMap", "mm-console-config"]["data"]["MM_CONSOLE_IDENTITY_HEADER"]
+    assert injected[header] == [{"claimSource": {"claim": "email"}}]
+    assert injected["X-MM-Proxy-Secret"] == [
+        {"secretSource": {"fromEnv": "MM_CONSOLE_PROXY_SECRET"}}
+    ]
+    assert not any(h.get("preserveRequestValue") for h in alpha["injectRequestHeaders"])
+    # Flags the alpha configuration replaces are refused beside it by oauth2-proxy.
+    replaced = ("--upstream", "--http-address", "--provider", "--client-", "--oidc-", "--pass-")
+    assert not [a for a in proxy["args"] if a.startswith(replaced)], proxy["args"]
+    (provider,) = alpha["providers"]
+    assert provider["oidcConfig"]["audienceClaims"] and provider["oidcConfig"]["emailClaim"]
+    # From its environment (the Secret mm-console-oauth2-proxy), not written in the file.
+    assert provider["clientSecret"] == "${OAUTH2_PROXY_CLIENT_SECRET}"
+
+    for container in (console, proxy):
+        (env,) = [e for e in container["env"] if e["name"] == "MM_CONSOLE_PROXY_SECRET"]
+        assert env["valueFrom"]["secretKeyRef"] == {
+            "name": "mm-console-proxy-secret",
+            "key": "MM_CONSOLE_PROXY_SECRET",
+        }, container["name"]
+    for name, manifest in manifests.items():
+        if name[0] == "ConfigMap":
+            assert "MM_CONSOLE_PROXY_SECRET" not in manifest["data"], name
+    # Run pods get mm-orchestration-secrets: the proxy secret is not there.
+    assert "mm-console-proxy-secret" not in yaml.safe_dump(values["runLauncher"])
 
 
 def test_image_is_pinned_non_root_and_serves_the_code_location() -> None:
@@ -276,6 +335,15 @@ def test_systemd_units_run_the_topology_as_an_unprivileged_user() -> None:
         if line and not line.startswith("#")
     )
     assert "MM_REPORTS_PASSWORD" not in env and env["MM_CONSOLE_TRUSTED_PROXIES"] == "127.0.0.1"
+    # The console's public address and proxy secret are there; the secret's placeholder is
+    # too short for the console to start with, so it cannot be left as shipped.
+    from mm_orchestration.console.access import ConsoleAccess
+
+    console = env | {"MM_CONSOLE_ROLES_FILE": ""}
+    with pytest.raises(SettingsError, match="^MM_CONSOLE_PROXY_SECRET must be at least 32"):
+        ConsoleAccess.from_env(console)
+    access = ConsoleAccess.from_env(console | {"MM_CONSOLE_PROXY_SECRET": "0" * 64})
+    assert access.public_url == env["MM_CONSOLE_PUBLIC_URL"] == env["MM_REPORTS_URL"]
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
