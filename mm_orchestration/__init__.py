@@ -6,6 +6,12 @@ exposes `defs` lazily, so `mm-jobs` and the tests import only what they use.
 
 from typing import Any
 
+from mm_orchestration.zones import use_pinned_rules
+
+# Every process that imports the package (code server, run workers, the console, the CLI)
+# reads time zones from the pinned tzdata only, never the operating system's files.
+use_pinned_rules()
+
 
 def __getattr__(name: str) -> Any:
     if name == "defs":

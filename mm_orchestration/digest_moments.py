@@ -2,16 +2,26 @@
 period (their local day, or their local ISO week when weekly).
 
 People share a handful of choices (zone, frequency, time, weekday), so the moments are
-worked out here once per choice, with the tz database (`zoneinfo`), and the database
-then picks the people who made the choices that are due (`jobs.notification_digest`).
+worked out here once per choice, with the pinned tz database (`zoneinfo` reading the
+`tzdata` package only: zones.py), and the database then picks the people who made the
+choices that are due (`jobs.notification_digest`). PostgreSQL is handed instants, never
+asked for a local time.
 
-Local time is not a straight line, and the rules are:
-- A chosen time that does not exist that day (it falls in a spring-forward gap: 02:30 on
-  Sydney's first Sunday of October) is due at the first moment after it, the transition
-  itself (03:00 local).
-- A chosen time that happens twice (a fall-back: 02:30 on Sydney's first Sunday of April)
-  is due at its first occurrence, once (the period is the local date, and a period's
-  digest is sent once).
+A period is a span of instants, not a date's text: the person's local day (or ISO week)
+in the zone they have when it is worked out, from the first instant of its first day to
+the first instant of the next. So a person who moves west across the date line has a
+new "1 December" that their old zone's 1 December does not cover.
+
+Local time is not a straight line, and the rules hold for a transition of any size
+(Lord Howe's half hour, Troll's two hours, Samoa's skipped day):
+- A chosen time that does not exist that day (it falls in a gap: 02:30 on Sydney's first
+  Sunday of October) is due at the first moment after it, the transition itself (03:00
+  local): `moved`.
+- A chosen time that happens twice (an overlap: 02:30 on Sydney's first Sunday of April)
+  is due at its first occurrence, once: `merged` (the period is the local day, and a
+  period's digest is sent once).
+- A day that does not exist at all (Pacific/Apia had no 30 December 2011) has no period
+  and so no digest.
 - Zones with half-hour and 45-minute offsets (Adelaide, Darwin, India, Nepal, the
   Chatham Islands) are only zones like any other here.
 """
@@ -41,16 +51,24 @@ class Choice:
     weekday: int
 
 
+# How a moment came to be where it is (counted in a run's metadata, shown by preview).
+ON_TIME, MOVED, MERGED = "on_time", "moved", "merged"
+
+
 @dataclass(frozen=True)
 class Moment:
-    """One period's digest moment for a choice: the period's key (`2026-11-30`, or
-    `2026-W49` when weekly), the instant it is due (UTC), and the period's bounds as
-    instants (start inclusive, end exclusive)."""
+    """One period's digest moment for a choice: the period's key (its bounds as UTC
+    instants, `2026-11-30T13:00:00Z/2026-12-01T13:00:00Z`), the instant it is due (UTC),
+    the period's bounds as instants (start inclusive, end exclusive), the local date it
+    belongs to, and how it was placed (ON_TIME, MOVED out of a gap, MERGED in an overlap).
+    """
 
     period: str
     due: datetime
     starts: datetime
     ends: datetime
+    day: date
+    shift: str = ON_TIME
 
 
 @functools.cache
@@ -91,16 +109,34 @@ def _day_bounds(day: date, zone: ZoneInfo) -> tuple[datetime, datetime]:
     )
 
 
+def period_key(starts: datetime, ends: datetime) -> str:
+    """A period's key: its bounds as UTC instants (ISO 8601's start/end interval)."""
+    return f"{starts.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}/{ends.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}"
+
+
 def period_of(day: date, frequency: str, zone: ZoneInfo) -> tuple[str, datetime, datetime]:
-    """The period containing the local date `day`: its key and its bounds as instants."""
+    """The period containing the local date `day`: its key and its bounds as instants
+    (empty, starts == ends, for a day that does not exist in `zone`)."""
     if frequency == "weekly":
-        year, week, weekday = day.isocalendar()
-        monday = day - timedelta(days=weekday - 1)
+        monday = day - timedelta(days=day.isoweekday() - 1)
         starts, _ = _day_bounds(monday, zone)
         _, ends = _day_bounds(monday + timedelta(days=6), zone)
-        return f"{year}-W{week:02d}", starts, ends
-    starts, ends = _day_bounds(day, zone)
-    return day.isoformat(), starts, ends
+    else:
+        starts, ends = _day_bounds(day, zone)
+    return period_key(starts, ends), starts, ends
+
+
+def placed(wall: datetime, zone: ZoneInfo) -> tuple[datetime, str]:
+    """The instant the wall-clock time `wall` is due in `zone` and how it was placed: as it
+    reads (ON_TIME), at the transition after a gap that swallows it (MOVED), or at the
+    first of its two occurrences in an overlap (MERGED)."""
+    due = first_instant_at_or_after(wall, zone)
+    if local(due, zone) != wall:
+        return due, MOVED
+    second = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    if second != due and local(second, zone) == wall:
+        return due, MERGED
+    return due, ON_TIME
 
 
 def _is_digest_day(day: date, choice: Choice) -> bool:
@@ -113,8 +149,9 @@ def _is_digest_day(day: date, choice: Choice) -> bool:
     return False  # 'off'
 
 
-# The most a wall clock moves at a transition (an hour; Lord Howe's half hour is less).
-_SHIFT = timedelta(hours=1)
+# The most a wall clock moves at a transition: a whole day and more (Samoa skipped 30
+# December 2011 going from UTC-10 to UTC+14); ordinary changes are an hour or two.
+_SHIFT = timedelta(hours=26)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -133,15 +170,37 @@ def moments_between(choice: Choice, after: datetime, until: datetime) -> Iterato
         # Far from the window's wall-clock times (with room for a transition's shift) it
         # cannot be in it: most choices of a short window end here, without the tz rules.
         if low - _SHIFT <= wall <= high + _SHIFT and _is_digest_day(day, choice):
-            due = first_instant_at_or_after(wall, zone)
+            due, shift = placed(wall, zone)
             if after < due <= until:
                 period, starts, ends = period_of(day, choice.frequency, zone)
-                yield Moment(period, due, starts, ends)
+                day_starts, day_ends = _day_bounds(day, zone)
+                if day_starts < day_ends:  # a day that does not exist has no digest
+                    yield Moment(period, due, starts, ends, day, shift)
         day += timedelta(days=1)
 
 
 def current_period(choice: Choice, now: datetime) -> Moment:
     """The period `now` falls in for `choice`, due `now` (an operator's "send it now")."""
     zone = zone_info(choice.zone)
-    period, starts, ends = period_of(local(now, zone).date(), choice.frequency, zone)
-    return Moment(period, now, starts, ends)
+    day = local(now, zone).date()
+    period, starts, ends = period_of(day, choice.frequency, zone)
+    return Moment(period, now, starts, ends, day)
+
+
+def scheduled_moment(choice: Choice, now: datetime) -> Moment | None:
+    """The digest moment of the period `now` falls in for `choice`, as scheduled (None
+    for a period without one: a weekend day for `weekdays`), for `mm-jobs digest
+    preview` to say when and how it goes."""
+    current = current_period(choice, now)
+    for moment in moments_between(choice, current.starts - _SHIFT, current.ends + _SHIFT):
+        if moment.starts == current.starts:
+            return moment
+    return None
+
+
+def horizon(day: date, zone: str) -> datetime:
+    """The end of the local day after `day` in `zone` (a task due before it is "due
+    soon" in a digest of `day`)."""
+    return first_instant_at_or_after(
+        datetime.combine(day + timedelta(days=2), time()), zone_info(zone)
+    )

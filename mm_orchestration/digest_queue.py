@@ -22,12 +22,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from mm_orchestration import zones
 from mm_orchestration.digest_moments import (
     DEFAULT_TIME,
     FREQUENCIES,
@@ -35,7 +36,11 @@ from mm_orchestration.digest_moments import (
     Choice,
     Moment,
     current_period,
+    horizon,
+    local,
     moments_between,
+    scheduled_moment,
+    zone_info,
 )
 from mm_orchestration.zones import zone_name
 
@@ -45,6 +50,10 @@ EMAIL_KIND = "digest"
 MARGIN = timedelta(minutes=15)
 # Rows of the fallback ids returned (logged by id, never by address).
 IDS_SHOWN = 100
+# Our zone rules are written for SQL a year ahead, and again when less than a week is left.
+SPAN_RANGE = timedelta(days=400)
+SPAN_MARGIN = timedelta(days=7)
+SINCE_EVER = datetime(1, 1, 1, tzinfo=UTC)
 
 # Everyone who may get a digest; `%(tenant)s` and `%(user)s` narrow it for an operator's
 # "send now". Their choices are read as stored (RAW_CHOICE, one text) and judged in
@@ -70,7 +79,8 @@ concat_ws('|', quote_nullable(u.timezone), quote_nullable(u.digest_frequency::te
 # kept to a scan and a hash of raw columns. (People of suspended agencies are left to
 # ELIGIBLE: their choices here cost nothing but a few moments that find nobody.)
 CHOICES = sql.SQL("""
-SELECT {raw}, u.timezone, u.digest_frequency::text, u.digest_time, u.digest_weekday, count(*)
+SELECT {raw}, u.timezone, u.digest_frequency::text, u.digest_time, u.digest_weekday, count(*),
+       sum(uuid_hash(u.id)::bigint)
   FROM portal.users u
  WHERE u.digest_opt_in AND u.deactivated_at IS NULL
    AND (%(tenant)s::uuid IS NULL OR u.tenant_id = %(tenant)s::uuid)
@@ -78,12 +88,13 @@ SELECT {raw}, u.timezone, u.digest_frequency::text, u.digest_time, u.digest_week
  GROUP BY u.timezone, u.digest_frequency, u.digest_time, u.digest_weekday
 """).format(raw=sql.SQL(RAW_CHOICE))
 
-# What a digest says, for `senders` (id, tenant_id, zone, since) at %(now)s: open tasks
-# due before the end of the person's next local day, overdue tasks, and their agency's
-# videos that became ready or errored since their previous digest.
+# What a digest says, for `senders` (id, tenant_id, zone, local_date, horizon, since) at
+# %(now)s: open tasks due before `horizon` (the end of the person's next local day),
+# overdue tasks, and their agency's videos that became ready or errored since their
+# previous digest. Local times come from our zone rules (`{spans}`: ops.zone_spans, or the
+# same rows as a CTE; version %(rules)s), never from PostgreSQL's own zone files.
 CONTENT = """
-SELECT s.*, t.due_soon, t.overdue, a.updates,
-       (%(now)s::timestamptz AT TIME ZONE s.zone)::date AS local_date
+SELECT s.*, t.due_soon, t.overdue, a.updates
   FROM senders s
   LEFT JOIN LATERAL (
       SELECT jsonb_agg(item ORDER BY k.due_at, k.title)
@@ -94,11 +105,12 @@ SELECT s.*, t.due_soon, t.overdue, a.updates,
         LEFT JOIN portal.projects p ON p.id = k.project_id
        CROSS JOIN LATERAL (SELECT jsonb_build_object(
                'title', k.title, 'project', p.name, 'due_at', k.due_at,
-               'due_local', to_char(k.due_at AT TIME ZONE s.zone,
-                                    'Dy DD Mon YYYY HH24:MI')) AS item) i
-       WHERE k.assignee_id = s.id AND k.completed_at IS NULL
-         AND k.due_at < (((%(now)s::timestamptz AT TIME ZONE s.zone)::date + 2)::timestamp
-                         AT TIME ZONE s.zone)
+               'due_local', to_char((k.due_at AT TIME ZONE 'UTC') + make_interval(secs => (
+                   SELECT z.utc_offset FROM {spans} z
+                    WHERE z.rules = %(rules)s AND z.zone = s.zone
+                      AND z.starts <= k.due_at AND k.due_at < z.ends)),
+                   'Dy DD Mon YYYY HH24:MI')) AS item) i
+       WHERE k.assignee_id = s.id AND k.completed_at IS NULL AND k.due_at < s.horizon
   ) t ON NOT s.suppressed
   LEFT JOIN LATERAL (
       SELECT jsonb_agg(jsonb_build_object('title', m.title, 'status', m.status,
@@ -148,21 +160,27 @@ WITH due AS (
     SELECT * FROM unnest(%(choice_key)s::text[], %(zone)s::text[], %(fell_back)s::bool[],
                          %(period)s::text[], %(moment)s::timestamptz[],
                          %(starts)s::timestamptz[], %(ends)s::timestamptz[],
-                         %(action)s::text[], %(since_default)s::timestamptz[])
+                         %(action)s::text[], %(since_default)s::timestamptz[],
+                         %(local_date)s::date[], %(horizon)s::timestamptz[], %(shift)s::text[])
         AS d(choice_key, zone, fell_back, period, moment, starts, ends, action,
-             since_default)
+             since_default, local_date, horizon, shift)
 ), people AS MATERIALIZED (
     SELECT e.id, e.tenant_id, e.email, e.display_name, e.tenant_name, d.zone,
-           d.fell_back,
-           d.period, d.moment, d.action, d.since_default
+           d.fell_back, d.period, d.moment, d.action, d.since_default, d.local_date,
+           d.horizon, d.shift
       FROM ({eligible}) e
       JOIN portal.users u ON u.id = e.id
       JOIN due d ON d.choice_key = {raw}
-     -- At most one digest per period of theirs, whatever zone or time it was settled in.
+     -- At most one digest per period of theirs (a span of instants in the zone they have
+     -- now), whatever zone, time or frequency an earlier one was settled in.
      WHERE NOT EXISTS (SELECT 1 FROM ops.digest_periods r
                         WHERE r.user_id = e.id AND r.moment >= d.starts AND r.moment < d.ends)
-       AND NOT EXISTS (SELECT 1 FROM ops.digest_periods r
-                        WHERE r.user_id = e.id AND r.period = d.period)
+       -- A moment from before the run's window (a group someone joined): only after
+       -- their last digest, and never before they existed.
+       AND CASE WHEN d.moment > %(window_start)s THEN true
+                ELSE d.moment > coalesce((SELECT max(r.moment) FROM ops.digest_periods r
+                                           WHERE r.user_id = e.id), u.created_at)
+           END
 ), senders AS MATERIALIZED (
     SELECT p.*, {since} AS since, {suppressed} AS suppressed
       FROM people p WHERE p.action = 'send'
@@ -202,20 +220,28 @@ SELECT (SELECT count(*) FROM people WHERE action = 'send'),
        (SELECT count(DISTINCT id) FROM people WHERE fell_back),
        (SELECT coalesce(array_agg(id::text ORDER BY id), '{{}}')
           FROM (SELECT DISTINCT id FROM people WHERE fell_back
-                 ORDER BY id LIMIT {ids_shown}) f)
+                 ORDER BY id LIMIT {ids_shown}) f),
+       (SELECT count(*) FROM people WHERE shift = 'moved'),
+       (SELECT count(*) FROM people WHERE shift = 'merged')
 """).format(
     eligible=sql.SQL(ELIGIBLE),
     raw=sql.SQL(RAW_CHOICE),
     since=sql.SQL(SINCE),
     suppressed=sql.SQL(SUPPRESSED),
-    content=sql.SQL(CONTENT),
+    content=sql.SQL(CONTENT).format(spans=sql.SQL("ops.zone_spans")),
     payload=sql.SQL(PAYLOAD),
     ids_shown=sql.Literal(IDS_SHOWN),
 )
 
 PREVIEW = sql.SQL("""
-WITH people AS (
+WITH spans AS (
+    SELECT %(rules)s::text AS rules, z.*
+      FROM unnest(%(span_zone)s::text[], %(span_starts)s::timestamptz[],
+                  %(span_ends)s::timestamptz[], %(span_offset)s::int[])
+        AS z(zone, starts, ends, utc_offset)
+), people AS (
     SELECT e.*, %(zone)s::text AS zone, %(period)s::text AS period,
+           %(local_date)s::date AS local_date, %(horizon)s::timestamptz AS horizon,
            %(now)s::timestamptz - %(period_length)s::interval AS since_default
       FROM ({eligible}) e
 ), senders AS (
@@ -226,7 +252,7 @@ SELECT d.id, d.suppressed, {payload} FROM digests d
     eligible=sql.SQL(ELIGIBLE),
     since=sql.SQL(SINCE),
     suppressed=sql.SQL(SUPPRESSED),
-    content=sql.SQL(CONTENT),
+    content=sql.SQL(CONTENT).format(spans=sql.SQL("spans")),
     payload=sql.SQL(PAYLOAD),
 )
 
@@ -244,6 +270,9 @@ class Settled:
     fallbacks: int = 0  # people whose zone or choice could not be read as stored
     fallback_ids: list[str] = field(default_factory=list)
     window_start: datetime | None = None
+    moved: int = 0  # settled at a transition: their time fell in a gap (clocks went forward)
+    merged: int = 0  # their time happened twice (clocks went back): settled at the first
+    rules_differ: str | None = None  # PostgreSQL's zone rules differ from ours (zones.py)
 
     def as_metadata(self) -> dict[str, Any]:
         return {
@@ -252,7 +281,10 @@ class Settled:
             "skipped_nothing_to_report": self.skipped,
             "suppressed": self.suppressed,
             "missed_past_grace": self.missed,
+            "moved_out_of_a_gap": self.moved,
+            "merged_in_an_overlap": self.merged,
             "fallbacks": self.fallbacks,
+            "zone_rules": zones.rules_version(),
         }
 
 
@@ -269,6 +301,7 @@ class RawChoice:
     people: int
     choice: Choice | None
     fell_back: bool
+    checksum: int = 0  # of the people's ids: who they are, for digest_groups
 
 
 def _choices(
@@ -281,23 +314,17 @@ def _choices(
     # Never prepared: a generic plan for it (after five runs on one connection) was ten
     # times slower than the plan for the values at hand.
     rows = conn.execute(CHOICES, {"tenant": tenant, "user": user}, prepare=False).fetchall()
-    names = {name for row in rows if (name := zone_name(row[1]))}
-    known = {
-        r[0]
-        for r in conn.execute(
-            "SELECT z FROM unnest(%s::text[]) z WHERE ops.time_zone_known(z)", [sorted(names)]
-        )
-    }
-    return [_judged(row, known, fallback_tz) for row in rows]
+    return [_judged(row, fallback_tz) for row in rows]
 
 
-def _judged(row: tuple[Any, ...], known: set[str], fallback_tz: str) -> RawChoice:
-    """A stored choice read without trusting it: a zone both Python's tz database and
-    PostgreSQL know (any case), else `fallback_tz`; a frequency of FREQUENCIES, else daily;
-    a time, else 08:00; a weekday 1-7 when weekly, else Monday."""
-    key, timezone, stored, at, weekday, people = row
+def _judged(row: tuple[Any, ...], fallback_tz: str) -> RawChoice:
+    """A stored choice read without trusting it: a zone our tz rules know (any case;
+    PostgreSQL is never asked for a local time, so its list does not matter), else
+    `fallback_tz`; a frequency of FREQUENCIES, else daily; a time, else 08:00; a weekday
+    1-7 when weekly, else Monday."""
+    key, timezone, stored, at, weekday, people, checksum = row
     zone = zone_name(timezone)
-    fell_back = zone not in known
+    fell_back = zone is None
     # Any case, as zones are: 'OFF' is off, never a daily digest.
     frequency = (stored or "").strip().lower()
     if frequency not in FREQUENCIES:
@@ -307,9 +334,9 @@ def _judged(row: tuple[Any, ...], known: set[str], fallback_tz: str) -> RawChoic
     if frequency == "weekly" and not (isinstance(weekday, int) and 1 <= weekday <= 7):
         weekday, fell_back = 1, True
     if frequency == "off":
-        return RawChoice(key, people, None, fell_back)
-    choice = Choice(zone if zone in known else fallback_tz, frequency, at, weekday or 1)
-    return RawChoice(key, people, choice, fell_back)
+        return RawChoice(key, people, None, fell_back, checksum)
+    choice = Choice(zone or fallback_tz, frequency, at, weekday or 1)
+    return RawChoice(key, people, choice, fell_back, checksum)
 
 
 def settle(
@@ -333,18 +360,22 @@ def settle(
     params, window_start = plan(conn, now, run_id, grace, fallback_tz, tenant, user)
     settled = Settled(window_start=window_start)
     if params["period"]:
+        differ = write_zone_rules(conn, params["zone"], now)
         row = conn.execute(SETTLE, params, prepare=False).fetchone()
         assert row is not None
         due, emails, queued, skipped, suppressed, missed, fallbacks = (int(v) for v in row[:7])
         settled = Settled(
-            due, emails, queued, skipped, suppressed, missed, fallbacks, list(row[7]), window_start
-        )
+            due, emails, queued, skipped, suppressed, missed, fallbacks, list(row[7]),
+            window_start, int(row[8]), int(row[9]), differ,
+        )  # fmt: skip
     if window_start is not None:  # a scheduled run: the next one starts where this ended
+        _remember_groups(conn, params["groups"])
         conn.execute(
-            """INSERT INTO ops.digest_clock (id, evaluated_through) VALUES (1, %s)
+            """INSERT INTO ops.digest_clock (id, evaluated_through, rules) VALUES (1, %s, %s)
                ON CONFLICT (id) DO UPDATE SET evaluated_through =
-                   greatest(ops.digest_clock.evaluated_through, excluded.evaluated_through)""",
-            [now],
+                   greatest(ops.digest_clock.evaluated_through, excluded.evaluated_through),
+                   rules = excluded.rules""",
+            [now, zones.rules_version()],
         )
     return settled
 
@@ -363,43 +394,134 @@ def plan(
     which has no window). A choice with no moment in the window is not passed at all."""
     operator = tenant is not None or user is not None
     window_start = None
+    seen: dict[str, tuple[int, int]] = {}
     if not operator:
-        row = conn.execute("SELECT evaluated_through FROM ops.digest_clock").fetchone()
+        row = conn.execute("SELECT evaluated_through, rules FROM ops.digest_clock").fetchone()
         through = row[0] if row else now - grace
         window_start = max(min(through, now), now - LONGEST_LOOK_BACK) - MARGIN
+        seen = {
+            key: (people, checksum)
+            for key, people, checksum in conn.execute(
+                "SELECT choice_key, people, checksum FROM ops.digest_groups"
+            )
+        }
+        if row and row[1] and row[1] != zones.rules_version():
+            # New zone rules since the last run: any moment may have moved, so every
+            # group is looked at a period back (each person only after their last digest).
+            seen = {key: (-1, 0) for key in seen} or {"": (-1, 0)}
     columns: dict[str, list[Any]] = {
         name: []
         for name in (
             "choice_key", "zone", "fell_back", "period", "moment", "starts", "ends",
-            "action", "since_default",
+            "action", "since_default", "local_date", "horizon", "shift",
         )
     }  # fmt: skip
-    for raw in _choices(conn, fallback_tz, tenant, user):
+    groups = _choices(conn, fallback_tz, tenant, user)
+    for raw in groups:
         choice = raw.choice
         if choice is None:
             continue  # 'off'
         if window_start is None:
             actions = [(current_period(choice, now), "send")]
         else:
-            actions = _actions(list(moments_between(choice, window_start, now)), now, grace)
+            since = window_start
+            if seen and seen.get(raw.key) != (raw.people, raw.checksum):
+                # Someone joined this group since the last run (a new zone, time or
+                # frequency; a new or returning person): its moments of the last period
+                # are looked at too, for them (SETTLE: only after their last digest).
+                since = min(since, now - _period_length(choice.frequency) - MARGIN)
+            actions = _actions(list(moments_between(choice, since, now)), now, grace)
+        if not actions:
+            continue
+        # What the digest calls "today" and "due soon" is the person's local day at the
+        # run's instant, worked out here with our rules (never PostgreSQL's).
+        today = local(now, zone_info(choice.zone)).date()
+        soon = horizon(today, choice.zone)
         for moment, action in actions:
             for name, value in (
                 ("choice_key", raw.key), ("zone", choice.zone), ("fell_back", raw.fell_back),
                 ("period", moment.period), ("moment", moment.due), ("starts", moment.starts),
                 ("ends", moment.ends), ("action", action),
                 ("since_default", moment.due - _period_length(choice.frequency)),
+                ("local_date", today), ("horizon", soon), ("shift", moment.shift),
             ):  # fmt: skip
                 columns[name].append(value)
     params = {
         **columns,
+        # An operator's send has no window: its one moment (now) is taken as it is.
+        "window_start": window_start if window_start is not None else SINCE_EVER,
+        "groups": [(raw.key, raw.people, raw.checksum) for raw in groups],
         "tenant": tenant,
         "user": user,
         "now": now,
         "run_id": run_id,
         "kind": EMAIL_KIND,
         "look_back": LONGEST_LOOK_BACK,
+        "rules": zones.rules_version(),
     }
     return params, window_start
+
+
+def _remember_groups(conn: psycopg.Connection, groups: list[tuple[str, int, int]]) -> None:
+    """The groups as this run saw them (ops.digest_groups), for the next to compare."""
+    conn.execute(
+        """WITH now_seen AS (
+               SELECT * FROM unnest(%(key)s::text[], %(people)s::int[], %(checksum)s::bigint[])
+                   AS g(choice_key, people, checksum)
+           ), gone AS (
+               DELETE FROM ops.digest_groups d
+                WHERE NOT EXISTS (SELECT 1 FROM now_seen n WHERE n.choice_key = d.choice_key)
+           )
+           INSERT INTO ops.digest_groups (choice_key, people, checksum)
+           SELECT * FROM now_seen
+           ON CONFLICT (choice_key) DO UPDATE
+              SET people = excluded.people, checksum = excluded.checksum
+            WHERE (ops.digest_groups.people, ops.digest_groups.checksum)
+                  IS DISTINCT FROM (excluded.people, excluded.checksum)""",
+        {
+            "key": [g[0] for g in groups],
+            "people": [g[1] for g in groups],
+            "checksum": [g[2] for g in groups],
+        },
+    )
+
+
+def write_zone_rules(conn: psycopg.Connection, names: Sequence[str], now: datetime) -> str | None:
+    """Make sure ops.zone_spans holds our rules (zones.offsets) for `names`, through the
+    next year, for SQL to read local times by; returns how PostgreSQL's own rules differ
+    from ours around `now` for those zones (None: they agree), naming both versions. Each
+    zone's spans are written once per rules version (and again a year on)."""
+    rules = zones.rules_version()
+    wanted = sorted(set(names))
+    covered = {
+        row[0]
+        for row in conn.execute(
+            "SELECT zone FROM ops.zone_rules WHERE rules = %s AND zone = ANY(%s)"
+            " AND valid_until > %s",
+            [rules, wanted, now + SPAN_MARGIN],
+        )
+    }
+    missing = [zone for zone in wanted if zone not in covered]
+    if missing:
+        until = now + SPAN_RANGE
+        spans = zones.offsets(missing, until)
+        conn.execute(
+            "DELETE FROM ops.zone_spans WHERE rules = %s AND zone = ANY(%s)", [rules, missing]
+        )
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO ops.zone_spans (rules, zone, starts, ends, utc_offset)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                [(rules, zone, span.starts, span.ends, span.offset) for zone, span in spans],
+            )
+        conn.execute(
+            """INSERT INTO ops.zone_rules (rules, zone, valid_until)
+               SELECT %s, z, %s FROM unnest(%s::text[]) z
+               ON CONFLICT (rules, zone) DO UPDATE SET valid_until = excluded.valid_until""",
+            [rules, until, missing],
+        )
+    found = zones.disagreements(conn, wanted, now - LONGEST_LOOK_BACK, now + LONGEST_LOOK_BACK)
+    return zones.describe(conn, found) if found else None
 
 
 def _actions(
@@ -448,16 +570,21 @@ def preview(
     conn: psycopg.Connection, user: uuid.UUID, now: datetime, fallback_tz: str
 ) -> dict[str, Any] | None:
     """What `user` would receive at `now` (the template data), without sending or
-    recording anything; None when they get no digest (opted out, deactivated, frequency
-    'off', their agency suspended). Keys: user_id, zone, frequency, period, suppressed,
-    data (what the template gets; empty lists mean nothing to report)."""
+    recording anything about them; None when they get no digest (opted out, deactivated,
+    frequency 'off', their agency suspended). Keys: user_id, zone, frequency, period,
+    moment (when this period's digest is due, UTC, or None), shift (ON_TIME, MOVED out of
+    a gap, MERGED in an overlap), settled (this period's record: outcome and moment, or
+    None), suppressed, data (what the template gets; empty lists mean nothing to
+    report)."""
     choices = [c for c in _choices(conn, fallback_tz, None, user) if c.choice is not None]
     if not choices:
         return None
     choice = choices[0].choice
     assert choice is not None
     zone, frequency = choice.zone, choice.frequency
-    period = current_period(choice, now).period
+    current = current_period(choice, now)
+    scheduled = scheduled_moment(choice, now)
+    spans = zones.offsets([zone], horizon(current.day, zone))
     row = conn.execute(
         PREVIEW,
         {
@@ -465,18 +592,33 @@ def preview(
             "user": user,
             "now": now,
             "zone": zone,
-            "period": period,
+            "period": current.period,
+            "local_date": current.day,
+            "horizon": horizon(current.day, zone),
             "period_length": _period_length(frequency),
             "look_back": LONGEST_LOOK_BACK,
+            "rules": zones.rules_version(),
+            "span_zone": [z for z, _ in spans],
+            "span_starts": [span.starts for _, span in spans],
+            "span_ends": [span.ends for _, span in spans],
+            "span_offset": [span.offset for _, span in spans],
         },
     ).fetchone()
     if row is None:
         return None
+    record = conn.execute(
+        """SELECT outcome, moment FROM ops.digest_periods
+            WHERE user_id = %s AND moment >= %s AND moment < %s ORDER BY moment LIMIT 1""",
+        [user, current.starts, current.ends],
+    ).fetchone()
     return {
         "user_id": str(row[0]),
         "zone": zone,
         "frequency": frequency,
-        "period": period,
+        "period": current.period,
+        "moment": scheduled.due if scheduled else None,
+        "shift": scheduled.shift if scheduled else None,
+        "settled": {"outcome": record[0], "moment": record[1]} if record else None,
         "suppressed": row[1],
         "data": row[2],
     }

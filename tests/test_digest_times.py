@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from mm_orchestration.db import connect
-from mm_orchestration.digest_moments import first_instant_at_or_after
+from mm_orchestration.digest_moments import first_instant_at_or_after, period_of
 from mm_orchestration.digest_queue import settle
 from mm_orchestration.jobs.notification_digest import notification_digest
 from tests import factories as f
@@ -32,7 +32,7 @@ def person(conn, tenant, email, zone, frequency="daily", at=time(8), weekday=1):
     """A person with an overdue task, so that every digest of theirs has something to say."""
     user = f.user(
         conn, tenant, email=email, timezone=zone, digest_frequency=frequency,
-        digest_time=at, digest_weekday=weekday,
+        digest_time=at, digest_weekday=weekday, created_at=datetime(2020, 1, 1, tzinfo=UTC),
     )  # fmt: skip
     conn.execute(
         "INSERT INTO portal.tasks (tenant_id, assignee_id, title, due_at) "
@@ -52,16 +52,34 @@ def settle_at(database_url, now, **only):
         return settle(c, now, f"run-{now:%Y%m%dT%H%M}", GRACE, "Australia/Sydney", **only)
 
 
-def digests(conn):
-    """email -> [(period, settled at)] of every digest queued, in order."""
+def local_period(key: str, zone: str, frequency: str) -> str:
+    """The local period a stored period (its bounds as instants) is, in `zone`: the local
+    date of its start (`2026-11-30`), or its ISO week when weekly (`2026-W49`)."""
+    starts = datetime.strptime(key.split("/")[0], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    day = starts.astimezone(ZoneInfo(zone)).date()
+    year, week, _ = day.isocalendar()
+    weekly = frequency.strip().lower() == "weekly"
+    return f"{year}-W{week:02d}" if weekly else day.isoformat()
+
+
+def digests(conn, as_local: bool = True):
+    """email -> [(period, settled at)] of every digest queued, in order: each period as
+    the local period it is in the person's zone (`as_local`, for people who never move),
+    else as stored (its bounds as instants)."""
     found: dict[str, list] = {}
-    for email, period, at in conn.execute(
-        """SELECT u.email, p.period, p.settled_at FROM ops.digest_periods p
-             JOIN portal.users u ON u.id = p.user_id
+    for email, period, at, zone, frequency in conn.execute(
+        """SELECT u.email, p.period, p.settled_at, u.timezone, u.digest_frequency::text
+             FROM ops.digest_periods p JOIN portal.users u ON u.id = p.user_id
             WHERE p.outcome = 'queued' ORDER BY p.settled_at, u.email"""
     ):
-        found.setdefault(email, []).append((period, at))
+        shown = local_period(period, zone, frequency) if as_local else period
+        found.setdefault(email, []).append((shown, at))
     return found
+
+
+def day_key(day: date, zone: str) -> str:
+    """The stored key of the local day `day` in `zone` (its bounds as instants)."""
+    return period_of(day, "daily", ZoneInfo(zone))[0]
 
 
 def expected(people, start, end):
@@ -176,9 +194,9 @@ def test_a_person_who_changes_zone_mid_period_gets_one(conn, database_url):
                          [mover])  # fmt: skip
         settle_at(database_url, tick)
         tick += TICK
-    assert digests(conn)["mover@a.example"] == [
-        ("2026-12-01", datetime(2026, 11, 30, 19, 0, tzinfo=UTC)),  # 08:00 in Auckland
-        ("2026-12-02", datetime(2026, 12, 2, 0, 0, tzinfo=UTC)),  # 08:00 in Perth
+    assert digests(conn, as_local=False)["mover@a.example"] == [
+        (day_key(date(2026, 12, 1), "Pacific/Auckland"), datetime(2026, 11, 30, 19, 0, tzinfo=UTC)),
+        (day_key(date(2026, 12, 2), "Australia/Perth"), datetime(2026, 12, 2, 0, 0, tzinfo=UTC)),
     ]
 
 
@@ -317,7 +335,9 @@ def test_default_rows_keep_todays_digest_in_their_own_zone(conn, digest, sendgri
     assert digest(datetime(2026, 11, 30, 8, 0, tzinfo=SYDNEY)).success
     (request,) = sendgrid.mail_requests
     (p,) = request.body["personalizations"]
-    assert p["custom_args"] == {"idempotency_key": f"digest:{olivia}:2026-11-30"}
+    assert p["custom_args"] == {
+        "idempotency_key": f"digest:{olivia}:2026-11-29T13:00:00Z/2026-11-30T13:00:00Z"
+    }
     assert p["dynamic_template_data"]["date"] == "2026-11-30"
 
 
