@@ -34,8 +34,16 @@ import psycopg
 from _harness import clone, median, psql_seconds, report, server, source_database, with_literals
 from psycopg import sql
 
+from mm_orchestration import zones
 from mm_orchestration.db import connect
-from mm_orchestration.digest_queue import CONTENT, EMAIL_KIND, MARGIN, PAYLOAD, settle
+from mm_orchestration.digest_queue import (
+    CONTENT,
+    EMAIL_KIND,
+    MARGIN,
+    PAYLOAD,
+    settle,
+    write_zone_rules,
+)
 
 ZONES = [
     "Australia/Perth",
@@ -136,10 +144,20 @@ WITH candidates AS MATERIALIZED (
                WHEN 'weekdays' THEN extract(isodow FROM d.day) <= 5
                ELSE extract(isodow FROM d.day) = u.digest_weekday END
 ), due AS MATERIALIZED (
-    SELECT c.*,
-           CASE WHEN c.frequency = 'weekly' THEN to_char(c.day, 'IYYY-"W"IW')
-                ELSE to_char(c.day, 'YYYY-MM-DD') END AS period
+    SELECT c.*, b.starts, b.ends,
+           to_char(b.starts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') || '/' ||
+           to_char(b.ends AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS period,
+           (%(now)s::timestamptz AT TIME ZONE c.zone)::date AS local_date,
+           (((%(now)s::timestamptz AT TIME ZONE c.zone)::date + 2)::timestamp
+               AT TIME ZONE c.zone) AS horizon
       FROM candidates c
+     CROSS JOIN LATERAL (
+         SELECT f.first::timestamp AT TIME ZONE c.zone AS starts,
+                (f.first + f.days)::timestamp AT TIME ZONE c.zone AS ends
+           FROM (SELECT CASE WHEN c.frequency = 'weekly'
+                             THEN c.day - (extract(isodow FROM c.day)::int - 1)
+                             ELSE c.day END AS first,
+                        CASE WHEN c.frequency = 'weekly' THEN 7 ELSE 1 END AS days) f) b
      WHERE c.moment > %(since)s AND c.moment <= %(now)s
 ), senders AS MATERIALIZED (
     SELECT d.*,
@@ -152,7 +170,7 @@ WITH candidates AS MATERIALIZED (
                     WHERE lower(btrim(x.email)) = lower(btrim(d.email))) AS suppressed
       FROM due d
      WHERE NOT EXISTS (SELECT 1 FROM ops.digest_periods r
-                        WHERE r.user_id = d.id AND r.period = d.period)
+                        WHERE r.user_id = d.id AND r.moment >= d.starts AND r.moment < d.ends)
 ), digests AS MATERIALIZED ({content}
 ), queued AS (
     INSERT INTO ops.notification_outbox
@@ -176,7 +194,7 @@ SELECT d.id, d.period, d.moment,
   FROM digests d
     ON CONFLICT (user_id, period) DO NOTHING
 """
-).format(content=sql.SQL(CONTENT), payload=sql.SQL(PAYLOAD))
+).format(content=sql.SQL(CONTENT).format(spans=sql.SQL("ops.zone_spans")), payload=sql.SQL(PAYLOAD))
 
 # What both days must agree on.
 SETTLED_ROWS = "SELECT user_id, period, moment, outcome FROM ops.digest_periods"
@@ -239,9 +257,19 @@ def our_day(url: str) -> tuple[list[float], list[float], list[int], set, set]:
 def floor_day(pg, url: str, database: str) -> tuple[list[float], set, set]:
     """Seconds per run of the hand-written statement through psql, then the rows."""
     seconds = []
+    # The due tasks' local times read from our zone rules, as the job's do (written once,
+    # before the day, untimed).
+    with connect(url) as conn:
+        write_zone_rules(conn, ZONES, START)
+        conn.commit()
     for now in instants():
         # The job's window: since the last run, less the same margin.
-        params = {"now": now, "since": now - STEP - MARGIN, "kind": EMAIL_KIND}
+        params = {
+            "now": now,
+            "since": now - STEP - MARGIN,
+            "kind": EMAIL_KIND,
+            "rules": zones.rules_version(),
+        }
         seconds.append(psql_seconds(pg, url, with_literals(pg, database, FLOOR, params)))
     with connect(url) as conn:
         return seconds, set(conn.execute(SETTLED_ROWS)), set(conn.execute(OUTBOX_ROWS))

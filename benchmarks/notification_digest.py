@@ -41,7 +41,7 @@ from _harness import (
 from dagster import DagsterInstance
 
 from mm_orchestration.db import connect
-from mm_orchestration.digest_queue import EMAIL_KIND, SETTLE, plan
+from mm_orchestration.digest_queue import EMAIL_KIND, SETTLE, plan, write_zone_rules
 from mm_orchestration.jobs.notification_digest import notification_digest
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 
@@ -140,8 +140,12 @@ def floor_seconds(pg, url: str, floor_sql: str, sendgrid_url: str) -> tuple[floa
 def bench(pg, users: int, rounds: int, sendgrid_url: str) -> bool:
     print(f"\nbuilding {users:,} people with tasks and video updates...")
     source = source_database(pg, build(users), name=f"bench_src_{users}")
-    with clone(pg, source) as url, connect(url) as conn:
+    with connect(pg.url(source)) as conn:
+        # Our zone rules for the digests' local times, in the source every clone copies.
         params, _ = plan(conn, REF, "floor", timedelta(hours=6), "Australia/Sydney")
+        write_zone_rules(conn, params["zone"], REF)
+        conn.commit()
+    params.pop("groups")
     floor_sql = with_literals(pg, source, SETTLE, params)
     runs, floors, requests_made, floor_posts = [], [], 0, 0
     for _ in range(rounds):

@@ -121,7 +121,9 @@ class Supervisor:
 
     @property
     def process_env(self) -> dict[str, str]:
-        return {**self.env, "DAGSTER_HOME": str(self.dagster_home)}
+        # PYTHONTZPATH empty: every process (the daemon too, which never imports our
+        # package) reads time zones from the pinned tzdata, never the OS's files.
+        return {**self.env, "DAGSTER_HOME": str(self.dagster_home), "PYTHONTZPATH": ""}
 
     def start(self, name: str, timeout: float = 120.0) -> subprocess.Popen[bytes]:
         """Start one process; one with a ready port counts as started once it serves."""

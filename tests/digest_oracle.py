@@ -111,7 +111,9 @@ def expected(
         due = []
         for moment, day in moments(choice, lower, tick):
             starts, ends = period(day, choice)
-            if moment <= anchor:  # a period before their last digest is never reopened
+            # Looking back (before this run's window): never a moment at or before their
+            # last settled one (nor before they existed).
+            if moment <= last_run - MARGIN and moment <= anchor:
                 continue
             if any(starts <= m < ends for m, _ in records):
                 continue

@@ -23,7 +23,7 @@ from tests import factories as f
 
 ZONES = sorted(set(_zones_by_folded_name().values()))
 # Bounded for `make test`; benchmarks/digest_property.py sets these for the long version.
-EXAMPLES = int(os.environ.get("MM_DIGEST_PROPERTY_EXAMPLES", "15"))
+EXAMPLES = int(os.environ.get("MM_DIGEST_PROPERTY_EXAMPLES", "10"))
 DAYS = float(os.environ.get("MM_DIGEST_PROPERTY_DAYS", "2"))
 RANDOM = os.environ.get("MM_DIGEST_PROPERTY_RANDOM") == "1"
 
