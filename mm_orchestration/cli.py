@@ -1,4 +1,8 @@
-"""`mm-jobs`: migrate, seed demo data, run or list jobs, and start the local console."""
+"""`mm-jobs`: migrate, seed demo data, run or list jobs, and start the local console.
+
+An argument that is refused is named, with what is accepted, never quoted back: what
+was typed may be a secret pasted into the wrong place, and terminals are recorded.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from typing import Any
 
 from mm_orchestration import inventory
 from mm_orchestration.settings import PORT_RANGE, Settings, SettingsError, ascii_integer
+from mm_orchestration.text import NOT_SHOWN, reason_without_value
 
 PROJECT_WORKSPACE = Path(__file__).resolve().parent.parent / "workspace.yaml"
 
@@ -44,7 +49,20 @@ def _whole(low: int, high: int) -> Callable[[str], int]:
         try:
             return ascii_integer(value, low, high)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{value!r} {exc}") from None
+            raise argparse.ArgumentTypeError(f"the value {exc}; {NOT_SHOWN}") from None
+
+    return parse
+
+
+def _one_of(choices: Sequence[str]) -> Callable[[str], str]:
+    """An argparse type for a fixed list (argparse's `choices` would quote what was typed)."""
+
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise argparse.ArgumentTypeError(
+                f"the value is not one of {', '.join(choices)}; {NOT_SHOWN}"
+            )
+        return value
 
     return parse
 
@@ -93,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     dlq = sub.add_parser("dlq", help="the Mux dead-letter queue: list, show, requeue, discard")
     dsub = dlq.add_subparsers(required=True, metavar="ACTION")
     p = dsub.add_parser("list", help="dead letters, newest first")
-    p.add_argument("--status", choices=["pending", "replayed", "dead", "discarded"])
+    statuses = ["pending", "replayed", "dead", "discarded"]
+    p.add_argument("--status", type=_one_of(statuses), metavar="{" + ",".join(statuses) + "}")
     p.add_argument("--limit", type=_whole(*LIMIT_RANGE), default=100)
     p.set_defaults(func=cmd_dlq_list)
     p = dsub.add_parser("show", help="one dead letter: payload and error history")
@@ -126,7 +145,9 @@ def _parser() -> argparse.ArgumentParser:
         help="only those whose outcome is unknown, or still (or stale) in flight: look each "
         "key up in SendGrid's activity log",
     )
-    p.add_argument("--kind", choices=sorted(inventory.KIND_SENDERS), help="only this kind")
+    kinds = sorted(inventory.KIND_SENDERS)
+    kinds_shown = "{" + ",".join(kinds) + "}"
+    p.add_argument("--kind", type=_one_of(kinds), metavar=kinds_shown, help="only this kind")
     p.add_argument("--limit", type=_whole(*LIMIT_RANGE), default=100)
     p.set_defaults(func=cmd_outbox_list)
     p = osub.add_parser(
@@ -134,7 +155,7 @@ def _parser() -> argparse.ArgumentParser:
         help="requeue failed emails of a kind (audited); each key still goes at most once",
     )
     p.add_argument(
-        "--kind", required=True, choices=sorted(inventory.KIND_SENDERS), help="which emails"
+        "--kind", required=True, type=_one_of(kinds), metavar=kinds_shown, help="which emails"
     )
     p.add_argument(
         "--since",
@@ -366,7 +387,7 @@ def _check_partition(name: str, job: Any, partition: str) -> None:
     if not job.partitions_def.has_partition_key(partition):
         latest = job.partitions_def.get_last_partition_key()
         raise SettingsError(
-            f"--partition {partition!r} is not a partition of {name} (the latest is {latest!r})"
+            f"--partition is not a partition of {name} (the latest is {latest}); {NOT_SHOWN}"
         )
 
 
@@ -571,7 +592,9 @@ def _address(value: str) -> str:
 
     problem = address_problem(value)
     if problem:
-        raise argparse.ArgumentTypeError(f"{_printable(value)!r} is not an address: {problem}")
+        # email-validator's reason may quote the address: kept only when it quotes none.
+        reason = reason_without_value(problem, value, "it is not one email address").rstrip(".")
+        raise argparse.ArgumentTypeError(f"the value is not an address: {reason}; {NOT_SHOWN}")
     return sendable_address(value)
 
 
@@ -583,7 +606,7 @@ def _tick(value: str) -> str:
         tick = tick_of(value)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{value!r} is not a schedule tick (UTC, like 2026-11-30T08:00:00Z)"
+            f"the value is not a schedule tick (UTC, like 2026-11-30T08:00:00Z); {NOT_SHOWN}"
         ) from None
     return window_key(tick)
 
@@ -606,7 +629,7 @@ def _moment(value: str) -> datetime:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{value!r} is not a date or time (YYYY-MM-DD or YYYY-MM-DDTHH:MM)"
+            f"the value is not a date or time (YYYY-MM-DD or YYYY-MM-DDTHH:MM); {NOT_SHOWN}"
         ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=ZoneInfo(Settings.from_env().timezone))
@@ -667,13 +690,13 @@ def _instant(value: str) -> datetime:
         instant = parse_instant(value)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{value!r} is not an instant with its offset (2026-11-30T08:00:00+11:00 or "
-            "2026-11-29T21:00:00Z)"
+            "the value is not an instant with its offset (2026-11-30T08:00:00+11:00 or "
+            f"2026-11-29T21:00:00Z); {NOT_SHOWN}"
         ) from None
     # A digest's window reaches a week back and a day ahead: the years at either end of
     # the calendar would overflow it (and no one's digest is there).
     if not datetime(1970, 1, 1, tzinfo=UTC) <= instant <= datetime(9000, 1, 1, tzinfo=UTC):
-        raise argparse.ArgumentTypeError(f"{value!r} is out of range (1970 to 9000)")
+        raise argparse.ArgumentTypeError(f"the value is out of range (1970 to 9000); {NOT_SHOWN}")
     return instant
 
 
@@ -702,18 +725,20 @@ def cmd_digest_preview(args: argparse.Namespace) -> int:
     from mm_orchestration.digest_queue import preview
 
     settings = _local_settings()
+    # USER is quoted back only once it is one of the portal's users (their address as
+    # stored), or a well-formed UUID: what else was typed may be anything.
     shown = _printable(args.user.strip())
     if not args.user.isprintable():
-        print(f"mm-jobs: {shown!r} holds control characters; give a user id or an address",
-              file=sys.stderr)  # fmt: skip
+        print(f"mm-jobs: USER holds control characters; give a user id or an address; "
+              f"{NOT_SHOWN}", file=sys.stderr)  # fmt: skip
         return 2
     try:
         person_id: uuid.UUID | None = uuid.UUID(args.user.strip())
     except ValueError:
         person_id = None
         if "@" not in args.user:
-            print(f"mm-jobs: {shown!r} is neither a user id (UUID) nor an email address",
-                  file=sys.stderr)  # fmt: skip
+            print(f"mm-jobs: USER is neither a user id (UUID) nor an email address; "
+                  f"{NOT_SHOWN}", file=sys.stderr)  # fmt: skip
             return 2
     at = args.at or datetime.now(UTC)
     with _dlq_conn() as conn, conn.transaction():
@@ -721,7 +746,8 @@ def cmd_digest_preview(args: argparse.Namespace) -> int:
         conn.execute("SET TRANSACTION READ ONLY")
         people = conn.execute(PERSON, {"id": person_id, "email": args.user}).fetchall()
         if not people:
-            print(f"mm-jobs: no user {shown}", file=sys.stderr)
+            asked = str(person_id) if person_id else "with that address"
+            print(f"mm-jobs: no user {asked}", file=sys.stderr)
             return 1
         if len(people) > 1:
             ids = ", ".join(str(row[0]) for row in people)

@@ -46,10 +46,13 @@ def next_tick(
 
 def check(cron: str, after: datetime | None = None) -> None:
     """Raise ValueError saying what is wrong unless Dagster accepts `cron` as a schedule
-    and it fires at least once in the year after `after` (default: now)."""
+    and it fires at least once in the year after `after` (default: now). The message
+    never quotes `cron` (it comes from a setting, which may hold a secret by mistake)."""
     if not cron.isascii():
-        odd = "".join(sorted({c for c in cron if not c.isascii()}))
-        raise ValueError(f"it has characters that are not ASCII ({odd!r})")
+        raise ValueError(
+            "it has characters that are not ASCII (another script's digit, a no-break "
+            "space, a typographic quote?)"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

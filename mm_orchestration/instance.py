@@ -18,6 +18,7 @@ import psycopg
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
+from mm_orchestration.audit import masked_text
 from mm_orchestration.dagster_storage import SETTING as STORAGE_SETTING
 from mm_orchestration.dagster_storage import ConnectionStringStorage, sqlalchemy_url
 from mm_orchestration.settings import PORT_RANGE, Settings, SettingsError, bounded_integer
@@ -27,6 +28,9 @@ if TYPE_CHECKING:
     from dagster import DagsterInstance
 
 TEMPLATE = PROJECT_ROOT / "dagster.yaml"
+# How a message names the instance's folder: never its path (a setting's value, which may
+# hold a secret pasted into the wrong variable).
+_HOME = "DAGSTER_HOME (or <MM_DATA_DIR>/dagster_home when it is unset)"
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", ""}
 
 
@@ -95,6 +99,7 @@ def check_storage_server(url: str) -> None:
         hosts, db = _target(_sqlalchemy_params(url))
         where = ", ".join(f"{host}:{port}" for host, port in hosts)
         first = (str(getattr(exc, "orig", exc)).strip().splitlines() or [type(exc).__name__])[0]
+        first = masked_text(first)  # a driver's message may quote a connection string
         raise SettingsError(
             f"Dagster's storage (database {db!r} on {where}, from dagster.yaml in "
             f"DAGSTER_HOME) does not answer: {first}. Is the local stack (`make dev`) running?"
@@ -118,8 +123,9 @@ def storage_url(home: Path) -> str:
     path = home / "dagster.yaml"
     if not path.exists():
         raise SettingsError(
-            f"DAGSTER_HOME={home} has no dagster.yaml: start the console once with `make dev` "
-            "(it writes one), or point DAGSTER_HOME at the instance the console uses"
+            f"{_HOME} has no dagster.yaml: start the console once with `make dev` (it writes "
+            "one), or point DAGSTER_HOME at the instance the console uses; the folder is not "
+            "shown"
         )
     storage = (yaml.safe_load(path.read_text()) or {}).get("storage") or {}
     custom = storage.get("custom") or {}
@@ -131,15 +137,15 @@ def storage_url(home: Path) -> str:
     block = (custom.get("config") or {}) if ours else storage.get("postgres")
     if not block:
         raise SettingsError(
-            f"DAGSTER_HOME={home}: dagster.yaml stores Dagster's runs in no PostgreSQL "
-            "database; the jobs keep their runs in PostgreSQL so that every process sees them"
+            f"{_HOME}: dagster.yaml stores Dagster's runs in no PostgreSQL database; the jobs "
+            "keep their runs in PostgreSQL so that every process sees them"
         )
     missing: list[str] = []
     resolved = _resolve_env(block, missing)
     if missing:
         raise SettingsError(
-            f"DAGSTER_HOME={home}: Dagster's storage needs {', '.join(missing)} to be set "
-            "(a database of its own, never the portal's)"
+            f"{_HOME}: Dagster's storage needs {', '.join(missing)} to be set (a database of "
+            "its own, never the portal's)"
         )
     if not ours:
         port = (block.get("postgres_db") or {}).get("port")
@@ -152,8 +158,9 @@ def storage_url(home: Path) -> str:
         return sqlalchemy_url(resolved["connection_string"])
     except psycopg.ProgrammingError:
         raise SettingsError(
-            f"{STORAGE_SETTING} (Dagster's storage, from dagster.yaml in DAGSTER_HOME={home}) "
-            "is not a connection string libpq accepts: a postgresql:// URL or key=value pairs"
+            f"{STORAGE_SETTING} (Dagster's storage, from dagster.yaml in DAGSTER_HOME) is not "
+            "a connection string libpq accepts: a postgresql:// URL or key=value pairs; the "
+            "value is not shown"
         ) from None
 
 

@@ -209,8 +209,10 @@ class UnknownJobError(KeyError):
     """A job name that is in neither the seed's nor Dagster's spelling."""
 
     def __str__(self) -> str:
+        # The name asked for is not repeated: it is what someone typed or sent, and a
+        # message is no place for whatever that was.
         known = ", ".join(spec.name for spec in INVENTORY)
-        return f"unknown job {self.args[0]!r}; known jobs: {known}"
+        return f"unknown job (the name is not shown); known jobs: {known}"
 
 
 def get(name: str) -> JobSpec:

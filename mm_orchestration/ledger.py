@@ -16,11 +16,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from dagster import Config, DagsterExecutionInterruptedError, OpExecutionContext
+from dagster import DagsterExecutionInterruptedError, OpExecutionContext
 from psycopg.types.json import Jsonb
 from pydantic import Field as PydanticField
 
 from mm_orchestration.audit import masked_text, storable_text
+from mm_orchestration.config_models import OpConfig
 from mm_orchestration.joblog import log_event
 from mm_orchestration.resources.database import PortalDatabase
 
@@ -223,7 +224,7 @@ def _log(
     )
 
 
-class WindowConfig(Config):
+class WindowConfig(OpConfig):
     """Run configuration every operational job accepts; the defaults are always valid."""
 
     force: bool = PydanticField(

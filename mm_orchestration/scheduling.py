@@ -122,19 +122,24 @@ def window_key(scheduled_for: datetime) -> str:
 
 
 def tick_of(key: str) -> datetime:
-    """The tick a `window_key` names (UTC); ValueError for any other text."""
-    return datetime.strptime(key.strip(), WINDOW_FORMAT).replace(tzinfo=UTC)
+    """The tick a `window_key` names (UTC); ValueError for any other text (its message
+    never quotes `key`, which a run's tag or a person supplies)."""
+    try:
+        return datetime.strptime(key.strip(), WINDOW_FORMAT).replace(tzinfo=UTC)
+    except ValueError:  # strptime's message quotes the text
+        raise ValueError("not a window key (a UTC tick like 2026-11-30T08:00:00Z)") from None
 
 
 def parse_instant(value: str) -> datetime:
     """`2026-11-30T08:00:00+11:00` or `...Z` as an instant in UTC; ValueError for anything
-    else (no offset, a date alone, an ISO week, a year the calendar cannot hold)."""
+    else (no offset, a date alone, an ISO week, a year the calendar cannot hold), its
+    message never quoting `value`."""
     if not _INSTANT.fullmatch(value.strip()):
-        raise ValueError(f"{value!r} is not an instant with its offset")
+        raise ValueError("not an instant with its offset")
     try:
         return datetime.fromisoformat(value.strip().replace("Z", "+00:00")).astimezone(UTC)
-    except OverflowError:
-        raise ValueError(f"{value!r} is out of the calendar") from None
+    except (OverflowError, ValueError):
+        raise ValueError("not a date and time the calendar has") from None
 
 
 def inventory_schedule(

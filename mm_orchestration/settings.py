@@ -1,7 +1,9 @@
 """One validated settings object, read from the environment when definitions load.
 
 A bad value fails here, at load, with the name of the setting, instead of in the
-middle of a 2 a.m. run.
+middle of a 2 a.m. run. The message says what is wrong and what is accepted, never the
+value: any setting may hold a secret pasted into the wrong variable (a DSN's key in
+MM_ENV), so no refusal quotes one, secret or not.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from mm_orchestration import cron as dagster_cron
 from mm_orchestration.addresses import address_problem
 from mm_orchestration.inventory import INVENTORY, JobSpec
 from mm_orchestration.processes import missing_executables
+from mm_orchestration.text import NOT_SHOWN, reason_without_value
 from mm_orchestration.zones import zone_name
 
 NAMES = tuple(spec.name for spec in INVENTORY)
@@ -160,10 +163,10 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        """Raise SettingsError naming the setting, its value (never a secret) and what is
-        accepted, for the first value that is malformed or that the code would misuse."""
+        """Raise SettingsError naming the setting and what is accepted (never its value),
+        for the first value that is malformed or that the code would misuse."""
         if self.env not in ENVIRONMENTS:
-            raise SettingsError(f"MM_ENV={self.env!r} is not one of {', '.join(ENVIRONMENTS)}")
+            raise SettingsError(f"MM_ENV is not one of {', '.join(ENVIRONMENTS)}; {NOT_SHOWN}")
         _check_time_zone(self.timezone)
         _check_data_dir(self.data_dir)
         # Secrets sent as HTTP header values: a control character would put the key in the
@@ -202,10 +205,10 @@ class Settings:
             _check_neon_project_id(self.neon_project_id)
         if self.run_launcher not in RUN_LAUNCHERS:
             raise SettingsError(
-                f"MM_RUN_LAUNCHER={self.run_launcher!r} is not one of {', '.join(RUN_LAUNCHERS)}"
+                f"MM_RUN_LAUNCHER is not one of {', '.join(RUN_LAUNCHERS)}; {NOT_SHOWN}"
             )
         if self.drill_method not in ("local", "neon"):
-            raise SettingsError(f"MM_DRILL_METHOD={self.drill_method!r} is not local or neon")
+            raise SettingsError(f"MM_DRILL_METHOD is not local or neon; {NOT_SHOWN}")
         if self.drill_method == "neon" and not (self.neon_api_key and self.neon_project_id):
             raise SettingsError(
                 "MM_DRILL_METHOD=neon needs NEON_API_KEY and NEON_PROJECT_ID to be set"
@@ -222,31 +225,33 @@ class Settings:
         ):
             problem = address_problem(value)
             if problem:
+                # email-validator's reason may quote the address (its domain): kept only
+                # when it quotes none of it.
+                fallback = "it is not one email address"
+                reason = reason_without_value(problem, value, fallback).rstrip(".")
                 raise SettingsError(
-                    f"{name}={value[:100]!r} is not an address SendGrid takes: {problem}"
+                    f"{name} is not an address SendGrid takes: {reason}. Accepted: one "
+                    f"address, name@domain.example, without a display name; {NOT_SHOWN}"
                 )
         if self.sendgrid_api_key is not None and not self.sendgrid_api_key.startswith("SG."):
-            raise SettingsError("SENDGRID_API_KEY does not look like a SendGrid key (SG....)")
+            raise SettingsError(
+                "SENDGRID_API_KEY does not look like a SendGrid key: it does not start SG. "
+                "(copy the key again from SendGrid, Settings > API Keys); "
+                f"{NOT_SHOWN}"
+            )
         if self.digest_template_id is not None and not _TEMPLATE_ID.fullmatch(
             self.digest_template_id
         ):
             raise SettingsError(
-                f"SENDGRID_DIGEST_TEMPLATE_ID={_shown(self.digest_template_id)} is not a "
-                "dynamic template id. Accepted: d- and the id's letters and digits, as "
-                "SendGrid shows it under Email API > Dynamic Templates, e.g. "
-                "d-f43daeeaef504760851f727007e0b5d0"
+                "SENDGRID_DIGEST_TEMPLATE_ID is not a dynamic template id. Accepted: d- and "
+                "the id's letters and digits, as SendGrid shows it under Email API > Dynamic "
+                f"Templates, e.g. d-f43daeeaef504760851f727007e0b5d0; {NOT_SHOWN}"
             )
         if self.sendgrid_api_key is not None and self.digest_template_id is None:
             raise SettingsError(
                 "SENDGRID_DIGEST_TEMPLATE_ID is required when SENDGRID_API_KEY is set: the "
                 "notification digest is sent with a SendGrid dynamic template"
             )
-
-
-def _shown(value: str, limit: int = 100) -> str:
-    """`value` as an error message prints it: repr, so a control character, an odd space or
-    another script's digit shows as what it is, and cut short when long."""
-    return repr(value if len(value) <= limit else value[:limit] + "...")
 
 
 def ascii_integer(value: str, low: int, high: int) -> int:
@@ -268,22 +273,12 @@ def ascii_integer(value: str, low: int, high: int) -> int:
 
 
 def bounded_integer(name: str, value: str, low: int, high: int) -> int:
-    """ascii_integer for the setting `name`: SettingsError naming it, the value and the
-    range."""
+    """ascii_integer for the setting `name`: SettingsError naming it and the range (never
+    the value)."""
     try:
         return ascii_integer(value, low, high)
     except ValueError as exc:
-        raise SettingsError(f"{name}={_shown(value)} {exc}") from None
-
-
-def _shown_url(value: str) -> str:
-    """A URL as an error prints it: whatever comes before its last `@` (a user name and a
-    password, or a DSN's keys) shown as `***`. Cut by text, not by a parser, so a password
-    holding an unencoded `/`, `#` or `@`, which parsers split differently, is hidden too."""
-    if "@" not in value:
-        return _shown(value)
-    scheme, sep, _ = value.partition("://")
-    return _shown(f"{scheme + sep if sep else ''}***@{value.rpartition('@')[2]}")
+        raise SettingsError(f"{name} {exc}; {NOT_SHOWN}") from None
 
 
 def _unprintable(value: str) -> str | None:
@@ -312,7 +307,7 @@ def _host_problem(host: str) -> str | None:
     labels = host.removesuffix(".").split(".")
     # No top-level domain is all digits, so `999.1.1.1` is a bad address, not a name.
     if len(host) > 253 or not all(map(_DNS_LABEL.fullmatch, labels)) or labels[-1].isdigit():
-        return f"its host {host!r} is neither a DNS name nor an IP address"
+        return "its host is neither a DNS name nor an IP address"
     return None
 
 
@@ -325,14 +320,18 @@ def _url_problem(value: str, path: bool) -> str | None:
     # port or a path, and show in the parser's message.
     if "@" in value:
         return "it has an @: credentials (user:password@) never go in a URL setting"
+    # urlsplit's and .port's messages quote the value: never shown, our own words instead.
     try:
         parts = urlsplit(value)
-        port = parts.port  # raises ValueError on a port that is not a number from 0 to 65535
-    except ValueError as exc:
-        return f"it does not parse as a URL ({exc})"
+    except ValueError:
+        return "it does not parse as a URL (a [ or ] that does not enclose an IPv6 address?)"
+    try:
+        port = parts.port
+    except ValueError:
+        return "its port is not a number from 1 to 65535"
     if parts.scheme not in ("http", "https"):
         return (
-            f"its scheme is {parts.scheme!r}, not http or https (write http://host:port)"
+            "its scheme is not http or https (write http://host:port)"
             if parts.scheme
             else "it has no scheme (http:// or https://)"
         )
@@ -351,7 +350,7 @@ def _url_problem(value: str, path: bool) -> str | None:
     if "?" in value or "#" in value:
         return "it has a query or a fragment (? or #)"
     if not path and parts.path not in ("", "/"):
-        return f"it has a path ({parts.path!r}); the client adds its own"
+        return "it has a path; the client adds its own"
     return None
 
 
@@ -361,8 +360,8 @@ def _check_time_zone(value: str) -> None:
     `posixrules`) nor `Factory`, which loads but is no zone anyone lives in."""
     if zone_name(value) != value:
         raise SettingsError(
-            f"MM_TIMEZONE={value[:100]!r} is not an IANA time zone name "
-            "(for example Australia/Sydney, Australia/Perth or UTC)"
+            "MM_TIMEZONE is not an IANA time zone name. Accepted: a zone as the tz database "
+            f"spells it, e.g. Australia/Sydney, Australia/Perth or UTC; {NOT_SHOWN}"
         )
 
 
@@ -374,8 +373,8 @@ def _check_data_dir(value: str) -> None:
         problem = "it is a file, not a folder"
     if problem:
         raise SettingsError(
-            f"MM_DATA_DIR={value[:100]!r} is refused: {problem}. Accepted: a folder the jobs "
-            "may write (created when missing), e.g. /var/lib/mm-orchestration"
+            f"MM_DATA_DIR is refused: {problem}. Accepted: a folder the jobs may write "
+            f"(created when missing), e.g. /var/lib/mm-orchestration; {NOT_SHOWN}"
         )
 
 
@@ -391,57 +390,82 @@ def _check_header_secret(name: str, value: str) -> None:
         )
         raise SettingsError(
             f"{name} {kind}; it is sent in an HTTP header, so it must be printable text "
-            "as the provider issued it (copy it again from the provider's console)"
+            f"as the provider issued it (copy it again from the provider's console); {NOT_SHOWN}"
         )
 
 
 def _check_http_url(name: str, value: str, example: str, *, path: bool = False) -> None:
     """Refuse, naming `name`, anything but an http(s) URL of a host and optional port (and
     path, when `path`): no user or password (a secret in a setting that is not secret), no
-    query or fragment, no spaces or control characters. Credentials are never shown."""
+    query or fragment, no spaces or control characters. The value is never shown."""
     problem = _url_problem(value, path)
     if problem:
         parts = "a host, an optional port and a path" if path else "a host and optional port"
         raise SettingsError(
-            f"{name}={_shown_url(value)} is refused: {problem}. Accepted: an http:// or "
-            f"https:// URL of {parts}, with no user, password, query or fragment, "
-            f"e.g. {example}"
+            f"{name} is refused: {problem}. Accepted: an http:// or https:// URL of "
+            f"{parts}, with no user, password, query or fragment, e.g. {example}; "
+            f"{NOT_SHOWN}"
         )
 
 
 def _check_sentry_dsn(value: str) -> None:
     """SENTRY_DSN as sentry_sdk itself reads it (sentry_sdk.utils.Dsn, what
     `sentry_sdk.init` parses), plus what Dsn lets through but a project's DSN never has:
-    a project id in other digits than 0-9, a bad host, a query or fragment. The keys (an
-    old DSN's secret key among them) never appear in the message."""
-    keys = value.partition("://")[2].rpartition("@")[0]
-    problem = _unprintable(value)
-    if problem is None and any(ch in keys for ch in "/?#@"):
-        # A parser would end the keys at that character and read the rest of them as a
-        # port or a path, which its message would then show.
-        problem = "its keys (before the @) hold a /, ?, # or @"
-    if problem is None:
-        try:
-            Dsn(value)
-        except ValueError as exc:  # BadDsn is a ValueError, and so is a malformed port
-            problem = str(exc)
-            if any(key and key in problem for key in keys.split(":")):
-                problem = "sentry_sdk cannot read it"  # never a message showing a key
-        else:
-            parts = urlsplit(value)
-            project = parts.path.rsplit("/", 1)[-1]
-            if not project.isdigit():  # Dsn takes int(project): " 1", "+1" and "1_0" too
-                problem = f"its project id {project!r} is not a number"
-            elif "?" in value or "#" in value:
-                problem = "it has a query or a fragment (? or #)"
-            else:
-                problem = _host_problem(parts.hostname or "")
+    a project id in other digits than 0-9, a bad host, a query or fragment. The value (its
+    keys, an old DSN's secret key among them, or a secret pasted here by mistake) never
+    appears in the message: each reason is in our own words (Dsn's quote the value)."""
+    problem = _sentry_dsn_problem(value)
     if problem:
         raise SettingsError(
-            f"SENTRY_DSN={_shown_url(value)} is refused: {problem}. Accepted: a Sentry "
-            "project's DSN (Project Settings > Client Keys), https://<public key>@<host>/"
-            "<project id>, e.g. https://0123abcd@o1.ingest.us.sentry.io/42"
+            f"SENTRY_DSN is not a Sentry DSN: {problem}. Accepted: a Sentry project's DSN "
+            "(Project Settings > Client Keys), https://<public key>@<host>/<project id>, "
+            f"e.g. https://0123abcd@o1.ingest.us.sentry.io/42; {NOT_SHOWN}"
         )
+
+
+def _sentry_dsn_problem(value: str) -> str | None:
+    """Why sentry_sdk would refuse `value` as a DSN, or a project's DSN never looks so;
+    None when it is one. Never quotes any part of `value`."""
+    problem = _unprintable(value)
+    if problem:
+        return problem
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return "it does not start with https:// (or http://)"
+    if "@" not in rest:
+        return "it has no public key (the part before the @)"
+    keys = rest.rpartition("@")[0]
+    if any(ch in keys for ch in "/?#@"):
+        # A parser would end the keys at that character and read the rest of them as a
+        # port or a path.
+        return "its keys (before the @) hold a /, ?, # or @"
+    if not keys.partition(":")[0]:
+        return "it has no public key (the part before the @)"
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return "it does not parse as a URL (a [ or ] that does not enclose an IPv6 address?)"
+    if not parts.hostname:
+        return "it has no host after the @"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        return "its port is not a number from 1 to 65535"
+    if "?" in value or "#" in value:
+        return "it has a query or a fragment (? or #)"
+    project = parts.path.rsplit("/", 1)[-1]
+    if not (project.isascii() and project.isdigit()):  # Dsn takes int(): " 1", "+1", "1_0"
+        return "its project id (the last part of its path) is not a number in the digits 0-9"
+    host = _host_problem(parts.hostname)
+    if host:
+        return host
+    try:
+        Dsn(value)
+    except ValueError:  # BadDsn is a ValueError, and so is a malformed port
+        return "sentry_sdk cannot read it"
+    return None
 
 
 # AWS's rules for general purpose bucket names; an S3-compatible service (MinIO, R2)
@@ -468,10 +492,10 @@ def _check_s3_bucket(value: str) -> None:
             pass
     if problem:
         raise SettingsError(
-            f"MM_REPORTS_S3_BUCKET={_shown(value)} is not an S3 bucket name: {problem}. "
-            "Accepted: 3 to 63 lowercase letters, digits, dots and hyphens, starting and "
-            "ending with a letter or digit, no two dots in a row, not an IP address, "
-            "e.g. mm-compliance-reports"
+            f"MM_REPORTS_S3_BUCKET is not an S3 bucket name: {problem}. Accepted: 3 to 63 "
+            "lowercase letters, digits, dots and hyphens, starting and ending with a letter "
+            "or digit, no two dots in a row, not an IP address, e.g. mm-compliance-reports; "
+            f"{NOT_SHOWN}"
         )
 
 
@@ -491,9 +515,9 @@ def _check_s3_prefix(value: str) -> None:
         problem = "it is longer than 512 bytes (an S3 key is at most 1,024)"
     if problem:
         raise SettingsError(
-            f"MM_REPORTS_S3_PREFIX={_shown(value)} is refused: {problem}. Accepted: a "
-            "relative key prefix, segments of printable characters joined by /, none of "
-            "them . or .., e.g. reports or compliance/reports"
+            f"MM_REPORTS_S3_PREFIX is refused: {problem}. Accepted: a relative key prefix, "
+            "segments of printable characters joined by /, none of them . or .., e.g. "
+            f"reports or compliance/reports; {NOT_SHOWN}"
         )
 
 
@@ -527,7 +551,7 @@ def _check_s3_region(value: str, custom_endpoint: bool) -> None:
             "MM_REPORTS_S3_ENDPOINT set, the region the S3-compatible service asks for)"
         )
     raise SettingsError(
-        f"MM_REPORTS_S3_REGION={_shown(value)} is not a region name. Accepted: {accepted}"
+        f"MM_REPORTS_S3_REGION is not a region name. Accepted: {accepted}; {NOT_SHOWN}"
     )
 
 
@@ -543,9 +567,9 @@ _NEON_PROJECT_ID = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)+")
 def _check_neon_project_id(value: str) -> None:
     if len(value) > 60 or not _NEON_PROJECT_ID.fullmatch(value):
         raise SettingsError(
-            f"NEON_PROJECT_ID={_shown(value)} is not a Neon project id. Accepted: lowercase "
-            "words and digits joined by hyphens, as the Neon console shows it under "
-            "Settings > General, e.g. autumn-disk-484331"
+            "NEON_PROJECT_ID is not a Neon project id. Accepted: lowercase words and digits "
+            "joined by hyphens, as the Neon console shows it under Settings > General, e.g. "
+            f"autumn-disk-484331; {NOT_SHOWN}"
         )
 
 
@@ -596,10 +620,16 @@ def _check_conninfo(name: str, value: str) -> None:
     except psycopg.ProgrammingError as exc:
         scheme = _SCHEME.match(value)
         if scheme and scheme.group(1) not in ("postgres", "postgresql"):
-            hint = f"a URL must start postgresql:// or postgres://, not {scheme.group(1)}://"
+            # Not which scheme it has: that is part of the value too.
+            hint = "a URL must start postgresql:// or postgres://"
         else:
-            # Keep libpq's reason, without the parts of the value it quotes.
-            hint = _QUOTED.sub(lambda m: m[0] if m[0] == '"="' else '"..."', str(exc).strip())
+            # Keep libpq's reason, without the parts of the value it quotes, and only when
+            # nothing of the value is left in it.
+            hint = reason_without_value(
+                _QUOTED.sub(lambda m: m[0] if m[0] == '"="' else '"..."', str(exc).strip()),
+                value,
+                "libpq cannot parse it",
+            )
         raise SettingsError(
             f"{name} (value hidden) is not a connection string PostgreSQL accepts: {hint}; "
             f"{_CONNINFO_FORMS}"
@@ -637,15 +667,16 @@ def _check_pg_bin_dir(value: str) -> None:
     folder = Path(value)
     if not folder.is_absolute() or not folder.is_dir():
         raise SettingsError(
-            f"MM_PG_BIN_DIR={value!r} is not an absolute path to a folder: name the bin folder "
-            "of the PostgreSQL client tools of the server's major version, e.g. "
-            "/usr/lib/postgresql/17/bin (Debian's postgresql-client-17)"
+            "MM_PG_BIN_DIR is not an absolute path to a folder: name the bin folder of the "
+            "PostgreSQL client tools of the server's major version, e.g. "
+            f"/usr/lib/postgresql/17/bin (Debian's postgresql-client-17); {NOT_SHOWN}"
         )
     missing = missing_executables(folder, PG_CLIENT_TOOLS)
     if missing:
         raise SettingsError(
-            f"MM_PG_BIN_DIR={value!r} has no {', '.join(missing)}: name the bin folder of the "
-            "PostgreSQL client tools of the server's major version, e.g. /usr/lib/postgresql/17/bin"
+            f"MM_PG_BIN_DIR has no {', '.join(missing)}: name the bin folder of the PostgreSQL "
+            "client tools of the server's major version, e.g. /usr/lib/postgresql/17/bin; "
+            f"{NOT_SHOWN}"
         )
 
 
@@ -654,32 +685,34 @@ def _schedule_overrides(value: str | None) -> tuple[tuple[str, str], ...]:
 
     Each cron is checked here the way Dagster will read it (Dagster's own validity rule,
     and at least one tick within a year by Dagster's iteration), so a bad one fails the
-    load naming this setting and the job, not later inside Dagster.
+    load naming this setting and the job (one of the inventory's names, the only part of
+    the value a message shows), not later inside Dagster.
     """
     if value is None:
         return ()
     overrides: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in value.split(";"))):
+    items = filter(None, (part.strip() for part in value.split(";")))
+    for number, item in enumerate(items, start=1):
         job, sep, cron = (text.strip() for text in item.partition("="))
         if not sep or job not in NAMES:
             raise SettingsError(
-                f"MM_SCHEDULE_OVERRIDES: {item!r} must be <job>=<cron> with a job of the "
-                f"inventory ({', '.join(NAMES)})"
+                f"MM_SCHEDULE_OVERRIDES: item {number} must be <job>=<cron> with a job of the "
+                f"inventory ({', '.join(NAMES)}); {NOT_SHOWN}"
             )
         if job in overrides:
             # Which of the two an operator meant cannot be known; keeping either one
             # would run the job on a schedule nobody chose.
             raise SettingsError(
-                f"MM_SCHEDULE_OVERRIDES names {job} twice ({job}={overrides[job]!r} and "
-                f"{job}={cron!r}). Accepted: each job at most once, <job>=<cron> items "
-                "separated by ;"
+                f"MM_SCHEDULE_OVERRIDES names {job} twice (items {list(overrides).index(job) + 1}"
+                f" and {number}). Accepted: each job at most once, <job>=<cron> items "
+                f"separated by semicolons; {NOT_SHOWN}"
             )
         try:
             dagster_cron.check(cron)
         except ValueError as exc:
             raise SettingsError(
-                f"MM_SCHEDULE_OVERRIDES: {job}={cron!r} is refused: {exc}. "
-                f"Accepted: {dagster_cron.ACCEPTED}"
+                f"MM_SCHEDULE_OVERRIDES: the cron of {job} is refused: {exc}. "
+                f"Accepted: {dagster_cron.ACCEPTED}; {NOT_SHOWN}"
             ) from None
         overrides[job] = cron
     return tuple(overrides.items())
@@ -697,13 +730,12 @@ def _seconds(name: str, value: str | None, default: float) -> float:
         return default
     if not _ASCII_SECONDS.fullmatch(value):
         raise SettingsError(
-            f"{name}={_shown(value)} is not a number of seconds: digits 0-9 with an optional "
-            f"fraction, e.g. {default:g} or 2.5"
+            f"{name} is not a number of seconds: digits 0-9 with an optional fraction, e.g. "
+            f"{default:g} or 2.5; {NOT_SHOWN}"
         )
     number = float(value)
     if not 0 < number <= MAX_TIMEOUT_SECONDS:
         raise SettingsError(
-            f"{name}={_shown(value)} must be more than 0 and at most {MAX_TIMEOUT_SECONDS:g} "
-            "seconds"
+            f"{name} must be more than 0 and at most {MAX_TIMEOUT_SECONDS:g} seconds; {NOT_SHOWN}"
         )
     return number

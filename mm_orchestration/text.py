@@ -55,3 +55,43 @@ def markdown_table(
     rule = ["---:" if i in numeric else "---" for i in range(len(headers))]
     lines = [list(headers), rule] + [[markdown_cell(cell) for cell in row] for row in rows]
     return "".join("| " + " | ".join(line) + " |\n" for line in lines)
+
+
+# -- values that failed a check --------------------------------------------------------
+#
+# A value a person or a setting supplies may be a secret (a password pasted into the wrong
+# variable, a run config field that reads an environment variable), so a message refusing
+# it names the field and the shape expected, never the value. A library's own reason
+# (email-validator's, libpq's) is kept only when it quotes none of the value.
+
+NOT_SHOWN = "the value is not shown"
+# The longest run of a value's characters a message may hold and still quote none of it:
+# a single bad character (`':'`) or a short word is how a reason says what is wrong.
+_QUOTED_RUN = 4
+
+
+def quotes_value(message: str, value: str) -> bool:
+    """Whether `message` holds `value`, or any `_QUOTED_RUN` characters of it in a row
+    (letter case aside): then the message could show a secret, or part of one."""
+    text, secret = message.casefold(), value.casefold()
+    if not secret.strip():
+        return False
+    if len(secret) < _QUOTED_RUN:
+        return secret in text
+    return any(secret[i : i + _QUOTED_RUN] in text for i in range(len(secret) - _QUOTED_RUN + 1))
+
+
+# Quotations, read left to right: one of more than a character or three is a library
+# quoting something, maybe the value transformed (IDNA decodes a domain's `xn--` label and
+# quotes the result).
+_QUOTATION = re.compile(r"'([^']*)'|\"([^\"]*)\"")
+
+
+def reason_without_value(reason: str, value: str, fallback: str) -> str:
+    """A library's `reason` for refusing `value` when it quotes none of it (neither a run
+    of its characters nor any quotation that could be it transformed), else `fallback`,
+    a reason in our own words."""
+    quoted = (m[1] if m[1] is not None else m[2] for m in _QUOTATION.finditer(reason))
+    if quotes_value(reason, value) or any(len(q) >= _QUOTED_RUN for q in quoted):
+        return fallback
+    return reason

@@ -492,8 +492,9 @@ def test_tools_search_prefers_the_configured_folder_then_debian_then_bundled(tmp
 
 
 def test_a_configured_folder_without_the_tools_fails_naming_the_setting(tmp_path):
-    with pytest.raises(PgToolsNotFound, match=r"^MM_PG_BIN_DIR='.*' has no pg_dump, pg_restore"):
+    with pytest.raises(PgToolsNotFound, match=r"^MM_PG_BIN_DIR has no pg_dump, pg_restore") as err:
         RestoreDrill(pg_bin_dir=str(tmp_path)).tools_for(160000)
+    assert str(tmp_path) not in str(err.value) and "the value is not shown" in str(err.value)
 
 
 def test_pg_restore_refusing_the_dump_is_named_with_its_own_message(server_of):
@@ -585,7 +586,7 @@ def test_a_tool_that_cannot_start_or_times_out_is_named():
 def test_mm_pg_bin_dir_is_checked_at_load_naming_the_setting(value):
     with pytest.raises(SettingsError) as err:
         Settings.from_env({"MM_PG_BIN_DIR": value})
-    assert str(err.value).startswith("MM_PG_BIN_DIR=")
+    assert str(err.value).startswith("MM_PG_BIN_DIR ") and value not in str(err.value)
 
 
 def test_mm_pg_bin_dir_reaches_the_drill():

@@ -160,7 +160,7 @@ def test_helm_values_match_the_code_and_hold_no_secret() -> None:
     for name in secrets:  # each secret named where the operator creates it
         assert name in text, name
     # The project id is the operator's to fill in: the shipped placeholder fails the load.
-    with pytest.raises(SettingsError, match="^NEON_PROJECT_ID='REPLACE_ME'"):
+    with pytest.raises(SettingsError, match="^NEON_PROJECT_ID is not a Neon project id"):
         Settings.from_env(config_map["data"] | {"NEON_API_KEY": "x"})
     operator = {"NEON_API_KEY": "x", "NEON_PROJECT_ID": "autumn-disk-484331"}
     settings = Settings.from_env(config_map["data"] | operator)

@@ -173,7 +173,7 @@ def test_unknown_and_ambiguous_people_are_refused(conn, preview):
     assert "2 users have the address SAM@freelance.example" in err
     assert all(i in err for i in ids) and "give the user id" in err
 
-    assert preview("nobody@a.example")[0::2] == (1, "mm-jobs: no user nobody@a.example\n")
+    assert preview("nobody@a.example")[0::2] == (1, "mm-jobs: no user with that address\n")
     unknown = "3f2b6c1e-8d4a-4c2e-9f1a-2b3c4d5e6f70"
     assert preview(unknown)[0::2] == (1, f"mm-jobs: no user {unknown}\n")
     code, _, err = preview("olivia\x1b[31m")

@@ -328,8 +328,9 @@ def test_a_bad_now_fails_at_once_naming_the_field_and_sends_nothing(
         assert not result.success
         summary = failure_summary(instance, result.run_id)
         kinds = {r.dagster_event_type for r in instance.all_logs(result.run_id)}
-    assert summary.startswith(f"queue_due_digests: now={bad.strip()!r}"), summary
+    assert summary.startswith("queue_due_digests: now is "), summary
     assert "accepted: an instant like 2026-11-30T08:00:00+11:00" in summary
+    assert summary.endswith("the value is not shown") and repr(bad.strip()) not in summary
     assert DagsterEventType.STEP_UP_FOR_RETRY not in kinds
     assert conn.execute("SELECT count(*) FROM ops.notification_outbox").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM ops.job_runs").fetchone() == (0,)
@@ -352,7 +353,8 @@ def test_a_bad_window_tag_is_refused_like_a_bad_now(conn, portal_db, mailer, job
         )
         assert not result.success
         summary = failure_summary(instance, result.run_id)
-    assert summary.startswith(f"queue_due_digests: tag mm/window={window!r}"), summary
+    assert summary.startswith("queue_due_digests: tag mm/window is "), summary
+    assert window not in summary and summary.endswith("the value is not shown"), summary
     assert conn.execute("SELECT count(*) FROM ops.job_runs").fetchone() == (0,)
 
 

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from mm_orchestration import inventory
+from mm_orchestration.cron import ACCEPTED
 from mm_orchestration.settings import Settings, SettingsError
 
 
@@ -115,7 +116,8 @@ def test_override_cron_is_checked_the_way_dagster_reads_it(cron, message):
     with pytest.raises(SettingsError, match="^MM_SCHEDULE_OVERRIDES") as error:
         Settings.from_env({"MM_SCHEDULE_OVERRIDES": value})
     text = str(error.value)
-    assert f"share-link-expiry={cron!r}" in text  # the job and the bad value
+    assert "the cron of share-link-expiry is refused" in text  # the job, never the value
+    assert cron not in text.replace(ACCEPTED, "")  # the examples may look like it
     assert message in text
     assert "Accepted: five space-separated ASCII fields" in text  # what to write instead
 
@@ -134,19 +136,24 @@ def test_a_job_named_twice_in_the_overrides_is_refused_naming_it():
     with pytest.raises(SettingsError, match="^MM_SCHEDULE_OVERRIDES") as error:
         Settings.from_env({"MM_SCHEDULE_OVERRIDES": value})
     text = str(error.value)
-    assert "share-link-expiry twice" in text
-    assert "'* * * * *'" in text and "'0 * * * *'" in text and "Accepted:" in text
+    assert "share-link-expiry twice (items 1 and 2)" in text and "Accepted:" in text
+    assert "* * * * *" not in text.replace(ACCEPTED, "")
+    assert "0 * * * *" not in text.replace(ACCEPTED, "")
 
 
 def _refusal(name: str, value: str) -> str:
     """The message refusing `name=value`, with the traceback an operator would see (a
-    secret must not hide in a chained exception either)."""
+    secret must not hide in a chained exception either): it names the variable first,
+    says what to write instead, and never shows the value."""
     with pytest.raises(SettingsError) as error:
         Settings.from_env({name: value})
     text = str(error.value)
-    assert text.startswith(f"{name}="), text  # the variable's name first
+    assert text.startswith(f"{name} "), text  # the variable's name first
     assert "Accepted: " in text, text  # and what to write instead
-    return "".join(traceback.format_exception(error.value))
+    assert text.endswith("the value is not shown"), text
+    everything = "".join(traceback.format_exception(error.value))
+    assert repr(value) not in everything, everything  # the canary tests check any part
+    return everything
 
 
 @pytest.mark.parametrize(
@@ -157,7 +164,6 @@ def _refusal(name: str, value: str) -> str:
 def test_integer_settings_are_ascii_digits_within_a_range(value):
     text = _refusal("MM_DLQ_ALERT_THRESHOLD", value)
     assert "from 1 to 1000000, in the digits 0-9" in text
-    assert repr(value)[:40] in text  # the bad value, as Python writes it
 
 
 def test_integer_settings_in_range_are_read():
@@ -201,9 +207,10 @@ def test_dagster_storage_port_is_an_integer_setting_too(tmp_path, monkeypatch, p
         with pytest.raises(SettingsError, match="needs DAGSTER_PG_PORT to be set"):
             storage_url(home)
         return
-    with pytest.raises(SettingsError, match="^DAGSTER_PG_PORT=") as error:
+    with pytest.raises(SettingsError, match="^DAGSTER_PG_PORT ") as error:
         storage_url(home)
     assert "from 1 to 65535" in str(error.value)
+    assert repr(port) not in str(error.value) and "5432x" not in str(error.value)
     monkeypatch.setenv("DAGSTER_PG_PORT", "6543")
     assert ":6543/" in storage_url(home)
 
@@ -219,7 +226,7 @@ def test_dagster_storage_port_is_an_integer_setting_too(tmp_path, monkeypatch, p
         ("SENDGRID_API_HOST", "ftp://api.sendgrid.com", "not http or https"),
         ("SENDGRID_API_HOST", "localhost:8080", "not http or https"),
         ("SENDGRID_API_HOST", "https://api.sendgrid.com:0", "port is 0"),
-        ("SENDGRID_API_HOST", "https://api.sendgrid.com:99999", "Port out of range"),
+        ("SENDGRID_API_HOST", "https://api.sendgrid.com:99999", "port is not a number"),
         ("SENDGRID_API_HOST", "https://api..sendgrid.com", "neither a DNS name"),
         ("SENDGRID_API_HOST", "https://300.1.1.1", "neither a DNS name"),
         ("SENDGRID_API_HOST", "https://api.séndgrid.com", "not ASCII"),
@@ -234,7 +241,7 @@ def test_dagster_storage_port_is_an_integer_setting_too(tmp_path, monkeypatch, p
 )
 def test_url_settings_are_a_scheme_a_host_and_a_port(name, value, problem):
     text = _refusal(name, value)
-    assert repr(value) in text and problem in text, text
+    assert problem in text, text
 
 
 @pytest.mark.parametrize(
@@ -251,8 +258,9 @@ def test_url_settings_are_a_scheme_a_host_and_a_port(name, value, problem):
 )
 def test_credentials_in_a_url_setting_are_refused_and_never_shown(name, value):
     text = _refusal(name, value)
-    assert "credentials" in text and "'https://***@api.example.com'" in text
+    assert "credentials" in text
     assert "alice" not in text and "hun" not in text and "ter2" not in text, text
+    assert "api.example.com" not in text, text
 
 
 def test_good_url_settings_are_kept():
@@ -270,19 +278,22 @@ def test_good_url_settings_are_kept():
 @pytest.mark.parametrize(
     ("value", "problem"),
     [
-        ("https://sentry.example/1", "Missing public key"),
-        ("https://abc@sentry.example/", "Invalid project"),
-        ("https://abc@sentry.example/project", "Invalid project"),
+        ("https://sentry.example/1", "no public key"),
+        ("https://:pw@sentry.example/1", "no public key"),
+        ("https://abc@sentry.example/", "project id"),
+        ("https://abc@sentry.example/project", "project id"),
         ("https://abc@sentry.example/\u0661", "not ASCII"),  # int() would take it
-        ("https://abc@sentry.example/+1", "project id '+1' is not a number"),
-        ("https://abc@sentry.example/1_0", "project id '1_0' is not a number"),
-        ("ftp://abc@sentry.example/1", "Unsupported scheme"),
-        ("https://abc@/1", "Missing hostname"),
+        ("https://abc@sentry.example/+1", "project id (the last part of its path) is not a"),
+        ("https://abc@sentry.example/1_0", "project id (the last part of its path) is not a"),
+        ("ftp://abc@sentry.example/1", "does not start with https://"),
+        ("https://abc@/1", "no host"),
         ("https://abc@sentry..example/1", "neither a DNS name"),
-        ("https://abc@sentry.example:http/1", "Port could not be cast"),
+        ("https://abc@sentry.example:http/1", "port is not a number"),
+        ("https://abc@sentry.example:0/1", "port is not a number"),
         ("https://abc@sentry.example/1?timeout=1", "a query"),
         ("https://abc@sentry example/1", "a space"),
-        ("sentry.example/1", "Unsupported scheme"),
+        ("sentry.example/1", "does not start with https://"),
+        ("key-canary-777", "does not start with https://"),
     ],
 )
 def test_sentry_dsn_is_read_by_sentry_sdk_and_refused_naming_it(value, problem):
@@ -337,7 +348,7 @@ def test_good_sentry_dsns_are_kept():
 )
 def test_s3_bucket_names_follow_the_aws_rules(value, problem):
     text = _refusal("MM_REPORTS_S3_BUCKET", value)
-    assert repr(value)[:60] in text and problem in text, text
+    assert problem in text, text
 
 
 @pytest.mark.parametrize(
@@ -364,7 +375,7 @@ def test_s3_key_prefix_is_relative_without_dot_segments(value, problem):
 )  # fmt: skip
 def test_s3_region_is_an_aws_region_name(value):
     text = _refusal("MM_REPORTS_S3_REGION", value)
-    assert repr(value) in text and "ap-southeast-2" in text
+    assert "ap-southeast-2" in text
 
 
 def test_good_s3_settings_are_kept():
@@ -383,7 +394,7 @@ def test_good_s3_settings_are_kept():
         "mm.compliance-reports.2026",
         "auto",
     )
-    with pytest.raises(SettingsError, match="^MM_REPORTS_S3_REGION='auto'"):
+    with pytest.raises(SettingsError, match="^MM_REPORTS_S3_REGION is not a region name"):
         Settings.from_env({"MM_REPORTS_S3_REGION": "auto"})  # AWS itself has no such region
 
 
@@ -393,7 +404,7 @@ def test_good_s3_settings_are_kept():
 )  # fmt: skip
 def test_neon_project_id_is_checked(value):
     text = _refusal("NEON_PROJECT_ID", value)
-    assert repr(value) in text and "autumn-disk-484331" in text
+    assert "autumn-disk-484331" in text
 
 
 def test_good_neon_project_ids_are_kept():
@@ -435,12 +446,12 @@ def test_whole_number_arguments_in_range_are_read():
 @pytest.mark.parametrize("value", ["d-", "d-abc def", "d-abc\x00", "d-\u0661\u0662", "template"])
 def test_digest_template_id_is_d_and_an_id(value):
     text = _refusal("SENDGRID_DIGEST_TEMPLATE_ID", value)
-    assert repr(value) in text and "d-f43daeeaef504760851f727007e0b5d0" in text
+    assert "d-f43daeeaef504760851f727007e0b5d0" in text
 
 
 @pytest.mark.parametrize("zone", ["Factory", "localtime", "posixrules", "Mars/Olympus"])
 def test_time_zone_is_a_named_zone(zone):
-    with pytest.raises(SettingsError, match="^MM_TIMEZONE="):
+    with pytest.raises(SettingsError, match="^MM_TIMEZONE is not an IANA time zone"):
         Settings.from_env({"MM_TIMEZONE": zone})
     assert Settings.from_env({"MM_TIMEZONE": "Australia/Adelaide"}).timezone == "Australia/Adelaide"
 
@@ -471,7 +482,7 @@ def test_secrets_sent_in_headers_are_printable_and_never_shown(name, value, prob
     ],
 )
 def test_url_paths_without_dot_segments_and_ports_not_left_empty(name, value):
-    with pytest.raises(SettingsError, match=f"^{name}="):
+    with pytest.raises(SettingsError, match=f"^{name} is refused"):
         Settings.from_env({name: value})
 
 
@@ -479,7 +490,7 @@ def test_data_dir_is_a_folder(tmp_path):
     file = tmp_path / "a-file"
     file.write_text("x")
     for value in (str(file), "/var/lib/mm\norchestration"):
-        with pytest.raises(SettingsError, match="^MM_DATA_DIR="):
+        with pytest.raises(SettingsError, match="^MM_DATA_DIR is refused"):
             Settings.from_env({"MM_DATA_DIR": value})
     assert Settings.from_env({"MM_DATA_DIR": str(tmp_path / "new")}).data_dir == str(
         tmp_path / "new"
@@ -510,5 +521,5 @@ def test_connection_parameters_libpq_checks_only_when_connecting_are_checked_at_
 @pytest.mark.parametrize("name", ["MAIL_FROM", "COMPLIANCE_EMAIL", "ADMIN_EMAIL"])
 def test_sender_and_contacts_are_addresses_sendgrid_takes(name, value):
     """The same rule (email-validator) as for every recipient."""
-    with pytest.raises(SettingsError, match=f"^{name}=.*not an address SendGrid takes"):
+    with pytest.raises(SettingsError, match=f"^{name} is not an address SendGrid takes"):
         Settings.from_env({name: value})

@@ -9,20 +9,22 @@ it in `ops.audit_log`, and delivers it.
 import json
 from typing import Any, Literal
 
-from dagster import Backoff, Config, OpExecutionContext, RetryPolicy, RunRequest, job, op
+from dagster import Backoff, OpExecutionContext, RetryPolicy, RunRequest, job, op
 from pydantic import Field, field_validator
 
 from mm_orchestration import audit
+from mm_orchestration.config_models import OpConfig
 from mm_orchestration.joblog import log_event
 from mm_orchestration.outbox import conclude, deliver_pending, enqueue, finished_runs
 from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
 from mm_orchestration.resources.mailer import Email
 from mm_orchestration.scheduling import JOB_TAG
+from mm_orchestration.text import NOT_SHOWN
 
 ALERT_KIND = "alert"
 
 
-class AlertConfig(Config):
+class AlertConfig(OpConfig):
     """One alert. `key` makes it idempotent: the same key is sent at most once."""
 
     key: str = Field(description="Idempotency key, e.g. dlq-depth:alert:<episode start>")
@@ -38,12 +40,19 @@ class AlertConfig(Config):
     @field_validator("details_json")
     @classmethod
     def _a_json_object(cls, value: str) -> str:
+        """Named, never quoted (the field may read an environment variable); json's own
+        message says only where it stopped (line and column), which is kept."""
         try:
             parsed = json.loads(value or "{}")
-        except ValueError as exc:
-            raise ValueError(f"details_json={value[:80]!r} is not JSON ({exc})") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"details_json is not JSON ({exc.msg} at line {exc.lineno} column "
+                f"{exc.colno}); {NOT_SHOWN}"
+            ) from None
+        except ValueError:
+            raise ValueError(f"details_json is not JSON; {NOT_SHOWN}") from None
         if not isinstance(parsed, dict):
-            raise ValueError(f"details_json={value[:80]!r} must be a JSON object ({{...}})")
+            raise ValueError(f"details_json must be a JSON object ({{...}}); {NOT_SHOWN}")
         return value
 
 

@@ -22,13 +22,14 @@ from zoneinfo import ZoneInfo
 
 import holidays
 import psycopg
-from dagster import Config, Failure, OpExecutionContext, job, op
+from dagster import Failure, OpExecutionContext, job, op
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 from pydantic import Field
 
 from mm_orchestration import inventory
+from mm_orchestration.config_models import OpConfig
 from mm_orchestration.db import connect
 from mm_orchestration.joblog import log_event
 from mm_orchestration.ledger import claim, report_skip, window_for
@@ -38,6 +39,7 @@ from mm_orchestration.processes import ToolFailed
 from mm_orchestration.resources import JobSettings, PortalDatabase
 from mm_orchestration.resources.restore_drill import PgToolsNotFound, RestoreDrill, server_version
 from mm_orchestration.scheduling import executor_for, job_tags
+from mm_orchestration.text import NOT_SHOWN
 
 SPEC = inventory.get("backup-verify")
 KEY_TABLES = (
@@ -283,7 +285,7 @@ def _compare(expected: dict[str, Any], actual: dict[str, Any]) -> dict[str, Any]
 DRILLS = {"local": run_local_drill, "neon": run_neon_drill}
 
 
-class DrillConfig(Config):
+class DrillConfig(OpConfig):
     # A Literal: the console refuses anything else before the run starts, naming the values.
     method: Literal["", "local", "neon"] = Field(
         default="", description="local or neon; blank: the configured method"
@@ -302,8 +304,8 @@ def run_restore_drill(
     method = config.method or restore_drill.method
     if method not in DRILLS:
         raise Failure(
-            f"restore drill method {method!r} is unknown; use 'local' or 'neon' "
-            f"(compliance contact: {job_settings.compliance_email})",
+            "the restore drill method (MM_DRILL_METHOD, or the run's method) is neither "
+            f"local nor neon; {NOT_SHOWN} (compliance contact: {job_settings.compliance_email})",
             allow_retries=False,
         )
     portal_db.require("ops.backup_drills", "ops.schema_migrations")

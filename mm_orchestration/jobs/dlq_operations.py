@@ -11,14 +11,16 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from dagster import Config, Failure, OpExecutionContext, job, op
+from dagster import Failure, OpExecutionContext, job, op
 from psycopg.rows import dict_row
 from pydantic import Field
 
 from mm_orchestration import audit
+from mm_orchestration.config_models import OpConfig
 from mm_orchestration.ledger import ACTOR_TAG
 from mm_orchestration.resources import PortalDatabase
 from mm_orchestration.scheduling import JOB_TAG
+from mm_orchestration.text import NOT_SHOWN
 
 # The portal's three statuses, and 'discarded': a dead letter closed for good by an
 # operator (ops.dlq_discards), which nothing requeues in bulk.
@@ -27,7 +29,7 @@ STATUSES = ("pending", "replayed", "dead", "discarded")
 
 def list_rows(conn: psycopg.Connection, status: str | None = None, limit: int = 100) -> list[Any]:
     if status is not None and status not in STATUSES:
-        raise ValueError(f"--status must be one of {', '.join(STATUSES)}, not {status!r}")
+        raise ValueError(f"--status must be one of {', '.join(STATUSES)}; {NOT_SHOWN}")
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
             """SELECT * FROM (
@@ -218,13 +220,13 @@ def _operator_error() -> Iterator[None]:
         raise Failure(description=str(exc), allow_retries=False) from None
 
 
-class RequeueConfig(Config):
+class RequeueConfig(OpConfig):
     # A plain default (not a factory), so the console's Launchpad shows the field to fill.
     ids: list[int] = Field(default=[], description="Dead-letter ids to requeue")
     all_dead: bool = Field(default=False, description="Requeue every dead letter")
 
 
-class DiscardConfig(Config):
+class DiscardConfig(OpConfig):
     id: int = Field(description="The dead letter to discard")
     reason: str = Field(description="Why (kept in the audit log)")
 

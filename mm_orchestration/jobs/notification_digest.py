@@ -40,6 +40,7 @@ from mm_orchestration.scheduling import (
     retry_policy,
     tick_of,
 )
+from mm_orchestration.text import NOT_SHOWN
 
 SPEC = inventory.get("notification-digest")
 BATCH_SIZE = 1000  # SendGrid's limit of personalizations per request
@@ -81,7 +82,8 @@ def run_instant(config_now: str, window_key: str | None, clock: datetime) -> dat
     """The instant a run acts at: config first, then the schedule's tick, then `clock`.
 
     A `now` that is not an ISO 8601 instant with an offset, within NOW_RANGE of `clock`,
-    fails the run at once, naming the field, the value and what is accepted.
+    fails the run at once, naming the field and what is accepted, never the value (a run
+    config field may read an environment variable).
     """
     value, name = config_now.strip(), "now"
     if not value and window_key:
@@ -99,12 +101,12 @@ def run_instant(config_now: str, window_key: str | None, clock: datetime) -> dat
         instant = parse_instant(value)
     except ValueError:
         raise Failure(
-            description=f"{name}={value!r} is not an instant with its offset; {accepted}",
+            description=f"{name} is not an instant with its offset; {accepted}; {NOT_SHOWN}",
             allow_retries=False,
         ) from None
     if not clock - NOW_RANGE[0] <= instant <= clock + NOW_RANGE[1]:
         raise Failure(
-            description=f"{name}={value!r} is out of range; {accepted}", allow_retries=False
+            description=f"{name} is out of range; {accepted}; {NOT_SHOWN}", allow_retries=False
         )
     return instant.astimezone(UTC)
 
@@ -116,8 +118,8 @@ def _id(name: str, value: str) -> uuid.UUID | None:
         return uuid.UUID(value.strip())
     except ValueError:
         raise Failure(
-            description=f"{name}={value[:100]!r} is not an id (a UUID such as "
-            "3f2b6c1e-8d4a-4c2e-9f1a-2b3c4d5e6f70); blank: everyone due",
+            description=f"{name} is not an id. Accepted: a UUID such as "
+            f"3f2b6c1e-8d4a-4c2e-9f1a-2b3c4d5e6f70, or blank for everyone due; {NOT_SHOWN}",
             allow_retries=False,
         ) from None
 

@@ -11,14 +11,16 @@ Each run reports what it removed.
 
 from datetime import UTC, datetime, timedelta
 
-from dagster import Config, Failure, OpExecutionContext, RunsFilter, job, op
+from dagster import Failure, OpExecutionContext, RunsFilter, job, op
 from pydantic import Field
 
 from mm_orchestration import inventory
+from mm_orchestration.config_models import OpConfig
 from mm_orchestration.digest_moments import LONGEST_LOOK_BACK
 from mm_orchestration.ledger import claim, report_skip, window_for
 from mm_orchestration.resources import PortalDatabase
 from mm_orchestration.scheduling import executor_for, job_tags, retry_policy
+from mm_orchestration.text import NOT_SHOWN
 
 SPEC = inventory.get("storage-retention")
 PAGE = 500
@@ -27,21 +29,22 @@ PAGE = 500
 MAX_DAYS = 36500  # a century: a larger number is a typo, and would overflow a date
 
 
-class RetentionConfig(Config):
+class RetentionConfig(OpConfig):
     dagster_run_days: float = Field(default=90, description="Keep Dagster runs this long")
     outbox_days: float = Field(default=90, description="Keep sent emails this long")
     job_runs_days: float = Field(default=400, description="Keep the ledger this long")
     force: bool = Field(default=False, description="Run even if tonight already succeeded")
 
     def check(self) -> None:
-        """Fail at once, without retries, naming the field (a range in pydantic would be
-        checked inside the op's retry policy and retried like a passing fault)."""
+        """Fail at once, without retries, naming the field, never its value (a range in
+        pydantic would be checked inside the op's retry policy and retried like a passing
+        fault)."""
         for name in ("dagster_run_days", "outbox_days", "job_runs_days"):
             value = getattr(self, name)
             if not 0 < value <= MAX_DAYS:
                 raise Failure(
-                    description=f"config {name}={value!r} is out of range; accepted: more "
-                    f"than 0 and at most {MAX_DAYS} days",
+                    description=f"config {name} is out of range; accepted: more than 0 and "
+                    f"at most {MAX_DAYS} days; {NOT_SHOWN}",
                     allow_retries=False,
                 )
 

@@ -10,11 +10,14 @@ from dagster import ConfigurableResource, Failure, InitResourceContext
 from psycopg_pool import ConnectionPool
 from pydantic import Field, PrivateAttr
 
+from mm_orchestration.config_models import QUIET
 from mm_orchestration.db import MissingTableError, require_tables
 
 
 class PortalDatabase(ConfigurableResource):
     """The portal database (Neon in production). At most `max_connections` per run."""
+
+    model_config = QUIET  # a refused field's value never shows in pydantic's error
 
     url: str = Field(description="PostgreSQL URL; give it as EnvVar('DATABASE_URL').")
     direct_url: str | None = Field(
@@ -70,9 +73,11 @@ class PortalDatabase(ConfigurableResource):
                 conn.autocommit = True
                 yield conn
             return
-        with psycopg.connect(
-            self.direct_url, autocommit=True, application_name="mm-orchestration-session"
-        ) as conn:
+        with _unquoted("DATABASE_DIRECT_URL"):
+            direct = psycopg.connect(
+                self.direct_url, autocommit=True, application_name="mm-orchestration-session"
+            )
+        with direct as conn:
             yield conn
 
     @property
@@ -95,13 +100,29 @@ def _probe(url: str, setting: str) -> None:
     background and reports only a timeout 30 s later, while libpq's own reason (a wrong
     password, an unknown host, a server not yet up) is what an operator needs.
 
-    Raises psycopg.OperationalError naming `setting` with libpq's first line."""
+    Raises psycopg.OperationalError naming `setting` with libpq's first line, and
+    psycopg.ProgrammingError naming it when libpq cannot parse `url` (never quoting it)."""
     try:
-        psycopg.connect(url, connect_timeout=10, application_name="mm-orchestration").close()
+        with _unquoted(setting):
+            psycopg.connect(url, connect_timeout=10, application_name="mm-orchestration").close()
     except psycopg.OperationalError as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise psycopg.OperationalError(
             f"the portal database ({setting}) refused the connection: {reason}"
+        ) from None
+
+
+@contextmanager
+def _unquoted(setting: str) -> Iterator[None]:
+    """libpq's parse errors quote the connection string (`missing "=" after "<the
+    value>"`), which may be a password, or any secret a run's config read into the
+    resource's field: such an error names `setting` instead, and what it should be."""
+    try:
+        yield
+    except psycopg.ProgrammingError:
+        raise psycopg.ProgrammingError(
+            f"the portal database ({setting}) is not a connection string libpq accepts: a "
+            "postgresql:// URL or key=value pairs; the value is not shown"
         ) from None
 
 

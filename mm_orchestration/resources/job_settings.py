@@ -5,11 +5,14 @@ from __future__ import annotations
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from mm_orchestration.config_models import QUIET
 from mm_orchestration.settings import Settings
 
 
 class JobSettings(ConfigurableResource):
     """Settings shared by the jobs, shown in the UI (nothing secret lives here)."""
+
+    model_config = QUIET  # a refused field's value never shows in pydantic's error
 
     env: str = Field(default="development", description="MM_ENV")
     timezone: str = Field(default="Australia/Sydney", description="MM_TIMEZONE")

@@ -31,6 +31,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from mm_orchestration import http
+from mm_orchestration.config_models import QUIET
 from mm_orchestration.joblog import log_event
 from mm_orchestration.text import one_line
 
@@ -230,6 +231,8 @@ class _BoundedClient:
 
 class Mailer(ConfigurableResource):
     """Sends email through SendGrid when `api_key` is set, else writes `.eml` files."""
+
+    model_config = QUIET  # a refused field's value never shows in pydantic's error
 
     api_key: str | None = Field(
         default=None, description="EnvVar('SENDGRID_API_KEY'); unset: files"

@@ -12,6 +12,8 @@ from pydantic import Field
 from sentry_sdk.integrations.logging import LoggingIntegration
 from sentry_sdk.transport import HttpTransport
 
+from mm_orchestration.config_models import QUIET
+
 _initialised: dict[str, Any] = {}
 
 
@@ -30,6 +32,8 @@ def bounded_transport(connect: float, read: float) -> type[HttpTransport]:
 
 class Monitoring(ConfigurableResource):
     """Where errors, run transactions and Crons check-ins go."""
+
+    model_config = QUIET  # a refused field's value never shows in pydantic's error
 
     dsn: str | None = Field(default=None, description="EnvVar('SENTRY_DSN'); unset: disabled")
     environment: str = Field(default="development", description="MM_ENV")

@@ -5,9 +5,13 @@ from __future__ import annotations
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from mm_orchestration.config_models import QUIET
+
 
 class MuxWebhooks(ConfigurableResource):
     """Replay settings for `portal.mux_webhook_dlq`. The secret comes as an EnvVar."""
+
+    model_config = QUIET  # a refused field's value never shows in pydantic's error
 
     signing_secret: str | None = Field(
         default=None, description="EnvVar('MUX_WEBHOOK_SECRET'); unset: signatures not checked"

@@ -23,6 +23,7 @@ from urllib.request import url2pathname
 from dagster import ConfigurableResource
 from pydantic import Field
 
+from mm_orchestration.config_models import QUIET
 from mm_orchestration.settings import Settings
 
 
@@ -42,6 +43,8 @@ def is_uri(value: str) -> bool:
 class ReportStore(ConfigurableResource):
     """A folder (or S3 prefix) of reports, addressed inside by relative keys such as
     `residency/2026-11-23/x.csv` and outside by absolute URIs (`uri`)."""
+
+    model_config = QUIET  # a refused field's value never shows in pydantic's error
 
     root: str = Field(default=".mm/reports", description="MM_DATA_DIR/reports unless set")
     s3_bucket: str = Field(default="", description="MM_REPORTS_S3_BUCKET: store in S3 instead")

@@ -26,6 +26,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field
 
 from mm_orchestration import http, processes
+from mm_orchestration.config_models import QUIET
 from mm_orchestration.embedded_pg import EmbeddedPostgresError, bundled_bin_dir
 from mm_orchestration.settings import PG_CLIENT_TOOLS
 
@@ -80,6 +81,8 @@ def client_major(bin_dir: Path) -> int:
 class RestoreDrill(ConfigurableResource):
     """How the monthly restore drill runs. `method` local (pg_dump/pg_restore) or neon."""
 
+    model_config = QUIET  # a refused field's value never shows in pydantic's error
+
     method: str = Field(default="local", description="MM_DRILL_METHOD: local or neon")
     pg_bin_dir: str = Field(
         default="",
@@ -123,9 +126,10 @@ class RestoreDrill(ConfigurableResource):
             missing = processes.missing_executables(Path(self.pg_bin_dir), PG_CLIENT_TOOLS)
             if missing:
                 raise PgToolsNotFound(
-                    f"MM_PG_BIN_DIR={self.pg_bin_dir!r} has no {', '.join(missing)}: point it at "
-                    f"the bin folder of PostgreSQL {major}'s client tools (Debian's package "
-                    f"postgresql-client-{major} installs them in {DEBIAN_ROOT}/{major}/bin)",
+                    f"MM_PG_BIN_DIR has no {', '.join(missing)}: point it at the bin folder of "
+                    f"PostgreSQL {major}'s client tools (Debian's package postgresql-client-"
+                    f"{major} installs them in {DEBIAN_ROOT}/{major}/bin); the value is not "
+                    "shown",
                     evidence,
                 )
         seen: list[str] = []
