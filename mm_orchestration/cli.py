@@ -771,12 +771,31 @@ def cmd_digest_preview(args: argparse.Namespace) -> int:
                 "zone": result["zone"],
                 "frequency": result["frequency"],
                 "period": result["period"],
+                "moment": result["moment"],
+                "moment_note": _moment_note(result),
+                "settled": result["settled"],
                 "suppressed": result["suppressed"],
                 "data": result["data"],
             }
         )
     )
     return 0
+
+
+def _moment_note(result: dict[str, Any]) -> str:
+    """What happened to this period's digest moment, in words (a gap, an overlap, a miss)."""
+    from mm_orchestration.digest_moments import MERGED, MOVED
+
+    settled = result["settled"]
+    if settled and settled["outcome"] == "missed":
+        return "missed: its moment passed more than the grace ago (recorded, never sent stale)"
+    if result["moment"] is None:
+        return "no digest moment in this period (not one of their days)"
+    return {
+        MOVED: "moved: their time does not exist that day (clocks went forward); due at the "
+        "transition",
+        MERGED: "merged: their time happens twice that day (clocks went back); due at the first",
+    }.get(result["shift"], "on time")
 
 
 def _json_lines(value: Any) -> str:

@@ -508,12 +508,18 @@ def write_zone_rules(conn: psycopg.Connection, names: Sequence[str], now: dateti
         conn.execute(
             "DELETE FROM ops.zone_spans WHERE rules = %s AND zone = ANY(%s)", [rules, missing]
         )
-        with conn.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO ops.zone_spans (rules, zone, starts, ends, utc_offset)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                [(rules, zone, span.starts, span.ends, span.offset) for zone, span in spans],
-            )
+        conn.execute(
+            """INSERT INTO ops.zone_spans (rules, zone, starts, ends, utc_offset)
+               SELECT %s, z.* FROM unnest(%s::text[], %s::timestamptz[], %s::timestamptz[],
+                                          %s::int[]) z""",
+            [
+                rules,
+                [zone for zone, _ in spans],
+                [span.starts for _, span in spans],
+                [span.ends for _, span in spans],
+                [span.offset for _, span in spans],
+            ],
+        )
         conn.execute(
             """INSERT INTO ops.zone_rules (rules, zone, valid_until)
                SELECT %s, z, %s FROM unnest(%s::text[]) z

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -30,13 +31,21 @@ TEMPLATE = "mm_template"
 
 def pytest_configure(config: pytest.Config) -> None:
     # pytest keeps its last three temporary roots per user and deletes older ones, so a
-    # second checkout's test run could delete this run's PostgreSQL data directory under
-    # it. Each checkout gets its own root (xdist's workers inherit the variable).
+    # second test run (another checkout, or the same one at the same time) could delete
+    # this run's PostgreSQL data directory under it. Each run gets its own root, named
+    # by checkout and process (xdist's workers inherit the variable); roots of runs whose
+    # process is gone are removed.
+    if "PYTEST_DEBUG_TEMPROOT" in os.environ:
+        return
     digest = hashlib.sha1(str(config.rootpath).encode()).hexdigest()[:10]
-    os.environ.setdefault(
-        "PYTEST_DEBUG_TEMPROOT", str(Path(tempfile.gettempdir()) / f"mm-orchestration-{digest}")
-    )
-    Path(os.environ["PYTEST_DEBUG_TEMPROOT"]).mkdir(exist_ok=True)
+    base = Path(tempfile.gettempdir())
+    for old in base.glob(f"mm-orchestration-{digest}-*"):
+        pid = old.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(old, ignore_errors=True)
+    root = base / f"mm-orchestration-{digest}-{os.getpid()}"
+    root.mkdir(exist_ok=True)
+    os.environ["PYTEST_DEBUG_TEMPROOT"] = str(root)
 
 
 @pytest.fixture(scope="session")

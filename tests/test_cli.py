@@ -91,7 +91,7 @@ def test_run_share_link_expiry_is_recorded_in_the_instance(dagster_env, conn, tm
         assert run is not None and run.status == DagsterRunStatus.SUCCESS
         assert run.job_name == "share_link_expiry"
         assert run.tags["mm/actor"] == "reliability-oncall"
-        assert instance.run_coordinator.__class__.__name__ == "QueuedRunCoordinator"
+        assert instance.run_coordinator.__class__.__name__ == "PlainValuesRunCoordinator"
         assert instance.run_monitoring_enabled and instance.run_retries_enabled
 
 

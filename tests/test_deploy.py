@@ -75,7 +75,7 @@ def test_k8s_instance_config_resolves_launcher_and_storage(k8s_instance: Any) ->
     assert launcher.env_secrets == ["mm-orchestration-secrets"]
     assert isinstance(k8s_instance.run_storage, PostgresRunStorage)
     assert list(k8s_instance.get_runs()) == []  # the storage answers, migrated
-    assert type(k8s_instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+    assert type(k8s_instance.run_coordinator).__name__ == "PlainValuesRunCoordinator"
 
 
 def test_every_job_gets_its_pod_size_from_the_inventory(k8s_instance: Any) -> None:
@@ -138,9 +138,22 @@ def test_helm_values_match_the_code_and_hold_no_secret() -> None:
     assert values["generatePostgresqlPasswordSecret"] is False
     assert "postgresqlPassword" not in values["postgresql"]
     local = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())["concurrency"]["runs"]
-    queue = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
-    assert queue["maxConcurrentRuns"] == local["max_concurrent_runs"]
-    assert queue["tagConcurrencyLimits"] == local["tag_concurrency_limits"]
+    daemon = values["dagsterDaemon"]
+    coordinator = daemon["runCoordinator"]["config"]["customRunCoordinator"]
+    assert (coordinator["module"], coordinator["class"]) == (
+        "mm_orchestration.run_config",
+        "PlainValuesRunCoordinator",
+    )
+    assert coordinator["config"]["max_concurrent_runs"] == local["max_concurrent_runs"]
+    assert coordinator["config"]["tag_concurrency_limits"] == local["tag_concurrency_limits"]
+    # The daemon imports our coordinator: it runs our image.
+    assert daemon["image"]["repository"] == deployment["image"]["repository"]
+    from mm_orchestration.run_config import PlainValuesRunCoordinator
+
+    from dagster._config import process_config, resolve_to_config_type
+
+    schema = resolve_to_config_type(PlainValuesRunCoordinator.config_type())
+    assert process_config(schema, coordinator["config"]).success  # its own config
 
     manifests = {(m["kind"], m["metadata"]["name"]): m for m in values["extraManifests"]}
     config_map = manifests["ConfigMap", "mm-orchestration-config"]

@@ -78,7 +78,7 @@ def test_preview_prints_what_the_digest_would_queue_and_changes_nothing(conn, pr
         "user_id": str(olivia),
         "zone": "Australia/Perth",
         "frequency": "daily",
-        "period": "2026-12-01",
+        "period": "2026-11-30T16:00:00Z/2026-12-01T16:00:00Z",  # Perth's 1 December
         "suppressed": False,
     }
     assert datetime.fromisoformat(shown["at"]) == AT
@@ -117,7 +117,7 @@ def test_a_weekly_person_by_id_previews_their_week(conn, preview):
     assert (shown["zone"], shown["frequency"], shown["period"]) == (
         "Pacific/Chatham",
         "weekly",
-        "2026-W49",
+        "2026-11-29T10:15:00Z/2026-12-06T10:15:00Z",  # the Chatham Islands' week 49
     )
     assert shown["data"]["counts"] == {"due_soon": 0, "overdue": 0, "asset_updates": 0}
 

@@ -39,6 +39,8 @@ from tests.run_job_in_subprocess import kill_at_request
 from tests.sendgrid_server import Reply, SendGridRecorder
 
 DAY = "2026-11-30"
+# Sydney's 30 November as a period is keyed by its bounds as instants.
+PERIOD = "2026-11-29T13:00:00Z/2026-11-30T13:00:00Z"
 REF = datetime(2026, 11, 30, 8, 0, tzinfo=ZoneInfo("Australia/Sydney"))
 AT = REF.isoformat()
 NOW = datetime.now(UTC)
@@ -530,7 +532,7 @@ def test_an_unknown_time_zone_falls_back_and_everyone_gets_their_digest(
     key = conn.execute(
         "SELECT idempotency_key FROM ops.notification_outbox WHERE user_id = %s", [odd]
     ).fetchone()[0]
-    assert key == f"digest:{odd}:{DAY}"  # the date in the fallback zone (Sydney)
+    assert key == f"digest:{odd}:{PERIOD}"  # the day in the fallback zone (Sydney)
     logged = [r.getMessage() for r in caplog.records if "digest.choice_fallback" in r.getMessage()]
     assert len(logged) == 1 and str(odd) in logged[0] and str(ids[0]) not in logged[0]
     assert "jonah" not in logged[0]
@@ -585,13 +587,13 @@ def test_a_rerun_after_fixing_a_bad_address_resends_only_that_row(
     assert len(sendgrid.mail_requests) == 2
     (p,) = sendgrid.mail_requests[1].body["personalizations"]
     assert p["to"] == [{"email": "jonah@harbourlights.example"}]
-    assert p["custom_args"] == {"idempotency_key": f"digest:{jonah}:{DAY}"}  # the same key
+    assert p["custom_args"] == {"idempotency_key": f"digest:{jonah}:{PERIOD}"}  # the same key
     assert counts(conn) == {"sent": 3}
     actor, action, details = conn.execute(
         "SELECT actor, action, details FROM ops.audit_log WHERE action = 'outbox_resend'"
     ).fetchone()
     assert (actor, action, details["count"]) == ("olivia", "outbox_resend", 1)
-    assert details["keys"] == [f"digest:{jonah}:{DAY}"]
+    assert details["keys"] == [f"digest:{jonah}:{PERIOD}"]
     # Nothing sent is ever requeued, and unknown outcomes stay put without --include-unknown.
     assert cli.main(["outbox", "resend", "--kind", "digest", "--since", "2000-01-01"]) == 0
     assert digest().success and len(sendgrid.mail_requests) == 2
@@ -1103,10 +1105,14 @@ def test_a_digest_held_past_its_grace_expires_and_is_never_sent_stale(
     assert counts(conn) == {"pending": 1}
     sendgrid.rule = None
     assert run(REF).success
-    assert sendgrid.accepted_keys() == [f"digest:{olivia}:2026-11-30"]
+    nov29, nov30 = (
+        "2026-11-28T13:00:00Z/2026-11-29T13:00:00Z",
+        "2026-11-29T13:00:00Z/2026-11-30T13:00:00Z",
+    )
+    assert sendgrid.accepted_keys() == [f"digest:{olivia}:{nov30}"]
     assert counts(conn) == {"expired": 1, "sent": 1}
     outcomes = dict(conn.execute("SELECT period, outcome FROM ops.digest_periods").fetchall())
-    assert outcomes == {"2026-11-29": "missed", "2026-11-30": "queued"}
+    assert outcomes == {nov29: "missed", nov30: "queued"}
 
 
 def test_mail_to_our_own_suppressed_contact_fails_rather_than_vanishing(

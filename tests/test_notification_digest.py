@@ -14,6 +14,8 @@ from tests.conftest import run_job
 from tests.sendgrid_server import Reply
 
 DAY = "2026-11-30"
+# The Sydney day's period as stored and keyed: its bounds as instants.
+PERIOD = "2026-11-29T13:00:00Z/2026-11-30T13:00:00Z"
 REF = datetime(2026, 11, 30, 8, 0, tzinfo=ZoneInfo("Australia/Sydney"))  # 2026-11-29T21:00Z
 AT = REF.isoformat()  # 08:00 in Sydney: the default choice's moment
 
@@ -163,12 +165,12 @@ def test_exact_personalization_content(conn, digest, sendgrid):
     assert request.body["template_id"] == "d-digest-test"
     assert request.body["from"] == {"email": "jobs@motionmavericks.example"}
     p = personalizations(sendgrid)["olivia@kangaroo.example"]
-    assert p["custom_args"] == {"idempotency_key": f"digest:{olivia}:{DAY}"}
+    assert p["custom_args"] == {"idempotency_key": f"digest:{olivia}:{PERIOD}"}
     assert p["dynamic_template_data"] == {
         "display_name": "Olivia",
         "tenant_name": "Kangaroo Creative",
         "date": DAY,
-        "period": DAY,
+        "period": PERIOD,
         "due_soon": [
             {
                 "title": "Approve fine cut",

@@ -178,6 +178,15 @@ def _report(
         )
     if settled.missed:
         log_event("digest.missed", level=30, runId=context.run_id, count=settled.missed)
+    if settled.moved or settled.merged:
+        log_event(
+            "digest.clock_change", runId=context.run_id, moved=settled.moved,
+            merged=settled.merged,
+        )  # fmt: skip
+    if settled.rules_differ:
+        # Our digests follow our rules; SQL elsewhere that asks PostgreSQL may not.
+        log_event("digest.zone_rules_differ", level=30, runId=context.run_id)
+        context.log.warning(settled.rules_differ)
     if settled.window_start is None and not settled.due:
         # An operator's send that reached nobody: say why it may be, and where to look.
         context.log.warning(
@@ -190,6 +199,7 @@ def _report(
             "now": now.isoformat(),
             "window_start": settled.window_start.isoformat() if settled.window_start else "",
             **settled.as_metadata(),
+            **({"zone_rules_differ": settled.rules_differ} if settled.rules_differ else {}),
         }
     )
 
