@@ -148,9 +148,9 @@ def test_helm_values_match_the_code_and_hold_no_secret() -> None:
     assert coordinator["config"]["tag_concurrency_limits"] == local["tag_concurrency_limits"]
     # The daemon imports our coordinator: it runs our image.
     assert daemon["image"]["repository"] == deployment["image"]["repository"]
-    from mm_orchestration.run_config import PlainValuesRunCoordinator
-
     from dagster._config import process_config, resolve_to_config_type
+
+    from mm_orchestration.run_config import PlainValuesRunCoordinator
 
     schema = resolve_to_config_type(PlainValuesRunCoordinator.config_type())
     assert process_config(schema, coordinator["config"]).success  # its own config
