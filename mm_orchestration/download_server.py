@@ -40,7 +40,7 @@ REQUEST_TIMEOUT_SECONDS = 30.0
 # thread for ever. The answer itself (a large report on a slow link) is not limited.
 REQUEST_DEADLINE_SECONDS = 60.0
 
-# The one user name of the standalone endpoint's HTTP Basic sign-in (README: serve-reports).
+# The one user name of the standalone endpoint's HTTP Basic sign-in (docs/cli.md: serve-reports).
 REPORTS_USER = "compliance"
 UNAUTHORISED = (
     "401 Unauthorized: sign in with the user name compliance and the password in "
