@@ -113,7 +113,8 @@ class EmbeddedPostgres:
         if self.durable:
             # Said explicitly, above anything a postgresql.conf or ALTER SYSTEM in the data
             # folder may say: the outbox's no-resend promise needs the 'sending' mark on
-            # disk before the request goes (docs/settings.md, "What the email promise needs of the database").
+            # disk before the request goes (docs/settings.md, "What the email promise
+            # needs of the database").
             options += " -c fsync=on -c synchronous_commit=on -c full_page_writes=on"
         else:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"

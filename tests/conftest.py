@@ -225,10 +225,10 @@ _SLOW_FIRST = (
     "test_production_topology.py",
     "test_stopping_the_stack.py",
     "test_every_run_watched.py",
-    "test_console_ui.py",
     "test_console_proxy.py",
     "test_dev_command.py",
     "test_console_front.py",
+    "test_console_attacks.py",
 )
 
 

@@ -4,8 +4,9 @@ at every tick, which digest moments are settled and how (queued on time or late 
 the grace, or missed). The property test (tests/test_digest_property.py) and its long
 version (benchmarks/digest_property.py) compare the job's records with it.
 
-The rule it states (docs/jobs.md, "How digests are timed"): a person's period is their local day (or ISO
-week when weekly) in the zone they have when it is worked out, as a span of instants; a
+The rule it states (docs/jobs.md, "How digests are timed"): a person's period is their
+local day (or ISO week when weekly) in the zone they have when it is worked out, as a
+span of instants; a
 period with a digest moment inside it is done, once. A run settles every moment of the
 person's current choice since the last run (since a whole period back when their choice
 changed), later than their last settled moment and whose period holds none yet: the

@@ -20,9 +20,12 @@ public address and proxy secret; Debian's Chromium drives it through nginx:
   the proxy secret is refused (401), a DNS-rebinding one (`Host` of another name) too;
 - however the proxy rewrites `Host` (the block as written, without `proxy_set_header
   Host`, with `$http_host`), the websocket and a mutation from the console's own page are
-  accepted, and a mutation from a page of another origin is refused (403).
+  accepted, and a mutation from a page of another origin is refused (403);
+- the operator is refused the restore drill (the console says why; audited, no drill);
+- an admin switches a schedule off from its page (audited with their name).
 
-Screenshots are saved under test-artifacts/.
+The share links the demo data has due expire and their owners are emailed. Screenshots
+are saved under test-artifacts/.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ from tests.local_stack import PROJECT_ROOT, own_env, start, wait_until_serving
 
 NGINX = "/usr/sbin/nginx"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-OPERATOR, VIEWER = "olivia@mm.example", "victor@mm.example"
+OPERATOR, VIEWER, ADMIN = "olivia@mm.example", "victor@mm.example", "adam@mm.example"
 COOKIE = "_oauth2_proxy"  # oauth2-proxy's session cookie; the stand-in's holds the person
 IDENTITY = "X-Auth-Request-Email"
 SECRET_HEADER = "X-MM-Proxy-Secret"
@@ -369,7 +372,7 @@ def test_console_behind_the_documented_nginx(tmp_path, sendgrid, project_root):
         MM_CONSOLE_IDENTITY_HEADER=IDENTITY,
         MM_CONSOLE_PUBLIC_URL=base,
         MM_CONSOLE_PROXY_SECRET=proxy_secret,
-        MM_CONSOLE_ROLES=f"{OPERATOR}=operator; {VIEWER}=viewer",
+        MM_CONSOLE_ROLES=f"{OPERATOR}=operator; {VIEWER}=viewer; {ADMIN}=admin",
     )
     log = tmp_path / "dev.log"
     stack = start(["dev", "--port", str(ports["console"])], env, log)
@@ -390,7 +393,7 @@ def test_console_behind_the_documented_nginx(tmp_path, sendgrid, project_root):
         files = {"cert": cert, "key": key, "secret": secret_file}
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(cert, key)
-        _OAuth2ProxyStandIn.signed_in = frozenset({OPERATOR, VIEWER})
+        _OAuth2ProxyStandIn.signed_in = frozenset({OPERATOR, VIEWER, ADMIN})
         with (
             serving(_OAuth2ProxyStandIn, None) as ports["auth"],
             serving(_framing_page(f"{base}{JOB_PATH}"), tls) as decoy_port,
@@ -572,6 +575,24 @@ def test_console_behind_the_documented_nginx(tmp_path, sendgrid, project_root):
                         tls=True,
                     )
                     assert elsewhere[0] == 403 and "another site" in elsewhere[1], (host, elsewhere)
+
+                # The operator may not launch the restore drill: the console says why.
+                page.goto(f"{base}/locations/{LOCATION}/jobs/backup_verify")
+                page.get_by_role("tab", name="Launchpad").click()
+                page.get_by_role("button", name=re.compile(r"Launch Run$")).click()
+                expect(page.get_by_text("operator may not launch backup_verify")).to_be_visible(
+                    timeout=30_000
+                )
+                page.screenshot(path=str(artifacts / "proxy_operator_refused_drill.png"))
+
+                # An admin switches a schedule off from its page.
+                admin = signed_in_page(ADMIN)
+                admin.goto(f"{base}/locations/{LOCATION}/schedules/invite_cleanup_schedule")
+                switch = admin.get_by_role("checkbox").first
+                expect(switch).to_be_checked(timeout=60_000)
+                switch.locator("xpath=..").click()  # the styled switch around the hidden input
+                expect(switch).not_to_be_checked(timeout=30_000)
+                admin.screenshot(path=str(artifacts / "proxy_admin_stopped_schedule.png"))
                 browser.close()
 
         pg_port = (data / "postgres" / "port").read_text().strip()
@@ -591,11 +612,30 @@ def test_console_behind_the_documented_nginx(tmp_path, sendgrid, project_root):
                 " ORDER BY id"
             ).fetchall()
             assert reloads == [(OPERATOR, "operator", "succeeded")]
+            refused = conn.execute(
+                "SELECT actor, role, outcome, details->>'refusal' FROM ops.audit_log"
+                " WHERE action = 'launch_run' AND target = 'backup_verify'"
+            ).fetchall()
+            assert refused == [
+                (OPERATOR, "operator", "refused", "operator may not launch backup_verify")
+            ]
+            assert conn.execute("SELECT count(*) FROM ops.backup_drills").fetchone() == (0,)
+            stopped = conn.execute(
+                "SELECT actor, role, target, outcome FROM ops.audit_log"
+                " WHERE action = 'stop_schedule'"
+            ).fetchall()
+            assert stopped == [(ADMIN, "admin", "invite_cleanup_schedule", "succeeded")]
+            # The links expired and their owners were emailed.
+            assert conn.execute(
+                "SELECT count(*) FROM portal.share_links WHERE status = 'active'"
+                " AND expires_at <= now()"
+            ).fetchone() == (0,)
             # Nobody else acted: the viewer's forged header named nobody.
             actors = conn.execute(
-                "SELECT DISTINCT actor FROM ops.audit_log WHERE outcome <> 'refused'"
+                "SELECT DISTINCT actor FROM ops.audit_log WHERE outcome <> 'refused' ORDER BY actor"
             ).fetchall()
-            assert actors == [(OPERATOR,)], actors
+            assert actors == [(ADMIN,), (OPERATOR,)], actors
+        assert sendgrid.accepted_recipients()  # the owners' emails
     finally:
         nginx.stop()
         try:
