@@ -23,8 +23,12 @@ import functools
 import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, available_timezones
+
+if TYPE_CHECKING:
+    import psycopg
 
 # In the tz database but no zone anyone lives in.
 NOT_PLACES = frozenset({"Factory", "localtime", "posixrules", "posixrules.tzdata"})
@@ -144,16 +148,13 @@ class Disagreement:
 
 
 def disagreements(
-    conn: object, zones: Iterable[str], since: datetime, until: datetime
+    conn: psycopg.Connection, zones: Iterable[str], since: datetime, until: datetime
 ) -> list[Disagreement]:
     """Where PostgreSQL's rules differ from ours for `zones` between `since` and
     `until`: each of our transitions (a second either side) and each end compared with
     what PostgreSQL's `AT TIME ZONE` says. The digest never asks PostgreSQL for local
     times, so a disagreement misleads only SQL written elsewhere; it is reported with
     both versions (`describe`)."""
-    import psycopg
-
-    assert isinstance(conn, psycopg.Connection)
     names, instants, ours = [], [], []
     for zone in sorted(set(zones)):
         info = ZoneInfo(zone)
@@ -179,11 +180,8 @@ def disagreements(
     ]
 
 
-def describe(conn: object, found: list[Disagreement]) -> str:
+def describe(conn: psycopg.Connection, found: list[Disagreement]) -> str:
     """The disagreements in one line, naming both sets of rules."""
-    import psycopg
-
-    assert isinstance(conn, psycopg.Connection)
     row = conn.execute("SHOW server_version").fetchone()
     server = row[0] if row else "?"
     shown = "; ".join(str(d) for d in found[:5]) + ("; ..." if len(found) > 5 else "")
