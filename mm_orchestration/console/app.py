@@ -30,12 +30,19 @@ from dagster._core.workspace.permissions import (
     Permissions,
 )
 from dagster_webserver.webserver import DagsterWebserver
-from graphql import GraphQLError, OperationType, parse
+from graphql import (
+    DocumentNode,
+    GraphQLError,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    OperationType,
+    parse,
+)
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from mm_orchestration import audit, audit_trail
 from mm_orchestration.console.access import ConsoleAccess, Identity, origin_of
@@ -134,12 +141,21 @@ class ConsoleWebserver(DagsterWebserver):
         )
 
     def build_routes(self) -> list[BaseRoute]:
+        """Dagster's routes with ours before its catch-all page; under a path prefix,
+        inside the prefix as Dagster's are (`/jobs/audit-trail.csv`), or the UI's page
+        would answer for them."""
         ours: list[BaseRoute] = [
             Route("/reports/{key:path}", self.report_download_endpoint),
             Route("/audit-trail.csv", self.audit_trail_endpoint),
             Route("/whoami", self.whoami_endpoint),
         ]
-        return ours + list(super().build_routes())
+        routes = list(super().build_routes())
+        if not self._app_path_prefix:
+            return ours + routes
+        mounted = [r for r in routes if isinstance(r, Mount) and r.path == self._app_path_prefix]
+        assert len(mounted) == 1, "Dagster mounts its routes under the path prefix"
+        inside = Mount(self._app_path_prefix, routes=ours + list(mounted[0].routes))
+        return [inside if r is mounted[0] else r for r in routes]
 
     # -- state-changing REST endpoints: judged and audited like mutations ---------------
 
@@ -240,17 +256,17 @@ class ConsoleWebserver(DagsterWebserver):
         return int(super()._determine_status_code(resolver_errors, captured_errors))
 
     async def graphql_http_endpoint(self, request: Request) -> Response:
-        """Dagster's endpoint, but a body that is not one operation (a batch, a JSON
-        array; a query that is not text; variables that are not an object; JSON nested
-        deeper than it can be read) is refused with a 400 saying so, and audited: the gate
-        judges and audits each mutation of one operation, and Dagster itself would answer
-        those with a 500. GraphiQL's page carries the badge naming the person, as the
-        console's pages do."""
-        if request.method == "POST" and "json" in request.headers.get("content-type", ""):
-            try:
-                problem = _graphql_body_problem(await _json_body(request))
-            except BadBody as exc:
-                problem = str(exc)
+        """Dagster's endpoint, but a request that is not one query or mutation, however it
+        comes (a JSON body, application/graphql, a query string), is refused with a 400
+        saying so, and audited: a batch or JSON array; a query that is not text; variables
+        that are not an object, as JSON or as a JSON string; JSON nested deeper than it
+        can be read; a document that is not UTF-8; a subscription (the websocket's). The
+        gate judges and audits each mutation of one operation, and Dagster itself would
+        answer those with a 500. GraphiQL's page carries the badge naming the person, as
+        the console's pages do."""
+        html_page = request.method == "GET" and "text/html" in request.headers.get("Accept", "")
+        if not html_page:
+            problem = await _graphql_request_problem(request)
             if problem:
                 try:
                     await _in_thread(
@@ -259,7 +275,7 @@ class ConsoleWebserver(DagsterWebserver):
                         "graphql_request",
                         "refused",
                         None,
-                        {"via": "graphql POST", "refusal": problem},
+                        {"via": f"graphql {request.method}", "refusal": problem},
                     )
                 except AuditUnavailable as exc:
                     problem, status = str(exc), exc.status
@@ -270,6 +286,27 @@ class ConsoleWebserver(DagsterWebserver):
         if request.method == "GET" and isinstance(response, HTMLResponse):
             return self._with_badge(request, response)
         return response
+
+    async def graphql_ws_endpoint(self, websocket: WebSocket) -> None:
+        """Dagster's websocket, reading only messages of the protocol (graphql-ws): a
+        message that is not one (not a JSON object, an id that is not text or a number, a
+        start without a query as text and variables as an object) closes the socket with
+        4400 saying why, where Dagster's loop would fail with a server error."""
+        receive_json = websocket.receive_json
+
+        async def checked(mode: str = "text") -> Any:
+            try:
+                message = await receive_json(mode)
+            except (ValueError, KeyError, RecursionError):  # not JSON, or a binary frame
+                message = None
+            problem = _ws_message_problem(message)
+            if problem:
+                await websocket.close(code=4400, reason=problem)
+                raise WebSocketDisconnect(4400, problem)
+            return message
+
+        websocket.receive_json = checked  # type: ignore[method-assign]
+        await super().graphql_ws_endpoint(websocket)
 
     async def download_captured_logs_endpoint(self, request: Request) -> Response:
         """Dagster's download of a step's captured output, for log keys as Dagster writes
@@ -310,8 +347,18 @@ class ConsoleWebserver(DagsterWebserver):
         except GraphQLError as error:
             return None, error.formatted
         kinds = {d.operation for d in document.definitions if hasattr(d, "operation")}
+        reads = _code_reads(document, self._graphene_schema.graphql_schema)
+        message = None
         if kinds - {OperationType.SUBSCRIPTION}:
             message = "only subscriptions are accepted over the websocket; POST mutations"
+        elif reads:
+            # Dagster runs subscriptions without the gate (graphql-core's subscribe takes no
+            # middleware), so a selection that runs code is refused here, whole.
+            message = (
+                f"a subscription may not select fields that run code ({', '.join(reads)}); "
+                "ask for them in a query, where they are judged and audited"
+            )
+        if message:
             try:
                 self._audit_log.write(
                     identity_of(websocket),
@@ -501,20 +548,104 @@ def _when(text: str, zone: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=ZoneInfo(zone))
 
 
+async def _graphql_request_problem(request: Request) -> str | None:
+    """Why a request to /graphql is not one query or mutation as Dagster's endpoint reads
+    it (a POST's JSON body, a POST of application/graphql, else the query string), or
+    None: Dagster's own handler would answer these with a 500."""
+    content_type = request.headers.get("content-type", "")
+    data: Any
+    if request.method == "POST" and "application/json" in content_type:
+        try:
+            data = await _json_body(request)
+        except BadBody as exc:
+            return str(exc)
+    elif request.method == "POST" and "application/graphql" in content_type:
+        try:
+            data = {"query": (await request.body()).decode("utf-8")}
+        except UnicodeDecodeError:
+            return "the GraphQL document is not UTF-8 text"
+    else:
+        data = {k: request.query_params.get(k) for k in ("query", "variables", "operationName")}
+    return _graphql_body_problem(data)
+
+
 def _graphql_body_problem(body: Any) -> str | None:
-    """Why a JSON body is not one GraphQL operation as Dagster's endpoint reads it, or
-    None (an empty or unparsable body is Dagster's to answer, with its own 400)."""
+    """Why `body` (a JSON body, or the query string's fields) is not one GraphQL query or
+    mutation, or None (a request without a query or with a query that does not parse is
+    Dagster's to answer, with its own 400)."""
     if not isinstance(body, dict):
         return (
             "send one GraphQL operation per request: a JSON object with query and variables "
             "(batches, JSON arrays, are not accepted)"
         )
-    if not isinstance(body.get("query"), str | None):
+    query, variables, name = body.get("query"), body.get("variables"), body.get("operationName")
+    if not isinstance(query, str | None):
         return "query must be the GraphQL document as text"
-    if not isinstance(body.get("variables"), dict | str | None):
+    if isinstance(variables, str):
+        try:
+            variables = json.loads(variables)
+        except RecursionError:
+            return "the variables are nested too deeply to be read"
+        except ValueError:
+            return None  # Dagster answers malformed variables with a 400 of its own
+    if not isinstance(variables, dict | None):
         return "variables must be a JSON object (or that object as a JSON string)"
-    if not isinstance(body.get("operationName"), str | None):
+    if not isinstance(name, str | None):
         return "operationName must be text"
+    if query is not None and _operation_kind(query, name) == OperationType.SUBSCRIPTION:
+        return "subscriptions are served over the websocket (/graphql), not over HTTP"
+    return None
+
+
+def _operation_kind(query: str, name: str | None) -> OperationType | None:
+    """The kind of the operation `query` runs (with operationName `name`), or None when it
+    does not parse or names none (Dagster answers that)."""
+    try:
+        document = parse(query)
+    except (GraphQLError, RecursionError):
+        return None
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    chosen = [o for o in operations if name is None or (o.name and o.name.value == name)]
+    return chosen[0].operation if len(chosen) == 1 else None
+
+
+def _code_reads(document: DocumentNode, schema: GraphQLSchema) -> list[str]:
+    """The fields of `document` that run code on the code server (mutations.CODE_READS),
+    as `Type.field`, wherever the selection reaches them (fragments included)."""
+    from graphql import TypeInfo, TypeInfoVisitor, Visitor, visit
+
+    from mm_orchestration.console.mutations import CODE_READS
+
+    found: set[str] = set()
+    info = TypeInfo(schema)
+
+    class Fields(Visitor):
+        def enter_field(self, node: Any, *_: Any) -> None:
+            parent = info.get_parent_type()
+            if parent is not None and (parent.name, node.name.value) in CODE_READS:
+                found.add(f"{parent.name}.{node.name.value}")
+
+    visit(document, TypeInfoVisitor(info, Fields()))
+    return sorted(found)
+
+
+def _ws_message_problem(message: Any) -> str | None:
+    """Why a websocket message is not one of the graphql-ws protocol (None: it is)."""
+    if not isinstance(message, dict):
+        return "a message is a JSON object (graphql-ws)"
+    if not isinstance(message.get("type"), str):
+        return "a message's type is text"
+    if not isinstance(message.get("id"), str | int | None) or isinstance(message.get("id"), bool):
+        return "a message's id is text or a number"
+    if message["type"] != "start":
+        return None
+    payload = message.get("payload")
+    if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
+        return "a start message's payload holds the query as text"
+    if not isinstance(payload.get("variables"), dict | None):
+        return "a start message's variables are a JSON object"
+    if not isinstance(payload.get("operation_name"), str | None):
+        return "a start message's operation_name is text"
     return None
 
 
@@ -662,6 +793,29 @@ def with_security_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[byte
     return kept
 
 
+def _public_locations(
+    headers: list[tuple[bytes, bytes]], scope: Scope, public_origin: str
+) -> list[tuple[bytes, bytes]]:
+    """`headers` with a redirect to the console itself at its public address. Starlette
+    builds an absolute `Location` from what reached it (`/jobs` -> `http://<Host>/jobs/`):
+    the proxy's scheme to us (http behind TLS), and whatever it forwards as Host (our
+    127.0.0.1:3000, or a rewritten name); the browser must be sent where it opened us."""
+    own = {v.decode("latin-1").strip().lower() for k, v in scope.get("headers", []) if k == b"host"}
+    server = scope.get("server")
+    if server and len(server) > 1:
+        host = f"[{server[0]}]" if ":" in str(server[0]) else str(server[0])
+        own |= {f"{host}:{server[1]}".lower(), host.lower()}
+    out = []
+    for name, value in headers:
+        if name.lower() == b"location":
+            parts = urlsplit(value.decode("latin-1"))
+            if parts.scheme in ("http", "https", "ws", "wss") and parts.netloc.lower() in own:
+                rest = parts.path + (f"?{parts.query}" if parts.query else "")
+                value = (public_origin + rest).encode("latin-1")
+        out.append((name, value))
+    return out
+
+
 def _path_problem(path: str) -> str | None:
     """Why a request path is no path of the console's (None: it may be): dot segments
     (`/logs/../..`, which a proxy or a client should have resolved), NUL or backslashes.
@@ -696,7 +850,11 @@ class IdentityFront:
 
         async def send_secured(message: Any) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": with_security_headers(message.get("headers", []))}
+                headers = with_security_headers(message.get("headers", []))
+                origin = self.access.public_origin
+                if origin is not None:
+                    headers = _public_locations(headers, scope, origin)
+                message = {**message, "headers": headers}
             await send(message)
 
         await self._serve(scope, receive, send_secured)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -616,8 +617,38 @@ def _config_of(params: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _run_params(args: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every set of execution params of a launch, a re-execution or a batch."""
-    return [p for p in args.get("executionParamsList") or [args.get("executionParams")] if p]
+    """Every set of params that carries a run config: a launch's, a re-execution's, a
+    batch's, and a backfill's (whose runs all take it)."""
+    params = [p for p in args.get("executionParamsList") or [args.get("executionParams")] if p]
+    backfill = args.get("backfillParams")
+    return [*params, backfill] if isinstance(backfill, dict) else params
+
+
+def inherited_config_problem(args: dict[str, Any], context: Any) -> str | None:
+    """Why a re-execution may not run the config it takes from its parent (None: it may):
+    a re-execution of a run (`reexecutionParams`) or of a backfill runs with the config
+    stored with the parent, which may read the environment (a run refused before it was
+    queued can still be re-executed). Judged as if the person had sent it."""
+    params = args.get("reexecutionParams")
+    parent = params.get("parentRunId") if isinstance(params, dict) else None
+    instance = getattr(context, "instance", None)
+    if not parent or instance is None:
+        return None
+    try:
+        found = instance.get_run_by_id(str(parent))
+    except Exception:  # not a run id at all; the mutation names no run
+        found = None
+    if found is None and hasattr(instance, "get_backfill"):
+        try:
+            found = instance.get_backfill(str(parent))
+        except Exception:
+            found = None
+    config = getattr(found, "run_config", None)
+    try:
+        run_config.refuse_environment_reads(config or {})
+    except run_config.RunConfigRefused as exc:
+        return f"re-executing {parent} would run the config stored with it, and {exc}"
+    return None
 
 
 def apply_config_policy(args: dict[str, Any], admin: bool) -> None:
@@ -806,6 +837,38 @@ def _root_fields(info: GraphQLResolveInfo) -> dict[str, str]:
     }
 
 
+# A segment of a captured log's key is a name (a run id, `compute_logs`, a step key), never
+# path syntax: a separator, or a dot segment that climbs out of the logs folder.
+_PATH_SYNTAX = re.compile(r"[/\\]|^\.{0,2}$")
+
+
+def argument_problem(args: dict[str, Any]) -> str | None:
+    """Why a read's arguments name nothing the console holds (None: they may), before
+    Dagster reads them and fails with a server error: text with a NUL character (no run,
+    key or name has one; PostgreSQL and file paths refuse it), or a log key that is not
+    one (`capturedLogs(logKey: ["..", ...])`)."""
+
+    def has_nul(value: Any) -> bool:
+        if isinstance(value, str):
+            return "\x00" in value
+        if isinstance(value, dict):
+            return any(has_nul(k) or has_nul(v) for k, v in value.items())
+        if isinstance(value, list | tuple):
+            return any(has_nul(v) for v in value)
+        return False
+
+    if has_nul(args):
+        return "the request's text holds a NUL character, which nothing in the console has"
+    key = args.get("logKey", args.get("log_key"))
+    if key is not None and (
+        not isinstance(key, list)
+        or not key
+        or not all(isinstance(s, str) and not _PATH_SYNTAX.search(s) for s in key)
+    ):
+        return "logKey is not a log key (names, without /, \\, . or .. segments)"
+    return None
+
+
 def _transport_problem(source: Any) -> str | None:
     """Why a mutation may not come this way (None: a POST of JSON or GraphQL)."""
     method = getattr(source, "method", None)
@@ -851,10 +914,11 @@ class ConsoleGate:
     def resolve(
         self, next_: Callable[..., Any], root: Any, info: GraphQLResolveInfo, **args: Any
     ) -> Any:
-        if info.operation.operation != OperationType.MUTATION:
+        if info.operation.operation != OperationType.MUTATION or info.path.prev is not None:
+            # A query's fields, and the fields of a mutation's result: a result can reach
+            # the reads that run code (a reloaded location's schedules' `futureTicks {
+            # evaluationResult }`), judged and audited there as in a query.
             return self._read(next_, root, info, args)
-        if info.path.prev is not None:
-            return next_(root, info, **args)
         if info.field_name.startswith("__"):  # `mutation { __typename }` changes nothing
             return next_(root, info, **args)
         context = info.context
@@ -872,7 +936,9 @@ class ConsoleGate:
             decisions = decide_each(field_name, args, identity, context, definition)
             admin = identity is not None and identity.at_least("admin")
             run = decisions[0][0].mutation.rule in ("launch", "reexecute")
-            unreadable = config_problem(args, admin) if run else None
+            configured = run or field_name in _BACKFILLS
+            unreadable = config_problem(args, admin) if configured else None
+            unreadable = unreadable or inherited_config_problem(args, context)
         except Exception as exc:  # whatever it is, it is audited and refused
             return self._unjudged(info, identity, field_name, args, source, exc)
         problem = _transport_problem(source) or unreadable
@@ -880,7 +946,7 @@ class ConsoleGate:
         for decision, variables in decisions:
             if problem and decision.refusal is None:
                 decision.refusal = problem
-            if run or field_name in _BACKFILLS:
+            if configured:
                 dropped = dropped_tags(variables, admin)
                 if dropped:
                     decision.details["dropped_tags"] = dropped
@@ -894,7 +960,7 @@ class ConsoleGate:
         refusal = refusal or next(iter(refusals), None)
         if refusal:
             return _refusal(info, field_name, refusal)
-        if run or field_name in _BACKFILLS:
+        if configured:
             assert identity is not None
             try:
                 stamp_actor(field_name, args, identity.person, admin)
@@ -956,6 +1022,9 @@ class ConsoleGate:
         shown."""
         if info.field_name == "shouldShowNux" and info.path.prev is None:
             return False
+        problem = argument_problem(args)
+        if problem:
+            raise ConsoleRefusal(problem)  # the client's error: a 400, not a server fault
         read = CODE_READS.get((info.parent_type.name, info.field_name))
         if read is None:
             return next_(root, info, **args)

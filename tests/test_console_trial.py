@@ -1,0 +1,296 @@
+"""The console tried again as an operator, a viewer and a script would (issue 22's kinds, a
+second pass): each test failed before its fix. Against one real console (tests/console_server.py),
+and one served under a path (`https://intranet.mm.example/jobs`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from tests.console_server import (
+    ADMIN,
+    HEADER,
+    MM_JOBS,
+    OPERATOR,
+    PUBLIC,
+    SECRET,
+    VIEWER,
+    console_fixture,  # noqa: F401 - the module's console (fixture `console`)
+    curl,
+    gql,
+)
+
+CANARY = "canary-secret-value-771"
+REPOSITORY = {"repositoryLocationName": "mm_orchestration", "repositoryName": "__repository__"}
+LAUNCH = """mutation($p: ExecutionParams!) { launchPipelineExecution(executionParams: $p) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+BACKFILL = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
+  __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message }
+  ... on UnauthorizedError { message } } }"""
+
+
+def _raw(port: int, request: bytes) -> tuple[int, bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+@contextmanager
+def _instance(console: Any) -> Iterator[Any]:
+    """Dagster's instance of the console (its storage), opened from this process and
+    closed again (its connections must not outlive the module's databases)."""
+    from dagster import DagsterInstance
+
+    names = ("DAGSTER_HOME", "DAGSTER_DATABASE_URL")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: console.env[name] for name in names})
+    try:
+        with DagsterInstance.get() as instance:
+            yield instance
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _ws(console: Any, person: str) -> Any:
+    from websockets.sync.client import connect
+
+    ws = connect(  # type: ignore[call-overload]
+        f"ws://127.0.0.1:{console.port}/graphql",
+        subprotocols=["graphql-ws"],
+        origin=PUBLIC,
+        additional_headers={HEADER: person, "X-MM-Proxy-Secret": SECRET},
+    )
+    ws.send(json.dumps({"type": "connection_init"}))
+    assert json.loads(ws.recv(timeout=10))["type"] == "connection_ack"
+    return ws
+
+
+def _new_entries(console: Any, before: int) -> list[tuple[str, str, str]]:
+    return [(e["actor"], e["action"], e["outcome"]) for e in console.audit()[before:]]
+
+
+# -- 2: every source of a run's config -------------------------------------------------
+
+
+def test_a_backfills_run_config_is_under_the_same_policy_as_a_launch(console):
+    """`launchPartitionBackfill` takes a run config for all its runs: reading the
+    environment is refused (admins too, audited), a resources block is dropped."""
+    params = {"assetSelection": [{"path": ["ops", "residency_report"]}],
+              "partitionNames": ["2026-11-23"]}  # fmt: skip
+    env = {"ops": {"ops__residency_report": {"config": {"x": {"env": "MM_CANARY"}}}}}
+    before = len(console.audit())
+    answer = gql(console, ADMIN, BACKFILL, {"p": {**params, "runConfigData": env}})
+    assert "read an environment variable" in answer["data"]["launchPartitionBackfill"]["message"]
+    (entry,) = console.audit()[before:]
+    assert (entry["action"], entry["outcome"]) == ("launch_backfill", "refused")
+    resources = {"resources": {"portal_db": {"config": {"url": "postgresql://elsewhere/x"}}}}
+    answer = gql(console, ADMIN, BACKFILL, {"p": {**params, "runConfigData": resources}})
+    backfill = answer["data"]["launchPartitionBackfill"]
+    assert backfill["__typename"] == "LaunchBackfillSuccess", backfill
+    with _instance(console) as instance:
+        assert instance.get_backfill(backfill["backfillId"]).run_config == {}
+
+
+def test_re_executing_a_run_judges_the_config_it_takes_from_its_parent(console):
+    """A re-execution runs its parent's stored config: a parent that reads the environment
+    (a run refused before it was queued, one from before the policy) is not run again."""
+    from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
+
+    parent = str(uuid.uuid4())
+    config = {"ops": {"expire_due_share_links": {"config": {"force": {"env": "MM_CANARY"}}}}}
+    with _instance(console) as instance:
+        instance.add_run(
+            DagsterRun(
+                job_name="share_link_expiry",
+                run_id=parent,
+                run_config=config,
+                status=DagsterRunStatus.FAILURE,
+            )
+        )
+    query = """mutation($r: ReexecutionParams!) { launchRunReexecution(reexecutionParams: $r) {
+      __typename ... on PythonError { message } } }"""
+    before = len(console.audit())
+    answer = gql(console, OPERATOR, query, {"r": {"parentRunId": parent, "strategy": "ALL_STEPS"}})
+    result = answer["data"]["launchRunReexecution"]
+    assert result["__typename"] == "PythonError"
+    assert "read an environment variable" in result["message"]
+    assert _new_entries(console, before) == [(OPERATOR, "reexecute_run", "refused")]
+
+
+# -- 4: reads that run code, wherever the selection reaches them ------------------------
+
+
+def test_a_mutations_result_cannot_run_code_its_role_may_not(console):
+    """A reload (an operator's) answers with the location, whose schedules' `futureTicks {
+    evaluationResult }` runs each schedule's function: judged as in a query (admins')."""
+    query = """mutation { reloadRepositoryLocation(repositoryLocationName: "mm_orchestration") {
+      ... on WorkspaceLocationEntry { locationOrLoadError { ... on RepositoryLocation {
+      repositories { schedules { futureTicks(limit: 1) { results { evaluationResult {
+      skipReason } } } } } } } } } }"""
+    before = len(console.audit())
+    answer = gql(console, OPERATOR, query)
+    assert "operator may not evaluate tick" in json.dumps(answer["errors"])
+    location = answer["data"]["reloadRepositoryLocation"]["locationOrLoadError"]
+    ticks = [
+        t for s in location["repositories"][0]["schedules"] for t in s["futureTicks"]["results"]
+    ]
+    assert ticks and all(t["evaluationResult"] is None for t in ticks)
+    assert _new_entries(console, before) == [
+        (OPERATOR, "reload_location", "succeeded"),
+        (OPERATOR, "evaluate_tick", "refused"),
+    ]
+
+
+def test_a_subscription_cannot_run_code(console):
+    """Dagster runs subscriptions without the gate: a viewer's run-log subscription whose
+    selection reaches a schedule's `evaluationResult` (run -> assets -> jobs -> schedules)
+    is refused whole, and audited."""
+    run = gql(console, ADMIN, LAUNCH, {"p": {"selector": {**REPOSITORY, "jobName": "__ASSET_JOB",
+              "assetSelection": [{"path": ["ops", "job_health"]}]}}})  # fmt: skip
+    run_id = run["data"]["launchPipelineExecution"]["run"]["runId"]
+    query = """subscription($r: ID!) { pipelineRunLogs(runId: $r) {
+      ... on PipelineRunLogsSubscriptionSuccess { run { ...R } } } }
+      fragment R on Run { assets { definition { jobs { schedules {
+      futureTick(tickTimestamp: 1900000000) { evaluationResult { skipReason } } } } } } }"""
+    before = len(console.audit())
+    with _ws(console, VIEWER) as ws:
+        ws.send(json.dumps({"type": "start", "id": "1",
+                            "payload": {"query": query, "variables": {"r": run_id}}}))  # fmt: skip
+        answer = json.loads(ws.recv(timeout=30))
+    assert answer["type"] == "error", answer
+    assert "may not select fields that run code" in answer["payload"]["message"]
+    assert _new_entries(console, before) == [(VIEWER, "websocket_operation", "refused")]
+
+
+# -- 7: bad input is the client's error ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "method, path, content_type, body",
+    [
+        ("GET", "/graphql?query=%7B__typename%7D&variables=%5B1%5D", None, None),
+        ("GET", "/graphql?query=%7B__typename%7D&variables=" + "%5B" * 5000 + "%5D" * 5000,
+         None, None),
+        ("POST", "/graphql", "application/json",
+         json.dumps({"query": "{ __typename }", "variables": "[1]"})),
+        ("POST", "/graphql", "application/json",
+         json.dumps({"query": "{ __typename }", "variables": "[" * 100_000 + "]" * 100_000})),
+        ("POST", "/graphql", "application/graphql", b"{ __typename \xff }"),
+        ("POST", "/graphql", "application/json",
+         json.dumps({"query": 'subscription { pipelineRunLogs(runId: "x") { __typename } }'})),
+        ("POST", "/graphql", "application/json",
+         json.dumps({"query": '{ runOrError(runId: "a\\u0000b") { __typename } }'})),
+        ("POST", "/graphql", "application/json",
+         json.dumps({"query": "query($k: [String!]!) { capturedLogs(logKey: $k) { stdout } }",
+                     "variables": {"k": ["..", "..", "..", "etc", "passwd"]}})),
+        ("POST", "/graphql", "application/json",
+         json.dumps({"query": "query($k: [String!]!) { capturedLogsMetadata(logKey: $k) "
+                              "{ stdoutLocation } }", "variables": {"k": ["a/b", "c"]}})),
+    ],
+)  # fmt: skip
+def test_odd_graphql_requests_get_a_4xx_never_a_500(console, method, path, content_type, body):
+    head = f"{method} {path} HTTP/1.1\r\nHost: x\r\n{HEADER}: {VIEWER}\r\n"
+    head += f"X-MM-Proxy-Secret: {SECRET}\r\nConnection: close\r\n"
+    payload = body.encode() if isinstance(body, str) else body or b""
+    if content_type:
+        head += f"Content-Type: {content_type}\r\nContent-Length: {len(payload)}\r\n"
+    status, answer = _raw(console.port, head.encode() + b"\r\n" + payload)
+    assert status == 400, (status, answer[:300])
+    assert b"Traceback" not in answer and b"errorInfo" not in answer
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["not json", "[1]", "7", {"type": "start", "id": "1"},
+     {"type": "start", "id": "1", "payload": [1]},
+     {"type": "start", "id": "1", "payload": {"query": 1}},
+     {"type": "start", "id": "1", "payload": {"query": "subscription { locationStateChangeEvents "
+      "{ __typename } }", "variables": [1]}},
+     {"type": "stop", "id": [1]}],
+)  # fmt: skip
+def test_a_websocket_message_outside_the_protocol_closes_it_with_4400(console, message):
+    from websockets.exceptions import ConnectionClosed
+
+    with _ws(console, VIEWER) as ws:
+        ws.send(message if isinstance(message, str) else json.dumps(message))
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=10)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
+
+
+# -- 1: behind a path, one answer -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prefixed(pg_server, tmp_path_factory, console) -> Iterator[int]:
+    """A second console on the first one's databases, served under /jobs."""
+    env = {**console.env, "MM_CONSOLE_PUBLIC_URL": "https://intranet.mm.example/jobs"}
+    from mm_orchestration.embedded_pg import free_port
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("prefixed") / "console.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [MM_JOBS, "console", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while curl(port, "/server_info")[0] != 200:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("path", ["/jobs/whoami", "/whoami"])
+def test_behind_a_path_the_consoles_own_pages_answer_not_the_uis(prefixed, path):
+    """`/jobs/whoami`, `/jobs/audit-trail.csv`, `/jobs/reports/...` are the console's, whether
+    the proxy passes the path on or strips it; the UI's page does not answer for them."""
+    status, body, headers = curl(prefixed, path, VIEWER)
+    assert status == 200 and json.loads(body)["person"] == VIEWER
+    status, body, headers = curl(prefixed, path.replace("whoami", "audit-trail.csv"), VIEWER)
+    assert status == 200 and "text/csv" in headers
+    status, body, _ = curl(prefixed, path.replace("whoami", "reports/none.csv"), VIEWER)
+    assert status == 404 and b"<html" not in body.lower()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:3000", "intranet.mm.example", "internal:8080"])
+def test_a_redirect_sends_the_browser_to_the_public_address(prefixed, host):
+    """`/jobs` redirects to `/jobs/`: at the public address (https, its host), whatever the
+    proxy forwarded as Host and whatever scheme it spoke to us."""
+    head = f"GET /jobs HTTP/1.1\r\nHost: {host}\r\n{HEADER}: {VIEWER}\r\n"
+    head += f"X-MM-Proxy-Secret: {SECRET}\r\n"
+    request = (head + "Connection: close\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", prefixed), timeout=30) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    lines = data.partition(b"\r\n\r\n")[0].decode("latin-1").lower().splitlines()
+    assert lines[0].split()[1].startswith("30"), lines
+    location = next(line for line in lines if line.startswith("location:"))
+    assert location == "location: https://intranet.mm.example/jobs/", location
