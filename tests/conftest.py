@@ -10,6 +10,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -243,3 +244,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return _SLOW_FIRST.index(name) if name in _SLOW_FIRST else len(_SLOW_FIRST)
 
     items.sort(key=rank)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The run's last lines say what was not tried for want of a Debian package, and the
+    command that installs it (tests/debian.py)."""
+    from tests.debian import summary
+
+    reasons = []
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = getattr(report, "longrepr", None)
+        if isinstance(longrepr, tuple) and len(longrepr) == 3:
+            reasons.append(str(longrepr[2]))
+    for line in summary(reasons):
+        terminalreporter.write_line(line, yellow=True, bold=True)

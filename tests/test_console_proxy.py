@@ -58,6 +58,7 @@ import pytest
 from mm_orchestration.db import connect
 from mm_orchestration.embedded_pg import free_port
 from mm_orchestration.topology import LOCATION
+from tests.debian import needs
 from tests.local_stack import PROJECT_ROOT, own_env, start, wait_until_serving
 
 NGINX = "/usr/sbin/nginx"
@@ -84,13 +85,8 @@ JOB_PATH = f"/locations/{LOCATION}/jobs/share_link_expiry"
 
 pytestmark = [
     pytest.mark.stack,
-    pytest.mark.skipif(
-        not os.access(NGINX, os.X_OK),
-        reason=f"nginx is not installed at {NGINX} (Debian's nginx-light; .ci/run installs it)",
-    ),
-    pytest.mark.skipif(
-        CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)"
-    ),
+    needs("nginx-light", os.access(NGINX, os.X_OK), "the console behind a real nginx"),
+    needs("chromium", CHROMIUM is not None, "the console in a real browser"),
 ]
 
 
