@@ -6,9 +6,11 @@ a script would."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -80,8 +82,19 @@ def console_fixture(pg_server, tmp_path_factory) -> Iterator[Console]:
         # Many tests share this console: none should spend another's refusal budget.
         MM_CONSOLE_REFUSALS_PER_MINUTE="100000",
     )
+    try:
+        with serving_console(env, tmp / "console.log") as port:
+            yield Console(port, database_url, env, tmp / "mm")
+    finally:
+        drop_database(pg_server, portal)
+        drop_database(pg_server, storage)
+
+
+@contextlib.contextmanager
+def serving_console(env: dict[str, str], log: Path) -> Iterator[int]:
+    """`mm-jobs console` with `env` on a free port, until it serves; its port. Stopped
+    (SIGTERM, as a process manager stops it) on the way out."""
     port = free_port()
-    log = tmp / "console.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [MM_JOBS, "console", "--port", str(port)],
@@ -96,12 +109,22 @@ def console_fixture(pg_server, tmp_path_factory) -> Iterator[Console]:
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
-        yield Console(port, database_url, env, tmp / "mm")
+        yield port
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
-        drop_database(pg_server, portal)
-        drop_database(pg_server, storage)
+
+
+def raw_request(port: int, request: bytes) -> tuple[int, bytes]:
+    """(status, body) of one request written byte for byte (no client normalises its
+    path or headers)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
 
 
 def curl(

@@ -30,23 +30,11 @@ from tests.console_server import (
     curl,
     gql,
     launch_params,
+    raw_request,
 )
 
 CANARY = "canary-secret-value-771"
 SELECTOR = '{repositoryLocationName: "mm_orchestration", repositoryName: "__repository__"'
-
-
-def _raw(port: int, request: bytes) -> tuple[int, bytes]:
-    """One request written byte for byte (no client normalises its path)."""
-    import socket
-
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
-        sock.sendall(request)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
 
 
 # -- 1 and 3: one public address; the proxy proves itself ---------------------------------
@@ -338,7 +326,7 @@ def test_bad_requests_get_a_4xx_never_a_500(console):
     for path in (b"/logs/../..", b"/logs/..%2f..%2fetc/passwd", b"/logs/x", b"/logs/",
                  b"/logs/a/b/c.err", b"/notebook?path=/etc/x.ipynb&repoLocName=x",
                  b"/dagit/notebook", b"/download_debug/not-a-run", b"/%ff%fe"):  # fmt: skip
-        status, _ = _raw(
+        status, _ = raw_request(
             console.port,
             b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n" + proxy + b"Connection: close\r\n\r\n",
         )
@@ -351,7 +339,7 @@ def test_bad_requests_get_a_4xx_never_a_500(console):
         (b"/graphql", "{not json"),
         (b"/report_asset_materialization/x", deep),
     ):
-        status, answer = _raw(
+        status, answer = raw_request(
             console.port,
             b"POST " + path + b" HTTP/1.1\r\nHost: x\r\n" + proxy
             + b"Content-Type: application/json\r\nConnection: close\r\n"

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +17,6 @@ import pytest
 from tests.console_server import (
     ADMIN,
     HEADER,
-    MM_JOBS,
     OPERATOR,
     PUBLIC,
     SECRET,
@@ -28,6 +24,8 @@ from tests.console_server import (
     console_fixture,  # noqa: F401 - the module's console (fixture `console`)
     curl,
     gql,
+    raw_request,
+    serving_console,
 )
 
 CANARY = "canary-secret-value-771"
@@ -37,16 +35,6 @@ LAUNCH = """mutation($p: ExecutionParams!) { launchPipelineExecution(executionPa
 BACKFILL = """mutation($p: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $p) {
   __typename ... on LaunchBackfillSuccess { backfillId } ... on PythonError { message }
   ... on UnauthorizedError { message } } }"""
-
-
-def _raw(port: int, request: bytes) -> tuple[int, bytes]:
-    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        sock.sendall(request)
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
 
 
 @contextmanager
@@ -212,7 +200,7 @@ def test_odd_graphql_requests_get_a_4xx_never_a_500(console, method, path, conte
     payload = body.encode() if isinstance(body, str) else body or b""
     if content_type:
         head += f"Content-Type: {content_type}\r\nContent-Length: {len(payload)}\r\n"
-    status, answer = _raw(console.port, head.encode() + b"\r\n" + payload)
+    status, answer = raw_request(console.port, head.encode() + b"\r\n" + payload)
     assert status == 400, (status, answer[:300])
     assert b"Traceback" not in answer and b"errorInfo" not in answer
 
@@ -243,27 +231,8 @@ def test_a_websocket_message_outside_the_protocol_closes_it_with_4400(console, m
 def prefixed(pg_server, tmp_path_factory, console) -> Iterator[int]:
     """A second console on the first one's databases, served under /jobs."""
     env = {**console.env, "MM_CONSOLE_PUBLIC_URL": "https://intranet.mm.example/jobs"}
-    from mm_orchestration.embedded_pg import free_port
-
-    port = free_port()
-    log = tmp_path_factory.mktemp("prefixed") / "console.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [MM_JOBS, "console", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while curl(port, "/server_info")[0] != 200:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
+    with serving_console(env, tmp_path_factory.mktemp("prefixed") / "console.log") as port:
         yield port
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
 
 
 @pytest.mark.parametrize("path", ["/jobs/whoami", "/whoami"])
