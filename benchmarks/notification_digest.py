@@ -145,7 +145,7 @@ def bench(pg, users: int, rounds: int, sendgrid_url: str) -> bool:
         params, _ = plan(conn, REF, "floor", timedelta(hours=6), "Australia/Sydney")
         write_zone_rules(conn, params["zone"], REF)
         conn.commit()
-    params.pop("groups")
+    params.pop("groups"), params.pop("groups_gone")
     floor_sql = with_literals(pg, source, SETTLE, params)
     runs, floors, requests_made, floor_posts = [], [], 0, 0
     for _ in range(rounds):

@@ -369,7 +369,7 @@ def settle(
             window_start, int(row[8]), int(row[9]), differ,
         )  # fmt: skip
     if window_start is not None:  # a scheduled run: the next one starts where this ended
-        _remember_groups(conn, params["groups"])
+        _remember_groups(conn, params["groups"], params["groups_gone"])
         conn.execute(
             """INSERT INTO ops.digest_clock (id, evaluated_through, rules) VALUES (1, %s, %s)
                ON CONFLICT (id) DO UPDATE SET evaluated_through =
@@ -450,7 +450,14 @@ def plan(
         **columns,
         # An operator's send has no window: its one moment (now) is taken as it is.
         "window_start": window_start if window_start is not None else SINCE_EVER,
-        "groups": [(raw.key, raw.people, raw.checksum) for raw in groups],
+        # What changed in the groups since the last run (written for the next to compare;
+        # a quiet run writes nothing).
+        "groups": [
+            (raw.key, raw.people, raw.checksum)
+            for raw in groups
+            if seen.get(raw.key) != (raw.people, raw.checksum)
+        ],
+        "groups_gone": sorted(set(seen) - {raw.key for raw in groups}),
         "tenant": tenant,
         "user": user,
         "now": now,
@@ -462,28 +469,21 @@ def plan(
     return params, window_start
 
 
-def _remember_groups(conn: psycopg.Connection, groups: list[tuple[str, int, int]]) -> None:
-    """The groups as this run saw them (ops.digest_groups), for the next to compare."""
-    conn.execute(
-        """WITH now_seen AS (
-               SELECT * FROM unnest(%(key)s::text[], %(people)s::int[], %(checksum)s::bigint[])
-                   AS g(choice_key, people, checksum)
-           ), gone AS (
-               DELETE FROM ops.digest_groups d
-                WHERE NOT EXISTS (SELECT 1 FROM now_seen n WHERE n.choice_key = d.choice_key)
-           )
-           INSERT INTO ops.digest_groups (choice_key, people, checksum)
-           SELECT * FROM now_seen
-           ON CONFLICT (choice_key) DO UPDATE
-              SET people = excluded.people, checksum = excluded.checksum
-            WHERE (ops.digest_groups.people, ops.digest_groups.checksum)
-                  IS DISTINCT FROM (excluded.people, excluded.checksum)""",
-        {
-            "key": [g[0] for g in groups],
-            "people": [g[1] for g in groups],
-            "checksum": [g[2] for g in groups],
-        },
-    )
+def _remember_groups(
+    conn: psycopg.Connection, changed: list[tuple[str, int, int]], gone: list[str]
+) -> None:
+    """The groups that changed since the last run, as this run saw them, and those no one
+    is in any more (ops.digest_groups), for the next run to compare."""
+    if gone:
+        conn.execute("DELETE FROM ops.digest_groups WHERE choice_key = ANY(%s)", [gone])
+    if changed:
+        conn.execute(
+            """INSERT INTO ops.digest_groups (choice_key, people, checksum)
+               SELECT * FROM unnest(%s::text[], %s::int[], %s::bigint[])
+               ON CONFLICT (choice_key) DO UPDATE
+                  SET people = excluded.people, checksum = excluded.checksum""",
+            [[g[0] for g in changed], [g[1] for g in changed], [g[2] for g in changed]],
+        )
 
 
 def write_zone_rules(conn: psycopg.Connection, names: Sequence[str], now: datetime) -> str | None:
