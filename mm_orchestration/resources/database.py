@@ -51,6 +51,11 @@ class PortalDatabase(ConfigurableResource):
                 open=True,
                 name="portal",
                 reset=_reset,
+                # A connection that waited in the pool may have been closed by the server
+                # meanwhile (Neon suspends idle compute; a failover or restart closes every
+                # connection): checked before it is handed out, and replaced if dead, so a
+                # restart costs a reconnect, not a step's retry.
+                check=ConnectionPool.check_connection,
             )
         return self._pool
 
