@@ -75,13 +75,15 @@ concat_ws('|', quote_nullable(u.timezone), quote_nullable(u.digest_frequency::te
           quote_nullable(u.digest_time), quote_nullable(u.digest_weekday))
 """  # quoted, so that NULL and '' (or a value holding '|') are never one key
 
-# The distinct choices, each once: the one read of every person a run makes, so it is
-# kept to a scan and a hash of raw columns. (People of suspended agencies are left to
-# ELIGIBLE: their choices here cost nothing but a few moments that find nobody.)
+# The distinct choices of the people ELIGIBLE names, each once: the one read of every
+# person a run makes, so it is kept to a scan and a hash of raw columns (and a hash of the
+# few active agencies). A group's people are exactly who may get its digest: someone whose
+# agency is resumed joins their group as a reactivated person does (digest_groups).
 CHOICES = sql.SQL("""
 SELECT {raw}, u.timezone, u.digest_frequency::text, u.digest_time, u.digest_weekday, count(*),
        sum(uuid_hash(u.id)::bigint)
   FROM portal.users u
+  JOIN portal.tenants t ON t.id = u.tenant_id AND t.status = 'active'
  WHERE u.digest_opt_in AND u.deactivated_at IS NULL
    AND (%(tenant)s::uuid IS NULL OR u.tenant_id = %(tenant)s::uuid)
    AND (%(user)s::uuid IS NULL OR u.id = %(user)s::uuid)
@@ -369,12 +371,18 @@ def settle(
             window_start, int(row[8]), int(row[9]), differ,
         )  # fmt: skip
     if window_start is not None:  # a scheduled run: the next one starts where this ended
-        _remember_groups(conn, params["groups"], params["groups_gone"])
+        # A run of an earlier instant than the last (a rerun of a past tick) looked back
+        # from then, not from now: the groups and rules it saw are left for the next run
+        # to compare, or a change it could not settle would never be looked back for.
+        if params["latest"]:
+            _remember_groups(conn, params["groups"], params["groups_gone"])
         conn.execute(
             """INSERT INTO ops.digest_clock (id, evaluated_through, rules) VALUES (1, %s, %s)
                ON CONFLICT (id) DO UPDATE SET evaluated_through =
                    greatest(ops.digest_clock.evaluated_through, excluded.evaluated_through),
-                   rules = excluded.rules""",
+                   rules = CASE WHEN excluded.evaluated_through
+                                     >= ops.digest_clock.evaluated_through
+                                THEN excluded.rules ELSE ops.digest_clock.rules END""",
             [now, zones.rules_version()],
         )
     return settled
@@ -394,21 +402,29 @@ def plan(
     which has no window). A choice with no moment in the window is not passed at all."""
     operator = tenant is not None or user is not None
     window_start = None
+    latest = False  # no run has looked past `now`
     seen: dict[str, tuple[int, int]] = {}
+    tracked = every_group = False
     if not operator:
         row = conn.execute("SELECT evaluated_through, rules FROM ops.digest_clock").fetchone()
         through = row[0] if row else now - grace
-        window_start = max(min(through, now), now - LONGEST_LOOK_BACK) - MARGIN
+        latest = through <= now
+        # From where the last run stopped, however long ago (the daemon down for weeks):
+        # every moment since is settled, most of them as missed, never left unrecorded.
+        window_start = min(through, now) - MARGIN
         seen = {
             key: (people, checksum)
             for key, people, checksum in conn.execute(
                 "SELECT choice_key, people, checksum FROM ops.digest_groups"
             )
         }
-        if row and row[1] and row[1] != zones.rules_version():
-            # New zone rules since the last run: any moment may have moved, so every
-            # group is looked at a period back (each person only after their last digest).
-            seen = {key: (-1, 0) for key in seen} or {"": (-1, 0)}
+        # The groups a run saw are kept from the first run that writes its rules: from
+        # then on an empty ops.digest_groups means nobody was in any group (all away, or
+        # their agencies suspended), and whoever is in one now has joined it.
+        tracked = row is not None and row[1] is not None
+        # New zone rules since the last run: any moment may have moved, so every group is
+        # looked at a period back (each person only after their last digest).
+        every_group = tracked and row is not None and row[1] != zones.rules_version()
     columns: dict[str, list[Any]] = {
         name: []
         for name in (
@@ -425,12 +441,16 @@ def plan(
             actions = [(current_period(choice, now), "send")]
         else:
             since = window_start
-            if seen and seen.get(raw.key) != (raw.people, raw.checksum):
+            if tracked and (every_group or seen.get(raw.key) != (raw.people, raw.checksum)):
                 # Someone joined this group since the last run (a new zone, time or
                 # frequency; a new or returning person): its moments of the last period
                 # are looked at too, for them (SETTLE: only after their last digest).
                 since = min(since, now - _period_length(choice.frequency) - MARGIN)
-            actions = _actions(list(moments_between(choice, since, now)), now, grace)
+            # ... but only those of a period still open when the last run looked: one that
+            # had ended was lived under the choice they had then (a day they were weekly,
+            # opted out or away), never owed by the new one, neither sent nor missed.
+            moments = [m for m in moments_between(choice, since, now) if m.ends > window_start]
+            actions = _actions(moments, now, grace)
         if not actions:
             continue
         # What the digest calls "today" and "due soon" is the person's local day at the
@@ -458,6 +478,7 @@ def plan(
             if seen.get(raw.key) != (raw.people, raw.checksum)
         ],
         "groups_gone": sorted(set(seen) - {raw.key for raw in groups}),
+        "latest": latest,
         "tenant": tenant,
         "user": user,
         "now": now,

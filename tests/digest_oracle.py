@@ -6,13 +6,13 @@ version (benchmarks/digest_property.py) compare the job's records with it.
 
 The rule it states (docs/jobs.md, "How digests are timed"): a person's period is their
 local day (or ISO week when weekly) in the zone they have when it is worked out, as a
-span of instants; a
-period with a digest moment inside it is done, once. A run settles every moment of the
-person's current choice since the last run (since a whole period back when their choice
-changed), later than their last settled moment and whose period holds none yet: the
-latest goes if it is at most the grace old, every other is recorded as missed. A time in
-a gap goes at the first instant after it; a time in an overlap at its first occurrence; a
-day that does not exist has no digest.
+span of instants; a period with a digest moment inside it is done, once. A run settles
+every moment of the person's current choice since the last run (since a whole period
+back when their choice changed, but only in a period still open at the last run), later
+than their last settled moment and whose period holds none yet: the latest goes if it is
+at most the grace old, every other is recorded as missed. A time in a gap goes at the
+first instant after it; a time in an overlap at its first occurrence; a day that does
+not exist has no digest.
 """
 
 from __future__ import annotations
@@ -115,6 +115,10 @@ def expected(
             # Looking back (before this run's window): never a moment at or before their
             # last settled one (nor before they existed).
             if moment <= last_run - MARGIN and moment <= anchor:
+                continue
+            # ... nor one of a period that had ended by the last run (lived under the
+            # choice they had then: never owed by the new one).
+            if moment <= last_run - MARGIN and ends <= last_run - MARGIN:
                 continue
             if any(starts <= m < ends for m, _ in records):
                 continue
