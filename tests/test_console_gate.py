@@ -31,6 +31,10 @@ class Trail:
         )  # fmt: skip
         return len(self.entries)
 
+    def refuse(self, identity, action, target, details, peer=None):
+        self.write(identity, action, "refused", target, details)
+        return None
+
     def settle(self, entry, outcome, run_id, result):
         self.entries[entry - 1]["outcome"] = outcome
         self.entries[entry - 1]["result"] = result

@@ -268,19 +268,16 @@ class ConsoleWebserver(DagsterWebserver):
         if not html_page:
             problem = await _graphql_request_problem(request)
             if problem:
-                try:
-                    await _in_thread(
-                        self._audit_log.write,
-                        identity_of(request),
-                        "graphql_request",
-                        "refused",
-                        None,
-                        {"via": f"graphql {request.method}", "refusal": problem},
-                    )
-                except AuditUnavailable as exc:
-                    problem, status = str(exc), exc.status
-                else:
-                    status = 400
+                unwritten = await _in_thread(
+                    self._audit_log.refuse,
+                    identity_of(request),
+                    "graphql_request",
+                    None,
+                    {"via": f"graphql {request.method}", "refusal": problem},
+                )
+                if unwritten:
+                    problem = str(unwritten)
+                status = unwritten.status if unwritten else 400
                 return JSONResponse({"errors": [{"message": problem}]}, status_code=status)
         response = await super().graphql_http_endpoint(request)
         if request.method == "GET" and isinstance(response, HTMLResponse):
@@ -359,21 +356,17 @@ class ConsoleWebserver(DagsterWebserver):
                 "ask for them in a query, where they are judged and audited"
             )
         if message:
-            try:
-                self._audit_log.write(
-                    identity_of(websocket),
-                    "websocket_operation",
-                    "refused",
-                    None,
-                    {
-                        "query": query[:4000],
-                        "variables": audit.masked(variables or {}),
-                        "via": "graphql websocket",
-                        "refusal": message,
-                    },
-                )
-            except AuditUnavailable:
-                pass
+            self._audit_log.refuse(
+                identity_of(websocket),
+                "websocket_operation",
+                None,
+                {
+                    "query": query[:4000],
+                    "variables": audit.masked(variables or {}),
+                    "via": "graphql websocket",
+                    "refusal": message,
+                },
+            )
             return None, {"message": message}
         return await super().execute_graphql_subscription(
             websocket, operation_id, query, variables, operation_name
@@ -954,20 +947,16 @@ class IdentityFront:
         """Refuse with a page (or a refused handshake), the refusal audited first; past
         the person's budget of refusals, 429 without an entry."""
         if self.audit_log is not None:
-            try:
-                await _in_thread(
-                    self.audit_log.write,
-                    identity,
-                    "console_request",
-                    "refused",
-                    f"{scope.get('method', 'WEBSOCKET')} {scope.get('path', '')[:500]}",
-                    {"status": status, "refusal": title, "via": scope["type"]},
-                    None,
-                    None,
-                    peer,
-                )
-            except AuditUnavailable as exc:
-                status, title, message = exc.status, "Refused", html.escape(str(exc))
+            unwritten = await _in_thread(
+                self.audit_log.refuse,
+                identity,
+                "console_request",
+                f"{scope.get('method', 'WEBSOCKET')} {scope.get('path', '')[:500]}",
+                {"status": status, "refusal": title, "via": scope["type"]},
+                peer,
+            )
+            if unwritten:
+                status, title, message = unwritten.status, "Refused", html.escape(str(unwritten))
         if scope["type"] == "websocket":
             # Close before accepting: the browser sees the handshake refused.
             await send({"type": "websocket.close", "code": 4000 + status})

@@ -197,6 +197,23 @@ class ConsoleAudit:
                 )
             return entry
 
+    def refuse(
+        self,
+        identity: Identity | None,
+        action: str,
+        target: str | None,
+        details: dict[str, Any],
+        peer: str | None = None,
+    ) -> AuditUnavailable | None:
+        """Write a refusal's entry (`write`, outcome `refused`); the reason it was not
+        written (past the person's budget, the log unavailable), which the caller answers
+        with instead of its own refusal, else None."""
+        try:
+            self.write(identity, action, "refused", target, details, peer=peer)
+        except AuditUnavailable as exc:
+            return exc
+        return None
+
     def settle(
         self, entry_id: int, outcome: str, run_id: str | None, result: dict[str, Any]
     ) -> None:
@@ -997,21 +1014,17 @@ class ConsoleGate:
             f"one mutation per request: this one holds {len(fields)} ({held[:300]}); send "
             "each on its own"
         )
-        try:
-            self.audit_log.write(
-                identity,
-                "graphql_request",
-                "refused",
-                None,
-                {
-                    "mutations": counts,
-                    "via": f"graphql {getattr(source, 'method', 'websocket')}",
-                    "refusal": refusal,
-                },
-            )
-        except AuditUnavailable as exc:
-            return str(exc)
-        return refusal
+        unwritten = self.audit_log.refuse(
+            identity,
+            "graphql_request",
+            None,
+            {
+                "mutations": counts,
+                "via": f"graphql {getattr(source, 'method', 'websocket')}",
+                "refusal": refusal,
+            },
+        )
+        return str(unwritten) if unwritten else refusal
 
     def _read(
         self, next_: Callable[..., Any], root: Any, info: GraphQLResolveInfo, args: dict[str, Any]
