@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 
@@ -44,17 +45,11 @@ def _instance(console: Any) -> Iterator[Any]:
     from dagster import DagsterInstance
 
     names = ("DAGSTER_HOME", "DAGSTER_DATABASE_URL")
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update({name: console.env[name] for name in names})
-    try:
-        with DagsterInstance.get() as instance:
-            yield instance
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with (
+        patch.dict(os.environ, {name: console.env[name] for name in names}),
+        DagsterInstance.get() as instance,
+    ):
+        yield instance
 
 
 def _ws(console: Any, person: str) -> Any:
