@@ -20,9 +20,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from mm_orchestration.db import connect
-from mm_orchestration.embedded_pg import EmbeddedPostgres
-from mm_orchestration.migrate import migrate
+from mm_orchestration.local.embedded_pg import EmbeddedPostgres
+from mm_orchestration.platform.db import connect
+from mm_orchestration.platform.migrate import migrate
 
 
 @contextmanager

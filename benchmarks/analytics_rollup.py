@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import compare_rounds, report, server, source_database, with_literals
 
-from mm_orchestration.assets.analytics import ROLL_UP_HOUR, roll_up_hour
-from mm_orchestration.db import connect
+from mm_orchestration.features.analytics.asset import ROLL_UP_HOUR, roll_up_hour
+from mm_orchestration.platform.db import connect
 
 HOUR = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 IN_HOUR = 1_000_000

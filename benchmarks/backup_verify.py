@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import report, server, source_database, timed
 from psycopg import sql
 
-from mm_orchestration.db import connect
-from mm_orchestration.jobs.backup_verify import run_local_drill
-from mm_orchestration.resources.restore_drill import RestoreDrill
+from mm_orchestration.features.restore_drill.job import run_local_drill
+from mm_orchestration.features.restore_drill.resource import RestoreDrill
+from mm_orchestration.platform.db import connect
 
 ROWS_PER_GB = 6_500_000  # events of this shape take about 160 bytes each, indexes included
 

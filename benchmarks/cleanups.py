@@ -15,9 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import compare_rounds, report, server, source_database
 
-from mm_orchestration.db import connect
-from mm_orchestration.jobs.invite_cleanup import expire_stale_invitations
-from mm_orchestration.jobs.suppression_cleanup import delete_old_bounces
+from mm_orchestration.features.invitations.job import expire_stale_invitations
+from mm_orchestration.features.suppressions.job import delete_old_bounces
+from mm_orchestration.platform.db import connect
 
 ROWS = 1_000_000
 

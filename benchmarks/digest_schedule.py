@@ -34,9 +34,7 @@ import psycopg
 from _harness import clone, median, psql_seconds, report, server, source_database, with_literals
 from psycopg import sql
 
-from mm_orchestration import zones
-from mm_orchestration.db import connect
-from mm_orchestration.digest_queue import (
+from mm_orchestration.features.digests.queue import (
     CONTENT,
     EMAIL_KIND,
     MARGIN,
@@ -44,6 +42,8 @@ from mm_orchestration.digest_queue import (
     settle,
     write_zone_rules,
 )
+from mm_orchestration.platform import zones
+from mm_orchestration.platform.db import connect
 
 ZONES = [
     "Australia/Perth",

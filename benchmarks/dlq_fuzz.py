@@ -21,8 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import server, source_database
 from hypothesis import HealthCheck, given, settings
 
-from mm_orchestration.db import connect
-from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
+from mm_orchestration.platform.database import PortalDatabase
+from mm_orchestration.platform.db import connect
+from mm_orchestration.platform.job_settings import JobSettings
+from mm_orchestration.platform.outbox.mailer import Mailer
 from tests.sendgrid_server import SendGridRecorder
 from tests.test_dlq_fuzz import Spec, batches, run_example
 

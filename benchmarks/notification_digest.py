@@ -40,10 +40,12 @@ from _harness import (
 )
 from dagster import DagsterInstance
 
-from mm_orchestration.db import connect
-from mm_orchestration.digest_queue import EMAIL_KIND, SETTLE, plan, write_zone_rules
-from mm_orchestration.jobs.notification_digest import notification_digest
-from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
+from mm_orchestration.features.digests.job import notification_digest
+from mm_orchestration.features.digests.queue import EMAIL_KIND, SETTLE, plan, write_zone_rules
+from mm_orchestration.platform.database import PortalDatabase
+from mm_orchestration.platform.db import connect
+from mm_orchestration.platform.job_settings import JobSettings
+from mm_orchestration.platform.outbox.mailer import Mailer
 
 ROOT = Path(__file__).resolve().parent.parent
 

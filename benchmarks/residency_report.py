@@ -19,9 +19,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import psql_seconds, report, server, source_database, timed, with_literals
 
-from mm_orchestration.assets.residency import REPORT_ROWS, build_frame, render, report_params
-from mm_orchestration.db import connect
-from mm_orchestration.resources.report_store import ReportStore
+from mm_orchestration.features.residency.asset import (
+    REPORT_ROWS,
+    build_frame,
+    render,
+    report_params,
+)
+from mm_orchestration.platform.db import connect
+from mm_orchestration.platform.report_store import ReportStore
 
 TENANTS, ASSETS = 5_000, 1_000_000
 

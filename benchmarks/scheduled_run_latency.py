@@ -30,12 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import server
 
-from mm_orchestration import inventory
-from mm_orchestration.db import connect
-from mm_orchestration.demo_data import seed_demo
-from mm_orchestration.embedded_pg import free_port
-from mm_orchestration.instance import write_home
-from mm_orchestration.migrate import migrate
+from mm_orchestration.local.demo_data import seed_demo
+from mm_orchestration.local.embedded_pg import free_port
+from mm_orchestration.platform import inventory
+from mm_orchestration.platform.db import connect
+from mm_orchestration.platform.instance import write_home
+from mm_orchestration.platform.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = "0 0 1 1 *"

@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import compare_rounds, report, server, source_database
 
-from mm_orchestration.db import connect
-from mm_orchestration.jobs.share_link_expiry import EMAIL_KIND, EXPIRE_DUE_LINKS, expire_due_links
+from mm_orchestration.features.share_links.job import EMAIL_KIND, EXPIRE_DUE_LINKS, expire_due_links
+from mm_orchestration.platform.db import connect
 
 LINKS, DUE_EVERY = 1_000_000, 5  # every fifth link is due: 200,000
 

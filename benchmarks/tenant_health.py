@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import compare_rounds, report, server, source_database, with_literals
 
-from mm_orchestration.assets.tenant_health import (
+from mm_orchestration.features.tenant_health.asset import (
     CLEAR_DAY,
     SUMMARY,
     THRESHOLDS,
@@ -26,7 +26,7 @@ from mm_orchestration.assets.tenant_health import (
     summarise,
     write_day,
 )
-from mm_orchestration.db import connect
+from mm_orchestration.platform.db import connect
 
 TENANTS = 5_000
 DAY = date(2026, 11, 20)

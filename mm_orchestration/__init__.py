@@ -6,7 +6,7 @@ exposes `defs` lazily, so `mm-jobs` and the tests import only what they use.
 
 from typing import Any
 
-from mm_orchestration.zones import use_pinned_rules
+from mm_orchestration.platform.zones import use_pinned_rules
 
 # Every process that imports the package (code server, run workers, the console, the CLI)
 # reads time zones from the pinned tzdata only, never the operating system's files.

@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mm_orchestration import inventory
-from mm_orchestration.settings import PORT_RANGE, Settings, SettingsError, ascii_integer
-from mm_orchestration.text import NOT_SHOWN, reason_without_value
+from mm_orchestration.platform import inventory
+from mm_orchestration.platform.settings import PORT_RANGE, Settings, SettingsError, ascii_integer
+from mm_orchestration.platform.text import NOT_SHOWN, reason_without_value
 
 PROJECT_WORKSPACE = Path(__file__).resolve().parent.parent / "workspace.yaml"
 
@@ -252,8 +252,8 @@ def _database_url(settings: Settings) -> str:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from mm_orchestration.db import connect
-    from mm_orchestration.migrate import migrate
+    from mm_orchestration.platform.db import connect
+    from mm_orchestration.platform.migrate import migrate
 
     settings = _local_settings()
     # Migrations hold a session advisory lock: the direct host when there is one.
@@ -265,8 +265,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_seed_demo(args: argparse.Namespace) -> int:
-    from mm_orchestration.db import connect, require_tables
-    from mm_orchestration.demo_data import seed_demo
+    from mm_orchestration.local.demo_data import seed_demo
+    from mm_orchestration.platform.db import connect, require_tables
 
     settings = _local_settings()
     with connect(_database_url(settings)) as conn:
@@ -287,11 +287,11 @@ EXIT_SUCCEEDED, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_CANCELED = 0, 1, 2, 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from mm_orchestration import manual_run
     from mm_orchestration.definitions import build_definitions
-    from mm_orchestration.instance import open_instance
-    from mm_orchestration.ledger import ACTOR_TAG, TRIGGER_TAG, WINDOW_TAG
-    from mm_orchestration.run_status import outcome
+    from mm_orchestration.monitoring.run_status import outcome
+    from mm_orchestration.platform import manual_run
+    from mm_orchestration.platform.instance import open_instance
+    from mm_orchestration.platform.ledger import ACTOR_TAG, TRIGGER_TAG, WINDOW_TAG
 
     spec = inventory.get(args.job)
     settings = _local_settings()
@@ -347,8 +347,8 @@ def _audit_cli_launch(
     partition: str | None,
 ) -> int:
     """The launch's audit entry, written before the run starts (as the console does)."""
-    from mm_orchestration import audit
-    from mm_orchestration.db import connect
+    from mm_orchestration.platform import audit
+    from mm_orchestration.platform.db import connect
 
     with connect(_database_url(settings), autocommit=True) as conn:
         return audit.record(
@@ -373,8 +373,8 @@ def _audit_cli_launch(
 def _settle_cli_launch(
     settings: Settings, entry: int, status: str, run_id: str, summary: str | None
 ) -> None:
-    from mm_orchestration import audit
-    from mm_orchestration.db import connect
+    from mm_orchestration.platform import audit
+    from mm_orchestration.platform.db import connect
 
     with connect(_database_url(settings), autocommit=True) as conn:
         audit.settle(conn, entry, status, run_id, {"summary": (summary or "")[:2000]})
@@ -407,7 +407,7 @@ def cmd_list(args: argparse.Namespace, now: datetime | None = None) -> int:
     from dagster import ScheduleDefinition
 
     from mm_orchestration.definitions import ASSET_JOBS, JOBS, build_definitions
-    from mm_orchestration.scheduling import JOB_TAG
+    from mm_orchestration.platform.scheduling import JOB_TAG
 
     settings = _local_settings()
     now = now or datetime.now(UTC)
@@ -440,7 +440,7 @@ def cmd_list(args: argparse.Namespace, now: datetime | None = None) -> int:
 
 def _next_tick(cron: str | Sequence[str], timezone: str, now: datetime) -> str:
     """The first tick after `now` that the daemon will run, by Dagster's own iteration."""
-    from mm_orchestration.cron import next_tick
+    from mm_orchestration.platform.cron import next_tick
 
     return next_tick(cron, timezone, now).strftime("%Y-%m-%d %H:%M %Z")
 
@@ -449,8 +449,8 @@ def _next_tick(cron: str | Sequence[str], timezone: str, now: datetime) -> str:
 
 
 def cmd_grants(args: argparse.Namespace) -> int:
-    from mm_orchestration.db import connect
-    from mm_orchestration.grants import statements
+    from mm_orchestration.platform.db import connect
+    from mm_orchestration.platform.grants import statements
 
     with connect(_database_url(_local_settings()), autocommit=True) as conn:
         for statement in statements(args.role):
@@ -465,13 +465,13 @@ def cmd_grants(args: argparse.Namespace) -> int:
 
 
 def _dlq_conn() -> Any:
-    from mm_orchestration.db import connect
+    from mm_orchestration.platform.db import connect
 
     return connect(_database_url(_local_settings()), autocommit=True)
 
 
 def cmd_dlq_list(args: argparse.Namespace) -> int:
-    from mm_orchestration.jobs.dlq_operations import list_rows
+    from mm_orchestration.features.mux_dlq.operations import list_rows
 
     with _dlq_conn() as conn:
         rows = list_rows(conn, args.status, args.limit)
@@ -494,7 +494,7 @@ def _printable(text: object) -> str:
 def cmd_dlq_show(args: argparse.Namespace) -> int:
     import json
 
-    from mm_orchestration.jobs.dlq_operations import show_row
+    from mm_orchestration.features.mux_dlq.operations import show_row
 
     with _dlq_conn() as conn:
         try:
@@ -508,7 +508,7 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_requeue(args: argparse.Namespace) -> int:
-    from mm_orchestration.jobs.dlq_operations import requeue
+    from mm_orchestration.features.mux_dlq.operations import requeue
 
     if not args.ids and not args.all_dead:
         print("mm-jobs: give dead-letter ids, or --all-dead", file=sys.stderr)
@@ -526,7 +526,7 @@ def cmd_dlq_requeue(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq_discard(args: argparse.Namespace) -> int:
-    from mm_orchestration.jobs.dlq_operations import discard
+    from mm_orchestration.features.mux_dlq.operations import discard
 
     actor = args.actor or _os_user()
     with _dlq_conn() as conn:
@@ -545,7 +545,7 @@ def _audit_dlq_failure(
 ) -> None:
     """A DLQ command that changed nothing is audited too (`failed`, with why): an attempt
     on an unknown or already-closed letter is part of who did what."""
-    from mm_orchestration import audit
+    from mm_orchestration.platform import audit
 
     audit.record(
         conn,
@@ -588,7 +588,7 @@ def _os_user() -> str:
 
 def _address(value: str) -> str:
     """`--to`: one address SendGrid will take (the outbox's own rule)."""
-    from mm_orchestration.addresses import address_problem, sendable_address
+    from mm_orchestration.platform.outbox.addresses import address_problem, sendable_address
 
     problem = address_problem(value)
     if problem:
@@ -600,7 +600,7 @@ def _address(value: str) -> str:
 
 def _tick(value: str) -> str:
     """`--window`: a schedule tick as the ledger names its window (UTC, to the second)."""
-    from mm_orchestration.scheduling import tick_of, window_key
+    from mm_orchestration.platform.scheduling import tick_of, window_key
 
     try:
         tick = tick_of(value)
@@ -637,7 +637,7 @@ def _moment(value: str) -> datetime:
 
 
 def cmd_outbox_list(args: argparse.Namespace) -> int:
-    from mm_orchestration.outbox import list_failed
+    from mm_orchestration.platform.outbox import list_failed
 
     with _dlq_conn() as conn:
         rows = list_failed(conn, args.unknown, args.kind, args.limit)
@@ -659,7 +659,7 @@ def cmd_outbox_list(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox_resend(args: argparse.Namespace) -> int:
-    from mm_orchestration.outbox import KIND_SENDERS, resend
+    from mm_orchestration.platform.outbox import KIND_SENDERS, resend
 
     actor = args.actor or _os_user()
     with _dlq_conn() as conn:
@@ -684,7 +684,7 @@ def cmd_outbox_resend(args: argparse.Namespace) -> int:
 
 def _instant(value: str) -> datetime:
     """`--at`: an instant with its offset (a wall time alone would be a guess at the zone)."""
-    from mm_orchestration.scheduling import parse_instant
+    from mm_orchestration.platform.scheduling import parse_instant
 
     try:
         instant = parse_instant(value)
@@ -722,7 +722,7 @@ SELECT u.id, array_remove(ARRAY[
 def cmd_digest_preview(args: argparse.Namespace) -> int:
     """Print what one person's digest would say at --at (default now), for support and the
     portal team, without queueing, sending or recording anything."""
-    from mm_orchestration.digest_queue import preview
+    from mm_orchestration.features.digests.queue import preview
 
     settings = _local_settings()
     # USER is quoted back only once it is one of the portal's users (their address as
@@ -784,7 +784,7 @@ def cmd_digest_preview(args: argparse.Namespace) -> int:
 
 def _moment_note(result: dict[str, Any]) -> str:
     """What happened to this period's digest moment, in words (a gap, an overlap, a miss)."""
-    from mm_orchestration.digest_moments import MERGED, MOVED
+    from mm_orchestration.features.digests.moments import MERGED, MOVED
 
     settled = result["settled"]
     if settled and settled["outcome"] == "missed":
@@ -816,7 +816,7 @@ def _local_settings() -> Settings:
     """Settings, with the embedded server's URL filled in when it is running locally.
 
     Only the portal's URL is filled in: Dagster's storage always comes from DAGSTER_HOME's
-    dagster.yaml (mm_orchestration.instance), never from DATABASE_URL.
+    dagster.yaml (mm_orchestration.platform.instance), never from DATABASE_URL.
     """
     if not os.environ.get("DATABASE_URL"):
         settings = Settings.from_env()
@@ -837,12 +837,12 @@ def _local_stack(args: argparse.Namespace) -> Iterator[Settings]:
     console itself."""
     from psycopg import sql
 
-    from mm_orchestration.db import connect
-    from mm_orchestration.demo_data import seed_demo
-    from mm_orchestration.embedded_pg import EmbeddedPostgres
-    from mm_orchestration.instance import home_dir, open_instance, write_home
-    from mm_orchestration.migrate import migrate
-    from mm_orchestration.supervisor import say
+    from mm_orchestration.local.demo_data import seed_demo
+    from mm_orchestration.local.embedded_pg import EmbeddedPostgres
+    from mm_orchestration.local.supervisor import say
+    from mm_orchestration.platform.db import connect
+    from mm_orchestration.platform.instance import home_dir, open_instance, write_home
+    from mm_orchestration.platform.migrate import migrate
 
     data_dir = Path(Settings.from_env().data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -916,8 +916,8 @@ def _console_defaults(args: argparse.Namespace) -> None:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     """The console, the daemon and a reloading code server on the local stack."""
-    from mm_orchestration.embedded_pg import free_port
-    from mm_orchestration.topology import DevConsole
+    from mm_orchestration.local.embedded_pg import free_port
+    from mm_orchestration.local.topology import DevConsole
 
     _console_defaults(args)
     grpc_port = args.grpc_port or free_port()
@@ -934,7 +934,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_prod_local(args: argparse.Namespace) -> int:
     """The production topology on this machine: code server, daemon and webserver as
     three supervised processes, MM_ENV=staging unless set."""
-    from mm_orchestration.topology import Topology
+    from mm_orchestration.local.topology import Topology
 
     os.environ.setdefault("MM_ENV", "staging")
     _console_defaults(args)
@@ -955,8 +955,8 @@ def cmd_prod_local(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, make: Any, started: str) -> int:
     """The local stack, then the stack's processes under the one supervisor, until a stop
-    signal of any kind (see mm_orchestration.supervisor); everything stops on the way out."""
-    from mm_orchestration.supervisor import StopRequested, say, stop_signals
+    signal of any kind (see mm_orchestration.local.supervisor); everything stops on the way out."""
+    from mm_orchestration.local.supervisor import StopRequested, say, stop_signals
 
     with stop_signals():
         try:
@@ -981,8 +981,8 @@ def cmd_serve_reports(args: argparse.Namespace) -> int:
     """Serve stored reports to the compliance team without the console (HTTP Basic: user
     name `compliance`, password MM_REPORTS_PASSWORD). Behind the console, use its
     /reports/ instead: people sign in as themselves and each download is audited."""
-    from mm_orchestration.download_server import make_server
-    from mm_orchestration.resources.report_store import ReportStore
+    from mm_orchestration.console.downloads import make_server
+    from mm_orchestration.platform.report_store import ReportStore
 
     settings = Settings.from_env()
     if not settings.reports_password:

@@ -14,52 +14,65 @@ from typing import Any
 
 import dagster as dg
 
-from mm_orchestration import inventory
-from mm_orchestration.assets.analytics import analytics_hourly, analytics_rollup, analytics_schedule
-from mm_orchestration.assets.audit_trail import (
+from mm_orchestration.features.analytics.asset import (
+    analytics_hourly,
+    analytics_rollup,
+    analytics_schedule,
+)
+from mm_orchestration.features.audit_trail.asset import (
     audit_trail,
     audit_trail_refresh,
     audit_trail_schedule,
 )
-from mm_orchestration.assets.job_health import job_health, job_health_refresh, job_health_schedule
-from mm_orchestration.assets.residency import (
+from mm_orchestration.features.digests.job import notification_digest
+from mm_orchestration.features.invitations.job import invite_cleanup
+from mm_orchestration.features.mux_dlq.depth_sensor import dlq_depth_sensor
+from mm_orchestration.features.mux_dlq.job import mux_webhook_retry
+from mm_orchestration.features.mux_dlq.operations import dlq_discard, dlq_requeue
+from mm_orchestration.features.mux_dlq.resource import MuxWebhooks
+from mm_orchestration.features.residency.asset import (
     residency_report,
     residency_report_job,
     residency_schedule,
 )
-from mm_orchestration.assets.tenant_health import (
+from mm_orchestration.features.restore_drill.job import (
+    backup_verify,
+    skip_unless_first_business_day,
+)
+from mm_orchestration.features.restore_drill.resource import RestoreDrill
+from mm_orchestration.features.retention.job import storage_retention
+from mm_orchestration.features.share_links.job import share_link_expiry
+from mm_orchestration.features.suppressions.job import notification_suppression_cleanup
+from mm_orchestration.features.tenant_health.asset import (
     tenant_health_check,
     tenant_health_daily,
     tenant_health_schedule,
 )
-from mm_orchestration.jobs.alerts import send_alert
-from mm_orchestration.jobs.backup_verify import backup_verify, skip_unless_first_business_day
-from mm_orchestration.jobs.dlq_operations import dlq_discard, dlq_requeue
-from mm_orchestration.jobs.invite_cleanup import invite_cleanup
-from mm_orchestration.jobs.mux_webhook_retry import mux_webhook_retry
-from mm_orchestration.jobs.notification_digest import notification_digest
-from mm_orchestration.jobs.share_link_expiry import share_link_expiry
-from mm_orchestration.jobs.storage_retention import storage_retention
-from mm_orchestration.jobs.suppression_cleanup import notification_suppression_cleanup
-from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
-from mm_orchestration.resources.monitoring import Monitoring
-from mm_orchestration.resources.mux import MuxWebhooks
-from mm_orchestration.resources.report_store import ReportStore
-from mm_orchestration.resources.restore_drill import RestoreDrill
-from mm_orchestration.scheduling import inventory_schedule, window_key, with_pod_tags
-from mm_orchestration.sensors.dlq_depth import dlq_depth_sensor
-from mm_orchestration.sensors.run_alerts import (
+from mm_orchestration.monitoring.alerts import send_alert
+from mm_orchestration.monitoring.job_health import (
+    job_health,
+    job_health_refresh,
+    job_health_schedule,
+)
+from mm_orchestration.monitoring.resource import Monitoring
+from mm_orchestration.monitoring.run_alerts import (
     job_failure_sensor,
     job_recovery_sensor,
     manual_run_audit_sensor,
 )
-from mm_orchestration.sensors.sentry import (
+from mm_orchestration.monitoring.sentry_sensors import (
     sentry_run_failed_sensor,
     sentry_run_started_sensor,
     sentry_run_succeeded_sensor,
 )
-from mm_orchestration.sensors.sla import sla_sensor
-from mm_orchestration.settings import Settings
+from mm_orchestration.monitoring.sla import sla_sensor
+from mm_orchestration.platform import inventory
+from mm_orchestration.platform.database import PortalDatabase
+from mm_orchestration.platform.job_settings import JobSettings
+from mm_orchestration.platform.outbox.mailer import Mailer
+from mm_orchestration.platform.report_store import ReportStore
+from mm_orchestration.platform.scheduling import inventory_schedule, window_key, with_pod_tags
+from mm_orchestration.platform.settings import Settings
 
 # Dagster itself passes `owners` (a beta parameter) when it binds resources to the jobs a
 # sensor requests (ours: send_alert), so every process would warn about a parameter we

@@ -17,14 +17,15 @@ import pytest
 from dagster import DagsterInstance
 from psycopg import sql
 
-from mm_orchestration import inventory
-from mm_orchestration.db import connect
-from mm_orchestration.embedded_pg import EmbeddedPostgres, free_port
-from mm_orchestration.instance import write_home
-from mm_orchestration.migrate import migrate
-from mm_orchestration.resources import Mailer, PortalDatabase
-from mm_orchestration.resources.restore_drill import RestoreDrill
-from mm_orchestration.topology import Topology
+from mm_orchestration.features.restore_drill.resource import RestoreDrill
+from mm_orchestration.local.embedded_pg import EmbeddedPostgres, free_port
+from mm_orchestration.local.topology import Topology
+from mm_orchestration.platform import inventory
+from mm_orchestration.platform.database import PortalDatabase
+from mm_orchestration.platform.db import connect
+from mm_orchestration.platform.instance import write_home
+from mm_orchestration.platform.migrate import migrate
+from mm_orchestration.platform.outbox.mailer import Mailer
 from tests.sendgrid_server import SendGridRecorder
 
 TEMPLATE = "mm_template"
@@ -146,7 +147,7 @@ def project_root() -> Path:
 
 @pytest.fixture
 def job_settings():
-    from mm_orchestration.resources import JobSettings
+    from mm_orchestration.platform.job_settings import JobSettings
 
     return JobSettings(digest_template_id="d-digest-test")
 

@@ -22,8 +22,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from mm_orchestration.embedded_pg import free_port
-from mm_orchestration.instance import write_home
+from mm_orchestration.local.embedded_pg import free_port
+from mm_orchestration.platform.instance import write_home
 from tests.conftest import create_database, drop_database
 
 MM_JOBS = str(Path(sys.executable).with_name("mm-jobs"))

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mm_orchestration import processes
-from mm_orchestration.embedded_pg import EmbeddedPostgresError, bundled_bin_dir
-from mm_orchestration.resources.restore_drill import DEBIAN_ROOT, client_major
+from mm_orchestration.features.restore_drill.resource import DEBIAN_ROOT, client_major
+from mm_orchestration.local.embedded_pg import EmbeddedPostgresError, bundled_bin_dir
+from mm_orchestration.platform import processes
 
 HOW_TO_INSTALL = {
     15: "apt-get install postgresql-15 (Debian bookworm's own server package)",

@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING
 
 from dagster import DagsterInstance
 
-from mm_orchestration.jobs.notification_digest import notification_digest
-from mm_orchestration.jobs.share_link_expiry import share_link_expiry
-from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
+from mm_orchestration.features.digests.job import notification_digest
+from mm_orchestration.features.share_links.job import share_link_expiry
+from mm_orchestration.platform.database import PortalDatabase
+from mm_orchestration.platform.job_settings import JobSettings
+from mm_orchestration.platform.outbox.mailer import Mailer
 
 if TYPE_CHECKING:
     from tests.sendgrid_server import SendGridRecorder

@@ -7,8 +7,8 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from dagster import DagsterInstance, materialize
 
-from mm_orchestration.assets.analytics import analytics_hourly, reconcile
-from mm_orchestration.assets.tenant_health import reference_time, tenant_health_daily
+from mm_orchestration.features.analytics.asset import analytics_hourly, reconcile
+from mm_orchestration.features.tenant_health.asset import reference_time, tenant_health_daily
 from tests import factories as f
 
 HOUR = "2026-11-28-10:00"
@@ -101,7 +101,7 @@ def test_schedule_rolls_up_the_last_hour_and_refreshes_the_one_before():
     from dagster import build_schedule_context
 
     from mm_orchestration.definitions import build_definitions
-    from mm_orchestration.settings import Settings
+    from mm_orchestration.platform.settings import Settings
 
     defs = build_definitions(Settings())
     sched = defs.resolve_schedule_def("analytics_rollup_schedule")
@@ -219,9 +219,9 @@ def test_failed_run_notifies_the_admin(pg_server):
     from dagster import DagsterEventType, DagsterRunStatus, build_run_status_sensor_context
 
     from mm_orchestration.definitions import build_definitions
-    from mm_orchestration.resources import PortalDatabase
-    from mm_orchestration.sensors.run_alerts import job_failure_sensor
-    from mm_orchestration.settings import Settings
+    from mm_orchestration.monitoring.run_alerts import job_failure_sensor
+    from mm_orchestration.platform.database import PortalDatabase
+    from mm_orchestration.platform.settings import Settings
     from tests.conftest import create_database, drop_database
 
     empty = create_database(pg_server, template=None)  # no tables: fails at once, no retry
@@ -257,7 +257,7 @@ def test_tenant_health_schedule_targets_the_day_starting_in_sydney():
     from dagster import build_schedule_context
 
     from mm_orchestration.definitions import build_definitions
-    from mm_orchestration.settings import Settings
+    from mm_orchestration.platform.settings import Settings
 
     defs = build_definitions(Settings())
     sched = defs.resolve_schedule_def("tenant_health_check_schedule")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from mm_orchestration import audit
-from mm_orchestration.audit import MASK, is_secret_name, masked
+from mm_orchestration.platform import audit
+from mm_orchestration.platform.audit import MASK, is_secret_name, masked
 
 
 @pytest.mark.parametrize(

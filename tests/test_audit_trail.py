@@ -8,8 +8,9 @@ from zoneinfo import ZoneInfo
 
 from dagster import DagsterInstance, materialize
 
-from mm_orchestration import audit, audit_trail
-from mm_orchestration.assets.audit_trail import audit_trail as audit_trail_asset
+from mm_orchestration.features.audit_trail import query as audit_trail
+from mm_orchestration.features.audit_trail.asset import audit_trail as audit_trail_asset
+from mm_orchestration.platform import audit
 
 SYDNEY = ZoneInfo("Australia/Sydney")
 DAY = date(2026, 11, 27)

@@ -14,22 +14,22 @@ import pytest
 from dagster import RetryPolicy, build_schedule_context
 from psycopg import sql
 
-from mm_orchestration import processes
-from mm_orchestration.db import connect
-from mm_orchestration.demo_data import seed_demo
-from mm_orchestration.embedded_pg import EmbeddedPostgres, bundled_bin_dir
-from mm_orchestration.jobs.backup_verify import (
+from mm_orchestration.features.restore_drill.job import (
     DrillFailed,
     backup_verify,
     first_business_day,
     is_business_day,
     run_local_drill,
 )
-from mm_orchestration.migrate import migrate
-from mm_orchestration.processes import ToolFailed
-from mm_orchestration.resources import PortalDatabase
-from mm_orchestration.resources.restore_drill import PgTools, PgToolsNotFound, RestoreDrill
-from mm_orchestration.settings import Settings, SettingsError
+from mm_orchestration.features.restore_drill.resource import PgTools, PgToolsNotFound, RestoreDrill
+from mm_orchestration.local.demo_data import seed_demo
+from mm_orchestration.local.embedded_pg import EmbeddedPostgres, bundled_bin_dir
+from mm_orchestration.platform import processes
+from mm_orchestration.platform.database import PortalDatabase
+from mm_orchestration.platform.db import connect
+from mm_orchestration.platform.migrate import migrate
+from mm_orchestration.platform.processes import ToolFailed
+from mm_orchestration.platform.settings import Settings, SettingsError
 from tests.conftest import run_job, session_drill
 from tests.pg_versions import pg_bin_dir
 
@@ -60,7 +60,7 @@ def test_first_business_day_over_two_years():
 
 def test_schedule_runs_only_on_the_first_business_day():
     from mm_orchestration.definitions import build_definitions
-    from mm_orchestration.settings import Settings
+    from mm_orchestration.platform.settings import Settings
 
     sched = build_definitions(Settings()).resolve_schedule_def("backup_verify_schedule")
     assert sched.cron_schedule == "0 9 1-7 * *"
@@ -212,7 +212,7 @@ class FakeNeon:
 
 
 def test_neon_drill_branches_compares_and_deletes(pg_server, seeded):
-    from mm_orchestration.jobs.backup_verify import run_neon_drill
+    from mm_orchestration.features.restore_drill.job import run_neon_drill
 
     source_db = seeded.rsplit("/", 1)[1]
     # A template needs no other sessions: the fake copies the source as Neon would branch it.
@@ -242,7 +242,7 @@ def test_neon_drill_branches_compares_and_deletes(pg_server, seeded):
 
 
 def test_neon_branch_that_differs_fails_and_is_still_deleted(pg_server, seeded):
-    from mm_orchestration.jobs.backup_verify import run_neon_drill
+    from mm_orchestration.features.restore_drill.job import run_neon_drill
 
     fake = FakeNeon(pg_server.url, seeded.rsplit("/", 1)[1])
     drill = RestoreDrill(
@@ -603,7 +603,7 @@ def test_the_scratch_database_is_named_the_way_libpq_reads_the_source() -> None:
     point at the scratch database, never back at the source."""
     from psycopg.conninfo import conninfo_to_dict
 
-    from mm_orchestration.jobs.backup_verify import _with_db
+    from mm_orchestration.features.restore_drill.job import _with_db
 
     for source in (
         "postgresql://jobs:p%40ss@db.example:6543/portal?sslmode=require",

@@ -8,13 +8,13 @@ from datetime import timedelta
 
 from dagster import RetryPolicy, job
 
-from mm_orchestration import inventory
-from mm_orchestration.jobs.invite_cleanup import invite_cleanup
-from mm_orchestration.jobs.suppression_cleanup import (
+from mm_orchestration.features.invitations.job import invite_cleanup
+from mm_orchestration.features.suppressions.job import (
     delete_old_bounce_suppressions,
     notification_suppression_cleanup,
 )
-from mm_orchestration.resources import Mailer
+from mm_orchestration.platform import inventory
+from mm_orchestration.platform.outbox.mailer import Mailer
 from tests import factories as f
 from tests.conftest import run_job
 from tests.sendgrid_server import Reply

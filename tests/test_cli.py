@@ -222,7 +222,7 @@ def test_cli_runs_land_in_the_instance_dev_writes_never_in_the_portal_database(
 ):
     """What `make dev` writes (DAGSTER_HOME under MM_DATA_DIR, storage in the file) is what
     `mm-jobs run` in another terminal opens, with no DAGSTER_* variable set."""
-    from mm_orchestration.instance import write_home
+    from mm_orchestration.platform.instance import write_home
 
     storage = create_database(pg_server, template=None)
     data = tmp_path / "data"
@@ -245,7 +245,7 @@ def test_cli_runs_land_in_the_instance_dev_writes_never_in_the_portal_database(
 def test_a_dagster_home_storing_runs_in_the_portal_database_is_refused(
     pg_server, database_url, conn, tmp_path
 ):
-    from mm_orchestration.instance import write_home
+    from mm_orchestration.platform.instance import write_home
 
     home = write_home(tmp_path / "home", database_url)  # the portal's own database
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "MM_"))}
@@ -293,7 +293,7 @@ def test_a_failed_run_leads_with_the_ops_own_message(dagster_env, conn):
 
 
 def psycopg_connect(url):
-    from mm_orchestration.db import connect
+    from mm_orchestration.platform.db import connect
 
     return connect(url, autocommit=True)
 
@@ -330,7 +330,7 @@ def test_stopping_mm_jobs_run_cancels_its_run_at_once_without_a_retry(
     import signal as signals
     import time
 
-    from mm_orchestration.db import connect
+    from mm_orchestration.platform.db import connect
 
     with connect(database_url) as locker:
         locker.execute("LOCK TABLE portal.email_suppressions IN ACCESS EXCLUSIVE MODE")
@@ -374,8 +374,8 @@ def test_a_cli_run_whose_process_died_is_canceled_when_a_stack_starts(
     next local stack to start marks it canceled."""
     from pathlib import Path
 
-    from mm_orchestration.db import connect
-    from mm_orchestration.supervisor import cancel_runs_in_flight
+    from mm_orchestration.local.supervisor import cancel_runs_in_flight
+    from mm_orchestration.platform.db import connect
 
     with connect(database_url) as locker:
         locker.execute("LOCK TABLE portal.invitations IN ACCESS EXCLUSIVE MODE")
@@ -411,7 +411,7 @@ def test_bad_partitions_and_an_unreachable_storage_are_named(dagster_env, pg_ser
     assert "garbage" not in proc.stderr
     proc = mm_jobs(dagster_env, "run", "share-link-expiry", "--partition", "x")
     assert proc.returncode == 2 and "share-link-expiry has no partitions" in proc.stderr
-    from mm_orchestration.embedded_pg import free_port
+    from mm_orchestration.local.embedded_pg import free_port
 
     elsewhere = f"host=127.0.0.1 port={free_port()} user=postgres dbname=dagster"
     proc = mm_jobs({**dagster_env, "DAGSTER_DATABASE_URL": elsewhere}, "run", "invite-cleanup")
@@ -425,9 +425,9 @@ def test_a_storage_that_holds_the_portal_schemas_is_refused_however_it_is_spelle
 ):
     """Names can hide a server (a pooler's host name, an address): the storage server
     itself says it is the portal database, and Dagster's tables are never created."""
-    from mm_orchestration.dagster_storage import sqlalchemy_url
-    from mm_orchestration.instance import check_storage_server
-    from mm_orchestration.settings import SettingsError
+    from mm_orchestration.platform.instance import check_storage_server
+    from mm_orchestration.platform.settings import SettingsError
+    from mm_orchestration.platform.storage import sqlalchemy_url
 
     with pytest.raises(SettingsError, match="holds the portal's schemas"):
         check_storage_server(sqlalchemy_url(database_url))

@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 from dagster import DagsterInstance, DagsterInvalidConfigError
 
-from mm_orchestration.jobs.alerts import send_alert
-from mm_orchestration.jobs.backup_verify import backup_verify
-from mm_orchestration.jobs.storage_retention import storage_retention
-from mm_orchestration.run_status import failure_summary
+from mm_orchestration.features.restore_drill.job import backup_verify
+from mm_orchestration.features.retention.job import storage_retention
+from mm_orchestration.monitoring.alerts import send_alert
+from mm_orchestration.monitoring.run_status import failure_summary
 
 
 def _failure(job, run_config, resources):
@@ -33,7 +33,7 @@ def _failure(job, run_config, resources):
 def test_values_outside_a_choice_are_refused_before_the_run(
     job, op, field, value, portal_db, job_settings, mailer
 ):
-    from mm_orchestration.resources.restore_drill import RestoreDrill
+    from mm_orchestration.features.restore_drill.resource import RestoreDrill
 
     config = {"ops": {op: {"config": {field: value}}}}
     if job is send_alert:

@@ -27,17 +27,17 @@ from dagster._serdes import serialize_value
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from mm_orchestration.db import connect
-from mm_orchestration.embedded_pg import EmbeddedPostgres
-from mm_orchestration.instance import (
+from mm_orchestration.features.restore_drill.resource import RestoreDrill, split_password
+from mm_orchestration.local.embedded_pg import EmbeddedPostgres
+from mm_orchestration.platform.database import PortalDatabase
+from mm_orchestration.platform.db import connect
+from mm_orchestration.platform.instance import (
     refuse_portal_storage,
     sqlalchemy_url,
     storage_url,
     write_home,
 )
-from mm_orchestration.resources import PortalDatabase
-from mm_orchestration.resources.restore_drill import RestoreDrill, split_password
-from mm_orchestration.settings import Settings, SettingsError
+from mm_orchestration.platform.settings import Settings, SettingsError
 
 ROLE = "mm/jobs@drill:1?"
 PASSWORD = "p@ss:w/rd?"

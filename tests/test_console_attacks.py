@@ -16,7 +16,7 @@ import pytest
 from mm_orchestration.console.access import ConsoleAccess
 from mm_orchestration.console.gate import ConsoleAudit, RateLimited
 from mm_orchestration.console.refusals import RefusalLimiter
-from mm_orchestration.settings import SettingsError
+from mm_orchestration.platform.settings import SettingsError
 from tests.conftest import create_database, drop_database
 from tests.console_server import (
     ADMIN,

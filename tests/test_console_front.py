@@ -15,8 +15,8 @@ import pytest
 
 from mm_orchestration.console.access import ConsoleAccess, Identity
 from mm_orchestration.console.mutations import MUTATIONS
-from mm_orchestration.resources.report_store import ReportStore
-from mm_orchestration.settings import Settings, SettingsError
+from mm_orchestration.platform.report_store import ReportStore
+from mm_orchestration.platform.settings import Settings, SettingsError
 from tests.console_server import (
     ADMIN,
     HEADER,
@@ -189,7 +189,7 @@ def test_a_whole_domain_covers_only_addresses_of_that_domain():
 
 
 def test_secrets_are_masked_in_audited_variables():
-    from mm_orchestration.audit import masked
+    from mm_orchestration.platform.audit import masked
 
     assert masked(
         {
@@ -836,7 +836,7 @@ mutation($l: [ExecutionParams!]!) { launchMultipleRuns(executionParamsList: $l) 
 def test_each_run_of_a_batch_launch_has_its_own_entry_with_its_run_id(console):
     """The reconciling sensor adds an entry for a manual run no entry names: a batch's
     runs each carry theirs, so none is audited twice."""
-    from mm_orchestration.audit import record_once_per_run
+    from mm_orchestration.platform.audit import record_once_per_run
 
     batch = [launch_params("share_link_expiry"), launch_params("notification_digest")]
     answer = gql(console, OPERATOR, LAUNCH_MANY, {"l": batch})["data"]["launchMultipleRuns"]

@@ -295,8 +295,8 @@ def test_a_cut_audit_trail_download_says_so_in_a_header_and_its_last_row(monkeyp
     import pandas as pd
     from starlette.requests import Request
 
-    from mm_orchestration import audit_trail
     from mm_orchestration.console import app as console_app
+    from mm_orchestration.features.audit_trail import query as audit_trail
 
     cut = audit_trail.Entries(pd.DataFrame([], columns=audit_trail.COLUMNS), True)
     monkeypatch.setattr(audit_trail, "read", lambda conn, wanted: cut)

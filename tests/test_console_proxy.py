@@ -55,9 +55,9 @@ from typing import Any
 
 import pytest
 
-from mm_orchestration.db import connect
-from mm_orchestration.embedded_pg import free_port
-from mm_orchestration.topology import LOCATION
+from mm_orchestration.local.embedded_pg import free_port
+from mm_orchestration.local.topology import LOCATION
+from mm_orchestration.platform.db import connect
 from tests.debian import needs
 from tests.local_stack import PROJECT_ROOT, own_env, start, wait_until_serving
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from dagster import DagsterInstance
 
-from mm_orchestration.jobs.share_link_expiry import share_link_expiry
-from mm_orchestration.ledger import TRIGGER_TAG, WINDOW_TAG
+from mm_orchestration.features.share_links.job import share_link_expiry
+from mm_orchestration.platform.ledger import TRIGGER_TAG, WINDOW_TAG
 from tests import factories as f
 from tests.run_job_in_subprocess import kill_at_request
 from tests.sendgrid_server import Reply
@@ -109,8 +109,8 @@ def test_window_lock_is_held_on_the_direct_host_when_there_is_one(conn, database
     """Behind a transaction-mode pooler a session lock could be released on another server
     connection; with DATABASE_DIRECT_URL the ledger takes it on an unpooled connection,
     and the pool shrinks by one so a run still uses at most five connections."""
-    from mm_orchestration.ledger import Window, claim
-    from mm_orchestration.resources import PortalDatabase
+    from mm_orchestration.platform.database import PortalDatabase
+    from mm_orchestration.platform.ledger import Window, claim
 
     db = PortalDatabase(url=database_url, direct_url=database_url)
     window = Window("share-link-expiry", "2026-11-28T21:30:00Z", "run-1", "schedule", None)
@@ -137,8 +137,8 @@ def test_a_failed_runs_ledger_error_masks_a_password_and_keeps_a_nul(conn, datab
     """The ledger's error is shown in the console and job health: a password quoted by a
     driver is masked, and a NUL (which PostgreSQL's text refuses) does not lose the row's
     ending."""
-    from mm_orchestration.ledger import Window, claim
-    from mm_orchestration.resources import PortalDatabase
+    from mm_orchestration.platform.database import PortalDatabase
+    from mm_orchestration.platform.ledger import Window, claim
 
     db = PortalDatabase(url=database_url)
     window = Window("share-link-expiry", "2026-11-28T21:30:00Z", "run-9", "schedule", None)

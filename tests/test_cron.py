@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from mm_orchestration.cron import check, next_tick, shortest_interval, ticks
+from mm_orchestration.platform.cron import check, next_tick, shortest_interval, ticks
 
 SYDNEY = ZoneInfo("Australia/Sydney")
 

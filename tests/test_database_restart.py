@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import dagster as dg
 
-from mm_orchestration.embedded_pg import EmbeddedPostgres
-from mm_orchestration.resources import PortalDatabase
+from mm_orchestration.local.embedded_pg import EmbeddedPostgres
+from mm_orchestration.platform.database import PortalDatabase
 
 
 def test_a_step_after_the_database_restarted_gets_a_live_connection(tmp_path):

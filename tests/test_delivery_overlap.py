@@ -17,14 +17,16 @@ import psycopg
 import pytest
 from dagster import DagsterInstance
 
-from mm_orchestration.jobs.notification_digest import notification_digest
-from mm_orchestration.outbox import DeliveryFailed, conclude, deliver_pending_templated
-from mm_orchestration.outbox.paging import ReadAhead
-from mm_orchestration.outbox.report import DeliveryReport
-from mm_orchestration.outbox.rows import Row, page
-from mm_orchestration.outbox.screening import Suppressions, judge, record
-from mm_orchestration.outbox.templated import _page_sizes
-from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
+from mm_orchestration.features.digests.job import notification_digest
+from mm_orchestration.platform.database import PortalDatabase
+from mm_orchestration.platform.job_settings import JobSettings
+from mm_orchestration.platform.outbox import DeliveryFailed, conclude, deliver_pending_templated
+from mm_orchestration.platform.outbox.mailer import Mailer
+from mm_orchestration.platform.outbox.paging import ReadAhead
+from mm_orchestration.platform.outbox.report import DeliveryReport
+from mm_orchestration.platform.outbox.rows import Row, page
+from mm_orchestration.platform.outbox.screening import Suppressions, judge, record
+from mm_orchestration.platform.outbox.templated import _page_sizes
 from tests.sendgrid_server import Reply
 from tests.test_email_promise import AT, counts, many
 

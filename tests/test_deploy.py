@@ -18,10 +18,10 @@ import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRun
 
-from mm_orchestration import inventory
 from mm_orchestration.definitions import build_definitions
-from mm_orchestration.settings import Settings, SettingsError
-from mm_orchestration.topology import LOCATION, PROJECT_ROOT, commands
+from mm_orchestration.local.topology import LOCATION, PROJECT_ROOT, commands
+from mm_orchestration.platform import inventory
+from mm_orchestration.platform.settings import Settings, SettingsError
 
 DEPLOY = PROJECT_ROOT / "deploy"
 SHARED_SECTIONS = ("run_coordinator", "concurrency", "run_retries", "retention", "python_logs")
@@ -141,7 +141,7 @@ def test_helm_values_match_the_code_and_hold_no_secret() -> None:
     daemon = values["dagsterDaemon"]
     coordinator = daemon["runCoordinator"]["config"]["customRunCoordinator"]
     assert (coordinator["module"], coordinator["class"]) == (
-        "mm_orchestration.run_config",
+        "mm_orchestration.platform.run_config",
         "PlainValuesRunCoordinator",
     )
     assert coordinator["config"]["max_concurrent_runs"] == local["max_concurrent_runs"]
@@ -150,14 +150,14 @@ def test_helm_values_match_the_code_and_hold_no_secret() -> None:
     assert daemon["image"]["repository"] == deployment["image"]["repository"]
     from dagster._config import process_config, resolve_to_config_type
 
-    from mm_orchestration.run_config import PlainValuesRunCoordinator
+    from mm_orchestration.platform.run_config import PlainValuesRunCoordinator
 
     schema = resolve_to_config_type(PlainValuesRunCoordinator.config_type())
     assert process_config(schema, coordinator["config"]).success  # its own config
 
     manifests = {(m["kind"], m["metadata"]["name"]): m for m in values["extraManifests"]}
     config_map = manifests["ConfigMap", "mm-orchestration-config"]
-    settings_source = (PROJECT_ROOT / "mm_orchestration" / "settings.py").read_text()
+    settings_source = (PROJECT_ROOT / "mm_orchestration" / "platform" / "settings.py").read_text()
     read = set(re.findall(r'get\("([A-Z0-9_]+)"\)', settings_source))
     secrets = {
         "DATABASE_URL",

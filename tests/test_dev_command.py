@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from mm_orchestration.embedded_pg import free_port
+from mm_orchestration.local.embedded_pg import free_port
 from tests.local_stack import graphql, own_env, start, wait_until_serving
 
 SCHEDULES_QUERY = """

@@ -15,9 +15,9 @@ from datetime import UTC, datetime, time, timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mm_orchestration.db import connect
-from mm_orchestration.digest_queue import settle
-from mm_orchestration.zones import _zones_by_folded_name, transitions
+from mm_orchestration.features.digests.queue import settle
+from mm_orchestration.platform.db import connect
+from mm_orchestration.platform.zones import _zones_by_folded_name, transitions
 from tests import digest_oracle as oracle
 from tests import factories as f
 

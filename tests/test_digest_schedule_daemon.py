@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from mm_orchestration.ledger import WINDOW_TAG
-from mm_orchestration.topology import Topology
+from mm_orchestration.local.topology import Topology
+from mm_orchestration.platform.ledger import WINDOW_TAG
 from tests import factories
 from tests.local_stack import wait_for
 from tests.sendgrid_server import SendGridRecorder

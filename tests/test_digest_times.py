@@ -16,10 +16,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from mm_orchestration.db import connect
-from mm_orchestration.digest_moments import first_instant_at_or_after, period_of
-from mm_orchestration.digest_queue import settle
-from mm_orchestration.jobs.notification_digest import notification_digest
+from mm_orchestration.features.digests.job import notification_digest
+from mm_orchestration.features.digests.moments import first_instant_at_or_after, period_of
+from mm_orchestration.features.digests.queue import settle
+from mm_orchestration.platform.db import connect
 from tests import factories as f
 from tests.conftest import run_job
 

@@ -20,8 +20,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from psycopg import sql
 
-from mm_orchestration import digest_moments, zones
-from mm_orchestration.digest_moments import period_of
+from mm_orchestration.features.digests import moments as digest_moments
+from mm_orchestration.features.digests.moments import period_of
+from mm_orchestration.platform import zones
 from tests import factories as f
 from tests.test_digest_times import TICK, person, settle_at, start_clock
 

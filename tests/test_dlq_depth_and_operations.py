@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from dagster import SkipReason, build_sensor_context
 
-from mm_orchestration.jobs.alerts import send_alert
-from mm_orchestration.jobs.dlq_operations import dlq_discard, dlq_requeue
-from mm_orchestration.resources.mux import MuxWebhooks
-from mm_orchestration.sensors.dlq_depth import dlq_depth_sensor
+from mm_orchestration.features.mux_dlq.depth_sensor import dlq_depth_sensor
+from mm_orchestration.features.mux_dlq.operations import dlq_discard, dlq_requeue
+from mm_orchestration.features.mux_dlq.resource import MuxWebhooks
+from mm_orchestration.monitoring.alerts import send_alert
 from tests.conftest import run_job
 from tests.mux_factory import dead_letter
 
@@ -68,7 +68,7 @@ def test_cursor_carries_the_episode_across_a_restart(conn, portal_db):
 
 
 def test_discarded_dead_letters_leave_the_depth(conn, portal_db):
-    from mm_orchestration.jobs.dlq_operations import discard
+    from mm_orchestration.features.mux_dlq.operations import discard
 
     add_rows(conn, 11, status="dead")
     first = conn.execute("SELECT min(id) FROM portal.mux_webhook_dlq").fetchone()[0]
@@ -191,7 +191,7 @@ def test_a_mistyped_id_fails_at_once_saying_why_in_one_line(conn, portal_db):
 
     from dagster import DagsterInstance
 
-    from mm_orchestration.run_status import failure_summary
+    from mm_orchestration.monitoring.run_status import failure_summary
 
     started = time.monotonic()
     with DagsterInstance.ephemeral() as instance:
@@ -213,7 +213,7 @@ def test_a_discarded_letter_is_its_own_state_and_survives_requeue_all_dead(conn,
     only; `dlq list` tells them apart; naming the id requeues it and withdraws the discard."""
     import os
 
-    from mm_orchestration.jobs.dlq_operations import discard, list_rows, requeue
+    from mm_orchestration.features.mux_dlq.operations import discard, list_rows, requeue
 
     add_rows(conn, 3, status="dead")
     gone, dead, other = [
@@ -243,7 +243,7 @@ def test_a_discarded_letter_is_its_own_state_and_survives_requeue_all_dead(conn,
 
 def test_letters_discarded_before_the_discard_table_are_carried_over(conn):
     """Migration 0007 reads the old 'discarded by <actor>: <reason>' marks."""
-    from mm_orchestration.migrate import available
+    from mm_orchestration.platform.migrate import available
 
     conn.execute("DROP TABLE ops.dlq_discards")  # as before 0007
     dead_letter(conn, {"type": "video.asset.ready", "id": "old"}, status="dead")
@@ -261,7 +261,7 @@ def test_poison_letters_can_be_shown_listed_and_discarded(conn, database_url):
     forge listing lines: the operator tools show, list and discard them like any other."""
     import os
 
-    from mm_orchestration.jobs.dlq_operations import discard, show_row
+    from mm_orchestration.features.mux_dlq.operations import discard, show_row
 
     deep = "[" * 1500 + "]" * 1500
     for event_id, payload in (
@@ -300,7 +300,7 @@ def test_poison_letters_can_be_shown_listed_and_discarded(conn, database_url):
 def test_secrets_in_a_discard_reason_or_a_replay_error_are_never_shown_or_audited(conn):
     """A reason is typed by a person (who may paste a connection string); a replay's
     error may quote one. Neither shows nor audits a password, and a NUL is stored."""
-    from mm_orchestration.jobs.dlq_operations import discard, list_rows, show_row
+    from mm_orchestration.features.mux_dlq.operations import discard, list_rows, show_row
 
     add_rows(conn, 2, status="dead")
     first, second = [
@@ -324,7 +324,7 @@ def test_secrets_in_a_discard_reason_or_a_replay_error_are_never_shown_or_audite
 def test_a_failure_summary_masks_a_quoted_password():
     from types import SimpleNamespace
 
-    from mm_orchestration.run_status import error_line
+    from mm_orchestration.monitoring.run_status import error_line
 
     error = SimpleNamespace(
         message="OperationalError: connection to postgresql://jobs:hunter2@db/portal failed\nmore",
@@ -339,7 +339,7 @@ def test_a_failure_summary_masks_a_quoted_password():
 def test_a_discarded_letters_payload_is_audited_masked_and_capped(conn):
     """The entry of a discard goes the one way every entry goes: a secret in the payload is
     masked, and a huge one is cut with a marker."""
-    from mm_orchestration.jobs.dlq_operations import discard
+    from mm_orchestration.features.mux_dlq.operations import discard
 
     payload = {"type": "video.asset.ready", "data": {"signing_key": "sk-live", "notes": "n" * 9000}}
     conn.execute(

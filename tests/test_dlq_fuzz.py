@@ -33,8 +33,8 @@ from dagster import DagsterInstance
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mm_orchestration.jobs.mux_webhook_retry import mux_webhook_retry
-from mm_orchestration.resources.mux import MuxWebhooks
+from mm_orchestration.features.mux_dlq.job import mux_webhook_retry
+from mm_orchestration.features.mux_dlq.resource import MuxWebhooks
 from tests import factories as f
 
 SECRET = "fuzz-secret"

@@ -13,12 +13,12 @@ import time
 
 import pytest
 
-from mm_orchestration.download_server import (
+from mm_orchestration.console.downloads import (
     REQUEST_TIMEOUT_SECONDS,
     make_server,
     serve_in_background,
 )
-from mm_orchestration.resources.report_store import ReportStore
+from mm_orchestration.platform.report_store import ReportStore
 
 # Never contacted: nothing in these tests reaches a lookup.
 UNUSED_DATABASE = "postgresql://nobody@127.0.0.1:1/none"

@@ -23,17 +23,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mm_orchestration import cli
-from mm_orchestration.addresses import address_problem
-from mm_orchestration.jobs.notification_digest import notification_digest
-from mm_orchestration.jobs.share_link_expiry import share_link_expiry
-from mm_orchestration.outbox.rows import durable as _durable
-from mm_orchestration.resources import Mailer
-from mm_orchestration.resources.mailer import (
+from mm_orchestration.features.digests.job import notification_digest
+from mm_orchestration.features.share_links.job import share_link_expiry
+from mm_orchestration.monitoring.run_alerts import job_failure_sensor
+from mm_orchestration.platform.outbox.addresses import address_problem
+from mm_orchestration.platform.outbox.mailer import (
+    Mailer,
     SendError,
     TemplateRecipient,
     plan_requests,
 )
-from mm_orchestration.sensors.run_alerts import job_failure_sensor
+from mm_orchestration.platform.outbox.rows import durable as _durable
 from tests import factories as f
 from tests.run_job_in_subprocess import kill_at_request
 from tests.sendgrid_server import Reply, SendGridRecorder
@@ -377,8 +377,8 @@ def test_a_stall_on_the_second_of_three_batches_costs_the_read_timeout_only(
 
 def test_every_provider_call_is_bounded(sendgrid):
     """The Neon API client and the SendGrid suppression calls have the same timeouts."""
-    from mm_orchestration import http
-    from mm_orchestration.neon import NeonClient, NeonError
+    from mm_orchestration.features.restore_drill.neon import NeonClient, NeonError
+    from mm_orchestration.platform import http
 
     sendgrid.rule = lambda body: Reply(202, delay=35)
     neon = NeonClient("key", "proj", sendgrid.url, http.Timeouts(connect=1, read=0.5))
@@ -699,7 +699,7 @@ def test_the_fast_path_only_passes_what_email_validator_accepts(address):
     """Plain addresses skip email-validator's slower checks; it must agree with each."""
     from email_validator import EmailNotValidError, validate_email
 
-    from mm_orchestration.addresses import plainly_valid as _plainly_valid
+    from mm_orchestration.platform.outbox.addresses import plainly_valid as _plainly_valid
 
     if _plainly_valid(address):
         try:
@@ -725,7 +725,7 @@ def test_outbox_commits_are_durable_whatever_the_database_default(conn, portal_d
 @pytest.mark.parametrize("value", ["abc", "0", "-1", "301", "nan", "inf", "1_0", "\u0661\u0660"])
 @pytest.mark.parametrize("name", ["MM_HTTP_CONNECT_TIMEOUT", "MM_HTTP_READ_TIMEOUT"])
 def test_timeout_settings_are_checked_by_name(name, value):
-    from mm_orchestration.settings import Settings, SettingsError
+    from mm_orchestration.platform.settings import Settings, SettingsError
 
     with pytest.raises(SettingsError, match=f"^{name} ") as refused:
         Settings.from_env({name: value})
@@ -736,8 +736,8 @@ def test_timeout_settings_are_checked_by_name(name, value):
 def test_sentry_and_s3_get_the_timeouts(tmp_path):
     import sentry_sdk
 
-    from mm_orchestration.resources.monitoring import Monitoring
-    from mm_orchestration.resources.report_store import ReportStore
+    from mm_orchestration.monitoring.resource import Monitoring
+    from mm_orchestration.platform.report_store import ReportStore
 
     store = ReportStore(s3_bucket="b", http_connect_timeout=2, http_read_timeout=7)
     config = store._s3().meta.config
@@ -750,7 +750,7 @@ def test_sentry_and_s3_get_the_timeouts(tmp_path):
         assert (timeout.connect_timeout, timeout.read_timeout) == (2, 7)
     finally:
         sentry_sdk.init(dsn=None)
-        from mm_orchestration.resources import monitoring
+        from mm_orchestration.monitoring import resource as monitoring
 
         monitoring._initialised.clear()
 
@@ -1118,8 +1118,8 @@ def test_a_digest_held_past_its_grace_expires_and_is_never_sent_stale(
 def test_mail_to_our_own_suppressed_contact_fails_rather_than_vanishing(
     conn, portal_db, quick_mailer, sendgrid
 ):
-    from mm_orchestration.outbox import deliver_pending, enqueue
-    from mm_orchestration.resources.mailer import Email
+    from mm_orchestration.platform.outbox import deliver_pending, enqueue
+    from mm_orchestration.platform.outbox.mailer import Email
 
     f.suppression(conn, "RELIABILITY@motionmavericks.example", reason="bounce")
     enqueue(conn, "alert:1", "alert", "reliability@motionmavericks.example", {"subject": "s"})
@@ -1171,7 +1171,7 @@ def test_a_useless_rate_limit_reset_backs_off_and_says_so_plainly(sendgrid, rese
 def test_suppression_cleanup_drops_an_address_sendgrid_refuses_and_deletes_the_rest(
     conn, portal_db, sendgrid
 ):
-    from mm_orchestration.jobs.suppression_cleanup import notification_suppression_cleanup
+    from mm_orchestration.features.suppressions.job import notification_suppression_cleanup
 
     for i in range(3):
         f.suppression(conn, f"old{i}@x.example", reason="bounce", age=timedelta(days=40))
@@ -1203,8 +1203,8 @@ def test_an_alert_resent_after_fixing_the_contact_goes_to_the_new_address(
 ):
     """An alert to a contact SendGrid refused: the setting is fixed, and `resend --to`
     sends it (same key) to the address now set; a bad --to is refused at once."""
-    from mm_orchestration.outbox import deliver_pending, enqueue
-    from mm_orchestration.resources.mailer import Email
+    from mm_orchestration.platform.outbox import deliver_pending, enqueue
+    from mm_orchestration.platform.outbox.mailer import Email
 
     enqueue(conn, "alert:1", "alert", "old-oncall@motionmavericks.example", {"subject": "s"})
 

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import psycopg
 
-from mm_orchestration.topology import Topology
+from mm_orchestration.local.topology import Topology
 from tests.local_stack import MM_JOBS, graphql, wait_for
 from tests.sendgrid_server import SendGridRecorder
 
@@ -113,7 +113,7 @@ def test_cli_runs_are_in_the_console_and_alert_through_the_daemon(
     # The dashboard counts the CLI's runs from the same run records.
     from dagster import DagsterInstance
 
-    from mm_orchestration.assets.job_health import collect
+    from mm_orchestration.monitoring.job_health import collect
 
     with DagsterInstance.from_config(str(topology.dagster_home)) as instance:
         health = collect(instance)

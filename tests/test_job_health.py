@@ -25,9 +25,9 @@ from dagster import (
     op,
 )
 
-from mm_orchestration import inventory
-from mm_orchestration.assets.job_health import collect, digest_delivery, job_health
-from mm_orchestration.resources import JobSettings
+from mm_orchestration.monitoring.job_health import collect, digest_delivery, job_health
+from mm_orchestration.platform import inventory
+from mm_orchestration.platform.job_settings import JobSettings
 from tests.conftest import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent

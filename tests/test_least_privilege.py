@@ -8,24 +8,26 @@ import pytest
 from dagster import DagsterInstance, materialize
 from psycopg import sql
 
-from mm_orchestration.assets.analytics import analytics_hourly
-from mm_orchestration.assets.job_health import job_health
-from mm_orchestration.assets.residency import residency_report
-from mm_orchestration.assets.tenant_health import tenant_health_daily
-from mm_orchestration.db import connect
-from mm_orchestration.demo_data import seed_demo
-from mm_orchestration.grants import statements
-from mm_orchestration.jobs.alerts import send_alert
-from mm_orchestration.jobs.backup_verify import backup_verify
-from mm_orchestration.jobs.invite_cleanup import invite_cleanup
-from mm_orchestration.jobs.mux_webhook_retry import mux_webhook_retry
-from mm_orchestration.jobs.notification_digest import notification_digest
-from mm_orchestration.jobs.share_link_expiry import share_link_expiry
-from mm_orchestration.jobs.storage_retention import storage_retention
-from mm_orchestration.jobs.suppression_cleanup import notification_suppression_cleanup
-from mm_orchestration.resources import JobSettings, Mailer, PortalDatabase
-from mm_orchestration.resources.mux import MuxWebhooks
-from mm_orchestration.resources.report_store import ReportStore
+from mm_orchestration.features.analytics.asset import analytics_hourly
+from mm_orchestration.features.digests.job import notification_digest
+from mm_orchestration.features.invitations.job import invite_cleanup
+from mm_orchestration.features.mux_dlq.job import mux_webhook_retry
+from mm_orchestration.features.mux_dlq.resource import MuxWebhooks
+from mm_orchestration.features.residency.asset import residency_report
+from mm_orchestration.features.restore_drill.job import backup_verify
+from mm_orchestration.features.retention.job import storage_retention
+from mm_orchestration.features.share_links.job import share_link_expiry
+from mm_orchestration.features.suppressions.job import notification_suppression_cleanup
+from mm_orchestration.features.tenant_health.asset import tenant_health_daily
+from mm_orchestration.local.demo_data import seed_demo
+from mm_orchestration.monitoring.alerts import send_alert
+from mm_orchestration.monitoring.job_health import job_health
+from mm_orchestration.platform.database import PortalDatabase
+from mm_orchestration.platform.db import connect
+from mm_orchestration.platform.grants import statements
+from mm_orchestration.platform.job_settings import JobSettings
+from mm_orchestration.platform.outbox.mailer import Mailer
+from mm_orchestration.platform.report_store import ReportStore
 from tests.conftest import session_drill
 
 

@@ -7,10 +7,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from dagster import DagsterInstance
 
-from mm_orchestration.db import MissingTableError, connect
-from mm_orchestration.jobs.share_link_expiry import share_link_expiry
-from mm_orchestration.migrate import available, migrate
-from mm_orchestration.resources import Mailer, PortalDatabase
+from mm_orchestration.features.share_links.job import share_link_expiry
+from mm_orchestration.platform.database import PortalDatabase
+from mm_orchestration.platform.db import MissingTableError, connect
+from mm_orchestration.platform.migrate import available, migrate
+from mm_orchestration.platform.outbox.mailer import Mailer
 from tests.conftest import create_database, drop_database
 
 
@@ -57,7 +58,7 @@ def test_job_without_portal_schema_fails_naming_the_table(empty_db, tmp_path):
 
 
 def test_require_tables_lists_every_missing_one(empty_db):
-    from mm_orchestration.db import require_tables
+    from mm_orchestration.platform.db import require_tables
 
     with connect(empty_db, autocommit=True) as conn:
         with pytest.raises(MissingTableError) as err:

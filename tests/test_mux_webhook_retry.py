@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mm_orchestration.db import connect
-from mm_orchestration.jobs.mux_webhook_retry import mux_webhook_retry, replay_due
-from mm_orchestration.mux_events import BadSignature, verify_signature
-from mm_orchestration.resources.mux import MuxWebhooks
+from mm_orchestration.features.mux_dlq.events import BadSignature, verify_signature
+from mm_orchestration.features.mux_dlq.job import mux_webhook_retry, replay_due
+from mm_orchestration.features.mux_dlq.resource import MuxWebhooks
+from mm_orchestration.platform.db import connect
 from tests import factories as f
 from tests.conftest import run_job
 from tests.mux_factory import dead_letter, dead_letter_json, envelope, nested, raw
@@ -118,7 +118,7 @@ def test_stale_and_out_of_order_events_change_nothing(conn, video, resources):
 
 
 def test_duplicate_event_replayed_again_is_harmless(conn, video, resources):
-    from mm_orchestration.jobs.dlq_operations import requeue
+    from mm_orchestration.features.mux_dlq.operations import requeue
 
     row = dead_letter(
         conn,

@@ -16,8 +16,8 @@ import pytest
 from dagster import DagsterInstance
 from dagster._serdes import serialize_value
 
-from mm_orchestration.settings import Settings, SettingsError
-from mm_orchestration.text import quotes_value, reason_without_value
+from mm_orchestration.platform.settings import Settings, SettingsError
+from mm_orchestration.platform.text import quotes_value, reason_without_value
 
 CANARY = "canary"  # in every value below, and in no message of the project
 DSN = "postgresql://postgres:canary-pw@db.example/portal"
@@ -126,7 +126,7 @@ def test_a_refused_setting_is_named_and_never_shown(name, value):
 
 
 def test_a_dagster_home_is_never_shown(tmp_path, monkeypatch):
-    from mm_orchestration.instance import storage_url
+    from mm_orchestration.platform.instance import storage_url
 
     home = tmp_path / "key-canary-777"
     home.mkdir()
@@ -153,7 +153,7 @@ def canaries(monkeypatch):
 def _everything(job, resources, run_config=None, tags=None) -> str:
     """What a failed run shows and stores: its one-line summary and every event of its log
     (messages, errors with their causes and stacks), as Dagster serialises them."""
-    from mm_orchestration.run_status import failure_summary
+    from mm_orchestration.monitoring.run_status import failure_summary
 
     with DagsterInstance.ephemeral() as instance:
         result = job.execute_in_process(
@@ -188,7 +188,7 @@ def _digest_config(**config: Any) -> dict[str, Any]:
 def test_the_digest_names_a_bad_field_and_never_shows_it(
     canaries, portal_db, mailer, job_settings, config
 ):
-    from mm_orchestration.jobs.notification_digest import notification_digest
+    from mm_orchestration.features.digests.job import notification_digest
 
     resources = {"portal_db": portal_db, "mailer": mailer, "job_settings": job_settings}
     text = _everything(notification_digest, resources, _digest_config(**config))
@@ -198,7 +198,7 @@ def test_the_digest_names_a_bad_field_and_never_shows_it(
 
 
 def test_the_digest_never_shows_a_bad_window_tag(portal_db, mailer, job_settings):
-    from mm_orchestration.jobs.notification_digest import notification_digest
+    from mm_orchestration.features.digests.job import notification_digest
 
     resources = {"portal_db": portal_db, "mailer": mailer, "job_settings": job_settings}
     text = _everything(notification_digest, resources, tags={"mm/window": KEY})
@@ -207,7 +207,7 @@ def test_the_digest_never_shows_a_bad_window_tag(portal_db, mailer, job_settings
 
 
 def test_a_digest_now_out_of_range_is_not_shown(portal_db, mailer, job_settings):
-    from mm_orchestration.jobs.notification_digest import notification_digest
+    from mm_orchestration.features.digests.job import notification_digest
 
     resources = {"portal_db": portal_db, "mailer": mailer, "job_settings": job_settings}
     text = _everything(notification_digest, resources, _digest_config(now="2001-07-07T07:07:07Z"))
@@ -218,8 +218,8 @@ def test_a_digest_now_out_of_range_is_not_shown(portal_db, mailer, job_settings)
     "details", [{"env": "CANARY_DSN"}, {"env": "CANARY_KEY"}, '["key-canary-777"]', "canary"]
 )
 def test_alert_details_are_named_and_never_shown(canaries, portal_db, job_settings, details):
-    from mm_orchestration.jobs.alerts import send_alert
-    from mm_orchestration.resources import Mailer
+    from mm_orchestration.monitoring.alerts import send_alert
+    from mm_orchestration.platform.outbox.mailer import Mailer
 
     config = {"key": "k", "subject": "s", "body": "b", "details_json": details}
     text = _everything(
@@ -232,7 +232,7 @@ def test_alert_details_are_named_and_never_shown(canaries, portal_db, job_settin
 
 
 def test_a_retention_out_of_range_is_named_and_never_shown(canaries, portal_db):
-    from mm_orchestration.jobs.storage_retention import storage_retention
+    from mm_orchestration.features.retention.job import storage_retention
 
     for days in (7770777.0, {"env": "CANARY_NUMBER"}):
         config = {"ops": {"prune_dagster_runs": {"config": {"outbox_days": 1, "job_runs_days": 1,
@@ -249,8 +249,8 @@ def test_a_retention_out_of_range_is_named_and_never_shown(canaries, portal_db):
 
 
 def test_a_drill_method_from_the_resource_is_never_shown(portal_db, job_settings):
-    from mm_orchestration.jobs.backup_verify import backup_verify
-    from mm_orchestration.resources.restore_drill import RestoreDrill
+    from mm_orchestration.features.restore_drill.job import backup_verify
+    from mm_orchestration.features.restore_drill.resource import RestoreDrill
 
     resources = {
         "portal_db": portal_db,
@@ -264,8 +264,9 @@ def test_a_drill_method_from_the_resource_is_never_shown(portal_db, job_settings
 
 @pytest.mark.parametrize("url", [KEY, "SG.key-canary-777", "https://key-canary-777@s.example/1"])
 def test_a_portal_database_url_libpq_cannot_parse_is_never_shown(portal_db, job_settings, url):
-    from mm_orchestration.jobs.alerts import send_alert
-    from mm_orchestration.resources import Mailer, PortalDatabase
+    from mm_orchestration.monitoring.alerts import send_alert
+    from mm_orchestration.platform.database import PortalDatabase
+    from mm_orchestration.platform.outbox.mailer import Mailer
 
     config = {"ops": {"record_alert": {"config": {"key": "k", "subject": "s", "body": "b"}}}}
     resources = {"portal_db": PortalDatabase(url=url), "job_settings": job_settings,
@@ -278,7 +279,7 @@ def test_a_portal_database_url_libpq_cannot_parse_is_never_shown(portal_db, job_
 def test_a_direct_url_libpq_cannot_parse_is_never_shown(database_url):
     import psycopg
 
-    from mm_orchestration.resources import PortalDatabase
+    from mm_orchestration.platform.database import PortalDatabase
 
     db = PortalDatabase(url=database_url, direct_url=KEY)
     try:
@@ -295,8 +296,8 @@ def test_a_resource_field_out_of_range_is_never_shown(
 ):
     """pydantic quotes the input of a failed check (`input_value=...`): our resources and
     op configs leave it out."""
-    from mm_orchestration.jobs.alerts import send_alert
-    from mm_orchestration.resources import Mailer
+    from mm_orchestration.monitoring.alerts import send_alert
+    from mm_orchestration.platform.outbox.mailer import Mailer
 
     config = {
         "ops": {"record_alert": {"config": {"key": "k", "subject": "s", "body": "b"}}},

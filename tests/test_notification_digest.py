@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from mm_orchestration.jobs.notification_digest import notification_digest
+from mm_orchestration.features.digests.job import notification_digest
 from tests import factories as f
 from tests.conftest import run_job
 from tests.sendgrid_server import Reply
@@ -296,7 +296,7 @@ def test_the_schedule_runs_every_15_minutes_and_its_tick_is_the_window():
     from dagster import build_schedule_context
 
     from mm_orchestration.definitions import build_definitions
-    from mm_orchestration.settings import Settings
+    from mm_orchestration.platform.settings import Settings
 
     sched = build_definitions(Settings()).resolve_schedule_def("notification_digest_schedule")
     assert sched.cron_schedule == "*/15 * * * *"
@@ -318,7 +318,7 @@ def test_a_bad_now_fails_at_once_naming_the_field_and_sends_nothing(
     after three retries."""
     from dagster import DagsterEventType, DagsterInstance
 
-    from mm_orchestration.run_status import failure_summary
+    from mm_orchestration.monitoring.run_status import failure_summary
 
     with DagsterInstance.ephemeral() as instance:
         result = notification_digest.execute_in_process(
@@ -344,7 +344,7 @@ def test_a_bad_window_tag_is_refused_like_a_bad_now(conn, portal_db, mailer, job
     """An `mm/window` tag set by hand in the console is checked like the config's `now`."""
     from dagster import DagsterInstance
 
-    from mm_orchestration.run_status import failure_summary
+    from mm_orchestration.monitoring.run_status import failure_summary
 
     with DagsterInstance.ephemeral() as instance:
         result = notification_digest.execute_in_process(

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import psycopg
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from mm_orchestration.ledger import WINDOW_TAG
-from mm_orchestration.topology import Topology
+from mm_orchestration.local.topology import Topology
+from mm_orchestration.platform.ledger import WINDOW_TAG
 from tests import factories
 from tests.local_stack import graphql, wait_for
 from tests.sendgrid_server import SendGridRecorder

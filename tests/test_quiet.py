@@ -9,14 +9,14 @@ import sys
 
 from dagster import DagsterInstance, job, op
 
-from mm_orchestration.joblog import log_event
+from mm_orchestration.monitoring.joblog import log_event
 
 
 def test_loading_the_definitions_raises_no_dagster_warning() -> None:
     code = (
         "import warnings, dagster\n"
         "warnings.simplefilter('error')\n"
-        "from mm_orchestration.settings import Settings\n"
+        "from mm_orchestration.platform.settings import Settings\n"
         "from mm_orchestration.definitions import build_definitions\n"
         "build_definitions(Settings.from_env({})).get_repository_def()\n"
     )

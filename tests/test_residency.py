@@ -17,9 +17,9 @@ import pytest
 from dagster import DagsterInstance, materialize
 from psycopg.types.json import Jsonb
 
-from mm_orchestration.assets.residency import residency_report
-from mm_orchestration.download_server import make_server, serve_in_background
-from mm_orchestration.resources.report_store import ReportStore
+from mm_orchestration.console.downloads import make_server, serve_in_background
+from mm_orchestration.features.residency.asset import residency_report
+from mm_orchestration.platform.report_store import ReportStore
 from tests import factories as f
 from tests.sendgrid_server import Reply
 
@@ -248,7 +248,7 @@ def test_serve_reports_command_serves_the_store_of_the_settings(
 ):
     """`mm-jobs serve-reports` (production's download endpoint) reads MM_DATA_DIR's store,
     insists on a password, and stops cleanly on SIGTERM (systemd's stop)."""
-    from mm_orchestration.embedded_pg import free_port
+    from mm_orchestration.local.embedded_pg import free_port
     from tests.local_stack import own_env, start
 
     assert run(portal_db, mailer, job_settings, store).success
@@ -287,7 +287,7 @@ def s3(monkeypatch):
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from mm_orchestration.embedded_pg import free_port
+    from mm_orchestration.local.embedded_pg import free_port
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
@@ -309,7 +309,7 @@ def s3(monkeypatch):
 
 
 def test_s3_compatible_store_round_trip_and_tamper_check(s3):
-    from mm_orchestration.resources.report_store import ReportStoreError
+    from mm_orchestration.platform.report_store import ReportStoreError
 
     client, endpoint = s3
     store = ReportStore(s3_bucket="mm-reports", s3_endpoint_url=endpoint)
@@ -404,7 +404,7 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(
 
 
 def test_region_to_country_map_covers_every_row_kind():
-    from mm_orchestration.assets.residency import VENDORS, country
+    from mm_orchestration.features.residency.asset import VENDORS, country
 
     for region in (
         "ap-sydney-1",
@@ -433,7 +433,7 @@ def test_unknown_regions_are_exceptions_never_silent(
 ):
     """A region the map does not know is reported as unknown and counted as an exception,
     for a tenant's own data and for a vendor alike; two tenants sharing a name count twice."""
-    from mm_orchestration.assets import residency
+    from mm_orchestration.features.residency import asset as residency
 
     first = f.tenant(conn, name="Acme", region="mars-north-1")
     second = f.tenant(conn, name="Acme", region="ap-southeast-2")

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from dagster import DagsterEventType, DagsterInstance, SkipReason, build_run_status_sensor_context
 
-from mm_orchestration.jobs.invite_cleanup import invite_cleanup
-from mm_orchestration.resources import PortalDatabase
-from mm_orchestration.sensors.run_alerts import (
+from mm_orchestration.features.invitations.job import invite_cleanup
+from mm_orchestration.monitoring.run_alerts import (
     job_failure_sensor,
     job_recovery_sensor,
     manual_run_audit_sensor,
 )
+from mm_orchestration.platform.database import PortalDatabase
 from tests.conftest import create_database, drop_database
 
 
@@ -83,7 +83,7 @@ def test_failure_streak_and_recovery_alert_once_each(broken_db, portal_db):
 
 
 def test_the_audit_sensor_only_reconciles_runs_nobody_audited(portal_db, conn):
-    from mm_orchestration import audit
+    from mm_orchestration.platform import audit
 
     with DagsterInstance.ephemeral() as instance:
         manual = run(instance, portal_db, {"mm/actor": "olivia", "mm/trigger": "cli"})
@@ -114,8 +114,8 @@ def test_sla_alert_fires_once_for_a_slow_run_and_never_for_a_fast_one(monkeypatc
 
     from dagster import DagsterEvent, build_sensor_context
 
-    from mm_orchestration.jobs.share_link_expiry import share_link_expiry
-    from mm_orchestration.sensors.sla import overdue_runs, sla_sensor
+    from mm_orchestration.features.share_links.job import share_link_expiry
+    from mm_orchestration.monitoring.sla import overdue_runs, sla_sensor
 
     with DagsterInstance.ephemeral() as instance:
         run = instance.create_run_for_job(
@@ -132,7 +132,7 @@ def test_sla_alert_fires_once_for_a_slow_run_and_never_for_a_fast_one(monkeypatc
         with build_sensor_context(instance=instance) as context:
             result = sla_sensor(context)
         assert isinstance(result, SkipReason)  # really running for well under a minute
-        monkeypatch.setattr("mm_orchestration.sensors.sla.time.time", lambda: now + 61)
+        monkeypatch.setattr("mm_orchestration.monitoring.sla.time.time", lambda: now + 61)
         with build_sensor_context(instance=instance) as context:
             (request,) = sla_sensor(context).run_requests
     # Keyed by the run id: Dagster never launches a second alert for the same run key.

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from mm_orchestration.run_config import (
+from mm_orchestration.platform.run_config import (
     PlainValuesRunCoordinator,
     RunConfigRefused,
     environment_reads,
@@ -58,7 +58,7 @@ def test_the_run_coordinator_fails_a_run_that_reads_the_environment_before_it_is
 ):
     overrides = {
         "run_coordinator": {
-            "module": "mm_orchestration.run_config",
+            "module": "mm_orchestration.platform.run_config",
             "class": "PlainValuesRunCoordinator",
         }
     }

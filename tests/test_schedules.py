@@ -11,11 +11,12 @@ from zoneinfo import ZoneInfo
 import pytest
 from dagster import ScheduleDefinition, build_schedule_context
 
-from mm_orchestration import cli, inventory
-from mm_orchestration.cron import next_tick
+from mm_orchestration import cli
 from mm_orchestration.definitions import build_definitions
-from mm_orchestration.ledger import WINDOW_TAG
-from mm_orchestration.settings import Settings
+from mm_orchestration.platform import inventory
+from mm_orchestration.platform.cron import next_tick
+from mm_orchestration.platform.ledger import WINDOW_TAG
+from mm_orchestration.platform.settings import Settings
 
 SYDNEY = ZoneInfo("Australia/Sydney")
 
@@ -193,7 +194,7 @@ def test_failure_handling_says_what_the_code_does(spec):
 
 
 def test_shortest_interval_is_measured_on_dagsters_ticks():
-    from mm_orchestration.cron import shortest_interval
+    from mm_orchestration.platform.cron import shortest_interval
 
     after = datetime(2026, 11, 28, 10, 0, tzinfo=SYDNEY)
     assert shortest_interval("*/5 * * * *", "Australia/Sydney", after) == 300

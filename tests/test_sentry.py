@@ -6,14 +6,14 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance, build_run_status_sensor_context
 from sentry_sdk.transport import Transport
 
-from mm_orchestration.jobs.invite_cleanup import invite_cleanup
-from mm_orchestration.resources import PortalDatabase
-from mm_orchestration.resources.monitoring import Monitoring
-from mm_orchestration.sensors.sentry import (
+from mm_orchestration.features.invitations.job import invite_cleanup
+from mm_orchestration.monitoring.resource import Monitoring
+from mm_orchestration.monitoring.sentry_sensors import (
     sentry_run_failed_sensor,
     sentry_run_started_sensor,
     sentry_run_succeeded_sensor,
 )
+from mm_orchestration.platform.database import PortalDatabase
 from tests.conftest import create_database, drop_database
 
 
@@ -38,7 +38,7 @@ def sentry():
     yield monitoring, capture
     import sentry_sdk
 
-    from mm_orchestration.resources import monitoring as module
+    from mm_orchestration.monitoring import resource as module
 
     sentry_sdk.init(dsn=None)  # the rest of the suite runs without Sentry
     module._initialised.clear()

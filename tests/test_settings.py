@@ -7,9 +7,9 @@ import traceback
 import pytest
 import yaml
 
-from mm_orchestration import inventory
-from mm_orchestration.cron import ACCEPTED
-from mm_orchestration.settings import Settings, SettingsError
+from mm_orchestration.platform import inventory
+from mm_orchestration.platform.cron import ACCEPTED
+from mm_orchestration.platform.settings import Settings, SettingsError
 
 
 @pytest.mark.parametrize(
@@ -178,7 +178,7 @@ def test_the_digest_grace_is_whole_hours_from_0_to_48(value):
 
 
 def test_the_digest_grace_reaches_the_jobs():
-    from mm_orchestration.resources import JobSettings
+    from mm_orchestration.platform.job_settings import JobSettings
 
     settings = Settings.from_env({"MM_DIGEST_GRACE_HOURS": "3"})
     assert settings.digest_grace_hours == 3
@@ -188,7 +188,7 @@ def test_the_digest_grace_reaches_the_jobs():
 
 @pytest.mark.parametrize("port", ["5432x", "\u0665\u0664\u0663\u0662", "0", "65536", " 5432", ""])
 def test_dagster_storage_port_is_an_integer_setting_too(tmp_path, monkeypatch, port):
-    from mm_orchestration.instance import storage_url
+    from mm_orchestration.platform.instance import storage_url
 
     # dagster-postgres's own fields from the environment, as a hand-written (or an older)
     # dagster.yaml has them.

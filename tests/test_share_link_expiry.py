@@ -10,9 +10,9 @@ import psycopg
 import pytest
 from dagster import DagsterInstance
 
-from mm_orchestration.jobs.share_link_expiry import expire_due_links, share_link_expiry
-from mm_orchestration.ledger import TRIGGER_TAG, WINDOW_TAG
-from mm_orchestration.resources import Mailer
+from mm_orchestration.features.share_links.job import expire_due_links, share_link_expiry
+from mm_orchestration.platform.ledger import TRIGGER_TAG, WINDOW_TAG
+from mm_orchestration.platform.outbox.mailer import Mailer
 from tests import factories as f
 from tests.sendgrid_server import Reply
 

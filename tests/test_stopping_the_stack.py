@@ -17,10 +17,10 @@ import psutil
 import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 
-from mm_orchestration import inventory
-from mm_orchestration.db import connect
-from mm_orchestration.embedded_pg import EmbeddedPostgres, free_port
-from mm_orchestration.instance import write_home
+from mm_orchestration.local.embedded_pg import EmbeddedPostgres, free_port
+from mm_orchestration.platform import inventory
+from mm_orchestration.platform.db import connect
+from mm_orchestration.platform.instance import write_home
 from tests.local_stack import graphql, own_env, start, wait_until_serving
 from tests.sendgrid_server import Reply, SendGridRecorder
 

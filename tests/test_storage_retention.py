@@ -7,8 +7,8 @@ import time
 from dagster import DagsterInstance
 from psycopg import sql
 
-from mm_orchestration.jobs.invite_cleanup import invite_cleanup
-from mm_orchestration.jobs.storage_retention import storage_retention
+from mm_orchestration.features.invitations.job import invite_cleanup
+from mm_orchestration.features.retention.job import storage_retention
 
 
 def test_old_runs_and_rows_go_recent_ones_and_evidence_stay(conn, portal_db):

@@ -46,8 +46,8 @@ def test_servers_start_from_a_private_folder_whoever_runs_the_suite(tmp_path):
     starts still starts, its binaries copied where that user can run them."""
     import shutil
 
-    from mm_orchestration.db import connect
-    from mm_orchestration.embedded_pg import EmbeddedPostgres
+    from mm_orchestration.local.embedded_pg import EmbeddedPostgres
+    from mm_orchestration.platform.db import connect
     from tests.pg_versions import pg_bin_dir
 
     private = tmp_path / "home"

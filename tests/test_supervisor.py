@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mm_orchestration.embedded_pg import free_port
-from mm_orchestration.supervisor import Command, Supervisor
+from mm_orchestration.local.embedded_pg import free_port
+from mm_orchestration.local.supervisor import Command, Supervisor
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Text from portal rows, made safe for subject lines and the console's Markdown."""
 
-from mm_orchestration.resources.mailer import Email
-from mm_orchestration.text import markdown_cell, markdown_table, one_line
+from mm_orchestration.platform.outbox.mailer import Email
+from mm_orchestration.platform.text import markdown_cell, markdown_table, one_line
 
 
 def test_one_line_keeps_text_visible_and_short():

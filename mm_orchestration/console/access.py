@@ -32,10 +32,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from mm_orchestration import inventory
-from mm_orchestration.addresses import address_problem, domain_of
 from mm_orchestration.console.refusals import REFUSALS_PER_WINDOW
-from mm_orchestration.settings import SettingsError
+from mm_orchestration.platform import inventory
+from mm_orchestration.platform.outbox.addresses import address_problem, domain_of
+from mm_orchestration.platform.settings import SettingsError
 
 ROLES = ("viewer", "operator", "admin")
 AUTH_MODES = ("proxy", "local")

@@ -44,8 +44,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from mm_orchestration import audit, audit_trail
 from mm_orchestration.console.access import ConsoleAccess, Identity, origin_of
+from mm_orchestration.console.downloads import lookup, report_of
 from mm_orchestration.console.gate import (
     IDENTITY_SCOPE_KEY,
     AuditUnavailable,
@@ -54,9 +54,10 @@ from mm_orchestration.console.gate import (
     ConsoleRefusal,
     ended_by,
 )
-from mm_orchestration.db import connect
-from mm_orchestration.download_server import lookup, report_of
-from mm_orchestration.resources.report_store import ReportStore
+from mm_orchestration.features.audit_trail import query as audit_trail
+from mm_orchestration.platform import audit
+from mm_orchestration.platform.db import connect
+from mm_orchestration.platform.report_store import ReportStore
 
 log = logging.getLogger("mm.console")
 

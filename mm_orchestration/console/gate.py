@@ -46,7 +46,6 @@ from dagster._core.storage.tags import (
 from graphql import GraphQLError, GraphQLResolveInfo, OperationType, get_named_type
 from graphql.type import GraphQLInputObjectType, GraphQLUnionType
 
-from mm_orchestration import audit, run_config
 from mm_orchestration.console.access import OPERATOR_ASSETS, OPERATOR_JOBS, Identity
 from mm_orchestration.console.mutations import (
     CODE_READS,
@@ -56,8 +55,9 @@ from mm_orchestration.console.mutations import (
     Mutation,
 )
 from mm_orchestration.console.refusals import RefusalLimiter
-from mm_orchestration.db import connect
-from mm_orchestration.ledger import ACTOR_TAG
+from mm_orchestration.platform import audit, run_config
+from mm_orchestration.platform.db import connect
+from mm_orchestration.platform.ledger import ACTOR_TAG
 
 IDENTITY_SCOPE_KEY = "mm.identity"
 log = logging.getLogger("mm.console")
@@ -708,7 +708,7 @@ def _unreadable(exc: BaseException) -> str:
 def _seed_name(job: str) -> str:
     """The inventory's name of a job (`share-link-expiry`), as the other audit entries and
     the ledger name it; a job outside the inventory keeps Dagster's name."""
-    from mm_orchestration import inventory
+    from mm_orchestration.platform import inventory
 
     try:
         return inventory.get(job).name

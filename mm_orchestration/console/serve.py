@@ -19,7 +19,7 @@ from mm_orchestration.console.access import ConsoleAccess
 from mm_orchestration.console.app import ConsoleWebserver, IdentityFront
 from mm_orchestration.console.gate import ConsoleAudit
 from mm_orchestration.console.refusals import RefusalLimiter
-from mm_orchestration.settings import Settings, SettingsError
+from mm_orchestration.platform.settings import Settings, SettingsError
 
 # dagster-webserver's own defaults (dagster_webserver.cli).
 DB_STATEMENT_TIMEOUT_MS = 15_000
@@ -31,7 +31,7 @@ def build_app(
     process_context: Any, access: ConsoleAccess, settings: Settings, database_url: str
 ) -> IdentityFront:
     """The ASGI app: the front around dagster-webserver's app (with our routes)."""
-    from mm_orchestration.resources.report_store import ReportStore
+    from mm_orchestration.platform.report_store import ReportStore
 
     audit_log = ConsoleAudit(database_url, RefusalLimiter(access.refusals_per_minute))
     webserver = ConsoleWebserver(
@@ -94,7 +94,7 @@ def serve(workspace: Path, host: str, port: int, log_level: str = "warning") -> 
     from dagster._core.workspace.load_target import WorkspaceFileTarget
     from dagster_webserver.version import __version__
 
-    from mm_orchestration.instance import open_instance
+    from mm_orchestration.platform.instance import open_instance
 
     access = ConsoleAccess.from_env()
     host = check_binding(host, access)

@@ -1,1 +1,0 @@
-"""Reports and rollups as partitioned Dagster assets."""

@@ -1,0 +1,1 @@
+"""The hourly analytics rollup of portal activity."""

@@ -1,0 +1,3 @@
+"""The notification digest: each person's unread notifications, once per period in their
+own time zone.
+"""

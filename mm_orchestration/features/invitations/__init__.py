@@ -1,0 +1,1 @@
+"""Invite cleanup: invitations nobody accepted in time expire."""

@@ -1,0 +1,1 @@
+"""Backup verify: the monthly restore drill, timed against the RTO and RPO."""

@@ -1,0 +1,1 @@
+"""Storage retention: Dagster's own run history kept to its configured age."""

@@ -1,0 +1,3 @@
+"""The daily tenant health check: storage, seats, overdue milestones, and the alerts they
+call for.
+"""

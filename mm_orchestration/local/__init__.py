@@ -1,0 +1,3 @@
+"""What only development uses, never production: the embedded PostgreSQL, the supervisor,
+the local topologies and demo data.
+"""

@@ -1,0 +1,3 @@
+"""How the system watches itself: run alerts, SLA, Sentry, structured logs and the job-
+health dashboard.
+"""

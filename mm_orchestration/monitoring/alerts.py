@@ -1,0 +1,156 @@
+"""send_alert: the one path every escalation takes, as a normal, retried, visible run.
+
+Sensors (the DLQ depth sensor today; run failures and SLAs later) do not send email
+themselves: they request a run of this job with what to say and to whom. The run
+writes the alert to the outbox (its key makes a repeated request harmless), records
+it in `ops.audit_log`, and delivers it.
+"""
+
+import json
+from typing import Any, Literal
+
+from dagster import Backoff, OpExecutionContext, RetryPolicy, RunRequest, job, op
+from pydantic import Field, field_validator
+
+from mm_orchestration.monitoring.joblog import log_event
+from mm_orchestration.platform import audit
+from mm_orchestration.platform.config_models import OpConfig
+from mm_orchestration.platform.database import PortalDatabase
+from mm_orchestration.platform.job_settings import JobSettings
+from mm_orchestration.platform.outbox import conclude, deliver_pending, enqueue, finished_runs
+from mm_orchestration.platform.outbox.mailer import Email, Mailer
+from mm_orchestration.platform.scheduling import JOB_TAG
+from mm_orchestration.platform.text import NOT_SHOWN
+
+ALERT_KIND = "alert"
+
+
+class AlertConfig(OpConfig):
+    """One alert. `key` makes it idempotent: the same key is sent at most once."""
+
+    key: str = Field(description="Idempotency key, e.g. dlq-depth:alert:<episode start>")
+    contact: Literal["reliability", "compliance", "admin"] = Field(
+        default="reliability", description="reliability, compliance or admin"
+    )
+    subject: str = Field(description="The email's subject")
+    body: str = Field(description="What happened and what to do next")
+    action: str = Field(default="alert", description="The audit log's action")
+    source_job: str = Field(default="", description="The job the alert is about")
+    details_json: str = Field(default="{}", description="Extra facts for the audit log (JSON)")
+
+    @field_validator("details_json")
+    @classmethod
+    def _a_json_object(cls, value: str) -> str:
+        """Named, never quoted (the field may read an environment variable); json's own
+        message says only where it stopped (line and column), which is kept."""
+        try:
+            parsed = json.loads(value or "{}")
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"details_json is not JSON ({exc.msg} at line {exc.lineno} column "
+                f"{exc.colno}); {NOT_SHOWN}"
+            ) from None
+        except ValueError:
+            raise ValueError(f"details_json is not JSON; {NOT_SHOWN}") from None
+        if not isinstance(parsed, dict):
+            raise ValueError(f"details_json must be a JSON object ({{...}}); {NOT_SHOWN}")
+        return value
+
+
+def render_alert(key: str, row: dict[str, Any]) -> Email:
+    return Email(
+        key=key,
+        recipient=row["recipient"],
+        subject=row["subject"],
+        text=row["body"],
+        categories=("mm-alert",),
+    )
+
+
+@op(tags={"kind": "postgres"})
+def record_alert(
+    context: OpExecutionContext,
+    config: AlertConfig,
+    portal_db: PortalDatabase,
+    job_settings: JobSettings,
+) -> str:
+    """Queue the alert email and write its audit entry, in one transaction."""
+    details = json.loads(config.details_json or "{}")
+    recipient = job_settings.contact(config.contact)
+    with portal_db.connection() as conn:
+        queued = enqueue(
+            conn,
+            config.key,
+            ALERT_KIND,
+            recipient,
+            {"subject": config.subject, "body": config.body, **details},
+        )
+        if queued:
+            audit.record(
+                conn,
+                "alerting",
+                config.action,
+                config.source_job or None,
+                context.run_id,
+                {
+                    "key": config.key,
+                    "contact": config.contact,
+                    "subject": config.subject,
+                    **details,
+                },
+            )
+    log_event(
+        "alert.queued" if queued else "alert.duplicate",
+        jobName=config.source_job,
+        runId=context.run_id,
+        key=config.key,
+        contact=config.contact,
+    )
+    return config.key
+
+
+@op(
+    retry_policy=RetryPolicy(max_retries=3, delay=30, backoff=Backoff.EXPONENTIAL),
+    tags={"kind": "sendgrid"},
+)
+def deliver_alerts(
+    context: OpExecutionContext, key: str, portal_db: PortalDatabase, mailer: Mailer
+) -> None:
+    """Deliver every alert still waiting in the outbox."""
+    report = deliver_pending(
+        portal_db, mailer, [ALERT_KIND], render_alert, context.run_id,
+        finished_runs(context.instance), must_reach=True,
+    )  # fmt: skip
+    context.add_output_metadata(conclude(portal_db, report, [ALERT_KIND], context.run_id, "alert"))
+
+
+@job(description=__doc__, tags={JOB_TAG: "send-alert"})
+def send_alert() -> None:
+    deliver_alerts(record_alert())
+
+
+def alert_request(
+    key: str,
+    contact: str,
+    subject: str,
+    body: str,
+    action: str,
+    source_job: str,
+    details: dict[str, Any],
+    tag: str,
+) -> RunRequest:
+    """What a sensor returns to send one alert: a send_alert run, keyed so it runs once."""
+    config = {
+        "key": key,
+        "contact": contact,
+        "subject": subject,
+        "body": body,
+        "action": action,
+        "source_job": source_job,
+        "details_json": json.dumps(details),
+    }
+    return RunRequest(
+        run_key=key,
+        run_config={"ops": {"record_alert": {"config": config}}},
+        tags={"mm/trigger": "sensor", "mm/alert": tag},
+    )

@@ -1,0 +1,67 @@
+"""Sentry, initialised once per process from SENTRY_DSN; nothing at all without one."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import sentry_sdk
+import urllib3
+from dagster import ConfigurableResource
+from pydantic import Field
+from sentry_sdk.integrations.logging import LoggingIntegration
+from sentry_sdk.transport import HttpTransport
+
+from mm_orchestration.platform.config_models import QUIET
+
+_initialised: dict[str, Any] = {}
+
+
+def bounded_transport(connect: float, read: float) -> type[HttpTransport]:
+    """Sentry's HTTP transport with our connect and read timeouts (the SDK's default is
+    one 30 s total). It sends from a background thread; `flush` waits at most 5 s."""
+
+    class BoundedHttpTransport(HttpTransport):
+        def _get_pool_options(self) -> dict[str, Any]:
+            options = super()._get_pool_options()
+            options["timeout"] = urllib3.Timeout(connect=connect, read=read)
+            return options
+
+    return BoundedHttpTransport
+
+
+class Monitoring(ConfigurableResource):
+    """Where errors, run transactions and Crons check-ins go."""
+
+    model_config = QUIET  # a refused field's value never shows in pydantic's error
+
+    dsn: str | None = Field(default=None, description="EnvVar('SENTRY_DSN'); unset: disabled")
+    environment: str = Field(default="development", description="MM_ENV")
+    timezone: str = Field(default="Australia/Sydney", description="MM_TIMEZONE (check-ins)")
+    crons: dict[str, str] = Field(
+        default_factory=dict, description="Each job's cron here (MM_ENV, MM_SCHEDULE_OVERRIDES)"
+    )
+    http_connect_timeout: float = Field(default=10.0, gt=0, description="MM_HTTP_CONNECT_TIMEOUT")
+    http_read_timeout: float = Field(default=30.0, gt=0, description="MM_HTTP_READ_TIMEOUT")
+
+    def start(self, transport: Any = None) -> bool:
+        """Initialise the SDK once for this process; False when monitoring is off."""
+        if not self.dsn:
+            return False
+        if _initialised.get("dsn") != self.dsn or transport is not None:
+            sentry_sdk.init(
+                dsn=self.dsn,
+                environment=self.environment,
+                traces_sample_rate=1.0,
+                send_default_pii=False,
+                transport=transport
+                or bounded_transport(self.http_connect_timeout, self.http_read_timeout),
+                # Errors are reported once, by the run sensors, with their tags; log
+                # records stay breadcrumbs instead of becoming events of their own.
+                integrations=[LoggingIntegration(level=logging.INFO, event_level=None)],
+            )
+            _initialised["dsn"] = self.dsn
+        return True
+
+    def flush(self) -> None:
+        sentry_sdk.flush(timeout=5)

@@ -1,0 +1,197 @@
+"""Run alerts and the manual-run audit, for every job, through the one alert path.
+
+- `job_failure_sensor`: a run that failed (after its op retries) requests one
+  `send_alert` run to the job's escalation target from the inventory; when it is the
+  Nth failure in a row (the inventory's `consecutive_failures_alert`, default 2) it
+  also requests one "consecutive failures" alert for the streak.
+- `job_recovery_sensor`: the first success after such a streak sends one recovery notice.
+- `manual_run_audit_sensor`: reconciliation only. The console and `mm-jobs run` audit a
+  launch at the moment it is asked for, with the person (mm_orchestration.console.gate,
+  cli.cmd_run); a run that no schedule, sensor or backfill started and that no audit entry
+  names (launched around them, e.g. straight into the instance) gets a `manual_run` entry
+  saying it was found afterwards, with the `mm/actor` tag if any ('unknown' otherwise).
+
+Alerts about `send_alert` itself are never requested, so alerting cannot loop.
+"""
+
+from typing import Any
+
+from dagster import (
+    DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
+    RunRequest,
+    RunsFilter,
+    RunStatusSensorContext,
+    SkipReason,
+)
+
+from mm_orchestration.monitoring.alerts import alert_request, send_alert
+from mm_orchestration.monitoring.every_run import every_run_sensor
+from mm_orchestration.monitoring.run_status import failure_summary, tag_failure
+from mm_orchestration.platform.audit import masked, record_once_per_run
+from mm_orchestration.platform.database import PortalDatabase
+from mm_orchestration.platform.ledger import ACTOR_TAG, OUTCOME_TAG
+from mm_orchestration.platform.scheduling import spec_for_run
+from mm_orchestration.platform.text import one_line
+
+FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE]
+
+
+def failures_before(instance: DagsterInstance, run: DagsterRun, limit: int = 50) -> list[str]:
+    """Run ids of the unbroken run of failures of `run`'s job just before `run`, newest first."""
+    runs = instance.get_runs(
+        filters=RunsFilter(job_name=run.job_name, statuses=FINISHED), limit=limit
+    )
+    ids = [other.run_id for other in runs]  # newest first
+    earlier = runs[ids.index(run.run_id) + 1 :] if run.run_id in ids else []
+    streak: list[str] = []
+    for other in earlier:
+        if other.tags.get(OUTCOME_TAG) == "skipped":
+            continue  # a run that found its window done proves nothing either way
+        if other.status != DagsterRunStatus.FAILURE:
+            break
+        streak.append(other.run_id)
+    return streak
+
+
+def failure_streak(instance: DagsterInstance, run: DagsterRun) -> list[str]:
+    """Run ids of the consecutive failures ending with (and including) the failed `run`."""
+    return [run.run_id, *failures_before(instance, run)]
+
+
+def _alert(
+    key: str,
+    contact: str,
+    subject: str,
+    body: str,
+    action: str,
+    job: str,
+    details: dict[str, Any],
+) -> RunRequest:
+    return alert_request(key, contact, subject, body, action, job, details, tag=action)
+
+
+# Every 10 s rather than Dagster's 30: a failure should reach its owner within a minute.
+@every_run_sensor(
+    "job_failure_sensor",
+    DagsterRunStatus.FAILURE,
+    request_job=send_alert,
+    minimum_interval_seconds=10,
+)
+def job_failure_sensor(context: RunStatusSensorContext) -> list[RunRequest] | SkipReason:
+    run = context.dagster_run
+    # Every failed run shows its one-line reason in the run list, inventory job or not.
+    message = failure_summary(context.instance, run.run_id)
+    tag_failure(context.instance, run.run_id, message)
+    spec = spec_for_run(run)
+    if run.job_name == send_alert.name or spec is None:
+        return SkipReason(f"{run.job_name} is not an inventory job: no alert")
+    # A run launched by a person (console, `mm-jobs run`): the alert says who.
+    actor = run.tags.get(ACTOR_TAG)
+    launched = f"\n\nLaunched by {actor}." if actor else ""
+    requests = [
+        _alert(
+            f"job-failed:{run.run_id}",
+            spec.escalate_to,
+            f"{spec.name} failed: {one_line(message, 90)}",
+            f"{message}\n\nThe {spec.name} run {run.run_id} failed after its retries.\n\n"
+            f"What it does: {spec.purpose}. Failure handling: {spec.failure_handling}.\n"
+            f"Open the run in the job console, fix the cause, then rerun it "
+            f"(`mm-jobs run {spec.name}`).{launched}",
+            "job_failure_alert",
+            spec.name,
+            {"run_id": run.run_id, "actor": actor},
+        )
+    ]
+    streak = failure_streak(context.instance, run)
+    if len(streak) == spec.consecutive_failures_alert:
+        first = streak[-1]
+        requests.append(
+            _alert(
+                f"job-streak:{spec.name}:{first}",
+                spec.escalate_to,
+                f"{spec.name} has failed {len(streak)} runs in a row",
+                f"{spec.name} has failed {len(streak)} consecutive runs (since run {first}). "
+                "One notice is sent per streak; the first success after it sends a recovery.",
+                "job_consecutive_failures",
+                spec.name,
+                {"runs": streak},
+            )
+        )
+    return requests
+
+
+@every_run_sensor(
+    "job_recovery_sensor",
+    DagsterRunStatus.SUCCESS,
+    request_job=send_alert,
+    minimum_interval_seconds=10,
+)
+def job_recovery_sensor(context: RunStatusSensorContext) -> RunRequest | SkipReason:
+    run = context.dagster_run
+    spec = spec_for_run(run)
+    if run.job_name == send_alert.name or spec is None:
+        return SkipReason(f"{run.job_name} is not an inventory job")
+    if run.tags.get(OUTCOME_TAG) == "skipped":
+        return SkipReason(f"{spec.name} run {run.run_id[:8]} was skipped: it proves no recovery")
+    streak = len(failures_before(context.instance, run))
+    if streak < spec.consecutive_failures_alert:
+        return SkipReason(f"{spec.name} succeeded after {streak} failure(s): no streak to close")
+    return _alert(
+        f"job-recovered:{spec.name}:{run.run_id}",
+        spec.escalate_to,
+        f"{spec.name} recovered",
+        f"{spec.name} succeeded (run {run.run_id}) after {streak} consecutive failures.",
+        "job_recovery",
+        spec.name,
+        {"run_id": run.run_id, "failures": streak},
+    )
+
+
+def is_manual(run: DagsterRun) -> bool:
+    """Neither a schedule, a sensor nor a backfill started it."""
+    tags = run.tags
+    return not any(
+        key in tags for key in ("dagster/schedule_name", "dagster/sensor_name", "dagster/backfill")
+    )
+
+
+def audit_manual_run(portal_db: PortalDatabase, run: DagsterRun) -> bool:
+    """An entry for a manual run that has none; returns whether this call wrote it."""
+    details = {
+        "config": masked(run.run_config),
+        "reconciled": "no entry was written when this run was launched",
+        "trigger": run.tags.get("mm/trigger", "unknown"),
+        "tags": {k: v for k, v in run.tags.items() if k.startswith("mm/")},
+    }
+    spec = spec_for_run(run)
+    job = spec.name if spec else run.job_name
+    with portal_db.connection() as conn:
+        # Only a run no entry names yet: the console's and the CLI's entries carry its id.
+        return record_once_per_run(
+            conn,
+            run.tags.get(ACTOR_TAG) or "unknown",
+            "manual_run",
+            job,
+            run.run_id,
+            details,
+            target=job,
+            outcome="reconciled",
+        )
+
+
+@every_run_sensor("manual_run_audit_sensor", DagsterRunStatus.STARTED, minimum_interval_seconds=10)
+def manual_run_audit_sensor(
+    context: RunStatusSensorContext, portal_db: PortalDatabase
+) -> SkipReason:
+    run = context.dagster_run
+    if not is_manual(run):
+        return SkipReason(f"run {run.run_id[:8]} was started by a schedule, sensor or backfill")
+    wrote = audit_manual_run(portal_db, run)
+    actor = run.tags.get(ACTOR_TAG) or "unknown"
+    return SkipReason(
+        f"run {run.run_id[:8]} of {run.job_name} (by {actor}) had no audit entry: reconciled"
+        if wrote
+        else f"run {run.run_id[:8]} was audited when it was launched"
+    )

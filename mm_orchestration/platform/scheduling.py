@@ -1,0 +1,218 @@
+"""Schedules, retry policies and run tags, generated from the job inventory."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from dagster import (
+    Backoff,
+    DagsterRun,
+    DefaultScheduleStatus,
+    ExecutorDefinition,
+    Jitter,
+    JobDefinition,
+    RetryPolicy,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    SkipReason,
+    define_asset_job,
+    in_process_executor,
+    multiprocess_executor,
+    schedule,
+)
+
+from mm_orchestration.platform import inventory
+from mm_orchestration.platform.cron import shortest_interval
+from mm_orchestration.platform.inventory import JobSpec
+from mm_orchestration.platform.ledger import TRIGGER_TAG, WINDOW_TAG
+from mm_orchestration.platform.settings import Settings
+
+JOB_TAG = "mm/job"
+
+
+def spec_for_run(run: DagsterRun) -> JobSpec | None:
+    """The inventory entry a Dagster run belongs to: its mm/job tag (or job name), else,
+    for a materialisation launched from the asset graph, the job that owns its assets."""
+    try:
+        return inventory.get(run.tags.get(JOB_TAG, run.job_name))
+    except inventory.UnknownJobError:
+        pass
+    selected = {key.to_user_string() for key in run.asset_selection or ()}
+    return next((spec for spec in inventory.INVENTORY if selected & set(spec.assets)), None)
+
+
+def retry_policy(spec: JobSpec) -> RetryPolicy | None:
+    """The seed's retry count, with exponential backoff and jitter."""
+    if spec.retries <= 0:
+        return None
+    return RetryPolicy(
+        max_retries=spec.retries,
+        delay=spec.retry_delay_seconds,
+        backoff=Backoff.EXPONENTIAL,
+        jitter=Jitter.PLUS_MINUS,
+    )
+
+
+def job_tags(spec: JobSpec) -> dict[str, str]:
+    """Tags every run of the job carries: its inventory name (the queue's per-job limit
+    keys on it) and the hard runtime limit that run monitoring enforces."""
+    return {JOB_TAG: spec.name, "dagster/max_runtime": str(spec.max_runtime_seconds)}
+
+
+def pod_tags(spec: JobSpec) -> dict[str, str]:
+    """The pod size the Kubernetes run launcher gives each run of the job (its
+    `dagster-k8s/config` tag); only where that launcher is configured (MM_RUN_LAUNCHER=k8s),
+    so that run lists elsewhere are not cluttered with it."""
+    pod = spec.resources
+    k8s = {
+        "container_config": {
+            "resources": {
+                "requests": {"cpu": pod.cpu, "memory": pod.memory},
+                "limits": {"memory": pod.memory_limit},
+            }
+        }
+    }
+    return {"dagster-k8s/config": json.dumps(k8s)}
+
+
+def with_pod_tags(job: Any, spec: JobSpec) -> Any:
+    """`job` again, its runs also tagged with the pod size (see pod_tags)."""
+    tags = {**job.tags, **pod_tags(spec)}
+    if isinstance(job, JobDefinition):
+        return job.graph.to_job(
+            name=job.name, description=job.description, tags=tags, executor_def=job.executor_def
+        )
+    return define_asset_job(
+        job.name,
+        selection=job.selection,
+        config=job.config,
+        description=job.description,
+        tags=tags,
+        executor_def=job.executor_def,
+    )
+
+
+def runtime_limit(spec: JobSpec, settings: Settings) -> dict[str, str]:
+    """A scheduled run's hard limit when its schedule here (staging, an override) ticks
+    more often than the inventory's limit allows: stopped before the next tick is due,
+    though never before its SLA. Empty when the job's own limit already fits."""
+    interval = shortest_interval(settings.cron_for(spec), settings.timezone)
+    if interval >= spec.max_runtime_seconds:
+        return {}
+    return {"dagster/max_runtime": str(max(interval, spec.sla_seconds))}
+
+
+WINDOW_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+# An ISO 8601 instant that says its offset: a wall time alone would be a guess at the zone,
+# and fromisoformat alone also takes dates, ISO weeks and compact forms.
+_INSTANT = re.compile(
+    r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:\d{2})", re.ASCII
+)
+
+
+def window_key(scheduled_for: datetime) -> str:
+    """A tick's window, in UTC so the repeated hour at the end of daylight saving
+    still gives two different windows."""
+    return scheduled_for.astimezone(UTC).strftime(WINDOW_FORMAT)
+
+
+def tick_of(key: str) -> datetime:
+    """The tick a `window_key` names (UTC); ValueError for any other text (its message
+    never quotes `key`, which a run's tag or a person supplies)."""
+    try:
+        return datetime.strptime(key.strip(), WINDOW_FORMAT).replace(tzinfo=UTC)
+    except ValueError:  # strptime's message quotes the text
+        raise ValueError("not a window key (a UTC tick like 2026-11-30T08:00:00Z)") from None
+
+
+def parse_instant(value: str) -> datetime:
+    """`2026-11-30T08:00:00+11:00` or `...Z` as an instant in UTC; ValueError for anything
+    else (no offset, a date alone, an ISO week, a year the calendar cannot hold), its
+    message never quoting `value`."""
+    if not _INSTANT.fullmatch(value.strip()):
+        raise ValueError("not an instant with its offset")
+    try:
+        return datetime.fromisoformat(value.strip().replace("Z", "+00:00")).astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("not a date and time the calendar has") from None
+
+
+def inventory_schedule(
+    spec: JobSpec,
+    job: JobDefinition | Any,
+    settings: Settings,
+    should_run: Callable[[datetime], str | None] | None = None,
+    window: Callable[[datetime], str] = window_key,
+) -> ScheduleDefinition:
+    """The schedule of `spec`, in the configured time zone, running from the start.
+
+    `should_run(tick)` may return a reason to skip a tick (the first-business-day rule);
+    `window(tick)` names the window a tick's run is responsible for (default: the tick).
+    """
+    limit = runtime_limit(spec, settings)
+
+    @schedule(
+        name=f"{spec.dagster_name}_schedule",
+        job=job,
+        cron_schedule=settings.cron_for(spec),
+        execution_timezone=settings.timezone,
+        default_status=DefaultScheduleStatus.RUNNING,
+        description=f"{spec.purpose}. {spec.failure_handling}.",
+        tags={JOB_TAG: spec.name},
+    )
+    def _schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
+        tick = context.scheduled_execution_time
+        assert tick is not None
+        if should_run is not None:
+            reason = should_run(tick)
+            if reason:
+                return SkipReason(reason)
+        key = window(tick)
+        return RunRequest(run_key=key, tags={WINDOW_TAG: key, TRIGGER_TAG: "schedule", **limit})
+
+    return _schedule
+
+
+def partitioned_schedule(
+    spec: JobSpec,
+    job: Any,
+    settings: Settings,
+    timezone: str,
+    partitions: Callable[[datetime], list[tuple[str, str]]],
+) -> ScheduleDefinition:
+    """The schedule of a partitioned asset job: each tick requests the partitions that
+    `partitions(tick)` names, as (partition key, purpose) pairs."""
+    limit = runtime_limit(spec, settings)
+
+    @schedule(
+        name=f"{spec.dagster_name}_schedule",
+        job=job,
+        cron_schedule=settings.cron_for(spec),
+        execution_timezone=timezone,
+        default_status=DefaultScheduleStatus.RUNNING,
+        description=f"{spec.purpose}. {spec.failure_handling}.",
+        tags={JOB_TAG: spec.name},
+    )
+    def _schedule(context: ScheduleEvaluationContext) -> list[RunRequest]:
+        tick = context.scheduled_execution_time
+        assert tick is not None
+        return [
+            RunRequest(
+                run_key=f"{key}:{purpose}:{window_key(tick)}",
+                partition_key=key,
+                tags={TRIGGER_TAG: "schedule", "mm/purpose": purpose, **limit},
+            )
+            for key, purpose in partitions(tick)
+        ]
+
+    return _schedule
+
+
+def executor_for(spec: JobSpec) -> ExecutorDefinition:
+    """The executor the inventory chose for the job (see inventory.Executor)."""
+    return in_process_executor if spec.executor == "in_process" else multiprocess_executor

@@ -1,0 +1,86 @@
+"""Dagster's storage from one libpq connection string, in any form libpq accepts.
+
+dagster-postgres takes either separate fields (user, password, host, port, database, a
+few params) or a SQLAlchemy URL, so a Unix socket folder, several hosts, `hostaddr`,
+`options`, `sslrootcert` or a `key=value` string cannot be said through it, and a
+libpq URL handed over as it is would be read by SQLAlchemy 2.1 with the wrong driver.
+This storage takes the string the way operators already write `DATABASE_URL` and gives
+dagster-postgres the equivalent SQLAlchemy URL (`sqlalchemy_url`). In dagster.yaml:
+
+    storage:
+      custom:
+        module: mm_orchestration.platform.storage
+        class: ConnectionStringStorage
+        config:
+          connection_string: {env: DAGSTER_DATABASE_URL}
+
+The value stays an `{env: ...}` reference in the file and in what Dagster passes to run
+processes, so the password is only ever in the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+import psycopg
+from dagster import Field, StringSource
+from dagster._serdes import ConfigurableClassData
+from dagster_postgres import DagsterPostgresStorage
+from psycopg.conninfo import conninfo_to_dict
+
+SETTING = "DAGSTER_DATABASE_URL"
+
+
+def sqlalchemy_url(conninfo: str) -> str:
+    """A libpq connection string (URL or `key=value`) as the SQLAlchemy URL dagster-postgres
+    takes. Every parameter travels in the query and reaches psycopg2 as libpq has it, so a
+    socket directory, an IPv6 host, an encoded password, `sslmode` or `options` all survive;
+    psycopg2 is named because SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3.
+
+    SQLAlchemy reads `host` and `port` itself (its multi-host form) and refuses two things
+    libpq allows: one port for several hosts, and several ports with `hostaddr` alone. So
+    the one port is given once per host, and `hostaddr` alone gets as many empty host
+    names (libpq then uses each address as it is).
+
+    Raises psycopg.ProgrammingError when libpq cannot parse `conninfo`."""
+    params = conninfo_to_dict(conninfo)
+    hosts, ports = (str(params.get(key) or "").split(",") for key in ("host", "port"))
+    if "port" in params and len(ports) == 1 and len(hosts) > 1:
+        params["port"] = ",".join(ports * len(hosts))
+    if "host" not in params and len(ports) > 1:
+        params["host"] = "," * (len(ports) - 1)
+    return "postgresql+psycopg2:///?" + urlencode(params)
+
+
+class ConnectionStringStorage(DagsterPostgresStorage):
+    """Dagster's run, event-log and schedule storage in PostgreSQL, configured by one
+    libpq connection string (`connection_string`, usually `{env: DAGSTER_DATABASE_URL}`)."""
+
+    @classmethod
+    def config_type(cls) -> dict[str, Any]:
+        return {
+            "connection_string": Field(
+                StringSource,
+                description=f"A libpq connection string (URL or key=value), e.g. from {SETTING}",
+            ),
+            "should_autocreate_tables": Field(bool, is_required=False, default_value=True),
+        }
+
+    @classmethod
+    def from_config_value(  # type: ignore[override]
+        cls, inst_data: ConfigurableClassData | None, config_value: dict[str, Any]
+    ) -> ConnectionStringStorage:
+        try:
+            url = sqlalchemy_url(config_value["connection_string"])
+        except psycopg.ProgrammingError:
+            # libpq's message quotes the string, password included: name the setting only.
+            raise ValueError(
+                f"Dagster's storage: connection_string ({SETTING}) is not a connection "
+                "string libpq accepts (a postgresql:// URL or key=value pairs)"
+            ) from None
+        return cls(
+            postgres_url=url,
+            should_autocreate_tables=config_value.get("should_autocreate_tables", True),
+            inst_data=inst_data,
+        )

@@ -1,1 +1,0 @@
-"""Cross-cutting sensors: DLQ depth, run alerts, audit."""
