@@ -34,7 +34,7 @@ def main() -> int:
     started = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly",
-         "tests/test_digest_property.py"],
+         "tests/features/digests/test_digest_property.py"],
         cwd=ROOT, env=env,
     )  # fmt: skip
     print(

@@ -1,8 +1,9 @@
 """An oracle for the digest schedule, built from `zoneinfo` (the pinned tzdata) alone: no
 code of the job's. It says, for people whose choices change at given instants and a run
 at every tick, which digest moments are settled and how (queued on time or late within
-the grace, or missed). The property test (tests/test_digest_property.py) and its long
-version (benchmarks/digest_property.py) compare the job's records with it.
+the grace, or missed). The property test
+(tests/features/digests/test_digest_property.py) and its long version
+(benchmarks/digest_property.py) compare the job's records with it.
 
 The rule it states (docs/jobs.md, "How digests are timed"): a person's period is their
 local day (or ISO week when weekly) in the zone they have when it is worked out, as a

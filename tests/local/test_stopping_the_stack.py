@@ -85,7 +85,7 @@ WAYS = {
 
 # Each stack is stopped two ways through `mm-jobs` and once or twice through `make` (in a
 # script's background, SIGINT ignored); dev's Ctrl-C is the mid-run test below, and
-# tests/test_dev_command.py stops both with a plain Ctrl-C.
+# tests/local/test_dev_command.py stops both with a plain Ctrl-C.
 CASES = [
     ("dev", "process-manager-sigterm", False),
     ("dev", "terminal-closed-sighup", False),

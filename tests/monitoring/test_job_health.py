@@ -30,7 +30,7 @@ from mm_orchestration.platform import inventory
 from mm_orchestration.platform.job_settings import JobSettings
 from tests.conftest import create_database, drop_database
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @op(

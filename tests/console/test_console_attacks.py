@@ -1,7 +1,7 @@
 """The console tried as an attacker with a role, or a process on the proxy's machine, would
 try it (issue 22's cases, each a kind): against one real console behind no proxy, the test
 being the proxy (tests/console_server.py). The browser's part (framing, the websocket
-through nginx) is tests/test_console_proxy.py.
+through nginx) is tests/console/test_console_proxy.py.
 """
 
 from __future__ import annotations

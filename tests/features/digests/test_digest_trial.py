@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests import factories as f
-from tests.test_digest_times import TICK, person, settle_at, start_clock
-from tests.test_digest_world import records, rules_from, tzif, z
+from tests.features.digests.test_digest_times import TICK, person, settle_at, start_clock
+from tests.features.digests.test_digest_world import records, rules_from, tzif, z
 
 SYDNEY = ZoneInfo("Australia/Sydney")
 

@@ -24,7 +24,7 @@ from mm_orchestration.features.digests import moments as digest_moments
 from mm_orchestration.features.digests.moments import period_of
 from mm_orchestration.platform import zones
 from tests import factories as f
-from tests.test_digest_times import TICK, person, settle_at, start_clock
+from tests.features.digests.test_digest_times import TICK, person, settle_at, start_clock
 
 
 def records(conn, user) -> list[tuple[datetime, str, datetime]]:
@@ -217,7 +217,7 @@ def test_the_pinned_rules_run_whatever_the_machines_zone_files_say(old_vancouver
     assert bare.stdout.strip() == "2026-11-05T16:00:00+00:00"  # the stale machine's answer
     ours = subprocess.run(
         [sys.executable, "-c", probe.format(imports="import mm_orchestration\n")],
-        env=env, capture_output=True, text=True, check=True, cwd=Path(__file__).parent.parent,
+        env=env, capture_output=True, text=True, check=True, cwd=Path(__file__).parents[3],
     )  # fmt: skip
     assert ours.stdout.strip() == "2026-11-05T15:00:00+00:00"  # tzdata 2026: UTC-7 for good
 

@@ -1,4 +1,4 @@
-"""invite-cleanup and notification-suppression-cleanup against a real PostgreSQL."""
+"""notification-suppression-cleanup against a real PostgreSQL and the SendGrid stand-in."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from datetime import timedelta
 
 from dagster import RetryPolicy, job
 
-from mm_orchestration.features.invitations.job import invite_cleanup
 from mm_orchestration.features.suppressions.job import (
     delete_old_bounce_suppressions,
     notification_suppression_cleanup,
@@ -18,44 +17,6 @@ from mm_orchestration.platform.outbox.mailer import Mailer
 from tests import factories as f
 from tests.conftest import run_job
 from tests.sendgrid_server import Reply
-
-
-def invitation(conn, tenant, age, status="pending"):
-    return conn.execute(
-        "INSERT INTO portal.invitations (tenant_id, email, role, status, created_at) "
-        "VALUES (%s, 'guest@client.example', 'viewer', %s, now() - %s) RETURNING id",
-        [tenant, status, age],
-    ).fetchone()[0]
-
-
-def test_invitations_expire_after_72_hours_only(conn, portal_db):
-    t = f.tenant(conn)
-    young = invitation(conn, t, timedelta(hours=71, minutes=59))
-    old = invitation(conn, t, timedelta(hours=72, minutes=1))
-    accepted = invitation(conn, t, timedelta(days=10), status="accepted")
-    revoked = invitation(conn, t, timedelta(days=10), status="revoked")
-
-    result = run_job(invite_cleanup, {"portal_db": portal_db})
-
-    assert result.success
-    state = {
-        r[0]: (r[1], r[2] is not None)
-        for r in conn.execute("SELECT id, status, expired_at FROM portal.invitations")
-    }
-    assert state[young] == ("pending", False)
-    assert state[old] == ("expired", True)
-    assert state[accepted] == ("accepted", False)
-    assert state[revoked] == ("revoked", False)
-    assert conn.execute("SELECT status, rows_affected FROM ops.job_runs").fetchone() == (
-        "succeeded",
-        1,
-    )
-    # A manual rerun is safe: nothing left to expire.
-    assert run_job(invite_cleanup, {"portal_db": portal_db}).success
-    assert [r[0] for r in conn.execute("SELECT rows_affected FROM ops.job_runs ORDER BY id")] == [
-        1,
-        0,
-    ]
 
 
 @job

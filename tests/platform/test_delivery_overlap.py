@@ -27,8 +27,8 @@ from mm_orchestration.platform.outbox.report import DeliveryReport
 from mm_orchestration.platform.outbox.rows import Row, page
 from mm_orchestration.platform.outbox.screening import Suppressions, judge, record
 from mm_orchestration.platform.outbox.templated import _page_sizes
+from tests.platform.test_email_promise import AT, counts, many
 from tests.sendgrid_server import Reply
-from tests.test_email_promise import AT, counts, many
 
 
 def _mailer(sendgrid, read_timeout=10.0):
