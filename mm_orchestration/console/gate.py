@@ -407,7 +407,7 @@ def _instigator_name(args: dict[str, Any], context: Any) -> str | None:
 
 def _target(field_name: str, args: dict[str, Any]) -> str | None:
     """The thing a non-launch mutation acts on, named for the audit trail (arguments as
-    the schema names them; tests/test_console_front.py checks every mutation gets one)."""
+    the schema names them; tests/console/test_console_front.py checks every mutation gets one)."""
     for key in ("scheduleSelector", "sensorSelector", "selectorData"):
         sel = args.get(key)
         if sel:

@@ -1,7 +1,7 @@
 """Every GraphQL mutation of the pinned Dagster, classified: the audit's action name and
 who may perform it.
 
-The list is checked against Dagster's own schema by a test (tests/test_console_front.py),
+The list is checked against Dagster's own schema by a test (tests/console/test_console_front.py),
 so an upgrade that adds a mutation fails the suite until it is classified here; at run
 time an unclassified mutation is refused to everyone (and the refusal audited).
 

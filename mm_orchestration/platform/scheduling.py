@@ -12,6 +12,7 @@ from dagster import (
     Backoff,
     DagsterRun,
     DefaultScheduleStatus,
+    Definitions,
     ExecutorDefinition,
     Jitter,
     JobDefinition,
@@ -216,3 +217,24 @@ def partitioned_schedule(
 def executor_for(spec: JobSpec) -> ExecutorDefinition:
     """The executor the inventory chose for the job (see inventory.Executor)."""
     return in_process_executor if spec.executor == "in_process" else multiprocess_executor
+
+
+def sized(settings: Settings, name: str, job: Any) -> Any:
+    """`job` as this deployment launches it: on Kubernetes (MM_RUN_LAUNCHER=k8s) with the
+    inventory's pod size as run tags; elsewhere unchanged."""
+    return with_pod_tags(job, inventory.get(name)) if settings.run_launcher == "k8s" else job
+
+
+def scheduled_job(
+    settings: Settings,
+    name: str,
+    job: Any,
+    should_run: Callable[[datetime], str | None] | None = None,
+) -> Definitions:
+    """What a feature declares for an operational job of the inventory: the job (sized for
+    the run launcher) and its schedule, one run per tick keyed by the tick's window."""
+    job = sized(settings, name, job)
+    schedule_def = inventory_schedule(
+        inventory.get(name), job, settings, window=window_key, should_run=should_run
+    )
+    return Definitions(jobs=[job], schedules=[schedule_def])

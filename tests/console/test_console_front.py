@@ -912,7 +912,7 @@ def test_the_local_stacks_take_any_loopback_spelling_for_their_links(monkeypatch
     settings accept, and the stack binds the address itself."""
     import argparse
 
-    from mm_orchestration.cli import _console_defaults
+    from mm_orchestration.local.commands import _console_defaults
 
     for name in ("MM_CONSOLE_AUTH", "MM_REPORTS_URL", "MM_CONSOLE_ROLES", "MM_CONSOLE_ROLES_FILE"):
         monkeypatch.delenv(name, raising=False)

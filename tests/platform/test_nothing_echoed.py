@@ -359,7 +359,7 @@ def test_every_config_and_resource_model_hides_its_input():
     ],
 )
 def test_a_refused_argument_is_named_and_never_shown(argv, capsys):
-    from mm_orchestration.cli import _parser
+    from mm_orchestration.cli import parser as _parser
 
     with pytest.raises(SystemExit) as stopped:
         _parser().parse_args(argv)

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from dagster import ScheduleDefinition, build_schedule_context
 
-from mm_orchestration import cli
+from mm_orchestration.cli import jobs as cli
 from mm_orchestration.definitions import build_definitions
 from mm_orchestration.platform import inventory
 from mm_orchestration.platform.cron import next_tick

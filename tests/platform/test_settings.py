@@ -427,7 +427,7 @@ def test_good_neon_project_ids_are_kept():
     ],
 )
 def test_whole_number_arguments_follow_the_settings_rule(argv, capsys):
-    from mm_orchestration.cli import _parser
+    from mm_orchestration.cli import parser as _parser
 
     with pytest.raises(SystemExit) as exit_:
         _parser().parse_args(argv)
@@ -437,7 +437,7 @@ def test_whole_number_arguments_follow_the_settings_rule(argv, capsys):
 
 
 def test_whole_number_arguments_in_range_are_read():
-    from mm_orchestration.cli import _parser
+    from mm_orchestration.cli import parser as _parser
 
     assert _parser().parse_args(["dlq", "requeue", "3", "0004"]).ids == [3, 4]
     assert _parser().parse_args(["serve-reports", "--port", "65535"]).port == 65535

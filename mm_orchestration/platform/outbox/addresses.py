@@ -14,7 +14,7 @@ from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, valida
 # The plain shape nearly every real address has (ASCII, dot-separated atoms, a domain of
 # hostname labels and an alphabetic top level). email-validator accepts every address of
 # this shape that is short enough and not in a special-use domain (tested with generated
-# addresses in tests/test_email_promise.py), so these skip its ~0.1 ms of checks: 100,000
+# addresses in tests/platform/test_email_promise.py), so these skip its ~0.1 ms of checks: 100,000
 # digests would otherwise spend 10 s here.
 _PLAIN_ADDRESS = re.compile(
     r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*"

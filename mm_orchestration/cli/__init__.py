@@ -1,0 +1,53 @@
+"""`mm-jobs`: a thin parser over the features' commands.
+
+Each command lives beside what it works on (`features/mux_dlq/commands.py` for `mm-jobs
+dlq`, ...) and adds itself with `register`; this module only assembles them and turns a
+refused setting into one line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# The modules whose `register(sub)` adds commands, in the order `mm-jobs --help` lists them.
+COMMANDS = (
+    "mm_orchestration.cli.jobs",
+    "mm_orchestration.features.mux_dlq.commands",
+    "mm_orchestration.platform.outbox.commands",
+    "mm_orchestration.features.digests.commands",
+    "mm_orchestration.console.commands",
+    "mm_orchestration.local.commands",
+)
+
+
+def parser() -> argparse.ArgumentParser:
+    """`mm-jobs` and every sub-command."""
+    top = argparse.ArgumentParser(
+        prog="mm-jobs",
+        description="Migrate, seed demo data, run or list jobs, work the dead-letter queue and "
+        "the outbox, and start the console or the whole local stack.",
+    )
+    sub = top.add_subparsers(required=True, metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(name).register(sub)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code (2: a refused argument or setting, named)."""
+    from mm_orchestration.platform.inventory import UnknownJobError
+    from mm_orchestration.platform.settings import SettingsError
+
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (SettingsError, UnknownJobError) as exc:
+        print(f"mm-jobs: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
