@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+import jsonschema
 import kubernetes
 import kubernetes_validate
 import yaml
@@ -74,10 +75,26 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# A resource quantity as the API server parses it (apimachinery's resource.Quantity): the
+# published schema types it as int-or-string, so the schema alone takes "250 millicores".
+_QUANTITY = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?")
+
+
 def validate(manifest: dict[str, Any]) -> None:
     """Raise kubernetes_validate's ValidationError when `manifest` is not a valid object of
-    its kind for KUBERNETES_VERSION (strict: an unknown field is an error)."""
+    its kind for KUBERNETES_VERSION (strict: an unknown field is an error), or when a
+    container's requests or limits hold something that is not a quantity."""
     kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+    spec = manifest.get("spec") or {}
+    pod = (spec.get("template") or {}).get("spec") if manifest["kind"] == "Job" else spec
+    for i, container in enumerate((pod or {}).get("containers") or []):
+        resources = container.get("resources") or {}
+        for bound in ("requests", "limits"):
+            for name, value in (resources.get(bound) or {}).items():
+                if not _QUANTITY.fullmatch(str(value)):
+                    where = ["containers", i, "resources", bound, name]
+                    error = jsonschema.ValidationError(f"{value!r} is not a quantity", path=where)
+                    raise kubernetes_validate.ValidationError(error, KUBERNETES_VERSION)
 
 
 @dataclass
@@ -141,7 +158,9 @@ class KubeApi:
     def items(self, kind: str, namespace: str) -> list[dict[str, Any]]:
         with self.lock:
             return [
-                copy.deepcopy(o) for (k, ns, _), o in self.objects.items() if (k, ns) == (kind, namespace)
+                copy.deepcopy(o)
+                for (k, ns, _), o in self.objects.items()
+                if (k, ns) == (kind, namespace)
             ]
 
     def put(self, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -513,7 +532,7 @@ class Node:
                         if ref["key"] not in data:
                             if ref.get("optional"):
                                 continue
-                            raise LookupError(f'couldn\'t find key {ref["key"]} in {ref["name"]}')
+                            raise LookupError(f"couldn't find key {ref['key']} in {ref['name']}")
                         env[var["name"]] = data[ref["key"]]
                 if "fieldRef" in source:
                     field_path = source["fieldRef"]["fieldPath"]
@@ -528,7 +547,9 @@ class Node:
                 return {}
             raise LookupError(f'{kind.lower()} "{name}" not found')
         if kind == "Secret":
-            decoded = {k: base64.b64decode(v).decode() for k, v in (found.get("data") or {}).items()}
+            decoded = {
+                k: base64.b64decode(v).decode() for k, v in (found.get("data") or {}).items()
+            }
             return {**decoded, **(found.get("stringData") or {})}
         return dict(found.get("data") or {})
 

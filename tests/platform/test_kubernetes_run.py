@@ -36,8 +36,6 @@ from mm_orchestration.platform.db import connect
 from tests import factories as f
 from tests.k8s_api import KubeApi, Node, secret
 
-pytestmark = pytest.mark.stack
-
 DEPLOY = PROJECT_ROOT / "deploy"
 IMAGE = "registry.example.com/motion-mavericks/mm-orchestration:k8s-test"
 NAMESPACE = "mm-jobs"
@@ -102,6 +100,83 @@ def _container(job: dict[str, Any]) -> dict[str, Any]:
     return container
 
 
+def test_every_jobs_manifest_is_valid_for_the_api_with_its_size_and_secrets(
+    dagster_storage: str, tmp_path: Path
+) -> None:
+    """Each inventory job's Job, as the launcher of deploy/dagster.k8s.yaml builds it from
+    the job's tags, is valid for the Kubernetes API and asks for the inventory's size."""
+    from dagster import DagsterRun
+    from dagster_k8s.job import construct_dagster_k8s_job
+    from kubernetes.client import ApiClient
+
+    from mm_orchestration.definitions import build_definitions
+    from mm_orchestration.platform.settings import Settings
+    from tests.k8s_api import validate
+
+    api = KubeApi()
+    try:
+        home = tmp_path / "home"
+        home.mkdir()
+        config = _instance_yaml(api.kubeconfig(tmp_path / "kubeconfig"))
+        (home / "dagster.yaml").write_text(yaml.safe_dump(config))
+        defs = build_definitions(Settings.from_env({"MM_RUN_LAUNCHER": "k8s"}))
+        with DagsterInstance.from_config(str(home)) as instance:
+            launcher = instance.run_launcher
+            for spec in inventory.INVENTORY:
+                tags = defs.resolve_job_def(spec.dagster_name).tags
+                run = DagsterRun(job_name=spec.dagster_name, run_id=str(uuid.uuid4()), tags=tags)
+                context = launcher.get_container_context_for_run(run)
+                job = construct_dagster_k8s_job(
+                    job_config=context.get_k8s_job_config(job_image=IMAGE, run_launcher=launcher),
+                    args=["dagster", "api", "execute_run", "{}"],
+                    job_name=f"dagster-run-{run.run_id}",
+                    user_defined_k8s_config=context.run_k8s_config,
+                )
+                manifest = ApiClient().sanitize_for_serialization(job)
+                validate(manifest)
+                container = _container(manifest)
+                assert container["resources"]["requests"] == {
+                    "cpu": spec.resources.cpu,
+                    "memory": spec.resources.memory,
+                }, spec.name
+                assert {"secretRef": {"name": "mm-orchestration-secrets"}} in container["envFrom"]
+    finally:
+        api.close()
+
+
+def test_the_stand_in_refuses_what_a_strict_api_server_refuses(tmp_path: Path) -> None:
+    """A Job with an unknown field or a size that is no quantity is refused (422) through the
+    real client, as the API server with strict field validation refuses it."""
+    import kubernetes
+
+    api = KubeApi()
+    try:
+        client = kubernetes.config.new_client_from_config(
+            config_file=str(api.kubeconfig(tmp_path / "kubeconfig"))
+        )
+        batch = kubernetes.client.BatchV1Api(client)
+
+        def job(container: dict[str, Any]) -> dict[str, Any]:
+            pod = {"containers": [{"name": "run", "image": IMAGE, **container}]}
+            pod["restartPolicy"] = "Never"
+            return {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "metadata": {"name": f"j-{uuid.uuid4().hex[:8]}"},
+                "spec": {"template": {"spec": pod}},
+            }
+
+        for bad in ({"resources": {"requests": {"cpu": "250 millicores"}}}, {"secrityContext": {}}):
+            with pytest.raises(kubernetes.client.ApiException) as refused:
+                batch.create_namespaced_job(NAMESPACE, job(bad))
+            assert refused.value.status == 422
+        batch.create_namespaced_job(NAMESPACE, job({"resources": {"requests": {"cpu": "250m"}}}))
+        assert [p.error is None for p in api.jobs_posted()] == [False, False, True]
+    finally:
+        api.close()
+
+
+@pytest.mark.stack
 def test_a_queued_run_goes_through_kubernetes_and_a_lost_pod_fails_its_run(
     database_url: str, dagster_storage: str, conn: Any, tmp_path: Path
 ) -> None:
@@ -166,7 +241,7 @@ def test_a_queued_run_goes_through_kubernetes_and_a_lost_pod_fails_its_run(
             ("code-server", code_server, {"DAGSTER_CURRENT_IMAGE": IMAGE}),
             ("daemon", daemon, {}),
         ):
-            out = open(logs / f"{name}.log", "wb")  # noqa: SIM115 - closed at the end
+            out = open(logs / f"{name}.log", "wb")  # closed at the end
             outputs.append(out)
             processes.append(
                 subprocess.Popen(
@@ -196,9 +271,22 @@ def test_a_queued_run_goes_through_kubernetes_and_a_lost_pod_fails_its_run(
         runs = {"share-link-expiry": str(uuid.uuid4()), "mux-webhook-retry": str(uuid.uuid4())}
         launches = [
             subprocess.run(
-                [f"{BIN}/dagster", "job", "launch", "-w", str(WORKSPACE), "-j",
-                 inventory.get(job).dagster_name, "--run-id", run_id],
-                env=env, cwd=home, capture_output=True, text=True, timeout=120,
+                [
+                    f"{BIN}/dagster",
+                    "job",
+                    "launch",
+                    "-w",
+                    str(WORKSPACE),
+                    "-j",
+                    inventory.get(job).dagster_name,
+                    "--run-id",
+                    run_id,
+                ],
+                env=env,
+                cwd=home,
+                capture_output=True,
+                text=True,
+                timeout=120,
             )  # fmt: skip
             for job, run_id in runs.items()
         ]
@@ -228,8 +316,13 @@ def test_a_queued_run_goes_through_kubernetes_and_a_lost_pod_fails_its_run(
             # The creator's email, written where the pod's MM_DATA_DIR is (no SendGrid key).
             mail = list(Path(pod.env["MM_DATA_DIR"]).glob("mail/*.eml"))
             assert len(mail) == 1 and "jack@bondi.example" in mail[0].read_text()
-            job = api.get("Job", NAMESPACE, pod.job)
-            assert job is not None and job["status"]["succeeded"] == 1
+            api.wait_for(
+                lambda: (
+                    (api.get("Job", NAMESPACE, pod.job) or {}).get("status", {}).get("succeeded")
+                ),
+                timeout=30,
+                what="the Job to complete",
+            )
 
             # The other pod is lost mid-step: run monitoring fails the run.
             lost = runs["mux-webhook-retry"]
@@ -249,9 +342,7 @@ def test_a_queued_run_goes_through_kubernetes_and_a_lost_pod_fails_its_run(
 
             # Run retries launch it again (a lost worker is not an op failure), in a new pod.
             retry = api.wait_for(
-                lambda: instance.get_runs(
-                    filters=RunsFilter(tags={"dagster/parent_run_id": lost})
-                ),
+                lambda: instance.get_runs(filters=RunsFilter(tags={"dagster/parent_run_id": lost})),
                 timeout=60,
                 what="the retry of the lost run",
             )[0]
@@ -274,7 +365,10 @@ def test_a_queued_run_goes_through_kubernetes_and_a_lost_pod_fails_its_run(
             assert container["image"] == IMAGE, name
             assert container["args"][:3] == ["dagster", "api", "execute_run"], name
             sources = {
-                (k, s[k]["name"]) for s in container["envFrom"] for k in ("configMapRef", "secretRef") if k in s
+                (k, s[k]["name"])
+                for s in container["envFrom"]
+                for k in ("configMapRef", "secretRef")
+                if k in s
             }
             assert sources == {
                 ("configMapRef", "mm-orchestration-config"),
