@@ -175,18 +175,23 @@ def local_settings() -> Settings:
     """Settings, with the embedded server's URL filled in when it is running locally.
 
     Only the portal's URL is filled in: Dagster's storage always comes from DAGSTER_HOME's
-    dagster.yaml (mm_orchestration.platform.instance), never from DATABASE_URL.
+    dagster.yaml (mm_orchestration.platform.instance), never from DATABASE_URL. A run this
+    command executes in its own process reads the URL as Dagster reads every secret, through
+    `EnvVar("DATABASE_URL")`, so the found URL is also given to the process's environment:
+    the one variable the CLI sets, and only for Dagster.
     """
-    if not os.environ.get("DATABASE_URL"):
-        settings = Settings.from_env()
-        port_file = Path(settings.data_dir, "postgres", "port")
-        if (
-            port_file.exists()
-            and Path(settings.data_dir, "postgres", "data", "postmaster.pid").exists()
-        ):
-            port = port_file.read_text().strip()
-            os.environ["DATABASE_URL"] = f"postgresql://postgres@127.0.0.1:{port}/portal"
-    return Settings.from_env()
+    settings = Settings.from_env()
+    if settings.database_url:
+        return settings
+    port_file = Path(settings.data_dir, "postgres", "port")
+    if (
+        port_file.exists()
+        and Path(settings.data_dir, "postgres", "data", "postmaster.pid").exists()
+    ):
+        url = f"postgresql://postgres@127.0.0.1:{port_file.read_text().strip()}/portal"
+        os.environ["DATABASE_URL"] = url
+        return Settings.from_env()
+    return settings
 
 
 def connection() -> Any:

@@ -58,6 +58,7 @@ from mm_orchestration.features.audit_trail import query as audit_trail
 from mm_orchestration.platform import audit
 from mm_orchestration.platform.db import connect
 from mm_orchestration.platform.report_store import ReportStore
+from mm_orchestration.platform.settings import BUSINESS_TIMEZONE
 
 log = logging.getLogger("mm.console")
 
@@ -114,7 +115,7 @@ class ConsoleWebserver(DagsterWebserver):
         process_context: Any,
         audit_log: ConsoleAudit,
         store: ReportStore | None,
-        timezone: str = "Australia/Sydney",
+        timezone: str = BUSINESS_TIMEZONE,
         **kwargs: Any,
     ) -> None:
         self._audit_log = audit_log

@@ -41,9 +41,11 @@ def register(sub: Any) -> None:
 
 
 @contextlib.contextmanager
-def _local_stack(args: argparse.Namespace) -> Iterator[Settings]:
+def _local_stack(args: argparse.Namespace, env: dict[str, str]) -> Iterator[dict[str, str]]:
     """What `dev` and `prod-local` share: PostgreSQL (embedded unless DATABASE_URL is
-    set) with migrations and demo data, and DAGSTER_HOME. Reports download from the
+    set) with migrations and demo data, and DAGSTER_HOME. Yields the environment of the
+    stack's processes: `env` with the data folder, the database and the instance filled
+    in (this process's own environment is left as it is). Reports download from the
     console itself."""
     from psycopg import sql
 
@@ -54,11 +56,11 @@ def _local_stack(args: argparse.Namespace) -> Iterator[Settings]:
     from mm_orchestration.platform.instance import home_dir, open_instance, write_home
     from mm_orchestration.platform.migrate import migrate
 
-    data_dir = Path(Settings.from_env().data_dir).resolve()
+    settings = Settings.from_env(env)
+    data_dir = Path(settings.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     # Absolute for every process started from here: the Dagster ones run in DAGSTER_HOME.
-    os.environ["MM_DATA_DIR"] = str(data_dir)
-    settings = Settings.from_env()
+    env = {**env, "MM_DATA_DIR": str(data_dir)}
     embedded = not settings.database_url
     server = EmbeddedPostgres(data_dir / "postgres") if embedded else None
     try:
@@ -71,9 +73,8 @@ def _local_stack(args: argparse.Namespace) -> Iterator[Settings]:
                         "SELECT 1 FROM pg_database WHERE datname = %s", [name]
                     ).fetchone():
                         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            os.environ["DATABASE_URL"] = server.url("portal")
-        database_url = os.environ["DATABASE_URL"]
-        with connect(database_url, autocommit=True) as conn:
+            env["DATABASE_URL"] = server.url("portal")
+        with connect(env["DATABASE_URL"], autocommit=True) as conn:
             applied = migrate(conn, with_portal_schema=embedded)
             if applied:
                 print("mm-jobs: applied " + ", ".join(applied))
@@ -86,21 +87,22 @@ def _local_stack(args: argparse.Namespace) -> Iterator[Settings]:
                     print(f"mm-jobs: demo data loaded ({loaded})")
         # Every process of the stack, and `mm-jobs run` from another terminal, opens this
         # one instance; an embedded server's storage is written into it (no secret).
-        home = write_home(
-            home_dir(Settings.from_env()), server.url("dagster") if server is not None else None
-        )
-        os.environ["DAGSTER_HOME"] = str(home)
-        open_instance(Settings.from_env()).dispose()  # refuses a storage in the portal DB
-        yield Settings.from_env()
+        settings = Settings.from_env(env)
+        home = write_home(home_dir(settings), server.url("dagster") if server else None)
+        env["DAGSTER_HOME"] = str(home)
+        settings = Settings.from_env(env)
+        open_instance(settings).dispose()  # refuses a storage in the portal DB
+        yield env
     finally:
         if server is not None:
             server.stop()
             say("embedded PostgreSQL stopped")
 
 
-def _console_defaults(args: argparse.Namespace) -> None:
+def _console_defaults(args: argparse.Namespace, env: dict[str, str]) -> dict[str, str]:
     """The local stacks' console: the local OS user (labelled as such) unless the identity
-    proxy is configured, and report links to the console itself."""
+    proxy is configured, and report links to the console itself. Returns `env` with those
+    defaults; a bad console setting stops the start, naming it."""
     from mm_orchestration.console.access import ConsoleAccess
     from mm_orchestration.console.serve import loopback_address
 
@@ -110,10 +112,9 @@ def _console_defaults(args: argparse.Namespace) -> None:
     if address is not None and args.host.strip() != "localhost":
         args.host = str(address)
     url_host = f"[{args.host}]" if ":" in args.host else args.host
-    os.environ.setdefault("MM_CONSOLE_AUTH", "local")
-    os.environ.setdefault("MM_REPORTS_URL", f"http://{url_host}:{args.port}")
-
-    ConsoleAccess.from_env()  # a bad console setting stops the start, naming it
+    env = {"MM_CONSOLE_AUTH": "local", "MM_REPORTS_URL": f"http://{url_host}:{args.port}", **env}
+    ConsoleAccess.from_env(env)
+    return env
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -121,7 +122,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from mm_orchestration.local.embedded_pg import free_port
     from mm_orchestration.local.topology import DevConsole
 
-    _console_defaults(args)
+    env = _console_defaults(args, dict(os.environ))
     grpc_port = args.grpc_port or free_port()
 
     def console(env: dict[str, str]) -> DevConsole:
@@ -130,7 +131,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             dagster_home=home, env=env, host=args.host, grpc_port=grpc_port, web_port=args.port
         )
 
-    return _serve(args, console, f"job console on http://{args.host}:{args.port}")
+    return _serve(args, env, console, f"job console on http://{args.host}:{args.port}")
 
 
 def cmd_prod_local(args: argparse.Namespace) -> int:
@@ -138,8 +139,7 @@ def cmd_prod_local(args: argparse.Namespace) -> int:
     three supervised processes, MM_ENV=staging unless set."""
     from mm_orchestration.local.topology import Topology
 
-    os.environ.setdefault("MM_ENV", "staging")
-    _console_defaults(args)
+    env = _console_defaults(args, {"MM_ENV": "staging", **os.environ})
 
     def topology(env: dict[str, str]) -> Topology:
         home = Path(env["DAGSTER_HOME"])
@@ -149,21 +149,22 @@ def cmd_prod_local(args: argparse.Namespace) -> int:
 
     return _serve(
         args,
+        env,
         topology,
         f"code server on {args.host}:{args.grpc_port} (gRPC), daemon, job console on "
-        f"http://{args.host}:{args.port} (MM_ENV={os.environ['MM_ENV']})",
+        f"http://{args.host}:{args.port} (MM_ENV={env['MM_ENV']})",
     )
 
 
-def _serve(args: argparse.Namespace, make: Any, started: str) -> int:
+def _serve(args: argparse.Namespace, env: dict[str, str], make: Any, started: str) -> int:
     """The local stack, then the stack's processes under the one supervisor, until a stop
     signal of any kind (see mm_orchestration.local.supervisor); everything stops on the way out."""
     from mm_orchestration.local.supervisor import StopRequested, say, stop_signals
 
     with stop_signals():
         try:
-            with _local_stack(args):
-                stack = make(dict(os.environ))
+            with _local_stack(args, env) as stack_env:
+                stack = make(stack_env)
                 try:
                     stack.start_all()
                 except RuntimeError as exc:

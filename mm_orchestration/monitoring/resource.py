@@ -13,6 +13,7 @@ from sentry_sdk.integrations.logging import LoggingIntegration
 from sentry_sdk.transport import HttpTransport
 
 from mm_orchestration.platform.config_models import QUIET
+from mm_orchestration.platform.settings import DEFAULTS
 
 _initialised: dict[str, Any] = {}
 
@@ -36,13 +37,17 @@ class Monitoring(ConfigurableResource):
     model_config = QUIET  # a refused field's value never shows in pydantic's error
 
     dsn: str | None = Field(default=None, description="EnvVar('SENTRY_DSN'); unset: disabled")
-    environment: str = Field(default="development", description="MM_ENV")
-    timezone: str = Field(default="Australia/Sydney", description="MM_TIMEZONE (check-ins)")
+    environment: str = Field(default=DEFAULTS.env, description="MM_ENV")
+    timezone: str = Field(default=DEFAULTS.timezone, description="MM_TIMEZONE (check-ins)")
     crons: dict[str, str] = Field(
         default_factory=dict, description="Each job's cron here (MM_ENV, MM_SCHEDULE_OVERRIDES)"
     )
-    http_connect_timeout: float = Field(default=10.0, gt=0, description="MM_HTTP_CONNECT_TIMEOUT")
-    http_read_timeout: float = Field(default=30.0, gt=0, description="MM_HTTP_READ_TIMEOUT")
+    http_connect_timeout: float = Field(
+        default=DEFAULTS.http_connect_timeout, gt=0, description="MM_HTTP_CONNECT_TIMEOUT"
+    )
+    http_read_timeout: float = Field(
+        default=DEFAULTS.http_read_timeout, gt=0, description="MM_HTTP_READ_TIMEOUT"
+    )
 
     def start(self, transport: Any = None) -> bool:
         """Initialise the SDK once for this process; False when monitoring is off."""

@@ -72,8 +72,7 @@ def open_instance(settings: Settings) -> DagsterInstance:
     refuse_portal_storage(url, settings.database_url)
     refuse_portal_storage(url, settings.database_direct_url)
     check_storage_server(url)
-    os.environ["DAGSTER_HOME"] = str(home)
-    return DagsterInstance.get()
+    return DagsterInstance.from_config(str(home))
 
 
 def check_storage_server(url: str) -> None:

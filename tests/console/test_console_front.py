@@ -917,9 +917,10 @@ def test_the_local_stacks_take_any_loopback_spelling_for_their_links(monkeypatch
     for name in ("MM_CONSOLE_AUTH", "MM_REPORTS_URL", "MM_CONSOLE_ROLES", "MM_CONSOLE_ROLES_FILE"):
         monkeypatch.delenv(name, raising=False)
     args = argparse.Namespace(host=host, port=3000)
-    _console_defaults(args)
-    assert os.environ["MM_REPORTS_URL"] == url
-    assert Settings.from_env(dict(os.environ)).reports_url.rstrip("/") == url
+    env = _console_defaults(args, dict(os.environ))
+    assert env["MM_REPORTS_URL"] == url
+    assert "MM_REPORTS_URL" not in os.environ  # the stack's children get it, not this process
+    assert Settings.from_env(env).reports_url.rstrip("/") == url
     assert args.host in ("127.0.0.1", "::1")
 
 

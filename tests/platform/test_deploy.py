@@ -157,8 +157,9 @@ def test_helm_values_match_the_code_and_hold_no_secret() -> None:
 
     manifests = {(m["kind"], m["metadata"]["name"]): m for m in values["extraManifests"]}
     config_map = manifests["ConfigMap", "mm-orchestration-config"]
-    settings_source = (PROJECT_ROOT / "mm_orchestration" / "platform" / "settings.py").read_text()
-    read = set(re.findall(r'get\("([A-Z0-9_]+)"\)', settings_source))
+    from mm_orchestration.platform.settings import Settings
+
+    read = set(Settings.variable_names())
     secrets = {
         "DATABASE_URL",
         "DATABASE_DIRECT_URL",

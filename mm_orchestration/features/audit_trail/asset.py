@@ -26,9 +26,10 @@ from dagster import (
 from mm_orchestration.features.audit_trail import query as trail
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.job_settings import JobSettings
+from mm_orchestration.platform.settings import BUSINESS_TIMEZONE
 from mm_orchestration.platform.text import markdown_cell, markdown_table
 
-SYDNEY = "Australia/Sydney"
+SYDNEY = BUSINESS_TIMEZONE
 PREVIEW_ROWS = 200
 
 audit_trail_days = DailyPartitionsDefinition(start_date="2026-01-01", timezone=SYDNEY, end_offset=0)

@@ -57,12 +57,12 @@ from mm_orchestration.platform.scheduling import (
     partitioned_schedule,
     retry_policy,
 )
-from mm_orchestration.platform.settings import Settings
+from mm_orchestration.platform.settings import BUSINESS_TIMEZONE, Settings
 from mm_orchestration.platform.text import markdown_cell, markdown_table
 
 SPEC = inventory.get("residency-report")
 WEEKS = WeeklyPartitionsDefinition(
-    start_date="2025-01-06", day_offset=1, timezone="Australia/Sydney", end_offset=1
+    start_date="2025-01-06", day_offset=1, timezone=BUSINESS_TIMEZONE, end_offset=1
 )
 EMAIL_KIND = "residency_report"
 EXCEPTIONS_CHECK = "no_residency_exceptions"

@@ -44,6 +44,7 @@ from mm_orchestration.platform.ledger import claim, report_skip, window_for
 from mm_orchestration.platform.migrate import current_version
 from mm_orchestration.platform.processes import ToolFailed
 from mm_orchestration.platform.scheduling import executor_for, job_tags
+from mm_orchestration.platform.settings import BUSINESS_TIMEZONE
 from mm_orchestration.platform.text import NOT_SHOWN
 
 SPEC = inventory.get("backup-verify")
@@ -76,7 +77,7 @@ def first_business_day(year: int, month: int) -> date:
 
 
 def skip_unless_first_business_day(tick: datetime) -> str | None:
-    local = tick.astimezone(ZoneInfo("Australia/Sydney")).date()
+    local = tick.astimezone(ZoneInfo(BUSINESS_TIMEZONE)).date()
     first = first_business_day(local.year, local.month)
     if local != first:
         return f"{local} is not the first business day of the month ({first} is)"

@@ -23,10 +23,11 @@ from mm_orchestration.platform.ledger import WindowConfig, claim, report_skip, w
 from mm_orchestration.platform.outbox import conclude, deliver_pending, finished_runs
 from mm_orchestration.platform.outbox.mailer import Email, Mailer
 from mm_orchestration.platform.scheduling import executor_for, job_tags, retry_policy
+from mm_orchestration.platform.settings import BUSINESS_TIMEZONE
 from mm_orchestration.platform.zones import place_zone
 
 SPEC = inventory.get("share-link-expiry")
-FALLBACK_TZ = "Australia/Sydney"
+FALLBACK_TZ = BUSINESS_TIMEZONE
 EMAIL_KIND = "share_link_expired"
 TABLES = (
     "portal.share_links",

@@ -36,12 +36,12 @@ from mm_orchestration.platform.scheduling import (
     partitioned_schedule,
     retry_policy,
 )
-from mm_orchestration.platform.settings import Settings
+from mm_orchestration.platform.settings import BUSINESS_TIMEZONE, Settings
 from mm_orchestration.platform.text import markdown_table, one_line
 
 SPEC = inventory.get("tenant-health-check")
 # end_offset=1: the 06:00 tick computes the day that is starting, not yesterday.
-DAYS = DailyPartitionsDefinition(start_date="2025-01-01", timezone="Australia/Sydney", end_offset=1)
+DAYS = DailyPartitionsDefinition(start_date="2025-01-01", timezone=BUSINESS_TIMEZONE, end_offset=1)
 SUMMARY_KIND = "tenant_health_summary"
 
 
@@ -101,7 +101,7 @@ SELECT t.name, h.status, h.milestones_at_risk, h.overdue_tasks, h.active_share_l
 """
 
 
-def reference_time(day: date, tz: str = "Australia/Sydney") -> datetime:
+def reference_time(day: date, tz: str = BUSINESS_TIMEZONE) -> datetime:
     return datetime.combine(day, time(6), ZoneInfo(tz))
 
 
