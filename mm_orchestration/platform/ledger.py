@@ -11,7 +11,7 @@ run's 'running' row can be told from a live one.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -180,6 +180,34 @@ def _skip(conn: Any, window: Window, reason: str, held_by: str | None) -> Claim:
     )
     _log(window, "skipped", 0, 0, reason=reason)
     return Claim(window=window, skipped=True, reason=reason, held_by=held_by)
+
+
+@contextmanager
+def ledgered(
+    context: OpExecutionContext,
+    db: PortalDatabase,
+    job_name: str,
+    tables: Sequence[str],
+    force: bool = False,
+) -> Iterator[Claim]:
+    """The skeleton of every ledgered op, written once: the tables the op needs are
+    checked (MissingTableError naming one), this run's window is claimed in
+    `ops.job_runs`, and a window already handled is reported as a skip wherever people
+    look. Yields the Claim: when `skipped`, the op does nothing and returns.
+
+    Example::
+
+        with ledgered(context, portal_db, SPEC.name, TABLES, config.force) as run:
+            if run.skipped:
+                return 0
+            with portal_db.connection() as conn:
+                run.rows_affected = expire(conn)
+    """
+    db.require(*tables)
+    with claim(db, window_for(context, job_name), force=force) as run:
+        if run.skipped:
+            report_skip(context, run)
+        yield run
 
 
 OUTCOME_TAG = "mm/outcome"

@@ -23,6 +23,7 @@ from dagster import (
     SkipReason,
     define_asset_job,
     in_process_executor,
+    job,
     multiprocess_executor,
     schedule,
 )
@@ -238,3 +239,14 @@ def scheduled_job(
         inventory.get(name), job, settings, window=window_key, should_run=should_run
     )
     return Definitions(jobs=[job], schedules=[schedule_def])
+
+
+def inventory_job(spec: JobSpec, description: str | None) -> Callable[..., JobDefinition]:
+    """The header every operational job shares: `@inventory_job(SPEC, __doc__)` names the
+    job as the inventory does, tags it with its inventory name and uses its executor."""
+    return job(
+        name=spec.dagster_name,
+        description=description,
+        tags=job_tags(spec),
+        executor_def=executor_for(spec),
+    )

@@ -24,7 +24,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dagster import Failure, OpExecutionContext, job, op
+from dagster import Failure, OpExecutionContext, op
 from pydantic import Field
 
 from mm_orchestration.features.digests.queue import EMAIL_KIND, Settled, expire_stale, settle
@@ -35,15 +35,12 @@ from mm_orchestration.platform.job_settings import JobSettings
 from mm_orchestration.platform.ledger import (
     WINDOW_TAG,
     WindowConfig,
-    claim,
-    report_skip,
-    window_for,
+    ledgered,
 )
 from mm_orchestration.platform.outbox import conclude, deliver_pending_templated, finished_runs
 from mm_orchestration.platform.outbox.mailer import Mailer
 from mm_orchestration.platform.scheduling import (
-    executor_for,
-    job_tags,
+    inventory_job,
     parse_instant,
     retry_policy,
     tick_of,
@@ -142,13 +139,10 @@ def queue_due_digests(
     """Settle every digest whose moment has come: queue, skip (nothing to say), or record
     as missed; or, for an operator, one agency's or one person's digest now. Returns the
     run's instant and how many digests it queued ({"now": ISO 8601, "queued": n})."""
-    portal_db.require(*TABLES)
     tenant, user = _id("tenant_id", config.tenant_id), _id("user_id", config.user_id)
     now = run_instant(config.now, context.run.tags.get(WINDOW_TAG), datetime.now(UTC))
-    window = window_for(context, SPEC.name)
-    with claim(portal_db, window, force=config.force) as run:
+    with ledgered(context, portal_db, SPEC.name, TABLES, config.force) as run:
         if run.skipped:
-            report_skip(context, run)
             return {"now": now.isoformat(), "queued": 0}
         with portal_db.connection() as conn:
             settled = settle(
@@ -268,11 +262,6 @@ def send_digests(
     context.add_output_metadata({**metadata, "digests_expired_stale": expired})
 
 
-@job(
-    name=SPEC.dagster_name,
-    description=__doc__,
-    tags=job_tags(SPEC),
-    executor_def=executor_for(SPEC),
-)
+@inventory_job(SPEC, __doc__)
 def notification_digest() -> None:
     send_digests(queue_due_digests())

@@ -6,15 +6,16 @@ statement, so a manual rerun is always safe: it finds nothing left to expire.
 """
 
 import psycopg
-from dagster import OpExecutionContext, job, op
+from dagster import OpExecutionContext, op
 
 from mm_orchestration.platform import inventory
 from mm_orchestration.platform.database import PortalDatabase
-from mm_orchestration.platform.ledger import WindowConfig, claim, report_skip, window_for
-from mm_orchestration.platform.scheduling import executor_for, job_tags, retry_policy
+from mm_orchestration.platform.ledger import WindowConfig, ledgered
+from mm_orchestration.platform.scheduling import inventory_job, retry_policy
 
 SPEC = inventory.get("invite-cleanup")
 INVITATION_TTL = "72 hours"
+TABLES = ("portal.invitations",)
 
 EXPIRE_STALE_INVITATIONS = """
 UPDATE portal.invitations
@@ -33,10 +34,8 @@ def expire_stale_invitations_op(
     context: OpExecutionContext, config: WindowConfig, portal_db: PortalDatabase
 ) -> int:
     """Expire pending invitations older than 72 hours."""
-    portal_db.require("portal.invitations")
-    with claim(portal_db, window_for(context, SPEC.name), force=config.force) as run:
+    with ledgered(context, portal_db, SPEC.name, TABLES, config.force) as run:
         if run.skipped:
-            report_skip(context, run)
             return 0
         with portal_db.connection() as conn:
             run.rows_affected = expire_stale_invitations(conn)
@@ -44,11 +43,6 @@ def expire_stale_invitations_op(
     return run.rows_affected
 
 
-@job(
-    name=SPEC.dagster_name,
-    description=__doc__,
-    tags=job_tags(SPEC),
-    executor_def=executor_for(SPEC),
-)
+@inventory_job(SPEC, __doc__)
 def invite_cleanup() -> None:
     expire_stale_invitations_op()

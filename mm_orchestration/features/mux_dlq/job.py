@@ -36,7 +36,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from dagster import OpExecutionContext, job, op
+from dagster import OpExecutionContext, op
 from psycopg import sql
 
 from mm_orchestration.features.mux_dlq.events import (
@@ -57,13 +57,15 @@ from mm_orchestration.monitoring.joblog import log_event
 from mm_orchestration.platform import audit, inventory
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.job_settings import JobSettings
-from mm_orchestration.platform.ledger import WindowConfig, claim, report_skip, window_for
+from mm_orchestration.platform.ledger import WindowConfig, ledgered
 from mm_orchestration.platform.outbox import conclude, deliver_pending, enqueue, finished_runs
 from mm_orchestration.platform.outbox.mailer import Email, Mailer
-from mm_orchestration.platform.scheduling import executor_for, job_tags, retry_policy
+from mm_orchestration.platform.scheduling import inventory_job, retry_policy
 from mm_orchestration.platform.text import one_line
 
 SPEC = inventory.get("mux-webhook-retry")
+# The tables the job needs; a missing one stops it before any work, named.
+TABLES = ("portal.mux_webhook_dlq", "portal.media_assets", "ops.dlq_attempts")
 DEAD_EMAIL_KIND = "mux_dlq_dead"
 
 # The payload's fields come out of SQL as short texts (see mux_events): a 1,500-level
@@ -452,10 +454,8 @@ def replay_dead_letters(
     job_settings: JobSettings,
 ) -> int:
     """Replay due Mux events from the dead-letter queue; escalate the ones that die."""
-    portal_db.require("portal.mux_webhook_dlq", "portal.media_assets", "ops.dlq_attempts")
-    with claim(portal_db, window_for(context, SPEC.name), force=config.force) as run:
+    with ledgered(context, portal_db, SPEC.name, TABLES, config.force) as run:
         if run.skipped:
-            report_skip(context, run)
             return 0
         with portal_db.connection() as conn:
             report = replay_due(conn, mux, context.run_id, job_settings.reliability_email)
@@ -484,11 +484,6 @@ def send_dead_letter_escalations(
     )
 
 
-@job(
-    name=SPEC.dagster_name,
-    description=__doc__,
-    tags=job_tags(SPEC),
-    executor_def=executor_for(SPEC),
-)
+@inventory_job(SPEC, __doc__)
 def mux_webhook_retry() -> None:
     send_dead_letter_escalations(replay_dead_letters())

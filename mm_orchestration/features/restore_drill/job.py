@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 import holidays
 import psycopg
-from dagster import Failure, OpExecutionContext, job, op
+from dagster import Failure, OpExecutionContext, op
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
@@ -40,14 +40,16 @@ from mm_orchestration.platform.config_models import OpConfig
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.db import connect
 from mm_orchestration.platform.job_settings import JobSettings
-from mm_orchestration.platform.ledger import claim, report_skip, window_for
+from mm_orchestration.platform.ledger import ledgered
 from mm_orchestration.platform.migrate import current_version
 from mm_orchestration.platform.processes import ToolFailed
-from mm_orchestration.platform.scheduling import executor_for, job_tags
+from mm_orchestration.platform.scheduling import inventory_job
 from mm_orchestration.platform.settings import BUSINESS_TIMEZONE
 from mm_orchestration.platform.text import NOT_SHOWN
 
 SPEC = inventory.get("backup-verify")
+# The tables the job needs; a missing one stops it before any work, named.
+TABLES = ("ops.backup_drills", "ops.schema_migrations")
 KEY_TABLES = (
     "portal.tenants",
     "portal.users",
@@ -314,11 +316,9 @@ def run_restore_drill(
             f"local nor neon; {NOT_SHOWN} (compliance contact: {job_settings.compliance_email})",
             allow_retries=False,
         )
-    portal_db.require("ops.backup_drills", "ops.schema_migrations")
     started = datetime.now(UTC)
-    with claim(portal_db, window_for(context, SPEC.name)) as run:
+    with ledgered(context, portal_db, SPEC.name, TABLES) as run:
         if run.skipped:
-            report_skip(context, run)
             return
         try:
             evidence = DRILLS[method](portal_db.session_url, restore_drill, None)
@@ -363,11 +363,6 @@ def run_restore_drill(
     context.add_output_metadata(metadata)
 
 
-@job(
-    name=SPEC.dagster_name,
-    description=__doc__,
-    tags=job_tags(SPEC),
-    executor_def=executor_for(SPEC),
-)
+@inventory_job(SPEC, __doc__)
 def backup_verify() -> None:
     run_restore_drill()

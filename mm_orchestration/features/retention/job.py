@@ -11,18 +11,20 @@ Each run reports what it removed.
 
 from datetime import UTC, datetime, timedelta
 
-from dagster import Failure, OpExecutionContext, RunsFilter, job, op
+from dagster import Failure, OpExecutionContext, RunsFilter, op
 from pydantic import Field
 
 from mm_orchestration.features.digests.moments import LONGEST_LOOK_BACK
 from mm_orchestration.platform import inventory
 from mm_orchestration.platform.config_models import OpConfig
 from mm_orchestration.platform.database import PortalDatabase
-from mm_orchestration.platform.ledger import claim, report_skip, window_for
-from mm_orchestration.platform.scheduling import executor_for, job_tags, retry_policy
+from mm_orchestration.platform.ledger import ledgered
+from mm_orchestration.platform.scheduling import inventory_job, retry_policy
 from mm_orchestration.platform.text import NOT_SHOWN
 
 SPEC = inventory.get("storage-retention")
+# The tables the job needs; a missing one stops it before any work, named.
+TABLES = ("ops.notification_outbox", "ops.digest_periods", "ops.job_runs")
 PAGE = 500
 
 
@@ -82,10 +84,8 @@ def prune_ops_tables(
 ) -> None:
     """Delete old sent emails and ledger rows; never the compliance evidence."""
     config.check()
-    portal_db.require("ops.notification_outbox", "ops.digest_periods", "ops.job_runs")
-    with claim(portal_db, window_for(context, SPEC.name), force=config.force) as run:
+    with ledgered(context, portal_db, SPEC.name, TABLES, config.force) as run:
         if run.skipped:
-            report_skip(context, run)
             return
         with portal_db.connection() as conn:
             outbox = conn.execute(
@@ -122,11 +122,6 @@ def prune_ops_tables(
     )
 
 
-@job(
-    name=SPEC.dagster_name,
-    description=__doc__,
-    tags=job_tags(SPEC),
-    executor_def=executor_for(SPEC),
-)
+@inventory_job(SPEC, __doc__)
 def storage_retention() -> None:
     prune_ops_tables(prune_dagster_runs())

@@ -14,15 +14,15 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
-from dagster import MetadataValue, OpExecutionContext, job, op
+from dagster import MetadataValue, OpExecutionContext, op
 
 from mm_orchestration.monitoring.joblog import log_event
 from mm_orchestration.platform import inventory
 from mm_orchestration.platform.database import PortalDatabase
-from mm_orchestration.platform.ledger import WindowConfig, claim, report_skip, window_for
+from mm_orchestration.platform.ledger import WindowConfig, ledgered
 from mm_orchestration.platform.outbox import conclude, deliver_pending, finished_runs
 from mm_orchestration.platform.outbox.mailer import Email, Mailer
-from mm_orchestration.platform.scheduling import executor_for, job_tags, retry_policy
+from mm_orchestration.platform.scheduling import inventory_job, retry_policy
 from mm_orchestration.platform.settings import BUSINESS_TIMEZONE
 from mm_orchestration.platform.zones import place_zone
 
@@ -129,10 +129,8 @@ def expire_due_share_links(
     context: OpExecutionContext, config: WindowConfig, portal_db: PortalDatabase
 ) -> int:
     """Expire every due share link, revoke its tokens and queue its owner's email."""
-    portal_db.require(*TABLES)
-    with claim(portal_db, window_for(context, SPEC.name), force=config.force) as run:
+    with ledgered(context, portal_db, SPEC.name, TABLES, config.force) as run:
         if run.skipped:
-            report_skip(context, run)
             return 0
         with portal_db.connection() as conn:
             counts = expire_due_links(conn)
@@ -184,11 +182,6 @@ def send_share_link_expiry_emails(
     )
 
 
-@job(
-    name=SPEC.dagster_name,
-    description=__doc__,
-    tags=job_tags(SPEC),
-    executor_def=executor_for(SPEC),
-)
+@inventory_job(SPEC, __doc__)
 def share_link_expiry() -> None:
     send_share_link_expiry_emails(expire_due_share_links())

@@ -16,17 +16,19 @@ sent to them, so its bounce list cannot hold them), and counted.
 from dataclasses import dataclass
 
 import psycopg
-from dagster import OpExecutionContext, job, op
+from dagster import OpExecutionContext, op
 
 from mm_orchestration.monitoring.joblog import log_event, mask_email
 from mm_orchestration.platform import audit, inventory
 from mm_orchestration.platform.database import PortalDatabase
-from mm_orchestration.platform.ledger import WindowConfig, claim, report_skip, window_for
+from mm_orchestration.platform.ledger import WindowConfig, ledgered
 from mm_orchestration.platform.outbox.addresses import address_problem
 from mm_orchestration.platform.outbox.mailer import Mailer
-from mm_orchestration.platform.scheduling import executor_for, job_tags, retry_policy
+from mm_orchestration.platform.scheduling import inventory_job, retry_policy
 
 SPEC = inventory.get("notification-suppression-cleanup")
+# The tables the job needs; a missing one stops it before any work, named.
+TABLES = ("portal.email_suppressions", "ops.audit_log")
 BOUNCE_RETENTION = "30 days"
 
 # One statement: delete, and count and hash the addresses in the database, so the
@@ -87,14 +89,12 @@ def delete_old_bounce_suppressions(
     context: OpExecutionContext, config: WindowConfig, portal_db: PortalDatabase, mailer: Mailer
 ) -> int:
     """Delete bounce suppressions older than 30 days, locally and at SendGrid, with an audit."""
-    portal_db.require("portal.email_suppressions", "ops.audit_log")
-    window = window_for(context, SPEC.name)
-    with claim(portal_db, window, force=config.force) as run:
+    with ledgered(context, portal_db, SPEC.name, TABLES, config.force) as run:
         if run.skipped:
-            report_skip(context, run)
             return 0
         with portal_db.connection() as conn:  # one transaction: delete, audit, SendGrid
             # The person who launched it, else what did (a schedule); never a made-up name.
+            window = run.window
             actor = window.actor or (window.trigger if window.trigger != "manual" else "unknown")
             deleted = delete_old_bounces(conn, actor, window.run_id, mailer.uses_sendgrid)
             # SendGrid refuses a whole batch for one malformed address, which would roll
@@ -113,12 +113,10 @@ def delete_old_bounce_suppressions(
                     addresses=[mask_email(a) for a, _ in refused[:20]],
                     reasons=sorted({m for _, m in refused})[:5],
                 )
-            conn.execute(
-                """UPDATE ops.audit_log
-                      SET details = details || jsonb_build_object(
-                              'sendgrid_requests', %s::int, 'not_at_sendgrid', %s::int)
-                    WHERE id = %s""",
-                [requests, not_at_sendgrid, deleted.audit_id],
+            audit.annotate(
+                conn,
+                deleted.audit_id,
+                {"sendgrid_requests": requests, "not_at_sendgrid": not_at_sendgrid},
             )
         run.rows_affected = deleted.rows
         run.details = {"sendgrid_requests": requests, "invalid_addresses": not_at_sendgrid}
@@ -132,11 +130,6 @@ def delete_old_bounce_suppressions(
     return deleted.rows
 
 
-@job(
-    name=SPEC.dagster_name,
-    description=__doc__,
-    tags=job_tags(SPEC),
-    executor_def=executor_for(SPEC),
-)
+@inventory_job(SPEC, __doc__)
 def notification_suppression_cleanup() -> None:
     delete_old_bounce_suppressions()
