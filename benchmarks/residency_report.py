@@ -19,14 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _harness import psql_seconds, report, server, source_database, timed, with_literals
 
-from mm_orchestration.features.residency.asset import (
-    REPORT_ROWS,
-    build_frame,
-    render,
-    report_params,
-)
+from mm_orchestration.features.residency.report import build_frame, render, report_params
 from mm_orchestration.platform.db import connect
 from mm_orchestration.platform.report_store import ReportStore
+from mm_orchestration.platform.sql_files import query
 
 TENANTS, ASSETS = 5_000, 1_000_000
 
@@ -55,7 +51,9 @@ def main() -> None:
         print(f"building {TENANTS:,} tenants and {ASSETS:,} videos...")
         source = source_database(pg, build)
         url = pg.url(source)
-        floor_sql = with_literals(pg, source, REPORT_ROWS, report_params())
+        floor_sql = with_literals(
+            pg, source, query("mm_orchestration.features.residency", "report_rows"), report_params()
+        )
         floor = min(psql_seconds(pg, url, floor_sql) for _ in range(3))
         store = ReportStore(root=tmp)
         counts: dict[str, int] = {}

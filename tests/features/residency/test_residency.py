@@ -404,7 +404,7 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised(
 
 
 def test_region_to_country_map_covers_every_row_kind():
-    from mm_orchestration.features.residency.asset import VENDORS, country
+    from mm_orchestration.features.residency.regions import country, vendors
 
     for region in (
         "ap-sydney-1",
@@ -425,7 +425,7 @@ def test_region_to_country_map_covers_every_row_kind():
     assert country("eu-west-2") == "GB" and country("eu-central-1") == "DE"  # not "EU"
     assert country("de") == "DE" and country("ap-southeast-1") == "SG"
     assert country("mars-north-1") == country("unknown") == country("delhi") == "unknown"
-    assert all(country(v.region) != "unknown" for v in VENDORS)
+    assert all(country(v.region) != "unknown" for v in vendors())
 
 
 def test_unknown_regions_are_exceptions_never_silent(
@@ -433,7 +433,7 @@ def test_unknown_regions_are_exceptions_never_silent(
 ):
     """A region the map does not know is reported as unknown and counted as an exception,
     for a tenant's own data and for a vendor alike; two tenants sharing a name count twice."""
-    from mm_orchestration.features.residency import asset as residency
+    from mm_orchestration.features.residency import regions, report
 
     first = f.tenant(conn, name="Acme", region="mars-north-1")
     second = f.tenant(conn, name="Acme", region="ap-southeast-2")
@@ -466,14 +466,8 @@ def test_unknown_regions_are_exceptions_never_silent(
     assert f"Acme ({first})" in check.description and f"Acme ({second})" in check.description
 
     # A vendor whose region nobody mapped: every tenant's row for it is an exception.
-    monkeypatch.setattr(
-        residency,
-        "VENDORS",
-        (
-            *residency.VENDORS,
-            residency.VendorRegion("analytics", "Nowhere Inc", "events", "atlantis-1", "a doc"),
-        ),
-    )
+    nowhere = regions.VendorRegion("analytics", "Nowhere Inc", "events", "atlantis-1", "a doc")
+    monkeypatch.setattr(report, "vendors", lambda: (*regions.vendors(), nowhere))
     conn.execute("UPDATE portal.tenants SET data_region = 'ap-southeast-2'")
     conn.execute("UPDATE portal.media_assets SET storage_region = 'ap-southeast-2'")
     (meta,) = result_metadata(run(portal_db, mailer, job_settings, store))
