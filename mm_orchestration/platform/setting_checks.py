@@ -308,6 +308,8 @@ def _aws_region_patterns() -> tuple[re.Pattern[str], ...]:
     return tuple(re.compile(p["regionRegex"], re.ASCII) for p in partitions)
 
 
+# The `aws` partition's regionRegex in botocore's partitions.json.
+_AWS_PARTITION = re.compile(r"^(us|eu|ap|sa|ca|me|af|il|mx)\-\w+\-\d+$", re.ASCII)
 _CUSTOM_REGION = re.compile(r"[A-Za-z0-9_-]{1,63}")
 
 
@@ -319,8 +321,13 @@ def check_s3_region(value: str, custom_endpoint: bool) -> None:
             return
         accepted = "a region name of letters, digits, hyphens and underscores, e.g. auto"
     else:
+        # AWS's own partition, by its own pattern, answers without loading botocore (half
+        # a second of every process's start); other partitions are read from its data.
         lower = re.fullmatch(r"[a-z0-9-]+", value)
-        if lower and any(p.fullmatch(value) for p in _aws_region_patterns()):
+        if lower and (
+            _AWS_PARTITION.fullmatch(value)
+            or any(p.fullmatch(value) for p in _aws_region_patterns())
+        ):
             return
         accepted = (
             "an AWS region name, e.g. ap-southeast-2 or us-gov-west-1 (with "

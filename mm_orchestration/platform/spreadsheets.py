@@ -11,8 +11,11 @@ Numbers stay numbers.
 from __future__ import annotations
 
 import csv
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas costs a light run 2 s; imported where a report is built
+    import pandas as pd
+
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -26,6 +29,8 @@ def neutralise(value: object) -> object:
 
 def to_csv(frame: pd.DataFrame) -> bytes:
     """The frame as UTF-8 CSV bytes, every text cell (and header) spreadsheet-safe."""
+    import pandas as pd
+
     safe = frame.copy()
     for column in safe.columns:
         # Text columns are `object` or pandas' string dtype, by version and by content.

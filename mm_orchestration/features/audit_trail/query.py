@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-import pandas as pd
 import psycopg
 
 from mm_orchestration.platform.spreadsheets import to_csv
+
+if TYPE_CHECKING:  # pandas costs a light run 2 s; imported where a report is built
+    import pandas as pd
 
 COLUMNS = [
     "occurred_at",
@@ -83,6 +86,8 @@ class Entries:
 def read(conn: psycopg.Connection, wanted: Filter, limit: int | None = None) -> Entries:
     """The matching entries, at most `limit` (MAX_ROWS) of them, saying whether there
     were more."""
+    import pandas as pd
+
     limit = MAX_ROWS if limit is None else limit
     rows = conn.execute(
         QUERY,
@@ -105,6 +110,8 @@ def entries(conn: psycopg.Connection, wanted: Filter) -> pd.DataFrame:
 def as_csv(frame: pd.DataFrame, note: str | None = None) -> bytes:
     """Spreadsheet-safe CSV (a person or a target that starts with = runs nothing); with a
     last row saying the download was cut, and how to narrow it, when `note` is given."""
+    import pandas as pd
+
     out = frame.copy()
     if not out.empty:
         out["occurred_at"] = out["occurred_at"].map(lambda t: t.isoformat())

@@ -5,9 +5,9 @@ to compliance."""
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import psycopg
 
 from mm_orchestration.features.residency.regions import HOME_COUNTRY, UNKNOWN, country, vendors
@@ -17,6 +17,9 @@ from mm_orchestration.platform.outbox.mailer import Attachment, Email
 from mm_orchestration.platform.report_store import ReportStore
 from mm_orchestration.platform.sql_files import query
 from mm_orchestration.platform.text import markdown_table
+
+if TYPE_CHECKING:  # pandas costs a light run 2 s; imported where a report is built
+    import pandas as pd
 
 # Why a row has its status: one reason per row, in the CSV beside the status.
 REASON_ALLOWED = "in Australia"
@@ -45,9 +48,12 @@ COLUMNS = [
 ]
 
 
-# What Python's str.strip() removes, so the SQL that groups regions and the Python that
-# looks them up trim a region alike (a trailing no-break space included).
-SPACES = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+@cache
+def spaces() -> str:
+    """What Python's str.strip() removes, so the SQL that groups regions and the Python that
+    looks them up trim a region alike (a trailing no-break space included). Worked out on
+    first use: it reads every code point, half a second every process would pay at import."""
+    return "".join(c for c in map(chr, range(0x110000)) if c.isspace())
 
 
 def report_params() -> dict[str, Any]:
@@ -64,12 +70,14 @@ def report_params() -> dict[str, Any]:
             "portal.tenants.data_region (Neon keeps a project's backups and history "
             "in the project's region)"
         ),
-        "spaces": SPACES,
+        "spaces": spaces(),
     }
 
 
 def build_frame(conn: psycopg.Connection, read_at: datetime) -> pd.DataFrame:
     """The report as a table: one row per tenant and place its data lives."""
+    import pandas as pd
+
     cursor = conn.execute(query(__package__, "report_rows"), report_params())
     frame = pd.DataFrame(cursor.fetchall(), columns=[c.name for c in cursor.description or []])
     frame["country"] = frame["region"].map({r: country(r) for r in frame["region"].unique()})
@@ -123,6 +131,8 @@ def exceptions_preview(frame: pd.DataFrame) -> str:
 
 def render(frame: pd.DataFrame, week: date) -> tuple[bytes, bytes, list[str]]:
     """(CSV of every row, a readable HTML page, tenants with an exception)."""
+    import pandas as pd
+
     exceptions = exception_tenants(frame)
     exception_rows = frame[frame["status"] == "exception"]
     csv = spreadsheets.to_csv(frame)
