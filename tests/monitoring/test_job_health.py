@@ -30,6 +30,9 @@ from mm_orchestration.platform import inventory
 from mm_orchestration.platform.job_settings import JobSettings
 from tests.conftest import create_database, drop_database
 
+# SQL or PostgreSQL tools that may differ by server version: CI runs these on 15 and 16.
+pytestmark = pytest.mark.pg_versions
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -13,6 +13,9 @@ from tests import factories as f
 from tests.run_job_in_subprocess import kill_at_request
 from tests.sendgrid_server import Reply
 
+# SQL or PostgreSQL tools that may differ by server version: CI runs these on 15 and 16.
+pytestmark = pytest.mark.pg_versions
+
 NOW = datetime.now(UTC)
 
 

@@ -27,16 +27,16 @@ from mm_orchestration.features.digests.job import notification_digest
 from mm_orchestration.features.share_links.job import share_link_expiry
 from mm_orchestration.monitoring.run_alerts import job_failure_sensor
 from mm_orchestration.platform.outbox.addresses import address_problem
-from mm_orchestration.platform.outbox.mailer import (
-    Mailer,
-    SendError,
-    TemplateRecipient,
-    plan_requests,
-)
+from mm_orchestration.platform.outbox.mailer import Mailer, TemplateRecipient
+from mm_orchestration.platform.outbox.request_plan import plan_requests
 from mm_orchestration.platform.outbox.rows import durable as _durable
+from mm_orchestration.platform.outbox.sendgrid_client import SendError
 from tests import factories as f
 from tests.run_job_in_subprocess import kill_at_request
 from tests.sendgrid_server import Reply, SendGridRecorder
+
+# SQL or PostgreSQL tools that may differ by server version: CI runs these on 15 and 16.
+pytestmark = pytest.mark.pg_versions
 
 DAY = "2026-11-30"
 # Sydney's 30 November as a period is keyed by its bounds as instants.

@@ -30,6 +30,9 @@ from mm_orchestration.platform.outbox.mailer import Mailer
 from mm_orchestration.platform.report_store import ReportStore
 from tests.conftest import session_drill
 
+# SQL or PostgreSQL tools that may differ by server version: CI runs these on 15 and 16.
+pytestmark = pytest.mark.pg_versions
+
 
 @pytest.fixture
 def role_url(pg_server, database_url):

@@ -14,6 +14,9 @@ from mm_orchestration.platform.migrate import available, migrate
 from mm_orchestration.platform.outbox.mailer import Mailer
 from tests.conftest import create_database, drop_database
 
+# SQL or PostgreSQL tools that may differ by server version: CI runs these on 15 and 16.
+pytestmark = pytest.mark.pg_versions
+
 
 @pytest.fixture
 def empty_db(pg_server):

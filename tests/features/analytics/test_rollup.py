@@ -10,6 +10,9 @@ from dagster import DagsterInstance, materialize
 from mm_orchestration.features.analytics.asset import analytics_hourly, reconcile
 from tests import factories as f
 
+# SQL or PostgreSQL tools that may differ by server version: CI runs these on 15 and 16.
+pytestmark = pytest.mark.pg_versions
+
 HOUR = "2026-11-28-10:00"
 H = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 

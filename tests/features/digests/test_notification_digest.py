@@ -13,6 +13,9 @@ from tests import factories as f
 from tests.conftest import run_job
 from tests.sendgrid_server import Reply
 
+# SQL or PostgreSQL tools that may differ by server version: CI runs these on 15 and 16.
+pytestmark = pytest.mark.pg_versions
+
 DAY = "2026-11-30"
 # The Sydney day's period as stored and keyed: its bounds as instants.
 PERIOD = "2026-11-29T13:00:00Z/2026-11-30T13:00:00Z"

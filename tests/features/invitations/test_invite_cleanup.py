@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from mm_orchestration.features.invitations.job import invite_cleanup
 from tests import factories as f
 from tests.conftest import run_job
+
+# SQL or PostgreSQL tools that may differ by server version: CI runs these on 15 and 16.
+pytestmark = pytest.mark.pg_versions
 
 
 def invitation(conn, tenant, age, status="pending"):

@@ -17,6 +17,9 @@ from mm_orchestration.monitoring.alerts import send_alert
 from tests.conftest import run_job
 from tests.mux_factory import dead_letter
 
+# SQL or PostgreSQL tools that may differ by server version: CI runs these on 15 and 16.
+pytestmark = pytest.mark.pg_versions
+
 MM_JOBS = str(Path(sys.executable).with_name("mm-jobs"))
 
 

@@ -33,6 +33,9 @@ from mm_orchestration.platform.settings import Settings, SettingsError
 from tests.conftest import run_job, session_drill
 from tests.pg_versions import pg_bin_dir
 
+# SQL or PostgreSQL tools that may differ by server version: CI runs these on 15 and 16.
+pytestmark = pytest.mark.pg_versions
+
 SYDNEY = ZoneInfo("Australia/Sydney")
 
 

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from dagster import DagsterInstance
 from psycopg import sql
 
 from mm_orchestration.features.invitations.job import invite_cleanup
 from mm_orchestration.features.retention.job import storage_retention
+
+# SQL or PostgreSQL tools that may differ by server version: CI runs these on 15 and 16.
+pytestmark = pytest.mark.pg_versions
 
 
 def test_old_runs_and_rows_go_recent_ones_and_evidence_stay(conn, portal_db):

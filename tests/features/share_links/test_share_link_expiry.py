@@ -16,6 +16,9 @@ from mm_orchestration.platform.outbox.mailer import Mailer
 from tests import factories as f
 from tests.sendgrid_server import Reply
 
+# SQL or PostgreSQL tools that may differ by server version: CI runs these on 15 and 16.
+pytestmark = pytest.mark.pg_versions
+
 NOW = datetime.now(UTC)
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 from datetime import timedelta
 
+import pytest
 from dagster import RetryPolicy, job
 
 from mm_orchestration.features.suppressions.job import (
@@ -17,6 +18,9 @@ from mm_orchestration.platform.outbox.mailer import Mailer
 from tests import factories as f
 from tests.conftest import run_job
 from tests.sendgrid_server import Reply
+
+# SQL or PostgreSQL tools that may differ by server version: CI runs these on 15 and 16.
+pytestmark = pytest.mark.pg_versions
 
 
 @job
