@@ -10,10 +10,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from mm_orchestration.monitoring.joblog import log_event
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.outbox import rows
-from mm_orchestration.platform.outbox.mailer import SendError
 from mm_orchestration.platform.outbox.report import DeliveryReport
 from mm_orchestration.platform.outbox.rows import FinishedRuns, Row
 from mm_orchestration.platform.outbox.screening import Screened, Suppressions, record
+from mm_orchestration.platform.outbox.sendgrid_client import SendError
 
 # After this many lost answers in a row SendGrid is not answering: stop, keep the rest
 # pending, rather than spend a read timeout and an unknown outcome on every request.

@@ -7,7 +7,9 @@ yet (429, 5xx, no connection: retried here, with backoff, because the request pr
 never took effect); or *outcome unknown* (the request was written, then the answer
 was lost): never retried, since SendGrid may have sent it. Every call has a connect
 and a read timeout (`mm_orchestration.platform.http`), so a stalled SendGrid costs seconds,
-not a hung run. What we assume of SendGrid and why: docs/sendgrid.md.
+not a hung run. The request itself and how its answer is read: `sendgrid_client`; how
+many requests a delivery takes: `request_plan`. What we assume of SendGrid and why:
+docs/sendgrid.md.
 """
 
 from __future__ import annotations
@@ -15,12 +17,8 @@ from __future__ import annotations
 import base64
 import functools
 import json
-import logging
-import math
 import re
-import time
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -33,30 +31,13 @@ from pydantic import Field
 from mm_orchestration.monitoring.joblog import log_event
 from mm_orchestration.platform import http
 from mm_orchestration.platform.config_models import QUIET
+from mm_orchestration.platform.outbox.request_plan import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    MAX_PERSONALIZATIONS,
+    SENDGRID_MAX_BYTES,
+)
+from mm_orchestration.platform.outbox.sendgrid_client import SendError, call, sdk_client
 from mm_orchestration.platform.text import one_line
-
-# SendGrid's published limits for one v3 mail/send request.
-MAX_PERSONALIZATIONS = 1000
-MAX_RECIPIENTS = 1000  # to, cc and bcc across every personalization
-SENDGRID_MAX_BYTES = 30_000_000  # "less than 30 MB": 413 at or above
-# How big we let a request grow: well under SendGrid's limit, so that a header or a
-# different JSON spacing on the way can never tip a request over it.
-DEFAULT_MAX_REQUEST_BYTES = 20_000_000
-
-# python_http_client logs every request's headers (the API key among them) and body at
-# DEBUG: those lines must never be written, whatever level the process logs at.
-logging.getLogger("python_http_client.client").setLevel(logging.INFO)
-
-# Fields of a request that are the same in every request we make (the sender, the
-# template, the categories): SendGrid refusing one of them refuses every request alike.
-# The others (personalizations, subject, content, attachments) belong to the message.
-ENVELOPE_FIELDS = frozenset(
-    {"from", "reply_to", "reply_to_list", "template_id", "categories", "asm",
-     "mail_settings", "tracking_settings", "ip_pool_name", "batch_id", "headers"}
-)  # fmt: skip
-_FIELD_ROOT = re.compile(r"^[A-Za-z_]+")
-# A 4xx that says "not now", not "no": the request was not processed, so it may go again.
-RETRYABLE_4XX = frozenset({408, 425, 429})
 
 
 @dataclass(frozen=True)
@@ -94,139 +75,6 @@ class TemplateRecipient:
     key: str
     recipient: str
     data: dict[str, Any] = field(default_factory=dict)
-
-
-class SendError(Exception):
-    """SendGrid did not take the request, and what that means for its rows.
-
-    `transient`: not taken yet, nothing happened at SendGrid (429, 5xx, no connection
-    after our own retries): the rows may go again later. `unknown`: the request was
-    written and its answer lost: SendGrid may have sent it, so its rows must never go
-    again automatically. Otherwise a refusal (4xx) with SendGrid's `errors`, each a
-    (field, message) pair, the field naming the culprit where SendGrid says.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        status: int | None,
-        transient: bool,
-        *,
-        unknown: bool = False,
-        errors: Sequence[tuple[str | None, str]] = (),
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.transient = transient
-        self.unknown = unknown
-        self.errors = tuple(errors)
-
-    def named_personalizations(self) -> dict[int, str]:
-        """SendGrid's message per personalization index it named (`personalizations.3...`)."""
-        return self.named_entries("personalizations")
-
-    def named_entries(self, array: str) -> dict[int, str]:
-        """SendGrid's message per index of `array` it named (`emails.3`, `emails[3]`)."""
-        pattern = re.compile(rf"^{re.escape(array)}(?:\.(\d+)|\[(\d+)\])(?:[.\[]|$)")
-        named: dict[int, str] = {}
-        for name, message in self.errors:
-            found = pattern.match((name or "").strip())
-            if found:
-                index = int(found.group(1) or found.group(2))
-                named[index] = "; ".join(filter(None, [named.get(index), message]))
-        return named
-
-    @property
-    def refuses_every_request(self) -> bool:
-        """A refusal that every other request of this delivery would get too, so delivery
-        stops and leaves the rest pending: a revoked key (401), a refused sender (403), a
-        4xx naming a field of the envelope (`from.email`, `template_id`: ENVELOPE_FIELDS),
-        or a 4xx that is about the call itself (404, 405, 415...). A 400 or 413 naming a
-        personalization, the subject or the content, or nothing, is the message's own. A
-        redirect (3xx) means SENDGRID_API_HOST is not SendGrid's API: every request alike."""
-        if self.status is not None and 300 <= self.status < 400:
-            return True
-        if self.status is None or not 400 <= self.status < 500 or self.transient:
-            return False
-        if self.status in (400, 413):
-            return any(
-                (root := _FIELD_ROOT.match(name.strip())) and root.group(0) in ENVELOPE_FIELDS
-                for name, _ in self.errors
-                if name
-            )
-        return True
-
-
-def request_bytes(envelope: dict[str, Any], personalizations: Sequence[str]) -> int:
-    """The exact size of the JSON body the SDK sends for `envelope` with these
-    personalizations (each already serialised the SDK's way, `json.dumps` defaults)."""
-    base = len(json.dumps({**envelope, "personalizations": []}).encode())
-    joined = sum(len(p) for p in personalizations) + 2 * max(len(personalizations) - 1, 0)
-    return base + joined
-
-
-def plan_requests(
-    sizes: Sequence[tuple[int, int]],
-    base_bytes: int,
-    max_personalizations: int = MAX_PERSONALIZATIONS,
-    max_recipients: int = MAX_RECIPIENTS,
-    max_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-) -> list[range]:
-    """Split personalizations, in order, into as few requests as SendGrid's limits allow
-    together: at most `max_personalizations`, `max_recipients` recipients in total and
-    `max_bytes` of body each. `sizes` are (recipients, serialised bytes) per
-    personalization; one too big for any request still gets a request of its own (SendGrid
-    refuses it with 413, and only that row fails)."""
-    plans: list[range] = []
-    start, recipients, size = 0, 0, base_bytes
-    for i, (people, length) in enumerate(sizes):
-        grown = length + (2 if i > start else 0)
-        if i > start and (
-            i - start >= max_personalizations
-            or recipients + people > max_recipients
-            or size + grown > max_bytes
-        ):
-            plans.append(range(start, i))
-            start, recipients, size, grown = i, 0, base_bytes, length
-        recipients += people
-        size += grown
-    if start < len(sizes):
-        plans.append(range(start, len(sizes)))
-    return plans
-
-
-class _BoundedClient:
-    """python_http_client's Client with our transport: both timeouts, and the honest split
-    between "never left" and "outcome unknown" (mm_orchestration.platform.http). The SDK builds the
-    request and the error classes as usual; only the final open is ours."""
-
-    @staticmethod
-    def make(host: str, headers: dict[str, str], timeouts: http.Timeouts) -> Any:
-        import python_http_client
-        from python_http_client.exceptions import HTTPError, err_dict
-
-        class Client(python_http_client.Client):
-            def _build_client(self, name: str | None = None) -> Any:
-                url_path = self._url_path + [name] if name else self._url_path
-                return Client(
-                    host=self.host,
-                    version=self._version,
-                    request_headers=self.request_headers,
-                    url_path=url_path,
-                    append_slash=self.append_slash,
-                    timeout=self.timeout,
-                )
-
-            def _make_request(
-                self, opener: Any, request: urllib.request.Request, timeout: Any = None
-            ) -> Any:
-                answer = http.send(request, timeouts)
-                if not 200 <= answer.status < 300:  # a redirect is no acceptance either
-                    error_class = err_dict.get(answer.status, HTTPError)
-                    raise error_class(answer.status, "", answer.body, answer.headers)
-                return answer
-
-        return Client(host=host, request_headers=headers, version=3)
 
 
 class Mailer(ConfigurableResource):
@@ -357,13 +205,7 @@ class Mailer(ConfigurableResource):
     # -- transport --------------------------------------------------------------
 
     def _client(self) -> Any:
-        from sendgrid import SendGridAPIClient
-
-        client = SendGridAPIClient(api_key=self.api_key, host=self.api_host.rstrip("/"))
-        # The SDK's own client has no timeout at all; ours has both (and tells a request
-        # that never left from one whose answer was lost).
-        client.client = _BoundedClient.make(client.host, client._default_headers, self.timeouts)
-        return client
+        return sdk_client(self.api_key, self.api_host, self.timeouts)
 
     # -- suppressions ----------------------------------------------------------
 
@@ -426,72 +268,10 @@ class Mailer(ConfigurableResource):
         return str(headers.get("X-Message-Id", "") if headers else "")
 
     def _call(self, request: Callable[[], Any]) -> Any:
-        """One SendGrid request. Retried only when it provably never took effect: 429
-        (until X-RateLimit-Reset, when that is within `max_rate_limit_wait_seconds`; a
-        later reset is a transient SendError at once), 408, 425 and 5xx with an answer, and
-        no connection (refused, DNS, connect timeout). A lost answer is never retried:
-        SendError(unknown=True)."""
-        from python_http_client.exceptions import HTTPError
-
-        backoff = self.backoff_seconds
-        last: SendError | None = None
-        for attempt in range(1, self.max_attempts + 1):
-            try:
-                return request()
-            except HTTPError as exc:
-                status = int(exc.status_code)
-                errors = _sendgrid_errors(exc.body)
-                message = "; ".join(m for _, m in errors) or _raw(exc.body)
-                if status == 429:
-                    last = SendError(f"SendGrid 429 rate limited: {message}", status, True)
-                    reset = _rate_limit_wait(exc.headers)
-                    if reset is None or reset <= 0:  # no usable reset, or one just past
-                        wait = backoff
-                        backoff *= 2
-                    elif reset > self.max_rate_limit_wait_seconds:
-                        # Waiting would hold the run for longer than we allow: the rows
-                        # stay pending for the op's retry or the next run, at once.
-                        raise SendError(
-                            f"SendGrid 429 rate limited for {reset:.0f} s more (longer than "
-                            f"the {self.max_rate_limit_wait_seconds:.0f} s a run waits; "
-                            f"the rest waits for the next try): {message}",
-                            status,
-                            True,
-                        ) from exc
-                    else:
-                        wait = reset
-                elif status in RETRYABLE_4XX or status >= 500:
-                    last = SendError(f"SendGrid {status}: {message}", status, True)
-                    wait = backoff
-                    backoff *= 2
-                else:
-                    if status < 400:
-                        where = exc.headers.get("Location", "?") if exc.headers else "?"
-                        message = (
-                            f"a redirect to {where[:200]}, not an answer (is "
-                            "SENDGRID_API_HOST SendGrid's API, https://api.sendgrid.com?)"
-                        )
-                    raise SendError(
-                        f"SendGrid {status}: {message or '(no error message)'}",
-                        status,
-                        False,
-                        errors=errors,
-                    ) from exc
-            except http.OutcomeUnknown as exc:
-                raise SendError(
-                    f"SendGrid outcome unknown: {exc}", None, False, unknown=True
-                ) from exc
-            except http.NotSent as exc:
-                last = SendError(f"SendGrid unreachable: {exc}", None, True)
-                wait = backoff
-                backoff *= 2
-            log_event(
-                "sendgrid.retry", attempt=attempt, status=last.status, waitSeconds=round(wait, 2)
-            )
-            if attempt < self.max_attempts:
-                time.sleep(wait)
-        assert last is not None
-        raise last
+        """One SendGrid request, retried as `sendgrid_client.call` says."""
+        return call(
+            request, self.max_attempts, self.backoff_seconds, self.max_rate_limit_wait_seconds
+        )
 
     def _write_eml(self, email: Email) -> str:
         folder = Path(self.mail_dir)
@@ -521,37 +301,3 @@ _PLAIN_JSON_TEXT = re.compile(r"[A-Za-z0-9 _.+@:/-]*")
 def _json_string(text: str) -> str:
     """`json.dumps(text)`, without its cost for the plain text nearly every value is."""
     return f'"{text}"' if _PLAIN_JSON_TEXT.fullmatch(text) else json.dumps(text)
-
-
-def _raw(body: Any) -> str:
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    return str(body)[:500]
-
-
-def _sendgrid_errors(body: Any) -> list[tuple[str | None, str]]:
-    """SendGrid's `errors[]` as (field, message) pairs; [] when the body has none."""
-    try:
-        errors = json.loads(body).get("errors") or []
-    except (ValueError, AttributeError, TypeError):
-        return []
-    found: list[tuple[str | None, str]] = []
-    for error in errors if isinstance(errors, list) else []:
-        if isinstance(error, dict):
-            name = error.get("field")
-            found.append((str(name) if name else None, str(error.get("message", error))))
-        else:
-            found.append((None, str(error)))
-    return found
-
-
-def _rate_limit_wait(headers: Any) -> float | None:
-    """Seconds until X-RateLimit-Reset (a Unix time in seconds); None when SendGrid gave
-    none, or one that is no time within the next day (not a number, infinite, or in
-    milliseconds)."""
-    try:
-        reset = float(headers.get("X-RateLimit-Reset"))
-    except (TypeError, ValueError, AttributeError, OverflowError):
-        return None
-    wait = reset - time.time()
-    return wait if math.isfinite(wait) and wait <= 86_400 else None

@@ -13,6 +13,7 @@ from psycopg import sql
 from mm_orchestration.platform import audit
 from mm_orchestration.platform.inventory import KIND_SENDERS
 from mm_orchestration.platform.outbox.rows import SENDING_LEASE
+from mm_orchestration.platform.sql_files import query
 
 __all__ = ["KIND_SENDERS", "list_failed", "resend"]
 
@@ -39,27 +40,7 @@ def resend(
         if users and users[0]
         else "NULL"
     )
-    statement = sql.SQL("""
-        WITH picked AS (
-            SELECT id FROM ops.notification_outbox
-             WHERE status IN ('failed', 'expired') AND kind = %(kind)s
-               AND coalesce(failed_at, created_at) >= %(since)s
-               AND (%(unknown)s OR NOT outcome_unknown)
-             ORDER BY id
-               FOR UPDATE
-        ), requeued AS (
-            UPDATE ops.notification_outbox o
-               SET status = 'pending', next_attempt_at = now(), claimed_by = NULL,
-                   recipient = coalesce(%(to)s, {fresh}, o.recipient),
-                   last_error = 'requeued by ' || %(actor)s || ' after: '
-                                || coalesce(o.last_error, ''),
-                   outcome_unknown = false, failed_at = NULL, failed_run_id = NULL
-              FROM picked WHERE o.id = picked.id
-          RETURNING o.idempotency_key
-        )
-        SELECT idempotency_key FROM requeued ORDER BY idempotency_key""").format(
-        fresh=fresh_address
-    )
+    statement = sql.SQL(query(__package__, "resend")).format(fresh=fresh_address)
     rows = conn.execute(
         statement,
         {"kind": kind, "since": since, "actor": actor, "unknown": include_unknown, "to": to},
@@ -98,24 +79,7 @@ def list_failed(
     (waited past its use, never sent). `unknown_only` lists what an operator must look up
     in SendGrid: unknown, sending and stale."""
     cursor = conn.execute(
-        """SELECT id, idempotency_key, kind,
-                  CASE WHEN status = 'sending' AND claimed_at < now() - %(lease)s::interval
-                            THEN 'stale'
-                       WHEN status = 'sending' THEN 'sending'
-                       WHEN status = 'pending' THEN 'waiting'
-                       WHEN status = 'expired' THEN 'expired'
-                       WHEN outcome_unknown THEN 'unknown'
-                       ELSE 'failed' END AS state,
-                  coalesce(failed_at, claimed_at) AS at, failed_run_id, claimed_by,
-                  attempts, last_error
-             FROM ops.notification_outbox
-            WHERE (status = 'sending'
-                   OR (status = 'failed' AND (NOT %(unknown)s OR outcome_unknown))
-                   OR (NOT %(unknown)s AND status = 'pending' AND last_error IS NOT NULL)
-                   OR (NOT %(unknown)s AND status = 'expired'))
-              AND (%(kind)s::text IS NULL OR kind = %(kind)s)
-            ORDER BY coalesce(failed_at, claimed_at, created_at) DESC, id DESC
-            LIMIT %(limit)s""",
+        query(__package__, "list_failed"),
         {"unknown": unknown_only, "kind": kind, "limit": limit, "lease": SENDING_LEASE},
     )
     names = [c.name for c in cursor.description or []]

@@ -12,6 +12,7 @@ from dagster import DagsterInstance, Failure, MetadataValue
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.outbox.report import DeliveryReport
 from mm_orchestration.platform.outbox.rows import KEYS_SHOWN, FinishedRuns
+from mm_orchestration.platform.sql_files import query
 
 
 class DeliveryIncomplete(Failure):
@@ -63,17 +64,7 @@ class RunFailures:
 def run_failures(db: PortalDatabase, kinds: Sequence[str], run_id: str) -> RunFailures:
     with db.connection() as conn:
         rows = conn.execute(
-            """SELECT CASE WHEN outcome_unknown THEN 'outcome unknown'
-                           ELSE split_part(coalesce(last_error, 'failed'), ':', 1) END,
-                      count(*),
-                      (array_agg(idempotency_key ORDER BY id)
-                          FILTER (WHERE outcome_unknown))[1:%(shown)s],
-                      (array_agg(idempotency_key || ': ' || coalesce(last_error, '')
-                                 ORDER BY id))[1:3]
-                 FROM ops.notification_outbox
-                WHERE failed_run_id = %(run_id)s AND status = 'failed'
-                  AND kind = ANY(%(kinds)s)
-                GROUP BY 1 ORDER BY 2 DESC, 1""",
+            query(__package__, "run_failures"),
             {"run_id": run_id, "kinds": list(kinds), "shown": KEYS_SHOWN},
         ).fetchall()
     return RunFailures(

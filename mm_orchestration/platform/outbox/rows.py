@@ -7,7 +7,7 @@
     pending --fail(only_pending)--> failed (invalid address, message not built)
     pending --suppress--> suppressed
     pending --> expired (past its use: a digest held longer than its grace; the digest
-                         expires its own, `digest_queue.expire_stale`)
+                         expires its own, `digests.settle.expire_stale`)
 
 Each change is one set-based statement in a durable commit (`durable`): the `sending` mark
 must be on disk before the request it guards, or a database crash would make the row look
@@ -28,6 +28,7 @@ from psycopg.types.json import Jsonb
 from mm_orchestration.monitoring.joblog import log_event
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.outbox.report import DeliveryReport
+from mm_orchestration.platform.sql_files import query
 
 # A 'sending' row older than this was left by a deliverer that died, even when Dagster
 # cannot say so (a run it does not know): no request waits this long (timeouts).
@@ -105,15 +106,7 @@ def settle_abandoned(
         ]
         gone = [run_id, *sorted(finished(holders) if finished and holders else [])]
         report.abandoned = conn.execute(
-            """UPDATE ops.notification_outbox
-                  SET status = 'failed', outcome_unknown = true,
-                      failed_at = now(), failed_run_id = %(run_id)s,
-                      last_error = 'delivery outcome unknown: the deliverer (run '
-                                   || coalesce(claimed_by, '?') || ') stopped mid-send. '
-                                   || replace(%(hint)s, '{key}', idempotency_key)
-                WHERE status = 'sending' AND kind = ANY(%(kinds)s)
-                  AND (claimed_at < now() - %(lease)s::interval
-                       OR claimed_by = ANY(%(gone)s))""",
+            query(__package__, "abandon_sending"),
             {"run_id": run_id, "hint": UNKNOWN_HINT, "kinds": kinds,
              "lease": SENDING_LEASE, "gone": gone},
         ).rowcount  # fmt: skip
@@ -143,15 +136,7 @@ def page(
     `raw`: the payload as its JSON text, not decoded."""
     # The ids are chosen first (in id order straight from the pending index, for one kind)
     # and only they are read whole, joined in that order: no sort ever carries payloads.
-    statement = sql.SQL(
-        """SELECT o.id, o.idempotency_key, o.kind, o.tenant_id, o.recipient, {payload}
-             FROM (SELECT id FROM ops.notification_outbox
-                    WHERE status = 'pending' AND {kind}
-                      AND next_attempt_at <= now() AND id > %s
-                    ORDER BY id LIMIT %s) due
-             JOIN ops.notification_outbox o ON o.id = due.id
-            ORDER BY due.id"""
-    ).format(
+    statement = sql.SQL(query(__package__, "page")).format(
         payload=sql.SQL("o.payload::text" if raw else "o.payload"),
         kind=sql.SQL("kind = %s" if len(kinds) == 1 else "kind = ANY(%s)"),
     )
@@ -228,12 +213,7 @@ def set_sent(conn: psycopg.Connection, accepted: Sequence[tuple[list[int], str]]
     if not accepted:
         return
     conn.execute(
-        """UPDATE ops.notification_outbox o
-              SET status = 'sent', sent_at = now(), last_error = NULL,
-                  provider_message_id = nullif(a.message_id, '')
-             FROM unnest(%s::text[], %s::text[]) AS a(ids, message_id)
-            CROSS JOIN LATERAL unnest(a.ids::bigint[]) AS s(id)
-            WHERE o.id = s.id""",
+        query(__package__, "set_sent"),
         [[id_array(ids) for ids, _ in accepted], [m for _, m in accepted]],
     )
 
@@ -293,13 +273,7 @@ def fail(
     settled meanwhile is left as it is)."""
     with durable(db) as conn:
         failed = conn.execute(
-            """UPDATE ops.notification_outbox o
-                  SET status = 'failed', last_error = f.error, failed_at = now(),
-                      failed_run_id = %(run_id)s, outcome_unknown = false
-                 FROM unnest(%(ids)s::bigint[], %(errors)s::text[]) AS f(id, error)
-                WHERE o.id = f.id
-                  AND o.status = ANY(%(from)s)
-            RETURNING o.id""",
+            query(__package__, "fail"),
             {
                 "run_id": run_id,
                 "ids": [i for i, _ in failures],
@@ -320,12 +294,7 @@ def suppress(db: PortalDatabase, reasons: Sequence[tuple[int, str]]) -> set[int]
     """Mark pending rows 'suppressed', each with the suppression's reason; the ids marked."""
     with durable(db) as conn:
         marked = conn.execute(
-            """UPDATE ops.notification_outbox o
-                  SET status = 'suppressed',
-                      last_error = 'recipient is on portal.email_suppressions (' || s.reason || ')'
-                 FROM unnest(%s::bigint[], %s::text[]) AS s(id, reason)
-                WHERE o.id = s.id AND o.status = 'pending'
-            RETURNING o.id""",
+            query(__package__, "suppress"),
             [[i for i, _ in reasons], [storable(r) for _, r in reasons]],
         ).fetchall()
     return {row[0] for row in marked}
@@ -338,12 +307,7 @@ def fail_unknown(
     the key named, never resent automatically."""
     with durable(db) as conn:
         conn.execute(
-            """UPDATE ops.notification_outbox
-                  SET status = 'failed', outcome_unknown = true, failed_at = now(),
-                      failed_run_id = %s,
-                      last_error = 'delivery outcome unknown: ' || %s || '. '
-                                   || replace(%s, '{key}', idempotency_key)
-                WHERE id = ANY(%s) AND status = 'sending'""",
+            query(__package__, "fail_unknown"),
             [run_id, storable(what), UNKNOWN_HINT, [r.id for r in rows]],
         )
     report.unknown += len(rows)

@@ -9,11 +9,12 @@ from typing import Any
 from mm_orchestration.monitoring.joblog import log_event, mask_email
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.outbox.delivery import Delivery
-from mm_orchestration.platform.outbox.mailer import Email, Mailer, SendError
+from mm_orchestration.platform.outbox.mailer import Email, Mailer
 from mm_orchestration.platform.outbox.paging import ReadAhead
 from mm_orchestration.platform.outbox.report import DeliveryReport
 from mm_orchestration.platform.outbox.rows import FinishedRuns, Row, page
 from mm_orchestration.platform.outbox.screening import judge
+from mm_orchestration.platform.outbox.sendgrid_client import SendError
 
 Renderer = Callable[[str, dict[str, Any]], Email]
 """Turns (idempotency key, row) into the message to send."""

@@ -12,19 +12,18 @@ from typing import Any, NamedTuple
 from mm_orchestration.monitoring.joblog import log_event
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.outbox.delivery import Delivery
-from mm_orchestration.platform.outbox.mailer import (
+from mm_orchestration.platform.outbox.mailer import Mailer, TemplateRecipient
+from mm_orchestration.platform.outbox.paging import ReadAhead
+from mm_orchestration.platform.outbox.report import DeliveryReport
+from mm_orchestration.platform.outbox.request_plan import (
     MAX_PERSONALIZATIONS,
     MAX_RECIPIENTS,
-    Mailer,
-    SendError,
-    TemplateRecipient,
     plan_requests,
     request_bytes,
 )
-from mm_orchestration.platform.outbox.paging import ReadAhead
-from mm_orchestration.platform.outbox.report import DeliveryReport
 from mm_orchestration.platform.outbox.rows import FinishedRuns, Row, page
 from mm_orchestration.platform.outbox.screening import Screened, judge
+from mm_orchestration.platform.outbox.sendgrid_client import SendError
 
 # Rows read per page: up to several requests' worth, so that only the last request of a
 # page may be short (requests per 1,000 people stay near 1).
