@@ -3,6 +3,12 @@
 Every entry goes through one masking function (`masked`) and is made storable (NUL and
 lone surrogates escaped, sizes capped with a visible marker) here, whoever writes it, so
 no writer can leak a secret into the trail or lose an entry to a value PostgreSQL refuses.
+
+The log is append-only and hash-chained (migration 0016, docs/audit.md): entries are rows
+of `ops.audit_entries` that nobody changes, each linked into `ops.audit_chain` when its
+transaction commits; how an entry ended (`settle`) or what was added to it afterwards
+(`annotate`) is an entry of its own that settles it, and `ops.audit_log` shows each entry
+as it reads with those folded in.
 """
 
 from __future__ import annotations
@@ -317,10 +323,11 @@ def record(
     target: str | None = None,
     outcome: str | None = None,
 ) -> int:
-    """One audit entry, in the caller's transaction so it exists exactly when the act does.
-    Returns its id. `role`, `target` and `outcome` are the console's (migration 0010)."""
+    """One audit entry, in the caller's transaction so it exists exactly when the act does
+    (and is linked into the chain when that transaction commits). Returns its id. `role`,
+    `target` and `outcome` are the console's (migration 0010)."""
     row = conn.execute(
-        """INSERT INTO ops.audit_log
+        """INSERT INTO ops.audit_entries
                (actor, action, job_name, run_id, details, role, target, outcome)
            VALUES (%(actor)s, %(action)s, %(job_name)s, %(run_id)s, %(details)s, %(role)s,
                    %(target)s, %(outcome)s) RETURNING id""",
@@ -345,13 +352,25 @@ def record_once_per_run(
     twice); returns whether this call wrote it. Masked and capped as `record`."""
     values = _row(actor, action, job_name, run_id, details, None, target, outcome)
     written = conn.execute(
-        """INSERT INTO ops.audit_log (actor, action, job_name, run_id, details, target, outcome)
+        """INSERT INTO ops.audit_entries
+               (actor, action, job_name, run_id, details, target, outcome)
            SELECT %(actor)s, %(action)s, %(job_name)s, %(run_id)s, %(details)s, %(target)s,
                   %(outcome)s
-            WHERE NOT EXISTS (SELECT 1 FROM ops.audit_log WHERE run_id = %(run_id)s)""",
+            WHERE NOT EXISTS (SELECT 1 FROM ops.audit_entries WHERE run_id = %(run_id)s)""",
         values,
     ).rowcount
     return bool(written)
+
+
+# An ending or an addition: a new entry that settles `entry` (the same person, action,
+# job, role and target), so the entry itself is never changed. ops.audit_log folds it in.
+_SETTLE = """
+INSERT INTO ops.audit_entries
+       (actor, action, job_name, run_id, details, role, target, outcome, settles)
+SELECT actor, action, job_name, %(run_id)s, %(details)s, role, target, %(outcome)s, id
+  FROM ops.audit_entries
+ WHERE id = %(entry)s AND settles IS NULL
+"""
 
 
 def settle(
@@ -361,14 +380,26 @@ def settle(
     run_id: str | None = None,
     result: dict[str, Any] | None = None,
 ) -> None:
-    """How an audited action ended (the entry was written before it started)."""
+    """How an audited action ended (the entry was written before it started): its outcome,
+    the run it started, and `result` under the details' `result`."""
     conn.execute(
-        """UPDATE ops.audit_log
-              SET outcome = %s, run_id = coalesce(%s, run_id),
-                  details = details || jsonb_build_object('result', %s::jsonb)
-            WHERE id = %s""",
-        [_outcome(outcome), _column(run_id), entry_details(result or {}), entry_id],
+        _SETTLE,
+        {
+            "entry": entry_id,
+            "outcome": _outcome(outcome),
+            "run_id": _column(run_id),
+            "details": Jsonb({"result": entry_details(result or {}).obj}),
+        },
     )
+
+
+def annotate(conn: psycopg.Connection, entry_id: int, details: dict[str, Any]) -> None:
+    """Facts learned after an entry was written (what SendGrid answered, say), added to
+    its details as ops.audit_log shows them; the entry keeps its outcome."""
+    conn.execute(
+        _SETTLE, {"entry": entry_id, "outcome": None, "run_id": None,
+                  "details": entry_details(details)},
+    )  # fmt: skip
 
 
 def settle_run(conn: psycopg.Connection, run_id: str, outcome: str, summary: str) -> None:
@@ -376,9 +407,10 @@ def settle_run(conn: psycopg.Connection, run_id: str, outcome: str, summary: str
     stopped by a signal or found with its process gone never reaches the code that
     settles its entry, and "allowed" for ever would say it is still going."""
     conn.execute(
-        """UPDATE ops.audit_log
-              SET outcome = %s,
-                  details = details || jsonb_build_object('result', %s::jsonb)
+        """INSERT INTO ops.audit_entries
+                  (actor, action, job_name, run_id, details, role, target, outcome, settles)
+           SELECT actor, action, job_name, NULL, %s, role, target, %s, id
+             FROM ops.audit_log
             WHERE run_id = %s AND outcome = 'allowed'""",
-        [_outcome(outcome), entry_details({"summary": summary}), run_id],
+        [Jsonb({"result": entry_details({"summary": summary}).obj}), _outcome(outcome), run_id],
     )

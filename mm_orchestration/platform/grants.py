@@ -2,8 +2,9 @@
 
 On `portal` (the portal application's schema): SELECT on every table (the jobs read
 them, and the restore drill's pg_dump reads them all), UPDATE only on the columns the
-jobs change, DELETE only on `email_suppressions`. On `ops` (ours): everything. The
-role also needs CREATEDB for the restore drill's scratch database.
+jobs change, DELETE only on `email_suppressions`. On `ops` (ours): everything but
+changing the audit trail, which it may only append to (APPEND_ONLY). The role also needs
+CREATEDB for the restore drill's scratch database.
 """
 
 from __future__ import annotations
@@ -33,6 +34,16 @@ UPDATABLE: dict[str, tuple[str, ...]] = {
     ),
 }
 DELETABLE = ("email_suppressions",)
+# The audit trail (migration 0016): entries are inserted and read, never changed. A link
+# and the chain's head are written only by the chain's own trigger as a transaction that
+# wrote entries commits (it runs as that role, so it needs INSERT and UPDATE there); the
+# trigger `ops.audit_guard` refuses every other write, even the owner's (docs/audit.md).
+APPEND_ONLY: dict[str, tuple[str, ...]] = {
+    "audit_entries": ("SELECT", "INSERT"),
+    "audit_log": ("SELECT", "INSERT"),
+    "audit_chain": ("SELECT", "INSERT"),
+    "audit_chain_head": ("SELECT", "INSERT", "UPDATE"),
+}
 
 
 def statements(role: str) -> list[sql.Composed]:
@@ -60,4 +71,12 @@ def statements(role: str) -> list[sql.Composed]:
         sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA ops GRANT ALL ON TABLES TO {}").format(r),
         sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA ops GRANT ALL ON SEQUENCES TO {}").format(r),
     ]
+    for table, privileges in APPEND_ONLY.items():
+        name = sql.Identifier("ops", table)
+        out += [
+            sql.SQL("REVOKE ALL ON {} FROM {}").format(name, r),
+            sql.SQL("GRANT {} ON {} TO {}").format(
+                sql.SQL(", ").join(sql.SQL(p) for p in privileges), name, r
+            ),
+        ]
     return out

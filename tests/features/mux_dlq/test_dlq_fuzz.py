@@ -358,8 +358,8 @@ def run_example(conn: Any, resources: dict[str, Any], batch: tuple[list[Spec], i
     """Seed one batch on an emptied database, run the job, check every property."""
     letters, batch_size = batch
     conn.execute(
-        "TRUNCATE portal.mux_webhook_dlq, ops.dlq_attempts, ops.notification_outbox,"
-        " ops.audit_log RESTART IDENTITY"
+        "TRUNCATE portal.mux_webhook_dlq, ops.dlq_attempts, ops.notification_outbox"
+        " RESTART IDENTITY"
     )
     conn.execute("TRUNCATE portal.media_assets CASCADE")
     tenant = f.tenant(conn)

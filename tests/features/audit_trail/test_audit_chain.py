@@ -1,0 +1,410 @@
+"""The audit log is append-only and hash-chained: every kind of tampering is named, the
+database refuses changes (the application's role by its grants, everyone by a trigger),
+and concurrent writers leave a chain that verifies."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from mm_orchestration.features.audit_trail import chain
+from mm_orchestration.platform import audit
+from mm_orchestration.platform.db import connect
+from mm_orchestration.platform.grants import statements
+
+
+def write(conn: psycopg.Connection, n: int, actor: str = "olivia@mm.example") -> list[int]:
+    """`n` entries as the console writes them, each settled."""
+    ids = []
+    for i in range(n):
+        entry = audit.record(
+            conn, actor, "launch_run", "share-link-expiry", None, {"i": i}, outcome="allowed"
+        )
+        audit.settle(conn, entry, "succeeded", f"run-{i}", {"status": 200})
+        ids.append(entry)
+    return ids
+
+
+class Attacker:
+    """Somebody with the owner's rights who switches the triggers off (as the superuser
+    can, or a table owner with ALTER TABLE ... DISABLE TRIGGER) and edits rows directly."""
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+
+    def __call__(self, statement: str, params: list | None = None) -> None:
+        with self.conn.transaction():
+            self.conn.execute("SET LOCAL session_replication_role = replica")
+            self.conn.execute(statement, params)
+
+    def link_of(self, entry_id: int) -> int:
+        return self.conn.execute(
+            "SELECT seq FROM ops.audit_chain WHERE entry_id = %s", [entry_id]
+        ).fetchone()[0]
+
+
+@pytest.fixture
+def trail(conn) -> tuple[list[int], Attacker]:
+    ids = write(conn, 5)
+    assert chain.verify(conn).ok
+    return ids, Attacker(conn)
+
+
+def first(conn, **kwargs) -> chain.Problem:
+    verdict = chain.verify(conn, **kwargs)
+    assert not verdict.ok, verdict.summary()
+    assert verdict.first is not None
+    return verdict.first
+
+
+def test_settled_entries_read_as_before_and_the_chain_verifies(conn):
+    entry = audit.record(conn, "olivia", "launch_run", "x", None, {"a": 1}, outcome="allowed")
+    audit.settle(conn, entry, "succeeded", "run-1", {"status": 200})
+    audit.annotate(conn, entry, {"sendgrid_requests": 2})
+    refused = audit.record(conn, "ben", "wipe", None, None, {"n": "\x00é"}, outcome="refused")
+    row = conn.execute(
+        "SELECT actor, run_id, outcome, details FROM ops.audit_log WHERE id = %s", [entry]
+    ).fetchone()
+    assert row == (
+        "olivia",
+        "run-1",
+        "succeeded",
+        {"a": 1, "result": {"status": 200}, "sendgrid_requests": 2},
+    )
+    assert conn.execute("SELECT count(*) FROM ops.audit_log").fetchone() == (2,)
+    # The entry itself never changed: its ending and the addition are entries of their own.
+    assert conn.execute(
+        "SELECT outcome, run_id FROM ops.audit_entries WHERE id = %s", [entry]
+    ).fetchone() == ("allowed", None)
+    assert conn.execute("SELECT count(*) FROM ops.audit_entries").fetchone() == (4,)
+    verdict = chain.verify(conn)
+    assert verdict.ok and verdict.checked == 4 and verdict.head is not None
+    assert verdict.head == chain.head(conn)
+    assert "verified: 4 link(s) (seq 1-4)" in verdict.summary()
+    audit.settle_run(conn, "run-1", "canceled", "stopped")  # not `allowed` any more: nothing
+    assert conn.execute("SELECT count(*) FROM ops.audit_entries").fetchone() == (4,)
+    assert refused == conn.execute("SELECT max(id) FROM ops.audit_log").fetchone()[0]
+
+
+def test_an_edited_field_is_named(conn, trail):
+    ids, attack = trail
+    attack("UPDATE ops.audit_entries SET actor = 'mallory' WHERE id = %s", [ids[2]])
+    problem = first(conn)
+    assert (problem.kind, problem.entry_id) == ("edited", ids[2])
+    assert f"entry #{ids[2]}" in problem.message
+
+
+def test_an_edited_detail_or_time_is_named(conn, trail):
+    ids, attack = trail
+    attack("UPDATE ops.audit_entries SET occurred_at = occurred_at - interval '1 microsecond'"
+           " WHERE id = %s", [ids[1]])  # fmt: skip
+    assert first(conn).entry_id == ids[1]
+    attack("UPDATE ops.audit_entries SET occurred_at = occurred_at + interval '1 microsecond'"
+           " WHERE id = %s", [ids[1]])  # fmt: skip
+    assert chain.verify(conn).ok
+    attack("UPDATE ops.audit_entries SET details = details || '{\"i\": 99}' WHERE id = %s",
+           [ids[3]])  # fmt: skip
+    assert first(conn).entry_id == ids[3]
+
+
+def test_a_deleted_row_is_named(conn, trail):
+    ids, attack = trail
+    seq = attack.link_of(ids[1])
+    attack("DELETE FROM ops.audit_entries WHERE id = %s", [ids[1]])
+    problem = first(conn)
+    assert (problem.kind, problem.seq, problem.entry_id) == ("deleted", seq, ids[1])
+    # ...and with its link too: the chain skips a position.
+    attack("DELETE FROM ops.audit_chain WHERE seq = %s", [seq])
+    problem = first(conn)
+    assert (problem.kind, problem.seq) == ("deleted", seq)
+    assert f"skips from seq {seq - 1} to seq {seq + 1}" in problem.message
+
+
+def test_a_row_inserted_with_a_forged_hash_is_named(conn, trail):
+    _, attack = trail
+    head = chain.head(conn)
+    assert head is not None
+    attack("INSERT INTO ops.audit_entries (actor, action) VALUES ('mallory', 'nothing')")
+    forged = conn.execute("SELECT max(id) FROM ops.audit_entries").fetchone()[0]
+    # Linked after the head with a hash of the attacker's choosing, the head made to agree.
+    attack("INSERT INTO ops.audit_chain VALUES (%s, %s, now(), %s, sha256('forged'))",
+           [head.seq + 1, forged, bytes.fromhex(head.sha256)])  # fmt: skip
+    attack("UPDATE ops.audit_chain_head SET seq = seq + 1, hash = sha256('forged'),"
+           " linked_at = now()")  # fmt: skip
+    problem = first(conn)
+    assert (problem.kind, problem.seq, problem.entry_id) == ("edited", head.seq + 1, forged)
+    assert "forged hash" in problem.message
+
+
+def test_a_row_inserted_around_the_chain_is_named(conn, trail):
+    _, attack = trail
+    attack("INSERT INTO ops.audit_entries (actor, action, occurred_at)"
+           " VALUES ('mallory', 'backdated', now() - interval '30 days')")  # fmt: skip
+    sneaked = conn.execute("SELECT max(id) FROM ops.audit_entries").fetchone()[0]
+    problem = first(conn)
+    assert (problem.kind, problem.entry_id) == ("unlinked", sneaked)
+
+
+def test_a_link_moved_out_of_order_is_named(conn, trail):
+    ids, attack = trail
+    # A link slipped in between two others: it cannot carry its predecessor's hash.
+    seq = attack.link_of(ids[3])
+    attack("UPDATE ops.audit_chain SET prev_hash = sha256('elsewhere') WHERE seq = %s", [seq])
+    problem = first(conn)
+    assert (problem.kind, problem.seq, problem.entry_id) == ("forged", seq, ids[3])
+    # A link dated before the one it follows.
+    attack("UPDATE ops.audit_chain c SET prev_hash = p.hash FROM ops.audit_chain p"
+           " WHERE c.seq = %s AND p.seq = %s", [seq, seq - 1])  # fmt: skip
+    attack("UPDATE ops.audit_chain SET linked_at = linked_at - interval '1 hour'"
+           " WHERE seq = %s", [seq])  # fmt: skip
+    problem = first(conn)
+    assert (problem.kind, problem.seq) == ("out_of_order", seq)
+
+
+def test_swapped_rows_are_named(conn, trail):
+    ids, attack = trail
+    a, b = attack.link_of(ids[1]), attack.link_of(ids[3])
+    attack("UPDATE ops.audit_chain SET entry_id = -1 WHERE seq = %s", [a])
+    attack("UPDATE ops.audit_chain SET entry_id = %s WHERE seq = %s", [ids[1], b])
+    attack("UPDATE ops.audit_chain SET entry_id = %s WHERE seq = %s", [ids[3], a])
+    problem = first(conn)
+    assert (problem.kind, problem.seq, problem.entry_id) == ("edited", a, ids[3])
+    assert [p.seq for p in chain.verify(conn).problems] == [a, b]
+
+
+def test_swapped_contents_are_named(conn, trail):
+    ids, attack = trail
+    attack("UPDATE ops.audit_entries e SET details = o.details FROM ops.audit_entries o"
+           " WHERE (e.id, o.id) IN ((%s, %s), (%s, %s))",
+           [ids[0], ids[4], ids[4], ids[0]])  # fmt: skip
+    assert first(conn).entry_id == ids[0]
+
+
+def test_a_truncated_head_is_named(conn, trail):
+    _, attack = trail
+    anchor = chain.head(conn)
+    assert anchor is not None
+    # The newest entries and their links deleted: the head row still says where it ended.
+    newest = [anchor.seq - 2, anchor.seq - 1, anchor.seq]
+    attack("DELETE FROM ops.audit_entries WHERE id IN"
+           " (SELECT entry_id FROM ops.audit_chain WHERE seq = ANY(%s))", [newest])  # fmt: skip
+    attack("DELETE FROM ops.audit_chain WHERE seq = ANY(%s)", [newest])
+    problem = first(conn)
+    assert (problem.kind, problem.seq) == ("truncated", anchor.seq - 2)
+    assert f"head records seq {anchor.seq}" in problem.message
+    # The head row rewound too: only a head recorded outside the database catches it.
+    attack(
+        "UPDATE ops.audit_chain_head h SET seq = c.seq, hash = c.hash, linked_at ="
+        " c.linked_at FROM (SELECT * FROM ops.audit_chain ORDER BY seq DESC LIMIT 1) c"
+    )
+    assert chain.verify(conn).ok
+    problem = first(conn, anchors=[anchor])
+    assert problem.kind == "truncated" and f"seq {anchor.seq} was its head" in problem.message
+
+
+def test_a_rewritten_chain_is_caught_by_an_earlier_head(conn, trail):
+    ids, attack = trail
+    anchor = chain.head(conn)
+    # Edited, then every hash recomputed from there on with the database's own function.
+    attack("UPDATE ops.audit_entries SET actor = 'mallory' WHERE id = %s", [ids[0]])
+    attack(
+        """DO $$
+           DECLARE link record; prev bytea := decode(repeat('00', 32), 'hex'); h bytea;
+           BEGIN
+             FOR link IN SELECT c.*, e FROM ops.audit_chain c
+                         JOIN ops.audit_entries e ON e.id = c.entry_id ORDER BY c.seq LOOP
+               h := ops.audit_hash(prev, link.seq, link.linked_at, link.e);
+               UPDATE ops.audit_chain SET prev_hash = prev, hash = h WHERE seq = link.seq;
+               prev := h;
+             END LOOP;
+             UPDATE ops.audit_chain_head SET hash = prev;
+           END $$"""
+    )
+    assert chain.verify(conn).ok  # consistent again, as far as the database can tell
+    problem = first(conn, anchors=[anchor])
+    assert (problem.kind, problem.seq) == ("rewritten", anchor.seq)
+
+
+def test_a_period_verifies_from_the_link_before_it(conn):
+    write(conn, 3)
+    time.sleep(0.01)
+    middle = conn.execute("SELECT now()").fetchone()[0]
+    write(conn, 3)
+    verdict = chain.verify(conn, since=middle)
+    assert verdict.ok and verdict.first_seq == 7 and verdict.checked == 6
+    older = chain.verify(conn, until=middle)
+    assert older.ok and older.head is not None and older.head.seq == 6
+    assert older.head == chain.head(conn, until=middle)
+
+
+def test_the_owner_cannot_change_the_trail(conn, trail):
+    ids, _ = trail
+    for statement in (
+        "UPDATE ops.audit_entries SET actor = 'x'",
+        "DELETE FROM ops.audit_entries",
+        "TRUNCATE ops.audit_entries",
+        "UPDATE ops.audit_log SET actor = 'x'",
+        "DELETE FROM ops.audit_log",
+        "UPDATE ops.audit_chain SET hash = hash",
+        "DELETE FROM ops.audit_chain",
+        "INSERT INTO ops.audit_chain VALUES (99, 1, now(), '\\x00', '\\x00')",
+        "UPDATE ops.audit_chain_head SET seq = 0",
+    ):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            conn.execute(statement)
+    assert chain.verify(conn).ok
+
+
+def test_the_maintenance_path_leaves_its_own_entry(conn, trail):
+    ids, _ = trail
+    with conn.transaction():
+        conn.execute("SET LOCAL mm.audit_maintenance = 'INC-42: redact a pasted password'")
+        conn.execute("UPDATE ops.audit_entries SET details = '{}' WHERE id = %s", [ids[0]])
+    (entry,) = conn.execute(
+        "SELECT actor, target, details FROM ops.audit_log WHERE action = 'audit_maintenance'"
+    ).fetchall()
+    assert entry[0] == "postgres" and entry[1] == "ops.audit_entries"
+    assert entry[2]["reason"] == "INC-42: redact a pasted password"
+    assert entry[2]["operation"] == "UPDATE"
+    assert first(conn).entry_id == ids[0]  # the changed entry is still named
+
+
+@pytest.fixture
+def app_role(pg_server, database_url) -> Iterator[str]:
+    """The application's role with only `mm-jobs grants` (the owner is the superuser)."""
+    role = f"mm_jobs_{uuid.uuid4().hex[:8]}"
+    with connect(database_url, autocommit=True) as c:
+        c.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        for statement in statements(role):
+            c.execute(statement)
+    yield database_url.replace("postgresql://postgres@", f"postgresql://{role}@")
+    with connect(database_url, autocommit=True) as c:
+        c.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+    with connect(pg_server.url("postgres"), autocommit=True) as c:
+        c.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_the_application_role_appends_but_never_updates_or_deletes(conn, app_role):
+    with connect(app_role, autocommit=True) as app:
+        ids = write(app, 2)
+        assert chain.verify(app).ok
+        for statement in (
+            "UPDATE ops.audit_entries SET actor = 'x'",
+            "DELETE FROM ops.audit_entries",
+            "TRUNCATE ops.audit_entries",
+            "UPDATE ops.audit_log SET actor = 'x'",
+            "DELETE FROM ops.audit_log",
+            "DELETE FROM ops.audit_chain",
+            "UPDATE ops.audit_chain SET hash = hash",
+            "DELETE FROM ops.audit_chain_head",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+                app.execute(statement)
+        # Links only through the chain's trigger, even with the INSERT it needs for that.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+            app.execute("INSERT INTO ops.audit_chain VALUES (99, %s, now(), '\\x00', '\\x00')",
+                        [ids[0]])  # fmt: skip
+        # The maintenance path is the owner's: the application's role setting it is refused.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), app.transaction():
+            app.execute("SET LOCAL mm.audit_maintenance = 'mine'")
+            app.execute("UPDATE ops.audit_chain_head SET seq = 0")
+    assert chain.verify(conn).ok
+
+
+# -- concurrent writers -------------------------------------------------------------------
+
+WRITERS = 8
+PER_WRITER = 40
+
+
+def _writer(url: str, writer: int, errors: list[BaseException]) -> None:
+    """One console, CLI or sensor writing entries: alone, two to a transaction, settled in
+    a later transaction, or rolled back."""
+    try:
+        with connect(url) as c:
+            for i in range(PER_WRITER):
+                kind = i % 4
+                if kind == 0:
+                    audit.record(c, f"w{writer}", "launch_run", None, None, {"i": i})
+                elif kind == 1:
+                    a = audit.record(c, f"w{writer}", "launch_run", None, None, {"i": i},
+                                     outcome="allowed")  # fmt: skip
+                    audit.record(c, f"w{writer}", "rate_limited", None, None, {"i": i})
+                    c.commit()
+                    audit.settle(c, a, "succeeded", f"run-{writer}-{i}", {"n": i})
+                elif kind == 2:
+                    audit.record(c, f"w{writer}", "never_happened", None, None, {"i": i})
+                    c.rollback()
+                    continue
+                else:
+                    audit.record(c, f"w{writer}", "terminate_run", None, None, {"i": i},
+                                 outcome="refused")  # fmt: skip
+                c.commit()
+    except BaseException as exc:  # reported to the test, which fails naming it
+        errors.append(exc)
+
+
+def _process_writer(url: str, writer: int) -> None:
+    errors: list[BaseException] = []
+    _writer(url, writer, errors)
+    if errors:
+        raise errors[0]
+
+
+def expected_entries() -> int:
+    per = sum({0: 1, 1: 3, 2: 0, 3: 1}[i % 4] for i in range(PER_WRITER))
+    return WRITERS * per
+
+
+def test_concurrent_threads_leave_a_chain_that_verifies(conn, database_url):
+    errors: list[BaseException] = []
+    threads = [
+        threading.Thread(target=_writer, args=(database_url, w, errors)) for w in range(WRITERS)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    verdict = chain.verify(conn)
+    assert verdict.ok, verdict.summary()
+    assert verdict.checked == expected_entries()
+    assert conn.execute("SELECT count(*) FROM ops.audit_log WHERE action = 'never_happened'"
+                        ).fetchone() == (0,)  # fmt: skip
+
+
+def test_concurrent_processes_leave_a_chain_that_verifies(conn, database_url):
+    context = multiprocessing.get_context("fork")
+    processes = [
+        context.Process(target=_process_writer, args=(database_url, w)) for w in range(WRITERS)
+    ]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(timeout=120)
+    assert [p.exitcode for p in processes] == [0] * WRITERS
+    verdict = chain.verify(conn)
+    assert verdict.ok and verdict.checked == expected_entries(), verdict.summary()
+
+
+def test_a_long_transaction_does_not_hold_up_other_writers(conn, database_url):
+    """The chain is appended to at commit: a job that records an entry and then works (or
+    waits on SendGrid) in the same transaction keeps nobody else from auditing."""
+    with connect(database_url) as slow:
+        audit.record(slow, "suppression-cleanup", "delete_bounce_suppressions", None, None, {})
+        started = time.perf_counter()
+        with connect(database_url) as other:
+            write(other, 3)
+            other.commit()
+        assert time.perf_counter() - started < 5
+        assert chain.verify(conn).ok  # the open transaction's entry is not there yet
+        slow.commit()
+    verdict = chain.verify(conn)
+    assert verdict.ok and verdict.checked == 7
