@@ -4,7 +4,7 @@
 (daily, weekdays, weekly on every weekday, off), local times on the quarter hour from
 07:00 to 09:45 (half at the default 08:00), each with an overdue task so that everyone due
 has something to report. A simulated day of 96 runs, 15 minutes apart, each calling the
-job's database work (`digest_queue.settle`, then commit) on one clone; on another clone
+job's database work (`digests.settle.settle`, then commit) on one clone; on another clone
 of the same data, the same 96 instants through psql with a floor written by hand: one
 statement that works out every person's local time row by row, keeps those whose chosen
 time fell in the run's window (the 15 minutes since the last run and the same margin the
@@ -34,17 +34,13 @@ import psycopg
 from _harness import clone, median, psql_seconds, report, server, source_database, with_literals
 from psycopg import sql
 
-from mm_orchestration.features.digests.queue import (
-    CONTENT,
-    EMAIL_KIND,
-    MARGIN,
-    PAYLOAD,
-    settle,
-    write_zone_rules,
-)
+from mm_orchestration.features.digests.settle import EMAIL_KIND, MARGIN, settle
+from mm_orchestration.features.digests.zone_rules import write_zone_rules
 from mm_orchestration.platform import zones
 from mm_orchestration.platform.db import connect
+from mm_orchestration.platform.sql_files import query
 
+DIGESTS = "mm_orchestration.features.digests"
 ZONES = [
     "Australia/Perth",
     "Australia/Adelaide",
@@ -124,8 +120,8 @@ BUILD = [
 # The floor: the same selection and rows, written by hand the obvious way. Every person's
 # local date at both ends of the window, their chosen time on it as an instant (PostgreSQL's
 # own zone rules, row by row), kept when it falls in (since, now]; then what a digest says
-# (the job's own CONTENT and PAYLOAD: what is said is not what is measured) and the two
-# inserts.
+# (the job's own sql/content.sql and sql/payload.sql: what is said is not what is measured)
+# and the two inserts.
 FLOOR = sql.SQL(
     """
 WITH candidates AS MATERIALIZED (
@@ -194,7 +190,10 @@ SELECT d.id, d.period, d.moment,
   FROM digests d
     ON CONFLICT (user_id, period) DO NOTHING
 """
-).format(content=sql.SQL(CONTENT).format(spans=sql.SQL("ops.zone_spans")), payload=sql.SQL(PAYLOAD))
+).format(
+    content=sql.SQL(query(DIGESTS, "content")).format(spans=sql.SQL("ops.zone_spans")),
+    payload=sql.SQL(query(DIGESTS, "payload")),
+)
 
 # What both days must agree on.
 SETTLED_ROWS = "SELECT user_id, period, moment, outcome FROM ops.digest_periods"

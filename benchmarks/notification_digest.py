@@ -41,7 +41,9 @@ from _harness import (
 from dagster import DagsterInstance
 
 from mm_orchestration.features.digests.job import notification_digest
-from mm_orchestration.features.digests.queue import EMAIL_KIND, SETTLE, plan, write_zone_rules
+from mm_orchestration.features.digests.settle import EMAIL_KIND, plan
+from mm_orchestration.features.digests.statements import SETTLE
+from mm_orchestration.features.digests.zone_rules import write_zone_rules
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.db import connect
 from mm_orchestration.platform.job_settings import JobSettings

@@ -16,6 +16,7 @@ from mm_orchestration.cli.arguments import (
     local_settings,
     printable,
 )
+from mm_orchestration.platform.sql_files import query
 from mm_orchestration.platform.text import NOT_SHOWN
 
 
@@ -37,29 +38,13 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_digest_preview)
 
 
-# Who USER names, and each reason the digest would leave them out (the job's own rule:
-# digest_queue.ELIGIBLE and frequency 'off').
-PERSON = """
-SELECT u.id, array_remove(ARRAY[
-           CASE WHEN NOT u.digest_opt_in THEN 'opted out (digest_opt_in is false)' END,
-           CASE WHEN u.digest_frequency::text = 'off' THEN 'digest frequency is off' END,
-           CASE WHEN u.deactivated_at IS NOT NULL
-                THEN 'deactivated at ' || to_char(u.deactivated_at AT TIME ZONE 'UTC',
-                                                  'YYYY-MM-DD HH24:MI"Z"') END,
-           CASE WHEN t.status IS DISTINCT FROM 'active'
-                THEN 'their agency is ' || coalesce(t.status, 'missing') END], NULL)
-  FROM portal.users u
-  LEFT JOIN portal.tenants t ON t.id = u.tenant_id
- WHERE CASE WHEN %(id)s::uuid IS NOT NULL THEN u.id = %(id)s::uuid
-            ELSE lower(btrim(u.email)) = lower(btrim(%(email)s)) END
- ORDER BY u.id
-"""
+PERSON = query(__package__, "person")
 
 
 def cmd_digest_preview(args: argparse.Namespace) -> int:
     """Print what one person's digest would say at --at (default now), for support and the
     portal team, without queueing, sending or recording anything."""
-    from mm_orchestration.features.digests.queue import preview
+    from mm_orchestration.features.digests.preview import preview
 
     settings = local_settings()
     # USER is quoted back only once it is one of the portal's users (their address as

@@ -9,7 +9,7 @@ before the end of their next local day, their overdue tasks, and the videos of t
 tenant that became ready or errored since their previous digest (a weekly digest covers
 the week). Nobody with nothing to report gets an email.
 
-Each run settles the moments since the last run (`queue`): a digest due at most
+Each run settles the moments since the last run (`settle`): a digest due at most
 MM_DIGEST_GRACE_HOURS (6) ago goes, late if the daemon was down; an older one is
 recorded as missed, never sent stale. Keys `digest:<user id>:<period>` and one
 `ops.digest_periods` row per person and period make reruns, overlapping runs, crashes
@@ -27,7 +27,7 @@ from typing import Any
 from dagster import Failure, OpExecutionContext, op
 from pydantic import Field
 
-from mm_orchestration.features.digests.queue import EMAIL_KIND, Settled, expire_stale, settle
+from mm_orchestration.features.digests.settle import EMAIL_KIND, Settled, expire_stale, settle
 from mm_orchestration.monitoring.joblog import log_event
 from mm_orchestration.platform import inventory
 from mm_orchestration.platform.database import PortalDatabase

@@ -4,7 +4,7 @@ period (their local day, or their local ISO week when weekly).
 People share a handful of choices (zone, frequency, time, weekday), so the moments are
 worked out here once per choice, with the pinned tz database (`zoneinfo` reading the
 `tzdata` package only: zones.py), and the database then picks the people who made the
-choices that are due (`jobs.notification_digest`). PostgreSQL is handed instants, never
+choices that are due (`settle`). PostgreSQL is handed instants, never
 asked for a local time.
 
 A period is a span of instants, not a date's text: the person's local day (or ISO week)
@@ -69,6 +69,11 @@ class Moment:
     ends: datetime
     day: date
     shift: str = ON_TIME
+
+
+def period_length(frequency: str) -> timedelta:
+    """How long one period of `frequency` is: a week when weekly, else a day."""
+    return timedelta(days=7) if frequency == "weekly" else timedelta(days=1)
 
 
 @functools.cache

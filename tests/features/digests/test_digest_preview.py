@@ -11,7 +11,7 @@ import pytest
 from psycopg import sql
 
 from mm_orchestration import cli
-from mm_orchestration.features.digests.queue import settle
+from mm_orchestration.features.digests.settle import settle
 from tests import factories as f
 
 PERTH = ZoneInfo("Australia/Perth")

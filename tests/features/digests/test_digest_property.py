@@ -1,7 +1,7 @@
 """The digest schedule against an oracle, over the world's zones (issue 23): every zone of
 the pinned tzdata, every frequency, local times on the quarter hour, years 2024-2032,
 people who change zone, time and frequency at random moments, a run at every 15-minute
-tick through the job's own database work (`digest_queue.settle`). For each person, every
+tick through the job's own database work (`digests.settle.settle`). For each person, every
 period gets exactly one digest or one recorded miss, never two, at the instant the oracle
 (tests/digest_oracle.py, `zoneinfo` alone) says. Bounded for `make test`;
 `benchmarks/digest_property.py` runs the long version.
@@ -15,7 +15,7 @@ from datetime import UTC, datetime, time, timedelta
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mm_orchestration.features.digests.queue import settle
+from mm_orchestration.features.digests.settle import settle
 from mm_orchestration.platform.db import connect
 from mm_orchestration.platform.zones import _zones_by_folded_name, transitions
 from tests import digest_oracle as oracle

@@ -2,7 +2,7 @@
 time, in every time zone, once per period.
 
 Time is controlled through the run's `now` (no sleeping). The fortnight simulation calls
-the job's database work (`digest_queue.settle`) at every 15-minute tick, as the schedule
+the job's database work (`digests.settle.settle`) at every 15-minute tick, as the schedule
 does, and compares each person's digests with what their choice implies, worked out here
 independently: the first tick at which their wall clock shows their time on one of their
 days, once per period.
@@ -18,7 +18,7 @@ import pytest
 
 from mm_orchestration.features.digests.job import notification_digest
 from mm_orchestration.features.digests.moments import first_instant_at_or_after, period_of
-from mm_orchestration.features.digests.queue import settle
+from mm_orchestration.features.digests.settle import settle
 from mm_orchestration.platform.db import connect
 from tests import factories as f
 from tests.conftest import run_job

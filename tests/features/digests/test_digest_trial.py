@@ -2,7 +2,7 @@
 away and come back (opted out, deactivated, their agency suspended), who change frequency
 around a day that was not a digest day of theirs, many people sharing a choice while one
 of them changes it, and an operator's rerun of an earlier tick between two scheduled runs.
-Driven through the job's database work (`digest_queue.settle`) at 15-minute ticks.
+Driven through the job's database work (`digests.settle.settle`) at 15-minute ticks.
 """
 
 from __future__ import annotations

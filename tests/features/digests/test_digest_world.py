@@ -1,7 +1,7 @@
 """Every person's digest at their own time anywhere on Earth (issue 23): people who move
 across the date line, change their time or frequency, live through gaps and overlaps of
 any size or a day that never was, and zone rules that change between two runs. Driven
-through the job's database work (`digest_queue.settle`) at every 15-minute tick, as the
+through the job's database work (`digests.settle.settle`) at every 15-minute tick, as the
 schedule does.
 """
 
