@@ -79,6 +79,7 @@ def shared_resources(settings: Settings) -> dict[str, object]:
 def build_definitions(settings: Settings) -> dg.Definitions:
     """Every feature's definitions and monitoring's, merged, with the shared resources."""
     from mm_orchestration.monitoring import defs as monitoring
+    from mm_orchestration.monitoring.joblog import run_logger
 
     parts = [
         importlib.import_module(f"{features.__name__}.{name}.defs").defs(settings)
@@ -89,6 +90,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         monitoring.defs(settings),
         dg.Definitions(
             resources=shared_resources(settings),
+            # Every job's console log as JSON lines (monitoring/joblog.py), not Dagster's text.
+            loggers={"console": run_logger},
             # The support jobs (alerts, DLQ tools, the dashboard) are single short steps:
             # run them in the run's own process. Inventory jobs name theirs in the inventory.
             executor=dg.in_process_executor,

@@ -31,7 +31,8 @@ def commands(host: str, grpc_port: int, web_port: int, dev: bool = False) -> dic
     if dev:
         code_server = [
             executable("dagster"), "code-server", "start", "--module-name", "mm_orchestration",
-            "--location-name", LOCATION, "--host", host, "--port", str(grpc_port),
+            "--location-name", LOCATION, "--log-format", "json", "--host", host,
+            "--port", str(grpc_port),
         ]  # fmt: skip
         return {**commands(host, grpc_port, web_port), "code-server": code_server}
     return {
@@ -43,12 +44,22 @@ def commands(host: str, grpc_port: int, web_port: int, dev: bool = False) -> dic
             "mm_orchestration",
             "--location-name",
             LOCATION,
+            # Dagster's own JSON lines (the keys joblog.py writes too).
+            "--log-format",
+            "json",
             "--host",
             host,
             "--port",
             str(grpc_port),
         ],  # fmt: skip
-        "daemon": [executable("dagster-daemon"), "run", "-w", str(WORKSPACE)],
+        "daemon": [
+            executable("dagster-daemon"),
+            "run",
+            "--log-format",
+            "json",
+            "-w",
+            str(WORKSPACE),
+        ],  # fmt: skip
         "webserver": [
             executable("mm-jobs"),
             "console",

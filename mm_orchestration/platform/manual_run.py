@@ -15,7 +15,6 @@ import contextlib
 import os
 import signal
 import socket
-import sys
 import threading
 import uuid
 from typing import Any
@@ -44,6 +43,9 @@ def execute(
     ledger) and exit with EXIT_CANCELED."""
     # The shell's door holds to the rule the console's does (run_config.py).
     refuse_environment_reads(run_config)
+    # The run's log as JSON lines (joblog.run_logger): Dagster uses a job's own loggers only
+    # when the run config names them, else its text console logger.
+    run_config = {"loggers": {"console": {}}, **run_config}
     run_id = run_id or str(uuid.uuid4())
     tags = {**tags, CLI_PID_TAG: str(os.getpid()), CLI_HOST_TAG: socket.gethostname()}
     done = threading.Event()
@@ -68,7 +70,12 @@ def execute(
         why = signal.Signals(signum).name
         with contextlib.suppress(Exception):
             cancel(instance, run_id, database_url, f"mm-jobs run was stopped ({why})")
-        print(f"run id: {run_id}\n{job.name}: CANCELED: stopped by {why}", file=sys.stderr)
+        from mm_orchestration.monitoring.joblog import log_event
+
+        log_event(
+            f"{job.name}: CANCELED: stopped by {why}", runId=run_id, jobName=job.name,
+            status="canceled",
+        )  # fmt: skip
         os._exit(EXIT_CANCELED)  # the worker thread is mid-step: nothing more of it runs
 
     previous = {sig: signal.signal(sig, stop) for sig in _STOPS}

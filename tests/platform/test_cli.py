@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -286,7 +287,8 @@ def test_a_failed_run_leads_with_the_ops_own_message(dagster_env, conn):
     conn.execute("DROP TABLE portal.invitations")
     proc = mm_jobs(dagster_env, "run", "invite-cleanup")
     assert proc.returncode == 1
-    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("invite-cleanup: FAILED")]
+    events = [json.loads(x)["event"] for x in proc.stderr.splitlines()]  # JSON lines
+    (line,) = [x for x in events if x.startswith("invite-cleanup: FAILED")]
     assert line.startswith(
         "invite-cleanup: FAILED: expire_stale_invitations_op: missing table(s) portal.invitations"
     ), line
