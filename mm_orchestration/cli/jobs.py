@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
+import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -102,11 +102,13 @@ EXIT_SUCCEEDED, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_CANCELED = 0, 1, 2, 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from mm_orchestration.definitions import build_definitions
+    from mm_orchestration.monitoring import joblog
     from mm_orchestration.monitoring.run_status import outcome
     from mm_orchestration.platform import manual_run
     from mm_orchestration.platform.instance import open_instance
     from mm_orchestration.platform.ledger import ACTOR_TAG, TRIGGER_TAG, WINDOW_TAG
 
+    joblog.configure_process()  # stderr is JSON lines: the run's log and anything else
     spec = inventory.get(args.job)
     settings = local_settings()
     database_url(settings)
@@ -148,7 +150,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if ended.status == "skipped":
         print(f"{spec.name}: skipped: {ended.summary}")
         return EXIT_SKIPPED
-    print(f"{spec.name}: {ended.status.upper()}: {ended.summary}", file=sys.stderr)
+    joblog.log_event(
+        f"{spec.name}: {ended.status.upper()}: {ended.summary}",
+        level=logging.ERROR,
+        jobName=spec.name,
+        runId=run_id,
+        status=ended.status,
+    )
     return EXIT_CANCELED if ended.status == "canceled" else EXIT_FAILED
 
 
