@@ -56,7 +56,9 @@ def register(sub: Any) -> None:
     p.add_argument("--force", action="store_true", help="rerun a window that already succeeded")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("list", help="every job with its schedule, retries, SLA and next tick")
+    p = sub.add_parser(
+        "list", help="every job with its schedule, retries, SLA, next tick and error-rate alert"
+    )
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("grants", help="print (or --apply) the least-privilege grants for ROLE")
@@ -238,7 +240,9 @@ def cmd_list(args: argparse.Namespace, now: datetime | None = None) -> int:
     schedules = {
         s.tags.get(JOB_TAG): s for s in defs.schedules or [] if isinstance(s, ScheduleDefinition)
     }
-    rows = [("job", "schedule", "timezone", "retries", "sla", "next tick", "built")]
+    rows = [
+        ("job", "schedule", "timezone", "retries", "sla", "next tick", "built", "error-rate alert")
+    ]
     for spec in inventory.INVENTORY:
         sched = schedules.get(spec.name)
         cron = sched.cron_schedule if sched else settings.cron_for(spec)
@@ -252,6 +256,8 @@ def cmd_list(args: argparse.Namespace, now: datetime | None = None) -> int:
                 f"{spec.sla_seconds}s",
                 _next_tick(cron, zone, now) if sched else "- (no schedule)",
                 "yes" if spec.dagster_name in built else "not yet",
+                # The threshold error_rate_sensor (and Sentry, with a token) alerts on.
+                str(spec.error_rate) if spec.error_rate else "its own rules",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

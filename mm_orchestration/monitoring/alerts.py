@@ -37,6 +37,12 @@ class AlertConfig(OpConfig):
     action: str = Field(default="alert", description="The audit log's action")
     source_job: str = Field(default="", description="The job the alert is about")
     details_json: str = Field(default="{}", description="Extra facts for the audit log (JSON)")
+    fold_into: Literal["", "error_rate"] = Field(
+        default="",
+        description="error_rate: not sent while source_job has an open error-rate episode "
+        "(counted into it instead)",
+    )
+    failed_run: str = Field(default="", description="The failed run the alert is about")
 
     @field_validator("details_json")
     @classmethod
@@ -78,6 +84,8 @@ def record_alert(
     details = json.loads(config.details_json or "{}")
     recipient = job_settings.contact(config.contact)
     with portal_db.connection() as conn:
+        if config.fold_into and folded(context, conn, config, details):
+            return config.key
         queued = enqueue(
             conn,
             config.key,
@@ -109,6 +117,43 @@ def record_alert(
     return config.key
 
 
+def folded(
+    context: OpExecutionContext, conn: Any, config: AlertConfig, details: dict[str, Any]
+) -> bool:
+    """A single-failure (or streak) alert about a job inside an open error-rate episode is
+    not sent: it is counted into the episode, whose own alert already says the job is
+    failing too often, and audited as folded. Decided here, in the transaction that would
+    queue the email, after judging the job's rate now (this failure may cross the line)."""
+    from mm_orchestration.monitoring.error_rate import fold_failure
+
+    episode = fold_failure(context.instance, conn, config.source_job, config.failed_run or None)
+    if episode is None:
+        return False
+    audit.record(
+        conn,
+        "alerting",
+        "alert_folded",
+        config.source_job or None,
+        context.run_id,
+        {
+            "key": config.key,
+            "contact": config.contact,
+            "subject": config.subject,
+            "folded_into": episode.key("opened"),
+            "alert": config.action,
+            **details,
+        },
+    )
+    log_event(
+        "alert.folded",
+        jobName=config.source_job,
+        runId=context.run_id,
+        key=config.key,
+        episode=episode.id,
+    )
+    return True
+
+
 @op(
     retry_policy=RetryPolicy(max_retries=3, delay=30, backoff=Backoff.EXPONENTIAL),
     tags={"kind": "sendgrid"},
@@ -138,8 +183,11 @@ def alert_request(
     source_job: str,
     details: dict[str, Any],
     tag: str,
+    fold_into: str = "",
+    failed_run: str = "",
 ) -> RunRequest:
-    """What a sensor returns to send one alert: a send_alert run, keyed so it runs once."""
+    """What a sensor returns to send one alert: a send_alert run, keyed so it runs once.
+    `fold_into="error_rate"`: not sent while the job's error-rate episode is open."""
     config = {
         "key": key,
         "contact": contact,
@@ -149,6 +197,8 @@ def alert_request(
         "source_job": source_job,
         "details_json": json.dumps(details),
     }
+    if fold_into:
+        config |= {"fold_into": fold_into, "failed_run": failed_run}
     return RunRequest(
         run_key=key,
         run_config={"ops": {"record_alert": {"config": config}}},

@@ -8,7 +8,9 @@ past the SLA, measured as the SLA sensor measures them; and the last success. Be
 it, the run queue (queued and started runs) and the Mux dead-letter queue's depth, and
 the digest's delivery: digests sent per hour over the last 24 hours (by the hour in
 MM_TIMEZONE), and digests sent and missed (their moment passed the grace, after
-downtime) over 24 hours and 7 days.
+downtime) over 24 hours and 7 days. Each job's row shows its error rate (failed of
+succeeded and failed) beside the inventory's threshold, and the open alert episodes (a job
+over its threshold, schedules whose ticks fail, stale assets) are listed.
 
 The asset's page shows the per-job table inline, and the headline numbers are plain
 numbers, so the UI's Plots tab charts them across materialisations.
@@ -41,12 +43,15 @@ from dagster import (
 )
 
 from mm_orchestration.features.mux_dlq.depth_sensor import DEPTH_QUERY
+from mm_orchestration.monitoring import episodes
 from mm_orchestration.platform import inventory
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.inventory import JobSpec
 from mm_orchestration.platform.job_settings import JobSettings
 from mm_orchestration.platform.ledger import OUTCOME_TAG
 from mm_orchestration.platform.scheduling import JOB_TAG, spec_for_run
+from mm_orchestration.platform.sql_files import query
+from mm_orchestration.platform.text import markdown_table
 
 WINDOWS: tuple[tuple[str, timedelta], ...] = (
     ("24h", timedelta(hours=24)),
@@ -220,7 +225,25 @@ COLUMNS = [
     TableColumn("sla_s", "int", description="The job's SLA (s)"),
     TableColumn("over_sla", "int", description="Runs longer than the SLA, running ones too"),
     TableColumn("last_success", "string", description="Latest success, local time"),
+    TableColumn("failed_pct", "float", description="Failed of succeeded + failed runs (%)"),
+    TableColumn(
+        "error_rate_alert", "string", description="The inventory's threshold (error_rate_sensor)"
+    ),
 ]
+
+
+def failed_percent(window: JobWindow) -> float | None:
+    """The error rate as error_rate_sensor counts it: skips and cancellations left out."""
+    finished = window.counts["succeeded"] + window.counts["failed"]
+    return round(100.0 * window.counts["failed"] / finished, 1) if finished else None
+
+
+def threshold(job: str) -> str:
+    try:
+        rule = inventory.get(job).error_rate
+    except inventory.UnknownJobError:
+        return ""
+    return str(rule) if rule else "its own rules"
 
 
 def table(health: Health, timezone: str) -> MetadataValue:
@@ -243,6 +266,8 @@ def table(health: Health, timezone: str) -> MetadataValue:
                 "sla_s": w.sla_seconds,
                 "over_sla": w.over_sla,
                 "last_success": local(health.last_success.get(w.job)),
+                "failed_pct": failed_percent(w),
+                "error_rate_alert": threshold(w.job),
             }
         )
         for w in health.windows
@@ -250,40 +275,9 @@ def table(health: Health, timezone: str) -> MetadataValue:
     return MetadataValue.table(records=records, schema=TableSchema(columns=COLUMNS))
 
 
-# Digests sent in each hour of the last 24 (the hours as MM_TIMEZONE reads them, the
-# current one so far), zero hours included so the chart has no gaps. Hours are instants
-# an hour apart from a local hour's start, so a daylight-saving change neither merges
-# two hours nor invents one.
-DIGESTS_PER_HOUR = """
-WITH hours AS (
-    SELECT h FROM generate_series(
-        date_trunc('hour', %(now)s::timestamptz - interval '23 hours', %(tz)s),
-        %(now)s::timestamptz, interval '1 hour') h
-)
-SELECT hours.h, count(o.id)
-  FROM hours
-  LEFT JOIN ops.notification_outbox o
-    ON o.kind = 'digest' AND o.status = 'sent'
-   AND o.sent_at >= hours.h AND o.sent_at < hours.h + interval '1 hour'
-   AND o.sent_at <= %(now)s::timestamptz
- GROUP BY hours.h ORDER BY hours.h
-"""
+DIGESTS_PER_HOUR = query(__package__, "digests_per_hour")
 
-# Digests sent, and periods recorded as missed (later than the grace after downtime:
-# never sent stale), in the dashboard's windows.
-DIGEST_TOTALS = """
-SELECT sent.day, sent.week, missed.day, missed.week
-  FROM (SELECT count(*) FILTER (WHERE o.sent_at >= %(now)s::timestamptz - %(day)s) AS day,
-               count(*) AS week
-          FROM ops.notification_outbox o
-         WHERE o.kind = 'digest' AND o.status = 'sent'
-           AND o.sent_at >= %(now)s::timestamptz - %(week)s AND o.sent_at <= %(now)s) sent,
-       (SELECT count(*) FILTER (WHERE r.settled_at >= %(now)s::timestamptz - %(day)s) AS day,
-               count(*) AS week
-          FROM ops.digest_periods r
-         WHERE r.outcome = 'missed'
-           AND r.settled_at >= %(now)s::timestamptz - %(week)s AND r.settled_at <= %(now)s) missed
-"""
+DIGEST_TOTALS = query(__package__, "digest_totals")
 
 
 @dataclass
@@ -341,19 +335,41 @@ def run_queue(instance: DagsterInstance, this_run: str) -> tuple[int, int]:
     return queued, sum(1 for run_id in started if run_id != this_run)
 
 
+def open_alerts(alerting: Sequence[episodes.Episode], timezone: str) -> str:
+    """The open alert episodes (a job over its error-rate threshold, schedules whose ticks
+    fail, stale assets), as a markdown table."""
+    zone = ZoneInfo(timezone)
+    rows = [
+        [e.kind, e.subject, e.contact, e.opened_at.astimezone(zone).isoformat(sep=" ")[:16]]
+        for e in alerting
+    ]
+    if not rows:
+        return (
+            "No open alert: every job is within its error-rate threshold, every schedule "
+            "is ticking and every asset is fresh."
+        )
+    return markdown_table(["alert", "about", "who", "since"], rows)
+
+
 @asset(key_prefix=["ops"], group_name="operations", kinds={"postgres"})
 def job_health(
     context: AssetExecutionContext, portal_db: PortalDatabase, job_settings: JobSettings
 ) -> MaterializeResult:
     """Runs, outcomes and durations against SLA per job, the run queue, the DLQ depth, and
     digests sent per hour and missed."""
-    portal_db.require("portal.mux_webhook_dlq", "ops.notification_outbox", "ops.digest_periods")
+    portal_db.require(
+        "portal.mux_webhook_dlq",
+        "ops.notification_outbox",
+        "ops.digest_periods",
+        "ops.alert_episodes",
+    )
     health = collect(context.instance)
     with portal_db.connection() as conn:
         row = conn.execute(DEPTH_QUERY).fetchone()
         digests = digest_delivery(
             conn, datetime.fromtimestamp(health.as_of, UTC), job_settings.timezone
         )
+        alerting = episodes.open_episodes(conn)
     queued, started = run_queue(context.instance, context.run_id)
     day = health.day()
     return MaterializeResult(
@@ -372,6 +388,8 @@ def job_health(
             "digests_sent_7d": MetadataValue.int(digests.sent["7d"]),
             "digests_missed_24h": MetadataValue.int(digests.missed["24h"]),
             "digests_missed_7d": MetadataValue.int(digests.missed["7d"]),
+            "alert_episodes_open": MetadataValue.int(len(alerting)),
+            "open_alerts": MetadataValue.md(open_alerts(alerting, job_settings.timezone)),
         }
     )
 

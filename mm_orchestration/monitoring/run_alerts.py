@@ -5,6 +5,9 @@
   Nth failure in a row (the inventory's `consecutive_failures_alert`, default 2) it
   also requests one "consecutive failures" alert for the streak.
 - `job_recovery_sensor`: the first success after such a streak sends one recovery notice.
+- While the job's error rate is above its threshold (an open `error_rate` episode,
+  monitoring.error_rate), these three are folded into the episode instead of being sent:
+  `send_alert` decides, in the transaction that would queue the email.
 - `manual_run_audit_sensor`: reconciliation only. The console and `mm-jobs run` audit a
   launch at the moment it is asked for, with the person (mm_orchestration.console.gate,
   cli.cmd_run); a run that no schedule, sensor or backfill started and that no audit entry
@@ -68,8 +71,12 @@ def _alert(
     action: str,
     job: str,
     details: dict[str, Any],
+    failed_run: str = "",
 ) -> RunRequest:
-    return alert_request(key, contact, subject, body, action, job, details, tag=action)
+    return alert_request(
+        key, contact, subject, body, action, job, details, tag=action,
+        fold_into="error_rate", failed_run=failed_run,
+    )  # fmt: skip
 
 
 # Every 10 s rather than Dagster's 30: a failure should reach its owner within a minute.
@@ -102,6 +109,7 @@ def job_failure_sensor(context: RunStatusSensorContext) -> list[RunRequest] | Sk
             "job_failure_alert",
             spec.name,
             {"run_id": run.run_id, "actor": actor},
+            failed_run=run.run_id,
         )
     ]
     streak = failure_streak(context.instance, run)
@@ -117,6 +125,7 @@ def job_failure_sensor(context: RunStatusSensorContext) -> list[RunRequest] | Sk
                 "job_consecutive_failures",
                 spec.name,
                 {"runs": streak},
+                failed_run=run.run_id,
             )
         )
     return requests

@@ -28,6 +28,32 @@ class PodResources:
 
 
 @dataclass(frozen=True)
+class ErrorRate:
+    """The seed's per-job error-rate threshold: the job is unhealthy once more than
+    `max_failed_percent` of its finished runs in the last `window_hours` failed, counted
+    only when there were at least `min_runs`; healthy again at `recover_percent` or below
+    (lower than the threshold, so a rate hovering at the line does not alert each run).
+    Skipped and canceled runs prove nothing either way and are not counted."""
+
+    max_failed_percent: int = 20
+    window_hours: int = 24
+    min_runs: int = 5
+    recover_percent: int = 10
+
+    @property
+    def window(self) -> str:
+        hours = self.window_hours
+        return f"{hours // 24}d" if hours > 24 and hours % 24 == 0 else f"{hours}h"
+
+    def __str__(self) -> str:
+        return f"<={self.max_failed_percent}% failed/{self.window} (>={self.min_runs} runs)"
+
+
+# Daily jobs have one run a day: their rate is read over a week.
+WEEKLY_RATE = ErrorRate(window_hours=7 * 24)
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """One row of the seed's job inventory."""
 
@@ -42,6 +68,12 @@ class JobSpec:
     escalate_to: Contact = "reliability"
     failure_handling: str = ""
     consecutive_failures_alert: int = 2
+    # None: the job keeps its own rules (the drill blocks the sign-off; the weekly report
+    # is rerun by hand); a rate over a handful of runs a year would say nothing.
+    error_rate: ErrorRate | None = ErrorRate()
+    # How late a tick's run may start before it counts as missed (Sentry Crons' check-in
+    # margin too); a schedule ticking more often uses half its interval instead.
+    tick_margin_seconds: int = 300
     manual_trigger: bool = False
     kind: Kind = "op"
     executor: Executor = "in_process"
@@ -122,6 +154,7 @@ INVENTORY: tuple[JobSpec, ...] = (
         sla_seconds=900,
         max_runtime_seconds=4 * 3600,
         escalate_to="compliance",
+        error_rate=None,
         failure_handling="Retries 2 times; failure alerts compliance to rerun it by hand",
         manual_trigger=True,
         kind="asset",
@@ -139,6 +172,7 @@ INVENTORY: tuple[JobSpec, ...] = (
         sla_seconds=3600,
         max_runtime_seconds=6 * 3600,
         escalate_to="compliance",
+        error_rate=None,
         failure_handling=(
             "No retries (manual oversight); failure alerts compliance and blocks the residency "
             "sign-off until a drill succeeds"
@@ -169,6 +203,7 @@ INVENTORY: tuple[JobSpec, ...] = (
         staging_cron="15 * * * *",
         retries=1,
         retry_delay_seconds=60,
+        error_rate=WEEKLY_RATE,
         sla_seconds=300,
         max_runtime_seconds=3600,
         failure_handling="Retries once; failure alerts the reliability partner",
@@ -180,6 +215,7 @@ INVENTORY: tuple[JobSpec, ...] = (
         staging_cron="45 * * * *",
         retries=1,
         retry_delay_seconds=60,
+        error_rate=WEEKLY_RATE,
         sla_seconds=600,
         max_runtime_seconds=3 * 3600,
         failure_handling=(
@@ -196,6 +232,7 @@ INVENTORY: tuple[JobSpec, ...] = (
         sla_seconds=600,
         max_runtime_seconds=3 * 3600,
         escalate_to="admin",
+        error_rate=WEEKLY_RATE,
         failure_handling="Retries once; failure alerts the Admin",
         kind="asset",
         assets=("ops/tenant_health_daily",),

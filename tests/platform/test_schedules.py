@@ -115,7 +115,8 @@ def test_scheduled_runs_stop_before_the_next_tick(env, overrides, limit):
 
 
 def _list(monkeypatch, capsys, now: datetime, **env: str) -> dict[str, list[str]]:
-    """`mm-jobs list` at `now` with `env`: {job: [cron, zone, retries, sla, next tick, built]}."""
+    """`mm-jobs list` at `now` with `env`: {job: [cron, zone, retries, sla, next tick, built,
+    error-rate alert]}."""
     for name in ("MM_ENV", "MM_TIMEZONE", "MM_SCHEDULE_OVERRIDES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/portal")
@@ -134,7 +135,7 @@ def test_list_next_tick_is_dagsters_across_dst_start(monkeypatch, capsys):
     now = datetime(2026, 10, 3, 12, 0, tzinfo=SYDNEY)
     rows = _list(monkeypatch, capsys, now, MM_SCHEDULE_OVERRIDES="invite-cleanup=30 2 * * *")
     for job in ("invite-cleanup", "storage-retention"):
-        cron, zone, *_, tick, _built = rows[job]
+        cron, zone, *_, tick, _built, _rate = rows[job]
         assert (cron, zone, tick) == ("30 2 * * *", "Australia/Sydney", "2026-10-04 03:00 AEDT")
     assert next_tick("30 2 * * *", "Australia/Sydney", now) == datetime(
         2026, 10, 4, 3, 0, tzinfo=SYDNEY
@@ -162,7 +163,7 @@ def test_list_shows_the_built_schedules_cron_and_zone(monkeypatch, capsys, env):
     }
     assert set(rows) == {spec.name for spec in inventory.INVENTORY} == set(built) - {None}
     zones = set()
-    for job, (cron, zone, _retries, _sla, tick, _built) in rows.items():
+    for job, (cron, zone, _retries, _sla, tick, _built, _rate) in rows.items():
         sched = built[job]
         assert (cron, zone) == (sched.cron_schedule, sched.execution_timezone)
         expected = next_tick(sched.cron_schedule, sched.execution_timezone, now)
