@@ -7,7 +7,7 @@ time an unclassified mutation is refused to everyone (and the refusal audited).
 
 Rules:
 - `launch`: a new run of a job (or of assets). Operators may launch the seed's manual jobs
-  and the DLQ tools (access.OPERATOR_JOBS / OPERATOR_ASSETS); anything else is admin's.
+  and the DLQ tools (policy.OPERATOR_JOBS / OPERATOR_ASSETS); anything else is admin's.
 - `reexecute`: a new run from an earlier one; the earlier run's job decides, as for launch.
 - `operator`: operators and admins (reloading code changes nothing the jobs do).
 - `admin`: admins only.

@@ -1,24 +1,24 @@
 """`mm-jobs console`: the job console (Dagster's webserver behind our front) on one port.
 
 Built the way `dagster-webserver` builds itself (dagster_webserver/cli.py): the instance
-from DAGSTER_HOME, tuned for a long-running server, a WorkspaceProcessContext over the
-workspace file, the ASGI app, uvicorn; with our front around the app.
+from DAGSTER_HOME, tuned for a long-running server, Dagster's process context over the
+workspace file, the ASGI app, uvicorn; with our hooks in the app and our front around it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from mm_orchestration.console.access import ConsoleAccess
-from mm_orchestration.console.app import ConsoleWebserver, IdentityFront
-from mm_orchestration.console.gate import ConsoleAudit
+from mm_orchestration.console.access import ConsoleAccess, loopback_address
+from mm_orchestration.console.audit_log import ConsoleAudit
+from mm_orchestration.console.dagster_private import HookedWebserver, workspace_process_context
+from mm_orchestration.console.front import IdentityFront
 from mm_orchestration.console.refusals import RefusalLimiter
+from mm_orchestration.console.webserver import ConsoleHooks
 from mm_orchestration.platform.settings import Settings, SettingsError
 
 # dagster-webserver's own defaults (dagster_webserver.cli).
@@ -30,17 +30,12 @@ DB_POOL_MAX_OVERFLOW = 20
 def build_app(
     process_context: Any, access: ConsoleAccess, settings: Settings, database_url: str
 ) -> IdentityFront:
-    """The ASGI app: the front around dagster-webserver's app (with our routes)."""
+    """The ASGI app: the front around dagster-webserver's app (with our hooks and routes)."""
     from mm_orchestration.platform.report_store import ReportStore
 
     audit_log = ConsoleAudit(database_url, RefusalLimiter(access.refusals_per_minute))
-    webserver = ConsoleWebserver(
-        process_context,
-        audit_log=audit_log,
-        store=ReportStore.from_settings(settings),
-        timezone=settings.timezone,
-        app_path_prefix=access.path_prefix,
-    )
+    hooks = ConsoleHooks(audit_log, ReportStore.from_settings(settings), settings.timezone)
+    webserver = HookedWebserver(process_context, hooks, app_path_prefix=access.path_prefix)
     return IdentityFront(webserver.create_asgi_app(lifespan=_lifespan), access, audit_log)
 
 
@@ -49,27 +44,6 @@ async def _lifespan(app: Any) -> AsyncIterator[None]:
     # As dagster-webserver does: a stop (Ctrl-C, SIGTERM) cancels the lifespan task.
     with contextlib.suppress(asyncio.CancelledError):
         yield
-
-
-def loopback_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The loopback address `host` spells, in any spelling the system's resolver takes
-    for an address (`127.1`, `0x7f.0.0.1`, `[::1]`, `::ffff:127.0.0.1`), or None when it
-    is not one. `localhost` is the loopback address 127.0.0.1."""
-    name = host.strip().lower().removeprefix("[").removesuffix("]")
-    if name.rstrip(".") == "localhost":
-        return ipaddress.IPv4Address("127.0.0.1")
-    try:
-        address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(name)
-    except ValueError:
-        try:
-            # The classic forms inet_aton (and so the resolver) takes: 127.1, 0x7f.1, 2130706433.
-            address = ipaddress.IPv4Address(socket.inet_aton(name))
-        except (OSError, ValueError):
-            return None
-    mapped = getattr(address, "ipv4_mapped", None)
-    if mapped is not None:
-        address = mapped
-    return address if address.is_loopback else None
 
 
 def check_binding(host: str, access: ConsoleAccess) -> str:
@@ -90,9 +64,6 @@ def check_binding(host: str, access: ConsoleAccess) -> str:
 def serve(workspace: Path, host: str, port: int, log_level: str = "warning") -> int:
     """Serve the console until SIGINT or SIGTERM; settings are checked first."""
     import uvicorn
-    from dagster._core.workspace.context import WorkspaceProcessContext
-    from dagster._core.workspace.load_target import WorkspaceFileTarget
-    from dagster_webserver.version import __version__
 
     from mm_orchestration.platform.instance import open_instance
 
@@ -109,12 +80,7 @@ def serve(workspace: Path, host: str, port: int, log_level: str = "warning") -> 
         instance.optimize_for_webserver(
             DB_STATEMENT_TIMEOUT_MS, DB_POOL_RECYCLE_SECONDS, DB_POOL_MAX_OVERFLOW
         )
-        with WorkspaceProcessContext(
-            instance,
-            version=__version__,
-            read_only=False,
-            workspace_load_target=WorkspaceFileTarget(paths=[str(workspace)]),
-        ) as process_context:
+        with workspace_process_context(instance, workspace) as process_context:
             app = build_app(process_context, access, settings, settings.database_url)
             how = (
                 f"development: everyone is the local OS user {access.local_user}"

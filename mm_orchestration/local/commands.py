@@ -103,8 +103,7 @@ def _console_defaults(args: argparse.Namespace, env: dict[str, str]) -> dict[str
     """The local stacks' console: the local OS user (labelled as such) unless the identity
     proxy is configured, and report links to the console itself. Returns `env` with those
     defaults; a bad console setting stops the start, naming it."""
-    from mm_orchestration.console.access import ConsoleAccess
-    from mm_orchestration.console.serve import loopback_address
+    from mm_orchestration.console.access import ConsoleAccess, loopback_address
 
     # A loopback address however spelled (127.1, [::1]) as the address itself: the
     # processes bind it and the report links must be a URL the settings accept.

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from mm_orchestration.console.access import ConsoleAccess
-from mm_orchestration.console.gate import ConsoleAudit, RateLimited
+from mm_orchestration.console.audit_log import ConsoleAudit, RateLimited
 from mm_orchestration.console.refusals import RefusalLimiter
 from mm_orchestration.platform.settings import SettingsError
 from tests.conftest import create_database, drop_database
@@ -359,7 +359,7 @@ def test_behind_a_path_the_same_page_answers_whether_the_proxy_strips_it_or_not(
     and judges origins by the public address alone."""
     import asyncio
 
-    from mm_orchestration.console.app import IdentityFront
+    from mm_orchestration.console.front import IdentityFront
 
     access = ConsoleAccess.from_env(
         {

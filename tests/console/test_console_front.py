@@ -51,9 +51,9 @@ query { permissions { permission value } }
 
 def test_every_mutation_of_the_pinned_dagster_is_classified():
     """An upgrade that adds a mutation fails here until mutations.py says what it is."""
-    from dagster_graphql.schema import create_schema
+    from mm_orchestration.console.dagster_private import graphql_schema
 
-    mutation_type = create_schema().graphql_schema.mutation_type
+    mutation_type = graphql_schema().mutation_type
     assert mutation_type is not None
     assert set(mutation_type.fields) - set(MUTATIONS) == set(), "unclassified mutations"
     assert set(MUTATIONS) - set(mutation_type.fields) == set(), "classified but gone"
@@ -591,7 +591,8 @@ def test_graphiql_names_the_person_too(console):
 
 
 def test_materialising_assets_is_judged_by_the_assets_and_names_the_partitions():
-    from mm_orchestration.console.gate import decide, stamp_actor
+    from mm_orchestration.console.policy import decide
+    from mm_orchestration.console.run_requests import stamp_actor
 
     operator = Identity(OPERATOR, "operator", "proxy")
 
@@ -645,28 +646,30 @@ def test_materialising_assets_is_judged_by_the_assets_and_names_the_partitions()
 def test_a_reexecution_is_judged_by_the_parent_runs_job_and_stamped():
     from types import SimpleNamespace
 
-    from mm_orchestration.console.gate import decide, stamp_actor
+    from mm_orchestration.console.dagster_private import ContextLookups
+    from mm_orchestration.console.policy import decide
+    from mm_orchestration.console.run_requests import stamp_actor
 
     runs = {
         "drill": SimpleNamespace(job_name="backup_verify", asset_selection=None, tags={}),
         "expiry": SimpleNamespace(job_name="share_link_expiry", asset_selection=None, tags={}),
     }
-    context = SimpleNamespace(instance=SimpleNamespace(get_run_by_id=runs.get))
+    lookups = ContextLookups(SimpleNamespace(instance=SimpleNamespace(get_run_by_id=runs.get)))
     operator = Identity(OPERATOR, "operator", "proxy")
 
     def again(parent: str) -> dict[str, Any]:
         return {"reexecutionParams": {"parentRunId": parent, "strategy": "ALL_STEPS"}}
 
-    refused = decide("launchRunReexecution", again("drill"), operator, context)
+    refused = decide("launchRunReexecution", again("drill"), operator, lookups)
     assert refused.refusal == "operator may not re-execute backup_verify"
     assert refused.details["parent_run_ids"] == ["drill"]
     args = again("expiry")
-    allowed = decide("launchRunReexecution", args, operator, context)
+    allowed = decide("launchRunReexecution", args, operator, lookups)
     assert allowed.refusal is None and allowed.job_name == "share-link-expiry"
     stamp_actor("launchRunReexecution", args, OPERATOR)
     assert args["reexecutionParams"]["extraTags"] == [{"key": "mm/actor", "value": OPERATOR}]
     # A parent the instance does not know: nobody but an admin may guess what it ran.
-    assert decide("launchRunReexecution", again("gone"), operator, context).refusal
+    assert decide("launchRunReexecution", again("gone"), operator, lookups).refusal
 
 
 def test_a_websocket_without_an_identity_is_refused(console):
@@ -706,12 +709,12 @@ def _sample(type_: Any, name: str, depth: int = 0) -> Any:
 def test_every_mutation_names_its_target_however_dagster_spells_its_arguments():
     """graphql-core hands the gate Python names (`schedule_selector`), which differ from
     the schema's for some mutations: each must still be audited with what it acts on."""
-    from dagster_graphql.schema import create_schema
-
-    from mm_orchestration.console.gate import decide, graphql_args
+    from mm_orchestration.console.dagster_private import graphql_schema
+    from mm_orchestration.console.graphql_args import graphql_args
+    from mm_orchestration.console.policy import decide
 
     admin = Identity(ADMIN, "admin", "proxy")
-    fields = create_schema().graphql_schema.mutation_type.fields
+    fields = graphql_schema().mutation_type.fields
     unnamed = {}
     for field_name, definition in fields.items():
         if MUTATIONS[field_name].rule == "free":
@@ -741,12 +744,12 @@ def test_the_arguments_the_gate_rewrites_are_spelled_alike_in_python_and_graphql
     """stamp_actor and keep_resources_as_defined change the arguments Dagster's resolver
     gets (Python names): an upgrade that renames one of those in Python would let a launch
     through unstamped, so it fails here first."""
-    from dagster_graphql.schema import create_schema
     from graphql import GraphQLInputObjectType, get_named_type
 
+    from mm_orchestration.console.dagster_private import graphql_schema
     from mm_orchestration.console.mutations import LAUNCH_FIELDS
 
-    fields = create_schema().graphql_schema.mutation_type.fields
+    fields = graphql_schema().mutation_type.fields
     rewritten = {
         *("executionParams", "executionParamsList", "reexecutionParams", "backfillParams"),
         *("executionMetadata", "tags", "extraTags", "runConfigData", "key", "value"),
@@ -768,7 +771,7 @@ def test_the_arguments_the_gate_rewrites_are_spelled_alike_in_python_and_graphql
 
 
 def test_wipes_and_reported_events_name_their_assets_and_partitions():
-    from mm_orchestration.console.gate import decide
+    from mm_orchestration.console.policy import decide
 
     admin = Identity(ADMIN, "admin", "proxy")
     wipe = decide(

@@ -10,7 +10,8 @@ import pytest
 from graphql import parse
 
 from mm_orchestration.console.access import Identity
-from mm_orchestration.console.gate import ConsoleGate, _pinned_mutations
+from mm_orchestration.console.dagster_private import graphql_schema
+from mm_orchestration.console.middleware import ConsoleGate
 
 OPERATOR = Identity("olivia@mm.example", "operator", "proxy")
 ADMIN = Identity("adam@mm.example", "admin", "proxy")
@@ -40,17 +41,11 @@ class Trail:
         self.entries[entry - 1]["result"] = result
 
 
-def _pinned_mutations_schema() -> Any:
-    from dagster_graphql.schema import create_schema
-
-    return create_schema().graphql_schema
-
-
 def call(
     field: str, args: dict[str, Any], identity: Identity, runs: dict[str, Any] | None = None
 ) -> tuple[Trail, Any, dict[str, Any] | None]:
     """(audit, what the gate answered, the arguments Dagster got: None when not called)."""
-    mutation_type = _pinned_mutations()
+    mutation_type = graphql_schema().mutation_type
     source = SimpleNamespace(
         method="POST",
         headers={"content-type": "application/json"},
@@ -70,7 +65,7 @@ def call(
     (operation,) = parse(f"mutation {{ {field} }}").definitions
     info = SimpleNamespace(
         operation=operation,
-        schema=_pinned_mutations_schema(),
+        schema=graphql_schema(),
         fragments={},
         variable_values={},
         path=SimpleNamespace(prev=None),
@@ -175,7 +170,7 @@ def test_a_request_whose_judging_raises_is_refused_and_audited():
 
 
 def test_run_config_dagster_rejects_is_recorded_with_its_errors():
-    from mm_orchestration.console.gate import _outcome
+    from mm_orchestration.console.middleware import _outcome
 
     class Invalid:
         class _meta:  # graphene's name
@@ -195,8 +190,9 @@ def test_run_config_dagster_rejects_is_recorded_with_its_errors():
 def test_mutation_typename_passes_and_a_refusal_is_a_client_error_without_a_trace():
     from graphql import GraphQLError, located_error
 
-    from mm_orchestration.console.app import ConsoleWebserver
-    from mm_orchestration.console.gate import ConsoleRefusal
+    from mm_orchestration.console.dagster_private import HookedWebserver
+    from mm_orchestration.console.middleware import ConsoleRefusal
+    from mm_orchestration.console.webserver import ConsoleHooks
 
     (operation,) = parse("mutation { __typename }").definitions
     info = SimpleNamespace(
@@ -217,7 +213,8 @@ def test_mutation_typename_passes_and_a_refusal_is_a_client_error_without_a_trac
         raise RuntimeError("boom")
     except RuntimeError as exc:
         fault = located_error(exc, None, ["x"])
-    server = object.__new__(ConsoleWebserver)
+    server = object.__new__(HookedWebserver)
+    server._hooks = ConsoleHooks(trail, None)  # type: ignore[arg-type]
     assert server._determine_status_code([refusal], []) == 400
     assert server._determine_status_code([refusal, fault], []) == 500
     (shown,) = server.handle_graphql_errors([refusal])
@@ -233,7 +230,7 @@ def _through_front(host: str | None, origin: str | None = None, method: str = "G
     import asyncio
 
     from mm_orchestration.console.access import ConsoleAccess
-    from mm_orchestration.console.app import IdentityFront
+    from mm_orchestration.console.front import IdentityFront
 
     async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
@@ -295,16 +292,14 @@ def test_a_cut_audit_trail_download_says_so_in_a_header_and_its_last_row(monkeyp
     import pandas as pd
     from starlette.requests import Request
 
-    from mm_orchestration.console import app as console_app
+    from mm_orchestration.console import routes
     from mm_orchestration.features.audit_trail import query as audit_trail
 
     cut = audit_trail.Entries(pd.DataFrame([], columns=audit_trail.COLUMNS), True)
     monkeypatch.setattr(audit_trail, "read", lambda conn, wanted: cut)
-    monkeypatch.setattr(console_app, "connect", lambda url: _NoConnection())
-    server = object.__new__(console_app.ConsoleWebserver)
+    monkeypatch.setattr(routes, "connect", lambda url: _NoConnection())
     trail = Trail()
-    server._audit_log = trail  # type: ignore[assignment]
-    server._timezone = "Australia/Sydney"
+    server = routes.ConsoleRoutes(trail, None, "Australia/Sydney")  # type: ignore[arg-type]
     scope = {"type": "http", "method": "GET", "path": "/audit-trail.csv",
              "query_string": b"day=2026-11-27", "headers": [], "mm.identity": ADMIN}  # fmt: skip
     response = asyncio.run(server.audit_trail_endpoint(Request(scope)))

@@ -127,7 +127,7 @@ def test_an_action_cancelled_midway_is_not_left_allowed():
     `canceled` (interrupted), not `allowed` for ever."""
     import asyncio
 
-    from mm_orchestration.console.gate import ConsoleGate
+    from mm_orchestration.console.middleware import ConsoleGate
 
     class Trail:
         settled: list[tuple[int, str]] = []

@@ -1,0 +1,239 @@
+"""Who may do what in the console: each mutation (and each read that runs code) judged
+for a person's role, and the role's Dagster permissions. Pure rules: what they need to
+know beyond the arguments (a parent run, a schedule's name) they ask `Lookups` for, and
+they write nothing (the middleware audits what they decide).
+
+- viewer: reads, and the UI's own bookkeeping (`free`);
+- operator: also launches and re-executes the manual jobs and the DLQ tools (by job, or
+  by the assets of a manual asset job) and reloads code (`operator`);
+- admin: everything (`admin`), and any run.
+
+Mutations are classified in mutations.py; an unclassified one is refused to everyone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mm_orchestration.console.access import Identity
+from mm_orchestration.console.graphql_args import (
+    ASSET_JOB_PREFIX,
+    PARTITION_TAGS,
+    Launch,
+    assets_and_partitions,
+    graphql_args,
+    launches,
+    target_of,
+)
+from mm_orchestration.console.mutations import MUTATIONS, VERBS, Mutation
+from mm_orchestration.platform import inventory
+
+# What an operator may launch or re-execute: the seed's manual jobs and the DLQ tools,
+# by their Dagster job names, and the assets of the manual asset jobs (a materialisation
+# from the asset's page launches Dagster's implicit asset job with those assets).
+OPERATOR_JOBS = frozenset(
+    {spec.dagster_name for spec in inventory.INVENTORY if spec.manual_trigger}
+    | {"dlq_requeue", "dlq_discard"}
+)
+OPERATOR_ASSETS = frozenset(
+    asset for spec in inventory.INVENTORY if spec.manual_trigger for asset in spec.assets
+)
+# Dagster's permissions (by name) an operator has besides reading; per-job rules are
+# decide's. An admin has every one, anyone else none.
+OPERATOR_PERMISSIONS = frozenset(
+    {
+        "launch_pipeline_execution",
+        "launch_pipeline_reexecution",
+        "reload_repository_location",
+        "reload_workspace",
+    }
+)
+
+
+def dagster_permission(role: str | None, permission: str) -> bool:
+    """Whether `role` has Dagster's `permission` (what the UI enables and Dagster allows)."""
+    return role == "admin" or (role == "operator" and permission in OPERATOR_PERMISSIONS)
+
+
+class Lookups(Protocol):
+    """What deciding may need to know beyond the arguments (dagster_private.ContextLookups
+    asks Dagster's request context)."""
+
+    def run(self, run_id: str) -> Any:
+        """The run (its job_name, asset_selection and tags), or None."""
+
+    def instigator_name(self, args: dict[str, Any]) -> str | None:
+        """The name of the schedule or sensor the arguments name by id, or None."""
+
+
+@dataclass
+class Decision:
+    """What one mutation is, and whether this person may do it."""
+
+    mutation: Mutation
+    target: str | None
+    job_name: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    refusal: str | None = None
+
+
+def _launchable_by_operator(job: str | None, assets: list[str]) -> bool:
+    if job in OPERATOR_JOBS:
+        return True
+    # A materialisation from an asset's page: allowed when every asset is a manual job's.
+    return bool(
+        job and job.startswith(ASSET_JOB_PREFIX) and assets and set(assets) <= OPERATOR_ASSETS
+    )
+
+
+def may(identity: Identity | None, rule: str) -> bool:
+    if identity is None or identity.role is None:
+        return False
+    return {
+        "free": True,
+        "operator": identity.at_least("operator"),
+        "admin": identity.at_least("admin"),
+    }.get(rule, False)
+
+
+def decide(
+    field_name: str,
+    args: dict[str, Any],
+    identity: Identity | None,
+    lookups: Lookups | None,
+    definition: Any = None,
+) -> Decision:
+    """Classify one root mutation with its arguments (as the schema names them, or as a
+    resolver gets them) and judge it for `identity` (`lookups`: to find parent runs and
+    name schedules and sensors, None when nothing is known; `definition`: the field, see
+    graphql_args)."""
+    args = graphql_args(field_name, args, definition)
+    mutation = MUTATIONS.get(field_name)
+    if mutation is None:
+        return Decision(
+            Mutation(f"unclassified:{field_name}", "admin"),
+            field_name,
+            refusal=f"{field_name} is not classified by mm-orchestration's console, so nobody "
+            "may use it until it is (mm_orchestration/console/mutations.py)",
+        )
+    who = identity.role if identity and identity.role else "nobody"
+    if mutation.rule in ("launch", "reexecute"):
+        return _decide_run(field_name, mutation, args, identity, lookups, who)
+    named = lookups.instigator_name(args) if lookups is not None else None
+    target = named or target_of(field_name, args)
+    details = assets_and_partitions(args)
+    if may(identity, mutation.rule):
+        return Decision(mutation, target, details=details)
+    verb = mutation.action.replace("_", " ")
+    return Decision(
+        mutation, target, details=details, refusal=f"{who} may not {verb} ({target or field_name})"
+    )
+
+
+WITH_ITS_BATCH = "refused with its batch: "
+
+
+def decide_each(
+    field_name: str,
+    args: dict[str, Any],
+    identity: Identity | None,
+    lookups: Lookups | None,
+    definition: Any = None,
+) -> list[tuple[Decision, dict[str, Any]]]:
+    """The decisions for one mutation and the variables each entry records: one per run
+    for `launchMultipleRuns` (so each run's entry carries its own run id), else one. A
+    batch is refused whole when any of its runs is refused."""
+    args = graphql_args(field_name, args, definition)
+    params_list = args.get("executionParamsList")
+    if field_name != "launchMultipleRuns" or not params_list:
+        return [(decide(field_name, args, identity, lookups, definition), args)]
+    each = [
+        (decide(field_name, {"executionParams": p}, identity, lookups, definition), p)
+        for p in params_list
+    ]
+    refusal = next((d.refusal for d, _ in each if d.refusal), None)
+    for i, (decision, _) in enumerate(each):
+        decision.details["batch"] = {"run": i + 1, "of": len(each)}
+        if refusal and not decision.refusal:
+            decision.refusal = f"{WITH_ITS_BATCH}{refusal}"
+    return [(d, {"executionParams": p}) for d, p in each]
+
+
+def _with_parent(launch: Launch, rule: str, lookups: Lookups | None) -> Launch:
+    """A run repeated from an earlier one is judged by the earlier run's job (a selector
+    naming another job as well is judged as both), assets and partitions."""
+    if not launch.parent or (launch.job is not None and rule != "reexecute"):
+        return launch
+    run = lookups.run(launch.parent) if lookups is not None else None
+    if run is None:
+        return launch
+    job = launch.job
+    if job and job != run.job_name:
+        job = f"{job}|{run.job_name}"  # both judged: no job anyone may launch
+    return Launch(
+        job or run.job_name,
+        launch.assets or sorted(k.to_user_string() for k in run.asset_selection or []),
+        launch.partitions or {k: v for k, v in run.tags.items() if k in PARTITION_TAGS},
+        launch.parent,
+    )
+
+
+def _run_details(runs: list[Launch]) -> dict[str, Any]:
+    details: dict[str, Any] = {
+        "jobs": sorted({str(launch.job) for launch in runs if launch.job}),
+        "assets": sorted({a for launch in runs for a in launch.assets}),
+        "partitions": [launch.partitions for launch in runs if launch.partitions],
+    }
+    parents = sorted({launch.parent for launch in runs if launch.parent})
+    if parents:
+        details["parent_run_ids"] = parents
+    return details
+
+
+def _run_refusal(
+    runs: list[Launch], identity: Identity | None, rule: str, who: str, field_name: str
+) -> str | None:
+    """Why `identity` may not start these runs (None: they may). Admins may start any;
+    operators the manual jobs and the DLQ tools (by job or by their assets)."""
+    if identity is not None and identity.at_least("admin"):
+        return None
+    operator = identity is not None and identity.at_least("operator")
+    refused = [
+        launch
+        for launch in runs
+        if not (operator and _launchable_by_operator(launch.job, launch.assets))
+    ]
+    if not refused:
+        return None
+    what = ", ".join(str(x) for x in (launch.shown for launch in refused) if x) or field_name
+    return f"{who} may not {VERBS[rule]} {what}"
+
+
+def _decide_run(
+    field_name: str,
+    mutation: Mutation,
+    args: dict[str, Any],
+    identity: Identity | None,
+    lookups: Lookups | None,
+    who: str,
+) -> Decision:
+    """A launch or re-execution: judged by the job (or assets) it would run."""
+    runs = [_with_parent(launch, mutation.rule, lookups) for launch in launches(args)]
+    details = _run_details(runs)
+    jobs = details["jobs"]
+    target = ",".join(details["assets"]) if any(x.asset_job for x in runs) else ",".join(jobs)
+    # A parent run nobody can find: the run it would repeat is all there is to name.
+    target = target or ",".join(details.get("parent_run_ids", []))
+    job_name = _seed_name(jobs[0]) if len(jobs) == 1 else None
+    refusal = _run_refusal(runs, identity, mutation.rule, who, field_name)
+    return Decision(mutation, target or None, job_name, details, refusal)
+
+
+def _seed_name(job: str) -> str:
+    """The inventory's name of a job (`share-link-expiry`), as the other audit entries and
+    the ledger name it; a job outside the inventory keeps Dagster's name."""
+    try:
+        return inventory.get(job).name
+    except inventory.UnknownJobError:
+        return job
