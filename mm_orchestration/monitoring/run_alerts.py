@@ -9,7 +9,7 @@
   monitoring.error_rate), these three are folded into the episode instead of being sent:
   `send_alert` decides, in the transaction that would queue the email.
 - `manual_run_audit_sensor`: reconciliation only. The console and `mm-jobs run` audit a
-  launch at the moment it is asked for, with the person (mm_orchestration.console.gate,
+  launch at the moment it is asked for, with the person (mm_orchestration.console.middleware,
   cli.cmd_run); a run that no schedule, sensor or backfill started and that no audit entry
   names (launched around them, e.g. straight into the instance) gets a `manual_run` entry
   saying it was found afterwards, with the `mm/actor` tag if any ('unknown' otherwise).
