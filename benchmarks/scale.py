@@ -52,28 +52,24 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def _snapshot() -> str | None:
-    """The package as committed (HEAD), in a folder of its own that every process of the
-    benchmark imports first: a working tree being edited meanwhile cannot change (or
-    break) the code under measurement halfway."""
+def _snapshot() -> str:
+    """The package as it is now, copied to a folder of its own that every process of the
+    benchmark imports first: a working tree being edited meanwhile cannot change (or break)
+    the code under measurement halfway."""
     folder = tempfile.mkdtemp(prefix="mm-scale-src-")
-    archive = subprocess.run(
-        ["git", "-C", str(Path(__file__).resolve().parent.parent), "archive", "HEAD",
-         "mm_orchestration"], capture_output=True, check=False,
-    )  # fmt: skip
-    if archive.returncode != 0:
-        return None
-    subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
+    root = Path(__file__).resolve().parent.parent
+    shutil.copytree(root / "mm_orchestration", Path(folder) / "mm_orchestration",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    shutil.copytree(root / "deploy", Path(folder) / "deploy")
+    for name in ("dagster.yaml", "workspace.yaml"):
+        shutil.copyfile(root / name, Path(folder) / name)
     return folder
 
 
 SOURCE = _snapshot()
-if SOURCE:
-    atexit.register(shutil.rmtree, SOURCE, ignore_errors=True)
-    sys.path.insert(0, SOURCE)
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (SOURCE, os.environ.get("PYTHONPATH")) if p
-    )
+atexit.register(shutil.rmtree, SOURCE, ignore_errors=True)
+sys.path.insert(0, SOURCE)
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (SOURCE, os.environ.get("PYTHONPATH")) if p)
 
 from _harness import clone, server, source_database  # noqa: E402
 
