@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import clone, median, psql_seconds, report, server, source_database, timed
 
 from mm_orchestration.features.mux_dlq.depth_sensor import queue_depth
-from mm_orchestration.features.mux_dlq.job import replay_due
+from mm_orchestration.features.mux_dlq.replay import replay_due
 from mm_orchestration.features.mux_dlq.resource import MuxWebhooks
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.db import connect

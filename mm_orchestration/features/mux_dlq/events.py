@@ -1,7 +1,7 @@
-"""Mux webhook events: read an envelope, verify its signature, apply it to a video.
+"""Mux webhook events: read an envelope and verify its signature.
 
-Pure rules plus one SQL statement per event; the replay job decides transactions,
-attempts and escalation. The event shape is in `design/portal-database.md`.
+Pure rules (applying an event to its video is `apply`; the replay decides transactions,
+attempts and escalation). The event shape is in `design/portal-database.md`.
 
 A payload is whatever JSON the portal stored: any depth, any size, any number. So it is
 never decoded in Python: `envelope_fields_sql` picks the few fields an envelope needs out
@@ -18,9 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
-import psycopg
 from psycopg import sql
 
 STATUS_BY_TYPE = {
@@ -323,93 +321,3 @@ def verify_signature(secret: str, raw_body: str, header: str) -> None:
         for s in signatures
     ):
         raise BadSignature("invalid Mux-Signature: no v1 signature matches the stored body")
-
-
-@dataclass(frozen=True)
-class Applied:
-    outcome: str  # applied, stale, ignored
-    media_asset_id: Any = None
-
-
-def is_stale(event: Envelope, changed_at: datetime | None, status: str | None) -> bool:
-    """Older than the video's last applied event, or as old and earlier in the lifecycle."""
-    if changed_at is None:
-        return False
-    if event.created_at != changed_at or event.type == UPLOAD_LINKED:
-        return event.created_at < changed_at
-    return event.rank < RANK_BY_STATUS.get(status or "", 0)
-
-
-# Find the video by its Mux asset id, else by its upload id (and link it): one row locked.
-_FIND = """
-SELECT id, mux_asset_id, status_changed_at, status FROM portal.media_assets
- WHERE mux_asset_id = %(asset_id)s
-    OR (mux_upload_id = %(upload_id)s AND %(upload_id)s IS NOT NULL
-        AND (mux_asset_id IS NULL OR mux_asset_id = %(asset_id)s))
- ORDER BY (mux_asset_id = %(asset_id)s) DESC NULLS LAST
- LIMIT 1
- FOR UPDATE
-"""
-
-_APPLY_STATUS = sql.SQL("""
-UPDATE portal.media_assets
-   SET status = %(status)s,
-       status_changed_at = %(created_at)s,
-       updated_at = now(),
-       mux_asset_id = coalesce(mux_asset_id, %(asset_id)s),
-       duration_seconds = coalesce(%(duration)s, duration_seconds),
-       mux_playback_id = coalesce(%(playback_id)s, mux_playback_id)
- WHERE id = %(id)s
-   AND (status_changed_at IS NULL OR status_changed_at < %(created_at)s
-        OR (status_changed_at = %(created_at)s AND %(rank)s >= {status_rank}))
-""").format(status_rank=status_rank_sql(sql.Identifier("status")))
-
-_LINK_UPLOAD = """
-UPDATE portal.media_assets
-   SET mux_asset_id = %(asset_id)s, updated_at = now()
- WHERE id = %(id)s AND mux_asset_id IS NULL
-"""
-
-
-def apply_event(conn: psycopg.Connection, event: Envelope) -> Applied:
-    """Apply one event in the caller's transaction. Raises EventError when it cannot yet."""
-    if event.type not in STATUS_BY_TYPE and event.type != UPLOAD_LINKED:
-        return Applied("ignored")
-    params = {"asset_id": event.asset_id, "upload_id": event.upload_id}
-    if event.type == UPLOAD_LINKED:
-        row = conn.execute(
-            "SELECT id, mux_asset_id, status_changed_at, status FROM portal.media_assets"
-            " WHERE mux_upload_id = %(upload_id)s ORDER BY created_at LIMIT 1 FOR UPDATE",
-            params,
-        ).fetchone()
-    else:
-        row = conn.execute(_FIND, params).fetchone()
-    if row is None:
-        where = (
-            f"mux_upload_id {event.upload_id!r}"
-            if event.type == UPLOAD_LINKED
-            else f"mux_asset_id {event.asset_id!r}"
-            + (f" or mux_upload_id {event.upload_id!r}" if event.upload_id else "")
-        )
-        raise EventError(f"no media asset with {where} (yet): {event.type} {event.id}")
-    video_id, linked, changed_at, status = row
-    if is_stale(event, changed_at, status):
-        return Applied("stale", video_id)
-    if event.type == UPLOAD_LINKED:
-        if linked not in (None, event.asset_id):
-            return Applied("stale", video_id)  # already linked to another asset: keep it
-        conn.execute(_LINK_UPLOAD, {"id": video_id, "asset_id": event.asset_id})
-        return Applied("applied", video_id)
-    updated = conn.execute(
-        _APPLY_STATUS,
-        {
-            "id": video_id,
-            "status": STATUS_BY_TYPE[event.type],
-            "created_at": event.created_at,
-            "rank": event.rank,
-            "asset_id": event.asset_id,
-            "duration": event.duration if event.type == "video.asset.ready" else None,
-            "playback_id": event.playback_id if event.type == "video.asset.ready" else None,
-        },
-    ).rowcount
-    return Applied("applied" if updated else "stale", video_id)

@@ -20,6 +20,7 @@ from mm_orchestration.platform.config_models import OpConfig
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.ledger import ACTOR_TAG
 from mm_orchestration.platform.scheduling import JOB_TAG
+from mm_orchestration.platform.sql_files import query
 from mm_orchestration.platform.text import NOT_SHOWN
 
 # The portal's three statuses, and 'discarded': a dead letter closed for good by an
@@ -32,17 +33,7 @@ def list_rows(conn: psycopg.Connection, status: str | None = None, limit: int = 
         raise ValueError(f"--status must be one of {', '.join(STATUSES)}; {NOT_SHOWN}")
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(
-            """SELECT * FROM (
-                   SELECT q.id, q.event_id, q.event_type,
-                          CASE WHEN d.dlq_id IS NULL THEN q.status ELSE 'discarded' END AS status,
-                          q.attempts, q.received_at, q.next_attempt_at,
-                          left(CASE WHEN d.dlq_id IS NULL THEN q.last_error
-                                    ELSE 'discarded by ' || d.actor || ': ' || d.reason END,
-                               120) AS last_error
-                     FROM portal.mux_webhook_dlq q
-                     LEFT JOIN ops.dlq_discards d ON d.dlq_id = q.id) AS letters
-                WHERE %(status)s::text IS NULL OR status = %(status)s
-                ORDER BY id DESC LIMIT %(limit)s""",
+            query(__package__, "list_letters"),
             {"status": status, "limit": limit},
         ).fetchall()
     for row in rows:
@@ -104,24 +95,7 @@ def requeue(
     """
     with conn.transaction():
         rows = conn.execute(
-            """WITH chosen AS (
-                   SELECT q.id FROM portal.mux_webhook_dlq q
-                    WHERE q.status IN ('pending', 'dead')
-                      AND (q.id = ANY(%(ids)s)
-                           OR (%(all_dead)s AND q.status = 'dead'
-                               AND NOT EXISTS (SELECT 1 FROM ops.dlq_discards d
-                                                WHERE d.dlq_id = q.id)))
-               ), undiscarded AS (
-                   DELETE FROM ops.dlq_discards d USING chosen c WHERE d.dlq_id = c.id
-                   RETURNING d.dlq_id
-               )
-               UPDATE portal.mux_webhook_dlq q
-                  SET status = 'pending', attempts = 0, next_attempt_at = now(),
-                      escalated_at = NULL, replayed_at = NULL
-                 FROM chosen c
-                WHERE q.id = c.id
-            RETURNING q.id, q.event_id,
-                      EXISTS (SELECT 1 FROM undiscarded u WHERE u.dlq_id = q.id)""",
+            query(__package__, "requeue"),
             {"ids": ids, "all_dead": all_dead},
         ).fetchall()
         requeued = sorted(r[0] for r in rows)
@@ -173,12 +147,7 @@ def discard(
                 f"dead letter {dlq_id} was already discarded by {already[0]}: {already[1]}"
             )
         row = conn.execute(
-            """UPDATE portal.mux_webhook_dlq
-                  SET status = 'dead', next_attempt_at = NULL,
-                      escalated_at = coalesce(escalated_at, now()),
-                      last_error = 'discarded by ' || %s || ': ' || %s
-                WHERE id = %s AND status IN ('pending', 'dead')
-            RETURNING id, event_id, event_type, payload::text""",
+            query(__package__, "discard"),
             [actor, reason, dlq_id],
         ).fetchone()
         if row is None:
@@ -210,16 +179,6 @@ def discard(
         )
 
 
-@contextmanager
-def _operator_error() -> Iterator[None]:
-    """A mistyped id or a missing reason fails the run at once with that message alone:
-    retrying cannot fix it, and a stack trace would only hide it."""
-    try:
-        yield
-    except (LookupError, ValueError) as exc:
-        raise Failure(description=str(exc), allow_retries=False) from None
-
-
 class RequeueConfig(OpConfig):
     # A plain default (not a factory), so the console's Launchpad shows the field to fill.
     ids: list[int] = Field(default=[], description="Dead-letter ids to requeue")
@@ -244,13 +203,27 @@ def _actor(context: OpExecutionContext) -> str:
     return actor
 
 
+@contextmanager
+def _as_operator(
+    context: OpExecutionContext, portal_db: PortalDatabase
+) -> Iterator[tuple[str, psycopg.Connection]]:
+    """The person who launched the run, and a connection to act with. A mistyped id or a
+    missing reason fails the run at once with that message alone: retrying cannot fix it,
+    and a stack trace would only hide it."""
+    actor = _actor(context)
+    try:
+        with portal_db.connection() as conn:
+            yield actor, conn
+    except (LookupError, ValueError) as exc:
+        raise Failure(description=str(exc), allow_retries=False) from None
+
+
 @op
 def requeue_dead_letters(
     context: OpExecutionContext, config: RequeueConfig, portal_db: PortalDatabase
 ) -> None:
     """Put dead letters back in the queue with their attempts reset."""
-    actor = _actor(context)
-    with _operator_error(), portal_db.connection() as conn:
+    with _as_operator(context, portal_db) as (actor, conn):
         done = requeue(conn, config.ids, actor, config.all_dead, context.run_id)
     context.add_output_metadata({"requeued": len(done), "ids": str(done)})
 
@@ -260,8 +233,7 @@ def discard_dead_letter(
     context: OpExecutionContext, config: DiscardConfig, portal_db: PortalDatabase
 ) -> None:
     """Close one dead letter for good, with the reason in the audit log."""
-    actor = _actor(context)
-    with _operator_error(), portal_db.connection() as conn:
+    with _as_operator(context, portal_db) as (actor, conn):
         discard(conn, config.id, config.reason, actor, context.run_id)
 
 

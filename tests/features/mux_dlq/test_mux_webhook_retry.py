@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mm_orchestration.features.mux_dlq.events import BadSignature, verify_signature
-from mm_orchestration.features.mux_dlq.job import mux_webhook_retry, replay_due
+from mm_orchestration.features.mux_dlq.job import mux_webhook_retry
+from mm_orchestration.features.mux_dlq.replay import replay_due
 from mm_orchestration.features.mux_dlq.resource import MuxWebhooks
 from mm_orchestration.platform.db import connect
 from tests import factories as f
