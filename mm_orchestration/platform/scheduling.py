@@ -250,3 +250,15 @@ def inventory_job(spec: JobSpec, description: str | None) -> Callable[..., JobDe
         tags=job_tags(spec),
         executor_def=executor_for(spec),
     )
+
+
+def inventory_asset_job(spec: JobSpec, asset: Any, description: str) -> Any:
+    """The job of an inventory asset (a partitioned asset run on the inventory's schedule),
+    named, tagged and executed as the inventory says, as `inventory_job` does for ops."""
+    return define_asset_job(
+        spec.dagster_name,
+        selection=[asset],
+        tags=job_tags(spec),
+        executor_def=executor_for(spec),
+        description=description,
+    )

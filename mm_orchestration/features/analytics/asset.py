@@ -23,18 +23,17 @@ from dagster import (
     MetadataValue,
     ScheduleDefinition,
     asset,
-    define_asset_job,
 )
 
 from mm_orchestration.platform import inventory
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.scheduling import (
-    executor_for,
-    job_tags,
+    inventory_asset_job,
     partitioned_schedule,
     retry_policy,
 )
 from mm_orchestration.platform.settings import Settings
+from mm_orchestration.platform.sql_files import query
 from mm_orchestration.platform.text import markdown_table
 
 SPEC = inventory.get("analytics-rollup")
@@ -43,17 +42,7 @@ CHECK = "reconciles_with_events"
 
 CLEAR_HOUR = "DELETE FROM ops.analytics_hourly WHERE hour_start = %(start)s"
 
-# Two hash aggregations (per user, then per tenant and type) instead of a sort for
-# count(DISTINCT): the hour's events are read once through the occurred_at index.
-ROLL_UP_HOUR = """
-INSERT INTO ops.analytics_hourly (tenant_id, hour_start, event_type, event_count, unique_users)
-SELECT tenant_id, %(start)s, event_type, sum(n), count(user_id)
-  FROM (SELECT tenant_id, event_type, user_id, count(*) AS n
-          FROM portal.events
-         WHERE occurred_at >= %(start)s AND occurred_at < %(end)s
-         GROUP BY tenant_id, event_type, user_id) per_user
- GROUP BY tenant_id, event_type
-"""
+ROLL_UP_HOUR = query(__package__, "roll_up_hour")
 
 RECONCILE = """
 SELECT (SELECT coalesce(sum(event_count), 0) FROM ops.analytics_hourly
@@ -143,12 +132,8 @@ def analytics_hourly(
     )
 
 
-analytics_rollup = define_asset_job(
-    SPEC.dagster_name,
-    selection=[analytics_hourly],
-    tags=job_tags(SPEC),
-    executor_def=executor_for(SPEC),
-    description="Roll up one UTC hour of portal events (analytics-rollup).",
+analytics_rollup = inventory_asset_job(
+    SPEC, analytics_hourly, "Roll up one UTC hour of portal events (analytics-rollup)."
 )
 
 

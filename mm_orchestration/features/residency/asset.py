@@ -32,7 +32,6 @@ from dagster import (
     ScheduleDefinition,
     WeeklyPartitionsDefinition,
     asset,
-    define_asset_job,
 )
 from psycopg.types.json import Jsonb
 
@@ -55,8 +54,7 @@ from mm_orchestration.platform.outbox import (
 from mm_orchestration.platform.outbox.mailer import Mailer
 from mm_orchestration.platform.report_store import ReportStore
 from mm_orchestration.platform.scheduling import (
-    executor_for,
-    job_tags,
+    inventory_asset_job,
     partitioned_schedule,
     retry_policy,
 )
@@ -251,12 +249,8 @@ def residency_report(
     )
 
 
-residency_report_job = define_asset_job(
-    SPEC.dagster_name,
-    selection=[residency_report],
-    tags=job_tags(SPEC),
-    executor_def=executor_for(SPEC),
-    description="Generate the week's data residency report (residency-report).",
+residency_report_job = inventory_asset_job(
+    SPEC, residency_report, "Generate the week's data residency report (residency-report)."
 )
 
 

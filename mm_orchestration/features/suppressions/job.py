@@ -25,31 +25,14 @@ from mm_orchestration.platform.ledger import WindowConfig, ledgered
 from mm_orchestration.platform.outbox.addresses import address_problem
 from mm_orchestration.platform.outbox.mailer import Mailer
 from mm_orchestration.platform.scheduling import inventory_job, retry_policy
+from mm_orchestration.platform.sql_files import query
 
 SPEC = inventory.get("notification-suppression-cleanup")
 # The tables the job needs; a missing one stops it before any work, named.
 TABLES = ("portal.email_suppressions", "ops.audit_log")
 BOUNCE_RETENTION = "30 days"
 
-# One statement: delete, and count and hash the addresses in the database, so the
-# addresses never leave it unless SendGrid needs them; the entry is then written the one
-# way every entry is (audit.record: masked and capped).
-DELETE_OLD_BOUNCES = """
-WITH deleted AS (
-    DELETE FROM portal.email_suppressions
-     WHERE reason = 'bounce' AND created_at < now() - %(retention)s::interval
-    RETURNING lower(email) AS email
-), addresses AS (
-    SELECT DISTINCT email FROM deleted
-)
-SELECT (SELECT count(*) FROM deleted),
-       (SELECT count(*) FROM addresses),
-       (SELECT coalesce(array_agg(h ORDER BY h), '{}')
-          FROM (SELECT encode(sha256(convert_to(email, 'UTF8')), 'hex') AS h
-                  FROM addresses) hashed),
-       CASE WHEN %(want_addresses)s
-            THEN (SELECT coalesce(array_agg(email ORDER BY email), '{}') FROM addresses) END
-"""
+DELETE_OLD_BOUNCES = query(__package__, "delete_old_bounces")
 
 
 @dataclass(frozen=True)
@@ -62,7 +45,8 @@ class Deleted:
 def delete_old_bounces(
     conn: psycopg.Connection, actor: str, run_id: str, want_addresses: bool = False
 ) -> Deleted:
-    """Delete expired bounces and audit them, in the caller's transaction."""
+    """Delete expired bounces and audit them, in the caller's transaction: the audit entry
+    is written the one way every entry is (audit.record: masked and capped)."""
     row = conn.execute(
         DELETE_OLD_BOUNCES, {"retention": BOUNCE_RETENTION, "want_addresses": want_addresses}
     ).fetchone()

@@ -22,7 +22,6 @@ from dagster import (
     MetadataValue,
     ScheduleDefinition,
     asset,
-    define_asset_job,
 )
 
 from mm_orchestration.platform import inventory
@@ -31,12 +30,12 @@ from mm_orchestration.platform.job_settings import JobSettings
 from mm_orchestration.platform.outbox import conclude, deliver_pending, enqueue, finished_runs
 from mm_orchestration.platform.outbox.mailer import Email, Mailer
 from mm_orchestration.platform.scheduling import (
-    executor_for,
-    job_tags,
+    inventory_asset_job,
     partitioned_schedule,
     retry_policy,
 )
 from mm_orchestration.platform.settings import BUSINESS_TIMEZONE, Settings
+from mm_orchestration.platform.sql_files import query
 from mm_orchestration.platform.text import markdown_table, one_line
 
 SPEC = inventory.get("tenant-health-check")
@@ -57,40 +56,7 @@ THRESHOLDS = HealthThresholds()
 
 CLEAR_DAY = "DELETE FROM ops.tenant_health_daily WHERE day = %(day)s"
 
-# Per tenant, as of `ref` (06:00 local on the day). Each count is a grouped scan, joined
-# by tenant: set-based whatever the number of tenants.
-WRITE_DAY = """
-INSERT INTO ops.tenant_health_daily (tenant_id, day, milestones_at_risk, overdue_tasks,
-                                     active_share_links, share_link_views, status,
-                                     overdue_milestones)
-SELECT t.id, %(day)s,
-       coalesce(m.at_risk, 0), coalesce(k.overdue, 0), coalesce(l.active, 0),
-       coalesce(l.views, 0),
-       CASE WHEN coalesce(m.overdue, 0) > 0 THEN 'red'
-            WHEN coalesce(m.at_risk, 0) > 0 OR coalesce(k.overdue, 0) > %(amber_tasks)s
-                 THEN 'amber'
-            ELSE 'green' END,
-       coalesce(m.overdue, 0)
-  FROM portal.tenants t
-  LEFT JOIN (SELECT tenant_id,
-                    count(*) FILTER (WHERE due_at < %(ref)s + %(risk)s) AS at_risk,
-                    count(*) FILTER (WHERE due_at < %(ref)s) AS overdue
-               FROM portal.milestones
-              WHERE (completed_at IS NULL OR completed_at > %(ref)s) AND due_at IS NOT NULL
-              GROUP BY tenant_id) m ON m.tenant_id = t.id
-  LEFT JOIN (SELECT tenant_id, count(*) AS overdue
-               FROM portal.tasks
-              WHERE (completed_at IS NULL OR completed_at > %(ref)s) AND due_at < %(ref)s
-              GROUP BY tenant_id) k ON k.tenant_id = t.id
-  LEFT JOIN (SELECT tenant_id,
-                    count(*) FILTER (WHERE status = 'active'
-                                       AND (expires_at IS NULL OR expires_at > %(ref)s))
-                        AS active,
-                    sum(view_count) AS views
-               FROM portal.share_links
-              GROUP BY tenant_id) l ON l.tenant_id = t.id
- WHERE t.status = 'active'
-"""
+WRITE_DAY = query(__package__, "write_day")
 
 SUMMARY = """
 SELECT t.name, h.status, h.milestones_at_risk, h.overdue_tasks, h.active_share_links,
@@ -231,12 +197,8 @@ def tenant_health_daily(
     )
 
 
-tenant_health_check = define_asset_job(
-    SPEC.dagster_name,
-    selection=[tenant_health_daily],
-    tags=job_tags(SPEC),
-    executor_def=executor_for(SPEC),
-    description="Compute the day's tenant health (tenant-health-check).",
+tenant_health_check = inventory_asset_job(
+    SPEC, tenant_health_daily, "Compute the day's tenant health (tenant-health-check)."
 )
 
 
