@@ -1,8 +1,8 @@
 """Fuzz at scale: many generated dead-letter batches through the real mux-webhook-retry job.
 
-The same generator and checks as `tests/features/mux_dlq/test_dlq_fuzz.py` (good Mux events mixed with
-hostile rows; every row settled alone, every video as its good events say), run for many
-more examples on a throwaway embedded PostgreSQL, SendGrid stood in for by the tests'
+The same generator and checks as `tests/features/mux_dlq/test_dlq_fuzz.py` (good Mux events
+mixed with hostile rows; every row settled alone, every video as its good events say), run for
+many more examples on a throwaway embedded PostgreSQL, SendGrid stood in for by the tests'
 recorder. Prints the examples, rows per kind and the time; exits non-zero on the first
 property that fails (Hypothesis prints the smallest batch that shows it).
 Run: `.venv/bin/python benchmarks/dlq_fuzz.py [examples]` (default 500).
@@ -25,8 +25,8 @@ from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.db import connect
 from mm_orchestration.platform.job_settings import JobSettings
 from mm_orchestration.platform.outbox.mailer import Mailer
-from tests.sendgrid_server import SendGridRecorder
 from tests.features.mux_dlq.test_dlq_fuzz import Spec, batches, run_example
+from tests.sendgrid_server import SendGridRecorder
 
 
 def main() -> None:
