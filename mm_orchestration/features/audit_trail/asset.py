@@ -6,12 +6,21 @@ tool, and what the jobs record themselves (escalations, clean-ups). The material
 shows the day's counts by person and by action, a table of the entries, and links to the
 console's CSV download of that day (all of it, or one person or action: add
 `&person=...` or `&action=...` to the link). It reads; it never changes the log.
+
+Its check `audit_chain_verifies` (ERROR) walks the whole hash chain every day (chain.py)
+and also holds it to the head the previous materialisation recorded, which lives in
+Dagster's storage, outside the portal database: a chain rewritten or cut short since
+then is caught even if its head row was rewound. A failure alerts compliance once per
+break (monitoring/check_alerts.py).
 """
 
 from datetime import date
 from urllib.parse import urlencode
 
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     DailyPartitionsDefinition,
     DefaultScheduleStatus,
@@ -23,6 +32,8 @@ from dagster import (
 )
 
 from mm_orchestration.features.audit_trail import query as trail
+from mm_orchestration.features.audit_trail.chain import Head, Verdict, verify
+from mm_orchestration.monitoring.check_alerts import check_alert_sensor
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.job_settings import JobSettings
 from mm_orchestration.platform.settings import BUSINESS_TIMEZONE
@@ -30,6 +41,8 @@ from mm_orchestration.platform.text import markdown_cell, markdown_table
 
 SYDNEY = BUSINESS_TIMEZONE
 PREVIEW_ROWS = 200
+CHAIN_CHECK = "audit_chain_verifies"
+HEAD_KEY = "audit_chain_head"  # the whole chain's head when verified: the next day's anchor
 
 audit_trail_days = DailyPartitionsDefinition(start_date="2026-01-01", timezone=SYDNEY, end_offset=0)
 
@@ -41,11 +54,53 @@ def _text(value: object) -> str:
     return "" if value is None or pd.isna(value) else str(value)  # type: ignore[call-overload]
 
 
+def previous_head(context: AssetExecutionContext) -> Head | None:
+    """The chain's head the last materialisation of this asset verified, if any."""
+    event = context.instance.get_latest_materialization_event(context.asset_key)
+    materialization = event.asset_materialization if event else None
+    value = materialization.metadata.get(HEAD_KEY) if materialization else None
+    try:
+        return Head.parse(str(value.value)) if value is not None else None
+    except ValueError:
+        return None  # written by hand or by an older release: no anchor
+
+
+def chain_check(verdict: Verdict) -> AssetCheckResult:
+    """The check's verdict, with what its alert to compliance says."""
+    problem = verdict.first
+    if problem is None:
+        return AssetCheckResult(
+            check_name=CHAIN_CHECK,
+            passed=True,
+            description=verdict.summary(),
+            metadata={"links_checked": verdict.checked},
+        )
+    where = problem.seq if problem.seq is not None else f"entry-{problem.entry_id}"
+    listed = "\n".join(f"- {p.kind}: {p.message}" for p in verdict.problems)
+    return AssetCheckResult(
+        check_name=CHAIN_CHECK,
+        passed=False,
+        severity=AssetCheckSeverity.ERROR,
+        description=(
+            f"The audit trail's hash chain does not verify: entries were changed, removed or "
+            f"added outside the audit path.\n{listed}\n\nKeep the database as it is, run "
+            "`mm-jobs audit verify` to see it, and follow docs/audit.md ('When verify fails')."
+        ),
+        metadata={
+            "links_checked": verdict.checked,
+            "first_problem": f"{problem.kind}: {problem.message}",
+            "alert_key": f"audit-chain:{problem.kind}:{where}",
+            "alert_subject": f"Audit trail tampering detected: {problem.kind} at {where}",
+        },
+    )
+
+
 @asset(
     key_prefix=["ops"],
     group_name="compliance",
     partitions_def=audit_trail_days,
     kinds={"postgres", "csv"},
+    check_specs=[AssetCheckSpec(CHAIN_CHECK, asset=["ops", "audit_trail"], blocking=False)],
 )
 def audit_trail(
     context: AssetExecutionContext, portal_db: PortalDatabase, job_settings: JobSettings
@@ -55,6 +110,10 @@ def audit_trail(
     day = date.fromisoformat(context.partition_key)
     with portal_db.connection() as conn:
         found = trail.read(conn, trail.Filter.for_day(day, SYDNEY))
+    anchor = previous_head(context)
+    with portal_db.connection() as conn:
+        conn.commit()  # verify takes its own snapshot
+        verdict = verify(conn, anchors=[anchor] if anchor else [])
     frame = found.frame
     by_person = frame.groupby(frame["actor"]).size().sort_values(ascending=False)
     by_action = frame.groupby(frame["action"]).size().sort_values(ascending=False)
@@ -95,7 +154,11 @@ def audit_trail(
             "filter_hint": MetadataValue.text(
                 "Add &person=<email> or &action=<action> to the download link to filter it."
             ),
-        }
+            # Where the chain stood at the day's end (`mm-jobs audit verify --expect-head`).
+            "day_chain_head": MetadataValue.text(found.head.text() if found.head else "none"),
+            **({HEAD_KEY: MetadataValue.text(verdict.head.text())} if verdict.head else {}),
+        },
+        check_results=[chain_check(verdict)],
     )
 
 
@@ -104,6 +167,12 @@ audit_trail_refresh = define_asset_job(
     selection=[audit_trail],
     description="The day's audit trail for compliance.",
     tags={"mm/job": "audit-trail"},
+)
+
+audit_chain_alerts = check_alert_sensor(
+    "audit_chain_alert_sensor",
+    {CHAIN_CHECK: "compliance"},
+    "Alerts compliance when the audit trail's hash chain does not verify (once per break).",
 )
 
 # Each Sydney day just after it ends (the partition is the day before the tick).

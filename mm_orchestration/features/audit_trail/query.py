@@ -2,7 +2,9 @@
 
 One query over `ops.audit_log`, filtered by person, action and period, shared by the daily
 `ops/audit_trail` asset (its summary in the console) and the console's CSV download
-(`/audit-trail.csv?person=...&action=...&day=YYYY-MM-DD` or `&since=...&until=...`).
+(`/audit-trail.csv?person=...&action=...&day=YYYY-MM-DD` or `&since=...&until=...`), with
+the audit chain's head at the period's end (chain.py): the point an auditor later checks
+the chain still passes through (`mm-jobs audit verify --expect-head SEQ:SHA256`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 
+from mm_orchestration.features.audit_trail.chain import Head, head
 from mm_orchestration.platform.spreadsheets import to_csv
 
 if TYPE_CHECKING:  # pandas costs a light run 2 s; imported where a report is built
@@ -72,10 +75,12 @@ class Filter:
 
 @dataclass(frozen=True)
 class Entries:
-    """The matching entries, oldest first, and whether there were more than `limit`."""
+    """The matching entries, oldest first, whether there were more than `limit`, and the
+    audit chain's head at the period's end (None: no entry was ever linked by then)."""
 
     frame: pd.DataFrame
     truncated: bool
+    head: Head | None = None
 
     @property
     def note(self) -> str | None:
@@ -99,7 +104,9 @@ def read(conn: psycopg.Connection, wanted: Filter, limit: int | None = None) -> 
             "limit": limit + 1,  # one more tells that there are more
         },
     ).fetchall()
-    return Entries(pd.DataFrame(rows[:limit], columns=COLUMNS), len(rows) > limit)
+    return Entries(
+        pd.DataFrame(rows[:limit], columns=COLUMNS), len(rows) > limit, head(conn, wanted.until)
+    )
 
 
 def entries(conn: psycopg.Connection, wanted: Filter) -> pd.DataFrame:

@@ -42,6 +42,7 @@ from mm_orchestration.features.residency.report import (
     make_renderer,
     render,
 )
+from mm_orchestration.features.restore_drill.due import drill_due
 from mm_orchestration.platform import inventory
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.job_settings import JobSettings
@@ -68,27 +69,22 @@ WEEKS = WeeklyPartitionsDefinition(
 EMAIL_KIND = "residency_report"
 EXCEPTIONS_CHECK = "no_residency_exceptions"
 DRILL_CHECK = "restore_drill_within_35_days"
-DRILL_MAX_AGE = timedelta(days=35)
 
 
 def drill_check(conn: psycopg.Connection, as_of: datetime) -> AssetCheckResult:
-    row = conn.execute(
-        "SELECT max(finished_at) FROM ops.backup_drills WHERE status = 'succeeded'"
-    ).fetchone()
-    last = row[0] if row else None
-    passed = last is not None and as_of - last <= DRILL_MAX_AGE
+    """A restore drill succeeded within 35 days: the drills' own rule (restore_drill.due),
+    the one the daily `restore_drill_due` check and each drill record read."""
+    due = drill_due(conn, as_of)
+    passed = due.state != "lapsed"
     return AssetCheckResult(
         check_name=DRILL_CHECK,
         passed=passed,
         severity=AssetCheckSeverity.ERROR,
-        description=None
-        if passed
-        else (
-            "no restore drill succeeded in the last 35 days"
-            + (f" (last success {last:%Y-%m-%d})" if last else " (none recorded)")
-            + ": run backup_verify; sign-off is blocked until one succeeds"
-        ),
-        metadata={"last_successful_drill": str(last) if last else "never"},
+        description=None if passed else due.describe(),
+        metadata={
+            "last_successful_drill": str(due.last_success) if due.last_success else "never",
+            "next_drill_due": str(due.due_at) if due.due_at else "now",
+        },
     )
 
 

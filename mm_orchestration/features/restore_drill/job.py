@@ -7,8 +7,9 @@ matching fails at once, naming the package to install), and compares the copy wi
 that same snapshot: row counts of every table in `portal` and `ops`, a checksum of
 the key tables, the migration version, and a smoke query on each key table. It
 records the evidence in `ops.backup_drills` (restore time as RTO, the newest row's
-age as RPO) and drops the scratch database whatever happened. A failed drill fails
-the run, naming the compliance contact, and blocks the next residency sign-off.
+age as RPO, when the next drill is due: due.py) and drops the scratch database whatever
+happened. A failed drill fails the run, naming the compliance contact, and blocks the
+next residency sign-off.
 
 "First business day" skips weekends and national and NSW public holidays.
 """
@@ -28,6 +29,7 @@ from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 from pydantic import Field
 
+from mm_orchestration.features.restore_drill import due
 from mm_orchestration.features.restore_drill.neon import NeonClient, NeonError
 from mm_orchestration.features.restore_drill.resource import (
     PgToolsNotFound,
@@ -327,13 +329,13 @@ def run_restore_drill(
             evidence, status, error = exc.evidence, "failed", str(exc)
         except (psycopg.Error, OSError, NeonError) as exc:
             evidence, status, error = {}, "failed", f"{type(exc).__name__}: {exc}"
-        with portal_db.connection() as conn:
-            conn.execute(
-                """INSERT INTO ops.backup_drills (started_at, finished_at, status, method,
-                                                  checks, error)
-                   VALUES (%s, now(), %s, %s, %s, %s)""",
-                [started, status, method, Jsonb(evidence), error],
-            )
+        with portal_db.connection() as conn:  # the record says when the next is due
+            recorded = conn.execute(
+                due.RECORD_DRILL,
+                {"started": started, "status": status, "method": method,
+                 "checks": Jsonb(evidence), "error": error, "every": due.DRILL_EVERY},
+            ).fetchone()  # fmt: skip
+        next_due = recorded[1] if recorded else None
         run.details = {"status": status}
         log_event(
             "drill.finished",
@@ -351,6 +353,7 @@ def run_restore_drill(
                 allow_retries=False,
             )
     metadata: dict[str, Any] = {
+        "next_drill_due": next_due.isoformat() if next_due else "now",
         "rto_seconds": float(evidence.get("rto_seconds") or 0),
         "rpo_seconds": float(evidence.get("rpo_seconds") or 0),
         "tables_compared": int(evidence["checks"]["row_counts"]["tables"]),
