@@ -19,6 +19,7 @@ COMMANDS = (
     "mm_orchestration.platform.outbox.commands",
     "mm_orchestration.features.digests.commands",
     "mm_orchestration.features.audit_trail.commands",
+    "mm_orchestration.features.evidence.commands",
     "mm_orchestration.console.commands",
     "mm_orchestration.local.commands",
 )
