@@ -38,7 +38,9 @@ def monitor_config(spec: inventory.JobSpec, monitoring: Monitoring) -> Any:
     return {
         "schedule": {"type": "crontab", "value": cron},
         "timezone": monitoring.timezone,
-        "checkin_margin": 5,  # minutes late before a check-in counts as missed
+        # Minutes late before a check-in counts as missed: the inventory's tick margin, as
+        # schedule_tick_sensor's (monitoring/ticks.py).
+        "checkin_margin": max(1, spec.tick_margin_seconds // 60),
         "max_runtime": max(1, spec.max_runtime_seconds // 60),
     }
 
