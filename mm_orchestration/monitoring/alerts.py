@@ -19,7 +19,7 @@ from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.job_settings import JobSettings
 from mm_orchestration.platform.outbox import conclude, deliver_pending, enqueue, finished_runs
 from mm_orchestration.platform.outbox.mailer import Email, Mailer
-from mm_orchestration.platform.scheduling import JOB_TAG
+from mm_orchestration.platform.scheduling import JOB_TAG, RUN_LOGS
 from mm_orchestration.platform.text import NOT_SHOWN
 
 ALERT_KIND = "alert"
@@ -201,6 +201,6 @@ def alert_request(
         config |= {"fold_into": fold_into, "failed_run": failed_run}
     return RunRequest(
         run_key=key,
-        run_config={"ops": {"record_alert": {"config": config}}},
+        run_config={"ops": {"record_alert": {"config": config}}, **RUN_LOGS},
         tags={"mm/trigger": "sensor", "mm/alert": tag},
     )

@@ -49,7 +49,7 @@ from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.inventory import JobSpec
 from mm_orchestration.platform.job_settings import JobSettings
 from mm_orchestration.platform.ledger import OUTCOME_TAG
-from mm_orchestration.platform.scheduling import JOB_TAG, spec_for_run
+from mm_orchestration.platform.scheduling import JOB_TAG, RUN_LOGS, spec_for_run
 from mm_orchestration.platform.sql_files import query
 from mm_orchestration.platform.text import markdown_table
 
@@ -399,6 +399,7 @@ job_health_refresh = define_asset_job(
     selection=[job_health],
     description="Refresh the job health dashboard.",
     tags={"mm/job": "job-health"},
+    config=RUN_LOGS,
 )
 
 job_health_schedule = ScheduleDefinition(

@@ -40,6 +40,7 @@ from pydantic import Field
 from mm_orchestration.platform import http, inventory
 from mm_orchestration.platform.config_models import QUIET
 from mm_orchestration.platform.inventory import JobSpec
+from mm_orchestration.platform.scheduling import RUN_LOGS
 
 RULE_PREFIX = "mm-jobs error rate: "
 # The windows Sentry's metric alerts accept, in minutes (its longest is 24 hours).
@@ -274,6 +275,7 @@ def set_sentry_alert_rules(
     name="sentry_alert_rules_sync",
     description="Set the jobs' error-rate thresholds as Sentry metric alert rules.",
     tags={"mm/job": "sentry-alert-rules"},
+    config=RUN_LOGS,
 )
 def sentry_alert_rules_sync() -> None:
     set_sentry_alert_rules()

@@ -18,6 +18,8 @@ from typing import Any
 
 from dagster import DagsterRun, QueuedRunCoordinator, SubmitRunContext
 
+from mm_orchestration.platform.scheduling import RUN_LOGS
+
 # Top-level blocks a person's run config may hold: each op's (and asset's) own config.
 PERSON_BLOCKS = frozenset({"ops"})
 # The deployment's blocks: an admin may tune the executor and loggers of one run.
@@ -59,7 +61,9 @@ def for_person(config: dict[str, Any], admin: bool) -> dict[str, Any]:
             + f"; a run takes {' and '.join(sorted(allowed))} (each op's config)"
         )
     refuse_environment_reads(kept)
-    return kept
+    # The run's log as JSON lines (scheduling.RUN_LOGS), for the jobs whose required op
+    # config leaves them no default of their own (the DLQ tools); an admin's choice stays.
+    return {**RUN_LOGS, **kept}
 
 
 def refuse_environment_reads(config: Any) -> None:

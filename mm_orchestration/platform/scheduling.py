@@ -16,6 +16,7 @@ from dagster import (
     ExecutorDefinition,
     Jitter,
     JobDefinition,
+    PartitionedConfig,
     RetryPolicy,
     RunRequest,
     ScheduleDefinition,
@@ -35,6 +36,11 @@ from mm_orchestration.platform.ledger import TRIGGER_TAG, WINDOW_TAG
 from mm_orchestration.platform.settings import Settings
 
 JOB_TAG = "mm/job"
+# Every job's default run config: the run's log through the location's `console` logger
+# (monitoring.joblog.run_logger: JSON lines). Dagster uses a job's own logger only when
+# the run config names it; as the job's default it applies to every run however launched
+# (schedule, sensor, console, retry, `mm-jobs run`) and merges with the config a run gives.
+RUN_LOGS: dict[str, Any] = {"loggers": {"console": {}}}
 
 
 def spec_for_run(run: DagsterRun) -> JobSpec | None:
@@ -87,7 +93,11 @@ def with_pod_tags(job: Any, spec: JobSpec) -> Any:
     tags = {**job.tags, **pod_tags(spec)}
     if isinstance(job, JobDefinition):
         return job.graph.to_job(
-            name=job.name, description=job.description, tags=tags, executor_def=job.executor_def
+            name=job.name,
+            description=job.description,
+            tags=tags,
+            executor_def=job.executor_def,
+            config=RUN_LOGS,
         )
     return define_asset_job(
         job.name,
@@ -249,6 +259,7 @@ def inventory_job(spec: JobSpec, description: str | None) -> Callable[..., JobDe
         description=description,
         tags=job_tags(spec),
         executor_def=executor_for(spec),
+        config=RUN_LOGS,
     )
 
 
@@ -261,4 +272,17 @@ def inventory_asset_job(spec: JobSpec, asset: Any, description: str) -> Any:
         tags=job_tags(spec),
         executor_def=executor_for(spec),
         description=description,
+        config=run_logs_for(asset),
+    )
+
+
+def run_logs_for(asset: Any) -> Any:
+    """RUN_LOGS as the default config of a job of `asset`: for a partitioned asset, every
+    partition's run config (Dagster builds a partition's run from its partitioned config,
+    which replaces a job's plain default)."""
+    partitions = getattr(asset, "partitions_def", None)
+    if partitions is None:
+        return RUN_LOGS
+    return PartitionedConfig(
+        partitions_def=partitions, run_config_for_partition_key_fn=lambda _key: RUN_LOGS
     )

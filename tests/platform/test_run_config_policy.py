@@ -33,10 +33,20 @@ def test_a_persons_config_keeps_only_the_blocks_their_role_may_set():
         "ops": {"op": {"config": {"force": True}}},
         "resources": {"portal_db": {"config": {"url": {"env": "DATABASE_URL"}}}},
     }
-    assert for_person(launchpad, admin=False) == {"ops": {"op": {"config": {"force": True}}}}
+    # Every run's log is JSON lines: the `console` logger is named unless an admin chose.
+    logs = {"loggers": {"console": {}}}
+    assert for_person(launchpad, admin=False) == {
+        "ops": {"op": {"config": {"force": True}}},
+        **logs,
+    }
     with pytest.raises(RunConfigRefused, match="execution, which only an admin may set"):
         for_person({"execution": {"config": {}}}, admin=False)
-    assert for_person({"execution": {"config": {}}}, admin=True) == {"execution": {"config": {}}}
+    assert for_person({"execution": {"config": {}}}, admin=True) == {
+        "execution": {"config": {}},
+        **logs,
+    }
+    mine = {"loggers": {"console": {"config": {"log_level": "DEBUG"}}}}
+    assert for_person(mine, admin=True) == mine
     with pytest.raises(RunConfigRefused, match="at ops.a.config.x, ops.a.config.y\\[1\\]"):
         for_person(READS, admin=True)
     with pytest.raises(RunConfigRefused, match="surprise"):

@@ -36,6 +36,7 @@ from mm_orchestration.features.audit_trail.chain import Head, Verdict, verify
 from mm_orchestration.monitoring.check_alerts import check_alert_sensor
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.job_settings import JobSettings
+from mm_orchestration.platform.scheduling import run_logs_for
 from mm_orchestration.platform.settings import BUSINESS_TIMEZONE
 from mm_orchestration.platform.text import markdown_cell, markdown_table
 
@@ -167,6 +168,7 @@ audit_trail_refresh = define_asset_job(
     selection=[audit_trail],
     description="The day's audit trail for compliance.",
     tags={"mm/job": "audit-trail"},
+    config=run_logs_for(audit_trail),
 )
 
 audit_chain_alerts = check_alert_sensor(

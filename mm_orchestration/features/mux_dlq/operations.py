@@ -19,7 +19,7 @@ from mm_orchestration.platform import audit
 from mm_orchestration.platform.config_models import OpConfig
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.ledger import ACTOR_TAG
-from mm_orchestration.platform.scheduling import JOB_TAG
+from mm_orchestration.platform.scheduling import JOB_TAG, RUN_LOGS
 from mm_orchestration.platform.sql_files import query
 from mm_orchestration.platform.text import NOT_SHOWN
 
@@ -237,11 +237,18 @@ def discard_dead_letter(
         discard(conn, config.id, config.reason, actor, context.run_id)
 
 
-@job(tags={JOB_TAG: "dlq-operations"}, description="Requeue Mux dead letters (audited).")
+@job(
+    tags={JOB_TAG: "dlq-operations"},
+    description="Requeue Mux dead letters (audited).",
+    config=RUN_LOGS,
+)
 def dlq_requeue() -> None:
     requeue_dead_letters()
 
 
-@job(tags={JOB_TAG: "dlq-operations"}, description="Discard one Mux dead letter (audited).")
+@job(
+    tags={JOB_TAG: "dlq-operations"},
+    description="Discard one Mux dead letter (audited).",
+)
 def dlq_discard() -> None:
     discard_dead_letter()

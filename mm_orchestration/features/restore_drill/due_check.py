@@ -15,7 +15,7 @@ import dagster as dg
 from mm_orchestration.features.restore_drill.due import DrillDue, drill_due
 from mm_orchestration.monitoring.check_alerts import check_alert_sensor
 from mm_orchestration.platform.database import PortalDatabase
-from mm_orchestration.platform.scheduling import JOB_TAG
+from mm_orchestration.platform.scheduling import JOB_TAG, RUN_LOGS
 from mm_orchestration.platform.settings import BUSINESS_TIMEZONE
 
 DUE_CHECK = "restore_drill_due"
@@ -73,6 +73,7 @@ restore_drill_due_job = dg.define_asset_job(
     selection=dg.AssetSelection.checks(restore_drill_due),
     description="Whether a restore drill is due or late (alerts compliance).",
     tags={JOB_TAG: "restore-drill-due"},
+    config=RUN_LOGS,
 )
 
 # Every morning, before the working day in Sydney.
