@@ -29,7 +29,8 @@ from tests.conftest import create_database, drop_database
 MM_JOBS = str(Path(sys.executable).with_name("mm-jobs"))
 HEADER = "X-Auth-Request-Email"
 OPERATOR, ADMIN, VIEWER = "olivia@mm.example", "adam@mm.example", "vera@mm.example"
-ROLES = f"{OPERATOR}=operator; {ADMIN}=admin; {VIEWER}=viewer"
+COMPLIANCE = "carla@mm.example"
+ROLES = f"{OPERATOR}=operator; {ADMIN}=admin; {VIEWER}=viewer; {COMPLIANCE}=compliance"
 # The proxy proves itself with this secret; people open the console at PUBLIC (the test
 # talks to its port directly, as the proxy would, whatever Host that carries).
 SECRET = "test-proxy-secret-0123456789abcdef0123456789"

@@ -8,9 +8,11 @@ and the console says so on every page. A person's role comes from a small config
 (MM_CONSOLE_ROLES and/or the YAML file MM_CONSOLE_ROLES_FILE); somebody it does not name
 gets nothing at all.
 
-Roles, each including the one before:
+Roles, each including what the ones before it may do (but for compliance's bundles):
 
 - `viewer`: read everything, download reports and the audit trail;
+- `compliance`: what a viewer may, and download the signed evidence bundles (as admins
+  may; operators may not);
 - `operator`: also launch and re-execute the seed's manual jobs (share-link expiry,
   notification digest, residency report) and the DLQ tools;
 - `admin`: everything else too (the restore drill and every other job, backfills,
@@ -36,7 +38,7 @@ from mm_orchestration.console.access_settings import (
     DEFAULT_HEADER,
     PERSON,
     PROXY_SECRET_HEADER,
-    ROLES,
+    RANKS,
     fields_from_env,
     origin_of,
 )
@@ -57,7 +59,7 @@ class Identity:
     source: str
 
     def at_least(self, role: str) -> bool:
-        return self.role is not None and ROLES.index(self.role) >= ROLES.index(role)
+        return self.role is not None and RANKS[self.role] >= RANKS[role]
 
     @property
     def label(self) -> str:

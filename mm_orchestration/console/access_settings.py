@@ -21,7 +21,12 @@ from mm_orchestration.console.refusals import REFUSALS_PER_WINDOW
 from mm_orchestration.platform.outbox.addresses import address_problem, domain_of
 from mm_orchestration.platform.settings import SettingsError
 
-ROLES = ("viewer", "operator", "admin")
+ROLES = ("viewer", "compliance", "operator", "admin")
+# How much each role may do, each including the ones below. `compliance` may do what a
+# viewer may, and also download signed evidence bundles (EVIDENCE_ROLES), which an
+# operator may not: it is a rank of its own beside viewer, not above it.
+RANKS = {"viewer": 0, "compliance": 0, "operator": 1, "admin": 2}
+EVIDENCE_ROLES = ("compliance", "admin")
 AUTH_MODES = ("proxy", "local")
 DEFAULT_HEADER = "X-Auth-Request-Email"
 # The header the proxy proves itself with: a secret shared by the proxy and the console

@@ -1,14 +1,18 @@
 """The console's own pages beside Dagster's, served as the signed-in person (viewer and
-above): stored reports (`/reports/<key>`) and the audit trail as CSV (`/audit-trail.csv`),
-each download audited, and `/whoami`. Placed before Dagster's catch-all page
+above): stored reports (`/reports/<key>`) and the audit trail as CSV (`/audit-trail.csv`,
+with the audit chain's head at the period's end in `X-Audit-Chain-Head`), each download
+audited, and `/whoami`; the signed evidence bundle of a period (`/evidence/2026-Q4`) to
+compliance and admins only. Placed before Dagster's catch-all page
 (dagster_private.HookedWebserver.build_routes).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from starlette.concurrency import run_in_threadpool
@@ -17,6 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from mm_orchestration.console.access import identity_in
+from mm_orchestration.console.access_settings import EVIDENCE_ROLES
 from mm_orchestration.console.audit_log import AuditUnavailable, ConsoleAudit, ended_by
 from mm_orchestration.console.downloads import lookup, report_of
 from mm_orchestration.features.audit_trail import query as audit_trail
@@ -40,6 +45,7 @@ class ConsoleRoutes:
         return [
             Route("/reports/{key:path}", self.report_download_endpoint),
             Route("/audit-trail.csv", self.audit_trail_endpoint),
+            Route("/evidence/{period}", self.evidence_endpoint),
             Route("/whoami", self.whoami_endpoint),
         ]
 
@@ -137,7 +143,71 @@ class ConsoleRoutes:
         if found.truncated:
             # A cut download says so where a script looks, and in its last row.
             headers["X-Audit-Trail-Truncated"] = f"first {len(found.frame)} entries; narrow it"
+        if found.head is not None:
+            # Where the hash chain stood at the period's end: `mm-jobs audit verify
+            # --expect-head SEQ:SHA256` later proves nothing up to then was changed.
+            headers["X-Audit-Chain-Head"] = found.head.text()
         return Response(body, media_type="text/csv; charset=utf-8", headers=headers)
+
+    async def evidence_endpoint(self, request: Request) -> Response:
+        """The newest signed evidence bundle of a period (`mm-jobs evidence export`), to
+        compliance and admins only; each download, and each refusal, audited."""
+        from mm_orchestration.features.evidence.bundle import Period
+        from mm_orchestration.features.evidence.store import newest
+
+        identity = identity_in(request.scope)
+        try:
+            period = Period.parse(request.path_params["period"]).name
+        except ValueError as exc:
+            return PlainTextResponse(str(exc), status_code=400)
+        target = f"evidence {period}"
+        if identity is None or identity.role not in EVIDENCE_ROLES:
+            refusal = (
+                f"{identity.role if identity else 'nobody'} may not download evidence "
+                f"bundles: {' and '.join(EVIDENCE_ROLES)} only"
+            )
+            details = {"via": "rest GET", "refusal": refusal}
+            unwritten = await run_in_threadpool(
+                self._audit_log.refuse, identity, "download_evidence", target, details
+            )
+            if unwritten is not None:
+                return PlainTextResponse(str(unwritten), status_code=unwritten.status)
+            return PlainTextResponse(refusal, status_code=403)
+        if self._store is None:
+            return PlainTextResponse("reports are not configured here", status_code=404)
+        store = self._store
+
+        def read() -> Any:
+            with connect(self._audit_log.database_url) as conn:
+                return newest(conn, store, period)
+
+        kept = await run_in_threadpool(read)
+        try:
+            await run_in_threadpool(
+                self._audit_log.write,
+                identity,
+                "download_evidence",
+                "succeeded" if kept.status == 200 else "failed",
+                target,
+                {
+                    "via": "rest GET",
+                    "status": kept.status,
+                    **(
+                        {"object": kept.name, "sha256": hashlib.sha256(kept.body).hexdigest()}
+                        if kept.status == 200
+                        else {"reason": kept.body.decode()}
+                    ),
+                },
+            )
+        except AuditUnavailable as exc:
+            return PlainTextResponse(str(exc), status_code=exc.status)
+        if kept.status != 200:
+            return PlainTextResponse(kept.body.decode(), status_code=kept.status)
+        return Response(
+            kept.body,
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{kept.name}"'},
+        )
 
 
 _NAME = re.compile(r"^[A-Za-z0-9._%+\-@:*]{1,254}$")

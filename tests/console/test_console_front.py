@@ -19,6 +19,7 @@ from mm_orchestration.platform.report_store import ReportStore
 from mm_orchestration.platform.settings import Settings, SettingsError
 from tests.console_server import (
     ADMIN,
+    COMPLIANCE,
     HEADER,
     LAUNCH,
     OPERATOR,
@@ -961,3 +962,40 @@ def test_requests_the_gate_cannot_read_are_refused_and_audited_never_a_500(conso
     assert all(e["actor"] == OPERATOR for e in refused)
     status, body, _ = curl(console.port, "/graphql", VIEWER, {"query": "mutation { __typename }"})
     assert status == 200 and json.loads(body)["data"] == {"__typename": "Mutation"}
+
+
+def test_evidence_bundles_go_to_compliance_and_admins_only_audited(console):
+    """A bundle `mm-jobs evidence export` kept is downloaded from the console by compliance
+    (and admins), byte for byte as signed; a viewer or operator is refused; all audited.
+    The audit trail's download names the chain's head at its period's end."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from mm_orchestration.features.evidence.bundle import Period, export, verify
+    from mm_orchestration.features.evidence.store import keep
+
+    store = ReportStore.from_settings(Settings.from_env({"MM_DATA_DIR": str(console.data_dir)}))
+    key = Ed25519PrivateKey.generate()
+    with psycopg.connect(console.database_url, autocommit=True) as conn:
+        made = export(conn, store, Period.parse("2026-Q4"), key, COMPLIANCE)
+        keep(conn, store, made, COMPLIANCE, "tests")
+    status, body, headers = curl(console.port, "/evidence/2026-q4", COMPLIANCE)
+    assert status == 200 and body == made.data and verify(body, key.public_key()).ok
+    assert "application/zip" in headers and made.file_name.lower() in headers
+    assert curl(console.port, "/evidence/2026-Q4", ADMIN)[0] == 200
+    for person in (VIEWER, OPERATOR):
+        status, body, _ = curl(console.port, "/evidence/2026-Q4", person)
+        assert status == 403 and b"compliance and admin only" in body
+    assert curl(console.port, "/evidence/2026-Q3", COMPLIANCE)[0] == 404
+    assert curl(console.port, "/evidence/2026-Q9", COMPLIANCE)[0] == 400
+    downloads = console.audit("action = 'download_evidence'")
+    assert [(e["actor"], e["role"], e["outcome"]) for e in downloads] == [
+        (COMPLIANCE, "compliance", "succeeded"),
+        (ADMIN, "admin", "succeeded"),
+        (VIEWER, "viewer", "refused"),
+        (OPERATOR, "operator", "refused"),
+        (COMPLIANCE, "compliance", "failed"),
+    ]
+    assert downloads[0]["details"]["sha256"] == made.sha256
+    assert {e["target"] for e in downloads} == {"evidence 2026-Q4", "evidence 2026-Q3"}
+    status, _, headers = curl(console.port, "/audit-trail.csv", COMPLIANCE)
+    assert status == 200 and "x-audit-chain-head: " in headers
