@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -65,8 +67,16 @@ def serve(workspace: Path, host: str, port: int, log_level: str = "warning") -> 
     """Serve the console until SIGINT or SIGTERM; settings are checked first."""
     import uvicorn
 
+    from mm_orchestration.monitoring.joblog import configure_process
     from mm_orchestration.platform.instance import open_instance
 
+    # Every line the console writes, uvicorn's and Dagster's included, is a JSON object on
+    # stderr (a log collector reads one per line); uvicorn is told to leave logging alone.
+    configure_process(logging.getLevelNamesMapping()[log_level.upper()])
+    # The code server the console starts for the project's workspace is Dagster's `dagster
+    # api grpc`, started with this process's environment: click reads its --log-format
+    # from this variable, the only way to hand it one.
+    os.environ.setdefault("DAGSTER_CLI_API_GRPC_LOG_FORMAT", "json")
     access = ConsoleAccess.from_env()
     host = check_binding(host, access)
     settings = Settings.from_env()
@@ -93,7 +103,7 @@ def serve(workspace: Path, host: str, port: int, log_level: str = "warning") -> 
             # otherwise replace it with X-Forwarded-For from 127.0.0.1, so the proxy's own
             # requests would look like the browser's address and anyone could name one.
             config = uvicorn.Config(
-                app, host=host, port=port, log_level=log_level, proxy_headers=False
+                app, host=host, port=port, log_level=log_level, proxy_headers=False, log_config=None
             )
             _announcing_server(config, f"job console on http://{host}:{port} ({how})").run()
     return 0
@@ -108,6 +118,7 @@ def _announcing_server(config: Any, line: str) -> Any:
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
             if not self.should_exit:  # a failed bind has been reported by uvicorn
-                print(f"mm-jobs: {line}", flush=True)
+                # WARNING: the level the console logs at by default, so that it is seen.
+                logging.getLogger("mm_orchestration.console").warning(line)
 
     return AnnouncingServer(config)

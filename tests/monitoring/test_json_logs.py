@@ -1,7 +1,8 @@
 """Logs a collector can read: every line `mm-jobs run` writes on stderr is one JSON object,
 Dagster's lines and ours alike, with the seed's fields where they apply (issue 26).
 
-The daemon's, the code server's and the run pods' lines are read the same way in
+The console's lines are read here too; the daemon's, the code server's and the run pods'
+lines are read the same way in
 tests/platform/test_kubernetes_run.py, which starts those processes anyway.
 """
 
@@ -19,6 +20,11 @@ import pytest
 
 from tests import factories as f
 from tests.conftest import create_database, drop_database
+from tests.console_server import (  # noqa: F401 - the module's console (fixture `console`)
+    OPERATOR,
+    console_fixture,
+    curl,
+)
 
 MM_JOBS = str(Path(sys.executable).with_name("mm-jobs"))
 KEYS = {"timestamp", "level", "logger", "event"}
@@ -104,3 +110,14 @@ def test_a_failed_run_says_so_in_json_lines(dagster_env, pg_server):
     last = lines[-1]
     assert last["level"] == "error" and "FAILED" in last["event"]
     assert "portal.share_links" in proc.stderr
+
+
+def test_the_console_writes_only_json_lines(console):
+    """`mm-jobs console`: its announcement, uvicorn's and Dagster's lines, and a refusal's
+    warning, each one JSON object (the console's log is its stdout and stderr)."""
+    assert curl(console.port, "/server_info")[0] == 200
+    assert curl(console.port, "/graphql", OPERATOR, {"query": "{ version }"})[0] == 200
+    assert curl(console.port, "/graphql", None, {"query": "{ version }"})[0] == 401
+    log = console.data_dir.parent / "console.log"
+    lines = json_lines(log.read_text(), "mm-jobs console")
+    assert any("job console on" in line["event"] for line in lines), lines
