@@ -53,7 +53,13 @@ def for_person(config: dict[str, Any], admin: bool) -> dict[str, Any]:
     RunConfigRefused for a block the person may not set or a read of the environment."""
     kept = {k: v for k, v in config.items() if k not in DEPLOYMENT_BLOCKS}
     allowed = ADMIN_BLOCKS if admin else PERSON_BLOCKS
-    extra = sorted(str(k) for k in kept if k not in allowed)
+    # The jobs' default logs block (scheduling.RUN_LOGS), which the Launchpad shows filled
+    # in, is anyone's to send back unchanged; choosing other loggers is an admin's.
+    extra = sorted(
+        str(k)
+        for k in kept
+        if k not in allowed and not (k == "loggers" and kept[k] == RUN_LOGS["loggers"])
+    )
     if extra:
         raise RunConfigRefused(
             f"the run config sets {', '.join(extra)}, which "

@@ -89,7 +89,10 @@ def test_a_backfills_run_config_is_under_the_same_policy_as_a_launch(console):
     backfill = answer["data"]["launchPartitionBackfill"]
     assert backfill["__typename"] == "LaunchBackfillSuccess", backfill
     with _instance(console) as instance:
-        assert instance.get_backfill(backfill["backfillId"]).run_config == {}
+        # What the policy keeps, with the runs' JSON logs named (scheduling.RUN_LOGS).
+        assert instance.get_backfill(backfill["backfillId"]).run_config == {
+            "loggers": {"console": {}}
+        }
 
 
 def test_re_executing_a_run_judges_the_config_it_takes_from_its_parent(console):

@@ -47,6 +47,10 @@ def test_a_persons_config_keeps_only_the_blocks_their_role_may_set():
     }
     mine = {"loggers": {"console": {"config": {"log_level": "DEBUG"}}}}
     assert for_person(mine, admin=True) == mine
+    with pytest.raises(RunConfigRefused, match="loggers, which only an admin may set"):
+        for_person(mine, admin=False)
+    # The default the Launchpad shows filled in is anyone's to send back.
+    assert for_person({**logs, "ops": {}}, admin=False) == {**logs, "ops": {}}
     with pytest.raises(RunConfigRefused, match="at ops.a.config.x, ops.a.config.y\\[1\\]"):
         for_person(READS, admin=True)
     with pytest.raises(RunConfigRefused, match="surprise"):

@@ -23,6 +23,9 @@ from mm_orchestration.platform.db import connect
 from tests import factories as f
 from tests.conftest import run_job
 
+# SQL or PostgreSQL tools that may differ by server version: CI runs these on 15 and 16.
+pytestmark = pytest.mark.pg_versions
+
 GRACE = timedelta(hours=6)
 TICK = timedelta(minutes=15)
 SYDNEY = ZoneInfo("Australia/Sydney")

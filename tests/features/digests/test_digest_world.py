@@ -26,6 +26,9 @@ from mm_orchestration.platform import zones
 from tests import factories as f
 from tests.features.digests.test_digest_times import TICK, person, settle_at, start_clock
 
+# SQL or PostgreSQL tools that may differ by server version: CI runs these on 15 and 16.
+pytestmark = pytest.mark.pg_versions
+
 
 def records(conn, user) -> list[tuple[datetime, str, datetime]]:
     """(moment, outcome, settled at) of each period settled for `user`, in order."""

@@ -20,6 +20,9 @@ from tests import factories as f
 from tests.conftest import run_job
 from tests.mux_factory import dead_letter, dead_letter_json, envelope, nested, raw
 
+# SQL or PostgreSQL tools that may differ by server version: CI runs these on 15 and 16.
+pytestmark = pytest.mark.pg_versions
+
 T0 = datetime(2026, 11, 20, 1, 0, tzinfo=UTC)
 
 
