@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mm_orchestration.platform import location_checks as where
 from mm_orchestration.platform import setting_checks as checks
 from mm_orchestration.platform.inventory import JobSpec
 from mm_orchestration.platform.outbox.addresses import address_problem
@@ -213,29 +214,29 @@ class Settings(BaseModel):
             ("DAGSTER_DATABASE_URL", self.dagster_database_url),
         ):
             if conninfo is not None:
-                checks.check_conninfo(name, conninfo)
+                where.check_conninfo(name, conninfo)
         # Each client appends its own API path (SendGrid /v3/..., Neon /api/v2/..., boto3
         # the bucket), so these are a scheme, a host and a port, nothing more; the report
         # links may sit under a path of the proxy in front of the download endpoint.
-        checks.check_http_url(
+        where.check_http_url(
             "SENDGRID_API_HOST", self.sendgrid_api_host, "https://api.sendgrid.com"
         )
-        checks.check_http_url("NEON_API_HOST", self.neon_api_host, "https://console.neon.tech")
-        checks.check_http_url(
+        where.check_http_url("NEON_API_HOST", self.neon_api_host, "https://console.neon.tech")
+        where.check_http_url(
             "MM_REPORTS_URL", self.reports_url, "https://jobs.example.com/reports", path=True
         )
         if self.reports_s3_endpoint:
-            checks.check_http_url(
+            where.check_http_url(
                 "MM_REPORTS_S3_ENDPOINT", self.reports_s3_endpoint, "https://s3.example.com:9000"
             )
         if self.reports_s3_bucket:
-            checks.check_s3_bucket(self.reports_s3_bucket)
-        checks.check_s3_prefix(self.reports_s3_prefix)
-        checks.check_s3_region(
+            where.check_s3_bucket(self.reports_s3_bucket)
+        where.check_s3_prefix(self.reports_s3_prefix)
+        where.check_s3_region(
             self.reports_s3_region, custom_endpoint=bool(self.reports_s3_endpoint)
         )
         if self.neon_project_id is not None:
-            checks.check_neon_project_id(self.neon_project_id)
+            where.check_neon_project_id(self.neon_project_id)
         if self.run_launcher not in RUN_LAUNCHERS:
             raise SettingsError(
                 f"MM_RUN_LAUNCHER is not one of {', '.join(RUN_LAUNCHERS)}; {NOT_SHOWN}"
@@ -249,7 +250,7 @@ class Settings(BaseModel):
         if self.pg_bin_dir:
             checks.check_pg_bin_dir(self.pg_bin_dir)
         if self.sentry_dsn is not None:
-            checks.check_sentry_dsn(self.sentry_dsn)
+            where.check_sentry_dsn(self.sentry_dsn)
         self._check_addresses()
         self._check_sendgrid()
         return self
@@ -279,7 +280,7 @@ class Settings(BaseModel):
                 "(copy the key again from SendGrid, Settings > API Keys); "
                 f"{NOT_SHOWN}"
             )
-        if self.digest_template_id is not None and not checks.TEMPLATE_ID.fullmatch(
+        if self.digest_template_id is not None and not where.TEMPLATE_ID.fullmatch(
             self.digest_template_id
         ):
             raise SettingsError(
