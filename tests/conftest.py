@@ -227,6 +227,7 @@ _SLOW_FIRST = (
     "test_production_topology.py",
     "test_stopping_the_stack.py",
     "test_every_run_watched.py",
+    "test_alerting_daemon.py",
     "test_console_proxy.py",
     "test_dev_command.py",
     "test_console_front.py",

@@ -211,7 +211,7 @@ def alert_for(episode: episodes.Episode, event: episodes.Event, timezone: str) -
 @sensor(
     name="freshness_sensor",
     job=send_alert,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=15,
     default_status=DefaultSensorStatus.RUNNING,
     description="Assets past their freshness policy: one alert per episode, to the owning "
     "job's escalation target.",

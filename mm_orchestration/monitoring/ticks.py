@@ -11,8 +11,10 @@ moment once, in order, when it is final:
 - a SUCCESS tick whose run started more than the job's margin after the tick (or has not
   started by then): late; the tick itself evaluated that late: the daemon or the code
   location was away (after downtime the daemon catches up up to 5 missed ticks, late);
-- no tick at all, the margin gone (for this location's schedules, whose cron and time
-  zone it knows): the daemon or the code location was down;
+- no tick at all, the margin gone: the daemon or the code location was down (the daemon
+  notices a code server gone within seconds and then records no tick, and catches up
+  only partitioned schedules when it is back). A schedule of another code location is
+  read with the cron the daemon recorded and MM_TIMEZONE (its own zone is not known here);
 - a skipped tick (the schedule's own SkipReason) or a run on time: fine.
 
 The margin is the inventory's `tick_margin_seconds` (5 minutes, Sentry Crons' check-in
@@ -45,9 +47,9 @@ from dagster import (
 
 from mm_orchestration.monitoring import episodes
 from mm_orchestration.monitoring.alerts import alert_request, send_alert
-from mm_orchestration.monitoring.run_status import error_line
 from mm_orchestration.platform import cron as crons
 from mm_orchestration.platform import inventory
+from mm_orchestration.platform.audit import masked_text
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.inventory import JobSpec
 from mm_orchestration.platform.job_settings import JobSettings
@@ -179,7 +181,7 @@ class Watched:
     location: str
     started: float
     cron: str | Sequence[str]
-    timezone: str | None  # None: not this location's; its missing ticks cannot be told
+    timezone: str | None  # None: no tick is expected (only recorded ticks are judged)
     spec: JobSpec | None
 
     @property
@@ -216,8 +218,11 @@ def _spec_for(job_name: str | None, schedule: str) -> JobSpec | None:
     return None
 
 
-def watched_schedules(context: SensorEvaluationContext) -> list[Watched]:
-    """Every running schedule the instance knows, this location's with its definition."""
+def watched_schedules(context: SensorEvaluationContext, default_timezone: str) -> list[Watched]:
+    """Every running schedule the instance knows: this location's as defined here; another
+    location's (whose definition this process cannot see) with the cron the daemon
+    recorded and `default_timezone` (MM_TIMEZONE) assumed, so that a location that is down
+    at its ticks, which the daemon then neither ticks nor catches up, is still noticed."""
     repo = context.repository_def
     own_location = (
         context.code_location_origin.location_name if context.code_location_origin else None
@@ -242,11 +247,27 @@ def watched_schedules(context: SensorEvaluationContext) -> list[Watched]:
                 location=location,
                 started=getattr(data, "start_timestamp", None) or 0.0,
                 cron=cron,
-                timezone=(definition.execution_timezone or "UTC") if definition else None,
+                timezone=(definition.execution_timezone or "UTC")
+                if definition
+                else default_timezone,
                 spec=_spec_for(definition.job_name if definition else None, state.instigator_name),
             )
         )
     return found
+
+
+def tick_error(error: Any) -> tuple[str, str]:
+    """(one line, class) of what went wrong in a tick: the innermost error (the schedule
+    function's own exception, under Dagster's ScheduleExecutionError and the gRPC error
+    that carried it), its class being the outermost's when that says the location could
+    not be reached."""
+    outer = error
+    while error.cause is not None or error.context is not None:
+        error = error.cause if error.cause is not None else error.context
+    lines = (error.message or "").strip().splitlines()
+    text = lines[0] if lines else (error.cls_name or "")
+    name = outer.cls_name if outer.cls_name in LOCATION_ERRORS else (error.cls_name or "")
+    return one_line(masked_text(text), 300), name
 
 
 def tick_facts(instance: DagsterInstance, tick: Any) -> TickFacts:
@@ -255,11 +276,11 @@ def tick_facts(instance: DagsterInstance, tick: Any) -> TickFacts:
         record = instance.get_run_record_by_id(run_id)
         if record is not None:
             runs.append(RunFacts(run_id, record.dagster_run.status, record.start_time))
-    error = tick.error
+    error, error_class = tick_error(tick.error) if tick.error is not None else ("", "")
     return TickFacts(
         status=tick.status.value,
-        error=one_line(error_line(error), 300) if error is not None else "",
-        error_class=(error.cls_name or "") if error is not None else "",
+        error=error,
+        error_class=error_class,
         end_timestamp=tick.end_timestamp,
         runs=tuple(runs),
     )
@@ -441,7 +462,7 @@ def load_cursor(cursor: str | None) -> dict[str, float]:
 @sensor(
     name="schedule_tick_sensor",
     job=send_alert,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=15,
     default_status=DefaultSensorStatus.RUNNING,
     description="Schedule ticks that failed or did not become runs within the job's margin: "
     "one alert per episode, with the tick's own error.",
@@ -452,7 +473,7 @@ def schedule_tick_sensor(
     now = time.time()
     judged_until = load_cursor(context.cursor)
     judged = []
-    for schedule in watched_schedules(context):
+    for schedule in watched_schedules(context, job_settings.timezone):
         # A schedule stopped and started again is judged from its new start only.
         since = max(
             judged_until.get(schedule.selector_id) or now - LOOKBACK.total_seconds(),

@@ -201,6 +201,6 @@ def test_the_sensor_watches_the_schedules_the_instance_runs(pg_instance, portal_
         definitions=definitions,
         resources={"portal_db": portal_db, "job_settings": JobSettings()},
     ) as context:
-        assert watched_schedules(context) == []
+        assert watched_schedules(context, "Australia/Sydney") == []
         result = schedule_tick_sensor(context)
     assert "0 tick(s) of 0 schedule(s) judged" in str(result.skip_message)
