@@ -9,20 +9,30 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
+import pkgutil
 import sys
 from collections.abc import Sequence
 
-# The modules whose `register(sub)` adds commands, in the order `mm-jobs --help` lists them.
-COMMANDS = (
-    "mm_orchestration.cli.jobs",
-    "mm_orchestration.features.mux_dlq.commands",
-    "mm_orchestration.platform.outbox.commands",
-    "mm_orchestration.features.digests.commands",
-    "mm_orchestration.features.audit_trail.commands",
-    "mm_orchestration.features.evidence.commands",
-    "mm_orchestration.console.commands",
-    "mm_orchestration.local.commands",
-)
+# The platform's own commands come first; then every feature's `commands.py`, found as
+# definitions.py finds each feature's `defs.py` (a new feature's commands need no edit
+# here); then the console and the local stacks.
+FIRST = ("mm_orchestration.cli.jobs", "mm_orchestration.platform.outbox.commands")
+LAST = ("mm_orchestration.console.commands", "mm_orchestration.local.commands")
+
+
+def command_modules() -> list[str]:
+    """The modules whose `register(sub)` adds commands, in the order `mm-jobs --help` lists
+    them."""
+    from mm_orchestration import features
+
+    found = sorted(
+        f"{features.__name__}.{module.name}.commands"
+        for module in pkgutil.iter_modules(features.__path__)
+        if module.ispkg
+        and importlib.util.find_spec(f"{features.__name__}.{module.name}.commands") is not None
+    )
+    return [*FIRST, *found, *LAST]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -33,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
         "the outbox, and start the console or the whole local stack.",
     )
     sub = top.add_subparsers(required=True, metavar="COMMAND")
-    for name in COMMANDS:
+    for name in command_modules():
         importlib.import_module(name).register(sub)
     return top
 
