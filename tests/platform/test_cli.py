@@ -14,6 +14,7 @@ import pytest
 from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 from psycopg import sql
 
+from mm_orchestration.platform import inventory
 from tests import factories as f
 from tests.conftest import create_database, drop_database
 
@@ -152,7 +153,7 @@ def test_list_shows_every_job_with_schedule_and_next_tick(dagster_env):
     proc = mm_jobs({**dagster_env, "MM_ENV": "staging"}, "list")
     assert proc.returncode == 0
     lines = proc.stdout.splitlines()
-    assert len(lines) == 11  # the header and the ten jobs
+    assert len(lines) == 1 + len(inventory.INVENTORY)  # the header and a line per job
     expiry = next(line for line in lines if line.startswith("share-link-expiry "))
     assert "*/5 * * * *" in expiry and "Australia/Sydney" in expiry and "60s" in expiry
 
