@@ -22,6 +22,7 @@ from mm_orchestration.features.tenant_health.asset import tenant_health_daily
 from mm_orchestration.local.demo_data import seed_demo
 from mm_orchestration.monitoring.alerts import send_alert
 from mm_orchestration.monitoring.job_health import job_health
+from mm_orchestration.platform import inventory
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.db import connect
 from mm_orchestration.platform.grants import statements
@@ -32,6 +33,35 @@ from tests.conftest import session_drill
 
 # SQL or PostgreSQL tools that may differ by server version: CI runs these on 15 and 16.
 pytestmark = pytest.mark.pg_versions
+
+
+# Every job of the inventory, run as the application's role: an op job as a job, an
+# asset job by materialising its asset at a partition.
+OP_JOBS = [
+    share_link_expiry,
+    notification_digest,
+    invite_cleanup,
+    notification_suppression_cleanup,
+    mux_webhook_retry,
+    backup_verify,
+    storage_retention,
+]
+ASSETS = [
+    (analytics_hourly, "2026-11-20-10:00"),
+    (tenant_health_daily, "2026-11-20"),
+    (residency_report, "2026-11-16"),
+    (job_health, None),
+]
+ASSET_JOBS = {"analytics_rollup", "tenant_health_check", "residency_report"}
+
+
+def test_the_lists_here_hold_every_job_of_the_inventory():
+    """A new job of the inventory fails here until it is added above: a job nobody ran as
+    the application's role would find its missing grant in production."""
+    listed = {job.name for job in OP_JOBS} | ASSET_JOBS
+    assert listed == {spec.dagster_name for spec in inventory.INVENTORY}, (
+        "add the job to OP_JOBS (or its asset to ASSETS) and its tables to platform/grants.py"
+    )
 
 
 @pytest.fixture
@@ -62,16 +92,7 @@ def test_every_job_succeeds_with_only_its_grants(role_url, tmp_path):
     alert = {"ops": {"record_alert": {"config": {"key": "k", "subject": "s", "body": "b"}}}}
     try:
         with DagsterInstance.ephemeral() as instance:
-            for job, config in [
-                (share_link_expiry, None),
-                (notification_digest, None),
-                (invite_cleanup, None),
-                (notification_suppression_cleanup, None),
-                (mux_webhook_retry, None),
-                (backup_verify, None),
-                (storage_retention, None),
-                (send_alert, alert),
-            ]:
+            for job, config in [*((j, None) for j in OP_JOBS), (send_alert, alert)]:
                 result = job.execute_in_process(
                     instance=instance,
                     resources=resources,
@@ -80,12 +101,7 @@ def test_every_job_succeeds_with_only_its_grants(role_url, tmp_path):
                 )
                 failures = [e.message for e in result.all_events if e.is_step_failure]
                 assert result.success, f"{job.name}: {failures}"
-            for asset, partition in [
-                (analytics_hourly, "2026-11-20-10:00"),
-                (tenant_health_daily, "2026-11-20"),
-                (residency_report, "2026-11-16"),
-                (job_health, None),
-            ]:
+            for asset, partition in ASSETS:
                 result = materialize(
                     [asset],
                     instance=instance,
