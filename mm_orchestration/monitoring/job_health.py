@@ -42,7 +42,6 @@ from dagster import (
     define_asset_job,
 )
 
-from mm_orchestration.features.mux_dlq.depth_sensor import DEPTH_QUERY
 from mm_orchestration.monitoring import episodes
 from mm_orchestration.platform import inventory
 from mm_orchestration.platform.database import PortalDatabase
@@ -365,7 +364,7 @@ def job_health(
     )
     health = collect(context.instance)
     with portal_db.connection() as conn:
-        row = conn.execute(DEPTH_QUERY).fetchone()
+        row = conn.execute(query("mm_orchestration.features.mux_dlq", "depth")).fetchone()
         digests = digest_delivery(
             conn, datetime.fromtimestamp(health.as_of, UTC), job_settings.timezone
         )

@@ -24,18 +24,12 @@ from dagster import (
 from mm_orchestration.features.mux_dlq.resource import MuxWebhooks
 from mm_orchestration.monitoring.alerts import alert_request, send_alert
 from mm_orchestration.platform.database import PortalDatabase
-
-DEPTH_QUERY = """
-SELECT count(*) FROM portal.mux_webhook_dlq q
- WHERE q.status = 'pending'
-    OR (q.status = 'dead'
-        AND NOT EXISTS (SELECT 1 FROM ops.dlq_discards d WHERE d.dlq_id = q.id))
-"""
+from mm_orchestration.platform.sql_files import query
 
 
 def queue_depth(portal_db: PortalDatabase) -> int:
     with portal_db.connection() as conn:
-        row = conn.execute(DEPTH_QUERY).fetchone()
+        row = conn.execute(query(__package__, "depth")).fetchone()
     return int(row[0]) if row else 0
 
 
