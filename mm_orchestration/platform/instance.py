@@ -18,7 +18,6 @@ import psycopg
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
-from mm_orchestration.local.topology import PROJECT_ROOT
 from mm_orchestration.platform.audit import masked_text
 from mm_orchestration.platform.settings import PORT_RANGE, Settings, SettingsError, bounded_integer
 from mm_orchestration.platform.storage import SETTING as STORAGE_SETTING
@@ -27,7 +26,8 @@ from mm_orchestration.platform.storage import ConnectionStringStorage, sqlalchem
 if TYPE_CHECKING:
     from dagster import DagsterInstance
 
-TEMPLATE = PROJECT_ROOT / "dagster.yaml"
+# The project's dagster.yaml, beside the package (the checkout, or the image's copy of it).
+TEMPLATE = Path(__file__).resolve().parents[2] / "dagster.yaml"
 # How a message names the instance's folder: never its path (a setting's value, which may
 # hold a secret pasted into the wrong variable).
 _HOME = "DAGSTER_HOME (or <MM_DATA_DIR>/dagster_home when it is unset)"
