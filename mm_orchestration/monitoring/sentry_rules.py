@@ -41,6 +41,7 @@ from mm_orchestration.platform import http, inventory
 from mm_orchestration.platform.config_models import QUIET
 from mm_orchestration.platform.inventory import JobSpec
 from mm_orchestration.platform.scheduling import RUN_LOGS
+from mm_orchestration.platform.settings import DEFAULTS
 
 RULE_PREFIX = "mm-jobs error rate: "
 # The windows Sentry's metric alerts accept, in minutes (its longest is 24 hours).
@@ -159,8 +160,12 @@ class SentryAlertRules(ConfigurableResource):
         default="https://sentry.io", description="SENTRY_API_HOST (a region or self-hosted host)"
     )
     environment: str | None = Field(default=None, description="MM_ENV: the rules' environment")
-    http_connect_timeout: float = Field(default=10.0, gt=0, description="MM_HTTP_CONNECT_TIMEOUT")
-    http_read_timeout: float = Field(default=30.0, gt=0, description="MM_HTTP_READ_TIMEOUT")
+    http_connect_timeout: float = Field(
+        default=DEFAULTS.http_connect_timeout, gt=0, description="MM_HTTP_CONNECT_TIMEOUT"
+    )
+    http_read_timeout: float = Field(
+        default=DEFAULTS.http_read_timeout, gt=0, description="MM_HTTP_READ_TIMEOUT"
+    )
 
     @property
     def configured(self) -> bool:

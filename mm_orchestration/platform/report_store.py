@@ -24,7 +24,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from mm_orchestration.platform.config_models import QUIET
-from mm_orchestration.platform.settings import Settings
+from mm_orchestration.platform.settings import DEFAULTS, Settings
 
 
 class ReportStoreError(ValueError):
@@ -53,8 +53,12 @@ class ReportStore(ConfigurableResource):
         default="", description="MM_REPORTS_S3_ENDPOINT: for S3-compatible services"
     )
     s3_region: str = Field(default="ap-southeast-2", description="MM_REPORTS_S3_REGION")
-    http_connect_timeout: float = Field(default=10.0, gt=0, description="MM_HTTP_CONNECT_TIMEOUT")
-    http_read_timeout: float = Field(default=30.0, gt=0, description="MM_HTTP_READ_TIMEOUT")
+    http_connect_timeout: float = Field(
+        default=DEFAULTS.http_connect_timeout, gt=0, description="MM_HTTP_CONNECT_TIMEOUT"
+    )
+    http_read_timeout: float = Field(
+        default=DEFAULTS.http_read_timeout, gt=0, description="MM_HTTP_READ_TIMEOUT"
+    )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ReportStore:

@@ -6,6 +6,7 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from mm_orchestration.platform.config_models import QUIET
+from mm_orchestration.platform.settings import DEFAULTS, DLQ_ALERT_THRESHOLD_RANGE
 
 
 class MuxWebhooks(ConfigurableResource):
@@ -20,5 +21,8 @@ class MuxWebhooks(ConfigurableResource):
     backoff_seconds: float = Field(default=60.0, ge=0, description="First retry delay; doubles")
     batch_size: int = Field(default=200, ge=1, le=5000, description="Rows claimed per transaction")
     alert_threshold: int = Field(
-        default=10, ge=0, description="MM_DLQ_ALERT_THRESHOLD: pending + dead rows that escalate"
+        default=DEFAULTS.dlq_alert_threshold,
+        ge=DLQ_ALERT_THRESHOLD_RANGE[0],
+        le=DLQ_ALERT_THRESHOLD_RANGE[1],
+        description="MM_DLQ_ALERT_THRESHOLD: pending + dead rows that escalate",
     )

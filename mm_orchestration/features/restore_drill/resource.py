@@ -28,7 +28,7 @@ from pydantic import Field
 from mm_orchestration.local.embedded_pg import EmbeddedPostgresError, bundled_bin_dir
 from mm_orchestration.platform import http, processes
 from mm_orchestration.platform.config_models import QUIET
-from mm_orchestration.platform.settings import PG_CLIENT_TOOLS
+from mm_orchestration.platform.settings import DEFAULTS, PG_CLIENT_TOOLS
 
 # Where Debian's (and Ubuntu's) postgresql-client-N packages put their tools: DEBIAN_ROOT/N/bin.
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
@@ -99,8 +99,12 @@ class RestoreDrill(ConfigurableResource):
     neon_project_id: str | None = Field(default=None, description="NEON_PROJECT_ID")
     neon_api_host: str = Field(default="https://console.neon.tech", description="NEON_API_HOST")
     neon_poll_seconds: float = Field(default=2.0, ge=0)
-    http_connect_timeout: float = Field(default=10.0, gt=0, description="MM_HTTP_CONNECT_TIMEOUT")
-    http_read_timeout: float = Field(default=30.0, gt=0, description="MM_HTTP_READ_TIMEOUT")
+    http_connect_timeout: float = Field(
+        default=DEFAULTS.http_connect_timeout, gt=0, description="MM_HTTP_CONNECT_TIMEOUT"
+    )
+    http_read_timeout: float = Field(
+        default=DEFAULTS.http_read_timeout, gt=0, description="MM_HTTP_READ_TIMEOUT"
+    )
 
     @property
     def http_timeouts(self) -> http.Timeouts:
