@@ -102,6 +102,9 @@ class Topology(Supervisor):
             **super().process_env,
             "MM_CODE_SERVER_HOST": self.host,
             "MM_CODE_SERVER_PORT": str(self.grpc_port),
+            # `dagster code-server start` (dev) starts `dagster api grpc` itself: click reads
+            # that child's --log-format from this variable.
+            "DAGSTER_CLI_API_GRPC_LOG_FORMAT": "json",
         }
 
 

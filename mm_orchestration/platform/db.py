@@ -1,4 +1,6 @@
-"""Connections to the portal database and the checks every job makes before it starts."""
+"""A single connection to the portal database, and the check that its tables exist: for
+the CLI and the console, which talk to the database outside a run. Jobs use the pooled
+`database.PortalDatabase` resource instead."""
 
 from __future__ import annotations
 

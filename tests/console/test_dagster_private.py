@@ -234,3 +234,16 @@ def test_tag_prefixes_errors_and_run_config_read_as_written_for():
     schema = dagster_private.graphql_schema()
     batch = schema.get_type("LaunchMultipleRunsResult")
     assert batch is not None and "launchMultipleRunsResult" in batch.fields
+
+
+def test_the_platforms_two_private_imports_are_as_written_for():
+    """Outside the console, two modules use Dagster's private API, each for want of a
+    public one: platform/cron.py iterates a schedule's ticks with the iterator the daemon
+    itself uses, and platform/storage.py names Dagster's storage class by its
+    ConfigurableClassData. A Dagster upgrade that changes either fails here first."""
+    from dagster._serdes import ConfigurableClassData
+    from dagster._utils.schedules import schedule_execution_time_iterator
+
+    parameters = list(inspect.signature(schedule_execution_time_iterator).parameters)
+    assert parameters[:3] == ["start_timestamp", "cron_schedule", "execution_timezone"]
+    assert ConfigurableClassData._fields[:3] == ("module_name", "class_name", "config_yaml")

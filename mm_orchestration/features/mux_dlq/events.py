@@ -1,7 +1,8 @@
 """Mux webhook events: read an envelope and verify its signature.
 
 Pure rules (applying an event to its video is `apply`; the replay decides transactions,
-attempts and escalation). The event shape is in `design/portal-database.md`.
+attempts and escalation). The event is Mux's webhook envelope as the portal stores it
+(`portal.mux_webhook_dlq.payload`).
 
 A payload is whatever JSON the portal stored: any depth, any size, any number. So it is
 never decoded in Python: `envelope_fields_sql` picks the few fields an envelope needs out

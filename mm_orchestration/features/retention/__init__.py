@@ -1,1 +1,2 @@
-"""Storage retention: Dagster's own run history kept to its configured age."""
+"""Storage retention: what no one needs is forgotten (Dagster's old runs, sent outbox rows,
+digest periods, old ledger rows) and what compliance needs is never touched."""
