@@ -145,7 +145,7 @@ class ConsoleRoutes:
             headers["X-Audit-Trail-Truncated"] = f"first {len(found.frame)} entries; narrow it"
         if found.head is not None:
             # Where the hash chain stood at the period's end: `mm-jobs audit verify
-            # --expect-head SEQ:SHA256` later proves nothing up to then was changed.
+            # --expect-head HEAD` later proves nothing up to then was changed.
             headers["X-Audit-Chain-Head"] = found.head.text()
         return Response(body, media_type="text/csv; charset=utf-8", headers=headers)
 

@@ -76,7 +76,7 @@ def chain_check(verdict: Verdict) -> AssetCheckResult:
             description=verdict.summary(),
             metadata={"links_checked": verdict.checked},
         )
-    where = problem.seq if problem.seq is not None else f"entry-{problem.entry_id}"
+    where = problem.where
     listed = "\n".join(f"- {p.kind}: {p.message}" for p in verdict.problems)
     return AssetCheckResult(
         check_name=CHAIN_CHECK,
@@ -90,7 +90,7 @@ def chain_check(verdict: Verdict) -> AssetCheckResult:
         metadata={
             "links_checked": verdict.checked,
             "first_problem": f"{problem.kind}: {problem.message}",
-            "alert_key": f"audit-chain:{problem.kind}:{where}",
+            "alert_key": f"audit-chain:{problem.kind}:{where.replace(' ', '-')}",
             "alert_subject": f"Audit trail tampering detected: {problem.kind} at {where}",
         },
     )

@@ -2,28 +2,36 @@
 deleted, slipped in or reordered since it was written.
 
 Every entry of `ops.audit_entries` is linked into `ops.audit_chain` when its transaction
-commits (migration 0016): link `seq` holds the hash of link `seq - 1` and the SHA-256 of
-that hash and the entry's canonical form. `verify` rebuilds the canonical form here, in
-Python, from the stored columns (never trusting the database's own hash function), walks
-the links in order and names the first that does not hold:
+commits (migration 0016), in one of 16 lanes (concurrent writers append to different
+lanes, so none waits for another's commit): link `(lane, seq)` holds the entry's hash
+(SHA-256 of its columns as a JSON array), the hash of the lane's link `seq - 1`, and its
+own hash (SHA-256 of that previous hash and `["mm-audit-chain/1", lane, seq, link time,
+entry hash]`). `verify` rebuilds both hashes here, in Python, from the stored columns
+(never trusting the database's functions), walks each lane in order and names the first
+link that does not hold:
 
-- `edited`: the entry does not match its link's hash (a field changed, two entries
-  swapped, or a link made with a forged hash);
-- `deleted`: a link's entry is gone, or positions are missing from the chain;
-- `forged`: a link does not carry its predecessor's hash (inserted, replaced or moved);
-- `out_of_order`: a link is older than the one before it;
+- `edited`: the entry is not the one that was linked there (a field changed, or two
+  entries swapped);
+- `deleted`: a link's entry is gone, or positions are missing from a lane;
+- `forged`: a link's hash is not what its contents give, or it does not carry its
+  predecessor's hash (inserted, replaced or moved);
+- `out_of_order`: a link is older than the one before it in its lane;
 - `unlinked`: an entry that is in no link (written around the chain);
-- `truncated`: the chain ends before its head, or before a head recorded earlier (an
+- `truncated`: a lane ends before its head, or before a head recorded earlier (an
   anchor: the daily check's, a download's, an evidence bundle's) is reached;
-- `rewritten`: the link at an anchor's position no longer has the anchor's hash.
+- `rewritten`: the links at an anchor's positions no longer have the anchor's hashes.
 
-Somebody who can disable the triggers and rewrite every later hash consistently is
-caught by the anchors: the head published outside the database no longer matches.
+The chain's head is every lane's newest link, written `SEQ.SEQ...:SHA256` (each lane's
+position, then the SHA-256 of the lanes' hashes). Somebody who can switch the triggers off
+and rewrite every later hash consistently is caught by the heads published outside the
+database: they no longer match.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,47 +39,75 @@ from typing import Any
 
 import psycopg
 
-VERSION = b"mm-audit-chain/1"
-GENESIS = bytes(32)  # the hash before the first link
+VERSION = "mm-audit-chain/1"
+LANES = 16
+GENESIS = bytes(32)  # the hash before a lane's first link
 PROBLEMS_KEPT = 20  # a verdict names the first problem and keeps a few more
+_HEAD_TEXT = re.compile(r"(\d{1,19}(?:\.\d{1,19}){0,15}):([0-9a-fA-F]{64})", re.ASCII)
 
-# The links in order with their entries (NULL columns when the entry is gone), between
-# two positions.
+# The links of one lane in order with their entries (NULL columns when the entry is gone).
 _WALK = """
-SELECT c.seq, c.entry_id, c.linked_at, c.prev_hash, c.hash, e.id IS NOT NULL,
+SELECT c.seq, c.entry_id, c.linked_at, c.entry_hash, c.prev_hash, c.hash, e.id IS NOT NULL,
        e.occurred_at, e.actor, e.action, e.job_name, e.run_id, e.details::text, e.role,
        e.target, e.outcome, e.settles
   FROM ops.audit_chain c
   LEFT JOIN ops.audit_entries e ON e.id = c.entry_id
- WHERE c.seq BETWEEN %(first)s AND %(last)s
+ WHERE c.lane = %(lane)s
+   AND (%(since)s::timestamptz IS NULL OR c.linked_at >= %(since)s)
+   AND (%(until)s::timestamptz IS NULL OR c.linked_at < %(until)s)
  ORDER BY c.seq
 """
+_COLUMNS = (
+    "occurred_at", "actor", "action", "job_name", "run_id", "details", "role", "target",
+    "outcome", "settles",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Head:
-    """A point of the chain: the link at `seq`, its hash and when it was made."""
+    """A point of the chain: each lane's position (`seqs[lane]`; 0 before its first link),
+    the SHA-256 of those links' hashes, and when the newest of them was made."""
 
-    seq: int
+    seqs: tuple[int, ...]
     sha256: str
-    linked_at: datetime | None
+    linked_at: datetime | None = None
+
+    @classmethod
+    def of(cls, links: dict[int, tuple[int, bytes]], linked_at: datetime | None) -> Head:
+        """The head made of each lane's link (lane -> (seq, hash))."""
+        seqs = tuple(links[lane][0] if lane in links else 0 for lane in range(LANES))
+        return cls(seqs, combined(links), linked_at)
+
+    @property
+    def links(self) -> int:
+        """How many links the chain had up to this head."""
+        return sum(self.seqs)
 
     def text(self) -> str:
-        """How a download, a bundle or a command line shows it: `seq:sha256`."""
-        return f"{self.seq}:{self.sha256}"
+        """How a download, a bundle or a command line shows it: `SEQ.SEQ...:SHA256` (one
+        position per lane; lanes after the last used one left out)."""
+        used = list(self.seqs)
+        while len(used) > 1 and used[-1] == 0:
+            used.pop()
+        return ".".join(map(str, used)) + ":" + self.sha256
 
     @classmethod
     def parse(cls, text: str) -> Head:
-        """`SEQ:SHA256` (as `text` writes it) back into a Head; ValueError naming the form."""
-        seq, _, digest = text.strip().partition(":")
-        digest = digest.strip().lower()
-        if not (seq.isascii() and seq.isdigit() and len(digest) == 64):
-            raise ValueError("a chain head is SEQ:SHA256 (a position and 64 hex digits)")
-        try:
-            bytes.fromhex(digest)
-        except ValueError:
-            raise ValueError("a chain head is SEQ:SHA256 (a position and 64 hex digits)") from None
-        return cls(int(seq), digest, None)
+        """A head as `text` writes it; ValueError naming the form."""
+        found = _HEAD_TEXT.fullmatch(text.strip())
+        if found is None:
+            raise ValueError(
+                "a chain head is SEQ.SEQ...:SHA256 (each lane's position, up to 16, then "
+                "64 hex digits), as `mm-jobs audit head` prints it"
+            )
+        seqs = [int(s) for s in found[1].split(".")]
+        return cls(tuple(seqs + [0] * (LANES - len(seqs))), found[2].lower())
+
+
+def combined(links: dict[int, tuple[int, bytes]]) -> str:
+    """The SHA-256 naming a head: of `[[lane, seq, hash], ...]` for the lanes with links."""
+    items = [[lane, seq, digest.hex()] for lane, (seq, digest) in sorted(links.items()) if seq]
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -79,17 +115,25 @@ class Problem:
     """One place where the chain does not hold, as an auditor reads it."""
 
     kind: str
+    lane: int | None
     seq: int | None
     entry_id: int | None
     message: str
 
+    @property
+    def where(self) -> str:
+        """`lane 3 seq 17`, or the entry when it is in no link."""
+        if self.seq is not None:
+            return f"lane {self.lane} seq {self.seq}"
+        return f"entry #{self.entry_id}" if self.entry_id is not None else "the head"
+
 
 @dataclass(frozen=True)
 class Verdict:
-    """What `verify` found: the links checked, the head reached, the problems (first first)."""
+    """What `verify` found: the links checked, the head at the end of what was checked,
+    and the problems, first first."""
 
     checked: int
-    first_seq: int | None
     head: Head | None
     problems: tuple[Problem, ...]
 
@@ -109,10 +153,8 @@ class Verdict:
             return f"audit chain BROKEN: {self.first.kind}: {self.first.message}{extra}"
         if self.head is None:
             return "audit chain verified: no entries in this period"
-        span = f"seq {self.first_seq}-{self.head.seq}" if self.checked else "no links"
-        return f"audit chain verified: {self.checked} link(s) ({span}), head {self.head.text()}" + (
-            f" at {self.head.linked_at.isoformat()}" if self.head.linked_at else ""
-        )
+        at = f" at {self.head.linked_at.isoformat()}" if self.head.linked_at else ""
+        return f"audit chain verified: {self.checked} link(s), head {self.head.text()}{at}"
 
 
 # -- the canonical form, rebuilt --------------------------------------------------------
@@ -127,84 +169,58 @@ def _utc(moment: datetime) -> str:
     )
 
 
-def _field(value: str | None) -> bytes:
-    """One field as ops.audit_field writes it: `<bytes>:<UTF-8>`, or `~` for NULL."""
+def _json(value: str | int | None) -> str:
+    """One item as jsonb writes it inside an array: strings JSON-escaped (the same
+    characters PostgreSQL escapes, the rest as UTF-8), whole numbers, null."""
     if value is None:
-        return b"~"
-    data = value.encode("utf-8")
-    return str(len(data)).encode() + b":" + data
+        return "null"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False)
 
 
-def link_hash(prev: bytes, seq: int, linked_at: datetime, entry: dict[str, Any]) -> bytes:
-    """The hash link `seq` must carry for `entry` (its columns, `details` as jsonb text)."""
-    settles = entry["settles"]
-    parts = [
-        VERSION,
-        _field(str(seq)),
-        _field(_utc(linked_at)),
-        _field(str(entry["id"])),
-        _field(_utc(entry["occurred_at"])),
-        _field(entry["actor"]),
-        _field(entry["action"]),
-        _field(entry["job_name"]),
-        _field(entry["run_id"]),
-        _field(entry["details"]),
-        _field(entry["role"]),
-        _field(entry["target"]),
-        _field(entry["outcome"]),
-        _field(None if settles is None else str(settles)),
-    ]
-    return hashlib.sha256(prev + b"".join(parts)).digest()
+def _array(items: list[str]) -> bytes:
+    return ("[" + ", ".join(items) + "]").encode("utf-8")
+
+
+def entry_hash(entry: dict[str, Any]) -> bytes:
+    """What ops.audit_entry_hash gives for `entry` (its columns, `details` as jsonb text)."""
+    return hashlib.sha256(
+        _array(
+            [
+                _json(entry["id"]),
+                _json(_utc(entry["occurred_at"])),
+                *(_json(entry[c]) for c in ("actor", "action", "job_name", "run_id")),
+                "null" if entry["details"] is None else entry["details"],
+                *(_json(entry[c]) for c in ("role", "target", "outcome", "settles")),
+            ]
+        )
+    ).digest()
+
+
+def link_hash(prev: bytes, lane: int, seq: int, linked_at: datetime, digest: bytes) -> bytes:
+    """The hash link `(lane, seq)` must carry after `prev`, for an entry hashed `digest`."""
+    link = _array(
+        [_json(VERSION), _json(lane), _json(seq), _json(_utc(linked_at)), _json(digest.hex())]
+    )
+    return hashlib.sha256(prev + link).digest()
 
 
 # -- reading the chain ---------------------------------------------------------------------
 
 
 def head(conn: psycopg.Connection, until: datetime | None = None) -> Head | None:
-    """The newest link made before `until` (now when None): what a download or bundle of a
-    period ending then carries. None when the chain has no link yet."""
-    row = conn.execute(
-        """SELECT seq, hash, linked_at FROM ops.audit_chain
+    """Each lane's newest link made before `until` (now when None): what a download or a
+    bundle of a period ending then carries. None when no entry was linked by then."""
+    rows = conn.execute(
+        """SELECT DISTINCT ON (lane) lane, seq, hash, linked_at FROM ops.audit_chain
             WHERE %(until)s::timestamptz IS NULL OR linked_at < %(until)s
-            ORDER BY seq DESC LIMIT 1""",
+            ORDER BY lane, seq DESC""",
         {"until": until},
-    ).fetchone()
-    return None if row is None else Head(int(row[0]), bytes(row[1]).hex(), row[2])
-
-
-def _bounds(
-    conn: psycopg.Connection, since: datetime | None, until: datetime | None
-) -> tuple[int, int, bytes, int, datetime | None]:
-    """The positions to walk (first, last), and the hash, position and time the first link
-    must follow."""
-    first, last = conn.execute(
-        """SELECT min(seq), max(seq) FROM ops.audit_chain
-            WHERE (%(since)s::timestamptz IS NULL OR linked_at >= %(since)s)
-              AND (%(until)s::timestamptz IS NULL OR linked_at < %(until)s)""",
-        {"since": since, "until": until},
-    ).fetchone() or (None, None)
-    if since is None or first is None:
-        return (1 if first is None else min(first, 1)), last or 0, GENESIS, 0, None
-    before = conn.execute(
-        "SELECT seq, hash, linked_at FROM ops.audit_chain WHERE seq < %s ORDER BY seq DESC LIMIT 1",
-        [first],
-    ).fetchone()
-    if before is None:
-        return first, last, GENESIS, 0, None
-    return first, last, bytes(before[1]), int(before[0]), before[2]
-
-
-def _walk(conn: psycopg.Connection, first: int, last: int) -> Iterator[tuple[Any, ...]]:
-    with conn.cursor(name="audit_chain_walk") as cur:
-        cur.itersize = 2000
-        cur.execute(_WALK, {"first": first, "last": last})
-        yield from cur
-
-
-_COLUMNS = (
-    "occurred_at", "actor", "action", "job_name", "run_id", "details", "role", "target",
-    "outcome", "settles",
-)  # fmt: skip
+    ).fetchall()
+    if not rows:
+        return None
+    return Head.of({r[0]: (int(r[1]), bytes(r[2])) for r in rows}, max(r[3] for r in rows))
 
 
 def verify(
@@ -222,150 +238,208 @@ def verify(
         raise ValueError("verify needs a connection outside any transaction (its own snapshot)")
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        return _verify(conn, since, until, tuple(anchors))
+        return _Walk(conn, since, until).run(tuple(anchors))
 
 
-def _verify(
-    conn: psycopg.Connection,
-    since: datetime | None,
-    until: datetime | None,
-    anchors: tuple[Head, ...],
-) -> Verdict:
-    problems: list[Problem] = []
+class _Walk:
+    """One verification: the lanes walked in turn, the problems found."""
 
-    def found(kind: str, seq: int | None, entry_id: int | None, message: str) -> None:
-        if len(problems) < PROBLEMS_KEPT:
-            problems.append(Problem(kind, seq, entry_id, message))
+    def __init__(
+        self, conn: psycopg.Connection, since: datetime | None, until: datetime | None
+    ) -> None:
+        self.conn, self.since, self.until = conn, since, until
+        self.problems: list[Problem] = []
+        self.checked = 0
 
-    first, last, prev, prev_seq, prev_at = _bounds(conn, since, until)
-    checked = 0
-    last_link: Head | None = None
-    for row in _walk(conn, first, last):
-        seq, entry_id, linked_at, prev_hash, recorded, exists = row[:6]
-        prev_hash, recorded = bytes(prev_hash), bytes(recorded)
-        checked += 1
-        if seq != prev_seq + 1:
-            gap = f"seq {prev_seq + 1}" if seq == prev_seq + 2 else f"seq {prev_seq + 1}-{seq - 1}"
-            found(
-                "deleted",
-                prev_seq + 1,
-                None,
-                f"the chain skips from seq {prev_seq} to seq {seq}: the link(s) at {gap} and "
-                "their entries were deleted",
-            )
-        elif prev_hash != prev:
-            found(
-                "forged",
-                seq,
-                entry_id,
-                f"seq {seq} (entry #{entry_id}) does not carry the hash of seq {prev_seq}: a "
-                "link was inserted, replaced or moved here",
-            )
-        elif prev_at is not None and linked_at < prev_at:
-            found(
-                "out_of_order",
-                seq,
-                entry_id,
-                f"seq {seq} (entry #{entry_id}) was linked at {linked_at.isoformat()}, before "
-                f"seq {prev_seq} ({prev_at.isoformat()}): inserted out of order",
-            )
-        if not exists:
-            found(
-                "deleted",
-                seq,
-                entry_id,
-                f"entry #{entry_id}, linked at seq {seq}, is missing: it was deleted",
-            )
-        else:
-            entry = {"id": entry_id, **dict(zip(_COLUMNS, row[6:], strict=True))}
-            if link_hash(prev_hash, seq, linked_at, entry) != recorded:
-                found(
-                    "edited",
+    def found(
+        self, kind: str, lane: int | None, seq: int | None, entry_id: int | None, message: str
+    ) -> None:
+        if len(self.problems) < PROBLEMS_KEPT:
+            self.problems.append(Problem(kind, lane, seq, entry_id, message))
+
+    def run(self, anchors: tuple[Head, ...]) -> Verdict:
+        ends: dict[int, tuple[int, bytes]] = {}
+        for lane in range(LANES):
+            end = self.lane(lane)
+            if end is not None:
+                ends[lane] = end
+        if self.until is None:
+            self.check_heads(ends)
+        for anchor in anchors:
+            self.check_anchor(anchor)
+        self.check_unlinked()
+        ordered = sorted(
+            self.problems,
+            key=lambda p: (p.seq is None, p.lane if p.lane is not None else LANES, p.seq or 0),
+        )
+        return Verdict(self.checked, head(self.conn, self.until), tuple(ordered))
+
+    def _before(self, lane: int) -> tuple[int, bytes, datetime | None]:
+        """The position, hash and time the lane's first link in the period must follow."""
+        if self.since is None:
+            return 0, GENESIS, None
+        row = self.conn.execute(
+            """SELECT seq, hash, linked_at FROM ops.audit_chain
+                WHERE lane = %s AND linked_at < %s ORDER BY seq DESC LIMIT 1""",
+            [lane, self.since],
+        ).fetchone()
+        return (0, GENESIS, None) if row is None else (int(row[0]), bytes(row[1]), row[2])
+
+    def _rows(self, lane: int) -> Iterator[tuple[Any, ...]]:
+        with self.conn.cursor(name=f"audit_chain_lane_{lane}") as cur:
+            cur.itersize = 2000
+            cur.execute(_WALK, {"lane": lane, "since": self.since, "until": self.until})
+            yield from cur
+
+    def lane(self, lane: int) -> tuple[int, bytes] | None:
+        """Walk one lane; its last link walked (seq, hash), None when it has none."""
+        prev_seq, prev, prev_at = self._before(lane)
+        end = None
+        for row in self._rows(lane):
+            seq, entry_id, linked_at, digest, prev_hash, recorded, exists = row[:7]
+            digest, prev_hash, recorded = bytes(digest), bytes(prev_hash), bytes(recorded)
+            self.checked += 1
+            at = f"lane {lane} seq {seq} (entry #{entry_id})"
+            if seq != prev_seq + 1:
+                gap = f"seq {prev_seq + 1}" + (f"-{seq - 1}" if seq > prev_seq + 2 else "")
+                self.found(
+                    "deleted",
+                    lane,
+                    prev_seq + 1,
+                    None,
+                    f"lane {lane} skips from seq {prev_seq} to seq {seq}: the link(s) at {gap} "
+                    "and their entries were deleted",
+                )
+            elif prev_hash != prev:
+                self.found(
+                    "forged",
+                    lane,
                     seq,
                     entry_id,
-                    f"entry #{entry_id} (seq {seq}) does not match its link's hash: the entry "
-                    "was edited or swapped with another, or linked with a forged hash",
+                    f"{at} does not carry the hash of seq {prev_seq}: a link was inserted, "
+                    "replaced or moved here",
                 )
-        prev, prev_seq, prev_at = recorded, seq, linked_at
-        last_link = Head(seq, recorded.hex(), linked_at)
+            elif prev_at is not None and linked_at < prev_at:
+                self.found(
+                    "out_of_order",
+                    lane,
+                    seq,
+                    entry_id,
+                    f"{at} was linked at {linked_at.isoformat()}, before seq {prev_seq} "
+                    f"({prev_at.isoformat()}): inserted out of order",
+                )
+            if link_hash(prev_hash, lane, seq, linked_at, digest) != recorded:
+                self.found(
+                    "forged",
+                    lane,
+                    seq,
+                    entry_id,
+                    f"{at} has a hash its contents do not give: the link was forged or altered",
+                )
+            if not exists:
+                self.found(
+                    "deleted",
+                    lane,
+                    seq,
+                    entry_id,
+                    f"entry #{entry_id}, linked at lane {lane} seq {seq}, is missing: it was "
+                    "deleted",
+                )
+            else:
+                entry = {"id": entry_id, **dict(zip(_COLUMNS, row[7:], strict=True))}
+                if entry_hash(entry) != digest:
+                    self.found(
+                        "edited",
+                        lane,
+                        seq,
+                        entry_id,
+                        f"entry #{entry_id} (lane {lane} seq {seq}) is not the entry that was "
+                        "linked there: a field was changed, or it was swapped with another",
+                    )
+            prev_seq, prev, prev_at = seq, recorded, linked_at
+            end = (seq, recorded)
+        return end
 
-    if until is None:
-        _check_head(conn, last_link, found)
-    for anchor in anchors:
-        _check_anchor(conn, anchor, found)
-    _check_unlinked(conn, since, until, found)
-    ordered = sorted(problems, key=lambda p: (p.seq is None, p.seq or 0))
-    return Verdict(checked, first if checked else None, last_link, tuple(ordered))
+    def check_heads(self, ends: dict[int, tuple[int, bytes]]) -> None:
+        """Each lane ends where its head row says."""
+        rows = self.conn.execute("SELECT lane, seq, hash FROM ops.audit_chain_head").fetchall()
+        heads = {int(r[0]): (int(r[1]), bytes(r[2])) for r in rows}
+        for lane in sorted(set(heads) | set(ends)):
+            end_seq = ends[lane][0] if lane in ends else 0
+            if lane not in heads:
+                self.found("truncated", lane, None, None, f"lane {lane}'s head row is missing")
+                continue
+            seq, digest = heads[lane]
+            if seq > end_seq:
+                self.found(
+                    "truncated",
+                    lane,
+                    end_seq + 1,
+                    None,
+                    f"lane {lane} ends at seq {end_seq} but its head records seq {seq}: the "
+                    f"newest {seq - end_seq} link(s) and their entries were deleted",
+                )
+            elif seq < end_seq or (seq and digest != ends[lane][1]):
+                self.found(
+                    "forged",
+                    lane,
+                    seq,
+                    None,
+                    f"lane {lane}'s head records seq {seq}, which is not its last link (seq "
+                    f"{end_seq}): links were appended or changed around the chain",
+                )
 
-
-def _check_head(conn: psycopg.Connection, last: Head | None, found: Any) -> None:
-    """The chain ends where its head row says."""
-    row = conn.execute("SELECT seq, hash FROM ops.audit_chain_head").fetchone()
-    if row is None:
-        if last is not None:
-            found("truncated", None, None, "the chain's head row is missing")
-        return
-    seq, digest = int(row[0]), bytes(row[1]).hex()
-    end = last.seq if last else 0
-    if seq > end:
-        found(
-            "truncated",
-            end + 1,
-            None,
-            f"the chain ends at seq {end} but its head records seq {seq}: the newest "
-            f"{seq - end} link(s) and their entries were deleted",
-        )
-    elif seq < end or (last is not None and digest != last.sha256):
-        found(
-            "forged",
-            seq,
-            None,
-            f"the head records seq {seq} {digest[:16]}..., which is not the chain's last link "
-            f"(seq {end}): links were appended or changed around the chain",
-        )
-
-
-def _check_anchor(conn: psycopg.Connection, anchor: Head, found: Any) -> None:
-    """A head seen earlier (published outside the database) is still in the chain."""
-    row = conn.execute("SELECT hash FROM ops.audit_chain WHERE seq = %s", [anchor.seq]).fetchone()
-    if row is None:
-        newest = conn.execute("SELECT max(seq) FROM ops.audit_chain").fetchone()
-        end = int(newest[0]) if newest and newest[0] is not None else 0
-        if end < anchor.seq:
-            found(
-                "truncated",
-                end + 1,
+    def check_anchor(self, anchor: Head) -> None:
+        """A head seen earlier (published outside the database) is still in the chain."""
+        links: dict[int, tuple[int, bytes]] = {}
+        for lane, seq in enumerate(anchor.seqs):
+            if seq == 0:
+                continue
+            row = self.conn.execute(
+                "SELECT hash FROM ops.audit_chain WHERE lane = %s AND seq = %s", [lane, seq]
+            ).fetchone()
+            if row is None:
+                newest = self.conn.execute(
+                    "SELECT coalesce(max(seq), 0) FROM ops.audit_chain WHERE lane = %s", [lane]
+                ).fetchone()
+                end = int(newest[0]) if newest else 0
+                if end < seq:
+                    self.found(
+                        "truncated",
+                        lane,
+                        end + 1,
+                        None,
+                        f"lane {lane} ends at seq {end}, but seq {seq} was in the head "
+                        f"recorded earlier ({anchor.text()[:40]}...): the newest links were "
+                        "deleted",
+                    )
+                return  # a gap inside a lane: the walk names it
+            links[lane] = (seq, bytes(row[0]))
+        if combined(links) != anchor.sha256:
+            self.found(
+                "rewritten",
                 None,
-                f"the chain ends at seq {end}, but seq {anchor.seq} was its head when recorded "
-                f"earlier ({anchor.sha256[:16]}...): the newest links were deleted",
+                None,
+                None,
+                f"the links of the head recorded earlier ({anchor.text()[:40]}...) no longer "
+                "have the hashes they had: the chain up to there was rewritten",
             )
-        return  # a gap inside the chain: the walk names it
-    if bytes(row[0]).hex() != anchor.sha256:
-        found(
-            "rewritten",
-            anchor.seq,
-            None,
-            f"seq {anchor.seq} no longer has the hash recorded for it earlier "
-            f"({anchor.sha256[:16]}...): the chain up to there was rewritten",
-        )
 
-
-def _check_unlinked(
-    conn: psycopg.Connection, since: datetime | None, until: datetime | None, found: Any
-) -> None:
-    """Entries that no link names (written with the chain's trigger switched off)."""
-    rows = conn.execute(
-        """SELECT e.id FROM ops.audit_entries e
-            WHERE NOT EXISTS (SELECT 1 FROM ops.audit_chain c WHERE c.entry_id = e.id)
-              AND (%(since)s::timestamptz IS NULL OR e.occurred_at >= %(since)s)
-              AND (%(until)s::timestamptz IS NULL OR e.occurred_at < %(until)s)
-            ORDER BY e.id LIMIT %(limit)s""",
-        {"since": since, "until": until, "limit": PROBLEMS_KEPT},
-    ).fetchall()
-    for (entry_id,) in rows:
-        found(
-            "unlinked",
-            None,
-            entry_id,
-            f"entry #{entry_id} is in no link of the chain: it was inserted around it",
-        )
+    def check_unlinked(self) -> None:
+        """Entries that no link names (written with the chain's trigger switched off)."""
+        rows = self.conn.execute(
+            """SELECT e.id FROM ops.audit_entries e
+                WHERE NOT EXISTS (SELECT 1 FROM ops.audit_chain c WHERE c.entry_id = e.id)
+                  AND (%(since)s::timestamptz IS NULL OR e.occurred_at >= %(since)s)
+                  AND (%(until)s::timestamptz IS NULL OR e.occurred_at < %(until)s)
+                ORDER BY e.id LIMIT %(limit)s""",
+            {"since": self.since, "until": self.until, "limit": PROBLEMS_KEPT},
+        ).fetchall()
+        for (entry_id,) in rows:
+            self.found(
+                "unlinked",
+                None,
+                None,
+                entry_id,
+                f"entry #{entry_id} is in no link of the chain: it was inserted around it",
+            )

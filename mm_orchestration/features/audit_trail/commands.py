@@ -17,7 +17,7 @@ EXIT_BROKEN = 1
 
 
 def _head(value: str) -> Any:
-    """`--expect-head SEQ:SHA256`: a head recorded earlier (a download's, a bundle's)."""
+    """`--expect-head SEQ.SEQ...:SHA256`: a head recorded earlier (a download's, a bundle's)."""
     from mm_orchestration.features.audit_trail.chain import Head
 
     try:
@@ -42,9 +42,9 @@ def register(sub: Any) -> None:
         type=_head,
         action="append",
         default=[],
-        metavar="SEQ:SHA256",
-        help="a head recorded earlier (a download's X-Audit-Chain-Head, a bundle's manifest) "
-        "that must still be in the chain; repeatable",
+        metavar="SEQ.SEQ...:SHA256",
+        help="a head recorded earlier (a download's X-Audit-Chain-Head, a bundle's manifest, "
+        "`mm-jobs audit head`) that must still be in the chain; repeatable",
     )
     p.set_defaults(func=cmd_audit_verify)
     p = asub.add_parser("head", help="the chain's head now, or at the end of a period")
@@ -65,9 +65,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         return 0
     print(verdict.summary(), file=sys.stderr)
     for problem in verdict.problems:
-        where = f"seq {problem.seq}" if problem.seq is not None else "outside the chain"
-        entry = f" entry #{problem.entry_id}" if problem.entry_id is not None else ""
-        print(f"  {problem.kind:<12} {where}{entry}: {problem.message}", file=sys.stderr)
+        print(f"  {problem.kind:<12} {problem.where}: {problem.message}", file=sys.stderr)
     print(
         "The entries named were changed, removed or added outside the audit path: keep the "
         "database as it is and tell compliance (docs/audit.md, 'When verify fails').",

@@ -4,7 +4,7 @@ One query over `ops.audit_log`, filtered by person, action and period, shared by
 `ops/audit_trail` asset (its summary in the console) and the console's CSV download
 (`/audit-trail.csv?person=...&action=...&day=YYYY-MM-DD` or `&since=...&until=...`), with
 the audit chain's head at the period's end (chain.py): the point an auditor later checks
-the chain still passes through (`mm-jobs audit verify --expect-head SEQ:SHA256`).
+the chain still passes through (`mm-jobs audit verify --expect-head HEAD`).
 """
 
 from __future__ import annotations

@@ -132,7 +132,7 @@ def _moment(value: Any) -> str | None:
 def _head(head: chain.Head | None) -> dict[str, Any] | None:
     if head is None:
         return None
-    return {"seq": head.seq, "sha256": head.sha256, "linked_at": _moment(head.linked_at)}
+    return {"head": head.text(), "links": head.links, "linked_at": _moment(head.linked_at)}
 
 
 def _audit(
@@ -165,7 +165,7 @@ def _audit(
         **section,
         "verified_at": now.isoformat(),
         "how_to_check_later": (
-            "mm-jobs audit verify --expect-head SEQ:SHA256 (head_at_period_end): the chain "
+            "mm-jobs audit verify --expect-head HEAD (head_at_period_end): the chain "
             "still passes through it unless entries up to the period's end were changed"
         ),
     }

@@ -89,8 +89,7 @@ def cmd_evidence_export(args: argparse.Namespace) -> int:
     print(f"  sha256 {bundle.sha256}")
     print(f"  files {len(bundle.manifest['files'])}; public key {bundle.manifest['public_key']}")
     print(f"  audit chain: {chain['verdict']}")
-    print(f"  chain head at the period's end: {head['seq']}:{head['sha256']}" if head else
-          "  chain head at the period's end: none (no entry was linked by then)")  # fmt: skip
+    print(f"  chain head at the period's end: {head['head'] if head else 'none (no entry yet)'}")
     print(f"  kept at {uri} (the console's /evidence/{args.period.name})")
     return 0
 

@@ -30,17 +30,16 @@ def keep(
     key = f"evidence/{bundle.period.name}/{bundle.file_name}"
     digest = store.put(key, bundle.data)
     uri = store.uri(key)
-    head = bundle.manifest["audit_chain"]["head_at_period_end"] or {}
+    head = (bundle.manifest["audit_chain"]["head_at_period_end"] or {}).get("head")
     with conn.transaction():
         conn.execute(
             """INSERT INTO ops.evidence_bundles (period, period_start, period_end, generated_at,
-                   generated_by, storage_uri, sha256, bytes, chain_head_seq, chain_head_hash,
-                   public_key)
-               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                   generated_by, storage_uri, sha256, bytes, chain_head, public_key)
+               VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
             [
                 bundle.period.name, bundle.period.since, bundle.period.until,
                 bundle.manifest["generated_at"], actor, uri, digest, len(bundle.data),
-                head.get("seq"), head.get("sha256"), bundle.manifest["public_key"],
+                head, bundle.manifest["public_key"],
             ],
         )  # fmt: skip
         audit.record(
@@ -57,7 +56,7 @@ def keep(
                 "sha256": digest,
                 "bytes": len(bundle.data),
                 "public_key": bundle.manifest["public_key"],
-                "chain_head_at_period_end": head or None,
+                "chain_head_at_period_end": head,
                 "chain_verified": bundle.manifest["audit_chain"]["verified"],
             },
             target=f"evidence {bundle.period.name}",

@@ -44,16 +44,19 @@ class Attacker:
             self.conn.execute("SET LOCAL session_replication_role = replica")
             self.conn.execute(statement, params)
 
-    def link_of(self, entry_id: int) -> int:
+    def link_of(self, entry_id: int) -> tuple[int, int]:
+        """The lane and position of an entry's link."""
         return self.conn.execute(
-            "SELECT seq FROM ops.audit_chain WHERE entry_id = %s", [entry_id]
-        ).fetchone()[0]
+            "SELECT lane, seq FROM ops.audit_chain WHERE entry_id = %s", [entry_id]
+        ).fetchone()
 
 
 @pytest.fixture
 def trail(conn) -> tuple[list[int], Attacker]:
+    """Five entries, each settled, written one after another on one connection: one lane."""
     ids = write(conn, 5)
     assert chain.verify(conn).ok
+    assert conn.execute("SELECT count(DISTINCT lane) FROM ops.audit_chain").fetchone() == (1,)
     return ids, Attacker(conn)
 
 
@@ -87,10 +90,24 @@ def test_settled_entries_read_as_before_and_the_chain_verifies(conn):
     verdict = chain.verify(conn)
     assert verdict.ok and verdict.checked == 4 and verdict.head is not None
     assert verdict.head == chain.head(conn)
-    assert "verified: 4 link(s) (seq 1-4)" in verdict.summary()
+    assert "verified: 4 link(s), head " in verdict.summary()
     audit.settle_run(conn, "run-1", "canceled", "stopped")  # not `allowed` any more: nothing
     assert conn.execute("SELECT count(*) FROM ops.audit_entries").fetchone() == (4,)
     assert refused == conn.execute("SELECT max(id) FROM ops.audit_log").fetchone()[0]
+
+
+def test_the_chain_holds_any_text_the_columns_may_hold(conn):
+    """The hashes rebuilt in Python agree with the database's for every character JSON
+    escapes, and for what it does not (quotes, controls, line separators, emoji)."""
+    odd = 'q"uote\\back\tslash\n\x01\x1f\x7f\u2028\u00e9\U0001f600 \\u0000'
+    audit.record(conn, odd, odd, odd, odd, {odd: [odd, 1.5, 10**20, None, True]},
+                 role=odd, target=odd, outcome="refused")  # fmt: skip
+    conn.execute(
+        "INSERT INTO ops.audit_log (occurred_at, actor, action) VALUES"
+        " ('0999-01-01 00:00:00.000001+00', %s, '')",
+        ["\\u0000 and a NUL escaped"],
+    )
+    assert chain.verify(conn).ok
 
 
 def test_an_edited_field_is_named(conn, trail):
@@ -116,31 +133,36 @@ def test_an_edited_detail_or_time_is_named(conn, trail):
 
 def test_a_deleted_row_is_named(conn, trail):
     ids, attack = trail
-    seq = attack.link_of(ids[1])
+    lane, seq = attack.link_of(ids[1])
     attack("DELETE FROM ops.audit_entries WHERE id = %s", [ids[1]])
     problem = first(conn)
-    assert (problem.kind, problem.seq, problem.entry_id) == ("deleted", seq, ids[1])
-    # ...and with its link too: the chain skips a position.
-    attack("DELETE FROM ops.audit_chain WHERE seq = %s", [seq])
+    assert (problem.kind, problem.lane, problem.seq, problem.entry_id) == (
+        "deleted", lane, seq, ids[1]
+    )  # fmt: skip
+    # ...and with its link too: the lane skips a position.
+    attack("DELETE FROM ops.audit_chain WHERE lane = %s AND seq = %s", [lane, seq])
     problem = first(conn)
-    assert (problem.kind, problem.seq) == ("deleted", seq)
+    assert (problem.kind, problem.lane, problem.seq) == ("deleted", lane, seq)
     assert f"skips from seq {seq - 1} to seq {seq + 1}" in problem.message
 
 
 def test_a_row_inserted_with_a_forged_hash_is_named(conn, trail):
-    _, attack = trail
-    head = chain.head(conn)
-    assert head is not None
+    ids, attack = trail
+    lane, seq = attack.link_of(ids[-1])
+    seq += 1  # the settlement of the last entry is the lane's newest link
     attack("INSERT INTO ops.audit_entries (actor, action) VALUES ('mallory', 'nothing')")
     forged = conn.execute("SELECT max(id) FROM ops.audit_entries").fetchone()[0]
     # Linked after the head with a hash of the attacker's choosing, the head made to agree.
-    attack("INSERT INTO ops.audit_chain VALUES (%s, %s, now(), %s, sha256('forged'))",
-           [head.seq + 1, forged, bytes.fromhex(head.sha256)])  # fmt: skip
+    attack("INSERT INTO ops.audit_chain SELECT h.lane, h.seq + 1, e.id, now(),"
+           " ops.audit_entry_hash(e), h.hash, sha256('forged') FROM ops.audit_entries e,"
+           " ops.audit_chain_head h WHERE e.id = %s AND h.lane = %s", [forged, lane])  # fmt: skip
     attack("UPDATE ops.audit_chain_head SET seq = seq + 1, hash = sha256('forged'),"
-           " linked_at = now()")  # fmt: skip
+           " linked_at = now() WHERE lane = %s", [lane])  # fmt: skip
     problem = first(conn)
-    assert (problem.kind, problem.seq, problem.entry_id) == ("edited", head.seq + 1, forged)
-    assert "forged hash" in problem.message
+    assert (problem.kind, problem.lane, problem.seq, problem.entry_id) == (
+        "forged", lane, seq + 1, forged
+    )  # fmt: skip
+    assert "hash its contents do not give" in problem.message
 
 
 def test_a_row_inserted_around_the_chain_is_named(conn, trail):
@@ -150,30 +172,34 @@ def test_a_row_inserted_around_the_chain_is_named(conn, trail):
     sneaked = conn.execute("SELECT max(id) FROM ops.audit_entries").fetchone()[0]
     problem = first(conn)
     assert (problem.kind, problem.entry_id) == ("unlinked", sneaked)
+    assert problem.where == f"entry #{sneaked}"
 
 
 def test_a_link_moved_out_of_order_is_named(conn, trail):
     ids, attack = trail
     # A link slipped in between two others: it cannot carry its predecessor's hash.
-    seq = attack.link_of(ids[3])
-    attack("UPDATE ops.audit_chain SET prev_hash = sha256('elsewhere') WHERE seq = %s", [seq])
+    lane, seq = attack.link_of(ids[3])
+    attack("UPDATE ops.audit_chain SET prev_hash = sha256('elsewhere')"
+           " WHERE lane = %s AND seq = %s", [lane, seq])  # fmt: skip
     problem = first(conn)
     assert (problem.kind, problem.seq, problem.entry_id) == ("forged", seq, ids[3])
     # A link dated before the one it follows.
     attack("UPDATE ops.audit_chain c SET prev_hash = p.hash FROM ops.audit_chain p"
-           " WHERE c.seq = %s AND p.seq = %s", [seq, seq - 1])  # fmt: skip
+           " WHERE c.lane = %s AND c.seq = %s AND p.lane = c.lane AND p.seq = c.seq - 1",
+           [lane, seq])  # fmt: skip
     attack("UPDATE ops.audit_chain SET linked_at = linked_at - interval '1 hour'"
-           " WHERE seq = %s", [seq])  # fmt: skip
+           " WHERE lane = %s AND seq = %s", [lane, seq])  # fmt: skip
     problem = first(conn)
     assert (problem.kind, problem.seq) == ("out_of_order", seq)
 
 
 def test_swapped_rows_are_named(conn, trail):
     ids, attack = trail
-    a, b = attack.link_of(ids[1]), attack.link_of(ids[3])
-    attack("UPDATE ops.audit_chain SET entry_id = -1 WHERE seq = %s", [a])
-    attack("UPDATE ops.audit_chain SET entry_id = %s WHERE seq = %s", [ids[1], b])
-    attack("UPDATE ops.audit_chain SET entry_id = %s WHERE seq = %s", [ids[3], a])
+    (lane, a), (_, b) = attack.link_of(ids[1]), attack.link_of(ids[3])
+    link = "UPDATE ops.audit_chain SET entry_id = %s WHERE lane = %s AND seq = %s"
+    attack(link, [-1, lane, a])
+    attack(link, [ids[1], lane, b])
+    attack(link, [ids[3], lane, a])
     problem = first(conn)
     assert (problem.kind, problem.seq, problem.entry_id) == ("edited", a, ids[3])
     assert [p.seq for p in chain.verify(conn).problems] == [a, b]
@@ -188,48 +214,49 @@ def test_swapped_contents_are_named(conn, trail):
 
 
 def test_a_truncated_head_is_named(conn, trail):
-    _, attack = trail
+    ids, attack = trail
     anchor = chain.head(conn)
     assert anchor is not None
+    lane, _ = attack.link_of(ids[0])
+    end = anchor.seqs[lane]
     # The newest entries and their links deleted: the head row still says where it ended.
-    newest = [anchor.seq - 2, anchor.seq - 1, anchor.seq]
-    attack("DELETE FROM ops.audit_entries WHERE id IN"
-           " (SELECT entry_id FROM ops.audit_chain WHERE seq = ANY(%s))", [newest])  # fmt: skip
-    attack("DELETE FROM ops.audit_chain WHERE seq = ANY(%s)", [newest])
+    attack("DELETE FROM ops.audit_entries WHERE id IN (SELECT entry_id FROM ops.audit_chain"
+           " WHERE lane = %s AND seq > %s)", [lane, end - 3])  # fmt: skip
+    attack("DELETE FROM ops.audit_chain WHERE lane = %s AND seq > %s", [lane, end - 3])
     problem = first(conn)
-    assert (problem.kind, problem.seq) == ("truncated", anchor.seq - 2)
-    assert f"head records seq {anchor.seq}" in problem.message
+    assert (problem.kind, problem.lane, problem.seq) == ("truncated", lane, end - 2)
+    assert f"head records seq {end}" in problem.message
     # The head row rewound too: only a head recorded outside the database catches it.
-    attack(
-        "UPDATE ops.audit_chain_head h SET seq = c.seq, hash = c.hash, linked_at ="
-        " c.linked_at FROM (SELECT * FROM ops.audit_chain ORDER BY seq DESC LIMIT 1) c"
-    )
+    attack("UPDATE ops.audit_chain_head h SET seq = c.seq, hash = c.hash, linked_at ="
+           " c.linked_at FROM ops.audit_chain c WHERE c.lane = h.lane AND c.seq = %s",
+           [end - 3])  # fmt: skip
     assert chain.verify(conn).ok
     problem = first(conn, anchors=[anchor])
-    assert problem.kind == "truncated" and f"seq {anchor.seq} was its head" in problem.message
+    assert problem.kind == "truncated" and f"seq {end} was in the head" in problem.message
 
 
 def test_a_rewritten_chain_is_caught_by_an_earlier_head(conn, trail):
     ids, attack = trail
     anchor = chain.head(conn)
-    # Edited, then every hash recomputed from there on with the database's own function.
+    # Edited, then every hash recomputed from there on with the database's own functions.
     attack("UPDATE ops.audit_entries SET actor = 'mallory' WHERE id = %s", [ids[0]])
     attack(
         """DO $$
            DECLARE link record; prev bytea := decode(repeat('00', 32), 'hex'); h bytea;
            BEGIN
-             FOR link IN SELECT c.*, e FROM ops.audit_chain c
+             FOR link IN SELECT c.*, ops.audit_entry_hash(e) AS digest FROM ops.audit_chain c
                          JOIN ops.audit_entries e ON e.id = c.entry_id ORDER BY c.seq LOOP
-               h := ops.audit_hash(prev, link.seq, link.linked_at, link.e);
-               UPDATE ops.audit_chain SET prev_hash = prev, hash = h WHERE seq = link.seq;
+               h := ops.audit_link_hash(prev, link.lane, link.seq, link.linked_at, link.digest);
+               UPDATE ops.audit_chain SET entry_hash = link.digest, prev_hash = prev, hash = h
+                WHERE lane = link.lane AND seq = link.seq;
                prev := h;
              END LOOP;
-             UPDATE ops.audit_chain_head SET hash = prev;
+             UPDATE ops.audit_chain_head h SET hash = prev
+              WHERE h.lane = (SELECT lane FROM ops.audit_chain LIMIT 1);
            END $$"""
     )
     assert chain.verify(conn).ok  # consistent again, as far as the database can tell
-    problem = first(conn, anchors=[anchor])
-    assert (problem.kind, problem.seq) == ("rewritten", anchor.seq)
+    assert first(conn, anchors=[anchor]).kind == "rewritten"
 
 
 def test_a_period_verifies_from_the_link_before_it(conn):
@@ -238,10 +265,15 @@ def test_a_period_verifies_from_the_link_before_it(conn):
     middle = conn.execute("SELECT now()").fetchone()[0]
     write(conn, 3)
     verdict = chain.verify(conn, since=middle)
-    assert verdict.ok and verdict.first_seq == 7 and verdict.checked == 6
+    assert verdict.ok and verdict.checked == 6
     older = chain.verify(conn, until=middle)
-    assert older.ok and older.head is not None and older.head.seq == 6
+    assert older.ok and older.head is not None and older.head.links == 6
     assert older.head == chain.head(conn, until=middle)
+    # A head as text and back.
+    assert chain.Head.parse(older.head.text()) == chain.Head(older.head.seqs, older.head.sha256)
+    for bad in ("6:abc", "1.2:" + "0" * 63 + "g", ".".join(["1"] * 17) + ":" + "0" * 64):
+        with pytest.raises(ValueError):
+            chain.Head.parse(bad)
 
 
 def test_the_owner_cannot_change_the_trail(conn, trail):
@@ -254,8 +286,9 @@ def test_the_owner_cannot_change_the_trail(conn, trail):
         "DELETE FROM ops.audit_log",
         "UPDATE ops.audit_chain SET hash = hash",
         "DELETE FROM ops.audit_chain",
-        "INSERT INTO ops.audit_chain VALUES (99, 1, now(), '\\x00', '\\x00')",
+        "INSERT INTO ops.audit_chain VALUES (0, 99, 1, now(), '\\x00', '\\x00', '\\x00')",
         "UPDATE ops.audit_chain_head SET seq = 0",
+        "DELETE FROM ops.audit_chain_head",
     ):
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
             conn.execute(statement)
@@ -309,8 +342,10 @@ def test_the_application_role_appends_but_never_updates_or_deletes(conn, app_rol
                 app.execute(statement)
         # Links only through the chain's trigger, even with the INSERT it needs for that.
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
-            app.execute("INSERT INTO ops.audit_chain VALUES (99, %s, now(), '\\x00', '\\x00')",
-                        [ids[0]])  # fmt: skip
+            app.execute(
+                "INSERT INTO ops.audit_chain VALUES (0, 99, %s, now(), '\\x00', '\\x00', '\\x00')",
+                [ids[0]],
+            )
         # The maintenance path is the owner's: the application's role setting it is refused.
         with pytest.raises(psycopg.errors.InsufficientPrivilege), app.transaction():
             app.execute("SET LOCAL mm.audit_maintenance = 'mine'")
@@ -441,14 +476,17 @@ def test_the_daily_check_verifies_holds_yesterdays_head_and_alerts_compliance(
         evaluation, metadata, _ = materialize_trail(instance, portal_db, job_settings)
         assert evaluation.passed
         recorded = chain.Head.parse(metadata["audit_chain_head"].value)
-        assert recorded == chain.Head(6, chain.head(conn).sha256, None)
+        now = chain.head(conn)
+        assert recorded == chain.Head(now.seqs, now.sha256) and now.links == 6
+        (lane,) = conn.execute("SELECT DISTINCT lane FROM ops.audit_chain").fetchone()
         # Overnight somebody deletes the newest entries and rewinds the head row to match.
         attack = Attacker(conn)
         attack("DELETE FROM ops.audit_entries WHERE id IN"
                " (SELECT entry_id FROM ops.audit_chain WHERE seq > 4)")  # fmt: skip
         attack("DELETE FROM ops.audit_chain WHERE seq > 4")
         attack("UPDATE ops.audit_chain_head h SET seq = c.seq, hash = c.hash, linked_at ="
-               " c.linked_at FROM ops.audit_chain c WHERE c.seq = 4")  # fmt: skip
+               " c.linked_at FROM ops.audit_chain c"
+               " WHERE c.lane = h.lane AND c.seq = 4")  # fmt: skip
         assert chain.verify(conn).ok  # the database alone cannot tell
         evaluation, _, run = materialize_trail(instance, portal_db, job_settings)
         assert not evaluation.passed
@@ -461,7 +499,8 @@ def test_the_daily_check_verifies_holds_yesterdays_head_and_alerts_compliance(
         )  # fmt: skip
         (request,) = audit_chain_alerts(context)
     config = request.run_config["ops"]["record_alert"]["config"]
-    assert config["contact"] == "compliance" and config["key"] == "audit-chain:truncated:5"
+    assert config["contact"] == "compliance"
+    assert config["key"] == f"audit-chain:truncated:lane-{lane}-seq-5"
     assert "Audit trail tampering detected" in config["subject"]
     assert "mm-jobs audit verify" in config["body"]
 
@@ -474,10 +513,10 @@ def test_the_download_carries_the_chain_head_at_the_period_end(conn):
     write(conn, 2)
     period = query.Filter(datetime.now(UTC) - timedelta(days=1), datetime.now(UTC))
     found = query.read(conn, period)
-    assert found.head is not None and found.head.seq == 4
+    assert found.head is not None and found.head.links == 4
     later = datetime.now(UTC) + timedelta(seconds=1)
     write(conn, 1)
-    assert query.read(conn, query.Filter(period.since, later)).head.seq == 6
+    assert query.read(conn, query.Filter(period.since, later)).head.links == 6
     # An auditor holding the earlier head checks the chain still passes through it.
     assert chain.verify(conn, anchors=[found.head]).ok
 
@@ -497,8 +536,10 @@ def test_mm_jobs_audit_verify_names_the_entry_and_fails(conn, database_url, monk
     assert main(["audit", "verify"]) == 1
     err = capsys.readouterr().err
     assert f"entry #{ids[1]}" in err and "BROKEN" in err
-    assert main(["audit", "verify", "--expect-head", "1:" + "0" * 64]) == 1
+    assert (
+        main(["audit", "verify", "--expect-head", head.text().split(":")[0] + ":" + "0" * 64]) == 1
+    )
     assert "rewritten" in capsys.readouterr().err
     with pytest.raises(SystemExit) as refused:
         main(["audit", "verify", "--expect-head", "nonsense"])
-    assert refused.value.code == 2 and "SEQ:SHA256" in capsys.readouterr().err
+    assert refused.value.code == 2 and "SEQ.SEQ...:SHA256" in capsys.readouterr().err

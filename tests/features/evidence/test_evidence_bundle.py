@@ -104,7 +104,7 @@ def test_an_exported_bundle_holds_the_quarter_and_verifies(conn, store, quarter)
     trail = files["audit-trail.csv"].decode()
     assert "olivia@mm.example" in trail and "\"'=cmd|' /C calc'!A0\"" in trail
     head = chain.head(conn, Q4.until)
-    assert manifest["audit_chain"]["head_at_period_end"]["sha256"] == head.sha256
+    assert manifest["audit_chain"]["head_at_period_end"]["head"] == head.text()
     assert manifest["audit_chain"]["verified"] is True
     drills = files["drills.csv"].decode().splitlines()
     assert drills[0].startswith('"id","started_at","finished_at","status","method","rto_seconds"')

@@ -9,11 +9,15 @@
 --    reader (the console, the audit trail, outside checks) keeps its query; an INSERT
 --    into it (outside seeds, tests) goes to the entries.
 -- 3. The chain: when a transaction that wrote entries commits, each of them gets a link in
---    `ops.audit_chain` (position `seq`, the previous link's hash, and the SHA-256 of the
---    previous hash and the entry's canonical form). Appends are serialised by the row lock
---    on `ops.audit_chain_head`, taken at commit (a deferred trigger), so a long transaction
---    holds it only for its commit. The canonical form is rebuilt independently by
---    `features/audit_trail/chain.py`, which verifies the chain.
+--    `ops.audit_chain`, in one of 16 lanes: its position `seq` in the lane, the SHA-256 of
+--    the entry's canonical form (`entry_hash`: its columns as a JSON array, as jsonb
+--    writes it), the lane's previous link's hash, and `hash` = SHA-256(previous hash ||
+--    [version, lane, seq, link time, entry_hash] as JSON). A transaction takes, at commit
+--    (a deferred trigger), the row lock of the first lane's head no other transaction
+--    holds, and keeps it to its commit: appends within a lane are serialised, concurrent
+--    writers append to different lanes and their commits are flushed together (one chain
+--    for all would make every writer wait for each other's commit: docs/audit.md has the
+--    figures). `features/audit_trail/chain.py` rebuilds every hash independently.
 -- 4. Guards: nobody, the owner included, updates, deletes or truncates entries or links
 --    outside the maintenance path (docs/audit.md): a role that owns the tables runs
 --    `SET LOCAL mm.audit_maintenance = '<reason>'` in the transaction, and every such
@@ -26,31 +30,27 @@ CREATE INDEX audit_entries_settles_idx ON ops.audit_entries (settles) WHERE sett
 CREATE INDEX audit_entries_run_idx ON ops.audit_entries (run_id) WHERE run_id IS NOT NULL;
 
 CREATE TABLE ops.audit_chain (
-    seq       bigint PRIMARY KEY,
-    entry_id  bigint NOT NULL UNIQUE,
-    linked_at timestamptz NOT NULL,
-    prev_hash bytea NOT NULL,
-    hash      bytea NOT NULL
+    lane       smallint NOT NULL,
+    seq        bigint NOT NULL,
+    entry_id   bigint NOT NULL UNIQUE,
+    linked_at  timestamptz NOT NULL,
+    entry_hash bytea NOT NULL,
+    prev_hash  bytea NOT NULL,
+    hash       bytea NOT NULL,
+    PRIMARY KEY (lane, seq)
 );
-CREATE INDEX audit_chain_linked_idx ON ops.audit_chain (linked_at);
+CREATE INDEX audit_chain_linked_idx ON ops.audit_chain (lane, linked_at);
 
--- The newest link, one row: its lock serialises appends, and a chain whose newest links
--- were deleted no longer ends where its head says.
+-- Each lane's newest link: its row lock serialises the lane's appends, and a lane whose
+-- newest links were deleted no longer ends where its head says.
 CREATE TABLE ops.audit_chain_head (
-    one       boolean PRIMARY KEY DEFAULT true CHECK (one),
+    lane      smallint PRIMARY KEY CHECK (lane BETWEEN 0 AND 15),
     seq       bigint NOT NULL,
     linked_at timestamptz NOT NULL,
     hash      bytea NOT NULL
 );
-
--- One field of the canonical form: its UTF-8 bytes prefixed with their length and ':',
--- or '~' for NULL (so no two rows share a form).
-CREATE FUNCTION ops.audit_field(value text) RETURNS bytea
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN value IS NULL THEN '\x7e'::bytea
-                ELSE convert_to(length(convert_to(value, 'UTF8'))::text || ':', 'UTF8')
-                     || convert_to(value, 'UTF8') END
-$$;
+INSERT INTO ops.audit_chain_head (lane, seq, linked_at, hash)
+SELECT lane, 0, '-infinity', decode(repeat('00', 32), 'hex') FROM generate_series(0, 15) lane;
 
 -- A moment as the canonical form writes it: UTC, microseconds, e.g. 2026-12-07T05:44:00.123456Z.
 CREATE FUNCTION ops.audit_utc(moment timestamptz) RETURNS text
@@ -58,62 +58,88 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT to_char(moment AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
 $$;
 
--- A link's hash: SHA-256 of the previous hash, the form's version, the link's position and
--- time, and every column of the entry.
-CREATE FUNCTION ops.audit_hash(
-    prev bytea, seq bigint, linked_at timestamptz, e ops.audit_entries
-) RETURNS bytea
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT sha256(
-        prev || convert_to('mm-audit-chain/1', 'UTF8')
-        || ops.audit_field(seq::text) || ops.audit_field(ops.audit_utc(linked_at))
-        || ops.audit_field(e.id::text) || ops.audit_field(ops.audit_utc(e.occurred_at))
-        || ops.audit_field(e.actor) || ops.audit_field(e.action)
-        || ops.audit_field(e.job_name) || ops.audit_field(e.run_id)
-        || ops.audit_field(e.details::text) || ops.audit_field(e.role)
-        || ops.audit_field(e.target) || ops.audit_field(e.outcome)
-        || ops.audit_field(e.settles::text)
-    )
-$$;
+-- An entry's hash: SHA-256 of every column as a JSON array, in jsonb's text (strings
+-- escaped as JSON, ", " between items, details as jsonb writes them).
+CREATE FUNCTION ops.audit_entry_hash(e ops.audit_entries) RETURNS bytea
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN sha256(convert_to(jsonb_build_array(
+        e.id, ops.audit_utc(e.occurred_at), e.actor, e.action, e.job_name, e.run_id,
+        e.details, e.role, e.target, e.outcome, e.settles)::text, 'UTF8'));
+END $$;
 
--- The entries written before this migration are linked in id order.
+-- A link's hash: SHA-256 of the lane's previous hash and the link as a JSON array (the
+-- form's version, the lane, the position, the link time, the entry's hash in hex).
+CREATE FUNCTION ops.audit_link_hash(
+    prev bytea, lane smallint, seq bigint, linked_at timestamptz, entry_hash bytea
+) RETURNS bytea
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN sha256(prev || convert_to(jsonb_build_array(
+        'mm-audit-chain/1', lane, seq, ops.audit_utc(linked_at),
+        encode(entry_hash, 'hex'))::text, 'UTF8'));
+END $$;
+
+-- The entries written before this migration are linked in id order, in lane 0.
 DO $$
 DECLARE
-    entry ops.audit_entries;
-    prev  bytea := decode(repeat('00', 32), 'hex');
-    n     bigint := 0;
-    at    timestamptz := '-infinity';
+    entry  ops.audit_entries;
+    digest bytea;
+    h      bytea;
+    prev   bytea := decode(repeat('00', 32), 'hex');
+    n      bigint := 0;
+    at     timestamptz := '-infinity';
 BEGIN
     FOR entry IN SELECT * FROM ops.audit_entries ORDER BY id LOOP
         n := n + 1;
         at := greatest(clock_timestamp(), at);
-        INSERT INTO ops.audit_chain (seq, entry_id, linked_at, prev_hash, hash)
-        VALUES (n, entry.id, at, prev, ops.audit_hash(prev, n, at, entry));
-        prev := ops.audit_hash(prev, n, at, entry);
+        digest := ops.audit_entry_hash(entry);
+        h := ops.audit_link_hash(prev, 0::smallint, n, at, digest);
+        INSERT INTO ops.audit_chain (lane, seq, entry_id, linked_at, entry_hash, prev_hash, hash)
+        VALUES (0, n, entry.id, at, digest, prev, h);
+        prev := h;
     END LOOP;
-    INSERT INTO ops.audit_chain_head (seq, linked_at, hash) VALUES (n, at, prev);
+    UPDATE ops.audit_chain_head SET seq = n, linked_at = at, hash = prev WHERE lane = 0;
 END $$;
 
--- At commit, one link per entry the transaction wrote, after the head.
+-- At commit, one link per entry the transaction wrote. The lane: the one this transaction
+-- already holds (mm.audit_lane, set below, for its other entries), else the first head no
+-- other transaction holds, counting from the backend's own (SKIP LOCKED), else its own
+-- when all are held (waiting holding none, so two writers never wait for each other in
+-- turn). The entry's own hash is worked out before any lock.
 CREATE FUNCTION ops.audit_link() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    head ops.audit_chain_head;
-    at   timestamptz;
-    h    bytea;
+    digest bytea := ops.audit_entry_hash(NEW);
+    held   text := nullif(current_setting('mm.audit_lane', true), '');
+    mine   smallint := pg_backend_pid() % 16;
+    head   ops.audit_chain_head;
+    at     timestamptz;
+    h      bytea;
 BEGIN
-    SELECT * INTO head FROM ops.audit_chain_head FOR UPDATE;
-    IF NOT FOUND THEN  -- only after maintenance emptied the chain: it starts again
-        INSERT INTO ops.audit_chain_head (seq, linked_at, hash)
-        VALUES (0, '-infinity', decode(repeat('00', 32), 'hex'))
-        ON CONFLICT DO NOTHING;
-        SELECT * INTO head FROM ops.audit_chain_head FOR UPDATE;
+    IF held IS NOT NULL THEN
+        SELECT * INTO head FROM ops.audit_chain_head WHERE lane = held::smallint FOR UPDATE;
+    ELSE
+        SELECT * INTO head FROM ops.audit_chain_head
+         ORDER BY (lane + 16 - mine) % 16 LIMIT 1 FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            SELECT * INTO head FROM ops.audit_chain_head WHERE lane = mine FOR UPDATE;
+        END IF;
     END IF;
+    IF NOT FOUND THEN  -- only after maintenance emptied the heads: the lanes start again
+        INSERT INTO ops.audit_chain_head (lane, seq, linked_at, hash)
+        SELECT lane, 0, '-infinity', decode(repeat('00', 32), 'hex')
+          FROM generate_series(0, 15) lane
+        ON CONFLICT DO NOTHING;
+        SELECT * INTO head FROM ops.audit_chain_head WHERE lane = mine FOR UPDATE;
+    END IF;
+    PERFORM set_config('mm.audit_lane', head.lane::text, true);
     at := greatest(clock_timestamp(), head.linked_at);
-    h := ops.audit_hash(head.hash, head.seq + 1, at, NEW);
-    INSERT INTO ops.audit_chain (seq, entry_id, linked_at, prev_hash, hash)
-    VALUES (head.seq + 1, NEW.id, at, head.hash, h);
-    UPDATE ops.audit_chain_head SET seq = head.seq + 1, linked_at = at, hash = h;
+    h := ops.audit_link_hash(head.hash, head.lane, head.seq + 1, at, digest);
+    INSERT INTO ops.audit_chain (lane, seq, entry_id, linked_at, entry_hash, prev_hash, hash)
+    VALUES (head.lane, head.seq + 1, NEW.id, at, digest, head.hash, h);
+    UPDATE ops.audit_chain_head SET seq = head.seq + 1, linked_at = at, hash = h
+     WHERE lane = head.lane;
     RETURN NULL;
 END $$;
 
@@ -249,8 +275,7 @@ CREATE TABLE ops.evidence_bundles (
     storage_uri     text NOT NULL,
     sha256          text NOT NULL,
     bytes           bigint NOT NULL,
-    chain_head_seq  bigint,
-    chain_head_hash text,
+    chain_head      text,            -- the audit chain's head at the period's end
     public_key      text NOT NULL
 );
 CREATE INDEX evidence_bundles_period_idx ON ops.evidence_bundles (period, generated_at);
