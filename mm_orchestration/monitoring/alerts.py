@@ -37,10 +37,11 @@ class AlertConfig(OpConfig):
     action: str = Field(default="alert", description="The audit log's action")
     source_job: str = Field(default="", description="The job the alert is about")
     details_json: str = Field(default="{}", description="Extra facts for the audit log (JSON)")
-    fold_into: Literal["", "error_rate"] = Field(
+    fold_into: Literal["", "error_rate", "sla"] = Field(
         default="",
         description="error_rate: not sent while source_job has an open error-rate episode "
-        "(counted into it instead)",
+        "(counted into it instead); sla: not sent while the job's runs are still slow since "
+        "its last SLA alert",
     )
     failed_run: str = Field(default="", description="The failed run the alert is about")
 
@@ -123,12 +124,21 @@ def folded(
     """A single-failure (or streak) alert about a job inside an open error-rate episode is
     not sent: it is counted into the episode, whose own alert already says the job is
     failing too often, and audited as folded. Decided here, in the transaction that would
-    queue the email, after judging the job's rate now (this failure may cross the line)."""
+    queue the email, after judging the job's rate now (this failure may cross the line).
+    Likewise an SLA alert about a run of a job that is still slow since its last one."""
     from mm_orchestration.monitoring.error_rate import fold_failure
+    from mm_orchestration.monitoring.sla import slow_stretch
 
-    episode = fold_failure(context.instance, conn, config.source_job, config.failed_run or None)
-    if episode is None:
-        return False
+    if config.fold_into == "sla":
+        alerted = slow_stretch(context.instance, conn, config.source_job, config.failed_run)
+        if alerted is None:
+            return False
+        into = f"sla:{alerted}"
+    else:
+        episode = fold_failure(context.instance, conn, config.source_job, config.failed_run or None)
+        if episode is None:
+            return False
+        into = episode.key("opened")
     audit.record(
         conn,
         "alerting",
@@ -139,7 +149,7 @@ def folded(
             "key": config.key,
             "contact": config.contact,
             "subject": config.subject,
-            "folded_into": episode.key("opened"),
+            "folded_into": into,
             "alert": config.action,
             **details,
         },
@@ -149,7 +159,7 @@ def folded(
         jobName=config.source_job,
         runId=context.run_id,
         key=config.key,
-        episode=episode.id,
+        into=into,
     )
     return True
 

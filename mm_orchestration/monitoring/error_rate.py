@@ -85,8 +85,12 @@ class Rate:
 
     @property
     def recovered(self) -> bool:
-        """Back at or below the recovery line (or no failure left in the window)."""
+        """Back at or below the recovery line, or no failure left in the window. A job with
+        no run at all in its window has not recovered (its schedule may be stopped: that is
+        said by the tick sensor), so its episode stays open."""
         rule = self.rule
+        if self.runs == 0:
+            return False
         if self.failed == 0:
             return True
         return self.runs >= rule.min_runs and self.failed * 100 <= rule.recover_percent * self.runs

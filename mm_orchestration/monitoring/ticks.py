@@ -15,7 +15,10 @@ moment once, in order, when it is final:
   notices a code server gone within seconds and then records no tick, and catches up
   only partitioned schedules when it is back). A schedule of another code location is
   read with the cron the daemon recorded and MM_TIMEZONE (its own zone is not known here);
-- a skipped tick (the schedule's own SkipReason) or a run on time: fine.
+- a skipped tick (the schedule's own SkipReason) or a run on time: fine;
+- a schedule of an inventory job stopped by hand, once a tick has passed: nothing else
+  would ever say its work is not done (a stopped asset job goes stale instead, and its
+  freshness alert says so).
 
 The margin is the inventory's `tick_margin_seconds` (5 minutes, Sentry Crons' check-in
 margin), or half the interval of a schedule that ticks more often. What the schedule
@@ -183,6 +186,7 @@ class Watched:
     cron: str | Sequence[str]
     timezone: str | None  # None: no tick is expected (only recorded ticks are judged)
     spec: JobSpec | None
+    running: bool = True
 
     @property
     def contact(self) -> str:
@@ -230,12 +234,14 @@ def watched_schedules(context: SensorEvaluationContext, default_timezone: str) -
     defined = {s.name: s for s in repo.schedule_defs} if repo is not None else {}
     found = []
     for state in context.instance.all_instigator_state():
-        if state.instigator_type.value != "SCHEDULE" or not state.is_running:
+        if state.instigator_type.value != "SCHEDULE":
             continue
         data = state.instigator_data
         location = state.repository_selector.location_name
         ours = state.instigator_name in defined and own_location in (None, location)
         definition = defined.get(state.instigator_name) if ours else None
+        if not state.is_running and not (definition and stopped_matters(definition.job_name)):
+            continue
         cron = definition.cron_schedule if definition else getattr(data, "cron_schedule", None)
         if not cron:
             continue
@@ -251,9 +257,38 @@ def watched_schedules(context: SensorEvaluationContext, default_timezone: str) -
                 if definition
                 else default_timezone,
                 spec=_spec_for(definition.job_name if definition else None, state.instigator_name),
+                running=state.is_running,
             )
         )
     return found
+
+
+def stopped_matters(job_name: str) -> bool:
+    """A stopped schedule is an alert when nothing else would say its work is not done: an
+    inventory job with no asset (a stopped rollup, tenant health or report goes stale, and
+    its freshness alert says so)."""
+    spec = _spec_for(job_name, "")
+    return spec is not None and not spec.assets
+
+
+def judge_stopped(schedule: Watched, judged_until: dict[str, float], now: float) -> list[Verdict]:
+    """A stopped schedule of ours: a problem once a tick has passed (beyond its margin)
+    since this sensor first saw it stopped. Meanwhile its ticks count as judged, so when it
+    is started again only the ticks from then on are."""
+    key = f"stopped:{schedule.selector_id}"
+    since = judged_until.setdefault(key, now)
+    judged_until[schedule.selector_id] = now
+    missed = schedule.expected(since, now - schedule.margin)
+    if not missed:
+        return []
+    return [
+        Verdict(
+            missed[0],
+            "the schedule is stopped",
+            "it was stopped by hand (in the console, or `dagster schedule stop`): none of "
+            f"its ticks run until it is started again, and nothing else reports {schedule.name}",
+        )
+    ]
 
 
 def tick_error(error: Any) -> tuple[str, str]:
@@ -474,6 +509,10 @@ def schedule_tick_sensor(
     judged_until = load_cursor(context.cursor)
     judged = []
     for schedule in watched_schedules(context, job_settings.timezone):
+        if not schedule.running:
+            judged.append((schedule, judge_stopped(schedule, judged_until, now)))
+            continue
+        judged_until.pop(f"stopped:{schedule.selector_id}", None)
         # A schedule stopped and started again is judged from its new start only.
         since = max(
             judged_until.get(schedule.selector_id) or now - LOOKBACK.total_seconds(),

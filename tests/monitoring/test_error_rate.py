@@ -110,9 +110,9 @@ def test_the_rate_counts_the_jobs_finished_runs_in_its_window(pg_instance) -> No
     rate = measure(pg_instance, INVITES, time.time())
     assert rate is not None and (rate.runs, rate.failed) == (5, 2) and rate.crossed
     assert rate.summary() == "2 of 5 runs failed in the last 24 hours (40 %)"
-    # A day later every run has left the window.
+    # A day later every run has left the window: no run is no recovery.
     later = measure(pg_instance, INVITES, now + 25 * 3600)
-    assert later is not None and (later.runs, later.failed) == (0, 0) and later.recovered
+    assert later is not None and (later.runs, later.failed) == (0, 0) and not later.recovered
     # The drill and the weekly report keep their own rules.
     assert measure(pg_instance, inventory.get("backup-verify"), now) is None
     assert measure(pg_instance, inventory.get("residency-report"), now) is None

@@ -20,8 +20,10 @@ from mm_orchestration.monitoring.ticks import (
     alert_for,
     group,
     judge_moment,
+    judge_stopped,
     record_findings,
     schedule_tick_sensor,
+    stopped_matters,
     watched_schedules,
 )
 from mm_orchestration.platform import inventory
@@ -204,3 +206,29 @@ def test_the_sensor_watches_the_schedules_the_instance_runs(pg_instance, portal_
         assert watched_schedules(context, "Australia/Sydney") == []
         result = schedule_tick_sensor(context)
     assert "0 tick(s) of 0 schedule(s) judged" in str(result.skip_message)
+
+
+def test_a_stopped_schedule_of_a_job_without_an_asset_alerts_once(conn) -> None:
+    """Share-link expiry stopped by hand: no run, no failure, no asset going stale; once
+    its next tick (and margin) has passed, its owner hears it once."""
+    expiry = schedule("share_link_expiry_schedule", "share-link-expiry")
+    expiry.running = False
+    cursor: dict[str, float] = {}
+    seen = AT + 60  # first seen stopped at 09:01 UTC; the next tick is 09:15
+    assert judge_stopped(expiry, cursor, seen) == []
+    assert judge_stopped(expiry, cursor, AT + 15 * 60 + 100) == []  # inside the margin
+    for minutes in (21, 40, 90):
+        now = AT + minutes * 60
+        verdicts = judge_stopped(expiry, cursor, now)
+        assert [(v.at, v.problem) for v in verdicts] == [(AT + 900, "the schedule is stopped")]
+        record_findings(conn, group([(expiry, verdicts)]), now)
+    ((episode, event),) = owed(conn, AT + 5400)
+    config = alert_for(episode, event, "Australia/Sydney").run_config["ops"]["record_alert"]
+    assert config["config"]["subject"] == (
+        "share_link_expiry_schedule: the tick at 2026-12-01 20:15 AEDT: the schedule is stopped"
+    )
+    assert config["config"]["contact"] == "reliability"
+    # While it is stopped its ticks count as judged: started again, only new ones are.
+    assert cursor["s-share_link_expiry_schedule"] == AT + 5400
+    # A stopped rollup says nothing here: its freshness alert does.
+    assert not stopped_matters("analytics_rollup") and stopped_matters("share_link_expiry")
