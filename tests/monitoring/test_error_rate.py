@@ -235,3 +235,34 @@ def test_a_job_without_enough_runs_never_crosses(conn) -> None:
     now = time.time()
     assert judge(conn, INVITES, _rate(4, 4), now) is None  # 100 %, but 4 runs
     assert episodes.current(conn, "error_rate", "invite-cleanup") is None
+
+
+def test_the_dashboard_shows_each_threshold_the_rate_and_the_open_alerts(
+    pg_instance, conn, portal_db
+) -> None:
+    from dagster import materialize
+
+    from mm_orchestration.monitoring.job_health import job_health
+    from mm_orchestration.platform.job_settings import JobSettings
+
+    for fail in (True, True, False, False, False):
+        run(pg_instance, "invite-cleanup", fail=fail)
+    rate = measure(pg_instance, INVITES, time.time())
+    assert rate is not None
+    judge(conn, INVITES, rate, time.time())  # 2 of 5: open
+    result = materialize(
+        [job_health],
+        instance=pg_instance,
+        resources={"portal_db": portal_db, "job_settings": JobSettings()},
+    )
+    (mat,) = result.asset_materializations_for_node("ops__job_health")
+    rows = {(r.data["job"], r.data["window"]): r.data for r in mat.metadata["jobs"].records}
+    invites = rows[("invite-cleanup", "24h")]
+    assert (invites["failed_pct"], invites["error_rate_alert"]) == (
+        40.0,
+        "<=20% failed/24h (>=5 runs)",
+    )
+    assert rows[("backup-verify", "24h")]["error_rate_alert"] == "its own rules"
+    assert rows[("tenant-health-check", "7d")]["error_rate_alert"] == "<=20% failed/7d (>=5 runs)"
+    assert mat.metadata["alert_episodes_open"].value == 1
+    assert "| error\\_rate | invite-cleanup | reliability |" in mat.metadata["open_alerts"].value
