@@ -7,7 +7,7 @@ the same run on an identical clone whose chain trigger is switched off (the audi
 without the chain: same table, indexes, masking). A lane of the chain is held from a
 writer's commit to its end, so the figure that matters is its cost with writers
 contending (one lane for all measured 4.3 times the floor here: docs/benchmarks.md).
-Target: at most 1.5 times the floor.
+Target: the median of the rounds' ratios (each round's pair back to back) at most 1.5.
 Run: `.venv/bin/python benchmarks/audit_chain.py [--rounds 3] [--entries 10000] [--writers 8]`.
 """
 
@@ -100,7 +100,9 @@ def main() -> None:
                     else:
                         floors.append(seconds)
         ours, floor = median(chained), median(floors)
-        ratio = ours / floor
+        # Each round's pair runs back to back: on a machine others share, the median of the
+        # pairs' ratios follows the chain's cost, not the load that came and went.
+        ratio = median([c / f for c, f in zip(chained, floors, strict=True)])
         report(
             f"audit chain: {args.entries:,} entries from {args.writers} concurrent writers "
             "(durable commits)",
@@ -110,6 +112,7 @@ def main() -> None:
                 "rounds (with / without)": ", ".join(
                     f"{c:.2f}/{f:.2f}" for c, f in zip(chained, floors, strict=True)
                 ),
+                "ratio of the medians": f"{ours / floor:.2f}",
                 "chain verified": f"{written:,} links",
             },  # fmt: skip
             ratio,

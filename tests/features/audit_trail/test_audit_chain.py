@@ -307,6 +307,17 @@ def test_the_maintenance_path_leaves_its_own_entry(conn, trail):
     assert entry[2]["reason"] == "INC-42: redact a pasted password"
     assert entry[2]["operation"] == "UPDATE"
     assert first(conn).entry_id == ids[0]  # the changed entry is still named
+    # Emptied whole on the same path (a legal erasure): the chain starts again, and the
+    # trail says who emptied it and why.
+    with conn.transaction():
+        conn.execute("SET LOCAL mm.audit_maintenance = 'erasure ordered by ...'")
+        conn.execute("TRUNCATE ops.audit_entries, ops.audit_chain, ops.audit_chain_head")
+    assert chain.verify(conn).ok
+    assert {r[0] for r in conn.execute("SELECT target FROM ops.audit_log")} == {
+        "ops.audit_entries", "ops.audit_chain", "ops.audit_chain_head"
+    }  # fmt: skip
+    write(conn, 1)
+    assert chain.verify(conn).ok
 
 
 @pytest.fixture
@@ -413,6 +424,32 @@ def test_concurrent_threads_leave_a_chain_that_verifies(conn, database_url):
     assert verdict.checked == expected_entries()
     assert conn.execute("SELECT count(*) FROM ops.audit_log WHERE action = 'never_happened'"
                         ).fetchone() == (0,)  # fmt: skip
+    # The writers took lanes of their own, and each transaction kept to one.
+    assert conn.execute("SELECT count(DISTINCT lane) FROM ops.audit_chain").fetchone()[0] > 1
+
+
+def test_a_transaction_keeps_to_one_lane_and_waits_only_when_every_lane_is_held(conn, database_url):
+    with connect(database_url) as writer:
+        ids = [audit.record(writer, "o", "a", None, None, {"i": i}) for i in range(3)]
+        writer.commit()
+    lanes = conn.execute(
+        "SELECT lane, seq FROM ops.audit_chain WHERE entry_id = ANY(%s) ORDER BY seq", [ids]
+    ).fetchall()
+    assert len({lane for lane, _ in lanes}) == 1
+    assert [seq for _, seq in lanes] == [lanes[0][1], lanes[0][1] + 1, lanes[0][1] + 2]
+    # Every lane held by another transaction: the writer waits for one, then links.
+    with connect(database_url) as holder:
+        holder.execute("SELECT * FROM ops.audit_chain_head FOR UPDATE")
+        errors: list[BaseException] = []
+        waiting = threading.Thread(target=_writer, args=(database_url, 99, errors))
+        waiting.start()
+        time.sleep(1.0)
+        assert waiting.is_alive()  # its first commit is waiting for a lane
+        holder.rollback()
+    waiting.join(timeout=60)
+    assert not errors and not waiting.is_alive()
+    verdict = chain.verify(conn)
+    assert verdict.ok and verdict.checked == 3 + expected_entries() // WRITERS
 
 
 def test_concurrent_processes_leave_a_chain_that_verifies(conn, database_url):

@@ -103,10 +103,11 @@ BEGIN
 END $$;
 
 -- At commit, one link per entry the transaction wrote. The lane: the one this transaction
--- already holds (mm.audit_lane, set below, for its other entries), else the first head no
--- other transaction holds, counting from the backend's own (SKIP LOCKED), else its own
--- when all are held (waiting holding none, so two writers never wait for each other in
--- turn). The entry's own hash is worked out before any lock.
+-- already holds (mm.audit_lane, set below, for its other entries), else the backend's own
+-- (pid % 16) when no other transaction holds it, else the first that none holds counting
+-- from there (SKIP LOCKED), else its own when all are held (waiting while holding none,
+-- so two writers never wait for each other in turn). The entry's own hash is worked out
+-- before any lock.
 CREATE FUNCTION ops.audit_link() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -120,8 +121,11 @@ BEGIN
     IF held IS NOT NULL THEN
         SELECT * INTO head FROM ops.audit_chain_head WHERE lane = held::smallint FOR UPDATE;
     ELSE
-        SELECT * INTO head FROM ops.audit_chain_head
-         ORDER BY (lane + 16 - mine) % 16 LIMIT 1 FOR UPDATE SKIP LOCKED;
+        SELECT * INTO head FROM ops.audit_chain_head WHERE lane = mine FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            SELECT * INTO head FROM ops.audit_chain_head
+             ORDER BY (lane + 16 - mine) % 16 LIMIT 1 FOR UPDATE SKIP LOCKED;
+        END IF;
         IF NOT FOUND THEN
             SELECT * INTO head FROM ops.audit_chain_head WHERE lane = mine FOR UPDATE;
         END IF;
@@ -133,7 +137,9 @@ BEGIN
         ON CONFLICT DO NOTHING;
         SELECT * INTO head FROM ops.audit_chain_head WHERE lane = mine FOR UPDATE;
     END IF;
-    PERFORM set_config('mm.audit_lane', head.lane::text, true);
+    IF held IS NULL THEN
+        PERFORM set_config('mm.audit_lane', head.lane::text, true);
+    END IF;
     at := greatest(clock_timestamp(), head.linked_at);
     h := ops.audit_link_hash(head.hash, head.lane, head.seq + 1, at, digest);
     INSERT INTO ops.audit_chain (lane, seq, entry_id, linked_at, entry_hash, prev_hash, hash)
