@@ -249,6 +249,7 @@ def test_each_role_sees_its_own_permissions(console):
         return {r["permission"] for r in rows if r["value"]}
 
     assert allowed(VIEWER) == set()
+    assert allowed(COMPLIANCE) == set()  # a viewer's rights, and the evidence bundles
     assert allowed(OPERATOR) == {
         "launch_pipeline_execution",
         "launch_pipeline_reexecution",
