@@ -22,6 +22,10 @@ from mm_orchestration.platform.outbox.mailer import Email, Mailer
 from mm_orchestration.platform.scheduling import JOB_TAG, RUN_LOGS
 from mm_orchestration.platform.text import NOT_SHOWN
 
+# Dagster's run-queue priority (higher is dequeued first); every other run has 0.
+PRIORITY_TAG = "dagster/priority"
+ALERT_PRIORITY = "100"
+
 ALERT_KIND = "alert"
 
 
@@ -212,5 +216,7 @@ def alert_request(
     return RunRequest(
         run_key=key,
         run_config={"ops": {"record_alert": {"config": config}}, **RUN_LOGS},
-        tags={"mm/trigger": "sensor", "mm/alert": tag},
+        # Alerts jump the run queue (Dagster's priority tag): behind a backlog of runs an
+        # alert would otherwise wait its turn (benchmarks/scale.py at 100x today's rate).
+        tags={"mm/trigger": "sensor", "mm/alert": tag, PRIORITY_TAG: ALERT_PRIORITY},
     )

@@ -138,3 +138,15 @@ def test_sla_alert_fires_once_for_a_slow_run_and_never_for_a_fast_one(monkeypatc
     # Keyed by the run id: Dagster never launches a second alert for the same run key.
     assert request.run_key == f"sla:{run.run_id}"
     assert "past its 60 s SLA" in request.run_config["ops"]["record_alert"]["config"]["subject"]
+
+
+def test_an_alert_run_jumps_the_run_queue():
+    """Behind a backlog of queued runs an alert would wait its turn: its run carries
+    Dagster's priority tag, higher than any other run's, and names the JSON logger."""
+    from mm_orchestration.monitoring.alerts import alert_request
+
+    request = alert_request(
+        "k", "reliability", "subject", "body", "act", "share-link-expiry", {}, "failure"
+    )
+    assert int(request.tags["dagster/priority"]) > 0
+    assert request.run_config["loggers"] == {"console": {}}
