@@ -21,13 +21,14 @@ moment once, in order, when it is final:
   freshness alert says so).
 
 The margin is the inventory's `tick_margin_seconds` (5 minutes, Sentry Crons' check-in
-margin), or half the interval of a schedule that ticks more often. What the schedule
-itself did wrong (its function raised, its run queued too long) is an episode of that
-schedule; what the location did (unreachable, no tick, a late tick) is one episode per
-code location and contact, so an outage that stops ten schedules alerts each contact
-once, listing them, not ten times. An episode closes after 15 minutes of good ticks.
+margin), or half the interval of a schedule that ticks more often (at least a minute).
+What the schedule itself did wrong (its function raised, its run queued too long) is an
+episode of that schedule; what the location did (unreachable, no tick, a late tick) is
+one episode per code location and contact, so an outage that stops ten schedules alerts
+each contact once, listing them, not ten times. An episode closes after 15 minutes of good ticks.
 """
 
+import functools
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -63,6 +64,7 @@ SETTLE = timedelta(minutes=15)
 # A schedule first seen by this sensor is judged from this far back (its state's start).
 LOOKBACK = timedelta(hours=2)
 DEFAULT_MARGIN = 300
+MINIMUM_MARGIN = 60
 # Errors that say the code location could not be reached, not that the schedule failed.
 LOCATION_ERRORS = (
     "DagsterUserCodeUnreachableError",
@@ -194,10 +196,13 @@ class Watched:
 
     @property
     def margin(self) -> float:
+        """The job's tick margin; for a schedule ticking more often, half its interval,
+        though never under a minute (a run of an every-minute schedule that starts 40 s
+        late on a busy machine is no alert)."""
         wanted = self.spec.tick_margin_seconds if self.spec else DEFAULT_MARGIN
         if isinstance(self.cron, str):
-            interval = crons.shortest_interval(self.cron, self.timezone or "UTC")
-            return min(wanted, interval / 2)
+            interval = _interval(self.cron, self.timezone or "UTC")
+            return min(wanted, max(interval / 2, MINIMUM_MARGIN))
         return wanted
 
     def expected(self, after: float, until: float) -> list[float]:
@@ -210,6 +215,11 @@ class Watched:
                 break
             found.append(tick.timestamp())
         return found
+
+
+@functools.lru_cache(maxsize=256)
+def _interval(cron: str, timezone: str) -> int:
+    return crons.shortest_interval(cron, timezone)
 
 
 def _spec_for(job_name: str | None, schedule: str) -> JobSpec | None:

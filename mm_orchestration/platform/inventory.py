@@ -72,7 +72,7 @@ class JobSpec:
     # is rerun by hand); a rate over a handful of runs a year would say nothing.
     error_rate: ErrorRate | None = ErrorRate()
     # How late a tick's run may start before it counts as missed (Sentry Crons' check-in
-    # margin too); a schedule ticking more often uses half its interval instead.
+    # margin too); a schedule ticking more often uses half its interval (at least 60 s).
     tick_margin_seconds: int = 300
     manual_trigger: bool = False
     kind: Kind = "op"
