@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import sys
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -278,10 +279,18 @@ def _next_tick(cron: str | Sequence[str], timezone: str, now: datetime) -> str:
 
 def cmd_grants(args: argparse.Namespace) -> int:
     from mm_orchestration.platform.db import connect
-    from mm_orchestration.platform.grants import statements
+    from mm_orchestration.platform.grants import OWNS_OPS, statements
 
     with connect(database_url(local_settings()), autocommit=True) as conn:
-        for statement in statements(args.role):
+        row = conn.execute(OWNS_OPS, [args.role]).fetchone()
+        owns_ops = bool(row and row[0])
+        if owns_ops:
+            print(
+                f"-- {args.role} owns ops: its privileges there are left as they are (the "
+                "audit trail is protected by its trigger only; docs/audit.md)",
+                file=sys.stderr,
+            )
+        for statement in statements(args.role, owns_ops):
             text = statement.as_string(conn)
             print(f"{text};")
             if args.apply:

@@ -126,3 +126,23 @@ def test_every_job_succeeds_with_only_its_grants(role_url, tmp_path):
             conn.execute("DELETE FROM portal.share_links")
         with pytest.raises(Exception, match="permission denied"):
             conn.execute("UPDATE portal.share_links SET view_count = 0")
+
+
+def test_compliance_evidence_is_added_to_never_changed_or_deleted(role_url):
+    """Restore drills and evidence bundles are only inserted and read; a residency report
+    is replaced only by its week's rerun (never renamed to another week), and none of the
+    three is ever deleted by the jobs' role."""
+    with connect(role_url, autocommit=True) as conn:
+        for statement in (
+            "UPDATE ops.backup_drills SET status = 'succeeded'",
+            "DELETE FROM ops.backup_drills",
+            "TRUNCATE ops.backup_drills",
+            "UPDATE ops.evidence_bundles SET sha256 = 'x'",
+            "DELETE FROM ops.evidence_bundles",
+            "UPDATE ops.residency_reports SET week_start = week_start",
+            "DELETE FROM ops.residency_reports",
+            "CREATE TABLE ops.mine (x int)",
+        ):
+            with pytest.raises(Exception, match="permission denied"):
+                conn.execute(statement)
+        conn.execute("UPDATE ops.residency_reports SET emailed_at = emailed_at")

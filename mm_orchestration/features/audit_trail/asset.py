@@ -44,6 +44,7 @@ SYDNEY = BUSINESS_TIMEZONE
 PREVIEW_ROWS = 200
 CHAIN_CHECK = "audit_chain_verifies"
 HEAD_KEY = "audit_chain_head"  # the whole chain's head when verified: the next day's anchor
+ANCHOR_LOOKBACK = 400  # materialisations searched back for the last verified head
 
 audit_trail_days = DailyPartitionsDefinition(start_date="2026-01-01", timezone=SYDNEY, end_offset=0)
 
@@ -56,14 +57,19 @@ def _text(value: object) -> str:
 
 
 def previous_head(context: AssetExecutionContext) -> Head | None:
-    """The chain's head the last materialisation of this asset verified, if any."""
-    event = context.instance.get_latest_materialization_event(context.asset_key)
-    materialization = event.asset_materialization if event else None
-    value = materialization.metadata.get(HEAD_KEY) if materialization else None
-    try:
-        return Head.parse(str(value.value)) if value is not None else None
-    except ValueError:
-        return None  # written by hand or by an older release: no anchor
+    """The chain's head the newest materialisation of this asset that verified it recorded,
+    if any (one whose check failed records none: the anchor stays the last good head)."""
+    records = context.instance.fetch_materializations(context.asset_key, limit=ANCHOR_LOOKBACK)
+    for record in records.records:
+        materialization = record.asset_materialization
+        value = materialization.metadata.get(HEAD_KEY) if materialization else None
+        if value is None:
+            continue
+        try:
+            return Head.parse(str(value.value))
+        except ValueError:
+            continue  # written by hand or by an older release: not an anchor
+    return None
 
 
 def chain_check(verdict: Verdict) -> AssetCheckResult:
@@ -157,7 +163,13 @@ def audit_trail(
             ),
             # Where the chain stood at the day's end (`mm-jobs audit verify --expect-head`).
             "day_chain_head": MetadataValue.text(found.head.text() if found.head else "none"),
-            **({HEAD_KEY: MetadataValue.text(verdict.head.text())} if verdict.head else {}),
+            # Only a chain that verified: a head recorded from a broken one would make the
+            # break tomorrow's anchor, and the check would pass against it.
+            **(
+                {HEAD_KEY: MetadataValue.text(verdict.head.text())}
+                if verdict.ok and verdict.head
+                else {}
+            ),
         },
         check_results=[chain_check(verdict)],
     )

@@ -19,7 +19,12 @@ link that does not hold:
 - `unlinked`: an entry that is in no link (written around the chain);
 - `truncated`: a lane ends before its head, or before a head recorded earlier (an
   anchor: the daily check's, a download's, an evidence bundle's) is reached;
-- `rewritten`: the links at an anchor's positions no longer have the anchor's hashes.
+- `rewritten`: the links at an anchor's positions no longer have the anchor's hashes;
+- `invalid`: a row that cannot be verified at all (a time the canonical form cannot
+  hold, which the table's checks refuse): named, never a crash.
+
+Only the 16 lanes (0-15) are the chain: a link in any other is `forged`, and no head
+counts it.
 
 The chain's head is every lane's newest link, written `SEQ.SEQ...:SHA256` (each lane's
 position, then the SHA-256 of the lanes' hashes). Somebody who can switch the triggers off
@@ -45,11 +50,20 @@ GENESIS = bytes(32)  # the hash before a lane's first link
 PROBLEMS_KEPT = 20  # a verdict names the first problem and keeps a few more
 _HEAD_TEXT = re.compile(r"(\d{1,19}(?:\.\d{1,19}){0,15}):([0-9a-fA-F]{64})", re.ASCII)
 
-# The links of one lane in order with their entries (NULL columns when the entry is gone).
+# A time read only when Python can hold it in any time zone, else NULL (infinity, or beyond
+# the years 1-9999): verify names such a row, never crashing on it. The lanes: 0-15.
+# The links of one lane in order with their entries (NULL columns when the entry is gone),
+# and the link and entry times as text (what a time Python cannot hold was).
 _WALK = """
-SELECT c.seq, c.entry_id, c.linked_at, c.entry_hash, c.prev_hash, c.hash, e.id IS NOT NULL,
-       e.occurred_at, e.actor, e.action, e.job_name, e.run_id, e.details::text, e.role,
-       e.target, e.outcome, e.settles
+SELECT c.seq, c.entry_id,
+       CASE WHEN c.linked_at >= '0001-01-02 00:00:00+00'
+             AND c.linked_at < '9999-12-30 00:00:00+00' THEN c.linked_at END,
+       c.entry_hash, c.prev_hash, c.hash, e.id IS NOT NULL,
+       c.linked_at::text, e.occurred_at::text,
+       CASE WHEN e.occurred_at >= '0001-01-02 00:00:00+00'
+             AND e.occurred_at < '9999-12-30 00:00:00+00' THEN e.occurred_at END,
+       e.actor, e.action, e.job_name, e.run_id, e.details::text, e.role, e.target,
+       e.outcome, e.settles
   FROM ops.audit_chain c
   LEFT JOIN ops.audit_entries e ON e.id = c.entry_id
  WHERE c.lane = %(lane)s
@@ -74,7 +88,8 @@ class Head:
 
     @classmethod
     def of(cls, links: dict[int, tuple[int, bytes]], linked_at: datetime | None) -> Head:
-        """The head made of each lane's link (lane -> (seq, hash))."""
+        """The head made of each lane's link (lane -> (seq, hash)); only the 16 lanes."""
+        links = {lane: link for lane, link in links.items() if 0 <= lane < LANES}
         seqs = tuple(links[lane][0] if lane in links else 0 for lane in range(LANES))
         return cls(seqs, combined(links), linked_at)
 
@@ -106,7 +121,11 @@ class Head:
 
 def combined(links: dict[int, tuple[int, bytes]]) -> str:
     """The SHA-256 naming a head: of `[[lane, seq, hash], ...]` for the lanes with links."""
-    items = [[lane, seq, digest.hex()] for lane, (seq, digest) in sorted(links.items()) if seq]
+    items = [
+        [lane, seq, digest.hex()]
+        for lane, (seq, digest) in sorted(links.items())
+        if seq and 0 <= lane < LANES
+    ]
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()
 
 
@@ -213,14 +232,19 @@ def head(conn: psycopg.Connection, until: datetime | None = None) -> Head | None
     """Each lane's newest link made before `until` (now when None): what a download or a
     bundle of a period ending then carries. None when no entry was linked by then."""
     rows = conn.execute(
-        """SELECT DISTINCT ON (lane) lane, seq, hash, linked_at FROM ops.audit_chain
-            WHERE %(until)s::timestamptz IS NULL OR linked_at < %(until)s
-            ORDER BY lane, seq DESC""",
+        """SELECT DISTINCT ON (lane) lane, seq, hash,
+                  CASE WHEN linked_at >= '0001-01-02 00:00:00+00'
+                        AND linked_at < '9999-12-30 00:00:00+00' THEN linked_at END
+             FROM ops.audit_chain
+            WHERE lane BETWEEN 0 AND 15
+              AND (%(until)s::timestamptz IS NULL OR linked_at < %(until)s)
+             ORDER BY lane, seq DESC""",
         {"until": until},
     ).fetchall()
     if not rows:
         return None
-    return Head.of({r[0]: (int(r[1]), bytes(r[2])) for r in rows}, max(r[3] for r in rows))
+    times = [r[3] for r in rows if r[3] is not None]
+    return Head.of({r[0]: (int(r[1]), bytes(r[2])) for r in rows}, max(times, default=None))
 
 
 def verify(
@@ -263,6 +287,7 @@ class _Walk:
             end = self.lane(lane)
             if end is not None:
                 ends[lane] = end
+        self.check_lanes()
         if self.until is None:
             self.check_heads(ends)
         for anchor in anchors:
@@ -279,7 +304,10 @@ class _Walk:
         if self.since is None:
             return 0, GENESIS, None
         row = self.conn.execute(
-            """SELECT seq, hash, linked_at FROM ops.audit_chain
+            """SELECT seq, hash,
+                      CASE WHEN linked_at >= '0001-01-02 00:00:00+00'
+                            AND linked_at < '9999-12-30 00:00:00+00' THEN linked_at END
+                 FROM ops.audit_chain
                 WHERE lane = %s AND linked_at < %s ORDER BY seq DESC LIMIT 1""",
             [lane, self.since],
         ).fetchone()
@@ -297,9 +325,22 @@ class _Walk:
         end = None
         for row in self._rows(lane):
             seq, entry_id, linked_at, digest, prev_hash, recorded, exists = row[:7]
+            linked_text, occurred_text = row[7:9]
             digest, prev_hash, recorded = bytes(digest), bytes(prev_hash), bytes(recorded)
             self.checked += 1
             at = f"lane {lane} seq {seq} (entry #{entry_id})"
+            if linked_at is None:
+                self.found(
+                    "invalid",
+                    lane,
+                    seq,
+                    entry_id,
+                    f"{at} cannot be verified: its link time {linked_text!r} is not a moment "
+                    "the chain's form can hold (written around the chain)",
+                )
+                prev_seq, prev = seq, recorded
+                end = (seq, recorded)
+                continue
             if seq != prev_seq + 1:
                 gap = f"seq {prev_seq + 1}" + (f"-{seq - 1}" if seq > prev_seq + 2 else "")
                 self.found(
@@ -328,7 +369,12 @@ class _Walk:
                     f"{at} was linked at {linked_at.isoformat()}, before seq {prev_seq} "
                     f"({prev_at.isoformat()}): inserted out of order",
                 )
-            if link_hash(prev_hash, lane, seq, linked_at, digest) != recorded:
+            try:
+                linked = link_hash(prev_hash, lane, seq, linked_at, digest)
+            except (ValueError, OverflowError) as exc:
+                self.found("invalid", lane, seq, entry_id, f"{at} cannot be verified: {exc}")
+                linked = recorded
+            if linked != recorded:
                 self.found(
                     "forged",
                     lane,
@@ -345,9 +391,30 @@ class _Walk:
                     f"entry #{entry_id}, linked at lane {lane} seq {seq}, is missing: it was "
                     "deleted",
                 )
+            elif row[9] is None:
+                self.found(
+                    "invalid",
+                    lane,
+                    seq,
+                    entry_id,
+                    f"entry #{entry_id} (lane {lane} seq {seq}) cannot be verified: its "
+                    f"occurred_at {occurred_text!r} is not a moment the chain's form can "
+                    "hold (infinite, or beyond the years 1-9999)",
+                )
             else:
-                entry = {"id": entry_id, **dict(zip(_COLUMNS, row[7:], strict=True))}
-                if entry_hash(entry) != digest:
+                entry = {"id": entry_id, **dict(zip(_COLUMNS, row[9:], strict=True))}
+                try:
+                    rebuilt: bytes | None = entry_hash(entry)
+                except (ValueError, OverflowError, TypeError) as exc:
+                    rebuilt = None
+                    self.found(
+                        "invalid",
+                        lane,
+                        seq,
+                        entry_id,
+                        f"entry #{entry_id} (lane {lane} seq {seq}) cannot be verified: {exc}",
+                    )
+                if rebuilt is not None and rebuilt != digest:
                     self.found(
                         "edited",
                         lane,
@@ -360,6 +427,24 @@ class _Walk:
             end = (seq, recorded)
         return end
 
+    def check_lanes(self) -> None:
+        """Links outside the 16 lanes (the table's check switched off): never part of the
+        chain, never counted in a head."""
+        rows = self.conn.execute(
+            """SELECT lane, seq, entry_id FROM ops.audit_chain WHERE lane NOT BETWEEN 0 AND 15
+                 ORDER BY lane, seq LIMIT %s""",
+            [PROBLEMS_KEPT],
+        ).fetchall()
+        for lane, seq, entry_id in rows:
+            self.found(
+                "forged",
+                lane,
+                seq,
+                entry_id,
+                f"lane {lane} seq {seq} (entry #{entry_id}) is in no lane of the chain (0-15): "
+                "the link was written around it",
+            )
+
     def check_heads(self, ends: dict[int, tuple[int, bytes]]) -> None:
         """Each lane ends where its head row says."""
         rows = self.conn.execute("SELECT lane, seq, hash FROM ops.audit_chain_head").fetchall()
@@ -370,7 +455,15 @@ class _Walk:
                 self.found("truncated", lane, None, None, f"lane {lane}'s head row is missing")
                 continue
             seq, digest = heads[lane]
-            if seq > end_seq:
+            if not 0 <= lane < LANES:
+                self.found(
+                    "forged",
+                    lane,
+                    None,
+                    None,
+                    f"a head row names lane {lane}, which is not one of the chain's (0-15)",
+                )
+            elif seq > end_seq:
                 self.found(
                     "truncated",
                     lane,
@@ -429,7 +522,8 @@ class _Walk:
         """Entries that no link names (written with the chain's trigger switched off)."""
         rows = self.conn.execute(
             """SELECT e.id FROM ops.audit_entries e
-                WHERE NOT EXISTS (SELECT 1 FROM ops.audit_chain c WHERE c.entry_id = e.id)
+                WHERE NOT EXISTS (SELECT 1 FROM ops.audit_chain c
+                                   WHERE c.entry_id = e.id AND c.lane BETWEEN 0 AND 15)
                   AND (%(since)s::timestamptz IS NULL OR e.occurred_at >= %(since)s)
                   AND (%(until)s::timestamptz IS NULL OR e.occurred_at < %(until)s)
                 ORDER BY e.id LIMIT %(limit)s""",

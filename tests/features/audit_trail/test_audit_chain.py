@@ -351,8 +351,8 @@ def test_the_application_role_appends_but_never_updates_or_deletes(conn, app_rol
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
                 app.execute(statement)
-        # Links only through the chain's trigger, even with the INSERT it needs for that.
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+        # Links only through the chain's trigger (which runs as the owner): it reads them.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
             app.execute(
                 "INSERT INTO ops.audit_chain VALUES (0, 99, %s, now(), '\\x00', '\\x00', '\\x00')",
                 [ids[0]],
@@ -580,3 +580,172 @@ def test_mm_jobs_audit_verify_names_the_entry_and_fails(conn, database_url, monk
     with pytest.raises(SystemExit) as refused:
         main(["audit", "verify", "--expect-head", "nonsense"])
     assert refused.value.code == 2 and "SEQ.SEQ...:SHA256" in capsys.readouterr().err
+
+
+# -- what the reviewer found (issue 27) ----------------------------------------------------
+
+
+def test_the_application_role_cannot_write_links_even_from_a_trigger_of_its_own(conn, app_role):
+    """A write from inside a trigger once passed the guard (it took that for the chain's
+    own): the role now only reads the links and the head, and creates nothing on ops."""
+    with connect(app_role, autocommit=True) as app:
+        write(app, 1)
+        assert app.execute(
+            "SELECT has_schema_privilege('ops', 'CREATE'),"
+            " has_table_privilege('ops.audit_chain', 'INSERT, UPDATE'),"
+            " has_table_privilege('ops.audit_chain_head', 'INSERT, UPDATE')"
+        ).fetchone() == (False, False, False)
+        app.execute(
+            """CREATE FUNCTION pg_temp.rewind() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN UPDATE ops.audit_chain_head SET seq = 0; RETURN NULL; END $$"""
+        )
+        app.execute("CREATE TEMP TABLE t (x int)")
+        app.execute(
+            "CREATE TRIGGER t_rewind AFTER INSERT ON pg_temp.t"
+            " FOR EACH STATEMENT EXECUTE FUNCTION pg_temp.rewind()"
+        )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+            app.execute("INSERT INTO pg_temp.t VALUES (1)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+            app.execute("CREATE TABLE ops.mine (x int)")
+    assert chain.verify(conn).ok
+    # Each of the chain's functions pins its search_path; the linking one runs as the owner.
+    functions = conn.execute(
+        """SELECT proname, prosecdef, coalesce(array_to_string(proconfig, ','), '')
+             FROM pg_proc WHERE pronamespace = 'ops'::regnamespace
+              AND proname LIKE 'audit%%'"""
+    ).fetchall()
+    assert len(functions) >= 8
+    for name, definer, config in functions:
+        assert "search_path=pg_catalog, pg_temp" in config, name
+        assert definer == (name == "audit_link"), name
+
+
+def test_a_link_outside_the_sixteen_lanes_is_refused_and_named(conn, trail):
+    ids, attack = trail
+    before = chain.head(conn)
+    attack("INSERT INTO ops.audit_entries (actor, action) VALUES ('mallory', 'sneaked')")
+    sneaked = conn.execute("SELECT max(id) FROM ops.audit_entries").fetchone()[0]
+    link = (
+        "INSERT INTO ops.audit_chain SELECT %s, 1, e.id, now(), ops.audit_entry_hash(e),"
+        " '\\x00', sha256('x') FROM ops.audit_entries e WHERE e.id = %s"
+    )
+    with pytest.raises(psycopg.errors.CheckViolation):
+        attack(link, [16, sneaked])
+    # With the table's check dropped too, verify still names it and no head counts it.
+    attack("ALTER TABLE ops.audit_chain DROP CONSTRAINT audit_chain_lane_check")
+    attack(link, [99, sneaked])
+    verdict = chain.verify(conn)
+    kinds = {(p.kind, p.lane, p.entry_id) for p in verdict.problems}
+    assert ("forged", 99, sneaked) in kinds
+    assert chain.head(conn) == before and verdict.head == before
+
+
+def test_a_time_the_chain_cannot_hold_is_refused_and_named_never_a_crash(conn, trail):
+    _, attack = trail
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(
+            "INSERT INTO ops.audit_entries (actor, action, occurred_at)"
+            " VALUES ('mallory', 'x', 'infinity')"
+        )
+    conn.rollback()
+    attack("ALTER TABLE ops.audit_entries DROP CONSTRAINT audit_entries_finite")
+    for moment in ("infinity", "20000-01-01 00:00+00"):
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO ops.audit_entries (actor, action, occurred_at) VALUES ('m', 'x', %s)",
+                [moment],
+            )
+    odd = [
+        r[0] for r in conn.execute("SELECT id FROM ops.audit_entries WHERE actor = 'm' ORDER BY id")
+    ]
+    verdict = chain.verify(conn)
+    named = {p.entry_id: p for p in verdict.problems if p.kind == "invalid"}
+    assert set(named) == set(odd)
+    assert "'infinity'" in named[odd[0]].message and f"entry #{odd[0]}" in named[odd[0]].message
+
+
+def test_a_settlement_only_adds_to_its_entry(conn, app_role):
+    entry = audit.record(
+        conn, "olivia", "launch_run", "x", "run-own", {"reason": "mine"}, outcome="refused"
+    )
+    audit.annotate(conn, entry, {"reason": "overwritten", "extra": 1})
+    audit.settle(conn, entry, "succeeded", "run-other", {})
+    row = conn.execute(
+        "SELECT run_id, outcome, details FROM ops.audit_log WHERE id = %s", [entry]
+    ).fetchone()
+    assert row == ("run-own", "refused", {"reason": "mine", "extra": 1, "result": {}})
+    # An ending is not rewritten by a later one.
+    pending = audit.record(conn, "olivia", "launch_run", "x", None, {}, outcome="allowed")
+    audit.settle(conn, pending, "succeeded", "run-1")
+    audit.settle(conn, pending, "failed", "run-2")
+    assert conn.execute(
+        "SELECT run_id, outcome FROM ops.audit_log WHERE id = %s", [pending]
+    ).fetchone() == ("run-1", "succeeded")
+    conn.commit()
+    shown = conn.execute("SELECT count(*) FROM ops.audit_log").fetchone()[0]
+    with connect(app_role, autocommit=True) as app:
+        # A row that would be hidden from the log, or speak for another person's entry.
+        for settles, actor in ((entry, "mallory"), (10**12, "olivia"), (entry + 1, "olivia")):
+            with pytest.raises(psycopg.errors.CheckViolation):
+                app.execute(
+                    "INSERT INTO ops.audit_entries (actor, action, job_name, outcome, settles)"
+                    " VALUES (%s, 'launch_run', 'x', 'succeeded', %s)",
+                    [actor, settles],
+                )
+        # ...or an entry dated before it was written.
+        for table in ("ops.audit_entries", "ops.audit_log"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="dated when"):
+                app.execute(
+                    f"INSERT INTO {table} (actor, action, occurred_at)"  # noqa: S608 (tests' own)
+                    " VALUES ('mallory', 'x', now() - interval '1 day')"
+                )
+    assert conn.execute("SELECT count(*) FROM ops.audit_log").fetchone()[0] == shown
+    assert chain.verify(conn).ok
+
+
+def test_the_maintenance_path_from_inside_a_trigger_leaves_its_entry_too(conn, trail):
+    ids, _ = trail
+    conn.execute(
+        sql.SQL(
+            """CREATE FUNCTION pg_temp.redact() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN UPDATE ops.audit_entries SET details = '{{}}' WHERE id = {};
+               RETURN NULL; END $$"""
+        ).format(sql.Literal(ids[0]))
+    )
+    conn.execute("CREATE TEMP TABLE t (x int)")
+    conn.execute(
+        "CREATE TRIGGER t_redact AFTER INSERT ON pg_temp.t"
+        " FOR EACH STATEMENT EXECUTE FUNCTION pg_temp.redact()"
+    )
+    conn.commit()
+    with conn.transaction():
+        conn.execute("SET LOCAL mm.audit_maintenance = 'INC-7: from a trigger'")
+        conn.execute("INSERT INTO pg_temp.t VALUES (1)")
+    (details,) = conn.execute(
+        "SELECT details FROM ops.audit_log WHERE action = 'audit_maintenance'"
+    ).fetchone()
+    assert details["reason"] == "INC-7: from a trigger" and details["operation"] == "UPDATE"
+    assert first(conn).entry_id == ids[0]
+
+
+def test_a_failed_daily_check_records_no_head_and_keeps_the_last_good_one(
+    conn, portal_db, job_settings
+):
+    from dagster import DagsterInstance
+
+    from mm_orchestration.features.audit_trail.asset import HEAD_KEY
+
+    ids = write(conn, 2)
+    with DagsterInstance.ephemeral() as instance:
+        evaluation, metadata, _ = materialize_trail(instance, portal_db, job_settings)
+        assert evaluation.passed and HEAD_KEY in metadata
+        good = metadata[HEAD_KEY].value
+        Attacker(conn)("UPDATE ops.audit_entries SET actor = 'x' WHERE id = %s", [ids[0]])
+        evaluation, metadata, _ = materialize_trail(instance, portal_db, job_settings)
+        assert not evaluation.passed and HEAD_KEY not in metadata
+        # Put back, the next day still holds the chain to the last head that verified.
+        Attacker(conn)("UPDATE ops.audit_entries SET actor = 'olivia@mm.example' WHERE id = %s",
+                       [ids[0]])  # fmt: skip
+        evaluation, metadata, _ = materialize_trail(instance, portal_db, job_settings)
+        assert evaluation.passed and metadata[HEAD_KEY].value == good
