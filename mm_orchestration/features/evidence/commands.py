@@ -57,8 +57,15 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(func=cmd_evidence_verify)
     p = esub.add_parser("keygen", help="print a new signing key and its public key")
+    p.add_argument(
+        "--public-pem",
+        type=Path,
+        metavar="FILE",
+        help="also write the public key as PEM there (public.pem, for openssl)",
+    )
     p.set_defaults(func=cmd_evidence_keygen)
     p = esub.add_parser("public-key", help="the public key of MM_EVIDENCE_SIGNING_KEY")
+    p.add_argument("--pem", action="store_true", help="as PEM (public.pem, for openssl)")
     p.set_defaults(func=cmd_evidence_public_key)
 
 
@@ -81,7 +88,15 @@ def cmd_evidence_export(args: argparse.Namespace) -> int:
             print(f"mm-jobs: evidence for {args.period.name} not exported: {exc}", file=sys.stderr)
             return 1
         output = args.output or Path(bundle.file_name)
-        output.write_bytes(bundle.data)
+        try:
+            output.write_bytes(bundle.data)
+        except OSError as exc:
+            print(
+                f"mm-jobs: evidence for {args.period.name} not exported: cannot write "
+                f"{output}: {exc.strerror or exc}",
+                file=sys.stderr,
+            )
+            return 2
         uri = keep(conn, store, bundle, who, os_user())
     chain = bundle.manifest["audit_chain"]
     head = chain["head_at_period_end"]
@@ -135,19 +150,31 @@ def cmd_evidence_keygen(args: argparse.Namespace) -> int:
         PUBLIC_KEY_VAR,
         SIGNING_KEY_VAR,
         private_text,
+        public_pem,
         public_text,
     )
 
     key = Ed25519PrivateKey.generate()
+    if args.public_pem is not None:
+        try:
+            args.public_pem.write_text(public_pem(key.public_key()), encoding="ascii")
+        except OSError as exc:
+            print(
+                f"mm-jobs: cannot write {args.public_pem}: {exc.strerror or exc}", file=sys.stderr
+            )
+            return 2
     print("# The signing key: into the secret environment file (mode 0600), nowhere else.")
     print(f"{SIGNING_KEY_VAR}={private_text(key)}")
     print("# The public key: give it to the auditors; it only checks.")
     print(f"{PUBLIC_KEY_VAR}={public_text(key.public_key())}")
+    if args.public_pem is not None:
+        print(f"# The same public key as PEM, for openssl: {args.public_pem}")
     return 0
 
 
 def cmd_evidence_public_key(args: argparse.Namespace) -> int:
-    from mm_orchestration.features.evidence.keys import public_text, signing_key
+    from mm_orchestration.features.evidence.keys import public_pem, public_text, signing_key
 
-    print(public_text(signing_key().public_key()))
+    key = signing_key().public_key()
+    print(public_pem(key).rstrip("\n") if args.pem else public_text(key))
     return 0

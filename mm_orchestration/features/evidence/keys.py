@@ -101,3 +101,10 @@ def private_text(key: Ed25519PrivateKey) -> str:
         serialization.NoEncryption(),
     )
     return base64.b64encode(raw).decode()
+
+
+def public_pem(key: Ed25519PublicKey) -> str:
+    """The public key as PEM (`public.pem`), what `openssl pkeyutl -verify -pubin` reads."""
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode("ascii")

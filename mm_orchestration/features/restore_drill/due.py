@@ -71,13 +71,22 @@ class DrillDue:
         assert due is not None
         last = f"the last restore drill succeeded on {self.last_success:%Y-%m-%d %H:%M} UTC"
         if self.state == "lapsed":
-            late = (self.as_of - due).days
             return (
-                f"{last}; the next was due on {due:%Y-%m-%d %H:%M} UTC and is {late} day(s) "
-                "late: run backup-verify; sign-off is blocked until one succeeds"
+                f"{last}; the next was due on {due:%Y-%m-%d %H:%M} UTC and is "
+                f"{_days(self.as_of - due)} late: run backup-verify; sign-off is blocked "
+                "until one succeeds"
             )
-        left = (due - self.as_of).days
-        return f"{last}; the next is due by {due:%Y-%m-%d %H:%M} UTC ({left} day(s) left)"
+        return (
+            f"{last}; the next is due by {due:%Y-%m-%d %H:%M} UTC ({_days(due - self.as_of)} left)"
+        )
+
+
+def _days(span: timedelta) -> str:
+    """`3 days`, `1 day`, or `less than a day` (never `0 days`)."""
+    days = span.days
+    if days < 1:
+        return "less than a day"
+    return f"{days} day" + ("s" if days > 1 else "")
 
 
 def drill_due(conn: psycopg.Connection, as_of: datetime) -> DrillDue:

@@ -3,6 +3,7 @@ changed byte, a removed or changed file, or another key does not."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
@@ -242,3 +243,141 @@ def test_keygen_makes_a_pair_that_signs_and_checks(capsys, monkeypatch):
     assert main(["evidence", "public-key"]) == 0
     assert capsys.readouterr().out.strip() == lines["MM_EVIDENCE_PUBLIC_KEY"]
     public_key(lines["MM_EVIDENCE_PUBLIC_KEY"])
+
+
+# -- what the reviewer found (issue 27) ----------------------------------------------------
+
+
+def _signed_bundle(files: dict[str, bytes], manifest: dict) -> bytes:
+    return evidence.write(files, manifest, KEY, NOW)
+
+
+def _patched(data: bytes, name: str, patch) -> bytes:
+    """The archive rebuilt with member `name` written by `patch(archive, info, content)`."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        comment = archive.comment
+        files = {info.filename: archive.read(info) for info in archive.infolist()}
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        for member, content in files.items():
+            if member == name:
+                patch(archive, zipfile.ZipInfo(member), content)
+            else:
+                archive.writestr(member, content)
+        archive.comment = comment
+    return out.getvalue()
+
+
+def _encrypted(archive, info, content):
+    archive.writestr(info, content)
+    archive.infolist()[-1].flag_bits |= 0x1  # "encrypted": zipfile asks for a password
+
+
+def _unknown_method(archive, info, content):
+    archive.writestr(info, content)
+    archive.infolist()[-1].compress_type = 99  # the directory names a method nobody has
+
+
+def _bomb(archive, info, content):
+    info.compress_type = zipfile.ZIP_DEFLATED
+    archive.writestr(info, bytes(96 << 20))  # 96 MiB of zeros in ~100 kB
+
+
+def test_a_hostile_archive_is_a_named_failure_never_a_crash(conn, store, quarter):
+    import tracemalloc
+
+    data = exported(conn, store).data
+    for hostile, expected in (
+        (b"not a zip at all", "no signature"),
+        (data[: len(data) // 2], "cannot be read as a ZIP"),
+        (_patched(data, "drills.csv", _encrypted), "drills.csv cannot be read"),
+        (_patched(data, "drills.csv", _unknown_method), "drills.csv cannot be read"),
+        (_patched(data, "manifest.json", _unknown_method), "manifest.json cannot be read"),
+    ):
+        checked = evidence.verify(hostile, KEY.public_key())
+        assert not checked.ok
+        assert any(expected in p for p in checked.problems), checked.problems
+    bomb = _patched(data, "audit-trail.csv", _bomb)
+    tracemalloc.start()
+    try:
+        checked = evidence.verify(bomb, KEY.public_key())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "audit-trail.csv does not match its SHA-256 in the manifest: it was changed" in (
+        checked.problems
+    )
+    assert peak < 16 << 20, peak  # read no further than the signed manifest's size
+    # A manifest of the wrong shape, signed: named, not a TypeError.
+    for files in (5, [5], [{"path": "a", "sha256": "x", "bytes": "1"}], {"a": 1}):
+        made = _signed_bundle({"a": b"1"}, {"format": evidence.FORMAT, "files": files})
+        checked = evidence.verify(made, KEY.public_key())
+        assert checked.problems == (
+            "manifest.json's file list is malformed (each file a path, a SHA-256 and a size)",
+        )
+
+
+def test_after_the_archive_signature_fails_only_a_signed_manifest_is_read_on(conn, store, quarter):
+    data = exported(conn, store).data
+    other = Ed25519PrivateKey.generate()
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        files = {i.filename: archive.read(i) for i in archive.infolist()}
+    manifest = json.loads(files.pop("manifest.json"))
+    files.pop("manifest.sig")
+    forged = evidence.write(files, manifest, other, NOW)  # signed by another key
+    checked = evidence.verify(forged, KEY.public_key())
+    assert checked.manifest is None and len(checked.problems) == 2
+    assert "manifest.json's signature does not verify" in checked.problems[1]
+
+
+def test_sha256sums_says_what_the_signed_manifest_says(conn, store, quarter):
+    made = exported(conn, store)
+    files = entries(made.data)
+    manifest = json.loads(files["manifest.json"])
+    assert manifest["sha256sums_sha256"] == hashlib.sha256(files["SHA256SUMS"]).hexdigest()
+    # Signed, each file as its manifest says, but SHA256SUMS (what `sha256sum -c` checks by
+    # hand) lists another hash for a file: caught.
+    sums = files["SHA256SUMS"].decode().splitlines()
+    sums[0] = "0" * 64 + sums[0][64:]
+    files["SHA256SUMS"] = ("\n".join(sums) + "\n").encode()
+    for entry in manifest["files"]:
+        if entry["path"] == "SHA256SUMS":
+            entry["sha256"] = hashlib.sha256(files["SHA256SUMS"]).hexdigest()
+            entry["bytes"] = len(files["SHA256SUMS"])
+    manifest["sha256sums_sha256"] = hashlib.sha256(files["SHA256SUMS"]).hexdigest()
+    del files["manifest.json"], files["manifest.sig"]
+    checked = evidence.verify(_signed_bundle(files, manifest), KEY.public_key())
+    assert checked.problems == ("SHA256SUMS does not list the manifest's files and hashes",)
+
+
+def test_names_are_escaped_and_a_bad_output_is_one_line(
+    conn, store, quarter, database_url, tmp_path, monkeypatch, capsys
+):
+    data = exported(conn, store).data
+    sneaky = "\x1b[2J\x1b[31mfine.csv\u202e"
+    bundle = tmp_path / "b.zip"
+    bundle.write_bytes(rezipped(data, lambda files: files.update({sneaky: b"x"})))
+    public = public_text(KEY.public_key())
+    assert main(["evidence", "verify", str(bundle), "--public-key", public]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\u202e" not in err
+    assert "\\x1b[2J\\x1b[31mfine.csv\\u202e is not in the manifest: it was added" in err
+    bundle.write_bytes(b"PK\x03\x04 damaged")
+    assert main(["evidence", "verify", str(bundle), "--public-key", public]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv(SIGNING_KEY_VAR, private_text(KEY))
+    bad = tmp_path / "no-such-dir" / "q4.zip"
+    assert main(["evidence", "export", "--period", "2026-Q4", "--output", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "cannot write" in err and str(bad) in err
+
+
+def test_keygen_writes_the_public_pem_the_docs_name(tmp_path, capsys, monkeypatch):
+    pem = tmp_path / "public.pem"
+    assert main(["evidence", "keygen", "--public-pem", str(pem)]) == 0
+    lines = dict(line.split("=", 1) for line in capsys.readouterr().out.splitlines() if "=" in line)
+    assert public_text(public_key(pem.read_text())) == lines["MM_EVIDENCE_PUBLIC_KEY"]
+    monkeypatch.setenv(SIGNING_KEY_VAR, lines[SIGNING_KEY_VAR])
+    assert main(["evidence", "public-key", "--pem"]) == 0
+    assert capsys.readouterr().out.strip() == pem.read_text().strip()

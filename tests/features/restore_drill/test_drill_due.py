@@ -133,3 +133,12 @@ def test_no_drill_ever_is_late(portal_db):
     evaluation, _, _ = evaluate(portal_db)
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
     assert "no restore drill has ever succeeded" in evaluation.description
+
+
+def test_a_drill_hours_late_or_due_within_hours_is_never_zero_days():
+    late = due.DrillDue(LAST + timedelta(days=35, hours=3), LAST).describe()
+    assert "is less than a day late" in late and "0 day" not in late
+    soon = due.DrillDue(LAST + timedelta(days=34, hours=20), LAST).describe()
+    assert "(less than a day left)" in soon and "0 day" not in soon
+    assert "is 1 day late" in due.DrillDue(LAST + timedelta(days=36, hours=1), LAST).describe()
+    assert "(3 days left)" in due.DrillDue(LAST + timedelta(days=31, hours=1), LAST).describe()
