@@ -31,10 +31,12 @@ dev: install
 prod-local: install
 	exec $(BIN)/mm-jobs prod-local $(DEV_ARGS)
 
-## make test: the whole suite against a real (embedded) PostgreSQL, on two workers (each
-## with its own server): the tests that mostly wait run beside the rest.
+## make test: the whole suite against a real (embedded) PostgreSQL, on four workers (each
+## with its own server) for two cores: the process-stack tests mostly wait (on minute
+## boundaries and daemons), so two workers keep the cores busy while two others wait.
+TEST_WORKERS ?= 4
 test: install-dev
-	$(BIN)/python -m pytest -n 2 --dist load --maxschedchunk 1 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist load --maxschedchunk 1 $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff format --check mm_orchestration tests benchmarks

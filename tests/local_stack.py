@@ -96,3 +96,15 @@ def wait_for(what: str, check: Any, timeout: float, logs: Path | None = None) ->
             )
             raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{tails}")
         time.sleep(1)
+
+
+def sensor_started(instance: Any, name: str) -> bool:
+    """Whether the daemon has evaluated sensor `name` at least once (its state holds a cursor).
+    A run-status sensor starts from the events of its first evaluation: runs that end before
+    it are not its business, so a test waits for this before it makes the runs it watches."""
+    return any(
+        s.instigator_type.value == "SENSOR"
+        and s.instigator_name == name
+        and getattr(s.instigator_data, "cursor", None)
+        for s in instance.all_instigator_state()
+    )

@@ -32,7 +32,7 @@ from mm_orchestration.local.supervisor import Command, Supervisor, executable
 from mm_orchestration.platform import inventory
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.instance import write_home
-from tests.local_stack import wait_for
+from tests.local_stack import sensor_started, wait_for
 from tests.monitoring.alerting_location import RAISING_ERROR
 from tests.sendgrid_server import SendGridRecorder
 
@@ -176,15 +176,6 @@ def _schedule_states(instance: DagsterInstance, running: bool = False) -> set[st
     }
 
 
-def _sensor_started(instance: DagsterInstance, name: str) -> bool:
-    return any(
-        s.instigator_type.value == "SENSOR"
-        and s.instigator_name == name
-        and getattr(s.instigator_data, "cursor", None)
-        for s in instance.all_instigator_state()
-    )
-
-
 def test_each_failure_pattern_alerts_its_owner_once(
     stack: AlertingStack, conn: psycopg.Connection, database_url: str, sendgrid: SendGridRecorder
 ) -> None:
@@ -221,7 +212,7 @@ def test_each_failure_pattern_alerts_its_owner_once(
     # are not its business): the failures come after it.
     _wait(
         "the failure sensor's first evaluation",
-        lambda: _sensor_started(instance, "job_failure_sensor"),
+        lambda: sensor_started(instance, "job_failure_sensor"),
         stack,
         120,
     )

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import TypeVar
 
 import psycopg
+from dagster import DagsterInstance
 
 from mm_orchestration.local.topology import Topology
-from tests.local_stack import MM_JOBS, graphql, wait_for
+from tests.local_stack import MM_JOBS, graphql, sensor_started, wait_for
 from tests.sendgrid_server import SendGridRecorder
 
 T = TypeVar("T")
@@ -71,6 +72,14 @@ def test_cli_runs_are_in_the_console_and_alert_through_the_daemon(
     logs = topology.log_dir
     assert logs is not None
     assert graphql(topology.web_port, "{ version }")
+    # The failure sensor sees only runs that end after its first evaluation.
+    with DagsterInstance.from_config(str(topology.dagster_home)) as instance:
+        _wait(
+            "the failure sensor's first evaluation",
+            lambda: sensor_started(instance, "job_failure_sensor") or None,
+            logs,
+            120,
+        )
 
     conn.execute("ALTER TABLE portal.invitations RENAME TO invitations_away")
     failed = [_cli(topology, "run", "invite-cleanup") for _ in range(2)]
@@ -111,8 +120,6 @@ def test_cli_runs_are_in_the_console_and_alert_through_the_daemon(
     actions = [a for a, _ in _alerts(conn)]
     assert actions.count("job_recovery") == 1 and actions.count("job_consecutive_failures") == 1
     # The dashboard counts the CLI's runs from the same run records.
-    from dagster import DagsterInstance
-
     from mm_orchestration.monitoring.job_health import collect
 
     with DagsterInstance.from_config(str(topology.dagster_home)) as instance:
