@@ -22,18 +22,24 @@ A failure (an invalid or implausible envelope, a video that does not exist yet, 
 database error, a row that cannot be read at all) is a failed attempt of that row
 alone: `attempts` goes up, `last_error` says what was wrong and `next_attempt_at`
 backs off exponentially with jitter. The fifth failed attempt makes the row 'dead' and
-escalates it once to the reliability partner (outbox email and audit entry). With a
+escalates it once to the reliability partner: an audit entry per letter, and one email
+per run listing the letters that died in it (the first 20, the count, and the command
+that lists them all), so an outage that kills 500 events is one email. With a
 signing secret set, only what Mux provably sent is applied: a row whose stored
 Mux-Signature does not match its stored body, that has no body or signature to check,
 or whose payload is not the signed body is dead at once and never applied.
 """
 
-import json
 from typing import Any
 
 from dagster import OpExecutionContext, op
 
-from mm_orchestration.features.mux_dlq.replay import DEAD_EMAIL_KIND, SPEC, replay_due
+from mm_orchestration.features.mux_dlq.replay import (
+    DEAD_EMAIL_KIND,
+    SPEC,
+    release_escalations,
+    replay_due,
+)
 from mm_orchestration.features.mux_dlq.resource import MuxWebhooks
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.job_settings import JobSettings
@@ -48,22 +54,43 @@ TABLES = ("portal.mux_webhook_dlq", "portal.media_assets", "ops.dlq_attempts")
 
 
 def render_dead_letter_email(key: str, row: dict[str, Any]) -> Email:
+    """One run's dead letters in one email: the first few listed, the rest counted. A row
+    queued before emails were folded holds one letter's fields at the top level."""
+    letters = row.get("letters")
+    if letters is None:
+        letters = [{k: row.get(k) for k in ("dlq_id", "event_id", "event_type", "attempts")}]
+        letters[0]["last_error"] = row.get("last_error")
+    count = int(row.get("count") or len(letters))
+    if count == 1:
+        only = letters[0]
+        subject = (
+            f"Mux event {one_line(str(only['event_id']), 80)} is dead"
+            f" after {only['attempts']} attempts"
+        )
+        command = f"`mm-jobs dlq show {only['dlq_id']}`"
+    else:
+        run = str(row.get("run_id") or "?")[:8]
+        subject = f"{count} Mux events are dead (mux-webhook-retry run {run})"
+        command = "`mm-jobs dlq list --status dead`"
+    lines = [
+        f"  #{letter['dlq_id']}  {letter.get('event_type') or 'unknown type'}"
+        f"  {one_line(str(letter['event_id']), 120)}  after {letter['attempts']} attempts:"
+        f" {one_line(str(letter.get('last_error')), 300)}"
+        for letter in letters
+    ]
+    if count > len(letters):
+        lines.append(f"  ... and {count - len(letters)} more")
     return Email(
         key=key,
         recipient=row["recipient"],
-        subject=(
-            f"Mux event {one_line(row['event_id'], 80)} is dead after {row['attempts']} attempts"
-        ),
+        subject=subject,
         text=(
-            f"The Mux event {row['event_id']} ({row.get('event_type') or 'unknown type'}) "
-            f"could not be applied after {row['attempts']} attempts and will not be retried.\n\n"
-            f"Last error: {row['last_error']}\n\n"
-            "Inspect it with `mm-jobs dlq show {id}`; once the cause is fixed, "
-            "`mm-jobs dlq requeue {id}` puts it back in the queue, or "
-            "`mm-jobs dlq discard {id} --reason ...` closes it.\n".replace(
-                "{id}", str(row["dlq_id"])
-            )
-            + f"\nDetails: {json.dumps(row, default=str)}\n"
+            f"{'This Mux event' if count == 1 else f'These {count} Mux events'} could not be"
+            " applied and will not be retried:\n\n"
+            + "\n".join(lines)
+            + f"\n\nInspect them with {command} and `mm-jobs dlq show ID`; once the cause is"
+            " fixed, `mm-jobs dlq requeue ID...` (or `--all-dead`) puts them back in the queue,"
+            " or `mm-jobs dlq discard ID --reason ...` closes one.\n"
         ),
         categories=("mux-dlq",),
     )
@@ -94,6 +121,8 @@ def send_dead_letter_escalations(
     context: OpExecutionContext, dead: int, portal_db: PortalDatabase, mailer: Mailer
 ) -> None:
     """Deliver the escalation emails of events that died (this run's and any earlier)."""
+    with portal_db.connection() as conn:
+        release_escalations(conn)
     report = deliver_pending(
         portal_db,
         mailer,

@@ -4,10 +4,11 @@ one statement, and everything else one event at a time, each in its own savepoin
 
 An event and its dead-letter row change together or not at all, and one bad event never
 rolls back its neighbours. A failed attempt backs off exponentially with jitter; the
-fifth makes the row dead and escalates it once (an outbox email and an audit entry).
+fifth makes the row dead and escalates it once: an audit entry of its own, and a line in
+its run's one escalation email (`fold_escalations`), so an outage that kills 500 events
+together is one email, not 500.
 """
 
-import hashlib
 import random
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -15,6 +16,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from mm_orchestration.features.mux_dlq.apply import apply_event
 from mm_orchestration.features.mux_dlq.events import (
@@ -30,12 +32,13 @@ from mm_orchestration.features.mux_dlq.letters import CLAIM_DUE, CLAIM_NOW, Lett
 from mm_orchestration.features.mux_dlq.resource import MuxWebhooks
 from mm_orchestration.monitoring.joblog import log_event
 from mm_orchestration.platform import audit, inventory
-from mm_orchestration.platform.outbox import enqueue
 from mm_orchestration.platform.sql_files import query
 from mm_orchestration.platform.text import one_line
 
 SPEC = inventory.get("mux-webhook-retry")
 DEAD_EMAIL_KIND = "mux_dlq_dead"
+# Letters named in one escalation email; the rest are counted (`mm-jobs dlq list`).
+LETTERS_LISTED = 20
 
 
 @dataclass
@@ -122,11 +125,13 @@ class _Replay:
     run_id: str
     reliability_email: str
     report: ReplayReport = field(default_factory=ReplayReport)
+    escalating: list[dict[str, Any]] = field(default_factory=list)
 
     def batch(self, letters: list[Letter], now: datetime) -> None:
         """Read each letter on its own, then apply the first status event of each video
         set-based and the rest one by one, in the order they were parked. Order between
         events is the staleness rule's: `created_at`, ties broken by lifecycle."""
+        self.escalating = []
         events = [(letter, e) for letter in letters if (e := self._read(letter, now))]
         simple: dict[int, tuple[Letter, Envelope]] = {}
         ignored: list[int] = []
@@ -161,6 +166,9 @@ class _Replay:
             one_by_one.sort(key=lambda event: event[0].id)
         for letter, envelope in one_by_one:
             self.one(letter, envelope)
+        if self.escalating:  # in the batch's transaction: the email exists iff the deaths do
+            fold_escalations(self.conn, self.run_id, self.reliability_email, self.escalating)
+            self.escalating = []
 
     def one(self, letter: Letter, envelope: Envelope) -> None:
         """One event in its own savepoint: the event and its row's update, or neither."""
@@ -250,7 +258,8 @@ class _Replay:
             )
 
     def _escalate(self, details: dict[str, Any]) -> None:
-        """Once per row (escalated_at guards it): an email to act on and an audit entry."""
+        """Once per row (escalated_at guards it): an audit entry now, and a line in the
+        run's escalation email when the batch ends (`fold_escalations`)."""
         marked = self.conn.execute(
             "UPDATE portal.mux_webhook_dlq SET escalated_at = now()"
             " WHERE id = %s AND escalated_at IS NULL",
@@ -258,13 +267,7 @@ class _Replay:
         ).rowcount
         if not marked:
             return
-        enqueue(
-            self.conn,
-            _escalation_key(details["event_id"]),
-            DEAD_EMAIL_KIND,
-            self.reliability_email,
-            details,
-        )
+        self.escalating.append(details)
         audit.record(self.conn, SPEC.name, "escalate_dead_letter", SPEC.name, self.run_id, details)
         log_event(
             "mux.escalated",
@@ -276,9 +279,51 @@ class _Replay:
         )
 
 
-def _escalation_key(event_id: str) -> str:
-    """The outbox key of a dead letter's escalation; a long id (the portal's unique index
-    allows about 2,700 bytes) is hashed so the key always fits the outbox's index."""
-    if len(event_id) <= 200:
-        return f"mux-dlq-dead:{event_id}"
-    return f"mux-dlq-dead:sha256:{hashlib.sha256(event_id.encode()).hexdigest()}"
+# The run's escalation email is queued held (`next_attempt_at = 'infinity'`: no deliverer
+# pages it) and each batch's dead letters are added to it while it is held; the job's
+# delivery op releases it (`release_escalations`) and only then can anyone read it, so no
+# letter is added to an email already read for sending. Once released, a later batch of
+# the same run (a concurrent run released it) opens a held email of its own.
+FOLD = """
+INSERT INTO ops.notification_outbox AS o
+       (idempotency_key, kind, recipient, payload, next_attempt_at)
+VALUES (%(key)s, %(kind)s, %(recipient)s, %(payload)s, 'infinity')
+ON CONFLICT (idempotency_key) DO UPDATE
+   SET payload = o.payload
+       || jsonb_build_object(
+              'count', (o.payload->>'count')::bigint + (EXCLUDED.payload->>'count')::bigint,
+              'letters', (SELECT coalesce(jsonb_agg(x.letter ORDER BY x.n), '[]'::jsonb)
+                            FROM jsonb_array_elements(
+                                     (o.payload->'letters') || (EXCLUDED.payload->'letters'))
+                                 WITH ORDINALITY AS x(letter, n)
+                           WHERE x.n <= %(listed)s))
+ WHERE o.status = 'pending' AND o.next_attempt_at = 'infinity'
+"""
+
+
+def fold_escalations(
+    conn: psycopg.Connection, run_id: str, recipient: str, letters: list[dict[str, Any]]
+) -> None:
+    """Add these newly dead letters to the run's held escalation email, in the caller's
+    transaction (the letters' deaths and their email commit together, or neither)."""
+    listed = [
+        {**letter, "event_id": letter["event_id"][:300], "last_error": letter["last_error"][:500]}
+        for letter in letters[:LETTERS_LISTED]
+    ]
+    payload = Jsonb({"run_id": run_id, "count": len(letters), "letters": listed})
+    params = {"kind": DEAD_EMAIL_KIND, "recipient": recipient, "payload": payload}
+    params["listed"] = LETTERS_LISTED
+    for key in (f"mux-dlq-dead:run:{run_id}", f"mux-dlq-dead:run:{run_id}:{letters[0]['dlq_id']}"):
+        if conn.execute(FOLD, {**params, "key": key}).rowcount:
+            return
+    raise RuntimeError(f"escalation email of run {run_id} could not be queued")  # unreachable
+
+
+def release_escalations(conn: psycopg.Connection) -> int:
+    """Make every held escalation email due: this run's, and any a run that stopped before
+    its delivery left held. Returns how many."""
+    return conn.execute(
+        """UPDATE ops.notification_outbox SET next_attempt_at = now()
+            WHERE kind = %s AND status = 'pending' AND next_attempt_at = 'infinity'""",
+        [DEAD_EMAIL_KIND],
+    ).rowcount
