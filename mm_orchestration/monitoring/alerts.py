@@ -48,6 +48,12 @@ class AlertConfig(OpConfig):
         "its last SLA alert",
     )
     failed_run: str = Field(default="", description="The failed run the alert is about")
+    streak_since: float = Field(
+        default=-1.0,
+        description="A single failure inside an announced streak: the end of the job's last "
+        "success (epoch seconds, 0 if none is known); folded into the streak's alert when one "
+        "was queued since then. -1: not folded into a streak",
+    )
 
     @field_validator("details_json")
     @classmethod
@@ -129,7 +135,8 @@ def folded(
     not sent: it is counted into the episode, whose own alert already says the job is
     failing too often, and audited as folded. Decided here, in the transaction that would
     queue the email, after judging the job's rate now (this failure may cross the line).
-    Likewise an SLA alert about a run of a job that is still slow since its last one."""
+    Outside one, a single failure of a streak already announced is folded into the
+    streak's alert (`announced_streak`). Likewise an SLA alert about a run of a job that is still slow since its last one."""
     from mm_orchestration.monitoring.error_rate import fold_failure
     from mm_orchestration.monitoring.sla import slow_stretch
 
@@ -140,9 +147,13 @@ def folded(
         into = f"sla:{alerted}"
     else:
         episode = fold_failure(context.instance, conn, config.source_job, config.failed_run or None)
-        if episode is None:
-            return False
-        into = episode.key("opened")
+        if episode is not None:
+            into = episode.key("opened")
+        else:
+            streak = announced_streak(conn, config.source_job, config.streak_since)
+            if streak is None:
+                return False
+            into = streak
     audit.record(
         conn,
         "alerting",
@@ -166,6 +177,28 @@ def folded(
         into=into,
     )
     return True
+
+
+# How far back a streak's alert is looked for when the job's last success is not known
+# (none in its last runs): by then its error-rate episode has long taken over.
+STREAK_LOOKBACK_DAYS = 30
+
+
+def announced_streak(conn: Any, job: str, since: float) -> str | None:
+    """The key of the job's consecutive-failures alert queued since `since` (the end of its
+    last success), or None. A job failing every run of an outage (an every-minute job:
+    hundreds before its 24-hour error rate crosses) is said once by that alert and once by
+    its recovery, not once per failed run."""
+    if since < 0:
+        return None
+    row = conn.execute(
+        """SELECT details->>'key' FROM ops.audit_log
+            WHERE action = 'job_consecutive_failures' AND job_name = %s
+              AND occurred_at >= greatest(to_timestamp(%s), now() - make_interval(days => %s))
+            ORDER BY occurred_at DESC LIMIT 1""",
+        [job, since, STREAK_LOOKBACK_DAYS],
+    ).fetchone()
+    return str(row[0]) if row and row[0] else None
 
 
 @op(
@@ -199,10 +232,12 @@ def alert_request(
     tag: str,
     fold_into: str = "",
     failed_run: str = "",
+    streak_since: float | None = None,
 ) -> RunRequest:
     """What a sensor returns to send one alert: a send_alert run, keyed so it runs once.
-    `fold_into="error_rate"`: not sent while the job's error-rate episode is open."""
-    config = {
+    `fold_into="error_rate"`: not sent while the job's error-rate episode is open, nor
+    (`streak_since` given) once the streak it belongs to has been announced."""
+    config: dict[str, Any] = {
         "key": key,
         "contact": contact,
         "subject": subject,
@@ -213,6 +248,8 @@ def alert_request(
     }
     if fold_into:
         config |= {"fold_into": fold_into, "failed_run": failed_run}
+    if streak_since is not None:
+        config["streak_since"] = streak_since
     return RunRequest(
         run_key=key,
         run_config={"ops": {"record_alert": {"config": config}}, **RUN_LOGS},

@@ -5,6 +5,10 @@
   Nth failure in a row (the inventory's `consecutive_failures_alert`, default 2) it
   also requests one "consecutive failures" alert for the streak.
 - `job_recovery_sensor`: the first success after such a streak sends one recovery notice.
+- Once a streak is announced, its later failures are folded into that alert (`send_alert`
+  finds it in the audit log, `alerts.announced_streak`): an every-minute job failing
+  through an outage is one failure, one streak and one recovery email, not one a minute
+  until its error rate crosses its threshold hours later.
 - While the job's error rate is above its threshold (an open `error_rate` episode,
   monitoring.error_rate), these three are folded into the episode instead of being sent:
   `send_alert` decides, in the transaction that would queue the email.
@@ -58,6 +62,25 @@ def failures_before(instance: DagsterInstance, run: DagsterRun, limit: int = 50)
     return streak
 
 
+def last_success_end(instance: DagsterInstance, run: DagsterRun, limit: int = 20) -> float:
+    """When the job's last success before `run` ended (epoch seconds; skipped runs prove
+    nothing), or 0 when none of its last `limit` successes is one."""
+    records = instance.get_run_records(
+        filters=RunsFilter(job_name=run.job_name, statuses=[DagsterRunStatus.SUCCESS]),
+        limit=limit,
+    )
+    mine = instance.get_run_record_by_id(run.run_id)
+    created = mine.create_timestamp if mine else None
+    for record in records:  # newest first
+        other = record.dagster_run
+        if other.tags.get(OUTCOME_TAG) == "skipped":
+            continue
+        if created is not None and record.create_timestamp >= created:
+            continue
+        return record.end_time or record.create_timestamp.timestamp()
+    return 0.0
+
+
 def failure_streak(instance: DagsterInstance, run: DagsterRun) -> list[str]:
     """Run ids of the consecutive failures ending with (and including) the failed `run`."""
     return [run.run_id, *failures_before(instance, run)]
@@ -72,10 +95,11 @@ def _alert(
     job: str,
     details: dict[str, Any],
     failed_run: str = "",
+    streak_since: float | None = None,
 ) -> RunRequest:
     return alert_request(
         key, contact, subject, body, action, job, details, tag=action,
-        fold_into="error_rate", failed_run=failed_run,
+        fold_into="error_rate", failed_run=failed_run, streak_since=streak_since,
     )  # fmt: skip
 
 
@@ -97,6 +121,9 @@ def job_failure_sensor(context: RunStatusSensorContext) -> list[RunRequest] | Sk
     # A run launched by a person (console, `mm-jobs run`): the alert says who.
     actor = run.tags.get(ACTOR_TAG)
     launched = f"\n\nLaunched by {actor}." if actor else ""
+    streak = failure_streak(context.instance, run)
+    # Past the failure that announced the streak, this one is folded into its alert.
+    announced = len(streak) > spec.consecutive_failures_alert
     requests = [
         _alert(
             f"job-failed:{run.run_id}",
@@ -110,9 +137,9 @@ def job_failure_sensor(context: RunStatusSensorContext) -> list[RunRequest] | Sk
             spec.name,
             {"run_id": run.run_id, "actor": actor},
             failed_run=run.run_id,
+            streak_since=last_success_end(context.instance, run) if announced else None,
         )
     ]
-    streak = failure_streak(context.instance, run)
     if len(streak) == spec.consecutive_failures_alert:
         first = streak[-1]
         requests.append(

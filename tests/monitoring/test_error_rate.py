@@ -184,21 +184,27 @@ def test_inside_an_episode_streaks_and_their_recovery_are_folded_too(
     evaluate(pg_instance, alert_resources)
 
     actions = [a for a, _ in audit(conn)]
-    # Four failures and one streak before the fifth run crossed the line (5 of 5); then
-    # the fifth failure and the streak's recovery notice are folded, and the episode's
-    # own alert goes once.
+    # Two failures and their streak before the fifth run crossed the line (5 of 5); the
+    # third and fourth failures are folded into the streak's alert, the fifth and the
+    # streak's recovery notice into the episode, whose own alert goes once.
     assert actions == [
         "job_failure_alert",
         "job_failure_alert",
         "job_consecutive_failures",
-        "job_failure_alert",
-        "job_failure_alert",
+        "alert_folded",
+        "alert_folded",
         "alert_folded",
         "alert_folded",
         "job_error_rate_alert",
     ]
     folded = [d for a, d in audit(conn) if a == "alert_folded"]
-    assert [d["alert"] for d in folded] == ["job_failure_alert", "job_recovery"]
+    assert [d["alert"] for d in folded] == ["job_failure_alert"] * 3 + ["job_recovery"]
+    assert [d["folded_into"].split(":")[0] for d in folded] == [
+        "job-streak",
+        "job-streak",
+        "alert-episode",
+        "alert-episode",
+    ]
 
 
 def _rate(runs: int, failed: int) -> Rate:
