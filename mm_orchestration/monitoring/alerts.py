@@ -136,7 +136,8 @@ def folded(
     failing too often, and audited as folded. Decided here, in the transaction that would
     queue the email, after judging the job's rate now (this failure may cross the line).
     Outside one, a single failure of a streak already announced is folded into the
-    streak's alert (`announced_streak`). Likewise an SLA alert about a run of a job that is still slow since its last one."""
+    streak's alert (`announced_streak`). Likewise an SLA alert about a run of a job that
+    is still slow since its last one."""
     from mm_orchestration.monitoring.error_rate import fold_failure
     from mm_orchestration.monitoring.sla import slow_stretch
 
