@@ -427,6 +427,8 @@ def _signed(data: bytes, key: Ed25519PublicKey) -> str | None:
         )
     try:
         signature = base64.b64decode(data[-SIGNATURE_LENGTH:], validate=True)
+        if base64.b64encode(signature) != data[-SIGNATURE_LENGTH:]:
+            raise ValueError("not the signature's one encoding")  # its spare bits changed
         key.verify(signature, data[:-SIGNATURE_LENGTH])
     except (InvalidSignature, binascii.Error, ValueError):
         return (

@@ -3,6 +3,7 @@ changed byte, a removed or changed file, or another key does not."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
@@ -125,6 +126,14 @@ def test_one_changed_byte_anywhere_fails(conn, store, quarter):
         checked = evidence.verify(bytes(changed), KEY.public_key())
         assert not checked.ok, position
         assert "signature" in checked.problems[0] or "damaged" in checked.problems[0]
+    # The signature's last base64 digit has four bits no byte uses (64 bytes end in `X==`):
+    # set, they decode to the same signature, and must fail all the same.
+    assert data.endswith(b"==")
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    changed = bytearray(data)
+    changed[-3] = alphabet[alphabet.index(data[-3]) + 1]
+    assert base64.b64decode(bytes(changed)[-88:]) == base64.b64decode(data[-88:])
+    assert not evidence.verify(bytes(changed), KEY.public_key()).ok
 
 
 def test_a_changed_file_is_named(conn, store, quarter):
