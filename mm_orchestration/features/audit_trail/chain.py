@@ -66,10 +66,14 @@ SELECT c.seq, c.entry_id,
        e.outcome, e.settles
   FROM ops.audit_chain c
   LEFT JOIN ops.audit_entries e ON e.id = c.entry_id
- WHERE c.lane = %(lane)s
-   AND (%(since)s::timestamptz IS NULL OR c.linked_at >= %(since)s)
-   AND (%(until)s::timestamptz IS NULL OR c.linked_at < %(until)s)
+ WHERE c.lane = %(lane)s AND c.seq >= %(start)s
  ORDER BY c.seq
+"""
+# Where a period's walk of a lane starts: the link before the first one made since then
+# (by position, never by a time an attacker could move), else the lane's last link.
+_START = """
+SELECT min(seq) FILTER (WHERE linked_at >= %(since)s), max(seq)
+  FROM ops.audit_chain WHERE lane = %(lane)s
 """
 _COLUMNS = (
     "occurred_at", "actor", "action", "job_name", "run_id", "details", "role", "target",
@@ -262,6 +266,10 @@ def verify(
         raise ValueError("verify needs a connection outside any transaction (its own snapshot)")
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        # Times as psycopg reads them, whatever the role's defaults say (a role may set its
+        # own: `ALTER ROLE ... SET DateStyle = 'SQL'` made every verify crash).
+        conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
+        conn.execute("SET LOCAL TimeZone = 'UTC'")
         return _Walk(conn, since, until).run(tuple(anchors))
 
 
@@ -288,8 +296,7 @@ class _Walk:
             if end is not None:
                 ends[lane] = end
         self.check_lanes()
-        if self.until is None:
-            self.check_heads(ends)
+        self.check_heads(ends)
         for anchor in anchors:
             self.check_anchor(anchor)
         self.check_unlinked()
@@ -299,35 +306,45 @@ class _Walk:
         )
         return Verdict(self.checked, head(self.conn, self.until), tuple(ordered))
 
-    def _before(self, lane: int) -> tuple[int, bytes, datetime | None]:
-        """The position, hash and time the lane's first link in the period must follow."""
+    def _start(self, lane: int) -> tuple[int, bool]:
+        """The position the walk of a lane starts at, and whether that is the link before
+        the period (checked as any other, from the hash it carries): for the whole chain,
+        or a lane whose first link is in the period, 1 (after the genesis hash)."""
         if self.since is None:
-            return 0, GENESIS, None
-        row = self.conn.execute(
-            """SELECT seq, hash,
-                      CASE WHEN linked_at >= '0001-01-02 00:00:00+00'
-                            AND linked_at < '9999-12-30 00:00:00+00' THEN linked_at END
-                 FROM ops.audit_chain
-                WHERE lane = %s AND linked_at < %s ORDER BY seq DESC LIMIT 1""",
-            [lane, self.since],
-        ).fetchone()
-        return (0, GENESIS, None) if row is None else (int(row[0]), bytes(row[1]), row[2])
+            return 1, False
+        row = self.conn.execute(_START, {"lane": lane, "since": self.since}).fetchone()
+        first, last = (row[0], row[1]) if row else (None, None)
+        start = int(first) - 1 if first is not None else int(last or 0)
+        return (start, True) if start >= 1 else (1, False)
 
-    def _rows(self, lane: int) -> Iterator[tuple[Any, ...]]:
+    def _rows(self, lane: int, start: int) -> Iterator[tuple[Any, ...]]:
         with self.conn.cursor(name=f"audit_chain_lane_{lane}") as cur:
             cur.itersize = 2000
-            cur.execute(_WALK, {"lane": lane, "since": self.since, "until": self.until})
+            cur.execute(_WALK, {"lane": lane, "start": start})
             yield from cur
 
     def lane(self, lane: int) -> tuple[int, bytes] | None:
-        """Walk one lane; its last link walked (seq, hash), None when it has none."""
-        prev_seq, prev, prev_at = self._before(lane)
+        """Walk one lane; its last link (seq, hash), None when it has none.
+
+        A period's walk starts at the link before it, and goes on past its end to the
+        lane's last link, checking there only that the links still follow each other
+        (their entries are not the period's): so a link whose time was moved out of the
+        period, or a period's end cut off, breaks the walk instead of leaving it."""
+        start, based = self._start(lane)
+        prev_seq, prev, prev_at = start - 1, None if based else GENESIS, None
         end = None
-        for row in self._rows(lane):
+        after = False  # past the period's end: the links' hashes only
+        for row in self._rows(lane, start):
             seq, entry_id, linked_at, digest, prev_hash, recorded, exists = row[:7]
             linked_text, occurred_text = row[7:9]
             digest, prev_hash, recorded = bytes(digest), bytes(prev_hash), bytes(recorded)
-            self.checked += 1
+            if based and seq == start:
+                prev = prev_hash  # the link before the period: its predecessor is not walked
+            else:
+                after = after or (
+                    self.until is not None and linked_at is not None and linked_at >= self.until
+                )
+                self.checked += 0 if after else 1
             at = f"lane {lane} seq {seq} (entry #{entry_id})"
             if linked_at is None:
                 self.found(
@@ -382,7 +399,9 @@ class _Walk:
                     entry_id,
                     f"{at} has a hash its contents do not give: the link was forged or altered",
                 )
-            if not exists:
+            if after:
+                pass  # an entry after the period is not this walk's
+            elif not exists:
                 self.found(
                     "deleted",
                     lane,

@@ -749,3 +749,51 @@ def test_a_failed_daily_check_records_no_head_and_keeps_the_last_good_one(
                        [ids[0]])  # fmt: skip
         evaluation, metadata, _ = materialize_trail(instance, portal_db, job_settings)
         assert evaluation.passed and metadata[HEAD_KEY].value == good
+
+
+def test_a_period_cannot_be_left_by_moving_a_link_out_of_it(conn):
+    """A period's walk goes by position from the link before it to the lane's end: a link
+    edited and dated out of the period (after its end, or before its start) is still named,
+    and a lane with nothing in the period is not taken for a truncated one."""
+    write(conn, 2)
+    time.sleep(0.01)
+    since = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+    ids = write(conn, 2)
+    time.sleep(0.01)
+    until = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+    write(conn, 2)
+    assert chain.verify(conn, since=since, until=until).ok
+    assert chain.verify(conn, since=until).ok and chain.verify(conn, until=since).ok
+    later = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+    assert chain.verify(conn, since=later).ok  # nothing since: no lane is "truncated"
+    attack = Attacker(conn)
+    last = conn.execute(
+        "SELECT entry_id FROM ops.audit_chain WHERE linked_at < %s ORDER BY seq DESC LIMIT 1",
+        [until],
+    ).fetchone()[0]
+    attack("UPDATE ops.audit_entries SET actor = 'mallory' WHERE id = %s", [last])
+    attack("UPDATE ops.audit_chain SET linked_at = %s WHERE entry_id = %s", [until, last])
+    problem = first(conn, since=since, until=until)
+    assert (problem.kind, problem.entry_id) == ("forged", last)
+    attack("UPDATE ops.audit_entries SET actor = 'olivia@mm.example' WHERE id = %s", [ids[0]])
+    attack("UPDATE ops.audit_chain SET linked_at = %s::timestamptz - interval '1 microsecond'"
+           " WHERE entry_id = %s", [since, ids[0]])  # fmt: skip
+    attack("UPDATE ops.audit_entries SET actor = 'mallory' WHERE id = %s", [ids[0]])
+    assert (ids[0], "edited") in {
+        (p.entry_id, p.kind) for p in chain.verify(conn, since=since, until=until).problems
+    }
+
+
+def test_a_roles_own_date_style_or_time_zone_does_not_stop_verify(conn, app_role):
+    """The application's role may set its own session defaults; verify reads times the same
+    whatever they are (a DateStyle psycopg cannot read made it crash)."""
+    write(conn, 2)
+    with connect(app_role, autocommit=True) as app:
+        app.execute("ALTER ROLE CURRENT_USER SET DateStyle = 'SQL, DMY'")
+        app.execute("ALTER ROLE CURRENT_USER SET TimeZone = 'America/St_Johns'")
+    with connect(app_role, autocommit=True) as app:
+        assert app.execute("SHOW DateStyle").fetchone() == ("SQL, DMY",)
+        write(app, 1)
+        verdict = chain.verify(app)
+        assert verdict.ok, verdict.summary()
+        assert verdict.checked == 6
