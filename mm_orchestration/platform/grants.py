@@ -114,6 +114,12 @@ def statements(role: str, owns_ops: bool = False) -> list[sql.Composed]:
                 sql.SQL(", ").join(sql.SQL(p) for p in privileges), name, r
             ),
         ]
+    # The entries' ids only as their identity draws them (each entry's check compares
+    # with currval): no setval to draw one again, or one left free between others.
+    out += [
+        sql.SQL("REVOKE ALL ON SEQUENCE ops.audit_log_id_seq FROM {}").format(r),
+        sql.SQL("GRANT SELECT ON SEQUENCE ops.audit_log_id_seq TO {}").format(r),
+    ]
     for table, columns in EVIDENCE.items():
         name = sql.Identifier("ops", table)
         out += [

@@ -797,3 +797,27 @@ def test_a_roles_own_date_style_or_time_zone_does_not_stop_verify(conn, app_role
         verdict = chain.verify(app)
         assert verdict.ok, verdict.summary()
         assert verdict.checked == 6
+
+
+def test_an_entrys_id_is_the_one_drawn_as_it_is_written(conn, app_role):
+    """A settlement given an id left free before the real ending's (OVERRIDING SYSTEM VALUE,
+    or the sequence set back) would be read as the entry's first ending: refused."""
+    entry = audit.record(conn, "olivia", "launch_run", "x", None, {}, outcome="allowed")
+    with conn.transaction(force_rollback=True):
+        audit.record(conn, "olivia", "launch_run", "x", None, {})  # an id left free
+    audit.settle(conn, entry, "failed", "run-1")
+    forged = (
+        "INSERT INTO ops.audit_entries (id, actor, action, job_name, outcome, settles)"
+        " OVERRIDING SYSTEM VALUE VALUES (%s, 'olivia', 'launch_run', 'x', 'succeeded', %s)"
+    )
+    with connect(app_role, autocommit=True) as app:
+        write(app, 1)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="drawn as it is written"):
+            app.execute(forged, [entry + 1, entry])
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="permission denied"):
+            app.execute("SELECT setval(pg_get_serial_sequence('ops.audit_entries', 'id'), %s)",
+                        [entry])  # fmt: skip
+        write(app, 1)  # the identity still draws ids for the role
+    shown = conn.execute("SELECT outcome FROM ops.audit_log WHERE id = %s", [entry]).fetchone()
+    assert shown == ("failed",)
+    assert chain.verify(conn).ok

@@ -252,8 +252,8 @@ CREATE TRIGGER audit_chain_head_maintained AFTER INSERT OR UPDATE OR DELETE OR T
     ON ops.audit_chain_head FOR EACH STATEMENT EXECUTE FUNCTION ops.audit_maintenance_entry();
 
 -- What an entry may say as it is written. Dated when it is written (its transaction's
--- start, or up to a minute later), never before or later: only the owner (seeds, tests)
--- writes a moment of its choosing. A settlement settles an existing entry that is not a
+-- start, or up to a minute later), never before or later, with the id its identity draws
+-- then: only the owner (seeds, tests) writes a moment or an id of its choosing. A settlement settles an existing entry that is not a
 -- settlement itself, as the same person, action, job, role and target: one that did not
 -- would be hidden from ops.audit_log, or put words in another entry's mouth.
 CREATE FUNCTION ops.audit_entry_check() RETURNS trigger
@@ -266,6 +266,15 @@ BEGIN
        AND NOT ops.audit_owns(TG_RELID) THEN
         RAISE EXCEPTION 'ops.audit_entries: an entry is dated when it is written (% is not)',
                         NEW.occurred_at
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    -- Its id drawn as it is written (never OVERRIDING SYSTEM VALUE): a settlement given an
+    -- id left free before another's would be read as the entry's first ending.
+    IF NEW.id IS DISTINCT FROM pg_catalog.currval(
+           pg_catalog.pg_get_serial_sequence('ops.audit_entries', 'id'))
+       AND NOT ops.audit_owns(TG_RELID) THEN
+        RAISE EXCEPTION 'ops.audit_entries: an entry''s id is drawn as it is written (% is not)',
+                        NEW.id
             USING ERRCODE = 'insufficient_privilege';
     END IF;
     IF NEW.settles IS NULL THEN
