@@ -971,7 +971,8 @@ def test_evidence_bundles_go_to_compliance_and_admins_only_audited(console):
     The audit trail's download names the chain's head at its period's end."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from mm_orchestration.features.evidence.bundle import Period, export, verify
+    from mm_orchestration.features.evidence.bundle import Period, export
+    from mm_orchestration.features.evidence.check import verify
     from mm_orchestration.features.evidence.store import keep
 
     store = ReportStore.from_settings(Settings.from_env({"MM_DATA_DIR": str(console.data_dir)}))

@@ -112,7 +112,7 @@ def cmd_evidence_export(args: argparse.Namespace) -> int:
 def cmd_evidence_verify(args: argparse.Namespace) -> int:
     import os
 
-    from mm_orchestration.features.evidence.bundle import verify
+    from mm_orchestration.features.evidence.check import verify
     from mm_orchestration.features.evidence.keys import PUBLIC_KEY_VAR, public_key
     from mm_orchestration.platform.settings import SettingsError
 

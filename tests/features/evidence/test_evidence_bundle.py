@@ -18,6 +18,7 @@ from psycopg.types.json import Jsonb
 from mm_orchestration.cli import main
 from mm_orchestration.features.audit_trail import chain
 from mm_orchestration.features.evidence import bundle as evidence
+from mm_orchestration.features.evidence import check
 from mm_orchestration.features.evidence.keys import (
     SIGNING_KEY_VAR,
     private_text,
@@ -87,7 +88,7 @@ def rezipped(data: bytes, change) -> bytes:
 
 def test_an_exported_bundle_holds_the_quarter_and_verifies(conn, store, quarter):
     made = exported(conn, store)
-    checked = evidence.verify(made.data, KEY.public_key())
+    checked = check.verify(made.data, KEY.public_key())
     assert checked.ok, checked.problems
     files = entries(made.data)
     assert set(files) == {
@@ -123,7 +124,7 @@ def test_one_changed_byte_anywhere_fails(conn, store, quarter):
     for position in (5, len(data) // 4, len(data) // 2, len(data) - 200, len(data) - 3):
         changed = bytearray(data)
         changed[position] ^= 0x01
-        checked = evidence.verify(bytes(changed), KEY.public_key())
+        checked = check.verify(bytes(changed), KEY.public_key())
         assert not checked.ok, position
         assert "signature" in checked.problems[0] or "damaged" in checked.problems[0]
     # The signature's last base64 digit has four bits no byte uses (64 bytes end in `X==`):
@@ -133,7 +134,7 @@ def test_one_changed_byte_anywhere_fails(conn, store, quarter):
     changed = bytearray(data)
     changed[-3] = alphabet[alphabet.index(data[-3]) + 1]
     assert base64.b64decode(bytes(changed)[-88:]) == base64.b64decode(data[-88:])
-    assert not evidence.verify(bytes(changed), KEY.public_key()).ok
+    assert not check.verify(bytes(changed), KEY.public_key()).ok
 
 
 def test_a_changed_file_is_named(conn, store, quarter):
@@ -142,7 +143,7 @@ def test_a_changed_file_is_named(conn, store, quarter):
     def edit(files):
         files["audit-trail.csv"] = files["audit-trail.csv"].replace(b"olivia", b"mallory")
 
-    checked = evidence.verify(rezipped(data, edit), KEY.public_key())
+    checked = check.verify(rezipped(data, edit), KEY.public_key())
     assert "audit-trail.csv does not match its SHA-256 in the manifest: it was changed" in (
         checked.problems
     )
@@ -150,12 +151,10 @@ def test_a_changed_file_is_named(conn, store, quarter):
 
 def test_a_removed_or_added_file_is_named(conn, store, quarter):
     data = exported(conn, store).data
-    checked = evidence.verify(
-        rezipped(data, lambda files: files.pop("drills.csv")), KEY.public_key()
-    )
+    checked = check.verify(rezipped(data, lambda files: files.pop("drills.csv")), KEY.public_key())
     assert not checked.ok and "signature does not verify" in checked.problems[0]
     assert "drills.csv is missing (the manifest lists it)" in checked.problems
-    checked = evidence.verify(
+    checked = check.verify(
         rezipped(data, lambda files: files.update({"extra.csv": b"x"})), KEY.public_key()
     )
     assert "extra.csv is not in the manifest: it was added" in checked.problems
@@ -163,7 +162,7 @@ def test_a_removed_or_added_file_is_named(conn, store, quarter):
 
 def test_another_key_fails(conn, store, quarter):
     data = exported(conn, store).data
-    checked = evidence.verify(data, Ed25519PrivateKey.generate().public_key())
+    checked = check.verify(data, Ed25519PrivateKey.generate().public_key())
     assert not checked.ok
     assert "signature does not verify with this public key" in checked.problems[0]
     assert "manifest.json's signature does not verify with this public key" in checked.problems
@@ -183,7 +182,7 @@ def test_a_broken_chain_is_exported_only_when_asked_and_says_so(conn, store, qua
         exported(conn, store)
     made = evidence.export(conn, store, Q4, KEY, "o", allow_broken_chain=True)
     assert made.manifest["audit_chain"]["verified"] is False
-    assert evidence.verify(made.data, KEY.public_key()).ok  # the bundle itself is intact
+    assert check.verify(made.data, KEY.public_key()).ok  # the bundle itself is intact
 
 
 def test_periods():
@@ -303,13 +302,13 @@ def test_a_hostile_archive_is_a_named_failure_never_a_crash(conn, store, quarter
         (_patched(data, "drills.csv", _unknown_method), "drills.csv cannot be read"),
         (_patched(data, "manifest.json", _unknown_method), "manifest.json cannot be read"),
     ):
-        checked = evidence.verify(hostile, KEY.public_key())
+        checked = check.verify(hostile, KEY.public_key())
         assert not checked.ok
         assert any(expected in p for p in checked.problems), checked.problems
     bomb = _patched(data, "audit-trail.csv", _bomb)
     tracemalloc.start()
     try:
-        checked = evidence.verify(bomb, KEY.public_key())
+        checked = check.verify(bomb, KEY.public_key())
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -320,7 +319,7 @@ def test_a_hostile_archive_is_a_named_failure_never_a_crash(conn, store, quarter
     # A manifest of the wrong shape, signed: named, not a TypeError.
     for files in (5, [5], [{"path": "a", "sha256": "x", "bytes": "1"}], {"a": 1}):
         made = _signed_bundle({"a": b"1"}, {"format": evidence.FORMAT, "files": files})
-        checked = evidence.verify(made, KEY.public_key())
+        checked = check.verify(made, KEY.public_key())
         assert checked.problems == (
             "manifest.json's file list is malformed (each file a path, a SHA-256 and a size)",
         )
@@ -334,7 +333,7 @@ def test_after_the_archive_signature_fails_only_a_signed_manifest_is_read_on(con
     manifest = json.loads(files.pop("manifest.json"))
     files.pop("manifest.sig")
     forged = evidence.write(files, manifest, other, NOW)  # signed by another key
-    checked = evidence.verify(forged, KEY.public_key())
+    checked = check.verify(forged, KEY.public_key())
     assert checked.manifest is None and len(checked.problems) == 2
     assert "manifest.json's signature does not verify" in checked.problems[1]
 
@@ -355,7 +354,7 @@ def test_sha256sums_says_what_the_signed_manifest_says(conn, store, quarter):
             entry["bytes"] = len(files["SHA256SUMS"])
     manifest["sha256sums_sha256"] = hashlib.sha256(files["SHA256SUMS"]).hexdigest()
     del files["manifest.json"], files["manifest.sig"]
-    checked = evidence.verify(_signed_bundle(files, manifest), KEY.public_key())
+    checked = check.verify(_signed_bundle(files, manifest), KEY.public_key())
     assert checked.problems == ("SHA256SUMS does not list the manifest's files and hashes",)
 
 
