@@ -10,6 +10,9 @@ CREATEDB for the restore drill's scratch database.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 from psycopg import sql
 
 # The columns each job changes, and nothing else.
@@ -107,13 +110,7 @@ def statements(role: str, owns_ops: bool = False) -> list[sql.Composed]:
         sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA ops GRANT ALL ON SEQUENCES TO {}").format(r),
     ]
     for table, privileges in APPEND_ONLY.items():
-        name = sql.Identifier("ops", table)
-        out += [
-            sql.SQL("REVOKE ALL ON {} FROM {}").format(name, r),
-            sql.SQL("GRANT {} ON {} TO {}").format(
-                sql.SQL(", ").join(sql.SQL(p) for p in privileges), name, r
-            ),
-        ]
+        out += _only(sql.Identifier("ops", table), r, privileges)
     # The entries' ids only as their identity draws them (each entry's check compares
     # with currval): no setval to draw one again, or one left free between others.
     out += [
@@ -122,10 +119,7 @@ def statements(role: str, owns_ops: bool = False) -> list[sql.Composed]:
     ]
     for table, columns in EVIDENCE.items():
         name = sql.Identifier("ops", table)
-        out += [
-            sql.SQL("REVOKE ALL ON {} FROM {}").format(name, r),
-            sql.SQL("GRANT SELECT, INSERT ON {} TO {}").format(name, r),
-        ]
+        out += _only(name, r, ("SELECT", "INSERT"))
         if columns:
             out.append(
                 sql.SQL("GRANT UPDATE ({}) ON {} TO {}").format(
@@ -133,3 +127,13 @@ def statements(role: str, owns_ops: bool = False) -> list[sql.Composed]:
                 )
             )
     return out
+
+
+def _only(table: sql.Composable, role: sql.Composable, privileges: Iterable[str]) -> list[Any]:
+    """`role` gets exactly `privileges` on `table` (whatever it had before is revoked)."""
+    return [
+        sql.SQL("REVOKE ALL ON {} FROM {}").format(table, role),
+        sql.SQL("GRANT {} ON {} TO {}").format(
+            sql.SQL(", ").join(sql.SQL(p) for p in privileges), table, role
+        ),
+    ]

@@ -13,7 +13,6 @@ from mm_orchestration.features.mux_dlq.replay import (
     release_escalations,
     replay_due,
 )
-from mm_orchestration.features.mux_dlq.resource import MuxWebhooks
 from mm_orchestration.platform.database import PortalDatabase
 from tests.conftest import run_job
 from tests.mux_factory import dead_letter
@@ -22,13 +21,8 @@ RELIABILITY = "reliability@motionmavericks.com.au"
 
 
 @pytest.fixture
-def resources(portal_db, mailer, job_settings):
-    return {
-        "portal_db": portal_db,
-        "mailer": mailer,
-        "job_settings": job_settings,
-        "mux": MuxWebhooks(backoff_seconds=60, batch_size=25),
-    }
+def mux_batch() -> dict[str, int]:
+    return {"batch_size": 25}
 
 
 def dying(conn, n, prefix="evt-outage"):

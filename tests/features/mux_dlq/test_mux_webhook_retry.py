@@ -32,16 +32,6 @@ def video(conn):
     return f.asset(conn, t, title="Hero video", mux_upload_id="up-1", status="waiting")
 
 
-@pytest.fixture
-def resources(portal_db, mailer, job_settings):
-    return {
-        "portal_db": portal_db,
-        "mailer": mailer,
-        "job_settings": job_settings,
-        "mux": MuxWebhooks(backoff_seconds=60),
-    }
-
-
 def asset_row(conn, video):
     return conn.execute(
         "SELECT status, mux_asset_id, duration_seconds, mux_playback_id, status_changed_at"
