@@ -114,6 +114,7 @@ class Phase:
     storage_bytes: int = 0
     seconds: float = 0.0
     missing_alerts: int = 0
+    folded_alerts: int = 0
 
 
 class Stack:
@@ -293,17 +294,32 @@ def _records(instance: Any, phase: Phase) -> list[Any]:
 
 
 def _alerts(pg: EmbeddedPostgres, phase: Phase, records: dict[str, Any], final: bool) -> bool:
-    """Whether every failed run's alert was sent; with `final`, record the delays."""
+    """Whether every failed run's alert was dealt with: its email sent, or the failure
+    folded into the alert already sent for its streak or error-rate episode (audited
+    `alert_folded`: the owner was told once, not once per run). With `final`, record the
+    delays (to the email sent, or to the fold)."""
     failed = [run_id for run_id, fails in phase.runs if fails]
+    keys = [f"job-failed:{run_id}" for run_id in failed]
     with connect(pg.url("portal"), autocommit=True) as conn:
         rows = dict(
             conn.execute(
                 "SELECT idempotency_key, extract(epoch FROM sent_at)::float8"
                 "  FROM ops.notification_outbox WHERE idempotency_key = ANY(%s)",
-                [[f"job-failed:{run_id}" for run_id in failed]],
+                [keys],
+            ).fetchall()
+        )
+        folded = dict(
+            conn.execute(
+                "SELECT details->>'key', extract(epoch FROM min(occurred_at))::float8"
+                "  FROM ops.audit_log WHERE action = 'alert_folded'"
+                "   AND details->>'key' = ANY(%s) GROUP BY 1",
+                [keys],
             ).fetchall()
         )
     sent = {key: at for key, at in rows.items() if at is not None}
+    if final:
+        phase.folded_alerts = len(set(folded) - set(sent))
+    sent = {**folded, **sent}
     if final:
         for run_id in failed:
             at = sent.get(f"job-failed:{run_id}")
@@ -390,7 +406,8 @@ def print_level(ours: Phase, floor: Phase) -> None:
     if ours.alert_delay or ours.missing_alerts:
         print(f"  alert delay (failed run end -> alert sent): max "
               f"{max(ours.alert_delay, default=float('nan')):.1f} s, p50 "
-              f"{pct(ours.alert_delay, .5):.1f} s; missing {ours.missing_alerts}")  # fmt: skip
+              f"{pct(ours.alert_delay, .5):.1f} s; folded into a streak or episode "
+              f"{ours.folded_alerts}; missing {ours.missing_alerts}")  # fmt: skip
         print(f"  sensor lag (failed run end -> send_alert run created): max "
               f"{max(ours.sensor_lag, default=float('nan')):.1f} s")  # fmt: skip
     ratio = pct(ours.to_start, 0.95) / pct(floor.to_start, 0.95)
