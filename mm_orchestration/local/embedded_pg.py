@@ -65,10 +65,21 @@ def _reachable_copy(origin: Path, folders: list[Path]) -> Path:
     return cache
 
 
+# Ports this process has handed out: one is free only until its server binds it, so the
+# kernel may offer it again meanwhile (dev chose its code server's port, then PostgreSQL
+# was given the same one before the code server started).
+_HANDED_OUT: set[tuple[str, int]] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port nobody listens on at `host`, never one this process handed out before."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if (host, port) not in _HANDED_OUT:
+            _HANDED_OUT.add((host, port))
+            return port
 
 
 class EmbeddedPostgres:
