@@ -72,14 +72,16 @@ _HANDED_OUT: set[tuple[str, int]] = set()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on at `host`, never one this process handed out before."""
-    while True:
+    """A TCP port nobody listens on at `host`, not one this process handed out before
+    (unless a hundred offers in a row all were: then the kernel's last offer)."""
+    for _ in range(100):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((host, 0))
             port = int(s.getsockname()[1])
         if (host, port) not in _HANDED_OUT:
-            _HANDED_OUT.add((host, port))
-            return port
+            break
+    _HANDED_OUT.add((host, port))
+    return port
 
 
 class EmbeddedPostgres:
