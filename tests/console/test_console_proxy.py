@@ -354,6 +354,9 @@ def _wait_for(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
 def test_console_behind_the_documented_nginx(tmp_path, sendgrid, project_root):
     from playwright.sync_api import expect, sync_playwright
 
+    # The UI's pages render in seconds on a quiet machine and in tens of seconds on a loaded
+    # 2-core one (Playwright's default wait is 5 s): slow is not broken.
+    expect.set_options(timeout=30_000)
     ports = {"nginx": free_port(), "console": free_port()}
     base = f"https://127.0.0.1:{ports['nginx']}"
     proxy_secret = secrets.token_hex(32)
