@@ -284,21 +284,7 @@ class _Replay:
 # delivery op releases it (`release_escalations`) and only then can anyone read it, so no
 # letter is added to an email already read for sending. Once released, a later batch of
 # the same run (a concurrent run released it) opens a held email of its own.
-FOLD = """
-INSERT INTO ops.notification_outbox AS o
-       (idempotency_key, kind, recipient, payload, next_attempt_at)
-VALUES (%(key)s, %(kind)s, %(recipient)s, %(payload)s, 'infinity')
-ON CONFLICT (idempotency_key) DO UPDATE
-   SET payload = o.payload
-       || jsonb_build_object(
-              'count', (o.payload->>'count')::bigint + (EXCLUDED.payload->>'count')::bigint,
-              'letters', (SELECT coalesce(jsonb_agg(x.letter ORDER BY x.n), '[]'::jsonb)
-                            FROM jsonb_array_elements(
-                                     (o.payload->'letters') || (EXCLUDED.payload->'letters'))
-                                 WITH ORDINALITY AS x(letter, n)
-                           WHERE x.n <= %(listed)s))
- WHERE o.status = 'pending' AND o.next_attempt_at = 'infinity'
-"""
+FOLD = query(__package__, "fold_escalation")
 
 
 def fold_escalations(
