@@ -115,7 +115,8 @@ def main(samples: int) -> None:
             log.close()
         if len(job) < samples or len(floor) < samples:
             tail = (Path(tmp) / "dev.log").read_text()[-6000:]
-            sys.exit(f"only {len(job)} job / {len(floor)} floor runs succeeded; the log ends:\n{tail}")
+            counts = f"only {len(job)} job / {len(floor)} floor runs succeeded"
+            sys.exit(f"{counts}; the log ends:\n{tail}")
         job_median, floor_median = statistics.median(job), statistics.median(floor)
         print(f"share-link expiry, tick to success: median {job_median:.2f} s over {len(job)} "
               f"runs (max {max(job):.2f} s); target <= 10 s")  # fmt: skip
