@@ -45,45 +45,36 @@ from mm_orchestration.platform.text import one_line
 FINISHED = [DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE]
 
 
-def failures_before(instance: DagsterInstance, run: DagsterRun, limit: int = 50) -> list[str]:
-    """Run ids of the unbroken run of failures of `run`'s job just before `run`, newest first."""
-    runs = instance.get_runs(
+def _walk_back(instance: DagsterInstance, run: DagsterRun, limit: int) -> tuple[list[str], float]:
+    """The unbroken run of failures of `run`'s job just before `run` (run ids, newest first),
+    and when the success that ended the run before them ended (epoch seconds; 0 when none
+    is among the job's last `limit` finished runs). Skipped runs prove nothing either way."""
+    records = instance.get_run_records(
         filters=RunsFilter(job_name=run.job_name, statuses=FINISHED), limit=limit
     )
-    ids = [other.run_id for other in runs]  # newest first
-    earlier = runs[ids.index(run.run_id) + 1 :] if run.run_id in ids else []
+    ids = [record.dagster_run.run_id for record in records]  # newest first
+    earlier = records[ids.index(run.run_id) + 1 :] if run.run_id in ids else []
     streak: list[str] = []
-    for other in earlier:
+    for record in earlier:
+        other = record.dagster_run
         if other.tags.get(OUTCOME_TAG) == "skipped":
             continue  # a run that found its window done proves nothing either way
         if other.status != DagsterRunStatus.FAILURE:
-            break
+            return streak, record.end_time or record.create_timestamp.timestamp()
         streak.append(other.run_id)
-    return streak
+    return streak, 0.0
 
 
-def last_success_end(instance: DagsterInstance, run: DagsterRun, limit: int = 20) -> float:
-    """When the job's last success before `run` ended (epoch seconds; skipped runs prove
-    nothing), or 0 when none of its last `limit` successes is one."""
-    records = instance.get_run_records(
-        filters=RunsFilter(job_name=run.job_name, statuses=[DagsterRunStatus.SUCCESS]),
-        limit=limit,
-    )
-    mine = instance.get_run_record_by_id(run.run_id)
-    created = mine.create_timestamp if mine else None
-    for record in records:  # newest first
-        other = record.dagster_run
-        if other.tags.get(OUTCOME_TAG) == "skipped":
-            continue
-        if created is not None and record.create_timestamp >= created:
-            continue
-        return record.end_time or record.create_timestamp.timestamp()
-    return 0.0
+def failures_before(instance: DagsterInstance, run: DagsterRun, limit: int = 50) -> list[str]:
+    """Run ids of the unbroken run of failures of `run`'s job just before `run`, newest first."""
+    return _walk_back(instance, run, limit)[0]
 
 
-def failure_streak(instance: DagsterInstance, run: DagsterRun) -> list[str]:
-    """Run ids of the consecutive failures ending with (and including) the failed `run`."""
-    return [run.run_id, *failures_before(instance, run)]
+def failure_streak(instance: DagsterInstance, run: DagsterRun) -> tuple[list[str], float]:
+    """Run ids of the consecutive failures ending with (and including) the failed `run`, and
+    when the job's success before them ended (0 when not among its last 50 finished runs)."""
+    before, since = _walk_back(instance, run, 50)
+    return [run.run_id, *before], since
 
 
 def _alert(
@@ -121,7 +112,7 @@ def job_failure_sensor(context: RunStatusSensorContext) -> list[RunRequest] | Sk
     # A run launched by a person (console, `mm-jobs run`): the alert says who.
     actor = run.tags.get(ACTOR_TAG)
     launched = f"\n\nLaunched by {actor}." if actor else ""
-    streak = failure_streak(context.instance, run)
+    streak, since = failure_streak(context.instance, run)
     # Past the failure that announced the streak, this one is folded into its alert.
     announced = len(streak) > spec.consecutive_failures_alert
     requests = [
@@ -137,7 +128,7 @@ def job_failure_sensor(context: RunStatusSensorContext) -> list[RunRequest] | Sk
             spec.name,
             {"run_id": run.run_id, "actor": actor},
             failed_run=run.run_id,
-            streak_since=last_success_end(context.instance, run) if announced else None,
+            streak_since=since if announced else None,
         )
     ]
     if len(streak) == spec.consecutive_failures_alert:
