@@ -104,6 +104,11 @@ EXIT_SUCCEEDED, EXIT_FAILED, EXIT_USAGE, EXIT_SKIPPED, EXIT_CANCELED = 0, 1, 2, 
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from mm_orchestration.monitoring.process_log import configure_process
+
+    # stderr is JSON lines, the run's log and anything else, before the definitions (and
+    # Dagster with them) are imported: what they log or warn on import is a line too.
+    configure_process()
     from mm_orchestration.definitions import build_definitions
     from mm_orchestration.monitoring import joblog
     from mm_orchestration.monitoring.run_status import outcome
@@ -111,7 +116,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mm_orchestration.platform.instance import open_instance
     from mm_orchestration.platform.ledger import ACTOR_TAG, TRIGGER_TAG, WINDOW_TAG
 
-    joblog.configure_process()  # stderr is JSON lines: the run's log and anything else
     spec = inventory.get(args.job)
     settings = local_settings()
     database_url(settings)

@@ -67,7 +67,7 @@ def serve(workspace: Path, host: str, port: int, log_level: str = "warning") -> 
     """Serve the console until SIGINT or SIGTERM; settings are checked first."""
     import uvicorn
 
-    from mm_orchestration.monitoring.joblog import configure_process
+    from mm_orchestration.monitoring.process_log import configure_process
     from mm_orchestration.platform.instance import open_instance
 
     # Every line the console writes, uvicorn's and Dagster's included, is a JSON object on

@@ -1,0 +1,126 @@
+"""One JSON object per line: the formatter and the stderr handler that every process of
+ours logs through, so that a log collector reads each line as one record.
+
+The schema (see joblog.py for where each kind of line comes from): the keys Dagster's own
+JSON format uses (`timestamp`, `level`, `logger`, `event`), the seed's fields where they
+apply (`jobName`, `runId`, `durationMs`, `status`), an `exception` field holding a
+traceback, and whatever else the event carries. This module imports no Dagster, so a
+process can set up its logging before Dagster (or anything else) is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+# Dagster's run event types that end a step or a run, and the status they mean.
+_STATUS = {
+    "RUN_START": "running",
+    "RUN_SUCCESS": "succeeded",
+    "RUN_FAILURE": "failed",
+    "RUN_CANCELED": "canceled",
+    "STEP_START": "running",
+    "STEP_SUCCESS": "succeeded",
+    "STEP_FAILURE": "failed",
+    "STEP_UP_FOR_RETRY": "retrying",
+    "STEP_SKIPPED": "skipped",
+}
+
+
+def _document(message: str) -> dict[str, Any] | None:
+    """Our event's JSON document, when `message` is one."""
+    if not message.startswith("{"):
+        return None
+    try:
+        parsed = json.loads(message)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _job_name(name: str | None) -> str | None:
+    """The inventory's name for one of our jobs (`invite-cleanup`), else Dagster's."""
+    from mm_orchestration.platform import inventory
+
+    if not name:
+        return None
+    try:
+        return inventory.get(name).name
+    except inventory.UnknownJobError:
+        return name
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object on one line: `timestamp`, `level`, `logger`, `event`, the seed's
+    fields where they apply, and the event's own (see the module)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        meta = getattr(record, "dagster_meta", None)
+        message = meta.get("orig_message", "") if meta else record.getMessage()
+        document = _document(message)
+        if meta:
+            line |= self._run_fields(meta)
+        if document is not None:
+            line |= document
+        else:
+            line["event"] = message
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(
+            {k: v for k, v in line.items() if v is not None}, default=str, separators=(",", ":")
+        )
+
+    @staticmethod
+    def _run_fields(meta: Any) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "jobName": _job_name(meta.get("job_name")),
+            "runId": meta.get("run_id"),
+            "stepKey": meta.get("step_key"),
+        }
+        event = meta.get("dagster_event")
+        if event is not None:
+            kind = event.event_type_value
+            fields["dagsterEvent"] = kind
+            fields["status"] = _STATUS.get(kind)
+            duration = getattr(event.event_specific_data, "duration_ms", None)
+            if isinstance(duration, int | float):
+                fields["durationMs"] = round(duration)
+        return fields
+
+
+class StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time, so redirections are honoured."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def json_handler(level: int = logging.INFO) -> logging.Handler:
+    """A handler writing JSON lines to the current sys.stderr."""
+    handler = StderrHandler()
+    handler.setFormatter(JsonFormatter())
+    handler.setLevel(level)
+    return handler
+
+
+def json_line(level: int, logger: str, event: str, **fields: Any) -> str:
+    """One line in the same schema, for a process that writes it itself (a command's
+    refusal) rather than through a configured logger."""
+    document = json.dumps({"event": event, **fields}, default=str)
+    record = logging.LogRecord(logger, level, "", 0, document, None, None)
+    return JsonFormatter().format(record)
