@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from mm_orchestration.monitoring.process_log import python_path
 from mm_orchestration.platform.processes import describe
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -123,7 +124,14 @@ class Supervisor:
     def process_env(self) -> dict[str, str]:
         # PYTHONTZPATH empty: every process (the daemon too, which never imports our
         # package) reads time zones from the pinned tzdata, never the OS's files.
-        return {**self.env, "DAGSTER_HOME": str(self.dagster_home), "PYTHONTZPATH": ""}
+        # PYTHONPATH: every process, and every run worker a code server starts, writes
+        # JSON lines from its first instruction (monitoring/process_log.py).
+        return {
+            **self.env,
+            "DAGSTER_HOME": str(self.dagster_home),
+            "PYTHONTZPATH": "",
+            "PYTHONPATH": python_path(self.env.get("PYTHONPATH")),
+        }
 
     def start(self, name: str, timeout: float = 120.0) -> subprocess.Popen[bytes]:
         """Start one process; one with a ready port counts as started once it serves."""

@@ -360,6 +360,26 @@ def test_systemd_units_run_the_topology_as_an_unprivileged_user() -> None:
     assert access.public_url == env["MM_CONSOLE_PUBLIC_URL"] == env["MM_REPORTS_URL"]
 
 
+def test_every_deployed_process_starts_with_the_json_log_hook() -> None:
+    """The image (its code server, the chart's daemon, each run pod, the console) and each
+    unit name the startup folder in PYTHONPATH, where the image's copy of the sources and
+    the units' checkout put it, so every line they write is JSON (process_log.py)."""
+    from mm_orchestration.monitoring.process_log import STARTUP
+
+    installed = f"/opt/mm-orchestration/{STARTUP.relative_to(PROJECT_ROOT).as_posix()}"
+    assert (STARTUP / "sitecustomize.py").is_file()
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert "\nWORKDIR /opt/mm-orchestration\n" in dockerfile
+    assert "\nCOPY mm_orchestration mm_orchestration\n" in dockerfile
+    (path,) = re.findall(r"^ENV PYTHONPATH=(\S+)\s*$", dockerfile, re.MULTILINE)
+    assert path == installed
+    # Set after the install: pip runs before the package it would import is there.
+    assert dockerfile.index("pip install --no-deps .") < dockerfile.index("\nENV PYTHONPATH=")
+    units = _units()
+    for unit in UNIT_COMMANDS:
+        assert f"\nEnvironment=PYTHONPATH={installed}\n" in units[unit], unit
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     # The units name the install location /opt/mm-orchestration; verify checks that each
