@@ -1,21 +1,25 @@
-"""What every `mm-jobs` command shares: argument types, the operator's name, and the
-connection to the portal database.
+"""What every `mm-jobs` command shares: argument types, the operator's name, the
+connection to the portal database, and how a command refuses.
 
 An argument that is refused is named, with what is accepted, never quoted back: what
-was typed may be a secret pasted into the wrong place, and terminals are recorded.
+was typed may be a secret pasted into the wrong place, and terminals are recorded. A
+refusal is one JSON line on stderr (`refuse`), as a log collector reads every other line.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mm_orchestration.monitoring.log_lines import json_line
 from mm_orchestration.platform.settings import Settings, SettingsError, ascii_integer
 from mm_orchestration.platform.text import NOT_SHOWN, reason_without_value
 
@@ -23,6 +27,14 @@ from mm_orchestration.platform.text import NOT_SHOWN, reason_without_value
 ROW_ID_RANGE = (1, 2**63 - 1)  # a bigint id
 LIMIT_RANGE = (1, 1_000_000)
 SCALE_RANGE = (1, 10_000)
+EXIT_REFUSED = 2  # a refused argument or setting, named
+
+
+def refuse(message: str, code: int = EXIT_REFUSED, **fields: Any) -> int:
+    """Say why the command stops, as one JSON line on stderr (`event` the message, which
+    names the argument or setting and never holds its value); the exit code."""
+    print(json_line(logging.ERROR, "mm-jobs", message, exitCode=code, **fields), file=sys.stderr)
+    return code
 
 
 def whole(low: int, high: int) -> Callable[[str], int]:

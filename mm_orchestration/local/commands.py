@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -158,6 +157,7 @@ def cmd_prod_local(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace, env: dict[str, str], make: Any, started: str) -> int:
     """The local stack, then the stack's processes under the one supervisor, until a stop
     signal of any kind (see mm_orchestration.local.supervisor); everything stops on the way out."""
+    from mm_orchestration.cli.arguments import refuse
     from mm_orchestration.local.supervisor import StopRequested, say, stop_signals
 
     with stop_signals():
@@ -168,8 +168,7 @@ def _serve(args: argparse.Namespace, env: dict[str, str], make: Any, started: st
                     stack.start_all()
                 except RuntimeError as exc:
                     stack.stop_all()
-                    print(f"mm-jobs: {exc}", file=sys.stderr)
-                    return 1
+                    return refuse(str(exc), code=1)
                 except StopRequested:
                     stack.stop_all()
                     return 0

@@ -18,6 +18,7 @@ from dagster._serdes import serialize_value
 
 from mm_orchestration.platform.settings import Settings, SettingsError
 from mm_orchestration.platform.text import quotes_value, reason_without_value
+from tests.json_lines import json_lines
 
 CANARY = "canary"  # in every value below, and in no message of the project
 DSN = "postgresql://postgres:canary-pw@db.example/portal"
@@ -385,7 +386,9 @@ def test_a_bad_settings_stops_mm_jobs_without_showing_the_value(monkeypatch, cap
     monkeypatch.setenv("SENTRY_DSN", KEY)
     assert main(["list"]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("mm-jobs: SENTRY_DSN is not a Sentry DSN")
+    (line,) = json_lines(error, "mm-jobs list")  # one JSON line, as a collector reads it
+    assert line["event"].startswith("SENTRY_DSN is not a Sentry DSN")
+    assert (line["level"], line["exitCode"]) == ("error", 2)
     _no_canary(error)
 
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 from typing import Any
 
-from mm_orchestration.cli.arguments import connection, moment
+from mm_orchestration.cli.arguments import connection, moment, refuse
 
 EXIT_BROKEN = 1
 
@@ -56,8 +56,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from mm_orchestration.features.audit_trail.chain import verify
 
     if args.since and args.until and args.since >= args.until:
-        print("mm-jobs: --since must be before --until", file=sys.stderr)
-        return 2
+        return refuse("--since must be before --until")
     with connection() as conn:
         verdict = verify(conn, args.since, args.until, args.expect_head)
     if verdict.ok:

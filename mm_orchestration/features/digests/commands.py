@@ -4,7 +4,6 @@ team; sends and records nothing."""
 from __future__ import annotations
 
 import argparse
-import sys
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -15,6 +14,7 @@ from mm_orchestration.cli.arguments import (
     json_lines,
     local_settings,
     printable,
+    refuse,
 )
 from mm_orchestration.platform.sql_files import query
 from mm_orchestration.platform.text import NOT_SHOWN
@@ -51,17 +51,13 @@ def cmd_digest_preview(args: argparse.Namespace) -> int:
     # stored), or a well-formed UUID: what else was typed may be anything.
     shown = printable(args.user.strip())
     if not args.user.isprintable():
-        print(f"mm-jobs: USER holds control characters; give a user id or an address; "
-              f"{NOT_SHOWN}", file=sys.stderr)  # fmt: skip
-        return 2
+        return refuse(f"USER holds control characters; give a user id or an address; {NOT_SHOWN}")
     try:
         person_id: uuid.UUID | None = uuid.UUID(args.user.strip())
     except ValueError:
         person_id = None
         if "@" not in args.user:
-            print(f"mm-jobs: USER is neither a user id (UUID) nor an email address; "
-                  f"{NOT_SHOWN}", file=sys.stderr)  # fmt: skip
-            return 2
+            return refuse(f"USER is neither a user id (UUID) nor an email address; {NOT_SHOWN}")
     at = args.at or datetime.now(UTC)
     with connection() as conn, conn.transaction():
         # Read only, so that nothing the preview runs can write, whatever it becomes.
@@ -69,22 +65,19 @@ def cmd_digest_preview(args: argparse.Namespace) -> int:
         people = conn.execute(PERSON, {"id": person_id, "email": args.user}).fetchall()
         if not people:
             asked = str(person_id) if person_id else "with that address"
-            print(f"mm-jobs: no user {asked}", file=sys.stderr)
-            return 1
+            return refuse(f"no user {asked}", code=1)
         if len(people) > 1:
             ids = ", ".join(str(row[0]) for row in people)
-            print(
-                f"mm-jobs: {len(people)} users have the address {shown} (one per agency): "
-                f"{ids}; give the user id",
-                file=sys.stderr,
+            return refuse(
+                f"{len(people)} users have the address {shown} (one per agency): {ids}; "
+                "give the user id",
+                code=1,
             )
-            return 1
         (user_id, reasons) = people[0]
         result = None if reasons else preview(conn, user_id, at, settings.timezone)
     if result is None:
         why = "; ".join(reasons) or "not eligible now"
-        print(f"mm-jobs: user {user_id} gets no digest: {why}", file=sys.stderr)
-        return 1
+        return refuse(f"user {user_id} gets no digest: {why}", code=1)
     print(
         json_lines(
             {

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mm_orchestration.cli.arguments import actor, connection, local_settings, os_user
+from mm_orchestration.cli.arguments import actor, connection, local_settings, os_user, refuse
 
 EXIT_BAD_BUNDLE = 1
 
@@ -85,18 +85,15 @@ def cmd_evidence_export(args: argparse.Namespace) -> int:
                 conn, store, args.period, key, who, allow_broken_chain=args.allow_broken_chain
             )
         except EvidenceError as exc:
-            print(f"mm-jobs: evidence for {args.period.name} not exported: {exc}", file=sys.stderr)
-            return 1
+            return refuse(f"evidence for {args.period.name} not exported: {exc}", code=1)
         output = args.output or Path(bundle.file_name)
         try:
             output.write_bytes(bundle.data)
         except OSError as exc:
-            print(
-                f"mm-jobs: evidence for {args.period.name} not exported: cannot write "
-                f"{output}: {exc.strerror or exc}",
-                file=sys.stderr,
+            return refuse(
+                f"evidence for {args.period.name} not exported: cannot write "
+                f"{output}: {exc.strerror or exc}"
             )
-            return 2
         uri = keep(conn, store, bundle, who, os_user())
     chain = bundle.manifest["audit_chain"]
     head = chain["head_at_period_end"]
@@ -126,8 +123,7 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
     try:
         data = args.file.read_bytes()
     except OSError as exc:
-        print(f"mm-jobs: {args.file}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return refuse(f"{args.file}: {exc.strerror or exc}")
     checked = verify(data, key)
     manifest = checked.manifest or {}
     if checked.ok:
@@ -159,10 +155,7 @@ def cmd_evidence_keygen(args: argparse.Namespace) -> int:
         try:
             args.public_pem.write_text(public_pem(key.public_key()), encoding="ascii")
         except OSError as exc:
-            print(
-                f"mm-jobs: cannot write {args.public_pem}: {exc.strerror or exc}", file=sys.stderr
-            )
-            return 2
+            return refuse(f"cannot write {args.public_pem}: {exc.strerror or exc}")
     print("# The signing key: into the secret environment file (mode 0600), nowhere else.")
     print(f"{SIGNING_KEY_VAR}={private_text(key)}")
     print("# The public key: give it to the auditors; it only checks.")

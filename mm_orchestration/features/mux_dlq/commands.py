@@ -4,7 +4,6 @@ each change audited as the console's are."""
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
 from mm_orchestration.cli.arguments import (
@@ -15,6 +14,7 @@ from mm_orchestration.cli.arguments import (
     one_of,
     os_user,
     printable,
+    refuse,
     whole,
 )
 
@@ -70,8 +70,7 @@ def cmd_dlq_show(args: argparse.Namespace) -> int:
         try:
             row = show_row(conn, args.id)
         except LookupError as exc:
-            print(f"mm-jobs: {exc}", file=sys.stderr)
-            return 1
+            return refuse(str(exc), code=1)
     row.pop("signature", None)  # a credential-like header: not echoed
     print(json.dumps(row, indent=2, default=str))
     return 0
@@ -81,16 +80,14 @@ def cmd_dlq_requeue(args: argparse.Namespace) -> int:
     from mm_orchestration.features.mux_dlq.operations import requeue
 
     if not args.ids and not args.all_dead:
-        print("mm-jobs: give dead-letter ids, or --all-dead", file=sys.stderr)
-        return 2
+        return refuse("give dead-letter ids, or --all-dead")
     actor = args.actor or os_user()
     with connection() as conn:
         try:
             done = requeue(conn, args.ids, actor, args.all_dead, os_user=os_user())
         except LookupError as exc:
             _audit_dlq_failure(conn, actor, "dlq_requeue", args.ids, exc, all_dead=args.all_dead)
-            print(f"mm-jobs: {exc}", file=sys.stderr)
-            return 1
+            return refuse(str(exc), code=1)
     print(f"requeued {len(done)}: {done}")
     return 0
 
@@ -104,8 +101,7 @@ def cmd_dlq_discard(args: argparse.Namespace) -> int:
             discard(conn, args.id, args.reason, actor, os_user=os_user())
         except (LookupError, ValueError) as exc:
             _audit_dlq_failure(conn, actor, "dlq_discard", [args.id], exc, reason=args.reason)
-            print(f"mm-jobs: {exc}", file=sys.stderr)
-            return 1
+            return refuse(str(exc), code=1)
     print(f"discarded {args.id}")
     return 0
 

@@ -13,6 +13,7 @@ from psycopg import sql
 from mm_orchestration import cli
 from mm_orchestration.features.digests.settle import settle
 from tests import factories as f
+from tests.json_lines import json_lines
 
 PERTH = ZoneInfo("Australia/Perth")
 AT = datetime(2026, 12, 1, 8, 0, tzinfo=PERTH)  # a Tuesday, 08:00 in Perth (00:00Z)
@@ -30,6 +31,13 @@ def preview(database_url, monkeypatch, capsys):
         return code, out, err
 
     return run
+
+
+def refusal(err: str) -> str:
+    """The command's refusal: one JSON line on stderr, its message in `event`."""
+    (line,) = json_lines(err, "mm-jobs digest preview")
+    assert line["level"] == "error" and line["exitCode"] in (1, 2)
+    return str(line["event"])
 
 
 def task(conn, tenant, user, title, due_at) -> None:
@@ -154,7 +162,7 @@ def test_who_gets_no_digest_is_told_why(conn, preview, cols, tenant_status, reas
     before = snapshot(conn)
     code, out, err = preview("quiet@a.example")
     assert (code, out) == (1, "")
-    assert err == f"mm-jobs: user {person} gets no digest: {reason}\n"
+    assert refusal(err) == f"user {person} gets no digest: {reason}"
     assert snapshot(conn) == before
 
 
@@ -173,9 +181,11 @@ def test_unknown_and_ambiguous_people_are_refused(conn, preview):
     assert "2 users have the address SAM@freelance.example" in err
     assert all(i in err for i in ids) and "give the user id" in err
 
-    assert preview("nobody@a.example")[0::2] == (1, "mm-jobs: no user with that address\n")
+    code, _, err = preview("nobody@a.example")
+    assert (code, refusal(err)) == (1, "no user with that address")
     unknown = "3f2b6c1e-8d4a-4c2e-9f1a-2b3c4d5e6f70"
-    assert preview(unknown)[0::2] == (1, f"mm-jobs: no user {unknown}\n")
+    code, _, err = preview(unknown)
+    assert (code, refusal(err)) == (1, f"no user {unknown}")
     code, _, err = preview("olivia\x1b[31m")
     assert code == 2 and "holds control characters; give a user id or an address" in err
     assert "\x1b" not in err  # echoed as text, never as a terminal escape
