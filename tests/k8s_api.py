@@ -15,9 +15,10 @@ ConfigMap keys, `envFrom` whole ConfigMaps and Secrets; a missing one leaves the
 CreateContainerConfigError, never started), writes ConfigMap and Secret volumes where they
 are mounted, and runs the container's command as a local process under a folder that plays
 the container's filesystem (absolute paths in the environment and mounts are placed under
-it). The process's output is the pod's log; its exit ends the pod and the Job (Complete or
-Failed, backoffLimit 0 as dagster-k8s writes it). `Node.kill` ends a pod as the cluster
-would end one (the OOM killer, an eviction): SIGKILL, exit 137, the Job failed.
+it), with the image's ENV below the pod's own. The process's output is the pod's log; its
+exit ends the pod and the Job (Complete or Failed, backoffLimit 0 as dagster-k8s writes
+it). `Node.kill` ends a pod as the cluster would end one (the OOM killer, an eviction):
+SIGKILL, exit 137, the Job failed.
 
 What it does not do, and only a cluster would: pull the image (the node runs this checkout's
 environment), enforce the pod's security context, its CPU and memory (they are validated,
@@ -351,10 +352,15 @@ class PodRun:
 class Node:
     """The kubelet of one node: runs each Job's pod as a local process (see the module)."""
 
-    def __init__(self, api: KubeApi, root: Path, path: str) -> None:
+    def __init__(
+        self, api: KubeApi, root: Path, path: str, image_env: dict[str, str] | None = None
+    ) -> None:
         self.api = api
         self.root = root  # each pod's filesystem is a folder under it
         self.path = path  # the image's PATH: where `dagster` and `mm-jobs` are
+        # The image's own ENV, paths as this machine has them (the image is this checkout),
+        # which the container runtime sets below the pod's env.
+        self.image_env = image_env or {}
         self.pods: dict[str, PodRun] = {}  # by Job name
         self.problems: list[str] = []
         self._seen: set[tuple[str, str]] = set()
@@ -442,6 +448,7 @@ class Node:
         workdir = fs / container["workingDir"].lstrip("/") if container.get("workingDir") else fs
         workdir.mkdir(parents=True, exist_ok=True)
         run.env = {k: self._in_pod(fs, v) for k, v in run.env.items()}
+        run.env = {**self.image_env, **run.env}
         Path(run.env["HOME"]).mkdir(parents=True, exist_ok=True)
         executable = shutil.which(argv[0], path=self.path)
         assert executable, f"the image has no {argv[0]}"

@@ -1,23 +1,30 @@
-"""Logs a collector can read: every line `mm-jobs run` writes on stderr is one JSON object,
+"""Logs a collector can read: every line our processes write on stderr is one JSON object,
 Dagster's lines and ours alike, with the seed's fields where they apply (issue 26).
 
-The console's lines are read here too; the daemon's, the code server's and the run pods'
-lines are read the same way in
-tests/platform/test_kubernetes_run.py, which starts those processes anyway.
+Read here: `mm-jobs run` (a run's log, a failure), the console, `mm-jobs`'s refusals and
+an uncaught exception, a Python process started with the startup hook (a warning, a
+library's `logging.warning`, a thread's crash and the process's own), and the daemon run
+as the Helm chart runs it (no `--log-format`) while its code server is down (Dagster's
+"Error loading repository location" warning). The code server's, the daemon's and every
+run pod's whole output are read the same way in tests/platform/test_kubernetes_run.py,
+which starts those processes anyway.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from mm_orchestration.local.embedded_pg import free_port
+from mm_orchestration.local.topology import WORKSPACE
+from mm_orchestration.monitoring.process_log import python_path
 from tests import factories as f
 from tests.conftest import create_database, drop_database
 from tests.console_server import (  # noqa: F401 - the module's console (fixture `console`)
@@ -25,26 +32,10 @@ from tests.console_server import (  # noqa: F401 - the module's console (fixture
     console_fixture,
     curl,
 )
+from tests.json_lines import json_lines
 
 MM_JOBS = str(Path(sys.executable).with_name("mm-jobs"))
-KEYS = {"timestamp", "level", "logger", "event"}
-
-
-def json_lines(text: str, where: str) -> list[dict[str, Any]]:
-    """Every non-empty line of `text` as a JSON object with the common keys, else the
-    assertion names the first line that is not."""
-    parsed = []
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        try:
-            document = json.loads(line)
-        except ValueError:
-            raise AssertionError(f"{where}: not a JSON line: {line[:300]}") from None
-        assert isinstance(document, dict), line
-        assert KEYS <= set(document), f"{where}: {sorted(KEYS - set(document))} missing: {line}"
-        parsed.append(document)
-    return parsed
+BIN = Path(sys.executable).parent
 
 
 @pytest.fixture
@@ -121,3 +112,126 @@ def test_the_console_writes_only_json_lines(console):
     log = console.data_dir.parent / "console.log"
     lines = json_lines(log.read_text(), "mm-jobs console")
     assert any("job console on" in line["event"] for line in lines), lines
+
+
+def test_a_refusal_of_mm_jobs_is_one_json_line_and_keeps_its_exit_code():
+    """A bad name (the command's own refusal) and a bad argument (argparse's): each one
+    JSON line naming what to fix, exit code 2, nothing on stdout."""
+    unknown = subprocess.run(
+        [MM_JOBS, "run", "share-links"], capture_output=True, text=True, timeout=120
+    )
+    (line,) = json_lines(unknown.stderr, "mm-jobs run share-links")
+    assert unknown.returncode == 2 and unknown.stdout == ""
+    assert (line["level"], line["logger"], line["exitCode"]) == ("error", "mm-jobs", 2)
+    assert "unknown job (the name is not shown)" in line["event"]
+    assert "share-link-expiry" in line["event"] and "share-links" not in unknown.stderr
+
+    missing = subprocess.run([MM_JOBS, "run"], capture_output=True, text=True, timeout=120)
+    (line,) = json_lines(missing.stderr, "mm-jobs run")
+    assert missing.returncode == 2 and missing.stdout == ""
+    assert line["event"] == "mm-jobs run: the following arguments are required: job"
+    assert line["usage"].startswith("usage: mm-jobs run")
+
+
+def test_an_uncaught_exception_in_mm_jobs_is_one_json_line(tmp_path):
+    """A crash nobody foresaw (the portal database refuses the connection): one JSON
+    object with the traceback in `exception`, and Python's exit code 1."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "MM_"))}
+    env |= {"DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/portal"}
+    env |= {"MM_DATA_DIR": str(tmp_path)}
+    proc = subprocess.run(
+        [MM_JOBS, "seed-demo"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 1
+    (line,) = json_lines(proc.stderr, "mm-jobs seed-demo")
+    assert (line["level"], line["logger"]) == ("critical", "mm.uncaught")
+    assert line["event"].startswith("uncaught OperationalError: ")
+    assert line["exception"].startswith("Traceback (most recent call last):")
+    assert "cmd_seed_demo" in line["exception"]
+
+
+def test_a_process_started_with_the_hook_writes_only_json_lines(tmp_path):
+    """What Dagster's `--log-format json` leaves as text, in any Python process whose
+    PYTHONPATH names the startup folder (the local stacks', the image's, the units'): a
+    warning, a library's `logging.warning` (which would give the root a text handler), a
+    thread's crash and the process's own, each one JSON line."""
+    script = (
+        "import logging, threading, warnings\n"
+        "warnings.warn('the old way is going')\n"
+        "logging.warning('retrying the database')\n"
+        "logging.getLogger('dagster.code_server').warning('twice?')\n"
+        "thread = threading.Thread(target=lambda: 1 / 0, name='sensor-tick')\n"
+        "thread.start(); thread.join()\n"
+        "raise RuntimeError('the last straw')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": python_path(os.environ.get("PYTHONPATH"))}
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    lines = json_lines(proc.stderr, "python -c")
+    assert [(line["logger"], line["level"]) for line in lines] == [
+        ("py.warnings", "warning"),
+        ("root", "warning"),
+        ("dagster.code_server", "warning"),
+        ("mm.uncaught", "critical"),
+        ("mm.uncaught", "critical"),
+    ]
+    assert "UserWarning: the old way is going" in lines[0]["event"]
+    assert lines[1]["event"] == "retrying the database"
+    assert lines[3]["event"] == "uncaught ZeroDivisionError in thread sensor-tick: division by zero"
+    assert lines[4]["event"] == "uncaught RuntimeError: the last straw"
+    assert lines[4]["exception"].endswith("RuntimeError: the last straw")
+
+
+@pytest.mark.stack
+def test_the_daemon_as_the_chart_runs_it_writes_a_warning_as_a_json_line(tmp_path):
+    """`dagster-daemon run -w ...`, the Helm chart's fixed command (no `--log-format`),
+    with the image's PYTHONPATH, while its code server does not answer: Dagster warns
+    "Error loading repository location" before it has configured its own logging; that
+    warning, and every other line, is one JSON object."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "MM_"))}
+    env |= {
+        "DAGSTER_HOME": str(home),
+        "MM_CODE_SERVER_HOST": "127.0.0.1",
+        "MM_CODE_SERVER_PORT": str(free_port()),  # nobody listens there
+        "PYTHONPATH": python_path(os.environ.get("PYTHONPATH")),
+    }
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as out:
+        daemon = subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", "-w", str(WORKSPACE)],
+            env=env,
+            cwd=home,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while "Error loading repository location" not in log.read_text():
+                assert daemon.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+            time.sleep(1)  # the daemon's first lines after it, in Dagster's own handler
+        finally:
+            os.killpg(daemon.pid, signal.SIGINT)
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(daemon.pid, signal.SIGKILL)
+                daemon.wait()
+    lines = json_lines(log.read_text(), "dagster-daemon run")
+    warned = [line for line in lines if "Error loading repository location" in line["event"]]
+    assert warned[0]["logger"] == "py.warnings" and warned[0]["level"] == "warning"
+    assert "UserWarning" in warned[0]["event"]
+    # Dagster's own lines are its JSON format although the command did not ask for it.
+    assert any(line["logger"].startswith("dagster.daemon") for line in lines), lines

@@ -10,12 +10,16 @@ monitoring sees it and fails the run, and run retries launch it again in a new p
 succeeds. Every object posted (the operator's ConfigMaps and Secret, the launcher's Jobs,
 the pods the node makes of them) is valid for the Kubernetes API the launcher speaks, and
 each Job asks for its job's pod size from the inventory and mounts the settings' Secret.
+The daemon runs as the Helm chart runs it (its fixed command, no `--log-format`), and every
+process runs with the image's ENV: every line the code server, the daemon and each pod
+wrote, from start to stop, is one JSON object (issue 26).
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -34,12 +38,33 @@ from mm_orchestration.local.topology import PROJECT_ROOT, WORKSPACE, commands
 from mm_orchestration.platform import inventory
 from mm_orchestration.platform.db import connect
 from tests import factories as f
+from tests.json_lines import json_lines
 from tests.k8s_api import KubeApi, Node, secret
 
 DEPLOY = PROJECT_ROOT / "deploy"
 IMAGE = "registry.example.com/motion-mavericks/mm-orchestration:k8s-test"
 NAMESPACE = "mm-jobs"
 BIN = str(Path(sys.executable).parent)
+
+
+def _image_env() -> dict[str, str]:
+    """The image's ENV PYTHONPATH (deploy/Dockerfile), where this checkout has that folder:
+    every process of the image, run pods included, starts with the JSON-log hook."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    (path,) = re.findall(r"^ENV PYTHONPATH=(\S+)\s*$", dockerfile, re.MULTILINE)
+    return {"PYTHONPATH": path.replace("/opt/mm-orchestration", str(PROJECT_ROOT), 1)}
+
+
+def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, 15)
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait()
 
 
 def _values() -> dict[str, Any]:
@@ -184,7 +209,9 @@ def test_a_queued_run_goes_through_kubernetes_and_a_lost_pod_fails_its_run(
 
     started = time.monotonic()
     api = KubeApi()
-    node = Node(api, tmp_path / "node", path=f"{BIN}:/usr/local/bin:/usr/bin:/bin")
+    node = Node(
+        api, tmp_path / "node", path=f"{BIN}:/usr/local/bin:/usr/bin:/bin", image_env=_image_env()
+    )
     processes: list[subprocess.Popen[bytes]] = []
     outputs: list[Any] = []
     blocker = None
@@ -216,7 +243,8 @@ def test_a_queued_run_goes_through_kubernetes_and_a_lost_pod_fails_its_run(
             )
             create(NAMESPACE, manifest)
 
-        # The daemon's and the code server's environment, as the chart gives their pods.
+        # The daemon's and the code server's environment, as the chart gives their pods
+        # (both run our image).
         home = tmp_path / "dagster_home"
         home.mkdir()
         (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
@@ -226,7 +254,7 @@ def test_a_queued_run_goes_through_kubernetes_and_a_lost_pod_fails_its_run(
             for k, v in os.environ.items()
             if not k.startswith(("DATABASE_", "DAGSTER_", "MM_", "SENDGRID_", "SENTRY_", "NEON_"))
         }
-        env |= config_map["data"] | secrets
+        env |= _image_env() | config_map["data"] | secrets
         env |= {
             "DAGSTER_HOME": str(home),
             "MM_DATA_DIR": str(tmp_path / "code-server-data"),
@@ -234,7 +262,8 @@ def test_a_queued_run_goes_through_kubernetes_and_a_lost_pod_fails_its_run(
             "MM_CODE_SERVER_PORT": str(grpc_port),
         }
         code_server = commands("127.0.0.1", grpc_port, 0)["code-server"]
-        daemon = commands("127.0.0.1", grpc_port, 0)["daemon"]
+        # The chart's fixed command (its template's daemonCommand): no --log-format.
+        daemon = [f"{BIN}/dagster-daemon", "run", "-w", str(WORKSPACE)]
         logs = tmp_path / "logs"
         logs.mkdir()
         for name, argv, extra in (
@@ -389,20 +418,42 @@ def test_a_queued_run_goes_through_kubernetes_and_a_lost_pod_fails_its_run(
         sized = {_container(jobs[f"dagster-run-{runs['mux-webhook-retry']}"])["resources"][
             "requests"]["cpu"]}  # fmt: skip
         assert sized == {"500m"}  # the inventory's size, not the launcher's default
+
+        # Every line each process wrote, from start to stop, is one JSON object: the code
+        # server's, the daemon's (the chart's command, no --log-format) and each pod's.
+        _stop(processes)
+        for out in outputs:
+            out.flush()
+        server_lines = {
+            name: json_lines((logs / f"{name}.log").read_text(), f"{name}.log")
+            for name in ("code-server", "daemon")
+        }
+        assert any(line["logger"] == "dagster.daemon" for line in server_lines["daemon"])
+        pod_lines: dict[str, list[dict[str, Any]]] = {}
+        for run in node.pods.values():
+            api.wait_for(
+                lambda run=run: (
+                    (api.get("Job", NAMESPACE, run.job) or {}).get("status", {}).get("conditions")
+                ),
+                timeout=30,
+                what=f"{run.job} to end",
+            )
+            pod_log = api.log(NAMESPACE, run.pod)
+            (logs / f"{run.pod}.log").write_text(pod_log)  # kept beside the others
+            pod_lines[run.job] = json_lines(pod_log, f"pod {run.pod}")
+        # The seed's fields on a run's own lines.
+        expiry = runs["share-link-expiry"]
+        (succeeded,) = [
+            line for line in pod_lines[f"dagster-run-{expiry}"] if line["event"] == "job.succeeded"
+        ]
+        assert (succeeded["jobName"], succeeded["runId"]) == ("share-link-expiry", expiry)
+        assert succeeded["status"] == "succeeded" and isinstance(succeeded["durationMs"], int)
         seconds = time.monotonic() - started
         print(f"kubernetes run test: {seconds:.1f} s, {len(jobs)} Jobs posted")
     finally:
         if blocker is not None:
             blocker.close()
-        for process in processes:
-            if process.poll() is None:
-                os.killpg(process.pid, 15)
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, 9)
-                process.wait()
+        _stop(processes)
         node.stop()
         api.close()
         for out in outputs:
