@@ -51,6 +51,8 @@ import kubernetes
 import kubernetes_validate
 import yaml
 
+from tests.background_server import serve_in_background
+
 # The Kubernetes API the chart's launcher speaks: dagster-k8s 0.29.27 requires the
 # `kubernetes` client below 37, whose release 36 is generated from Kubernetes 1.36's API.
 KUBERNETES_VERSION = "1.36"
@@ -119,8 +121,7 @@ class KubeApi:
         self.lock = threading.RLock()
         self.created = threading.Condition(self.lock)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._thread = serve_in_background(self._server)
 
     @property
     def url(self) -> str:

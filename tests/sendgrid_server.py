@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.background_server import serve_in_background
+
 MAX_BODY_BYTES = 30_000_000  # "less than 30 MB"
 MAX_PERSONALIZATIONS = 1000
 MAX_RECIPIENTS = 1000
@@ -200,8 +202,7 @@ class SendGridRecorder:
 
         self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        self._thread = serve_in_background(self.server)
 
     def _next_reply(self, path: str, body: Any, size: int) -> Reply:
         with self._lock:

@@ -15,11 +15,12 @@
 from __future__ import annotations
 
 import json
-import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.background_server import serve_in_background
 
 WINDOWS = (1, 5, 10, 15, 30, 60, 120, 240, 1440)
 PAGE = 2
@@ -119,8 +120,7 @@ class SentryApi:
                 self._handle("PUT")
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._thread = serve_in_background(self._server)
 
     @property
     def url(self) -> str:

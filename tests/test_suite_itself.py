@@ -3,8 +3,10 @@ package a test needs ends by naming the package and the command that installs it
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from tests.debian import summary
@@ -71,3 +73,19 @@ def test_servers_start_from_a_private_folder_whoever_runs_the_suite(tmp_path):
             assert int(version) // 10000 == major
         finally:
             server.stop()
+
+
+def test_the_runs_files_go_to_a_ram_file_system_only_where_one_can_take_them(tmp_path, monkeypatch):
+    from tests.conftest import scratch_base
+
+    monkeypatch.delenv("MM_TEST_TMPDIR", raising=False)
+    assert scratch_base(tmp_path) == tmp_path  # writable, executable, room to spare
+    assert scratch_base(tmp_path / "absent") == Path(tempfile.gettempdir())
+    read_only = tmp_path / "read-only"
+    read_only.mkdir(mode=0o500)
+    if os.geteuid() != 0:  # root writes anywhere, as the kernel lets it
+        assert scratch_base(read_only) == Path(tempfile.gettempdir())
+    monkeypatch.setattr("tests.conftest.SCRATCH_ROOM_BYTES", 1 << 62)  # no disk this large
+    assert scratch_base(tmp_path) == Path(tempfile.gettempdir())
+    monkeypatch.setenv("MM_TEST_TMPDIR", str(tmp_path / "chosen"))
+    assert scratch_base(tmp_path) == tmp_path / "chosen"
