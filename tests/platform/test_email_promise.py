@@ -32,6 +32,7 @@ from mm_orchestration.platform.outbox.request_plan import plan_requests
 from mm_orchestration.platform.outbox.rows import durable as _durable
 from mm_orchestration.platform.outbox.sendgrid_client import SendError
 from tests import factories as f
+from tests.json_lines import json_lines
 from tests.run_job_in_subprocess import kill_at_request
 from tests.sendgrid_server import Reply, SendGridRecorder
 
@@ -992,7 +993,8 @@ def test_outbox_arguments_are_checked(argv, capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main(argv)
     assert exited.value.code == 2
-    assert "error: argument --" in capsys.readouterr().err
+    (refusal,) = json_lines(capsys.readouterr().err, "mm-jobs outbox")
+    assert "argument --" in refusal["event"]
 
 
 def test_the_sdk_never_logs_the_api_key_even_at_debug(sendgrid, caplog):
