@@ -22,8 +22,9 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus, RunsFilter
 from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,6 +56,39 @@ def latencies(instance: DagsterInstance, job: str) -> list[float]:
         if tick and record.end_time:
             out.append(record.end_time - datetime.fromisoformat(tick).timestamp())
     return out
+
+
+# Where a run's time goes, from the run's own events: the queue and launch (tick to the
+# worker process starting), the worker's start (loading the code location), its steps,
+# and the end.
+PHASES = (
+    ("tick to queued", None, DagsterEventType.RUN_ENQUEUED),
+    ("queued to launched", DagsterEventType.RUN_ENQUEUED, DagsterEventType.RUN_STARTING),
+    ("launched to started", DagsterEventType.RUN_STARTING, DagsterEventType.RUN_START),
+    ("started to first step", DagsterEventType.RUN_START, DagsterEventType.STEP_START),
+    ("first step to success", DagsterEventType.STEP_START, DagsterEventType.RUN_SUCCESS),
+)
+
+
+def phases(instance: DagsterInstance, job: str) -> dict[str, float]:
+    """The median seconds of each of PHASES over the job's successful scheduled runs."""
+    spans: dict[str, list[float]] = {name: [] for name, _, _ in PHASES}
+    for record in instance.get_run_records(
+        filters=RunsFilter(job_name=job, statuses=[DagsterRunStatus.SUCCESS])
+    ):
+        tick = record.dagster_run.tags.get(".dagster/scheduled_execution_time")
+        if not tick:
+            continue
+        first: dict[Any, float] = {}
+        for entry in instance.all_logs(record.dagster_run.run_id):
+            kind = entry.dagster_event_type
+            if kind is not None and kind not in first:
+                first[kind] = entry.timestamp
+        first[None] = datetime.fromisoformat(tick).timestamp()
+        for name, start, end in PHASES:
+            if start in first and end in first:
+                spans[name].append(first[end] - first[start])
+    return {name: statistics.median(v) for name, v in spans.items() if v}
 
 
 def main(samples: int) -> None:
@@ -123,6 +157,10 @@ def main(samples: int) -> None:
         print(f"floor (trivial one-op job, same daemon): median {floor_median:.2f} s over "
               f"{len(floor)} runs")  # fmt: skip
         print(f"ratio job/floor: {job_median / floor_median:.2f}")
+        ours, trivial = phases(instance, "share_link_expiry"), phases(instance, "trivial")
+        for name, _, _ in PHASES:
+            if name in ours and name in trivial:
+                print(f"  {name:>24}: {ours[name]:5.2f} s (floor {trivial[name]:5.2f} s)")
 
 
 if __name__ == "__main__":
