@@ -37,7 +37,7 @@ prod-local: install
 ## misses its 15 s stop budget about one run in three (docs/development.md).
 TEST_WORKERS ?= 2
 test: install-dev
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist load --maxschedchunk 1 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --maxschedchunk 1 $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff format --check mm_orchestration tests benchmarks

@@ -275,11 +275,29 @@ _SLOW_FIRST = (
 )
 
 
+def _uses_a_module_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(
+        definition.scope == "module"
+        for definitions in info.name2fixturedefs.values()
+        for definition in definitions
+    )
+
+
+# First: xdist's own hook reads the xdist_group marks added here.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         # They prove processes, not SQL: .ci/run's other PostgreSQL versions skip them.
         if item.path.name in _SLOW_FIRST:
             item.add_marker(pytest.mark.stack)
+        # A module's own server (a console, a second PostgreSQL) is started once per worker
+        # that runs one of its tests: keep such a module's tests on one worker (`make test`
+        # distributes with --dist loadgroup; everything else is spread test by test).
+        if _uses_a_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
 
     def rank(item: pytest.Item) -> int:
         name = item.path.name

@@ -89,3 +89,29 @@ def test_the_runs_files_go_to_a_ram_file_system_only_where_one_can_take_them(tmp
     assert scratch_base(tmp_path) == Path(tempfile.gettempdir())
     monkeypatch.setenv("MM_TEST_TMPDIR", str(tmp_path / "chosen"))
     assert scratch_base(tmp_path) == tmp_path / "chosen"
+
+
+def test_a_module_with_its_own_server_runs_on_one_worker(tmp_path):
+    """`make test`'s --dist loadgroup keeps a module whose fixture is module-scoped (a
+    console, a second PostgreSQL) on one worker, so its server starts once; pytest 9.2
+    silently broke that (pytest-dev/pytest-xdist#1386), hence the pin in pyproject.toml."""
+    ran = tmp_path / "ran"
+    (tmp_path / "test_grouped.py").write_text(
+        "import os, pytest\n"
+        "@pytest.fixture(scope='module')\n"
+        "def server(): return os.environ['PYTEST_XDIST_WORKER']\n"
+        "@pytest.mark.parametrize('n', range(8))\n"
+        "def test_one(server, n):\n"
+        f"    with open({str(ran)!r}, 'a') as f: f.write(server + ' ' + "
+        "os.environ['PYTEST_XDIST_WORKER'] + '\\n')\n"
+        "@pytest.mark.parametrize('n', range(8))\n"
+        "def test_free(n): pass\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadgroup",
+         "-p", "tests.conftest", "-p", "no:cacheprovider", str(tmp_path / "test_grouped.py")],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:]
+    lines = ran.read_text().splitlines()
+    assert len(lines) == 8 and len(set(lines)) == 1, lines  # one worker, one server

@@ -340,11 +340,16 @@ def ask(
         conn.close()
 
 
-def _wait_for(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
+def _wait_for(what: str, check: Callable[[], Any], timeout: float = 30, page: Any = None) -> Any:
+    """Poll `check` until it is true. With `page`, wait in the browser's own loop: the sync
+    Playwright API delivers events (websocket frames) only while one of its calls waits."""
     deadline = time.monotonic() + timeout
     while not (value := check()):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+        if page is None:
+            time.sleep(0.2)
+        else:
+            page.wait_for_timeout(200)
     return value
 
 
@@ -521,9 +526,15 @@ def test_console_behind_the_documented_nginx(tmp_path, sendgrid, project_root):
                     s for s in sockets if s["url"] == f"wss://127.0.0.1:{ports['nginx']}/graphql"
                 ]
                 assert graphql_ws, [s["url"] for s in sockets]
-                assert any(
-                    "RunSuccessEvent" in frame for s in graphql_ws for frame in s["frames"]
-                ), [s["frames"][-3:] for s in graphql_ws]
+                # The page may show the success from a query a moment before the
+                # subscription's frame with the event arrives.
+                _wait_for(
+                    "the run's success through the websocket",
+                    lambda: any(
+                        "RunSuccessEvent" in frame for s in graphql_ws for frame in s["frames"]
+                    ),
+                    page=page,
+                )
 
                 # However the proxy forwards Host, the console's own page may act and its
                 # websocket connects; another origin's page may not act. The first mutation
@@ -541,6 +552,7 @@ def test_console_behind_the_documented_nginx(tmp_path, sendgrid, project_root):
                     _wait_for(
                         f"a websocket with frames through nginx (Host: {host})",
                         lambda: any(s["frames"] for s in sockets if s["url"].endswith("/graphql")),
+                        page=page,
                     )
                     answer = page.evaluate(
                         """async (query) => {
