@@ -31,9 +31,9 @@ from tests.sendgrid_server import SendGridRecorder
 TEMPLATE = "mm_template"
 
 
-# A RAM file system holds the run's files when it has this much room: the suite's peak
-# (PostgreSQL clusters, Dagster homes, logs) measured about 400 MB.
-SCRATCH_ROOM_BYTES = 2 * 1024**3
+# A RAM file system holds the run's files when it has this much room: a run leaves 1.8 GB
+# (PostgreSQL clusters, Dagster homes, logs) on four workers.
+SCRATCH_ROOM_BYTES = 4 * 1024**3
 
 
 def scratch_base(candidate: Path = Path("/dev/shm")) -> Path:

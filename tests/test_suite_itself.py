@@ -14,6 +14,18 @@ from tests.debian import summary
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _pytest_of_its_own(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """pytest run on `args` with this suite's conftest, its files under `tmp_path`. Never
+    under this run's root: pytest makes `pytest-of-<user>` mode 700 whenever it starts there,
+    which locks the servers that run as `nobody` (under root) out of their data folders."""
+    env = {**os.environ, "PYTEST_DEBUG_TEMPROOT": str(tmp_path)}
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
+         *args],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
 def test_the_runs_last_lines_name_what_was_not_tried_and_how_to_install_it(tmp_path):
     (tmp_path / "test_needs.py").write_text(
         "from tests.debian import needs\n"
@@ -25,11 +37,7 @@ def test_the_runs_last_lines_name_what_was_not_tried_and_how_to_install_it(tmp_p
         "@needs('nginx-light', True, 'present')\n"
         "def test_present(): pass\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
-         str(tmp_path / "test_needs.py")],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = _pytest_of_its_own(tmp_path, str(tmp_path / "test_needs.py"))
     lines = done.stdout.strip().splitlines()
     assert done.returncode == 0, done.stdout[-2000:]
     assert "1 passed, 2 skipped" in lines[-1]
@@ -107,11 +115,9 @@ def test_a_module_with_its_own_server_runs_on_one_worker(tmp_path):
         "@pytest.mark.parametrize('n', range(8))\n"
         "def test_free(n): pass\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadgroup",
-         "-p", "tests.conftest", "-p", "no:cacheprovider", str(tmp_path / "test_grouped.py")],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    done = _pytest_of_its_own(
+        tmp_path, "-n", "2", "--dist", "loadgroup", str(tmp_path / "test_grouped.py")
+    )
     assert done.returncode == 0, done.stdout[-2000:]
     lines = ran.read_text().splitlines()
     assert len(lines) == 8 and len(set(lines)) == 1, lines  # one worker, one server
