@@ -31,11 +31,10 @@ dev: install
 prod-local: install
 	exec $(BIN)/mm-jobs prod-local $(DEV_ARGS)
 
-## make test: the whole suite against a real (embedded) PostgreSQL, on two workers (each
-## with its own server): the tests that mostly wait run beside the rest. Four workers
-## finish sooner (594-718 s against 784 s) but load the two cores so much that a stack
-## misses its 15 s stop budget about one run in three (docs/development.md).
-TEST_WORKERS ?= 2
+## make test: the whole suite against a real (embedded) PostgreSQL, on four workers (each
+## with its own server; the process-stack tests mostly wait, so four keep two cores busy);
+## a module with a server of its own runs on one worker (--dist loadgroup).
+TEST_WORKERS ?= 4
 test: install-dev
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --maxschedchunk 1 $(PYTEST_ARGS)
 
