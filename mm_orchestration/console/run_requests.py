@@ -183,7 +183,11 @@ def apply_config_policy(args: dict[str, Any], admin: bool) -> None:
     for params in _run_params(args):
         config = _config_of(params)
         if config is None:
-            continue
+            if params is args.get("backfillParams"):
+                continue  # a backfill's runs take their partitions' config, not one sent
+            # A launch that sends no config (the UI's partition dialog) still runs with the
+            # run's log as JSON lines, as every other launch does.
+            config = {}
         try:
             params["runConfigData"] = run_config.for_person(config, admin)
         except run_config.RunConfigRefused as exc:

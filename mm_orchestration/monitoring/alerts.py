@@ -120,7 +120,8 @@ def record_alert(
             )
     log_event(
         "alert.queued" if queued else "alert.duplicate",
-        jobName=config.source_job,
+        # The job the alert is about; jobName would claim this line for it.
+        sourceJob=config.source_job,
         runId=context.run_id,
         key=config.key,
         contact=config.contact,
@@ -172,7 +173,7 @@ def folded(
     )
     log_event(
         "alert.folded",
-        jobName=config.source_job,
+        sourceJob=config.source_job,
         runId=context.run_id,
         key=config.key,
         into=into,

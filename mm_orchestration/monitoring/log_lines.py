@@ -16,12 +16,13 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-# Dagster's run event types that end a step or a run, and the status they mean.
+# Dagster's event types that start or end a step or a run, and the status they mean. The
+# run's are spelled PIPELINE_* in the events themselves (DagsterEventType.RUN_START.value).
 _STATUS = {
-    "RUN_START": "running",
-    "RUN_SUCCESS": "succeeded",
-    "RUN_FAILURE": "failed",
-    "RUN_CANCELED": "canceled",
+    "PIPELINE_START": "running",
+    "PIPELINE_SUCCESS": "succeeded",
+    "PIPELINE_FAILURE": "failed",
+    "PIPELINE_CANCELED": "canceled",
     "STEP_START": "running",
     "STEP_SUCCESS": "succeeded",
     "STEP_FAILURE": "failed",
@@ -95,6 +96,12 @@ class JsonFormatter(logging.Formatter):
             duration = getattr(event.event_specific_data, "duration_ms", None)
             if isinstance(duration, int | float):
                 fields["durationMs"] = round(duration)
+            # A step's failure: its error and traceback, which Dagster's text logger appends
+            # to the message and `orig_message` leaves out.
+            error = getattr(event.event_specific_data, "error", None)
+            if error is not None and hasattr(error, "to_string"):
+                fields["error"] = str(getattr(error, "message", "")).strip() or None
+                fields["exception"] = error.to_string()
         return fields
 
 

@@ -160,3 +160,6 @@ def setup() -> None:
     threading.excepthook = _thread_excepthook
     sys.unraisablehook = _unraisablehook
     _dagster_daemon_json(sys.argv)
+    # A code server that Dagster starts itself (a workspace that names a module, not a
+    # server) takes its --log-format from this variable.
+    os.environ.setdefault("DAGSTER_CLI_API_GRPC_LOG_FORMAT", "json")

@@ -314,3 +314,19 @@ class _NoConnection:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def test_a_launch_that_sends_no_config_still_logs_json_lines():
+    """The UI's partition dialog sends no run config: the run still gets the JSON run log
+    (scheduling.RUN_LOGS), not Dagster's text console. A backfill sends none to give."""
+    from mm_orchestration.console.run_requests import apply_config_policy
+    from mm_orchestration.platform.scheduling import RUN_LOGS
+
+    selector = {"pipelineName": "tenant_health_check"}
+    for params in ({}, {"runConfigData": {}}, {"runConfigData": "{}"}, {"runConfigData": ""}):
+        args = {"executionParams": {"selector": selector, **params}}
+        apply_config_policy(args, admin=False)
+        assert args["executionParams"]["runConfigData"] == RUN_LOGS, params
+    backfill = {"backfillParams": {"partitionNames": ["2026-12-06"]}}
+    apply_config_policy(backfill, admin=False)
+    assert "runConfigData" not in backfill["backfillParams"]

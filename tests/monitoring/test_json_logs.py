@@ -24,7 +24,7 @@ import pytest
 
 from mm_orchestration.local.embedded_pg import free_port
 from mm_orchestration.local.topology import WORKSPACE
-from mm_orchestration.monitoring.process_log import python_path
+from mm_orchestration.monitoring.process_log import STARTUP, python_path
 from tests import factories as f
 from tests.conftest import create_database, drop_database
 from tests.console_server import (  # noqa: F401 - the module's console (fixture `console`)
@@ -97,7 +97,10 @@ def test_a_failed_run_says_so_in_json_lines(dagster_env, pg_server):
     lines = json_lines(proc.stderr, "mm-jobs run stderr")
     failures = [line for line in lines if line.get("status") == "failed"]
     assert failures and all(line["jobName"] == "share-link-expiry" for line in failures)
-    assert any(line.get("dagsterEvent") == "STEP_FAILURE" for line in lines), lines
+    (step,) = [line for line in lines if line.get("dagsterEvent") == "STEP_FAILURE"]
+    assert "portal.share_links" in step["error"] and ", line " in step["exception"], step
+    (run,) = [line for line in lines if line.get("dagsterEvent") == "PIPELINE_FAILURE"]
+    assert run["status"] == "failed" and run["runId"] == step["runId"], run
     last = lines[-1]
     assert last["level"] == "error" and "FAILED" in last["event"]
     assert "portal.share_links" in proc.stderr
@@ -235,3 +238,17 @@ def test_the_daemon_as_the_chart_runs_it_writes_a_warning_as_a_json_line(tmp_pat
     assert "UserWarning" in warned[0]["event"]
     # Dagster's own lines are its JSON format although the command did not ask for it.
     assert any(line["logger"].startswith("dagster.daemon") for line in lines), lines
+
+
+def test_a_python_without_the_project_says_so_in_json(tmp_path):
+    """A Python started with the hook's PYTHONPATH but without mm_orchestration installed
+    (another tool's interpreter) says so in one JSON line, not a text error."""
+    done = subprocess.run(
+        [str(Path(sys.base_prefix) / "bin" / "python3"), "-c", "pass"],
+        env={"PYTHONPATH": str(STARTUP), "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    (line,) = json_lines(done.stderr, "a Python without the project")
+    assert line["logger"] == "mm.startup" and "mm_orchestration" in line["event"]

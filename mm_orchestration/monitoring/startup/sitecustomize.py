@@ -6,6 +6,19 @@ It stands in for the interpreter's own `sitecustomize`, if it has one: the pytho
 and pyenv's builds have none; Debian's only installs Ubuntu's apport crash hook, which
 would print a crash as text anyway."""
 
-from mm_orchestration.monitoring.process_log import setup
+try:
+    from mm_orchestration.monitoring.process_log import setup
+except ImportError as exc:  # a Python without the project, started with its PYTHONPATH
+    import json
+    import sys
+    from datetime import UTC, datetime
 
-setup()
+    line = {
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "level": "warning",
+        "logger": "mm.startup",
+        "event": f"this Python has no mm_orchestration, so no JSON-log setup: {exc}",
+    }
+    sys.stderr.write(json.dumps(line) + "\n")
+else:
+    setup()
