@@ -142,8 +142,9 @@ def _config_of(params: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _run_params(args: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every set of params that carries a run config: a launch's, a re-execution's, a
-    batch's, and a backfill's (whose runs all take it)."""
+    """Every set of params that may carry a run config: a launch's, a re-execution's, a
+    batch's, and a backfill's (the pinned schema gives a backfill none; one sent anyway
+    is judged like a launch's)."""
     params = [p for p in args.get("executionParamsList") or [args.get("executionParams")] if p]
     backfill = args.get("backfillParams")
     return [*params, backfill] if isinstance(backfill, dict) else params
