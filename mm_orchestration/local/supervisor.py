@@ -14,6 +14,12 @@ In that order it
    orphaned code server or run worker comes back to it instead of to init).
 
 Every process runs in a session of its own, so a terminal's signals reach only this one.
+
+While the stack runs, a process that exits is started again after RESTART_DELAY_SECONDS,
+and so is one that is alive but no longer answers (its command's `answers` probe, asked
+every PROBE_INTERVAL_SECONDS, failing for UNANSWERED_SECONDS): `dagster code-server start`
+serves through a `dagster api grpc` child it never restarts, so when that child dies the
+server's own process lives on, useless.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -39,6 +45,12 @@ RESTART_DELAY_SECONDS = 5.0  # as RestartSec= in deploy/systemd
 # Together well inside the 15 s a stop may take, with the database's own stop after them.
 CANCEL_WAIT_SECONDS = 4.0  # for in-flight runs to record their cancellation
 STOP_WAIT_SECONDS = 4.0  # for processes to exit before they are killed
+# A process with a probe is asked this often whether it still does its work, and killed (to
+# be restarted) once it has not answered for UNANSWERED_SECONDS: several probes in a row,
+# so that one slow answer on a loaded machine is not taken for a dead server.
+PROBE_INTERVAL_SECONDS = 2.0
+PROBE_TIMEOUT_SECONDS = 2.0
+UNANSWERED_SECONDS = 10.0
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -48,12 +60,14 @@ class StopRequested(Exception):
 
 @dataclass(frozen=True)
 class Command:
-    """One supervised process: its command line, the port that says it is ready, and the
-    signal that stops it gracefully."""
+    """One supervised process: its command line, the port that says it is ready, the
+    signal that stops it gracefully, and the probe that says it still does its work (None:
+    being alive is enough)."""
 
     argv: list[str]
     ready_port: int | None = None
     stop_signal: int = signal.SIGTERM
+    answers: Callable[[], bool] | None = None
 
 
 def say(message: str) -> None:
@@ -254,15 +268,19 @@ class Supervisor:
         for sig in STOP_SIGNALS:
             signal.signal(sig, request_stop)
         died: dict[str, float] = {}
+        probes = _Probes()
         try:
             while not stopping["now"]:
                 time.sleep(0.2)
-                for name in self.commands():
+                for name, command in self.commands().items():
                     if stopping["now"]:
                         break
                     process = self.processes.get(name)
                     if process is not None and process.poll() is None:
+                        if probes.silent_too_long(name, process, command):
+                            self._kill_unanswering(name, process, probes.silence(name))
                         continue
+                    probes.forget(name)
                     if name not in died:
                         how = describe(process.returncode) if process is not None else "is gone"
                         say(f"{name} {how}; restarting in {restart_delay:.0f} s")
@@ -276,6 +294,18 @@ class Supervisor:
             return 0
         finally:
             self.stop_all()
+
+    def _kill_unanswering(
+        self, name: str, process: subprocess.Popen[bytes], silence: float
+    ) -> None:
+        """Kill a process that is alive but has stopped answering; the supervise loop then
+        restarts it as it restarts one that died. The process alone, not its group: the runs
+        a code server started finish on their own (as systemd's KillMode=process stops the
+        production code server)."""
+        say(f"{name} (pid {process.pid}) has not answered for {silence:.0f} s: killing it")
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        process.wait()
 
     def _log_tail(self, name: str, lines: int = 15) -> str:
         """The end of a process's own output, where its real error is (when it has a log)."""
@@ -301,6 +331,42 @@ class Supervisor:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not serve on {self.host}:{port} in {timeout} s")
             time.sleep(0.2)
+
+
+class _Probes:
+    """When each supervised process last answered its probe, and since when it has not."""
+
+    def __init__(self) -> None:
+        self._asked: dict[str, float] = {}
+        self._silent_since: dict[str, float] = {}
+        self._pids: dict[str, int] = {}
+
+    def silent_too_long(
+        self, name: str, process: subprocess.Popen[bytes], command: Command
+    ) -> bool:
+        """Ask `command`'s probe when it is due; True once it has gone unanswered for
+        UNANSWERED_SECONDS (a restarted process starts with a clean slate)."""
+        if command.answers is None:
+            return False
+        if self._pids.get(name) != process.pid:
+            self.forget(name)
+            self._pids[name] = process.pid
+        now = time.monotonic()
+        if now - self._asked.get(name, 0.0) < PROBE_INTERVAL_SECONDS:
+            return False
+        self._asked[name] = now
+        if command.answers():
+            self._silent_since.pop(name, None)
+            return False
+        since = self._silent_since.setdefault(name, now)
+        return now - since >= UNANSWERED_SECONDS
+
+    def silence(self, name: str) -> float:
+        return time.monotonic() - self._silent_since.get(name, time.monotonic())
+
+    def forget(self, name: str) -> None:
+        for table in (self._asked, self._silent_since, self._pids):
+            table.pop(name, None)
 
 
 def kill_descendants() -> None:

@@ -9,15 +9,27 @@
 - `DevConsole` (`mm-jobs dev`): the same three, with `dagster code-server start` as the code
   server, which reloads the code when the console's Reload asks (as `dagster dev` does).
   `dagster dev` itself cannot serve its webserver behind our front, so it is not used.
+
+Either code server is asked over gRPC whether it still serves (`grpc_answers`), and is
+restarted by the supervisor when it stops answering. `dagster code-server start` holds the
+port but serves through a `dagster api grpc` child it starts; when that child dies (killed,
+out of memory) it never starts another, and stays alive answering every call with an
+error, so the console could not load the code location and no run could start.
 """
 
 from __future__ import annotations
 
+import functools
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from mm_orchestration.local.supervisor import Command, Supervisor, executable
+from mm_orchestration.local.supervisor import (
+    PROBE_TIMEOUT_SECONDS,
+    Command,
+    Supervisor,
+    executable,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WORKSPACE = PROJECT_ROOT / "deploy" / "workspace.yaml"
@@ -73,6 +85,26 @@ def commands(host: str, grpc_port: int, web_port: int, dev: bool = False) -> dic
     }
 
 
+# Dagster's gRPC API (its api.proto): `Ping` is answered by the server that holds the code,
+# so through `dagster code-server start` it is answered by the child that really serves.
+# Called by its wire name with an empty request (proto3: every field at its default), so no
+# Dagster module is imported here.
+PING = "/api.DagsterApi/Ping"
+
+
+def grpc_answers(host: str, port: int, timeout: float = PROBE_TIMEOUT_SECONDS) -> bool:
+    """Whether the code server on `host:port` answers Dagster's Ping within `timeout`."""
+    import grpc
+
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    with grpc.insecure_channel(target) as channel:
+        try:
+            channel.unary_unary(PING)(b"", timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return True
+
+
 @dataclass
 class Topology(Supervisor):
     """The three production processes, sharing one environment and one DAGSTER_HOME."""
@@ -91,8 +123,11 @@ class Topology(Supervisor):
             # a call (SendGrid not answering) would hold it until the kill, and the whole
             # stop past its 15 s. It keeps no state of its own: stopped at once.
             stop["code-server"] = signal.SIGKILL
+        # The webserver and the daemon reach the code only through the code server, so
+        # one that is alive but does not answer is as good as dead.
+        answers = {"code-server": functools.partial(grpc_answers, self.host, self.grpc_port)}
         return {
-            name: Command(argv[name], ready.get(name), stop_signal=stop[name])
+            name: Command(argv[name], ready.get(name), stop[name], answers.get(name))
             for name in COMPONENTS
         }
 

@@ -88,3 +88,52 @@ def test_a_port_handed_out_is_never_handed_out_again() -> None:
     hundred)."""
     ports = [free_port() for _ in range(2000)]
     assert len(set(ports)) == len(ports)
+
+
+@dataclass
+class _Deaf(Supervisor):
+    """A process that stays alive but never answers its probe, as `dagster code-server
+    start` does once its `dagster api grpc` child is dead."""
+
+    asked: list[int] | None = None
+
+    def commands(self) -> dict[str, Command]:
+        argv = [sys.executable, "-c", "import time; time.sleep(120)"]
+        return {"code-server": Command(argv, answers=self._answers)}
+
+    def _answers(self) -> bool:
+        import os
+        import signal
+
+        assert self.asked is not None
+        pid = self.processes["code-server"].pid
+        if pid not in self.asked:
+            self.asked.append(pid)
+        if len(self.asked) == 2:  # restarted once: enough, stop the supervise loop
+            os.kill(os.getpid(), signal.SIGTERM)
+        return False
+
+
+def test_a_process_alive_but_not_answering_is_killed_and_restarted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import signal
+
+    from mm_orchestration.local import supervisor
+
+    monkeypatch.setattr(supervisor, "PROBE_INTERVAL_SECONDS", 0.1)
+    monkeypatch.setattr(supervisor, "UNANSWERED_SECONDS", 0.5)
+    stack = _Deaf(dagster_home=tmp_path, env={}, asked=[])
+    stack.start("code-server")
+    first = stack.processes["code-server"]
+    handlers = {sig: signal.getsignal(sig) for sig in supervisor.STOP_SIGNALS}
+    try:
+        stack.supervise(restart_delay=0.1)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert first.returncode == -signal.SIGKILL
+    assert stack.asked is not None and len(stack.asked) == 2 and stack.asked[0] == first.pid
+    said = capsys.readouterr().out
+    assert f"code-server (pid {first.pid}) has not answered for " in said, said
+    assert "code-server was killed by SIGKILL; restarting" in said
