@@ -183,6 +183,11 @@ def database_url(settings: Settings) -> str:
     return url
 
 
+# The URL local_settings found for the running local stack's embedded server, so that a
+# refusal names that server (is the stack running?) rather than a DATABASE_URL nobody set.
+_found_locally: list[str] = []
+
+
 def local_settings() -> Settings:
     """Settings, with the embedded server's URL filled in when it is running locally.
 
@@ -202,12 +207,30 @@ def local_settings() -> Settings:
     ):
         url = f"postgresql://postgres@127.0.0.1:{port_file.read_text().strip()}/portal"
         os.environ["DATABASE_URL"] = url
+        _found_locally[:] = [url]
         return Settings.from_env()
     return settings
 
 
-def connection() -> Any:
-    """An autocommit connection to the portal database these settings name."""
+def connection(
+    settings: Settings | None = None, autocommit: bool = True, direct: bool = False
+) -> Any:
+    """A connection to the portal database `settings` name (default: local_settings, the
+    running local stack's server when nothing is set); `direct`: DATABASE_DIRECT_URL when it
+    is set (a session advisory lock must not go through a pooler). A database that cannot
+    be reached or refuses the connection stops the command with a SettingsError naming the
+    setting, never its value (the command then refuses, exit 2)."""
     from mm_orchestration.platform.db import connect
 
-    return connect(database_url(local_settings()), autocommit=True)
+    settings = settings or local_settings()
+    if direct and settings.database_direct_url:
+        return connect(settings.database_direct_url, autocommit, setting="DATABASE_DIRECT_URL")
+    url = database_url(settings)
+    if url in _found_locally:
+        where = Path(settings.data_dir, "postgres").resolve()
+        advice = (
+            f"DATABASE_URL is unset, so this is the local stack's server ({where}): is "
+            "`make dev` running?"
+        )
+        return connect(url, autocommit, setting="the local stack's PostgreSQL", advice=advice)
+    return connect(url, autocommit, setting="DATABASE_URL")

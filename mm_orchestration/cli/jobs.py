@@ -15,6 +15,7 @@ from typing import Any
 from mm_orchestration.cli.arguments import (
     SCALE_RANGE,
     actor,
+    connection,
     database_url,
     local_settings,
     os_user,
@@ -69,13 +70,10 @@ def register(sub: Any) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from mm_orchestration.platform.db import connect
     from mm_orchestration.platform.migrate import migrate
 
-    settings = local_settings()
     # Migrations hold a session advisory lock: the direct host when there is one.
-    url = settings.database_direct_url or database_url(settings)
-    with connect(url, autocommit=True) as conn:
+    with connection(direct=True) as conn:
         applied = migrate(conn, with_portal_schema=args.with_portal_schema)
     print("applied: " + ", ".join(applied) if applied else "up to date")
     return 0
@@ -83,10 +81,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_seed_demo(args: argparse.Namespace) -> int:
     from mm_orchestration.local.demo_data import seed_demo
-    from mm_orchestration.platform.db import connect, require_tables
+    from mm_orchestration.platform.db import require_tables
 
-    settings = local_settings()
-    with connect(database_url(settings)) as conn:
+    with connection(autocommit=False) as conn:
         require_tables(conn, ["portal.tenants", "portal.events", "portal.mux_webhook_dlq"])
         counts = seed_demo(conn, scale=args.scale)
     print(
@@ -177,9 +174,8 @@ def _audit_cli_launch(
 ) -> int:
     """The launch's audit entry, written before the run starts (as the console does)."""
     from mm_orchestration.platform import audit
-    from mm_orchestration.platform.db import connect
 
-    with connect(database_url(settings), autocommit=True) as conn:
+    with connection(settings) as conn:
         return audit.record(
             conn,
             actor,
@@ -203,9 +199,8 @@ def _settle_cli_launch(
     settings: Settings, entry: int, status: str, run_id: str, summary: str | None
 ) -> None:
     from mm_orchestration.platform import audit
-    from mm_orchestration.platform.db import connect
 
-    with connect(database_url(settings), autocommit=True) as conn:
+    with connection(settings) as conn:
         audit.settle(conn, entry, status, run_id, {"summary": (summary or "")[:2000]})
 
 
@@ -282,10 +277,9 @@ def _next_tick(cron: str | Sequence[str], timezone: str, now: datetime) -> str:
 
 
 def cmd_grants(args: argparse.Namespace) -> int:
-    from mm_orchestration.platform.db import connect
     from mm_orchestration.platform.grants import OWNS_OPS, statements
 
-    with connect(database_url(local_settings()), autocommit=True) as conn:
+    with connection() as conn:
         row = conn.execute(OWNS_OPS, [args.role]).fetchone()
         owns_ops = bool(row and row[0])
         if owns_ops:

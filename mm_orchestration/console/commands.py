@@ -51,11 +51,15 @@ def cmd_serve_reports(args: argparse.Namespace) -> int:
     name `compliance`, password MM_REPORTS_PASSWORD). Behind the console, use its
     /reports/ instead: people sign in as themselves and each download is audited."""
     from mm_orchestration.console.downloads import make_server
+    from mm_orchestration.platform.db import connect
     from mm_orchestration.platform.report_store import ReportStore
 
     settings = Settings.from_env()
     if not settings.reports_password:
         raise SettingsError("MM_REPORTS_PASSWORD is not set: downloads need a password")
+    # Each download is looked up there: a database that cannot be used is named now, not
+    # answered with a 500 for every report.
+    connect(database_url(settings), setting="DATABASE_URL").close()
     server = make_server(
         ReportStore.from_settings(settings),
         database_url(settings),

@@ -29,7 +29,11 @@ import psycopg
 
 from mm_orchestration.monitoring.joblog import log_event
 from mm_orchestration.platform.db import connect
-from mm_orchestration.platform.report_store import ReportStore, ReportStoreError
+from mm_orchestration.platform.report_store import (
+    ReportStore,
+    ReportStoreError,
+    ReportStoreUnavailable,
+)
 
 # How long a connection may stay silent (between any two reads or writes) before the
 # server drops it, so that a client that connects and says nothing, or stops half way
@@ -118,6 +122,8 @@ def lookup(store: ReportStore, database_url: str, key: str) -> Found:
         if row is None or row[0] is None:
             return Found(404, b"no report recorded under that name")
         return Found(200, store.get(key, sha256=row[0]), key)
+    except ReportStoreUnavailable as exc:  # the store's fault, not the report's: try later
+        return Found(503, str(exc).encode())
     except ReportStoreError as exc:
         status = 409 if "SHA-256" in str(exc) else 404
         if "outside" in str(exc):

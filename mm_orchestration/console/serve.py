@@ -68,6 +68,7 @@ def serve(workspace: Path, host: str, port: int, log_level: str = "warning") -> 
     import uvicorn
 
     from mm_orchestration.monitoring.process_log import configure_process
+    from mm_orchestration.platform.db import connect
     from mm_orchestration.platform.instance import open_instance
 
     # Every line the console writes, uvicorn's and Dagster's included, is a JSON object on
@@ -86,6 +87,10 @@ def serve(workspace: Path, host: str, port: int, log_level: str = "warning") -> 
         )
     if not workspace.exists():
         raise SettingsError(f"--workspace {workspace}: no such file")
+    # Every action is audited there before it is done: a console that cannot write its
+    # audit log could refuse everything, so it says which setting is wrong instead of
+    # starting (as it does for Dagster's storage in open_instance).
+    connect(settings.database_url, setting="DATABASE_URL").close()
     with open_instance(settings) as instance:
         instance.optimize_for_webserver(
             DB_STATEMENT_TIMEOUT_MS, DB_POOL_RECYCLE_SECONDS, DB_POOL_MAX_OVERFLOW

@@ -73,7 +73,9 @@ def _local_stack(args: argparse.Namespace, env: dict[str, str]) -> Iterator[dict
                     ).fetchone():
                         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
             env["DATABASE_URL"] = server.url("portal")
-        with connect(env["DATABASE_URL"], autocommit=True) as conn:
+        # A DATABASE_URL that cannot be used is refused naming it (exit 2), not a traceback.
+        setting = None if embedded else "DATABASE_URL"
+        with connect(env["DATABASE_URL"], autocommit=True, setting=setting) as conn:
             applied = migrate(conn, with_portal_schema=embedded)
             if applied:
                 print("mm-jobs: applied " + ", ".join(applied))

@@ -12,9 +12,11 @@ the folder, `s3://bucket/prefix/key` for S3 (`uri`, and back with `key_for`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -24,11 +26,27 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from mm_orchestration.platform.config_models import QUIET
-from mm_orchestration.platform.settings import DEFAULTS, Settings
+from mm_orchestration.platform.settings import DEFAULTS, Settings, SettingsError
 
 
 class ReportStoreError(ValueError):
     """A path outside the store, or a report that is missing or altered."""
+
+
+class ReportStoreUnavailable(SettingsError):
+    """S3 could not be reached, or refused the credentials or the bucket: a setting to fix
+    (named in the message, never a secret), not a missing report."""
+
+
+# S3's answers that say the store itself refuses us (credentials, permissions, the bucket),
+# as opposed to a key that is not there.
+_REFUSALS = frozenset(
+    {
+        "AccessDenied", "AllAccessDisabled", "ExpiredToken", "InvalidAccessKeyId",
+        "InvalidBucketName", "InvalidToken", "NoSuchBucket", "SignatureDoesNotMatch",
+        "TokenRefreshRequired", "UnauthorizedAccess", "403",
+    }
+)  # fmt: skip
 
 
 # What stays as it is in an s3:// URI's path: RFC 3986's unreserved and sub-delims, '/'.
@@ -94,6 +112,39 @@ class ReportStore(ConfigurableResource):
             ),
         )
 
+    @contextlib.contextmanager
+    def _s3_reachable(self) -> Iterator[None]:
+        """Turn S3 not answering, or refusing the credentials or the bucket, into
+        ReportStoreUnavailable naming the settings to check; a missing key stays botocore's
+        ClientError for the caller to read."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        where = f"s3://{self.s3_bucket} (MM_REPORTS_S3_BUCKET"
+        where += (
+            f", at MM_REPORTS_S3_ENDPOINT {self.s3_endpoint_url})" if self.s3_endpoint_url else ")"
+        )
+        try:
+            yield
+        except NoCredentialsError:
+            raise ReportStoreUnavailable(
+                f"the report store {where} has no credentials: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or a role or profile boto3 finds)"
+            ) from None
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code not in _REFUSALS:
+                raise
+            raise ReportStoreUnavailable(
+                f"the report store {where} refused the request ({code}): check the bucket's "
+                "name and that the AWS credentials (AWS_ACCESS_KEY_ID, not shown) may read "
+                "and write it"
+            ) from None
+        except BotoCoreError as exc:  # no answer: the endpoint, the network, a timeout
+            raise ReportStoreUnavailable(
+                f"the report store {where} cannot be reached ({type(exc).__name__}): check "
+                "the endpoint and the network"
+            ) from None
+
     def _object_key(self, key: str) -> str:
         clean = posixpath.normpath(key)
         if clean.startswith(("..", "/")) or clean == ".":
@@ -111,12 +162,13 @@ class ReportStore(ConfigurableResource):
         """Store `content` under `key`; returns its SHA-256 (hex)."""
         digest = hashlib.sha256(content).hexdigest()
         if self.uses_s3:
-            self._s3().put_object(
-                Bucket=self.s3_bucket,
-                Key=self._object_key(key),
-                Body=content,
-                Metadata={"sha256": digest},
-            )
+            with self._s3_reachable():
+                self._s3().put_object(
+                    Bucket=self.s3_bucket,
+                    Key=self._object_key(key),
+                    Body=content,
+                    Metadata={"sha256": digest},
+                )
             return digest
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -131,10 +183,11 @@ class ReportStore(ConfigurableResource):
             from botocore.exceptions import ClientError
 
             try:
-                reply = self._s3().get_object(Bucket=self.s3_bucket, Key=self._object_key(key))
+                with self._s3_reachable():
+                    reply = self._s3().get_object(Bucket=self.s3_bucket, Key=self._object_key(key))
+                    content = reply["Body"].read()
             except ClientError as exc:
                 raise ReportStoreError(f"no report at {key!r}: {exc}") from None
-            content = reply["Body"].read()
         else:
             target = self.path(key)
             if not target.is_file():

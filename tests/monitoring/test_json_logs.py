@@ -136,19 +136,23 @@ def test_a_refusal_of_mm_jobs_is_one_json_line_and_keeps_its_exit_code():
     assert line["usage"].startswith("usage: mm-jobs run")
 
 
-def test_an_uncaught_exception_in_mm_jobs_is_one_json_line(tmp_path):
-    """A crash nobody foresaw (the portal database refuses the connection): one JSON
+def test_an_uncaught_exception_in_mm_jobs_is_one_json_line(tmp_path, pg_server):
+    """A crash nobody foresaw (demo data for a database without the portal's tables; a
+    database that refuses the connection is a refusal now, naming DATABASE_URL): one JSON
     object with the traceback in `exception`, and Python's exit code 1."""
+    bare = create_database(pg_server, template=None)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "MM_"))}
-    env |= {"DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/portal"}
-    env |= {"MM_DATA_DIR": str(tmp_path)}
-    proc = subprocess.run(
-        [MM_JOBS, "seed-demo"], env=env, capture_output=True, text=True, timeout=120
-    )
+    env |= {"DATABASE_URL": pg_server.url(bare), "MM_DATA_DIR": str(tmp_path)}
+    try:
+        proc = subprocess.run(
+            [MM_JOBS, "seed-demo"], env=env, capture_output=True, text=True, timeout=120
+        )
+    finally:
+        drop_database(pg_server, bare)
     assert proc.returncode == 1
     (line,) = json_lines(proc.stderr, "mm-jobs seed-demo")
     assert (line["level"], line["logger"]) == ("critical", "mm.uncaught")
-    assert line["event"].startswith("uncaught OperationalError: ")
+    assert line["event"].startswith("uncaught MissingTableError: ")
     assert line["exception"].startswith("Traceback (most recent call last):")
     assert "cmd_seed_demo" in line["exception"]
 

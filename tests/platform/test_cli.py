@@ -435,3 +435,116 @@ def test_a_storage_that_holds_the_portal_schemas_is_refused_however_it_is_spelle
     with pytest.raises(SettingsError, match="holds the portal's schemas"):
         check_storage_server(sqlalchemy_url(database_url))
     assert conn.execute("SELECT to_regclass('public.runs')").fetchone() == (None,)
+
+
+# -- a database or a service that cannot be used ----------------------------------------
+
+CANARY = "pw-canary-4417"
+
+
+def _one_refusal(stderr: str, where: str) -> str:
+    """The command's one JSON refusal line (exit code 2 in it), its message."""
+    from tests.json_lines import json_lines
+
+    (line,) = [x for x in json_lines(stderr, where) if x["logger"] == "mm-jobs"]
+    assert (line["level"], line["exitCode"]) == ("error", 2), line
+    return str(line["event"])
+
+
+def _database_commands(tmp_path: Path) -> list[list[str]]:
+    """Every `mm-jobs` command that works on the portal database (`run`, `console`, `dev`,
+    `prod-local` and `serve-reports` are tried in their own processes)."""
+    return [
+        ["migrate"], ["migrate", "--with-portal-schema"], ["seed-demo"],
+        ["grants", "mm_jobs"], ["grants", "mm_jobs", "--apply"],
+        ["outbox", "list"], ["outbox", "resend", "--kind", "digest", "--since", "2026-11-01"],
+        ["audit", "verify"], ["audit", "head"], ["digest", "preview", "ann@agency.example"],
+        ["evidence", "export", "--period", "2026-Q4", "--output", str(tmp_path / "e.zip")],
+        ["dlq", "list"], ["dlq", "show", "1"], ["dlq", "requeue", "1"],
+        ["dlq", "discard", "1", "--reason", "duplicate"],
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("refusal", ["unreachable", "credentials"])
+def test_a_database_that_cannot_be_used_is_refused_naming_its_setting_by_every_command(
+    refusal, pg_server, tmp_path, monkeypatch, capsys
+):
+    """DATABASE_URL naming a server that does not answer (a stopped database, a wrong port)
+    or that refuses the credentials (an unknown role): every command stops with one JSON
+    line naming DATABASE_URL and what the server said, exit 2, never the password and never
+    a traceback (`run` exited 1 with psycopg's OperationalError from its audit entry)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from mm_orchestration.cli import main
+    from mm_orchestration.features.evidence.keys import private_text
+    from mm_orchestration.local.embedded_pg import free_port
+
+    if refusal == "unreachable":
+        server, said = f"127.0.0.1:{free_port()}", "Connection refused"
+    else:
+        server, said = f"{pg_server.host}:{pg_server.port}", 'role "nosuchrole" does not exist'
+    url = f"postgresql://nosuchrole:{CANARY}@{server}/portal"
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("MM_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MM_EVIDENCE_SIGNING_KEY", private_text(Ed25519PrivateKey.generate()))
+    for argv in _database_commands(tmp_path):
+        assert main(argv) == 2, argv
+        out, err = capsys.readouterr()
+        event = _one_refusal(err, " ".join(argv))
+        assert event.startswith("DATABASE_URL: the database (database portal as nosuchrole"), event
+        assert said in event, event
+        assert CANARY not in out + err and "Traceback" not in err, argv
+
+
+def test_run_and_the_servers_refuse_a_database_that_cannot_be_used(dagster_env, pg_server):
+    """The reported case, `mm-jobs run` against an unreachable DATABASE_URL, and the
+    commands that start servers on it (the console, the download server, the local stacks
+    with DATABASE_URL set): each refuses in one JSON line naming it, exit 2."""
+    from mm_orchestration.local.embedded_pg import free_port
+
+    url = f"postgresql://jobs:{CANARY}@127.0.0.1:{free_port()}/portal"
+    env = {
+        **dagster_env, "DATABASE_URL": url, "MM_CONSOLE_AUTH": "local",
+        "MM_REPORTS_PASSWORD": "downloads-password-0123456789",
+    }  # fmt: skip
+    for argv in (
+        ["run", "invite-cleanup"],
+        ["console", "--port", str(free_port())],
+        ["serve-reports", "--port", str(free_port())],
+        ["dev", "--port", str(free_port()), "--grpc-port", str(free_port())],
+    ):
+        proc = mm_jobs(env, *argv)
+        assert proc.returncode == 2, (argv, proc.stderr[-2000:])
+        event = _one_refusal(proc.stderr, " ".join(argv))
+        assert event.startswith("DATABASE_URL: the database (database portal as jobs on"), event
+        assert "Connection refused" in event
+        assert CANARY not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_report_store_that_cannot_be_reached_is_refused_naming_its_settings(
+    database_url, tmp_path, monkeypatch, capsys
+):
+    """`evidence export` keeps its bundle in the report store: an S3 endpoint that does not
+    answer is refused naming MM_REPORTS_S3_BUCKET and MM_REPORTS_S3_ENDPOINT (exit 2),
+    never the secret key, instead of botocore's traceback."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from mm_orchestration.cli import main
+    from mm_orchestration.features.evidence.keys import private_text
+    from mm_orchestration.local.embedded_pg import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    for name, value in {
+        "DATABASE_URL": database_url, "MM_DATA_DIR": str(tmp_path / "data"),
+        "MM_EVIDENCE_SIGNING_KEY": private_text(Ed25519PrivateKey.generate()),
+        "MM_REPORTS_S3_BUCKET": "mm-reports", "MM_REPORTS_S3_ENDPOINT": endpoint,
+        "AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": CANARY,
+        "MM_HTTP_CONNECT_TIMEOUT": "1", "MM_HTTP_READ_TIMEOUT": "1",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    argv = ["evidence", "export", "--period", "2026-Q4", "--output", str(tmp_path / "e.zip")]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    event = _one_refusal(err, "evidence export")
+    assert "s3://mm-reports (MM_REPORTS_S3_BUCKET, at MM_REPORTS_S3_ENDPOINT" in event, event
+    assert "cannot be reached" in event and CANARY not in out + err

@@ -261,6 +261,29 @@ def test_a_job_that_cannot_log_in_says_why_at_once(cluster):
     assert "p@ss" not in str(error.value) and "p%40ss" not in str(error.value)
 
 
+def test_a_command_refused_its_password_names_the_setting_and_never_the_password(
+    cluster, tmp_path, monkeypatch, capsys
+):
+    """`mm-jobs` against a server that refuses the password: one JSON line naming
+    DATABASE_URL (exit 2) with libpq's reason, the password nowhere, in any spelling."""
+    import json
+
+    from mm_orchestration.cli import main
+
+    wrong = "wr0ng:p@ss/canary"
+    userinfo = f"{quote(ROLE, safe='')}:{quote(wrong, safe='')}"
+    url = f"postgresql://{userinfo}@127.0.0.1:{cluster.port}/{PORTAL}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("MM_DATA_DIR", str(tmp_path))
+    assert main(["dlq", "list"]) == 2
+    out, err = capsys.readouterr()
+    (line,) = [json.loads(x) for x in err.splitlines() if x.strip()]
+    assert line["event"].startswith("DATABASE_URL: the database (database conn_portal as "), line
+    assert "password authentication failed" in line["event"] and line["exitCode"] == 2
+    for spelling in (wrong, quote(wrong, safe=""), "canary"):
+        assert spelling not in out + err
+
+
 @pytest.mark.parametrize("name", FORM_NAMES)
 def test_the_sqlalchemy_url_reaches_the_same_database(cluster, name):
     form = forms(cluster, PORTAL)[name]

@@ -15,7 +15,11 @@ import psycopg
 
 from mm_orchestration.features.evidence.bundle import Bundle
 from mm_orchestration.platform import audit
-from mm_orchestration.platform.report_store import ReportStore, ReportStoreError
+from mm_orchestration.platform.report_store import (
+    ReportStore,
+    ReportStoreError,
+    ReportStoreUnavailable,
+)
 
 _NEWEST = """
 SELECT storage_uri, sha256, generated_at FROM ops.evidence_bundles
@@ -86,6 +90,8 @@ def newest(conn: psycopg.Connection, store: ReportStore, period: str) -> Kept:
     uri, digest, _ = row
     try:
         data = store.get_uri(uri, digest)
+    except ReportStoreUnavailable as exc:  # the store's fault, not the bundle's: try later
+        return Kept(503, str(exc).encode())
     except ReportStoreError as exc:
         return Kept(409 if "SHA-256" in str(exc) else 404, str(exc).encode())
     return Kept(200, data, uri.rsplit("/", 1)[-1])
