@@ -1,6 +1,6 @@
 """A database that restarts under a run (Neon suspending idle compute, a failover): the
-run's next step gets a working connection, not the dead one the pool kept, and so loses
-no retry to it."""
+run's next step, and Dagster's own storage, get a working connection, not the dead one the
+pool kept, and so lose no retry to it."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import dagster as dg
 
 from mm_orchestration.local.embedded_pg import EmbeddedPostgres
 from mm_orchestration.platform.database import PortalDatabase
+from mm_orchestration.platform.db import connect
+from mm_orchestration.platform.storage import POOL_SIZE, ConnectionStringStorage
 
 
 def test_a_step_after_the_database_restarted_gets_a_live_connection(tmp_path):
@@ -41,5 +43,43 @@ def test_a_step_after_the_database_restarted_gets_a_live_connection(tmp_path):
             e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"
         ]
         assert len(backends) == 2 and backends[0] != backends[1]  # a new connection
+    finally:
+        server.stop()
+
+
+def _sessions(server: EmbeddedPostgres, dbname: str) -> int:
+    with connect(server.url("postgres"), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT sessions FROM pg_stat_database WHERE datname = %s", [dbname]
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_dagster_storage_keeps_its_connections_and_survives_a_restart(tmp_path):
+    """Dagster's storage holds a pool per process (dagster-postgres alone opens a connection
+    per query, and a sensor opens a new instance per evaluation); a pooled connection a
+    restart closed is replaced before use, so the first query after it succeeds."""
+    server = EmbeddedPostgres(tmp_path / "restarting", durable=False).start()
+    try:
+        with connect(server.url("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE dagster")
+        config = {"connection_string": server.url("dagster")}
+        ConnectionStringStorage.from_config_value(None, config)  # creates the tables
+        before = _sessions(server, "dagster")
+        for _ in range(20):  # as twenty sensor evaluations would
+            storage = ConnectionStringStorage.from_config_value(None, config)
+            assert storage.run_storage.get_runs() == []
+            assert storage.schedule_storage.all_instigator_state() == []
+        assert _sessions(server, "dagster") - before <= POOL_SIZE
+
+        server.stop()
+        server.start()
+        assert storage.run_storage.get_runs() == []
+        assert (
+            storage.event_log_storage.get_event_records(
+                dg.EventRecordsFilter(dg.DagsterEventType.RUN_SUCCESS), limit=1
+            )
+            == []
+        )
     finally:
         server.stop()
