@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,22 @@ _STATUS = {
     "STEP_UP_FOR_RETRY": "retrying",
     "STEP_SKIPPED": "skipped",
 }
+
+
+# A run as Dagster's own lines name it in their text ("Checking run <id>", "Run <id> is
+# blocked by ...", "Completed launch of run <id> for ..."): the daemon's lines carry no
+# run metadata, so this is the only place their run is written.
+_RUN_NAMED = re.compile(
+    r"\brun\s+(?:with\s+)?(?:id\s+)?['\"]?"
+    r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\b",
+    re.IGNORECASE,
+)
+
+
+def run_named(text: object) -> str | None:
+    """The id of the run a line of Dagster's text is about (the first it names), if any."""
+    found = _RUN_NAMED.search(text) if isinstance(text, str) else None
+    return found.group(1).lower() if found else None
 
 
 def _document(message: str) -> dict[str, Any] | None:
@@ -54,6 +71,11 @@ def _job_name(name: str | None) -> str | None:
         return name
 
 
+# The loggers Dagster writes its own lines through (dagster_webserver logs as
+# "dagster-webserver").
+DAGSTER_LOGGERS = frozenset({"dagster", "dagster-webserver", "dagit"})
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object on one line: `timestamp`, `level`, `logger`, `event`, the seed's
     fields where they apply, and the event's own (see the module)."""
@@ -75,6 +97,11 @@ class JsonFormatter(logging.Formatter):
             line |= document
         else:
             line["event"] = message
+            # Dagster's own lines (the webserver's, in the console) name a run only in
+            # their text; ours carry runId themselves, and an alert's text names another
+            # job's run that must not claim the line.
+            if line.get("runId") is None and record.name.split(".")[0] in DAGSTER_LOGGERS:
+                line["runId"] = run_named(message)
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(

@@ -15,7 +15,9 @@ covers each:
 - Python's warnings go through logging (`py.warnings`) as JSON;
 - an uncaught exception, in any thread, or one Python can only report ("Exception ignored
   in ..."), is one JSON object with its traceback in `exception`;
-- `dagster-daemon run` without `--log-format` is given `--log-format json`.
+- `dagster-daemon run` without `--log-format` is given `--log-format json`;
+- click's usage errors in Dagster's commands, Dagster's JSON lines (their run and
+  traceback as fields) and any other text on stderr are JSON lines (library_lines.py).
 
 Python runs `setup` at the start of every process whose PYTHONPATH names STARTUP (the
 folder's `sitecustomize`): the local stacks give their processes that PYTHONPATH (and so
@@ -33,6 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from mm_orchestration.monitoring import library_lines
 from mm_orchestration.monitoring.log_lines import StderrHandler, json_handler
 
 STARTUP = Path(__file__).with_name("startup")
@@ -160,6 +163,12 @@ def setup() -> None:
     threading.excepthook = _thread_excepthook
     sys.unraisablehook = _unraisablehook
     _dagster_daemon_json(sys.argv)
+    library_lines.when_imported("click.core", library_lines.click_lines)
+    library_lines.when_imported("dagster._utils.log", library_lines.dagster_lines)
+    # mm-jobs writes its own stderr: JSON lines, and the verdicts of `audit verify` and
+    # `evidence verify`, text for the person who asked (docs/operations.md).
+    if Path(sys.argv[0] if sys.argv else "").name != "mm-jobs":
+        library_lines.guard_stderr()
     # A code server that Dagster starts itself (a workspace that names a module, not a
     # server) takes its --log-format from this variable.
     os.environ.setdefault("DAGSTER_CLI_API_GRPC_LOG_FORMAT", "json")

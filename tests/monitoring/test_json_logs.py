@@ -256,3 +256,215 @@ def test_a_python_without_the_project_says_so_in_json(tmp_path):
     )
     (line,) = json_lines(done.stderr, "a Python without the project")
     assert line["logger"] == "mm.startup" and "mm_orchestration" in line["event"]
+
+
+def _hooked_env(home: Path | None = None) -> dict[str, str]:
+    """This environment as the units and the image give a process: the hook's PYTHONPATH,
+    none of our settings, and `home` as DAGSTER_HOME."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "MM_"))}
+    env["PYTHONPATH"] = python_path(os.environ.get("PYTHONPATH"))
+    if home is not None:
+        home.mkdir(exist_ok=True)
+        (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        env["DAGSTER_HOME"] = str(home)
+    return env
+
+
+@pytest.mark.parametrize(
+    ("argv", "command", "says"),
+    [
+        (["dagster-daemon", "run", "-w", "/nonexistent.yaml"], "dagster-daemon run", "not exist"),
+        (["dagster-daemon"], "dagster-daemon", "a command is required"),
+        (["dagster", "api", "grpc", "--no-such-option"], "dagster api grpc", "No such option"),
+        (
+            ["dagster", "code-server", "start", "-m", "mm_orchestration"],
+            "dagster code-server start",
+            "one and only one of --port/-p or --socket/-s",
+        ),
+        (["dagster-webserver", "--no-such-option"], "dagster-webserver", "No such option"),
+    ],
+    ids=["daemon-workspace", "daemon-no-command", "grpc", "code-server", "webserver"],
+)
+def test_a_usage_error_of_dagsters_commands_is_one_json_line(argv, command, says):
+    """What click prints as `Usage:`, `Try ...` and `Error:` (or, with no command, the
+    whole help) when a Dagster command is started wrong, as the units and the image start
+    it: one JSON line with the message, the usage and click's exit code 2."""
+    proc = subprocess.run(
+        [str(BIN / argv[0]), *argv[1:]],
+        env=_hooked_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stdout == "", proc
+    (line,) = json_lines(proc.stderr, command)
+    assert (line["level"], line["logger"], line["exitCode"]) == ("error", argv[0], 2)
+    assert line["event"].startswith(f"{command}: ") and says in line["event"], line
+    assert line["usage"].startswith(f"Usage: {command} [OPTIONS]"), line
+
+
+def test_a_prompt_cut_short_is_a_json_line(tmp_path):
+    """click's `Aborted!` (a Dagster command's prompt meets the end of its input) is one
+    JSON line, exit code 1; the question itself is the command's, on stdout."""
+    proc = subprocess.run(
+        [str(BIN / "dagster"), "run", "wipe"],
+        env=_hooked_env(tmp_path / "home"),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1 and "Type DELETE" in proc.stdout, proc
+    (line,) = json_lines(proc.stderr, "dagster run wipe")
+    assert (line["level"], line["logger"], line["event"]) == ("warning", "dagster", "aborted")
+    assert line["exitCode"] == 1
+
+
+def test_text_written_straight_to_stderr_is_json_lines(tmp_path):
+    """Text no logger wrote: a library's own `sys.stderr.write` (Dagster's when a run
+    worker cannot store its events), a `print` to stderr, and Python's own message for
+    `sys.exit("...")`, which it prints as the process ends: one JSON line of `mm.stderr`
+    for each line of text, the exit code Python's (1)."""
+    script = (
+        "import sys\n"
+        "sys.stderr.write('Exception while storing event batch: the database went away\\n')\n"
+        "print('Falling back to storing', 'one by one', file=sys.stderr)\n"
+        "sys.exit('cannot go on: no database')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=_hooked_env(),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    lines = json_lines(proc.stderr, "python -c")
+    assert [(line["logger"], line["level"], line["event"]) for line in lines] == [
+        ("mm.stderr", "error", "Exception while storing event batch: the database went away"),
+        ("mm.stderr", "error", "Falling back to storing one by one"),
+        ("mm.stderr", "error", "cannot go on: no database"),
+    ]
+
+
+RUN_ID = "0b3e9a4c-5a51-4c1f-9d0e-2f6f1d2c7a11"
+
+
+def test_a_dagster_line_naming_a_run_carries_its_run_id():
+    """Through our formatter (the console's and `mm-jobs run`'s Dagster lines): a Dagster
+    logger's line that names a run has `runId`; one of ours that names another job's run
+    in its text (an alert) is not claimed for it."""
+    script = (
+        "import logging\n"
+        "logging.getLogger('dagster.daemon.MonitoringDaemon').warning("
+        f"'Run {RUN_ID} has exceeded maximum runtime')\n"
+        f"logging.getLogger('mm.alerts').warning('run {RUN_ID} of invite-cleanup failed')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=_hooked_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    dagster, ours = json_lines(proc.stderr, "python -c")
+    assert dagster["runId"] == RUN_ID and "runId" not in ours, (dagster, ours)
+
+
+def _serve_until(argv: list[str], env: dict[str, str], log: Path, *texts: str) -> None:
+    """Run `argv` (stdout and stderr into `log`) until every one of `texts` is in its
+    output, then stop it as systemd does (SIGTERM, SIGKILL after 30 s)."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            argv, env=env, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 90
+            while not all(text in log.read_text() for text in texts):
+                assert proc.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.2)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+# A code location whose one sensor asks for a run and whose other fails: the daemon logs
+# the run it launched, and the sensor's error with its traceback.
+LOCATION = """
+from dagster import DefaultSensorStatus, Definitions, RunRequest, job, op, sensor
+
+
+@op
+def tidy():
+    pass
+
+
+@job
+def tidy_up():
+    tidy()
+
+
+@sensor(job=tidy_up, default_status=DefaultSensorStatus.RUNNING)
+def asks_for_a_run():
+    return RunRequest(run_key="once")
+
+
+@sensor(job=tidy_up, default_status=DefaultSensorStatus.RUNNING)
+def breaks():
+    raise ValueError("the sensor broke")
+
+
+defs = Definitions(jobs=[tidy_up], sensors=[asks_for_a_run, breaks])
+"""
+
+
+@pytest.mark.stack
+def test_the_daemons_lines_name_their_run_and_keep_the_traceback(tmp_path):
+    """`dagster-daemon run --log-format json` (Dagster's own JSON format): the line about
+    the run a sensor launched has `runId`, and a sensor's error its traceback in
+    `exception` (not `exc_info` as a repr); every line of its output is JSON. The queue
+    launches nothing (max_concurrent_runs 0): the run is only named."""
+    home = tmp_path / "home"
+    env = _hooked_env(home)
+    with open(home / "dagster.yaml", "a") as config:
+        config.write("concurrency:\n  runs:\n    max_concurrent_runs: 0\n")
+    (tmp_path / "location.py").write_text(LOCATION)
+    workspace = tmp_path / "workspace.yaml"
+    workspace.write_text(f"load_from:\n  - python_file: {tmp_path / 'location.py'}\n")
+    log = tmp_path / "daemon.log"
+    argv = [str(BIN / "dagster-daemon"), "run", "--log-format", "json", "-w", str(workspace)]
+    _serve_until(argv, env, log, "Completed launch of run", "Sensor tick caught an error")
+    lines = json_lines(log.read_text(), "dagster-daemon run")
+    (launched,) = [line for line in lines if "Completed launch of run" in line["event"]]
+    assert launched["logger"] == "dagster.daemon.SensorDaemon"
+    assert launched["event"] == f"Completed launch of run {launched['runId']} for asks_for_a_run"
+    errors = [line for line in lines if line["event"] == "Sensor tick caught an error"]
+    assert errors and all("exc_info" not in line for line in errors), errors
+    assert errors[0]["exception"].startswith("Traceback (most recent call last):")
+    assert 'raise ValueError("the sensor broke")' in errors[0]["exception"]
+
+
+def test_the_code_servers_error_keeps_its_traceback(tmp_path):
+    """`dagster api grpc` serving code that does not load (it stays up, to report the
+    error): Dagster's "Error while importing code" line has the traceback in `exception`."""
+    (tmp_path / "broken.py").write_text("raise RuntimeError('the definitions are broken')\n")
+    log = tmp_path / "code-server.log"
+    argv = [
+        str(BIN / "dagster"), "api", "grpc", "-f", str(tmp_path / "broken.py"),
+        "--lazy-load-user-code", "--log-format", "json", "--host", "127.0.0.1",
+        "--port", str(free_port()),
+    ]  # fmt: skip
+    _serve_until(argv, _hooked_env(tmp_path / "home"), log, "Started Dagster code server")
+    lines = json_lines(log.read_text(), "dagster api grpc")
+    (error,) = [line for line in lines if line["event"] == "Error while importing code"]
+    assert "exc_info" not in error and error["level"] == "error", error
+    assert error["exception"].startswith("Traceback (most recent call last):")
+    assert "RuntimeError: the definitions are broken" in error["exception"]
