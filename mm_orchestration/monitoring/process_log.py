@@ -150,6 +150,18 @@ def _dagster_daemon_json(argv: list[str]) -> None:
             argv[2:2] = ["--log-format", "json"]
 
 
+# The `mm-jobs` commands whose stderr is text for the person who asked, not a log: the
+# verdicts of `audit verify` and `evidence verify`, and the note beside `grants`'s SQL
+# (docs/cli.md, docs/operations.md).
+_FOR_A_PERSON = (["audit", "verify"], ["evidence", "verify"], ["grants"])
+
+
+def _stderr_for_a_person(argv: list[str]) -> bool:
+    if not argv or Path(argv[0]).name != "mm-jobs":
+        return False
+    return any(argv[1 : 1 + len(command)] == command for command in _FOR_A_PERSON)
+
+
 def setup() -> None:
     """JSON lines for everything this process writes through logging, its warnings and
     its uncaught exceptions (see the module); safe to call more than once."""
@@ -165,9 +177,7 @@ def setup() -> None:
     _dagster_daemon_json(sys.argv)
     library_lines.when_imported("click.core", library_lines.click_lines)
     library_lines.when_imported("dagster._utils.log", library_lines.dagster_lines)
-    # mm-jobs writes its own stderr: JSON lines, and the verdicts of `audit verify` and
-    # `evidence verify`, text for the person who asked (docs/operations.md).
-    if Path(sys.argv[0] if sys.argv else "").name != "mm-jobs":
+    if not _stderr_for_a_person(sys.argv):
         library_lines.guard_stderr()
     # A code server that Dagster starts itself (a workspace that names a module, not a
     # server) takes its --log-format from this variable.
