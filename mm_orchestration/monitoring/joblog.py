@@ -19,6 +19,9 @@ One schema for every line, Dagster's and ours: the keys Dagster's own JSON log f
   runs and the console, the startup hook for Dagster's daemon, code servers and run
   workers): Python's warnings, uncaught exceptions and every logger's records, through
   the same formatter (log_lines.py).
+- What other code prints its own way (library_lines.py): click's usage errors in Dagster's
+  commands, Dagster's own JSON lines given `runId` and `exception` (a traceback), and any
+  other text on stderr, each a JSON line.
 
 Email addresses are masked and secrets are never passed in.
 """

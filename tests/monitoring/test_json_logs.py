@@ -5,9 +5,13 @@ Read here: `mm-jobs run` (a run's log, a failure), the console, `mm-jobs`'s refu
 an uncaught exception, a Python process started with the startup hook (a warning, a
 library's `logging.warning`, a thread's crash and the process's own), and the daemon run
 as the Helm chart runs it (no `--log-format`) while its code server is down (Dagster's
-"Error loading repository location" warning). The code server's, the daemon's and every
-run pod's whole output are read the same way in tests/platform/test_kubernetes_run.py,
-which starts those processes anyway.
+"Error loading repository location" warning); what other code prints its own way: a
+usage error of Dagster's commands and a prompt cut short (click's text), text written
+straight to stderr (a library's write, Python's message for `sys.exit("...")`), and
+Dagster's own JSON lines, which name their run (`runId`) and keep an error's traceback
+(the daemon's, the code server's). The code server's, the daemon's and every run pod's
+whole output are read the same way in tests/platform/test_kubernetes_run.py, which starts
+those processes anyway.
 """
 
 from __future__ import annotations
