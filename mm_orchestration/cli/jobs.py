@@ -24,7 +24,6 @@ from mm_orchestration.cli.arguments import (
 )
 from mm_orchestration.platform import inventory
 from mm_orchestration.platform.settings import Settings, SettingsError
-from mm_orchestration.platform.text import NOT_SHOWN
 
 
 def register(sub: Any) -> None:
@@ -128,7 +127,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if partition is not None:
         _check_partition(spec.name, job, partition)
     if partition is None and job.partitions_def is not None:
-        partition = job.partitions_def.get_last_partition_key()  # the latest hour or day
+        # Without --partition, the latest hour, day or week, said on stdout (docs/cli.md).
+        partition = job.partitions_def.get_last_partition_key()
+        if partition is None:  # a partitioning that has not begun: nothing to run yet
+            _check_partition(spec.name, job, None)
         print(f"{spec.name}: partition {partition}")
     run_id = str(uuid.uuid4())
     with open_instance(settings) as instance:
@@ -204,15 +206,14 @@ def _settle_cli_launch(
         audit.settle(conn, entry, status, run_id, {"summary": (summary or "")[:2000]})
 
 
-def _check_partition(name: str, job: Any, partition: str) -> None:
-    """--partition names a partition the job has, or the command stops saying so."""
-    if job.partitions_def is None:
-        raise SettingsError(f"--partition: {name} has no partitions; run it without one")
-    if not job.partitions_def.has_partition_key(partition):
-        latest = job.partitions_def.get_last_partition_key()
-        raise SettingsError(
-            f"--partition is not a partition of {name} (the latest is {latest}); {NOT_SHOWN}"
-        )
+def _check_partition(name: str, job: Any, partition: str | None) -> None:
+    """--partition names a partition the job has, or the command stops saying so and which
+    are valid, by the rule every door judges by (platform/partitions.py)."""
+    from mm_orchestration.platform.partitions import key_problem
+
+    problem = key_problem(name, job.partitions_def, partition)
+    if problem:
+        raise SettingsError(f"--partition: {problem}")
 
 
 def _force_nodes(job: Any) -> list[str]:

@@ -135,6 +135,30 @@ class ContextLookups:
             return None
         return self._instance.get_backfill(backfill_id)
 
+    def partitions(
+        self, job: str | None, assets: list[str], location: str | None, repository: str | None
+    ) -> list[Any] | None:
+        """The partitionings a run of `job` (or of `assets`, as `ops/name`) must name a
+        partition of, from the workspace's snapshots; None when unknown."""
+        from dagster import AssetKey
+
+        from mm_orchestration.platform.partitions import partitions_in
+
+        if self._context is None:
+            return None
+        keys = [AssetKey.from_user_string(asset) for asset in assets]
+        return partitions_in(self._context, job, keys, location, repository)
+
+    def partition_set(
+        self, name: str, location: str | None, repository: str | None
+    ) -> tuple[str, Any] | None:
+        """(job, partitioning) of a backfill's partition set; None when unknown."""
+        from mm_orchestration.platform.partitions import partition_set_in
+
+        if self._context is None:
+            return None
+        return partition_set_in(self._context, name, location, repository)
+
     def instigator_name(self, args: Mapping[str, Any]) -> str | None:
         """A schedule or sensor switched off by its id: its name, from the workspace."""
         from dagster._core.remote_representation.external import CompoundID

@@ -180,13 +180,15 @@ def assets_and_partitions(args: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass
 class Launch:
-    """One run a launch or re-execution would start: its job, assets, partition tags and
-    the run it repeats."""
+    """One run a launch or re-execution would start: its job, assets, partition tags, the
+    run it repeats, and the code location and repository it names."""
 
     job: str | None
     assets: list[str]
     partitions: dict[str, str]
     parent: str | None
+    location: str | None = None
+    repository: str | None = None
 
     @property
     def asset_job(self) -> bool:
@@ -205,11 +207,21 @@ def launches(args: dict[str, Any]) -> list[Launch]:
         return [Launch(None, [], {}, reexecution.get("parentRunId"))]
     found = []
     for params in args.get("executionParamsList") or [args.get("executionParams") or {}]:
-        job, assets = _job_target(params.get("selector"))
+        selector = params.get("selector") or {}
+        job, assets = _job_target(selector)
         metadata = params.get("executionMetadata") or {}
         tags = _tags(metadata.get("tags"))
         partitions = {k: v for k, v in tags.items() if k in PARTITION_TAGS}
-        found.append(Launch(job, assets, partitions, metadata.get("parentRunId")))
+        found.append(
+            Launch(
+                job,
+                assets,
+                partitions,
+                metadata.get("parentRunId"),
+                selector.get("repositoryLocationName"),
+                selector.get("repositoryName"),
+            )
+        )
     return found
 
 

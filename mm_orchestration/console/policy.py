@@ -8,6 +8,10 @@ they write nothing (the middleware audits what they decide).
   by the assets of a manual asset job) and reloads code (`operator`);
 - admin: everything (`admin`), and any run.
 
+Whoever launches it, a run of a partitioned job (a launch, a re-execution, each run of a
+batch, a backfill's partitions) must name partitions the job has (platform/partitions.py):
+refused up front, naming the job and the valid keys, instead of a run that fails.
+
 Mutations are classified in mutations.py; an unclassified one is refused to everyone.
 """
 
@@ -28,6 +32,12 @@ from mm_orchestration.console.graphql_args import (
 )
 from mm_orchestration.console.mutations import MUTATIONS, VERBS, Mutation
 from mm_orchestration.platform import inventory
+from mm_orchestration.platform.partitions import (
+    PARTITION_TAG,
+    keys_problem,
+    range_problem,
+    run_problem,
+)
 
 # What an operator may launch or re-execute: the seed's manual jobs and the DLQ tools,
 # by their Dagster job names, and the assets of the manual asset jobs (a materialisation
@@ -65,6 +75,17 @@ class Lookups(Protocol):
 
     def instigator_name(self, args: dict[str, Any]) -> str | None:
         """The name of the schedule or sensor the arguments name by id, or None."""
+
+    def partitions(
+        self, job: str | None, assets: list[str], location: str | None, repository: str | None
+    ) -> list[Any] | None:
+        """The partitionings a run of `job` (or of `assets`) must name a partition of: []
+        for none, None when it is not known (Dagster then answers for the run)."""
+
+    def partition_set(
+        self, name: str, location: str | None, repository: str | None
+    ) -> tuple[str, Any] | None:
+        """(job, partitioning) of a backfill's partition set, or None when not known."""
 
 
 @dataclass
@@ -124,7 +145,8 @@ def decide(
     target = named or target_of(field_name, args)
     details = assets_and_partitions(args)
     if may(identity, mutation.rule):
-        return Decision(mutation, target, details=details)
+        refusal = _backfill_refusal(args, lookups) if field_name == BACKFILL else None
+        return Decision(mutation, target, details=details, refusal=refusal)
     verb = mutation.action.replace("_", " ")
     return Decision(
         mutation, target, details=details, refusal=f"{who} may not {verb} ({target or field_name})"
@@ -132,6 +154,12 @@ def decide(
 
 
 WITH_ITS_BATCH = "refused with its batch: "
+BACKFILL = "launchPartitionBackfill"
+# How a person names a partition in the console, for the refusals that ask for one.
+_CHOOSE = (
+    "pick it in the launch dialog's partition picker (or from the job's Partitions tab), "
+    f"or send it as the {PARTITION_TAG} tag"
+)
 
 
 def decide_each(
@@ -171,11 +199,15 @@ def _with_parent(launch: Launch, rule: str, lookups: Lookups | None) -> Launch:
     job = launch.job
     if job and job != run.job_name:
         job = f"{job}|{run.job_name}"  # both judged: no job anyone may launch
+    origin = getattr(run, "remote_job_origin", None)
     return Launch(
         job or run.job_name,
         launch.assets or sorted(k.to_user_string() for k in run.asset_selection or []),
         launch.partitions or {k: v for k, v in run.tags.items() if k in PARTITION_TAGS},
         launch.parent,
+        launch.location or getattr(origin, "location_name", None),
+        launch.repository
+        or getattr(getattr(origin, "repository_origin", None), "repository_name", None),
     )
 
 
@@ -227,7 +259,90 @@ def _decide_run(
     target = target or ",".join(details.get("parent_run_ids", []))
     job_name = _seed_name(jobs[0]) if len(jobs) == 1 else None
     refusal = _run_refusal(runs, identity, mutation.rule, who, field_name)
+    refusal = refusal or _partition_refusal(runs, lookups)
     return Decision(mutation, target or None, job_name, details, refusal)
+
+
+def _partition_refusal(runs: list[Launch], lookups: Lookups | None) -> str | None:
+    """Why one of these runs may not run for the partition it names (None: they may): a
+    partitioned job's run names one of its partitions (or a range of them), any other
+    none. Judged from the workspace's snapshot of the job, for every role."""
+    if lookups is None:
+        return None
+    for launch in runs:
+        if launch.job is None or "|" in launch.job:
+            continue  # no job to judge (refused by role already, or Dagster's to refuse)
+        found = lookups.partitions(launch.job, launch.assets, launch.location, launch.repository)
+        if found is None:
+            continue
+        name = launch.shown or launch.job
+        if len(found) > 1:
+            return (
+                f"the assets {name} are partitioned differently, so no one partition fits "
+                "them all: launch each partitioning on its own"
+            )
+        problem = run_problem(name, found[0] if found else None, launch.partitions)
+        if problem:
+            return f"{problem}; {_CHOOSE}" if found else problem
+    return None
+
+
+def _backfill_refusal(args: dict[str, Any], lookups: Lookups | None) -> str | None:
+    """Why a backfill may not run for the partitions it names (None: it may): each one a
+    partition of its job (by partition set) or of each asset selected, a range's ends keys
+    in order, and some partitions named at all."""
+    params = args.get("backfillParams")
+    if lookups is None or not isinstance(params, dict):
+        return None
+    names = [str(n) for n in params.get("partitionNames") or []]
+    everything = bool(params.get("allPartitions"))
+    selector = params.get("selector") or {}
+    if selector.get("partitionSetName"):
+        repo = selector.get("repositoryName") or (selector.get("repositorySelector") or {}).get(
+            "repositoryName"
+        )
+        location = selector.get("repositoryLocationName") or (
+            selector.get("repositorySelector") or {}
+        ).get("repositoryLocationName")
+        found = lookups.partition_set(str(selector["partitionSetName"]), location, repo)
+        if found is None:
+            return None
+        job, partitions = found
+        if not (names or everything):
+            return f"a backfill of {job} names no partitions: choose them (or all of them)"
+        return None if everything else keys_problem(job, partitions, names)
+    problems = []
+    selected = [
+        "/".join(map(str, a.get("path") or []))
+        for a in params.get("assetSelection") or []
+        if isinstance(a, dict)
+    ]
+    partitioned = {name: lookups.partitions(None, [name], None, None) for name in selected}
+    if selected and names and all(found == [] for found in partitioned.values()):
+        # Unpartitioned assets ride along in a partitioned backfill (run once), but a
+        # backfill of only such assets has nothing to fill (Dagster fails on it).
+        problems.append(f"{','.join(selected)} has no partitions: materialise it instead")
+    for name, found_assets in partitioned.items():
+        if not found_assets or everything:
+            continue  # unpartitioned, unknown to the workspace, or every partition
+        if not names:
+            problems.append(f"a backfill of {name} names no partitions: choose them (or all)")
+        else:
+            problems.append(keys_problem(name, found_assets[0], names) or "")
+    for item in params.get("partitionsByAssets") or []:
+        key = (item or {}).get("assetKey") or {}
+        name = "/".join(map(str, key.get("path") or []))
+        found_assets = lookups.partitions(None, [name], None, None)
+        chosen = (item or {}).get("partitions")
+        if found_assets is None or not chosen:
+            continue  # unknown to the workspace, or every partition
+        partitions = found_assets[0] if found_assets else None
+        ranges = [chosen.get("range"), *(chosen.get("ranges") or [])]
+        for each in (r for r in ranges if r):
+            problems.append(
+                range_problem(name, partitions, each.get("start"), each.get("end")) or ""
+            )
+    return next((p for p in problems if p), None)
 
 
 def _seed_name(job: str) -> str:

@@ -86,7 +86,8 @@ def refuse_environment_reads(config: Any) -> None:
 
 
 class PlainValuesRunCoordinator(QueuedRunCoordinator):
-    """Dagster's queued run coordinator, refusing a run whose config reads the environment
+    """Dagster's queued run coordinator, refusing a run whose config reads the environment,
+    or a run of a partitioned job that names none of its partitions (platform/partitions.py),
     whichever door it came through (a webserver other than the console, `dagster job
     launch`, a GraphQL client): the run is failed before it is queued, with the reason in
     its log, and never starts. Configured in dagster.yaml like the class it extends."""
@@ -95,9 +96,34 @@ class PlainValuesRunCoordinator(QueuedRunCoordinator):
         run = context.dagster_run
         try:
             refuse_environment_reads(run.run_config)
+            problem = partition_problem(run, context.workspace)
         except RunConfigRefused as exc:
-            self._instance.report_run_failed(run, f"refused before it was queued: {exc}")
+            problem = str(exc)
+        if problem:
+            self._instance.report_run_failed(run, f"refused before it was queued: {problem}")
             refused = self._instance.get_run_by_id(run.run_id)
             assert refused is not None
             return refused
         return super().submit_run(context)
+
+
+def partition_problem(run: DagsterRun, workspace: Any) -> str | None:
+    """Why `run` may not run (None: it may): it names no partition of its partitioned job,
+    or one the job does not have (a run without a partition fails in its first step; one
+    for a week to come writes a report of nothing). Judged from `workspace`'s snapshot of
+    the job; a run the workspace cannot place is left to Dagster."""
+    from mm_orchestration.platform.partitions import partitions_in, run_problem
+
+    if workspace is None:
+        return None
+    origin = run.remote_job_origin
+    location = origin.location_name if origin is not None else None
+    repository = origin.repository_origin.repository_name if origin is not None else None
+    assets = sorted(run.asset_selection or [], key=lambda key: key.to_user_string())
+    found = partitions_in(workspace, run.job_name, assets, location, repository)
+    if not found or len(found) > 1:
+        # Unpartitioned (a stray partition tag harms no such run), unknown, or assets
+        # partitioned differently: Dagster's to answer.
+        return None
+    name = ",".join(k.to_user_string() for k in assets) if assets else run.job_name
+    return run_problem(name, found[0], run.tags)

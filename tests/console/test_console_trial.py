@@ -121,6 +121,112 @@ def test_re_executing_a_run_judges_the_config_it_takes_from_its_parent(console):
     assert _new_entries(console, before) == [(OPERATOR, "reexecute_run", "refused")]
 
 
+# -- a run of a partitioned job names one of its partitions -----------------------------
+
+WEEKS = "weekly partitions from 2025-01-06 to the latest"
+PARTITION = "dagster/partition"
+
+
+def _launch(console: Any, person: str, job: str, tags: dict[str, str], **selector: Any) -> Any:
+    params = {
+        "selector": {**REPOSITORY, "jobName": job, **selector},
+        "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]},
+    }
+    return gql(console, person, LAUNCH, {"p": params})["data"]["launchPipelineExecution"]
+
+
+def _runs_of(console: Any, job: str) -> set[str]:
+    from dagster import RunsFilter
+
+    with _instance(console) as instance:
+        return {r.run_id for r in instance.get_runs(filters=RunsFilter(job_name=job))}
+
+
+@pytest.mark.parametrize("person", [OPERATOR, ADMIN])
+def test_a_partitioned_job_launched_without_a_valid_partition_is_refused_up_front(console, person):
+    """The trial's launch of residency_report with no partition tag was taken and the run
+    failed. Refused now before any run exists, for any role, naming the job, why, and the
+    valid keys and their form: no partition, a week to come, a day that starts no week,
+    text that is no date (not quoted back); the same for the asset's own materialisation
+    and for a job without partitions given one. A partition the job has is launched."""
+    before_runs, before = _runs_of(console, "residency_report"), len(console.audit())
+    asset = {"assetSelection": [{"path": ["ops", "residency_report"]}]}
+    cases = [
+        ("residency_report", {}, {}, "residency_report is partitioned: a run needs a partition"),
+        ("residency_report", {PARTITION: "2099-01-05"}, {},
+         "2099-01-05 is after the latest partition"),
+        ("residency_report", {PARTITION: "2026-11-24"}, {},
+         "2026-11-24 does not start one of its partitions"),
+        ("residency_report", {PARTITION: "s3cret-canary"}, {},
+         "it is not in the form YYYY-MM-DD (the value is not shown)"),
+        ("__ASSET_JOB", {}, asset, "ops/residency_report is partitioned: a run needs a partition"),
+    ]  # fmt: skip
+    for job, tags, selector, why in cases:
+        answer = _launch(console, person, job, tags, **selector)
+        assert answer["__typename"] == "PythonError", (job, tags, answer)
+        assert why in answer["message"], answer["message"]
+        assert WEEKS in answer["message"] and "YYYY-MM-DD, each week's Monday" in answer["message"]
+        assert "partition picker" in answer["message"] and "canary" not in answer["message"]
+    answer = _launch(console, person, "share_link_expiry", {PARTITION: "2026-11-23"})
+    assert answer["message"] == "share_link_expiry has no partitions: run it without one"
+    entries = console.audit()[before:]
+    assert [(e["actor"], e["action"], e["outcome"]) for e in entries] == [
+        (person, "launch_run", "refused")
+    ] * (len(cases) + 1)
+    assert "a run needs a partition" in entries[0]["details"]["refusal"]
+    assert _runs_of(console, "residency_report") == before_runs  # no run was made
+    answer = _launch(console, person, "residency_report", {PARTITION: "2026-11-23"})
+    assert answer["__typename"] == "LaunchRunSuccess", answer
+
+
+def test_partition_ranges_batches_and_backfills_are_judged_the_same(console):
+    """A range reaching into the future (the console spent over a minute on one), ends out of
+    order, a batch with one bad run, and backfills of weeks to come, of no partitions, of an
+    asset without partitions, or over a range to come: each refused with why, nothing made."""
+    start, end = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+    for tags, why in (
+        ({start: "2026-11-01-00:00", end: "2099-11-01-00:00"},
+         "the range's last partition is not one of analytics_rollup's: 2099-11-01-00:00 is "
+         "after the latest partition"),
+        ({start: "2026-11-01-03:00", end: "2026-11-01-00:00"},
+         "the range of analytics_rollup starts at 2026-11-01-03:00, after its end"),
+    ):  # fmt: skip
+        answer = _launch(console, ADMIN, "analytics_rollup", tags)
+        assert why in answer.get("message", ""), answer
+    many = """mutation($l: [ExecutionParams!]!) { launchMultipleRuns(executionParamsList: $l) {
+      __typename ... on PythonError { message } } }"""
+    good = {
+        "selector": {**REPOSITORY, "jobName": "residency_report"},
+        "executionMetadata": {"tags": [{"key": PARTITION, "value": "2026-11-23"}]},
+    }
+    bad = {"selector": {**REPOSITORY, "jobName": "residency_report"}}  # fmt: skip
+    answer = gql(console, ADMIN, many, {"l": [good, bad]})["data"]["launchMultipleRuns"]
+    assert "residency_report is partitioned: a run needs a partition" in answer["message"]
+
+    residency = {"assetSelection": [{"path": ["ops", "residency_report"]}]}
+    weeks = {"partitionSetName": "residency_report_partition_set",
+             "repositorySelector": REPOSITORY}  # fmt: skip
+    ahead = {"start": "2099-01-05", "end": "2099-02-02"}
+    for params, why in (
+        ({**residency, "partitionNames": ["2026-11-23", "2099-01-05"]},
+         "1 of the 2 partitions asked for are not ops/residency_report's (2099-01-05 is "
+         "after the latest partition"),
+        ({"selector": weeks, "partitionNames": ["2099-01-05"]},
+         "the partition asked for is not residency_report's"),
+        ({"selector": weeks}, "a backfill of residency_report names no partitions"),
+        ({"assetSelection": [{"path": ["ops", "job_health"]}], "partitionNames": ["x"]},
+         "ops/job_health has no partitions: materialise it instead"),
+        ({"partitionsByAssets": [{"assetKey": {"path": ["ops", "residency_report"]},
+                                  "partitions": {"range": ahead}}]},
+         "the range's first partition is not one of ops/residency_report's"),
+    ):  # fmt: skip
+        answer = gql(console, ADMIN, BACKFILL, {"p": params})["data"]["launchPartitionBackfill"]
+        assert why in answer.get("message", ""), (params, answer)
+    answer = gql(console, ADMIN, BACKFILL, {"p": {"selector": weeks,
+                                                  "partitionNames": ["2026-11-23"]}})  # fmt: skip
+    assert answer["data"]["launchPartitionBackfill"]["__typename"] == "LaunchBackfillSuccess"
+
+
 # -- 4: reads that run code, wherever the selection reaches them ------------------------
 
 

@@ -409,9 +409,21 @@ def test_a_cli_run_whose_process_died_is_canceled_when_a_stack_starts(
 
 
 def test_bad_partitions_and_an_unreachable_storage_are_named(dagster_env, pg_server):
+    """A partition the job does not have is refused by the rule the console and the run
+    coordinator judge by: why, and which keys are valid in which form (an hour to come was
+    run and wrote nothing; text that is no key is not quoted back)."""
     proc = mm_jobs(dagster_env, "run", "analytics-rollup", "--partition", "garbage")
-    assert proc.returncode == 2 and "--partition is not a partition of" in proc.stderr
+    assert proc.returncode == 2
+    assert (
+        "--partition: the partition given is not one of analytics-rollup's: it is not in the "
+        "form YYYY-MM-DD-HH:MM (the value is not shown); choose one of its hourly partitions "
+        "from 2025-01-01-00:00 to the latest, "
+    ) in proc.stderr, proc.stderr
     assert "garbage" not in proc.stderr
+    proc = mm_jobs(dagster_env, "run", "residency-report", "--partition", "2099-01-05")
+    assert proc.returncode == 2
+    assert "2099-01-05 is after the latest partition" in proc.stderr, proc.stderr
+    assert "YYYY-MM-DD, each week's Monday, Australia/Sydney" in proc.stderr
     proc = mm_jobs(dagster_env, "run", "share-link-expiry", "--partition", "x")
     assert proc.returncode == 2 and "share-link-expiry has no partitions" in proc.stderr
     from mm_orchestration.local.embedded_pg import free_port
@@ -548,3 +560,34 @@ def test_a_report_store_that_cannot_be_reached_is_refused_naming_its_settings(
     event = _one_refusal(err, "evidence export")
     assert "s3://mm-reports (MM_REPORTS_S3_BUCKET, at MM_REPORTS_S3_ENDPOINT" in event, event
     assert "cannot be reached" in event and CANARY not in out + err
+
+
+def test_a_partitioned_run_from_any_other_door_is_refused_before_it_is_queued(dagster_env):
+    """`dagster job launch` (neither the console nor mm-jobs): the run coordinator fails a
+    run of residency_report without a partition, or for a week to come, before it is
+    queued, saying why in its log; a run of a week it has is queued."""
+    from dagster import RunsFilter
+
+    launch = [str(Path(sys.executable).with_name("dagster")), "job", "launch",
+              "-m", "mm_orchestration", "-j", "residency_report"]  # fmt: skip
+    weeks = {"none": None, "ahead": "2099-01-05", "past": "2026-11-23"}
+    for week in weeks.values():
+        tags = ["--tags", json.dumps({"dagster/partition": week})] if week else []
+        done = subprocess.run([*launch, *tags], env=dagster_env, capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+    with DagsterInstance.get() as instance:
+        runs = {
+            r.tags.get("dagster/partition"): r
+            for r in instance.get_runs(filters=RunsFilter(job_name="residency_report"))
+        }
+        assert set(runs) == set(weeks.values())
+        assert runs["2026-11-23"].status == DagsterRunStatus.QUEUED
+        for week, why in (
+            (None, "residency_report is partitioned: a run needs a partition"),
+            ("2099-01-05", "the partition given is not one of residency_report's: 2099-01-05 "
+             "is after the latest partition"),
+        ):  # fmt: skip
+            assert runs[week].status == DagsterRunStatus.FAILURE
+            said = " ".join(e.message or "" for e in instance.all_logs(runs[week].run_id))
+            assert f"refused before it was queued: {why}" in said, said
