@@ -456,6 +456,7 @@ def test_the_daemons_lines_name_their_run_and_keep_the_traceback(tmp_path):
     assert 'raise ValueError("the sensor broke")' in errors[0]["exception"]
 
 
+@pytest.mark.stack
 def test_the_code_servers_error_keeps_its_traceback(tmp_path):
     """`dagster api grpc` serving code that does not load (it stays up, to report the
     error): Dagster's "Error while importing code" line has the traceback in `exception`."""
