@@ -1,19 +1,21 @@
-"""Sentry, initialised once per process from SENTRY_DSN; nothing at all without one."""
+"""Sentry, initialised once per process from SENTRY_DSN; nothing at all without one.
+
+The SDK (with urllib3) is imported only when a DSN is set: a run or a sensor of a
+deployment without Sentry never loads it."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sentry_sdk
-import urllib3
 from dagster import ConfigurableResource
 from pydantic import Field
-from sentry_sdk.integrations.logging import LoggingIntegration
-from sentry_sdk.transport import HttpTransport
 
 from mm_orchestration.platform.config_models import QUIET
 from mm_orchestration.platform.settings import DEFAULTS
+
+if TYPE_CHECKING:
+    from sentry_sdk.transport import HttpTransport
 
 _initialised: dict[str, Any] = {}
 
@@ -21,6 +23,8 @@ _initialised: dict[str, Any] = {}
 def bounded_transport(connect: float, read: float) -> type[HttpTransport]:
     """Sentry's HTTP transport with our connect and read timeouts (the SDK's default is
     one 30 s total). It sends from a background thread; `flush` waits at most 5 s."""
+    import urllib3
+    from sentry_sdk.transport import HttpTransport
 
     class BoundedHttpTransport(HttpTransport):
         def _get_pool_options(self) -> dict[str, Any]:
@@ -54,6 +58,9 @@ class Monitoring(ConfigurableResource):
         if not self.dsn:
             return False
         if _initialised.get("dsn") != self.dsn or transport is not None:
+            import sentry_sdk
+            from sentry_sdk.integrations.logging import LoggingIntegration
+
             sentry_sdk.init(
                 dsn=self.dsn,
                 environment=self.environment,
@@ -69,4 +76,7 @@ class Monitoring(ConfigurableResource):
         return True
 
     def flush(self) -> None:
-        sentry_sdk.flush(timeout=5)
+        if _initialised:
+            import sentry_sdk
+
+            sentry_sdk.flush(timeout=5)

@@ -13,7 +13,6 @@ happens at all. With no SENTRY_DSN nothing is initialised and nothing is sent.
 import re
 from typing import Any
 
-import sentry_sdk
 from dagster import (
     DagsterEventType,
     DagsterInstance,
@@ -68,6 +67,8 @@ def report_run(monitoring: Monitoring, instance: DagsterInstance, run: DagsterRu
     """Send the finished run's transaction and failures. Returns the events sent."""
     if not monitoring.start():
         return 0
+    import sentry_sdk  # started above: a deployment without Sentry never loads it
+
     spec = spec_for_run(run)
     job_name = spec.name if spec else run.job_name
     steps = _steps(instance, run.run_id)
@@ -142,6 +143,8 @@ def sentry_run_started_sensor(
         return SkipReason("not a scheduled inventory run: no check-in")
     if not monitoring.start():
         return SkipReason("SENTRY_DSN is not set: nothing sent")
+    import sentry_sdk  # started above: a deployment without Sentry never loads it
+
     sentry_sdk.crons.capture_checkin(
         monitor_slug=spec.name,
         status="in_progress",

@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from sentry_sdk.utils import Dsn
 
 from mm_orchestration.platform.setting_checks import SettingsError, unprintable
 from mm_orchestration.platform.text import NOT_SHOWN, reason_without_value
@@ -148,6 +147,9 @@ def _sentry_dsn_problem(value: str) -> str | None:
     host = _host_problem(parts.hostname)
     if host:
         return host
+    # Imported only when a DSN is set: a process without Sentry never loads the SDK.
+    from sentry_sdk.utils import Dsn
+
     try:
         Dsn(value)
     except ValueError:  # BadDsn is a ValueError, and so is a malformed port

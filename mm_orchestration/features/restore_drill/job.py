@@ -21,7 +21,6 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-import holidays
 import psycopg
 from dagster import Failure, OpExecutionContext, op
 from psycopg import sql
@@ -68,6 +67,9 @@ TIMESTAMPED = (
 
 
 def is_business_day(day: date) -> bool:
+    """A weekday that is not a national or NSW public holiday."""
+    import holidays  # only the drill's runs need the calendar
+
     return day.weekday() < 5 and day not in holidays.country_holidays(
         "AU", subdiv="NSW", years=day.year
     )
