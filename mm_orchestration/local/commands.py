@@ -39,13 +39,70 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_prod_local)
 
 
+class StackRunning(RuntimeError):
+    """Another local stack is alive in this data folder or on this Dagster instance: the
+    start is refused before it touches anything. `fields`: the holder's pid and console, for
+    the refusal's JSON line."""
+
+    def __init__(self, message: str, fields: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+def _claim_folders(
+    claims: contextlib.ExitStack, data_dir: Path, home: Path, about: dict[str, Any]
+) -> None:
+    """Claim the data folder (its embedded PostgreSQL, reports and mail) and the Dagster
+    instance's folder for this stack, for as long as `claims` is open; StackRunning naming
+    the live stack that holds either. A stack that was killed holds nothing any more, so
+    its leftovers are stopped by the start that follows (the embedded server's own claim,
+    the supervisor's pid file)."""
+    from mm_orchestration.local.claims import Claim, FolderInUse
+    from mm_orchestration.local.supervisor import STACK_LOCK
+
+    for folder, what, setting in (
+        (data_dir, f"in {data_dir}", "another data folder (MM_DATA_DIR)"),
+        (home, f"on the Dagster instance in {home}", "another Dagster instance (DAGSTER_HOME)"),
+    ):
+        try:
+            claims.enter_context(Claim(folder / STACK_LOCK).take(**about))
+        except FolderInUse as exc:
+            raise StackRunning(_running_message(exc, what, setting), _holder_fields(exc)) from None
+
+
+def _running_message(exc: Any, what: str, setting: str) -> str:
+    holder = exc.holder
+    command = holder.get("command") or "a local stack"
+    details = [f"pid {exc.pid}" if exc.pid else "pid unknown"]
+    if holder.get("console"):
+        details.append(f"job console on {holder['console']}")
+    if holder.get("dataDir") and not what.endswith(str(holder["dataDir"])):
+        details.append(f"data in {holder['dataDir']}")
+    stop = (
+        f"Ctrl-C in its terminal, or kill -TERM {exc.pid}" if exc.pid else "Ctrl-C in its terminal"
+    )
+    return (
+        f"{command} is already running {what} ({', '.join(details)}); nothing was started "
+        f"or changed: stop it first ({stop}), or start this one on {setting}"
+    )
+
+
+def _holder_fields(exc: Any) -> dict[str, Any]:
+    fields = {"pid": exc.pid}
+    fields.update({k: exc.holder[k] for k in ("console", "dataDir") if exc.holder.get(k)})
+    return fields
+
+
 @contextlib.contextmanager
-def _local_stack(args: argparse.Namespace, env: dict[str, str]) -> Iterator[dict[str, str]]:
-    """What `dev` and `prod-local` share: PostgreSQL (embedded unless DATABASE_URL is
-    set) with migrations and demo data, and DAGSTER_HOME. Yields the environment of the
-    stack's processes: `env` with the data folder, the database and the instance filled
-    in (this process's own environment is left as it is). Reports download from the
-    console itself."""
+def _local_stack(
+    args: argparse.Namespace, env: dict[str, str], about: dict[str, Any]
+) -> Iterator[dict[str, str]]:
+    """What `dev` and `prod-local` share: this stack's claim on its folders (refused with
+    StackRunning while another stack holds them), PostgreSQL (embedded unless DATABASE_URL
+    is set) with migrations and demo data, and DAGSTER_HOME. Yields the environment of the
+    stack's processes: `env` with the data folder, the database and the instance filled in
+    (this process's own environment is left as it is). Reports download from the console
+    itself. `about`: what the claim records for the next comer (command, console URL)."""
     from psycopg import sql
 
     from mm_orchestration.local.demo_data import seed_demo
@@ -57,14 +114,23 @@ def _local_stack(args: argparse.Namespace, env: dict[str, str]) -> Iterator[dict
 
     settings = Settings.from_env(env)
     data_dir = Path(settings.data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    # Absolute for every process started from here: the Dagster ones run in DAGSTER_HOME.
-    env = {**env, "MM_DATA_DIR": str(data_dir)}
-    embedded = not settings.database_url
-    server = EmbeddedPostgres(data_dir / "postgres") if embedded else None
-    try:
+    with contextlib.ExitStack() as claims:
+        # First of all: a stack already running here is left exactly as it is (its
+        # database, its instance's dagster.yaml and pid file, its runs in flight).
+        _claim_folders(claims, data_dir, home_dir(settings), {**about, "dataDir": str(data_dir)})
+        # Absolute for every process started from here: the Dagster ones run in DAGSTER_HOME.
+        env = {**env, "MM_DATA_DIR": str(data_dir)}
+        embedded = not settings.database_url
+        server = EmbeddedPostgres(data_dir / "postgres") if embedded else None
         if server is not None:
+            # All or nothing (a failed start leaves no server); stopped when the stack is.
             server.start()
+
+            def stop_server() -> None:
+                server.stop()
+                say("embedded PostgreSQL stopped")
+
+            claims.callback(stop_server)
             say(f"embedded PostgreSQL on 127.0.0.1:{server.port} (data in {server.data_dir})")
             with connect(server.url("postgres"), autocommit=True) as conn:
                 for name in ("portal", "dagster"):
@@ -94,10 +160,6 @@ def _local_stack(args: argparse.Namespace, env: dict[str, str]) -> Iterator[dict
         settings = Settings.from_env(env)
         open_instance(settings).dispose()  # refuses a storage in the portal DB
         yield env
-    finally:
-        if server is not None:
-            server.stop()
-            say("embedded PostgreSQL stopped")
 
 
 def _console_defaults(args: argparse.Namespace, env: dict[str, str]) -> dict[str, str]:
@@ -111,8 +173,7 @@ def _console_defaults(args: argparse.Namespace, env: dict[str, str]) -> dict[str
     address = loopback_address(args.host)
     if address is not None and args.host.strip() != "localhost":
         args.host = str(address)
-    url_host = f"[{args.host}]" if ":" in args.host else args.host
-    env = {"MM_CONSOLE_AUTH": "local", "MM_REPORTS_URL": f"http://{url_host}:{args.port}", **env}
+    env = {"MM_CONSOLE_AUTH": "local", "MM_REPORTS_URL": _console_url(args), **env}
     ConsoleAccess.from_env(env)
     return env
 
@@ -131,7 +192,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             dagster_home=home, env=env, host=args.host, grpc_port=grpc_port, web_port=args.port
         )
 
-    return _serve(args, env, console, f"job console on http://{args.host}:{args.port}")
+    return _serve(args, env, console, "mm-jobs dev", f"job console on {_console_url(args)}")
 
 
 def cmd_prod_local(args: argparse.Namespace) -> int:
@@ -151,20 +212,37 @@ def cmd_prod_local(args: argparse.Namespace) -> int:
         args,
         env,
         topology,
+        "mm-jobs prod-local",
         f"code server on {args.host}:{args.grpc_port} (gRPC), daemon, job console on "
-        f"http://{args.host}:{args.port} (MM_ENV={env['MM_ENV']})",
+        f"{_console_url(args)} (MM_ENV={env['MM_ENV']})",
     )
 
 
-def _serve(args: argparse.Namespace, env: dict[str, str], make: Any, started: str) -> int:
+def _console_url(args: argparse.Namespace) -> str:
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    return f"http://{host}:{args.port}"
+
+
+def _serve(
+    args: argparse.Namespace, env: dict[str, str], make: Any, command: str, started: str
+) -> int:
     """The local stack, then the stack's processes under the one supervisor, until a stop
-    signal of any kind (see mm_orchestration.local.supervisor); everything stops on the way out."""
+    signal of any kind (see mm_orchestration.local.supervisor); everything stops on the way
+    out. Refused up front, touching nothing, while another stack runs in the same folder."""
+    from datetime import UTC, datetime
+
     from mm_orchestration.cli.arguments import refuse
+    from mm_orchestration.local.embedded_pg import ServerInUse
     from mm_orchestration.local.supervisor import StopRequested, say, stop_signals
 
+    about = {
+        "command": command,
+        "console": _console_url(args),
+        "since": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     with stop_signals():
         try:
-            with _local_stack(args, env) as stack_env:
+            with _local_stack(args, env, about) as stack_env:
                 stack = make(stack_env)
                 try:
                     stack.start_all()
@@ -176,5 +254,12 @@ def _serve(args: argparse.Namespace, env: dict[str, str], make: Any, started: st
                     return 0
                 say(f"{started}  (Ctrl-C stops everything)")
                 return int(stack.supervise())
+        except StackRunning as exc:
+            return refuse(str(exc), **exc.fields)
+        except ServerInUse as exc:
+            # Its owner is no stack (a shell, a script): named all the same, left alone.
+            return refuse(
+                f"{exc}, or start this one on another data folder (MM_DATA_DIR)", pid=exc.pid
+            )
         except StopRequested:
             return 0

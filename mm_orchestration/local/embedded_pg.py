@@ -2,11 +2,14 @@
 
 The wheel's own start/stop layer listens on a Unix socket only and leaks servers on
 SIGTERM, so this is a thin wrapper of our own over the shipped `initdb` and `pg_ctl`:
-TCP on 127.0.0.1, a data folder we choose, and a stop we control.
+TCP on 127.0.0.1, a data folder we choose, and a stop we control. A cluster has one owner
+at a time (mm_orchestration.local.claims): a second start beside a live owner is refused,
+and only a server whose owner is gone is taken for one left behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -15,9 +18,12 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from mm_orchestration.local.claims import Claim, FolderInUse
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +34,22 @@ UNPRIVILEGED_USER = "nobody"
 
 class EmbeddedPostgresError(RuntimeError):
     """The embedded server could not be initialised, started or stopped."""
+
+
+class ServerInUse(EmbeddedPostgresError):
+    """The cluster belongs to another live process (a running local stack, a shell): it is
+    neither started a second time nor stopped from here. `pid` is that process's."""
+
+    def __init__(self, data_dir: Path, holder: dict[str, object]) -> None:
+        self.holder = holder
+        pid = holder.get("pid")
+        self.pid = pid if isinstance(pid, int) else None
+        program = holder.get("program")
+        who = f"process {self.pid or '(unknown)'}" + (f" ({program})" if program else "")
+        super().__init__(
+            f"the embedded PostgreSQL in {data_dir} is in use by {who}; nothing was started "
+            "or stopped: stop that process first"
+        )
 
 
 def _wheel_install_dir() -> Path:
@@ -107,6 +129,9 @@ class EmbeddedPostgres:
         self.log_file = self.root / "server.log"
         self.host = host
         self._port_file = self.root / "port"
+        # Held from a successful start to the stop (mm_orchestration.local.claims): whoever
+        # holds it owns the server, and a server running without a holder was left behind.
+        self._claim = Claim(self.root / "owner.lock")
         self.port = port or self._remembered_port() or free_port(host)
         self._user = self._run_as_user()
         self._bin = self._binaries()
@@ -130,14 +155,35 @@ class EmbeddedPostgres:
         return str(self._bin / name)
 
     def start(self) -> EmbeddedPostgres:
+        """Start the cluster (created on first use), as its owner until `stop`. A server left
+        running by an owner that is gone (a process killed outright) is stopped and started
+        again clean; one whose owner is alive is left alone: ServerInUse, before anything is
+        touched. All or nothing: a start that fails leaves no server and no claim."""
         self.root.mkdir(parents=True, exist_ok=True)
         self._own(self.root)
+        self._take_claim()
+        try:
+            self._start_owned()
+        except BaseException:
+            # Whatever began (a stop signal in the middle of pg_ctl's start) is undone, so
+            # a failed start leaves nothing running that nobody owns.
+            with contextlib.suppress(Exception):
+                if self.is_running():
+                    self._pg_ctl(["-w", "-t", "60", "-m", "fast", "stop"])
+            self._claim.release()
+            raise
+        return self
+
+    def _start_owned(self) -> None:
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
         if self.is_running():
-            # A server left behind by a killed process: ours to stop, then start clean.
+            # We hold the claim, so its owner is gone: a server left behind by a killed
+            # process, ours to stop, then start clean.
             log.warning("stopping a PostgreSQL server left running in %s", self.data_dir)
-            self.stop()
+            self._pg_ctl(["-w", "-t", "60", "-m", "fast", "stop"])
+        else:
+            self._forget_stale_pidfile()
         if not self._port_free():
             self.port = free_port(self.host)
         options = f"-h {self.host} -p {self.port} -c unix_socket_directories=''"
@@ -151,16 +197,25 @@ class EmbeddedPostgres:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._pg_ctl(["-w", "-t", "60", "-l", str(self.log_file), "start", "-o", options])
         self._port_file.write_text(str(self.port))
-        return self
 
     def stop(self) -> None:
-        if not (self.data_dir / "PG_VERSION").exists() or not self.is_running():
+        """Stop the server this object started, or one left running by an owner that is gone;
+        a server another live process owns is not touched (ServerInUse)."""
+        if not self.root.exists():
             return
-        self._pg_ctl(["-w", "-t", "60", "-m", "fast", "stop"])
+        self._take_claim()  # a no-op for the owner
+        try:
+            if (self.data_dir / "PG_VERSION").exists() and self.is_running():
+                self._pg_ctl(["-w", "-t", "60", "-m", "fast", "stop"])
+        finally:
+            self._claim.release()
 
     def is_running(self) -> bool:
-        result = self._run([self.bin("pg_ctl"), "-D", str(self.data_dir), "status"], check=False)
-        return result.returncode == 0
+        """Whether a PostgreSQL server runs on this data folder: postmaster.pid names a live
+        server process working in it. After a crash or a reboot the file may name a pid
+        since reused by an unrelated process, which `pg_ctl status` would take for the
+        server (and `pg_ctl stop` would signal)."""
+        return self._postmaster_pid() is not None
 
     def __enter__(self) -> EmbeddedPostgres:
         return self.start()
@@ -169,6 +224,52 @@ class EmbeddedPostgres:
         self.stop()
 
     # -- internals --------------------------------------------------------------
+
+    def _take_claim(self) -> None:
+        try:
+            self._claim.take(program=Path(sys.argv[0]).name if sys.argv else None)
+        except FolderInUse as exc:
+            raise ServerInUse(self.data_dir, exc.holder) from None
+
+    def _recorded_pid(self) -> int | None:
+        try:
+            return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _postmaster_pid(self) -> int | None:
+        """The pid of the server working in this data folder, None when there is none."""
+        import psutil
+
+        pid = self._recorded_pid()
+        if pid is None:
+            return None
+        try:
+            process = psutil.Process(pid)
+            if process.status() == psutil.STATUS_ZOMBIE or process.name() != "postgres":
+                return None
+            try:
+                # The postmaster works in its data folder (it chdirs there).
+                return pid if Path(process.cwd()).resolve() == self.data_dir.resolve() else None
+            except psutil.AccessDenied:  # another user's server: its command line names it
+                return pid if str(self.data_dir) in process.cmdline() else None
+        except psutil.NoSuchProcess:
+            return None
+
+    def _forget_stale_pidfile(self) -> None:
+        """Remove a postmaster.pid whose pid is alive but no server of this folder (reused
+        since a crash or a reboot): PostgreSQL would refuse to start while that pid lives.
+        One naming a dead pid is left to PostgreSQL, which checks it with its shared memory."""
+        import psutil
+
+        pid = self._recorded_pid()
+        if pid is not None and psutil.pid_exists(pid):
+            log.warning(
+                "%s names pid %d, now an unrelated process: removed (stale since a crash)",
+                self.data_dir / "postmaster.pid",
+                pid,
+            )
+            (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
 
     def _remembered_port(self) -> int | None:
         try:

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from mm_orchestration.local.claims import held_here
 from mm_orchestration.monitoring.process_log import python_path
 from mm_orchestration.platform.processes import describe
 
@@ -52,6 +53,9 @@ PROBE_INTERVAL_SECONDS = 2.0
 PROBE_TIMEOUT_SECONDS = 2.0
 UNANSWERED_SECONDS = 10.0
 _PR_SET_CHILD_SUBREAPER = 36
+# The claim (mm_orchestration.local.claims) a running local stack holds in its data folder
+# and in its Dagster instance's folder, beside the pid file: one stack per folder.
+STACK_LOCK = "stack.lock"
 
 
 class StopRequested(Exception):
@@ -194,8 +198,14 @@ class Supervisor:
             supervisor, *groups = (int(x) for x in self._pidfile.read_text().split())
         except (OSError, ValueError):
             return
-        if supervisor == os.getpid() or psutil.pid_exists(supervisor):
-            return  # ours, or still alive and in charge of its own
+        if supervisor == os.getpid():
+            return  # ours
+        # While this process holds the instance's claim no other supervisor is in charge of
+        # it, whatever now has the recorded pid; without the claim (a supervisor of its own
+        # in a test), one is in charge while that pid is a live process of this Python,
+        # not one that reused the pid since.
+        if not held_here(self.dagster_home / STACK_LOCK) and _alive_here(supervisor):
+            return
         for pgid in groups:
             with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
                 if _dagster_process(psutil.Process(pgid)):  # not a pid reused since
@@ -379,6 +389,16 @@ def kill_descendants() -> None:
         with contextlib.suppress(psutil.Error):
             process.kill()
     psutil.wait_procs(left, timeout=2)
+
+
+def _alive_here(pid: int) -> bool:
+    """Whether `pid` is a live process of this Python (not a zombie, not a reused pid)."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and _dagster_process(process)
+    return False
 
 
 def _dagster_process(process: Any) -> bool:

@@ -69,6 +69,46 @@ def test_a_stack_whose_supervisor_died_is_stopped_before_the_next_one_starts(tmp
         old.processes.clear()
 
 
+@pytest.mark.parametrize("now_at_its_pid", ["an unrelated process", "this python, claim held"])
+def test_a_dead_supervisors_pid_reused_since_does_not_keep_its_stack_running(
+    tmp_path: Path, now_at_its_pid: str
+) -> None:
+    """The pid file's first line is the supervisor's pid: once it died, that pid may be
+    given to any process (an editor, or a process of this Python such as another `mm-jobs`
+    command), which must not pass for the supervisor and keep its orphans running. While
+    the start holds the instance's claim, no other supervisor can be alive in charge."""
+    import subprocess
+
+    import psutil
+
+    from mm_orchestration.local.claims import Claim
+    from mm_orchestration.local.supervisor import STACK_LOCK
+
+    old = _Sleepers(dagster_home=tmp_path, env={})
+    old.start("sleeper")
+    orphan = old.processes["sleeper"]
+    if now_at_its_pid == "an unrelated process":
+        reused = subprocess.Popen(["sleep", "120"])
+    else:
+        reused = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    (tmp_path / "stack.pids").write_text(f"{reused.pid}\n{orphan.pid}\n")
+    new = _Sleepers(dagster_home=tmp_path, env={})
+    claim = Claim(tmp_path / STACK_LOCK)
+    if now_at_its_pid == "this python, claim held":
+        claim.take()  # as `mm-jobs dev` holds it before it starts its processes
+    try:
+        new.start_all()
+        assert orphan.wait(timeout=10) is not None
+        assert psutil.Process(new.processes["sleeper"].pid).is_running()
+        assert reused.poll() is None  # the process that has the pid now is left alone
+    finally:
+        new.stop_all()
+        claim.release()
+        old.processes.clear()
+        reused.kill()
+        reused.wait()
+
+
 def test_a_port_already_in_use_is_refused_with_its_name(tmp_path: Path) -> None:
     import socket
 
