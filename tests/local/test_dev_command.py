@@ -66,23 +66,28 @@ query { workspaceOrError { ... on Workspace { locationEntries {
 """
 
 
-def _family(pid: int) -> dict[str, int]:
-    """The supervised processes by role, from their command lines."""
-    roles = {
-        "api grpc": "code-server",
-        "dagster-daemon": "daemon",
-        "mm-jobs console": "webserver",
-    }
+def _processes(pid: int, roles: dict[str, str]) -> dict[str, int]:
+    """A stack's live processes by role (`roles`: a command-line marker to its role); a
+    run worker and a zombie are no role's."""
     found = {}
     for child in psutil.Process(pid).children(recursive=True):
         try:
             line = " ".join(child.cmdline())
+            if child.status() == psutil.STATUS_ZOMBIE:
+                continue
         except psutil.NoSuchProcess:
             continue
         for marker, role in roles.items():
             if marker in line and "execute_run" not in line:
                 found.setdefault(role, child.pid)
     return found
+
+
+def _family(pid: int) -> dict[str, int]:
+    """prod-local's supervised processes by role, from their command lines."""
+    return _processes(
+        pid, {"api grpc": "code-server", "dagster-daemon": "daemon", "mm-jobs console": "webserver"}
+    )
 
 
 def test_prod_local_runs_three_processes_and_restarts_a_crashed_one(tmp_path):
@@ -141,24 +146,15 @@ RECOVERY_SECONDS = 90
 def _dev_processes(pid: int) -> dict[str, int]:
     """`mm-jobs dev`'s processes by role: the code server (`dagster code-server start`), the
     `dagster api grpc` child it serves through, the daemon and the console."""
-    roles = {
-        "code-server start": "code-server",
-        "api grpc": "grpc-child",
-        "dagster-daemon": "daemon",
-        "mm-jobs console": "webserver",
-    }
-    found = {}
-    for child in psutil.Process(pid).children(recursive=True):
-        try:
-            line = " ".join(child.cmdline())
-            if child.status() == psutil.STATUS_ZOMBIE:
-                continue
-        except psutil.NoSuchProcess:
-            continue
-        for marker, role in roles.items():
-            if marker in line:
-                found.setdefault(role, child.pid)
-    return found
+    return _processes(
+        pid,
+        {
+            "code-server start": "code-server",
+            "api grpc": "grpc-child",
+            "dagster-daemon": "daemon",
+            "mm-jobs console": "webserver",
+        },
+    )
 
 
 def _a_run_succeeds(port: int, deadline: float) -> float:

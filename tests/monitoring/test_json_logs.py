@@ -66,6 +66,16 @@ def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _python(
+    script: str, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python -c script` in its own process, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=cwd, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
 def test_a_run_from_the_shell_writes_only_json_lines(dagster_env, conn):
     tenant = f.tenant(conn)
     conn.execute(
@@ -176,14 +186,7 @@ def test_a_process_started_with_the_hook_writes_only_json_lines(tmp_path):
         "raise RuntimeError('the last straw')\n"
     )
     env = {**os.environ, "PYTHONPATH": python_path(os.environ.get("PYTHONPATH"))}
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _python(script, env, cwd=tmp_path)
     assert proc.returncode == 1
     lines = json_lines(proc.stderr, "python -c")
     assert [(line["logger"], line["level"]) for line in lines] == [
@@ -335,14 +338,7 @@ def test_text_written_straight_to_stderr_is_json_lines(tmp_path):
         "print('Falling back to storing', 'one by one', file=sys.stderr)\n"
         "sys.exit('cannot go on: no database')\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        env=_hooked_env(),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _python(script, _hooked_env(), cwd=tmp_path)
     assert proc.returncode == 1
     lines = json_lines(proc.stderr, "python -c")
     assert [(line["logger"], line["level"], line["event"]) for line in lines] == [
@@ -365,13 +361,7 @@ def test_a_dagster_line_naming_a_run_carries_its_run_id():
         f"'Run {RUN_ID} has exceeded maximum runtime')\n"
         f"logging.getLogger('mm.alerts').warning('run {RUN_ID} of invite-cleanup failed')\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        env=_hooked_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _python(script, _hooked_env())
     assert proc.returncode == 0, proc.stderr
     dagster, ours = json_lines(proc.stderr, "python -c")
     assert dagster["runId"] == RUN_ID and "runId" not in ours, (dagster, ours)
