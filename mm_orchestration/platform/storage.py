@@ -21,6 +21,7 @@ processes, so the password is only ever in the environment.
 from __future__ import annotations
 
 import threading
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
@@ -28,8 +29,9 @@ import psycopg
 from dagster import Field, StringSource
 from dagster._serdes import ConfigurableClassData
 from dagster_postgres import DagsterPostgresStorage
-from dagster_postgres.utils import create_pg_engine
+from dagster_postgres.utils import create_pg_engine, set_pg_statement_timeout
 from psycopg.conninfo import conninfo_to_dict
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 SETTING = "DAGSTER_DATABASE_URL"
@@ -42,7 +44,7 @@ POOL_OVERFLOW = 20
 # database's idle limit by much.
 POOL_RECYCLE_SECONDS = 600
 
-_engines: dict[str, Engine] = {}
+_engines: dict[tuple[Any, ...], Engine] = {}
 _engines_lock = threading.Lock()
 
 
@@ -95,7 +97,7 @@ class ConnectionStringStorage(DagsterPostgresStorage):
             ) from None
         with _engines_lock:
             # Tables were created (or found) when this process first opened the storage.
-            known = url in _engines
+            known = (url,) in _engines
         storage = cls(
             postgres_url=url,
             should_autocreate_tables=config_value.get("should_autocreate_tables", True)
@@ -107,9 +109,44 @@ class ConnectionStringStorage(DagsterPostgresStorage):
 
     def share_engine(self, engine: Engine) -> None:
         """Has the run, event-log and schedule storage use `engine` (dagster-postgres gives
-        each its own engine, and one that opens a connection per query)."""
-        for part in (self._run_storage, self._event_log_storage, self._schedule_storage):
+        each its own engine, and one that opens a connection per query).
+
+        A webserver (ours, `mm-jobs console`, or the chart's `dagster-webserver`) then asks
+        each part to `optimize_for_webserver`, which in dagster-postgres gives it a new
+        pool whose connections are not checked: after a database restart the console's
+        first requests failed with `server closed the connection unexpectedly`, and a
+        launch among them lost its run to a retry and a false alert. Each part's
+        `optimize_for_webserver` is therefore this module's, which keeps the check."""
+        parts = (self._run_storage, self._event_log_storage, self._schedule_storage)
+        for part in parts:
             part._engine = engine
+            part.optimize_for_webserver = partial(_optimize_for_webserver, part)  # type: ignore[method-assign]
+
+
+def _optimize_for_webserver(
+    part: Any, statement_timeout: int, pool_recycle: int, max_overflow: int
+) -> None:
+    """dagster-postgres's webserver engine (one held connection, more while requests
+    overlap, each statement cut off at `statement_timeout` ms), checked before use and
+    shared by the three parts."""
+    key = ("webserver", part.postgres_url, statement_timeout, pool_recycle, max_overflow)
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = create_pg_engine(
+                part.postgres_url,
+                isolation_level="AUTOCOMMIT",
+                pool_size=1,
+                pool_recycle=pool_recycle,
+                max_overflow=max_overflow,
+                pool_pre_ping=True,
+            )
+            event.listen(
+                engine,
+                "connect",
+                lambda connection, _: set_pg_statement_timeout(connection, statement_timeout),
+            )
+    part._engine = engine
 
 
 def pooled_engine(url: str) -> Engine:
@@ -122,9 +159,9 @@ def pooled_engine(url: str) -> Engine:
     out (`pool_pre_ping`), so one that a database restart or a Neon suspend closed is
     replaced, not failed on (outside-contracts.md, "Neon and other hosted PostgreSQL")."""
     with _engines_lock:
-        engine = _engines.get(url)
+        engine = _engines.get((url,))
         if engine is None:
-            engine = _engines[url] = create_pg_engine(
+            engine = _engines[(url,)] = create_pg_engine(
                 url,
                 isolation_level="AUTOCOMMIT",
                 pool_size=POOL_SIZE,

@@ -83,3 +83,30 @@ def test_dagster_storage_keeps_its_connections_and_survives_a_restart(tmp_path):
         )
     finally:
         server.stop()
+
+
+def test_the_webservers_storage_checks_its_connections_too(tmp_path):
+    """A webserver (the console, or the chart's `dagster-webserver`) asks Dagster's storage
+    to `optimize_for_webserver`: a held pool whose statements time out. That pool too
+    replaces a connection a restart closed, so the console's first request after a restart
+    (a launch among them) does not fail."""
+    server = EmbeddedPostgres(tmp_path / "restarting", durable=False).start()
+    try:
+        with connect(server.url("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE DATABASE dagster")
+        storage = ConnectionStringStorage.from_config_value(
+            None, {"connection_string": server.url("dagster")}
+        )
+        parts = (storage.run_storage, storage.event_log_storage, storage.schedule_storage)
+        for part in parts:  # what DagsterInstance.optimize_for_webserver does
+            part.optimize_for_webserver(statement_timeout=5000, pool_recycle=3600, max_overflow=20)
+        with storage.run_storage.connect() as conn:
+            assert conn.exec_driver_sql("SHOW statement_timeout").scalar() == "5s"
+        assert storage.run_storage.get_runs() == []
+
+        server.stop()
+        server.start()
+        assert storage.run_storage.get_runs() == []
+        assert storage.schedule_storage.all_instigator_state() == []
+    finally:
+        server.stop()
