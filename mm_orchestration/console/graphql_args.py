@@ -178,10 +178,20 @@ def assets_and_partitions(args: dict[str, Any]) -> dict[str, Any]:
     return {"assets": sorted(set(assets)), "partitions": partitions}
 
 
+def partition_tags(tags: dict[str, str]) -> dict[str, str]:
+    """The tags of `tags` that name which partition a run runs (as Dagster reads them)."""
+    return {k: v for k, v in tags.items() if k in PARTITION_TAGS}
+
+
 @dataclass
 class Launch:
     """One run a launch or re-execution would start: its job, assets, partition tags, the
-    run it repeats, and the code location and repository it names."""
+    run it repeats, and the code location and repository it names. `from_parent`: a
+    re-execution by `reexecutionParams`, which Dagster builds from the parent run's stored
+    origin; `inherits`: the run takes its parent's tags, the partition tags sent here
+    upserted over them (such a re-execution, unless `useParentRunTags` is false);
+    otherwise the run has only the tags sent (a launch, or a re-execution by
+    `executionParams`)."""
 
     job: str | None
     assets: list[str]
@@ -189,6 +199,8 @@ class Launch:
     parent: str | None
     location: str | None = None
     repository: str | None = None
+    inherits: bool = False
+    from_parent: bool = False
 
     @property
     def asset_job(self) -> bool:
@@ -201,17 +213,28 @@ class Launch:
 
 
 def launches(args: dict[str, Any]) -> list[Launch]:
-    """The runs a launch or re-execution names, as the client sent them."""
+    """The runs a launch or re-execution names, as the client sent them (a
+    re-execution's parent is policy's to look up)."""
     reexecution = args.get("reexecutionParams")
     if reexecution:
-        return [Launch(None, [], {}, reexecution.get("parentRunId"))]
+        # Dagster runs it with its parent's tags (useParentRunTags, default true), the
+        # extraTags upserted over them: a partition named there replaces the parent's.
+        return [
+            Launch(
+                None,
+                [],
+                partition_tags(_tags(reexecution.get("extraTags"))),
+                reexecution.get("parentRunId"),
+                inherits=reexecution.get("useParentRunTags") is not False,
+                from_parent=True,
+            )
+        ]
     found = []
     for params in args.get("executionParamsList") or [args.get("executionParams") or {}]:
         selector = params.get("selector") or {}
         job, assets = _job_target(selector)
         metadata = params.get("executionMetadata") or {}
-        tags = _tags(metadata.get("tags"))
-        partitions = {k: v for k, v in tags.items() if k in PARTITION_TAGS}
+        partitions = partition_tags(_tags(metadata.get("tags")))
         found.append(
             Launch(
                 job,

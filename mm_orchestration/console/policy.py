@@ -10,7 +10,11 @@ they write nothing (the middleware audits what they decide).
 
 Whoever launches it, a run of a partitioned job (a launch, a re-execution, each run of a
 batch, a backfill's partitions) must name partitions the job has (platform/partitions.py):
-refused up front, naming the job and the valid keys, instead of a run that fails.
+refused up front, naming the job and the valid keys, instead of a run that fails. A
+re-execution is judged by the tags it will really run with (its parent's, those it sends
+upserted over them), a backfill's tags may not name a partition at all (they would replace
+each of its runs' own), and a run Dagster cannot re-execute (one of `mm-jobs run`, with no
+code location behind it) is refused saying how to run the job again.
 
 Mutations are classified in mutations.py; an unclassified one is refused to everyone.
 """
@@ -23,14 +27,15 @@ from typing import Any, Protocol
 from mm_orchestration.console.access import Identity
 from mm_orchestration.console.graphql_args import (
     ASSET_JOB_PREFIX,
-    PARTITION_TAGS,
     Launch,
     assets_and_partitions,
     graphql_args,
     launches,
+    partition_tags,
     target_of,
 )
 from mm_orchestration.console.mutations import MUTATIONS, VERBS, Mutation
+from mm_orchestration.console.run_requests import partition_tag
 from mm_orchestration.platform import inventory
 from mm_orchestration.platform.partitions import (
     PARTITION_TAG,
@@ -86,6 +91,9 @@ class Lookups(Protocol):
         self, name: str, location: str | None, repository: str | None
     ) -> tuple[str, Any] | None:
         """(job, partitioning) of a backfill's partition set, or None when not known."""
+
+    def backfill(self, backfill_id: str) -> Any:
+        """The stored backfill (its tags), or None."""
 
 
 @dataclass
@@ -145,7 +153,11 @@ def decide(
     target = named or target_of(field_name, args)
     details = assets_and_partitions(args)
     if may(identity, mutation.rule):
-        refusal = _backfill_refusal(args, lookups) if field_name == BACKFILL else None
+        refusal = None
+        if field_name == BACKFILL:
+            refusal = _backfill_refusal(args, lookups)
+        elif field_name in _STORED_BACKFILLS:
+            refusal = _stored_backfill_refusal(field_name, args, lookups)
         return Decision(mutation, target, details=details, refusal=refusal)
     verb = mutation.action.replace("_", " ")
     return Decision(
@@ -155,11 +167,31 @@ def decide(
 
 WITH_ITS_BATCH = "refused with its batch: "
 BACKFILL = "launchPartitionBackfill"
+# Backfills run again from a stored one, with its tags: where each names the stored one.
+_STORED_BACKFILLS = {
+    "reexecutePartitionBackfill": ("reexecutionParams", "parentRunId"),
+    "resumePartitionBackfill": (None, "backfillId"),
+}
 # How a person names a partition in the console, for the refusals that ask for one.
 _CHOOSE = (
     "pick it in the launch dialog's partition picker (or from the job's Partitions tab), "
     f"or send it as the {PARTITION_TAG} tag"
 )
+
+
+def _how_to_choose(launch: Launch) -> str:
+    """How the person names a good partition for this kind of request."""
+    if launch.inherits:
+        return (
+            "a re-execution runs with its parent run's partition tags, any it sends "
+            f"(extraTags) replacing them: send one of the job's keys as the {PARTITION_TAG} tag"
+        )
+    if launch.parent:
+        return (
+            "this re-execution does not take its parent run's tags, only those it sends: "
+            f"send one of the job's keys as the {PARTITION_TAG} tag"
+        )
+    return _CHOOSE
 
 
 def decide_each(
@@ -190,7 +222,10 @@ def decide_each(
 
 def _with_parent(launch: Launch, rule: str, lookups: Lookups | None) -> Launch:
     """A run repeated from an earlier one is judged by the earlier run's job (a selector
-    naming another job as well is judged as both), assets and partitions."""
+    naming another job as well is judged as both), assets, and the partition it will
+    really run: the parent's partition tags with those sent upserted over them when it
+    takes its parent's tags (`reexecutionParams`: Dagster merges them so), else only those
+    sent (`executionParams`: the run has the tags sent and no others)."""
     if not launch.parent or (launch.job is not None and rule != "reexecute"):
         return launch
     run = lookups.run(launch.parent) if lookups is not None else None
@@ -200,14 +235,17 @@ def _with_parent(launch: Launch, rule: str, lookups: Lookups | None) -> Launch:
     if job and job != run.job_name:
         job = f"{job}|{run.job_name}"  # both judged: no job anyone may launch
     origin = getattr(run, "remote_job_origin", None)
+    inherited = partition_tags(dict(run.tags)) if launch.inherits else {}
     return Launch(
         job or run.job_name,
         launch.assets or sorted(k.to_user_string() for k in run.asset_selection or []),
-        launch.partitions or {k: v for k, v in run.tags.items() if k in PARTITION_TAGS},
+        {**inherited, **launch.partitions},
         launch.parent,
         launch.location or getattr(origin, "location_name", None),
         launch.repository
         or getattr(getattr(origin, "repository_origin", None), "repository_name", None),
+        launch.inherits,
+        launch.from_parent,
     )
 
 
@@ -259,8 +297,34 @@ def _decide_run(
     target = target or ",".join(details.get("parent_run_ids", []))
     job_name = _seed_name(jobs[0]) if len(jobs) == 1 else None
     refusal = _run_refusal(runs, identity, mutation.rule, who, field_name)
-    refusal = refusal or _partition_refusal(runs, lookups)
+    refusal = refusal or _unrepeatable(runs, lookups) or _partition_refusal(runs, lookups)
     return Decision(mutation, target or None, job_name, details, refusal)
+
+
+def _unrepeatable(runs: list[Launch], lookups: Lookups | None) -> str | None:
+    """Why Dagster cannot re-execute a parent run as asked (None: it can). A re-execution
+    by `reexecutionParams` is built from the code location the parent ran from; a run made
+    in the process that asked for it (`mm-jobs run`: Dagster's execute_in_process) has
+    none, and Dagster would fail with a server error (`CheckError: Expected non-None
+    value`). Refused instead, saying how to run the job again."""
+    for launch in runs:
+        if not launch.from_parent or not launch.parent or lookups is None:
+            continue
+        run = lookups.run(launch.parent)
+        if run is None or getattr(run, "remote_job_origin", None) is not None:
+            continue
+        partition = run.tags.get(PARTITION_TAG)
+        name = _seed_name(str(run.job_name))
+        return (
+            f"run {launch.parent} of {run.job_name} cannot be re-executed: it ran in the "
+            "process that started it (`mm-jobs run`), not from the code location, so Dagster "
+            f"has no origin to re-execute it from; launch {run.job_name} anew from the "
+            "Launchpad"
+            + (f" with partition {partition}" if partition else "")
+            + f", or run it again with `mm-jobs run {name}"
+            + (f" --partition {partition}`" if partition else "`")
+        )
+    return None
 
 
 def _partition_refusal(runs: list[Launch], lookups: Lookups | None) -> str | None:
@@ -283,7 +347,7 @@ def _partition_refusal(runs: list[Launch], lookups: Lookups | None) -> str | Non
             )
         problem = run_problem(name, found[0] if found else None, launch.partitions)
         if problem:
-            return f"{problem}; {_CHOOSE}" if found else problem
+            return f"{problem}; {_how_to_choose(launch)}" if found else problem
     return None
 
 
@@ -292,7 +356,16 @@ def _backfill_refusal(args: dict[str, Any], lookups: Lookups | None) -> str | No
     partition of its job (by partition set) or of each asset selected, a range's ends keys
     in order, and some partitions named at all."""
     params = args.get("backfillParams")
-    if lookups is None or not isinstance(params, dict):
+    if not isinstance(params, dict):
+        return None
+    named = _partition_tags_named(params.get("tags"))
+    if named:
+        return (
+            f"a backfill's tags may not name a partition ({', '.join(named)}): Dagster "
+            "would run every one of its runs for that partition instead of its own; choose "
+            "the backfill's partitions instead"
+        )
+    if lookups is None:
         return None
     names = [str(n) for n in params.get("partitionNames") or []]
     everything = bool(params.get("allPartitions"))
@@ -343,6 +416,41 @@ def _backfill_refusal(args: dict[str, Any], lookups: Lookups | None) -> str | No
                 range_problem(name, partitions, each.get("start"), each.get("end")) or ""
             )
     return next((p for p in problems if p), None)
+
+
+def _partition_tags_named(tags: Any) -> list[str]:
+    """The partition tags (as Dagster reads them) among a backfill's tags, a list of
+    {key, value} or a mapping."""
+    if isinstance(tags, dict):
+        keys = list(tags)
+    else:
+        keys = [t.get("key") for t in tags or [] if isinstance(t, dict)]
+    return sorted({str(k) for k in keys if partition_tag(k)})
+
+
+def _stored_backfill_refusal(
+    field_name: str, args: dict[str, Any], lookups: Lookups | None
+) -> str | None:
+    """Why a stored backfill may not run again (None: it may): re-executed or resumed, its
+    runs carry its stored tags, which may name a partition (a backfill launched before the
+    console refused that): each of its runs would run that partition, not its own."""
+    holder, key = _STORED_BACKFILLS[field_name]
+    params = args.get(holder) if holder else args
+    backfill_id = params.get(key) if isinstance(params, dict) else None
+    if lookups is None or not backfill_id:
+        return None
+    try:
+        found = lookups.backfill(str(backfill_id))
+    except Exception:  # not an id at all: Dagster answers for it
+        return None
+    named = _partition_tags_named(getattr(found, "tags", None))
+    if not named:
+        return None
+    return (
+        f"backfill {backfill_id}'s tags name a partition ({', '.join(named)}), so each of its "
+        "runs would run that partition instead of its own: launch a new backfill of the "
+        "partitions you want"
+    )
 
 
 def _seed_name(job: str) -> str:

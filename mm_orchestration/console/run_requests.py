@@ -64,7 +64,7 @@ def _tag_key(key: Any) -> str:
     return str(key).strip().lower()
 
 
-def _partition_tag(key: Any) -> bool:
+def partition_tag(key: Any) -> bool:
     """A partition tag, spelled exactly as Dagster reads it: which partition to run is the
     launcher's choice, whatever their role."""
     name = str(key)
@@ -77,7 +77,7 @@ def reserved_tag(key: Any, admin: bool) -> bool:
     trigger, a forged schedule); for anyone but an admin also every tag of Dagster's
     namespaces (`dagster/priority`, `dagster/max_runtime`, `dagster-k8s/config`, ...).
     Partition tags always pass."""
-    if _partition_tag(key):
+    if partition_tag(key):
         return False
     name = _tag_key(key)
     if name.startswith("mm/") or name in _DAGSTER_CONTROL_TAGS:

@@ -12,7 +12,10 @@ routes (routes.ConsoleRoutes) sit before Dagster's.
 from __future__ import annotations
 
 import html
+import json
+import logging
 import re
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -40,6 +43,7 @@ from mm_orchestration.platform import audit
 from mm_orchestration.platform.report_store import ReportStore
 from mm_orchestration.platform.settings import BUSINESS_TIMEZONE
 
+log = logging.getLogger("mm.console")
 _RUN_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _LOG_SEGMENT = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_\-.]{0,254}$")
 
@@ -140,7 +144,18 @@ class ConsoleHooks:
     def status_code(
         self, resolver_errors: Any, captured_errors: Any, downstream: Callable[[Any, Any], int]
     ) -> int:
-        """A refusal is the client's error (400), not the server's (500)."""
+        """A refusal is the client's error (400), not the server's (500). What Dagster
+        caught and answered as a server error (a PythonError it captured: 500) is one line
+        of the console's log with its traceback, secrets masked: Dagster itself logs none."""
+        for error in captured_errors or []:
+            trace = "".join(traceback.format_exception(error)).rstrip()
+            said = audit.masked_text(str(error))[:1000]
+            line = {
+                "event": f"graphql: a server error, Dagster's: {type(error).__name__}: {said}",
+                "error": type(error).__name__,
+                "exception": audit.masked_text(trace)[:20000],
+            }
+            log.error(json.dumps(line, separators=(",", ":")))
         if resolver_errors:
             resolver_errors = [
                 GraphQLError(e.message) if isinstance(e.original_error, ConsoleRefusal) else e

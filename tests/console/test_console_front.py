@@ -652,9 +652,13 @@ def test_a_reexecution_is_judged_by_the_parent_runs_job_and_stamped():
     from mm_orchestration.console.policy import decide
     from mm_orchestration.console.run_requests import stamp_actor
 
+    origin = SimpleNamespace(
+        location_name="mm_orchestration",
+        repository_origin=SimpleNamespace(repository_name="__repository__"),
+    )
     runs = {
-        "drill": SimpleNamespace(job_name="backup_verify", asset_selection=None, tags={}),
-        "expiry": SimpleNamespace(job_name="share_link_expiry", asset_selection=None, tags={}),
+        name: SimpleNamespace(job_name=job, asset_selection=None, tags={}, remote_job_origin=origin)
+        for name, job in (("drill", "backup_verify"), ("expiry", "share_link_expiry"))
     }
     lookups = ContextLookups(SimpleNamespace(instance=SimpleNamespace(get_run_by_id=runs.get)))
     operator = Identity(OPERATOR, "operator", "proxy")

@@ -96,6 +96,12 @@ def launch(job: str, tags: list[dict[str, str]], config: Any = None) -> dict[str
     return {"executionParams": params}
 
 
+# Where a run launched from the code location came from (a run of `mm-jobs run` has none).
+ORIGIN = SimpleNamespace(
+    location_name="mm_orchestration",
+    repository_origin=SimpleNamespace(repository_name="__repository__"),
+)
+
 CONTROL = [
     {"key": "dagster-k8s/config", "value": '{"container_config": {"image": "evil"}}'},
     {"key": "dagster/max_runtime", "value": "1"},
@@ -129,7 +135,8 @@ def test_only_admins_set_dagsters_control_tags_and_the_entry_names_what_was_drop
 
 
 def test_a_reexecutions_extra_tags_are_held_to_the_same_rule():
-    runs = {"p": SimpleNamespace(job_name="share_link_expiry", asset_selection=None, tags={})}
+    runs = {"p": SimpleNamespace(job_name="share_link_expiry", asset_selection=None, tags={},
+                                 remote_job_origin=ORIGIN)}  # fmt: skip
     args = {"reexecutionParams": {"parentRunId": "p", "strategy": "ALL_STEPS",
                                   "extraTags": CONTROL}}  # fmt: skip
     trail, _, passed = call("launchRunReexecution", args, OPERATOR, runs)
@@ -137,6 +144,30 @@ def test_a_reexecutions_extra_tags_are_held_to_the_same_rule():
     keys = {t["key"] for t in passed["reexecutionParams"]["extraTags"]}
     assert keys == {"dagster/partition", "team", "mm/actor"}
     assert "dagster-k8s/config" in trail.entries[0]["details"]["dropped_tags"]
+
+
+def test_a_stored_backfill_whose_tags_name_a_partition_is_not_run_again():
+    """A backfill's tags replace each of its runs' partition tags: one stored with
+    `dagster/partition` (launched before the console refused that) is neither re-executed
+    nor resumed; one without is Dagster's to run."""
+    from mm_orchestration.console.dagster_private import ContextLookups
+    from mm_orchestration.console.policy import decide
+
+    backfills = {
+        "old": SimpleNamespace(tags={"dagster/partition": "2099-01-05", "mm/actor": "a"}),
+        "fine": SimpleNamespace(tags={"mm/actor": "a"}),
+    }
+    lookups = ContextLookups(SimpleNamespace(instance=SimpleNamespace(get_backfill=backfills.get)))
+    for backfill, refused in (("old", True), ("fine", False)):
+        for field, args in (
+            ("reexecutePartitionBackfill",
+             {"reexecutionParams": {"parentRunId": backfill, "strategy": "ALL_STEPS"}}),
+            ("resumePartitionBackfill", {"backfillId": backfill}),
+        ):  # fmt: skip
+            refusal = decide(field, args, ADMIN, lookups).refusal
+            assert bool(refusal) == refused, (field, backfill, refusal)
+            if refused:
+                assert "tags name a partition (dagster/partition)" in str(refusal)
 
 
 @pytest.mark.parametrize(

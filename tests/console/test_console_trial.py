@@ -98,10 +98,16 @@ def test_a_backfills_run_config_is_under_the_same_policy_as_a_launch(console):
 def test_re_executing_a_run_judges_the_config_it_takes_from_its_parent(console):
     """A re-execution runs its parent's stored config: a parent that reads the environment
     (a run refused before it was queued, one from before the policy) is not run again."""
+    from dagster._core.remote_origin import (
+        GrpcServerCodeLocationOrigin,
+        RemoteJobOrigin,
+        RemoteRepositoryOrigin,
+    )
     from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 
     parent = str(uuid.uuid4())
     config = {"ops": {"expire_due_share_links": {"config": {"force": {"env": "MM_CANARY"}}}}}
+    location = GrpcServerCodeLocationOrigin(host="localhost", port=4266, location_name="x")
     with _instance(console) as instance:
         instance.add_run(
             DagsterRun(
@@ -109,6 +115,10 @@ def test_re_executing_a_run_judges_the_config_it_takes_from_its_parent(console):
                 run_id=parent,
                 run_config=config,
                 status=DagsterRunStatus.FAILURE,
+                # Launched from a code location (one of `mm-jobs run` is refused for that).
+                remote_job_origin=RemoteJobOrigin(
+                    RemoteRepositoryOrigin(location, "__repository__"), "share_link_expiry"
+                ),
             )
         )
     query = """mutation($r: ReexecutionParams!) { launchRunReexecution(reexecutionParams: $r) {
@@ -225,6 +235,132 @@ def test_partition_ranges_batches_and_backfills_are_judged_the_same(console):
     answer = gql(console, ADMIN, BACKFILL, {"p": {"selector": weeks,
                                                   "partitionNames": ["2026-11-23"]}})  # fmt: skip
     assert answer["data"]["launchPartitionBackfill"]["__typename"] == "LaunchBackfillSuccess"
+
+
+REEXECUTE = """mutation($r: ReexecutionParams!) { launchRunReexecution(reexecutionParams: $r) {
+  __typename ... on LaunchRunSuccess { run { runId tags { key value } } }
+  ... on PythonError { message } } }"""
+RERUN = """mutation($p: ExecutionParams!) { launchPipelineReexecution(executionParams: $p) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+
+
+def _reexecute(console: Any, person: str, parent: str, tags: dict[str, str], **more: Any) -> Any:
+    params = {"parentRunId": parent, "strategy": "ALL_STEPS",
+              "extraTags": [{"key": k, "value": v} for k, v in tags.items()], **more}  # fmt: skip
+    return gql(console, person, REEXECUTE, {"r": params})["data"]["launchRunReexecution"]
+
+
+def test_a_reexecution_is_judged_by_the_partition_it_will_really_run(console):
+    """The trial re-executed a residency_report run of 2026-11-16 with extraTags naming
+    2099-01-05: taken, audited `succeeded`, and only the run coordinator failed the run (and
+    compliance was emailed). A re-execution runs its parent's tags with the extraTags
+    upserted over them (or without the parent's, useParentRunTags false), and an
+    executionParams re-execution only the tags it sends: each judged as that, refused up
+    front and audited; a good one still runs the partition it names. A backfill's tags
+    naming a partition (which would replace each of its runs' own) are refused too."""
+    start, end = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+    parent = _launch(console, OPERATOR, "residency_report", {PARTITION: "2026-11-16"})
+    assert parent["__typename"] == "LaunchRunSuccess", parent
+    parent_id = parent["run"]["runId"]
+    before_runs, before = _runs_of(console, "residency_report"), len(console.audit())
+    cases = [
+        ({PARTITION: "2099-01-05"}, {}, "2099-01-05 is after the latest partition"),
+        ({PARTITION: "2026-11-24"}, {}, "2026-11-24 does not start one of its partitions"),
+        # Range tags beside the parent's partition tag: the run would name both.
+        ({start: "2026-11-16", end: "2026-11-23"}, {},
+         "names both a partition and a partition range"),
+        ({}, {"useParentRunTags": False},
+         "residency_report is partitioned: a run needs a partition"),
+    ]  # fmt: skip
+    for tags, more, why in cases:
+        answer = _reexecute(console, OPERATOR, parent_id, tags, **more)
+        assert answer["__typename"] == "PythonError", (tags, answer)
+        assert why in answer["message"], answer["message"]
+        assert "parent run's" in answer["message"]
+    # Re-executed by executionParams, a run has only the tags sent: none is no partition.
+    params = {"selector": {**REPOSITORY, "jobName": "residency_report"},
+              "executionMetadata": {"parentRunId": parent_id, "rootRunId": parent_id}}  # fmt: skip
+    answer = gql(console, OPERATOR, RERUN, {"p": params})["data"]["launchPipelineReexecution"]
+    assert "residency_report is partitioned: a run needs a partition" in answer["message"]
+    # A backfill's tags would replace every one of its runs' partitions.
+    weeks = {"partitionSetName": "residency_report_partition_set",
+             "repositorySelector": REPOSITORY}  # fmt: skip
+    backfill = {"selector": weeks, "partitionNames": ["2026-11-23"],
+                "tags": [{"key": PARTITION, "value": "2099-01-05"}]}  # fmt: skip
+    answer = gql(console, ADMIN, BACKFILL, {"p": backfill})["data"]["launchPartitionBackfill"]
+    assert "a backfill's tags may not name a partition (dagster/partition)" in answer["message"]
+    entries = console.audit()[before:]
+    assert [(e["actor"], e["action"], e["outcome"]) for e in entries] == [
+        (OPERATOR, "reexecute_run", "refused")
+    ] * (len(cases) + 1) + [(ADMIN, "launch_backfill", "refused")]
+    assert entries[0]["details"]["partitions"] == [{PARTITION: "2099-01-05"}]
+    assert _runs_of(console, "residency_report") == before_runs  # no run was made
+    # The parent's partition, or another of the job's, is re-executed as asked.
+    for tags, runs in (({}, "2026-11-16"), ({PARTITION: "2026-11-23"}, "2026-11-23")):
+        answer = _reexecute(console, OPERATOR, parent_id, tags)
+        assert answer["__typename"] == "LaunchRunSuccess", answer
+        assert {t["key"]: t["value"] for t in answer["run"]["tags"]}[PARTITION] == runs
+
+
+def _cli_run(console: Any, *args: str) -> str:
+    """A run made by `mm-jobs run` in the console's instance (in its own process, with no
+    code location behind it): its id."""
+    import re
+    import subprocess
+
+    from tests.console_server import MM_JOBS
+
+    done = subprocess.run(
+        [MM_JOBS, "run", *args, "--actor", "ops@mm.example"],
+        env=console.env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    found = re.search(r"run id: ([0-9a-f-]{36})", done.stdout)
+    assert found, (done.returncode, done.stdout, done.stderr[-2000:])
+    return found.group(1)
+
+
+def test_reexecuting_a_run_of_mm_jobs_run_is_refused_clearly_not_a_500(console):
+    """The trial re-executed a run `mm-jobs run` had made from the console: HTTP 500,
+    `CheckError: Expected non-None value: None`, and no log line (Dagster re-executes a run
+    from the code location it came from; such a run has none). Refused now, for every
+    role, saying why and how to run the job again; audited. A re-execution by
+    executionParams (the job named, the parent only linked) still runs."""
+    parent = _cli_run(console, "share-link-expiry")
+    before = len(console.audit())
+    again = {"r": {"parentRunId": parent, "strategy": "ALL_STEPS"}}
+    for person in (OPERATOR, ADMIN):
+        status, body, _ = curl(
+            console.port, "/graphql", person, {"query": REEXECUTE, "variables": again}
+        )
+        assert status == 200, body[:500]
+        answer = json.loads(body)["data"]["launchRunReexecution"]
+        assert answer["__typename"] == "PythonError", answer
+        assert f"run {parent} of share_link_expiry cannot be re-executed" in answer["message"]
+        assert "`mm-jobs run share-link-expiry`" in answer["message"]
+    assert _new_entries(console, before) == [
+        (OPERATOR, "reexecute_run", "refused"), (ADMIN, "reexecute_run", "refused")
+    ]  # fmt: skip
+    params = {"selector": {**REPOSITORY, "jobName": "share_link_expiry"},
+              "executionMetadata": {"parentRunId": parent, "rootRunId": parent}}  # fmt: skip
+    answer = gql(console, OPERATOR, RERUN, {"p": params})["data"]["launchPipelineReexecution"]
+    assert answer["__typename"] == "LaunchRunSuccess", answer
+
+
+def test_a_server_error_dagster_answers_is_a_line_of_the_consoles_log(console):
+    """Dagster answers what it caught as a 500 (a PythonError) and logs nothing: the
+    console writes one JSON line with the error and its traceback (secrets masked)."""
+    log = console.data_dir.parent / "console.log"
+    query = """mutation($r: ReexecutionParams!) {
+      reexecutePartitionBackfill(reexecutionParams: $r) { __typename } }"""
+    missing = f"no-such-backfill-password=s3cret{uuid.uuid4().hex[:6]}"
+    again = {"r": {"parentRunId": missing, "strategy": "ALL_STEPS"}}
+    status, body, _ = curl(console.port, "/graphql", ADMIN, {"query": query, "variables": again})
+    assert status == 500, body[:300]
+    lines = [json.loads(x) for x in log.read_text().splitlines() if missing[:16] in x]
+    (line,) = lines
+    assert (line["level"], line["logger"], line["error"]) == ("error", "mm.console", "CheckError")
+    assert "No backfill found" in line["event"] and "Traceback" in line["exception"]
+    assert "s3cret" not in json.dumps(line)
 
 
 # -- 4: reads that run code, wherever the selection reaches them ------------------------
