@@ -232,5 +232,7 @@ def connection(
             f"DATABASE_URL is unset, so this is the local stack's server ({where}): is "
             "`make dev` running?"
         )
-        return connect(url, autocommit, setting="the local stack's PostgreSQL", advice=advice)
+        return connect(
+            url, autocommit, setting="the local stack's PostgreSQL", if_unanswered=advice
+        )
     return connect(url, autocommit, setting="DATABASE_URL")

@@ -133,7 +133,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             _check_partition(spec.name, job, None)
         print(f"{spec.name}: partition {partition}")
     run_id = str(uuid.uuid4())
-    with open_instance(settings) as instance:
+    _check_databases(settings, job)
+    with open_instance(settings) as instance:  # Dagster's storage, checked the same way
         entry = _audit_cli_launch(settings, tags[ACTOR_TAG], spec.name, run_id, args, partition)
         try:
             manual_run.execute(
@@ -164,6 +165,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         status=ended.status,
     )
     return EXIT_CANCELED if ended.status == "canceled" else EXIT_FAILED
+
+
+def _check_databases(settings: Settings, job: Any) -> None:
+    """Before the run starts, each database the job will use answers and takes our
+    credentials, or the command refuses naming the setting (exit 2): DATABASE_URL (the
+    audit entry's and the job's) and DATABASE_DIRECT_URL (the ledger's session lock,
+    pg_dump), whose failure inside the run would be retried, end FAILED and alert the
+    job's owner. Dagster's storage (DAGSTER_DATABASE_URL) is checked by open_instance."""
+    connection(settings).close()
+    if settings.database_direct_url and "portal_db" in job.required_resource_keys:
+        connection(settings, direct=True).close()
 
 
 def _audit_cli_launch(

@@ -232,7 +232,7 @@ def _serve(
     from datetime import UTC, datetime
 
     from mm_orchestration.cli.arguments import refuse
-    from mm_orchestration.local.embedded_pg import ServerInUse
+    from mm_orchestration.local.embedded_pg import EmbeddedPostgresError, ServerInUse
     from mm_orchestration.local.supervisor import StopRequested, say, stop_signals
 
     about = {
@@ -261,5 +261,10 @@ def _serve(
             return refuse(
                 f"{exc}, or start this one on another data folder (MM_DATA_DIR)", pid=exc.pid
             )
+        except EmbeddedPostgresError as exc:
+            # The embedded server would not start (ServerDidNotStart: the server's own
+            # reason, the folder and what to do), or its wheel is missing: named, with
+            # nothing left running.
+            return refuse(str(exc), dataDir=str(Path(Settings.from_env(env).data_dir).resolve()))
         except StopRequested:
             return 0

@@ -33,7 +33,12 @@ UNPRIVILEGED_USER = "nobody"
 
 
 class EmbeddedPostgresError(RuntimeError):
-    """The embedded server could not be initialised, started or stopped."""
+    """The embedded server could not be initialised, started or stopped; `output`: what the
+    failed tool (initdb, pg_ctl) printed."""
+
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
 
 
 class ServerInUse(EmbeddedPostgresError):
@@ -50,6 +55,59 @@ class ServerInUse(EmbeddedPostgresError):
             f"the embedded PostgreSQL in {data_dir} is in use by {who}; nothing was started "
             "or stopped: stop that process first"
         )
+
+
+class ServerDidNotStart(EmbeddedPostgresError):
+    """The server refused to start (a bad line in postgresql.conf, a damaged data folder,
+    no memory): the message gives the server's own reason, from what this start logged,
+    the data folder and what to do. A command refuses with it (cli.arguments.refuse)."""
+
+
+# A server log line's level and text, whatever log_line_prefix puts before them.
+_LOG_LINE = re.compile(r"\b(PANIC|FATAL|ERROR|WARNING|LOG|DETAIL|HINT):\s+(.*)")
+# What every start and stop logs: never the reason a start failed.
+_ROUTINE = (
+    "starting PostgreSQL",
+    "listening on ",
+    "database system is shut down",
+    "database system was shut down",
+    "redirecting log output",
+    "ending log output",
+)
+# pg_ctl's own words around a failed start, which say only to read the log.
+_PG_CTL_BOILERPLATE = ("waiting for server to start", "could not start server", "Examine the log")
+
+
+def server_reason(log_lines: Sequence[str], pg_ctl_output: str = "") -> str:
+    """Why a start failed, in the server's words: the first FATAL or PANIC line it logged
+    with up to three lines before it that are not routine (`LOG: syntax error in file ...
+    line 3`) and its DETAIL and HINT; without one, the last non-routine lines, then what
+    pg_ctl said beyond "could not start server"."""
+    said = [
+        (found[1], found[2].strip())
+        for line in log_lines
+        if (found := _LOG_LINE.search(line)) is not None
+    ]
+    said = [(level, text) for level, text in said if not text.startswith(_ROUTINE)]
+    fatal = next((i for i, (level, _) in enumerate(said) if level in ("FATAL", "PANIC")), None)
+    if fatal is None:
+        picked = said[-3:]
+    else:
+        after = []
+        for level, text in said[fatal + 1 :]:
+            if level not in ("DETAIL", "HINT"):
+                break
+            after.append((level, text))
+        picked = [*said[max(0, fatal - 3) : fatal], said[fatal], *after]
+    own = [
+        line.strip()
+        for line in pg_ctl_output.splitlines()
+        if line.strip() and not any(words in line for words in _PG_CTL_BOILERPLATE)
+    ]
+    parts = [f"{level}: {text}" for level, text in picked]
+    if fatal is None:
+        parts += own
+    return "; ".join(parts) or "pg_ctl could not start it and the server logged nothing"
 
 
 def _wheel_install_dir() -> Path:
@@ -195,7 +253,19 @@ class EmbeddedPostgres:
             options += " -c fsync=on -c synchronous_commit=on -c full_page_writes=on"
         else:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        self._pg_ctl(["-w", "-t", "60", "-l", str(self.log_file), "start", "-o", options])
+        logged = self._log_size()
+        try:
+            self._pg_ctl(["-w", "-t", "60", "-l", str(self.log_file), "start", "-o", options])
+        except EmbeddedPostgresError as exc:
+            # What this start logged, not the log of every start before it.
+            reason = server_reason(self._log_since(logged), exc.output)
+            raise ServerDidNotStart(
+                f"the embedded PostgreSQL (data folder {self.data_dir}) did not start: "
+                f"{reason}. Fix what the server names (its settings are in postgresql.conf "
+                "and postgresql.auto.conf in that folder) and start again, or move "
+                f"{self.root} aside to start on an empty database; the server's whole log "
+                f"is {self.log_file}"
+            ) from None
         self._port_file.write_text(str(self.port))
 
     def stop(self) -> None:
@@ -307,7 +377,26 @@ class EmbeddedPostgres:
     def _pg_ctl(self, args: Sequence[str]) -> None:
         self._run([self.bin("pg_ctl"), "-D", str(self.data_dir), *args])
 
+    def _log_size(self) -> int:
+        try:
+            return self.log_file.stat().st_size
+        except OSError:
+            return 0
+
+    def _log_since(self, offset: int) -> list[str]:
+        """The server log's lines written after `offset` (all of them if it was replaced)."""
+        try:
+            with open(self.log_file, "rb") as log:
+                if log.seek(0, os.SEEK_END) >= offset:
+                    log.seek(offset)
+                else:
+                    log.seek(0)
+                return log.read().decode(errors="replace").splitlines()
+        except OSError:
+            return []
+
     def _run(self, cmd: Sequence[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        logged = self._log_size()
         kwargs: dict[str, object] = {}
         if self._user is not None:
             kwargs.update(user=self._user.pw_uid, group=self._user.pw_gid, extra_groups=[])
@@ -326,11 +415,11 @@ class EmbeddedPostgres:
             out.seek(0)
             output = out.read()
         if check and result.returncode != 0:
-            tail = ""
-            if self.log_file.exists():
-                tail = "\n".join(self.log_file.read_text(errors="replace").splitlines()[-15:])
+            # What the server logged meanwhile, not the log of every start before.
+            tail = "\n".join(self._log_since(logged)[-15:])
             raise EmbeddedPostgresError(
-                f"{Path(cmd[0]).name} failed ({result.returncode}): {output.strip()}\n{tail}"
+                f"{Path(cmd[0]).name} failed ({result.returncode}): {output.strip()}\n{tail}",
+                output,
             )
         return subprocess.CompletedProcess(list(cmd), result.returncode, output, "")
 

@@ -23,6 +23,10 @@ _TAG_LIMIT = 500
 _WRAPPERS = (
     "dagster._core.errors.DagsterExecutionStepExecutionError",
     "dagster._core.errors.DagsterUserCodeExecutionError",
+    # A step that failed on every try under its retry policy: the last try's error is the
+    # cause (psycopg's reason, not "Exceeded max_retries of 1").
+    "Exceeded max_retries of ",
+    "RetryRequested but retries are disabled",
 )
 
 

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 from dagster import ConfigurableResource, Failure, InitResourceContext
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 from pydantic import Field, PrivateAttr
 
 from mm_orchestration.platform.config_models import QUIET
-from mm_orchestration.platform.db import MissingTableError, require_tables
+from mm_orchestration.platform.db import (
+    MissingTableError,
+    connect_timeout,
+    require_tables,
+    unreachable,
+)
 
 
 class PortalDatabase(ConfigurableResource):
@@ -78,10 +85,14 @@ class PortalDatabase(ConfigurableResource):
                 conn.autocommit = True
                 yield conn
             return
-        with _unquoted("DATABASE_DIRECT_URL"):
-            direct = psycopg.connect(
-                self.direct_url, autocommit=True, application_name="mm-orchestration-session"
-            )
+        # Named when it cannot be used: Dagster would otherwise retry the step and then
+        # sum the failure up as "Exceeded max_retries", libpq's reason buried in a trace.
+        direct = _connect(
+            self.direct_url,
+            "DATABASE_DIRECT_URL",
+            autocommit=True,
+            application_name="mm-orchestration-session",
+        )
         with direct as conn:
             yield conn
 
@@ -103,18 +114,23 @@ class PortalDatabase(ConfigurableResource):
 def _probe(url: str, setting: str) -> None:
     """Connect once before the pool does: the pool retries a refused connection in the
     background and reports only a timeout 30 s later, while libpq's own reason (a wrong
-    password, an unknown host, a server not yet up) is what an operator needs.
+    password, an unknown host, a server not yet up) is what an operator needs."""
+    _connect(url, setting, application_name="mm-orchestration").close()
 
-    Raises psycopg.OperationalError naming `setting` with libpq's first line, and
-    psycopg.ProgrammingError naming it when libpq cannot parse `url` (never quoting it)."""
-    try:
-        with _unquoted(setting):
-            psycopg.connect(url, connect_timeout=10, application_name="mm-orchestration").close()
-    except psycopg.OperationalError as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise psycopg.OperationalError(
-            f"the portal database ({setting}) refused the connection: {reason}"
-        ) from None
+
+def _connect(url: str, setting: str, **kwargs: Any) -> psycopg.Connection:
+    """A connection to `url`, which `setting` gives. Raises psycopg.OperationalError in
+    the wording every refusal of a database shares (db.unreachable: the setting, where,
+    whether the server does not answer, refused the credentials or has no such database,
+    and libpq's reason, never the password), waiting at most the string's own
+    `connect_timeout` or db.CONNECT_TIMEOUT_SECONDS; psycopg.ProgrammingError naming
+    `setting` when libpq cannot parse `url` (never quoting it)."""
+    with _unquoted(setting):
+        params = conninfo_to_dict(url)
+        try:
+            return psycopg.connect(url, connect_timeout=connect_timeout(params), **kwargs)
+        except psycopg.OperationalError as exc:
+            raise psycopg.OperationalError(unreachable(setting, params, exc)) from None
 
 
 @contextmanager

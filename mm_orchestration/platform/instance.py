@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +19,6 @@ import psycopg
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
-from mm_orchestration.platform.audit import masked_text
 from mm_orchestration.platform.settings import PORT_RANGE, Settings, SettingsError, bounded_integer
 from mm_orchestration.platform.storage import SETTING as STORAGE_SETTING
 from mm_orchestration.platform.storage import ConnectionStringStorage, sqlalchemy_url
@@ -32,6 +32,8 @@ TEMPLATE = Path(__file__).resolve().parents[2] / "dagster.yaml"
 # hold a secret pasted into the wrong variable).
 _HOME = "DAGSTER_HOME (or <MM_DATA_DIR>/dagster_home when it is unset)"
 _LOOPBACK = {"localhost", "127.0.0.1", "::1", ""}
+# How a dagster.yaml that mm-jobs wrote begins (write_home).
+WRITTEN_BY = "# Written by mm-jobs"
 
 
 def home_dir(settings: Settings) -> Path:
@@ -51,7 +53,7 @@ def write_home(home: Path, storage_conninfo: str | None = None) -> Path:
     config = yaml.safe_load(TEMPLATE.read_text())
     if storage_conninfo is not None:
         config["storage"]["custom"]["config"]["connection_string"] = storage_conninfo
-    header = f"# Written by mm-jobs from {TEMPLATE}; edit that file, not this one.\n"
+    header = f"{WRITTEN_BY} from {TEMPLATE}; edit that file, not this one.\n"
     (home / "dagster.yaml").write_text(header + yaml.safe_dump(config, sort_keys=False))
     return home
 
@@ -68,22 +70,60 @@ def open_instance(settings: Settings) -> DagsterInstance:
     from dagster import DagsterInstance
 
     home = home_dir(settings)
-    url = storage_url(home)
+    url, origin = _storage(home)
     refuse_portal_storage(url, settings.database_url)
     refuse_portal_storage(url, settings.database_direct_url)
-    check_storage_server(url)
+    check_storage_server(url, origin)
     return DagsterInstance.from_config(str(home))
 
 
-def check_storage_server(url: str) -> None:
-    """Ask Dagster's storage server itself. Raises SettingsError in seconds, naming the
-    server, when it does not answer (Dagster itself retries for a minute and then prints
-    a long traceback), and when the database holds the portal's schemas, however the two
-    settings spell their hosts (a pooler's name, an address, a socket)."""
+@dataclass(frozen=True)
+class StorageOrigin:
+    """Where dagster.yaml takes Dagster's storage from, for a message to name: the variables
+    it reads (DAGSTER_DATABASE_URL), none when the connection string is in the file itself;
+    `local_stack`: a string `mm-jobs dev` or `prod-local` wrote there (the embedded server)."""
+
+    variables: tuple[str, ...] = ()
+    local_stack: bool = False
+
+    @property
+    def setting(self) -> str:
+        """What a message about the storage starts with."""
+        if self.variables == (STORAGE_SETTING,):
+            return f"{STORAGE_SETTING} (Dagster's storage, read by dagster.yaml in DAGSTER_HOME)"
+        if self.variables:
+            return (
+                "Dagster's storage (dagster.yaml in DAGSTER_HOME, from "
+                f"{', '.join(self.variables)})"
+            )
+        return "Dagster's storage (dagster.yaml in DAGSTER_HOME)"
+
+    @property
+    def source(self) -> str:
+        """What holds the connection string, for the advice."""
+        if self.variables:
+            return " and ".join(self.variables)
+        return "the connection string in DAGSTER_HOME's dagster.yaml"
+
+
+def check_storage_server(url: str, origin: StorageOrigin | None = None) -> None:
+    """Ask Dagster's storage server itself. Raises SettingsError in seconds when it cannot
+    be used (Dagster itself retries for a minute and then prints a long traceback), in the
+    wording of DATABASE_URL's refusals (db.unreachable): the setting `origin` names, where
+    (as given), whether the server does not answer, refused the credentials or has no such
+    database, and libpq's reason; the local stack's hint only for the local stack's server.
+    Also when the database holds the portal's schemas, however the two settings spell
+    their hosts (a pooler's name, an address, a socket)."""
     from sqlalchemy import create_engine, text
     from sqlalchemy.pool import NullPool
 
-    engine = create_engine(url, connect_args={"connect_timeout": 5}, poolclass=NullPool)
+    from mm_orchestration.platform.db import connect_timeout, unreachable
+
+    origin = origin or StorageOrigin()
+    params = _sqlalchemy_params(url)
+    engine = create_engine(
+        url, connect_args={"connect_timeout": connect_timeout(params)}, poolclass=NullPool
+    )
     try:
         with engine.connect() as conn:
             # The server's own word, whatever names reach it (a pooler's host, a replica's
@@ -95,14 +135,19 @@ def check_storage_server(url: str) -> None:
                 )
             ).scalar()
     except Exception as exc:
-        hosts, db = _target(_sqlalchemy_params(url))
-        where = ", ".join(f"{host}:{port}" for host, port in hosts)
-        first = (str(getattr(exc, "orig", exc)).strip().splitlines() or [type(exc).__name__])[0]
-        first = masked_text(first)  # a driver's message may quote a connection string
-        raise SettingsError(
-            f"Dagster's storage (database {db!r} on {where}, from dagster.yaml in "
-            f"DAGSTER_HOME) does not answer: {first}. Is the local stack (`make dev`) running?"
-        ) from None
+        local = (
+            "It is the local stack's embedded server: is the local stack (`make dev`) running?"
+            if origin.local_stack
+            else None
+        )
+        message = unreachable(
+            origin.setting,
+            params,
+            getattr(exc, "orig", None) or exc,
+            source=origin.source,
+            if_unanswered=local,
+        )
+        raise SettingsError(message) from None
     finally:
         engine.dispose()
     if portal:
@@ -117,6 +162,11 @@ def check_storage_server(url: str) -> None:
 def storage_url(home: Path) -> str:
     """The SQLAlchemy URL of the PostgreSQL storage that `home/dagster.yaml` configures,
     with its `{env: ...}` values resolved as Dagster resolves them."""
+    return _storage(home)[0]
+
+
+def _storage(home: Path) -> tuple[str, StorageOrigin]:
+    """storage_url, and where the file takes the storage from."""
     from dagster_postgres.utils import pg_url_from_config
 
     path = home / "dagster.yaml"
@@ -126,7 +176,8 @@ def storage_url(home: Path) -> str:
             "one), or point DAGSTER_HOME at the instance the console uses; the folder is not "
             "shown"
         )
-    storage = (yaml.safe_load(path.read_text()) or {}).get("storage") or {}
+    written = path.read_text()
+    storage = (yaml.safe_load(written) or {}).get("storage") or {}
     custom = storage.get("custom") or {}
     ours = (custom.get("module"), custom.get("class")) == (
         ConnectionStringStorage.__module__,
@@ -140,7 +191,13 @@ def storage_url(home: Path) -> str:
             "keep their runs in PostgreSQL so that every process sees them"
         )
     missing: list[str] = []
-    resolved = _resolve_env(block, missing)
+    read: list[str] = []
+    resolved = _resolve_env(block, missing, read)
+    origin = StorageOrigin(
+        variables=tuple(dict.fromkeys(read)),
+        # A connection string in the file, written by the local stack (write_home).
+        local_stack=not read and ours and written.startswith(WRITTEN_BY),
+    )
     if missing:
         raise SettingsError(
             f"{_HOME}: Dagster's storage needs {', '.join(missing)} to be set (a database of "
@@ -152,9 +209,9 @@ def storage_url(home: Path) -> str:
             # Dagster pastes the port into its URL as text: `5432x` or `٥٤٣٢` would surface
             # as a SQLAlchemy error naming no variable.
             bounded_integer(port["env"], str(resolved["postgres_db"]["port"]), *PORT_RANGE)
-        return str(pg_url_from_config(resolved))
+        return str(pg_url_from_config(resolved)), origin
     try:
-        return sqlalchemy_url(resolved["connection_string"])
+        return sqlalchemy_url(resolved["connection_string"]), origin
     except psycopg.ProgrammingError:
         raise SettingsError(
             f"{STORAGE_SETTING} (Dagster's storage, from dagster.yaml in DAGSTER_HOME) is not "
@@ -179,15 +236,17 @@ def refuse_portal_storage(url: str, database_url: str | None) -> None:
         )
 
 
-def _resolve_env(value: Any, missing: list[str]) -> Any:
-    """`{env: NAME}` -> the variable's value, as Dagster's StringSource reads it."""
+def _resolve_env(value: Any, missing: list[str], read: list[str]) -> Any:
+    """`{env: NAME}` -> the variable's value, as Dagster's StringSource reads it; each NAME
+    is added to `read` (and to `missing` when it is unset)."""
     if isinstance(value, dict) and set(value) == {"env"}:
         name = value["env"]
+        read.append(name)
         if name not in os.environ or (not os.environ[name] and name != "DAGSTER_PG_PASSWORD"):
             missing.append(name)
         return os.environ.get(name, "")
     if isinstance(value, dict):
-        return {key: _resolve_env(item, missing) for key, item in value.items()}
+        return {key: _resolve_env(item, missing, read) for key, item in value.items()}
     return value
 
 

@@ -313,3 +313,44 @@ def test_a_second_start_beside_a_running_stack_is_refused_and_touches_nothing(tm
     assert "embedded PostgreSQL stopped" in log.read_text()
     for path in claims:  # free again for the next start
         Claim(path).take().release()
+
+
+def test_an_embedded_server_that_cannot_start_is_refused_with_the_servers_own_reason(tmp_path):
+    """A bad line in the embedded server's postgresql.conf: `mm-jobs dev` exited 1 with an
+    `mm.uncaught` critical line holding pg_ctl's "Examine the log output" and the last 15
+    lines of the server's log, every earlier start's and stop's among them. Now a refusal:
+    one JSON line (exit 2) with what the server said when this start failed, the data
+    folder and what to do, and nothing left running or claimed."""
+    from mm_orchestration.local.embedded_pg import EmbeddedPostgres
+
+    data = tmp_path / "mm"
+    server = EmbeddedPostgres(data / "postgres")
+    server.start()
+    server.stop()  # the log now holds a whole start and stop, none of it the reason
+    conf = server.data_dir / "postgresql.conf"
+    lines = conf.read_text().count("\n")
+    conf.write_text(conf.read_text() + "shared_buffers = = 128MB\n")
+    proc = subprocess.run(
+        [MM_JOBS, "dev", "--port", str(free_port()), "--grpc-port", str(free_port()), "--no-demo"],
+        env=own_env(data),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    said = f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 2, said
+    (refusal,) = json_lines(proc.stderr, "mm-jobs dev")
+    event = refusal["event"]
+    assert (refusal["level"], refusal["logger"], refusal["exitCode"]) == ("error", "mm-jobs", 2)
+    assert event.startswith(
+        f"the embedded PostgreSQL (data folder {server.data_dir}) did not start: LOG: syntax "
+        f'error in file "{conf}" line {lines + 1}, near token "="; FATAL: configuration file '
+        f'"{conf}" contains errors. Fix what the server names'
+    ), said
+    assert f"or move {server.root} aside" in event and str(server.log_file) in event, said
+    # This start's words only: not the earlier start's, nor pg_ctl's "read the log".
+    for old in ("ready to accept connections", "shutting down", "Examine the log"):
+        assert old not in event, said
+    assert refusal["dataDir"] == str(data)
+    assert "Traceback" not in proc.stderr and "PostgreSQL on" not in proc.stdout, said
+    assert not server.is_running()

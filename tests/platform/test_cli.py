@@ -11,10 +11,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    RetryPolicy,
+    job,
+    op,
+)
 from psycopg import sql
 
 from mm_orchestration.platform import inventory
+from mm_orchestration.platform.database import PortalDatabase
+from mm_orchestration.platform.ledger import ledgered
 from tests import factories as f
 from tests.conftest import create_database, drop_database
 
@@ -477,25 +486,40 @@ def _database_commands(tmp_path: Path) -> list[list[str]]:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("refusal", ["unreachable", "credentials"])
+# How a refusal tells the three apart (db.unreachable), with the advice that fits each.
+VERDICTS = {
+    "unreachable": ("does not answer", "host and port are right"),
+    "credentials": ("refused the credentials", "user and password"),
+    "database": ("has no such database", "database name"),
+}
+
+
+@pytest.mark.parametrize("refusal", ["unreachable", "credentials", "database"])
 def test_a_database_that_cannot_be_used_is_refused_naming_its_setting_by_every_command(
     refusal, pg_server, tmp_path, monkeypatch, capsys
 ):
-    """DATABASE_URL naming a server that does not answer (a stopped database, a wrong port)
-    or that refuses the credentials (an unknown role): every command stops with one JSON
-    line naming DATABASE_URL and what the server said, exit 2, never the password and never
-    a traceback (`run` exited 1 with psycopg's OperationalError from its audit entry)."""
+    """DATABASE_URL naming a server that does not answer (a stopped database, a wrong port),
+    that refuses the credentials (an unknown role) or that has no such database: every
+    command stops with one JSON line naming DATABASE_URL, which of the three it is, what the
+    server said and the advice that fits, exit 2, never the password and never a traceback
+    (`run` exited 1 with psycopg's OperationalError from its audit entry; every refusal
+    said "cannot be used" and told to check everything)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from mm_orchestration.cli import main
     from mm_orchestration.features.evidence.keys import private_text
     from mm_orchestration.local.embedded_pg import free_port
 
+    user, db = "nosuchrole", "portal"
     if refusal == "unreachable":
         server, said = f"127.0.0.1:{free_port()}", "Connection refused"
-    else:
+    elif refusal == "credentials":
         server, said = f"{pg_server.host}:{pg_server.port}", 'role "nosuchrole" does not exist'
-    url = f"postgresql://nosuchrole:{CANARY}@{server}/portal"
+    else:
+        server, user, db = f"{pg_server.host}:{pg_server.port}", "postgres", "nosuchdb"
+        said = 'database "nosuchdb" does not exist'
+    url = f"postgresql://{user}:{CANARY}@{server}/{db}"
+    verdict, advice = VERDICTS[refusal]
     monkeypatch.setenv("DATABASE_URL", url)
     monkeypatch.setenv("MM_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("MM_EVIDENCE_SIGNING_KEY", private_text(Ed25519PrivateKey.generate()))
@@ -503,8 +527,9 @@ def test_a_database_that_cannot_be_used_is_refused_naming_its_setting_by_every_c
         assert main(argv) == 2, argv
         out, err = capsys.readouterr()
         event = _one_refusal(err, " ".join(argv))
-        assert event.startswith("DATABASE_URL: the database (database portal as nosuchrole"), event
-        assert said in event, event
+        where = f"DATABASE_URL: the database (database {db} as {user} on {server}) {verdict}: "
+        assert event.startswith(where), event
+        assert said in event and f"DATABASE_URL's {advice}" in event, event
         assert CANARY not in out + err and "Traceback" not in err, argv
 
 
@@ -531,6 +556,135 @@ def test_run_and_the_servers_refuse_a_database_that_cannot_be_used(dagster_env, 
         assert event.startswith("DATABASE_URL: the database (database portal as jobs on"), event
         assert "Connection refused" in event
         assert CANARY not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_run_refuses_a_direct_url_that_cannot_be_reached_before_the_run_starts(dagster_env, conn):
+    """DATABASE_DIRECT_URL (the ledger's session lock) that does not answer, beside a good
+    DATABASE_URL: `mm-jobs run` took 15 s, retried the step, exited 1 with only "Exceeded
+    max_retries of 1" and sent a failure alert. It is checked before the run starts, like
+    every database the job uses: one JSON line naming it and libpq's reason, exit 2, no
+    run, no ledger row, no email."""
+    from mm_orchestration.local.embedded_pg import free_port
+
+    direct = f"postgresql://jobs:{CANARY}@127.0.0.1:{free_port()}/portal"
+    proc = mm_jobs({**dagster_env, "DATABASE_DIRECT_URL": direct}, "run", "share-link-expiry")
+    assert proc.returncode == 2, proc.stdout + proc.stderr[-3000:]
+    event = _one_refusal(proc.stderr, "run with DATABASE_DIRECT_URL")
+    assert event.startswith(
+        "DATABASE_DIRECT_URL: the database (database portal as jobs on 127.0.0.1:"
+    ), event
+    assert "does not answer: " in event and "Connection refused" in event, event
+    assert CANARY not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+    assert "run id" not in proc.stdout
+    assert conn.execute("SELECT count(*) FROM ops.job_runs").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM ops.notification_outbox").fetchone() == (0,)
+    with DagsterInstance.from_config(dagster_env["DAGSTER_HOME"]) as instance:
+        assert instance.get_runs() == []
+
+
+@op(retry_policy=RetryPolicy(max_retries=1, delay=0))
+def claim_a_window(context, portal_db: PortalDatabase) -> None:
+    """What every ledgered job's op does first: claim its window (the session lock)."""
+    with ledgered(context, portal_db, "invite-cleanup", ["ops.job_runs"]):
+        pass
+
+
+@job
+def ledgered_job() -> None:
+    claim_a_window()
+
+
+def test_a_direct_url_that_cannot_be_reached_fails_a_scheduled_step_naming_it(database_url):
+    """Inside a run (a schedule's, a retry's), the ledger's session on DATABASE_DIRECT_URL
+    failing used to be summed up, in the run list, the CLI and the failure alert, as
+    "Exceeded max_retries of 1", psycopg's reason only in a traceback: the step now fails
+    naming DATABASE_DIRECT_URL, where it points and libpq's reason, after its retries."""
+    from mm_orchestration.local.embedded_pg import free_port
+    from mm_orchestration.monitoring.run_status import failure_summary
+    from mm_orchestration.platform.ledger import WINDOW_TAG
+
+    direct = f"postgresql://jobs:{CANARY}@127.0.0.1:{free_port()}/portal"
+    db = PortalDatabase(url=database_url, direct_url=direct)
+    try:
+        with DagsterInstance.ephemeral() as instance:
+            result = ledgered_job.execute_in_process(
+                resources={"portal_db": db},
+                instance=instance,
+                tags={WINDOW_TAG: "2026-11-30T08:00:00Z", "dagster/schedule_name": "s"},
+                raise_on_error=False,
+            )
+            assert not result.success
+            summary = failure_summary(instance, result.run_id)
+    finally:
+        db.close()
+    assert summary.startswith(
+        "claim_a_window: psycopg.OperationalError: DATABASE_DIRECT_URL: the database "
+        "(database portal as jobs on 127.0.0.1:"
+    ), summary
+    assert "does not answer: " in summary and "Connection refused" in summary, summary
+    assert "max_retries" not in summary and CANARY not in summary
+
+
+def _storage_refusal(env: dict[str, str], *argv: str) -> str:
+    proc = mm_jobs(env, *argv)
+    assert proc.returncode == 2, (argv, proc.stdout, proc.stderr[-3000:])
+    event = _one_refusal(proc.stderr, " ".join(argv))
+    assert CANARY not in proc.stdout + proc.stderr and "Traceback" not in proc.stderr
+    return event
+
+
+def test_run_and_the_servers_refuse_a_dagster_storage_that_cannot_be_used_naming_it(
+    dagster_env, pg_server, tmp_path
+):
+    """DAGSTER_DATABASE_URL with an unknown role: `run`, `console` and `dev` said "Dagster's
+    storage (database 'dagster' on localhost:PORT, from dagster.yaml in DAGSTER_HOME) does
+    not answer: ... role does not exist. Is the local stack (`make dev`) running?": not the
+    variable, not the host as given, the wrong verdict and the wrong advice. Now the one
+    wording of DATABASE_URL's refusals: the variable, the host as given, what failed and
+    what to check, never the password; the local stack's hint only for its own server."""
+    from mm_orchestration.local.embedded_pg import free_port
+    from mm_orchestration.platform.instance import write_home
+
+    port = pg_server.port
+    storage = f"postgresql://nosuchuser:{CANARY}@127.0.0.1:{port}/dagster"
+    env = {**dagster_env, "DAGSTER_DATABASE_URL": storage, "MM_CONSOLE_AUTH": "local"}
+    for argv in (
+        ["run", "share-link-expiry"],
+        ["console", "--port", str(free_port())],
+        ["dev", "--port", str(free_port()), "--grpc-port", str(free_port())],
+    ):
+        event = _storage_refusal(env, *argv)
+        assert event.startswith(
+            "DAGSTER_DATABASE_URL (Dagster's storage, read by dagster.yaml in DAGSTER_HOME): the "
+            f"database (database dagster as nosuchuser on 127.0.0.1:{port}) refused the "
+            'credentials: connection to server at "127.0.0.1", port '
+        ), event
+        assert 'role "nosuchuser" does not exist' in event, event
+        assert "Check DAGSTER_DATABASE_URL's user and password" in event, event
+        assert "localhost" not in event and "make dev" not in event, event
+
+    missing = f"postgresql://postgres:{CANARY}@127.0.0.1:{port}/nosuchstorage"
+    event = _storage_refusal({**env, "DAGSTER_DATABASE_URL": missing}, "run", "invite-cleanup")
+    assert "(database nosuchstorage as postgres on 127.0.0.1:" in event, event
+    assert ") has no such database: " in event and "make dev" not in event, event
+
+    gone = f"postgresql://jobs:{CANARY}@127.0.0.1:{free_port()}/dagster"
+    event = _storage_refusal({**env, "DAGSTER_DATABASE_URL": gone}, "run", "invite-cleanup")
+    assert event.startswith("DAGSTER_DATABASE_URL (Dagster's storage"), event
+    assert ") does not answer: " in event and "DAGSTER_DATABASE_URL's host and port" in event
+    assert "make dev" not in event, event
+
+    # The instance `make dev` writes (its embedded server's storage in the file): a server
+    # that does not answer is the local stack's, and the hint says so.
+    local = write_home(
+        tmp_path / "local-home", f"postgresql://postgres@127.0.0.1:{free_port()}/dagster"
+    )
+    event = _storage_refusal({**env, "DAGSTER_HOME": str(local)}, "run", "invite-cleanup")
+    assert event.startswith(
+        "Dagster's storage (dagster.yaml in DAGSTER_HOME): the database (database dagster as "
+        "postgres on 127.0.0.1:"
+    ), event
+    assert ") does not answer: " in event and "is the local stack (`make dev`) running?" in event
 
 
 def test_a_report_store_that_cannot_be_reached_is_refused_naming_its_settings(

@@ -256,7 +256,10 @@ def test_a_job_that_cannot_log_in_says_why_at_once(cluster):
         with db.connection():
             pass
     assert time.monotonic() - started < 10
-    assert str(error.value).startswith("the portal database (DATABASE_URL) refused")
+    assert str(error.value).startswith(
+        f"DATABASE_URL: the database (database {PORTAL} as {ROLE} on 127.0.0.1:{cluster.port})"
+        " refused the credentials: "
+    ), error.value
     assert "password authentication failed" in str(error.value)
     assert "p@ss" not in str(error.value) and "p%40ss" not in str(error.value)
 
