@@ -4,7 +4,9 @@ A failed run alerts on its own, and N failures in a row once per streak; neither
 job that fails one run in three (the Mux replay every 5 minutes could fail 96 times a day
 between successes). Here each inventory job with an `ErrorRate` is measured from
 Dagster's run records, as the dashboard reads them (whatever started the run): the share
-of its finished runs in the window that failed, skips and cancellations left out. Above
+of its finished runs in the window that failed, skips and cancellations left out, and a
+failed attempt Dagster retried counted as its retry (one run) and a person's request the
+run coordinator refused not at all (monitoring/attempts.py). Above
 the threshold (with at least `min_runs` runs) an `error_rate` episode opens and one alert
 says so, naming the rate, the window and the last failures' one-line reasons; at or below
 `recover_percent` it closes and one notice says so. While it is open, each single-failure

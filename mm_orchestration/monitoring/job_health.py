@@ -2,7 +2,8 @@
 
 Per inventory job over the last 24 hours and 7 days, from Dagster's own run records
 (the source of truth, whatever started the run: schedule, sensor, console, backfill or
-`mm-jobs run`): runs, succeeded, failed, canceled, skipped and still going; p50 and p95
+`mm-jobs run`): runs, succeeded, failed, canceled, skipped and still going (and failed
+attempts Dagster retried, requests the run coordinator refused); p50 and p95
 of the runs' real durations (start to end) against the job's SLA; how many runs went
 past the SLA, measured as the SLA sensor measures them; and the last success. Beside
 it, the run queue (queued and started runs) and the Mux dead-letter queue's depth, and
@@ -42,7 +43,7 @@ from dagster import (
     define_asset_job,
 )
 
-from mm_orchestration.monitoring import episodes
+from mm_orchestration.monitoring import attempts, episodes
 from mm_orchestration.platform import inventory
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.inventory import JobSpec
@@ -72,12 +73,16 @@ def job_of(run: DagsterRun) -> str | None:
 
 
 def outcome(record: RunRecord) -> str:
-    """succeeded, failed, canceled, skipped, or in_progress (queued, starting, started...)."""
+    """succeeded, failed, canceled, skipped, in_progress (queued, starting, started...),
+    retried (a failed attempt Dagster retries: its retry's outcome is the run's) or refused
+    (a person's request the run coordinator refused: no run of the job; attempts.py)."""
     run = record.dagster_run
     if run.status == DagsterRunStatus.SUCCESS:
         return "skipped" if run.tags.get(OUTCOME_TAG) == "skipped" else "succeeded"
     if run.status == DagsterRunStatus.FAILURE:
-        return "failed"
+        if attempts.will_be_retried(run):
+            return "retried"
+        return "refused" if attempts.refused_request(run) else "failed"
     if run.status == DagsterRunStatus.CANCELED:
         return "canceled"
     return "in_progress"
@@ -101,7 +106,8 @@ class JobWindow:
     sla_seconds: int
     counts: dict[str, int] = field(
         default_factory=lambda: dict.fromkeys(
-            ("succeeded", "failed", "canceled", "skipped", "in_progress"), 0
+            ("succeeded", "failed", "canceled", "skipped", "in_progress", "retried", "refused"),
+            0,
         )
     )
     durations: list[float] = field(default_factory=list)
@@ -219,6 +225,12 @@ COLUMNS = [
     TableColumn("canceled", "int"),
     TableColumn("skipped", "int", description="Succeeded with nothing to do (mm/outcome)"),
     TableColumn("in_progress", "int", description="Queued, starting or running now"),
+    TableColumn(
+        "retried", "int", description="Failed attempts Dagster retried (counted as their retry)"
+    ),
+    TableColumn(
+        "refused", "int", description="Requests of a person the run coordinator refused (no run)"
+    ),
     TableColumn("p50_s", "float", description="Median run duration, finished runs (s)"),
     TableColumn("p95_s", "float", description="95th percentile run duration (s)"),
     TableColumn("sla_s", "int", description="The job's SLA (s)"),

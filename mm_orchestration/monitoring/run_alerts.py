@@ -1,9 +1,12 @@
 """Run alerts and the manual-run audit, for every job, through the one alert path.
 
-- `job_failure_sensor`: a run that failed (after its op retries) requests one
-  `send_alert` run to the job's escalation target from the inventory; when it is the
+- `job_failure_sensor`: a run that failed for good (after its op retries, and the final
+  attempt: a run Dagster will retry, `dagster/will_retry`, is not; its retry is) requests
+  one `send_alert` run to the job's escalation target from the inventory; when it is the
   Nth failure in a row (the inventory's `consecutive_failures_alert`, default 2) it
-  also requests one "consecutive failures" alert for the streak.
+  also requests one "consecutive failures" alert for the streak. A person's request the
+  run coordinator refused is answered to that person, not alerted (monitoring/attempts.py);
+  attempts retried and refused requests are left out of streaks too.
 - `job_recovery_sensor`: the first success after such a streak sends one recovery notice.
 - Once a streak is announced, its later failures are folded into that alert (`send_alert`
   finds it in the audit log, `alerts.announced_streak`): an every-minute job failing
@@ -24,6 +27,7 @@ Alerts about `send_alert` itself are never requested, so alerting cannot loop.
 from typing import Any
 
 from dagster import (
+    DagsterEventType,
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
@@ -33,9 +37,10 @@ from dagster import (
     SkipReason,
 )
 
+from mm_orchestration.monitoring import attempts
 from mm_orchestration.monitoring.alerts import alert_request, send_alert
 from mm_orchestration.monitoring.every_run import every_run_sensor
-from mm_orchestration.monitoring.run_status import failure_summary, tag_failure
+from mm_orchestration.monitoring.run_status import ERROR_TAG, failure_summary, tag_failure
 from mm_orchestration.platform.audit import masked, record_once_per_run
 from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.ledger import ACTOR_TAG, OUTCOME_TAG
@@ -59,6 +64,8 @@ def _walk_back(instance: DagsterInstance, run: DagsterRun, limit: int) -> tuple[
         other = record.dagster_run
         if other.tags.get(OUTCOME_TAG) == "skipped":
             continue  # a run that found its window done proves nothing either way
+        if not attempts.counts(other):
+            continue  # an attempt its retry answers for, or a request refused: no run
         if other.status != DagsterRunStatus.FAILURE:
             return streak, record.end_time or record.create_timestamp.timestamp()
         streak.append(other.run_id)
@@ -102,25 +109,48 @@ def _alert(
     minimum_interval_seconds=10,
 )
 def job_failure_sensor(context: RunStatusSensorContext) -> list[RunRequest] | SkipReason:
-    run = context.dagster_run
+    instance = context.instance
+    run = attempts.settled(instance, context.dagster_run)
     # Every failed run shows its one-line reason in the run list, inventory job or not.
-    message = failure_summary(context.instance, run.run_id)
-    tag_failure(context.instance, run.run_id, message)
+    message = failure_summary(instance, run.run_id)
+    tag_failure(instance, run.run_id, message)
     spec = spec_for_run(run)
     if run.job_name == send_alert.name or spec is None:
         return SkipReason(f"{run.job_name} is not an inventory job: no alert")
+    if attempts.will_be_retried(run):
+        return SkipReason(
+            f"{spec.name} run {run.run_id[:8]} failed and Dagster retries it: its retry, the "
+            "final attempt, is the one that alerts if it fails"
+        )
+    if attempts.refused_request(run):
+        return SkipReason(
+            f"{spec.name} run {run.run_id[:8]} was refused before it was queued, at the "
+            "request of a person, who is answered by the run itself (its log and mm/error): "
+            "no alert"
+        )
     # A run launched by a person (console, `mm-jobs run`): the alert says who.
     actor = run.tags.get(ACTOR_TAG)
     launched = f"\n\nLaunched by {actor}." if actor else ""
-    streak, since = failure_streak(context.instance, run)
+    streak, since = failure_streak(instance, run)
     # Past the failure that announced the streak, this one is folded into its alert.
     announced = len(streak) > spec.consecutive_failures_alert
+    if attempts.refused(run):
+        what = (
+            f"The {spec.name} run {run.run_id} was refused before it was queued (nothing of "
+            "the job ran), and it is not retried: it would be refused again. No person asked "
+            "for it: fix what requested it (its schedule or sensor)."
+        )
+    else:
+        what = (
+            f"The {spec.name} run {run.run_id} failed{_step_retries(instance, run)}. "
+            + attempts.attempts_text(instance, run, lambda r: _reason_of(instance, r))
+        )
     requests = [
         _alert(
             f"job-failed:{run.run_id}",
             spec.escalate_to,
             f"{spec.name} failed: {one_line(message, 90)}",
-            f"{message}\n\nThe {spec.name} run {run.run_id} failed after its retries.\n\n"
+            f"{message}\n\n{what}\n\n"
             f"What it does: {spec.purpose}. Failure handling: {spec.failure_handling}.\n"
             f"Open the run in the job console, fix the cause, then rerun it "
             f"(`mm-jobs run {spec.name}`).{launched}",
@@ -147,6 +177,20 @@ def job_failure_sensor(context: RunStatusSensorContext) -> list[RunRequest] | Sk
             )
         )
     return requests
+
+
+def _step_retries(instance: DagsterInstance, run: DagsterRun) -> str:
+    """Says ", after N retries of its steps" when its steps were retried (their policy),
+    else nothing: said only when it happened."""
+    retried = len(instance.all_logs(run.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY))
+    if not retried:
+        return ""
+    return f", after {retried} {'retry' if retried == 1 else 'retries'} of its steps"
+
+
+def _reason_of(instance: DagsterInstance, run: DagsterRun) -> str:
+    """A failed run's one-line reason (the failure sensor's mm/error tag, else its log)."""
+    return one_line(run.tags.get(ERROR_TAG) or failure_summary(instance, run.run_id), 200)
 
 
 @every_run_sensor(

@@ -7,7 +7,8 @@ runId and tenantId where the error names one; every finished run becomes a
 transaction with one span per op, timed from the event log; a scheduled run sends
 Crons check-ins (in progress when it starts, ok or error when it ends) carrying its
 schedule, time zone, margin and maximum runtime, so Sentry notices when no run
-happens at all. With no SENTRY_DSN nothing is initialised and nothing is sent.
+happens at all; a failed attempt Dagster retries checks in nothing, its retry ends the
+scheduled run. With no SENTRY_DSN nothing is initialised and nothing is sent.
 """
 
 import re
@@ -22,6 +23,7 @@ from dagster import (
     SkipReason,
 )
 
+from mm_orchestration.monitoring import attempts
 from mm_orchestration.monitoring.every_run import every_run_sensor
 from mm_orchestration.monitoring.resource import Monitoring
 from mm_orchestration.platform import inventory
@@ -120,7 +122,13 @@ def report_run(monitoring: Monitoring, instance: DagsterInstance, run: DagsterRu
         transaction.set_status("ok" if run.status == DagsterRunStatus.SUCCESS else "internal_error")
         transaction.finish(end_timestamp=end)
         sent += 1
-    if spec is not None and "dagster/schedule_name" in run.tags:
+    # A failed attempt Dagster retries sends no check-in: its retry (which inherits the
+    # schedule's tag, and checks in as it starts) ends the scheduled run, ok or error.
+    if (
+        spec is not None
+        and "dagster/schedule_name" in run.tags
+        and not attempts.will_be_retried(run)
+    ):
         sentry_sdk.crons.capture_checkin(
             monitor_slug=spec.name,
             status="ok" if run.status == DagsterRunStatus.SUCCESS else "error",
@@ -173,5 +181,12 @@ def sentry_run_succeeded_sensor(
 
 @every_run_sensor("sentry_run_failed_sensor", DagsterRunStatus.FAILURE)
 def sentry_run_failed_sensor(context: RunStatusSensorContext, monitoring: Monitoring) -> SkipReason:
-    """A failed run: an event per failed op with its tags, the transaction, the error check-in."""
-    return _finished(context, monitoring)
+    """A failed run: an event per failed op with its tags, the transaction, the error
+    check-in (none for an attempt Dagster retries: monitoring/attempts.py)."""
+    run = attempts.settled(context.instance, context.dagster_run)
+    sent = report_run(monitoring, context.instance, run)
+    return SkipReason(
+        f"sent {sent} Sentry item(s) for run {run.run_id[:8]}"
+        if sent
+        else "SENTRY_DSN is not set: nothing sent"
+    )

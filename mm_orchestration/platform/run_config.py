@@ -85,12 +85,22 @@ def refuse_environment_reads(config: Any) -> None:
         )
 
 
+# A run the coordinator refused carries its own run id under this tag (a re-execution of
+# it inherits its tags, and is no refusal: monitoring/attempts.py).
+REFUSED_TAG = "mm/refused"
+# Dagster's (dagster._core.storage.tags): how many times run retries may retry this run.
+MAX_RETRIES_TAG = "dagster/max_retries"
+
+
 class PlainValuesRunCoordinator(QueuedRunCoordinator):
     """Dagster's queued run coordinator, refusing a run whose config reads the environment,
     or a run of a partitioned job that names none of its partitions (platform/partitions.py),
     whichever door it came through (a webserver other than the console, `dagster job
     launch`, a GraphQL client): the run is failed before it is queued, with the reason in
-    its log, and never starts. Configured in dagster.yaml like the class it extends."""
+    its log, and never starts. It would be refused again, so it is not retried (run retries
+    read `dagster/max_retries: 0`), and it is tagged `mm/refused`: a person's refused
+    request is theirs to read in the run list, not an alert (monitoring/attempts.py).
+    Configured in dagster.yaml like the class it extends."""
 
     def submit_run(self, context: SubmitRunContext) -> DagsterRun:
         run = context.dagster_run
@@ -100,7 +110,11 @@ class PlainValuesRunCoordinator(QueuedRunCoordinator):
         except RunConfigRefused as exc:
             problem = str(exc)
         if problem:
-            self._instance.report_run_failed(run, f"refused before it was queued: {problem}")
+            # Tagged before it fails: Dagster decides whether to retry a run as it stores
+            # the failure, from the run's tags then.
+            self._instance.add_run_tags(run.run_id, {MAX_RETRIES_TAG: "0", REFUSED_TAG: run.run_id})
+            tagged = self._instance.get_run_by_id(run.run_id) or run
+            self._instance.report_run_failed(tagged, f"refused before it was queued: {problem}")
             refused = self._instance.get_run_by_id(run.run_id)
             assert refused is not None
             return refused

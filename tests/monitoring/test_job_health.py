@@ -231,6 +231,8 @@ def test_windows_and_injected_sla(history: History) -> None:
         "canceled": 0,
         "skipped": 1,
         "in_progress": 0,
+        "retried": 0,
+        "refused": 0,
     }
 
 
