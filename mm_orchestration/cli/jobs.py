@@ -138,8 +138,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         entry = _audit_cli_launch(settings, tags[ACTOR_TAG], spec.name, run_id, args, partition)
         try:
             manual_run.execute(
-                job, instance, run_config, tags, partition, database_url(settings), run_id=run_id
-            )
+                job, instance, run_config, tags, partition, database_url(settings),
+                run_id=run_id, on_stop=lambda why: _print_stopped(spec.name, run_id, why),
+            )  # fmt: skip
             print(f"run id: {run_id}")
             ended = outcome(instance, run_id)
         except BaseException as exc:
@@ -157,14 +158,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     if ended.status == "skipped":
         print(f"{spec.name}: skipped: {ended.summary}")
         return EXIT_SKIPPED
+    # FAILED or CANCELED: the answer on stdout, and a line of the log on stderr.
+    answer = f"{spec.name}: {ended.status.upper()}: {ended.summary}"
+    print(answer, flush=True)
+    canceled = ended.status == "canceled"
     joblog.log_event(
-        f"{spec.name}: {ended.status.upper()}: {ended.summary}",
-        level=logging.ERROR,
+        answer,
+        level=logging.WARNING if canceled else logging.ERROR,
         jobName=spec.name,
         runId=run_id,
         status=ended.status,
     )
-    return EXIT_CANCELED if ended.status == "canceled" else EXIT_FAILED
+    return EXIT_CANCELED if canceled else EXIT_FAILED
+
+
+def _print_stopped(name: str, run_id: str, why: str) -> None:
+    """The answer of a run stopped by Ctrl-C, SIGTERM or SIGHUP, as every outcome prints
+    it (docs/cli.md)."""
+    print(f"run id: {run_id}")
+    print(f"{name}: CANCELED: {why}", flush=True)
 
 
 def _check_databases(settings: Settings, job: Any) -> None:

@@ -10,7 +10,9 @@ process imports it, and only then (`when_imported`).
 - Dagster's own `--log-format json` (structlog; the daemon, the code server, the
   webserver) names a run only in its text and writes an error's `exc_info` as a repr, so
   the traceback is lost: its lines get `runId` and the traceback in `exception`, the
-  fields of our own lines (log_lines.py).
+  fields of our own lines (log_lines.py). An error Dagster logs as text (the daemon's
+  `"Caught error:\n%s"` with its SerializableErrorInfo) has its one line in `event` and
+  its traceback in `exception` too.
 - Any other text on stderr (Python's own message for `sys.exit("...")`, Dagster's
   `sys.stderr.write` when a run worker cannot store its events, uvicorn's text handler in
   `dagster-webserver`) is one JSON line of `mm.stderr` per line of text (`JsonOnlyStderr`).
@@ -29,7 +31,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
-from mm_orchestration.monitoring.log_lines import json_line, run_named
+from mm_orchestration.monitoring.log_lines import (
+    errors_in,
+    json_line,
+    run_named,
+    with_errors_apart,
+)
 
 if TYPE_CHECKING:
     from importlib.machinery import ModuleSpec
@@ -168,25 +175,50 @@ def _name_the_run(logger: Any, method: str, event: dict[str, Any]) -> dict[str, 
     return event
 
 
+def _error_apart(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """A structlog processor: a line whose arguments hold Dagster's error object (the
+    daemon's "Caught error:\n%s") has the error's one line in `event` and its traceback
+    in `exception` (the formatter passes a stdlib record's arguments, `positional_args`,
+    for this; they are not written)."""
+    args = event.pop("positional_args", None)
+    record = event.get("_record")
+    errors = errors_in(args) if args else []
+    if errors and record is not None and "exception" not in event:
+        event["event"], event["exception"] = with_errors_apart(record.msg, args, errors)
+    return event
+
+
 def dagster_lines(log: ModuleType) -> None:
     """Dagster's `--log-format json` lines with `runId` and an error's traceback in
     `exception` (see the module). Every Dagster command that logs JSON builds its
     formatter from `dagster._utils.log.get_structlog_json_formatter` when it configures
     its loggers (`configure_loggers`, which reads it from its module each time): the
-    formatter it returns gets two more of structlog's processors, and is otherwise
+    formatter it returns gets three more of structlog's processors, and is otherwise
     Dagster's (its keys and any extra field)."""
     build = log.get_structlog_json_formatter
 
     def json_formatter() -> Any:
         import structlog
 
-        formatter = build()
-        formatter.processors = [
-            _name_the_run,
-            structlog.processors.format_exc_info,  # exc_info -> exception (a traceback)
-            *formatter.processors,
-        ]
-        return formatter
+        class Formatter(structlog.stdlib.ProcessorFormatter):
+            """Dagster's, passing a stdlib record's arguments on (for _error_apart), also
+            when `logging.config.dictConfig` builds it again from its class (Dagster's
+            configure_loggers does)."""
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                kwargs["pass_foreign_args"] = True
+                super().__init__(*args, **kwargs)
+
+        built = build()
+        return Formatter(
+            foreign_pre_chain=built.foreign_pre_chain,
+            processors=[
+                _error_apart,
+                _name_the_run,
+                structlog.processors.format_exc_info,  # exc_info -> exception (a traceback)
+                *built.processors,
+            ],
+        )
 
     setattr(log, "get_structlog_json_formatter", json_formatter)  # noqa: B010
 

@@ -20,11 +20,11 @@ from typing import Any
 # Dagster's event types that start or end a step or a run, and the status they mean. The
 # run's are spelled PIPELINE_* in the events themselves (DagsterEventType.RUN_START.value).
 _STATUS = {
-    "PIPELINE_START": "running",
+    "PIPELINE_START": "started",
     "PIPELINE_SUCCESS": "succeeded",
     "PIPELINE_FAILURE": "failed",
     "PIPELINE_CANCELED": "canceled",
-    "STEP_START": "running",
+    "STEP_START": "started",
     "STEP_SUCCESS": "succeeded",
     "STEP_FAILURE": "failed",
     "STEP_UP_FOR_RETRY": "retrying",
@@ -59,16 +59,53 @@ def _document(message: str) -> dict[str, Any] | None:
     return parsed if isinstance(parsed, dict) else None
 
 
-def _job_name(name: str | None) -> str | None:
-    """The inventory's name for one of our jobs (`invite-cleanup`), else Dagster's."""
+# The tag every run of one of our jobs carries: its inventory name (scheduling.JOB_TAG).
+JOB_TAG = "mm/job"
+
+
+def job_name(name: str | None, tags: Any = None) -> str | None:
+    """The name our lines give a run's job: the inventory's (`invite-cleanup`, from the
+    run's mm/job tag or Dagster's name for it, `invite_cleanup`); for a job outside the
+    inventory its mm/job tag (`send-alert`), else Dagster's name."""
     from mm_orchestration.platform import inventory
 
-    if not name:
-        return None
+    tag = tags.get(JOB_TAG) if hasattr(tags, "get") else None
+    for candidate in (tag, name):
+        if candidate:
+            try:
+                return inventory.get(candidate).name
+            except inventory.UnknownJobError:
+                pass
+    return tag or name or None
+
+
+def errors_in(args: Any) -> list[Any]:
+    """Dagster's error objects (SerializableErrorInfo: `message`, `stack`, `to_string`)
+    among a log call's arguments: Dagster logs some errors as text (`"Caught error:\n%s"`)
+    rather than as an exception."""
+    values = args.values() if isinstance(args, dict) else args if isinstance(args, tuple) else ()
+    return [
+        value
+        for value in values
+        if hasattr(value, "to_string") and hasattr(value, "stack") and hasattr(value, "cls_name")
+    ]
+
+
+def with_errors_apart(msg: Any, args: Any, errors: list[Any]) -> tuple[str, str]:
+    """A line whose arguments hold Dagster's error objects: its text with each error as the
+    error's own message, on one line, and the errors' whole text (message and stack) for
+    the `exception` field."""
+    brief = {id(error): str(error.message).strip() for error in errors}
+    if isinstance(args, dict):
+        shown: Any = {k: brief.get(id(v), v) for k, v in args.items()}
+    else:
+        shown = tuple(brief.get(id(v), v) for v in args)
     try:
-        return inventory.get(name).name
-    except inventory.UnknownJobError:
-        return name
+        text = str(msg) % shown
+    except (TypeError, ValueError):
+        text = str(msg)
+    event = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    return event, "\n".join(error.to_string() for error in errors)
 
 
 # The loggers Dagster writes its own lines through (dagster_webserver logs as
@@ -90,9 +127,15 @@ class JsonFormatter(logging.Formatter):
         }
         meta = getattr(record, "dagster_meta", None)
         message = meta.get("orig_message", "") if meta else record.getMessage()
+        errors = [] if meta or not record.args else errors_in(record.args)
+        if errors:  # Dagster's error object in the text: its traceback is `exception`
+            message, line["exception"] = with_errors_apart(record.msg, record.args, errors)
         document = _document(message)
         if meta:
-            line |= self._run_fields(meta)
+            line |= self._run_fields(meta, message)
+            # What the run's log knows of its run (joblog.RunLines): its inventory job,
+            # how long it ran.
+            line |= getattr(record, "run_fields", None) or {}
         if document is not None:
             line |= document
         else:
@@ -109,9 +152,9 @@ class JsonFormatter(logging.Formatter):
         )
 
     @staticmethod
-    def _run_fields(meta: Any) -> dict[str, Any]:
+    def _run_fields(meta: Any, message: str) -> dict[str, Any]:
         fields: dict[str, Any] = {
-            "jobName": _job_name(meta.get("job_name")),
+            "jobName": job_name(meta.get("job_name"), meta.get("job_tags")),
             "runId": meta.get("run_id"),
             "stepKey": meta.get("step_key"),
         }
@@ -123,12 +166,21 @@ class JsonFormatter(logging.Formatter):
             duration = getattr(event.event_specific_data, "duration_ms", None)
             if isinstance(duration, int | float):
                 fields["durationMs"] = round(duration)
-            # A step's failure: its error and traceback, which Dagster's text logger appends
-            # to the message and `orig_message` leaves out.
+            # A failure, a retry, a cancel: its error and traceback, which Dagster's text
+            # logger appends to the message and `orig_message` leaves out. The error is the
+            # op's own first line (not Dagster's "Error occurred while executing op"), as
+            # the CLI and the alerts say it.
             error = getattr(event.event_specific_data, "error", None)
             if error is not None and hasattr(error, "to_string"):
-                fields["error"] = str(getattr(error, "message", "")).strip() or None
+                from mm_orchestration.monitoring.run_status import error_line
+
+                # A retry's error is Dagster's request for it, caused by the op's error.
+                while error.cause is not None and error.cls_name == "RetryRequestedFromPolicy":
+                    error = error.cause
+                fields["error"] = error_line(error) or None
                 fields["exception"] = error.to_string()
+            elif kind == "PIPELINE_FAILURE":  # no error object: Dagster's reason is the error
+                fields["error"] = message.strip() or None
         return fields
 
 

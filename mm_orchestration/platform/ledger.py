@@ -10,6 +10,7 @@ run's 'running' row can be told from a live one.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -232,6 +233,11 @@ def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
 
+# A window that failed is an error line, one stopped a warning (as the run's own end is:
+# monitoring/joblog.py); its start, success or skip is news.
+_LEVELS = {"failed": logging.ERROR, "canceled": logging.WARNING}
+
+
 def _log(
     window: Window,
     status: str,
@@ -241,6 +247,7 @@ def _log(
 ) -> None:
     log_event(
         f"job.{status}",
+        level=_LEVELS.get(status, logging.INFO),
         jobName=window.job_name,
         runId=window.run_id,
         windowKey=window.key,

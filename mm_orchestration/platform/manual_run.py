@@ -12,11 +12,15 @@ process is gone marks it canceled.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
+import sys
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from dagster import DagsterInstance, DagsterRun
@@ -37,10 +41,13 @@ def execute(
     partition: str | None,
     database_url: str,
     run_id: str | None = None,
+    on_stop: Callable[[str], None] | None = None,
 ) -> str:
     """Run `job` to its end and return the run id (`run_id`, or a new one: the caller may
     have audited it already); on a stop signal, cancel the run (in Dagster and in the
-    ledger) and exit with EXIT_CANCELED."""
+    ledger), write the run's last line (its end, as a run's log ends: monitoring/joblog.py),
+    let `on_stop` say why (`stopped by SIGINT`: the command's answer) and exit with
+    EXIT_CANCELED."""
     # The shell's door holds to the rule the console's does (run_config.py).
     refuse_environment_reads(run_config)
     # The run's log as JSON lines (joblog.run_logger): Dagster uses a job's own loggers only
@@ -50,6 +57,7 @@ def execute(
     tags = {**tags, CLI_PID_TAG: str(os.getpid()), CLI_HOST_TAG: socket.gethostname()}
     done = threading.Event()
     raised: list[BaseException] = []
+    began = time.monotonic()
 
     def work() -> None:
         try:
@@ -71,11 +79,19 @@ def execute(
         with contextlib.suppress(Exception):
             cancel(instance, run_id, database_url, f"mm-jobs run was stopped ({why})")
         from mm_orchestration.monitoring.joblog import log_event
+        from mm_orchestration.monitoring.log_lines import job_name
 
+        name = job_name(job.name, job.tags)
         log_event(
-            f"{job.name}: CANCELED: stopped by {why}", runId=run_id, jobName=job.name,
-            status="canceled",
+            f"{name}: CANCELED: stopped by {why}", level=logging.WARNING, runId=run_id,
+            jobName=name, status="canceled", durationMs=_ran_ms(instance, run_id, began),
         )  # fmt: skip
+        if on_stop is not None:
+            with contextlib.suppress(Exception):
+                on_stop(f"stopped by {why}")
+        for stream in (sys.stdout, sys.stderr):  # os._exit flushes nothing
+            with contextlib.suppress(Exception):
+                stream.flush()
         os._exit(EXIT_CANCELED)  # the worker thread is mid-step: nothing more of it runs
 
     previous = {sig: signal.signal(sig, stop) for sig in _STOPS}
@@ -89,6 +105,16 @@ def execute(
     if raised:
         raise raised[0]
     return run_id
+
+
+def _ran_ms(instance: DagsterInstance, run_id: str, began: float) -> int:
+    """How long the run has run: from its start as Dagster recorded it, else (it had not
+    started) from when this command began it."""
+    with contextlib.suppress(Exception):
+        record = instance.get_run_record_by_id(run_id)
+        if record is not None and record.start_time:
+            return max(0, round((time.time() - record.start_time) * 1000))
+    return round((time.monotonic() - began) * 1000)
 
 
 def cancel(instance: DagsterInstance, run_id: str, database_url: str | None, why: str) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from dagster import (
+    AssetKey,
     Backoff,
     DagsterRun,
     DefaultScheduleStatus,
@@ -46,11 +47,18 @@ RUN_LOGS: dict[str, Any] = {"loggers": {"console": {}}}
 def spec_for_run(run: DagsterRun) -> JobSpec | None:
     """The inventory entry a Dagster run belongs to: its mm/job tag (or job name), else,
     for a materialisation launched from the asset graph, the job that owns its assets."""
+    return spec_for(run.job_name, run.tags, run.asset_selection)
+
+
+def spec_for(
+    job_name: str, tags: Mapping[str, str], asset_selection: Iterable[AssetKey] | None
+) -> JobSpec | None:
+    """spec_for_run from a run's parts (a run's log knows its job, not its DagsterRun)."""
     try:
-        return inventory.get(run.tags.get(JOB_TAG, run.job_name))
+        return inventory.get(tags.get(JOB_TAG, job_name))
     except inventory.UnknownJobError:
         pass
-    selected = {key.to_user_string() for key in run.asset_selection or ()}
+    selected = {key.to_user_string() for key in asset_selection or ()}
     return next((spec for spec in inventory.INVENTORY if selected & set(spec.assets)), None)
 
 

@@ -22,7 +22,9 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,6 +78,16 @@ def _python(
     )  # fmt: skip
 
 
+def _ms_between(first: dict[str, Any], then: dict[str, Any]) -> float:
+    """Milliseconds from one line's timestamp to another's."""
+    stamps = [datetime.fromisoformat(line["timestamp"]) for line in (first, then)]
+    return (stamps[1] - stamps[0]).total_seconds() * 1000
+
+
+def _run_id(stdout: str) -> str:
+    return next(x.split(": ")[1] for x in stdout.splitlines() if x.startswith("run id: "))
+
+
 def test_a_run_from_the_shell_writes_only_json_lines(dagster_env, conn):
     tenant = f.tenant(conn)
     conn.execute(
@@ -85,7 +97,7 @@ def test_a_run_from_the_shell_writes_only_json_lines(dagster_env, conn):
     )
     proc = _run(dagster_env, "invite-cleanup")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_id = next(x.split(": ")[1] for x in proc.stdout.splitlines() if x.startswith("run id: "))
+    run_id = _run_id(proc.stdout)
     lines = json_lines(proc.stderr, "mm-jobs run stderr")
     ours = [line for line in lines if line.get("event") == "job.succeeded"]
     assert len(ours) == 1, lines
@@ -93,9 +105,12 @@ def test_a_run_from_the_shell_writes_only_json_lines(dagster_env, conn):
     assert done["jobName"] == "invite-cleanup" and done["runId"] == run_id
     assert done["status"] == "succeeded" and isinstance(done["durationMs"], int)
     assert done["level"] == "info" and done["timestamp"].endswith("+00:00")
-    # Dagster's own run events are lines too, with the run's job (the inventory's name).
-    assert all(line.get("runId") == run_id for line in lines if "dagsterEvent" in line)
-    assert all(line["jobName"] == "invite-cleanup" for line in lines if "dagsterEvent" in line)
+    # Dagster's own run events are lines too, with the run's job (the inventory's name):
+    # the run's start and end at least (Dagster logs them at DEBUG).
+    events = [line for line in lines if "dagsterEvent" in line]
+    assert {"PIPELINE_START", "PIPELINE_SUCCESS"} <= {line["dagsterEvent"] for line in events}
+    assert all(line.get("runId") == run_id for line in events)
+    assert all(line["jobName"] == "invite-cleanup" for line in events)
 
 
 def test_a_failed_run_says_so_in_json_lines(dagster_env, pg_server):
@@ -113,11 +128,188 @@ def test_a_failed_run_says_so_in_json_lines(dagster_env, pg_server):
     assert failures and all(line["jobName"] == "share-link-expiry" for line in failures)
     (step,) = [line for line in lines if line.get("dagsterEvent") == "STEP_FAILURE"]
     assert "portal.share_links" in step["error"] and ", line " in step["exception"], step
+    assert step["level"] == "error"
+    (start,) = [line for line in lines if line.get("status") == "started"]
     (run,) = [line for line in lines if line.get("dagsterEvent") == "PIPELINE_FAILURE"]
-    assert run["status"] == "failed" and run["runId"] == step["runId"], run
+    assert run["status"] == "failed" and run["runId"] == step["runId"] == start["runId"], run
+    assert (start["level"], run["level"]) == ("info", "error")
+    assert "portal.share_links" in run["error"] and isinstance(run["durationMs"], int), run
     last = lines[-1]
     assert last["level"] == "error" and "FAILED" in last["event"]
     assert "portal.share_links" in proc.stderr
+
+
+# Dagster's events that are no run's start or end, no step's failure or retry: DEBUG in
+# Dagster, not lines of a run's log at its INFO level (a line for each would flood it).
+QUIET_EVENTS = {"STEP_START", "STEP_SUCCESS", "STEP_OUTPUT", "HANDLED_OUTPUT", "LOADED_INPUT"}
+
+
+def test_an_asset_run_says_when_it_started_and_how_it_ended(dagster_env):
+    """`analytics-rollup`, an asset job that keeps no ledger (nor do the residency report and
+    tenant health): its run's start (`started`) and end (`succeeded`, `durationMs` from the
+    start), both at info, with the inventory's job name; no step's every event."""
+    proc = _run(dagster_env, "analytics-rollup", "--partition", "2026-12-07-10:00")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_id = _run_id(proc.stdout)
+    assert proc.stdout.splitlines()[-1] == "analytics-rollup: succeeded", proc.stdout
+    lines = json_lines(proc.stderr, "mm-jobs run analytics-rollup stderr")
+    (start,) = [line for line in lines if line.get("status") == "started"]
+    (end,) = [line for line in lines if line.get("status") == "succeeded"]
+    assert (start["dagsterEvent"], end["dagsterEvent"]) == ("PIPELINE_START", "PIPELINE_SUCCESS")
+    for line in (start, end):
+        assert (line["level"], line["runId"]) == ("info", run_id), line
+        assert line["jobName"] == "analytics-rollup", line
+    assert isinstance(end["durationMs"], int), end
+    assert end["durationMs"] == pytest.approx(_ms_between(start, end), abs=5), (start, end)
+    assert "durationMs" not in start
+    assert all(line["level"] != "debug" for line in lines), lines
+    assert not QUIET_EVENTS & {line.get("dagsterEvent") for line in lines}, lines
+
+
+def test_a_retried_step_warns_and_a_failure_in_the_window_is_an_error(dagster_env, conn):
+    """share-link-expiry's statement fails (a check its update breaks) after the ledger
+    claimed the window, and its op is retried once (the inventory's policy): each try's
+    `job.failed` is an error line, the retry a warning with the error, the step's failure
+    and the run's end error lines (`durationMs` from the run's start, the retry's wait in
+    it), and the command prints its run id and how it ended on stdout."""
+    tenant = f.tenant(conn)
+    owner = f.user(conn, tenant, email="olivia@agency.example")
+    f.share_link(conn, tenant, f.asset(conn, tenant), owner, datetime.now(UTC) - timedelta(hours=1))
+    conn.execute(
+        "ALTER TABLE portal.share_links ADD CONSTRAINT never_expired"
+        " CHECK (status <> 'expired') NOT VALID"
+    )
+    proc = _run(dagster_env, "share-link-expiry")
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    run_id = _run_id(proc.stdout)
+    answer = proc.stdout.splitlines()[-1]
+    assert answer.startswith("share-link-expiry: FAILED: expire_due_share_links"), proc.stdout
+    assert "never_expired" in answer, answer
+    lines = json_lines(proc.stderr, "mm-jobs run share-link-expiry stderr")
+    tries = [line for line in lines if line.get("event") == "job.failed"]
+    assert len(tries) == 2, lines
+    for ledger in tries:
+        assert (ledger["level"], ledger["status"], ledger["runId"]) == ("error", "failed", run_id)
+        assert isinstance(ledger["durationMs"], int)
+    (retry,) = [line for line in lines if line.get("dagsterEvent") == "STEP_UP_FOR_RETRY"]
+    assert (retry["level"], retry["status"], retry["runId"]) == ("warning", "retrying", run_id)
+    assert "never_expired" in retry["error"], retry
+    (step,) = [line for line in lines if line.get("dagsterEvent") == "STEP_FAILURE"]
+    assert (step["level"], step["status"]) == ("error", "failed") and "never_expired" in step[
+        "error"
+    ]
+    (start,) = [line for line in lines if line.get("status") == "started"]
+    (end,) = [line for line in lines if line.get("dagsterEvent") == "PIPELINE_FAILURE"]
+    assert (end["level"], end["status"], end["runId"]) == ("error", "failed", run_id)
+    assert "never_expired" in end["error"], end
+    assert end["durationMs"] == pytest.approx(_ms_between(start, end), abs=5), (start, end)
+    assert _ms_between(start, retry) < _ms_between(start, end)
+    assert {line["jobName"] for line in lines if "jobName" in line} == {"share-link-expiry"}
+
+
+def _started_run(env: dict[str, str], proc: subprocess.Popen[str]) -> str:
+    """The id of the run `proc` (an `mm-jobs run`) executes, once Dagster calls it STARTED."""
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    deadline = time.monotonic() + 90
+    with DagsterInstance.get() as instance:
+        while time.monotonic() < deadline:
+            for run in instance.get_runs():
+                if run.tags.get("mm/cli_pid") == str(proc.pid):
+                    if run.status == DagsterRunStatus.STARTED:
+                        return run.run_id
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.3)
+    raise AssertionError("the run never started")
+
+
+def test_ctrl_c_on_mm_jobs_run_prints_its_answer_and_ends_the_run_in_a_json_line(
+    dagster_env, database_url
+):
+    """SIGINT while the op waits on a lock: exit 4, and stdout says what the other outcomes
+    say (`run id: ...`, then `JOB: CANCELED: ...`); the run's log ends with a warning line
+    naming the job as the inventory does, the run, `canceled` and `durationMs`."""
+    from mm_orchestration.platform.db import connect
+
+    with connect(database_url) as locker:
+        locker.execute("LOCK TABLE portal.email_suppressions IN ACCESS EXCLUSIVE MODE")
+        proc = subprocess.Popen(
+            [MM_JOBS, "run", "notification-suppression-cleanup"], env=dagster_env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            run_id = _started_run(dagster_env, proc)
+            time.sleep(1)  # inside the op, waiting on the lock
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+            locker.rollback()
+    assert proc.returncode == 4, (out, err)
+    assert out.splitlines() == [
+        f"run id: {run_id}",
+        "notification-suppression-cleanup: CANCELED: stopped by SIGINT",
+    ], out
+    lines = json_lines(err, "mm-jobs run stopped")
+    (start,) = [line for line in lines if line.get("status") == "started"]
+    (end,) = [line for line in lines if line.get("status") == "canceled"]
+    assert (start["runId"], end["runId"]) == (run_id, run_id)
+    assert end["level"] == "warning" and end["event"].endswith("CANCELED: stopped by SIGINT")
+    assert isinstance(end["durationMs"], int) and end["durationMs"] >= 1000, end
+    named = {line["jobName"] for line in lines if "jobName" in line}
+    assert named == {"notification-suppression-cleanup"}, lines
+
+
+CONSOLE_LAUNCH = """mutation($p: ExecutionParams!) { launchRun(executionParams: $p) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }"""
+CONSOLE_RUN = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status } } }"""
+
+
+@pytest.mark.stack
+def test_a_run_launched_from_the_console_starts_and_ends_in_json_lines(tmp_path):
+    """`mm-jobs dev` (console, daemon, code server): a run launched from the console goes
+    through the queue to a run worker of the code server, whose start and end lines (with
+    the run's id and the inventory's job name) are in the stack's log."""
+    from tests.local_stack import graphql, own_env, start, wait_until_serving
+
+    port = free_port()
+    log = tmp_path / "dev.log"
+    proc = start(["dev", "--port", str(port), "--no-demo"], own_env(tmp_path / "mm"), log)
+    try:
+        wait_until_serving(port, proc, log)
+        selector = {
+            "repositoryLocationName": "mm_orchestration",
+            "repositoryName": "__repository__",
+            "jobName": "invite_cleanup",
+        }
+        deadline = time.monotonic() + 180
+        launched = graphql(port, CONSOLE_LAUNCH, {"p": {"selector": selector}})["launchRun"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        run_id = launched["run"]["runId"]
+        while graphql(port, CONSOLE_RUN, {"id": run_id})["runOrError"]["status"] != "SUCCESS":
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        ended: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 30  # the worker's last lines reach the log soon after
+        while not ended:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+            text = log.read_text()
+            lines = json_lines(
+                "\n".join(x for x in text.splitlines() if run_id in x), "mm-jobs dev"
+            )
+            ended = [line for line in lines if line.get("dagsterEvent") == "PIPELINE_SUCCESS"]
+    finally:
+        os.kill(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+    (start_line,) = [line for line in lines if line.get("dagsterEvent") == "PIPELINE_START"]
+    (end,) = ended
+    for line in (start_line, end):
+        assert (line["level"], line["jobName"], line["runId"]) == ("info", "invite-cleanup", run_id)
+    assert (start_line["status"], end["status"]) == ("started", "succeeded")
+    assert isinstance(end["durationMs"], int), end
 
 
 def test_the_console_writes_only_json_lines(console):
@@ -444,6 +636,46 @@ def test_the_daemons_lines_name_their_run_and_keep_the_traceback(tmp_path):
     assert errors and all("exc_info" not in line for line in errors), errors
     assert errors[0]["exception"].startswith("Traceback (most recent call last):")
     assert 'raise ValueError("the sensor broke")' in errors[0]["exception"]
+
+
+# A run queue whose every pass fails: the daemon's loop logs Dagster's error object in its
+# text ("Caught error:\n%s", a SerializableErrorInfo), not as an exception.
+BROKEN_QUEUE = """
+from dagster import QueuedRunCoordinator
+
+
+class BrokenQueue(QueuedRunCoordinator):
+    @property
+    def dequeue_use_threads(self):
+        raise ValueError("the queue broke")
+"""
+
+
+@pytest.mark.stack
+def test_the_daemons_caught_errors_carry_their_traceback_apart(tmp_path):
+    """A daemon's loop that fails (the run queue's, here) logs "Caught error:" with
+    Dagster's error object in its text: the line's `event` is the message with the error's
+    one line, and the traceback is in `exception`, as every other error line has it."""
+    home = tmp_path / "home"
+    env = _hooked_env(home)
+    env["PYTHONPATH"] = python_path(os.pathsep.join([str(tmp_path), env["PYTHONPATH"]]))
+    with open(home / "dagster.yaml", "a") as config:
+        config.write("run_coordinator:\n  module: broken_queue\n  class: BrokenQueue\n")
+    (tmp_path / "broken_queue.py").write_text(BROKEN_QUEUE)
+    (tmp_path / "location.py").write_text(LOCATION)
+    workspace = tmp_path / "workspace.yaml"
+    workspace.write_text(f"load_from:\n  - python_file: {tmp_path / 'location.py'}\n")
+    log = tmp_path / "daemon.log"
+    argv = [str(BIN / "dagster-daemon"), "run", "--log-format", "json", "-w", str(workspace)]
+    _serve_until(argv, env, log, "the queue broke")
+    lines = json_lines(log.read_text(), "dagster-daemon run")
+    caught = [line for line in lines if line["event"].startswith("Caught error:")]
+    assert caught, lines
+    for line in caught:
+        assert line["level"] == "error", line
+        assert line["event"] == "Caught error: ValueError: the queue broke", line
+        assert 'raise ValueError("the queue broke")' in line["exception"], line
+        assert line["exception"].startswith("ValueError: the queue broke"), line
 
 
 @pytest.mark.stack

@@ -448,6 +448,16 @@ def test_a_queued_run_goes_through_kubernetes_and_a_lost_pod_fails_its_run(
         ]
         assert (succeeded["jobName"], succeeded["runId"]) == ("share-link-expiry", expiry)
         assert succeeded["status"] == "succeeded" and isinstance(succeeded["durationMs"], int)
+        # Each run's start and end, from its pod, whoever launched it (here `dagster job
+        # launch`, the queue and the launcher; a run retry): at info, with the seed's fields.
+        for job, run_id in (("share-link-expiry", expiry), ("mux-webhook-retry", retry.run_id)):
+            lines = pod_lines[f"dagster-run-{run_id}"]
+            (start,) = [line for line in lines if line.get("dagsterEvent") == "PIPELINE_START"]
+            (end,) = [line for line in lines if line.get("dagsterEvent") == "PIPELINE_SUCCESS"]
+            assert (start["status"], end["status"]) == ("started", "succeeded"), (start, end)
+            for line in (start, end):
+                assert (line["level"], line["jobName"], line["runId"]) == ("info", job, run_id)
+            assert isinstance(end["durationMs"], int) and "durationMs" not in start, end
         seconds = time.monotonic() - started
         print(f"kubernetes run test: {seconds:.1f} s, {len(jobs)} Jobs posted")
     finally:
