@@ -261,7 +261,8 @@ def run_job(job, resources, run_config=None, tags=None):
 
 
 # Tests of whole process stacks mostly wait (on minute boundaries, a browser, consoles
-# starting): marked `stack`, and handed out first (below).
+# starting): they go first, so that under `make test`'s two workers the rest of the suite
+# runs beside them.
 _SLOW_FIRST = (
     "test_production_topology.py",
     "test_stopping_the_stack.py",
@@ -271,27 +272,6 @@ _SLOW_FIRST = (
     "test_dev_command.py",
     "test_console_front.py",
     "test_console_attacks.py",
-)
-
-# The order modules are handed out in, longest first (`--durations`, 2026-12-07): a long
-# module handed out last runs alone at the end while the other workers idle; the rest of
-# the suite fills in beside these.
-_LONGEST_FIRST = (
-    "test_production_topology.py",  # 145 s: three minute ticks, a crash, a restart
-    "test_alerting_daemon.py",  # 129 s
-    "test_digest_schedule_daemon.py",  # 104 s
-    "test_every_run_watched.py",  # 86 s
-    "test_stopping_the_stack.py",  # 63 s and nine stack starts of 16-24 s
-    "test_dev_command.py",  # 58 s and four stacks
-    "test_console_proxy.py",
-    "test_console_trial.py",
-    "test_console_front.py",
-    "test_console_attacks.py",
-    "test_json_logs.py",
-    "test_cli.py",
-    "test_digest_times.py",
-    "test_kubernetes_run.py",
-    "test_retried_runs.py",
 )
 
 
@@ -321,7 +301,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
     def rank(item: pytest.Item) -> int:
         name = item.path.name
-        return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
+        return _SLOW_FIRST.index(name) if name in _SLOW_FIRST else len(_SLOW_FIRST)
 
     items.sort(key=rank)
 
