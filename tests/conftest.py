@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -62,7 +63,21 @@ def scratch_base(candidate: Path = Path("/dev/shm")) -> Path:
 _RUN_ROOT: Path | None = None
 
 
+def _default_stop_signals() -> None:
+    """The suite's processes, and so every process a test starts, stop on SIGINT and
+    SIGTERM, however the suite was started. A shell starts a background job (`make test &`,
+    a CI runner's script) with SIGINT ignored; Dagster, after every in-process run, gives
+    SIGTERM whatever SIGINT has (`setup_interrupt_handlers`), and an ignored signal stays
+    ignored in children: the tools and stacks the tests then stop with SIGTERM, and `make`
+    itself, would not stop. SIGHUP is left alone (`nohup` asked for that)."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    _default_stop_signals()
     # pytest keeps its last three temporary roots per user and deletes older ones, so a
     # second test run (another checkout, or the same one at the same time) could delete
     # this run's PostgreSQL data directory under it. Each run gets its own root, named
@@ -183,6 +198,33 @@ def instance() -> Iterator[DagsterInstance]:
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def dagster_env(
+    pg_server: EmbeddedPostgres,
+    database_url: str,
+    tmp_path: Path,
+    project_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[dict[str, str]]:
+    """The environment of an `mm-jobs` process: a DAGSTER_HOME with the project's
+    dagster.yaml, Dagster's storage in a database of its own, the portal's in
+    `database_url`; also set in this process, for a DagsterInstance.get() here."""
+    storage = create_database(pg_server, template=None)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copyfile(project_root / "dagster.yaml", home / "dagster.yaml")
+    env = {
+        "DATABASE_URL": database_url,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_DATABASE_URL": pg_server.url(storage),
+        "MM_DATA_DIR": str(tmp_path / "data"),
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    yield {**os.environ, **env}
+    drop_database(pg_server, storage)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,8 +24,8 @@ import pytest
 from mm_orchestration.local.embedded_pg import free_port
 from mm_orchestration.platform.instance import write_home
 from tests.conftest import create_database, drop_database
+from tests.local_stack import MM_JOBS
 
-MM_JOBS = str(Path(sys.executable).with_name("mm-jobs"))
 HEADER = "X-Auth-Request-Email"
 OPERATOR, ADMIN, VIEWER = "olivia@mm.example", "adam@mm.example", "vera@mm.example"
 COMPLIANCE = "carla@mm.example"

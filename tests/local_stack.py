@@ -9,11 +9,22 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 MM_JOBS = str(Path(sys.executable).with_name("mm-jobs"))
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def mm_jobs(
+    env: Mapping[str, str] | None, *args: str, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`mm-jobs *args` run to its end in its own process (this environment when `env` is
+    None), its output captured as text."""
+    return subprocess.run(
+        [MM_JOBS, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def own_env(data_dir: Path, **settings: str) -> dict[str, str]:

@@ -4,9 +4,11 @@ package a test needs ends by naming the package and the command that installs it
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.debian import summary
@@ -14,7 +16,9 @@ from tests.debian import summary
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _pytest_of_its_own(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _pytest_of_its_own(
+    tmp_path: Path, *args: str, preexec_fn: Callable[[], object] | None = None
+) -> subprocess.CompletedProcess[str]:
     """pytest run on `args` with this suite's conftest, its files under `tmp_path`. Never
     under this run's root: pytest makes `pytest-of-<user>` mode 700 whenever it starts there,
     which locks the servers that run as `nobody` (under root) out of their data folders."""
@@ -23,7 +27,36 @@ def _pytest_of_its_own(tmp_path: Path, *args: str) -> subprocess.CompletedProces
         [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
          *args],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
+        preexec_fn=preexec_fn,
     )  # fmt: skip
+
+
+def _as_a_background_job() -> None:
+    # What a shell does to a job it starts with `&` (and CI runners' scripts inherit).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+
+
+def test_a_suite_started_in_the_background_can_still_stop_what_it_starts(tmp_path):
+    """Started as `make test &` (SIGINT ignored), after an in-process Dagster run (which
+    gives SIGTERM whatever SIGINT has), a process a test starts still dies of SIGTERM: the
+    stacks, tools and `make` the tests stop with it would otherwise run on."""
+    (tmp_path / "test_background.py").write_text(
+        "import subprocess\n"
+        "from dagster import job, op\n"
+        "@op\n"
+        "def nothing(): pass\n"
+        "@job\n"
+        "def trivial(): nothing()\n"
+        "def test_sigterm_still_stops_a_child():\n"
+        "    assert trivial.execute_in_process().success\n"
+        "    child = subprocess.run(['sh', '-c', 'kill -TERM $$; sleep 5'], timeout=30)\n"
+        "    assert child.returncode == -15, child.returncode\n"
+    )
+    done = _pytest_of_its_own(
+        tmp_path, str(tmp_path / "test_background.py"), preexec_fn=_as_a_background_job
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
 def test_the_runs_last_lines_name_what_was_not_tried_and_how_to_install_it(tmp_path):

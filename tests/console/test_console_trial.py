@@ -306,14 +306,10 @@ def _cli_run(console: Any, *args: str) -> str:
     """A run made by `mm-jobs run` in the console's instance (in its own process, with no
     code location behind it): its id."""
     import re
-    import subprocess
 
-    from tests.console_server import MM_JOBS
+    from tests.local_stack import mm_jobs
 
-    done = subprocess.run(
-        [MM_JOBS, "run", *args, "--actor", "ops@mm.example"],
-        env=console.env, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+    done = mm_jobs(console.env, "run", *args, "--actor", "ops@mm.example", timeout=180)
     found = re.search(r"run id: ([0-9a-f-]{36})", done.stdout)
     assert found, (done.returncode, done.stdout, done.stderr[-2000:])
     return found.group(1)

@@ -16,7 +16,7 @@ import psycopg
 from dagster import DagsterInstance
 
 from mm_orchestration.local.topology import Topology
-from tests.local_stack import MM_JOBS, graphql, sensor_started, wait_for
+from tests.local_stack import graphql, mm_jobs, sensor_started, wait_for
 from tests.sendgrid_server import SendGridRecorder
 
 T = TypeVar("T")
@@ -28,10 +28,7 @@ query($id: ID!) { runOrError(runId: $id) { __typename
 
 
 def _cli(topology: Topology, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**topology.process_env}
-    return subprocess.run(
-        [MM_JOBS, *args], env=env, capture_output=True, text=True, timeout=180, check=False
-    )
+    return mm_jobs({**topology.process_env}, *args, timeout=180)
 
 
 def _run_id(proc: subprocess.CompletedProcess[str]) -> str:

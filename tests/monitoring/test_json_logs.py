@@ -17,7 +17,6 @@ those processes anyway.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,33 +38,9 @@ from tests.console_server import (  # noqa: F401 - the module's console (fixture
     curl,
 )
 from tests.json_lines import json_lines
+from tests.local_stack import MM_JOBS, mm_jobs
 
-MM_JOBS = str(Path(sys.executable).with_name("mm-jobs"))
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture
-def dagster_env(pg_server, database_url, tmp_path, project_root, monkeypatch):
-    storage = create_database(pg_server, template=None)
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copyfile(project_root / "dagster.yaml", home / "dagster.yaml")
-    env = {
-        "DATABASE_URL": database_url,
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_DATABASE_URL": pg_server.url(storage),
-        "MM_DATA_DIR": str(tmp_path / "data"),
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    yield {**os.environ, **env}
-    drop_database(pg_server, storage)
-
-
-def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [MM_JOBS, "run", *args], env=env, capture_output=True, text=True, timeout=120
-    )
 
 
 def _python(
@@ -95,7 +70,7 @@ def test_a_run_from_the_shell_writes_only_json_lines(dagster_env, conn):
         " VALUES (%s, 'guest@client.example', 'viewer', 'pending', now() - interval '4 days')",
         [tenant],
     )
-    proc = _run(dagster_env, "invite-cleanup")
+    proc = mm_jobs(dagster_env, "run", "invite-cleanup")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id = _run_id(proc.stdout)
     lines = json_lines(proc.stderr, "mm-jobs run stderr")
@@ -113,20 +88,17 @@ def test_a_run_from_the_shell_writes_only_json_lines(dagster_env, conn):
     assert all(line["jobName"] == "invite-cleanup" for line in events)
 
 
-def test_a_failed_run_says_so_in_json_lines(dagster_env, pg_server):
+def test_a_failed_run_says_so_in_json_lines(dagster_env, conn):
     """Its error (which table is missing) and the command's own last word, both JSON."""
-    bare = create_database(pg_server, template=None)
-    env = {**dagster_env, "DATABASE_URL": pg_server.url(bare)}
-    try:
-        assert subprocess.run([MM_JOBS, "migrate"], env=env, timeout=120).returncode == 0
-        proc = _run(env, "share-link-expiry")
-    finally:
-        drop_database(pg_server, bare)
-    assert proc.returncode == 1
+    conn.execute("DROP TABLE portal.share_links CASCADE")
+    proc = mm_jobs(dagster_env, "run", "share-link-expiry")
+    assert proc.returncode == 1, proc.stderr[-3000:]
     lines = json_lines(proc.stderr, "mm-jobs run stderr")
     failures = [line for line in lines if line.get("status") == "failed"]
     assert failures and all(line["jobName"] == "share-link-expiry" for line in failures)
-    (step,) = [line for line in lines if line.get("dagsterEvent") == "STEP_FAILURE"]
+    steps = [line for line in lines if line.get("dagsterEvent") == "STEP_FAILURE"]
+    assert len(steps) == 1, proc.stderr
+    (step,) = steps
     assert "portal.share_links" in step["error"] and ", line " in step["exception"], step
     assert step["level"] == "error"
     (start,) = [line for line in lines if line.get("status") == "started"]
@@ -148,7 +120,7 @@ def test_an_asset_run_says_when_it_started_and_how_it_ended(dagster_env):
     """`analytics-rollup`, an asset job that keeps no ledger (nor do the residency report and
     tenant health): its run's start (`started`) and end (`succeeded`, `durationMs` from the
     start), both at info, with the inventory's job name; no step's every event."""
-    proc = _run(dagster_env, "analytics-rollup", "--partition", "2026-12-07-10:00")
+    proc = mm_jobs(dagster_env, "run", "analytics-rollup", "--partition", "2026-12-07-10:00")
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id = _run_id(proc.stdout)
     assert proc.stdout.splitlines()[-1] == "analytics-rollup: succeeded", proc.stdout
@@ -179,7 +151,7 @@ def test_a_retried_step_warns_and_a_failure_in_the_window_is_an_error(dagster_en
         "ALTER TABLE portal.share_links ADD CONSTRAINT never_expired"
         " CHECK (status <> 'expired') NOT VALID"
     )
-    proc = _run(dagster_env, "share-link-expiry")
+    proc = mm_jobs(dagster_env, "run", "share-link-expiry")
     assert proc.returncode == 1, proc.stderr[-3000:]
     run_id = _run_id(proc.stdout)
     answer = proc.stdout.splitlines()[-1]
@@ -326,16 +298,14 @@ def test_the_console_writes_only_json_lines(console):
 def test_a_refusal_of_mm_jobs_is_one_json_line_and_keeps_its_exit_code():
     """A bad name (the command's own refusal) and a bad argument (argparse's): each one
     JSON line naming what to fix, exit code 2, nothing on stdout."""
-    unknown = subprocess.run(
-        [MM_JOBS, "run", "share-links"], capture_output=True, text=True, timeout=120
-    )
+    unknown = mm_jobs(None, "run", "share-links")
     (line,) = json_lines(unknown.stderr, "mm-jobs run share-links")
     assert unknown.returncode == 2 and unknown.stdout == ""
     assert (line["level"], line["logger"], line["exitCode"]) == ("error", "mm-jobs", 2)
     assert "unknown job (the name is not shown)" in line["event"]
     assert "share-link-expiry" in line["event"] and "share-links" not in unknown.stderr
 
-    missing = subprocess.run([MM_JOBS, "run"], capture_output=True, text=True, timeout=120)
+    missing = mm_jobs(None, "run")
     (line,) = json_lines(missing.stderr, "mm-jobs run")
     assert missing.returncode == 2 and missing.stdout == ""
     assert line["event"] == "mm-jobs run: the following arguments are required: job"
@@ -350,9 +320,7 @@ def test_an_uncaught_exception_in_mm_jobs_is_one_json_line(tmp_path, pg_server):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "MM_"))}
     env |= {"DATABASE_URL": pg_server.url(bare), "MM_DATA_DIR": str(tmp_path)}
     try:
-        proc = subprocess.run(
-            [MM_JOBS, "seed-demo"], env=env, capture_output=True, text=True, timeout=120
-        )
+        proc = mm_jobs(env, "seed-demo")
     finally:
         drop_database(pg_server, bare)
     assert proc.returncode == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -26,33 +25,7 @@ from mm_orchestration.platform.database import PortalDatabase
 from mm_orchestration.platform.ledger import ledgered
 from tests import factories as f
 from tests.conftest import create_database, drop_database
-
-MM_JOBS = str(Path(sys.executable).with_name("mm-jobs"))
-
-
-@pytest.fixture
-def dagster_env(pg_server, database_url, tmp_path, project_root, monkeypatch):
-    """A DAGSTER_HOME using the project's dagster.yaml, storage in its own database."""
-    storage = create_database(pg_server, template=None)
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copyfile(project_root / "dagster.yaml", home / "dagster.yaml")
-    env = {
-        "DATABASE_URL": database_url,
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_DATABASE_URL": pg_server.url(storage),
-        "MM_DATA_DIR": str(tmp_path / "data"),
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    yield {**os.environ, **env}
-    drop_database(pg_server, storage)
-
-
-def mm_jobs(env, *args, cwd=None):
-    return subprocess.run(
-        [MM_JOBS, *args], env=env, capture_output=True, text=True, timeout=120, cwd=cwd
-    )
+from tests.local_stack import MM_JOBS, mm_jobs
 
 
 def test_run_share_link_expiry_is_recorded_in_the_instance(dagster_env, conn, tmp_path):
@@ -127,18 +100,6 @@ def test_unknown_job_lists_known_ones(dagster_env):
     assert proc.returncode == 2
     assert "unknown job (the name is not shown)" in proc.stderr
     assert "share-link-expiry" in proc.stderr and "share-links" not in proc.stderr
-
-
-def test_failed_run_exits_non_zero_with_the_error(dagster_env, pg_server):
-    bare = create_database(pg_server, template=None)
-    env = {**dagster_env, "DATABASE_URL": pg_server.url(bare)}
-    try:
-        assert mm_jobs(env, "migrate").returncode == 0  # ops only: no portal tables
-        proc = mm_jobs(env, "run", "share-link-expiry")
-    finally:
-        drop_database(pg_server, bare)
-    assert proc.returncode == 1
-    assert "portal.share_links" in proc.stderr and "FAILED" in proc.stderr
 
 
 def test_bad_setting_fails_with_its_name(dagster_env):

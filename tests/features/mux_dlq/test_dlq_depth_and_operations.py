@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from dagster import SkipReason, build_sensor_context
@@ -15,12 +12,11 @@ from mm_orchestration.features.mux_dlq.operations import dlq_discard, dlq_requeu
 from mm_orchestration.features.mux_dlq.resource import MuxWebhooks
 from mm_orchestration.monitoring.alerts import send_alert
 from tests.conftest import run_job
+from tests.local_stack import mm_jobs
 from tests.mux_factory import dead_letter
 
 # SQL or PostgreSQL tools that may differ by server version: CI runs these on 15 and 16.
 pytestmark = pytest.mark.pg_versions
-
-MM_JOBS = str(Path(sys.executable).with_name("mm-jobs"))
 
 
 def add_rows(conn, n, status="pending", start=0):
@@ -151,9 +147,7 @@ def test_cli_list_show_requeue_discard(conn, database_url, tmp_path):
     )
 
     def cli(*args):
-        return subprocess.run(
-            [MM_JOBS, "dlq", *args], env=env, capture_output=True, text=True, timeout=60
-        )
+        return mm_jobs(env, "dlq", *args)
 
     listed = cli("list", "--status", "dead")
     assert listed.returncode == 0 and "2 row(s)" in listed.stdout
@@ -232,8 +226,7 @@ def test_a_discarded_letter_is_its_own_state_and_survives_requeue_all_dead(conn,
     assert [r["id"] for r in list_rows(conn, "discarded")] == [gone]
 
     env = {**os.environ, "DATABASE_URL": database_url}
-    listed = subprocess.run([MM_JOBS, "dlq", "list", "--status", "discarded"], env=env,
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    listed = mm_jobs(env, "dlq", "list", "--status", "discarded")
     assert listed.returncode == 0 and "1 row(s)" in listed.stdout and "discarded" in listed.stdout
 
     assert requeue(conn, [gone], "jack") == [gone]  # named: back, and no longer discarded
@@ -291,12 +284,10 @@ def test_poison_letters_can_be_shown_listed_and_discarded(conn, database_url):
     assert audit[1][0]["payload"].endswith("more characters]")
 
     env = {**os.environ, "DATABASE_URL": database_url}
-    listed = subprocess.run([MM_JOBS, "dlq", "list"], env=env, capture_output=True, text=True,
-                            timeout=60)  # fmt: skip
+    listed = mm_jobs(env, "dlq", "list")
     assert listed.returncode == 0 and "3 row(s)" in listed.stdout
     assert len(listed.stdout.splitlines()) == 4 and "\x1b" not in listed.stdout
-    bad = subprocess.run([MM_JOBS, "dlq", "list", "--limit", "-1"], env=env,
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    bad = mm_jobs(env, "dlq", "list", "--limit", "-1")
     assert bad.returncode == 2 and "not a whole number" in bad.stderr and "from 1 to" in bad.stderr
 
 
