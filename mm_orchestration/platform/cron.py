@@ -12,8 +12,6 @@ import warnings
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
-from dagster import DagsterInvalidDefinitionError, ScheduleDefinition
-
 ACCEPTED = (
     "five space-separated ASCII fields, minute (0-59) hour (0-23) day-of-month (1-31) "
     "month (1-12) day-of-week (0-7), each *, a number, a list, a range or a step, "
@@ -53,6 +51,10 @@ def check(cron: str, after: datetime | None = None) -> None:
             "it has characters that are not ASCII (another script's digit, a no-break "
             "space, a typographic quote?)"
         )
+    # Imported here: every `mm-jobs` command reads the settings, and most (dlq, migrate,
+    # seed-demo, a refusal) never need Dagster, whose import is most of their start-up.
+    from dagster import DagsterInvalidDefinitionError, ScheduleDefinition
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

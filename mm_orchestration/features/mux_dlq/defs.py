@@ -5,7 +5,7 @@ import dagster as dg
 
 from mm_orchestration.features.mux_dlq.depth_sensor import dlq_depth_sensor
 from mm_orchestration.features.mux_dlq.job import mux_webhook_retry
-from mm_orchestration.features.mux_dlq.operations import dlq_discard, dlq_requeue
+from mm_orchestration.features.mux_dlq.operator_jobs import dlq_discard, dlq_requeue
 from mm_orchestration.features.mux_dlq.resource import MuxWebhooks
 from mm_orchestration.platform.scheduling import scheduled_job
 from mm_orchestration.platform.settings import Settings

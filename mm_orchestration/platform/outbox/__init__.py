@@ -29,31 +29,50 @@ Delivery then keeps the promise against SendGrid's real behaviour (docs/sendgrid
   requeues failed rows once the data is fixed (same key: nothing sent goes twice).
 """
 
-from mm_orchestration.platform.outbox.operator import KIND_SENDERS, list_failed, resend
-from mm_orchestration.platform.outbox.outcome import (
-    DeliveryFailed,
-    DeliveryIncomplete,
-    conclude,
-    finished_runs,
-    run_failures,
-)
-from mm_orchestration.platform.outbox.report import DeliveryReport
-from mm_orchestration.platform.outbox.rows import enqueue
-from mm_orchestration.platform.outbox.singles import Renderer, deliver_pending
-from mm_orchestration.platform.outbox.templated import deliver_pending_templated
+from __future__ import annotations
 
-__all__ = [
-    "KIND_SENDERS",
-    "DeliveryFailed",
-    "DeliveryIncomplete",
-    "DeliveryReport",
-    "Renderer",
-    "conclude",
-    "deliver_pending",
-    "deliver_pending_templated",
-    "enqueue",
-    "finished_runs",
-    "list_failed",
-    "resend",
-    "run_failures",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mm_orchestration.platform.outbox.operator import KIND_SENDERS, list_failed, resend
+    from mm_orchestration.platform.outbox.outcome import (
+        DeliveryFailed,
+        DeliveryIncomplete,
+        conclude,
+        finished_runs,
+        run_failures,
+    )
+    from mm_orchestration.platform.outbox.report import DeliveryReport
+    from mm_orchestration.platform.outbox.rows import enqueue
+    from mm_orchestration.platform.outbox.singles import Renderer, deliver_pending
+    from mm_orchestration.platform.outbox.templated import deliver_pending_templated
+
+# What the package offers, and the module each comes from. Imported when first asked for
+# (PEP 562): the settings read one address rule (`outbox.addresses`) in every `mm-jobs`
+# command, and importing the whole outbox for it brought Dagster into commands that never
+# run a job (`dlq`, `migrate`), most of their start-up.
+_SOURCES = {
+    "KIND_SENDERS": "operator",
+    "list_failed": "operator",
+    "resend": "operator",
+    "DeliveryFailed": "outcome",
+    "DeliveryIncomplete": "outcome",
+    "conclude": "outcome",
+    "finished_runs": "outcome",
+    "run_failures": "outcome",
+    "DeliveryReport": "report",
+    "enqueue": "rows",
+    "Renderer": "singles",
+    "deliver_pending": "singles",
+    "deliver_pending_templated": "templated",
+}
+
+__all__ = sorted(_SOURCES)
+
+
+def __getattr__(name: str) -> Any:
+    source = _SOURCES.get(name)
+    if source is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{source}"), name)

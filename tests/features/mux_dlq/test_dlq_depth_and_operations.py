@@ -8,7 +8,7 @@ import pytest
 from dagster import SkipReason, build_sensor_context
 
 from mm_orchestration.features.mux_dlq.depth_sensor import dlq_depth_sensor
-from mm_orchestration.features.mux_dlq.operations import dlq_discard, dlq_requeue
+from mm_orchestration.features.mux_dlq.operator_jobs import dlq_discard, dlq_requeue
 from mm_orchestration.features.mux_dlq.resource import MuxWebhooks
 from mm_orchestration.monitoring.alerts import send_alert
 from tests.conftest import run_job
