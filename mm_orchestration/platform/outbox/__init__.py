@@ -68,7 +68,21 @@ _SOURCES = {
     "deliver_pending_templated": "templated",
 }
 
-__all__ = sorted(_SOURCES)
+__all__ = [
+    "KIND_SENDERS",
+    "DeliveryFailed",
+    "DeliveryIncomplete",
+    "DeliveryReport",
+    "Renderer",
+    "conclude",
+    "deliver_pending",
+    "deliver_pending_templated",
+    "enqueue",
+    "finished_runs",
+    "list_failed",
+    "resend",
+    "run_failures",
+]
 
 
 def __getattr__(name: str) -> Any:
