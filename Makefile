@@ -35,8 +35,11 @@ prod-local: install
 ## with its own server; the process-stack tests mostly wait, so four keep two cores busy);
 ## a module with a server of its own runs on one worker (--dist loadgroup).
 TEST_WORKERS ?= 4
+## Compiled modules (and pytest's rewritten tests) are kept even where the environment
+## says PYTHONDONTWRITEBYTECODE: the suite starts some 400 Python processes, and each would
+## compile the project again.
 test: install-dev
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --maxschedchunk 1 $(PYTEST_ARGS)
+	env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --maxschedchunk 1 $(PYTEST_ARGS)
 
 lint: install-dev
 	$(BIN)/ruff format --check mm_orchestration tests benchmarks

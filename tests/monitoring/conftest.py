@@ -29,17 +29,6 @@ def _home(server: EmbeddedPostgres, name: str, folder: Path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def dagster_template(pg_server: EmbeddedPostgres, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A database holding Dagster's tables and nothing else, to clone (making them costs
-    seconds; a clone 25 ms)."""
-    name = create_database(pg_server, template=None)
-    folder = tmp_path_factory.mktemp("dagster_template")
-    with DagsterInstance.from_config(str(_home(pg_server, name, folder))):
-        pass
-    return name
-
-
 @pytest.fixture
 def pg_instance(
     pg_server: EmbeddedPostgres, dagster_template: str, tmp_path: Path
