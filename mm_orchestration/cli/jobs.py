@@ -105,6 +105,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     # stderr is JSON lines, the run's log and anything else, before the definitions (and
     # Dagster with them) are imported: what they log or warn on import is a line too.
     configure_process()
+    spec = inventory.get(args.job)
+    settings = local_settings()
+    database_url(settings)
+    # The portal database answers before Dagster and the definitions are imported (two
+    # seconds): a refusal is said at once.
+    connection(settings).close()
     from mm_orchestration.definitions import build_definitions
     from mm_orchestration.monitoring import joblog
     from mm_orchestration.monitoring.run_status import outcome
@@ -112,9 +118,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mm_orchestration.platform.instance import open_instance
     from mm_orchestration.platform.ledger import ACTOR_TAG, TRIGGER_TAG, WINDOW_TAG
 
-    spec = inventory.get(args.job)
-    settings = local_settings()
-    database_url(settings)
     defs = build_definitions(settings)
     job = defs.resolve_job_def(spec.dagster_name)
     run_config: dict[str, Any] = {}
@@ -181,11 +184,11 @@ def _print_stopped(name: str, run_id: str, why: str) -> None:
 
 def _check_databases(settings: Settings, job: Any) -> None:
     """Before the run starts, each database the job will use answers and takes our
-    credentials, or the command refuses naming the setting (exit 2): DATABASE_URL (the
-    audit entry's and the job's) and DATABASE_DIRECT_URL (the ledger's session lock,
-    pg_dump), whose failure inside the run would be retried, end FAILED and alert the
-    job's owner. Dagster's storage (DAGSTER_DATABASE_URL) is checked by open_instance."""
-    connection(settings).close()
+    credentials, or the command refuses naming the setting (exit 2): DATABASE_DIRECT_URL
+    (the ledger's session lock, pg_dump), whose failure inside the run would be retried,
+    end FAILED and alert the job's owner. DATABASE_URL (the audit entry's and the job's)
+    was checked first of all, Dagster's storage (DAGSTER_DATABASE_URL) is checked by
+    open_instance."""
     if settings.database_direct_url and "portal_db" in job.required_resource_keys:
         connection(settings, direct=True).close()
 
