@@ -24,10 +24,21 @@ query { repositoriesOrError { ... on RepositoryConnection { nodes {
 """
 
 
-def test_dev_starts_everything_and_ctrl_c_stops_everything(tmp_path):
+def test_dev_starts_everything_refuses_a_second_start_and_ctrl_c_stops_everything(tmp_path):
+    """`mm-jobs dev` starts every process, its schedules running, with demo data; Ctrl-C
+    stops them all.
+
+    A second `mm-jobs dev` in the folder of a running one used to stop its PostgreSQL as
+    "left running", then rewrite its instance's dagster.yaml, cancel its runs in flight and
+    delete its pid file before failing on the console's port, leaving its processes on a
+    dead database. A second `dev` or `prod-local` in the same data folder, or with another
+    data folder on the same DAGSTER_HOME, is now refused before it touches anything, naming
+    the running stack and what to do; the stack runs on untouched. Only the stack's own
+    process holds its claims (none of its servers: a killed stack must leave none held)."""
     port = free_port()
     data = tmp_path / "mm"
     log = tmp_path / "dev.log"
+    home = data / "dagster_home"
     proc = start(
         ["dev", "--port", str(port), "--reports-port", str(free_port())], own_env(data), log
     )
@@ -39,13 +50,77 @@ def test_dev_starts_everything_and_ctrl_c_stops_everything(tmp_path):
         assert expiry["scheduleState"]["status"] == "RUNNING"
         assert expiry["executionTimezone"] == "Australia/Sydney"
         assert (data / "postgres" / "data" / "PG_VERSION").exists()
-        assert "demo data loaded" in (tmp_path / "dev.log").read_text()
+        deadline = time.monotonic() + 90
+        while "Ctrl-C stops everything" not in log.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.3)
+        assert "demo data loaded" in log.read_text()
+        postmaster = int((data / "postgres" / "data" / "postmaster.pid").read_text().split()[0])
+        kept = [home / "dagster.yaml", home / "stack.pids", data / "postgres" / "port"]
+        before = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in kept}
+        console = f"http://127.0.0.1:{port}"
+        # The same console port, as two plain `make dev` have: before the fix each got as
+        # far as the port (exit 1), having done all of the above on the way.
+        seconds = [
+            (["dev"], own_env(data), f"in {data} (", "another data folder (MM_DATA_DIR)"),
+            (
+                ["prod-local", "--grpc-port", str(free_port())],
+                own_env(data),
+                f"in {data} (",
+                "another data folder (MM_DATA_DIR)",
+            ),
+            (
+                ["dev"],
+                own_env(tmp_path / "elsewhere", DAGSTER_HOME=str(home)),
+                f"on the Dagster instance in {home} (",
+                "another Dagster instance (DAGSTER_HOME)",
+            ),
+        ]
+        for args, env, where, advice in seconds:
+            second = subprocess.run(
+                [MM_JOBS, *args, "--port", str(port), "--no-demo"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            said = f"{args}: exit {second.returncode}\n{second.stdout}\n{second.stderr}"
+            assert second.returncode == 2, said
+            (refusal,) = json_lines(second.stderr, "mm-jobs")
+            event = refusal["event"]
+            assert f"mm-jobs dev is already running {where}pid {proc.pid}" in event, said
+            assert f"job console on {console}" in event and advice in event, said
+            assert f"kill -TERM {proc.pid}" in event, said
+            assert (refusal["exitCode"], refusal["pid"], refusal["console"]) == (
+                2,
+                proc.pid,
+                console,
+            )
+            assert "PostgreSQL" not in second.stdout, said  # nothing started
+        assert not (tmp_path / "elsewhere" / "postgres").exists()
+
+        assert int((data / "postgres" / "data" / "postmaster.pid").read_text().split()[0]) == (
+            postmaster
+        )
+        assert {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in kept} == before
+        assert "left running" not in log.read_text()
+        wait_until_serving(port, proc, log, seconds=10)
+        holders: dict[str, set[int]] = {}
+        stack = psutil.Process(proc.pid)
+        for process in [stack, *stack.children(recursive=True), psutil.Process(postmaster)]:
+            with contextlib.suppress(psutil.Error):
+                for opened in process.open_files():
+                    if opened.path.endswith(".lock"):
+                        holders.setdefault(opened.path, set()).add(process.pid)
+        claims = [data / "stack.lock", home / "stack.lock", data / "postgres" / "owner.lock"]
+        assert holders == {str(path): {proc.pid} for path in claims}
         family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-        postgres_pid = int((data / "postgres" / "data" / "postmaster.pid").read_text().split()[0])
     finally:
         os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends
         proc.wait(timeout=60)
-    _assert_all_stopped([*family, postgres_pid], log)
+    _assert_all_stopped([*family, postmaster], log)
+    for path in claims:  # free again for the next start
+        Claim(path).take().release()
 
 
 def _assert_all_stopped(pids: list[int], log: Path) -> None:
@@ -228,91 +303,6 @@ def test_dev_recovers_from_any_of_its_processes_being_killed(tmp_path):
     finally:
         os.kill(proc.pid, signal.SIGINT)
         proc.wait(timeout=60)
-
-
-def test_a_second_start_beside_a_running_stack_is_refused_and_touches_nothing(tmp_path):
-    """A second `mm-jobs dev` in the folder of a running one used to stop its PostgreSQL as
-    "left running", then rewrite its instance's dagster.yaml, cancel its runs in flight and
-    delete its pid file before failing on the console's port, leaving its processes on a
-    dead database. A second `dev` or `prod-local` in the same data folder, or with another
-    data folder on the same DAGSTER_HOME, is now refused before it touches anything, naming
-    the running stack and what to do; the stack runs on untouched. Only the stack's own
-    process holds its claims (none of its servers: a killed stack must leave none held)."""
-    port = free_port()
-    data, log = tmp_path / "mm", tmp_path / "dev.log"
-    home = data / "dagster_home"
-    proc = start(["dev", "--port", str(port), "--no-demo"], own_env(data), log)
-    try:
-        wait_until_serving(port, proc, log)
-        deadline = time.monotonic() + 90
-        while "Ctrl-C stops everything" not in log.read_text():
-            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-3000:]
-            time.sleep(0.3)
-        postmaster = int((data / "postgres" / "data" / "postmaster.pid").read_text().split()[0])
-        kept = [home / "dagster.yaml", home / "stack.pids", data / "postgres" / "port"]
-        before = {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in kept}
-        console = f"http://127.0.0.1:{port}"
-        # The same console port, as two plain `make dev` have: before the fix each got as
-        # far as the port (exit 1), having done all of the above on the way.
-        seconds = [
-            (["dev"], own_env(data), f"in {data} (", "another data folder (MM_DATA_DIR)"),
-            (
-                ["prod-local", "--grpc-port", str(free_port())],
-                own_env(data),
-                f"in {data} (",
-                "another data folder (MM_DATA_DIR)",
-            ),
-            (
-                ["dev"],
-                own_env(tmp_path / "elsewhere", DAGSTER_HOME=str(home)),
-                f"on the Dagster instance in {home} (",
-                "another Dagster instance (DAGSTER_HOME)",
-            ),
-        ]
-        for args, env, where, advice in seconds:
-            second = subprocess.run(
-                [MM_JOBS, *args, "--port", str(port), "--no-demo"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            said = f"{args}: exit {second.returncode}\n{second.stdout}\n{second.stderr}"
-            assert second.returncode == 2, said
-            (refusal,) = json_lines(second.stderr, "mm-jobs")
-            event = refusal["event"]
-            assert f"mm-jobs dev is already running {where}pid {proc.pid}" in event, said
-            assert f"job console on {console}" in event and advice in event, said
-            assert f"kill -TERM {proc.pid}" in event, said
-            assert (refusal["exitCode"], refusal["pid"], refusal["console"]) == (
-                2,
-                proc.pid,
-                console,
-            )
-            assert "PostgreSQL" not in second.stdout, said  # nothing started
-        assert not (tmp_path / "elsewhere" / "postgres").exists()
-
-        assert int((data / "postgres" / "data" / "postmaster.pid").read_text().split()[0]) == (
-            postmaster
-        )
-        assert {path: (path.stat().st_mtime_ns, path.read_bytes()) for path in kept} == before
-        assert "left running" not in log.read_text()
-        wait_until_serving(port, proc, log, seconds=10)
-        holders: dict[str, set[int]] = {}
-        stack = psutil.Process(proc.pid)
-        for process in [stack, *stack.children(recursive=True), psutil.Process(postmaster)]:
-            with contextlib.suppress(psutil.Error):
-                for opened in process.open_files():
-                    if opened.path.endswith(".lock"):
-                        holders.setdefault(opened.path, set()).add(process.pid)
-        claims = [data / "stack.lock", home / "stack.lock", data / "postgres" / "owner.lock"]
-        assert holders == {str(path): {proc.pid} for path in claims}
-    finally:
-        os.kill(proc.pid, signal.SIGINT)
-        proc.wait(timeout=60)
-    assert "embedded PostgreSQL stopped" in log.read_text()
-    for path in claims:  # free again for the next start
-        Claim(path).take().release()
 
 
 def test_an_embedded_server_that_cannot_start_is_refused_with_the_servers_own_reason(tmp_path):
