@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import psutil
 from mm_orchestration.local.claims import Claim
 from mm_orchestration.local.embedded_pg import free_port
 from tests.json_lines import json_lines
-from tests.local_stack import MM_JOBS, graphql, own_env, start, wait_until_serving
+from tests.local_stack import graphql, mm_jobs, own_env, start, wait_until_serving
 
 SCHEDULES_QUERY = """
 query { repositoriesOrError { ... on RepositoryConnection { nodes {
@@ -77,13 +76,7 @@ def test_dev_starts_everything_refuses_a_second_start_and_ctrl_c_stops_everythin
             ),
         ]
         for args, env, where, advice in seconds:
-            second = subprocess.run(
-                [MM_JOBS, *args, "--port", str(port), "--no-demo"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+            second = mm_jobs(env, *args, "--port", str(port), "--no-demo")
             said = f"{args}: exit {second.returncode}\n{second.stdout}\n{second.stderr}"
             assert second.returncode == 2, said
             (refusal,) = json_lines(second.stderr, "mm-jobs")
@@ -320,12 +313,14 @@ def test_an_embedded_server_that_cannot_start_is_refused_with_the_servers_own_re
     conf = server.data_dir / "postgresql.conf"
     lines = conf.read_text().count("\n")
     conf.write_text(conf.read_text() + "shared_buffers = = 128MB\n")
-    proc = subprocess.run(
-        [MM_JOBS, "dev", "--port", str(free_port()), "--grpc-port", str(free_port()), "--no-demo"],
-        env=own_env(data),
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = mm_jobs(
+        own_env(data),
+        "dev",
+        "--port",
+        str(free_port()),
+        "--grpc-port",
+        str(free_port()),
+        "--no-demo",
     )
     said = f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     assert proc.returncode == 2, said
