@@ -12,7 +12,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -396,11 +395,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=rank)
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
+def pytest_unconfigure(config: pytest.Config) -> None:
     """The run's last lines say what was not tried for want of a Debian package, and the
-    command that installs it (tests/debian.py)."""
+    command that installs it (tests/debian.py): after pytest's own summary, durations and
+    failures included, where a newcomer reads."""
     from tests.debian import summary
 
+    terminalreporter = config.pluginmanager.get_plugin("terminalreporter")
+    if terminalreporter is None:
+        return
     reasons = []
     for report in terminalreporter.stats.get("skipped", []):
         longrepr = getattr(report, "longrepr", None)

@@ -60,23 +60,26 @@ def test_a_suite_started_in_the_background_can_still_stop_what_it_starts(tmp_pat
 
 
 def test_the_runs_last_lines_name_what_was_not_tried_and_how_to_install_it(tmp_path):
+    """Every missing package named, also two on one test (pytest reports one `skipif`
+    reason), on the run's last lines, after its durations and failures."""
     (tmp_path / "test_needs.py").write_text(
-        "from tests.debian import needs\n"
+        "from tests.debian import needs, needs_each\n"
         "import pytest\n"
-        "@needs('chromium', False, 'the console in a real browser')\n"
-        "def test_browser(): pass\n"
-        "@needs('nginx-light', False, 'the console behind a real nginx')\n"
+        "@needs_each(('nginx-light', False, 'the console behind a real nginx'),\n"
+        "            ('chromium', False, 'the console in a real browser'))\n"
         "def test_proxy(): pass\n"
         "@needs('nginx-light', True, 'present')\n"
         "def test_present(): pass\n"
+        "def test_failing(): assert False\n"
     )
-    done = _pytest_of_its_own(tmp_path, str(tmp_path / "test_needs.py"))
+    done = _pytest_of_its_own(tmp_path, "--durations=3", str(tmp_path / "test_needs.py"))
     lines = done.stdout.strip().splitlines()
-    assert done.returncode == 0, done.stdout[-2000:]
-    assert "1 passed, 2 skipped" in lines[-1]
-    assert lines[-3].startswith("NOT TRIED, for want of Debian packages: chromium: the console")
-    assert "nginx-light: the console behind a real nginx" in lines[-3]
-    assert lines[-2] == "Install them and run again: sudo apt-get install -y chromium nginx-light"
+    assert done.returncode == 1, done.stdout[-2000:]
+    assert "1 failed, 1 passed, 1 skipped" in lines[-3], lines[-4:]
+    assert lines[-2].startswith("NOT TRIED, for want of Debian packages: chromium: the console")
+    assert "nginx-light: the console behind a real nginx" in lines[-2]
+    sudo = "" if os.geteuid() == 0 else "sudo "
+    assert lines[-1] == f"Install them and run again: {sudo}apt-get install -y chromium nginx-light"
 
 
 def test_nothing_is_said_when_nothing_was_missing():

@@ -58,7 +58,7 @@ import pytest
 from mm_orchestration.local.embedded_pg import free_port
 from mm_orchestration.local.topology import LOCATION
 from mm_orchestration.platform.db import connect
-from tests.debian import needs
+from tests.debian import needs_each
 from tests.local_stack import PROJECT_ROOT, own_env, start, wait_until_serving
 
 NGINX = "/usr/sbin/nginx"
@@ -85,8 +85,10 @@ JOB_PATH = f"/locations/{LOCATION}/jobs/share_link_expiry"
 
 pytestmark = [
     pytest.mark.stack,
-    needs("nginx-light", os.access(NGINX, os.X_OK), "the console behind a real nginx"),
-    needs("chromium", CHROMIUM is not None, "the console in a real browser"),
+    needs_each(
+        ("nginx-light", os.access(NGINX, os.X_OK), "the console behind a real nginx"),
+        ("chromium", CHROMIUM is not None, "the console in a real browser"),
+    ),
 ]
 
 
