@@ -7,6 +7,8 @@ import hashlib
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import uuid
@@ -96,6 +98,19 @@ def pytest_configure(config: pytest.Config) -> None:
     _RUN_ROOT = base / f"mm-orchestration-{digest}-{os.getpid()}"
     _RUN_ROOT.mkdir(exist_ok=True)
     os.environ["PYTEST_DEBUG_TEMPROOT"] = str(_RUN_ROOT)
+    _stop_servers_left_when_this_process_ends(_RUN_ROOT)
+
+
+def _stop_servers_left_when_this_process_ends(root: Path) -> None:
+    """Start tests/reaper.py: once this process has ended, however it ended, it stops the
+    PostgreSQL servers still running under the run's own root (a Ctrl-C or a kill midway
+    leaves them: pg_ctl daemonises them out of the run's process group). Only this run's
+    own root, never a folder someone else may use."""
+    subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("reaper.py")), str(os.getpid()), str(root)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,  # a Ctrl-C to the run's group does not stop it
+    )  # fmt: skip
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -4,10 +4,12 @@ package a test needs ends by naming the package and the command that installs it
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -157,3 +159,56 @@ def test_a_module_with_its_own_server_runs_on_one_worker(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:]
     lines = ran.read_text().splitlines()
     assert len(lines) == 8 and len(set(lines)) == 1, lines  # one worker, one server
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_run_killed_midway_leaves_no_server_running(tmp_path):
+    """Killed while a test holds a PostgreSQL server (a Ctrl-C at the wrong moment, a CI
+    job's timeout), a run leaves no server behind: pg_ctl started it outside the run's
+    process group, and the reaper the run's first process started stops it."""
+    started = tmp_path / "started"
+    (tmp_path / "test_holds_a_server.py").write_text(
+        "import time\n"
+        "from pathlib import Path\n"
+        "from mm_orchestration.local.embedded_pg import EmbeddedPostgres\n"
+        "def test_holds_a_server(tmp_path):\n"
+        "    server = EmbeddedPostgres(tmp_path / 'cluster', durable=False).start()\n"
+        f"    Path({str(started)!r}).write_text(str(server.data_dir))\n"
+        "    time.sleep(600)\n"
+    )
+    # Its own run root, as `make test` makes one (not under this run's).
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_DEBUG_TEMPROOT"}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
+         str(tmp_path / "test_holds_a_server.py")],
+        cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    data_dir = None
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists():
+            assert run.poll() is None and time.monotonic() < deadline, "the server never started"
+            time.sleep(0.2)
+        data_dir = Path(started.read_text())
+        postmaster = int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+        assert _alive(postmaster)
+        run.kill()
+        run.wait()
+        deadline = time.monotonic() + 30
+        while _alive(postmaster) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _alive(postmaster), "the killed run's server is still running"
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        if data_dir is not None:
+            root = next(p for p in data_dir.parents if p.name.endswith(f"-{run.pid}"))
+            shutil.rmtree(root, ignore_errors=True)

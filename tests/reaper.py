@@ -1,0 +1,74 @@
+"""Stops the PostgreSQL servers a test run leaves behind when the run is stopped midway.
+
+Each server is stopped by the fixture that started it. A run stopped by Ctrl-C at the
+wrong moment, or killed, never gets there, and its servers (daemonised by pg_ctl, in no
+process group of the run) would run on, as `nobody` under root. The run's first process
+(conftest) starts this with the run's temporary root. It waits for that process to end,
+then stops every server whose data folder is under the root, with SIGQUIT (PostgreSQL's
+immediate shutdown: the data is thrown away anyway). Standard library only, so that it
+costs a few milliseconds and no import of the project.
+
+    python tests/reaper.py PID ROOT
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+# The workers may still be stopping (or, killed a moment later, starting) servers when the
+# run's first process ends: a second look after this long.
+SECOND_LOOK_SECONDS = 5.0
+
+
+def running_servers(root: Path) -> Iterator[int]:
+    """The postmaster pids of the servers still running from data folders under `root`."""
+    for pidfile in root.rglob("postmaster.pid"):
+        try:
+            pid = int(pidfile.read_text().splitlines()[0])
+            # A postmaster works in its data folder; a pid since reused by another process
+            # does not, and is left alone.
+            if Path(os.readlink(f"/proc/{pid}/cwd")) == pidfile.parent.resolve():
+                yield pid
+        except (OSError, ValueError, IndexError):
+            continue
+
+
+def stop_servers(root: Path) -> int:
+    """Signal every server running under `root` to stop now; returns how many."""
+    stopped = 0
+    for pid in running_servers(root):
+        try:
+            os.kill(pid, signal.SIGQUIT)
+            stopped += 1
+        except ProcessLookupError:
+            pass
+    return stopped
+
+
+def wait_for_exit(pid: int) -> None:
+    """Block until process `pid` has ended (a pidfd: no polling, no pid reuse race)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        select.select([fd], [], [])
+    finally:
+        os.close(fd)
+
+
+def main(pid: int, root: Path) -> None:
+    wait_for_exit(pid)
+    if stop_servers(root) or root.exists():
+        time.sleep(SECOND_LOOK_SECONDS)
+        stop_servers(root)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), Path(sys.argv[2]))
