@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,10 +105,12 @@ def pytest_configure(config: pytest.Config) -> None:
 def _stop_servers_left_when_this_process_ends(root: Path) -> None:
     """Start tests/reaper.py: once this process has ended, however it ended, it stops the
     PostgreSQL servers still running under the run's own root (a Ctrl-C or a kill midway
-    leaves them: pg_ctl daemonises them out of the run's process group). Only this run's
-    own root, never a folder someone else may use."""
+    leaves them: pg_ctl daemonises them out of the run's process group) and removes the
+    semaphores made since now that killed processes left. Only this run's own root, never
+    a folder someone else may use."""
     subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("reaper.py")), str(os.getpid()), str(root)],
+        [sys.executable, str(Path(__file__).with_name("reaper.py")), str(os.getpid()), str(root),
+         str(time.time())],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,  # a Ctrl-C to the run's group does not stop it
     )  # fmt: skip

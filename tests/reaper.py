@@ -1,14 +1,19 @@
-"""Stops the PostgreSQL servers a test run leaves behind when the run is stopped midway.
+"""Stops the PostgreSQL servers a test run leaves behind when the run is stopped midway,
+and removes the semaphores its killed processes left.
 
 Each server is stopped by the fixture that started it. A run stopped by Ctrl-C at the
 wrong moment, or killed, never gets there, and its servers (daemonised by pg_ctl, in no
 process group of the run) would run on, as `nobody` under root. The run's first process
 (conftest) starts this with the run's temporary root. It waits for that process to end,
 then stops every server whose data folder is under the root, with SIGQUIT (PostgreSQL's
-immediate shutdown: the data is thrown away anyway). Standard library only, so that it
-costs a few milliseconds and no import of the project.
+immediate shutdown: the data is thrown away anyway). Then it removes the multiprocessing
+semaphores (`/dev/shm/sem.mp-*`) made during the run that no live process has open: the
+code servers make them for their run workers, and the tests that kill a stack's process
+group outright (a lost container, a crash) kill Python's resource tracker, which would
+have removed them, with it. Standard library only, so that it costs a few milliseconds and
+no import of the project.
 
-    python tests/reaper.py PID ROOT
+    python tests/reaper.py PID ROOT SINCE    (SINCE: the run's start, epoch seconds)
 """
 
 from __future__ import annotations
@@ -51,6 +56,31 @@ def stop_servers(root: Path) -> int:
     return stopped
 
 
+def left_semaphores(since: float, shm: Path = Path("/dev/shm")) -> list[Path]:
+    """The multiprocessing semaphores made since `since` (epoch seconds) that no live
+    process maps. One made in the last second is left alone: its maker may be between
+    creating and mapping it (sem_open does both in one call)."""
+    now = time.time()
+    found = {}
+    for path in shm.glob("sem.mp-*"):
+        try:
+            made = path.stat().st_ctime
+        except OSError:
+            continue
+        if since <= made <= now - 1:
+            found[path.name] = path
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        if not found:
+            break
+        try:
+            text = maps.read_text()
+        except OSError:  # gone, or another user's process: its semaphores are not ours
+            continue
+        for name in [name for name in found if name in text]:
+            del found[name]
+    return list(found.values())
+
+
 def wait_for_exit(pid: int) -> None:
     """Block until process `pid` has ended (a pidfd: no polling, no pid reuse race)."""
     try:
@@ -63,12 +93,17 @@ def wait_for_exit(pid: int) -> None:
         os.close(fd)
 
 
-def main(pid: int, root: Path) -> None:
+def main(pid: int, root: Path, started: float) -> None:
     wait_for_exit(pid)
     if stop_servers(root) or root.exists():
         time.sleep(SECOND_LOOK_SECONDS)
         stop_servers(root)
+    for semaphore in left_semaphores(started):
+        try:
+            semaphore.unlink()
+        except OSError:  # gone meanwhile, or another user's
+            pass
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), Path(sys.argv[2]))
+    main(int(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3]))

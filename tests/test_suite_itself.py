@@ -172,15 +172,19 @@ def _alive(pid: int) -> bool:
 def test_a_run_killed_midway_leaves_no_server_running(tmp_path):
     """Killed while a test holds a PostgreSQL server (a Ctrl-C at the wrong moment, a CI
     job's timeout), a run leaves no server behind: pg_ctl started it outside the run's
-    process group, and the reaper the run's first process started stops it."""
+    process group, and the reaper the run's first process started stops it. Nor does it
+    leave a semaphore in /dev/shm, though its whole group, Python's resource tracker with
+    it, was killed."""
     started = tmp_path / "started"
     (tmp_path / "test_holds_a_server.py").write_text(
-        "import time\n"
+        "import multiprocessing, time\n"
         "from pathlib import Path\n"
         "from mm_orchestration.local.embedded_pg import EmbeddedPostgres\n"
         "def test_holds_a_server(tmp_path):\n"
+        "    lock = multiprocessing.get_context('spawn').Lock()\n"
         "    server = EmbeddedPostgres(tmp_path / 'cluster', durable=False).start()\n"
-        f"    Path({str(started)!r}).write_text(str(server.data_dir))\n"
+        f"    Path({str(started)!r}).write_text(\n"
+        "        f'{server.data_dir}\\n/dev/shm/sem.{lock._semlock.name.lstrip(\"/\")}')\n"
         "    time.sleep(600)\n"
     )
     # Its own run root, as `make test` makes one (not under this run's).
@@ -189,6 +193,7 @@ def test_a_run_killed_midway_leaves_no_server_running(tmp_path):
         [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
          str(tmp_path / "test_holds_a_server.py")],
         cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )  # fmt: skip
     data_dir = None
     try:
@@ -196,15 +201,16 @@ def test_a_run_killed_midway_leaves_no_server_running(tmp_path):
         while not started.exists():
             assert run.poll() is None and time.monotonic() < deadline, "the server never started"
             time.sleep(0.2)
-        data_dir = Path(started.read_text())
+        data_dir, semaphore = map(Path, started.read_text().splitlines())
         postmaster = int((data_dir / "postmaster.pid").read_text().splitlines()[0])
-        assert _alive(postmaster)
-        run.kill()
+        assert _alive(postmaster) and semaphore.exists()
+        os.killpg(run.pid, signal.SIGKILL)
         run.wait()
         deadline = time.monotonic() + 30
-        while _alive(postmaster) and time.monotonic() < deadline:
+        while (_alive(postmaster) or semaphore.exists()) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not _alive(postmaster), "the killed run's server is still running"
+        assert not semaphore.exists(), f"the killed run left {semaphore}"
     finally:
         if run.poll() is None:
             run.kill()
