@@ -111,15 +111,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The portal database answers before Dagster and the definitions are imported (two
     # seconds): a refusal is said at once.
     connection(settings).close()
-    from mm_orchestration.definitions import build_definitions
+    from mm_orchestration.definitions import build_definitions, build_job_alone
     from mm_orchestration.monitoring import joblog
     from mm_orchestration.monitoring.run_status import outcome
     from mm_orchestration.platform import manual_run
     from mm_orchestration.platform.instance import open_instance
     from mm_orchestration.platform.ledger import ACTOR_TAG, TRIGGER_TAG, WINDOW_TAG
 
-    defs = build_definitions(settings)
-    job = defs.resolve_job_def(spec.dagster_name)
+    # An operational job from its own folder, as a run worker builds it; an asset job
+    # from the whole location (its asset graph spans folders).
+    job = build_job_alone(settings, spec.dagster_name) or build_definitions(
+        settings
+    ).resolve_job_def(spec.dagster_name)
     run_config: dict[str, Any] = {}
     if args.force:
         run_config = {"ops": {name: {"config": {"force": True}} for name in _force_nodes(job)}}

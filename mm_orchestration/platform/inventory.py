@@ -81,6 +81,9 @@ class JobSpec:
     # asset graph (Dagster's implicit asset job, no mm/job tag) still belongs to this job.
     assets: tuple[str, ...] = ()
     resources: PodResources = PodResources()
+    # The folder of features/ that declares the job: a run worker builds only that
+    # folder's definitions for an op job (mm_orchestration/definitions.py).
+    feature: str = ""
 
     @property
     def dagster_name(self) -> str:
@@ -93,6 +96,7 @@ class JobSpec:
 INVENTORY: tuple[JobSpec, ...] = (
     JobSpec(
         name="share-link-expiry",
+        feature="share_links",
         purpose="Expire share links, revoke their tokens, notify owners",
         cron="*/15 * * * *",
         staging_cron="*/5 * * * *",
@@ -105,6 +109,7 @@ INVENTORY: tuple[JobSpec, ...] = (
     ),
     JobSpec(
         name="notification-digest",
+        feature="digests",
         purpose="Send email digest of due tasks, asset updates",
         cron="*/15 * * * *",
         staging_cron="*/5 * * * *",
@@ -118,6 +123,7 @@ INVENTORY: tuple[JobSpec, ...] = (
     ),
     JobSpec(
         name="invite-cleanup",
+        feature="invitations",
         purpose="Mark invitations expired after 72 h",
         cron="0 * * * *",
         staging_cron="*/10 * * * *",
@@ -131,6 +137,7 @@ INVENTORY: tuple[JobSpec, ...] = (
     ),
     JobSpec(
         name="mux-webhook-retry",
+        feature="mux_dlq",
         purpose="Replay failed Mux events from DLQ",
         cron="*/5 * * * *",
         staging_cron="*/2 * * * *",
@@ -146,6 +153,7 @@ INVENTORY: tuple[JobSpec, ...] = (
     ),
     JobSpec(
         name="residency-report",
+        feature="residency",
         purpose="Generate residency evidence, store report, email compliance",
         cron="0 7 * * 1",
         staging_cron="0 * * * *",
@@ -163,6 +171,7 @@ INVENTORY: tuple[JobSpec, ...] = (
     ),
     JobSpec(
         name="backup-verify",
+        feature="restore_drill",
         purpose="Restore drill of the portal database into a scratch database (or a Neon branch)",
         # Days 1-7 at 09:00; the schedule skips all but the first Australian business day.
         cron="0 9 1-7 * *",
@@ -181,6 +190,7 @@ INVENTORY: tuple[JobSpec, ...] = (
     ),
     JobSpec(
         name="analytics-rollup",
+        feature="analytics",
         purpose="Aggregate events for dashboard metrics",
         cron="5 * * * *",
         staging_cron="*/15 * * * *",
@@ -198,6 +208,7 @@ INVENTORY: tuple[JobSpec, ...] = (
     ),
     JobSpec(
         name="notification-suppression-cleanup",
+        feature="suppressions",
         purpose="Remove bounce-suppressed addresses older than 30 days",
         cron="0 1 * * *",
         staging_cron="15 * * * *",
@@ -210,6 +221,7 @@ INVENTORY: tuple[JobSpec, ...] = (
     ),
     JobSpec(
         name="storage-retention",
+        feature="retention",
         purpose="Delete old Dagster run history and spent ops rows; keep compliance evidence",
         cron="30 2 * * *",
         staging_cron="45 * * * *",
@@ -224,6 +236,7 @@ INVENTORY: tuple[JobSpec, ...] = (
     ),
     JobSpec(
         name="tenant-health-check",
+        feature="tenant_health",
         purpose="Generate tenant status summary (milestones at risk, share link usage)",
         cron="0 6 * * *",
         staging_cron="30 * * * *",
@@ -269,3 +282,9 @@ KIND_SENDERS = {
     "tenant_health_summary": "tenant-health-check",
     "residency_report": "residency-report",
 }
+
+
+def find(name: str) -> JobSpec | None:
+    """The job of that name in either spelling, or None (a job outside the inventory: the
+    alerts, the DLQ tools, the dashboard)."""
+    return _BY_NAME.get(name)

@@ -247,3 +247,12 @@ def test_the_platforms_two_private_imports_are_as_written_for():
     parameters = list(inspect.signature(schedule_execution_time_iterator).parameters)
     assert parameters[:3] == ["start_timestamp", "cron_schedule", "execution_timezone"]
     assert ConfigurableClassData._fields[:3] == ("module_name", "class_name", "config_yaml")
+
+
+def test_the_locations_one_private_attribute_is_as_written_for():
+    """definitions.LocationData serves every folder's definitions, once built, through a
+    RepositoryDefinition's `_repository_data`: Dagster has no public accessor for it."""
+    from dagster import Definitions, RepositoryData
+
+    repository = Definitions().get_repository_def()
+    assert isinstance(repository._repository_data, RepositoryData)

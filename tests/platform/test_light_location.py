@@ -8,6 +8,10 @@ import os
 import subprocess
 import sys
 
+from mm_orchestration.definitions import build_definitions, build_job_alone
+from mm_orchestration.platform import inventory
+from mm_orchestration.platform.settings import Settings
+
 # What the definitions must not import: each is loaded by the code that uses it.
 LOADED_WHEN_USED = (
     "pandas", "numpy", "pyarrow", "boto3", "botocore", "sentry_sdk", "urllib3", "requests",
@@ -50,3 +54,60 @@ def test_commands_that_run_no_job_do_not_load_dagster():
     assert proc.returncode == 0, proc.stderr[-3000:]
     loaded = set(json.loads(proc.stdout.splitlines()[-1]))
     assert "psycopg" in loaded and "dagster" not in loaded
+
+
+def test_a_run_worker_of_an_operational_job_imports_only_its_own_feature():
+    """A run worker loads the location and asks for its job (ReconstructableJob): for an
+    operational job it builds that job's folder alone, so no other feature's modules, and
+    not monitoring's sensors, are imported."""
+    script = (
+        "import json, sys\n"
+        "from dagster._core.definitions.reconstruct import ReconstructableRepository\n"
+        "repo = ReconstructableRepository.for_module('mm_orchestration', 'defs')\n"
+        "repo.get_reconstructable_job(sys.argv[1]).get_definition()\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    for spec in inventory.INVENTORY:
+        if spec.kind != "op":
+            continue
+        proc = subprocess.run(
+            [sys.executable, "-c", script, spec.dagster_name],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        loaded = json.loads(proc.stdout.splitlines()[-1])
+        feature_modules = [m for m in loaded if m.startswith("mm_orchestration.features.")]
+        folders = {m.split(".")[2] for m in feature_modules}
+        # A feature may use another's code (the DLQ's alert uses the outbox): never its defs.
+        declared = {m for m in feature_modules if m.endswith(".defs")}
+        assert declared == {f"mm_orchestration.features.{spec.feature}.defs"}, (spec, folders)
+        assert "mm_orchestration.monitoring.defs" not in loaded, spec.name
+
+
+def test_each_operational_job_built_alone_is_the_job_the_location_serves():
+    """The job a run worker builds from its folder alone is the one the code server shows
+    and schedules: the same steps, tags, executor, logger, retry policies and resources."""
+    settings = Settings()
+    location = build_definitions(settings).get_repository_def()
+    ops = [spec for spec in inventory.INVENTORY if spec.kind == "op"]
+    assert ops
+    for spec in ops:
+        alone = build_job_alone(settings, spec.dagster_name)
+        served = location.get_job(spec.dagster_name)
+        assert alone is not None, spec.name
+        assert alone.name == served.name and alone.tags == served.tags
+        assert alone.executor_def.name == served.executor_def.name
+        assert set(alone.loggers) == set(served.loggers)
+        ours, theirs = alone.get_job_snapshot(), served.get_job_snapshot()
+        assert ours.dep_structure_snapshot == theirs.dep_structure_snapshot
+        assert ours.node_defs_snapshot == theirs.node_defs_snapshot
+        for handle in served.graph.iterate_node_handles():
+            assert alone.get_retry_policy_for_handle(handle) == served.get_retry_policy_for_handle(
+                handle
+            )
+        for key in served.required_resource_keys:
+            assert key in alone.resource_defs, (spec.name, key)
+            assert type(alone.resource_defs[key]) is type(served.resource_defs[key])
+    # Asset jobs and the jobs outside the inventory come from the whole location.
+    assert build_job_alone(settings, "residency_report") is None
+    assert build_job_alone(settings, "send_alert") is None
