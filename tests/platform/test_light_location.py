@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from mm_orchestration.definitions import build_definitions, build_job_alone
+from mm_orchestration.definitions import build_definitions, build_job_alone, feature_definitions
 from mm_orchestration.platform import inventory
 from mm_orchestration.platform.settings import Settings
 
@@ -108,6 +108,10 @@ def test_each_operational_job_built_alone_is_the_job_the_location_serves():
         for key in served.required_resource_keys:
             assert key in alone.resource_defs, (spec.name, key)
             assert type(alone.resource_defs[key]) is type(served.resource_defs[key])
+    # Every row of the inventory names the folder that declares its job.
+    for spec in inventory.INVENTORY:
+        declared = feature_definitions(settings, spec.feature).jobs or []
+        assert spec.dagster_name in {job.name for job in declared}, spec
     # Asset jobs and the jobs outside the inventory come from the whole location.
     assert build_job_alone(settings, "residency_report") is None
     assert build_job_alone(settings, "send_alert") is None
