@@ -7,19 +7,23 @@ BIN    := $(VENV)/bin
 
 ## The packages are installed with uv (itself from PyPI, into the venv): it resolves and
 ## downloads in parallel, 10 s on a clean clone against pip's 44 s, to the same versions.
+## It trusts the system's certificates (a TLS-inspecting proxy's CA is there, and uv's own
+## bundle lacks it: a login shell without SSL_CERT_FILE failed), and where uv cannot
+## install at all (an index only pip.conf names), pip does.
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet 'uv>=0.13,<0.14'
 
-INSTALL := $(BIN)/uv pip install --quiet --python $(BIN)/python
+INSTALL = $(BIN)/uv pip install --quiet --system-certs --python $(BIN)/python $(1) \
+	|| $(BIN)/pip install --quiet $(1)
 
 # Reinstall only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(INSTALL) -e .
+	$(call INSTALL,-e .)
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(INSTALL) -e '.[dev]'
+	$(call INSTALL,-e '.[dev]')
 	touch $(VENV)/.installed $@
 
 install: $(VENV)/.installed
