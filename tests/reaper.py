@@ -1,12 +1,17 @@
-"""Stops the PostgreSQL servers a test run leaves behind when the run is stopped midway,
-and removes the semaphores its killed processes left.
+"""Stops what a test run leaves running when the run is stopped midway: its PostgreSQL
+servers, the processes its tests started in sessions of their own, and the semaphores its
+killed processes left.
 
 Each server is stopped by the fixture that started it. A run stopped by Ctrl-C at the
 wrong moment, or killed, never gets there, and its servers (daemonised by pg_ctl, in no
 process group of the run) would run on, as `nobody` under root. The run's first process
 (conftest) starts this with the run's temporary root. It waits for that process to end,
 then stops every server whose data folder is under the root, with SIGQUIT (PostgreSQL's
-immediate shutdown: the data is thrown away anyway). Then it removes the multiprocessing
+immediate shutdown: the data is thrown away anyway). It kills the processes the tests
+started in sessions of their own (stacks, consoles, stand-ins: a Ctrl-C to the run's group
+does not reach them, and a killed worker never stops them): every process that carries
+the run's root in its environment (conftest sets PYTEST_DEBUG_TEMPROOT, and what a test
+starts inherits it). Then it removes the multiprocessing
 semaphores (`/dev/shm/sem.mp-*`) made during the run that no live process has open: the
 code servers make them for their run workers, and the tests that kill a stack's process
 group outright (a lost container, a crash) kill Python's resource tracker, which would
@@ -26,8 +31,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-# The workers may still be stopping (or, killed a moment later, starting) servers when the
-# run's first process ends: a second look after this long.
+# The workers may still be tearing down what their tests started when the run's first
+# process ends (a Ctrl-C): they are given this long before what is left is stopped.
 SECOND_LOOK_SECONDS = 5.0
 
 
@@ -81,6 +86,27 @@ def left_semaphores(since: float, shm: Path = Path("/dev/shm")) -> list[Path]:
     return list(found.values())
 
 
+def processes_of_the_run(root: Path) -> list[int]:
+    """The live processes, other than this one and PostgreSQL's (stopped by
+    `stop_servers`), whose environment names `root` (or a folder in it) as pytest's
+    temporary root."""
+    marker = f"PYTEST_DEBUG_TEMPROOT={root}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        pid = int(environ.parent.name)
+        if pid == os.getpid():
+            continue
+        try:
+            entries = environ.read_bytes().split(b"\0")
+            if (environ.parent / "comm").read_text().strip() == "postgres":
+                continue
+        except OSError:  # gone, or another user's
+            continue
+        if any(entry == marker or entry.startswith(marker + b"/") for entry in entries):
+            found.append(pid)
+    return found
+
+
 def wait_for_exit(pid: int) -> None:
     """Block until process `pid` has ended (a pidfd: no polling, no pid reuse race)."""
     try:
@@ -95,9 +121,14 @@ def wait_for_exit(pid: int) -> None:
 
 def main(pid: int, root: Path, started: float) -> None:
     wait_for_exit(pid)
-    if stop_servers(root) or root.exists():
+    if root.exists():  # a run that passed has removed it; else its workers may be tearing down
         time.sleep(SECOND_LOOK_SECONDS)
-        stop_servers(root)
+    stop_servers(root)
+    for leftover in processes_of_the_run(root):
+        try:
+            os.kill(leftover, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     for semaphore in left_semaphores(started):
         try:
             semaphore.unlink()

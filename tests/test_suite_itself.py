@@ -173,18 +173,20 @@ def test_a_run_killed_midway_leaves_no_server_running(tmp_path):
     """Killed while a test holds a PostgreSQL server (a Ctrl-C at the wrong moment, a CI
     job's timeout), a run leaves no server behind: pg_ctl started it outside the run's
     process group, and the reaper the run's first process started stops it. Nor does it
-    leave a semaphore in /dev/shm, though its whole group, Python's resource tracker with
-    it, was killed."""
+    leave a process a test started in a session of its own (a stack), or a semaphore in
+    /dev/shm, though its whole group, Python's resource tracker with it, was killed."""
     started = tmp_path / "started"
     (tmp_path / "test_holds_a_server.py").write_text(
-        "import multiprocessing, time\n"
+        "import multiprocessing, subprocess, time\n"
         "from pathlib import Path\n"
         "from mm_orchestration.local.embedded_pg import EmbeddedPostgres\n"
         "def test_holds_a_server(tmp_path):\n"
         "    lock = multiprocessing.get_context('spawn').Lock()\n"
         "    server = EmbeddedPostgres(tmp_path / 'cluster', durable=False).start()\n"
+        "    stack = subprocess.Popen(['sleep', '600'], start_new_session=True)\n"
         f"    Path({str(started)!r}).write_text(\n"
-        "        f'{server.data_dir}\\n/dev/shm/sem.{lock._semlock.name.lstrip(\"/\")}')\n"
+        "        f'{server.data_dir}\\n/dev/shm/sem.{lock._semlock.name.lstrip(\"/\")}\\n'\n"
+        "        f'{stack.pid}')\n"
         "    time.sleep(600)\n"
     )
     # Its own run root, as `make test` makes one (not under this run's).
@@ -201,15 +203,17 @@ def test_a_run_killed_midway_leaves_no_server_running(tmp_path):
         while not started.exists():
             assert run.poll() is None and time.monotonic() < deadline, "the server never started"
             time.sleep(0.2)
-        data_dir, semaphore = map(Path, started.read_text().splitlines())
+        data, shm, pid = started.read_text().splitlines()
+        data_dir, semaphore, stack = Path(data), Path(shm), int(pid)
         postmaster = int((data_dir / "postmaster.pid").read_text().splitlines()[0])
-        assert _alive(postmaster) and semaphore.exists()
+        assert _alive(postmaster) and _alive(stack) and semaphore.exists()
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
         deadline = time.monotonic() + 30
         while (_alive(postmaster) or semaphore.exists()) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not _alive(postmaster), "the killed run's server is still running"
+        assert not _alive(stack), "a process its test started in a session of its own runs on"
         assert not semaphore.exists(), f"the killed run left {semaphore}"
     finally:
         if run.poll() is None:
