@@ -99,6 +99,14 @@ def pytest_configure(config: pytest.Config) -> None:
     _RUN_ROOT = base / f"mm-orchestration-{digest}-{os.getpid()}"
     _RUN_ROOT.mkdir(exist_ok=True)
     os.environ["PYTEST_DEBUG_TEMPROOT"] = str(_RUN_ROOT)
+    # Every temporary file of the run, the tests' and their processes' (Dagster's sockets
+    # and homes, staged binaries), goes under its root too: removed with it, never left in
+    # /tmp by a run stopped midway. Writable by all, as /tmp is: servers run as `nobody`.
+    scratch = _RUN_ROOT / "tmp"
+    scratch.mkdir(exist_ok=True)
+    scratch.chmod(0o1777)
+    os.environ["TMPDIR"] = str(scratch)
+    tempfile.tempdir = None
     _stop_servers_left_when_this_process_ends(_RUN_ROOT)
 
 

@@ -177,7 +177,7 @@ def test_a_run_killed_midway_leaves_no_server_running(tmp_path):
     /dev/shm, though its whole group, Python's resource tracker with it, was killed."""
     started = tmp_path / "started"
     (tmp_path / "test_holds_a_server.py").write_text(
-        "import multiprocessing, subprocess, time\n"
+        "import multiprocessing, subprocess, tempfile, time\n"
         "from pathlib import Path\n"
         "from mm_orchestration.local.embedded_pg import EmbeddedPostgres\n"
         "def test_holds_a_server(tmp_path):\n"
@@ -186,7 +186,7 @@ def test_a_run_killed_midway_leaves_no_server_running(tmp_path):
         "    stack = subprocess.Popen(['sleep', '600'], start_new_session=True)\n"
         f"    Path({str(started)!r}).write_text(\n"
         "        f'{server.data_dir}\\n/dev/shm/sem.{lock._semlock.name.lstrip(\"/\")}\\n'\n"
-        "        f'{stack.pid}')\n"
+        "        f'{stack.pid}\\n{tempfile.mkdtemp()}')\n"
         "    time.sleep(600)\n"
     )
     # Its own run root, as `make test` makes one (not under this run's).
@@ -197,22 +197,26 @@ def test_a_run_killed_midway_leaves_no_server_running(tmp_path):
         cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )  # fmt: skip
-    data_dir = None
+    data_dir: Path | None = None
     try:
         deadline = time.monotonic() + 120
         while not started.exists():
             assert run.poll() is None and time.monotonic() < deadline, "the server never started"
             time.sleep(0.2)
-        data, shm, pid = started.read_text().splitlines()
+        data, shm, pid, scratch = started.read_text().splitlines()
         data_dir, semaphore, stack = Path(data), Path(shm), int(pid)
+        root = next(p for p in data_dir.parents if p.name.endswith(f"-{run.pid}"))
+        assert Path(scratch).is_relative_to(root), "a temporary file outside the run's root"
         postmaster = int((data_dir / "postmaster.pid").read_text().splitlines()[0])
         assert _alive(postmaster) and _alive(stack) and semaphore.exists()
         os.killpg(run.pid, signal.SIGKILL)
         run.wait()
         deadline = time.monotonic() + 30
-        while (_alive(postmaster) or semaphore.exists()) and time.monotonic() < deadline:
+        while (data_dir.exists() or semaphore.exists()) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not _alive(postmaster), "the killed run's server is still running"
+        assert not data_dir.exists(), "its data folder is kept (the logs are enough)"
+        assert (data_dir.parent / "server.log").exists()
         assert not _alive(stack), "a process its test started in a session of its own runs on"
         assert not semaphore.exists(), f"the killed run left {semaphore}"
     finally:
