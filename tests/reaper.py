@@ -8,15 +8,16 @@ process group of the run) would run on, as `nobody` under root. The run's first 
 (conftest) starts this with the run's temporary root. It waits for that process to end,
 then stops every server whose data folder is under the root, with SIGQUIT (PostgreSQL's
 immediate shutdown: the data is thrown away anyway). It kills the processes the tests
-started in sessions of their own (stacks, consoles, stand-ins: a Ctrl-C to the run's group
-does not reach them, and a killed worker never stops them): every process that carries
-the run's root in its environment (conftest sets PYTEST_DEBUG_TEMPROOT, and what a test
-starts inherits it). Then it removes the multiprocessing
-semaphores (`/dev/shm/sem.mp-*`) made during the run that no live process has open: the
-code servers make them for their run workers, and the tests that kill a stack's process
-group outright (a lost container, a crash) kill Python's resource tracker, which would
-have removed them, with it. Standard library only, so that it costs a few milliseconds and
-no import of the project.
+started in sessions of their own (stacks, consoles, stand-ins, nginx, Chromium: a Ctrl-C to
+the run's group does not reach them, and a killed worker never stops them): every process
+that carries the run's root in its environment (conftest sets PYTEST_DEBUG_TEMPROOT, and
+what a test starts inherits it) or names a path in it on its command line. Then it
+removes the multiprocessing semaphores (`/dev/shm/sem.mp-*`) made during the run that no
+live process has open: the code servers make them for their run workers, and the tests
+that kill a stack's process group outright (a lost container, a crash) kill Python's
+resource tracker, which would have removed them, with it. Last, for a run that did not
+pass, it deletes the PostgreSQL data folders and keeps the logs. Standard library only,
+so that it costs a few milliseconds and no import of the project.
 
     python tests/reaper.py PID ROOT SINCE    (SINCE: the run's start, epoch seconds)
 """
@@ -90,21 +91,25 @@ def left_semaphores(since: float, shm: Path = Path("/dev/shm")) -> list[Path]:
 def processes_of_the_run(root: Path) -> list[int]:
     """The live processes, other than this one and PostgreSQL's (stopped by
     `stop_servers`), whose environment names `root` (or a folder in it) as pytest's
-    temporary root."""
+    temporary root, or whose command line names a path in `root` (nginx writes its title
+    over its environment; its prefix is a temporary folder of the run)."""
     marker = f"PYTEST_DEBUG_TEMPROOT={root}".encode()
+    in_root = f"{root}/".encode()
     found = []
-    for environ in Path("/proc").glob("[0-9]*/environ"):
-        pid = int(environ.parent.name)
-        if pid == os.getpid():
+    for proc in Path("/proc").glob("[0-9]*"):
+        if proc.name == str(os.getpid()):
             continue
         try:
-            entries = environ.read_bytes().split(b"\0")
-            if (environ.parent / "comm").read_text().strip() == "postgres":
+            if (proc / "comm").read_text().strip() == "postgres":
                 continue
+            entries = (proc / "environ").read_bytes().split(b"\0")
+            command = (proc / "cmdline").read_bytes()
         except OSError:  # gone, or another user's
             continue
-        if any(entry == marker or entry.startswith(marker + b"/") for entry in entries):
-            found.append(pid)
+        if in_root in command or any(
+            entry == marker or entry.startswith(marker + b"/") for entry in entries
+        ):
+            found.append(int(proc.name))
     return found
 
 

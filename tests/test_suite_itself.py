@@ -169,6 +169,13 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _names(proc: Path, path: str) -> bool:
+    try:
+        return path.encode() in (proc / "cmdline").read_bytes() and _alive(int(proc.name))
+    except OSError:
+        return False
+
+
 def test_a_run_killed_midway_leaves_no_server_running(tmp_path):
     """Killed while a test holds a PostgreSQL server (a Ctrl-C at the wrong moment, a CI
     job's timeout), a run leaves no server behind: pg_ctl started it outside the run's
@@ -177,13 +184,16 @@ def test_a_run_killed_midway_leaves_no_server_running(tmp_path):
     /dev/shm, though its whole group, Python's resource tracker with it, was killed."""
     started = tmp_path / "started"
     (tmp_path / "test_holds_a_server.py").write_text(
-        "import multiprocessing, subprocess, tempfile, time\n"
+        "import multiprocessing, subprocess, sys, tempfile, time\n"
         "from pathlib import Path\n"
         "from mm_orchestration.local.embedded_pg import EmbeddedPostgres\n"
         "def test_holds_a_server(tmp_path):\n"
         "    lock = multiprocessing.get_context('spawn').Lock()\n"
         "    server = EmbeddedPostgres(tmp_path / 'cluster', durable=False).start()\n"
         "    stack = subprocess.Popen(['sleep', '600'], start_new_session=True)\n"
+        "    # As nginx does: no environment to know it by, only its folder on its command line.\n"
+        "    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)',\n"
+        "                      str(tmp_path)], env={}, start_new_session=True)\n"
         f"    Path({str(started)!r}).write_text(\n"
         "        f'{server.data_dir}\\n/dev/shm/sem.{lock._semlock.name.lstrip(\"/\")}\\n'\n"
         "        f'{stack.pid}\\n{tempfile.mkdtemp()}')\n"
@@ -218,6 +228,8 @@ def test_a_run_killed_midway_leaves_no_server_running(tmp_path):
         assert not data_dir.exists(), "its data folder is kept (the logs are enough)"
         assert (data_dir.parent / "server.log").exists()
         assert not _alive(stack), "a process its test started in a session of its own runs on"
+        strays = [p for p in Path("/proc").glob("[0-9]*") if _names(p, str(root))]
+        assert strays == [], "a process naming the run's folder on its command line runs on"
         assert not semaphore.exists(), f"the killed run left {semaphore}"
     finally:
         if run.poll() is None:

@@ -22,6 +22,7 @@ from mm_orchestration.definitions import build_definitions
 from mm_orchestration.local.topology import LOCATION, PROJECT_ROOT, commands
 from mm_orchestration.platform import inventory
 from mm_orchestration.platform.settings import Settings, SettingsError
+from tests.debian import needs
 
 DEPLOY = PROJECT_ROOT / "deploy"
 SHARED_SECTIONS = ("run_coordinator", "concurrency", "run_retries", "retention", "python_logs")
@@ -380,7 +381,11 @@ def test_every_deployed_process_starts_with_the_json_log_hook() -> None:
         assert f"\nEnvironment=PYTHONPATH={installed}\n" in units[unit], unit
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+@needs(
+    "systemd",
+    shutil.which("systemd-analyze") is not None,
+    "the systemd units checked by systemd-analyze verify",
+)
 def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     # The units name the install location /opt/mm-orchestration; verify checks that each
     # ExecStart exists, so point them at this checkout's environment instead.
